@@ -1,0 +1,624 @@
+// Loading and validating nerve's configuration (YAML, NERVE_* env, flags).
+#include "config/config.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+namespace nerve::config {
+
+namespace {
+
+/// Applies a scalar to the config; returns what is allowed when it does not fit.
+using setter = std::function<std::optional<std::string>(config&, const std::string&)>;
+
+struct setting {
+  const char* path;
+  setter apply;
+};
+
+std::optional<std::uint64_t> parse_uint(const std::string& text) {
+  if (text.empty() || text.size() > 19
+      || !std::all_of(text.begin(), text.end(),
+                      [](unsigned char c) { return std::isdigit(c); }))
+    return std::nullopt;
+  return std::stoull(text);
+}
+
+setter uint_in(std::uint64_t lo, std::uint64_t hi,
+               std::function<void(config&, std::uint64_t)> set) {
+  return [lo, hi, set](config& cfg, const std::string& v) -> std::optional<std::string> {
+    auto n = parse_uint(v);
+    if (!n || *n < lo || *n > hi)
+      return "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+    set(cfg, *n);
+    return std::nullopt;
+  };
+}
+
+setter duration_in(millis lo, std::function<void(config&, millis)> set) {
+  return [lo, set](config& cfg, const std::string& v) -> std::optional<std::string> {
+    auto d = parse_duration(v);
+    if (!d || *d < lo)
+      return "a duration such as 250ms, 30s, 15m, 24h or 7d"
+             + (lo.count() > 0 ? " of at least " + std::to_string(lo.count()) + "ms"
+                               : std::string{});
+    set(cfg, *d);
+    return std::nullopt;
+  };
+}
+
+setter one_of(std::vector<std::string> allowed,
+              std::function<void(config&, const std::string&)> set) {
+  return [allowed, set](config& cfg, const std::string& v) -> std::optional<std::string> {
+    if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+      std::string all;
+      for (auto& a : allowed)
+        all += (all.empty() ? "" : ", ") + a;
+      return "one of: " + all;
+    }
+    set(cfg, v);
+    return std::nullopt;
+  };
+}
+
+setter host_port(std::function<void(config&, const std::string&)> set, bool allow_empty) {
+  return [set, allow_empty](config& cfg, const std::string& v) -> std::optional<std::string> {
+    if (!(allow_empty && v.empty()) && !split_host_port(v))
+      return std::string{"HOST:PORT with a port from 0 to 65535"}
+             + (allow_empty ? " (or empty to turn it off)" : "");
+    set(cfg, v);
+    return std::nullopt;
+  };
+}
+
+setter any_string(std::function<void(config&, const std::string&)> set) {
+  return [set](config& cfg, const std::string& v) -> std::optional<std::string> {
+    set(cfg, v);
+    return std::nullopt;
+  };
+}
+
+bool valid_node_id(const std::string& v) {
+  return !v.empty() && v.size() <= 64
+         && std::all_of(v.begin(), v.end(), [](unsigned char c) {
+              return std::isalnum(c) || c == '-' || c == '_' || c == '.';
+            });
+}
+
+const std::vector<setting>& settings() {
+  static const std::vector<setting> table = {
+    {"node_id",
+     [](config& c, const std::string& v) -> std::optional<std::string> {
+       if (!valid_node_id(v))
+         return "1 to 64 characters of A-Z a-z 0-9 . _ -";
+       c.node_id = v;
+       return std::nullopt;
+     }},
+    {"data_dir",
+     [](config& c, const std::string& v) -> std::optional<std::string> {
+       if (v.empty())
+         return "a directory path";
+       c.data_dir = v;
+       return std::nullopt;
+     }},
+    {"http.listen", host_port([](config& c, const std::string& v) { c.http.listen = v; }, false)},
+    {"http.token", any_string([](config& c, const std::string& v) { c.http.token = v; })},
+    {"http.max_body_bytes",
+     uint_in(1024, 1ULL << 30, [](config& c, std::uint64_t n) { c.http.max_body_bytes = n; })},
+    {"http.max_header_bytes",
+     uint_in(1024, 1ULL << 20, [](config& c, std::uint64_t n) { c.http.max_header_bytes = n; })},
+    {"http.max_connections",
+     uint_in(1, 1000000, [](config& c, std::uint64_t n) { c.http.max_connections = n; })},
+    {"http.read_timeout",
+     duration_in(millis{1}, [](config& c, millis d) { c.http.read_timeout = d; })},
+    {"http.max_events_per_request",
+     uint_in(1, 100000, [](config& c, std::uint64_t n) { c.http.max_events_per_request = n; })},
+    {"storage.fsync", one_of({"always", "interval", "never"},
+                             [](config& c, const std::string& v) {
+                               c.storage.fsync = v == "always"     ? fsync_policy::always
+                                                 : v == "interval" ? fsync_policy::interval
+                                                                   : fsync_policy::never;
+                             })},
+    {"storage.fsync_interval",
+     duration_in(millis{1}, [](config& c, millis d) { c.storage.fsync_interval = d; })},
+    {"storage.retention",
+     duration_in(millis{0}, [](config& c, millis d) { c.storage.retention = d; })},
+    {"storage.max_batch_events",
+     uint_in(1, 100000, [](config& c, std::uint64_t n) { c.storage.max_batch_events = n; })},
+    {"storage.max_queued_events",
+     uint_in(1, 10000000, [](config& c, std::uint64_t n) { c.storage.max_queued_events = n; })},
+    {"results.ttl", duration_in(millis{0}, [](config& c, millis d) { c.results_ttl = d; })},
+    {"topics.defaults.partitions",
+     uint_in(1, 1024, [](config& c, std::uint64_t n) {
+       c.topic_defaults.partitions = static_cast<std::uint32_t>(n);
+     })},
+    {"health.pending_degraded",
+     uint_in(0, std::numeric_limits<std::uint32_t>::max(),
+             [](config& c, std::uint64_t n) { c.health.pending_degraded = n; })},
+    {"health.dlq_degraded",
+     uint_in(0, std::numeric_limits<std::uint32_t>::max(),
+             [](config& c, std::uint64_t n) { c.health.dlq_degraded = n; })},
+    {"health.storage_latency_degraded",
+     duration_in(millis{1}, [](config& c, millis d) { c.health.storage_latency_degraded = d; })},
+    {"cluster.listen",
+     host_port([](config& c, const std::string& v) { c.cluster.listen = v; }, true)},
+    {"cluster.join",
+     [](config& c, const std::string& v) -> std::optional<std::string> {
+       c.cluster.join.clear();
+       std::stringstream in{v};
+       std::string item;
+       while (std::getline(in, item, ',')) {
+         if (item.empty())
+           continue;
+         if (!split_host_port(item))
+           return "a list of HOST:PORT";
+         c.cluster.join.push_back(item);
+       }
+       return std::nullopt;
+     }},
+    {"cluster.tls.cert", any_string([](config& c, const std::string& v) { c.cluster.tls_cert = v; })},
+    {"cluster.tls.key", any_string([](config& c, const std::string& v) { c.cluster.tls_key = v; })},
+    {"cluster.tls.ca", any_string([](config& c, const std::string& v) { c.cluster.tls_ca = v; })},
+    {"log.level", one_of({"trace", "debug", "info", "warn", "error", "off"},
+                         [](config& c, const std::string& v) { c.log.level = v; })},
+    {"log.format", one_of({"text", "json"},
+                          [](config& c, const std::string& v) { c.log.format = v; })},
+  };
+  return table;
+}
+
+const setting* find_setting(const std::string& path) {
+  for (auto& s : settings())
+    if (path == s.path)
+      return &s;
+  return nullptr;
+}
+
+bool is_section(const std::string& path) {
+  auto prefix = path + ".";
+  for (auto& s : settings())
+    if (std::string_view{s.path}.substr(0, prefix.size()) == prefix)
+      return true;
+  return false;
+}
+
+std::string quote(const std::string& v) {
+  return "\"" + v + "\"";
+}
+
+std::string bad_value(const std::string& path, const std::string& value,
+                      const std::string& allowed) {
+  return path + ": " + quote(value) + " is not allowed; expected " + allowed;
+}
+
+std::string scalar_text(const YAML::Node& node) {
+  return node.IsNull() ? std::string{} : node.Scalar();
+}
+
+bool valid_topic_name(const std::string& t) {
+  if (t.empty() || t.size() > 255 || t.front() == '.' || t.back() == '.')
+    return false;
+  char prev = 0;
+  for (char c : t) {
+    if (c == '.' && prev == '.')
+      return false;
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
+      return false;
+    prev = c;
+  }
+  return true;
+}
+
+bool valid_topic_pattern(const std::string& p) {
+  std::stringstream in{p};
+  std::string token;
+  std::vector<std::string> tokens;
+  while (std::getline(in, token, '.'))
+    tokens.push_back(token);
+  if (tokens.empty() || p.back() == '.')
+    return false;
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    auto& t = tokens[i];
+    if (t == "*")
+      continue;
+    if (t == ">") {
+      if (i + 1 != tokens.size())
+        return false;
+      continue;
+    }
+    if (!valid_topic_name(t) || t.find('.') != std::string::npos)
+      return false;
+  }
+  return true;
+}
+
+using result = std::optional<std::string>; // an error line, or nothing
+
+result apply_scalar(config& cfg, const std::string& path, const YAML::Node& node) {
+  const setting* s = find_setting(path);
+  if (s == nullptr)
+    return path + ": unknown key";
+  if (path == "cluster.join" && node.IsSequence()) {
+    std::string joined;
+    for (auto item : node) {
+      if (!item.IsScalar())
+        return bad_value(path, "(not a string)", "a list of HOST:PORT");
+      joined += (joined.empty() ? "" : ",") + item.Scalar();
+    }
+    if (auto err = s->apply(cfg, joined))
+      return bad_value(path, joined, *err);
+    return std::nullopt;
+  }
+  if (!node.IsScalar() && !node.IsNull())
+    return path + ": expected a single value, not a " + (node.IsMap() ? "map" : "list");
+  auto text = scalar_text(node);
+  if (auto err = s->apply(cfg, text))
+    return bad_value(path, text, *err);
+  return std::nullopt;
+}
+
+result apply_topics(config& cfg, const YAML::Node& node) {
+  if (!node.IsMap())
+    return std::string{"topics: expected a map of topic name to settings"};
+  for (auto it : node) {
+    auto name = it.first.Scalar();
+    if (name == "defaults") {
+      if (!it.second.IsMap())
+        return std::string{"topics.defaults: expected a map"};
+      for (auto d : it.second)
+        if (auto err = apply_scalar(cfg, "topics.defaults." + d.first.Scalar(), d.second))
+          return err;
+      continue;
+    }
+    if (!valid_topic_name(name))
+      return bad_value("topics." + name, name,
+                       "a topic name: [A-Za-z0-9_-]+ tokens joined by '.', at most 255 bytes");
+    if (!it.second.IsMap())
+      return "topics." + name + ": expected a map";
+    topic_config tc = cfg.topic_defaults;
+    for (auto d : it.second) {
+      auto key = d.first.Scalar();
+      auto path = "topics." + name + "." + key;
+      if (key != "partitions")
+        return path + ": unknown key";
+      auto n = parse_uint(scalar_text(d.second));
+      if (!n || *n < 1 || *n > 1024)
+        return bad_value(path, scalar_text(d.second), "an integer from 1 to 1024");
+      tc.partitions = static_cast<std::uint32_t>(*n);
+    }
+    cfg.topics[name] = tc;
+  }
+  return std::nullopt;
+}
+
+result agent_string_list(const YAML::Node& node, const std::string& path,
+                         std::vector<std::string>& out) {
+  if (!node.IsSequence() || node.size() == 0)
+    return path + ": expected a non-empty list of strings";
+  out.clear();
+  for (auto item : node) {
+    if (!item.IsScalar())
+      return path + ": expected a non-empty list of strings";
+    out.push_back(item.Scalar());
+  }
+  return std::nullopt;
+}
+
+result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
+  auto base = "agents[" + std::to_string(index) + "]";
+  if (!node.IsMap())
+    return base + ": expected a map";
+  agent_config a;
+  for (auto it : node) {
+    auto key = it.first.Scalar();
+    auto path = base + "." + key;
+    auto& v = it.second;
+    auto text = v.IsScalar() ? v.Scalar() : std::string{};
+    auto need_scalar = [&]() -> result {
+      if (!v.IsScalar())
+        return path + ": expected a single value";
+      return std::nullopt;
+    };
+    auto uint_field = [&](std::uint32_t& out, std::uint64_t lo, std::uint64_t hi) -> result {
+      auto n = parse_uint(text);
+      if (!v.IsScalar() || !n || *n < lo || *n > hi)
+        return bad_value(path, text,
+                         "an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
+      out = static_cast<std::uint32_t>(*n);
+      return std::nullopt;
+    };
+    auto duration_field = [&](millis& out) -> result {
+      auto d = parse_duration(text);
+      if (!v.IsScalar() || !d || d->count() <= 0)
+        return bad_value(path, text, "a positive duration such as 200ms, 30s or 5m");
+      out = *d;
+      return std::nullopt;
+    };
+    result err;
+    if (key == "name") {
+      if (!(err = need_scalar()) && !valid_node_id(text))
+        err = bad_value(path, text, "1 to 64 characters of A-Z a-z 0-9 . _ -");
+      a.name = text;
+    } else if (key == "topics") {
+      if (!(err = agent_string_list(v, path, a.topics)))
+        for (auto& p : a.topics)
+          if (!valid_topic_pattern(p))
+            return bad_value(path, p,
+                             "topic patterns: tokens of [A-Za-z0-9_-] joined by '.', "
+                             "'*' for one token, '>' for the rest");
+    } else if (key == "filter") {
+      if (!v.IsMap())
+        return path + ": expected a map with type, source or key";
+      for (auto f : v) {
+        auto fk = f.first.Scalar();
+        if (!f.second.IsScalar())
+          return path + "." + fk + ": expected a string";
+        if (fk == "type")
+          a.filter.type = f.second.Scalar();
+        else if (fk == "source")
+          a.filter.source = f.second.Scalar();
+        else if (fk == "key")
+          a.filter.key = f.second.Scalar();
+        else
+          return path + "." + fk + ": unknown key (allowed: type, source, key)";
+      }
+    } else if (key == "kind") {
+      if (!(err = need_scalar()) && text != "process" && text != "http" && text != "builtin")
+        err = bad_value(path, text, "one of: process, http, builtin");
+      a.kind = text;
+    } else if (key == "command") {
+      err = agent_string_list(v, path, a.command);
+    } else if (key == "url") {
+      if (!(err = need_scalar())
+          && text.rfind("http://", 0) != 0)
+        err = bad_value(path, text, "an http:// URL");
+      a.url = text;
+    } else if (key == "handler") {
+      if (!(err = need_scalar()) && text != "echo" && text != "noop" && text != "fail")
+        err = bad_value(path, text, "one of: echo, noop, fail");
+      a.handler = text;
+    } else if (key == "instances") {
+      err = uint_field(a.instances, 1, 256);
+    } else if (key == "max_in_flight") {
+      err = uint_field(a.max_in_flight, 1, 65536);
+    } else if (key == "ordered_by") {
+      if (!(err = need_scalar()) && text != "key")
+        err = bad_value(path, text, "key");
+      a.ordered_by = text;
+    } else if (key == "max_retries") {
+      err = uint_field(a.max_retries, 0, 1000);
+    } else if (key == "timeout") {
+      err = duration_field(a.timeout);
+    } else if (key == "backoff") {
+      if (!v.IsMap())
+        return path + ": expected a map with initial and max";
+      for (auto b : v) {
+        auto bk = b.first.Scalar();
+        auto bt = b.second.IsScalar() ? b.second.Scalar() : std::string{};
+        auto d = parse_duration(bt);
+        if (bk != "initial" && bk != "max")
+          return path + "." + bk + ": unknown key (allowed: initial, max)";
+        if (!d || d->count() <= 0)
+          return bad_value(path + "." + bk, bt, "a positive duration such as 200ms or 30s");
+        (bk == "initial" ? a.backoff_initial : a.backoff_max) = *d;
+      }
+    } else if (key == "start") {
+      if (!(err = need_scalar()) && text != "latest" && text != "earliest")
+        err = bad_value(path, text, "one of: latest, earliest");
+      a.start = text;
+    } else {
+      return path
+             + ": unknown key (allowed: name, topics, filter, kind, command, url, handler, "
+               "instances, max_in_flight, ordered_by, max_retries, timeout, backoff, start)";
+    }
+    if (err)
+      return err;
+  }
+  if (a.name.empty())
+    return base + ".name: missing; every agent needs a name";
+  if (a.topics.empty())
+    return base + ".topics: missing; every agent needs at least one topic pattern";
+  if (a.kind.empty())
+    return base + ".kind: missing; expected one of: process, http, builtin";
+  if (a.kind == "process" && a.command.empty())
+    return base + ".command: missing; a process agent needs a command";
+  if (a.kind == "http" && a.url.empty())
+    return base + ".url: missing; an http agent needs a url";
+  if (a.kind == "builtin" && a.handler.empty())
+    return base + ".handler: missing; expected one of: echo, noop, fail";
+  if (a.backoff_initial > a.backoff_max)
+    return base + ".backoff: initial must not exceed max";
+  for (auto& other : cfg.agents)
+    if (other.name == a.name)
+      return base + ".name: " + quote(a.name) + " is used by another agent; names are unique";
+  cfg.agents.push_back(std::move(a));
+  return std::nullopt;
+}
+
+result walk(config& cfg, const YAML::Node& node, const std::string& prefix) {
+  for (auto it : node) {
+    if (!it.first.IsScalar())
+      return (prefix.empty() ? std::string{"(top level)"} : prefix) + ": keys must be strings";
+    auto key = it.first.Scalar();
+    auto path = prefix.empty() ? key : prefix + "." + key;
+    if (path == "topics") {
+      if (auto err = apply_topics(cfg, it.second))
+        return err;
+    } else if (path == "agents") {
+      if (it.second.IsNull())
+        continue;
+      if (!it.second.IsSequence())
+        return std::string{"agents: expected a list of agents"};
+      cfg.agents.clear();
+      for (std::size_t i = 0; i < it.second.size(); ++i)
+        if (auto err = apply_agent(cfg, it.second[i], i))
+          return err;
+    } else if (is_section(path) && find_setting(path) == nullptr) {
+      if (it.second.IsNull())
+        continue;
+      if (!it.second.IsMap())
+        return path + ": expected a map";
+      if (auto err = walk(cfg, it.second, path))
+        return err;
+    } else if (auto err = apply_scalar(cfg, path, it.second)) {
+      return err;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string env_name(const std::string& path) {
+  std::string out = "NERVE_";
+  for (char c : path)
+    out += c == '.' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+result apply_flag(config& cfg, const char* path, const char* flag,
+                  const std::optional<std::string>& value) {
+  if (!value)
+    return std::nullopt;
+  if (auto err = find_setting(path)->apply(cfg, *value))
+    return std::string{flag} + ": " + quote(*value) + " is not allowed; expected " + *err;
+  return std::nullopt;
+}
+
+} // namespace
+
+std::uint32_t config::partitions_for(const std::string& topic) const {
+  auto it = topics.find(topic);
+  return it != topics.end() ? it->second.partitions : topic_defaults.partitions;
+}
+
+std::optional<std::string> process_env(const char* name) {
+  if (const char* v = std::getenv(name))
+    return std::string{v};
+  return std::nullopt;
+}
+
+std::optional<millis> parse_duration(const std::string& text) {
+  std::size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])))
+    ++i;
+  if (i == 0 || i > 12)
+    return std::nullopt;
+  auto n = static_cast<std::int64_t>(std::stoull(text.substr(0, i)));
+  auto unit = text.substr(i);
+  if (unit == "ms")
+    return millis{n};
+  if (unit == "s" || unit.empty())
+    return millis{n * 1000};
+  if (unit == "m")
+    return millis{n * 60 * 1000};
+  if (unit == "h")
+    return millis{n * 3600 * 1000};
+  if (unit == "d")
+    return millis{n * 24 * 3600 * 1000};
+  return std::nullopt;
+}
+
+std::optional<std::pair<std::string, std::uint16_t>> split_host_port(const std::string& text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return std::nullopt;
+  auto host = text.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  auto port = parse_uint(text.substr(colon + 1));
+  if (!port || *port > 65535 || host.empty())
+    return std::nullopt;
+  return std::make_pair(host, static_cast<std::uint16_t>(*port));
+}
+
+bool is_loopback_host(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+const char* to_string(fsync_policy policy) {
+  switch (policy) {
+    case fsync_policy::always:
+      return "always";
+    case fsync_policy::interval:
+      return "interval";
+    case fsync_policy::never:
+      return "never";
+  }
+  return "always";
+}
+
+tl::expected<config, std::string> parse_yaml(const std::string& text, config base) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return tl::make_unexpected("invalid YAML at line " + std::to_string(e.mark.line + 1) + ": "
+                               + e.msg);
+  }
+  if (root.IsNull())
+    return base;
+  if (!root.IsMap())
+    return tl::make_unexpected(std::string{"the config file must be a YAML map of keys"});
+  try {
+    if (auto err = walk(base, root, ""))
+      return tl::make_unexpected(*err);
+  } catch (const YAML::Exception& e) {
+    return tl::make_unexpected("invalid YAML at line " + std::to_string(e.mark.line + 1) + ": "
+                               + e.msg);
+  }
+  return base;
+}
+
+tl::expected<config, std::string> load(const flag_overrides& flags, env_lookup env) {
+  config cfg;
+  std::optional<std::string> file = flags.config_file;
+  bool explicit_file = file.has_value();
+  if (!file) {
+    if (auto from_env = env("NERVE_CONFIG")) {
+      file = from_env;
+      explicit_file = true;
+    } else {
+      file = "nerve.yaml";
+    }
+  }
+  std::ifstream in{*file};
+  if (in) {
+    std::stringstream text;
+    text << in.rdbuf();
+    auto parsed = parse_yaml(text.str(), cfg);
+    if (!parsed)
+      return tl::make_unexpected(*file + ": " + parsed.error());
+    cfg = std::move(*parsed);
+  } else if (explicit_file) {
+    return tl::make_unexpected("--config: " + quote(*file)
+                               + " cannot be read; expected a readable YAML file");
+  }
+  for (auto& s : settings()) {
+    auto name = env_name(s.path);
+    if (auto value = env(name.c_str()))
+      if (auto err = s.apply(cfg, *value))
+        return tl::make_unexpected(name + ": " + quote(*value) + " is not allowed; expected "
+                                   + *err);
+  }
+  for (auto err : {apply_flag(cfg, "data_dir", "--data-dir", flags.data_dir),
+                   apply_flag(cfg, "http.listen", "--http", flags.http_listen),
+                   apply_flag(cfg, "node_id", "--node-id", flags.node_id),
+                   apply_flag(cfg, "cluster.listen", "--cluster-listen", flags.cluster_listen),
+                   apply_flag(cfg, "cluster.join", "--join", flags.join)})
+    if (err)
+      return tl::make_unexpected(*err);
+  auto hp = split_host_port(cfg.http.listen);
+  if (!is_loopback_host(hp->first) && cfg.http.token.empty())
+    return tl::make_unexpected("http.listen: " + quote(cfg.http.listen)
+                               + " is not a loopback address; set http.token "
+                                 "(NERVE_HTTP_TOKEN) to expose nerve beyond this host");
+  return cfg;
+}
+
+} // namespace nerve::config

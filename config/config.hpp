@@ -1,0 +1,140 @@
+// The configuration model of a nerve node, and how it is loaded:
+// YAML file, then NERVE_* environment variables, then flags (later wins).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+namespace nerve::config {
+
+using millis = std::chrono::milliseconds;
+
+/// How a partition's appends reach the disk before a publish is acknowledged.
+enum class fsync_policy { always, interval, never };
+
+struct http_config {
+  std::string listen = "127.0.0.1:8000";
+  std::string token;
+  std::size_t max_body_bytes = 1048576;
+  std::size_t max_header_bytes = 8192;
+  std::size_t max_connections = 1024;
+  millis read_timeout{10000};
+  std::size_t max_events_per_request = 1000;
+};
+
+struct storage_config {
+  fsync_policy fsync = fsync_policy::always;
+  millis fsync_interval{100};
+  millis retention{7LL * 24 * 3600 * 1000}; ///< 0 keeps events forever
+  std::size_t max_batch_events = 1024;      ///< events in one group commit
+  std::size_t max_queued_events = 65536;    ///< per partition, then 503
+};
+
+struct topic_config {
+  std::uint32_t partitions = 4;
+};
+
+struct agent_filter {
+  std::optional<std::string> type;
+  std::optional<std::string> source;
+  std::optional<std::string> key;
+};
+
+struct agent_config {
+  std::string name;
+  std::vector<std::string> topics;
+  agent_filter filter;
+  std::string kind; ///< process | http | builtin
+  std::vector<std::string> command;
+  std::string url;
+  std::string handler;
+  std::uint32_t instances = 1;
+  std::uint32_t max_in_flight = 16;
+  std::string ordered_by; ///< "" or "key"
+  std::uint32_t max_retries = 3;
+  millis timeout{30000};
+  millis backoff_initial{200};
+  millis backoff_max{30000};
+  std::string start = "latest"; ///< latest | earliest
+};
+
+struct health_config {
+  std::uint64_t pending_degraded = 10000;
+  std::uint64_t dlq_degraded = 100;
+  millis storage_latency_degraded{250};
+};
+
+struct cluster_config {
+  std::string listen;
+  std::vector<std::string> join;
+  std::string tls_cert, tls_key, tls_ca;
+};
+
+struct log_config {
+  std::string level = "info";  ///< trace | debug | info | warn | error | off
+  std::string format = "text"; ///< text | json
+};
+
+struct config {
+  std::string node_id; ///< empty: generated once and kept in the data dir
+  std::string data_dir = "./nerve-data";
+  http_config http;
+  storage_config storage;
+  millis results_ttl{24LL * 3600 * 1000};
+  topic_config topic_defaults;
+  std::map<std::string, topic_config> topics;
+  std::vector<agent_config> agents;
+  health_config health;
+  cluster_config cluster;
+  log_config log;
+
+  /// Partitions for a new topic: its own entry, else the defaults.
+  [[nodiscard]] std::uint32_t partitions_for(const std::string& topic) const;
+};
+
+/// Flags of `nerve run` that override the file and the environment.
+struct flag_overrides {
+  std::optional<std::string> config_file;
+  std::optional<std::string> data_dir;
+  std::optional<std::string> http_listen;
+  std::optional<std::string> node_id;
+  std::optional<std::string> cluster_listen;
+  std::optional<std::string> join;
+};
+
+/// Where the environment comes from (injected so tests need not touch the
+/// process environment).
+using env_lookup = std::optional<std::string> (*)(const char* name);
+
+/// The process environment.
+std::optional<std::string> process_env(const char* name);
+
+/// Loads the configuration. The error is one line naming the key, the value
+/// and what is allowed; callers print it and exit with code 2.
+[[nodiscard]] tl::expected<config, std::string>
+load(const flag_overrides& flags, env_lookup env = process_env);
+
+/// Parses the YAML text of a config file on top of `base` (no env, no flags).
+[[nodiscard]] tl::expected<config, std::string>
+parse_yaml(const std::string& text, config base = {});
+
+/// Parses "250ms", "30s", "15m", "24h", "7d" (a bare number is seconds).
+[[nodiscard]] std::optional<millis> parse_duration(const std::string& text);
+
+/// Splits "host:port"; the port must be 0..65535.
+[[nodiscard]] std::optional<std::pair<std::string, std::uint16_t>>
+split_host_port(const std::string& text);
+
+/// True for 127.0.0.0/8, ::1 and "localhost".
+[[nodiscard]] bool is_loopback_host(const std::string& host);
+
+[[nodiscard]] const char* to_string(fsync_policy policy);
+
+} // namespace nerve::config

@@ -1,0 +1,214 @@
+// Depth-limited JSON parsing and publish-body validation.
+#include "http/json_input.hpp"
+
+#include <cctype>
+#include <cmath>
+
+
+namespace nerve::http {
+
+namespace {
+
+using json = nlohmann::json;
+
+/// nlohmann's DOM builder with a nesting limit and no exceptions.
+class limited_sax : public nlohmann::detail::json_sax_dom_parser<json> {
+public:
+  using base = nlohmann::detail::json_sax_dom_parser<json>;
+
+  limited_sax(json& root, std::size_t max_depth) : base(root, false), max_depth_(max_depth) {}
+
+  bool start_object(std::size_t n) {
+    if (++depth_ > max_depth_)
+      return fail("nesting deeper than " + std::to_string(max_depth_) + " levels");
+    return base::start_object(n);
+  }
+  bool end_object() {
+    --depth_;
+    return base::end_object();
+  }
+  bool start_array(std::size_t n) {
+    if (++depth_ > max_depth_)
+      return fail("nesting deeper than " + std::to_string(max_depth_) + " levels");
+    return base::start_array(n);
+  }
+  bool end_array() {
+    --depth_;
+    return base::end_array();
+  }
+  bool number_float(json::number_float_t v, const std::string& s) {
+    if (!std::isfinite(v))
+      return fail("the number " + s + " is out of range");
+    return base::number_float(v, s);
+  }
+  template <class Exception>
+  bool parse_error(std::size_t, const std::string&, const Exception& ex) {
+    std::string what = ex.what();
+    // "[json.exception.parse_error.101] parse error at line 1, column 2: ..."
+    auto pos = what.find("] ");
+    return fail(pos == std::string::npos ? what : what.substr(pos + 2));
+  }
+
+  [[nodiscard]] const std::string& error() const { return error_; }
+
+private:
+  bool fail(std::string why) {
+    if (error_.empty())
+      error_ = std::move(why);
+    return false;
+  }
+
+  std::size_t depth_ = 0;
+  std::size_t max_depth_;
+  std::string error_;
+};
+
+bool is_string_of(const json& v, std::size_t lo, std::size_t hi) {
+  return v.is_string() && v.get_ref<const std::string&>().size() >= lo
+         && v.get_ref<const std::string&>().size() <= hi;
+}
+
+bool valid_trace_id(const std::string& s) {
+  if (s.size() != 32 || s == std::string(32, '0'))
+    return false;
+  for (char c : s)
+    if (!std::isdigit(static_cast<unsigned char>(c)) && !(c >= 'a' && c <= 'f'))
+      return false;
+  return true;
+}
+
+void append_member(std::string& out, const char* name, const json& value) {
+  if (!out.empty())
+    out += ',';
+  out += '"';
+  out += name;
+  out += "\":";
+  out += value.dump();
+}
+
+tl::expected<actors::publish_item, std::string> one_event(const json& e, const std::string& topic,
+                                                          const std::string& where) {
+  if (!e.is_object())
+    return tl::make_unexpected(where + "must be a JSON object with a \"data\" member");
+  actors::publish_item item;
+  for (auto& [name, value] : e.items()) {
+    if (name == "topic") {
+      if (value != topic)
+        return tl::make_unexpected(where + "\"topic\" differs from the topic in the URL");
+    } else if (name == "id") {
+      if (!value.is_string() || !valid_event_id(value.get_ref<const std::string&>()))
+        return tl::make_unexpected(
+          where + "\"id\" must be 1 to 128 characters of A-Z a-z 0-9 - _ . : ~ @ + =");
+      item.id = value.get<std::string>();
+    } else if (name == "key") {
+      if (!is_string_of(value, 1, 1024))
+        return tl::make_unexpected(where + "\"key\" must be a string of 1 to 1024 bytes");
+      item.key = value.get<std::string>();
+    } else if (name == "type" || name == "source") {
+      if (!is_string_of(value, 1, 255))
+        return tl::make_unexpected(where + "\"" + name + "\" must be a string of 1 to 255 bytes");
+    } else if (name == "correlation_id" || name == "causation_id") {
+      if (!is_string_of(value, 1, 128))
+        return tl::make_unexpected(where + "\"" + name
+                                   + "\" must be a string of 1 to 128 bytes");
+    } else if (name == "trace_id") {
+      if (!value.is_string() || !valid_trace_id(value.get_ref<const std::string&>()))
+        return tl::make_unexpected(where
+                                   + "\"trace_id\" must be 32 lowercase hex digits, not all zero");
+    } else if (name == "headers") {
+      if (!value.is_object() || value.size() > 64)
+        return tl::make_unexpected(where
+                                   + "\"headers\" must be an object of at most 64 strings");
+      for (auto& [hname, hvalue] : value.items())
+        if (hname.empty() || hname.size() > 128 || !is_string_of(hvalue, 0, 4096))
+          return tl::make_unexpected(where + "header \"" + hname.substr(0, 128)
+                                     + "\" must have a name of 1 to 128 bytes and a string "
+                                       "value of at most 4096 bytes");
+    } else if (name != "data") {
+      return tl::make_unexpected(where + "unknown field \"" + name.substr(0, 128)
+                                 + "\"; allowed: id, key, type, source, correlation_id, "
+                                   "causation_id, trace_id, headers, data");
+    }
+  }
+  if (!e.contains("data"))
+    return tl::make_unexpected(where + "\"data\" is missing; an event carries its payload in "
+                                       "\"data\" (any JSON value)");
+  // Members in the order events are shown.
+  for (const char* name : {"type", "source", "correlation_id", "causation_id"})
+    if (auto it = e.find(name); it != e.end())
+      append_member(item.fragment, name, *it);
+  if (auto it = e.find("trace_id"); it != e.end())
+    append_member(item.fragment, "trace_id", *it);
+  else
+    append_member(item.fragment, "trace_id", json(actors::new_trace_id()));
+  if (auto it = e.find("headers"); it != e.end())
+    append_member(item.fragment, "headers", *it);
+  append_member(item.fragment, "data", e["data"]);
+  return item;
+}
+
+} // namespace
+
+tl::expected<json, std::string> parse_json(std::string_view text, std::size_t max_depth) {
+  json root;
+  limited_sax sax{root, max_depth};
+  bool ok = json::sax_parse(text.begin(), text.end(), &sax, json::input_format_t::json, true);
+  if (!ok || sax.is_errored())
+    return tl::make_unexpected(sax.error().empty() ? std::string{"invalid JSON"} : sax.error());
+  return root;
+}
+
+bool valid_topic(std::string_view t) {
+  if (t.empty() || t.size() > 255 || t.front() == '.' || t.back() == '.')
+    return false;
+  char prev = 0;
+  for (char c : t) {
+    if (c == '.' && prev == '.')
+      return false;
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
+      return false;
+    prev = c;
+  }
+  return true;
+}
+
+bool valid_event_id(std::string_view id) {
+  if (id.empty() || id.size() > 128)
+    return false;
+  for (char c : id)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'
+          || c == ':' || c == '~' || c == '@' || c == '+' || c == '='))
+      return false;
+  return true;
+}
+
+tl::expected<std::vector<actors::publish_item>, std::string>
+events_from_body(const json& body, const std::string& topic, std::size_t max_events) {
+  std::vector<actors::publish_item> items;
+  if (body.is_object()) {
+    auto item = one_event(body, topic, "");
+    if (!item)
+      return tl::make_unexpected(item.error());
+    items.push_back(std::move(*item));
+    return items;
+  }
+  if (!body.is_array())
+    return tl::make_unexpected(std::string{"the body must be an event object or an array of "
+                                           "event objects"});
+  if (body.empty())
+    return tl::make_unexpected(std::string{"the array of events is empty"});
+  if (body.size() > max_events)
+    return tl::make_unexpected("the array holds " + std::to_string(body.size())
+                               + " events; at most " + std::to_string(max_events)
+                               + " are allowed per request");
+  items.reserve(body.size());
+  for (std::size_t i = 0; i < body.size(); ++i) {
+    auto item = one_event(body[i], topic, "event " + std::to_string(i) + ": ");
+    if (!item)
+      return tl::make_unexpected(item.error());
+    items.push_back(std::move(*item));
+  }
+  return items;
+}
+
+} // namespace nerve::http

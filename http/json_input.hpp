@@ -1,0 +1,35 @@
+// Untrusted JSON in: a depth-limited parser and the validation of published
+// events into what the node appends.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <tl/expected.hpp>
+
+#include "actors/node.hpp"
+
+namespace nerve::http {
+
+/// Nesting deeper than this is refused before it can exhaust the stack.
+inline constexpr std::size_t max_json_depth = 64;
+
+/// Parses `text` as one JSON document; the error says where and why.
+/// Non-finite numbers (1e999) are refused, so what is stored reads back the same.
+[[nodiscard]] tl::expected<nlohmann::json, std::string>
+parse_json(std::string_view text, std::size_t max_depth = max_json_depth);
+
+/// True for tokens of [A-Za-z0-9_-] joined by '.', at most 255 bytes.
+[[nodiscard]] bool valid_topic(std::string_view topic);
+
+/// True for 1-128 characters of [A-Za-z0-9] and - _ . : ~ @ + =.
+[[nodiscard]] bool valid_event_id(std::string_view id);
+
+/// Turns a publish body (one event object or an array of them) into items.
+/// The error names the event index and the field.
+[[nodiscard]] tl::expected<std::vector<actors::publish_item>, std::string>
+events_from_body(const nlohmann::json& body, const std::string& topic, std::size_t max_events);
+
+} // namespace nerve::http

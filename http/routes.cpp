@@ -1,0 +1,424 @@
+// Routes of the HTTP API. No Beast here: requests and responses are plain
+// structs, answers come back through the node's callbacks.
+#include "http/routes.hpp"
+
+#include <chrono>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "http/json_input.hpp"
+#include "http/problem.hpp"
+
+namespace nerve::http {
+
+using json = nlohmann::json;
+
+response problem(unsigned status, const std::string& slug, const std::string& title,
+                 const std::string& detail) {
+  response r;
+  r.status = status;
+  r.content_type = "application/problem+json";
+  r.body = json{{"type", "https://nerve.dev/problems/" + slug},
+                {"title", title},
+                {"status", status},
+                {"detail", detail}}
+             .dump(-1, ' ', false, json::error_handler_t::replace);
+  return r;
+}
+
+namespace {
+
+using params = std::vector<std::string>;
+using route_fn = std::function<void(request&, const params&, responder&)>;
+
+struct route {
+  std::string method;
+  std::vector<std::string> pattern; ///< "{}" matches one segment
+  route_fn fn;
+};
+
+std::string percent_decode(const std::string& s, bool& ok) {
+  std::string out;
+  out.reserve(s.size());
+  ok = true;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%') {
+      if (i + 2 >= s.size() || !std::isxdigit(static_cast<unsigned char>(s[i + 1]))
+          || !std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+        ok = false;
+        return {};
+      }
+      out += static_cast<char>(std::stoi(s.substr(i + 1, 2), nullptr, 16));
+      i += 2;
+    } else if (s[i] == '+') {
+      out += ' ';
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> out;
+  std::string seg;
+  std::stringstream in{path};
+  while (std::getline(in, seg, '/'))
+    if (!seg.empty())
+      out.push_back(seg);
+  return out;
+}
+
+std::map<std::string, std::string> parse_query(const std::string& q) {
+  std::map<std::string, std::string> out;
+  std::stringstream in{q};
+  std::string pair;
+  while (std::getline(in, pair, '&')) {
+    if (pair.empty())
+      continue;
+    auto eq = pair.find('=');
+    bool ok1 = true;
+    bool ok2 = true;
+    auto k = percent_decode(pair.substr(0, eq), ok1);
+    auto v = eq == std::string::npos ? std::string{} : percent_decode(pair.substr(eq + 1), ok2);
+    if (ok1 && ok2)
+      out[k] = v;
+  }
+  return out;
+}
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
+response json_response(unsigned status, std::string body) {
+  response r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+response error_response(const actors::error& e) {
+  switch (e.code) {
+    case actors::errc::not_found:
+      return problem(404, "not-found", "Not Found", e.message);
+    case actors::errc::conflict:
+      return problem(409, "conflict", "Conflict", e.message);
+    case actors::errc::invalid:
+      return problem(400, "invalid-request", "Bad Request", e.message);
+    case actors::errc::overloaded: {
+      auto r = problem(503, "overloaded", "Service Unavailable", e.message);
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+    case actors::errc::unavailable: {
+      auto r = problem(503, "unavailable", "Service Unavailable", e.message);
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+    case actors::errc::storage:
+      break;
+  }
+  return problem(500, "storage-error", "Internal Server Error", e.message);
+}
+
+/// Parses an unsigned query parameter; `what` is used in the error.
+std::optional<response> query_uint(const std::map<std::string, std::string>& q,
+                                   const std::string& name, std::uint64_t max,
+                                   std::optional<std::uint64_t>& out) {
+  auto it = q.find(name);
+  if (it == q.end() || it->second.empty())
+    return std::nullopt;
+  auto& v = it->second;
+  bool digits = v.size() <= 19
+                && std::all_of(v.begin(), v.end(),
+                               [](unsigned char c) { return std::isdigit(c); });
+  if (!digits || std::stoull(v) > max)
+    return problem(400, "invalid-parameter", "Bad Request",
+                   "query parameter " + name + "=" + v.substr(0, 64)
+                     + " must be an integer from 0 to " + std::to_string(max));
+  out = std::stoull(v);
+  return std::nullopt;
+}
+
+class api {
+public:
+  api(actors::node& node, const config::config& cfg) : node_(node), cfg_(cfg) {
+    add("GET", "/health", [this](auto&, auto&, auto& respond) { health(respond); });
+    add("GET", "/health/detailed", [this](auto&, auto&, auto& respond) { detailed(respond); });
+    add("GET", "/livez", [](auto&, auto&, auto& respond) {
+      respond(json_response(200, R"({"status":"alive"})"));
+    });
+    add("GET", "/readyz", [this](auto&, auto&, auto& respond) {
+      if (node_.ready())
+        return respond(json_response(200, R"({"status":"ready"})"));
+      auto r = json_response(503, R"({"status":"not ready"})");
+      r.headers.emplace_back("Retry-After", "1");
+      respond(std::move(r));
+    });
+    add("GET", "/v1/topics", [this](auto&, auto&, auto& respond) { list_topics(respond); });
+    add("POST", "/v1/topics/{}/events",
+        [this](auto& req, auto& p, auto& respond) { publish(req, p[0], respond); });
+    add("GET", "/v1/topics/{}/events",
+        [this](auto& req, auto& p, auto& respond) { read_events(req, p[0], respond); });
+    add("GET", "/v1/events/{}",
+        [this](auto&, auto& p, auto& respond) { get_event(p[0], respond); });
+  }
+
+  void operator()(request&& req, responder respond) {
+    auto segments = split_path(req.path);
+    std::vector<std::string> decoded;
+    for (auto& s : segments) {
+      bool ok = true;
+      decoded.push_back(percent_decode(s, ok));
+      if (!ok)
+        return respond(problem(400, "bad-path", "Bad Request",
+                               "the path has a malformed percent-encoding"));
+    }
+    std::string allowed;
+    for (auto& r : routes_) {
+      params p;
+      if (!match(r.pattern, decoded, p))
+        continue;
+      if (r.method != req.method) {
+        allowed += (allowed.empty() ? "" : ", ") + r.method;
+        continue;
+      }
+      if (req.path.rfind("/v1/", 0) == 0 && !authorized(req)) {
+        auto res = problem(401, "unauthorized", "Unauthorized",
+                           "this route needs the header Authorization: Bearer <http.token>");
+        res.headers.emplace_back("WWW-Authenticate", "Bearer");
+        return respond(std::move(res));
+      }
+      return r.fn(req, p, respond);
+    }
+    if (!allowed.empty()) {
+      auto res = problem(405, "method-not-allowed", "Method Not Allowed",
+                         req.method + " is not allowed on " + req.path.substr(0, 256)
+                           + "; allowed: " + allowed);
+      res.headers.emplace_back("Allow", allowed);
+      return respond(std::move(res));
+    }
+    respond(problem(404, "not-found", "Not Found",
+                    "no route " + req.path.substr(0, 256) + "; see docs/api.md"));
+  }
+
+private:
+  void add(std::string method, const std::string& path, route_fn fn) {
+    routes_.push_back({std::move(method), split_path(path), std::move(fn)});
+  }
+
+  static bool match(const std::vector<std::string>& pattern, const std::vector<std::string>& segs,
+                    params& out) {
+    if (pattern.size() != segs.size())
+      return false;
+    for (std::size_t i = 0; i < pattern.size(); ++i) {
+      if (pattern[i] == "{}")
+        out.push_back(segs[i]);
+      else if (pattern[i] != segs[i])
+        return false;
+    }
+    return true;
+  }
+
+  bool authorized(const request& req) const {
+    if (cfg_.http.token.empty())
+      return true;
+    return constant_time_equal(req.authorization, "Bearer " + cfg_.http.token);
+  }
+
+  void health(responder& respond) {
+    if (node_.healthy_now())
+      return respond(json_response(200, R"({"status":"healthy"})"));
+    respond(json_response(503, R"({"status":"unhealthy"})"));
+  }
+
+  void detailed(responder& respond) {
+    node_.health([this, respond](actors::result<actors::health_report> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      auto& h = *r;
+      auto& limits = cfg_.health;
+      json indicators = json::array();
+      auto worst = std::string{"healthy"};
+      auto rank = [](const std::string& s) { return s == "healthy" ? 0 : s == "degraded" ? 1 : 2; };
+      auto add = [&](json ind) {
+        if (rank(ind["status"]) > rank(worst))
+          worst = ind["status"];
+        indicators.push_back(std::move(ind));
+      };
+      json db{{"name", "database"}};
+      if (!h.storage_ok) {
+        db["status"] = "unhealthy";
+        db["message"] = h.storage_error;
+      } else {
+        auto slow = *h.storage_latency_ms
+                    > static_cast<double>(limits.storage_latency_degraded.count());
+        db["status"] = slow ? "degraded" : "healthy";
+        db["message"] = "rocksdb at " + cfg_.data_dir;
+      }
+      if (h.storage_latency_ms)
+        db["latency_ms"] = std::round(*h.storage_latency_ms * 1000.0) / 1000.0;
+      add(db);
+      std::string queue_status = !h.bus_ok ? "unhealthy"
+                                 : h.pending_publishes > limits.pending_degraded ? "degraded"
+                                                                                 : "healthy";
+      add({{"name", "event_queue"},
+           {"status", queue_status},
+           {"message", std::to_string(h.pending_publishes) + " pending"
+                         + (h.bus_ok ? "" : "; a partition actor is down")}});
+      add({{"name", "dlq"},
+           {"status", h.dlq_size > limits.dlq_degraded ? "degraded" : "healthy"},
+           {"message", std::to_string(h.dlq_size) + " in DLQ"}});
+      add({{"name", "agents"},
+           {"status", "healthy"},
+           {"message", std::to_string(h.agents_running) + " running"}});
+      add({{"name", "cluster"}, {"status", "healthy"}, {"message", "1 of 1 nodes up"}});
+      std::string state;
+      if (!h.storage_ok && !h.bus_ok)
+        state = "DOWN";
+      else if (!h.storage_ok || !h.bus_ok || worst != "healthy")
+        state = "DEGRADED";
+      else
+        state = h.agents_running > 0 ? "RUNNING" : "READY";
+      auto uptime = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_);
+      json body{{"status", worst},
+                {"state", state},
+                {"runner_id", node_.runner_id()},
+                {"node_id", node_.node_id()},
+                {"version", NERVE_VERSION},
+                {"uptime_s", std::round(uptime.count() * 10.0) / 10.0},
+                {"indicators", std::move(indicators)}};
+      respond(json_response(200, body.dump()));
+    });
+  }
+
+  void list_topics(responder& respond) {
+    node_.topics([respond](actors::result<std::vector<actors::topic_view>> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      json topics = json::array();
+      for (auto& t : *r) {
+        json parts = json::array();
+        std::uint64_t events = 0;
+        std::uint64_t bytes = 0;
+        for (auto& p : t.partition_stats) {
+          events += p.next_offset - p.first_offset;
+          bytes += p.bytes;
+          parts.push_back({{"partition", p.partition},
+                           {"events", p.next_offset - p.first_offset},
+                           {"first_offset", p.first_offset},
+                           {"last_offset", p.next_offset == 0 ? json(nullptr)
+                                                              : json(p.next_offset - 1)},
+                           {"bytes", p.bytes}});
+        }
+        topics.push_back({{"name", t.name},
+                          {"partitions", t.partitions},
+                          {"events", events},
+                          {"bytes", bytes},
+                          {"partition_stats", std::move(parts)}});
+      }
+      respond(json_response(200, json{{"topics", std::move(topics)}}.dump()));
+    });
+  }
+
+  void publish(request& req, const std::string& topic, responder& respond) {
+    if (!valid_topic(topic))
+      return respond(problem(400, "invalid-topic", "Bad Request",
+                             "topic \"" + topic.substr(0, 300)
+                               + "\" is not valid: use [A-Za-z0-9_-]+ tokens joined by '.', "
+                                 "at most 255 bytes"));
+    auto body = parse_json(req.body);
+    if (!body)
+      return respond(problem(400, "invalid-json", "Bad Request",
+                             "the body is not valid JSON: " + body.error()));
+    auto items = events_from_body(*body, topic, cfg_.http.max_events_per_request);
+    if (!items)
+      return respond(problem(400, "invalid-event", "Bad Request", items.error()));
+    node_.publish(topic, std::move(*items),
+                  [respond](actors::result<std::vector<actors::published>> r) {
+                    if (!r)
+                      return respond(error_response(r.error()));
+                    std::string body = "{\"events\":[";
+                    bool first = true;
+                    for (auto& p : *r) {
+                      if (!first)
+                        body += ',';
+                      first = false;
+                      body += json{{"id", p.id},
+                                   {"topic", p.topic},
+                                   {"partition", p.partition},
+                                   {"offset", p.offset},
+                                   {"time", actors::format_time(p.time_us)},
+                                   {"duplicate", p.duplicate}}
+                                .dump();
+                    }
+                    body += "]}";
+                    respond(json_response(201, std::move(body)));
+                  });
+  }
+
+  void read_events(request& req, const std::string& topic, responder& respond) {
+    auto q = parse_query(req.query);
+    std::optional<std::uint64_t> partition;
+    std::optional<std::uint64_t> from;
+    std::optional<std::uint64_t> limit;
+    if (auto err = query_uint(q, "partition", 1023, partition))
+      return respond(std::move(*err));
+    if (auto err = query_uint(q, "from_offset", ~0ULL >> 1, from))
+      return respond(std::move(*err));
+    if (auto err = query_uint(q, "limit", 1000, limit))
+      return respond(std::move(*err));
+    if (!valid_topic(topic))
+      return respond(problem(404, "not-found", "Not Found",
+                             "topic " + topic.substr(0, 300) + " does not exist"));
+    std::optional<std::uint32_t> part;
+    if (partition)
+      part = static_cast<std::uint32_t>(*partition);
+    node_.read_events(topic, part, from.value_or(0), limit.value_or(100),
+                      [respond, topic](actors::result<actors::events_page> r) {
+                        if (!r)
+                          return respond(error_response(r.error()));
+                        std::string body = "{\"topic\":" + json(topic).dump() + ",\"events\":[";
+                        for (std::size_t i = 0; i < r->events.size(); ++i) {
+                          if (i > 0)
+                            body += ',';
+                          body += r->events[i];
+                        }
+                        body += ']';
+                        if (r->next_offset)
+                          body += ",\"next_offset\":" + std::to_string(*r->next_offset);
+                        body += '}';
+                        respond(json_response(200, std::move(body)));
+                      });
+  }
+
+  void get_event(const std::string& id, responder& respond) {
+    if (!valid_event_id(id))
+      return respond(problem(404, "not-found", "Not Found", "no event with that id"));
+    node_.get_event(id, [respond](actors::result<std::string> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      respond(json_response(200, "{\"event\":" + *r + ",\"deliveries\":[]}"));
+    });
+  }
+
+  actors::node& node_;
+  const config::config& cfg_;
+  std::vector<route> routes_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+};
+
+} // namespace
+
+handler make_api(actors::node& node, const config::config& cfg) {
+  auto a = std::make_shared<api>(node, cfg);
+  return [a](request&& req, responder respond) { (*a)(std::move(req), std::move(respond)); };
+}
+
+} // namespace nerve::http

@@ -1,0 +1,294 @@
+// Boost.Beast HTTP server. The only translation unit of the server that
+// includes Beast, to keep the build fast.
+#include "http/server.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <spdlog/spdlog.h>
+
+#include "http/problem.hpp"
+
+namespace nerve::http {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+using tcp = net::ip::tcp;
+
+namespace {
+
+struct shared_state {
+  server_options opts;
+  handler handle;
+  std::atomic<std::size_t> connections{0};
+  std::atomic<std::size_t> in_flight{0};
+  std::mutex idle_mutex;
+  std::condition_variable idle_cv;
+
+  void request_done() {
+    if (in_flight.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> guard{idle_mutex};
+      idle_cv.notify_all();
+    }
+  }
+};
+
+class session : public std::enable_shared_from_this<session> {
+public:
+  session(tcp::socket socket, std::shared_ptr<shared_state> state)
+    : stream_(std::move(socket)), state_(std::move(state)) {
+    state_->connections.fetch_add(1);
+  }
+
+  ~session() { state_->connections.fetch_sub(1); }
+
+  void run() {
+    net::dispatch(stream_.get_executor(),
+                  beast::bind_front_handler(&session::read_header, shared_from_this()));
+  }
+
+  /// Answers 503 and closes: the node is at its connection cap.
+  void refuse() {
+    auto r = problem(503, "too-many-connections", "Service Unavailable",
+                     "the server is at its limit of " + std::to_string(state_->opts.max_connections)
+                       + " connections; retry shortly");
+    r.headers.emplace_back("Retry-After", "1");
+    write(std::move(r), false, false);
+  }
+
+private:
+  void read_header() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(state_->opts.max_header_bytes));
+    parser_->body_limit(state_->opts.max_body_bytes);
+    stream_.expires_after(state_->opts.read_timeout);
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             beast::bind_front_handler(&session::on_header, shared_from_this()));
+  }
+
+  void on_header(beast::error_code ec, std::size_t) {
+    if (ec)
+      return on_error(ec);
+    auto& req = parser_->get();
+    if (req[bhttp::field::expect] == "100-continue") {
+      // Refuse early what would be refused after the upload anyway.
+      if (auto len = parser_->content_length(); len && *len > state_->opts.max_body_bytes)
+        return on_error(bhttp::error::body_limit);
+      auto cont = std::make_shared<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_,
+                                                                       req.version());
+      bhttp::async_write(stream_, *cont,
+                         [self = shared_from_this(), cont](beast::error_code wec, std::size_t) {
+                           if (wec)
+                             return self->close();
+                           self->read_body();
+                         });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    stream_.expires_after(state_->opts.read_timeout);
+    bhttp::async_read(stream_, buffer_, *parser_,
+                      beast::bind_front_handler(&session::on_read, shared_from_this()));
+  }
+
+  void on_error(beast::error_code ec) {
+    if (ec == bhttp::error::end_of_stream || ec == net::error::eof
+        || ec == net::error::connection_reset || ec == net::error::operation_aborted)
+      return close();
+    if (ec == beast::error::timeout) {
+      // Only a client that started a request hears why it is closed.
+      if (parser_ && parser_->got_some())
+        return write(problem(408, "request-timeout", "Request Timeout",
+                             "the request was not received within "
+                               + std::to_string(state_->opts.read_timeout.count()) + " ms"),
+                     false, false);
+      return close();
+    }
+    if (ec == bhttp::error::body_limit)
+      return write(problem(413, "body-too-large", "Payload Too Large",
+                           "the body exceeds http.max_body_bytes ("
+                             + std::to_string(state_->opts.max_body_bytes) + " bytes)"),
+                   false, false);
+    if (ec == bhttp::error::header_limit)
+      return write(problem(431, "headers-too-large", "Request Header Fields Too Large",
+                           "the request line and headers exceed http.max_header_bytes ("
+                             + std::to_string(state_->opts.max_header_bytes) + " bytes)"),
+                   false, false);
+    write(problem(400, "bad-request", "Bad Request", "malformed HTTP request: " + ec.message()),
+          false, false);
+  }
+
+  void on_read(beast::error_code ec, std::size_t) {
+    if (ec)
+      return on_error(ec);
+    auto msg = parser_->release();
+    parser_.reset();
+    keep_alive_ = msg.keep_alive();
+    head_ = msg.method() == bhttp::verb::head;
+    request req;
+    req.method = head_ ? std::string{"GET"} : std::string{msg.method_string()};
+    auto target = std::string{msg.target()};
+    auto q = target.find('?');
+    req.path = target.substr(0, q);
+    if (q != std::string::npos)
+      req.query = target.substr(q + 1);
+    req.body = std::move(msg.body());
+    req.authorization = std::string{msg[bhttp::field::authorization]};
+    state_->in_flight.fetch_add(1);
+    stream_.expires_never();
+    auto self = shared_from_this();
+    auto answered = std::make_shared<std::atomic<bool>>(false);
+    state_->handle(std::move(req), [self, answered](response r) {
+      if (answered->exchange(true))
+        return;
+      net::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable {
+        self->write(std::move(r), self->keep_alive_, true);
+      });
+    });
+  }
+
+  void write(response r, bool keep_alive, bool counted) {
+    auto res = std::make_shared<bhttp::response<bhttp::string_body>>();
+    res->result(r.status);
+    res->version(11);
+    res->set(bhttp::field::server, "nerve/" NERVE_VERSION);
+    res->set(bhttp::field::content_type, r.content_type);
+    for (auto& [name, value] : r.headers)
+      res->set(name, value);
+    res->keep_alive(keep_alive);
+    auto size = r.body.size();
+    if (head_) {
+      res->content_length(size);
+    } else {
+      res->body() = std::move(r.body);
+      res->prepare_payload();
+    }
+    stream_.expires_after(state_->opts.read_timeout);
+    bhttp::async_write(stream_, *res,
+                       [self = shared_from_this(), res, keep_alive,
+                        counted](beast::error_code ec, std::size_t) {
+                         if (counted)
+                           self->state_->request_done();
+                         if (ec || !keep_alive)
+                           return self->close();
+                         self->head_ = false;
+                         self->read_header();
+                       });
+  }
+
+  void close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.socket().close(ec);
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::shared_ptr<shared_state> state_;
+  bool keep_alive_ = true;
+  bool head_ = false;
+};
+
+} // namespace
+
+struct server::impl {
+  std::shared_ptr<shared_state> state = std::make_shared<shared_state>();
+  net::io_context ioc;
+  std::optional<tcp::acceptor> acceptor;
+  std::vector<std::thread> threads;
+  std::uint16_t port = 0;
+  std::atomic<bool> accepting{false};
+
+  void accept() {
+    acceptor->async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket s) {
+      if (!accepting.load())
+        return;
+      if (!ec) {
+        auto sess = std::make_shared<session>(std::move(s), state);
+        if (state->connections.load() > state->opts.max_connections)
+          sess->refuse();
+        else
+          sess->run();
+      } else if (ec != net::error::operation_aborted) {
+        spdlog::warn("accept failed: {}", ec.message());
+      }
+      if (accepting.load())
+        accept();
+    });
+  }
+};
+
+server::server(server_options opts, handler h) : impl_(std::make_unique<impl>()) {
+  impl_->state->opts = std::move(opts);
+  impl_->state->handle = std::move(h);
+}
+
+server::~server() {
+  stop();
+}
+
+tl::expected<void, std::string> server::start() {
+  auto& opts = impl_->state->opts;
+  beast::error_code ec;
+  auto host = opts.host == "localhost" ? std::string{"127.0.0.1"} : opts.host;
+  auto addr = net::ip::make_address(host, ec);
+  if (ec)
+    return tl::make_unexpected("http.listen: \"" + opts.host + "\" is not an IP address");
+  tcp::endpoint ep{addr, opts.port};
+  auto& acc = impl_->acceptor.emplace(impl_->ioc);
+  auto where = opts.host + ":" + std::to_string(opts.port);
+  if (acc.open(ep.protocol(), ec); ec)
+    return tl::make_unexpected("cannot open a socket for " + where + ": " + ec.message());
+  acc.set_option(net::socket_base::reuse_address(true), ec);
+  if (acc.bind(ep, ec); ec)
+    return tl::make_unexpected("cannot listen on " + where + ": " + ec.message());
+  if (acc.listen(net::socket_base::max_listen_connections, ec); ec)
+    return tl::make_unexpected("cannot listen on " + where + ": " + ec.message());
+  impl_->port = acc.local_endpoint().port();
+  impl_->accepting = true;
+  impl_->accept();
+  for (std::size_t i = 0; i < std::max<std::size_t>(1, opts.threads); ++i)
+    impl_->threads.emplace_back([this] { impl_->ioc.run(); });
+  return {};
+}
+
+std::uint16_t server::port() const {
+  return impl_->port;
+}
+
+void server::stop_accepting() {
+  if (!impl_->accepting.exchange(false))
+    return;
+  net::post(impl_->ioc, [this] {
+    beast::error_code ec;
+    if (impl_->acceptor)
+      impl_->acceptor->close(ec);
+  });
+}
+
+void server::wait_idle(std::chrono::milliseconds deadline) {
+  auto& st = *impl_->state;
+  std::unique_lock<std::mutex> guard{st.idle_mutex};
+  st.idle_cv.wait_for(guard, deadline, [&] { return st.in_flight.load() == 0; });
+}
+
+void server::stop() {
+  stop_accepting();
+  impl_->ioc.stop();
+  for (auto& t : impl_->threads)
+    if (t.joinable())
+      t.join();
+  impl_->threads.clear();
+}
+
+} // namespace nerve::http

@@ -1,0 +1,70 @@
+// The HTTP/1.1 server (Boost.Beast behind this header): limits, timeouts, a
+// connection cap, keep-alive, and hand-off of parsed requests to a handler
+// that answers asynchronously from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+namespace nerve::http {
+
+struct request {
+  std::string method; ///< "GET", "POST", ... (HEAD arrives as "GET")
+  std::string path;   ///< the target before '?', still percent-encoded
+  std::string query;  ///< after '?', still percent-encoded
+  std::string body;
+  std::string authorization;
+};
+
+struct response {
+  unsigned status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+/// Sends the response; callable once, from any thread.
+using responder = std::function<void(response)>;
+using handler = std::function<void(request&&, responder)>;
+
+struct server_options {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8000;
+  std::size_t max_body_bytes = 1048576;
+  std::size_t max_header_bytes = 8192;
+  std::size_t max_connections = 1024;
+  std::chrono::milliseconds read_timeout{10000};
+  std::size_t threads = 2;
+};
+
+class server {
+public:
+  server(server_options opts, handler h);
+  ~server();
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  /// Binds and starts serving; the error says what could not be bound.
+  [[nodiscard]] tl::expected<void, std::string> start();
+  /// The bound port (useful with port 0).
+  [[nodiscard]] std::uint16_t port() const;
+  /// Closes the listening socket; connections in use carry on.
+  void stop_accepting();
+  /// Waits until no request is being handled, at most `deadline`.
+  void wait_idle(std::chrono::milliseconds deadline);
+  /// Closes every connection and joins the I/O threads.
+  void stop();
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace nerve::http

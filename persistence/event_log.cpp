@@ -1,0 +1,514 @@
+// RocksDB-backed event log: column families, recovery, group-committed
+// appends with idempotency by id, reads, retention, probes.
+#include "persistence/event_log.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+#include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/table.h>
+#include <rocksdb/write_batch.h>
+
+#include "persistence/ids.hpp"
+#include "persistence/keys.hpp"
+
+namespace nerve::persistence {
+
+namespace {
+
+constexpr const char* family_names[] = {"events", "by_time", "by_id",   "cursors",
+                                        "pending", "dlq",    "results", "meta"};
+
+/// Stored event values start with the append time, then the event JSON.
+constexpr std::size_t value_header_bytes = 8;
+
+const std::string topic_meta_prefix = "topic/";
+
+error io_error(const std::string& what, const rocksdb::Status& s) {
+  return {errc::io_error, what + ": " + s.ToString()};
+}
+
+rocksdb::ColumnFamilyOptions family_options(bool point_lookups) {
+  rocksdb::ColumnFamilyOptions cf;
+  rocksdb::BlockBasedTableOptions table;
+  if (point_lookups)
+    table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  return cf;
+}
+
+bool starts_with(const rocksdb::Slice& s, const std::string& prefix) {
+  return s.size() >= prefix.size() && std::memcmp(s.data(), prefix.data(), prefix.size()) == 0;
+}
+
+} // namespace
+
+std::int64_t system_clock_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+           std::chrono::system_clock::now().time_since_epoch())
+    .count();
+}
+
+std::string format_time_us(std::int64_t time_us) {
+  std::time_t secs = static_cast<std::time_t>(time_us / 1000000);
+  auto micros = static_cast<long>(time_us % 1000000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, micros);
+  return buf;
+}
+
+// -- partition_writer ---------------------------------------------------------
+
+partition_writer::partition_writer(event_log& log, topic_info topic, std::uint32_t partition)
+  : log_(log), topic_(std::move(topic)), partition_(partition) {
+  next_offset_ = log_.recover_next_offset(topic_.id, partition_);
+  if (next_offset_ > 0) {
+    std::string value;
+    auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.events_,
+                           keys::event_key(topic_.id, partition_, next_offset_ - 1), &value);
+    if (s.ok() && value.size() >= value_header_bytes)
+      last_time_us_ = static_cast<std::int64_t>(keys::get_u64(value, 0));
+  }
+}
+
+tl::expected<std::vector<append_result>, error>
+partition_writer::append(const std::vector<new_event>& events) {
+  std::vector<append_result> results(events.size());
+  std::vector<std::string> reserved;
+  reserved.reserve(events.size());
+  auto now = std::max(log_.opts_.clock(), last_time_us_);
+  const std::uint64_t first_offset = next_offset_;
+
+  // Decide duplicates and assign offsets under the id lock, so that two
+  // partitions can never both append one id.
+  {
+    std::lock_guard<std::mutex> guard{log_.ids_mutex_};
+    std::vector<rocksdb::Slice> lookup;
+    std::vector<std::size_t> lookup_index;
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      auto it = log_.reserved_ids_.find(events[i].id);
+      if (it != log_.reserved_ids_.end())
+        continue; // resolved below, once this batch's offsets are assigned
+      lookup.emplace_back(events[i].id);
+      lookup_index.push_back(i);
+      // Reserve now so a repeat of this id later in the same batch is found.
+      append_result mine;
+      mine.status = append_status::appended;
+      mine.id = events[i].id;
+      mine.topic = topic_.name;
+      mine.where = {topic_.id, partition_, 0, now};
+      log_.reserved_ids_.emplace(events[i].id, mine);
+      reserved.push_back(events[i].id);
+    }
+    std::vector<rocksdb::PinnableSlice> values(lookup.size());
+    std::vector<rocksdb::Status> statuses(lookup.size());
+    if (!lookup.empty())
+      log_.db_->MultiGet(rocksdb::ReadOptions{}, log_.by_id_, lookup.size(), lookup.data(),
+                         values.data(), statuses.data());
+    std::size_t li = 0;
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      if (li < lookup_index.size() && lookup_index[li] == i) {
+        auto& st = statuses[li];
+        auto val = values[li].ToStringView();
+        ++li;
+        if (st.ok() && val.size() >= 24) {
+          coords c{keys::get_u32(val, 0), keys::get_u32(val, 4), keys::get_u64(val, 8),
+                   static_cast<std::int64_t>(keys::get_u64(val, 16))};
+          results[i].id = events[i].id;
+          results[i].where = c;
+          results[i].status = c.topic_id == topic_.id ? append_status::duplicate
+                                                      : append_status::conflict;
+          {
+            std::shared_lock<std::shared_mutex> names{log_.topics_mutex_};
+            auto name = log_.topic_names_.find(c.topic_id);
+            results[i].topic = name != log_.topic_names_.end() ? name->second : std::string{};
+          }
+          log_.reserved_ids_[events[i].id] = results[i];
+          continue;
+        }
+        if (!st.ok() && !st.IsNotFound()) {
+          for (auto& id : reserved)
+            log_.reserved_ids_.erase(id);
+          log_.note_error("by_id lookup: " + st.ToString());
+          return tl::make_unexpected(io_error("looking up event ids", st));
+        }
+        auto& mine = log_.reserved_ids_[events[i].id];
+        mine.where.offset = next_offset_++;
+        results[i] = mine;
+      } else {
+        // Reserved before: by an earlier event of this batch (its offset is
+        // assigned by now) or by an append in flight on another partition.
+        results[i] = log_.reserved_ids_[events[i].id];
+        results[i].status = results[i].where.topic_id == topic_.id ? append_status::duplicate
+                                                                   : append_status::conflict;
+      }
+    }
+  }
+
+  rocksdb::WriteBatch batch;
+  std::string json;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    auto& r = results[i];
+    if (r.status != append_status::appended)
+      continue;
+    auto& e = events[i];
+    auto key = keys::event_key(topic_.id, partition_, r.where.offset);
+    json.clear();
+    keys::put_u64(json, static_cast<std::uint64_t>(now));
+    json += "{\"id\":";
+    json += nlohmann::json(e.id).dump();
+    json += ",\"topic\":\"";
+    json += topic_.name;
+    json += "\",\"partition\":";
+    json += std::to_string(partition_);
+    json += ",\"offset\":";
+    json += std::to_string(r.where.offset);
+    json += ",\"time\":\"";
+    json += format_time_us(now);
+    json += '"';
+    if (!e.key.empty()) {
+      json += ",\"key\":";
+      json += nlohmann::json(e.key).dump();
+    }
+    if (!e.fragment.empty()) {
+      json += ',';
+      json += e.fragment;
+    }
+    json += '}';
+    batch.Put(log_.events_, key, json);
+    batch.Put(log_.by_time_, keys::time_key(now, topic_.id, partition_, r.where.offset), e.id);
+    batch.Put(log_.by_id_, e.id, keys::id_value(topic_.id, partition_, r.where.offset, now));
+  }
+
+  rocksdb::Status s;
+  if (batch.Count() > 0) {
+    rocksdb::WriteOptions wo;
+    wo.sync = log_.opts_.fsync == config::fsync_policy::always;
+    s = log_.db_->Write(wo, &batch);
+  }
+  {
+    std::lock_guard<std::mutex> guard{log_.ids_mutex_};
+    for (auto& id : reserved)
+      log_.reserved_ids_.erase(id);
+  }
+  if (!s.ok()) {
+    next_offset_ = first_offset;
+    log_.note_error("append: " + s.ToString());
+    return tl::make_unexpected(io_error("appending to " + topic_.name + "/"
+                                          + std::to_string(partition_),
+                                        s));
+  }
+  // Offsets stay dense: every appended event took exactly the next one.
+  assert(next_offset_ - first_offset == static_cast<std::uint64_t>(batch.Count()) / 3);
+  last_time_us_ = now;
+  log_.failed_.store(false, std::memory_order_relaxed);
+  return results;
+}
+
+// -- event_log ----------------------------------------------------------------
+
+event_log::event_log(options opts) : opts_(std::move(opts)) {
+}
+
+tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& opts) {
+  std::error_code ec;
+  std::filesystem::create_directories(opts.path, ec);
+  if (ec)
+    return tl::make_unexpected(error{errc::io_error, "cannot create data directory "
+                                                       + opts.path + ": " + ec.message()});
+  std::unique_ptr<event_log> log{new event_log(opts)};
+  rocksdb::DBOptions db_opts;
+  db_opts.create_if_missing = true;
+  db_opts.create_missing_column_families = true;
+  db_opts.max_background_jobs = 2;
+  db_opts.enable_pipelined_write = true;
+  db_opts.keep_log_file_num = 4;
+  db_opts.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  if (opts.env != nullptr)
+    db_opts.env = opts.env;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  families.emplace_back(rocksdb::kDefaultColumnFamilyName, family_options(false));
+  for (auto name : family_names) {
+    bool point = std::string_view{name} == "by_id" || std::string_view{name} == "results"
+                 || std::string_view{name} == "meta";
+    families.emplace_back(name, family_options(point));
+  }
+  rocksdb::DB* raw = nullptr;
+  auto s = rocksdb::DB::Open(db_opts, opts.path, families, &log->handles_, &raw);
+  if (!s.ok()) {
+    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos)
+      return tl::make_unexpected(error{errc::io_error,
+                                       "data directory " + opts.path
+                                         + " is in use by another nerve process ("
+                                         + s.ToString() + ")"});
+    return tl::make_unexpected(io_error("opening " + opts.path, s));
+  }
+  log->db_.reset(raw);
+  log->events_ = log->handles_[1];
+  log->by_time_ = log->handles_[2];
+  log->by_id_ = log->handles_[3];
+  log->meta_ = log->handles_[8];
+  if (auto err = log->init_meta())
+    return tl::make_unexpected(*err);
+  if (opts.fsync == config::fsync_policy::interval)
+    log->fsync_thread_ = std::thread{[p = log.get()] { p->fsync_loop(); }};
+  return log;
+}
+
+event_log::~event_log() {
+  {
+    std::lock_guard<std::mutex> guard{fsync_mutex_};
+    stopping_ = true;
+  }
+  fsync_cv_.notify_all();
+  if (fsync_thread_.joinable())
+    fsync_thread_.join();
+  if (db_) {
+    if (opts_.fsync != config::fsync_policy::never)
+      db_->SyncWAL().PermitUncheckedError();
+    for (auto* h : handles_)
+      db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+    handles_.clear();
+    db_->Close().PermitUncheckedError();
+    db_.reset();
+  }
+}
+
+std::optional<error> event_log::init_meta() {
+  rocksdb::ReadOptions ro;
+  std::string stored_id;
+  auto s = db_->Get(ro, meta_, "node_id", &stored_id);
+  if (!s.ok() && !s.IsNotFound())
+    return io_error("reading node id", s);
+  node_id_ = !opts_.node_id.empty() ? opts_.node_id
+             : s.ok()               ? stored_id
+                                    : new_node_id();
+  if (node_id_ != stored_id) {
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    s = db_->Put(wo, meta_, "node_id", node_id_);
+    if (!s.ok())
+      return io_error("storing node id", s);
+  }
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, meta_)};
+  for (it->Seek(topic_meta_prefix); it->Valid() && starts_with(it->key(), topic_meta_prefix);
+       it->Next()) {
+    auto j = nlohmann::json::parse(it->value().ToString(), nullptr, false);
+    if (j.is_discarded() || !j.contains("id") || !j.contains("partitions"))
+      return error{errc::io_error, "corrupt topic record " + it->key().ToString()};
+    topic_info t{it->key().ToString().substr(topic_meta_prefix.size()),
+                 j["id"].get<std::uint32_t>(), j["partitions"].get<std::uint32_t>()};
+    next_topic_id_ = std::max(next_topic_id_, t.id + 1);
+    topic_names_[t.id] = t.name;
+    topics_[t.name] = t;
+  }
+  if (!it->status().ok())
+    return io_error("reading topics", it->status());
+  return std::nullopt;
+}
+
+std::uint64_t event_log::recover_next_offset(std::uint32_t topic_id,
+                                             std::uint32_t partition) const {
+  auto prefix = keys::partition_prefix(topic_id, partition);
+  auto upper = keys::event_key(topic_id, partition, ~0ULL);
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
+  it->SeekForPrev(upper);
+  if (it->Valid() && starts_with(it->key(), prefix))
+    return keys::get_u64(it->key().ToStringView(), 8) + 1;
+  return 0;
+}
+
+tl::expected<topic_info, error> event_log::create_topic(const std::string& name,
+                                                        std::uint32_t partitions) {
+  std::unique_lock<std::shared_mutex> guard{topics_mutex_};
+  if (auto it = topics_.find(name); it != topics_.end())
+    return it->second;
+  if (partitions == 0)
+    return tl::make_unexpected(error{errc::invalid, "a topic needs at least one partition"});
+  topic_info t{name, next_topic_id_, partitions};
+  nlohmann::json j{{"id", t.id}, {"partitions", t.partitions}};
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  auto s = db_->Put(wo, meta_, topic_meta_prefix + name, j.dump());
+  if (!s.ok()) {
+    note_error("create topic: " + s.ToString());
+    return tl::make_unexpected(io_error("creating topic " + name, s));
+  }
+  ++next_topic_id_;
+  topics_[name] = t;
+  topic_names_[t.id] = name;
+  return t;
+}
+
+std::optional<topic_info> event_log::find_topic(const std::string& name) const {
+  std::shared_lock<std::shared_mutex> guard{topics_mutex_};
+  if (auto it = topics_.find(name); it != topics_.end())
+    return it->second;
+  return std::nullopt;
+}
+
+std::vector<topic_info> event_log::topics() const {
+  std::shared_lock<std::shared_mutex> guard{topics_mutex_};
+  std::vector<topic_info> out;
+  out.reserve(topics_.size());
+  for (auto& [name, t] : topics_)
+    out.push_back(t);
+  std::sort(out.begin(), out.end(),
+            [](const topic_info& a, const topic_info& b) { return a.name < b.name; });
+  return out;
+}
+
+partition_stats event_log::stats(const topic_info& topic, std::uint32_t partition) const {
+  partition_stats st;
+  st.partition = partition;
+  st.next_offset = recover_next_offset(topic.id, partition);
+  auto prefix = keys::partition_prefix(topic.id, partition);
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
+  it->Seek(prefix);
+  st.first_offset = it->Valid() && starts_with(it->key(), prefix)
+                      ? keys::get_u64(it->key().ToStringView(), 8)
+                      : st.next_offset;
+  auto lo = keys::event_key(topic.id, partition, 0);
+  auto hi = keys::event_key(topic.id, partition, ~0ULL);
+  rocksdb::Range range{lo, hi};
+  rocksdb::SizeApproximationOptions sao;
+  sao.include_memtables = true;
+  sao.include_files = true;
+  std::uint64_t size = 0;
+  db_->GetApproximateSizes(sao, events_, &range, 1, &size).PermitUncheckedError();
+  st.bytes = size;
+  return st;
+}
+
+tl::expected<std::vector<std::string>, error>
+event_log::read(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
+                std::size_t limit) const {
+  std::vector<std::string> out;
+  auto prefix = keys::partition_prefix(topic.id, partition);
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
+  for (it->Seek(keys::event_key(topic.id, partition, from_offset));
+       it->Valid() && starts_with(it->key(), prefix) && out.size() < limit; it->Next()) {
+    auto v = it->value();
+    if (v.size() <= value_header_bytes)
+      return tl::make_unexpected(error{errc::io_error, "corrupt event value"});
+    out.emplace_back(v.data() + value_header_bytes, v.size() - value_header_bytes);
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io_error("reading events", it->status()));
+  return out;
+}
+
+tl::expected<std::optional<std::string>, error>
+event_log::get_by_id(const std::string& id) const {
+  std::string where;
+  auto s = db_->Get(rocksdb::ReadOptions{}, by_id_, id, &where);
+  if (s.IsNotFound())
+    return std::optional<std::string>{};
+  if (!s.ok())
+    return tl::make_unexpected(io_error("looking up event " + id, s));
+  std::string value;
+  s = db_->Get(rocksdb::ReadOptions{}, events_, rocksdb::Slice{where.data(), 16}, &value);
+  if (s.IsNotFound())
+    return std::optional<std::string>{};
+  if (!s.ok() || value.size() <= value_header_bytes)
+    return tl::make_unexpected(io_error("reading event " + id, s));
+  return std::optional<std::string>{value.substr(value_header_bytes)};
+}
+
+tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
+                                                         std::size_t max_events) {
+  rocksdb::WriteBatch batch;
+  std::size_t n = 0;
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, by_time_)};
+  for (it->SeekToFirst(); it->Valid() && n < max_events; it->Next()) {
+    auto k = it->key().ToStringView();
+    if (k.size() != 24 || static_cast<std::int64_t>(keys::get_u64(k, 0)) >= cutoff_us)
+      break;
+    batch.Delete(events_, rocksdb::Slice{k.data() + 8, 16});
+    batch.Delete(by_id_, it->value());
+    batch.Delete(by_time_, it->key());
+    ++n;
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io_error("retention scan", it->status()));
+  if (n > 0) {
+    auto s = db_->Write(rocksdb::WriteOptions{}, &batch);
+    if (!s.ok()) {
+      note_error("retention: " + s.ToString());
+      return tl::make_unexpected(io_error("retention delete", s));
+    }
+  }
+  return n;
+}
+
+tl::expected<std::chrono::microseconds, error> event_log::probe() {
+  auto start = std::chrono::steady_clock::now();
+  auto token = std::to_string(opts_.clock());
+  rocksdb::WriteOptions wo;
+  wo.sync = opts_.fsync != config::fsync_policy::never;
+  auto s = db_->Put(wo, meta_, "probe", token);
+  if (!s.ok()) {
+    note_error("probe write: " + s.ToString());
+    return tl::make_unexpected(io_error("probe write", s));
+  }
+  std::string back;
+  s = db_->Get(rocksdb::ReadOptions{}, meta_, "probe", &back);
+  if (!s.ok() || back != token) {
+    note_error("probe read: " + s.ToString());
+    return tl::make_unexpected(error{errc::io_error, "probe read back a different value"});
+  }
+  failed_.store(false, std::memory_order_relaxed);
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now()
+                                                               - start);
+}
+
+bool event_log::healthy() const {
+  std::uint64_t bg_errors = 0;
+  db_->GetIntProperty("rocksdb.background-errors", &bg_errors);
+  return !failed_.load(std::memory_order_relaxed) && bg_errors == 0;
+}
+
+std::string event_log::last_error() const {
+  std::lock_guard<std::mutex> guard{error_mutex_};
+  return last_error_;
+}
+
+std::uint64_t event_log::disk_bytes() const {
+  std::uint64_t total = 0;
+  std::error_code ec;
+  for (auto& entry : std::filesystem::directory_iterator{opts_.path, ec})
+    if (entry.is_regular_file(ec))
+      total += entry.file_size(ec);
+  return total;
+}
+
+void event_log::note_error(const std::string& what) {
+  failed_.store(true, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> guard{error_mutex_};
+  last_error_ = what;
+}
+
+void event_log::fsync_loop() {
+  std::unique_lock<std::mutex> guard{fsync_mutex_};
+  while (!stopping_) {
+    fsync_cv_.wait_for(guard, opts_.fsync_interval);
+    if (stopping_)
+      break;
+    guard.unlock();
+    auto s = db_->SyncWAL();
+    if (!s.ok())
+      note_error("interval fsync: " + s.ToString());
+    guard.lock();
+  }
+}
+
+} // namespace nerve::persistence

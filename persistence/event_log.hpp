@@ -1,0 +1,211 @@
+// The embedded durable log: one RocksDB instance with the column families of
+// ARCHITECTURE.md, topics, dense per-partition offsets, idempotent appends by
+// event id, reads, retention by age and a storage probe. Knows nothing of CAF.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+#include "config/config.hpp"
+
+namespace rocksdb {
+class DB;
+class ColumnFamilyHandle;
+class Env;
+} // namespace rocksdb
+
+namespace nerve::persistence {
+
+/// What went wrong in the storage layer; only codes a caller can react to.
+enum class errc {
+  io_error,  ///< RocksDB failed to read or write; storage is unhealthy
+  conflict,  ///< an event id is already used on another topic
+  invalid,   ///< a caller passed something the log cannot hold
+};
+
+struct error {
+  errc code;
+  std::string message;
+};
+
+/// Microseconds since the Unix epoch; injected so tests control time.
+using clock_fn = std::function<std::int64_t()>;
+
+/// The wall clock in microseconds.
+std::int64_t system_clock_us();
+
+/// RFC 3339 in UTC with microseconds: 2026-11-22T23:59:59.123456Z.
+std::string format_time_us(std::int64_t time_us);
+
+struct options {
+  std::string path;
+  config::fsync_policy fsync = config::fsync_policy::always;
+  std::chrono::milliseconds fsync_interval{100};
+  clock_fn clock = system_clock_us;
+  rocksdb::Env* env = nullptr; ///< null: the default filesystem
+  std::string node_id;        ///< kept in `meta`; empty: the stored or a new one
+};
+
+struct topic_info {
+  std::string name;
+  std::uint32_t id = 0;
+  std::uint32_t partitions = 0;
+};
+
+struct partition_stats {
+  std::uint32_t partition = 0;
+  std::uint64_t first_offset = 0; ///< oldest offset still stored
+  std::uint64_t next_offset = 0;  ///< offset the next append gets
+  std::uint64_t bytes = 0;        ///< approximate
+};
+
+/// Where an event lives.
+struct coords {
+  std::uint32_t topic_id = 0;
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
+  std::int64_t time_us = 0;
+};
+
+/// An event as a publisher gave it, already validated.
+struct new_event {
+  std::string id;       ///< never empty: generated when the publisher gave none
+  std::string key;      ///< may be empty
+  std::string fragment; ///< JSON members after the assigned ones: "type":..,"data":..
+};
+
+enum class append_status { appended, duplicate, conflict };
+
+struct append_result {
+  append_status status = append_status::appended;
+  std::string id;
+  coords where;
+  std::string topic; ///< the topic the id lives on (differs on conflict)
+};
+
+class event_log;
+
+/// Appends to one partition. Owned by exactly one partition actor, so offsets
+/// are assigned without locks; the group commit is one WriteBatch, one sync.
+class partition_writer {
+public:
+  partition_writer(event_log& log, topic_info topic, std::uint32_t partition);
+
+  /// Appends `events` in order as one batch; durable per the fsync policy
+  /// when this returns. Ids already stored come back as duplicates.
+  [[nodiscard]] tl::expected<std::vector<append_result>, error>
+  append(const std::vector<new_event>& events);
+
+  [[nodiscard]] std::uint64_t next_offset() const { return next_offset_; }
+
+private:
+  event_log& log_;
+  topic_info topic_;
+  std::uint32_t partition_;
+  std::uint64_t next_offset_;
+  std::int64_t last_time_us_ = 0;
+};
+
+class event_log {
+public:
+  /// Opens or creates the log; recovery reads `meta` and seeks to each
+  /// partition's last key, it never scans the log.
+  [[nodiscard]] static tl::expected<std::unique_ptr<event_log>, error>
+  open(const options& opts);
+
+  event_log(const event_log&) = delete;
+  event_log& operator=(const event_log&) = delete;
+  /// Syncs the WAL and closes the database.
+  ~event_log();
+
+  /// Creates a topic, or returns the existing one.
+  [[nodiscard]] tl::expected<topic_info, error> create_topic(const std::string& name,
+                                                             std::uint32_t partitions);
+  [[nodiscard]] std::optional<topic_info> find_topic(const std::string& name) const;
+  [[nodiscard]] std::vector<topic_info> topics() const;
+
+  [[nodiscard]] partition_stats stats(const topic_info& topic, std::uint32_t partition) const;
+
+  /// Up to `limit` stored events (JSON) of one partition from `from_offset`.
+  [[nodiscard]] tl::expected<std::vector<std::string>, error>
+  read(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
+       std::size_t limit) const;
+
+  /// The stored event with this id, if any.
+  [[nodiscard]] tl::expected<std::optional<std::string>, error>
+  get_by_id(const std::string& id) const;
+
+  /// Deletes events appended before `cutoff_us`, at most `max_events` per call;
+  /// returns how many were deleted.
+  [[nodiscard]] tl::expected<std::size_t, error> sweep_before(std::int64_t cutoff_us,
+                                                              std::size_t max_events);
+
+  /// A real write-then-read round trip through the database.
+  [[nodiscard]] tl::expected<std::chrono::microseconds, error> probe();
+
+  /// False once a write or the background work of RocksDB failed. No I/O.
+  [[nodiscard]] bool healthy() const;
+  [[nodiscard]] std::string last_error() const;
+
+  [[nodiscard]] std::string node_id() const { return node_id_; }
+  [[nodiscard]] const options& opts() const { return opts_; }
+  /// Approximate bytes on disk of the whole database.
+  [[nodiscard]] std::uint64_t disk_bytes() const;
+
+private:
+  friend class partition_writer;
+  explicit event_log(options opts);
+
+  [[nodiscard]] std::optional<error> init_meta();
+  [[nodiscard]] std::uint64_t recover_next_offset(std::uint32_t topic_id,
+                                                  std::uint32_t partition) const;
+  void note_error(const std::string& what);
+  void fsync_loop();
+
+  /// Id reservations of appends in flight, so two partitions cannot append
+  /// the same id at once.
+  [[nodiscard]] std::optional<append_result> reserve_id(const std::string& id,
+                                                        const topic_info& topic);
+  void release_ids(const std::vector<std::string>& ids);
+
+  options opts_;
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  rocksdb::ColumnFamilyHandle* events_ = nullptr;
+  rocksdb::ColumnFamilyHandle* by_time_ = nullptr;
+  rocksdb::ColumnFamilyHandle* by_id_ = nullptr;
+  rocksdb::ColumnFamilyHandle* meta_ = nullptr;
+
+  mutable std::shared_mutex topics_mutex_;
+  std::unordered_map<std::string, topic_info> topics_;
+  std::unordered_map<std::uint32_t, std::string> topic_names_;
+  std::uint32_t next_topic_id_ = 1;
+
+  std::mutex ids_mutex_;
+  std::unordered_map<std::string, append_result> reserved_ids_;
+
+  std::atomic<bool> failed_{false};
+  mutable std::mutex error_mutex_;
+  std::string last_error_;
+  std::string node_id_;
+
+  std::mutex fsync_mutex_;
+  std::condition_variable fsync_cv_;
+  bool stopping_ = false;
+  std::thread fsync_thread_;
+};
+
+} // namespace nerve::persistence

@@ -1,0 +1,63 @@
+// Big-endian key encoding for the event log.
+#include "persistence/keys.hpp"
+
+namespace nerve::persistence::keys {
+
+void put_u32(std::string& out, std::uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+void put_u64(std::string& out, std::uint64_t v) {
+  for (int shift = 56; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+std::uint32_t get_u32(std::string_view in, std::size_t at) {
+  std::uint32_t v = 0;
+  for (std::size_t i = 0; i < 4; ++i)
+    v = (v << 8) | static_cast<unsigned char>(in[at + i]);
+  return v;
+}
+
+std::uint64_t get_u64(std::string_view in, std::size_t at) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8; ++i)
+    v = (v << 8) | static_cast<unsigned char>(in[at + i]);
+  return v;
+}
+
+std::string partition_prefix(std::uint32_t topic_id, std::uint32_t partition) {
+  std::string k;
+  k.reserve(8);
+  put_u32(k, topic_id);
+  put_u32(k, partition);
+  return k;
+}
+
+std::string event_key(std::uint32_t topic_id, std::uint32_t partition, std::uint64_t offset) {
+  std::string k = partition_prefix(topic_id, partition);
+  put_u64(k, offset);
+  return k;
+}
+
+std::string time_key(std::int64_t time_us, std::uint32_t topic_id, std::uint32_t partition,
+                     std::uint64_t offset) {
+  std::string k;
+  k.reserve(24);
+  // Times before 1970 do not occur; the cast keeps the order for the rest.
+  put_u64(k, static_cast<std::uint64_t>(time_us));
+  put_u32(k, topic_id);
+  put_u32(k, partition);
+  put_u64(k, offset);
+  return k;
+}
+
+std::string id_value(std::uint32_t topic_id, std::uint32_t partition, std::uint64_t offset,
+                     std::int64_t time_us) {
+  std::string v = event_key(topic_id, partition, offset);
+  put_u64(v, static_cast<std::uint64_t>(time_us));
+  return v;
+}
+
+} // namespace nerve::persistence::keys

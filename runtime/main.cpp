@@ -1,0 +1,73 @@
+// The `nerve` executable: one binary, `nerve run` is the server and every
+// other subcommand is a client of a running server (CONTRACT.md section 1).
+#include <cstdlib>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "runtime/commands.hpp"
+
+namespace {
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
+void add_client_flags(CLI::App* cmd, nerve::runtime::client_options& c) {
+  cmd->add_option("--server", c.server, "server URL (default $NERVE_SERVER or http://127.0.0.1:8000)");
+  cmd->add_option("--token", c.token, "bearer token (default $NERVE_TOKEN)");
+  cmd->add_flag("--json", c.json, "print exactly the API's JSON");
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  using namespace nerve::runtime;
+  CLI::App app{"nerve: an actor runtime that runs event-driven agents reliably"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "nerve " NERVE_VERSION);
+
+  nerve::config::flag_overrides flags;
+  auto* run = app.add_subcommand("run", "start the server on the embedded log");
+  run->add_option("--config", flags.config_file, "YAML config file (default ./nerve.yaml)");
+  run->add_option("--data-dir", flags.data_dir, "data directory (default ./nerve-data)");
+  run->add_option("--http", flags.http_listen, "HTTP listen address (default 127.0.0.1:8000)");
+  run->add_option("--node-id", flags.node_id, "node id (default: generated, kept in the data dir)");
+  run->add_option("--cluster-listen", flags.cluster_listen, "cluster listen HOST:PORT");
+  run->add_option("--join", flags.join, "cluster members to join, HOST:PORT,...");
+
+  client_options client;
+  client.server = env_or("NERVE_SERVER", "http://127.0.0.1:8000");
+  client.token = env_or("NERVE_TOKEN", "");
+
+  publish_options pub;
+  std::string dash;
+  auto* publish_cmd = app.add_subcommand("publish", "publish one event to a topic");
+  publish_cmd->add_option("topic", pub.topic, "topic name")->required();
+  publish_cmd->add_option("stdin", dash, "'-' reads the data from stdin")
+    ->check(CLI::IsMember({"-"}));
+  publish_cmd->add_option("--key", pub.key, "partition key (same key, same partition, in order)");
+  publish_cmd->add_option("--id", pub.id, "event id; publishing an id again is a no-op");
+  publish_cmd->add_option("--type", pub.type, "event type");
+  publish_cmd->add_option("--source", pub.source, "event source");
+  publish_cmd->add_option("--data", pub.data, "the data as JSON");
+  publish_cmd->add_option("--data-file", pub.data_file, "read the data (JSON) from a file");
+  add_client_flags(publish_cmd, client);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0)
+      return app.exit(e);
+    print_error(std::string{e.what()} + " (see nerve --help)");
+    return exit_usage;
+  }
+  if (run->parsed())
+    return run_server(flags);
+  if (publish_cmd->parsed()) {
+    pub.data_stdin = dash == "-";
+    return publish(client, pub);
+  }
+  return exit_usage;
+}

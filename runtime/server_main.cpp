@@ -1,0 +1,70 @@
+// `nerve run`: wires config, the actor node and the HTTP server, waits for
+// SIGTERM/SIGINT, then shuts down gracefully.
+#include <csignal>
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+
+#include "actors/node.hpp"
+#include "http/routes.hpp"
+#include "http/server.hpp"
+#include "runtime/commands.hpp"
+#include "runtime/logging.hpp"
+
+namespace nerve::runtime {
+
+int run_server(const config::flag_overrides& flags) {
+  // Block the stop signals in every thread started from here on; this thread
+  // waits for them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  auto cfg = config::load(flags);
+  if (!cfg) {
+    print_error("config: " + cfg.error());
+    return exit_usage;
+  }
+  setup_logging(cfg->log);
+  auto started = std::chrono::steady_clock::now();
+  auto node = actors::start_node(*cfg);
+  if (!node) {
+    spdlog::critical("cannot start: {}", node.error());
+    return exit_failed;
+  }
+  auto hp = *config::split_host_port(cfg->http.listen);
+  http::server_options opts;
+  opts.host = hp.first;
+  opts.port = hp.second;
+  opts.max_body_bytes = cfg->http.max_body_bytes;
+  opts.max_header_bytes = cfg->http.max_header_bytes;
+  opts.max_connections = cfg->http.max_connections;
+  opts.read_timeout = cfg->http.read_timeout;
+  http::server server{opts, http::make_api(**node, *cfg)};
+  if (auto bound = server.start(); !bound) {
+    spdlog::critical("cannot start: {}", bound.error());
+    (*node)->shutdown();
+    return exit_failed;
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::chrono::steady_clock::now() - started)
+              .count();
+  spdlog::info("nerve {} node {} ready in {} ms: http://{}:{} data {} fsync {}", NERVE_VERSION,
+               (*node)->node_id(), ms, hp.first, server.port(), cfg->data_dir,
+               config::to_string(cfg->storage.fsync));
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  spdlog::info("{} received: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  server.stop_accepting();
+  (*node)->shutdown(); // answers every queued publish, then closes the log
+  server.wait_idle(std::chrono::seconds{10});
+  server.stop();
+  spdlog::info("stopped cleanly");
+  return exit_ok;
+}
+
+} // namespace nerve::runtime
