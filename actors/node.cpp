@@ -112,6 +112,9 @@ std::uint64_t fnv1a(const std::string& s) {
 
 struct partition_state {
   std::unique_ptr<persistence::partition_writer> writer;
+  const node_hooks* hooks = nullptr;
+  std::string topic;
+  std::uint32_t partition = 0;
   std::vector<job_ptr> batch;
   std::size_t batch_events = 0;
   std::size_t max_batch_events = 1024;
@@ -121,6 +124,8 @@ struct partition_state {
   void flush() {
     if (batch.empty())
       return;
+    if (hooks->before_append)
+      hooks->before_append(topic, partition);
     std::vector<persistence::new_event> all;
     all.reserve(batch_events);
     for (auto& job : batch)
@@ -146,9 +151,13 @@ struct partition_state {
 
 caf::behavior partition_actor(caf::stateful_actor<partition_state>* self,
                               persistence::event_log* log, persistence::topic_info topic,
-                              std::uint32_t partition, std::size_t max_batch_events) {
+                              std::uint32_t partition, std::size_t max_batch_events,
+                              const node_hooks* hooks) {
   self->state.writer = std::make_unique<persistence::partition_writer>(*log, topic, partition);
   self->state.max_batch_events = max_batch_events;
+  self->state.hooks = hooks;
+  self->state.topic = topic.name;
+  self->state.partition = partition;
   return {
     [=](publish_atom, job_ptr& job) {
       auto& st = self->state;
@@ -180,6 +189,7 @@ struct runner_state {
   persistence::event_log* log = nullptr;
   routing* routes = nullptr;
   const config::config* cfg = nullptr;
+  const node_hooks* hooks = nullptr;
   std::unordered_map<caf::actor_addr, std::pair<std::shared_ptr<topic_route>, std::uint32_t>>
     children;
   bool stopping = false;
@@ -192,7 +202,7 @@ void spawn_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& r
                      std::uint32_t p) {
   auto& st = self->state;
   auto a = self->spawn<caf::detached + caf::monitored>(partition_actor, st.log, route->info, p,
-                                                       st.cfg->storage.max_batch_events);
+                                                       st.cfg->storage.max_batch_events, st.hooks);
   st.children[a.address()] = {route, p};
   {
     std::unique_lock<std::shared_mutex> guard{st.routes->mutex};
@@ -222,9 +232,10 @@ void schedule_sweep(runner_actor_t* self) {
 }
 
 caf::behavior runner_actor(runner_actor_t* self, persistence::event_log* log, routing* routes,
-                           const config::config* cfg) {
+                           const config::config* cfg, const node_hooks* hooks) {
   auto& st = self->state;
   st.log = log;
+  st.hooks = hooks;
   st.routes = routes;
   st.cfg = cfg;
   for (auto& t : log->topics())
@@ -250,7 +261,8 @@ caf::behavior runner_actor(runner_actor_t* self, persistence::event_log* log, ro
     if (now - slot.last_crash > std::chrono::minutes{1})
       slot.restarts = 0;
     slot.last_crash = now;
-    auto delay = std::chrono::milliseconds{slot.restarts == 0 ? 0 : 100LL << std::min(slot.restarts - 1, 6u)};
+    auto delay = std::chrono::milliseconds{
+      slot.restarts == 0 ? 0 : 100LL << std::min(slot.restarts - 1, 6u)};
     delay = std::min<std::chrono::milliseconds>(delay, std::chrono::seconds{5});
     ++slot.restarts;
     spdlog::warn("partition {}/{} stopped ({}); restarting in {} ms", route->info.name, p,
@@ -352,20 +364,20 @@ struct publish_join {
 
 class node_impl final : public node {
 public:
-  node_impl(const config::config& cfg, std::unique_ptr<persistence::event_log> log)
-    : cfg_(cfg), log_(std::move(log)), system_(configure(sys_cfg_)) {
+  node_impl(const config::config& cfg, std::unique_ptr<persistence::event_log> log,
+            node_hooks hooks)
+    : cfg_(cfg), hooks_(std::move(hooks)), log_(std::move(log)), system_(configure(sys_cfg_)) {
     runner_id_ = persistence::new_uuid_v7(persistence::system_clock_us());
   }
 
   ~node_impl() override { shutdown(); }
 
   [[nodiscard]] std::optional<std::string> start() {
-    runner_ = system_.spawn<caf::detached>(runner_actor, log_.get(), &routes_, &cfg_);
+    runner_ = system_.spawn<caf::detached>(runner_actor, log_.get(), &routes_, &cfg_, &hooks_);
     caf::scoped_actor self{system_};
     std::optional<std::string> err;
     self->request(runner_, std::chrono::seconds{60}, ready_atom::value)
-      .receive([](bool) {},
-               [&](caf::error& e) { err = "recovery failed: " + system_.render(e); });
+      .receive([](bool) {}, [&](caf::error& e) { err = "recovery failed: " + system_.render(e); });
     if (!err)
       ready_.store(true);
     return err;
@@ -397,13 +409,12 @@ public:
     run_async([this, topic, partition, from_offset, limit, done = std::move(done)] {
       auto t = log_->find_topic(topic);
       if (!t)
-        return done(tl::make_unexpected(error{errc::not_found, "topic " + topic
-                                                                 + " does not exist"}));
+        return done(
+          tl::make_unexpected(error{errc::not_found, "topic " + topic + " does not exist"}));
       if (partition && *partition >= t->partitions)
-        return done(tl::make_unexpected(
-          error{errc::invalid, "partition " + std::to_string(*partition) + " does not exist; "
-                                 + topic + " has partitions 0 to "
-                                 + std::to_string(t->partitions - 1)}));
+        return done(tl::make_unexpected(error{
+          errc::invalid, "partition " + std::to_string(*partition) + " does not exist; " + topic
+                           + " has partitions 0 to " + std::to_string(t->partitions - 1)}));
       events_page page;
       std::uint32_t first = partition ? *partition : 0;
       std::uint32_t last = partition ? *partition : t->partitions - 1;
@@ -521,16 +532,16 @@ private:
     auto route = routes_.find(topic);
     if (!route) {
       if (!may_create)
-        return done(tl::make_unexpected(error{errc::storage, "topic " + topic
-                                                               + " could not be created"}));
+        return done(
+          tl::make_unexpected(error{errc::storage, "topic " + topic + " could not be created"}));
       auto req = std::make_shared<create_request>();
       req->topic = topic;
-      req->done = [this, topic, items = std::move(items),
-                   done](std::optional<std::string> err) mutable {
-        if (err)
-          return done(tl::make_unexpected(error{errc::storage, *err}));
-        publish_impl(topic, std::move(items), std::move(done), false);
-      };
+      req->done
+        = [this, topic, items = std::move(items), done](std::optional<std::string> err) mutable {
+            if (err)
+              return done(tl::make_unexpected(error{errc::storage, *err}));
+            publish_impl(topic, std::move(items), std::move(done), false);
+          };
       caf::anon_send(runner_, create_atom::value, std::move(req));
       return;
     }
@@ -563,8 +574,8 @@ private:
         for (auto a : admitted)
           route->slots[a]->queued.fetch_sub(jobs[a]->events.size(), std::memory_order_relaxed);
         return done(tl::make_unexpected(
-          error{errc::overloaded, "partition " + topic + "/" + std::to_string(p)
-                                    + " has " + std::to_string(cfg_.storage.max_queued_events)
+          error{errc::overloaded, "partition " + topic + "/" + std::to_string(p) + " has "
+                                    + std::to_string(cfg_.storage.max_queued_events)
                                     + " events waiting to be written; retry shortly"}));
       }
       admitted.push_back(p);
@@ -585,14 +596,12 @@ private:
             auto& a = (*r)[k];
             if (a.status == persistence::append_status::conflict) {
               join->fail(error{errc::conflict, "event id " + a.id + " is already used on topic "
-                                                 + a.topic
-                                                 + "; ids are unique across topics"});
+                                                 + a.topic + "; ids are unique across topics"});
               continue;
             }
-            join->out[idx[k]] = published{a.id,           a.topic,
-                                          a.where.partition, a.where.offset,
-                                          a.where.time_us, a.status
-                                                             == persistence::append_status::duplicate};
+            join->out[idx[k]] = published{
+              a.id,           a.topic,         a.where.partition,
+              a.where.offset, a.where.time_us, a.status == persistence::append_status::duplicate};
           }
         }
         join->arrive();
@@ -607,6 +616,7 @@ private:
   }
 
   config::config cfg_;
+  node_hooks hooks_;
   std::unique_ptr<persistence::event_log> log_;
   caf::actor_system_config sys_cfg_;
   caf::actor_system system_;
@@ -629,7 +639,8 @@ std::string new_trace_id() {
   return persistence::new_trace_id();
 }
 
-tl::expected<std::unique_ptr<node>, std::string> start_node(const config::config& cfg) {
+tl::expected<std::unique_ptr<node>, std::string> start_node(const config::config& cfg,
+                                                            node_hooks hooks) {
   persistence::options opts;
   opts.path = cfg.data_dir;
   opts.fsync = cfg.storage.fsync;
@@ -638,7 +649,7 @@ tl::expected<std::unique_ptr<node>, std::string> start_node(const config::config
   auto log = persistence::event_log::open(opts);
   if (!log)
     return tl::make_unexpected(log.error().message);
-  auto n = std::make_unique<node_impl>(cfg, std::move(*log));
+  auto n = std::make_unique<node_impl>(cfg, std::move(*log), std::move(hooks));
   if (auto err = n->start())
     return tl::make_unexpected(*err);
   return n;

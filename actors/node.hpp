@@ -19,12 +19,12 @@ namespace nerve::actors {
 
 /// Errors a caller of the node can react to (each maps to one HTTP status).
 enum class errc {
-  not_found,     ///< 404
-  conflict,      ///< 409: an event id is used on another topic
-  overloaded,    ///< 503 + Retry-After: a bounded queue is full
-  unavailable,   ///< 503: shutting down, or a partition is restarting
-  storage,       ///< 500: the log failed to read or write
-  invalid,       ///< 400
+  not_found,   ///< 404
+  conflict,    ///< 409: an event id is used on another topic
+  overloaded,  ///< 503 + Retry-After: a bounded queue is full
+  unavailable, ///< 503: shutting down, or a partition is restarting
+  storage,     ///< 500: the log failed to read or write
+  invalid,     ///< 400
 };
 
 struct error {
@@ -80,7 +80,7 @@ struct health_report {
   bool storage_ok = false;
   std::optional<double> storage_latency_ms; ///< of the write/read probe
   std::string storage_error;
-  bool bus_ok = false;                      ///< every partition actor alive
+  bool bus_ok = false; ///< every partition actor alive
   std::uint64_t pending_publishes = 0;
   std::uint64_t partitions = 0;
   std::uint64_t agents_running = 0;
@@ -110,8 +110,7 @@ public:
 
   /// Events of `topic` from `from_offset`; all partitions when none is given.
   virtual void read_events(const std::string& topic, std::optional<std::uint32_t> partition,
-                           std::uint64_t from_offset, std::size_t limit,
-                           callback<events_page> done)
+                           std::uint64_t from_offset, std::size_t limit, callback<events_page> done)
     = 0;
 
   /// The stored event with this id (not_found otherwise).
@@ -142,8 +141,15 @@ public:
 /// A new W3C trace id (32 lowercase hex digits).
 [[nodiscard]] std::string new_trace_id();
 
+/// Fault-injection points for tests; production passes none.
+struct node_hooks {
+  /// Called by a partition actor before each group commit; throwing from it
+  /// crashes that actor, as a bug would.
+  std::function<void(const std::string& topic, std::uint32_t partition)> before_append;
+};
+
 /// Opens the log in `cfg.data_dir`, recovers and starts the runner.
-[[nodiscard]] tl::expected<std::unique_ptr<node>, std::string>
-start_node(const config::config& cfg);
+[[nodiscard]] tl::expected<std::unique_ptr<node>, std::string> start_node(const config::config& cfg,
+                                                                          node_hooks hooks = {});
 
 } // namespace nerve::actors

@@ -25,15 +25,14 @@ struct setting {
 
 std::optional<std::uint64_t> parse_uint(const std::string& text) {
   if (text.empty() || text.size() > 19
-      || !std::all_of(text.begin(), text.end(),
-                      [](unsigned char c) { return std::isdigit(c); }))
+      || !std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isdigit(c); }))
     return std::nullopt;
   return std::stoull(text);
 }
 
 setter uint_in(std::uint64_t lo, std::uint64_t hi,
                std::function<void(config&, std::uint64_t)> set) {
-  return [lo, hi, set](config& cfg, const std::string& v) -> std::optional<std::string> {
+  return [lo, hi, set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
     auto n = parse_uint(v);
     if (!n || *n < lo || *n > hi)
       return "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
@@ -43,7 +42,7 @@ setter uint_in(std::uint64_t lo, std::uint64_t hi,
 }
 
 setter duration_in(millis lo, std::function<void(config&, millis)> set) {
-  return [lo, set](config& cfg, const std::string& v) -> std::optional<std::string> {
+  return [lo, set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
     auto d = parse_duration(v);
     if (!d || *d < lo)
       return "a duration such as 250ms, 30s, 15m, 24h or 7d"
@@ -56,7 +55,7 @@ setter duration_in(millis lo, std::function<void(config&, millis)> set) {
 
 setter one_of(std::vector<std::string> allowed,
               std::function<void(config&, const std::string&)> set) {
-  return [allowed, set](config& cfg, const std::string& v) -> std::optional<std::string> {
+  return [allowed = std::move(allowed), set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
     if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
       std::string all;
       for (auto& a : allowed)
@@ -69,7 +68,7 @@ setter one_of(std::vector<std::string> allowed,
 }
 
 setter host_port(std::function<void(config&, const std::string&)> set, bool allow_empty) {
-  return [set, allow_empty](config& cfg, const std::string& v) -> std::optional<std::string> {
+  return [set = std::move(set), allow_empty](config& cfg, const std::string& v) -> std::optional<std::string> {
     if (!(allow_empty && v.empty()) && !split_host_port(v))
       return std::string{"HOST:PORT with a port from 0 to 65535"}
              + (allow_empty ? " (or empty to turn it off)" : "");
@@ -79,17 +78,16 @@ setter host_port(std::function<void(config&, const std::string&)> set, bool allo
 }
 
 setter any_string(std::function<void(config&, const std::string&)> set) {
-  return [set](config& cfg, const std::string& v) -> std::optional<std::string> {
+  return [set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
     set(cfg, v);
     return std::nullopt;
   };
 }
 
 bool valid_node_id(const std::string& v) {
-  return !v.empty() && v.size() <= 64
-         && std::all_of(v.begin(), v.end(), [](unsigned char c) {
-              return std::isalnum(c) || c == '-' || c == '_' || c == '.';
-            });
+  return !v.empty() && v.size() <= 64 && std::all_of(v.begin(), v.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '_' || c == '.';
+  });
 }
 
 const std::vector<setting>& settings() {
@@ -135,41 +133,43 @@ const std::vector<setting>& settings() {
     {"storage.max_queued_events",
      uint_in(1, 10000000, [](config& c, std::uint64_t n) { c.storage.max_queued_events = n; })},
     {"results.ttl", duration_in(millis{0}, [](config& c, millis d) { c.results_ttl = d; })},
-    {"topics.defaults.partitions",
-     uint_in(1, 1024, [](config& c, std::uint64_t n) {
-       c.topic_defaults.partitions = static_cast<std::uint32_t>(n);
-     })},
+    {"topics.defaults.partitions", uint_in(1, 1024,
+                                           [](config& c, std::uint64_t n) {
+                                             c.topic_defaults.partitions
+                                               = static_cast<std::uint32_t>(n);
+                                           })},
     {"health.pending_degraded",
      uint_in(0, std::numeric_limits<std::uint32_t>::max(),
              [](config& c, std::uint64_t n) { c.health.pending_degraded = n; })},
-    {"health.dlq_degraded",
-     uint_in(0, std::numeric_limits<std::uint32_t>::max(),
-             [](config& c, std::uint64_t n) { c.health.dlq_degraded = n; })},
+    {"health.dlq_degraded", uint_in(0, std::numeric_limits<std::uint32_t>::max(),
+                                    [](config& c, std::uint64_t n) { c.health.dlq_degraded = n; })},
     {"health.storage_latency_degraded",
      duration_in(millis{1}, [](config& c, millis d) { c.health.storage_latency_degraded = d; })},
     {"cluster.listen",
      host_port([](config& c, const std::string& v) { c.cluster.listen = v; }, true)},
     {"cluster.join",
-     [](config& c, const std::string& v) -> std::optional<std::string> {
-       c.cluster.join.clear();
-       std::stringstream in{v};
-       std::string item;
-       while (std::getline(in, item, ',')) {
-         if (item.empty())
-           continue;
-         if (!split_host_port(item))
-           return "a list of HOST:PORT";
-         c.cluster.join.push_back(item);
-       }
-       return std::nullopt;
-     }},
-    {"cluster.tls.cert", any_string([](config& c, const std::string& v) { c.cluster.tls_cert = v; })},
+     [](config& c, const std::string& v) -> std::
+                                           optional<std::string> {
+                                             c.cluster.join.clear();
+                                             std::stringstream in{v};
+                                             std::string item;
+                                             while (std::getline(in, item, ',')) {
+                                               if (item.empty())
+                                                 continue;
+                                               if (!split_host_port(item))
+                                                 return "a list of HOST:PORT";
+                                               c.cluster.join.push_back(item);
+                                             }
+                                             return std::nullopt;
+                                           }},
+    {"cluster.tls.cert",
+     any_string([](config& c, const std::string& v) { c.cluster.tls_cert = v; })},
     {"cluster.tls.key", any_string([](config& c, const std::string& v) { c.cluster.tls_key = v; })},
     {"cluster.tls.ca", any_string([](config& c, const std::string& v) { c.cluster.tls_ca = v; })},
     {"log.level", one_of({"trace", "debug", "info", "warn", "error", "off"},
                          [](config& c, const std::string& v) { c.log.level = v; })},
-    {"log.format", one_of({"text", "json"},
-                          [](config& c, const std::string& v) { c.log.format = v; })},
+    {"log.format",
+     one_of({"text", "json"}, [](config& c, const std::string& v) { c.log.format = v; })},
   };
   return table;
 }
@@ -376,8 +376,7 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
     } else if (key == "command") {
       err = agent_string_list(v, path, a.command);
     } else if (key == "url") {
-      if (!(err = need_scalar())
-          && text.rfind("http://", 0) != 0)
+      if (!(err = need_scalar()) && text.rfind("http://", 0) != 0)
         err = bad_value(path, text, "an http:// URL");
       a.url = text;
     } else if (key == "handler") {

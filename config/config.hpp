@@ -118,12 +118,12 @@ std::optional<std::string> process_env(const char* name);
 
 /// Loads the configuration. The error is one line naming the key, the value
 /// and what is allowed; callers print it and exit with code 2.
-[[nodiscard]] tl::expected<config, std::string>
-load(const flag_overrides& flags, env_lookup env = process_env);
+[[nodiscard]] tl::expected<config, std::string> load(const flag_overrides& flags,
+                                                     env_lookup env = process_env);
 
 /// Parses the YAML text of a config file on top of `base` (no env, no flags).
-[[nodiscard]] tl::expected<config, std::string>
-parse_yaml(const std::string& text, config base = {});
+[[nodiscard]] tl::expected<config, std::string> parse_yaml(const std::string& text,
+                                                           config base = {});
 
 /// Parses "250ms", "30s", "15m", "24h", "7d" (a bare number is seconds).
 [[nodiscard]] std::optional<millis> parse_duration(const std::string& text);

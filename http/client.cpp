@@ -25,7 +25,8 @@ call(const std::string& server, const std::string& method, const std::string& ta
     rest.pop_back();
   std::string host = rest;
   std::string port = "80";
-  if (auto colon = rest.rfind(':'); colon != std::string::npos && rest.find(']') == std::string::npos) {
+  if (auto colon = rest.rfind(':');
+      colon != std::string::npos && rest.find(']') == std::string::npos) {
     host = rest.substr(0, colon);
     port = rest.substr(colon + 1);
   }
@@ -59,8 +60,8 @@ call(const std::string& server, const std::string& method, const std::string& ta
     return client_response{res.result_int(), std::string{res[bhttp::field::content_type]},
                            std::move(res.body())};
   } catch (const beast::system_error& e) {
-    return tl::make_unexpected(client_error{client_errc::unreachable,
-                                            "cannot reach " + server + ": " + e.code().message()});
+    return tl::make_unexpected(
+      client_error{client_errc::unreachable, "cannot reach " + server + ": " + e.code().message()});
   }
 }
 

@@ -4,7 +4,6 @@
 #include <cctype>
 #include <cmath>
 
-
 namespace nerve::http {
 
 namespace {
@@ -109,16 +108,14 @@ tl::expected<actors::publish_item, std::string> one_event(const json& e, const s
         return tl::make_unexpected(where + "\"" + name + "\" must be a string of 1 to 255 bytes");
     } else if (name == "correlation_id" || name == "causation_id") {
       if (!is_string_of(value, 1, 128))
-        return tl::make_unexpected(where + "\"" + name
-                                   + "\" must be a string of 1 to 128 bytes");
+        return tl::make_unexpected(where + "\"" + name + "\" must be a string of 1 to 128 bytes");
     } else if (name == "trace_id") {
       if (!value.is_string() || !valid_trace_id(value.get_ref<const std::string&>()))
         return tl::make_unexpected(where
                                    + "\"trace_id\" must be 32 lowercase hex digits, not all zero");
     } else if (name == "headers") {
       if (!value.is_object() || value.size() > 64)
-        return tl::make_unexpected(where
-                                   + "\"headers\" must be an object of at most 64 strings");
+        return tl::make_unexpected(where + "\"headers\" must be an object of at most 64 strings");
       for (auto& [hname, hvalue] : value.items())
         if (hname.empty() || hname.size() > 128 || !is_string_of(hvalue, 0, 4096))
           return tl::make_unexpected(where + "header \"" + hname.substr(0, 128)
@@ -131,8 +128,9 @@ tl::expected<actors::publish_item, std::string> one_event(const json& e, const s
     }
   }
   if (!e.contains("data"))
-    return tl::make_unexpected(where + "\"data\" is missing; an event carries its payload in "
-                                       "\"data\" (any JSON value)");
+    return tl::make_unexpected(where
+                               + "\"data\" is missing; an event carries its payload in "
+                                 "\"data\" (any JSON value)");
   // Members in the order events are shown.
   for (const char* name : {"type", "source", "correlation_id", "causation_id"})
     if (auto it = e.find(name); it != e.end())

@@ -8,7 +8,7 @@
 namespace nerve::http {
 
 /// A problem+json response; `slug` names the problem type.
-[[nodiscard]] response problem(unsigned status, const std::string& slug,
-                               const std::string& title, const std::string& detail);
+[[nodiscard]] response problem(unsigned status, const std::string& slug, const std::string& title,
+                               const std::string& detail);
 
 } // namespace nerve::http

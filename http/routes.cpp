@@ -20,11 +20,12 @@ response problem(unsigned status, const std::string& slug, const std::string& ti
   response r;
   r.status = status;
   r.content_type = "application/problem+json";
-  r.body = json{{"type", "https://nerve.dev/problems/" + slug},
-                {"title", title},
-                {"status", status},
-                {"detail", detail}}
-             .dump(-1, ' ', false, json::error_handler_t::replace);
+  r.body = json{
+    {"type", "https://nerve.dev/problems/" + slug},
+    {"title", title},
+    {"status", status},
+    {"detail",
+     detail}}.dump(-1, ' ', false, json::error_handler_t::replace);
   return r;
 }
 
@@ -136,8 +137,7 @@ std::optional<response> query_uint(const std::map<std::string, std::string>& q,
     return std::nullopt;
   auto& v = it->second;
   bool digits = v.size() <= 19
-                && std::all_of(v.begin(), v.end(),
-                               [](unsigned char c) { return std::isdigit(c); });
+                && std::all_of(v.begin(), v.end(), [](unsigned char c) { return std::isdigit(c); });
   if (!digits || std::stoull(v) > max)
     return problem(400, "invalid-parameter", "Bad Request",
                    "query parameter " + name + "=" + v.substr(0, 64)
@@ -151,9 +151,8 @@ public:
   api(actors::node& node, const config::config& cfg) : node_(node), cfg_(cfg) {
     add("GET", "/health", [this](auto&, auto&, auto& respond) { health(respond); });
     add("GET", "/health/detailed", [this](auto&, auto&, auto& respond) { detailed(respond); });
-    add("GET", "/livez", [](auto&, auto&, auto& respond) {
-      respond(json_response(200, R"({"status":"alive"})"));
-    });
+    add("GET", "/livez",
+        [](auto&, auto&, auto& respond) { respond(json_response(200, R"({"status":"alive"})")); });
     add("GET", "/readyz", [this](auto&, auto&, auto& respond) {
       if (node_.ready())
         return respond(json_response(200, R"({"status":"ready"})"));
@@ -177,8 +176,8 @@ public:
       bool ok = true;
       decoded.push_back(percent_decode(s, ok));
       if (!ok)
-        return respond(problem(400, "bad-path", "Bad Request",
-                               "the path has a malformed percent-encoding"));
+        return respond(
+          problem(400, "bad-path", "Bad Request", "the path has a malformed percent-encoding"));
     }
     std::string allowed;
     for (auto& r : routes_) {
@@ -257,15 +256,15 @@ private:
         db["status"] = "unhealthy";
         db["message"] = h.storage_error;
       } else {
-        auto slow = *h.storage_latency_ms
-                    > static_cast<double>(limits.storage_latency_degraded.count());
+        auto slow
+          = *h.storage_latency_ms > static_cast<double>(limits.storage_latency_degraded.count());
         db["status"] = slow ? "degraded" : "healthy";
         db["message"] = "rocksdb at " + cfg_.data_dir;
       }
       if (h.storage_latency_ms)
         db["latency_ms"] = std::round(*h.storage_latency_ms * 1000.0) / 1000.0;
       add(db);
-      std::string queue_status = !h.bus_ok ? "unhealthy"
+      std::string queue_status = !h.bus_ok                                       ? "unhealthy"
                                  : h.pending_publishes > limits.pending_degraded ? "degraded"
                                                                                  : "healthy";
       add({{"name", "event_queue"},
@@ -310,12 +309,12 @@ private:
         for (auto& p : t.partition_stats) {
           events += p.next_offset - p.first_offset;
           bytes += p.bytes;
-          parts.push_back({{"partition", p.partition},
-                           {"events", p.next_offset - p.first_offset},
-                           {"first_offset", p.first_offset},
-                           {"last_offset", p.next_offset == 0 ? json(nullptr)
-                                                              : json(p.next_offset - 1)},
-                           {"bytes", p.bytes}});
+          parts.push_back(
+            {{"partition", p.partition},
+             {"events", p.next_offset - p.first_offset},
+             {"first_offset", p.first_offset},
+             {"last_offset", p.next_offset == 0 ? json(nullptr) : json(p.next_offset - 1)},
+             {"bytes", p.bytes}});
         }
         topics.push_back({{"name", t.name},
                           {"partitions", t.partitions},
@@ -335,8 +334,8 @@ private:
                                  "at most 255 bytes"));
     auto body = parse_json(req.body);
     if (!body)
-      return respond(problem(400, "invalid-json", "Bad Request",
-                             "the body is not valid JSON: " + body.error()));
+      return respond(
+        problem(400, "invalid-json", "Bad Request", "the body is not valid JSON: " + body.error()));
     auto items = events_from_body(*body, topic, cfg_.http.max_events_per_request);
     if (!items)
       return respond(problem(400, "invalid-event", "Bad Request", items.error()));

@@ -173,16 +173,16 @@ private:
       res->prepare_payload();
     }
     stream_.expires_after(state_->opts.read_timeout);
-    bhttp::async_write(stream_, *res,
-                       [self = shared_from_this(), res, keep_alive,
-                        counted](beast::error_code ec, std::size_t) {
-                         if (counted)
-                           self->state_->request_done();
-                         if (ec || !keep_alive)
-                           return self->close();
-                         self->head_ = false;
-                         self->read_header();
-                       });
+    bhttp::async_write(
+      stream_, *res,
+      [self = shared_from_this(), res, keep_alive, counted](beast::error_code ec, std::size_t) {
+        if (counted)
+          self->state_->request_done();
+        if (ec || !keep_alive)
+          return self->close();
+        self->head_ = false;
+        self->read_header();
+      });
   }
 
   void close() {

@@ -21,8 +21,8 @@ namespace nerve::persistence {
 
 namespace {
 
-constexpr const char* family_names[] = {"events", "by_time", "by_id",   "cursors",
-                                        "pending", "dlq",    "results", "meta"};
+constexpr const char* family_names[]
+  = {"events", "by_time", "by_id", "cursors", "pending", "dlq", "results", "meta"};
 
 /// Stored event values start with the append time, then the event JSON.
 constexpr std::size_t value_header_bytes = 8;
@@ -124,8 +124,8 @@ partition_writer::append(const std::vector<new_event>& events) {
                    static_cast<std::int64_t>(keys::get_u64(val, 16))};
           results[i].id = events[i].id;
           results[i].where = c;
-          results[i].status = c.topic_id == topic_.id ? append_status::duplicate
-                                                      : append_status::conflict;
+          results[i].status
+            = c.topic_id == topic_.id ? append_status::duplicate : append_status::conflict;
           {
             std::shared_lock<std::shared_mutex> names{log_.topics_mutex_};
             auto name = log_.topic_names_.find(c.topic_id);
@@ -202,9 +202,8 @@ partition_writer::append(const std::vector<new_event>& events) {
   if (!s.ok()) {
     next_offset_ = first_offset;
     log_.note_error("append: " + s.ToString());
-    return tl::make_unexpected(io_error("appending to " + topic_.name + "/"
-                                          + std::to_string(partition_),
-                                        s));
+    return tl::make_unexpected(
+      io_error("appending to " + topic_.name + "/" + std::to_string(partition_), s));
   }
   // Offsets stay dense: every appended event took exactly the next one.
   assert(next_offset_ - first_offset == static_cast<std::uint64_t>(batch.Count()) / 3);
@@ -222,8 +221,8 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   std::error_code ec;
   std::filesystem::create_directories(opts.path, ec);
   if (ec)
-    return tl::make_unexpected(error{errc::io_error, "cannot create data directory "
-                                                       + opts.path + ": " + ec.message()});
+    return tl::make_unexpected(
+      error{errc::io_error, "cannot create data directory " + opts.path + ": " + ec.message()});
   std::unique_ptr<event_log> log{new event_log(opts)};
   rocksdb::DBOptions db_opts;
   db_opts.create_if_missing = true;
@@ -246,10 +245,9 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   auto s = rocksdb::DB::Open(db_opts, opts.path, families, &log->handles_, &raw);
   if (!s.ok()) {
     if (s.IsIOError() && s.ToString().find("lock") != std::string::npos)
-      return tl::make_unexpected(error{errc::io_error,
-                                       "data directory " + opts.path
-                                         + " is in use by another nerve process ("
-                                         + s.ToString() + ")"});
+      return tl::make_unexpected(error{errc::io_error, "data directory " + opts.path
+                                                         + " is in use by another nerve process ("
+                                                         + s.ToString() + ")"});
     return tl::make_unexpected(io_error("opening " + opts.path, s));
   }
   log->db_.reset(raw);
@@ -289,9 +287,7 @@ std::optional<error> event_log::init_meta() {
   auto s = db_->Get(ro, meta_, "node_id", &stored_id);
   if (!s.ok() && !s.IsNotFound())
     return io_error("reading node id", s);
-  node_id_ = !opts_.node_id.empty() ? opts_.node_id
-             : s.ok()               ? stored_id
-                                    : new_node_id();
+  node_id_ = !opts_.node_id.empty() ? opts_.node_id : s.ok() ? stored_id : new_node_id();
   if (node_id_ != stored_id) {
     rocksdb::WriteOptions wo;
     wo.sync = true;
@@ -389,9 +385,10 @@ partition_stats event_log::stats(const topic_info& topic, std::uint32_t partitio
   return st;
 }
 
-tl::expected<std::vector<std::string>, error>
-event_log::read(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
-                std::size_t limit) const {
+tl::expected<std::vector<std::string>, error> event_log::read(const topic_info& topic,
+                                                              std::uint32_t partition,
+                                                              std::uint64_t from_offset,
+                                                              std::size_t limit) const {
   std::vector<std::string> out;
   auto prefix = keys::partition_prefix(topic.id, partition);
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
@@ -407,8 +404,7 @@ event_log::read(const topic_info& topic, std::uint32_t partition, std::uint64_t 
   return out;
 }
 
-tl::expected<std::optional<std::string>, error>
-event_log::get_by_id(const std::string& id) const {
+tl::expected<std::optional<std::string>, error> event_log::get_by_id(const std::string& id) const {
   std::string where;
   auto s = db_->Get(rocksdb::ReadOptions{}, by_id_, id, &where);
   if (s.IsNotFound())

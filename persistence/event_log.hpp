@@ -31,9 +31,9 @@ namespace nerve::persistence {
 
 /// What went wrong in the storage layer; only codes a caller can react to.
 enum class errc {
-  io_error,  ///< RocksDB failed to read or write; storage is unhealthy
-  conflict,  ///< an event id is already used on another topic
-  invalid,   ///< a caller passed something the log cannot hold
+  io_error, ///< RocksDB failed to read or write; storage is unhealthy
+  conflict, ///< an event id is already used on another topic
+  invalid,  ///< a caller passed something the log cannot hold
 };
 
 struct error {
@@ -56,7 +56,7 @@ struct options {
   std::chrono::milliseconds fsync_interval{100};
   clock_fn clock = system_clock_us;
   rocksdb::Env* env = nullptr; ///< null: the default filesystem
-  std::string node_id;        ///< kept in `meta`; empty: the stored or a new one
+  std::string node_id;         ///< kept in `meta`; empty: the stored or a new one
 };
 
 struct topic_info {
@@ -123,8 +123,7 @@ class event_log {
 public:
   /// Opens or creates the log; recovery reads `meta` and seeks to each
   /// partition's last key, it never scans the log.
-  [[nodiscard]] static tl::expected<std::unique_ptr<event_log>, error>
-  open(const options& opts);
+  [[nodiscard]] static tl::expected<std::unique_ptr<event_log>, error> open(const options& opts);
 
   event_log(const event_log&) = delete;
   event_log& operator=(const event_log&) = delete;
@@ -140,9 +139,10 @@ public:
   [[nodiscard]] partition_stats stats(const topic_info& topic, std::uint32_t partition) const;
 
   /// Up to `limit` stored events (JSON) of one partition from `from_offset`.
-  [[nodiscard]] tl::expected<std::vector<std::string>, error>
-  read(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
-       std::size_t limit) const;
+  [[nodiscard]] tl::expected<std::vector<std::string>, error> read(const topic_info& topic,
+                                                                   std::uint32_t partition,
+                                                                   std::uint64_t from_offset,
+                                                                   std::size_t limit) const;
 
   /// The stored event with this id, if any.
   [[nodiscard]] tl::expected<std::optional<std::string>, error>

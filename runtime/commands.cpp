@@ -102,8 +102,9 @@ int publish(const client_options& client, const publish_options& opts) {
     event["type"] = *opts.type;
   if (opts.source)
     event["source"] = *opts.source;
-  auto res = http::call(client.server, "POST", "/v1/topics/" + encode_segment(opts.topic) + "/events",
-                        event.dump(), client.token);
+  auto res
+    = http::call(client.server, "POST", "/v1/topics/" + encode_segment(opts.topic) + "/events",
+                 event.dump(), client.token);
   if (!res) {
     print_error(res.error().message);
     return res.error().code == http::client_errc::bad_url ? exit_usage : exit_unreachable;

@@ -18,9 +18,8 @@ namespace {
 class json_formatter final : public spdlog::formatter {
 public:
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(
-                msg.time.time_since_epoch())
-                .count();
+    auto us
+      = std::chrono::duration_cast<std::chrono::microseconds>(msg.time.time_since_epoch()).count();
     auto level = spdlog::level::to_string_view(msg.level);
     nlohmann::json j{{"time", actors::format_time(us)},
                      {"level", std::string(level.data(), level.size())},
@@ -39,8 +38,7 @@ public:
 
 void setup_logging(const config::log_config& cfg) {
   auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>(
-    std::getenv("NO_COLOR") != nullptr ? spdlog::color_mode::never
-                                       : spdlog::color_mode::automatic);
+    std::getenv("NO_COLOR") != nullptr ? spdlog::color_mode::never : spdlog::color_mode::automatic);
   auto logger = std::make_shared<spdlog::logger>("nerve", sink);
   if (cfg.format == "json")
     logger->set_formatter(std::make_unique<json_formatter>());

@@ -15,7 +15,8 @@ std::string env_or(const char* name, const char* fallback) {
 }
 
 void add_client_flags(CLI::App* cmd, nerve::runtime::client_options& c) {
-  cmd->add_option("--server", c.server, "server URL (default $NERVE_SERVER or http://127.0.0.1:8000)");
+  cmd->add_option("--server", c.server,
+                  "server URL (default $NERVE_SERVER or http://127.0.0.1:8000)");
   cmd->add_option("--token", c.token, "bearer token (default $NERVE_TOKEN)");
   cmd->add_flag("--json", c.json, "print exactly the API's JSON");
 }

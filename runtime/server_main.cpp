@@ -49,8 +49,8 @@ int run_server(const config::flag_overrides& flags) {
     (*node)->shutdown();
     return exit_failed;
   }
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-              std::chrono::steady_clock::now() - started)
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now()
+                                                                  - started)
               .count();
   spdlog::info("nerve {} node {} ready in {} ms: http://{}:{} data {} fsync {}", NERVE_VERSION,
                (*node)->node_id(), ms, hp.first, server.port(), cfg->data_dir,

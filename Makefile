@@ -1,0 +1,41 @@
+# nerve: the two quick-start commands are `make run` and `make test`.
+BUILD ?= build
+BUILD_TYPE ?= RelWithDebInfo
+CMAKE_ARGS ?=
+CTEST_ARGS ?=
+
+.PHONY: all deps configure build run test unit blackbox bench format clean
+
+all: build
+
+deps:
+	./.ci/install-deps
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
+
+configure: deps $(BUILD)/build.ninja
+
+build: configure
+	cmake --build $(BUILD)
+
+run: build
+	./$(BUILD)/runtime/nerve run
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
+
+unit: build
+	ctest --test-dir $(BUILD) --output-on-failure -L unit
+
+blackbox: build
+	ctest --test-dir $(BUILD) --output-on-failure -L 'blackbox|faults'
+
+bench: build
+	./bench/publish
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
+
+clean:
+	rm -rf $(BUILD)

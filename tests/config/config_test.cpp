@@ -1,0 +1,200 @@
+// Config loading: defaults, YAML, env and flag precedence, and the one-line
+// errors that stop start-up.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <map>
+
+#include "config/config.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace nerve::config;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::map<std::string, std::string> fake_env;
+
+std::optional<std::string> lookup(const char* name) {
+  auto it = fake_env.find(name);
+  if (it == fake_env.end())
+    return std::nullopt;
+  return it->second;
+}
+
+std::string write_file(const nerve::test::temp_dir& dir, const std::string& text) {
+  auto path = dir.sub("nerve.yaml");
+  std::ofstream{path} << text;
+  return path;
+}
+
+} // namespace
+
+TEST_CASE("defaults match the contract", "[unit][config]") {
+  fake_env.clear();
+  flag_overrides flags;
+  flags.config_file = std::nullopt;
+  nerve::test::temp_dir dir;
+  flags.config_file = write_file(dir, "");
+  auto cfg = load(flags, lookup);
+  REQUIRE(cfg);
+  CHECK(cfg->data_dir == "./nerve-data");
+  CHECK(cfg->http.listen == "127.0.0.1:8000");
+  CHECK(cfg->http.max_body_bytes == 1048576);
+  CHECK(cfg->http.max_connections == 1024);
+  CHECK(cfg->storage.fsync == fsync_policy::always);
+  CHECK(cfg->storage.retention == 7 * 24h);
+  CHECK(cfg->topic_defaults.partitions == 4);
+  CHECK(cfg->results_ttl == 24h);
+  CHECK(cfg->health.dlq_degraded == 100);
+  CHECK(cfg->log.level == "info");
+}
+
+TEST_CASE("a YAML file sets keys, topics and agents", "[unit][config]") {
+  auto cfg = parse_yaml(R"(
+node_id: n1
+http: { listen: 127.0.0.1:9000, max_body_bytes: 2048 }
+storage: { fsync: interval, retention: 2h }
+topics:
+  defaults: { partitions: 2 }
+  orders: { partitions: 8 }
+agents:
+  - name: summarizer
+    topics: ["docs.created", "orders.*"]
+    filter: { type: "order.created" }
+    kind: process
+    command: ["python3", "agents/summarizer.py"]
+    instances: 2
+    ordered_by: key
+    timeout: 5s
+    backoff: { initial: 100ms, max: 10s }
+  - { name: audit, topics: [">"], kind: builtin, handler: echo }
+log: { level: debug, format: json }
+)");
+  REQUIRE(cfg);
+  CHECK(cfg->node_id == "n1");
+  CHECK(cfg->http.listen == "127.0.0.1:9000");
+  CHECK(cfg->http.max_body_bytes == 2048);
+  CHECK(cfg->storage.fsync == fsync_policy::interval);
+  CHECK(cfg->storage.retention == 2h);
+  CHECK(cfg->partitions_for("orders") == 8);
+  CHECK(cfg->partitions_for("other") == 2);
+  REQUIRE(cfg->agents.size() == 2);
+  CHECK(cfg->agents[0].instances == 2);
+  CHECK(cfg->agents[0].timeout == 5s);
+  CHECK(cfg->agents[0].backoff_initial == 100ms);
+  CHECK(cfg->agents[0].filter.type == "order.created");
+  CHECK(cfg->agents[1].handler == "echo");
+  CHECK(cfg->log.format == "json");
+}
+
+TEST_CASE("unknown keys and bad values name the key, the value and what is allowed",
+          "[unit][config]") {
+  auto unknown = parse_yaml("http: { listn: 1.2.3.4:80 }");
+  REQUIRE_FALSE(unknown);
+  CHECK(unknown.error() == "http.listn: unknown key");
+
+  auto bad = parse_yaml("storage: { fsync: sometimes }");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error()
+        == "storage.fsync: \"sometimes\" is not allowed; expected one of: always, interval, never");
+
+  auto port = parse_yaml("http: { listen: 127.0.0.1:99999 }");
+  REQUIRE_FALSE(port);
+  CHECK(port.error().find("http.listen: \"127.0.0.1:99999\"") == 0);
+
+  auto parts = parse_yaml("topics: { orders: { partitions: 0 } }");
+  REQUIRE_FALSE(parts);
+  CHECK(parts.error()
+        == "topics.orders.partitions: \"0\" is not allowed; expected an integer "
+           "from 1 to 1024");
+
+  auto agent = parse_yaml("agents: [ { name: a, topics: [x], kind: carrier-pigeon } ]");
+  REQUIRE_FALSE(agent);
+  CHECK(agent.error().find("agents[0].kind: \"carrier-pigeon\"") == 0);
+
+  auto dup = parse_yaml("agents: [ { name: a, topics: [x], kind: builtin, handler: noop },"
+                        " { name: a, topics: [y], kind: builtin, handler: noop } ]");
+  REQUIRE_FALSE(dup);
+  CHECK(dup.error().find("agents[1].name") == 0);
+
+  auto syntax = parse_yaml("http: [unclosed");
+  REQUIRE_FALSE(syntax);
+  CHECK(syntax.error().find("invalid YAML at line") == 0);
+
+  CHECK_FALSE(parse_yaml("storage: { retention: 7 days }"));
+  CHECK_FALSE(
+    parse_yaml("agents: [ { name: a, topics: ['a.>.b'], kind: builtin, handler: noop } ]"));
+}
+
+TEST_CASE("environment overrides the file and flags override the environment", "[unit][config]") {
+  nerve::test::temp_dir dir;
+  flag_overrides flags;
+  flags.config_file = write_file(dir, "http: { listen: 127.0.0.1:1111 }\ndata_dir: /from/file\n");
+  fake_env = {{"NERVE_HTTP_LISTEN", "127.0.0.1:2222"}, {"NERVE_STORAGE_FSYNC", "never"}};
+  auto cfg = load(flags, lookup);
+  REQUIRE(cfg);
+  CHECK(cfg->http.listen == "127.0.0.1:2222");
+  CHECK(cfg->data_dir == "/from/file");
+  CHECK(cfg->storage.fsync == fsync_policy::never);
+
+  flags.http_listen = "127.0.0.1:3333";
+  flags.data_dir = "/from/flag";
+  cfg = load(flags, lookup);
+  REQUIRE(cfg);
+  CHECK(cfg->http.listen == "127.0.0.1:3333");
+  CHECK(cfg->data_dir == "/from/flag");
+
+  fake_env = {{"NERVE_TOPICS_DEFAULTS_PARTITIONS", "many"}};
+  auto bad_env = load(flags, lookup);
+  REQUIRE_FALSE(bad_env);
+  CHECK(bad_env.error()
+        == "NERVE_TOPICS_DEFAULTS_PARTITIONS: \"many\" is not allowed; expected an integer from 1 "
+           "to 1024");
+
+  fake_env.clear();
+  flags.http_listen = "localhost";
+  auto bad_flag = load(flags, lookup);
+  REQUIRE_FALSE(bad_flag);
+  CHECK(bad_flag.error().find("--http: \"localhost\"") == 0);
+}
+
+TEST_CASE("a non-loopback listen address needs a token", "[unit][config]") {
+  nerve::test::temp_dir dir;
+  flag_overrides flags;
+  flags.config_file = write_file(dir, "");
+  flags.http_listen = "0.0.0.0:8000";
+  fake_env.clear();
+  auto refused = load(flags, lookup);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().find("not a loopback address") != std::string::npos);
+  fake_env = {{"NERVE_HTTP_TOKEN", "s3cret"}};
+  CHECK(load(flags, lookup));
+  fake_env.clear();
+}
+
+TEST_CASE("a missing explicit config file is an error, a missing default is not",
+          "[unit][config]") {
+  fake_env.clear();
+  flag_overrides flags;
+  flags.config_file = "/nonexistent/nerve.yaml";
+  auto missing = load(flags, lookup);
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().find("--config") == 0);
+}
+
+TEST_CASE("durations and addresses parse", "[unit][config]") {
+  CHECK(parse_duration("250ms") == 250ms);
+  CHECK(parse_duration("30s") == 30s);
+  CHECK(parse_duration("15m") == 15min);
+  CHECK(parse_duration("24h") == 24h);
+  CHECK(parse_duration("7d") == 7 * 24h);
+  CHECK(parse_duration("12") == 12s);
+  CHECK_FALSE(parse_duration(""));
+  CHECK_FALSE(parse_duration("-1s"));
+  CHECK_FALSE(parse_duration("1w"));
+  CHECK(split_host_port("[::1]:80")->first == "::1");
+  CHECK_FALSE(split_host_port(":80"));
+  CHECK(is_loopback_host("127.0.0.1"));
+  CHECK_FALSE(is_loopback_host("10.0.0.1"));
+}

@@ -1,0 +1,250 @@
+// The RocksDB event log on a real database in a temp dir: offsets, order,
+// idempotency, recovery, retention and the probe.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "persistence/event_log.hpp"
+#include "persistence/ids.hpp"
+#include "persistence/keys.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace nerve::persistence;
+using json = nlohmann::json;
+
+namespace {
+
+std::atomic<std::int64_t> fake_now{1'700'000'000'000'000};
+
+options opts_for(const nerve::test::temp_dir& dir) {
+  options o;
+  o.path = dir.sub("db");
+  o.clock = [] { return fake_now.load(); };
+  return o;
+}
+
+new_event ev(std::string id, std::string key = "", std::string data = "1") {
+  return {std::move(id), std::move(key), "\"data\":" + data};
+}
+
+} // namespace
+
+TEST_CASE("keys iterate in numeric order", "[unit][persistence]") {
+  CHECK(keys::event_key(1, 0, 255) < keys::event_key(1, 0, 256));
+  CHECK(keys::event_key(1, 0, ~0ULL) < keys::event_key(1, 1, 0));
+  CHECK(keys::event_key(1, 3, 0) < keys::event_key(2, 0, 0));
+  CHECK(keys::time_key(999, 9, 9, 9) < keys::time_key(1000, 0, 0, 0));
+  CHECK(keys::get_u64(keys::event_key(7, 8, 123456789012ULL), 8) == 123456789012ULL);
+  CHECK(keys::get_u32(keys::event_key(7, 8, 0), 4) == 8);
+}
+
+TEST_CASE("appends get dense offsets and read back as stored", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto topic = (*log)->create_topic("orders.created", 2);
+  REQUIRE(topic);
+  partition_writer w{**log, *topic, 1};
+  auto r = w.append({ev("a", "k1", "{\"n\":1}"), ev("b"), ev("c", "", "\"x\"")});
+  REQUIRE(r);
+  REQUIRE(r->size() == 3);
+  for (std::uint64_t i = 0; i < 3; ++i) {
+    CHECK((*r)[i].status == append_status::appended);
+    CHECK((*r)[i].where.offset == i);
+    CHECK((*r)[i].where.partition == 1);
+  }
+  auto more = w.append({ev("d")});
+  REQUIRE(more);
+  CHECK((*more)[0].where.offset == 3);
+  CHECK(w.next_offset() == 4);
+
+  auto events = (*log)->read(*topic, 1, 0, 100);
+  REQUIRE(events);
+  REQUIRE(events->size() == 4);
+  auto first = json::parse((*events)[0]);
+  CHECK(first["id"] == "a");
+  CHECK(first["topic"] == "orders.created");
+  CHECK(first["partition"] == 1);
+  CHECK(first["offset"] == 0);
+  CHECK(first["key"] == "k1");
+  CHECK(first["data"]["n"] == 1);
+  CHECK(first["time"] == format_time_us(fake_now.load()));
+
+  auto page = (*log)->read(*topic, 1, 2, 1);
+  REQUIRE(page);
+  REQUIRE(page->size() == 1);
+  CHECK(json::parse((*page)[0])["id"] == "c");
+  CHECK((*log)->read(*topic, 0, 0, 10)->empty());
+
+  auto by_id = (*log)->get_by_id("d");
+  REQUIRE(by_id);
+  REQUIRE(*by_id);
+  CHECK(json::parse(**by_id)["offset"] == 3);
+  CHECK_FALSE(*(*log)->get_by_id("nope"));
+}
+
+TEST_CASE("an id appends once: duplicates return the first coordinates", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto orders = *(*log)->create_topic("orders", 2);
+  auto other = *(*log)->create_topic("other", 1);
+  partition_writer p0{**log, orders, 0};
+  partition_writer p1{**log, orders, 1};
+  partition_writer o0{**log, other, 0};
+
+  auto r = p0.append({ev("x"), ev("x"), ev("y")});
+  REQUIRE(r);
+  CHECK((*r)[0].status == append_status::appended);
+  CHECK((*r)[1].status == append_status::duplicate);
+  CHECK((*r)[1].where.offset == 0);
+  CHECK((*r)[2].where.offset == 1); // the duplicate took no offset
+
+  auto again = p1.append({ev("x")});
+  REQUIRE(again);
+  CHECK((*again)[0].status == append_status::duplicate);
+  CHECK((*again)[0].where.partition == 0);
+  CHECK(p1.next_offset() == 0);
+
+  auto elsewhere = o0.append({ev("x")});
+  REQUIRE(elsewhere);
+  CHECK((*elsewhere)[0].status == append_status::conflict);
+  CHECK((*elsewhere)[0].topic == "orders");
+  CHECK(o0.next_offset() == 0);
+}
+
+TEST_CASE("concurrent appends of one id on two partitions store it once", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto t = *(*log)->create_topic("race", 2);
+  partition_writer a{**log, t, 0};
+  partition_writer b{**log, t, 1};
+  constexpr int n = 300;
+  std::atomic<int> appended{0};
+  auto run = [&](partition_writer& w) {
+    for (int i = 0; i < n; ++i) {
+      auto r = w.append({ev("id-" + std::to_string(i))});
+      REQUIRE(r);
+      if ((*r)[0].status == append_status::appended)
+        ++appended;
+    }
+  };
+  std::thread ta{[&] { run(a); }};
+  std::thread tb{[&] { run(b); }};
+  ta.join();
+  tb.join();
+  CHECK(appended.load() == n);
+  CHECK(a.next_offset() + b.next_offset() == n);
+}
+
+TEST_CASE("reopening recovers topics, offsets and the node id", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  std::string node;
+  {
+    auto log = event_log::open(opts_for(dir));
+    REQUIRE(log);
+    node = (*log)->node_id();
+    CHECK(node.rfind("node-", 0) == 0);
+    auto t = *(*log)->create_topic("a.b", 3);
+    partition_writer w{**log, t, 2};
+    for (int i = 0; i < 5; ++i)
+      REQUIRE(w.append({ev("e" + std::to_string(i))}));
+  }
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  CHECK((*log)->node_id() == node);
+  auto t = (*log)->find_topic("a.b");
+  REQUIRE(t);
+  CHECK(t->partitions == 3);
+  partition_writer w{**log, *t, 2};
+  CHECK(w.next_offset() == 5);
+  auto r = w.append({ev("e0"), ev("e5")});
+  REQUIRE(r);
+  CHECK((*r)[0].status == append_status::duplicate);
+  CHECK((*r)[1].where.offset == 5);
+  auto st = (*log)->stats(*t, 2);
+  CHECK(st.first_offset == 0);
+  CHECK(st.next_offset == 6);
+  auto again = (*log)->create_topic("a.b", 9);
+  REQUIRE(again);
+  CHECK(again->partitions == 3);
+}
+
+TEST_CASE("a second process cannot open the same data dir", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto first = event_log::open(opts_for(dir));
+  REQUIRE(first);
+  auto second = event_log::open(opts_for(dir));
+  REQUIRE_FALSE(second);
+  CHECK(second.error().message.find("in use by another nerve process") != std::string::npos);
+}
+
+TEST_CASE("retention deletes events older than the cutoff and nothing newer",
+          "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto t = *(*log)->create_topic("r", 1);
+  partition_writer w{**log, t, 0};
+  auto base = fake_now.load();
+  for (int i = 0; i < 10; ++i) {
+    fake_now = base + i * 1000;
+    REQUIRE(w.append({ev("r" + std::to_string(i))}));
+  }
+  auto n = (*log)->sweep_before(base + 4000, 3);
+  REQUIRE(n);
+  CHECK(*n == 3);
+  n = (*log)->sweep_before(base + 4000, 100);
+  REQUIRE(n);
+  CHECK(*n == 1);
+  auto st = (*log)->stats(t, 0);
+  CHECK(st.first_offset == 4);
+  CHECK(st.next_offset == 10);
+  CHECK_FALSE(*(*log)->get_by_id("r3"));
+  CHECK(*(*log)->get_by_id("r4"));
+  auto rest = (*log)->read(t, 0, 0, 100);
+  REQUIRE(rest);
+  CHECK(rest->size() == 6);
+  fake_now = base + 100000;
+}
+
+TEST_CASE("append time never goes backwards within a partition", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto t = *(*log)->create_topic("clock", 1);
+  partition_writer w{**log, t, 0};
+  auto base = fake_now.load();
+  REQUIRE(w.append({ev("t1")}));
+  fake_now = base - 5'000'000; // the wall clock steps back
+  auto r = w.append({ev("t2")});
+  REQUIRE(r);
+  CHECK((*r)[0].where.time_us == base);
+  fake_now = base + 10;
+}
+
+TEST_CASE("the probe writes and reads back", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto latency = (*log)->probe();
+  REQUIRE(latency);
+  CHECK(latency->count() >= 0);
+  CHECK((*log)->healthy());
+}
+
+TEST_CASE("generated ids have the documented shape", "[unit][persistence]") {
+  auto id = new_uuid_v7(1'700'000'000'000'000);
+  REQUIRE(id.size() == 36);
+  CHECK(id[14] == '7');
+  CHECK(std::string{"89ab"}.find(id[19]) != std::string::npos);
+  CHECK(new_uuid_v7(1'700'000'000'000'000) != id);
+  CHECK(new_uuid_v7(1'700'000'000'000'000).substr(0, 13) == id.substr(0, 13));
+  auto trace = new_trace_id();
+  CHECK(trace.size() == 32);
+  CHECK(trace.find_first_not_of("0123456789abcdef") == std::string::npos);
+}
