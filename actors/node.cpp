@@ -1,103 +1,27 @@
-// The actor runtime of one node: the runner actor, which recovers topics,
-// supervises partition actors and runs retention, and the partition actors,
-// which group-commit publishes. Also the `node` facade the HTTP layer calls.
+// The node: the runner actor, which recovers topics, supervises partition
+// and agent-instance actors and runs retention, and the `node` facade the
+// HTTP layer calls.
 #include "actors/node.hpp"
 
 #include <atomic>
 #include <condition_variable>
+#include <csignal>
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
 
-#include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/runtime.hpp"
+#include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
 #include "persistence/ids.hpp"
-
-namespace nerve::actors::detail {
-
-using publish_atom = caf::atom_constant<caf::atom("publish")>;
-using flush_atom = caf::atom_constant<caf::atom("flush")>;
-using stop_atom = caf::atom_constant<caf::atom("stop")>;
-using create_atom = caf::atom_constant<caf::atom("create")>;
-using restart_atom = caf::atom_constant<caf::atom("restart")>;
-using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
-using ready_atom = caf::atom_constant<caf::atom("ready")>;
-
-/// One partition's share of a publish request. Answers exactly once: on
-/// flush, or with an error when it is destroyed unanswered (its partition
-/// actor died).
-struct partition_job {
-  using done_fn = std::function<void(
-    tl::expected<std::vector<persistence::append_result>, persistence::error>)>;
-
-  std::vector<persistence::new_event> events;
-  done_fn done;
-  std::atomic<std::uint64_t>* queued = nullptr; ///< the slot's counter
-
-  void finish(tl::expected<std::vector<persistence::append_result>, persistence::error> r) {
-    if (!done)
-      return;
-    queued->fetch_sub(events.size(), std::memory_order_relaxed);
-    auto fn = std::move(done);
-    done = nullptr;
-    fn(std::move(r));
-  }
-
-  ~partition_job() {
-    finish(tl::make_unexpected(persistence::error{
-      persistence::errc::io_error, "the partition stopped before the append; retry"}));
-  }
-};
-
-using job_ptr = std::shared_ptr<partition_job>;
-
-/// A topic creation request, answered on the runner.
-struct create_request {
-  std::string topic;
-  std::function<void(std::optional<std::string>)> done; ///< error text or nothing
-};
-
-using create_ptr = std::shared_ptr<create_request>;
-
-} // namespace nerve::actors::detail
-
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::detail::job_ptr)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::detail::create_ptr)
 
 namespace nerve::actors {
 
 namespace {
 
 using namespace detail;
-
-/// A partition as the publish path sees it. The actor handle changes when
-/// the runner restarts the partition.
-struct partition_slot {
-  caf::actor actor; ///< guarded by routing::mutex
-  std::atomic<std::uint64_t> queued{0};
-  std::atomic<bool> alive{false};
-  std::uint32_t restarts = 0; ///< runner only
-  std::chrono::steady_clock::time_point last_crash{};
-};
-
-struct topic_route {
-  persistence::topic_info info;
-  std::vector<std::unique_ptr<partition_slot>> slots;
-  std::atomic<std::uint64_t> round_robin{0};
-};
-
-struct routing {
-  mutable std::shared_mutex mutex;
-  std::unordered_map<std::string, std::shared_ptr<topic_route>> topics;
-
-  std::shared_ptr<topic_route> find(const std::string& name) const {
-    std::shared_lock<std::shared_mutex> guard{mutex};
-    auto it = topics.find(name);
-    return it == topics.end() ? nullptr : it->second;
-  }
-};
 
 std::uint64_t fnv1a(const std::string& s) {
   std::uint64_t h = 1469598103934665603ULL;
@@ -108,170 +32,148 @@ std::uint64_t fnv1a(const std::string& s) {
   return h;
 }
 
-// -- partition actor ----------------------------------------------------------
-
-struct partition_state {
-  std::unique_ptr<persistence::partition_writer> writer;
-  const node_hooks* hooks = nullptr;
-  std::string topic;
-  std::uint32_t partition = 0;
-  std::vector<job_ptr> batch;
-  std::size_t batch_events = 0;
-  std::size_t max_batch_events = 1024;
-  bool flush_scheduled = false;
-  static inline const char* name = "partition";
-
-  void flush() {
-    if (batch.empty())
-      return;
-    if (hooks->before_append)
-      hooks->before_append(topic, partition);
-    std::vector<persistence::new_event> all;
-    all.reserve(batch_events);
-    for (auto& job : batch)
-      for (auto& e : job->events)
-        all.push_back(e);
-    auto appended = writer->append(all);
-    std::size_t at = 0;
-    for (auto& job : batch) {
-      auto n = job->events.size();
-      if (appended) {
-        std::vector<persistence::append_result> mine(appended->begin() + at,
-                                                     appended->begin() + at + n);
-        job->finish(std::move(mine));
-      } else {
-        job->finish(tl::make_unexpected(appended.error()));
-      }
-      at += n;
-    }
-    batch.clear();
-    batch_events = 0;
-  }
-};
-
-caf::behavior partition_actor(caf::stateful_actor<partition_state>* self,
-                              persistence::event_log* log, persistence::topic_info topic,
-                              std::uint32_t partition, std::size_t max_batch_events,
-                              const node_hooks* hooks) {
-  self->state.writer = std::make_unique<persistence::partition_writer>(*log, topic, partition);
-  self->state.max_batch_events = max_batch_events;
-  self->state.hooks = hooks;
-  self->state.topic = topic.name;
-  self->state.partition = partition;
-  return {
-    [=](publish_atom, job_ptr& job) {
-      auto& st = self->state;
-      st.batch_events += job->events.size();
-      st.batch.push_back(std::move(job));
-      if (st.batch_events >= st.max_batch_events) {
-        st.flush();
-      } else if (!st.flush_scheduled) {
-        // Everything already in the mailbox is handled before this flush:
-        // that is the group commit.
-        st.flush_scheduled = true;
-        self->send(self, flush_atom::value);
-      }
-    },
-    [=](flush_atom) {
-      self->state.flush_scheduled = false;
-      self->state.flush();
-    },
-    [=](stop_atom) {
-      self->state.flush();
-      self->quit();
-    },
-  };
-}
-
 // -- runner actor -------------------------------------------------------------
 
+/// What a monitored child of the runner is.
+struct child_ref {
+  std::shared_ptr<topic_route> route; ///< a partition, or
+  std::uint32_t partition = 0;
+  agent_ptr agent; ///< an agent instance
+  std::size_t instance = 0;
+};
+
 struct runner_state {
-  persistence::event_log* log = nullptr;
-  routing* routes = nullptr;
-  const config::config* cfg = nullptr;
-  const node_hooks* hooks = nullptr;
-  std::unordered_map<caf::actor_addr, std::pair<std::shared_ptr<topic_route>, std::uint32_t>>
-    children;
+  node_context* ctx = nullptr;
+  std::unordered_map<caf::actor_addr, child_ref> children;
   bool stopping = false;
   static inline const char* name = "runner";
 };
 
 using runner_actor_t = caf::stateful_actor<runner_state>;
 
-void spawn_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& route,
+void start_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& route,
                      std::uint32_t p) {
   auto& st = self->state;
-  auto a = self->spawn<caf::detached + caf::monitored>(partition_actor, st.log, route->info, p,
-                                                       st.cfg->storage.max_batch_events, st.hooks);
-  st.children[a.address()] = {route, p};
+  auto a = spawn_partition(self, st.ctx, route, p);
+  st.children[a.address()] = child_ref{route, p, nullptr, 0};
   {
-    std::unique_lock<std::shared_mutex> guard{st.routes->mutex};
+    std::unique_lock<std::shared_mutex> guard{st.ctx->routes.mutex};
     route->slots[p]->actor = a;
   }
   route->slots[p]->alive = true;
 }
 
+void start_instance(runner_actor_t* self, const agent_ptr& agent, std::size_t i) {
+  auto& st = self->state;
+  auto a = spawn_instance(self, st.ctx, agent, i);
+  st.children[a.address()] = child_ref{nullptr, 0, agent, i};
+  std::lock_guard<std::mutex> guard{agent->mutex};
+  agent->instances[i]->actor = a;
+}
+
 std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence::topic_info& t) {
+  auto& ctx = *self->state.ctx;
   auto route = std::make_shared<topic_route>();
   route->info = t;
+  for (std::uint32_t p = 0; p < t.partitions; ++p) {
+    auto slot = std::make_unique<partition_slot>();
+    for (auto& agent : ctx.agents)
+      if (agent->subscribes(t.name)) {
+        auto gs = std::make_unique<group_stats>();
+        gs->agent = agent->cfg.name;
+        gs->agent_index = agent->index;
+        slot->groups.push_back(std::move(gs));
+      }
+    route->slots.push_back(std::move(slot));
+  }
+  {
+    std::unique_lock<std::shared_mutex> guard{ctx.routes.mutex};
+    ctx.routes.topics[t.name] = route;
+  }
   for (std::uint32_t p = 0; p < t.partitions; ++p)
-    route->slots.push_back(std::make_unique<partition_slot>());
-  for (std::uint32_t p = 0; p < t.partitions; ++p)
-    spawn_partition(self, route, p);
-  std::unique_lock<std::shared_mutex> guard{self->state.routes->mutex};
-  self->state.routes->topics[t.name] = route;
+    start_partition(self, route, p);
   return route;
 }
 
 void schedule_sweep(runner_actor_t* self) {
-  auto retention = self->state.cfg->storage.retention;
+  auto retention = self->state.ctx->cfg->storage.retention;
   if (retention.count() == 0)
     return;
   auto every = std::min<std::chrono::milliseconds>(retention / 10, std::chrono::seconds{60});
   self->delayed_send(self, std::max(every, std::chrono::milliseconds{100}), sweep_atom::value);
 }
 
-caf::behavior runner_actor(runner_actor_t* self, persistence::event_log* log, routing* routes,
-                           const config::config* cfg, const node_hooks* hooks) {
+/// Backoff for restarting a crashed child: at once the first time, then
+/// doubling from 100 ms to 5 s while it keeps crashing within a minute.
+template <class Slot>
+std::chrono::milliseconds restart_delay(Slot& slot) {
+  auto now = std::chrono::steady_clock::now();
+  if (now - slot.last_crash > std::chrono::minutes{1})
+    slot.restarts = 0;
+  slot.last_crash = now;
+  std::uint32_t n = slot.restarts;
+  ++slot.restarts;
+  if (n == 0)
+    return std::chrono::milliseconds{0};
+  return std::min<std::chrono::milliseconds>(
+    std::chrono::milliseconds{100LL << std::min(n - 1, 6u)}, std::chrono::seconds{5});
+}
+
+void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
   auto& st = self->state;
-  st.log = log;
-  st.hooks = hooks;
-  st.routes = routes;
-  st.cfg = cfg;
-  for (auto& t : log->topics())
+  auto it = st.children.find(msg.source);
+  if (it == st.children.end())
+    return;
+  auto ref = it->second;
+  st.children.erase(it);
+  if (ref.route)
+    ref.route->slots[ref.partition]->alive = false;
+  if (st.stopping) {
+    if (st.children.empty())
+      self->quit();
+    return;
+  }
+  if (ref.route) {
+    auto& slot = *ref.route->slots[ref.partition];
+    auto delay = restart_delay(slot);
+    spdlog::warn("partition {}/{} stopped ({}); restarting in {} ms", ref.route->info.name,
+                 ref.partition, caf::to_string(msg.reason), delay.count());
+    if (delay.count() == 0)
+      start_partition(self, ref.route, ref.partition);
+    else
+      self->delayed_send(self, delay, restart_atom::value, ref.route->info.name, ref.partition);
+    return;
+  }
+  // An agent instance died: its deliveries in flight go out again.
+  auto& slot = *ref.agent->instances[ref.instance];
+  slot.state = instance_state::crashed;
+  slot.in_flight = 0;
+  ++slot.restarts;
+  {
+    std::shared_lock<std::shared_mutex> guard{st.ctx->routes.mutex};
+    for (auto& [name, route] : st.ctx->routes.topics)
+      for (auto& ps : route->slots)
+        if (ps->alive)
+          self->send(ps->actor, requeue_atom::value, static_cast<std::uint64_t>(ref.agent->index),
+                     static_cast<std::uint64_t>(ref.instance));
+  }
+  std::chrono::milliseconds delay{200};
+  spdlog::warn("agent {}#{} stopped ({}); restarting in {} ms", ref.agent->cfg.name, ref.instance,
+               caf::to_string(msg.reason), delay.count());
+  self->delayed_send(self, delay, restart_atom::value, ref.agent->cfg.name,
+                     static_cast<std::uint32_t>(ref.instance));
+}
+
+caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
+  auto& st = self->state;
+  st.ctx = ctx;
+  for (auto& agent : ctx->agents)
+    for (std::size_t i = 0; i < agent->instances.size(); ++i)
+      start_instance(self, agent, i);
+  for (auto& t : ctx->log->topics())
     open_topic(self, t);
   schedule_sweep(self);
-  self->set_down_handler([=](caf::down_msg& msg) {
-    auto& st = self->state;
-    auto it = st.children.find(msg.source);
-    if (it == st.children.end())
-      return;
-    auto [route, p] = it->second;
-    st.children.erase(it);
-    route->slots[p]->alive = false;
-    if (st.stopping) {
-      if (st.children.empty())
-        self->quit();
-      return;
-    }
-    // Restart with backoff: at once the first time, then doubling up to 5 s
-    // while it keeps crashing within a minute.
-    auto& slot = *route->slots[p];
-    auto now = std::chrono::steady_clock::now();
-    if (now - slot.last_crash > std::chrono::minutes{1})
-      slot.restarts = 0;
-    slot.last_crash = now;
-    auto delay = std::chrono::milliseconds{
-      slot.restarts == 0 ? 0 : 100LL << std::min(slot.restarts - 1, 6u)};
-    delay = std::min<std::chrono::milliseconds>(delay, std::chrono::seconds{5});
-    ++slot.restarts;
-    spdlog::warn("partition {}/{} stopped ({}); restarting in {} ms", route->info.name, p,
-                 caf::to_string(msg.reason), delay.count());
-    if (delay.count() == 0)
-      spawn_partition(self, route, p);
-    else
-      self->delayed_send(self, delay, restart_atom::value, route->info.name, p);
-  });
+  self->set_down_handler([=](caf::down_msg& msg) { on_child_down(self, msg); });
   return {
     [=](ready_atom) { return true; },
     [=](create_atom, create_ptr& req) {
@@ -280,8 +182,9 @@ caf::behavior runner_actor(runner_actor_t* self, persistence::event_log* log, ro
         req->done("the node is shutting down");
         return;
       }
-      if (st.routes->find(req->topic) == nullptr) {
-        auto created = st.log->create_topic(req->topic, st.cfg->partitions_for(req->topic));
+      if (st.ctx->routes.find(req->topic) == nullptr) {
+        auto created
+          = st.ctx->log->create_topic(req->topic, st.ctx->cfg->partitions_for(req->topic));
         if (!created) {
           req->done(created.error().message);
           return;
@@ -291,20 +194,25 @@ caf::behavior runner_actor(runner_actor_t* self, persistence::event_log* log, ro
       }
       req->done(std::nullopt);
     },
-    [=](restart_atom, const std::string& topic, std::uint32_t p) {
+    [=](restart_atom, const std::string& name, std::uint32_t index) {
       auto& st = self->state;
       if (st.stopping)
         return;
-      if (auto route = st.routes->find(topic); route && !route->slots[p]->alive)
-        spawn_partition(self, route, p);
+      if (auto route = st.ctx->routes.find(name); route && !route->slots[index]->alive) {
+        start_partition(self, route, index);
+        return;
+      }
+      for (auto& agent : st.ctx->agents)
+        if (agent->cfg.name == name && index < agent->instances.size())
+          start_instance(self, agent, index);
     },
     [=](sweep_atom) {
       auto& st = self->state;
       if (st.stopping)
         return;
-      auto cutoff = st.log->opts().clock() - st.cfg->storage.retention.count() * 1000;
+      auto cutoff = st.ctx->log->opts().clock() - st.ctx->cfg->storage.retention.count() * 1000;
       constexpr std::size_t chunk = 10000;
-      auto n = st.log->sweep_before(cutoff, chunk);
+      auto n = st.ctx->log->sweep_before(cutoff, chunk);
       if (!n)
         spdlog::error("retention: {}", n.error().message);
       else if (*n > 0)
@@ -322,11 +230,21 @@ caf::behavior runner_actor(runner_actor_t* self, persistence::event_log* log, ro
         self->quit();
         return;
       }
-      std::shared_lock<std::shared_mutex> guard{st.routes->mutex};
-      for (auto& [name, route] : st.routes->topics)
-        for (auto& slot : route->slots)
-          if (slot->alive)
-            self->send(slot->actor, stop_atom::value);
+      // Partitions first: each commits what its mailbox holds. Agents stop
+      // after, so a late answer still finds its partition (or is redelivered).
+      {
+        std::shared_lock<std::shared_mutex> guard{st.ctx->routes.mutex};
+        for (auto& [name, route] : st.ctx->routes.topics)
+          for (auto& slot : route->slots)
+            if (slot->alive)
+              self->send(slot->actor, stop_atom::value);
+      }
+      for (auto& agent : st.ctx->agents) {
+        std::lock_guard<std::mutex> guard{agent->mutex};
+        for (auto& inst : agent->instances)
+          if (inst->actor)
+            self->send(inst->actor, stop_atom::value);
+      }
     },
   };
 }
@@ -366,14 +284,36 @@ class node_impl final : public node {
 public:
   node_impl(const config::config& cfg, std::unique_ptr<persistence::event_log> log,
             node_hooks hooks)
-    : cfg_(cfg), hooks_(std::move(hooks)), log_(std::move(log)), system_(configure(sys_cfg_)) {
+    : cfg_(cfg), hooks_(std::move(hooks)), log_(std::move(log)), store_(*log_),
+      system_(configure(sys_cfg_)) {
     runner_id_ = persistence::new_uuid_v7(persistence::system_clock_us());
+    ctx_.log = log_.get();
+    ctx_.store = &store_;
+    ctx_.cfg = &cfg_;
+    ctx_.hooks = &hooks_;
+    for (std::size_t i = 0; i < cfg_.agents.size(); ++i) {
+      auto a = std::make_shared<agent_runtime>();
+      a->cfg = cfg_.agents[i];
+      a->index = i;
+      for (std::uint32_t k = 0; k < a->cfg.instances; ++k)
+        a->instances.push_back(std::make_unique<instance_slot>());
+      ctx_.agents.push_back(std::move(a));
+    }
+    ctx_.publish = [this](const std::string& topic, std::vector<publish_item> items,
+                          callback<std::vector<published>> done) {
+      publish_impl(topic, std::move(items), std::move(done), true);
+    };
   }
 
   ~node_impl() override { shutdown(); }
 
   [[nodiscard]] std::optional<std::string> start() {
-    runner_ = system_.spawn<caf::detached>(runner_actor, log_.get(), &routes_, &cfg_, &hooks_);
+    std::signal(SIGPIPE, SIG_IGN); // a dead agent process must not kill nerve
+    auto dlq = store_.dlq_count();
+    if (!dlq)
+      return "counting the DLQ: " + dlq.error().message;
+    ctx_.dlq_size = static_cast<std::int64_t>(*dlq);
+    runner_ = system_.spawn<caf::detached>(runner_actor, &ctx_);
     caf::scoped_actor self{system_};
     std::optional<std::string> err;
     self->request(runner_, std::chrono::seconds{60}, ready_atom::value)
@@ -462,8 +402,13 @@ public:
       if (!r.storage_ok && r.storage_error.empty())
         r.storage_error = log_->last_error();
       r.bus_ok = !draining_.load();
-      std::shared_lock<std::shared_mutex> guard{routes_.mutex};
-      for (auto& [name, route] : routes_.topics)
+      r.dlq_size = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ctx_.dlq_size.load()));
+      for (auto& agent : ctx_.agents)
+        for (auto& inst : agent->instances)
+          if (inst->state.load() == instance_state::running)
+            ++r.agents_running;
+      std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
+      for (auto& [name, route] : ctx_.routes.topics)
         for (auto& slot : route->slots) {
           ++r.partitions;
           r.pending_publishes += slot->queued.load(std::memory_order_relaxed);
@@ -506,6 +451,19 @@ public:
       self->receive([](const caf::down_msg&) {});
       runner_ = nullptr;
     }
+    // Detached actors end only when no handle to them is left.
+    {
+      std::unique_lock<std::shared_mutex> guard{ctx_.routes.mutex};
+      for (auto& [name, route] : ctx_.routes.topics)
+        for (auto& slot : route->slots)
+          slot->actor = nullptr;
+    }
+    for (auto& agent : ctx_.agents) {
+      std::lock_guard<std::mutex> guard{agent->mutex};
+      agent->waiters.clear();
+      for (auto& inst : agent->instances)
+        inst->actor = nullptr;
+    }
     system_.await_all_actors_done();
     log_.reset();
     stopped_ = true;
@@ -529,7 +487,7 @@ private:
                     callback<std::vector<published>> done, bool may_create) {
     if (draining_.load())
       return done(tl::make_unexpected(error{errc::unavailable, "the node is shutting down"}));
-    auto route = routes_.find(topic);
+    auto route = ctx_.routes.find(topic);
     if (!route) {
       if (!may_create)
         return done(
@@ -559,7 +517,8 @@ private:
         jobs[p] = std::make_shared<partition_job>();
       if (it.id.empty())
         it.id = persistence::new_uuid_v7(now);
-      jobs[p]->events.push_back({std::move(it.id), std::move(it.key), std::move(it.fragment)});
+      jobs[p]->events.push_back({std::move(it.id), std::move(it.key), std::move(it.fragment),
+                                 std::move(it.type), std::move(it.source)});
       index[p].push_back(i);
     }
     // Admission: every partition involved must have room, or nothing is sent.
@@ -608,7 +567,7 @@ private:
       };
       caf::actor target;
       {
-        std::shared_lock<std::shared_mutex> guard{routes_.mutex};
+        std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
         target = route->slots[p]->actor;
       }
       caf::anon_send(target, publish_atom::value, std::move(job));
@@ -618,10 +577,11 @@ private:
   config::config cfg_;
   node_hooks hooks_;
   std::unique_ptr<persistence::event_log> log_;
+  persistence::delivery_store store_;
+  node_context ctx_;
   caf::actor_system_config sys_cfg_;
   caf::actor_system system_;
   caf::actor runner_;
-  routing routes_;
   std::string runner_id_;
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};

@@ -43,6 +43,8 @@ struct publish_item {
   std::string id;       ///< empty: the node generates a UUIDv7
   std::string key;      ///< empty: round-robin over partitions
   std::string fragment; ///< JSON members: "type":..,"trace_id":..,"data":..
+  std::string type;     ///< copies of the envelope fields agent filters match on
+  std::string source;
 };
 
 /// Where a published event now lives.

@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "http/json_input.hpp"
+#include "actors/event_input.hpp"
 #include "http/problem.hpp"
 
 namespace nerve::http {
@@ -327,16 +327,16 @@ private:
   }
 
   void publish(request& req, const std::string& topic, responder& respond) {
-    if (!valid_topic(topic))
+    if (!actors::valid_topic(topic))
       return respond(problem(400, "invalid-topic", "Bad Request",
                              "topic \"" + topic.substr(0, 300)
                                + "\" is not valid: use [A-Za-z0-9_-]+ tokens joined by '.', "
                                  "at most 255 bytes"));
-    auto body = parse_json(req.body);
+    auto body = actors::parse_json(req.body);
     if (!body)
       return respond(
         problem(400, "invalid-json", "Bad Request", "the body is not valid JSON: " + body.error()));
-    auto items = events_from_body(*body, topic, cfg_.http.max_events_per_request);
+    auto items = actors::events_from_body(*body, topic, cfg_.http.max_events_per_request);
     if (!items)
       return respond(problem(400, "invalid-event", "Bad Request", items.error()));
     node_.publish(topic, std::move(*items),
@@ -373,7 +373,7 @@ private:
       return respond(std::move(*err));
     if (auto err = query_uint(q, "limit", 1000, limit))
       return respond(std::move(*err));
-    if (!valid_topic(topic))
+    if (!actors::valid_topic(topic))
       return respond(problem(404, "not-found", "Not Found",
                              "topic " + topic.substr(0, 300) + " does not exist"));
     std::optional<std::uint32_t> part;
@@ -398,7 +398,7 @@ private:
   }
 
   void get_event(const std::string& id, responder& respond) {
-    if (!valid_event_id(id))
+    if (!actors::valid_event_id(id))
       return respond(problem(404, "not-found", "Not Found", "no event with that id"));
     node_.get_event(id, [respond](actors::result<std::string> r) {
       if (!r)

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
+#include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
@@ -41,6 +42,27 @@ rocksdb::ColumnFamilyOptions family_options(bool point_lookups) {
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   return cf;
 }
+
+/// Drops results older than the TTL when RocksDB compacts them.
+class results_ttl_filter final : public rocksdb::CompactionFilter {
+public:
+  results_ttl_filter(clock_fn clock, std::int64_t ttl_us)
+    : clock_(std::move(clock)), ttl_us_(ttl_us) {}
+
+  bool Filter(int, const rocksdb::Slice&, const rocksdb::Slice& value, std::string*,
+              bool*) const override {
+    if (value.size() < 8)
+      return true;
+    auto stored = static_cast<std::int64_t>(keys::get_u64(value.ToStringView(), 0));
+    return stored + ttl_us_ < clock_();
+  }
+
+  const char* Name() const override { return "nerve.results_ttl"; }
+
+private:
+  clock_fn clock_;
+  std::int64_t ttl_us_;
+};
 
 bool starts_with(const rocksdb::Slice& s, const std::string& prefix) {
   return s.size() >= prefix.size() && std::memcmp(s.data(), prefix.data(), prefix.size()) == 0;
@@ -184,6 +206,7 @@ partition_writer::append(const std::vector<new_event>& events) {
     }
     json += '}';
     batch.Put(log_.events_, key, json);
+    r.json.assign(json, value_header_bytes, std::string::npos);
     batch.Put(log_.by_time_, keys::time_key(now, topic_.id, partition_, r.where.offset), e.id);
     batch.Put(log_.by_id_, e.id, keys::id_value(topic_.id, partition_, r.where.offset, now));
   }
@@ -234,12 +257,16 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   if (opts.env != nullptr)
     db_opts.env = opts.env;
 
+  log->results_filter_ = std::make_unique<results_ttl_filter>(
+    opts.clock, static_cast<std::int64_t>(opts.results_ttl.count()) * 1000);
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   families.emplace_back(rocksdb::kDefaultColumnFamilyName, family_options(false));
   for (auto name : family_names) {
-    bool point = std::string_view{name} == "by_id" || std::string_view{name} == "results"
-                 || std::string_view{name} == "meta";
+    std::string_view n{name};
+    bool point = n == "by_id" || n == "results" || n == "meta" || n == "cursors";
     families.emplace_back(name, family_options(point));
+    if (n == "results")
+      families.back().options.compaction_filter = log->results_filter_.get();
   }
   rocksdb::DB* raw = nullptr;
   auto s = rocksdb::DB::Open(db_opts, opts.path, families, &log->handles_, &raw);
@@ -254,6 +281,10 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   log->events_ = log->handles_[1];
   log->by_time_ = log->handles_[2];
   log->by_id_ = log->handles_[3];
+  log->cursors_ = log->handles_[4];
+  log->pending_ = log->handles_[5];
+  log->dlq_ = log->handles_[6];
+  log->results_ = log->handles_[7];
   log->meta_ = log->handles_[8];
   if (auto err = log->init_meta())
     return tl::make_unexpected(*err);

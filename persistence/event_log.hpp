@@ -22,6 +22,7 @@
 #include "config/config.hpp"
 
 namespace rocksdb {
+class CompactionFilter;
 class DB;
 class ColumnFamilyHandle;
 class Env;
@@ -57,6 +58,8 @@ struct options {
   clock_fn clock = system_clock_us;
   rocksdb::Env* env = nullptr; ///< null: the default filesystem
   std::string node_id;         ///< kept in `meta`; empty: the stored or a new one
+  /// Results older than this are dropped by compaction and hidden from reads.
+  std::chrono::milliseconds results_ttl{24LL * 3600 * 1000};
 };
 
 struct topic_info {
@@ -85,6 +88,8 @@ struct new_event {
   std::string id;       ///< never empty: generated when the publisher gave none
   std::string key;      ///< may be empty
   std::string fragment; ///< JSON members after the assigned ones: "type":..,"data":..
+  std::string type;     ///< also in the fragment; kept for agent filters
+  std::string source;
 };
 
 enum class append_status { appended, duplicate, conflict };
@@ -94,6 +99,7 @@ struct append_result {
   std::string id;
   coords where;
   std::string topic; ///< the topic the id lives on (differs on conflict)
+  std::string json;  ///< appended: the stored event text, as readers get it
 };
 
 class event_log;
@@ -167,6 +173,7 @@ public:
 
 private:
   friend class partition_writer;
+  friend class delivery_store;
   explicit event_log(options opts);
 
   [[nodiscard]] std::optional<error> init_meta();
@@ -182,12 +189,17 @@ private:
   void release_ids(const std::vector<std::string>& ids);
 
   options opts_;
+  std::unique_ptr<rocksdb::CompactionFilter> results_filter_; ///< outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   rocksdb::ColumnFamilyHandle* events_ = nullptr;
   rocksdb::ColumnFamilyHandle* by_time_ = nullptr;
   rocksdb::ColumnFamilyHandle* by_id_ = nullptr;
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;
+  rocksdb::ColumnFamilyHandle* cursors_ = nullptr;
+  rocksdb::ColumnFamilyHandle* pending_ = nullptr;
+  rocksdb::ColumnFamilyHandle* dlq_ = nullptr;
+  rocksdb::ColumnFamilyHandle* results_ = nullptr;
 
   mutable std::shared_mutex topics_mutex_;
   std::unordered_map<std::string, topic_info> topics_;

@@ -1,11 +1,11 @@
 // Untrusted JSON: the depth limit, number range, and publish validation.
 #include <catch2/catch.hpp>
 
-#include "http/json_input.hpp"
+#include "actors/event_input.hpp"
 
-using namespace nerve::http;
+using namespace nerve::actors;
 
-TEST_CASE("deep nesting is refused without exhausting the stack", "[unit][http]") {
+TEST_CASE("deep nesting is refused without exhausting the stack", "[unit][actors]") {
   std::string deep(100000, '[');
   auto r = parse_json(deep);
   REQUIRE_FALSE(r);
@@ -16,7 +16,7 @@ TEST_CASE("deep nesting is refused without exhausting the stack", "[unit][http]"
   CHECK_FALSE(parse_json(too_deep));
 }
 
-TEST_CASE("malformed JSON and non-finite numbers are refused", "[unit][http]") {
+TEST_CASE("malformed JSON and non-finite numbers are refused", "[unit][actors]") {
   CHECK_FALSE(parse_json("{\"a\":"));
   CHECK_FALSE(parse_json("[1] [2]"));
   CHECK_FALSE(parse_json("1e999"));
@@ -25,7 +25,7 @@ TEST_CASE("malformed JSON and non-finite numbers are refused", "[unit][http]") {
   CHECK(parse_json("{\"data\":1.5e300}"));
 }
 
-TEST_CASE("publish bodies become items with a generated trace id", "[unit][http]") {
+TEST_CASE("publish bodies become items with a generated trace id", "[unit][actors]") {
   auto body = parse_json(R"({"id":"e-1","key":"k","type":"t","headers":{"h":"v"},"data":{"x":1}})");
   REQUIRE(body);
   auto items = events_from_body(*body, "orders", 10);
@@ -39,7 +39,7 @@ TEST_CASE("publish bodies become items with a generated trace id", "[unit][http]
   CHECK(it.fragment.find("\"headers\":{\"h\":\"v\"},\"data\":{\"x\":1}") != std::string::npos);
 }
 
-TEST_CASE("bad events are refused with the field named", "[unit][http]") {
+TEST_CASE("bad events are refused with the field named", "[unit][actors]") {
   auto check = [](const char* text, const char* expected) {
     auto body = parse_json(text);
     REQUIRE(body);
@@ -62,7 +62,7 @@ TEST_CASE("bad events are refused with the field named", "[unit][http]") {
   check("42", "event object");
 }
 
-TEST_CASE("topic names and ids follow the contract", "[unit][http]") {
+TEST_CASE("topic names and ids follow the contract", "[unit][actors]") {
   CHECK(valid_topic("orders.created"));
   CHECK(valid_topic("a-b_c.D9"));
   CHECK_FALSE(valid_topic(""));

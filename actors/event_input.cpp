@@ -1,10 +1,10 @@
 // Depth-limited JSON parsing and publish-body validation.
-#include "http/json_input.hpp"
+#include "actors/event_input.hpp"
 
 #include <cctype>
 #include <cmath>
 
-namespace nerve::http {
+namespace nerve::actors {
 
 namespace {
 
@@ -85,11 +85,13 @@ void append_member(std::string& out, const char* name, const json& value) {
   out += value.dump();
 }
 
-tl::expected<actors::publish_item, std::string> one_event(const json& e, const std::string& topic,
-                                                          const std::string& where) {
+} // namespace
+
+tl::expected<publish_item, std::string> event_from_json(const json& e, const std::string& topic,
+                                                        const std::string& where) {
   if (!e.is_object())
     return tl::make_unexpected(where + "must be a JSON object with a \"data\" member");
-  actors::publish_item item;
+  publish_item item;
   for (auto& [name, value] : e.items()) {
     if (name == "topic") {
       if (value != topic)
@@ -127,6 +129,10 @@ tl::expected<actors::publish_item, std::string> one_event(const json& e, const s
                                    "causation_id, trace_id, headers, data");
     }
   }
+  if (auto it = e.find("type"); it != e.end())
+    item.type = it->get<std::string>();
+  if (auto it = e.find("source"); it != e.end())
+    item.source = it->get<std::string>();
   if (!e.contains("data"))
     return tl::make_unexpected(where
                                + "\"data\" is missing; an event carries its payload in "
@@ -138,14 +144,12 @@ tl::expected<actors::publish_item, std::string> one_event(const json& e, const s
   if (auto it = e.find("trace_id"); it != e.end())
     append_member(item.fragment, "trace_id", *it);
   else
-    append_member(item.fragment, "trace_id", json(actors::new_trace_id()));
+    append_member(item.fragment, "trace_id", json(new_trace_id()));
   if (auto it = e.find("headers"); it != e.end())
     append_member(item.fragment, "headers", *it);
   append_member(item.fragment, "data", e["data"]);
   return item;
 }
-
-} // namespace
 
 tl::expected<json, std::string> parse_json(std::string_view text, std::size_t max_depth) {
   json root;
@@ -180,11 +184,11 @@ bool valid_event_id(std::string_view id) {
   return true;
 }
 
-tl::expected<std::vector<actors::publish_item>, std::string>
+tl::expected<std::vector<publish_item>, std::string>
 events_from_body(const json& body, const std::string& topic, std::size_t max_events) {
-  std::vector<actors::publish_item> items;
+  std::vector<publish_item> items;
   if (body.is_object()) {
-    auto item = one_event(body, topic, "");
+    auto item = event_from_json(body, topic, "");
     if (!item)
       return tl::make_unexpected(item.error());
     items.push_back(std::move(*item));
@@ -201,7 +205,7 @@ events_from_body(const json& body, const std::string& topic, std::size_t max_eve
                                + " are allowed per request");
   items.reserve(body.size());
   for (std::size_t i = 0; i < body.size(); ++i) {
-    auto item = one_event(body[i], topic, "event " + std::to_string(i) + ": ");
+    auto item = event_from_json(body[i], topic, "event " + std::to_string(i) + ": ");
     if (!item)
       return tl::make_unexpected(item.error());
     items.push_back(std::move(*item));
@@ -209,4 +213,4 @@ events_from_body(const json& body, const std::string& topic, std::size_t max_eve
   return items;
 }
 
-} // namespace nerve::http
+} // namespace nerve::actors

@@ -11,7 +11,7 @@
 
 #include "actors/node.hpp"
 
-namespace nerve::http {
+namespace nerve::actors {
 
 /// Nesting deeper than this is refused before it can exhaust the stack.
 inline constexpr std::size_t max_json_depth = 64;
@@ -27,9 +27,14 @@ parse_json(std::string_view text, std::size_t max_depth = max_json_depth);
 /// True for 1-128 characters of [A-Za-z0-9] and - _ . : ~ @ + =.
 [[nodiscard]] bool valid_event_id(std::string_view id);
 
+/// Validates one event object (the members of CONTRACT section 4 a publisher
+/// may set); `where` prefixes error messages.
+[[nodiscard]] tl::expected<publish_item, std::string>
+event_from_json(const nlohmann::json& e, const std::string& topic, const std::string& where);
+
 /// Turns a publish body (one event object or an array of them) into items.
 /// The error names the event index and the field.
-[[nodiscard]] tl::expected<std::vector<actors::publish_item>, std::string>
+[[nodiscard]] tl::expected<std::vector<publish_item>, std::string>
 events_from_body(const nlohmann::json& body, const std::string& topic, std::size_t max_events);
 
-} // namespace nerve::http
+} // namespace nerve::actors

@@ -1,0 +1,359 @@
+// Agent instance actors: one per instance of an agent, wrapping its handler.
+// `builtin` handlers run in the actor; `process` agents are supervised child
+// processes speaking JSON Lines on stdin/stdout (CONTRACT.md section 5).
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/runtime.hpp"
+
+extern char** environ;
+
+namespace nerve::actors::detail {
+
+namespace {
+
+using json = nlohmann::json;
+
+/// Longest line a process agent may write; longer lines are cut and fail.
+constexpr std::size_t max_line_bytes = 16u << 20;
+/// How long a process agent gets to exit after SIGTERM before SIGKILL.
+constexpr auto stop_grace = std::chrono::seconds{5};
+
+struct in_flight {
+  delivery_ptr d;
+  std::chrono::steady_clock::time_point started;
+};
+
+struct instance_actor_state {
+  node_context* ctx = nullptr;
+  agent_ptr agent;
+  std::size_t index = 0;
+  instance_slot* slot = nullptr;
+  std::unordered_map<std::string, in_flight> inflight;
+  // process agents
+  pid_t pid = -1;
+  int stdin_fd = -1;
+  std::uint64_t generation = 0;
+  std::thread out_reader;
+  std::thread err_reader;
+  std::uint32_t crashes = 0;
+  std::chrono::steady_clock::time_point started_at{};
+  bool stopping = false;
+  static inline const char* name = "agent";
+};
+
+using instance_actor_t = caf::stateful_actor<instance_actor_state>;
+
+std::string label(const instance_actor_state& st) {
+  return st.agent->cfg.name + "#" + std::to_string(st.index);
+}
+
+void answer(instance_actor_t* self, const std::string& id, bool ok, std::string result,
+            std::string emit, std::string error) {
+  auto& st = self->state;
+  auto it = st.inflight.find(id);
+  if (it == st.inflight.end())
+    return; // answered already (timed out)
+  auto d = it->second.d;
+  auto elapsed = std::chrono::steady_clock::now() - it->second.started;
+  st.inflight.erase(it);
+  auto o = std::make_shared<outcome>();
+  o->group = d->group;
+  o->instance = d->instance;
+  o->offset = d->offset;
+  o->attempt = d->attempt;
+  o->ok = ok;
+  o->result = std::move(result);
+  o->emit = std::move(emit);
+  o->error = std::move(error);
+  o->elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
+  self->send(d->partition, outcome_atom::value, std::move(o));
+  st.agent->return_credit(st.index);
+}
+
+// -- builtin handlers ---------------------------------------------------------
+
+void run_builtin(instance_actor_t* self, const delivery_ptr& d) {
+  auto& handler = self->state.agent->cfg.handler;
+  if (handler == "fail")
+    return answer(self, d->delivery_id, false, {}, {}, "the fail handler always fails");
+  if (handler == "echo") {
+    auto e = json::parse(*d->event, nullptr, false);
+    auto data = e.is_object() && e.contains("data") ? e["data"] : json(nullptr);
+    return answer(self, d->delivery_id, true, data.dump(), {}, {});
+  }
+  answer(self, d->delivery_id, true, {}, {}, {}); // noop
+}
+
+// -- process agents -----------------------------------------------------------
+
+bool write_all(int fd, const std::string& data) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    auto n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return false;
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+/// Reads lines from `fd` until EOF and hands each to `on_line`.
+template <class F>
+void read_lines(int fd, F on_line) {
+  std::string buf;
+  char chunk[65536];
+  bool dropping = false;
+  for (;;) {
+    auto n = ::read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    for (ssize_t i = 0; i < n; ++i) {
+      if (chunk[i] == '\n') {
+        if (!dropping)
+          on_line(std::move(buf));
+        buf.clear();
+        dropping = false;
+      } else if (!dropping) {
+        buf.push_back(chunk[i]);
+        if (buf.size() > max_line_bytes) {
+          on_line(std::string{"\x01too long"});
+          buf.clear();
+          dropping = true;
+        }
+      }
+    }
+  }
+  if (!buf.empty() && !dropping)
+    on_line(std::move(buf));
+  ::close(fd);
+}
+
+void send_to_child(instance_actor_t* self, const delivery_ptr& d) {
+  auto& st = self->state;
+  if (st.stdin_fd < 0)
+    return; // sent when the child is back
+  std::string line = R"({"type":"event","delivery":)" + json(d->delivery_id).dump()
+                     + R"(,"attempt":)" + std::to_string(d->attempt) + R"(,"event":)" + *d->event
+                     + "}\n";
+  if (!write_all(st.stdin_fd, line))
+    spdlog::warn("agent {}: writing to pid {} failed: {}", label(st), st.pid, std::strerror(errno));
+}
+
+void start_child(instance_actor_t* self) {
+  auto& st = self->state;
+  int in[2];
+  int out[2];
+  int err[2];
+  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
+    throw std::runtime_error(std::string{"pipe: "} + std::strerror(errno));
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  // Its own process group: a Ctrl-C in nerve's terminal is nerve's to handle.
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK);
+  posix_spawnattr_setpgroup(&attr, 0);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  std::vector<std::string> args = st.agent->cfg.command;
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_store;
+  for (char** e = environ; *e != nullptr; ++e)
+    env_store.emplace_back(*e);
+  env_store.push_back("NERVE_AGENT=" + st.agent->cfg.name);
+  env_store.push_back("NERVE_INSTANCE=" + std::to_string(st.index));
+  std::vector<char*> envp;
+  for (auto& e : env_store)
+    envp.push_back(e.data());
+  envp.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, argv[0], &fa, &attr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  ::close(in[0]);
+  ::close(out[1]);
+  ::close(err[1]);
+  ++st.generation;
+  if (rc != 0) {
+    ::close(in[1]);
+    ::close(out[0]);
+    ::close(err[0]);
+    spdlog::error("agent {}: cannot start {}: {}", label(st), args[0], std::strerror(rc));
+    caf::anon_send(caf::actor{self}, exited_atom::value, st.generation, 127);
+    return;
+  }
+  st.pid = pid;
+  st.stdin_fd = in[1];
+  st.started_at = std::chrono::steady_clock::now();
+  st.slot->pid = pid;
+  st.slot->state = instance_state::running;
+  spdlog::info("agent {}: started pid {}", label(st), pid);
+  auto me = caf::actor{self};
+  auto gen = st.generation;
+  auto name = label(st);
+  if (st.out_reader.joinable())
+    st.out_reader.join();
+  if (st.err_reader.joinable())
+    st.err_reader.join();
+  st.out_reader = std::thread{[me, gen, pid, fd = out[0]] {
+    read_lines(
+      fd, [&](std::string line) { caf::anon_send(me, child_atom::value, gen, std::move(line)); });
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    caf::anon_send(me, exited_atom::value, gen, status);
+  }};
+  st.err_reader = std::thread{[name, fd = err[0]] {
+    read_lines(fd, [&](std::string line) { spdlog::info("agent={} stderr: {}", name, line); });
+  }};
+  for (auto& [id, f] : st.inflight)
+    send_to_child(self, f.d); // redelivered at once to the new child
+}
+
+void stop_child(instance_actor_state& st) {
+  if (st.stdin_fd >= 0) {
+    ::close(st.stdin_fd);
+    st.stdin_fd = -1;
+  }
+  if (st.pid > 0) {
+    ::kill(st.pid, SIGTERM);
+    auto deadline = std::chrono::steady_clock::now() + stop_grace;
+    // The stdout reader reaps the child; wait for it to see the exit.
+    while (::kill(st.pid, 0) == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds{10});
+    if (::kill(st.pid, 0) == 0)
+      ::kill(st.pid, SIGKILL);
+  }
+  if (st.out_reader.joinable())
+    st.out_reader.join();
+  if (st.err_reader.joinable())
+    st.err_reader.join();
+  st.pid = -1;
+}
+
+void on_child_line(instance_actor_t* self, const std::string& line) {
+  auto& st = self->state;
+  auto msg = json::parse(line, nullptr, false);
+  if (!msg.is_object() || !msg.contains("delivery") || !msg["delivery"].is_string()) {
+    spdlog::warn("agent {}: ignoring a line that is not an ack or nack: {}", label(st),
+                 line.substr(0, 200));
+    return;
+  }
+  auto id = msg["delivery"].get<std::string>();
+  auto type = msg.value("type", "");
+  if (type == "ack") {
+    std::string result = msg.contains("result") ? msg["result"].dump() : std::string{};
+    std::string emit = msg.contains("emit") ? msg["emit"].dump() : std::string{};
+    answer(self, id, true, std::move(result), std::move(emit), {});
+  } else if (type == "nack") {
+    auto error = msg.contains("error") && msg["error"].is_string() ? msg["error"].get<std::string>()
+                                                                   : std::string{"nack"};
+    answer(self, id, false, {}, {}, std::move(error));
+  } else {
+    spdlog::warn("agent {}: unknown message type {}", label(st), type);
+  }
+}
+
+caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_ptr agent,
+                             std::size_t index) {
+  auto& st = self->state;
+  st.ctx = ctx;
+  st.agent = agent;
+  st.index = index;
+  st.slot = agent->instances[index].get();
+  st.slot->in_flight = 0;
+  if (agent->cfg.kind == "process") {
+    start_child(self);
+  } else {
+    st.slot->state = instance_state::running;
+  }
+  agent->wake_all();
+  return {
+    [=](deliver_atom, delivery_ptr& d) {
+      auto& st = self->state;
+      auto id = d->delivery_id;
+      st.inflight[id] = {d, std::chrono::steady_clock::now()};
+      if (st.agent->cfg.kind == "builtin") {
+        run_builtin(self, d);
+        return;
+      }
+      self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
+      send_to_child(self, d);
+    },
+    [=](timeout_atom, const std::string& id) {
+      auto& cfg = self->state.agent->cfg;
+      answer(self, id, false, {}, {},
+             "timed out after " + std::to_string(cfg.timeout.count()) + " ms");
+    },
+    [=](child_atom, std::uint64_t gen, const std::string& line) {
+      if (gen == self->state.generation)
+        on_child_line(self, line);
+    },
+    [=](exited_atom, std::uint64_t gen, int status) {
+      auto& st = self->state;
+      if (gen != st.generation || st.stopping)
+        return;
+      if (st.stdin_fd >= 0) {
+        ::close(st.stdin_fd);
+        st.stdin_fd = -1;
+      }
+      auto ran = std::chrono::steady_clock::now() - st.started_at;
+      if (ran > std::chrono::seconds{30})
+        st.crashes = 0;
+      auto delay = std::chrono::milliseconds{
+        std::min<std::int64_t>(100LL << std::min<std::uint32_t>(st.crashes, 10), 10000)};
+      ++st.crashes;
+      st.slot->restarts++;
+      st.slot->pid = 0;
+      st.slot->state = instance_state::restarting;
+      st.pid = -1;
+      spdlog::warn("agent {}: process exited ({}); {} deliveries in flight; restarting in {} ms",
+                   label(st),
+                   WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+                                       : "code " + std::to_string(WEXITSTATUS(status)),
+                   st.inflight.size(), delay.count());
+      self->delayed_send(self, delay, restart_atom::value);
+    },
+    [=](restart_atom) {
+      if (!self->state.stopping)
+        start_child(self);
+    },
+    [=](stop_atom) {
+      auto& st = self->state;
+      st.stopping = true;
+      st.slot->state = instance_state::stopped;
+      stop_child(st);
+      self->quit();
+    },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr agent,
+                          std::size_t i) {
+  return parent->spawn<caf::detached + caf::monitored>(instance_actor, ctx, std::move(agent), i);
+}
+
+} // namespace nerve::actors::detail

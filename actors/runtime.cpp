@@ -1,0 +1,180 @@
+// Shared runtime pieces: jobs, counters, credit accounting of agent
+// instances, routing lookups and backoff.
+#include "actors/runtime.hpp"
+
+#include <random>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace nerve::actors::detail {
+
+void partition_job::finish(append_outcome r) {
+  if (!done)
+    return;
+  queued->fetch_sub(events.size(), std::memory_order_relaxed);
+  auto fn = std::move(done);
+  done = nullptr;
+  fn(std::move(r));
+}
+
+partition_job::~partition_job() {
+  finish(tl::make_unexpected(persistence::error{persistence::errc::io_error,
+                                                "the partition stopped before the append; retry"}));
+}
+
+void counters::observe(std::int64_t us) {
+  time_us_sum += static_cast<std::uint64_t>(std::max<std::int64_t>(0, us));
+  auto ms = static_cast<double>(us) / 1000.0;
+  for (std::size_t i = 0; i < latency_bounds_ms.size(); ++i)
+    if (ms <= latency_bounds_ms[i]) {
+      ++buckets[i];
+      return;
+    }
+}
+
+std::string counters::to_json() const {
+  nlohmann::json j{{"received", received.load()},
+                   {"processed", processed.load()},
+                   {"failed", failed.load()},
+                   {"retried", retried.load()},
+                   {"dead_lettered", dead_lettered.load()},
+                   {"time_us_sum", time_us_sum.load()}};
+  auto& b = j["buckets"] = nlohmann::json::array();
+  for (auto& v : buckets)
+    b.push_back(v.load());
+  return j.dump();
+}
+
+void counters::load_json(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object())
+    return;
+  received = j.value("received", 0ULL);
+  processed = j.value("processed", 0ULL);
+  failed = j.value("failed", 0ULL);
+  retried = j.value("retried", 0ULL);
+  dead_lettered = j.value("dead_lettered", 0ULL);
+  time_us_sum = j.value("time_us_sum", 0ULL);
+  if (j.contains("buckets") && j["buckets"].is_array())
+    for (std::size_t i = 0; i < buckets.size() && i < j["buckets"].size(); ++i)
+      buckets[i] = j["buckets"][i].get<std::uint64_t>();
+}
+
+const char* to_string(instance_state s) {
+  switch (s) {
+    case instance_state::starting:
+      return "starting";
+    case instance_state::running:
+      return "running";
+    case instance_state::restarting:
+      return "restarting";
+    case instance_state::crashed:
+      return "crashed";
+    case instance_state::stopped:
+      return "stopped";
+  }
+  return "unknown";
+}
+
+namespace {
+
+std::vector<std::string> tokens(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in{s};
+  std::string t;
+  while (std::getline(in, t, '.'))
+    out.push_back(t);
+  return out;
+}
+
+bool pattern_matches(const std::string& pattern, const std::string& topic) {
+  auto p = tokens(pattern);
+  auto t = tokens(topic);
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    if (p[i] == ">")
+      return t.size() > i;
+    if (i >= t.size() || (p[i] != "*" && p[i] != t[i]))
+      return false;
+  }
+  return p.size() == t.size();
+}
+
+} // namespace
+
+bool agent_runtime::subscribes(const std::string& topic) const {
+  for (auto& p : cfg.topics)
+    if (pattern_matches(p, topic))
+      return true;
+  return false;
+}
+
+std::optional<std::pair<std::size_t, caf::actor>>
+agent_runtime::take_credit(std::size_t& rr, const caf::actor& partition) {
+  auto n = instances.size();
+  for (std::size_t k = 0; k < n; ++k) {
+    auto i = (rr + k) % n;
+    auto& slot = *instances[i];
+    if (slot.state.load() != instance_state::running)
+      continue;
+    auto cur = slot.in_flight.load();
+    while (cur < cfg.max_in_flight) {
+      if (slot.in_flight.compare_exchange_weak(cur, cur + 1)) {
+        rr = i + 1;
+        std::lock_guard<std::mutex> guard{mutex};
+        return std::make_pair(i, slot.actor);
+      }
+    }
+  }
+  std::lock_guard<std::mutex> guard{mutex};
+  waiters.push_back(partition);
+  // A credit may have come back between the scan and the registration.
+  for (auto& slot : instances)
+    if (slot->state.load() == instance_state::running
+        && slot->in_flight.load() < cfg.max_in_flight) {
+      for (auto& w : waiters)
+        caf::anon_send(w, wake_atom::value);
+      waiters.clear();
+      break;
+    }
+  return std::nullopt;
+}
+
+void agent_runtime::return_credit(std::size_t instance) {
+  instances[instance]->in_flight.fetch_sub(1);
+  wake_all();
+}
+
+void agent_runtime::wake_all() {
+  std::vector<caf::actor> woken;
+  {
+    std::lock_guard<std::mutex> guard{mutex};
+    woken.swap(waiters);
+  }
+  for (auto& w : woken)
+    caf::anon_send(w, wake_atom::value);
+}
+
+std::shared_ptr<topic_route> routing::find(const std::string& name) const {
+  std::shared_lock<std::shared_mutex> guard{mutex};
+  auto it = topics.find(name);
+  return it == topics.end() ? nullptr : it->second;
+}
+
+caf::actor routing::actor_of(const topic_route& route, std::uint32_t partition) const {
+  std::shared_lock<std::shared_mutex> guard{mutex};
+  return route.slots[partition]->actor;
+}
+
+std::chrono::milliseconds backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max,
+                                  std::uint32_t attempt) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  auto shift = std::min<std::uint32_t>(attempt == 0 ? 0 : attempt - 1, 30);
+  auto base
+    = std::min<double>(static_cast<double>(initial.count()) * static_cast<double>(1ULL << shift),
+                       static_cast<double>(max.count()));
+  std::uniform_real_distribution<double> jitter{0.8, 1.2};
+  return std::chrono::milliseconds{static_cast<std::int64_t>(base * jitter(rng))};
+}
+
+} // namespace nerve::actors::detail

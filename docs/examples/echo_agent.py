@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""A nerve process agent, standard library only.
+
+nerve writes one JSON object per line on stdin:
+  {"type":"event","delivery":"<id>","attempt":1,"event":{...}}
+and this agent answers on stdout, in any order:
+  {"type":"ack","delivery":"<id>","result":<json>,"emit":[{"topic":..,"data":..}]}
+  {"type":"nack","delivery":"<id>","error":"..."}
+
+It echoes each event's data as its result. An event whose data has
+"fail": true is refused; one with "emit_to": "<topic>" emits a follow-up
+event there. It exits when nerve closes stdin.
+"""
+import json
+import sys
+
+
+def handle(event):
+    data = event.get("data")
+    if isinstance(data, dict) and data.get("fail"):
+        raise ValueError("asked to fail")
+    reply = {"result": data}
+    if isinstance(data, dict) and data.get("emit_to"):
+        reply["emit"] = [{"topic": data["emit_to"], "data": {"from": event["id"]}}]
+    return reply
+
+
+def main():
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg.get("type") != "event":
+            continue
+        answer = {"delivery": msg["delivery"]}
+        try:
+            answer.update(type="ack", **handle(msg["event"]))
+        except Exception as e:  # the agent reports, nerve retries
+            answer.update(type="nack", error=str(e))
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

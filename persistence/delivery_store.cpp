@@ -1,0 +1,340 @@
+// Delivery state on RocksDB: cursors, pending records, results (expired by a
+// compaction filter), the DLQ and meta records.
+#include "persistence/delivery_store.hpp"
+
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
+
+#include "persistence/keys.hpp"
+
+namespace nerve::persistence {
+
+using json = nlohmann::json;
+
+namespace {
+
+std::string group_prefix(const std::string& agent, std::uint32_t topic_id,
+                         std::uint32_t partition) {
+  std::string k = agent;
+  k.push_back('\0');
+  keys::put_u32(k, topic_id);
+  keys::put_u32(k, partition);
+  return k;
+}
+
+std::string pending_key(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
+                        std::uint64_t offset) {
+  auto k = group_prefix(agent, topic_id, partition);
+  keys::put_u64(k, offset);
+  return k;
+}
+
+std::string result_key(const std::string& event_id, const std::string& agent) {
+  std::string k = event_id;
+  k.push_back('\0');
+  k += agent;
+  return k;
+}
+
+error io(const std::string& what, const rocksdb::Status& s) {
+  return {errc::io_error, what + ": " + s.ToString()};
+}
+
+json to_json(const pending_record& r) {
+  json j{{"attempts", r.attempts}};
+  if (r.acked)
+    j["acked"] = true;
+  if (r.redeliver)
+    j["redeliver"] = true;
+  if (r.next_attempt_us)
+    j["next_attempt_us"] = r.next_attempt_us;
+  if (r.first_failed_us)
+    j["first_failed_us"] = r.first_failed_us;
+  if (r.last_failed_us)
+    j["last_failed_us"] = r.last_failed_us;
+  if (!r.last_error.empty())
+    j["last_error"] = r.last_error;
+  return j;
+}
+
+json to_json(const dlq_entry& e) {
+  return {{"id", e.id},
+          {"agent", e.agent},
+          {"topic", e.topic},
+          {"topic_id", e.topic_id},
+          {"partition", e.partition},
+          {"offset", e.offset},
+          {"event_id", e.event_id},
+          {"event", e.event},
+          {"error", e.error},
+          {"attempts", e.attempts},
+          {"first_failed_us", e.first_failed_us},
+          {"last_failed_us", e.last_failed_us}};
+}
+
+std::optional<dlq_entry> dlq_from(const std::string& text) {
+  auto j = json::parse(text, nullptr, false);
+  if (!j.is_object())
+    return std::nullopt;
+  dlq_entry e;
+  e.id = j.value("id", "");
+  e.agent = j.value("agent", "");
+  e.topic = j.value("topic", "");
+  e.topic_id = j.value("topic_id", 0U);
+  e.partition = j.value("partition", 0U);
+  e.offset = j.value("offset", 0ULL);
+  e.event_id = j.value("event_id", "");
+  e.event = j.value("event", "");
+  e.error = j.value("error", "");
+  e.attempts = j.value("attempts", 0U);
+  e.first_failed_us = j.value("first_failed_us", 0LL);
+  e.last_failed_us = j.value("last_failed_us", 0LL);
+  return e;
+}
+
+} // namespace
+
+struct state_batch::impl {
+  rocksdb::WriteBatch batch;
+  // Staged against handles resolved at commit; records what to write.
+  struct op {
+    enum kind { put, del } k;
+    int family; // 0 cursors, 1 pending, 2 results, 3 dlq, 4 meta
+    std::string key, value;
+  };
+  std::vector<op> ops;
+};
+
+state_batch::state_batch() : impl_(std::make_unique<impl>()) {
+}
+state_batch::~state_batch() = default;
+state_batch::state_batch(state_batch&&) noexcept = default;
+state_batch& state_batch::operator=(state_batch&&) noexcept = default;
+
+void state_batch::put_cursor(const std::string& agent, std::uint32_t topic_id,
+                             std::uint32_t partition, std::uint64_t cursor) {
+  std::string v;
+  keys::put_u64(v, cursor);
+  impl_->ops.push_back({impl::op::put, 0, group_prefix(agent, topic_id, partition), v});
+}
+
+void state_batch::put_pending(const std::string& agent, std::uint32_t topic_id,
+                              std::uint32_t partition, const pending_record& rec) {
+  impl_->ops.push_back({impl::op::put, 1, pending_key(agent, topic_id, partition, rec.offset),
+                        to_json(rec).dump(-1, ' ', false, json::error_handler_t::replace)});
+}
+
+void state_batch::delete_pending(const std::string& agent, std::uint32_t topic_id,
+                                 std::uint32_t partition, std::uint64_t offset) {
+  impl_->ops.push_back({impl::op::del, 1, pending_key(agent, topic_id, partition, offset), {}});
+}
+
+void state_batch::put_result(const std::string& event_id, const std::string& agent,
+                             const stored_result& r) {
+  std::string v;
+  keys::put_u64(v, static_cast<std::uint64_t>(r.stored_us));
+  v += r.result;
+  impl_->ops.push_back({impl::op::put, 2, result_key(event_id, agent), std::move(v)});
+}
+
+void state_batch::put_dlq(const dlq_entry& e) {
+  impl_->ops.push_back(
+    {impl::op::put, 3, e.id, to_json(e).dump(-1, ' ', false, json::error_handler_t::replace)});
+}
+
+void state_batch::delete_dlq(const std::string& id) {
+  impl_->ops.push_back({impl::op::del, 3, id, {}});
+}
+
+void state_batch::put_meta(const std::string& key, const std::string& value) {
+  impl_->ops.push_back({impl::op::put, 4, key, value});
+}
+
+bool state_batch::empty() const {
+  return impl_->ops.empty();
+}
+
+std::size_t state_batch::count() const {
+  return impl_->ops.size();
+}
+
+tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) {
+  if (batch.empty())
+    return {};
+  rocksdb::ColumnFamilyHandle* families[]
+    = {log_.cursors_, log_.pending_, log_.results_, log_.dlq_, log_.meta_};
+  rocksdb::WriteBatch wb;
+  for (auto& op : batch.impl_->ops) {
+    auto* cf = families[op.family];
+    if (op.k == state_batch::impl::op::put)
+      wb.Put(cf, op.key, op.value);
+    else
+      wb.Delete(cf, op.key);
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = sync;
+  auto s = log_.db_->Write(wo, &wb);
+  batch.impl_->ops.clear();
+  if (!s.ok()) {
+    log_.note_error("delivery state: " + s.ToString());
+    return tl::make_unexpected(io("writing delivery state", s));
+  }
+  return {};
+}
+
+tl::expected<std::optional<std::uint64_t>, error>
+delivery_store::cursor(const std::string& agent, std::uint32_t topic_id,
+                       std::uint32_t partition) const {
+  std::string v;
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.cursors_,
+                         group_prefix(agent, topic_id, partition), &v);
+  if (s.IsNotFound())
+    return std::optional<std::uint64_t>{};
+  if (!s.ok() || v.size() != 8)
+    return tl::make_unexpected(io("reading cursor", s));
+  return std::optional<std::uint64_t>{keys::get_u64(v, 0)};
+}
+
+tl::expected<std::vector<pending_record>, error>
+delivery_store::pending(const std::string& agent, std::uint32_t topic_id,
+                        std::uint32_t partition) const {
+  std::vector<pending_record> out;
+  auto prefix = group_prefix(agent, topic_id, partition);
+  std::unique_ptr<rocksdb::Iterator> it{
+    log_.db_->NewIterator(rocksdb::ReadOptions{}, log_.pending_)};
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto k = it->key().ToStringView();
+    if (k.size() != prefix.size() + 8)
+      continue;
+    auto j = json::parse(it->value().ToStringView(), nullptr, false);
+    if (!j.is_object())
+      return tl::make_unexpected(error{errc::io_error, "corrupt pending record"});
+    pending_record r;
+    r.offset = keys::get_u64(k, prefix.size());
+    r.attempts = j.value("attempts", 0U);
+    r.acked = j.value("acked", false);
+    r.redeliver = j.value("redeliver", false);
+    r.next_attempt_us = j.value("next_attempt_us", 0LL);
+    r.first_failed_us = j.value("first_failed_us", 0LL);
+    r.last_failed_us = j.value("last_failed_us", 0LL);
+    r.last_error = j.value("last_error", "");
+    out.push_back(std::move(r));
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io("reading pending", it->status()));
+  return out;
+}
+
+tl::expected<std::optional<stored_result>, error>
+delivery_store::result(const std::string& event_id, const std::string& agent) const {
+  std::string v;
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.results_, result_key(event_id, agent), &v);
+  if (s.IsNotFound() || (s.ok() && v.size() < 8))
+    return std::optional<stored_result>{};
+  if (!s.ok())
+    return tl::make_unexpected(io("reading result", s));
+  stored_result r{v.substr(8), static_cast<std::int64_t>(keys::get_u64(v, 0))};
+  auto ttl_us = static_cast<std::int64_t>(log_.opts_.results_ttl.count()) * 1000;
+  if (r.stored_us + ttl_us < log_.opts_.clock())
+    return std::optional<stored_result>{};
+  return std::optional<stored_result>{std::move(r)};
+}
+
+tl::expected<std::optional<dlq_entry>, error> delivery_store::dlq_get(const std::string& id) const {
+  std::string v;
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.dlq_, id, &v);
+  if (s.IsNotFound())
+    return std::optional<dlq_entry>{};
+  if (!s.ok())
+    return tl::make_unexpected(io("reading DLQ entry", s));
+  return dlq_from(v);
+}
+
+tl::expected<std::vector<dlq_entry>, error> delivery_store::dlq_list(const std::string& agent,
+                                                                     const std::string& topic,
+                                                                     const std::string& after_id,
+                                                                     std::size_t limit) const {
+  std::vector<dlq_entry> out;
+  std::unique_ptr<rocksdb::Iterator> it{log_.db_->NewIterator(rocksdb::ReadOptions{}, log_.dlq_)};
+  if (after_id.empty())
+    it->SeekToFirst();
+  else
+    it->Seek(after_id + '\0');
+  for (; it->Valid() && out.size() < limit; it->Next()) {
+    auto e = dlq_from(it->value().ToString());
+    if (!e)
+      continue;
+    if ((!agent.empty() && e->agent != agent) || (!topic.empty() && e->topic != topic))
+      continue;
+    out.push_back(std::move(*e));
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io("listing DLQ", it->status()));
+  return out;
+}
+
+tl::expected<std::uint64_t, error> delivery_store::dlq_count() const {
+  std::uint64_t n = 0;
+  std::unique_ptr<rocksdb::Iterator> it{log_.db_->NewIterator(rocksdb::ReadOptions{}, log_.dlq_)};
+  for (it->SeekToFirst(); it->Valid(); it->Next())
+    ++n;
+  if (!it->status().ok())
+    return tl::make_unexpected(io("counting DLQ", it->status()));
+  return n;
+}
+
+tl::expected<std::optional<std::string>, error> delivery_store::meta(const std::string& key) const {
+  std::string v;
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.meta_, key, &v);
+  if (s.IsNotFound())
+    return std::optional<std::string>{};
+  if (!s.ok())
+    return tl::make_unexpected(io("reading " + key, s));
+  return std::optional<std::string>{std::move(v)};
+}
+
+tl::expected<std::vector<std::pair<std::string, std::string>>, error>
+delivery_store::meta_prefix(const std::string& prefix) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::unique_ptr<rocksdb::Iterator> it{log_.db_->NewIterator(rocksdb::ReadOptions{}, log_.meta_)};
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next())
+    out.emplace_back(it->key().ToString(), it->value().ToString());
+  if (!it->status().ok())
+    return tl::make_unexpected(io("reading " + prefix, it->status()));
+  return out;
+}
+
+tl::expected<std::optional<std::string>, error>
+delivery_store::event_at(std::uint32_t topic_id, std::uint32_t partition,
+                         std::uint64_t offset) const {
+  std::string v;
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.events_,
+                         keys::event_key(topic_id, partition, offset), &v);
+  if (s.IsNotFound())
+    return std::optional<std::string>{};
+  if (!s.ok() || v.size() <= 8)
+    return tl::make_unexpected(io("reading event", s));
+  return std::optional<std::string>{v.substr(8)};
+}
+
+std::string delivery_store::dlq_id(const std::string& agent, std::uint32_t topic_id,
+                                   std::uint32_t partition, std::uint64_t offset) {
+  std::uint64_t h = 1469598103934665603ULL;
+  auto mix = [&h](const std::string& bytes) {
+    for (unsigned char c : bytes) {
+      h ^= c;
+      h *= 1099511628211ULL;
+    }
+  };
+  mix(pending_key(agent, topic_id, partition, offset));
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string id = "dlq-";
+  for (int i = 15; i >= 0; --i)
+    id += hex[(h >> (i * 4)) & 0xf];
+  return id;
+}
+
+} // namespace nerve::persistence

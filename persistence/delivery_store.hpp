@@ -1,0 +1,125 @@
+// Delivery state in the log: consumer-group cursors, pending deliveries,
+// results, the dead-letter queue and counter snapshots. Partition actors
+// stage changes in a `state_batch` and commit it with their group commit.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+#include "persistence/event_log.hpp"
+
+namespace nerve::persistence {
+
+/// A delivery that is not simply "below the cursor and acked".
+struct pending_record {
+  std::uint64_t offset = 0;
+  std::uint32_t attempts = 0;       ///< attempts made so far
+  bool acked = false;               ///< acked above the cursor, or redelivered below it
+  bool redeliver = false;           ///< below the cursor: a DLQ retry to deliver again
+  std::int64_t next_attempt_us = 0; ///< when the next attempt is due
+  std::int64_t first_failed_us = 0;
+  std::int64_t last_failed_us = 0;
+  std::string last_error;
+};
+
+/// One dead-lettered delivery.
+struct dlq_entry {
+  std::string id;
+  std::string agent;
+  std::string topic;
+  std::uint32_t topic_id = 0;
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
+  std::string event_id;
+  std::string event; ///< the event JSON, kept even after retention removes it
+  std::string error;
+  std::uint32_t attempts = 0;
+  std::int64_t first_failed_us = 0;
+  std::int64_t last_failed_us = 0;
+};
+
+struct stored_result {
+  std::string result; ///< JSON text
+  std::int64_t stored_us = 0;
+};
+
+/// Changes to delivery state, committed atomically.
+class state_batch {
+public:
+  state_batch();
+  ~state_batch();
+  state_batch(state_batch&&) noexcept;
+  state_batch& operator=(state_batch&&) noexcept;
+
+  void put_cursor(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
+                  std::uint64_t cursor);
+  void put_pending(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
+                   const pending_record& rec);
+  void delete_pending(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
+                      std::uint64_t offset);
+  void put_result(const std::string& event_id, const std::string& agent, const stored_result& r);
+  void put_dlq(const dlq_entry& e);
+  void delete_dlq(const std::string& id);
+  void put_meta(const std::string& key, const std::string& value);
+
+  [[nodiscard]] bool empty() const;
+  [[nodiscard]] std::size_t count() const;
+
+private:
+  friend class delivery_store;
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+class delivery_store {
+public:
+  explicit delivery_store(event_log& log) : log_(log) {}
+
+  /// Writes the batch; synced when `sync`.
+  [[nodiscard]] tl::expected<void, error> commit(state_batch& batch, bool sync);
+
+  [[nodiscard]] tl::expected<std::optional<std::uint64_t>, error>
+  cursor(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition) const;
+
+  /// Every pending record of one agent on one partition, in offset order.
+  [[nodiscard]] tl::expected<std::vector<pending_record>, error>
+  pending(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition) const;
+
+  [[nodiscard]] tl::expected<std::optional<stored_result>, error>
+  result(const std::string& event_id, const std::string& agent) const;
+
+  [[nodiscard]] tl::expected<std::optional<dlq_entry>, error> dlq_get(const std::string& id) const;
+
+  /// DLQ entries in id order after `after_id`, filtered, at most `limit`.
+  [[nodiscard]] tl::expected<std::vector<dlq_entry>, error> dlq_list(const std::string& agent,
+                                                                     const std::string& topic,
+                                                                     const std::string& after_id,
+                                                                     std::size_t limit) const;
+
+  [[nodiscard]] tl::expected<std::uint64_t, error> dlq_count() const;
+
+  [[nodiscard]] tl::expected<std::optional<std::string>, error> meta(const std::string& key) const;
+
+  /// Meta records whose key starts with `prefix`: (key, value).
+  [[nodiscard]] tl::expected<std::vector<std::pair<std::string, std::string>>, error>
+  meta_prefix(const std::string& prefix) const;
+
+  /// The stored event at these coordinates (JSON).
+  [[nodiscard]] tl::expected<std::optional<std::string>, error>
+  event_at(std::uint32_t topic_id, std::uint32_t partition, std::uint64_t offset) const;
+
+  /// The DLQ id of one agent's delivery of one event: stable, so dead-lettering
+  /// the same delivery twice keeps one entry.
+  [[nodiscard]] static std::string dlq_id(const std::string& agent, std::uint32_t topic_id,
+                                          std::uint32_t partition, std::uint64_t offset);
+
+private:
+  event_log& log_;
+};
+
+} // namespace nerve::persistence
