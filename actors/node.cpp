@@ -10,6 +10,7 @@
 #include <shared_mutex>
 #include <unordered_map>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "actors/runtime.hpp"
@@ -379,14 +380,225 @@ public:
     });
   }
 
-  void get_event(const std::string& id, callback<std::string> done) override {
+  void get_event(const std::string& id, callback<event_view> done) override {
     run_async([this, id, done = std::move(done)] {
       auto got = log_->get_by_id(id);
       if (!got)
         return done(tl::make_unexpected(from_storage(got.error())));
       if (!*got)
         return done(tl::make_unexpected(error{errc::not_found, "no event with id " + id}));
-      done(std::move(**got));
+      event_view v;
+      v.event = std::move(**got);
+      auto e = nlohmann::json::parse(v.event, nullptr, false);
+      auto topic = e.value("topic", "");
+      auto t = log_->find_topic(topic);
+      if (!t)
+        return done(std::move(v));
+      auto p = e.value("partition", 0U);
+      auto offset = e.value("offset", 0ULL);
+      for (auto& agent : ctx_.agents) {
+        if (!agent->subscribes(topic))
+          continue;
+        delivery_view d;
+        d.agent = agent->cfg.name;
+        auto& f = agent->cfg.filter;
+        if ((f.type && *f.type != e.value("type", ""))
+            || (f.source && *f.source != e.value("source", ""))
+            || (f.key && *f.key != e.value("key", ""))) {
+          d.state = "skipped";
+          v.deliveries.push_back(std::move(d));
+          continue;
+        }
+        auto dead = store_.dlq_get(persistence::delivery_store::dlq_id(d.agent, t->id, p, offset));
+        auto pending = store_.pending_at(d.agent, t->id, p, offset);
+        auto cursor = store_.cursor(d.agent, t->id, p);
+        auto result = store_.result(id, d.agent);
+        if (!dead || !pending || !cursor || !result)
+          return done(tl::make_unexpected(error{errc::storage, "reading delivery state"}));
+        if (*dead) {
+          d.state = "dead_lettered";
+          d.attempts = (*dead)->attempts;
+          d.error = (*dead)->error;
+        } else if (*pending && !(*pending)->acked) {
+          d.state = (*pending)->attempts > 0 ? "retrying" : "pending";
+          d.attempts = (*pending)->attempts;
+          d.error = (*pending)->last_error;
+        } else if ((*pending && (*pending)->acked) || (*cursor && offset < **cursor)) {
+          d.state = "acked";
+          if (*pending)
+            d.attempts = (*pending)->attempts;
+        } else {
+          d.state = "pending";
+        }
+        if (*result)
+          d.result = (*result)->result;
+        v.deliveries.push_back(std::move(d));
+      }
+      done(std::move(v));
+    });
+  }
+
+  std::vector<agent_view> agents() const override {
+    std::vector<agent_view> out;
+    for (auto& a : ctx_.agents)
+      out.push_back(view_of(*a));
+    return out;
+  }
+
+  void set_paused(const std::string& name, bool paused, callback<agent_view> done) override {
+    auto agent = find_agent(name);
+    if (!agent)
+      return done(tl::make_unexpected(error{errc::not_found, "no agent named " + name}));
+    agent->paused = paused;
+    spdlog::info("agent {} {}", name, paused ? "paused" : "resumed");
+    if (!paused) {
+      std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
+      for (auto& [topic, route] : ctx_.routes.topics)
+        if (agent->subscribes(topic))
+          for (auto& slot : route->slots)
+            if (slot->actor)
+              caf::anon_send(slot->actor, wake_atom::value);
+    }
+    done(view_of(*agent));
+  }
+
+  void groups(const std::string& topic, callback<std::vector<group_view>> done) override {
+    auto route = ctx_.routes.find(topic);
+    if (!route)
+      return done(
+        tl::make_unexpected(error{errc::not_found, "topic " + topic + " does not exist"}));
+    std::vector<group_view> out;
+    for (auto& agent : ctx_.agents) {
+      if (!agent->subscribes(topic))
+        continue;
+      group_view g;
+      g.agent = agent->cfg.name;
+      g.instances = static_cast<std::uint32_t>(agent->instances.size());
+      for (std::uint32_t p = 0; p < route->slots.size(); ++p)
+        for (auto& gs : route->slots[p]->groups) {
+          if (gs->agent_index != agent->index)
+            continue;
+          group_view::part part;
+          part.partition = p;
+          part.cursor = gs->cursor.load();
+          part.end = std::max(gs->end.load(), part.cursor);
+          part.in_flight = gs->in_flight.load();
+          part.waiting_retry = gs->waiting_retry.load();
+          if (auto last = gs->last_delivered.load(); last >= 0) {
+            part.last_delivered = static_cast<std::uint64_t>(last);
+            g.last_delivered_offset
+              = std::max<std::uint64_t>(g.last_delivered_offset.value_or(0), *part.last_delivered);
+          }
+          g.pending += part.in_flight + part.waiting_retry;
+          g.lag += part.end - part.cursor;
+          g.partitions.push_back(part);
+        }
+      out.push_back(std::move(g));
+    }
+    done(std::move(out));
+  }
+
+  void dlq_list(const std::string& agent, const std::string& topic, const std::string& cursor,
+                std::size_t limit, callback<dlq_page> done) override {
+    run_async([this, agent, topic, cursor, limit, done = std::move(done)] {
+      auto all = store_.dlq_list(agent, topic, "", ~std::size_t{0});
+      if (!all)
+        return done(tl::make_unexpected(from_storage(all.error())));
+      dlq_page page;
+      page.count = all->size();
+      for (auto& e : *all) {
+        if (!cursor.empty() && e.id <= cursor)
+          continue;
+        if (page.entries.size() == limit) {
+          page.next_cursor = page.entries.back().id;
+          break;
+        }
+        page.entries.push_back(view_of(e));
+      }
+      done(std::move(page));
+    });
+  }
+
+  void dlq_get(const std::string& id, callback<dlq_view> done) override {
+    run_async([this, id, done = std::move(done)] {
+      auto e = store_.dlq_get(id);
+      if (!e)
+        return done(tl::make_unexpected(from_storage(e.error())));
+      if (!*e)
+        return done(tl::make_unexpected(error{errc::not_found, "no DLQ entry " + id}));
+      done(view_of(**e));
+    });
+  }
+
+  void dlq_retry(const std::string& id, callback<dlq_view> done) override {
+    run_async([this, id, done = std::move(done)] {
+      auto e = store_.dlq_get(id);
+      if (!e)
+        return done(tl::make_unexpected(from_storage(e.error())));
+      if (!*e)
+        return done(tl::make_unexpected(error{errc::not_found, "no DLQ entry " + id}));
+      retry_entry(**e, [done, v = view_of(**e)](std::string err) {
+        if (!err.empty())
+          return done(tl::make_unexpected(error{errc::unavailable, err}));
+        done(v);
+      });
+    });
+  }
+
+  void dlq_retry_all(const std::string& agent, const std::string& topic,
+                     callback<std::uint64_t> done) override {
+    run_async([this, agent, topic, done = std::move(done)] {
+      auto all = store_.dlq_list(agent, topic, "", ~std::size_t{0});
+      if (!all)
+        return done(tl::make_unexpected(from_storage(all.error())));
+      struct join {
+        std::atomic<std::size_t> left{0};
+        std::atomic<std::uint64_t> ok{0};
+      };
+      auto j = std::make_shared<join>();
+      j->left = all->size() + 1;
+      auto finish = [j, done] {
+        if (j->left.fetch_sub(1) == 1)
+          done(j->ok.load());
+      };
+      for (auto& e : *all)
+        retry_entry(e, [j, finish](std::string err) {
+          if (err.empty())
+            ++j->ok;
+          finish();
+        });
+      finish();
+    });
+  }
+
+  void dlq_delete(const std::string& id, callback<dlq_view> done) override {
+    run_async([this, id, done = std::move(done)] {
+      auto e = store_.dlq_get(id);
+      if (!e)
+        return done(tl::make_unexpected(from_storage(e.error())));
+      if (!*e)
+        return done(tl::make_unexpected(error{errc::not_found, "no DLQ entry " + id}));
+      persistence::state_batch b;
+      b.delete_dlq(id);
+      if (auto ok = store_.commit(b, cfg_.storage.fsync == config::fsync_policy::always); !ok)
+        return done(tl::make_unexpected(from_storage(ok.error())));
+      --ctx_.dlq_size;
+      done(view_of(**e));
+    });
+  }
+
+  void dlq_purge(const std::string& agent, callback<std::uint64_t> done) override {
+    run_async([this, agent, done = std::move(done)] {
+      auto all = store_.dlq_list(agent, "", "", ~std::size_t{0});
+      if (!all)
+        return done(tl::make_unexpected(from_storage(all.error())));
+      persistence::state_batch b;
+      for (auto& e : *all)
+        b.delete_dlq(e.id);
+      if (auto ok = store_.commit(b, cfg_.storage.fsync == config::fsync_policy::always); !ok)
+        return done(tl::make_unexpected(from_storage(ok.error())));
+      ctx_.dlq_size -= static_cast<std::int64_t>(all->size());
+      done(static_cast<std::uint64_t>(all->size()));
     });
   }
 
@@ -475,6 +687,79 @@ private:
     c.set("logger.console", caf::atom("none"));
     c.set("logger.file-verbosity", caf::atom("quiet"));
     return c;
+  }
+
+  agent_ptr find_agent(const std::string& name) const {
+    for (auto& a : ctx_.agents)
+      if (a->cfg.name == name)
+        return a;
+    return nullptr;
+  }
+
+  static agent_view view_of(agent_runtime& a) {
+    agent_view v;
+    v.name = a.cfg.name;
+    v.kind = a.cfg.kind;
+    v.topics = a.cfg.topics;
+    bool any_running = false;
+    bool any_restarting = false;
+    for (std::size_t i = 0; i < a.instances.size(); ++i) {
+      auto& inst = *a.instances[i];
+      auto state = inst.state.load();
+      any_running |= state == instance_state::running;
+      any_restarting |= state == instance_state::restarting || state == instance_state::starting;
+      v.instances.push_back(
+        {i, to_string(state), inst.pid.load(), inst.restarts.load(), inst.in_flight.load()});
+    }
+    v.state = a.paused.load()  ? "paused"
+              : any_running    ? "running"
+              : any_restarting ? "restarting"
+                               : "crashed";
+    nlohmann::json c{
+      {"instances", a.cfg.instances},
+      {"max_in_flight", a.cfg.max_in_flight},
+      {"max_retries", a.cfg.max_retries},
+      {"timeout_ms", a.cfg.timeout.count()},
+      {"backoff",
+       {{"initial_ms", a.cfg.backoff_initial.count()}, {"max_ms", a.cfg.backoff_max.count()}}},
+      {"start", a.cfg.start}};
+    if (!a.cfg.ordered_by.empty())
+      c["ordered_by"] = a.cfg.ordered_by;
+    if (a.cfg.kind == "process")
+      c["command"] = a.cfg.command;
+    if (a.cfg.kind == "http")
+      c["url"] = a.cfg.url;
+    if (a.cfg.kind == "builtin")
+      c["handler"] = a.cfg.handler;
+    auto& f = a.cfg.filter;
+    if (f.type || f.source || f.key) {
+      auto& fj = c["filter"] = nlohmann::json::object();
+      if (f.type)
+        fj["type"] = *f.type;
+      if (f.source)
+        fj["source"] = *f.source;
+      if (f.key)
+        fj["key"] = *f.key;
+    }
+    v.config_json = c.dump();
+    return v;
+  }
+
+  static dlq_view view_of(const persistence::dlq_entry& e) {
+    return {e.id,    e.agent, e.topic,    e.partition,       e.offset,
+            e.event, e.error, e.attempts, e.first_failed_us, e.last_failed_us};
+  }
+
+  /// Hands a DLQ entry back to its partition for delivery.
+  void retry_entry(const persistence::dlq_entry& e, std::function<void(std::string)> reply) {
+    auto route = ctx_.routes.find(e.topic);
+    if (!route || e.partition >= route->slots.size())
+      return reply("topic " + e.topic + " is not open");
+    auto target = ctx_.routes.actor_of(*route, e.partition);
+    if (!target)
+      return reply("partition " + e.topic + "/" + std::to_string(e.partition) + " is restarting");
+    auto r = std::make_shared<std::function<void(std::string)>>(std::move(reply));
+    caf::anon_send(target, redeliver_atom::value, e.agent, e.offset, e.id, std::move(r));
   }
 
   /// Runs blocking storage work on an actor thread, never on the caller's.

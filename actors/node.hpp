@@ -89,6 +89,74 @@ struct health_report {
   std::uint64_t dlq_size = 0;
 };
 
+struct instance_view {
+  std::size_t id = 0;
+  std::string state; ///< starting, running, restarting, crashed, stopped
+  int pid = 0;       ///< 0 unless a process agent's child runs
+  std::uint32_t restarts = 0;
+  std::uint32_t in_flight = 0;
+};
+
+struct agent_view {
+  std::string name;
+  std::string kind;
+  std::vector<std::string> topics;
+  std::string state; ///< running, restarting, crashed or paused
+  std::vector<instance_view> instances;
+  std::string config_json; ///< the agent's settings as JSON
+};
+
+/// One agent's consumer group on one topic.
+struct group_view {
+  std::string agent;
+  std::uint32_t instances = 0;
+  std::uint64_t pending = 0; ///< delivered and not answered, or waiting to retry
+  std::uint64_t lag = 0;     ///< events not yet passed by the cursor
+  std::optional<std::uint64_t> last_delivered_offset; ///< highest, any partition
+  struct part {
+    std::uint32_t partition = 0;
+    std::uint64_t cursor = 0;
+    std::uint64_t end = 0;
+    std::uint64_t in_flight = 0;
+    std::uint64_t waiting_retry = 0;
+    std::optional<std::uint64_t> last_delivered;
+  };
+  std::vector<part> partitions;
+};
+
+struct dlq_view {
+  std::string id;
+  std::string agent;
+  std::string topic;
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
+  std::string event; ///< JSON
+  std::string error;
+  std::uint32_t attempts = 0;
+  std::int64_t first_failed_us = 0;
+  std::int64_t last_failed_us = 0;
+};
+
+struct dlq_page {
+  std::uint64_t count = 0; ///< all entries matching the filters
+  std::vector<dlq_view> entries;
+  std::string next_cursor; ///< empty on the last page
+};
+
+/// One agent's handling of one event.
+struct delivery_view {
+  std::string agent;
+  std::string state; ///< acked, pending, retrying, dead_lettered, skipped
+  std::uint32_t attempts = 0;
+  std::string result; ///< JSON, when acked and kept
+  std::string error;
+};
+
+struct event_view {
+  std::string event; ///< JSON
+  std::vector<delivery_view> deliveries;
+};
+
 struct storage_report {
   std::string path;
   std::uint64_t disk_bytes = 0;
@@ -115,8 +183,29 @@ public:
                            std::uint64_t from_offset, std::size_t limit, callback<events_page> done)
     = 0;
 
-  /// The stored event with this id (not_found otherwise).
-  virtual void get_event(const std::string& id, callback<std::string> done) = 0;
+  /// The stored event with this id and each subscribed agent's handling of it.
+  virtual void get_event(const std::string& id, callback<event_view> done) = 0;
+
+  /// Agents and their instances (no I/O).
+  [[nodiscard]] virtual std::vector<agent_view> agents() const = 0;
+  /// Pauses or resumes delivery to an agent; answers its new view.
+  virtual void set_paused(const std::string& agent, bool paused, callback<agent_view> done) = 0;
+  /// Consumer groups on a topic.
+  virtual void groups(const std::string& topic, callback<std::vector<group_view>> done) = 0;
+
+  virtual void dlq_list(const std::string& agent, const std::string& topic,
+                        const std::string& cursor, std::size_t limit, callback<dlq_page> done)
+    = 0;
+  virtual void dlq_get(const std::string& id, callback<dlq_view> done) = 0;
+  /// Delivers a dead-lettered event again to its agent, attempts reset.
+  virtual void dlq_retry(const std::string& id, callback<dlq_view> done) = 0;
+  /// Retries every entry matching the filters; answers how many.
+  virtual void dlq_retry_all(const std::string& agent, const std::string& topic,
+                             callback<std::uint64_t> done)
+    = 0;
+  virtual void dlq_delete(const std::string& id, callback<dlq_view> done) = 0;
+  /// Deletes every entry of `agent` (all when empty); answers how many.
+  virtual void dlq_purge(const std::string& agent, callback<std::uint64_t> done) = 0;
 
   /// Runs the storage probe and gathers the indicators.
   virtual void health(callback<health_report> done) = 0;

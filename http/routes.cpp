@@ -33,6 +33,7 @@ namespace {
 
 using params = std::vector<std::string>;
 using route_fn = std::function<void(request&, const params&, responder&)>;
+using callback_dlq = actors::callback<actors::dlq_view>;
 
 struct route {
   std::string method;
@@ -167,6 +168,24 @@ public:
         [this](auto& req, auto& p, auto& respond) { read_events(req, p[0], respond); });
     add("GET", "/v1/events/{}",
         [this](auto&, auto& p, auto& respond) { get_event(p[0], respond); });
+    add("GET", "/v1/agents", [this](auto&, auto&, auto& respond) { list_agents(respond); });
+    add("GET", "/v1/agents/{}",
+        [this](auto&, auto& p, auto& respond) { get_agent(p[0], respond); });
+    add("POST", "/v1/agents/{}/pause",
+        [this](auto&, auto& p, auto& respond) { pause_agent(p[0], true, respond); });
+    add("POST", "/v1/agents/{}/resume",
+        [this](auto&, auto& p, auto& respond) { pause_agent(p[0], false, respond); });
+    add("GET", "/v1/topics/{}/groups",
+        [this](auto&, auto& p, auto& respond) { groups(p[0], respond); });
+    add("GET", "/v1/dlq", [this](auto& req, auto&, auto& respond) { dlq_list(req, respond); });
+    add("POST", "/v1/dlq/retry-all",
+        [this](auto& req, auto&, auto& respond) { dlq_retry_all(req, respond); });
+    add("GET", "/v1/dlq/{}",
+        [this](auto&, auto& p, auto& respond) { node_.dlq_get(p[0], dlq_answer(respond)); });
+    add("DELETE", "/v1/dlq/{}",
+        [this](auto&, auto& p, auto& respond) { node_.dlq_delete(p[0], dlq_answer(respond)); });
+    add("POST", "/v1/dlq/{}/retry",
+        [this](auto&, auto& p, auto& respond) { node_.dlq_retry(p[0], dlq_answer(respond)); });
   }
 
   void operator()(request&& req, responder respond) {
@@ -400,10 +419,150 @@ private:
   void get_event(const std::string& id, responder& respond) {
     if (!actors::valid_event_id(id))
       return respond(problem(404, "not-found", "Not Found", "no event with that id"));
-    node_.get_event(id, [respond](actors::result<std::string> r) {
+    node_.get_event(id, [respond](actors::result<actors::event_view> r) {
       if (!r)
         return respond(error_response(r.error()));
-      respond(json_response(200, "{\"event\":" + *r + ",\"deliveries\":[]}"));
+      json deliveries = json::array();
+      for (auto& d : r->deliveries) {
+        json j{{"agent", d.agent}, {"state", d.state}, {"attempts", d.attempts}};
+        j["result"] = d.result.empty() ? json(nullptr) : json::parse(d.result, nullptr, false);
+        j["error"] = d.error.empty() ? json(nullptr) : json(d.error);
+        deliveries.push_back(std::move(j));
+      }
+      respond(json_response(200, "{\"event\":" + r->event + ",\"deliveries\":"
+                                   + deliveries.dump(-1, ' ', false, json::error_handler_t::replace)
+                                   + "}"));
+    });
+  }
+
+  static json agent_json(const actors::agent_view& a) {
+    json instances = json::array();
+    for (auto& i : a.instances)
+      instances.push_back({{"id", i.id},
+                           {"state", i.state},
+                           {"pid", i.pid == 0 ? json(nullptr) : json(i.pid)},
+                           {"restarts", i.restarts},
+                           {"in_flight", i.in_flight}});
+    return {{"name", a.name},
+            {"kind", a.kind},
+            {"topics", a.topics},
+            {"state", a.state},
+            {"instances", std::move(instances)},
+            {"config", json::parse(a.config_json, nullptr, false)}};
+  }
+
+  void list_agents(responder& respond) {
+    json list = json::array();
+    for (auto& a : node_.agents())
+      list.push_back(agent_json(a));
+    respond(json_response(200, json{{"agents", std::move(list)}}.dump()));
+  }
+
+  void get_agent(const std::string& name, responder& respond) {
+    for (auto& a : node_.agents())
+      if (a.name == name)
+        return respond(json_response(200, agent_json(a).dump()));
+    respond(problem(404, "not-found", "Not Found", "no agent named " + name.substr(0, 100)));
+  }
+
+  void pause_agent(const std::string& name, bool paused, responder& respond) {
+    node_.set_paused(name, paused, [respond](actors::result<actors::agent_view> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      respond(json_response(200, agent_json(*r).dump()));
+    });
+  }
+
+  void groups(const std::string& topic, responder& respond) {
+    node_.groups(topic, [respond, topic](actors::result<std::vector<actors::group_view>> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      json list = json::array();
+      for (auto& g : *r) {
+        json parts = json::array();
+        for (auto& p : g.partitions)
+          parts.push_back({{"partition", p.partition},
+                           {"cursor", p.cursor},
+                           {"end_offset", p.end},
+                           {"lag", p.end - p.cursor},
+                           {"in_flight", p.in_flight},
+                           {"waiting_retry", p.waiting_retry},
+                           {"last_delivered_offset",
+                            p.last_delivered ? json(*p.last_delivered) : json(nullptr)}});
+        list.push_back({{"agent", g.agent},
+                        {"instances", g.instances},
+                        {"pending", g.pending},
+                        {"lag", g.lag},
+                        {"last_delivered_offset",
+                         g.last_delivered_offset ? json(*g.last_delivered_offset) : json(nullptr)},
+                        {"partitions", std::move(parts)}});
+      }
+      respond(json_response(200, json{{"topic", topic}, {"groups", std::move(list)}}.dump()));
+    });
+  }
+
+  static json dlq_json(const actors::dlq_view& e) {
+    return {{"id", e.id},
+            {"agent", e.agent},
+            {"topic", e.topic},
+            {"partition", e.partition},
+            {"offset", e.offset},
+            {"event", json::parse(e.event, nullptr, false)},
+            {"error", e.error},
+            {"attempts", e.attempts},
+            {"first_failed_at", actors::format_time(e.first_failed_us)},
+            {"last_failed_at", actors::format_time(e.last_failed_us)}};
+  }
+
+  static callback_dlq dlq_answer(responder respond) {
+    return [respond](actors::result<actors::dlq_view> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      respond(
+        json_response(200, dlq_json(*r).dump(-1, ' ', false, json::error_handler_t::replace)));
+    };
+  }
+
+  void dlq_list(request& req, responder& respond) {
+    auto q = parse_query(req.query);
+    std::optional<std::uint64_t> limit;
+    if (auto err = query_uint(q, "limit", 1000, limit))
+      return respond(std::move(*err));
+    node_.dlq_list(
+      q["agent"], q["topic"], q["cursor"], limit.value_or(100),
+      [respond](actors::result<actors::dlq_page> r) {
+        if (!r)
+          return respond(error_response(r.error()));
+        json entries = json::array();
+        for (auto& e : r->entries)
+          entries.push_back(dlq_json(e));
+        json body{{"count", r->count},
+                  {"entries", std::move(entries)},
+                  {"next_cursor", r->next_cursor.empty() ? json(nullptr) : json(r->next_cursor)}};
+        respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
+      });
+  }
+
+  void dlq_retry_all(request& req, responder& respond) {
+    auto q = parse_query(req.query);
+    std::string agent = q["agent"];
+    std::string topic = q["topic"];
+    if (!req.body.empty()) {
+      auto body = actors::parse_json(req.body);
+      if (!body || !body->is_object())
+        return respond(problem(400, "invalid-json", "Bad Request",
+                               "the body must be a JSON object with optional agent and topic"));
+      for (auto& [k, v] : body->items()) {
+        if ((k != "agent" && k != "topic") || !v.is_string())
+          return respond(problem(400, "invalid-field", "Bad Request",
+                                 "only \"agent\" and \"topic\" (strings) filter retry-all"));
+        (k == "agent" ? agent : topic) = v.get<std::string>();
+      }
+    }
+    node_.dlq_retry_all(agent, topic, [respond](actors::result<std::uint64_t> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      respond(json_response(200, json{{"retried", *r}}.dump()));
     });
   }
 

@@ -60,6 +60,22 @@ json to_json(const pending_record& r) {
   return j;
 }
 
+std::optional<pending_record> pending_from(std::string_view text, std::uint64_t offset) {
+  auto j = json::parse(text, nullptr, false);
+  if (!j.is_object())
+    return std::nullopt;
+  pending_record r;
+  r.offset = offset;
+  r.attempts = j.value("attempts", 0U);
+  r.acked = j.value("acked", false);
+  r.redeliver = j.value("redeliver", false);
+  r.next_attempt_us = j.value("next_attempt_us", 0LL);
+  r.first_failed_us = j.value("first_failed_us", 0LL);
+  r.last_failed_us = j.value("last_failed_us", 0LL);
+  r.last_error = j.value("last_error", "");
+  return r;
+}
+
 json to_json(const dlq_entry& e) {
   return {{"id", e.id},
           {"agent", e.agent},
@@ -209,23 +225,27 @@ delivery_store::pending(const std::string& agent, std::uint32_t topic_id,
     auto k = it->key().ToStringView();
     if (k.size() != prefix.size() + 8)
       continue;
-    auto j = json::parse(it->value().ToStringView(), nullptr, false);
-    if (!j.is_object())
+    auto r = pending_from(it->value().ToStringView(), keys::get_u64(k, prefix.size()));
+    if (!r)
       return tl::make_unexpected(error{errc::io_error, "corrupt pending record"});
-    pending_record r;
-    r.offset = keys::get_u64(k, prefix.size());
-    r.attempts = j.value("attempts", 0U);
-    r.acked = j.value("acked", false);
-    r.redeliver = j.value("redeliver", false);
-    r.next_attempt_us = j.value("next_attempt_us", 0LL);
-    r.first_failed_us = j.value("first_failed_us", 0LL);
-    r.last_failed_us = j.value("last_failed_us", 0LL);
-    r.last_error = j.value("last_error", "");
-    out.push_back(std::move(r));
+    out.push_back(std::move(*r));
   }
   if (!it->status().ok())
     return tl::make_unexpected(io("reading pending", it->status()));
   return out;
+}
+
+tl::expected<std::optional<pending_record>, error>
+delivery_store::pending_at(const std::string& agent, std::uint32_t topic_id,
+                           std::uint32_t partition, std::uint64_t offset) const {
+  std::string v;
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.pending_,
+                         pending_key(agent, topic_id, partition, offset), &v);
+  if (s.IsNotFound())
+    return std::optional<pending_record>{};
+  if (!s.ok())
+    return tl::make_unexpected(io("reading pending", s));
+  return pending_from(v, offset);
 }
 
 tl::expected<std::optional<stored_result>, error>

@@ -90,6 +90,11 @@ public:
   [[nodiscard]] tl::expected<std::vector<pending_record>, error>
   pending(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition) const;
 
+  /// The pending record of one offset, if any.
+  [[nodiscard]] tl::expected<std::optional<pending_record>, error>
+  pending_at(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
+             std::uint64_t offset) const;
+
   [[nodiscard]] tl::expected<std::optional<stored_result>, error>
   result(const std::string& event_id, const std::string& agent) const;
 
