@@ -64,6 +64,11 @@ private:
   std::int64_t ttl_us_;
 };
 
+/// meta key of a partition's next offset.
+std::string head_key(std::uint32_t topic_id, std::uint32_t partition) {
+  return "head/" + keys::partition_prefix(topic_id, partition);
+}
+
 bool starts_with(const rocksdb::Slice& s, const std::string& prefix) {
   return s.size() >= prefix.size() && std::memcmp(s.data(), prefix.data(), prefix.size()) == 0;
 }
@@ -213,6 +218,11 @@ partition_writer::append(const std::vector<new_event>& events) {
 
   rocksdb::Status s;
   if (batch.Count() > 0) {
+    // The high-water mark outlives retention: offsets are never reused, even
+    // when every event of the partition has expired.
+    std::string next;
+    keys::put_u64(next, next_offset_);
+    batch.Put(log_.meta_, head_key(topic_.id, partition_), next);
     rocksdb::WriteOptions wo;
     wo.sync = log_.opts_.fsync == config::fsync_policy::always;
     s = log_.db_->Write(wo, &batch);
@@ -229,7 +239,7 @@ partition_writer::append(const std::vector<new_event>& events) {
       io_error("appending to " + topic_.name + "/" + std::to_string(partition_), s));
   }
   // Offsets stay dense: every appended event took exactly the next one.
-  assert(next_offset_ - first_offset == static_cast<std::uint64_t>(batch.Count()) / 3);
+  assert(next_offset_ - first_offset == static_cast<std::uint64_t>(batch.Count() - 1) / 3);
   last_time_us_ = now;
   log_.failed_.store(false, std::memory_order_relaxed);
   return results;
@@ -345,13 +355,18 @@ std::optional<error> event_log::init_meta() {
 
 std::uint64_t event_log::recover_next_offset(std::uint32_t topic_id,
                                              std::uint32_t partition) const {
+  std::uint64_t next = 0;
+  std::string head;
+  if (db_->Get(rocksdb::ReadOptions{}, meta_, head_key(topic_id, partition), &head).ok()
+      && head.size() == 8)
+    next = keys::get_u64(head, 0);
   auto prefix = keys::partition_prefix(topic_id, partition);
   auto upper = keys::event_key(topic_id, partition, ~0ULL);
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
   it->SeekForPrev(upper);
   if (it->Valid() && starts_with(it->key(), prefix))
-    return keys::get_u64(it->key().ToStringView(), 8) + 1;
-  return 0;
+    next = std::max(next, keys::get_u64(it->key().ToStringView(), 8) + 1);
+  return next;
 }
 
 tl::expected<topic_info, error> event_log::create_topic(const std::string& name,

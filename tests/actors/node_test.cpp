@@ -33,7 +33,7 @@ publish_sync(actors::node& n, const std::string& topic, std::vector<actors::publ
 }
 
 actors::publish_item item(std::string id = "") {
-  return {std::move(id), "", "\"data\":1"};
+  return {std::move(id), "", "\"data\":1", {}, {}};
 }
 
 } // namespace

@@ -27,7 +27,7 @@ options opts_for(const nerve::test::temp_dir& dir) {
 }
 
 new_event ev(std::string id, std::string key = "", std::string data = "1") {
-  return {std::move(id), std::move(key), "\"data\":" + data};
+  return {std::move(id), std::move(key), "\"data\":" + data, {}, {}};
 }
 
 } // namespace
@@ -210,6 +210,30 @@ TEST_CASE("retention deletes events older than the cutoff and nothing newer",
   REQUIRE(rest);
   CHECK(rest->size() == 6);
   fake_now = base + 100000;
+}
+
+TEST_CASE("offsets are not reused after retention removed every event", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto base = fake_now.load();
+  {
+    auto log = event_log::open(opts_for(dir));
+    REQUIRE(log);
+    auto t = *(*log)->create_topic("gone", 1);
+    partition_writer w{**log, t, 0};
+    REQUIRE(w.append({ev("g0"), ev("g1"), ev("g2")}));
+    auto n = (*log)->sweep_before(base + 1, 100);
+    REQUIRE(n);
+    CHECK(*n == 3);
+  }
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto t = *(*log)->find_topic("gone");
+  partition_writer w{**log, t, 0};
+  CHECK(w.next_offset() == 3);
+  auto st = (*log)->stats(t, 0);
+  CHECK(st.first_offset == 3);
+  CHECK(st.next_offset == 3);
+  fake_now = base + 10;
 }
 
 TEST_CASE("append time never goes backwards within a partition", "[unit][persistence]") {
