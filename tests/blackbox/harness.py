@@ -391,6 +391,28 @@ def read_until_closed(sock, timeout):
         data += chunk
 
 
+def exchange(host, port, data, timeout=10.0):
+    """Sends raw `data` from a thread while reading the answer, so that a
+    server that answers early (413) and closes is still heard. Returns
+    (Response or None, how the connection ended)."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+
+    def send():
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # the server answered and closed before reading it all
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        got, how = read_until_closed(sock, timeout)
+    finally:
+        sock.close()
+        sender.join(timeout)
+    return parse_raw_response(got), how
+
+
 def parse_raw_response(data):
     """Parses the first HTTP/1.1 response in `data` into a Response (or None)."""
     head, sep, rest = data.partition(b"\r\n\r\n")

@@ -11,7 +11,7 @@ import socket
 import tempfile
 import unittest
 
-from harness import Server, ServerTestCase, run_nerve
+from harness import Server, ServerTestCase, exchange, run_nerve
 
 
 class ConfigTestCase(ServerTestCase):
@@ -341,7 +341,10 @@ class PrecedenceTest(ConfigTestCase):
     def test_env_beats_file_for_limits(self):
         srv = self.new_server(config={"http": {"max_body_bytes": 100000}},
                               env={"NERVE_HTTP_MAX_BODY_BYTES": "2048"})
-        r = srv.publish("t", {"data": "x" * 3000})
+        body = json.dumps({"data": "x" * 3000}).encode()
+        r, how = exchange(srv.host, srv.port, b"POST /v1/topics/t/events HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertIsNotNone(r, how)
         self.assertProblem(r, 413, "2048")
         self.assertEqual(srv.publish("t", {"data": "x" * 1000}).status, 201)
         self.stop_ok(srv)

@@ -9,7 +9,7 @@ import time
 import unittest
 import uuid
 
-from harness import (PROBLEM_TYPE, Server, ServerTestCase, parse_raw_response,
+from harness import (PROBLEM_TYPE, Server, ServerTestCase, exchange, parse_raw_response,
                      read_until_closed)
 
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
@@ -431,6 +431,22 @@ class BadInputTest(SharedServerTest):
                 self.assertTrue(p["type"].endswith("invalid-json"), p)
         self.assertNothingStored(topic)
 
+    # BUG: a NUL byte after a complete JSON value ends the parse and the rest
+    # of the body is ignored. Request: POST /v1/topics/T/events with body
+    # b'{"data":1}\x00{"junk'. Expected 400 invalid-json (the body is not
+    # JSON). Actual 201, the event is stored. Cause: nlohmann's lexer treats
+    # '\0' as end of input (lexer.hpp scan(), "case '\0'"), and
+    # http/json_input.cpp parse_json (~line 132) passes the whole body to it
+    # without refusing NUL bytes.
+    @unittest.expectedFailure
+    def test_nul_byte_does_not_end_the_body(self):
+        topic = new_topic()
+        for body in (b'{"data":1}\x00{"junk', b'[{"data":1}]\x00]]]', b'{"data":2}\x00'):
+            with self.subTest(body=body):
+                p = self.bad(topic, body)
+                self.assertTrue(p["type"].endswith("invalid-json"), p)
+        self.assertNothingStored(topic)
+
     def test_nesting_limit(self):
         topic = new_topic()
         deep = 1
@@ -589,7 +605,11 @@ class BadInputTest(SharedServerTest):
         got = self.srv.get(f"/v1/events/{pub['id']}").json()["event"]["data"]
         self.assertEqual(len(got), 1048576 - len(prefix) - len(suffix))
         body = prefix + b"x" * (1048577 - len(prefix) - len(suffix)) + suffix
-        p = self.assertProblem(self.srv.publish(topic, body), 413)
+        head = (f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        r, how = exchange(self.srv.host, self.srv.port, head + body)
+        self.assertIsNotNone(r, f"no answer ({how})")
+        p = self.assertProblem(r, 413)
         self.assertIn("1048576", p["detail"])
         self.assertEqual(self.srv.topics()[topic]["events"], 1)
 
@@ -613,13 +633,7 @@ class LimitsTest(ServerTestCase):
         self.assertHealthy(self.srv)
 
     def raw(self, data, timeout=5):
-        s = self.srv.connect()
-        try:
-            s.sendall(data)
-            got, how = read_until_closed(s, timeout)
-        finally:
-            s.close()
-        return parse_raw_response(got), how
+        return exchange(self.srv.host, self.srv.port, data, timeout)
 
     def test_body_at_the_limit_is_accepted(self):
         topic = new_topic()
@@ -627,7 +641,9 @@ class LimitsTest(ServerTestCase):
         body = prefix + b"y" * (self.BODY - len(prefix) - len(suffix)) + suffix
         r = self.srv.publish(topic, body)
         self.assertEqual(r.status, 201, r)
-        r = self.srv.publish(topic, body[:-2] + b'y"}')
+        body = body[:-2] + b'y"}'
+        r, how = self.raw((f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
         self.assertProblem(r, 413, str(self.BODY))
         self.assertEqual(self.srv.topics()[topic]["events"], 1)
 
