@@ -802,12 +802,27 @@ class ConnectionCapTest(ServerTestCase):
     def test_connection_over_the_cap_gets_503_with_retry_after(self):
         srv = self.new_server(config={"http": {"max_connections": 3}})
         conns = []
-        try:
-            for _ in range(3):
+
+        def hold(n):
+            """Opens n keep-alive connections that each got an answer."""
+            for c in conns:
+                c.close()
+            conns.clear()
+            for _ in range(n):
                 c = http.client.HTTPConnection(srv.host, srv.port, timeout=5)
-                c.request("GET", "/health")
-                self.assertEqual(c.getresponse().read(), b'{"status":"healthy"}')
                 conns.append(c)
+                c.request("GET", "/health")
+                if c.getresponse().read() != b'{"status":"healthy"}':
+                    return False
+            return True
+
+        try:
+            # The server frees a slot only once it sees the client's close
+            # (e.g. of the readiness probe), so allow it a moment to settle.
+            deadline = time.monotonic() + 5
+            while not hold(3):
+                self.assertLess(time.monotonic(), deadline, "3 connections never fit under a cap of 3")
+                time.sleep(0.05)
             r = srv.get("/health")
             self.assertProblem(r, 503)
             self.assertEqual(r.headers.get("retry-after"), "1")
