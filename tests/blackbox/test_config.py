@@ -190,7 +190,7 @@ class BadValueTest(ConfigTestCase):
     # section 3, "a message naming the key, the value and what is allowed"): a
     # line naming http.bogus, "zebra42" and the allowed keys of http (listen,
     # token, ...). Actual: `nerve: config: F: http.bogus: unknown key`. Cause:
-    # config/config.cpp apply_scalar (~line 249) returns path + ": unknown key"
+    # config/config.cpp apply_scalar (~line 247) returns path + ": unknown key"
     # without the value or the keys of that section.
     @unittest.expectedFailure
     def test_unknown_key_message_names_value_and_allowed_keys(self):

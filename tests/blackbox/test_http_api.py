@@ -261,7 +261,7 @@ class PublishTest(SharedServerTest):
         self.assertNotIn("next_offset", r.json())
 
     # BUG: GET /v1/topics/{t}/events?partition=P&limit=0 answers without
-    # next_offset; the loop in actors/node.cpp read_events (~line 409) never
+    # next_offset; the loop in actors/node.cpp read_events (~lines 410-418) never
     # runs for limit 0, so next_offset is never set.
     @unittest.expectedFailure
     def test_limit_zero_with_partition_still_gives_next_offset(self):
@@ -348,9 +348,9 @@ class IdempotencyTest(SharedServerTest):
     # (so different partitions), whichever partition actor runs first wins:
     # about a third of the time the *later* array element is stored and the
     # first one is reported as duplicate:true. Cause: the id reservation in
-    # persistence/event_log.cpp partition_writer::append (~line 108-150) is
+    # persistence/event_log.cpp partition_writer::append (~lines 93-150) is
     # first-come across partition actors, not by position in the request;
-    # actors/node.cpp publish_impl (~line 560) sends per-partition jobs that
+    # actors/node.cpp publish_impl (~line 517) sends per-partition jobs that
     # race.
     @unittest.expectedFailure
     def test_duplicate_inside_one_array_across_partitions_first_wins(self):
@@ -388,8 +388,8 @@ class IdempotencyTest(SharedServerTest):
     # nothing appended (a 4xx has no effect; a client retrying without X and
     # without ids would otherwise store new1's payload twice). Actual: 409 but
     # new1 is stored. Cause: persistence/event_log.cpp partition_writer::append
-    # (~line 157) writes every non-conflicting event of the batch, and
-    # actors/node.cpp publish_impl (~line 595) only turns the conflict into
+    # (~lines 165-190) writes every non-conflicting event of the batch, and
+    # actors/node.cpp publish_impl (~line 587) only turns the conflict into
     # the request's error after the append.
     @unittest.expectedFailure
     def test_409_appends_nothing(self):
@@ -436,7 +436,7 @@ class BadInputTest(SharedServerTest):
     # b'{"data":1}\x00{"junk'. Expected 400 invalid-json (the body is not
     # JSON). Actual 201, the event is stored. Cause: nlohmann's lexer treats
     # '\0' as end of input (lexer.hpp scan(), "case '\0'"), and
-    # http/json_input.cpp parse_json (~line 132) passes the whole body to it
+    # http/json_input.cpp parse_json (~line 152) passes the whole body to it
     # without refusing NUL bytes.
     @unittest.expectedFailure
     def test_nul_byte_does_not_end_the_body(self):
@@ -872,13 +872,106 @@ class AuthTest(ServerTestCase):
     # BUG: the auth scheme is compared case-sensitively. Request: GET /v1/topics
     # with "Authorization: bearer <token>". Expected 200 (RFC 9110 section 11.1:
     # the scheme is case-insensitive). Actual 401. Cause: http/routes.cpp
-    # api::authorized (~line 253) compares the whole header with "Bearer " + token.
+    # api::authorized (~line 229) compares the whole header with "Bearer " + token.
     @unittest.expectedFailure
     def test_bearer_scheme_is_case_insensitive(self):
         srv = self.new_server(config={"http": {"token": "tok"}})
         for scheme in ("bearer", "BEARER"):
             r = srv.get("/v1/topics", headers={"Authorization": f"{scheme} tok"})
             self.assertEqual(r.status, 200, r)
+
+
+class OverloadTest(ServerTestCase):
+
+    def test_full_partition_queue_sheds_with_503_and_retry_after(self):
+        srv = self.new_server(config={"storage": {"max_queued_events": 1}})
+        results = []
+        lock = threading.Lock()
+
+        def publisher(t):
+            conn = http.client.HTTPConnection(srv.host, srv.port, timeout=20)
+            try:
+                for n in range(40):
+                    eid = f"o-{t}-{n}"
+                    conn.request("POST", "/v1/topics/hot/events",
+                                 json.dumps({"id": eid, "key": "one", "data": n}),
+                                 {"Content-Type": "application/json"})
+                    res = conn.getresponse()
+                    body = res.read()
+                    with lock:
+                        results.append((eid, res.status, res.getheader("Content-Type"),
+                                        res.getheader("Retry-After"), body))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=publisher, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        self.assertEqual(len(results), 320)
+        acked, shed = set(), set()
+        for eid, status, ctype, retry, body in results:
+            if status == 201:
+                acked.add(eid)
+            else:
+                self.assertEqual((status, ctype), (503, PROBLEM_TYPE), body)
+                self.assertEqual(retry, "1")
+                self.assertEqual(json.loads(body)["status"], 503)
+                shed.add(eid)
+        self.assertTrue(shed, "8 concurrent publishers never hit a queue bound of 1")
+        self.assertTrue(acked)
+        [p] = {e["partition"] for e in [json.loads(b)["events"][0]
+                                        for _, s, _, _, b in results if s == 201]}
+        stored = {e["id"] for e in srv.read_partition("hot", p)}
+        self.assertEqual(stored, acked, "a shed publish was stored, or an acked one lost")
+        self.assertHealthy(srv)
+
+
+class RetentionTest(ServerTestCase):
+
+    def publish_key(self, srv, data):
+        r = srv.publish("ret", {"key": "k", "data": data})
+        self.assertEqual(r.status, 201, r)
+        return r.json()["events"][0]
+
+    def wait_swept(self, srv):
+        deadline = time.monotonic() + 15
+        while srv.topics()["ret"]["events"] > 0:
+            self.assertLess(time.monotonic(), deadline, "retention never removed the events")
+            time.sleep(0.1)
+
+    def test_old_events_are_removed_and_offsets_continue(self):
+        srv = self.new_server(config={"storage": {"retention": "1s"}})
+        old = [self.publish_key(srv, n) for n in range(3)]
+        self.assertEqual([e["offset"] for e in old], [0, 1, 2])
+        self.wait_swept(srv)
+        for e in old:
+            self.assertProblem(srv.get(f"/v1/events/{e['id']}"), 404)
+        new = self.publish_key(srv, "new")
+        self.assertEqual((new["partition"], new["offset"]), (old[0]["partition"], 3))
+        self.assertEqual([e["data"] for e in srv.read_partition("ret", new["partition"])],
+                         ["new"])
+        self.stop_ok(srv)
+
+    # BUG: once retention has emptied a partition, a restart hands out its
+    # offsets again from 0. Request: retention 1s; publish 3 events with key k
+    # (offsets 0-2); wait until they are swept; SIGTERM; start; publish with
+    # key k. Expected offset 3 (offsets only increase, CONTRACT.md section 4).
+    # Actual offset 0, so a consumer positioned at 3 would skip new events.
+    # Cause: partition_writer recovers next_offset from the last stored event
+    # key (persistence/event_log.cpp recover_next_offset, ~line 319), and
+    # sweep_before (~line 427) deletes every key without keeping a high-water
+    # mark; stats() has the same flaw (first/last offset read as 0/null).
+    @unittest.expectedFailure
+    def test_offsets_are_not_reused_after_retention_and_restart(self):
+        srv = self.new_server(config={"storage": {"retention": "1s"}})
+        old = [self.publish_key(srv, n) for n in range(3)]
+        self.wait_swept(srv)
+        self.stop_ok(srv)
+        srv.start()
+        new = self.publish_key(srv, "after restart")
+        self.assertEqual((new["partition"], new["offset"]), (old[0]["partition"], 3))
 
 
 class LifecycleTest(ServerTestCase):
@@ -1035,7 +1128,7 @@ class LifecycleTest(ServerTestCase):
     @unittest.expectedFailure
     def test_graceful_shutdown_while_reading(self):
         failures = []
-        for attempt in range(3):
+        for attempt in range(2):
             srv = self.new_server()
             self.assertEqual(srv.publish("t", {"id": "known", "data": 1}).status, 201)
             stop = threading.Event()

@@ -179,7 +179,7 @@ class JsonSuiteTest(ServerTestCase):
     # accepted (see test_http_api BadInputTest.test_nul_byte_does_not_end_the_body).
     # Cause: nlohmann's lexer returns end_of_input on '\0'
     # (nlohmann/detail/input/lexer.hpp scan(), "case '\0'"), and
-    # http/json_input.cpp parse_json (~line 132) does not refuse bodies
+    # http/json_input.cpp parse_json (~line 152) does not refuse bodies
     # holding a NUL byte.
     @unittest.expectedFailure
     def test_n_files_with_a_nul_byte_are_invalid_json(self):
