@@ -6,7 +6,6 @@ Errors are one line on stderr; --json prints exactly the API's JSON.
 
 import json
 import os
-import re
 import shutil
 import socket
 import tempfile

@@ -13,7 +13,7 @@ import os
 import re
 import unittest
 
-from harness import PROBLEM_TYPE, Server, ServerTestCase, testdata_dir
+from harness import Server, ServerTestCase, testdata_dir
 
 SUITE = os.path.join(testdata_dir(), "JSONTestSuite", "test_parsing")
 ID_RE = re.compile(r"^[A-Za-z0-9\-_.:~@+=]{1,128}$")
@@ -102,7 +102,6 @@ class JsonSuiteTest(ServerTestCase):
         cls.srv = Server()
         cls.addClassCleanup(cls.srv.cleanup)
         cls.srv.start()
-        cls.conn = None
 
     def tearDown(self):
         self.assertHealthy(self.srv)
