@@ -152,6 +152,11 @@ tl::expected<publish_item, std::string> event_from_json(const json& e, const std
 }
 
 tl::expected<json, std::string> parse_json(std::string_view text, std::size_t max_depth) {
+  // nlohmann's lexer takes NUL for the end of input; in JSON it is never valid
+  // outside a string, and inside one it must be escaped.
+  if (auto nul = text.find('\0'); nul != std::string_view::npos)
+    return tl::make_unexpected("a NUL byte at offset " + std::to_string(nul)
+                               + " (raw control characters are not JSON)");
   json root;
   limited_sax sax{root, max_depth};
   bool ok = json::sax_parse(text.begin(), text.end(), &sax, json::input_format_t::json, true);

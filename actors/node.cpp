@@ -87,12 +87,13 @@ std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence:
       }
     route->slots.push_back(std::move(slot));
   }
+  // Publishers see the topic only once every partition has its actor.
+  for (std::uint32_t p = 0; p < t.partitions; ++p)
+    start_partition(self, route, p);
   {
     std::unique_lock<std::shared_mutex> guard{ctx.routes.mutex};
     ctx.routes.topics[t.name] = route;
   }
-  for (std::uint32_t p = 0; p < t.partitions; ++p)
-    start_partition(self, route, p);
   return route;
 }
 
@@ -326,6 +327,18 @@ public:
 
   void publish(const std::string& topic, std::vector<publish_item> items,
                callback<std::vector<published>> done) override {
+    if (items.size() > cfg_.storage.max_queued_events)
+      return done(tl::make_unexpected(
+        error{errc::invalid, std::to_string(items.size())
+                               + " events exceed what one partition "
+                                 "queues (storage.max_queued_events = "
+                               + std::to_string(cfg_.storage.max_queued_events) + ")"}));
+    bool explicit_ids = std::any_of(items.begin(), items.end(),
+                                    [](const publish_item& i) { return !i.id.empty(); });
+    // An id used on another topic refuses the whole request before anything
+    // is appended (or a topic is created for it).
+    if (explicit_ids && (items.size() > 1 || !ctx_.routes.find(topic)))
+      return precheck_then_publish(topic, std::move(items), std::move(done));
     publish_impl(topic, std::move(items), std::move(done), true);
   }
 
@@ -357,6 +370,8 @@ public:
           errc::invalid, "partition " + std::to_string(*partition) + " does not exist; " + topic
                            + " has partitions 0 to " + std::to_string(t->partitions - 1)}));
       events_page page;
+      if (partition)
+        page.next_offset = from_offset;
       std::uint32_t first = partition ? *partition : 0;
       std::uint32_t last = partition ? *partition : t->partitions - 1;
       for (auto p = first; p <= last && page.events.size() < limit; ++p) {
@@ -677,7 +692,8 @@ public:
         inst->actor = nullptr;
     }
     system_.await_all_actors_done();
-    log_.reset();
+    // The log stays open for reads still in flight; the destructor closes it
+    // once the actor system is gone.
     stopped_ = true;
   }
 
@@ -768,6 +784,26 @@ private:
     system_.spawn([fn = std::move(fn)]() mutable { fn(); });
   }
 
+  void precheck_then_publish(const std::string& topic, std::vector<publish_item> items,
+                             callback<std::vector<published>> done) {
+    auto shared = std::make_shared<std::vector<publish_item>>(std::move(items));
+    run_async([this, topic, shared, done = std::move(done)]() mutable {
+      std::vector<std::string> ids;
+      for (auto& i : *shared)
+        if (!i.id.empty())
+          ids.push_back(i.id);
+      auto where = log_->topics_of(ids);
+      if (!where)
+        return done(tl::make_unexpected(from_storage(where.error())));
+      for (std::size_t k = 0; k < ids.size(); ++k)
+        if ((*where)[k] && *(*where)[k] != topic)
+          return done(tl::make_unexpected(
+            error{errc::conflict, "event id " + ids[k] + " is already used on topic " + *(*where)[k]
+                                    + "; ids are unique across topics"}));
+      publish_impl(topic, std::move(*shared), std::move(done), true);
+    });
+  }
+
   void publish_impl(const std::string& topic, std::vector<publish_item> items,
                     callback<std::vector<published>> done, bool may_create) {
     if (draining_.load())
@@ -795,9 +831,13 @@ private:
       route->round_robin.fetch_add(1, std::memory_order_relaxed) % partitions);
     std::vector<job_ptr> jobs(partitions);
     std::vector<std::vector<std::size_t>> index(partitions);
+    // A repeated id goes where its first occurrence goes, so the first wins.
+    std::unordered_map<std::string, std::uint32_t> first_partition;
     for (std::size_t i = 0; i < items.size(); ++i) {
       auto& it = items[i];
       auto p = it.key.empty() ? keyless : static_cast<std::uint32_t>(fnv1a(it.key) % partitions);
+      if (!it.id.empty())
+        p = first_partition.emplace(it.id, p).first->second;
       if (!jobs[p])
         jobs[p] = std::make_shared<partition_job>();
       if (it.id.empty())

@@ -32,7 +32,8 @@ std::optional<std::uint64_t> parse_uint(const std::string& text) {
 
 setter uint_in(std::uint64_t lo, std::uint64_t hi,
                std::function<void(config&, std::uint64_t)> set) {
-  return [lo, hi, set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
+  return [lo, hi, set = std::move(set)](config& cfg,
+                                        const std::string& v) -> std::optional<std::string> {
     auto n = parse_uint(v);
     if (!n || *n < lo || *n > hi)
       return "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
@@ -42,20 +43,22 @@ setter uint_in(std::uint64_t lo, std::uint64_t hi,
 }
 
 setter duration_in(millis lo, std::function<void(config&, millis)> set) {
-  return [lo, set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
-    auto d = parse_duration(v);
-    if (!d || *d < lo)
-      return "a duration such as 250ms, 30s, 15m, 24h or 7d"
-             + (lo.count() > 0 ? " of at least " + std::to_string(lo.count()) + "ms"
-                               : std::string{});
-    set(cfg, *d);
-    return std::nullopt;
-  };
+  return
+    [lo, set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
+      auto d = parse_duration(v);
+      if (!d || *d < lo)
+        return "a duration such as 250ms, 30s, 15m, 24h or 7d"
+               + (lo.count() > 0 ? " of at least " + std::to_string(lo.count()) + "ms"
+                                 : std::string{});
+      set(cfg, *d);
+      return std::nullopt;
+    };
 }
 
 setter one_of(std::vector<std::string> allowed,
               std::function<void(config&, const std::string&)> set) {
-  return [allowed = std::move(allowed), set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
+  return [allowed = std::move(allowed),
+          set = std::move(set)](config& cfg, const std::string& v) -> std::optional<std::string> {
     if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
       std::string all;
       for (auto& a : allowed)
@@ -68,7 +71,8 @@ setter one_of(std::vector<std::string> allowed,
 }
 
 setter host_port(std::function<void(config&, const std::string&)> set, bool allow_empty) {
-  return [set = std::move(set), allow_empty](config& cfg, const std::string& v) -> std::optional<std::string> {
+  return [set = std::move(set), allow_empty](config& cfg,
+                                             const std::string& v) -> std::optional<std::string> {
     if (!(allow_empty && v.empty()) && !split_host_port(v))
       return std::string{"HOST:PORT with a port from 0 to 65535"}
              + (allow_empty ? " (or empty to turn it off)" : "");
@@ -241,10 +245,39 @@ bool valid_topic_pattern(const std::string& p) {
 
 using result = std::optional<std::string>; // an error line, or nothing
 
+/// The keys allowed next to `path`, for "unknown key" messages.
+std::string allowed_keys_beside(const std::string& path) {
+  auto dot = path.rfind('.');
+  auto section = dot == std::string::npos ? std::string{} : path.substr(0, dot + 1);
+  std::vector<std::string> names;
+  for (auto& s : settings()) {
+    std::string_view p{s.path};
+    if (p.substr(0, section.size()) != section)
+      continue;
+    auto rest = std::string{p.substr(section.size())};
+    auto name = rest.substr(0, rest.find('.'));
+    if (std::find(names.begin(), names.end(), name) == names.end())
+      names.push_back(name);
+  }
+  if (section.empty())
+    for (const char* extra : {"topics", "agents"})
+      names.emplace_back(extra);
+  std::string out;
+  for (auto& n : names)
+    out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+result unknown_key(const std::string& path, const YAML::Node& node) {
+  std::string value = node.IsScalar() ? node.Scalar() : node.IsMap() ? "(a map)" : "(a list)";
+  return path + ": unknown key (value \"" + value
+         + "\"); allowed here: " + allowed_keys_beside(path);
+}
+
 result apply_scalar(config& cfg, const std::string& path, const YAML::Node& node) {
   const setting* s = find_setting(path);
   if (s == nullptr)
-    return path + ": unknown key";
+    return unknown_key(path, node);
   if (path == "cluster.join" && node.IsSequence()) {
     std::string joined;
     for (auto item : node) {

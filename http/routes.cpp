@@ -5,6 +5,7 @@
 #include <chrono>
 #include <map>
 #include <sstream>
+#include <strings.h>
 
 #include <nlohmann/json.hpp>
 
@@ -41,7 +42,8 @@ struct route {
   route_fn fn;
 };
 
-std::string percent_decode(const std::string& s, bool& ok) {
+/// Decodes %XX; in a query (not a path) '+' is a space as well.
+std::string percent_decode(const std::string& s, bool& ok, bool query = false) {
   std::string out;
   out.reserve(s.size());
   ok = true;
@@ -54,7 +56,7 @@ std::string percent_decode(const std::string& s, bool& ok) {
       }
       out += static_cast<char>(std::stoi(s.substr(i + 1, 2), nullptr, 16));
       i += 2;
-    } else if (s[i] == '+') {
+    } else if (query && s[i] == '+') {
       out += ' ';
     } else {
       out += s[i];
@@ -83,8 +85,9 @@ std::map<std::string, std::string> parse_query(const std::string& q) {
     auto eq = pair.find('=');
     bool ok1 = true;
     bool ok2 = true;
-    auto k = percent_decode(pair.substr(0, eq), ok1);
-    auto v = eq == std::string::npos ? std::string{} : percent_decode(pair.substr(eq + 1), ok2);
+    auto k = percent_decode(pair.substr(0, eq), ok1, true);
+    auto v
+      = eq == std::string::npos ? std::string{} : percent_decode(pair.substr(eq + 1), ok2, true);
     if (ok1 && ok2)
       out[k] = v;
   }
@@ -247,7 +250,14 @@ private:
   bool authorized(const request& req) const {
     if (cfg_.http.token.empty())
       return true;
-    return constant_time_equal(req.authorization, "Bearer " + cfg_.http.token);
+    // The scheme is case-insensitive (RFC 9110 section 11.1); the token is not.
+    auto& a = req.authorization;
+    if (a.size() < 7 || strncasecmp(a.c_str(), "bearer ", 7) != 0)
+      return false;
+    auto given = a.substr(7);
+    while (!given.empty() && given.front() == ' ')
+      given.erase(0, 1);
+    return constant_time_equal(given, cfg_.http.token);
   }
 
   void health(responder& respond) {

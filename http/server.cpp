@@ -2,6 +2,7 @@
 // includes Beast, to keep the build fast.
 #include "http/server.hpp"
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -29,6 +30,7 @@ struct shared_state {
   handler handle;
   std::atomic<std::size_t> connections{0};
   std::atomic<std::size_t> in_flight{0};
+  std::atomic<bool> draining{false}; ///< answer what is asked, then close
   std::mutex idle_mutex;
   std::condition_variable idle_cv;
 
@@ -132,7 +134,8 @@ private:
       return on_error(ec);
     auto msg = parser_->release();
     parser_.reset();
-    keep_alive_ = msg.keep_alive();
+    // While draining, each connection gets its answer and is then closed.
+    keep_alive_ = msg.keep_alive() && !state_->draining.load();
     head_ = msg.method() == bhttp::verb::head;
     request req;
     req.method = head_ ? std::string{"GET"} : std::string{msg.method_string()};
@@ -183,6 +186,27 @@ private:
         self->head_ = false;
         self->read_header();
       });
+  }
+
+  /// After refusing a request: stop sending, then read and discard what the
+  /// client is still uploading (bounded), so it sees the answer instead of a
+  /// reset connection.
+  void linger_close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.expires_after(std::chrono::seconds{2});
+    drain(std::make_shared<std::array<char, 65536>>(), 0);
+  }
+
+  void drain(std::shared_ptr<std::array<char, 65536>> buf, std::size_t total) {
+    auto& b = *buf;
+    stream_.async_read_some(net::buffer(b), [self = shared_from_this(), buf = std::move(buf),
+                                             total](beast::error_code ec, std::size_t n) mutable {
+      constexpr std::size_t drain_bytes_max = 16u << 20;
+      if (ec || total + n > drain_bytes_max)
+        return self->close();
+      self->drain(std::move(buf), total + n);
+    });
   }
 
   void close() {
@@ -267,6 +291,7 @@ std::uint16_t server::port() const {
 }
 
 void server::stop_accepting() {
+  impl_->state->draining = true;
   if (!impl_->accepting.exchange(false))
     return;
   net::post(impl_->ioc, [this] {

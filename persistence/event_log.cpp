@@ -466,6 +466,28 @@ tl::expected<std::optional<std::string>, error> event_log::get_by_id(const std::
   return std::optional<std::string>{value.substr(value_header_bytes)};
 }
 
+tl::expected<std::vector<std::optional<std::string>>, error>
+event_log::topics_of(const std::vector<std::string>& ids) const {
+  std::vector<rocksdb::Slice> lookup(ids.begin(), ids.end());
+  std::vector<rocksdb::PinnableSlice> values(ids.size());
+  std::vector<rocksdb::Status> statuses(ids.size());
+  if (!ids.empty())
+    db_->MultiGet(rocksdb::ReadOptions{}, by_id_, ids.size(), lookup.data(), values.data(),
+                  statuses.data());
+  std::vector<std::optional<std::string>> out(ids.size());
+  std::shared_lock<std::shared_mutex> guard{topics_mutex_};
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (statuses[i].IsNotFound())
+      continue;
+    if (!statuses[i].ok() || values[i].size() < 4)
+      return tl::make_unexpected(io_error("looking up event ids", statuses[i]));
+    auto tid = keys::get_u32(values[i].ToStringView(), 0);
+    if (auto it = topic_names_.find(tid); it != topic_names_.end())
+      out[i] = it->second;
+  }
+  return out;
+}
+
 tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
                                                          std::size_t max_events) {
   rocksdb::WriteBatch batch;

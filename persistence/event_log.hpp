@@ -154,6 +154,10 @@ public:
   [[nodiscard]] tl::expected<std::optional<std::string>, error>
   get_by_id(const std::string& id) const;
 
+  /// For each id, the topic it is stored on (nothing when unknown).
+  [[nodiscard]] tl::expected<std::vector<std::optional<std::string>>, error>
+  topics_of(const std::vector<std::string>& ids) const;
+
   /// Deletes events appended before `cutoff_us`, at most `max_events` per call;
   /// returns how many were deleted.
   [[nodiscard]] tl::expected<std::size_t, error> sweep_before(std::int64_t cutoff_us,

@@ -192,7 +192,6 @@ class BadValueTest(ConfigTestCase):
     # token, ...). Actual: `nerve: config: F: http.bogus: unknown key`. Cause:
     # config/config.cpp apply_scalar (~line 247) returns path + ": unknown key"
     # without the value or the keys of that section.
-    @unittest.expectedFailure
     def test_unknown_key_message_names_value_and_allowed_keys(self):
         path = self.write("nerve.yaml", "http:\n  bogus: zebra42\n")
         line = self.refused(["--config", path] + self.base_args())

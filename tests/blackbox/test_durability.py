@@ -200,6 +200,8 @@ class KillNineTest(ServerTestCase):
             for p in pubs:
                 p.join(30)
                 self.assertFalse(p.is_alive(), "a publisher hangs after the kill")
+            if ledger.anomalies:
+                print(srv.stderr_text()[-4000:], flush=True)
             self.assertEqual(ledger.anomalies, [])
             print(f"  cycle {cycle}: {len(ledger.acks) - before} acked, "
                   f"{len(ledger.unknown)} requests cut off", flush=True)

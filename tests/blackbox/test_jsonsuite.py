@@ -180,7 +180,6 @@ class JsonSuiteTest(ServerTestCase):
     # (nlohmann/detail/input/lexer.hpp scan(), "case '\0'"), and
     # http/json_input.cpp parse_json (~line 152) does not refuse bodies
     # holding a NUL byte.
-    @unittest.expectedFailure
     def test_n_files_with_a_nul_byte_are_invalid_json(self):
         for name, raw in files("n_"):
             if name in NUL_TERMINATED:

@@ -92,7 +92,10 @@ TEST_CASE("unknown keys and bad values name the key, the value and what is allow
           "[unit][config]") {
   auto unknown = parse_yaml("http: { listn: 1.2.3.4:80 }");
   REQUIRE_FALSE(unknown);
-  CHECK(unknown.error() == "http.listn: unknown key");
+  CHECK(unknown.error()
+        == "http.listn: unknown key (value \"1.2.3.4:80\"); allowed here: listen, token, "
+           "max_body_bytes, max_header_bytes, max_connections, read_timeout, "
+           "max_events_per_request");
 
   auto bad = parse_yaml("storage: { fsync: sometimes }");
   REQUIRE_FALSE(bad);
