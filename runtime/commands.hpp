@@ -36,6 +36,24 @@ struct publish_options {
 /// `nerve publish`.
 int publish(const client_options& client, const publish_options& opts);
 
+/// `nerve agent list | get NAME | pause NAME | resume NAME`.
+int agent(const client_options& client, const std::string& action, const std::string& name);
+
+struct dlq_options {
+  std::string action; ///< list | show | retry | retry-all | purge
+  std::string id;
+  std::string agent;
+  std::string topic;
+  std::size_t limit = 100;
+  bool yes = false;
+};
+
+/// `nerve dlq ...`.
+int dlq(const client_options& client, const dlq_options& opts);
+
+/// `nerve bus groups TOPIC`.
+int bus_groups(const client_options& client, const std::string& topic);
+
 /// Prints "nerve: <message>" on stderr.
 void print_error(const std::string& message);
 

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   using namespace nerve::runtime;
   CLI::App app{"nerve: an actor runtime that runs event-driven agents reliably"};
   app.require_subcommand(1);
+  app.fallthrough(); // client flags may follow a nested subcommand
   app.set_version_flag("--version", "nerve " NERVE_VERSION);
 
   nerve::config::flag_overrides flags;
@@ -56,6 +57,47 @@ int main(int argc, char** argv) {
   publish_cmd->add_option("--data-file", pub.data_file, "read the data (JSON) from a file");
   add_client_flags(publish_cmd, client);
 
+  std::string agent_action;
+  std::string agent_name;
+  auto* agent_cmd = app.add_subcommand("agent", "list, inspect, pause and resume agents");
+  agent_cmd->require_subcommand(1);
+  agent_cmd->add_subcommand("list", "agents, their instances and states")->callback([&] {
+    agent_action = "list";
+  });
+  for (const char* action : {"get", "pause", "resume"}) {
+    auto* sub = agent_cmd->add_subcommand(action, std::string{action} + " one agent");
+    sub->add_option("name", agent_name, "agent name")->required();
+    sub->callback([&agent_action, action] { agent_action = action; });
+  }
+  add_client_flags(agent_cmd, client);
+
+  dlq_options dlq_opts;
+  auto* dlq_cmd = app.add_subcommand("dlq", "the dead-letter queue");
+  dlq_cmd->require_subcommand(1);
+  auto* dlq_list = dlq_cmd->add_subcommand("list", "entries, newest failures last");
+  dlq_list->add_option("--agent", dlq_opts.agent, "only this agent's entries");
+  dlq_list->add_option("--topic", dlq_opts.topic, "only this topic's entries");
+  dlq_list->add_option("--limit", dlq_opts.limit, "at most this many (default 100)")
+    ->check(CLI::Range(1, 1000));
+  for (const char* action : {"show", "retry"}) {
+    auto* sub = dlq_cmd->add_subcommand(action, std::string{action} + " one entry");
+    sub->add_option("id", dlq_opts.id, "DLQ entry id")->required();
+  }
+  auto* dlq_retry_all = dlq_cmd->add_subcommand("retry-all", "send every matching entry again");
+  dlq_retry_all->add_option("--agent", dlq_opts.agent, "only this agent's entries");
+  dlq_retry_all->add_option("--topic", dlq_opts.topic, "only this topic's entries");
+  auto* dlq_purge = dlq_cmd->add_subcommand("purge", "delete entries for good");
+  dlq_purge->add_option("--agent", dlq_opts.agent, "only this agent's entries");
+  dlq_purge->add_flag("--yes", dlq_opts.yes, "confirm");
+  add_client_flags(dlq_cmd, client);
+
+  std::string bus_topic;
+  auto* bus_cmd = app.add_subcommand("bus", "the event bus: streams and consumer groups");
+  bus_cmd->require_subcommand(1);
+  auto* bus_groups_cmd = bus_cmd->add_subcommand("groups", "consumer groups of a topic");
+  bus_groups_cmd->add_option("topic", bus_topic, "topic name")->required();
+  add_client_flags(bus_cmd, client);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -66,6 +108,15 @@ int main(int argc, char** argv) {
   }
   if (run->parsed())
     return run_server(flags);
+  if (agent_cmd->parsed())
+    return agent(client, agent_action, agent_name);
+  if (dlq_cmd->parsed()) {
+    for (auto* sub : dlq_cmd->get_subcommands())
+      dlq_opts.action = sub->get_name();
+    return dlq(client, dlq_opts);
+  }
+  if (bus_groups_cmd->parsed())
+    return bus_groups(client, bus_topic);
   if (publish_cmd->parsed()) {
     pub.data_stdin = dash == "-";
     return publish(client, pub);
