@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/agents/http_poster.hpp"
 #include "actors/runtime.hpp"
 
 extern char** environ;
@@ -48,6 +49,8 @@ struct instance_actor_state {
   std::uint32_t crashes = 0;
   std::chrono::steady_clock::time_point started_at{};
   bool stopping = false;
+  // http agents
+  std::unique_ptr<agents::http_poster> poster;
   static inline const char* name = "agent";
 };
 
@@ -275,6 +278,25 @@ void on_child_line(instance_actor_t* self, const std::string& line) {
   }
 }
 
+/// An http agent's answer: status 0 when none came (`body` is the error).
+void on_http_answer(instance_actor_t* self, const std::string& id, std::uint32_t status,
+                    const std::string& body) {
+  if (status == 0)
+    return answer(self, id, false, {}, {}, body);
+  if (status < 200 || status >= 300)
+    return answer(self, id, false, {}, {},
+                  "HTTP " + std::to_string(status) + ": " + body.substr(0, 500));
+  auto j = json::parse(body, nullptr, false);
+  if (body.empty() || j.is_discarded())
+    return answer(self, id, true, {}, {}, {});
+  std::string emit;
+  if (j.is_object() && j.contains("emit")) {
+    emit = j["emit"].dump();
+    j.erase("emit");
+  }
+  answer(self, id, true, j.dump(), std::move(emit), {});
+}
+
 caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_ptr agent,
                              std::size_t index) {
   auto& st = self->state;
@@ -285,6 +307,11 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_pt
   st.slot->in_flight = 0;
   if (agent->cfg.kind == "process") {
     start_child(self);
+  } else if (agent->cfg.kind == "http") {
+    // One worker per delivery the instance may have in flight, at most 32.
+    st.poster = std::make_unique<agents::http_poster>(
+      agent->cfg.url, std::min<std::size_t>(agent->cfg.max_in_flight, 32));
+    st.slot->state = instance_state::running;
   } else {
     st.slot->state = instance_state::running;
   }
@@ -299,12 +326,23 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_pt
         return;
       }
       self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
+      if (st.poster) {
+        auto me = caf::actor{self};
+        st.poster->post(*d->event, st.agent->cfg.timeout, [me, id](agents::http_answer a) {
+          caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
+                         a.status == 0 ? a.error : a.body);
+        });
+        return;
+      }
       send_to_child(self, d);
     },
     [=](timeout_atom, const std::string& id) {
       auto& cfg = self->state.agent->cfg;
       answer(self, id, false, {}, {},
              "timed out after " + std::to_string(cfg.timeout.count()) + " ms");
+    },
+    [=](http_atom, const std::string& id, std::uint32_t status, const std::string& body) {
+      on_http_answer(self, id, status, body);
     },
     [=](child_atom, std::uint64_t gen, const std::string& line) {
       if (gen == self->state.generation)
@@ -344,6 +382,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_pt
       st.stopping = true;
       st.slot->state = instance_state::stopped;
       stop_child(st);
+      st.poster.reset();
       self->quit();
     },
   };

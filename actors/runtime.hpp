@@ -41,6 +41,7 @@ using redeliver_atom = caf::atom_constant<caf::atom("redeliver")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 using child_atom = caf::atom_constant<caf::atom("child")>;
 using exited_atom = caf::atom_constant<caf::atom("exited")>;
+using http_atom = caf::atom_constant<caf::atom("http")>;
 
 using append_outcome = tl::expected<std::vector<persistence::append_result>, persistence::error>;
 
