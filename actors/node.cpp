@@ -3,7 +3,9 @@
 // HTTP layer calls.
 #include "actors/node.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <csignal>
 #include <mutex>
@@ -477,6 +479,56 @@ public:
     done(view_of(*agent));
   }
 
+  std::vector<metrics_row> metrics(const std::string& topic,
+                                   const std::string& agent) const override {
+    std::vector<metrics_row> out;
+    std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
+    std::vector<std::string> names;
+    for (auto& [name, route] : ctx_.routes.topics)
+      names.push_back(name);
+    std::sort(names.begin(), names.end());
+    for (auto& name : names) {
+      if (!topic.empty() && name != topic)
+        continue;
+      auto& route = ctx_.routes.topics.at(name);
+      for (auto& a : ctx_.agents) {
+        if ((!agent.empty() && a->cfg.name != agent) || !a->subscribes(name))
+          continue;
+        metrics_row m;
+        m.agent = a->cfg.name;
+        m.topic = name;
+        std::uint64_t time_us = 0;
+        std::array<std::uint64_t, latency_bounds_ms.size()> buckets{};
+        for (auto& slot : route->slots)
+          for (auto& gs : slot->groups) {
+            if (gs->agent_index != a->index)
+              continue;
+            auto& c = gs->totals;
+            m.received += c.received;
+            m.processed += c.processed;
+            m.failed += c.failed;
+            m.retried += c.retried;
+            m.dead_lettered += c.dead_lettered;
+            time_us += c.time_us_sum;
+            for (std::size_t i = 0; i < buckets.size(); ++i)
+              buckets[i] += c.buckets[i];
+          }
+        std::uint64_t observed = 0;
+        for (auto b : buckets)
+          observed += b;
+        if (observed > 0)
+          m.avg_ms = static_cast<double>(time_us) / 1000.0 / static_cast<double>(observed);
+        m.p50_ms = quantile_ms(buckets, observed, 0.50);
+        m.p99_ms = quantile_ms(buckets, observed, 0.99);
+        if (m.received > 0)
+          m.success_rate
+            = 100.0 * static_cast<double>(m.processed) / static_cast<double>(m.received);
+        out.push_back(std::move(m));
+      }
+    }
+    return out;
+  }
+
   void groups(const std::string& topic, callback<std::vector<group_view>> done) override {
     auto route = ctx_.routes.find(topic);
     if (!route)
@@ -703,6 +755,21 @@ private:
     c.set("logger.console", caf::atom("none"));
     c.set("logger.file-verbosity", caf::atom("quiet"));
     return c;
+  }
+
+  /// The upper bound of the bucket holding quantile `q` (0 without data).
+  static double quantile_ms(const std::array<std::uint64_t, latency_bounds_ms.size()>& buckets,
+                            std::uint64_t total, double q) {
+    if (total == 0)
+      return 0;
+    auto rank = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(total)));
+    std::uint64_t seen = 0;
+    for (std::size_t i = 0; i < buckets.size(); ++i) {
+      seen += buckets[i];
+      if (seen >= rank)
+        return i + 1 < buckets.size() ? latency_bounds_ms[i] : latency_bounds_ms[i - 1];
+    }
+    return latency_bounds_ms[buckets.size() - 2];
   }
 
   agent_ptr find_agent(const std::string& name) const {

@@ -157,6 +157,21 @@ struct event_view {
   std::vector<delivery_view> deliveries;
 };
 
+/// All-time counters of one agent on one topic.
+struct metrics_row {
+  std::string agent;
+  std::string topic;
+  std::uint64_t received = 0; ///< attempts handed to the agent
+  std::uint64_t processed = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t retried = 0;
+  std::uint64_t dead_lettered = 0;
+  double avg_ms = 0;
+  double p50_ms = 0;
+  double p99_ms = 0;
+  double success_rate = 0; ///< processed / received, in percent
+};
+
 struct storage_report {
   std::string path;
   std::uint64_t disk_bytes = 0;
@@ -190,6 +205,9 @@ public:
   [[nodiscard]] virtual std::vector<agent_view> agents() const = 0;
   /// Pauses or resumes delivery to an agent; answers its new view.
   virtual void set_paused(const std::string& agent, bool paused, callback<agent_view> done) = 0;
+  /// Counters per agent and topic, filtered when the names are not empty.
+  [[nodiscard]] virtual std::vector<metrics_row> metrics(const std::string& topic,
+                                                         const std::string& agent) const = 0;
   /// Consumer groups on a topic.
   virtual void groups(const std::string& topic, callback<std::vector<group_view>> done) = 0;
 

@@ -172,6 +172,7 @@ public:
     add("GET", "/v1/events/{}",
         [this](auto&, auto& p, auto& respond) { get_event(p[0], respond); });
     add("GET", "/v1/agents", [this](auto&, auto&, auto& respond) { list_agents(respond); });
+    add("GET", "/v1/metrics", [this](auto& req, auto&, auto& respond) { metrics(req, respond); });
     add("GET", "/v1/agents/{}",
         [this](auto&, auto& p, auto& respond) { get_agent(p[0], respond); });
     add("POST", "/v1/agents/{}/pause",
@@ -443,6 +444,25 @@ private:
                                    + deliveries.dump(-1, ' ', false, json::error_handler_t::replace)
                                    + "}"));
     });
+  }
+
+  void metrics(request& req, responder& respond) {
+    auto q = parse_query(req.query);
+    auto round3 = [](double v) { return std::round(v * 1000.0) / 1000.0; };
+    json rows = json::array();
+    for (auto& m : node_.metrics(q["topic"], q["agent"]))
+      rows.push_back({{"agent", m.agent},
+                      {"topic", m.topic},
+                      {"received", m.received},
+                      {"processed", m.processed},
+                      {"failed", m.failed},
+                      {"retried", m.retried},
+                      {"dead_lettered", m.dead_lettered},
+                      {"avg_ms", round3(m.avg_ms)},
+                      {"p50_ms", round3(m.p50_ms)},
+                      {"p99_ms", round3(m.p99_ms)},
+                      {"success_rate", round3(m.success_rate)}});
+    respond(json_response(200, json{{"metrics", std::move(rows)}}.dump()));
   }
 
   static json agent_json(const actors::agent_view& a) {

@@ -8,17 +8,20 @@ and this agent answers on stdout, in any order:
   {"type":"nack","delivery":"<id>","error":"..."}
 
 It echoes each event's data as its result. An event whose data has
-"fail": true is refused; one with "emit_to": "<topic>" emits a follow-up
-event there. It exits when nerve closes stdin.
+"fail": true is refused; "fail_attempts": n refuses the first n attempts;
+"emit_to": "<topic>" emits a follow-up event there. It exits when nerve
+closes stdin.
 """
 import json
 import sys
 
 
-def handle(event):
+def handle(event, attempt):
     data = event.get("data")
     if isinstance(data, dict) and data.get("fail"):
         raise ValueError("asked to fail")
+    if isinstance(data, dict) and attempt <= data.get("fail_attempts", 0):
+        raise ValueError(f"asked to fail attempt {attempt}")
     reply = {"result": data}
     if isinstance(data, dict) and data.get("emit_to"):
         reply["emit"] = [{"topic": data["emit_to"], "data": {"from": event["id"]}}]
@@ -32,7 +35,7 @@ def main():
             continue
         answer = {"delivery": msg["delivery"]}
         try:
-            answer.update(type="ack", **handle(msg["event"]))
+            answer.update(type="ack", **handle(msg["event"], msg.get("attempt", 1)))
         except Exception as e:  # the agent reports, nerve retries
             answer.update(type="nack", error=str(e))
         sys.stdout.write(json.dumps(answer) + "\n")
