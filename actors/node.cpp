@@ -35,6 +35,39 @@ std::uint64_t fnv1a(const std::string& s) {
   return h;
 }
 
+/// Latency histograms of several partitions added up.
+struct histogram_sum {
+  std::uint64_t sum_us = 0;
+  std::uint64_t total = 0;
+  std::array<std::uint64_t, latency_bounds_ms.size()> buckets{};
+
+  void add(const latency_histogram& h) {
+    sum_us += h.sum_us;
+    for (std::size_t i = 0; i < buckets.size(); ++i) {
+      buckets[i] += h.buckets[i];
+      total += h.buckets[i];
+    }
+  }
+
+  [[nodiscard]] double mean_ms() const {
+    return total == 0 ? 0 : static_cast<double>(sum_us) / 1000.0 / static_cast<double>(total);
+  }
+
+  /// The upper bound of the bucket holding quantile `q` (0 without data).
+  [[nodiscard]] double quantile_ms(double q) const {
+    if (total == 0)
+      return 0;
+    auto rank = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(total)));
+    std::uint64_t seen = 0;
+    for (std::size_t i = 0; i + 1 < buckets.size(); ++i) {
+      seen += buckets[i];
+      if (seen >= rank)
+        return latency_bounds_ms[i];
+    }
+    return latency_bounds_ms[buckets.size() - 2]; // beyond the last finite bound
+  }
+};
+
 // -- runner actor -------------------------------------------------------------
 
 /// What a monitored child of the runner is.
@@ -497,8 +530,8 @@ public:
         metrics_row m;
         m.agent = a->cfg.name;
         m.topic = name;
-        std::uint64_t time_us = 0;
-        std::array<std::uint64_t, latency_bounds_ms.size()> buckets{};
+        histogram_sum processing;
+        histogram_sum delivery;
         for (auto& slot : route->slots)
           for (auto& gs : slot->groups) {
             if (gs->agent_index != a->index)
@@ -509,17 +542,14 @@ public:
             m.failed += c.failed;
             m.retried += c.retried;
             m.dead_lettered += c.dead_lettered;
-            time_us += c.time_us_sum;
-            for (std::size_t i = 0; i < buckets.size(); ++i)
-              buckets[i] += c.buckets[i];
+            processing.add(c.processing);
+            delivery.add(c.delivery);
           }
-        std::uint64_t observed = 0;
-        for (auto b : buckets)
-          observed += b;
-        if (observed > 0)
-          m.avg_ms = static_cast<double>(time_us) / 1000.0 / static_cast<double>(observed);
-        m.p50_ms = quantile_ms(buckets, observed, 0.50);
-        m.p99_ms = quantile_ms(buckets, observed, 0.99);
+        m.avg_ms = processing.mean_ms();
+        m.p50_ms = processing.quantile_ms(0.50);
+        m.p99_ms = processing.quantile_ms(0.99);
+        m.delivery_p50_ms = delivery.quantile_ms(0.50);
+        m.delivery_p99_ms = delivery.quantile_ms(0.99);
         if (m.received > 0)
           m.success_rate
             = 100.0 * static_cast<double>(m.processed) / static_cast<double>(m.received);
@@ -755,21 +785,6 @@ private:
     c.set("logger.console", caf::atom("none"));
     c.set("logger.file-verbosity", caf::atom("quiet"));
     return c;
-  }
-
-  /// The upper bound of the bucket holding quantile `q` (0 without data).
-  static double quantile_ms(const std::array<std::uint64_t, latency_bounds_ms.size()>& buckets,
-                            std::uint64_t total, double q) {
-    if (total == 0)
-      return 0;
-    auto rank = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(total)));
-    std::uint64_t seen = 0;
-    for (std::size_t i = 0; i < buckets.size(); ++i) {
-      seen += buckets[i];
-      if (seen >= rank)
-        return i + 1 < buckets.size() ? latency_bounds_ms[i] : latency_bounds_ms[i - 1];
-    }
-    return latency_bounds_ms[buckets.size() - 2];
   }
 
   agent_ptr find_agent(const std::string& name) const {

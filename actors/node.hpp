@@ -169,7 +169,9 @@ struct metrics_row {
   double avg_ms = 0;
   double p50_ms = 0;
   double p99_ms = 0;
-  double success_rate = 0; ///< processed / received, in percent
+  double success_rate = 0;    ///< processed / received, in percent
+  double delivery_p50_ms = 0; ///< append to ack, events delivered live
+  double delivery_p99_ms = 0;
 };
 
 struct storage_report {

@@ -29,6 +29,7 @@ constexpr auto counters_every = std::chrono::seconds{1};
 
 struct cached_event {
   std::uint64_t offset = 0;
+  std::int64_t time_us = 0; ///< append time; 0 when read back from the log
   std::shared_ptr<const std::string> json;
   std::string id, key, type, source;
 };
@@ -41,6 +42,7 @@ struct delivery_rec {
   std::shared_ptr<const std::string> event;
   std::string event_id;
   std::string key;
+  std::int64_t appended_us = 0; ///< 0: not delivered live, not measured
   std::size_t instance = 0;
   std::int64_t sent_us = 0;
   std::int64_t first_failed_us = 0;
@@ -204,6 +206,7 @@ void fill(partition_actor_t* self, group& g) {
         rec.event = e.json;
         rec.event_id = e.id;
         rec.key = e.key;
+        rec.appended_us = e.time_us;
       }
       bool fresh = rec.attempts == 0 && rec.state == rec_state::ready && !rec.persisted;
       if (fresh) {
@@ -353,6 +356,8 @@ void ack(partition_actor_t* self, group& g, std::uint64_t offset, delivery_rec& 
          const std::string& result) {
   auto& st = self->state;
   ++g.stats->totals.processed;
+  if (rec.appended_us > 0)
+    g.stats->totals.delivery.observe(now_us(st) - rec.appended_us);
   if (!result.empty())
     st.state.put_result(rec.event_id, g.agent->cfg.name,
                         persistence::stored_result{result, now_us(st)});
@@ -435,7 +440,7 @@ void on_outcome(partition_actor_t* self, outcome_ptr& o) {
   if (rec == nullptr || rec->state != rec_state::in_flight || rec->attempts != o->attempt)
     return; // stale: answered after a timeout or a requeue
   --g.stats->in_flight;
-  g.stats->totals.observe(o->elapsed_us);
+  g.stats->totals.processing.observe(o->elapsed_us);
   if (!o->ok) {
     fail(self, g, o->group, o->offset, *rec, o->error);
     return;
@@ -580,8 +585,9 @@ void flush(partition_actor_t* self) {
           if (r.status != persistence::append_status::appended)
             continue;
           auto& e = job->events[k];
-          st.tail.push_back({r.where.offset, std::make_shared<const std::string>(std::move(r.json)),
-                             e.id, e.key, e.type, e.source});
+          st.tail.push_back({r.where.offset, r.where.time_us,
+                             std::make_shared<const std::string>(std::move(r.json)), e.id, e.key,
+                             e.type, e.source});
           if (st.tail.size() > tail_cache_events)
             st.tail.pop_front();
         }

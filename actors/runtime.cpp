@@ -23,8 +23,8 @@ partition_job::~partition_job() {
                                                 "the partition stopped before the append; retry"}));
 }
 
-void counters::observe(std::int64_t us) {
-  time_us_sum += static_cast<std::uint64_t>(std::max<std::int64_t>(0, us));
+void latency_histogram::observe(std::int64_t us) {
+  sum_us += static_cast<std::uint64_t>(std::max<std::int64_t>(0, us));
   auto ms = static_cast<double>(us) / 1000.0;
   for (std::size_t i = 0; i < latency_bounds_ms.size(); ++i)
     if (ms <= latency_bounds_ms[i]) {
@@ -33,17 +33,32 @@ void counters::observe(std::int64_t us) {
     }
 }
 
-std::string counters::to_json() const {
-  nlohmann::json j{{"received", received.load()},
-                   {"processed", processed.load()},
-                   {"failed", failed.load()},
-                   {"retried", retried.load()},
-                   {"dead_lettered", dead_lettered.load()},
-                   {"time_us_sum", time_us_sum.load()}};
+nlohmann::json latency_histogram::to_json() const {
+  nlohmann::json j{{"sum_us", sum_us.load()}};
   auto& b = j["buckets"] = nlohmann::json::array();
   for (auto& v : buckets)
     b.push_back(v.load());
-  return j.dump();
+  return j;
+}
+
+void latency_histogram::load_json(const nlohmann::json& j) {
+  if (!j.is_object())
+    return;
+  sum_us = j.value("sum_us", 0ULL);
+  if (j.contains("buckets") && j["buckets"].is_array())
+    for (std::size_t i = 0; i < buckets.size() && i < j["buckets"].size(); ++i)
+      buckets[i] = j["buckets"][i].get<std::uint64_t>();
+}
+
+std::string counters::to_json() const {
+  return nlohmann::json{{"received", received.load()},
+                        {"processed", processed.load()},
+                        {"failed", failed.load()},
+                        {"retried", retried.load()},
+                        {"dead_lettered", dead_lettered.load()},
+                        {"processing", processing.to_json()},
+                        {"delivery", delivery.to_json()}}
+    .dump();
 }
 
 void counters::load_json(const std::string& text) {
@@ -55,10 +70,10 @@ void counters::load_json(const std::string& text) {
   failed = j.value("failed", 0ULL);
   retried = j.value("retried", 0ULL);
   dead_lettered = j.value("dead_lettered", 0ULL);
-  time_us_sum = j.value("time_us_sum", 0ULL);
-  if (j.contains("buckets") && j["buckets"].is_array())
-    for (std::size_t i = 0; i < buckets.size() && i < j["buckets"].size(); ++i)
-      buckets[i] = j["buckets"][i].get<std::uint64_t>();
+  if (j.contains("processing"))
+    processing.load_json(j["processing"]);
+  if (j.contains("delivery"))
+    delivery.load_json(j["delivery"]);
 }
 
 const char* to_string(instance_state s) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <caf/all.hpp>
+#include <nlohmann/json.hpp>
 
 #include "actors/node.hpp"
 #include "config/config.hpp"
@@ -71,6 +72,16 @@ using create_ptr = std::shared_ptr<create_request>;
 inline constexpr std::array<double, 16> latency_bounds_ms
   = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 1e300};
 
+/// A fixed-bucket latency histogram that can be persisted and summed.
+struct latency_histogram {
+  std::atomic<std::uint64_t> sum_us{0};
+  std::array<std::atomic<std::uint64_t>, latency_bounds_ms.size()> buckets{};
+
+  void observe(std::int64_t us);
+  [[nodiscard]] nlohmann::json to_json() const;
+  void load_json(const nlohmann::json& j);
+};
+
 /// All-time counters of one agent on one partition; persisted in `meta`.
 struct counters {
   std::atomic<std::uint64_t> received{0}; ///< attempts handed to the agent
@@ -78,10 +89,9 @@ struct counters {
   std::atomic<std::uint64_t> failed{0}; ///< failed or timed-out attempts
   std::atomic<std::uint64_t> retried{0};
   std::atomic<std::uint64_t> dead_lettered{0};
-  std::atomic<std::uint64_t> time_us_sum{0}; ///< of processed attempts
-  std::array<std::atomic<std::uint64_t>, latency_bounds_ms.size()> buckets{};
+  latency_histogram processing; ///< each answered attempt, in the agent
+  latency_histogram delivery;   ///< append to ack, for events delivered live
 
-  void observe(std::int64_t us);
   [[nodiscard]] std::string to_json() const;
   void load_json(const std::string& text);
 };

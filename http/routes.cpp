@@ -461,7 +461,9 @@ private:
                       {"avg_ms", round3(m.avg_ms)},
                       {"p50_ms", round3(m.p50_ms)},
                       {"p99_ms", round3(m.p99_ms)},
-                      {"success_rate", round3(m.success_rate)}});
+                      {"success_rate", round3(m.success_rate)},
+                      {"delivery_p50_ms", round3(m.delivery_p50_ms)},
+                      {"delivery_p99_ms", round3(m.delivery_p99_ms)}});
     respond(json_response(200, json{{"metrics", std::move(rows)}}.dump()));
   }
 
