@@ -68,9 +68,10 @@ struct create_request {
 
 using create_ptr = std::shared_ptr<create_request>;
 
-/// Bucket upper bounds of processing time, in milliseconds (last: +inf).
-inline constexpr std::array<double, 16> latency_bounds_ms
-  = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 1e300};
+/// Bucket upper bounds of latencies, in milliseconds (last: +inf).
+inline constexpr std::array<double, 20> latency_bounds_ms = {
+  0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+  300000, 1e300};
 
 /// A fixed-bucket latency histogram that can be persisted and summed.
 struct latency_histogram {
