@@ -498,6 +498,48 @@ class PauseTest(AgentTestCase):
             self.group(srv, t, "e")), what="lag 0")
         self.assertEqual(self.agent(srv, "e")["state"], "running")
 
+    def test_pause_during_retries_then_resume_finishes_them(self):
+        t = topic("pause")
+        srv = self.agent_server([builtin("bad", [t], "fail", max_retries=3,
+                                         backoff={"initial": "100ms", "max": "100ms"})])
+        pub = self.publish_ok(srv, t, [{"data": i, "key": "a"} for i in range(3)])
+        ids = [p["id"] for p in pub]
+        self.wait_state(srv, ids, "bad", "retrying")
+        self.assertEqual(srv.post("/v1/agents/bad/pause").json()["state"], "paused")
+        time.sleep(0.4)
+        before = {i: self.deliveries(srv, i)["bad"] for i in ids}
+        time.sleep(0.3)
+        for i in ids:
+            d = self.deliveries(srv, i)["bad"]
+            self.assertEqual(d["state"], "retrying", d)
+            self.assertEqual(d["attempts"], before[i]["attempts"], d)  # no attempts while paused
+            self.assertLess(d["attempts"], 4, d)
+        self.assertEqual(srv.post("/v1/agents/bad/resume").json()["state"], "running")
+        for d in self.wait_state(srv, ids, "bad", "dead_lettered").values():
+            self.assertEqual((d["attempts"], d["error"]), (4, FAIL_ERROR), d)
+        self.assertEqual(self.dlq(srv, agent="bad")["count"], 3)
+
+    # BUG: while an agent is paused, deliveries whose retry timer fired are no longer
+    # counted in groups "pending" (it drops to 0) although GET /v1/events still says
+    # "retrying": the retry handler (actors/partition_actor.cpp ~661-664) moves the record
+    # to ready and decrements waiting_retry, dispatch() returns early when paused
+    # (partition_actor.cpp:223), and groups() counts only in_flight + waiting_retry
+    # (actors/node.cpp ~507).
+    @unittest.expectedFailure
+    def test_paused_retrying_deliveries_stay_pending_in_groups(self):
+        t = topic("pause")
+        srv = self.agent_server([builtin("bad", [t], "fail", max_retries=1000,
+                                         backoff={"initial": "50ms", "max": "50ms"})])
+        pub = self.publish_ok(srv, t, [{"data": i, "key": "a"} for i in range(3)])
+        self.wait_state(srv, [p["id"] for p in pub], "bad", "retrying")
+        self.assertEqual(self.group(srv, t, "bad")["pending"], 3)
+        srv.post("/v1/agents/bad/pause")
+        time.sleep(0.3)
+        for p in pub:
+            self.assertEqual(self.deliveries(srv, p["id"])["bad"]["state"], "retrying")
+        g = self.group(srv, t, "bad")
+        self.assertEqual((g["pending"], g["lag"]), (3, 3), g)
+
     def test_pause_unknown_agent_is_404(self):
         srv = self.agent_server([builtin("e", ["x"], "noop")])
         self.assertProblem(srv.post("/v1/agents/nobody/pause"), 404)
