@@ -719,5 +719,62 @@ class RestartTest(AgentTestCase):
         self.assertEqual((again["attempts"], again["error"], again["event"]["id"]),
                          (2, FAIL_ERROR, p["id"]))
 
+SLOW_EMITTER = r'''
+import json, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("type") != "event":
+        continue
+    ev = msg["event"]
+    time.sleep(0.02)
+    out.write(ev["id"] + "\n")
+    sys.stdout.write(json.dumps({"type": "ack", "delivery": msg["delivery"], "result": ev["data"],
+                                 "emit": [{"topic": sys.argv[2], "data": ev["data"]}]}) + "\n")
+    sys.stdout.flush()
+'''
+
+
+class CrashTest(AgentTestCase):
+
+    def test_kill_9_of_nerve_mid_delivery_loses_nothing_and_emits_once(self):
+        t, out_t = topic("crash"), topic("crashout")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "slow_emitter.py")
+        log = os.path.join(srv.workdir, "handled.log")
+        with open(script, "w") as f:
+            f.write(SLOW_EMITTER)
+        srv.write_config({"agents": [process("slow", [t], [sys.executable, script, log, out_t],
+                                             max_in_flight=2, instances=2)]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"n": i}, "key": f"k{i % 4}"} for i in range(40)])
+        ids = [p["id"] for p in pub]
+        # Crash once some, but not all, events were handled.
+        def lines():
+            if not os.path.exists(log):
+                return 0
+            with open(log) as f:
+                return len(f.read().split())
+        self.wait_for(lambda: lines() >= 5, what="some events handled")
+        srv.kill()
+        with open(log) as f:
+            handled_before = len(f.read().split())
+        self.assertLess(handled_before, 40, "too fast to crash mid-delivery")
+        srv.start()
+        acked = self.wait_state(srv, ids, "slow", "acked", timeout=30)
+        for i, p in enumerate(pub):
+            self.assertEqual(acked[p["id"]]["result"], {"n": i})
+        with open(log) as f:
+            handled = f.read().split()
+        self.assertEqual(set(handled), set(ids))  # at least once each
+        self.assertEqual(self.dlq(srv)["count"], 0)
+        g = self.group(srv, t, "slow")
+        self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+        # Exactly one emitted event per parent, even for parents handled twice.
+        emitted = [e for p in range(srv.topics()[out_t]["partitions"])
+                   for e in srv.read_partition(out_t, p)]
+        self.assertEqual(sorted(e["causation_id"] for e in emitted), sorted(ids))
+
+
 if __name__ == "__main__":
     unittest.main()
