@@ -1,0 +1,780 @@
+"""Black-box tests of agent delivery (CONTRACT.md sections 5 and 6): fan-out, the DLQ,
+process agents and their supervision, emit chains, pause/resume, per-key order,
+`start: earliest` and persistence of delivery state across restarts."""
+
+import json
+import os
+import signal
+import sys
+import time
+import unittest
+import uuid
+
+from harness import ServerTestCase, run_nerve
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ECHO_AGENT = os.path.abspath(os.path.join(HERE, "..", "..", "docs", "examples", "echo_agent.py"))
+FAST = {"initial": "20ms", "max": "100ms"}
+FAIL_ERROR = "the fail handler always fails"
+
+ORDERED_AGENT = r'''
+import json, random, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("type") != "event":
+        continue
+    ev = msg["event"]
+    time.sleep(random.uniform(0.0, 0.004))
+    out.write("%s,%d\n" % (ev.get("key"), ev["data"]["seq"]))
+    sys.stdout.write(json.dumps({"type": "ack", "delivery": msg["delivery"],
+                                 "result": ev["data"]}) + "\n")
+    sys.stdout.flush()
+'''
+
+
+def topic(prefix):
+    return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+def builtin(name, topics, handler, **kw):
+    return dict({"name": name, "topics": topics, "kind": "builtin", "handler": handler}, **kw)
+
+
+def process(name, topics, command, **kw):
+    return dict({"name": name, "topics": topics, "kind": "process", "command": command}, **kw)
+
+
+class AgentTestCase(ServerTestCase):
+
+    def agent_server(self, agents, start=True, **kw):
+        return self.new_server(start=start, config={"agents": agents}, **kw)
+
+    def wait_for(self, fn, timeout=15.0, what="condition"):
+        """Polls fn() until it returns a truthy value; returns it."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = fn()
+            if last:
+                return last
+            time.sleep(0.03)
+        self.fail(f"timed out waiting for {what}; last value: {last!r}")
+
+    def publish_ok(self, srv, topic_name, events):
+        r = srv.publish(topic_name, events)
+        self.assertEqual(r.status, 201, r)
+        return r.json()["events"]
+
+    def event_view(self, srv, event_id):
+        r = srv.get(f"/v1/events/{event_id}")
+        self.assertEqual(r.status, 200, r)
+        return r.json()
+
+    def deliveries(self, srv, event_id):
+        """{agent: delivery}; also checks each agent appears once."""
+        ds = self.event_view(srv, event_id)["deliveries"]
+        by = {d["agent"]: d for d in ds}
+        self.assertEqual(len(by), len(ds), ds)
+        return by
+
+    def wait_state(self, srv, event_ids, agent, state, timeout=15.0):
+        def check():
+            out = {}
+            for i in event_ids:
+                d = self.deliveries(srv, i).get(agent)
+                if d is None or d["state"] != state:
+                    return None
+                out[i] = d
+            return out
+        return self.wait_for(check, timeout, f"{agent} {state} on {len(event_ids)} events")
+
+    def dlq(self, srv, **query):
+        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        r = srv.get("/v1/dlq" + ("?" + qs if qs else ""))
+        self.assertEqual(r.status, 200, r)
+        return r.json()
+
+    def agent(self, srv, name):
+        r = srv.get(f"/v1/agents/{name}")
+        self.assertEqual(r.status, 200, r)
+        return r.json()
+
+    def group(self, srv, topic_name, agent):
+        r = srv.get(f"/v1/topics/{topic_name}/groups")
+        self.assertEqual(r.status, 200, r)
+        body = r.json()
+        self.assertEqual(body["topic"], topic_name)
+        gs = [g for g in body["groups"] if g["agent"] == agent]
+        self.assertEqual(len(gs), 1, body)
+        return gs[0]
+
+    def cli(self, srv, *args):
+        return run_nerve(list(args) + ["--server", srv.url])
+
+
+# 1 -----------------------------------------------------------------------------
+
+class FanOutTest(AgentTestCase):
+
+    def test_two_echo_agents_both_ack_every_event_with_data_as_result(self):
+        t = topic("fan")
+        srv = self.agent_server([builtin("e1", ["fan.>"], "echo"),
+                                 builtin("e2", [t], "echo")])
+        datas = [{"n": i, "s": "x" * i, "l": [i, None, True]} for i in range(8)] + [42, "str", None]
+        pub = self.publish_ok(srv, t, [{"data": d, "key": f"k{i % 3}"} for i, d in enumerate(datas)])
+        for e, data in zip(pub, datas):
+            for agent in ("e1", "e2"):
+                d = self.wait_state(srv, [e["id"]], agent, "acked")[e["id"]]
+                self.assertEqual(d["result"], data, d)
+                self.assertIsNone(d["error"], d)
+            self.assertEqual(set(self.deliveries(srv, e["id"])), {"e1", "e2"})
+        for agent in ("e1", "e2"):
+            g = self.group(srv, t, agent)
+            self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+
+    # BUG: an acked delivery whose pending record was compacted reports attempts 0
+    # (actors/node.cpp ~440-443: the "acked via cursor" branch leaves d.attempts at 0).
+    @unittest.expectedFailure
+    def test_acked_delivery_reports_at_least_one_attempt(self):
+        t = topic("fan")
+        srv = self.agent_server([builtin("e1", [t], "echo")])
+        [e] = self.publish_ok(srv, t, [{"data": {"a": 1}}])
+        d = self.wait_state(srv, [e["id"]], "e1", "acked")[e["id"]]
+        self.assertEqual(d["attempts"], 1, d)
+
+
+class FilterTest(AgentTestCase):
+
+    def test_filtered_out_events_are_skipped(self):
+        t = topic("filter")
+        srv = self.agent_server([builtin("typed", [t], "echo", filter={"type": "order.created"}),
+                                 builtin("keyed", [t], "echo", filter={"key": "vip"})])
+        match, other, vip = self.publish_ok(srv, t, [
+            {"type": "order.created", "data": 1},
+            {"type": "order.deleted", "data": 2},
+            {"type": "order.deleted", "key": "vip", "data": 3}])
+        self.assertEqual(self.wait_state(srv, [match["id"]], "typed", "acked")[match["id"]]["result"], 1)
+        self.assertEqual(self.wait_state(srv, [vip["id"]], "keyed", "acked")[vip["id"]]["result"], 3)
+        for e, agent in ((other, "typed"), (vip, "typed"), (match, "keyed"), (other, "keyed")):
+            d = self.deliveries(srv, e["id"])[agent]
+            self.assertEqual(d["state"], "skipped", d)
+            self.assertIsNone(d["result"], d)
+        for agent in ("typed", "keyed"):
+            g = self.wait_for(lambda: (lambda g: g if g["lag"] == 0 else None)(
+                self.group(srv, t, agent)), what="lag 0")
+            self.assertEqual(g["pending"], 0, g)
+
+
+# 2 -----------------------------------------------------------------------------
+
+class DlqTest(AgentTestCase):
+
+    def setUp(self):
+        self.t = topic("dlq")
+        self.srv = self.agent_server([builtin("bad", [self.t], "fail", max_retries=2,
+                                              backoff=FAST)])
+
+    def dead(self, n):
+        """Waits for exactly n DLQ entries of agent bad; returns {event id: entry}."""
+        def check():
+            body = self.dlq(self.srv, agent="bad")
+            if body["count"] != n or len(body["entries"]) != n:
+                return None
+            return body
+        body = self.wait_for(check, what=f"{n} DLQ entries")
+        by_event = {}
+        for e in body["entries"]:
+            self.assertNotIn(e["event"]["id"], by_event, body)  # one entry per event
+            by_event[e["event"]["id"]] = e
+        return by_event
+
+    def check_entry(self, entry, published):
+        self.assertEqual(entry["agent"], "bad")
+        self.assertEqual(entry["topic"], self.t)
+        self.assertEqual(entry["attempts"], 3, entry)
+        self.assertEqual(entry["error"], FAIL_ERROR, entry)
+        self.assertEqual(entry["partition"], published["partition"])
+        self.assertEqual(entry["offset"], published["offset"])
+        self.assertLessEqual(entry["first_failed_at"], entry["last_failed_at"])
+        self.assertLess(entry["first_failed_at"], entry["last_failed_at"])  # 3 attempts
+
+    def wait_refailed(self, event_id, after):
+        """Waits until the event's entry is back with a last failure later than `after`."""
+        def check():
+            for e in self.dlq(self.srv, agent="bad")["entries"]:
+                if e["event"]["id"] == event_id and e["last_failed_at"] > after:
+                    return e
+            return None
+        return self.wait_for(check, what=f"{event_id} back in the DLQ")
+
+    def test_dlq_lifecycle(self):
+        pub = self.publish_ok(self.srv, self.t, [{"data": {"i": i}} for i in range(3)])
+        entries = self.dead(3)
+        self.assertEqual(set(entries), {e["id"] for e in pub})
+        for p in pub:
+            entry = entries[p["id"]]
+            self.check_entry(entry, p)
+            self.assertEqual(entry["event"]["data"], {"i": pub.index(p)})
+            r = self.srv.get(f"/v1/dlq/{entry['id']}")
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.json(), entry)
+            d = self.deliveries(self.srv, p["id"])["bad"]
+            self.assertEqual((d["state"], d["attempts"], d["error"]),
+                             ("dead_lettered", 3, FAIL_ERROR), d)
+        # Stays put: no more attempts after the DLQ.
+        time.sleep(0.3)
+        self.assertEqual(self.dead(3), entries)
+
+        # HTTP retry: goes through again, back in the DLQ with attempts 3.
+        first = entries[pub[0]["id"]]
+        r = self.srv.post(f"/v1/dlq/{first['id']}/retry")
+        self.assertEqual(r.status, 200, r)
+        again = self.wait_refailed(pub[0]["id"], first["last_failed_at"])
+        self.check_entry(again, pub[0])
+        self.dead(3)
+
+        # CLI retry.
+        second = entries[pub[1]["id"]]
+        c = self.cli(self.srv, "dlq", "retry", second["id"])
+        self.assertEqual(c.returncode, 0, c)
+        self.assertIn(second["id"], c.stdout)
+        self.check_entry(self.wait_refailed(pub[1]["id"], second["last_failed_at"]), pub[1])
+
+        # CLI list --json.
+        c = self.cli(self.srv, "dlq", "list", "--agent", "bad", "--json")
+        self.assertEqual(c.returncode, 0, c)
+        self.assertEqual(json.loads(c.stdout)["count"], 3)
+
+        # retry-all for the agent (HTTP body).
+        before = self.dead(3)
+        r = self.srv.post("/v1/dlq/retry-all", {"agent": "bad"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json(), {"retried": 3})
+        for p in pub:
+            self.check_entry(self.wait_refailed(p["id"], before[p["id"]]["last_failed_at"]), p)
+        # retry-all for another agent touches nothing.
+        r = self.srv.post("/v1/dlq/retry-all?agent=nobody")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json(), {"retried": 0})
+        # retry-all filtered by another topic touches nothing; by this topic, all.
+        r = self.srv.post("/v1/dlq/retry-all", {"topic": "no.such.topic"})
+        self.assertEqual(r.json(), {"retried": 0})
+        self.assertEqual(self.dlq(self.srv, topic="no.such.topic")["count"], 0)
+        self.assertEqual(self.dlq(self.srv, topic=self.t)["count"], 3)
+        self.assertProblem(self.srv.post("/v1/dlq/retry-all", {"agent": 5}), 400)
+        self.assertProblem(self.srv.post("/v1/dlq/retry-all", "[1"), 400)
+        # CLI retry-all.
+        before = self.dead(3)
+        c = self.cli(self.srv, "dlq", "retry-all", "--agent", "bad", "--json")
+        self.assertEqual(c.returncode, 0, c)
+        self.assertEqual(json.loads(c.stdout), {"retried": 3})
+        for p in pub:
+            self.wait_refailed(p["id"], before[p["id"]]["last_failed_at"])
+        entries = self.dead(3)
+
+        # DELETE removes an entry.
+        gone = entries[pub[2]["id"]]
+        r = self.srv.request("DELETE", f"/v1/dlq/{gone['id']}")
+        self.assertEqual(r.status, 200, r)
+        self.assertProblem(self.srv.get(f"/v1/dlq/{gone['id']}"), 404)
+        self.assertProblem(self.srv.request("DELETE", f"/v1/dlq/{gone['id']}"), 404)
+        self.assertEqual(set(self.dead(2)), {pub[0]["id"], pub[1]["id"]})
+
+        # purge --yes through the CLI.
+        c = self.cli(self.srv, "dlq", "purge", "--agent", "bad", "--yes", "--json")
+        self.assertEqual(c.returncode, 0, c)
+        self.assertEqual(json.loads(c.stdout), {"purged": 2})
+        self.assertEqual(self.dlq(self.srv, agent="bad")["count"], 0)
+
+    def test_unknown_dlq_id_is_404_problem(self):
+        for method, path in (("GET", "/v1/dlq/dlq-0000000000000000"),
+                             ("DELETE", "/v1/dlq/dlq-0000000000000000"),
+                             ("POST", "/v1/dlq/dlq-0000000000000000/retry"),
+                             ("GET", "/v1/dlq/nope")):
+            self.assertProblem(self.srv.request(method, path), 404)
+        c = self.cli(self.srv, "dlq", "show", "dlq-0000000000000000")
+        self.assertNotEqual(c.returncode, 0, c)
+
+    def test_dlq_pagination(self):
+        pub = self.publish_ok(self.srv, self.t, [{"data": {"i": i}} for i in range(5)])
+        self.dead(5)
+        seen, cursor = [], None
+        for _ in range(10):
+            q = {"agent": "bad", "limit": 2}
+            if cursor:
+                q["cursor"] = cursor
+            body = self.dlq(self.srv, **q)
+            self.assertLessEqual(len(body["entries"]), 2)
+            seen += [e["event"]["id"] for e in body["entries"]]
+            cursor = body["next_cursor"]
+            if not cursor:
+                break
+        self.assertEqual(sorted(seen), sorted(p["id"] for p in pub))
+
+
+# 3, 4 ---------------------------------------------------------------------------
+
+class ProcessAgentTest(AgentTestCase):
+
+    def setUp(self):
+        self.t = topic("proc")
+        self.srv = self.agent_server([process("py", [self.t], [sys.executable, ECHO_AGENT],
+                                              instances=2, max_retries=1, backoff=FAST)])
+
+    def running_instances(self):
+        a = self.agent(self.srv, "py")
+        ok = (len(a["instances"]) == 2 and all(i["state"] == "running" and isinstance(i["pid"], int)
+                                               for i in a["instances"]))
+        return a if ok else None
+
+    def test_process_agent_acks_every_event_with_data(self):
+        a = self.wait_for(self.running_instances, what="2 running instances")
+        self.assertEqual(a["kind"], "process")
+        self.assertEqual(a["state"], "running")
+        self.assertEqual(a["topics"], [self.t])
+        self.assertEqual(sorted(i["id"] for i in a["instances"]), [0, 1])
+        pids = [i["pid"] for i in a["instances"]]
+        self.assertEqual(len(set(pids)), 2)
+        for pid in pids:
+            os.kill(pid, 0)  # exists
+        listed = [x for x in self.srv.get("/v1/agents").json()["agents"] if x["name"] == "py"]
+        self.assertEqual(len(listed), 1)
+        c = self.cli(self.srv, "agent", "list", "--json")
+        self.assertEqual(c.returncode, 0, c)
+        self.assertEqual([x["name"] for x in json.loads(c.stdout)["agents"]], ["py"])
+
+        datas = [{"n": i, "k": f"key-{i}"} for i in range(30)]
+        pub = self.publish_ok(self.srv, self.t,
+                              [{"data": d, "key": f"key-{i % 7}"} for i, d in enumerate(datas)])
+        acked = self.wait_state(self.srv, [p["id"] for p in pub], "py", "acked")
+        for p, d in zip(pub, datas):
+            self.assertEqual(acked[p["id"]]["result"], d)
+            self.assertEqual(list(self.deliveries(self.srv, p["id"])), ["py"])
+        self.assertEqual(self.dlq(self.srv, agent="py")["count"], 0)
+        g = self.group(self.srv, self.t, "py")
+        self.assertEqual((g["instances"], g["pending"], g["lag"]), (2, 0, 0), g)
+
+    def test_nacked_event_goes_to_dlq_with_agent_error(self):
+        [p] = self.publish_ok(self.srv, self.t, [{"data": {"fail": True}}])
+        d = self.wait_state(self.srv, [p["id"]], "py", "dead_lettered")[p["id"]]
+        self.assertEqual((d["attempts"], d["error"]), (2, "asked to fail"), d)
+        body = self.dlq(self.srv, agent="py")
+        self.assertEqual(body["count"], 1, body)
+        e = body["entries"][0]
+        self.assertEqual((e["event"]["id"], e["attempts"], e["error"], e["topic"]),
+                         (p["id"], 2, "asked to fail", self.t))
+
+    def test_kill_9_of_child_restarts_it_and_redelivers(self):
+        a = self.wait_for(self.running_instances, what="2 running instances")
+        victim = a["instances"][0]
+        first = self.publish_ok(self.srv, self.t, [{"data": {"n": i}} for i in range(10)])
+        os.kill(victim["pid"], signal.SIGKILL)
+        during = self.publish_ok(self.srv, self.t, [{"data": {"n": 10 + i}} for i in range(10)])
+
+        def restarted():
+            a = self.agent(self.srv, "py")
+            inst = [i for i in a["instances"] if i["id"] == victim["id"]][0]
+            if (inst["restarts"] >= 1 and inst["state"] == "running"
+                    and isinstance(inst["pid"], int) and inst["pid"] != victim["pid"]):
+                return inst
+            return None
+        inst = self.wait_for(restarted, what="instance restarted")
+        os.kill(inst["pid"], 0)
+        after = self.publish_ok(self.srv, self.t, [{"data": {"n": 20 + i}} for i in range(10)])
+        allp = first + during + after
+        acked = self.wait_state(self.srv, [p["id"] for p in allp], "py", "acked")
+        for i, p in enumerate(allp):
+            self.assertEqual(acked[p["id"]]["result"], {"n": i})
+        self.assertEqual(self.dlq(self.srv, agent="py")["count"], 0)
+        g = self.group(self.srv, self.t, "py")
+        self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+
+
+HANG_AGENT = r'''
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("type") == "event" and not msg["event"]["data"].get("hang"):
+        sys.stdout.write(json.dumps({"type": "ack", "delivery": msg["delivery"], "result": 1}) + "\n")
+        sys.stdout.flush()
+'''
+
+
+class TimeoutTest(AgentTestCase):
+
+    def test_unanswered_delivery_times_out_into_the_dlq(self):
+        t = topic("timeout")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "hang_agent.py")
+        with open(script, "w") as f:
+            f.write(HANG_AGENT)
+        srv.write_config({"agents": [process("hang", [t], [sys.executable, script],
+                                             timeout="100ms", max_retries=1, backoff=FAST)]})
+        srv.start()
+        hung, fine = self.publish_ok(srv, t, [{"data": {"hang": True}}, {"data": {"hang": False}}])
+        self.assertEqual(self.wait_state(srv, [fine["id"]], "hang", "acked")[fine["id"]]["result"], 1)
+        d = self.wait_state(srv, [hung["id"]], "hang", "dead_lettered")[hung["id"]]
+        self.assertEqual(d["attempts"], 2, d)
+        self.assertEqual(d["error"], "timed out after 100 ms", d)
+        [e] = self.dlq(srv, agent="hang")["entries"]
+        self.assertEqual((e["event"]["id"], e["attempts"], e["error"]),
+                         (hung["id"], 2, "timed out after 100 ms"))
+
+
+# 5 -----------------------------------------------------------------------------
+
+class EmitChainTest(AgentTestCase):
+
+    def test_emitted_event_carries_causation_correlation_and_trace(self):
+        a, b = topic("chaina"), topic("chainb")
+        srv = self.agent_server([process("py", [a], [sys.executable, ECHO_AGENT]),
+                                 builtin("sink", [b], "echo")])
+        plain, corr = self.publish_ok(srv, a, [
+            {"data": {"emit_to": b}},
+            {"data": {"emit_to": b}, "correlation_id": "corr-xyz", "trace_id": "0af7651916cd43dd8448eb211c80319c"},
+        ])
+        parents = {p["id"]: self.event_view(srv, p["id"])["event"] for p in (plain, corr)}
+        self.wait_state(srv, list(parents), "py", "acked")
+
+        def emitted():
+            if b not in srv.topics():
+                return None
+            evs = [e for p in range(srv.topics()[b]["partitions"]) for e in srv.read_partition(b, p)]
+            return evs if len(evs) == 2 else None
+        children = {e["causation_id"]: e for e in self.wait_for(emitted, what="2 emitted events")}
+        self.assertEqual(set(children), set(parents))
+        c = children[plain["id"]]
+        self.assertEqual(c["correlation_id"], plain["id"])
+        self.assertEqual(c["trace_id"], parents[plain["id"]]["trace_id"])
+        self.assertEqual(c["data"], {"from": plain["id"]})
+        self.assertEqual(c["topic"], b)
+        self.assertNotEqual(c["id"], plain["id"])
+        c = children[corr["id"]]
+        self.assertEqual(c["correlation_id"], "corr-xyz")
+        self.assertEqual(c["trace_id"], "0af7651916cd43dd8448eb211c80319c")
+        self.assertEqual(parents[corr["id"]]["trace_id"], "0af7651916cd43dd8448eb211c80319c")
+        # The emitted events are delivered on in turn.
+        acked = self.wait_state(srv, [c["id"] for c in children.values()], "sink", "acked")
+        for c in children.values():
+            self.assertEqual(acked[c["id"]]["result"], c["data"])
+        # The parent's result is the echoed data.
+        self.assertEqual(self.deliveries(srv, plain["id"])["py"]["result"], {"emit_to": b})
+
+
+# 6 -----------------------------------------------------------------------------
+
+class PauseTest(AgentTestCase):
+
+    def test_pause_keeps_backlog_and_resume_delivers_it(self):
+        t = topic("pause")
+        srv = self.agent_server([builtin("e", [t], "echo")])
+        r = srv.post("/v1/agents/e/pause")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["state"], "paused")
+        self.assertEqual(self.agent(srv, "e")["state"], "paused")
+        n = 6
+        pub = self.publish_ok(srv, t, [{"data": {"i": i}, "key": f"k{i}"} for i in range(n)])
+        self.wait_for(lambda: self.group(srv, t, "e")["lag"] == n, what=f"lag {n}")
+        time.sleep(0.3)  # give a wrong delivery a chance to happen
+        g = self.group(srv, t, "e")
+        self.assertEqual(g["lag"], n, g)
+        self.assertEqual(sum(p["lag"] for p in g["partitions"]), n, g)
+        for p in pub:
+            d = self.deliveries(srv, p["id"])["e"]
+            self.assertEqual(d["state"], "pending", d)
+            self.assertIsNone(d["result"], d)
+        c = self.cli(srv, "bus", "groups", t, "--json")
+        self.assertEqual(c.returncode, 0, c)
+        self.assertEqual([g["lag"] for g in json.loads(c.stdout)["groups"]], [n])
+        # Resume through the CLI.
+        c = self.cli(srv, "agent", "resume", "e")
+        self.assertEqual(c.returncode, 0, c)
+        self.assertIn("running", c.stdout)
+        acked = self.wait_state(srv, [p["id"] for p in pub], "e", "acked")
+        for i, p in enumerate(pub):
+            self.assertEqual(acked[p["id"]]["result"], {"i": i})
+        g = self.wait_for(lambda: (lambda g: g if g["lag"] == 0 and g["pending"] == 0 else None)(
+            self.group(srv, t, "e")), what="lag 0")
+        self.assertEqual(self.agent(srv, "e")["state"], "running")
+
+    def test_pause_during_retries_then_resume_finishes_them(self):
+        t = topic("pause")
+        srv = self.agent_server([builtin("bad", [t], "fail", max_retries=3,
+                                         backoff={"initial": "100ms", "max": "100ms"})])
+        pub = self.publish_ok(srv, t, [{"data": i, "key": "a"} for i in range(3)])
+        ids = [p["id"] for p in pub]
+        self.wait_state(srv, ids, "bad", "retrying")
+        self.assertEqual(srv.post("/v1/agents/bad/pause").json()["state"], "paused")
+        time.sleep(0.4)
+        before = {i: self.deliveries(srv, i)["bad"] for i in ids}
+        time.sleep(0.3)
+        for i in ids:
+            d = self.deliveries(srv, i)["bad"]
+            self.assertEqual(d["state"], "retrying", d)
+            self.assertEqual(d["attempts"], before[i]["attempts"], d)  # no attempts while paused
+            self.assertLess(d["attempts"], 4, d)
+        self.assertEqual(srv.post("/v1/agents/bad/resume").json()["state"], "running")
+        for d in self.wait_state(srv, ids, "bad", "dead_lettered").values():
+            self.assertEqual((d["attempts"], d["error"]), (4, FAIL_ERROR), d)
+        self.assertEqual(self.dlq(srv, agent="bad")["count"], 3)
+
+    # BUG: while an agent is paused, deliveries whose retry timer fired are no longer
+    # counted in groups "pending" (it drops to 0) although GET /v1/events still says
+    # "retrying": the retry handler (actors/partition_actor.cpp ~661-664) moves the record
+    # to ready and decrements waiting_retry, dispatch() returns early when paused
+    # (partition_actor.cpp:223), and groups() counts only in_flight + waiting_retry
+    # (actors/node.cpp ~507).
+    @unittest.expectedFailure
+    def test_paused_retrying_deliveries_stay_pending_in_groups(self):
+        t = topic("pause")
+        srv = self.agent_server([builtin("bad", [t], "fail", max_retries=1000,
+                                         backoff={"initial": "50ms", "max": "50ms"})])
+        pub = self.publish_ok(srv, t, [{"data": i, "key": "a"} for i in range(3)])
+        self.wait_state(srv, [p["id"] for p in pub], "bad", "retrying")
+        self.assertEqual(self.group(srv, t, "bad")["pending"], 3)
+        srv.post("/v1/agents/bad/pause")
+        time.sleep(0.3)
+        for p in pub:
+            self.assertEqual(self.deliveries(srv, p["id"])["bad"]["state"], "retrying")
+        g = self.group(srv, t, "bad")
+        self.assertEqual((g["pending"], g["lag"]), (3, 3), g)
+
+    def test_pause_unknown_agent_is_404(self):
+        srv = self.agent_server([builtin("e", ["x"], "noop")])
+        self.assertProblem(srv.post("/v1/agents/nobody/pause"), 404)
+        self.assertProblem(srv.get("/v1/agents/nobody"), 404)
+
+
+# 7 -----------------------------------------------------------------------------
+
+class OrderedByKeyTest(AgentTestCase):
+
+    def test_per_key_order_with_four_instances(self):
+        t = topic("ordered")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "ordered_agent.py")
+        log = os.path.join(srv.workdir, "handled.log")
+        with open(script, "w") as f:
+            f.write(ORDERED_AGENT)
+        srv.write_config({"agents": [process("ord", [t], [sys.executable, script, log],
+                                             instances=4, ordered_by="key", max_in_flight=8)]})
+        srv.start()
+        self.wait_for(lambda: all(i["state"] == "running" and i["pid"]
+                                  for i in self.agent(srv, "ord")["instances"]), what="running")
+        keys, per_key = [f"key-{k}" for k in range(6)], 15
+        ids = []
+        for batch in range(3):
+            evs = [{"key": k, "data": {"seq": s}} for s in range(batch * 5, batch * 5 + 5)
+                   for k in keys]
+            ids += [p["id"] for p in self.publish_ok(srv, t, evs)]
+        self.assertEqual(len(ids), len(keys) * per_key)
+        self.wait_state(srv, ids, "ord", "acked", timeout=30)
+        seen = {}
+        with open(log) as f:
+            for line in f:
+                k, s = line.strip().split(",")
+                seen.setdefault(k, []).append(int(s))
+        self.assertEqual(set(seen), set(keys))
+        for k in keys:
+            self.assertEqual(seen[k], list(range(per_key)), k)
+
+
+# 8 -----------------------------------------------------------------------------
+
+class StartPositionTest(AgentTestCase):
+
+    def test_agent_added_later_sees_old_events_only_with_earliest(self):
+        t = topic("late")
+        srv = self.agent_server([builtin("first", [t], "noop")])
+        old = self.publish_ok(srv, t, [{"data": {"old": i}} for i in range(4)])
+        self.wait_state(srv, [p["id"] for p in old], "first", "acked")
+        self.stop_ok(srv)
+        srv.write_config({"agents": [builtin("first", [t], "noop"),
+                                     builtin("late", [t], "echo"),
+                                     builtin("early", [t], "echo", start="earliest")]})
+        srv.start()
+        new = self.publish_ok(srv, t, [{"data": {"new": i}} for i in range(3)])
+        allp = old + new
+        acked = self.wait_state(srv, [p["id"] for p in allp], "early", "acked")
+        for p, d in zip(allp, [{"old": i} for i in range(4)] + [{"new": i} for i in range(3)]):
+            self.assertEqual(acked[p["id"]]["result"], d)
+        acked = self.wait_state(srv, [p["id"] for p in new], "late", "acked")
+        for i, p in enumerate(new):
+            self.assertEqual(acked[p["id"]]["result"], {"new": i})
+        # The late agent never handled the old events: no result stored for them.
+        for p in old:
+            d = self.deliveries(srv, p["id"]).get("late")
+            if d is not None:
+                self.assertIsNone(d["result"], d)
+        for agent in ("late", "early"):
+            g = self.group(srv, t, agent)
+            self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+        self.assertEqual(self.agent(srv, "late")["config"]["start"], "latest")
+        self.assertEqual(self.agent(srv, "early")["config"]["start"], "earliest")
+
+    # BUG: GET /v1/events/{id} reports "acked" for an agent that started at "latest"
+    # after the event existed and never received it (actors/node.cpp ~440: any offset
+    # below the agent's cursor counts as acked). Expected "skipped" (or no delivery).
+    @unittest.expectedFailure
+    def test_undelivered_old_event_is_not_reported_acked(self):
+        t = topic("late")
+        srv = self.agent_server([builtin("first", [t], "noop")])
+        [old] = self.publish_ok(srv, t, [{"data": {"old": 1}}])
+        self.wait_state(srv, [old["id"]], "first", "acked")
+        self.stop_ok(srv)
+        srv.write_config({"agents": [builtin("first", [t], "noop"), builtin("late", [t], "echo")]})
+        srv.start()
+        d = self.deliveries(srv, old["id"]).get("late")
+        self.assertTrue(d is None or d["state"] != "acked", d)
+
+
+# 9 -----------------------------------------------------------------------------
+
+class RestartTest(AgentTestCase):
+
+    def test_dlq_and_acked_state_survive_restart_without_redelivery(self):
+        t = topic("restart")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "log_agent.py")
+        log = os.path.join(srv.workdir, "handled.log")
+        with open(script, "w") as f:
+            f.write(ORDERED_AGENT)
+        srv.write_config({"agents": [
+            builtin("e", [t], "echo"),
+            builtin("bad", [t], "fail", max_retries=2, backoff=FAST),
+            process("logger", [t], [sys.executable, script, log])]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"seq": i}, "key": f"k{i}"} for i in range(5)])
+        ids = [p["id"] for p in pub]
+        acked = self.wait_state(srv, ids, "e", "acked")
+        self.wait_state(srv, ids, "logger", "acked")
+        self.wait_state(srv, ids, "bad", "dead_lettered")
+        dlq_before = self.dlq(srv)
+        self.assertEqual(dlq_before["count"], 5)
+        groups_before = {a: self.group(srv, t, a) for a in ("e", "bad", "logger")}
+        self.stop_ok(srv)
+        srv.start()
+        time.sleep(0.5)  # room for a wrong redelivery to show
+        self.assertEqual(self.dlq(srv), dlq_before)
+        for i in ids:
+            d = self.deliveries(srv, i)
+            self.assertEqual(d["e"]["state"], "acked", d)
+            self.assertEqual(d["e"]["result"], acked[i]["result"])
+            self.assertEqual((d["bad"]["state"], d["bad"]["attempts"], d["bad"]["error"]),
+                             ("dead_lettered", 3, FAIL_ERROR), d)
+            self.assertEqual(d["logger"]["state"], "acked", d)
+        for agent, before in groups_before.items():
+            g = self.group(srv, t, agent)
+            self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+            self.assertEqual([p["cursor"] for p in g["partitions"]],
+                             [p["cursor"] for p in before["partitions"]], g)
+        # The process agent handled each event exactly once across the restart.
+        with open(log) as f:
+            self.assertEqual(sorted(f.read().split()), sorted(f"k{i},{i}" for i in range(5)))
+        # New events after the restart still flow.
+        [p] = self.publish_ok(srv, t, [{"data": {"seq": 9}, "key": "after"}])
+        self.assertEqual(self.wait_state(srv, [p["id"]], "e", "acked")[p["id"]]["result"],
+                         {"seq": 9})
+        self.wait_state(srv, [p["id"]], "bad", "dead_lettered")
+        self.wait_state(srv, [p["id"]], "logger", "acked")
+        self.assertEqual(self.dlq(srv)["count"], 6)
+        with open(log) as f:
+            self.assertEqual(len(f.read().split()), 6)
+
+    # BUG: after a restart GET /v1/topics/{t}/groups reports last_delivered_offset null
+    # (group and partitions) although the cursors are restored: the value lives only in
+    # an in-memory atomic (actors/runtime.hpp:96, set at actors/partition_actor.cpp:274)
+    # and is never seeded from the persisted cursor on recovery.
+    @unittest.expectedFailure
+    def test_last_delivered_offset_survives_restart(self):
+        t = topic("restart")
+        srv = self.agent_server([builtin("e", [t], "echo")])
+        pub = self.publish_ok(srv, t, [{"data": i, "key": "same"} for i in range(3)])
+        self.wait_state(srv, [p["id"] for p in pub], "e", "acked")
+        before = self.group(srv, t, "e")
+        self.assertEqual(before["last_delivered_offset"], 2, before)
+        srv.restart()
+        after = self.group(srv, t, "e")
+        self.assertEqual(after["last_delivered_offset"], 2, after)
+        self.assertEqual(after["partitions"], before["partitions"])
+
+    def test_dlq_retry_after_restart(self):
+        t = topic("restart")
+        srv = self.agent_server([builtin("bad", [t], "fail", max_retries=1, backoff=FAST)])
+        [p] = self.publish_ok(srv, t, [{"data": 1}])
+        self.wait_state(srv, [p["id"]], "bad", "dead_lettered")
+        [entry] = self.dlq(srv)["entries"]
+        srv.restart()
+        r = srv.get(f"/v1/dlq/{entry['id']}")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json(), entry)
+        r = srv.post(f"/v1/dlq/{entry['id']}/retry")
+        self.assertEqual(r.status, 200, r)
+
+        def back():
+            es = self.dlq(srv)["entries"]
+            return es if len(es) == 1 and es[0]["last_failed_at"] > entry["last_failed_at"] else None
+        [again] = self.wait_for(back, what="entry back in the DLQ")
+        self.assertEqual((again["attempts"], again["error"], again["event"]["id"]),
+                         (2, FAIL_ERROR, p["id"]))
+
+SLOW_EMITTER = r'''
+import json, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("type") != "event":
+        continue
+    ev = msg["event"]
+    time.sleep(0.02)
+    out.write(ev["id"] + "\n")
+    sys.stdout.write(json.dumps({"type": "ack", "delivery": msg["delivery"], "result": ev["data"],
+                                 "emit": [{"topic": sys.argv[2], "data": ev["data"]}]}) + "\n")
+    sys.stdout.flush()
+'''
+
+
+class CrashTest(AgentTestCase):
+
+    def test_kill_9_of_nerve_mid_delivery_loses_nothing_and_emits_once(self):
+        t, out_t = topic("crash"), topic("crashout")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "slow_emitter.py")
+        log = os.path.join(srv.workdir, "handled.log")
+        with open(script, "w") as f:
+            f.write(SLOW_EMITTER)
+        srv.write_config({"agents": [process("slow", [t], [sys.executable, script, log, out_t],
+                                             max_in_flight=2, instances=2)]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"n": i}, "key": f"k{i % 4}"} for i in range(40)])
+        ids = [p["id"] for p in pub]
+        # Crash once some, but not all, events were handled.
+        def lines():
+            if not os.path.exists(log):
+                return 0
+            with open(log) as f:
+                return len(f.read().split())
+        self.wait_for(lambda: lines() >= 5, what="some events handled")
+        srv.kill()
+        with open(log) as f:
+            handled_before = len(f.read().split())
+        self.assertLess(handled_before, 40, "too fast to crash mid-delivery")
+        srv.start()
+        acked = self.wait_state(srv, ids, "slow", "acked", timeout=30)
+        for i, p in enumerate(pub):
+            self.assertEqual(acked[p["id"]]["result"], {"n": i})
+        with open(log) as f:
+            handled = f.read().split()
+        self.assertEqual(set(handled), set(ids))  # at least once each
+        self.assertEqual(self.dlq(srv)["count"], 0)
+        g = self.group(srv, t, "slow")
+        self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+        # Exactly one emitted event per parent, even for parents handled twice.
+        emitted = [e for p in range(srv.topics()[out_t]["partitions"])
+                   for e in srv.read_partition(out_t, p)]
+        self.assertEqual(sorted(e["causation_id"] for e in emitted), sorted(ids))
+
+
+if __name__ == "__main__":
+    unittest.main()
