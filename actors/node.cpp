@@ -19,6 +19,7 @@
 #include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
 #include "persistence/ids.hpp"
+#include "persistence/keys.hpp"
 
 namespace nerve::actors {
 
@@ -459,11 +460,15 @@ public:
           v.deliveries.push_back(std::move(d));
           continue;
         }
+        auto start = store_.meta(group_start_key(d.agent, t->id, p));
+        if (start && *start && (*start)->size() == 8
+            && offset < persistence::keys::get_u64(**start, 0))
+          continue; // appended before the agent subscribed: never its to handle
         auto dead = store_.dlq_get(persistence::delivery_store::dlq_id(d.agent, t->id, p, offset));
         auto pending = store_.pending_at(d.agent, t->id, p, offset);
         auto cursor = store_.cursor(d.agent, t->id, p);
         auto result = store_.result(id, d.agent);
-        if (!dead || !pending || !cursor || !result)
+        if (!start || !dead || !pending || !cursor || !result)
           return done(tl::make_unexpected(error{errc::storage, "reading delivery state"}));
         if (*dead) {
           d.state = "dead_lettered";
@@ -473,10 +478,11 @@ public:
           d.state = (*pending)->attempts > 0 ? "retrying" : "pending";
           d.attempts = (*pending)->attempts;
           d.error = (*pending)->last_error;
-        } else if ((*pending && (*pending)->acked) || (*cursor && offset < **cursor)) {
+        } else if (*result || (*pending && (*pending)->acked) || (*cursor && offset < **cursor)) {
           d.state = "acked";
-          if (*pending)
-            d.attempts = (*pending)->attempts;
+          // Exact while the result record is kept (results.ttl); at least 1 after.
+          d.attempts = *result ? (*result)->attempts
+                               : std::max<std::uint32_t>(1, *pending ? (*pending)->attempts : 1);
         } else {
           d.state = "pending";
         }

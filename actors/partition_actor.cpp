@@ -13,6 +13,7 @@
 #include "actors/event_input.hpp"
 #include "actors/runtime.hpp"
 #include "persistence/ids.hpp"
+#include "persistence/keys.hpp"
 
 namespace nerve::actors::detail {
 
@@ -358,9 +359,9 @@ void ack(partition_actor_t* self, group& g, std::uint64_t offset, delivery_rec& 
   ++g.stats->totals.processed;
   if (rec.appended_us > 0)
     g.stats->totals.delivery.observe(now_us(st) - rec.appended_us);
-  if (!result.empty())
-    st.state.put_result(rec.event_id, g.agent->cfg.name,
-                        persistence::stored_result{result, now_us(st)});
+  // Kept for results.ttl even without a result: it tells how many attempts it took.
+  st.state.put_result(rec.event_id, g.agent->cfg.name,
+                      persistence::stored_result{result, now_us(st), rec.attempts});
   rec.state = rec_state::done;
   release(g, rec);
   settle(st, g, offset, rec);
@@ -511,10 +512,17 @@ void recover_group(partition_actor_t* self, group& g) {
                  : st.writer->next_offset();
     persistence::state_batch b;
     b.put_cursor(name, tid, st.partition, g.cursor);
+    std::string start;
+    persistence::keys::put_u64(start, g.cursor);
+    b.put_meta(group_start_key(name, tid, st.partition), start);
     if (auto ok = st.ctx->store->commit(b, false); !ok)
       throw std::runtime_error("storing cursor of " + name + ": " + ok.error().message);
   }
   g.next_read = g.cursor;
+  // Everything between where the group started and its cursor was delivered.
+  auto start = st.ctx->store->meta(group_start_key(name, tid, st.partition));
+  if (start && *start && (*start)->size() == 8 && g.cursor > persistence::keys::get_u64(**start, 0))
+    g.stats->last_delivered = static_cast<std::int64_t>(g.cursor) - 1;
   auto pending = st.ctx->store->pending(name, tid, st.partition);
   if (!pending)
     throw std::runtime_error("reading pending of " + name + ": " + pending.error().message);
@@ -664,6 +672,11 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
       if (gi >= st.groups.size())
         return;
       auto& g = st.groups[gi];
+      if (g.agent->paused.load()) {
+        // Stays waiting (and counted as pending) until the agent resumes.
+        self->delayed_send(self, std::chrono::milliseconds{200}, retry_atom::value, gi, offset);
+        return;
+      }
       if (auto* rec = g.find(offset); rec && rec->state == rec_state::retry_wait) {
         rec->state = rec_state::ready;
         --g.stats->waiting_retry;

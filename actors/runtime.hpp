@@ -69,9 +69,9 @@ struct create_request {
 using create_ptr = std::shared_ptr<create_request>;
 
 /// Bucket upper bounds of latencies, in milliseconds (last: +inf).
-inline constexpr std::array<double, 20> latency_bounds_ms = {
-  0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
-  300000, 1e300};
+inline constexpr std::array<double, 20> latency_bounds_ms
+  = {0.1, 0.25, 0.5,  1,    2.5,  5,     10,    25,    50,     100,
+     250, 500,  1000, 2500, 5000, 10000, 30000, 60000, 300000, 1e300};
 
 /// A fixed-bucket latency histogram that can be persisted and summed.
 struct latency_histogram {
@@ -218,6 +218,12 @@ struct node_context {
   publish_fn publish;
   std::atomic<std::int64_t> dlq_size{0};
 };
+
+/// meta key of the offset a consumer group started at (its first cursor).
+[[nodiscard]] inline std::string group_start_key(const std::string& agent, std::uint32_t topic_id,
+                                                 std::uint32_t partition) {
+  return "start/" + agent + "/" + std::to_string(topic_id) + "/" + std::to_string(partition);
+}
 
 /// Spawns the partition actor of `route`'s partition `p` as a monitored,
 /// detached child of `parent`.

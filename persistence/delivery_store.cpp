@@ -152,6 +152,7 @@ void state_batch::put_result(const std::string& event_id, const std::string& age
                              const stored_result& r) {
   std::string v;
   keys::put_u64(v, static_cast<std::uint64_t>(r.stored_us));
+  keys::put_u32(v, r.attempts);
   v += r.result;
   impl_->ops.push_back({impl::op::put, 2, result_key(event_id, agent), std::move(v)});
 }
@@ -252,11 +253,12 @@ tl::expected<std::optional<stored_result>, error>
 delivery_store::result(const std::string& event_id, const std::string& agent) const {
   std::string v;
   auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.results_, result_key(event_id, agent), &v);
-  if (s.IsNotFound() || (s.ok() && v.size() < 8))
+  if (s.IsNotFound() || (s.ok() && v.size() < 12))
     return std::optional<stored_result>{};
   if (!s.ok())
     return tl::make_unexpected(io("reading result", s));
-  stored_result r{v.substr(8), static_cast<std::int64_t>(keys::get_u64(v, 0))};
+  stored_result r{v.substr(12), static_cast<std::int64_t>(keys::get_u64(v, 0)),
+                  keys::get_u32(v, 8)};
   auto ttl_us = static_cast<std::int64_t>(log_.opts_.results_ttl.count()) * 1000;
   if (r.stored_us + ttl_us < log_.opts_.clock())
     return std::optional<stored_result>{};

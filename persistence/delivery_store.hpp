@@ -43,9 +43,11 @@ struct dlq_entry {
   std::int64_t last_failed_us = 0;
 };
 
+/// What an agent's successful handling of an event left behind.
 struct stored_result {
-  std::string result; ///< JSON text
+  std::string result; ///< JSON text; empty when the agent gave none
   std::int64_t stored_us = 0;
+  std::uint32_t attempts = 1; ///< attempts it took
 };
 
 /// Changes to delivery state, committed atomically.
