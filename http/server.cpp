@@ -149,15 +149,36 @@ private:
     state_->in_flight.fetch_add(1);
     stream_.expires_never();
     auto self = shared_from_this();
-    auto answered = std::make_shared<std::atomic<bool>>(false);
-    state_->handle(std::move(req), [self, answered](response r) {
-      if (answered->exchange(true))
-        return;
-      net::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable {
-        self->write(std::move(r), self->keep_alive_, true);
-      });
-    });
+    auto once = std::make_shared<answer_once>(self);
+    state_->handle(std::move(req), [once](response r) { once->send(std::move(r)); });
   }
+
+  /// Answers a request exactly once: with the handler's response, or with a
+  /// 503 when every copy of the responder is gone unanswered (the work was
+  /// dropped, e.g. during shutdown), so no client and no drain waits forever.
+  struct answer_once {
+    std::shared_ptr<session> self;
+    std::atomic<bool> done{false};
+
+    explicit answer_once(std::shared_ptr<session> s) : self(std::move(s)) {}
+
+    void send(response r) {
+      if (done.exchange(true))
+        return;
+      net::post(self->stream_.get_executor(), [s = self, r = std::move(r)]() mutable {
+        s->write(std::move(r), s->keep_alive_, true);
+      });
+    }
+
+    ~answer_once() {
+      if (!done.load()) {
+        auto r = problem(503, "unavailable", "Service Unavailable",
+                         "the request could not be completed; retry");
+        r.headers.emplace_back("Retry-After", "1");
+        send(std::move(r));
+      }
+    }
+  };
 
   void write(response r, bool keep_alive, bool counted) {
     auto res = std::make_shared<bhttp::response<bhttp::string_body>>();
@@ -228,6 +249,9 @@ private:
 struct server::impl {
   std::shared_ptr<shared_state> state = std::make_shared<shared_state>();
   net::io_context ioc;
+  /// Keeps the I/O threads running while requests wait for the actors and
+  /// nothing else is queued (after the listener closed, say).
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
   std::uint16_t port = 0;
@@ -280,6 +304,7 @@ tl::expected<void, std::string> server::start() {
     return tl::make_unexpected("cannot listen on " + where + ": " + ec.message());
   impl_->port = acc.local_endpoint().port();
   impl_->accepting = true;
+  impl_->work.emplace(impl_->ioc.get_executor());
   impl_->accept();
   for (std::size_t i = 0; i < std::max<std::size_t>(1, opts.threads); ++i)
     impl_->threads.emplace_back([this] { impl_->ioc.run(); });
@@ -301,14 +326,15 @@ void server::stop_accepting() {
   });
 }
 
-void server::wait_idle(std::chrono::milliseconds deadline) {
+bool server::wait_idle(std::chrono::milliseconds deadline) {
   auto& st = *impl_->state;
   std::unique_lock<std::mutex> guard{st.idle_mutex};
-  st.idle_cv.wait_for(guard, deadline, [&] { return st.in_flight.load() == 0; });
+  return st.idle_cv.wait_for(guard, deadline, [&] { return st.in_flight.load() == 0; });
 }
 
 void server::stop() {
   stop_accepting();
+  impl_->work.reset();
   impl_->ioc.stop();
   for (auto& t : impl_->threads)
     if (t.joinable())

@@ -57,8 +57,9 @@ public:
   [[nodiscard]] std::uint16_t port() const;
   /// Closes the listening socket; connections in use carry on.
   void stop_accepting();
-  /// Waits until no request is being handled, at most `deadline`.
-  void wait_idle(std::chrono::milliseconds deadline);
+  /// Waits until no request is being handled, at most `deadline`; false when
+  /// requests were still in flight.
+  [[nodiscard]] bool wait_idle(std::chrono::milliseconds deadline);
   /// Closes every connection and joins the I/O threads.
   void stop();
 

@@ -59,11 +59,19 @@ int run_server(const config::flag_overrides& flags) {
   int sig = 0;
   sigwait(&stop_signals, &sig);
   spdlog::info("{} received: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  auto drain_start = std::chrono::steady_clock::now();
+  auto ms_since = [&drain_start] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now()
+                                                                 - drain_start)
+      .count();
+  };
   server.stop_accepting();
-  (*node)->shutdown(); // answers every queued publish, then closes the log
-  server.wait_idle(std::chrono::seconds{10});
+  (*node)->shutdown(); // answers every queued publish, then stops the actors
+  spdlog::info("actors stopped after {} ms", ms_since());
+  if (!server.wait_idle(std::chrono::seconds{10}))
+    spdlog::warn("requests still in flight after 10 s; closing their connections");
   server.stop();
-  spdlog::info("stopped cleanly");
+  spdlog::info("stopped cleanly in {} ms", ms_since());
   return exit_ok;
 }
 
