@@ -1,6 +1,8 @@
 // Depth-limited JSON parsing and publish-body validation.
 #include "actors/event_input.hpp"
 
+#include "config/config.hpp"
+
 #include <cctype>
 #include <cmath>
 
@@ -166,17 +168,7 @@ tl::expected<json, std::string> parse_json(std::string_view text, std::size_t ma
 }
 
 bool valid_topic(std::string_view t) {
-  if (t.empty() || t.size() > 255 || t.front() == '.' || t.back() == '.')
-    return false;
-  char prev = 0;
-  for (char c : t) {
-    if (c == '.' && prev == '.')
-      return false;
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
-      return false;
-    prev = c;
-  }
-  return true;
+  return config::valid_topic_name(t);
 }
 
 bool valid_event_id(std::string_view id) {

@@ -624,23 +624,17 @@ public:
 
   void dlq_get(const std::string& id, callback<dlq_view> done) override {
     run_async([this, id, done = std::move(done)] {
-      auto e = store_.dlq_get(id);
-      if (!e)
-        return done(tl::make_unexpected(from_storage(e.error())));
-      if (!*e)
-        return done(tl::make_unexpected(error{errc::not_found, "no DLQ entry " + id}));
-      done(view_of(**e));
+      if (auto e = load_dlq(id, done))
+        done(view_of(*e));
     });
   }
 
   void dlq_retry(const std::string& id, callback<dlq_view> done) override {
     run_async([this, id, done = std::move(done)] {
-      auto e = store_.dlq_get(id);
+      auto e = load_dlq(id, done);
       if (!e)
-        return done(tl::make_unexpected(from_storage(e.error())));
-      if (!*e)
-        return done(tl::make_unexpected(error{errc::not_found, "no DLQ entry " + id}));
-      retry_entry(**e, [done, v = view_of(**e)](std::string err) {
+        return;
+      retry_entry(*e, [done, v = view_of(*e)](std::string err) {
         if (!err.empty())
           return done(tl::make_unexpected(error{errc::unavailable, err}));
         done(v);
@@ -676,17 +670,15 @@ public:
 
   void dlq_delete(const std::string& id, callback<dlq_view> done) override {
     run_async([this, id, done = std::move(done)] {
-      auto e = store_.dlq_get(id);
+      auto e = load_dlq(id, done);
       if (!e)
-        return done(tl::make_unexpected(from_storage(e.error())));
-      if (!*e)
-        return done(tl::make_unexpected(error{errc::not_found, "no DLQ entry " + id}));
+        return;
       persistence::state_batch b;
       b.delete_dlq(id);
       if (auto ok = store_.commit(b, cfg_.storage.fsync == config::fsync_policy::always); !ok)
         return done(tl::make_unexpected(from_storage(ok.error())));
       --ctx_.dlq_size;
-      done(view_of(**e));
+      done(view_of(*e));
     });
   }
 
@@ -852,6 +844,19 @@ private:
   static dlq_view view_of(const persistence::dlq_entry& e) {
     return {e.id,    e.agent, e.topic,    e.partition,       e.offset,
             e.event, e.error, e.attempts, e.first_failed_us, e.last_failed_us};
+  }
+
+  /// Reads one DLQ entry; answers `done` with the error when there is none.
+  std::optional<persistence::dlq_entry> load_dlq(const std::string& id,
+                                                 const callback<dlq_view>& done) {
+    auto e = store_.dlq_get(id);
+    if (!e) {
+      done(tl::make_unexpected(from_storage(e.error())));
+      return std::nullopt;
+    }
+    if (!*e)
+      done(tl::make_unexpected(error{errc::not_found, "no DLQ entry " + id}));
+    return std::move(*e);
   }
 
   /// Hands a DLQ entry back to its partition for delivery.

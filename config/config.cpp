@@ -206,20 +206,6 @@ std::string scalar_text(const YAML::Node& node) {
   return node.IsNull() ? std::string{} : node.Scalar();
 }
 
-bool valid_topic_name(const std::string& t) {
-  if (t.empty() || t.size() > 255 || t.front() == '.' || t.back() == '.')
-    return false;
-  char prev = 0;
-  for (char c : t) {
-    if (c == '.' && prev == '.')
-      return false;
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
-      return false;
-    prev = c;
-  }
-  return true;
-}
-
 bool valid_topic_pattern(const std::string& p) {
   std::stringstream in{p};
   std::string token;
@@ -523,6 +509,20 @@ result apply_flag(config& cfg, const char* path, const char* flag,
 }
 
 } // namespace
+
+bool valid_topic_name(std::string_view t) {
+  if (t.empty() || t.size() > 255 || t.front() == '.' || t.back() == '.')
+    return false;
+  char prev = 0;
+  for (char c : t) {
+    if (c == '.' && prev == '.')
+      return false;
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
+      return false;
+    prev = c;
+  }
+  return true;
+}
 
 std::uint32_t config::partitions_for(const std::string& topic) const {
   auto it = topics.find(topic);

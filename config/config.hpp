@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <tl/expected.hpp>
@@ -131,6 +132,9 @@ std::optional<std::string> process_env(const char* name);
 /// Splits "host:port"; the port must be 0..65535.
 [[nodiscard]] std::optional<std::pair<std::string, std::uint16_t>>
 split_host_port(const std::string& text);
+
+/// True for a topic name: [A-Za-z0-9_-]+ tokens joined by '.', at most 255 bytes.
+[[nodiscard]] bool valid_topic_name(std::string_view topic);
 
 /// True for 127.0.0.0/8, ::1 and "localhost".
 [[nodiscard]] bool is_loopback_host(const std::string& host);
