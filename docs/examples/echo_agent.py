@@ -9,7 +9,8 @@ and this agent answers on stdout, in any order:
 
 It echoes each event's data as its result. An event whose data has
 "fail": true is refused; "fail_attempts": n refuses the first n attempts;
-"emit_to": "<topic>" emits a follow-up event there. It exits when nerve
+"emit_to": "<topic>" emits a follow-up event there ("emit_to": [t1, t2, ...]
+emits to t1 with the rest in the follow-up's data, so agents can chain). It exits when nerve
 closes stdin.
 """
 import json
@@ -24,7 +25,12 @@ def handle(event, attempt):
         raise ValueError(f"asked to fail attempt {attempt}")
     reply = {"result": data}
     if isinstance(data, dict) and data.get("emit_to"):
-        reply["emit"] = [{"topic": data["emit_to"], "data": {"from": event["id"]}}]
+        # A topic, or a list of topics: the next one gets the rest.
+        targets = data["emit_to"] if isinstance(data["emit_to"], list) else [data["emit_to"]]
+        follow_up = {"from": event["id"]}
+        if targets[1:]:
+            follow_up["emit_to"] = targets[1:]
+        reply["emit"] = [{"topic": targets[0], "data": follow_up}]
     return reply
 
 

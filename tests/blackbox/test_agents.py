@@ -461,6 +461,64 @@ class EmitChainTest(AgentTestCase):
         self.assertEqual(self.deliveries(srv, plain["id"])["py"]["result"], {"emit_to": b})
 
 
+    def test_a_chain_of_three_agents_keeps_one_correlation_id(self):
+        a, b, c = topic("hop1"), topic("hop2"), topic("hop3")
+        srv = self.agent_server([process("first", [a], [sys.executable, ECHO_AGENT]),
+                                 process("second", [b], [sys.executable, ECHO_AGENT]),
+                                 builtin("third", [c], "echo")])
+        root = self.publish_ok(srv, a, {"data": {"emit_to": [b, c]}})[0]
+        root_event = self.event_view(srv, root["id"])["event"]
+
+        def only_event(t):
+            def get():
+                if t not in srv.topics():
+                    return None
+                evs = [e for p in range(srv.topics()[t]["partitions"])
+                       for e in srv.read_partition(t, p)]
+                return evs[0] if len(evs) == 1 else None
+            return self.wait_for(get, what=f"the event on {t}")
+
+        hop2 = only_event(b)
+        hop3 = only_event(c)
+        self.assertEqual(hop2["causation_id"], root["id"])
+        self.assertEqual(hop3["causation_id"], hop2["id"])
+        for e in (hop2, hop3):
+            self.assertEqual(e["correlation_id"], root["id"])
+            self.assertEqual(e["trace_id"], root_event["trace_id"])
+        self.assertEqual(hop3["data"], {"from": hop2["id"]})
+        self.wait_state(srv, [hop3["id"]], "third", "acked")
+
+
+class CountersTest(AgentTestCase):
+
+    def test_fail_once_then_succeed_counts_two_received_one_failed_one_processed(self):
+        t = topic("once")
+        srv = self.agent_server([process("flaky", [t], [sys.executable, ECHO_AGENT],
+                                         max_retries=3,
+                                         backoff={"initial": "20ms", "max": "100ms"})])
+        ev = self.publish_ok(srv, t, {"data": {"fail_attempts": 1}})[0]
+        d = self.wait_state(srv, [ev["id"]], "flaky", "acked")[ev["id"]]
+        self.assertEqual(d["attempts"], 2)
+        self.assertEqual(self.dlq(srv, agent="flaky")["count"], 0)
+        expected = {"agent": "flaky", "topic": t, "received": 2, "failed": 1, "processed": 1,
+                    "retried": 1, "dead_lettered": 0, "success_rate": 50.0}
+
+        def row():
+            r = srv.get(f"/v1/metrics?agent=flaky&topic={t}")
+            self.assertEqual(r.status, 200, r)
+            rows = r.json()["metrics"]
+            self.assertEqual(len(rows), 1, rows)
+            return rows[0]
+        got = row()
+        self.assertEqual({k: got[k] for k in expected}, expected)
+        self.assertGreater(got["p99_ms"], 0)
+        # All-time: the counters survive a restart.
+        self.stop_ok(srv)
+        srv.start()
+        got = row()
+        self.assertEqual({k: got[k] for k in expected}, expected)
+
+
 # 6 -----------------------------------------------------------------------------
 
 class PauseTest(AgentTestCase):
