@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <future>
 #include <cmath>
 #include <condition_variable>
 #include <csignal>
@@ -772,6 +773,10 @@ public:
         inst->actor = nullptr;
     }
     system_.await_all_actors_done();
+    // Answer the publishes still waiting for their fsync before returning.
+    std::promise<void> synced;
+    log_->after_durable([&synced](std::optional<persistence::error>) { synced.set_value(); });
+    synced.get_future().wait();
     // The log stays open for reads still in flight; the destructor closes it
     // once the actor system is gone.
     stopped_ = true;
@@ -933,10 +938,11 @@ private:
         p = first_partition.emplace(it.id, p).first->second;
       if (!jobs[p])
         jobs[p] = std::make_shared<partition_job>();
-      if (it.id.empty())
+      bool generated = it.id.empty();
+      if (generated)
         it.id = persistence::new_uuid_v7(now);
       jobs[p]->events.push_back({std::move(it.id), std::move(it.key), std::move(it.fragment),
-                                 std::move(it.type), std::move(it.source)});
+                                 std::move(it.type), std::move(it.source), generated});
       index[p].push_back(i);
     }
     // Admission: every partition involved must have room, or nothing is sent.

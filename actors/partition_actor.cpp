@@ -87,6 +87,7 @@ struct partition_state {
   std::size_t batch_events = 0;
   bool flush_scheduled = false;
   std::deque<cached_event> tail;
+  std::uint64_t durable_end = 0; ///< offsets below are on disk: deliverable
   std::vector<group> groups;
   persistence::state_batch state;
   std::chrono::steady_clock::time_point counters_written{};
@@ -176,7 +177,7 @@ void release(group& g, delivery_rec& rec) {
 /// Reads events after `next_read` into the group, up to its window.
 void fill(partition_actor_t* self, group& g) {
   auto& st = self->state;
-  auto end = st.writer->next_offset();
+  auto end = std::min(st.writer->next_offset(), st.durable_end);
   while (g.next_read < end && g.recs.size() < g.window) {
     std::vector<cached_event> events;
     auto want = std::min<std::uint64_t>(end - g.next_read, g.window - g.recs.size());
@@ -285,7 +286,7 @@ void dispatch(partition_actor_t* self, group& g, std::size_t gi) {
 
 void pump(partition_actor_t* self) {
   auto& st = self->state;
-  auto end = st.writer->next_offset();
+  auto end = std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
     auto& g = st.groups[gi];
     g.stats->end = end;
@@ -584,11 +585,14 @@ void flush(partition_actor_t* self) {
       for (auto& e : job->events)
         all.push_back(e);
     auto appended = st.writer->append(all);
-    std::size_t at = 0;
-    for (auto& job : st.batch) {
-      auto n = job->events.size();
-      if (appended && !st.groups.empty()) {
-        for (std::size_t k = 0; k < n; ++k) {
+    if (!appended) {
+      for (auto& job : st.batch)
+        job->finish(tl::make_unexpected(appended.error()));
+    } else {
+      std::size_t at = 0;
+      for (auto& job : st.batch) {
+        auto n = job->events.size();
+        for (std::size_t k = 0; k < n && !st.groups.empty(); ++k) {
           auto& r = (*appended)[at + k];
           if (r.status != persistence::append_status::appended)
             continue;
@@ -599,15 +603,30 @@ void flush(partition_actor_t* self) {
           if (st.tail.size() > tail_cache_events)
             st.tail.pop_front();
         }
+        at += n;
       }
-      if (appended) {
-        job->finish(std::vector<persistence::append_result>(
-          std::make_move_iterator(appended->begin() + at),
-          std::make_move_iterator(appended->begin() + at + n)));
-      } else {
-        job->finish(tl::make_unexpected(appended.error()));
-      }
-      at += n;
+      // Publishers are answered, and agents see the events, once they are
+      // durable; meanwhile this partition goes on with its next batch.
+      auto jobs = std::make_shared<std::vector<job_ptr>>(std::move(st.batch));
+      auto results = std::make_shared<std::vector<persistence::append_result>>(
+        std::move(*appended));
+      st.ctx->log->after_durable([jobs, results, me = caf::actor{self},
+                                  end = st.writer->next_offset()](
+                                   std::optional<persistence::error> failure) {
+        std::size_t at = 0;
+        for (auto& job : *jobs) {
+          auto n = job->events.size();
+          if (failure)
+            job->finish(tl::make_unexpected(*failure));
+          else
+            job->finish(std::vector<persistence::append_result>(
+              std::make_move_iterator(results->begin() + at),
+              std::make_move_iterator(results->begin() + at + n)));
+          at += n;
+        }
+        if (!failure)
+          caf::anon_send(me, durable_atom::value, end);
+      });
     }
     st.batch.clear();
     st.batch_events = 0;
@@ -636,6 +655,7 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
   st.slot = route->slots[p].get();
   st.partition = p;
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
+  st.durable_end = st.writer->next_offset();
   for (auto& gs : st.slot->groups) {
     group g;
     g.agent = ctx->agents[gs->agent_index];
@@ -658,6 +678,14 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
         schedule_flush(self); // after everything already in the mailbox: the group commit
     },
     [=](flush_atom) { flush(self); },
+    [=](durable_atom, std::uint64_t end) {
+      auto& st = self->state;
+      if (end > st.durable_end) {
+        st.durable_end = end;
+        if (!st.groups.empty())
+          schedule_flush(self);
+      }
+    },
     [=](outcome_atom, outcome_ptr& o) {
       on_outcome(self, o);
       schedule_flush(self);

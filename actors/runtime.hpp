@@ -43,6 +43,7 @@ using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 using child_atom = caf::atom_constant<caf::atom("child")>;
 using exited_atom = caf::atom_constant<caf::atom("exited")>;
 using http_atom = caf::atom_constant<caf::atom("http")>;
+using durable_atom = caf::atom_constant<caf::atom("durable")>;
 
 using append_outcome = tl::expected<std::vector<persistence::append_result>, persistence::error>;
 

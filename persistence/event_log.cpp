@@ -121,6 +121,8 @@ partition_writer::append(const std::vector<new_event>& events) {
     std::vector<rocksdb::Slice> lookup;
     std::vector<std::size_t> lookup_index;
     for (std::size_t i = 0; i < events.size(); ++i) {
+      if (events[i].generated)
+        continue;
       auto it = log_.reserved_ids_.find(events[i].id);
       if (it != log_.reserved_ids_.end())
         continue; // resolved below, once this batch's offsets are assigned
@@ -142,6 +144,13 @@ partition_writer::append(const std::vector<new_event>& events) {
                          values.data(), statuses.data());
     std::size_t li = 0;
     for (std::size_t i = 0; i < events.size(); ++i) {
+      if (events[i].generated) {
+        results[i].status = append_status::appended;
+        results[i].id = events[i].id;
+        results[i].topic = topic_.name;
+        results[i].where = {topic_.id, partition_, next_offset_++, now};
+        continue;
+      }
       if (li < lookup_index.size() && lookup_index[li] == i) {
         auto& st = statuses[li];
         auto val = values[li].ToStringView();
@@ -223,9 +232,9 @@ partition_writer::append(const std::vector<new_event>& events) {
     std::string next;
     keys::put_u64(next, next_offset_);
     batch.Put(log_.meta_, head_key(topic_.id, partition_), next);
-    rocksdb::WriteOptions wo;
-    wo.sync = log_.opts_.fsync == config::fsync_policy::always;
-    s = log_.db_->Write(wo, &batch);
+    // Not synced here: under fsync always the caller waits for
+    // after_durable(), which shares one fsync among every partition's writes.
+    s = log_.db_->Write(rocksdb::WriteOptions{}, &batch);
   }
   {
     std::lock_guard<std::mutex> guard{log_.ids_mutex_};
@@ -300,6 +309,8 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
     return tl::make_unexpected(*err);
   if (opts.fsync == config::fsync_policy::interval)
     log->fsync_thread_ = std::thread{[p = log.get()] { p->fsync_loop(); }};
+  else if (opts.fsync == config::fsync_policy::always)
+    log->fsync_thread_ = std::thread{[p = log.get()] { p->sync_loop(); }};
   return log;
 }
 
@@ -559,6 +570,41 @@ void event_log::note_error(const std::string& what) {
   failed_.store(true, std::memory_order_relaxed);
   std::lock_guard<std::mutex> guard{error_mutex_};
   last_error_ = what;
+}
+
+void event_log::after_durable(std::function<void(std::optional<error>)> done) {
+  if (opts_.fsync != config::fsync_policy::always) {
+    done(std::nullopt);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> guard{fsync_mutex_};
+    durable_waiters_.push_back(std::move(done));
+  }
+  fsync_cv_.notify_one();
+}
+
+void event_log::sync_loop() {
+  std::unique_lock<std::mutex> guard{fsync_mutex_};
+  for (;;) {
+    fsync_cv_.wait(guard, [this] { return stopping_ || !durable_waiters_.empty(); });
+    if (durable_waiters_.empty() && stopping_)
+      return;
+    auto batch = std::move(durable_waiters_);
+    durable_waiters_.clear();
+    guard.unlock();
+    // Everything the waiters wrote completed before they registered, so this
+    // one sync covers all of them; newcomers wait for the next round.
+    auto s = db_->SyncWAL();
+    std::optional<error> failure;
+    if (!s.ok()) {
+      note_error("fsync: " + s.ToString());
+      failure = io_error("syncing the WAL", s);
+    }
+    for (auto& done : batch)
+      done(failure);
+    guard.lock();
+  }
 }
 
 void event_log::fsync_loop() {

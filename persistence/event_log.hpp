@@ -90,6 +90,7 @@ struct new_event {
   std::string fragment; ///< JSON members after the assigned ones: "type":..,"data":..
   std::string type;     ///< also in the fragment; kept for agent filters
   std::string source;
+  bool generated = false; ///< a fresh UUIDv7 nerve made: no duplicate check needed
 };
 
 enum class append_status { appended, duplicate, conflict };
@@ -163,6 +164,11 @@ public:
   [[nodiscard]] tl::expected<std::size_t, error> sweep_before(std::int64_t cutoff_us,
                                                               std::size_t max_events);
 
+  /// Runs `done` once a WAL sync that began after this call has finished:
+  /// every write completed before the call is then on disk. Concurrent
+  /// callers share one fsync (the group commit across partitions).
+  void after_durable(std::function<void(std::optional<error>)> done);
+
   /// A real write-then-read round trip through the database.
   [[nodiscard]] tl::expected<std::chrono::microseconds, error> probe();
 
@@ -222,6 +228,8 @@ private:
   std::condition_variable fsync_cv_;
   bool stopping_ = false;
   std::thread fsync_thread_;
+  std::vector<std::function<void(std::optional<error>)>> durable_waiters_; ///< fsync_mutex_
+  void sync_loop();
 };
 
 } // namespace nerve::persistence
