@@ -65,13 +65,18 @@ std::string percent_decode(const std::string& s, bool& ok, bool query = false) {
   return out;
 }
 
-std::vector<std::string> split_path(const std::string& path) {
+std::vector<std::string> split_path(std::string_view path) {
   std::vector<std::string> out;
-  std::string seg;
-  std::stringstream in{path};
-  while (std::getline(in, seg, '/'))
+  std::size_t at = 0;
+  while (at <= path.size()) {
+    auto slash = path.find('/', at);
+    auto seg = path.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
     if (!seg.empty())
-      out.push_back(seg);
+      out.emplace_back(seg);
+    if (slash == std::string_view::npos)
+      break;
+    at = slash + 1;
+  }
   return out;
 }
 
@@ -373,19 +378,27 @@ private:
                   [respond](actors::result<std::vector<actors::published>> r) {
                     if (!r)
                       return respond(error_response(r.error()));
+                    // Built by hand: this is the hot path, and every value
+                    // but the (validated) id and topic is a number or a time.
                     std::string body = "{\"events\":[";
+                    body.reserve(64 + r->size() * 160);
                     bool first = true;
                     for (auto& p : *r) {
                       if (!first)
                         body += ',';
                       first = false;
-                      body += json{{"id", p.id},
-                                   {"topic", p.topic},
-                                   {"partition", p.partition},
-                                   {"offset", p.offset},
-                                   {"time", actors::format_time(p.time_us)},
-                                   {"duplicate", p.duplicate}}
-                                .dump();
+                      body += "{\"id\":\"";
+                      body += p.id;
+                      body += "\",\"topic\":\"";
+                      body += p.topic;
+                      body += "\",\"partition\":";
+                      body += std::to_string(p.partition);
+                      body += ",\"offset\":";
+                      body += std::to_string(p.offset);
+                      body += ",\"time\":\"";
+                      body += actors::format_time(p.time_us);
+                      body += "\",\"duplicate\":";
+                      body += p.duplicate ? "true}" : "false}";
                     }
                     body += "]}";
                     respond(json_response(201, std::move(body)));

@@ -82,14 +82,30 @@ std::int64_t system_clock_us() {
 }
 
 std::string format_time_us(std::int64_t time_us) {
-  std::time_t secs = static_cast<std::time_t>(time_us / 1000000);
-  auto micros = static_cast<long>(time_us % 1000000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, micros);
-  return buf;
+  // The date and time of day change once a second; formatting them is the
+  // costly part, so each thread keeps the last second's text.
+  thread_local std::int64_t cached_secs = -1;
+  thread_local char cached[64];
+  auto secs = time_us / 1000000;
+  if (secs != cached_secs) {
+    std::time_t t = static_cast<std::time_t>(secs);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    std::snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    cached_secs = secs;
+  }
+  auto micros = static_cast<std::uint32_t>(time_us % 1000000);
+  std::string out{cached};
+  out += '.';
+  char digits[6];
+  for (int i = 5; i >= 0; --i) {
+    digits[i] = static_cast<char>('0' + micros % 10);
+    micros /= 10;
+  }
+  out.append(digits, 6);
+  out += 'Z';
+  return out;
 }
 
 // -- partition_writer ---------------------------------------------------------
