@@ -28,6 +28,7 @@ struct http_config {
   std::size_t max_connections = 1024;
   millis read_timeout{10000};
   std::size_t max_events_per_request = 1000;
+  std::size_t threads = 2; ///< I/O threads of the HTTP server
 };
 
 struct storage_config {

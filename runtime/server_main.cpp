@@ -43,6 +43,7 @@ int run_server(const config::flag_overrides& flags) {
   opts.max_header_bytes = cfg->http.max_header_bytes;
   opts.max_connections = cfg->http.max_connections;
   opts.read_timeout = cfg->http.read_timeout;
+  opts.threads = cfg->http.threads;
   http::server server{opts, http::make_api(**node, *cfg)};
   if (auto bound = server.start(); !bound) {
     spdlog::critical("cannot start: {}", bound.error());
