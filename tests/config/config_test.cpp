@@ -95,7 +95,7 @@ TEST_CASE("unknown keys and bad values name the key, the value and what is allow
   CHECK(unknown.error()
         == "http.listn: unknown key (value \"1.2.3.4:80\"); allowed here: listen, token, "
            "max_body_bytes, max_header_bytes, max_connections, read_timeout, "
-           "max_events_per_request");
+           "max_events_per_request, threads");
 
   auto bad = parse_yaml("storage: { fsync: sometimes }");
   REQUIRE_FALSE(bad);
