@@ -6,8 +6,8 @@
 // the answer before sending the next, all on ONE thread running one Asio
 // event loop (the generator shares the machine's cores with the server, so
 // it must cost as little CPU as possible: no thread per connection, requests
-// pre-built once per connection, answers parsed with a few memchr-style
-// scans and only a sample of them parsed fully).
+// pre-built once per connection, answers split by Beast's HTTP parser and only
+// a sample of their JSON parsed fully; arguments by CLI11).
 //
 // Phases: connect all clients, warm up for --warmup seconds, then measure
 // for --duration seconds. Only answers that arrive inside the measured
@@ -20,14 +20,14 @@
 // a human summary on stderr.
 #include <algorithm>
 #include <array>
-#include <cctype>
-#include <functional>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,11 +36,14 @@
 
 #include <sys/resource.h>
 
+#include <CLI/CLI.hpp>
 #include <boost/asio.hpp>
+#include <boost/beast/http.hpp>
 #include <hiredis/hiredis.h>
 #include <nlohmann/json.hpp>
 
 namespace net = boost::asio;
+namespace bhttp = boost::beast::http;
 using tcp = net::ip::tcp;
 using clock_type = std::chrono::steady_clock;
 using json = nlohmann::json;
@@ -50,7 +53,7 @@ namespace {
 // -- options ------------------------------------------------------------------
 
 struct options {
-  std::string target;  ///< nerve | redis
+  std::string target; ///< nerve | redis
   std::string host = "127.0.0.1";
   unsigned port = 0;
   unsigned clients = 16;
@@ -58,53 +61,34 @@ struct options {
   double warmup_s = 2;
   std::string name = "bench"; ///< nerve topic / redis stream key
   std::size_t payload_bytes = 256;
-  std::string token;          ///< nerve bearer token, if any
+  std::string token; ///< nerve bearer token, if any
   unsigned verify_samples = 32;
 };
 
-[[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr,
-               "publish_load: %s\n"
-               "usage: publish_load --target nerve|redis --port PORT [--host 127.0.0.1]\n"
-               "       [--clients N] [--duration S] [--warmup S] [--name TOPIC_OR_STREAM]\n"
-               "       [--payload-bytes 256] [--token TOKEN] [--verify-samples 32]\n",
-               why);
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr, "publish_load: %s (see publish_load --help)\n", why.c_str());
   std::exit(2);
 }
 
 options parse_args(int argc, char** argv) {
   options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc)
-        usage(("missing value for " + a).c_str());
-      return argv[++i];
-    };
-    if (a == "--target")
-      o.target = value();
-    else if (a == "--host")
-      o.host = value();
-    else if (a == "--port")
-      o.port = static_cast<unsigned>(std::stoul(value()));
-    else if (a == "--clients")
-      o.clients = static_cast<unsigned>(std::stoul(value()));
-    else if (a == "--duration")
-      o.duration_s = std::stod(value());
-    else if (a == "--warmup")
-      o.warmup_s = std::stod(value());
-    else if (a == "--name")
-      o.name = value();
-    else if (a == "--payload-bytes")
-      o.payload_bytes = std::stoul(value());
-    else if (a == "--token")
-      o.token = value();
-    else if (a == "--verify-samples")
-      o.verify_samples = static_cast<unsigned>(std::stoul(value()));
-    else if (a == "-h" || a == "--help")
-      usage("help");
-    else
-      usage(("unknown argument " + a).c_str());
+  CLI::App app{"publish_load: the closed-loop load generator of bench/publish"};
+  app.add_option("--target", o.target, "nerve or redis")->required();
+  app.add_option("--host", o.host, "server address");
+  app.add_option("--port", o.port, "server port")->required();
+  app.add_option("--clients", o.clients, "concurrent connections");
+  app.add_option("--duration", o.duration_s, "measured seconds");
+  app.add_option("--warmup", o.warmup_s, "warm-up seconds");
+  app.add_option("--name", o.name, "nerve topic or Redis stream key");
+  app.add_option("--payload-bytes", o.payload_bytes, "stored payload size");
+  app.add_option("--token", o.token, "nerve bearer token");
+  app.add_option("--verify-samples", o.verify_samples, "events read back after the run");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0)
+      std::exit(app.exit(e));
+    usage(e.what());
   }
   if (o.target != "nerve" && o.target != "redis")
     usage("--target must be nerve or redis");
@@ -138,15 +122,6 @@ std::string nerve_data(std::size_t payload_bytes) {
 
 // -- tiny helpers -------------------------------------------------------------
 
-bool iequals_prefix(std::string_view s, std::string_view prefix) {
-  if (s.size() < prefix.size())
-    return false;
-  for (std::size_t i = 0; i < prefix.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(s[i])) != prefix[i])
-      return false;
-  return true;
-}
-
 bool valid_stream_id(std::string_view id) {
   auto dash = id.find('-');
   if (dash == std::string_view::npos || dash == 0 || dash + 1 == id.size())
@@ -157,53 +132,38 @@ bool valid_stream_id(std::string_view id) {
   return true;
 }
 
-/// Splits one HTTP/1.1 response off the front of `buf`. Returns false while
-/// incomplete; `bad` says the bytes are not an HTTP response we understand.
+/// One HTTP/1.1 response split off the front of a byte buffer.
 struct http_answer {
   unsigned status = 0;
   bool close = false;
-  std::string_view body;
+  std::string body;
   std::size_t consumed = 0;
 };
 
+/// Parses one response at the front of `buf` with Beast's parser. Returns
+/// false while incomplete; `bad` says the bytes are not an HTTP response.
 bool parse_http(std::string_view buf, http_answer& out, bool& bad) {
   bad = false;
-  auto end = buf.find("\r\n\r\n");
-  if (end == std::string_view::npos) {
-    bad = buf.size() > 16384;
-    return false;
-  }
-  auto head = buf.substr(0, end + 2);
-  if (head.size() < 12 || head.substr(0, 5) != "HTTP/") {
-    bad = true;
-    return false;
-  }
-  out.status = static_cast<unsigned>(std::atoi(std::string{head.substr(9, 3)}.c_str()));
-  std::optional<std::size_t> length;
-  out.close = false;
-  std::size_t pos = head.find("\r\n") + 2;
-  while (pos < head.size()) {
-    auto eol = head.find("\r\n", pos);
-    auto line = head.substr(pos, eol - pos);
-    if (iequals_prefix(line, "content-length:"))
-      length = std::strtoull(std::string{line.substr(15)}.c_str(), nullptr, 10);
-    else if (iequals_prefix(line, "connection:") && line.find("close") != std::string_view::npos)
-      out.close = true;
-    else if (iequals_prefix(line, "transfer-encoding:")) {
-      bad = true; // nerve always sends Content-Length
+  bhttp::response_parser<bhttp::string_body> parser;
+  parser.header_limit(16384);
+  parser.body_limit(16u << 20);
+  parser.eager(true);
+  boost::beast::error_code ec;
+  std::size_t used = 0;
+  while (!parser.is_done()) {
+    used += parser.put(net::buffer(buf.data() + used, buf.size() - used), ec);
+    if (ec == bhttp::error::need_more)
+      return false;
+    if (ec) {
+      bad = true;
       return false;
     }
-    pos = eol + 2;
   }
-  if (!length) {
-    bad = true;
-    return false;
-  }
-  auto total = end + 4 + *length;
-  if (buf.size() < total)
-    return false;
-  out.body = buf.substr(end + 4, *length);
-  out.consumed = total;
+  auto& msg = parser.get();
+  out.status = msg.result_int();
+  out.close = !msg.keep_alive();
+  out.body = std::move(msg.body());
+  out.consumed = used;
   return true;
 }
 
@@ -212,11 +172,11 @@ bool parse_http(std::string_view buf, http_answer& out, bool& bad) {
 struct run_state {
   options opt;
   clock_type::time_point start, window_begin, window_end;
-  std::uint64_t ok_total = 0;    ///< successes in all phases
-  std::uint64_t ok_window = 0;   ///< successes answered inside the window
-  std::uint64_t errors = 0;      ///< failed answers (wrong status, error reply)
-  std::uint64_t io_errors = 0;   ///< connection failures
-  std::uint64_t sampled = 0;     ///< answers checked in full
+  std::uint64_t ok_total = 0;  ///< successes in all phases
+  std::uint64_t ok_window = 0; ///< successes answered inside the window
+  std::uint64_t errors = 0;    ///< failed answers (wrong status, error reply)
+  std::uint64_t io_errors = 0; ///< connection failures
+  std::uint64_t sampled = 0;   ///< answers checked in full
   std::uint64_t sample_failures = 0;
   std::vector<std::uint32_t> latencies_us; ///< window only
   std::vector<std::string> sample_ids;     ///< ids read back after the run
@@ -299,13 +259,12 @@ private:
   }
 
   void read() {
-    socket_.async_read_some(net::buffer(chunk_),
-                            [self = shared_from_this()](boost::system::error_code ec,
-                                                        std::size_t n) {
-                              if (ec)
-                                return self->fail("read: " + ec.message());
-                              self->on_bytes(n);
-                            });
+    socket_.async_read_some(net::buffer(chunk_), [self = shared_from_this()](
+                                                   boost::system::error_code ec, std::size_t n) {
+      if (ec)
+        return self->fail("read: " + ec.message());
+      self->on_bytes(n);
+    });
   }
 
   void on_bytes(std::size_t n) {
@@ -325,7 +284,8 @@ private:
     if (good && should_sample())
       good = check_nerve_answer(a.body);
     if (!good)
-      st_.note_error("HTTP " + std::to_string(a.status) + ": " + std::string{a.body.substr(0, 300)});
+      st_.note_error("HTTP " + std::to_string(a.status) + ": "
+                     + std::string{a.body.substr(0, 300)});
     bool close = a.close;
     inbox_.erase(0, a.consumed);
     answered(good);
@@ -346,9 +306,9 @@ private:
     bool good = reply->type == REDIS_REPLY_STRING
                 && valid_stream_id({reply->str, static_cast<std::size_t>(reply->len)});
     if (!good) {
-      st_.note_error(reply->type == REDIS_REPLY_ERROR ? std::string{"redis: "} + reply->str
-                                                      : "redis: unexpected XADD reply type "
-                                                          + std::to_string(reply->type));
+      st_.note_error(reply->type == REDIS_REPLY_ERROR
+                       ? std::string{"redis: "} + reply->str
+                       : "redis: unexpected XADD reply type " + std::to_string(reply->type));
     } else if (should_sample()) {
       ++st_.sampled;
       if (st_.sample_ids.size() < st_.opt.verify_samples)
@@ -368,12 +328,13 @@ private:
     ++st_.sampled;
     auto& o = st_.opt;
     auto j = json::parse(body, nullptr, false);
-    bool ok = j.is_object() && j.contains("events") && j["events"].is_array()
-              && j["events"].size() == 1;
+    bool ok
+      = j.is_object() && j.contains("events") && j["events"].is_array() && j["events"].size() == 1;
     if (ok) {
       auto& e = j["events"][0];
       ok = e.value("id", json()).is_string() && !e["id"].get<std::string>().empty()
-           && e.value("topic", json()) == o.name && e.value("partition", json()).is_number_unsigned()
+           && e.value("topic", json()) == o.name
+           && e.value("partition", json()).is_number_unsigned()
            && e.value("offset", json()).is_number_unsigned() && e.value("time", json()).is_string()
            && e.value("duplicate", json()) == false;
       if (ok && st_.sample_ids.size() < o.verify_samples)
@@ -481,7 +442,8 @@ verification verify_nerve(const run_state& st) {
     auto got = http_get(st.opt, "/v1/events/" + id);
     json j = got && got->first == 200 ? json::parse(got->second, nullptr, false) : json();
     bool ok = j.is_object() && j.contains("event") && j["event"].is_object()
-              && j["event"].value("id", json()) == id && j["event"].value("topic", json()) == st.opt.name
+              && j["event"].value("id", json()) == id
+              && j["event"].value("topic", json()) == st.opt.name
               && j["event"].value("data", json()) == expect;
     if (!ok) {
       ++v.failed;
@@ -516,20 +478,21 @@ verification verify_redis(const run_state& st) {
   auto expect = filler(st.opt.payload_bytes);
   for (auto& id : st.sample_ids) {
     ++v.checked;
-    auto* r = static_cast<redisReply*>(
-      redisCommand(c, "XRANGE %b %b %b", st.opt.name.data(), st.opt.name.size(), id.data(),
-                   id.size(), id.data(), id.size()));
+    auto* r = static_cast<redisReply*>(redisCommand(c, "XRANGE %b %b %b", st.opt.name.data(),
+                                                    st.opt.name.size(), id.data(), id.size(),
+                                                    id.data(), id.size()));
     // [[id, [p, payload]]]
-    bool ok = r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 1
-              && r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements == 2
-              && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY
-              && r->element[0]->element[1]->elements == 2
-              && std::string_view{r->element[0]->element[1]->element[0]->str,
-                                  static_cast<std::size_t>(r->element[0]->element[1]->element[0]->len)}
-                   == "p"
-              && std::string_view{r->element[0]->element[1]->element[1]->str,
-                                  static_cast<std::size_t>(r->element[0]->element[1]->element[1]->len)}
-                   == expect;
+    bool ok
+      = r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 1
+        && r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements == 2
+        && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY
+        && r->element[0]->element[1]->elements == 2
+        && std::string_view{r->element[0]->element[1]->element[0]->str,
+                            static_cast<std::size_t>(r->element[0]->element[1]->element[0]->len)}
+             == "p"
+        && std::string_view{r->element[0]->element[1]->element[1]->str,
+                            static_cast<std::size_t>(r->element[0]->element[1]->element[1]->len)}
+             == expect;
     if (!ok) {
       ++v.failed;
       if (v.note.empty())
@@ -538,8 +501,8 @@ verification verify_redis(const run_state& st) {
     if (r != nullptr)
       freeReplyObject(r);
   }
-  auto* r = static_cast<redisReply*>(
-    redisCommand(c, "XLEN %b", st.opt.name.data(), st.opt.name.size()));
+  auto* r
+    = static_cast<redisReply*>(redisCommand(c, "XLEN %b", st.opt.name.data(), st.opt.name.size()));
   if (r != nullptr && r->type == REDIS_REPLY_INTEGER)
     v.stored = static_cast<std::uint64_t>(r->integer);
   if (r != nullptr)
@@ -636,8 +599,7 @@ int main(int argc, char** argv) {
     note = v.note;
   if (note.empty() && !count_ok)
     note = "the server holds " + (v.stored ? std::to_string(*v.stored) : std::string{"?"})
-           + " events under " + o.name + ", " + std::to_string(st.ok_total)
-           + " were acknowledged";
+           + " events under " + o.name + ", " + std::to_string(st.ok_total) + " were acknowledged";
   std::string escaped;
   for (char c : note) {
     if (c == '"' || c == '\\')
