@@ -370,6 +370,20 @@ class ServerTestCase(unittest.TestCase):
 
 # -- raw sockets ---------------------------------------------------------------
 
+class SharedServerTestCase(ServerTestCase):
+    """One default-configured server for the whole class; after each test it
+    must still be up and healthy, whatever the test sent."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server()
+        cls.addClassCleanup(cls.srv.cleanup)
+        cls.srv.start()
+
+    def tearDown(self):
+        self.assertHealthy(self.srv)
+
+
 def read_until_closed(sock, timeout):
     """Reads until EOF, reset or `timeout`; returns (bytes, how) with how in
     'eof', 'reset' or 'timeout'."""

@@ -9,7 +9,7 @@ import time
 import unittest
 import uuid
 
-from harness import (PROBLEM_TYPE, Server, ServerTestCase, exchange, parse_raw_response,
+from harness import (PROBLEM_TYPE, Server, ServerTestCase, SharedServerTestCase, exchange, parse_raw_response,
                      read_until_closed)
 
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
@@ -26,18 +26,8 @@ def new_id(prefix="e"):
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-class SharedServerTest(ServerTestCase):
+class SharedServerTest(SharedServerTestCase):
     """Tests that can share one default-configured server."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = Server()
-        cls.addClassCleanup(cls.srv.cleanup)
-        cls.srv.start()
-
-    def tearDown(self):
-        # Whatever a test sent, the server must still be up and healthy.
-        self.assertHealthy(self.srv)
 
     def publish_ok(self, topic, body):
         r = self.srv.publish(topic, body)

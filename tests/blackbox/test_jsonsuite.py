@@ -13,7 +13,7 @@ import os
 import re
 import unittest
 
-from harness import Server, ServerTestCase, testdata_dir
+from harness import Server, ServerTestCase, SharedServerTestCase, testdata_dir
 
 SUITE = os.path.join(testdata_dir(), "JSONTestSuite", "test_parsing")
 ID_RE = re.compile(r"^[A-Za-z0-9\-_.:~@+=]{1,128}$")
@@ -95,16 +95,10 @@ def strict_loads(raw):
     return json.loads(raw.decode("utf-8"), parse_constant=no_constants)
 
 
-class JsonSuiteTest(ServerTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = Server()
-        cls.addClassCleanup(cls.srv.cleanup)
-        cls.srv.start()
+class JsonSuiteTest(SharedServerTestCase):
 
     def tearDown(self):
-        self.assertHealthy(self.srv)
+        super().tearDown()
         detailed = self.srv.get("/health/detailed").json()
         self.assertEqual(detailed["status"], "healthy", detailed)
 
