@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import unittest
 import uuid
@@ -487,6 +488,71 @@ class EmitChainTest(AgentTestCase):
             self.assertEqual(e["trace_id"], root_event["trace_id"])
         self.assertEqual(hop3["data"], {"from": hop2["id"]})
         self.wait_state(srv, [hop3["id"]], "third", "acked")
+
+
+class HttpAgentTest(AgentTestCase):
+    """An http agent POSTs each event to its URL: 2xx acks (the JSON body is the
+    result and may emit), anything else or a timeout fails the attempt."""
+
+    def hook_server(self):
+        import http.server
+        seen = []
+
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                ev = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seen.append(ev["id"])
+                data = ev.get("data")
+                if isinstance(data, dict) and data.get("status"):
+                    body, status = b"refused", data["status"]
+                elif isinstance(data, dict) and data.get("sleep"):
+                    time.sleep(data["sleep"])
+                    body, status = b"{}", 200
+                else:
+                    reply = {"seen": ev["id"]}
+                    if isinstance(data, dict) and data.get("emit_to"):
+                        reply["emit"] = [{"topic": data["emit_to"], "data": {"from": ev["id"]}}]
+                    body, status = json.dumps(reply).encode(), 200
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=hook.serve_forever, daemon=True).start()
+        self.addCleanup(hook.server_close)
+        self.addCleanup(hook.shutdown)
+        return f"http://127.0.0.1:{hook.server_address[1]}/hook", seen
+
+    def test_2xx_acks_with_the_body_as_result_and_errors_go_to_the_dlq(self):
+        url, seen = self.hook_server()
+        t, follow = topic("hook"), topic("hooked")
+        srv = self.agent_server([{"name": "hook", "topics": [t], "kind": "http", "url": url,
+                                  "max_retries": 1, "timeout": "300ms",
+                                  "backoff": {"initial": "20ms", "max": "50ms"}},
+                                 builtin("sink", [follow], "echo")])
+        ok, refused, slow = self.publish_ok(srv, t, [
+            {"data": {"emit_to": follow}}, {"data": {"status": 500}}, {"data": {"sleep": 1}}])
+        d = self.wait_state(srv, [ok["id"]], "hook", "acked")[ok["id"]]
+        self.assertEqual(d["result"], {"seen": ok["id"]})
+        dead = self.wait_state(srv, [refused["id"], slow["id"]], "hook", "dead_lettered")
+        self.assertEqual(dead[refused["id"]]["attempts"], 2)
+        self.assertEqual(dead[refused["id"]]["error"], "HTTP 500: refused")
+        self.assertIn("timed out", dead[slow["id"]]["error"])
+        self.assertEqual(seen.count(refused["id"]), 2)
+
+        def emitted():
+            if follow not in srv.topics():
+                return None
+            evs = [e for p in range(srv.topics()[follow]["partitions"])
+                   for e in srv.read_partition(follow, p)]
+            return evs if evs else None
+        child = self.wait_for(emitted, what="the emitted event")[0]
+        self.assertEqual(child["causation_id"], ok["id"])
+        self.assertEqual(child["data"], {"from": ok["id"]})
 
 
 class CountersTest(AgentTestCase):
