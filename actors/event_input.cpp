@@ -1,10 +1,14 @@
 // Depth-limited JSON parsing and publish-body validation.
 #include "actors/event_input.hpp"
 
-#include "config/config.hpp"
-
 #include <cctype>
 #include <cmath>
+#include <ctime>
+#include <iomanip>
+#include <locale>
+#include <sstream>
+
+#include "config/config.hpp"
 
 namespace nerve::actors {
 
@@ -208,6 +212,64 @@ events_from_body(const json& body, const std::string& topic, std::size_t max_eve
     items.push_back(std::move(*item));
   }
   return items;
+}
+
+tl::expected<std::int64_t, std::string> parse_time_arg(const std::string& text,
+                                                       std::int64_t now_us) {
+  auto bad = [&text]() {
+    return tl::make_unexpected("time \"" + text.substr(0, 64)
+                               + "\" is not RFC 3339 (2026-11-22T10:00:00Z) nor relative "
+                                 "(now, -15m, -2h, -1d)");
+  };
+  if (text == "now")
+    return now_us;
+  if (!text.empty() && (text[0] == '-' || text[0] == '+')) {
+    auto d = config::parse_duration(text.substr(1));
+    if (!d)
+      return bad();
+    auto us = static_cast<std::int64_t>(d->count()) * 1000;
+    return text[0] == '-' ? now_us - us : now_us + us;
+  }
+  std::tm tm{};
+  std::istringstream in{text};
+  in.imbue(std::locale::classic());
+  in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
+  if (in.fail() || text.size() < 20 || text.size() > 40)
+    return bad();
+  std::int64_t frac_us = 0;
+  auto rest = text.substr(19);
+  std::size_t at = 0;
+  if (at < rest.size() && rest[at] == '.') {
+    ++at;
+    std::int64_t scale = 100000;
+    std::size_t digits = 0;
+    for (; at < rest.size() && std::isdigit(static_cast<unsigned char>(rest[at])); ++at, ++digits) {
+      frac_us += (rest[at] - '0') * scale;
+      scale /= 10;
+    }
+    if (digits == 0)
+      return bad();
+  }
+  std::int64_t offset_s = 0;
+  auto zone = rest.substr(at);
+  if (zone == "Z" || zone == "z") {
+    offset_s = 0;
+  } else if (zone.size() == 6 && (zone[0] == '+' || zone[0] == '-') && zone[3] == ':'
+             && std::isdigit(static_cast<unsigned char>(zone[1]))
+             && std::isdigit(static_cast<unsigned char>(zone[2]))
+             && std::isdigit(static_cast<unsigned char>(zone[4]))
+             && std::isdigit(static_cast<unsigned char>(zone[5]))) {
+    offset_s = ((zone[1] - '0') * 10 + (zone[2] - '0')) * 3600
+               + ((zone[4] - '0') * 10 + (zone[5] - '0')) * 60;
+    if (zone[0] == '-')
+      offset_s = -offset_s;
+  } else {
+    return bad();
+  }
+  auto secs = timegm(&tm);
+  if (secs < 0)
+    return bad();
+  return (static_cast<std::int64_t>(secs) - offset_s) * 1000000 + frac_us;
 }
 
 } // namespace nerve::actors

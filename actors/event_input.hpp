@@ -37,4 +37,11 @@ event_from_json(const nlohmann::json& e, const std::string& topic, const std::st
 [[nodiscard]] tl::expected<std::vector<publish_item>, std::string>
 events_from_body(const nlohmann::json& body, const std::string& topic, std::size_t max_events);
 
+/// A point in time as replays take it: RFC 3339 ("2026-11-22T10:00:00Z",
+/// with optional fraction and a Z or +hh:mm offset) or relative to `now_us`
+/// ("now", "-15m", "-2h", "-90s", "-1d", "-500ms"). Microseconds since the
+/// epoch; the error says what is accepted.
+[[nodiscard]] tl::expected<std::int64_t, std::string> parse_time_arg(const std::string& text,
+                                                                     std::int64_t now_us);
+
 } // namespace nerve::actors

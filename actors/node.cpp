@@ -76,14 +76,16 @@ struct histogram_sum {
 struct child_ref {
   std::shared_ptr<topic_route> route; ///< a partition, or
   std::uint32_t partition = 0;
-  agent_ptr agent; ///< an agent instance
+  agent_ptr agent; ///< an agent instance, or
   std::size_t instance = 0;
+  std::string replay; ///< a replay's id
 };
 
 struct runner_state {
   node_context* ctx = nullptr;
   std::unordered_map<caf::actor_addr, child_ref> children;
   bool stopping = false;
+  std::unordered_map<std::string, std::uint32_t> replay_crashes;
   static inline const char* name = "runner";
 };
 
@@ -93,7 +95,7 @@ void start_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& r
                      std::uint32_t p) {
   auto& st = self->state;
   auto a = spawn_partition(self, st.ctx, route, p);
-  st.children[a.address()] = child_ref{route, p, nullptr, 0};
+  st.children[a.address()] = child_ref{route, p, nullptr, 0, {}};
   {
     std::unique_lock<std::shared_mutex> guard{st.ctx->routes.mutex};
     route->slots[p]->actor = a;
@@ -104,9 +106,65 @@ void start_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& r
 void start_instance(runner_actor_t* self, const agent_ptr& agent, std::size_t i) {
   auto& st = self->state;
   auto a = spawn_instance(self, st.ctx, agent, i);
-  st.children[a.address()] = child_ref{nullptr, 0, agent, i};
+  st.children[a.address()] = child_ref{nullptr, 0, agent, i, {}};
   std::lock_guard<std::mutex> guard{agent->mutex};
   agent->instances[i]->actor = a;
+}
+
+void start_replay(runner_actor_t* self, const std::string& id) {
+  auto& st = self->state;
+  auto a = spawn_replay(self, st.ctx, id);
+  child_ref ref;
+  ref.replay = id;
+  st.children[a.address()] = ref;
+  std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
+  st.ctx->replays[id] = a;
+}
+
+/// A replay actor ended: done, cancelled, stopped with the node, or crashed.
+void on_replay_down(runner_actor_t* self, const std::string& id, const caf::error& reason) {
+  auto& st = self->state;
+  {
+    std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
+    st.ctx->replays.erase(id);
+  }
+  if (st.stopping || !reason)
+    return;
+  auto stored = st.ctx->store->meta(replay_key(id));
+  if (!stored || !*stored)
+    return;
+  auto record = nlohmann::json::parse(**stored, nullptr, false);
+  if (!record.is_object() || record.value("state", "") != "running")
+    return;
+  auto n = ++st.replay_crashes[id];
+  if (n > 5) {
+    record["state"] = "failed";
+    record["error"] = "the replay actor crashed " + std::to_string(n)
+                      + " times; last: " + caf::to_string(reason);
+    record["finished_us"] = st.ctx->log->opts().clock();
+    persistence::state_batch b;
+    b.put_meta(replay_key(id), record.dump());
+    (void) st.ctx->store->commit(b, true);
+    spdlog::error("replay {} failed: {}", id, record.value("error", ""));
+    return;
+  }
+  spdlog::warn("replay {} stopped ({}); resuming from its progress in 1 s", id,
+               caf::to_string(reason));
+  self->delayed_send(self, std::chrono::seconds{1}, replay_atom::value, id);
+}
+
+/// Starts the actors of the replays that were running when the node stopped.
+void resume_replays(runner_actor_t* self) {
+  auto stored = self->state.ctx->store->meta_prefix("replay/");
+  if (!stored) {
+    spdlog::error("reading replays: {}", stored.error().message);
+    return;
+  }
+  for (auto& [key, value] : *stored) {
+    auto record = nlohmann::json::parse(value, nullptr, false);
+    if (record.is_object() && record.value("state", "") == "running")
+      start_replay(self, record.value("id", ""));
+  }
 }
 
 std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence::topic_info& t) {
@@ -167,11 +225,15 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
   st.children.erase(it);
   if (ref.route)
     ref.route->slots[ref.partition]->alive = false;
+  if (!ref.replay.empty())
+    on_replay_down(self, ref.replay, msg.reason);
   if (st.stopping) {
     if (st.children.empty())
       self->quit();
     return;
   }
+  if (!ref.replay.empty())
+    return;
   if (ref.route) {
     auto& slot = *ref.route->slots[ref.partition];
     auto delay = restart_delay(slot);
@@ -212,6 +274,7 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
   for (auto& t : ctx->log->topics())
     open_topic(self, t);
   schedule_sweep(self);
+  resume_replays(self);
   self->set_down_handler([=](caf::down_msg& msg) { on_child_down(self, msg); });
   return {
     [=](ready_atom) { return true; },
@@ -245,6 +308,10 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
         if (agent->cfg.name == name && index < agent->instances.size())
           start_instance(self, agent, index);
     },
+    [=](replay_atom, const std::string& id) {
+      if (!self->state.stopping)
+        start_replay(self, id);
+    },
     [=](sweep_atom) {
       auto& st = self->state;
       if (st.stopping)
@@ -277,6 +344,11 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
           for (auto& slot : route->slots)
             if (slot->alive)
               self->send(slot->actor, stop_atom::value);
+      }
+      {
+        std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
+        for (auto& [id, actor] : st.ctx->replays)
+          self->send(actor, stop_atom::value);
       }
       for (auto& agent : st.ctx->agents) {
         std::lock_guard<std::mutex> guard{agent->mutex};
@@ -465,30 +537,13 @@ public:
         if (start && *start && (*start)->size() == 8
             && offset < persistence::keys::get_u64(**start, 0))
           continue; // appended before the agent subscribed: never its to handle
-        auto dead = store_.dlq_get(persistence::delivery_store::dlq_id(d.agent, t->id, p, offset));
-        auto pending = store_.pending_at(d.agent, t->id, p, offset);
         auto cursor = store_.cursor(d.agent, t->id, p);
-        auto result = store_.result(id, d.agent);
-        if (!start || !dead || !pending || !cursor || !result)
+        if (!start || !cursor)
           return done(tl::make_unexpected(error{errc::storage, "reading delivery state"}));
-        if (*dead) {
-          d.state = "dead_lettered";
-          d.attempts = (*dead)->attempts;
-          d.error = (*dead)->error;
-        } else if (*pending && !(*pending)->acked) {
-          d.state = (*pending)->attempts > 0 ? "retrying" : "pending";
-          d.attempts = (*pending)->attempts;
-          d.error = (*pending)->last_error;
-        } else if (*result || (*pending && (*pending)->acked) || (*cursor && offset < **cursor)) {
-          d.state = "acked";
-          // Exact while the result record is kept (results.ttl); at least 1 after.
-          d.attempts = *result ? (*result)->attempts
-                               : std::max<std::uint32_t>(1, *pending ? (*pending)->attempts : 1);
-        } else {
-          d.state = "pending";
-        }
-        if (*result)
-          d.result = (*result)->result;
+        bool ok = true;
+        d = live_delivery_state(ctx_, *agent, t->id, p, offset, id, *cursor, ok);
+        if (!ok)
+          return done(tl::make_unexpected(error{errc::storage, "reading delivery state"}));
         v.deliveries.push_back(std::move(d));
       }
       done(std::move(v));
@@ -698,6 +753,76 @@ public:
     });
   }
 
+  void replay_create(replay_request req, callback<replay_view> done) override {
+    for (auto& name : req.agents)
+      if (!find_agent(name))
+        return done(tl::make_unexpected(error{errc::not_found, "no agent named " + name}));
+    system_.spawn<caf::detached>([this, req = std::move(req), done = std::move(done)] {
+      auto now = log_->opts().clock();
+      auto id = persistence::new_uuid_v7(now);
+      auto record = plan_replay(ctx_, req, id, now);
+      if (!record)
+        return done(tl::make_unexpected(record.error()));
+      persistence::state_batch b;
+      b.put_meta(replay_key(id), record->dump());
+      if (auto ok = store_.commit(b, true); !ok)
+        return done(tl::make_unexpected(from_storage(ok.error())));
+      auto view = replay_view_of(*record);
+      spdlog::info("replay {} planned ({}): {} deliveries", id, view.mode, view.events_total);
+      if (view.state == "running" && runner_)
+        caf::anon_send(runner_, replay_atom::value, id);
+      done(std::move(view));
+    });
+  }
+
+  void replay_get(const std::string& id, callback<replay_view> done) override {
+    run_async([this, id, done = std::move(done)] {
+      auto record = load_replay(id);
+      if (!record)
+        return done(tl::make_unexpected(record.error()));
+      done(replay_view_of(*record));
+    });
+  }
+
+  void replay_list(callback<std::vector<replay_view>> done) override {
+    run_async([this, done = std::move(done)] {
+      auto stored = store_.meta_prefix("replay/");
+      if (!stored)
+        return done(tl::make_unexpected(from_storage(stored.error())));
+      std::vector<replay_view> out;
+      for (auto& [key, value] : *stored) {
+        auto record = nlohmann::json::parse(value, nullptr, false);
+        if (record.is_object())
+          out.push_back(replay_view_of(record));
+      }
+      done(std::move(out));
+    });
+  }
+
+  void replay_history(const std::string& id, const std::string& agent, const std::string& cursor,
+                      std::size_t limit, callback<history_page> done) override {
+    run_async([this, id, agent, cursor, limit, done = std::move(done)] {
+      auto record = load_replay(id);
+      if (!record)
+        return done(tl::make_unexpected(record.error()));
+      done(detail::replay_history(ctx_, *record, agent, cursor, limit));
+    });
+  }
+
+  void replay_cancel(const std::string& id, callback<replay_view> done) override {
+    caf::actor actor;
+    {
+      std::lock_guard<std::mutex> guard{ctx_.replays_mutex};
+      if (auto it = ctx_.replays.find(id); it != ctx_.replays.end())
+        actor = it->second;
+    }
+    if (!actor)
+      return replay_get(id, std::move(done)); // not running: nothing to stop
+    auto reply = std::make_shared<std::function<void(std::string)>>(
+      [this, id, done = std::move(done)](const std::string&) { replay_get(id, done); });
+    caf::anon_send(actor, cancel_atom::value, reply);
+  }
+
   void health(callback<health_report> done) override {
     run_async([this, done = std::move(done)] {
       health_report r;
@@ -877,6 +1002,18 @@ private:
   }
 
   /// Runs blocking storage work on an actor thread, never on the caller's.
+  [[nodiscard]] tl::expected<nlohmann::json, error> load_replay(const std::string& id) const {
+    auto stored = store_.meta(replay_key(id));
+    if (!stored)
+      return tl::make_unexpected(from_storage(stored.error()));
+    if (!*stored)
+      return tl::make_unexpected(error{errc::not_found, "no replay with id " + id});
+    auto record = nlohmann::json::parse(**stored, nullptr, false);
+    if (!record.is_object())
+      return tl::make_unexpected(error{errc::storage, "replay " + id + " is stored corrupt"});
+    return record;
+  }
+
   template <class F>
   void run_async(F fn) {
     system_.spawn([fn = std::move(fn)]() mutable { fn(); });

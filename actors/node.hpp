@@ -182,6 +182,62 @@ struct storage_report {
   std::string fsync;
 };
 
+/// What to replay: a time window (or a list of event ids), narrowed to
+/// topics and agents (empty: all).
+struct replay_request {
+  std::int64_t from_us = 0;
+  std::int64_t to_us = 0;
+  std::vector<std::string> event_ids; ///< instead of the window when not empty
+  std::vector<std::string> topics;
+  std::vector<std::string> agents;
+  bool dry_run = false;
+};
+
+/// How many events of one topic one agent's history holds.
+struct replay_count {
+  std::string agent;
+  std::string topic;
+  std::uint64_t events = 0;
+};
+
+struct replay_view {
+  std::string id;
+  std::string state; ///< running, done, failed, cancelled
+  std::string mode;  ///< dry-run or redeliver
+  std::int64_t from_us = 0;
+  std::int64_t to_us = 0;
+  std::vector<std::string> topics;
+  std::vector<std::string> agents;
+  std::vector<std::string> event_ids;
+  std::uint64_t events_total = 0; ///< deliveries in the histories, all agents
+  std::uint64_t events_done = 0;
+  std::uint64_t acked = 0;
+  std::uint64_t failed = 0; ///< failed attempts
+  std::uint64_t retried = 0;
+  std::uint64_t dead_lettered = 0;
+  std::int64_t created_us = 0;
+  std::int64_t finished_us = 0; ///< 0 while running
+  std::string error;
+  std::vector<replay_count> counts;
+};
+
+/// One message of an agent's history in a replay window.
+struct history_entry {
+  std::string event;   ///< JSON, as stored
+  std::string outcome; ///< acked, dead_lettered, retrying, pending, not_delivered
+  std::uint32_t attempts = 0;
+  std::string error;
+  std::string replay_outcome; ///< under this replay: acked, dead_lettered; empty: none yet
+  std::uint32_t replay_attempts = 0;
+  std::string replay_error;
+};
+
+struct history_page {
+  std::string agent;
+  std::vector<history_entry> entries;
+  std::string next_cursor; ///< empty on the last page
+};
+
 class node {
 public:
   virtual ~node() = default;
@@ -226,6 +282,19 @@ public:
   virtual void dlq_delete(const std::string& id, callback<dlq_view> done) = 0;
   /// Deletes every entry of `agent` (all when empty); answers how many.
   virtual void dlq_purge(const std::string& agent, callback<std::uint64_t> done) = 0;
+
+  /// Plans a replay (selection through the by_time index) and, to redeliver,
+  /// starts its replay actor; answers once the plan is stored.
+  virtual void replay_create(replay_request req, callback<replay_view> done) = 0;
+  virtual void replay_get(const std::string& id, callback<replay_view> done) = 0;
+  virtual void replay_list(callback<std::vector<replay_view>> done) = 0;
+  /// One page of `agent`'s history in the replay's window, after `cursor`.
+  virtual void replay_history(const std::string& id, const std::string& agent,
+                              const std::string& cursor, std::size_t limit,
+                              callback<history_page> done)
+    = 0;
+  /// Stops a running replay; answers its view.
+  virtual void replay_cancel(const std::string& id, callback<replay_view> done) = 0;
 
   /// Runs the storage probe and gathers the indicators.
   virtual void health(callback<health_report> done) = 0;

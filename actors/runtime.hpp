@@ -44,6 +44,8 @@ using child_atom = caf::atom_constant<caf::atom("child")>;
 using exited_atom = caf::atom_constant<caf::atom("exited")>;
 using http_atom = caf::atom_constant<caf::atom("http")>;
 using durable_atom = caf::atom_constant<caf::atom("durable")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using replay_atom = caf::atom_constant<caf::atom("replay")>;
 
 using append_outcome = tl::expected<std::vector<persistence::append_result>, persistence::error>;
 
@@ -218,6 +220,8 @@ struct node_context {
   routing routes;
   publish_fn publish;
   std::atomic<std::int64_t> dlq_size{0};
+  std::mutex replays_mutex;
+  std::unordered_map<std::string, caf::actor> replays; ///< running replay actors by id
 };
 
 /// meta key of the offset a consumer group started at (its first cursor).
@@ -238,6 +242,35 @@ caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr
 /// Exponential backoff with ±20 % jitter: initial × 2^(attempt−1), capped.
 [[nodiscard]] std::chrono::milliseconds
 backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max, std::uint32_t attempt);
+
+// -- replay (replay.cpp) --------------------------------------------------------
+
+/// meta key of a replay's record.
+[[nodiscard]] std::string replay_key(const std::string& id);
+
+/// Selects the window through the by_time index and plans each agent's
+/// history; answers the replay's record (not yet stored).
+[[nodiscard]] tl::expected<nlohmann::json, error>
+plan_replay(const node_context& ctx, const replay_request& req, const std::string& id,
+            std::int64_t now_us);
+
+[[nodiscard]] replay_view replay_view_of(const nlohmann::json& record);
+
+/// One page of an agent's history in a planned replay.
+[[nodiscard]] tl::expected<history_page, error>
+replay_history(const node_context& ctx, const nlohmann::json& record, const std::string& agent,
+               const std::string& cursor, std::size_t limit);
+
+/// How the live consumer group of `agent` handled one event. `storage_ok`
+/// turns false when the state could not be read.
+[[nodiscard]] delivery_view live_delivery_state(const node_context& ctx, const agent_runtime& agent,
+                                                std::uint32_t topic_id, std::uint32_t partition,
+                                                std::uint64_t offset, const std::string& event_id,
+                                                std::optional<std::uint64_t> cursor,
+                                                bool& storage_ok);
+
+/// Spawns the actor of running replay `id` as a monitored, detached child.
+caf::actor spawn_replay(caf::local_actor* parent, node_context* ctx, const std::string& id);
 
 } // namespace nerve::actors::detail
 

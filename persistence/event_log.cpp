@@ -477,6 +477,34 @@ tl::expected<std::vector<std::string>, error> event_log::read(const topic_info& 
   return out;
 }
 
+tl::expected<std::uint64_t, error> event_log::scan_time(
+  std::int64_t from_us, std::int64_t to_us,
+  const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>& fn) const {
+  if (to_us <= from_us)
+    return 0;
+  auto lower = keys::time_key(std::max<std::int64_t>(from_us, 0), 0, 0, 0);
+  auto upper = keys::time_key(std::max<std::int64_t>(to_us, 0), 0, 0, 0);
+  rocksdb::Slice upper_slice{upper};
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  ro.fill_cache = false; // a window scan must not evict the hot tail
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, by_time_)};
+  std::uint64_t n = 0;
+  for (it->Seek(lower); it->Valid(); it->Next()) {
+    auto k = it->key();
+    if (k.size() != 24)
+      return tl::make_unexpected(error{errc::io_error, "corrupt by_time key"});
+    std::string_view v{k.data(), k.size()};
+    ++n;
+    if (!fn(static_cast<std::int64_t>(keys::get_u64(v, 0)), keys::get_u32(v, 8),
+            keys::get_u32(v, 12), keys::get_u64(v, 16)))
+      break;
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io_error("scanning by_time", it->status()));
+  return n;
+}
+
 tl::expected<std::optional<std::string>, error> event_log::get_by_id(const std::string& id) const {
   std::string where;
   auto s = db_->Get(rocksdb::ReadOptions{}, by_id_, id, &where);

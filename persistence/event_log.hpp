@@ -152,6 +152,14 @@ public:
                                                                    std::size_t limit) const;
 
   /// The stored event with this id, if any.
+  /// Calls `fn(time_us, topic_id, partition, offset)` for every event appended
+  /// in [from_us, to_us), in by_time order, reading only the by_time index;
+  /// stops early when `fn` returns false. Answers how many were visited.
+  [[nodiscard]] tl::expected<std::uint64_t, error>
+  scan_time(std::int64_t from_us, std::int64_t to_us,
+            const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>&
+              fn) const;
+
   [[nodiscard]] tl::expected<std::optional<std::string>, error>
   get_by_id(const std::string& id) const;
 

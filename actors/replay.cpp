@@ -1,0 +1,776 @@
+// Replay: plans a window of the log through the by_time index, reconstructs
+// each agent's history in it (partition order, with the outcome each event
+// had), and, to redeliver, runs a replay actor that sends that history again
+// to the agents' instances through the same credits, retries and DLQ as
+// live delivery, without touching live cursors or live counters.
+//
+// A replay is one JSON record in `meta` under "replay/<id>"; its plan holds,
+// per agent, the offset ranges of each partition in the window (append time
+// only grows within a partition, so a window is one range per partition).
+// Outcomes under a replay are records "rout/<id>/<agent>/<topic>/<p>/<offset>".
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/runtime.hpp"
+#include "persistence/keys.hpp"
+
+namespace nerve::actors::detail {
+
+namespace {
+
+using json = nlohmann::json;
+
+/// One partition's share of a window.
+struct range {
+  std::string topic;
+  std::uint32_t topic_id = 0;
+  std::uint32_t partition = 0;
+  std::uint64_t lo = 0; ///< first offset
+  std::uint64_t hi = 0; ///< last offset (inclusive)
+};
+
+std::vector<range> ranges_of(const json& plan_agent) {
+  std::vector<range> out;
+  for (auto& r : plan_agent.at("ranges"))
+    out.push_back({r.at(0).get<std::string>(), r.at(1).get<std::uint32_t>(),
+                   r.at(2).get<std::uint32_t>(), r.at(3).get<std::uint64_t>(),
+                   r.at(4).get<std::uint64_t>()});
+  return out;
+}
+
+bool filter_matches(const config::agent_filter& f, const json& e) {
+  auto field = [&e](const char* name) {
+    auto it = e.find(name);
+    return it != e.end() && it->is_string() ? it->get<std::string>() : std::string{};
+  };
+  return (!f.type || *f.type == field("type")) && (!f.source || *f.source == field("source"))
+         && (!f.key || *f.key == field("key"));
+}
+
+bool has_filter(const config::agent_filter& f) {
+  return f.type || f.source || f.key;
+}
+
+std::string outcome_key(const std::string& id, const std::string& agent, std::uint32_t topic_id,
+                        std::uint32_t partition, std::uint64_t offset) {
+  std::string k = "rout/" + id + "/" + agent + "/";
+  persistence::keys::put_u32(k, topic_id);
+  persistence::keys::put_u32(k, partition);
+  persistence::keys::put_u64(k, offset);
+  return k;
+}
+
+/// The group's first offset, if the agent ever had a group on the partition.
+tl::expected<std::optional<std::uint64_t>, error>
+group_start(const node_context& ctx, const std::string& agent, std::uint32_t topic_id,
+            std::uint32_t partition) {
+  auto start = ctx.store->meta(group_start_key(agent, topic_id, partition));
+  if (!start)
+    return tl::make_unexpected(error{errc::storage, start.error().message});
+  if (!*start || (*start)->size() != 8)
+    return std::optional<std::uint64_t>{};
+  return std::optional<std::uint64_t>{persistence::keys::get_u64(**start, 0)};
+}
+
+/// The event `text` with `"replay":"<id>"` added, as agents receive it.
+std::string marked(const std::string& text, const std::string& id) {
+  auto end = text.find_last_of('}');
+  if (end == std::string::npos)
+    return text;
+  return text.substr(0, end) + ",\"replay\":" + json(id).dump() + text.substr(end);
+}
+
+std::string cursor_text(std::size_t range_index, std::uint64_t offset) {
+  return std::to_string(range_index) + "." + std::to_string(offset);
+}
+
+std::optional<std::pair<std::size_t, std::uint64_t>> parse_cursor(const std::string& c) {
+  auto dot = c.find('.');
+  if (dot == std::string::npos || dot == 0 || dot + 1 == c.size() || c.size() > 40)
+    return std::nullopt;
+  auto digits = [](std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](unsigned char ch) { return std::isdigit(ch); });
+  };
+  std::string_view a{c.data(), dot};
+  std::string_view b{c.data() + dot + 1, c.size() - dot - 1};
+  if (!digits(a) || !digits(b) || a.size() > 9 || b.size() > 19)
+    return std::nullopt;
+  return std::make_pair(static_cast<std::size_t>(std::stoull(std::string{a})),
+                        static_cast<std::uint64_t>(std::stoull(std::string{b})));
+}
+
+} // namespace
+
+std::string replay_key(const std::string& id) {
+  return "replay/" + id;
+}
+
+delivery_view live_delivery_state(const node_context& ctx, const agent_runtime& agent,
+                                  std::uint32_t topic_id, std::uint32_t partition,
+                                  std::uint64_t offset, const std::string& event_id,
+                                  std::optional<std::uint64_t> cursor, bool& storage_ok) {
+  delivery_view d;
+  d.agent = agent.cfg.name;
+  auto& store = *ctx.store;
+  auto dead = store.dlq_get(persistence::delivery_store::dlq_id(d.agent, topic_id, partition, offset));
+  auto pending = store.pending_at(d.agent, topic_id, partition, offset);
+  auto result = store.result(event_id, d.agent);
+  if (!dead || !pending || !result) {
+    storage_ok = false;
+    return d;
+  }
+  if (*dead) {
+    d.state = "dead_lettered";
+    d.attempts = (*dead)->attempts;
+    d.error = (*dead)->error;
+  } else if (*pending && !(*pending)->acked) {
+    d.state = (*pending)->attempts > 0 ? "retrying" : "pending";
+    d.attempts = (*pending)->attempts;
+    d.error = (*pending)->last_error;
+  } else if (*result || (*pending && (*pending)->acked) || (cursor && offset < *cursor)) {
+    d.state = "acked";
+    // Exact while the result record is kept (results.ttl); at least 1 after.
+    d.attempts = *result ? (*result)->attempts
+                         : std::max<std::uint32_t>(1, *pending ? (*pending)->attempts : 1);
+  } else {
+    d.state = "pending";
+  }
+  if (*result)
+    d.result = (*result)->result;
+  return d;
+}
+
+tl::expected<json, error> plan_replay(const node_context& ctx, const replay_request& req,
+                                      const std::string& id, std::int64_t now_us) {
+  auto& log = *ctx.log;
+  std::map<std::uint32_t, persistence::topic_info> topics_by_id;
+  for (auto& t : log.topics())
+    topics_by_id[t.id] = t;
+  std::set<std::string> topic_filter(req.topics.begin(), req.topics.end());
+  // (topic id, partition) -> [lo, hi]
+  std::map<std::pair<std::uint32_t, std::uint32_t>, std::pair<std::uint64_t, std::uint64_t>> parts;
+  std::set<std::tuple<std::uint32_t, std::uint32_t, std::uint64_t>> listed; // event-id mode
+  auto keep = [&](std::uint32_t tid, std::uint32_t p, std::uint64_t offset) {
+    auto t = topics_by_id.find(tid);
+    if (t == topics_by_id.end())
+      return;
+    if (!topic_filter.empty() && topic_filter.count(t->second.name) == 0)
+      return;
+    auto [it, fresh] = parts.try_emplace({tid, p}, offset, offset);
+    if (!fresh) {
+      it->second.first = std::min(it->second.first, offset);
+      it->second.second = std::max(it->second.second, offset);
+    }
+    listed.emplace(tid, p, offset);
+  };
+  if (req.event_ids.empty()) {
+    auto scanned
+      = log.scan_time(req.from_us, req.to_us,
+                      [&](std::int64_t, std::uint32_t tid, std::uint32_t p, std::uint64_t offset) {
+                        keep(tid, p, offset);
+                        return true;
+                      });
+    if (!scanned)
+      return tl::make_unexpected(error{errc::storage, scanned.error().message});
+    listed.clear(); // a window is whole ranges
+  } else {
+    for (auto& eid : req.event_ids) {
+      auto got = log.get_by_id(eid);
+      if (!got)
+        return tl::make_unexpected(error{errc::storage, got.error().message});
+      if (!*got)
+        return tl::make_unexpected(error{errc::not_found, "no event with id " + eid});
+      auto e = json::parse(**got, nullptr, false);
+      auto t = log.find_topic(e.value("topic", ""));
+      if (!t)
+        continue;
+      keep(t->id, e.value("partition", 0U), e.value("offset", 0ULL));
+    }
+  }
+  // Ranges in (topic name, partition) order: stable across calls and restarts.
+  std::vector<range> window;
+  for (auto& [where, span] : parts) {
+    auto& t = topics_by_id.at(where.first);
+    if (listed.empty()) {
+      window.push_back({t.name, t.id, where.second, span.first, span.second});
+      continue;
+    }
+    for (auto& [tid, p, offset] : listed)
+      if (tid == where.first && p == where.second)
+        window.push_back({t.name, t.id, p, offset, offset});
+  }
+  std::stable_sort(window.begin(), window.end(), [](const range& a, const range& b) {
+    return std::tie(a.topic, a.partition, a.lo) < std::tie(b.topic, b.partition, b.lo);
+  });
+
+  std::set<std::string> named(req.agents.begin(), req.agents.end());
+  json plan = json::array();
+  std::uint64_t total = 0;
+  json counts = json::array();
+  for (auto& agent : ctx.agents) {
+    bool is_named = named.count(agent->cfg.name) > 0;
+    if (!named.empty() && !is_named)
+      continue;
+    json ranges = json::array();
+    std::map<std::string, std::uint64_t> per_topic;
+    for (auto& r : window) {
+      if (!agent->subscribes(r.topic))
+        continue;
+      auto lo = r.lo;
+      if (!is_named) {
+        // Only what the agent's actors were given: from its group's start.
+        auto start = group_start(ctx, agent->cfg.name, r.topic_id, r.partition);
+        if (!start)
+          return tl::make_unexpected(start.error());
+        if (!*start || **start > r.hi)
+          continue;
+        lo = std::max(lo, **start);
+      }
+      std::uint64_t n = r.hi - lo + 1;
+      if (has_filter(agent->cfg.filter)) {
+        n = 0;
+        auto t = topics_by_id.at(r.topic_id);
+        for (auto at = lo; at <= r.hi;) {
+          auto got = log.read(t, r.partition, at, std::min<std::uint64_t>(512, r.hi - at + 1));
+          if (!got)
+            return tl::make_unexpected(error{errc::storage, got.error().message});
+          if (got->empty())
+            break;
+          for (auto& text : *got) {
+            auto e = json::parse(text, nullptr, false);
+            auto offset = e.value("offset", 0ULL);
+            if (offset > r.hi)
+              break;
+            if (filter_matches(agent->cfg.filter, e))
+              ++n;
+            at = offset + 1;
+          }
+          if (got->size() < 512)
+            break;
+        }
+      }
+      if (n == 0)
+        continue;
+      per_topic[r.topic] += n;
+      ranges.push_back(json::array({r.topic, r.topic_id, r.partition, lo, r.hi}));
+    }
+    std::uint64_t agent_total = 0;
+    json topic_counts = json::object();
+    for (auto& [topic, n] : per_topic) {
+      agent_total += n;
+      topic_counts[topic] = n;
+      counts.push_back({{"agent", agent->cfg.name}, {"topic", topic}, {"events", n}});
+    }
+    total += agent_total;
+    plan.push_back({{"agent", agent->cfg.name},
+                    {"named", is_named},
+                    {"ranges", std::move(ranges)},
+                    {"counts", std::move(topic_counts)},
+                    {"total", agent_total},
+                    {"pos", json::array({0, 0})},
+                    {"done", 0}});
+  }
+  json record{{"id", id},
+              {"mode", req.dry_run ? "dry-run" : "redeliver"},
+              {"state", req.dry_run || total == 0 ? "done" : "running"},
+              {"from_us", req.from_us},
+              {"to_us", req.to_us},
+              {"topics", req.topics},
+              {"agents", req.agents},
+              {"events", req.event_ids},
+              {"created_us", now_us},
+              {"finished_us", req.dry_run || total == 0 ? now_us : 0},
+              {"events_total", total},
+              {"events_done", req.dry_run ? total : 0},
+              {"acked", 0},
+              {"failed", 0},
+              {"retried", 0},
+              {"dead_lettered", 0},
+              {"error", ""},
+              {"counts", std::move(counts)},
+              {"plan", std::move(plan)}};
+  return record;
+}
+
+replay_view replay_view_of(const json& r) {
+  replay_view v;
+  v.id = r.value("id", "");
+  v.state = r.value("state", "");
+  v.mode = r.value("mode", "");
+  v.from_us = r.value("from_us", std::int64_t{0});
+  v.to_us = r.value("to_us", std::int64_t{0});
+  v.topics = r.value("topics", std::vector<std::string>{});
+  v.agents = r.value("agents", std::vector<std::string>{});
+  v.event_ids = r.value("events", std::vector<std::string>{});
+  v.events_total = r.value("events_total", std::uint64_t{0});
+  v.events_done = r.value("events_done", std::uint64_t{0});
+  v.acked = r.value("acked", std::uint64_t{0});
+  v.failed = r.value("failed", std::uint64_t{0});
+  v.retried = r.value("retried", std::uint64_t{0});
+  v.dead_lettered = r.value("dead_lettered", std::uint64_t{0});
+  v.created_us = r.value("created_us", std::int64_t{0});
+  v.finished_us = r.value("finished_us", std::int64_t{0});
+  v.error = r.value("error", "");
+  for (auto& c : r.value("counts", json::array()))
+    v.counts.push_back(
+      {c.value("agent", ""), c.value("topic", ""), c.value("events", std::uint64_t{0})});
+  return v;
+}
+
+tl::expected<history_page, error> replay_history(const node_context& ctx, const json& record,
+                                                 const std::string& agent_name,
+                                                 const std::string& cursor, std::size_t limit) {
+  const json* plan_agent = nullptr;
+  for (auto& a : record.at("plan"))
+    if (a.value("agent", "") == agent_name)
+      plan_agent = &a;
+  if (plan_agent == nullptr)
+    return tl::make_unexpected(
+      error{errc::not_found, "agent " + agent_name + " has no history in replay "
+                               + record.value("id", "") + "; see its counts"});
+  agent_ptr agent;
+  for (auto& a : ctx.agents)
+    if (a->cfg.name == agent_name)
+      agent = a;
+  if (!agent)
+    return tl::make_unexpected(error{errc::not_found, "no agent named " + agent_name});
+  std::size_t ri = 0;
+  std::uint64_t at = 0;
+  if (!cursor.empty()) {
+    auto c = parse_cursor(cursor);
+    if (!c)
+      return tl::make_unexpected(error{errc::invalid, "cursor " + cursor.substr(0, 64)
+                                                        + " is not one this API gave out"});
+    std::tie(ri, at) = *c;
+  }
+  auto ranges = ranges_of(*plan_agent);
+  bool named = plan_agent->value("named", false);
+  auto id = record.value("id", "");
+  history_page page;
+  page.agent = agent_name;
+  std::map<std::string, persistence::topic_info> topics;
+  for (; ri < ranges.size(); ++ri, at = 0) {
+    auto& r = ranges[ri];
+    auto t = ctx.log->find_topic(r.topic);
+    if (!t)
+      continue;
+    auto live_cursor = ctx.store->cursor(agent_name, r.topic_id, r.partition);
+    auto start = group_start(ctx, agent_name, r.topic_id, r.partition);
+    if (!live_cursor || !start)
+      return tl::make_unexpected(error{errc::storage, "reading delivery state"});
+    at = std::max(at, r.lo);
+    while (at <= r.hi) {
+      if (page.entries.size() >= limit) {
+        page.next_cursor = cursor_text(ri, at);
+        return page;
+      }
+      auto want = std::min<std::uint64_t>(limit - page.entries.size(), r.hi - at + 1);
+      auto got = ctx.log->read(*t, r.partition, at, want);
+      if (!got)
+        return tl::make_unexpected(error{errc::storage, got.error().message});
+      if (got->empty())
+        break;
+      for (auto& text : *got) {
+        auto e = json::parse(text, nullptr, false);
+        auto offset = e.value("offset", 0ULL);
+        if (offset > r.hi)
+          break;
+        at = offset + 1;
+        if (has_filter(agent->cfg.filter) && !filter_matches(agent->cfg.filter, e))
+          continue;
+        history_entry h;
+        if (named && (!*start || offset < **start)) {
+          h.outcome = "not_delivered"; // the agent was not subscribed then
+        } else {
+          bool ok = true;
+          auto d = live_delivery_state(ctx, *agent, r.topic_id, r.partition, offset,
+                                       e.value("id", ""), *live_cursor, ok);
+          if (!ok)
+            return tl::make_unexpected(error{errc::storage, "reading delivery state"});
+          h.outcome = d.state;
+          h.attempts = d.attempts;
+          h.error = d.error;
+        }
+        if (record.value("mode", "") == "redeliver") {
+          auto out = ctx.store->meta(outcome_key(id, agent_name, r.topic_id, r.partition, offset));
+          if (!out)
+            return tl::make_unexpected(error{errc::storage, out.error().message});
+          if (*out) {
+            auto o = json::parse(**out, nullptr, false);
+            h.replay_outcome = o.value("outcome", "");
+            h.replay_attempts = o.value("attempts", 0U);
+            h.replay_error = o.value("error", "");
+          }
+        }
+        h.event = std::move(text);
+        page.entries.push_back(std::move(h));
+      }
+      if (got->size() < want)
+        break; // the rest of the range is gone (retention)
+    }
+  }
+  return page;
+}
+
+// -- the replay actor ---------------------------------------------------------
+
+namespace {
+
+/// One event of an agent's history on its way through the replay.
+struct replay_rec {
+  std::size_t range = 0;
+  std::uint64_t offset = 0;
+  std::shared_ptr<const std::string> event; ///< marked with the replay id
+  std::string event_id;
+  std::string original; ///< as stored, for the DLQ
+  std::uint32_t attempts = 0;
+  bool in_flight = false;
+  std::uint64_t token = 0; ///< of the attempt in flight
+  std::int64_t first_failed_us = 0;
+  std::int64_t last_failed_us = 0;
+  std::string last_error;
+};
+
+using position = std::pair<std::size_t, std::uint64_t>; ///< range index, offset
+
+struct replay_agent {
+  agent_ptr agent;
+  std::vector<range> ranges;
+  position next{0, 0}; ///< next to read
+  bool exhausted = false;
+  std::deque<position> ready; ///< read, to send (first attempts and retries)
+  std::map<position, replay_rec> open; ///< read and not finished
+  std::size_t in_flight = 0;
+  std::size_t rr = 0;
+  std::uint64_t done = 0;
+};
+
+struct replay_state {
+  node_context* ctx = nullptr;
+  std::string id;
+  json record;
+  std::vector<replay_agent> agents;
+  std::unordered_map<std::uint64_t, std::pair<std::size_t, position>> tokens;
+  std::uint64_t next_token = 1;
+  bool dirty = false;
+  static inline const char* name = "replay";
+};
+
+using replay_actor_t = caf::stateful_actor<replay_state>;
+
+constexpr auto tick_every = std::chrono::milliseconds{200};
+constexpr std::size_t read_ahead = 256;
+
+std::int64_t clock_us(const replay_state& st) {
+  return st.ctx->log->opts().clock();
+}
+
+/// Most deliveries a replay keeps in flight per agent: half its credits, so
+/// live traffic keeps the other half.
+std::size_t cap_of(const agent_runtime& a) {
+  return std::max<std::size_t>(1, a.cfg.max_in_flight * a.instances.size() / 2);
+}
+
+void persist(replay_actor_t* self, bool sync) {
+  auto& st = self->state;
+  std::uint64_t done = 0;
+  for (std::size_t i = 0; i < st.agents.size(); ++i) {
+    auto& ra = st.agents[i];
+    position low = ra.next;
+    if (!ra.open.empty())
+      low = std::min(low, ra.open.begin()->first);
+    st.record["plan"][i]["pos"] = json::array({low.first, low.second});
+    st.record["plan"][i]["done"] = ra.done;
+    done += ra.done;
+  }
+  st.record["events_done"] = done;
+  persistence::state_batch b;
+  b.put_meta(replay_key(st.id), st.record.dump());
+  if (auto ok = st.ctx->store->commit(b, sync); !ok)
+    spdlog::error("replay {}: storing progress: {}", st.id, ok.error().message);
+  st.dirty = false;
+}
+
+void finish(replay_actor_t* self, const std::string& state) {
+  auto& st = self->state;
+  st.record["state"] = state;
+  st.record["finished_us"] = clock_us(st);
+  persist(self, true);
+  spdlog::info("replay {} {}: {} of {} deliveries done, {} acked, {} dead-lettered", st.id, state,
+               st.record.value("events_done", 0ULL), st.record.value("events_total", 0ULL),
+               st.record.value("acked", 0ULL), st.record.value("dead_lettered", 0ULL));
+  self->quit();
+}
+
+/// Reads the next events of one agent's history into `ready`.
+void fill(replay_actor_t* self, replay_agent& ra) {
+  auto& st = self->state;
+  while (!ra.exhausted && ra.ready.size() < read_ahead) {
+    if (ra.next.first >= ra.ranges.size()) {
+      ra.exhausted = true;
+      return;
+    }
+    auto& r = ra.ranges[ra.next.first];
+    auto at = std::max(ra.next.second, r.lo);
+    auto t = st.ctx->log->find_topic(r.topic);
+    if (!t || at > r.hi) {
+      ra.next = {ra.next.first + 1, 0};
+      continue;
+    }
+    auto want = std::min<std::uint64_t>(read_ahead, r.hi - at + 1);
+    auto got = st.ctx->log->read(*t, r.partition, at, want);
+    if (!got)
+      throw std::runtime_error("reading events: " + got.error().message);
+    bool past = got->size() < want;
+    for (auto& text : *got) {
+      auto e = json::parse(text, nullptr, false);
+      auto offset = e.value("offset", 0ULL);
+      if (offset > r.hi) {
+        past = true;
+        break;
+      }
+      at = offset + 1;
+      if (has_filter(ra.agent->cfg.filter) && !filter_matches(ra.agent->cfg.filter, e))
+        continue;
+      position pos{ra.next.first, offset};
+      replay_rec rec;
+      rec.range = ra.next.first;
+      rec.offset = offset;
+      rec.event_id = e.value("id", "");
+      rec.event = std::make_shared<const std::string>(marked(text, st.id));
+      rec.original = std::move(text);
+      ra.open.emplace(pos, std::move(rec));
+      ra.ready.push_back(pos);
+    }
+    ra.next = past || at > r.hi ? position{ra.next.first + 1, 0} : position{ra.next.first, at};
+  }
+}
+
+void dispatch(replay_actor_t* self, std::size_t ai) {
+  auto& st = self->state;
+  auto& ra = st.agents[ai];
+  if (ra.agent->paused.load())
+    return;
+  while (!ra.ready.empty() && ra.in_flight < cap_of(*ra.agent)) {
+    auto it = ra.open.find(ra.ready.front());
+    if (it == ra.open.end() || it->second.in_flight) {
+      ra.ready.pop_front();
+      continue;
+    }
+    auto credit = ra.agent->take_credit(ra.rr, caf::actor{self});
+    if (!credit)
+      return;
+    ra.ready.pop_front();
+    auto& rec = it->second;
+    ++rec.attempts;
+    rec.in_flight = true;
+    rec.token = st.next_token++;
+    st.tokens[rec.token] = {ai, it->first};
+    ++ra.in_flight;
+    auto d = std::make_shared<delivery>();
+    d->partition = caf::actor{self};
+    d->group = ai;
+    d->instance = credit->first;
+    d->offset = rec.token;
+    d->attempt = rec.attempts;
+    d->event_id = rec.event_id;
+    d->delivery_id = rec.event_id + ":" + ra.agent->cfg.name + ":replay-" + st.id + ":"
+                     + std::to_string(rec.attempts);
+    d->event = rec.event;
+    self->send(credit->second, deliver_atom::value, std::move(d));
+    // The instance times the attempt out; this catches an instance that died.
+    self->delayed_send(self, ra.agent->cfg.timeout + std::chrono::seconds{5}, timeout_atom::value,
+                       rec.token);
+  }
+}
+
+void pump(replay_actor_t* self) {
+  auto& st = self->state;
+  bool all_done = true;
+  for (std::size_t ai = 0; ai < st.agents.size(); ++ai) {
+    auto& ra = st.agents[ai];
+    fill(self, ra);
+    dispatch(self, ai);
+    if (!ra.exhausted || !ra.open.empty())
+      all_done = false;
+  }
+  if (all_done)
+    finish(self, "done");
+}
+
+/// Stores the outcome of one event under the replay and forgets it.
+void settle(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>::iterator it,
+            const std::string& outcome, const std::string& result) {
+  auto& st = self->state;
+  auto& ra = st.agents[ai];
+  auto& rec = it->second;
+  auto& r = ra.ranges[rec.range];
+  json o{{"outcome", outcome}, {"attempts", rec.attempts}};
+  if (!rec.last_error.empty())
+    o["error"] = rec.last_error;
+  if (!result.empty())
+    o["result"] = json::parse(result, nullptr, false);
+  persistence::state_batch b;
+  b.put_meta(outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, rec.offset), o.dump());
+  if (outcome == "dead_lettered") {
+    persistence::dlq_entry e;
+    e.agent = ra.agent->cfg.name;
+    e.topic = r.topic;
+    e.topic_id = r.topic_id;
+    e.partition = r.partition;
+    e.offset = rec.offset;
+    e.id = persistence::delivery_store::dlq_id(e.agent, e.topic_id, e.partition, rec.offset);
+    e.event_id = rec.event_id;
+    e.event = *rec.event; // carries the replay mark
+    e.error = rec.last_error + " (replay " + st.id + ")";
+    e.attempts = rec.attempts;
+    e.first_failed_us = rec.first_failed_us;
+    e.last_failed_us = rec.last_failed_us;
+    auto had = st.ctx->store->dlq_get(e.id);
+    b.put_dlq(e);
+    if (had && !*had)
+      ++st.ctx->dlq_size;
+    spdlog::warn("agent={} topic={} event={} replay={} moved to the DLQ as {} after {} attempts: {}",
+                 e.agent, e.topic, e.event_id, st.id, e.id, e.attempts, e.error);
+  }
+  if (auto ok = st.ctx->store->commit(b, false); !ok)
+    spdlog::error("replay {}: storing an outcome: {}", st.id, ok.error().message);
+  ra.open.erase(it);
+  ++ra.done;
+  st.dirty = true;
+}
+
+void on_failure(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>::iterator it,
+                const std::string& error) {
+  auto& st = self->state;
+  auto& ra = st.agents[ai];
+  auto& rec = it->second;
+  auto now = clock_us(st);
+  st.record["failed"] = st.record.value("failed", 0ULL) + 1;
+  rec.last_error = error;
+  if (rec.first_failed_us == 0)
+    rec.first_failed_us = now;
+  rec.last_failed_us = now;
+  if (rec.attempts > ra.agent->cfg.max_retries) {
+    st.record["dead_lettered"] = st.record.value("dead_lettered", 0ULL) + 1;
+    settle(self, ai, it, "dead_lettered", {});
+    return;
+  }
+  st.record["retried"] = st.record.value("retried", 0ULL) + 1;
+  auto delay = backoff(ra.agent->cfg.backoff_initial, ra.agent->cfg.backoff_max, rec.attempts);
+  self->delayed_send(self, delay, retry_atom::value, static_cast<std::uint64_t>(ai),
+                     static_cast<std::uint64_t>(it->first.first), it->first.second);
+}
+
+/// Ends the attempt `token`; answers where it was, if it still is open.
+std::optional<std::pair<std::size_t, std::map<position, replay_rec>::iterator>>
+close_attempt(replay_actor_t* self, std::uint64_t token) {
+  auto& st = self->state;
+  auto t = st.tokens.find(token);
+  if (t == st.tokens.end())
+    return std::nullopt; // stale
+  auto [ai, pos] = t->second;
+  st.tokens.erase(t);
+  auto& ra = st.agents[ai];
+  auto it = ra.open.find(pos);
+  if (it == ra.open.end() || !it->second.in_flight || it->second.token != token)
+    return std::nullopt;
+  it->second.in_flight = false;
+  --ra.in_flight;
+  return std::make_pair(ai, it);
+}
+
+caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string id) {
+  auto& st = self->state;
+  st.ctx = ctx;
+  st.id = id;
+  auto stored = ctx->store->meta(replay_key(id));
+  if (!stored || !*stored)
+    throw std::runtime_error("replay " + id + " is not stored");
+  st.record = json::parse(**stored);
+  for (auto& p : st.record.at("plan")) {
+    replay_agent ra;
+    for (auto& a : ctx->agents)
+      if (a->cfg.name == p.value("agent", ""))
+        ra.agent = a;
+    if (!ra.agent)
+      throw std::runtime_error("replay " + id + ": agent " + p.value("agent", "")
+                               + " is no longer configured");
+    ra.ranges = ranges_of(p);
+    auto pos = p.value("pos", json::array({0, 0}));
+    ra.next = {pos.at(0).get<std::size_t>(), pos.at(1).get<std::uint64_t>()};
+    ra.done = p.value("done", 0ULL);
+    st.agents.push_back(std::move(ra));
+  }
+  spdlog::info("replay {} running: {} deliveries to {} agents, {} done", id,
+               st.record.value("events_total", 0ULL), st.agents.size(),
+               st.record.value("events_done", 0ULL));
+  self->send(self, wake_atom::value);
+  self->delayed_send(self, tick_every, sweep_atom::value);
+  return {
+    [=](wake_atom) { pump(self); },
+    [=](sweep_atom) {
+      if (self->state.dirty)
+        persist(self, false);
+      pump(self);
+      self->delayed_send(self, tick_every, sweep_atom::value);
+    },
+    [=](outcome_atom, outcome_ptr& o) {
+      auto found = close_attempt(self, o->offset);
+      if (!found)
+        return;
+      auto [ai, it] = *found;
+      if (o->ok) {
+        auto& st = self->state;
+        st.record["acked"] = st.record.value("acked", 0ULL) + 1;
+        // Follow-ups a replayed attempt emits are kept with its outcome, not
+        // published: a replay does not create live traffic.
+        auto result = o->result;
+        if (!o->emit.empty()) {
+          auto r = json::parse(result.empty() ? "null" : result, nullptr, false);
+          result = json{{"result", r}, {"emit", json::parse(o->emit, nullptr, false)}}.dump();
+        }
+        settle(self, ai, it, "acked", result);
+      } else {
+        on_failure(self, ai, it, o->error);
+      }
+      pump(self);
+    },
+    [=](timeout_atom, std::uint64_t token) {
+      auto found = close_attempt(self, token);
+      if (!found)
+        return;
+      auto [ai, it] = *found;
+      // No credit to give back: the runner reset the dead instance's credits.
+      on_failure(self, ai, it, "no answer from the agent instance");
+      pump(self);
+    },
+    [=](retry_atom, std::uint64_t ai, std::uint64_t range_index, std::uint64_t offset) {
+      auto& st = self->state;
+      if (ai < st.agents.size())
+        st.agents[ai].ready.push_front({static_cast<std::size_t>(range_index), offset});
+      pump(self);
+    },
+    [=](cancel_atom, reply_ptr& reply) {
+      finish(self, "cancelled");
+      (*reply)({});
+    },
+    [=](stop_atom) {
+      // The node stops: keep the progress, resume after the restart.
+      persist(self, true);
+      self->quit();
+    },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_replay(caf::local_actor* parent, node_context* ctx, const std::string& id) {
+  return parent->spawn<caf::detached + caf::monitored>(replay_actor, ctx, id);
+}
+
+} // namespace nerve::actors::detail
