@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -109,39 +110,65 @@ std::string replay_key(const std::string& id) {
   return "replay/" + id;
 }
 
+namespace {
+
+/// The state of one delivery from what the store holds about it.
+delivery_view state_of(const std::string& agent, const persistence::dlq_entry* dead,
+                       const persistence::pending_record* pending,
+                       const persistence::stored_result* result,
+                       std::optional<std::uint64_t> cursor, std::uint64_t offset) {
+  delivery_view d;
+  d.agent = agent;
+  if (dead != nullptr) {
+    d.state = "dead_lettered";
+    d.attempts = dead->attempts;
+    d.error = dead->error;
+  } else if (pending != nullptr && !pending->acked) {
+    d.state = pending->attempts > 0 ? "retrying" : "pending";
+    d.attempts = pending->attempts;
+    d.error = pending->last_error;
+  } else if (result != nullptr || (pending != nullptr && pending->acked)
+             || (cursor && offset < *cursor)) {
+    d.state = "acked";
+    // Exact while the result record is kept (results.ttl); at least 1 after.
+    d.attempts = result != nullptr
+                   ? result->attempts
+                   : std::max<std::uint32_t>(1, pending != nullptr ? pending->attempts : 1);
+  } else {
+    d.state = "pending";
+  }
+  if (result != nullptr)
+    d.result = result->result;
+  return d;
+}
+
+/// The id of a stored event: its JSON starts with {"id":"...", and ids need
+/// no escaping.
+std::string id_of(const std::string& text) {
+  constexpr std::string_view head = R"({"id":")";
+  if (text.compare(0, head.size(), head) != 0)
+    return json::parse(text, nullptr, false).value("id", "");
+  auto end = text.find('"', head.size());
+  return end == std::string::npos ? std::string{} : text.substr(head.size(), end - head.size());
+}
+
+} // namespace
+
 delivery_view live_delivery_state(const node_context& ctx, const agent_runtime& agent,
                                   std::uint32_t topic_id, std::uint32_t partition,
                                   std::uint64_t offset, const std::string& event_id,
                                   std::optional<std::uint64_t> cursor, bool& storage_ok) {
-  delivery_view d;
-  d.agent = agent.cfg.name;
+  auto& name = agent.cfg.name;
   auto& store = *ctx.store;
-  auto dead = store.dlq_get(persistence::delivery_store::dlq_id(d.agent, topic_id, partition, offset));
-  auto pending = store.pending_at(d.agent, topic_id, partition, offset);
-  auto result = store.result(event_id, d.agent);
+  auto dead = store.dlq_get(persistence::delivery_store::dlq_id(name, topic_id, partition, offset));
+  auto pending = store.pending_at(name, topic_id, partition, offset);
+  auto result = store.result(event_id, name);
   if (!dead || !pending || !result) {
     storage_ok = false;
-    return d;
+    return {};
   }
-  if (*dead) {
-    d.state = "dead_lettered";
-    d.attempts = (*dead)->attempts;
-    d.error = (*dead)->error;
-  } else if (*pending && !(*pending)->acked) {
-    d.state = (*pending)->attempts > 0 ? "retrying" : "pending";
-    d.attempts = (*pending)->attempts;
-    d.error = (*pending)->last_error;
-  } else if (*result || (*pending && (*pending)->acked) || (cursor && offset < *cursor)) {
-    d.state = "acked";
-    // Exact while the result record is kept (results.ttl); at least 1 after.
-    d.attempts = *result ? (*result)->attempts
-                         : std::max<std::uint32_t>(1, *pending ? (*pending)->attempts : 1);
-  } else {
-    d.state = "pending";
-  }
-  if (*result)
-    d.result = (*result)->result;
-  return d;
+  return state_of(name, *dead ? &**dead : nullptr, *pending ? &**pending : nullptr,
+                  *result ? &**result : nullptr, cursor, offset);
 }
 
 tl::expected<json, error> plan_replay(const node_context& ctx, const replay_request& req,
@@ -349,56 +376,98 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
   }
   auto ranges = ranges_of(*plan_agent);
   bool named = plan_agent->value("named", false);
+  bool redelivered = record.value("mode", "") == "redeliver";
+  bool filtered = has_filter(agent->cfg.filter);
   auto id = record.value("id", "");
+  auto& store = *ctx.store;
+  auto storage = [](const std::string& what) {
+    return tl::make_unexpected(error{errc::storage, what});
+  };
+  // A small DLQ is read once; a large one is looked up per event.
+  constexpr std::int64_t dlq_preload_max = 10000;
+  bool dlq_loaded = ctx.dlq_size.load() <= dlq_preload_max;
+  std::map<std::tuple<std::uint32_t, std::uint32_t, std::uint64_t>, persistence::dlq_entry> dead;
+  if (dlq_loaded) {
+    std::string after;
+    for (;;) {
+      auto page = store.dlq_list(agent_name, "", after, 1000);
+      if (!page)
+        return storage(page.error().message);
+      for (auto& e : *page)
+        dead[{e.topic_id, e.partition, e.offset}] = e;
+      if (page->size() < 1000)
+        break;
+      after = page->back().id;
+    }
+  }
   history_page page;
   page.agent = agent_name;
-  std::map<std::string, persistence::topic_info> topics;
   for (; ri < ranges.size(); ++ri, at = 0) {
     auto& r = ranges[ri];
     auto t = ctx.log->find_topic(r.topic);
     if (!t)
       continue;
-    auto live_cursor = ctx.store->cursor(agent_name, r.topic_id, r.partition);
+    auto live_cursor = store.cursor(agent_name, r.topic_id, r.partition);
     auto start = group_start(ctx, agent_name, r.topic_id, r.partition);
-    if (!live_cursor || !start)
-      return tl::make_unexpected(error{errc::storage, "reading delivery state"});
+    auto pending_list = store.pending(agent_name, r.topic_id, r.partition);
+    if (!live_cursor || !start || !pending_list)
+      return storage("reading delivery state");
+    std::unordered_map<std::uint64_t, const persistence::pending_record*> pending;
+    for (auto& p : *pending_list)
+      pending[p.offset] = &p;
     at = std::max(at, r.lo);
     while (at <= r.hi) {
       if (page.entries.size() >= limit) {
         page.next_cursor = cursor_text(ri, at);
         return page;
       }
-      auto want = std::min<std::uint64_t>(limit - page.entries.size(), r.hi - at + 1);
-      auto got = ctx.log->read(*t, r.partition, at, want);
+      auto want = limit - page.entries.size();
+      auto got = ctx.log->read_stored(*t, r.partition, at, r.hi, want);
       if (!got)
-        return tl::make_unexpected(error{errc::storage, got.error().message});
+        return storage(got.error().message);
       if (got->empty())
         break;
-      for (auto& text : *got) {
-        auto e = json::parse(text, nullptr, false);
-        auto offset = e.value("offset", 0ULL);
-        if (offset > r.hi)
-          break;
-        at = offset + 1;
-        if (has_filter(agent->cfg.filter) && !filter_matches(agent->cfg.filter, e))
+      at = got->back().offset + 1;
+      std::vector<std::string> ids;
+      ids.reserve(got->size());
+      for (auto& e : *got)
+        ids.push_back(id_of(e.json));
+      auto results = store.results(ids, agent_name);
+      if (!results)
+        return storage(results.error().message);
+      for (std::size_t i = 0; i < got->size(); ++i) {
+        auto& e = (*got)[i];
+        if (filtered && !filter_matches(agent->cfg.filter, json::parse(e.json, nullptr, false)))
           continue;
         history_entry h;
-        if (named && (!*start || offset < **start)) {
+        if (named && (!*start || e.offset < **start)) {
           h.outcome = "not_delivered"; // the agent was not subscribed then
         } else {
-          bool ok = true;
-          auto d = live_delivery_state(ctx, *agent, r.topic_id, r.partition, offset,
-                                       e.value("id", ""), *live_cursor, ok);
-          if (!ok)
-            return tl::make_unexpected(error{errc::storage, "reading delivery state"});
-          h.outcome = d.state;
-          h.attempts = d.attempts;
-          h.error = d.error;
+          std::optional<persistence::dlq_entry> looked_up;
+          const persistence::dlq_entry* d = nullptr;
+          if (dlq_loaded) {
+            auto it = dead.find({r.topic_id, r.partition, e.offset});
+            d = it == dead.end() ? nullptr : &it->second;
+          } else {
+            auto got_dead = store.dlq_get(
+              persistence::delivery_store::dlq_id(agent_name, r.topic_id, r.partition, e.offset));
+            if (!got_dead)
+              return storage(got_dead.error().message);
+            looked_up = std::move(*got_dead);
+            d = looked_up ? &*looked_up : nullptr;
+          }
+          auto p = pending.find(e.offset);
+          auto& res = (*results)[i];
+          auto v = state_of(agent_name, d, p == pending.end() ? nullptr : p->second,
+                            res ? &*res : nullptr, *live_cursor, e.offset);
+          h.outcome = std::move(v.state);
+          h.attempts = v.attempts;
+          h.error = std::move(v.error);
         }
-        if (record.value("mode", "") == "redeliver") {
-          auto out = ctx.store->meta(outcome_key(id, agent_name, r.topic_id, r.partition, offset));
+        if (redelivered) {
+          auto out = store.meta(outcome_key(id, agent_name, r.topic_id, r.partition, e.offset));
           if (!out)
-            return tl::make_unexpected(error{errc::storage, out.error().message});
+            return storage(out.error().message);
           if (*out) {
             auto o = json::parse(**out, nullptr, false);
             h.replay_outcome = o.value("outcome", "");
@@ -406,11 +475,9 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
             h.replay_error = o.value("error", "");
           }
         }
-        h.event = std::move(text);
+        h.event = std::move(e.json);
         page.entries.push_back(std::move(h));
       }
-      if (got->size() < want)
-        break; // the rest of the range is gone (retention)
     }
   }
   return page;

@@ -265,6 +265,36 @@ delivery_store::result(const std::string& event_id, const std::string& agent) co
   return std::optional<stored_result>{std::move(r)};
 }
 
+tl::expected<std::vector<std::optional<stored_result>>, error>
+delivery_store::results(const std::vector<std::string>& event_ids, const std::string& agent) const {
+  std::vector<std::string> keys_text;
+  keys_text.reserve(event_ids.size());
+  for (auto& id : event_ids)
+    keys_text.push_back(result_key(id, agent));
+  std::vector<rocksdb::Slice> slices(keys_text.begin(), keys_text.end());
+  std::vector<rocksdb::PinnableSlice> values(slices.size());
+  std::vector<rocksdb::Status> statuses(slices.size());
+  log_.db_->MultiGet(rocksdb::ReadOptions{}, log_.results_, slices.size(), slices.data(),
+                     values.data(), statuses.data());
+  std::vector<std::optional<stored_result>> out(slices.size());
+  auto ttl_us = static_cast<std::int64_t>(log_.opts_.results_ttl.count()) * 1000;
+  auto now = log_.opts_.clock();
+  for (std::size_t i = 0; i < slices.size(); ++i) {
+    if (statuses[i].IsNotFound())
+      continue;
+    if (!statuses[i].ok())
+      return tl::make_unexpected(io("reading results", statuses[i]));
+    std::string_view v{values[i].data(), values[i].size()};
+    if (v.size() < 12)
+      continue;
+    stored_result r{std::string{v.substr(12)}, static_cast<std::int64_t>(keys::get_u64(v, 0)),
+                    keys::get_u32(v, 8)};
+    if (r.stored_us + ttl_us >= now)
+      out[i] = std::move(r);
+  }
+  return out;
+}
+
 tl::expected<std::optional<dlq_entry>, error> delivery_store::dlq_get(const std::string& id) const {
   std::string v;
   auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.dlq_, id, &v);

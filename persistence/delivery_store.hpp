@@ -100,6 +100,10 @@ public:
   [[nodiscard]] tl::expected<std::optional<stored_result>, error>
   result(const std::string& event_id, const std::string& agent) const;
 
+  /// The results of many events for one agent, in one batched lookup.
+  [[nodiscard]] tl::expected<std::vector<std::optional<stored_result>>, error>
+  results(const std::vector<std::string>& event_ids, const std::string& agent) const;
+
   [[nodiscard]] tl::expected<std::optional<dlq_entry>, error> dlq_get(const std::string& id) const;
 
   /// DLQ entries in id order after `after_id`, filtered, at most `limit`.

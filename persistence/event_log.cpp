@@ -505,6 +505,36 @@ tl::expected<std::uint64_t, error> event_log::scan_time(
   return n;
 }
 
+tl::expected<std::vector<stored_event>, error>
+event_log::read_stored(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
+                       std::uint64_t last, std::size_t limit) const {
+  std::vector<stored_event> out;
+  if (last < from_offset)
+    return out;
+  out.reserve(std::min<std::uint64_t>(limit, last - from_offset + 1));
+  auto upper = last == ~0ULL ? keys::partition_prefix(topic.id, partition + 1)
+                             : keys::event_key(topic.id, partition, last + 1);
+  rocksdb::Slice upper_slice{upper};
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_)};
+  for (it->Seek(keys::event_key(topic.id, partition, from_offset));
+       it->Valid() && out.size() < limit; it->Next()) {
+    auto k = it->key();
+    auto v = it->value();
+    if (k.size() != 16 || v.size() <= value_header_bytes)
+      return tl::make_unexpected(error{errc::io_error, "corrupt event"});
+    stored_event e;
+    e.offset = keys::get_u64(std::string_view{k.data(), k.size()}, 8);
+    e.time_us = static_cast<std::int64_t>(keys::get_u64(std::string_view{v.data(), v.size()}, 0));
+    e.json.assign(v.data() + value_header_bytes, v.size() - value_header_bytes);
+    out.push_back(std::move(e));
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io_error("reading events", it->status()));
+  return out;
+}
+
 tl::expected<std::optional<std::string>, error> event_log::get_by_id(const std::string& id) const {
   std::string where;
   auto s = db_->Get(rocksdb::ReadOptions{}, by_id_, id, &where);

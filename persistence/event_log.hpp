@@ -75,6 +75,13 @@ struct partition_stats {
   std::uint64_t bytes = 0;        ///< approximate
 };
 
+/// A stored event with its coordinates, as read back.
+struct stored_event {
+  std::uint64_t offset = 0;
+  std::int64_t time_us = 0;
+  std::string json;
+};
+
 /// Where an event lives.
 struct coords {
   std::uint32_t topic_id = 0;
@@ -150,6 +157,12 @@ public:
                                                                    std::uint32_t partition,
                                                                    std::uint64_t from_offset,
                                                                    std::size_t limit) const;
+
+  /// Like read(), with each event's offset and append time from the key and
+  /// value header, so callers need not parse the JSON. Stops after `last`.
+  [[nodiscard]] tl::expected<std::vector<stored_event>, error>
+  read_stored(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
+              std::uint64_t last, std::size_t limit) const;
 
   /// The stored event with this id, if any.
   /// Calls `fn(time_us, topic_id, partition, offset)` for every event appended
