@@ -10,15 +10,17 @@ API (FakeApi) so that the formatting is tested now.
 import http.server
 import json
 import os
+import pty
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
 import unittest
 import uuid
 
-from harness import Server, ServerTestCase, run_nerve
+from harness import Server, ServerTestCase, clean_env, nerve_bin, run_nerve
 
 HEADER = ["ID", "TOPIC", "PARTITION", "OFFSET", "TIME", "DUPLICATE"]
 
@@ -591,6 +593,20 @@ class ClientCommandsTest(CliTestCase):
         self.assertEqual(keys[:len(BUS_STATS)], list(BUS_STATS))
         self.assertEqual(set(self.same_json(["bus", "stats"], None, server=self.srv.url)),
                          set(r.json()))
+
+    def test_dlq_retry_all_progress(self):
+        # No entries of agent "nobody": nothing moves, so the other tests' numbers hold.
+        args = ["dlq", "retry-all", "--agent", "nobody"]
+        self.assertEqual(self.ok(self.nerve(*args)), "0 entries sent again to their agents\n")
+        # On a terminal, stderr says that it runs; stdout still has the count.
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        p = subprocess.Popen([nerve_bin()] + args + ["--server", self.srv.url], env=clean_env(),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        out, _ = p.communicate(timeout=30)
+        self.assertEqual((p.returncode, out), (0, b"0 entries sent again to their agents\n"))
+        self.assertIn(b"dlq retry-all: sending the matching entries again", os.read(master, 4096))
 
     # -- storage and cluster ----------------------------------------------------
 
