@@ -2,10 +2,13 @@
 // or, with --json, exactly the API's JSON.
 #include "runtime/commands.hpp"
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <sstream>
+
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -55,29 +58,76 @@ std::string encode_segment(const std::string& s) {
   return out;
 }
 
-/// Calls the API; on success prints --json output or hands the body to
-/// `human`. Returns the exit code.
-int call_and_print(const client_options& client, const std::string& what, const std::string& method,
-                   const std::string& target, const std::string& body,
-                   const std::function<void(const json&)>& human) {
+/// One request; a server that cannot be reached (or a bad --server) has been
+/// reported when this returns the exit code instead of an answer.
+tl::expected<http::client_response, int> call_api(const client_options& client,
+                                                  const std::string& method,
+                                                  const std::string& target,
+                                                  const std::string& body = "") {
   auto res = http::call(client.server, method, target, body, client.token);
   if (!res) {
     print_error(res.error().message);
-    return res.error().code == http::client_errc::bad_url ? exit_usage : exit_unreachable;
+    return tl::make_unexpected(res.error().code == http::client_errc::bad_url ? exit_usage
+                                                                              : exit_unreachable);
   }
-  if (res->status < 200 || res->status >= 300)
-    return report_failure(what, *res);
+  return std::move(*res);
+}
+
+/// Prints --json output (the body as it came) or hands the parsed body to
+/// `human`. Returns the exit code.
+int print_answer(const client_options& client, const std::string& what,
+                 const http::client_response& res, const std::function<void(const json&)>& human) {
   if (client.json) {
-    std::cout << res->body << '\n';
+    std::cout << res.body << '\n';
     return exit_ok;
   }
-  auto j = json::parse(res->body, nullptr, false);
+  auto j = json::parse(res.body, nullptr, false);
   if (j.is_discarded()) {
     print_error(what + ": the server answered something that is not JSON");
     return exit_failed;
   }
   human(j);
   return exit_ok;
+}
+
+/// Calls the API; on success prints --json output or hands the body to
+/// `human`. Returns the exit code.
+int call_and_print(const client_options& client, const std::string& what, const std::string& method,
+                   const std::string& target, const std::string& body,
+                   const std::function<void(const json&)>& human) {
+  auto res = call_api(client, method, target, body);
+  if (!res)
+    return res.error();
+  if (res->status < 200 || res->status >= 300)
+    return report_failure(what, *res);
+  return print_answer(client, what, *res, human);
+}
+
+/// Like call_and_print for a health answer: a 503 carrying a JSON "status"
+/// is an answer too, and an answer for which `unhealthy` holds (or a 503)
+/// exits with exit_unhealthy, --json or not.
+int call_health(const client_options& client, const std::string& what, const std::string& target,
+                const std::function<void(const json&)>& human,
+                const std::function<bool(const json&)>& unhealthy) {
+  auto res = call_api(client, "GET", target);
+  if (!res)
+    return res.error();
+  auto j = json::parse(res->body, nullptr, false);
+  bool has_status = j.is_object() && j.contains("status") && j["status"].is_string();
+  if (res->status != 200 && !(res->status == 503 && has_status))
+    return report_failure(what, *res);
+  if (auto code = print_answer(client, what, *res, human); code != exit_ok)
+    return code;
+  return res->status == 503 || (j.is_object() && unhealthy(j)) ? exit_unhealthy : exit_ok;
+}
+
+/// "key=value" pairs as a query string ("" when all values are empty).
+std::string query(const std::vector<std::pair<std::string, std::string>>& params) {
+  std::string q;
+  for (auto& [k, v] : params)
+    if (!v.empty())
+      q += (q.empty() ? "?" : "&") + k + "=" + encode_segment(v);
+  return q;
 }
 
 std::string str(const json& j, const char* key) {
@@ -100,6 +150,36 @@ void print_agents(const json& list) {
   t.print(std::cout);
 }
 
+/// The array `j[key]`, or an empty one when the server left it out.
+const json& items_of(const json& j, const char* key) {
+  static const json none = json::array();
+  return j.is_object() && j.contains(key) && j[key].is_array() ? j[key] : none;
+}
+
+/// A JSON object as a KEY VALUE table: the `first` keys in that order, then
+/// any others the server added.
+void print_fields(const json& obj, const std::vector<std::string>& first) {
+  table t{{"KEY", "VALUE"}};
+  for (auto& k : first)
+    if (obj.contains(k))
+      t.add({k, str(obj, k.c_str())});
+  for (auto& [k, v] : obj.items())
+    if (std::find(first.begin(), first.end(), k) == first.end())
+      t.add({k, str(obj, k.c_str())});
+  t.print(std::cout);
+}
+
+/// A 404 for `target` means the named thing does not exist: reported, exit 1.
+/// Lets an empty answer to a filtered query tell "none yet" from "no such".
+int check_exists(const client_options& client, const std::string& what, const std::string& target) {
+  auto res = call_api(client, "GET", target);
+  if (!res)
+    return res.error();
+  if (res->status == 404)
+    return report_failure(what, *res);
+  return exit_ok;
+}
+
 } // namespace
 
 int agent(const client_options& client, const std::string& action, const std::string& name) {
@@ -119,17 +199,9 @@ int agent(const client_options& client, const std::string& action, const std::st
 
 int dlq(const client_options& client, const dlq_options& o) {
   auto filters = [&o](bool with_limit) {
-    std::string q;
-    auto add = [&q](const std::string& k, const std::string& v) {
-      q += (q.empty() ? "?" : "&") + k + "=" + encode_segment(v);
-    };
-    if (!o.agent.empty())
-      add("agent", o.agent);
-    if (!o.topic.empty())
-      add("topic", o.topic);
-    if (with_limit)
-      add("limit", std::to_string(o.limit));
-    return q;
+    return query({{"agent", o.agent},
+                  {"topic", o.topic},
+                  {"limit", with_limit ? std::to_string(o.limit) : ""}});
   };
   auto print_entries = [](const json& entries) {
     table t{{"ID", "AGENT", "TOPIC", "EVENT", "ATTEMPTS", "LAST FAILED", "ERROR"}};
@@ -152,11 +224,15 @@ int dlq(const client_options& client, const dlq_options& o) {
     return call_and_print(client, "dlq retry " + o.id, "POST",
                           "/v1/dlq/" + encode_segment(o.id) + "/retry", "",
                           [&](const json&) { std::cout << o.id << ": sent again to its agent\n"; });
-  if (o.action == "retry-all")
+  if (o.action == "retry-all") {
+    // One call does it all; on a terminal say so while it runs.
+    if (!client.json && isatty(STDERR_FILENO) != 0)
+      std::cerr << "nerve: dlq retry-all: sending the matching entries again...\n";
     return call_and_print(
       client, "dlq retry-all", "POST", "/v1/dlq/retry-all" + filters(false), "", [](const json& j) {
         std::cout << j["retried"].get<std::uint64_t>() << " entries sent again to their agents\n";
       });
+  }
   // purge
   if (!o.yes) {
     print_error("dlq purge deletes entries for good; add --yes to confirm");
@@ -210,6 +286,148 @@ int bus_groups(const client_options& client, const std::string& topic) {
                                    str(g, "lag"), str(g, "last_delivered_offset")});
                           t.print(std::cout);
                         });
+}
+
+int bus_streams(const client_options& client) {
+  return call_and_print(client, "bus streams", "GET", "/v1/topics", "", [](const json& j) {
+    table t{{"TOPIC", "PARTITIONS", "EVENTS", "BYTES"}};
+    for (auto& tp : items_of(j, "topics"))
+      t.add({str(tp, "name"), str(tp, "partitions"), str(tp, "events"), str(tp, "bytes")});
+    t.print(std::cout);
+  });
+}
+
+int bus_inspect(const client_options& client, const inspect_options& o) {
+  auto opt = [](const auto& v) { return v ? std::to_string(*v) : std::string{}; };
+  auto target = "/v1/topics/" + encode_segment(o.topic) + "/events"
+                + query({{"partition", opt(o.partition)},
+                         {"from_offset", opt(o.from_offset)},
+                         {"limit", opt(o.limit)}});
+  return call_and_print(client, "bus inspect " + o.topic, "GET", target, "", [](const json& j) {
+    constexpr std::size_t data_chars_max = 60;
+    table t{{"PARTITION", "OFFSET", "ID", "TIME", "TYPE", "KEY", "DATA"}};
+    for (auto& e : items_of(j, "events")) {
+      auto data = e.contains("data")
+                    ? e["data"].dump(-1, ' ', false, json::error_handler_t::replace)
+                    : std::string{"-"};
+      if (data.size() > data_chars_max)
+        data = data.substr(0, data_chars_max - 3) + "...";
+      t.add({str(e, "partition"), str(e, "offset"), str(e, "id"), str(e, "time"), str(e, "type"),
+             str(e, "key"), data});
+    }
+    t.print(std::cout);
+    if (j.contains("next_offset") && !items_of(j, "events").empty())
+      std::cout << "next offset: " << str(j, "next_offset") << '\n';
+  });
+}
+
+int bus_stats(const client_options& client) {
+  return call_and_print(client, "bus stats", "GET", "/v1/bus/stats", "", [](const json& j) {
+    print_fields(j, {"topics", "partitions", "events", "bytes", "agents", "pending", "lag", "dlq",
+                     "published_total", "delivered_total", "acked_total", "failed_total",
+                     "dead_lettered_total", "uptime_s"});
+  });
+}
+
+int health(const client_options& client, bool detailed) {
+  if (!detailed)
+    return call_health(
+      client, "health", "/health", [](const json& j) { std::cout << str(j, "status") << '\n'; },
+      [](const json& j) { return str(j, "status") == "unhealthy"; });
+  return call_health(
+    client, "health", "/health/detailed",
+    [](const json& j) {
+      auto summary = j;
+      summary.erase("indicators");
+      print_fields(summary, {"status", "state", "node_id", "runner_id", "version", "uptime_s"});
+      std::cout << '\n';
+      table t{{"NAME", "STATUS", "LATENCY", "MESSAGE"}};
+      for (auto& i : items_of(j, "indicators"))
+        t.add({str(i, "name"), str(i, "status"),
+               i.contains("latency_ms") ? str(i, "latency_ms") + "ms" : "-", str(i, "message")});
+      t.print(std::cout);
+    },
+    [](const json& j) { return str(j, "state") == "DOWN" || str(j, "status") == "unhealthy"; });
+}
+
+int metrics(const client_options& client, const metrics_options& o) {
+  if (client.json && !o.format.empty() && o.format != "json") {
+    print_error("metrics: --json and --format " + o.format + " contradict each other");
+    return exit_usage;
+  }
+  if (o.format == "prometheus") {
+    if (!o.topic.empty() || !o.agent.empty()) {
+      print_error("metrics: --topic and --agent filter the table and json formats, not prometheus");
+      return exit_usage;
+    }
+    auto res = call_api(client, "GET", "/metrics");
+    if (!res)
+      return res.error();
+    if (res->status != 200)
+      return report_failure("metrics", *res);
+    std::cout << res->body;
+    return exit_ok;
+  }
+  auto res
+    = call_api(client, "GET", "/v1/metrics" + query({{"topic", o.topic}, {"agent", o.agent}}));
+  if (!res)
+    return res.error();
+  if (res->status != 200)
+    return report_failure("metrics", *res);
+  auto j = json::parse(res->body, nullptr, false);
+  if (j.is_object() && j.contains("metrics") && items_of(j, "metrics").empty()) {
+    if (!o.agent.empty())
+      if (auto code = check_exists(client, "metrics", "/v1/agents/" + encode_segment(o.agent)))
+        return code;
+    if (!o.topic.empty())
+      if (auto code = check_exists(client, "metrics",
+                                   "/v1/topics/" + encode_segment(o.topic) + "/events?limit=1"))
+        return code;
+  }
+  auto as_json = client;
+  as_json.json = client.json || o.format == "json";
+  return print_answer(as_json, "metrics", *res, [](const json& body) {
+    table t{{"AGENT", "TOPIC", "RECEIVED", "PROCESSED", "FAILED", "RETRIED", "DLQ", "AVG_MS",
+             "P50_MS", "P99_MS", "SUCCESS%"}};
+    for (auto& m : items_of(body, "metrics"))
+      t.add({str(m, "agent"), str(m, "topic"), str(m, "received"), str(m, "processed"),
+             str(m, "failed"), str(m, "retried"), str(m, "dead_lettered"), str(m, "avg_ms"),
+             str(m, "p50_ms"), str(m, "p99_ms"), str(m, "success_rate")});
+    t.print(std::cout);
+  });
+}
+
+int storage_health(const client_options& client) {
+  return call_health(
+    client, "storage health", "/v1/storage/health",
+    [](const json& j) {
+      print_fields(
+        j, {"status", "backend", "path", "size_bytes", "fsync", "write_latency_ms", "last_error"});
+    },
+    [](const json& j) { return str(j, "status") == "unhealthy"; });
+}
+
+int cluster_status(const client_options& client) {
+  auto res = call_api(client, "GET", "/v1/cluster");
+  if (!res)
+    return res.error();
+  if (res->status == 404) {
+    print_error("cluster: this server does not serve /v1/cluster (it runs as a single node; "
+                "see nerve health --detailed)");
+    return exit_failed;
+  }
+  if (res->status != 200)
+    return report_failure("cluster status", *res);
+  return print_answer(client, "cluster status", *res, [](const json& j) {
+    table t{{"NODE", "ADDRESS", "STATE", "PARTITIONS"}};
+    for (auto& n : items_of(j, "nodes")) {
+      // "partitions owned": a list of them, or their count.
+      bool listed = n.contains("partitions") && n["partitions"].is_array();
+      t.add({str(n, "id"), str(n, "address"), str(n, "state"),
+             listed ? std::to_string(n["partitions"].size()) : str(n, "partitions")});
+    }
+    t.print(std::cout);
+  });
 }
 
 void print_error(const std::string& message) {

@@ -1,6 +1,7 @@
 // The `nerve` subcommands: `run` (the server) and the clients of its API.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -53,6 +54,41 @@ int dlq(const client_options& client, const dlq_options& opts);
 
 /// `nerve bus groups TOPIC`.
 int bus_groups(const client_options& client, const std::string& topic);
+
+/// `nerve bus streams` (alias `bus list`): the topics with their sizes.
+int bus_streams(const client_options& client);
+
+struct inspect_options {
+  std::string topic;
+  std::optional<std::uint32_t> partition;
+  std::optional<std::uint64_t> from_offset;
+  std::optional<std::uint32_t> limit;
+};
+
+/// `nerve bus inspect TOPIC`: stored events, one partition or all.
+int bus_inspect(const client_options& client, const inspect_options& opts);
+
+/// `nerve bus stats`: the bus totals as KEY VALUE lines.
+int bus_stats(const client_options& client);
+
+/// `nerve health [--detailed]`: exit_unhealthy when the server says it is
+/// unhealthy (or DOWN); degraded still serves, so it exits 0.
+int health(const client_options& client, bool detailed);
+
+struct metrics_options {
+  std::string topic;
+  std::string agent;
+  std::string format; ///< table | json | prometheus; empty: table, or json with --json
+};
+
+/// `nerve metrics`: per agent and topic counters, or the Prometheus text.
+int metrics(const client_options& client, const metrics_options& opts);
+
+/// `nerve storage health`: exit_unhealthy when the storage says unhealthy.
+int storage_health(const client_options& client);
+
+/// `nerve cluster status`: the nodes of the cluster.
+int cluster_status(const client_options& client);
 
 /// Prints "nerve: <message>" on stderr.
 void print_error(const std::string& message);

@@ -72,13 +72,17 @@ int main(int argc, char** argv) {
   add_client_flags(agent_cmd, client);
 
   dlq_options dlq_opts;
+  auto add_dlq_list = [&dlq_opts](CLI::App* parent, const std::string& name) {
+    auto* sub = parent->add_subcommand(name, "DLQ entries, newest failures last");
+    sub->add_option("--agent", dlq_opts.agent, "only this agent's entries");
+    sub->add_option("--topic", dlq_opts.topic, "only this topic's entries");
+    sub->add_option("--limit", dlq_opts.limit, "at most this many (default 100)")
+      ->check(CLI::Range(1, 1000));
+    return sub;
+  };
   auto* dlq_cmd = app.add_subcommand("dlq", "the dead-letter queue");
   dlq_cmd->require_subcommand(1);
-  auto* dlq_list = dlq_cmd->add_subcommand("list", "entries, newest failures last");
-  dlq_list->add_option("--agent", dlq_opts.agent, "only this agent's entries");
-  dlq_list->add_option("--topic", dlq_opts.topic, "only this topic's entries");
-  dlq_list->add_option("--limit", dlq_opts.limit, "at most this many (default 100)")
-    ->check(CLI::Range(1, 1000));
+  add_dlq_list(dlq_cmd, "list");
   for (const char* action : {"show", "retry"}) {
     auto* sub = dlq_cmd->add_subcommand(action, std::string{action} + " one entry");
     sub->add_option("id", dlq_opts.id, "DLQ entry id")->required();
@@ -92,11 +96,58 @@ int main(int argc, char** argv) {
   add_client_flags(dlq_cmd, client);
 
   std::string bus_topic;
-  auto* bus_cmd = app.add_subcommand("bus", "the event bus: streams and consumer groups");
+  auto* bus_cmd
+    = app.add_subcommand("bus", "the event bus: streams, stored events, consumer groups, totals");
   bus_cmd->require_subcommand(1);
+  auto* bus_streams_cmd
+    = bus_cmd->add_subcommand("streams", "topics with their partitions, events and bytes");
+  bus_streams_cmd->alias("list");
+  inspect_options inspect;
+  auto* bus_inspect_cmd
+    = bus_cmd->add_subcommand("inspect", "stored events of a topic, in offset order per partition");
+  bus_inspect_cmd->add_option("topic", inspect.topic, "topic name")->required();
+  bus_inspect_cmd->add_option("--partition", inspect.partition, "only this partition")
+    ->check(CLI::Range(0, 1023));
+  bus_inspect_cmd
+    ->add_option("--from-offset", inspect.from_offset, "start at this offset (default 0)")
+    ->check(CLI::NonNegativeNumber);
+  bus_inspect_cmd->add_option("--limit", inspect.limit, "at most this many (default 100)")
+    ->check(CLI::Range(1, 1000));
   auto* bus_groups_cmd = bus_cmd->add_subcommand("groups", "consumer groups of a topic");
   bus_groups_cmd->add_option("topic", bus_topic, "topic name")->required();
+  auto* bus_stats_cmd = bus_cmd->add_subcommand(
+    "stats", "bus totals: topics, events, pending, lag, DLQ, published/delivered/acked counts");
+  auto* bus_dlq_cmd = add_dlq_list(bus_cmd, "dlq");
   add_client_flags(bus_cmd, client);
+
+  bool detailed = false;
+  auto* health_cmd = app.add_subcommand(
+    "health", "is the server healthy? exit 0 healthy (or degraded with --detailed), 3 unhealthy");
+  health_cmd->add_flag("--detailed", detailed, "state, node, version, uptime and every indicator");
+  add_client_flags(health_cmd, client);
+
+  metrics_options metrics_opts;
+  auto* metrics_cmd
+    = app.add_subcommand("metrics", "per agent and topic counters and latencies (all-time)");
+  metrics_cmd->add_option("--topic", metrics_opts.topic, "only this topic");
+  metrics_cmd->add_option("--agent", metrics_opts.agent, "only this agent");
+  metrics_cmd
+    ->add_option("--format", metrics_opts.format,
+                 "table (default), json (= --json) or prometheus (GET /metrics as it is)")
+    ->check(CLI::IsMember({"table", "json", "prometheus"}));
+  add_client_flags(metrics_cmd, client);
+
+  auto* storage_cmd = app.add_subcommand("storage", "the storage backend");
+  storage_cmd->require_subcommand(1);
+  auto* storage_health_cmd = storage_cmd->add_subcommand(
+    "health", "backend, path, size, fsync policy, write latency, last error; exit 3 unhealthy");
+  add_client_flags(storage_cmd, client);
+
+  auto* cluster_cmd = app.add_subcommand("cluster", "the cluster this node belongs to");
+  cluster_cmd->require_subcommand(1);
+  auto* cluster_status_cmd
+    = cluster_cmd->add_subcommand("status", "nodes: id, address, state, partitions owned");
+  add_client_flags(cluster_cmd, client);
 
   try {
     app.parse(argc, argv);
@@ -117,6 +168,24 @@ int main(int argc, char** argv) {
   }
   if (bus_groups_cmd->parsed())
     return bus_groups(client, bus_topic);
+  if (bus_streams_cmd->parsed())
+    return bus_streams(client);
+  if (bus_inspect_cmd->parsed())
+    return bus_inspect(client, inspect);
+  if (bus_stats_cmd->parsed())
+    return bus_stats(client);
+  if (bus_dlq_cmd->parsed()) {
+    dlq_opts.action = "list";
+    return dlq(client, dlq_opts);
+  }
+  if (health_cmd->parsed())
+    return health(client, detailed);
+  if (metrics_cmd->parsed())
+    return metrics(client, metrics_opts);
+  if (storage_health_cmd->parsed())
+    return storage_health(client);
+  if (cluster_status_cmd->parsed())
+    return cluster_status(client);
   if (publish_cmd->parsed()) {
     pub.data_stdin = dash == "-";
     return publish(client, pub);
