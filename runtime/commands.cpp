@@ -3,6 +3,8 @@
 #include "runtime/commands.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -428,6 +430,151 @@ int cluster_status(const client_options& client) {
     }
     t.print(std::cout);
   });
+}
+
+namespace {
+
+void print_replay(const json& answer) {
+  auto r = answer;
+  r.erase("counts"); // a table of its own below
+  for (auto key : {"topics", "agents", "events"})
+    if (r.contains(key) && r[key].is_array()) {
+      std::string joined;
+      for (auto& v : r[key])
+        joined += (joined.empty() ? "" : ",") + (v.is_string() ? v.get<std::string>() : v.dump());
+      r[key] = joined.empty() ? "(all)" : joined;
+    }
+  print_fields(r, {"id", "state", "mode", "from", "to", "events", "events_total", "events_done",
+                   "acked", "failed", "retried", "dead_lettered", "started_at", "finished_at",
+                   "error"});
+  auto& counts = items_of(answer, "counts");
+  if (counts.empty())
+    return;
+  std::cout << '\n';
+  table t{{"AGENT", "TOPIC", "EVENTS"}};
+  for (auto& c : counts)
+    t.add({str(c, "agent"), str(c, "topic"), str(c, "events")});
+  t.print(std::cout);
+}
+
+std::uint64_t num(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_number_unsigned() ? j[key].get<std::uint64_t>() : 0;
+}
+
+/// Polls a running replay until it ends; a bar on a terminal, else a line
+/// every few seconds, on stderr. Answers the last view, or the exit code.
+tl::expected<json, int> follow_replay(const client_options& client, const std::string& id) {
+  bool tty = isatty(STDERR_FILENO) != 0;
+  auto last_line = std::chrono::steady_clock::now();
+  for (;;) {
+    auto res = call_api(client, "GET", "/v1/replays/" + encode_segment(id));
+    if (!res)
+      return tl::make_unexpected(res.error());
+    if (res->status != 200)
+      return tl::make_unexpected(report_failure("replay " + id, *res));
+    auto r = json::parse(res->body, nullptr, false);
+    if (!r.is_object())
+      return tl::make_unexpected(exit_failed);
+    auto total = num(r, "events_total");
+    auto done = num(r, "events_done");
+    bool running = str(r, "state") == "running";
+    auto now = std::chrono::steady_clock::now();
+    if (tty) {
+      constexpr int width = 30;
+      int filled = total == 0 ? width : static_cast<int>(width * done / total);
+      std::cerr << "\rreplay [" << std::string(filled, '#') << std::string(width - filled, ' ')
+                << "] " << done << "/" << total << (running ? "" : "\n") << std::flush;
+    } else if (!running || now - last_line >= std::chrono::seconds{2}) {
+      std::cerr << "replay " << id << ": " << done << " of " << total << " done\n";
+      last_line = now;
+    }
+    if (!running)
+      return r;
+    std::this_thread::sleep_for(std::chrono::milliseconds{200});
+  }
+}
+
+} // namespace
+
+int replay(const client_options& client, const replay_options& o) {
+  auto path = "/v1/replays/" + encode_segment(o.id);
+  if (o.action == "status")
+    return call_and_print(client, "replay " + o.id, "GET", path, "", print_replay);
+  if (o.action == "cancel")
+    return call_and_print(client, "replay " + o.id, "DELETE", path, "", print_replay);
+  if (o.action == "list")
+    return call_and_print(client, "replays", "GET", "/v1/replays", "", [](const json& j) {
+      table t{{"ID", "STATE", "MODE", "FROM", "TO", "DONE", "TOTAL", "STARTED"}};
+      for (auto& r : items_of(j, "replays"))
+        t.add({str(r, "id"), str(r, "state"), str(r, "mode"), str(r, "from"), str(r, "to"),
+               str(r, "events_done"), str(r, "events_total"), str(r, "started_at")});
+      t.print(std::cout);
+    });
+  if (o.action == "history") {
+    std::string limit = o.limit ? std::to_string(*o.limit) : "";
+    auto target = path + "/history"
+                  + query({{"agent", o.agent}, {"cursor", o.cursor}, {"limit", limit}});
+    return call_and_print(client, "replay " + o.id, "GET", target, "", [](const json& j) {
+      table t{{"TOPIC", "PARTITION", "OFFSET", "ID", "TIME", "OUTCOME", "ATTEMPTS", "REPLAY"}};
+      for (auto& e : items_of(j, "entries")) {
+        auto& ev = e["event"];
+        std::string replayed = e.contains("replay") ? str(e["replay"], "outcome") : "-";
+        t.add({str(ev, "topic"), str(ev, "partition"), str(ev, "offset"), str(ev, "id"),
+               str(ev, "time"), str(e, "outcome"), str(e, "attempts"), replayed});
+      }
+      t.print(std::cout);
+      if (j.contains("next_cursor") && j["next_cursor"].is_string())
+        std::cout << "next cursor: " << j["next_cursor"].get<std::string>() << '\n';
+    });
+  }
+  // Start one.
+  json body{{"mode", o.dry_run ? "dry-run" : "redeliver"}};
+  if (!o.events.empty()) {
+    if (!o.from.empty() || !o.to.empty()) {
+      print_error("replay: give --from and --to, or --event, not both");
+      return exit_usage;
+    }
+    body["events"] = o.events;
+  } else {
+    if (o.from.empty() || o.to.empty()) {
+      print_error("replay: --from and --to are required (or --event ID); see nerve replay --help");
+      return exit_usage;
+    }
+    body["from"] = o.from;
+    body["to"] = o.to;
+  }
+  if (!o.topics.empty())
+    body["topics"] = o.topics;
+  if (!o.agents.empty())
+    body["agents"] = o.agents;
+  auto res = call_api(client, "POST", "/v1/replays", body.dump());
+  if (!res)
+    return res.error();
+  if (res->status == 400) {
+    report_failure("replay", *res);
+    return exit_usage; // the window or a name given is wrong
+  }
+  if (res->status < 200 || res->status >= 300)
+    return report_failure("replay", *res);
+  auto started = json::parse(res->body, nullptr, false);
+  if (!started.is_object()) {
+    print_error("replay: the server answered something that is not JSON");
+    return exit_failed;
+  }
+  if (o.no_wait || str(started, "state") != "running")
+    return print_answer(client, "replay", *res, print_replay);
+  auto id = str(started, "id");
+  if (!client.json)
+    std::cerr << "replay " << id << " started: " << num(started, "events_total")
+              << " deliveries\n";
+  auto end = follow_replay(client, id);
+  if (!end)
+    return end.error();
+  if (client.json)
+    std::cout << end->dump() << '\n';
+  else
+    print_replay(*end);
+  return str(*end, "state") == "done" ? exit_ok : exit_failed;
 }
 
 void print_error(const std::string& message) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "config/config.hpp"
 
@@ -89,6 +90,22 @@ int storage_health(const client_options& client);
 
 /// `nerve cluster status`: the nodes of the cluster.
 int cluster_status(const client_options& client);
+
+struct replay_options {
+  std::string action; ///< start | status | cancel | list | history
+  std::string id;
+  std::string from, to;
+  std::vector<std::string> topics, agents, events;
+  bool dry_run = false;
+  bool no_wait = false;
+  std::string agent; ///< history: whose
+  std::string cursor;
+  std::optional<std::uint32_t> limit;
+};
+
+/// `nerve replay`: start one (and follow it to the end unless --no-wait),
+/// or `status ID`, `cancel ID`, `list`, `history ID --agent A`.
+int replay(const client_options& client, const replay_options& opts);
 
 /// Prints "nerve: <message>" on stderr.
 void print_error(const std::string& message);

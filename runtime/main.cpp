@@ -149,6 +149,35 @@ int main(int argc, char** argv) {
     = cluster_cmd->add_subcommand("status", "nodes: id, address, state, partitions owned");
   add_client_flags(cluster_cmd, client);
 
+  replay_options replay_opts;
+  auto* replay_cmd = app.add_subcommand(
+    "replay", "send a time window of the log again to the agents (or only show it: --dry-run)");
+  replay_cmd->require_subcommand(0, 1);
+  replay_cmd->add_option("--from", replay_opts.from,
+                         "window start, included: RFC 3339 or relative (-15m, -2h, now)");
+  replay_cmd->add_option("--to", replay_opts.to, "window end, excluded: RFC 3339 or relative");
+  replay_cmd->add_option("--topic", replay_opts.topics, "only this topic (repeatable)");
+  replay_cmd->add_option("--agent", replay_opts.agents,
+                         "only this agent (repeatable); an agent not subscribed then gets the "
+                         "window's matching events too");
+  replay_cmd->add_option("--event", replay_opts.events,
+                         "replay these event ids instead of a window (repeatable)");
+  replay_cmd->add_flag("--dry-run", replay_opts.dry_run, "reconstruct and count, deliver nothing");
+  replay_cmd->add_flag("--no-wait", replay_opts.no_wait, "print the replay id and return at once");
+  auto* replay_status_cmd = replay_cmd->add_subcommand("status", "state and progress of a replay");
+  replay_status_cmd->add_option("id", replay_opts.id, "replay id")->required();
+  auto* replay_cancel_cmd = replay_cmd->add_subcommand("cancel", "stop a running replay");
+  replay_cancel_cmd->add_option("id", replay_opts.id, "replay id")->required();
+  replay_cmd->add_subcommand("list", "every replay, newest last");
+  auto* replay_history_cmd = replay_cmd->add_subcommand(
+    "history", "the events an agent's actors received in a replay's window, with outcomes");
+  replay_history_cmd->add_option("id", replay_opts.id, "replay id")->required();
+  replay_history_cmd->add_option("--agent", replay_opts.agent, "whose history")->required();
+  replay_history_cmd->add_option("--cursor", replay_opts.cursor, "continue from this cursor");
+  replay_history_cmd->add_option("--limit", replay_opts.limit, "at most this many (default 100)")
+    ->check(CLI::Range(1, 1000));
+  add_client_flags(replay_cmd, client);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -186,6 +215,12 @@ int main(int argc, char** argv) {
     return storage_health(client);
   if (cluster_status_cmd->parsed())
     return cluster_status(client);
+  if (replay_cmd->parsed()) {
+    replay_opts.action = "start";
+    for (auto* sub : replay_cmd->get_subcommands())
+      replay_opts.action = sub->get_name();
+    return replay(client, replay_opts);
+  }
   if (publish_cmd->parsed()) {
     pub.data_stdin = dash == "-";
     return publish(client, pub);
