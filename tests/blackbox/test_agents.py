@@ -9,9 +9,8 @@ import sys
 import threading
 import time
 import unittest
-import uuid
 
-from harness import ServerTestCase, run_nerve
+from harness import ServerTestCase, builtin, process, run_nerve, topic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ECHO_AGENT = os.path.abspath(os.path.join(HERE, "..", "..", "docs", "examples", "echo_agent.py"))
@@ -34,33 +33,10 @@ for line in sys.stdin:
 '''
 
 
-def topic(prefix):
-    return f"{prefix}.{uuid.uuid4().hex[:10]}"
-
-
-def builtin(name, topics, handler, **kw):
-    return dict({"name": name, "topics": topics, "kind": "builtin", "handler": handler}, **kw)
-
-
-def process(name, topics, command, **kw):
-    return dict({"name": name, "topics": topics, "kind": "process", "command": command}, **kw)
-
-
 class AgentTestCase(ServerTestCase):
 
     def agent_server(self, agents, start=True, **kw):
         return self.new_server(start=start, config={"agents": agents}, **kw)
-
-    def wait_for(self, fn, timeout=15.0, what="condition"):
-        """Polls fn() until it returns a truthy value; returns it."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = fn()
-            if last:
-                return last
-            time.sleep(0.03)
-        self.fail(f"timed out waiting for {what}; last value: {last!r}")
 
     def publish_ok(self, srv, topic_name, events):
         r = srv.publish(topic_name, events)
