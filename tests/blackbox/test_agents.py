@@ -369,6 +369,7 @@ class ProcessAgentTest(AgentTestCase):
 
 HANG_AGENT = r'''
 import json, sys
+open(sys.argv[1], "w").close()  # ready: interpreter start-up is not part of the timeout
 for line in sys.stdin:
     msg = json.loads(line)
     if msg.get("type") == "event" and not msg["event"]["data"].get("hang"):
@@ -385,9 +386,12 @@ class TimeoutTest(AgentTestCase):
         script = os.path.join(srv.workdir, "hang_agent.py")
         with open(script, "w") as f:
             f.write(HANG_AGENT)
-        srv.write_config({"agents": [process("hang", [t], [sys.executable, script],
+        ready = os.path.join(srv.workdir, "hang_ready")
+        srv.write_config({"agents": [process("hang", [t], [sys.executable, script, ready],
                                              timeout="100ms", max_retries=1, backoff=FAST)]})
         srv.start()
+        # On a loaded machine Python can take longer than the 100 ms timeout to start.
+        self.wait_for(lambda: os.path.exists(ready), what="the agent to start")
         hung, fine = self.publish_ok(srv, t, [{"data": {"hang": True}}, {"data": {"hang": False}}])
         self.assertEqual(self.wait_state(srv, [fine["id"]], "hang", "acked")[fine["id"]]["result"], 1)
         d = self.wait_state(srv, [hung["id"]], "hang", "dead_lettered")[hung["id"]]
