@@ -61,7 +61,7 @@ std::string label(const instance_actor_state& st) {
 }
 
 void answer(instance_actor_t* self, const std::string& id, bool ok, std::string result,
-            std::string emit, std::string error) {
+            std::string emit, std::string error, bool timed_out = false) {
   auto& st = self->state;
   auto it = st.inflight.find(id);
   if (it == st.inflight.end())
@@ -75,6 +75,7 @@ void answer(instance_actor_t* self, const std::string& id, bool ok, std::string 
   o->offset = d->offset;
   o->attempt = d->attempt;
   o->ok = ok;
+  o->timed_out = timed_out;
   o->result = std::move(result);
   o->emit = std::move(emit);
   o->error = std::move(error);
@@ -329,6 +330,8 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_pt
       if (st.poster) {
         auto me = caf::actor{self};
         st.poster->post(*d->event, st.agent->cfg.timeout, [me, id](agents::http_answer a) {
+          if (a.timed_out)
+            return caf::anon_send(me, timeout_atom::value, id);
           caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
                          a.status == 0 ? a.error : a.body);
         });
@@ -339,7 +342,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_pt
     [=](timeout_atom, const std::string& id) {
       auto& cfg = self->state.agent->cfg;
       answer(self, id, false, {}, {},
-             "timed out after " + std::to_string(cfg.timeout.count()) + " ms");
+             "timed out after " + std::to_string(cfg.timeout.count()) + " ms", true);
     },
     [=](http_atom, const std::string& id, std::uint32_t status, const std::string& body) {
       on_http_answer(self, id, status, body);

@@ -68,7 +68,61 @@ struct histogram_sum {
     }
     return latency_bounds_ms[buckets.size() - 2]; // beyond the last finite bound
   }
+
+  /// In seconds; the last bound stands for +Inf, so it is not listed.
+  [[nodiscard]] latency_view view() const {
+    latency_view v;
+    for (std::size_t i = 0; i + 1 < latency_bounds_ms.size(); ++i)
+      v.upper_bounds_s.push_back(latency_bounds_ms[i] / 1000.0);
+    v.counts.assign(buckets.begin(), buckets.end());
+    v.sum_s = static_cast<double>(sum_us) / 1e6;
+    return v;
+  }
 };
+
+/// Durations of the log's disk operations (persistence::options::observe_io).
+struct io_latency {
+  latency_histogram write;
+  latency_histogram sync;
+
+  void observe(persistence::io_op op, std::chrono::nanoseconds d) {
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+    (op == persistence::io_op::write ? write : sync).observe(us);
+  }
+
+  [[nodiscard]] static latency_view view_of(const latency_histogram& h) {
+    histogram_sum s;
+    s.add(h);
+    return s.view();
+  }
+};
+
+/// One agent's consumer group on one topic, from the live counters.
+group_view group_of(const topic_route& route, const agent_runtime& agent) {
+  group_view g;
+  g.agent = agent.cfg.name;
+  g.instances = static_cast<std::uint32_t>(agent.instances.size());
+  for (std::uint32_t p = 0; p < route.slots.size(); ++p)
+    for (auto& gs : route.slots[p]->groups) {
+      if (gs->agent_index != agent.index)
+        continue;
+      group_view::part part;
+      part.partition = p;
+      part.cursor = gs->cursor.load();
+      part.end = std::max(gs->end.load(), part.cursor);
+      part.in_flight = gs->in_flight.load();
+      part.waiting_retry = gs->waiting_retry.load();
+      if (auto last = gs->last_delivered.load(); last >= 0) {
+        part.last_delivered = static_cast<std::uint64_t>(last);
+        g.last_delivered_offset
+          = std::max<std::uint64_t>(g.last_delivered_offset.value_or(0), *part.last_delivered);
+      }
+      g.pending += part.in_flight + part.waiting_retry;
+      g.lag += part.end - part.cursor;
+      g.partitions.push_back(part);
+    }
+  return g;
+}
 
 // -- runner actor -------------------------------------------------------------
 
@@ -394,8 +448,8 @@ struct publish_join {
 class node_impl final : public node {
 public:
   node_impl(const config::config& cfg, std::unique_ptr<persistence::event_log> log,
-            node_hooks hooks)
-    : cfg_(cfg), hooks_(std::move(hooks)), log_(std::move(log)), store_(*log_),
+            std::shared_ptr<const io_latency> io, node_hooks hooks)
+    : cfg_(cfg), hooks_(std::move(hooks)), io_(std::move(io)), log_(std::move(log)), store_(*log_),
       system_(configure(sys_cfg_)) {
     runner_id_ = persistence::new_uuid_v7(persistence::system_clock_us());
     ctx_.log = log_.get();
@@ -602,11 +656,13 @@ public:
             m.received += c.received;
             m.processed += c.processed;
             m.failed += c.failed;
+            m.timed_out += c.timed_out;
             m.retried += c.retried;
             m.dead_lettered += c.dead_lettered;
             processing.add(c.processing);
             delivery.add(c.delivery);
           }
+        m.processing = processing.view();
         m.avg_ms = processing.mean_ms();
         m.p50_ms = processing.quantile_ms(0.50);
         m.p99_ms = processing.quantile_ms(0.99);
@@ -627,33 +683,9 @@ public:
       return done(
         tl::make_unexpected(error{errc::not_found, "topic " + topic + " does not exist"}));
     std::vector<group_view> out;
-    for (auto& agent : ctx_.agents) {
-      if (!agent->subscribes(topic))
-        continue;
-      group_view g;
-      g.agent = agent->cfg.name;
-      g.instances = static_cast<std::uint32_t>(agent->instances.size());
-      for (std::uint32_t p = 0; p < route->slots.size(); ++p)
-        for (auto& gs : route->slots[p]->groups) {
-          if (gs->agent_index != agent->index)
-            continue;
-          group_view::part part;
-          part.partition = p;
-          part.cursor = gs->cursor.load();
-          part.end = std::max(gs->end.load(), part.cursor);
-          part.in_flight = gs->in_flight.load();
-          part.waiting_retry = gs->waiting_retry.load();
-          if (auto last = gs->last_delivered.load(); last >= 0) {
-            part.last_delivered = static_cast<std::uint64_t>(last);
-            g.last_delivered_offset
-              = std::max<std::uint64_t>(g.last_delivered_offset.value_or(0), *part.last_delivered);
-          }
-          g.pending += part.in_flight + part.waiting_retry;
-          g.lag += part.end - part.cursor;
-          g.partitions.push_back(part);
-        }
-      out.push_back(std::move(g));
-    }
+    for (auto& agent : ctx_.agents)
+      if (agent->subscribes(topic))
+        out.push_back(group_of(*route, *agent));
     done(std::move(out));
   }
 
@@ -826,20 +858,28 @@ public:
   void health(callback<health_report> done) override {
     run_async([this, done = std::move(done)] {
       health_report r;
-      auto latency = log_->probe();
-      r.storage_ok = latency.has_value() && log_->healthy();
-      if (latency)
-        r.storage_latency_ms = static_cast<double>(latency->count()) / 1000.0;
-      else
-        r.storage_error = latency.error().message;
-      if (!r.storage_ok && r.storage_error.empty())
-        r.storage_error = log_->last_error();
+      auto probe = probe_storage();
+      r.storage_ok = probe.ok;
+      r.storage_latency_ms = probe.latency_ms;
+      r.storage_error = probe.error;
       r.bus_ok = !draining_.load();
       r.dlq_size = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ctx_.dlq_size.load()));
       for (auto& agent : ctx_.agents)
         for (auto& inst : agent->instances)
-          if (inst->state.load() == instance_state::running)
-            ++r.agents_running;
+          switch (inst->state.load()) {
+            case instance_state::running:
+              ++r.agents_running;
+              break;
+            case instance_state::restarting:
+              ++r.agents_restarting;
+              break;
+            case instance_state::crashed:
+              ++r.agents_crashed;
+              break;
+            case instance_state::starting:
+            case instance_state::stopped:
+              break;
+          }
       std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
       for (auto& [name, route] : ctx_.routes.topics)
         for (auto& slot : route->slots) {
@@ -857,11 +897,40 @@ public:
       storage_report r;
       r.path = cfg_.data_dir;
       r.disk_bytes = log_->disk_bytes();
-      r.ok = log_->healthy();
-      r.last_error = log_->last_error();
+      auto probe = probe_storage();
+      r.ok = probe.ok;
+      r.write_latency_ms = probe.latency_ms;
+      r.last_error = probe.ok ? log_->last_error() : probe.error;
       r.fsync = config::to_string(cfg_.storage.fsync);
       done(std::move(r));
     });
+  }
+
+  metrics_snapshot scrape() const override {
+    metrics_snapshot s;
+    s.deliveries = metrics("", "");
+    s.dlq_entries = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ctx_.dlq_size.load()));
+    s.storage_write = io_latency::view_of(io_->write);
+    s.storage_sync = io_latency::view_of(io_->sync);
+    for (auto& agent : ctx_.agents) {
+      metrics_snapshot::agent_row a{agent->cfg.name, 0};
+      for (auto& inst : agent->instances)
+        a.restarts += inst->restarts.load();
+      s.agents.push_back(std::move(a));
+    }
+    std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
+    for (auto& [name, route] : ctx_.routes.topics) {
+      metrics_snapshot::topic_row t{name, 0};
+      for (auto& slot : route->slots)
+        t.published += slot->durable_end.load();
+      s.topics.push_back(std::move(t));
+      for (auto& agent : ctx_.agents)
+        if (agent->subscribes(name)) {
+          auto g = group_of(*route, *agent);
+          s.groups.push_back({g.agent, name, g.pending, g.lag});
+        }
+    }
+    return s;
   }
 
   bool healthy_now() const override { return log_ && log_->healthy(); }
@@ -1001,6 +1070,26 @@ private:
     caf::anon_send(target, redeliver_atom::value, e.agent, e.offset, e.id, std::move(r));
   }
 
+  struct probe_outcome {
+    bool ok = false;
+    std::optional<double> latency_ms;
+    std::string error;
+  };
+
+  /// A real write/read round trip; blocks on the disk.
+  probe_outcome probe_storage() {
+    probe_outcome p;
+    auto latency = log_->probe();
+    p.ok = latency.has_value() && log_->healthy();
+    if (latency)
+      p.latency_ms = static_cast<double>(latency->count()) / 1000.0;
+    else
+      p.error = latency.error().message;
+    if (!p.ok && p.error.empty())
+      p.error = log_->last_error();
+    return p;
+  }
+
   /// Runs blocking storage work on an actor thread, never on the caller's.
   [[nodiscard]] tl::expected<nlohmann::json, error> load_replay(const std::string& id) const {
     auto stored = store_.meta(replay_key(id));
@@ -1137,6 +1226,7 @@ private:
 
   config::config cfg_;
   node_hooks hooks_;
+  std::shared_ptr<const io_latency> io_;
   std::unique_ptr<persistence::event_log> log_;
   persistence::delivery_store store_;
   node_context ctx_;
@@ -1167,10 +1257,12 @@ tl::expected<std::unique_ptr<node>, std::string> start_node(const config::config
   opts.fsync = cfg.storage.fsync;
   opts.fsync_interval = cfg.storage.fsync_interval;
   opts.node_id = cfg.node_id;
+  auto io = std::make_shared<io_latency>();
+  opts.observe_io = [io](persistence::io_op op, std::chrono::nanoseconds d) { io->observe(op, d); };
   auto log = persistence::event_log::open(opts);
   if (!log)
     return tl::make_unexpected(log.error().message);
-  auto n = std::make_unique<node_impl>(cfg, std::move(*log), std::move(hooks));
+  auto n = std::make_unique<node_impl>(cfg, std::move(*log), io, std::move(hooks));
   if (auto err = n->start())
     return tl::make_unexpected(*err);
   return n;

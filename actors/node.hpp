@@ -85,7 +85,9 @@ struct health_report {
   bool bus_ok = false; ///< every partition actor alive
   std::uint64_t pending_publishes = 0;
   std::uint64_t partitions = 0;
-  std::uint64_t agents_running = 0;
+  std::uint64_t agents_running = 0;    ///< agent instances
+  std::uint64_t agents_restarting = 0; ///< waiting to restart after a crash
+  std::uint64_t agents_crashed = 0;    ///< stopped unexpectedly, restart not yet scheduled
   std::uint64_t dlq_size = 0;
 };
 
@@ -157,15 +159,24 @@ struct event_view {
   std::vector<delivery_view> deliveries;
 };
 
+/// A latency distribution in fixed buckets (not cumulative).
+struct latency_view {
+  std::vector<double> upper_bounds_s; ///< finite bucket bounds, ascending
+  std::vector<std::uint64_t> counts;  ///< one per bound, then one beyond the last
+  double sum_s = 0;
+};
+
 /// All-time counters of one agent on one topic.
 struct metrics_row {
   std::string agent;
   std::string topic;
   std::uint64_t received = 0; ///< attempts handed to the agent
   std::uint64_t processed = 0;
-  std::uint64_t failed = 0;
+  std::uint64_t failed = 0;    ///< failed attempts, timeouts included
+  std::uint64_t timed_out = 0; ///< attempts the agent did not answer in time
   std::uint64_t retried = 0;
   std::uint64_t dead_lettered = 0;
+  latency_view processing; ///< each answered attempt, in the agent
   double avg_ms = 0;
   double p50_ms = 0;
   double p99_ms = 0;
@@ -177,9 +188,36 @@ struct metrics_row {
 struct storage_report {
   std::string path;
   std::uint64_t disk_bytes = 0;
-  bool ok = false;
+  bool ok = false; ///< writes succeed, and so did the probe
   std::string last_error;
   std::string fsync;
+  std::optional<double> write_latency_ms; ///< of the write/read probe, when it succeeded
+};
+
+/// Everything GET /metrics exports, read when asked, without I/O. Counters
+/// the runtime persists are all-time; the others count since start-up.
+struct metrics_snapshot {
+  struct topic_row {
+    std::string topic;
+    std::uint64_t published = 0; ///< events appended and durable, all-time
+  };
+  struct group_row {
+    std::string agent;
+    std::string topic;
+    std::uint64_t pending = 0; ///< delivered and not answered, or waiting to retry
+    std::uint64_t lag = 0;     ///< events not yet passed by the cursor
+  };
+  struct agent_row {
+    std::string agent;
+    std::uint64_t restarts = 0; ///< of all its instances, since start-up
+  };
+  std::vector<topic_row> topics;
+  std::vector<metrics_row> deliveries; ///< one per agent and topic
+  std::vector<group_row> groups;
+  std::vector<agent_row> agents;
+  std::uint64_t dlq_entries = 0;
+  latency_view storage_write; ///< event group commits, since start-up
+  latency_view storage_sync;  ///< WAL fsyncs, since start-up
 };
 
 /// What to replay: a time window (or a list of event ids), narrowed to
@@ -299,8 +337,11 @@ public:
   /// Runs the storage probe and gathers the indicators.
   virtual void health(callback<health_report> done) = 0;
 
-  /// Storage usage and state (reads the data directory).
+  /// Storage usage and state (reads the data directory, runs the probe).
   virtual void storage(callback<storage_report> done) = 0;
+
+  /// The counters and gauges of GET /metrics (no I/O).
+  [[nodiscard]] virtual metrics_snapshot scrape() const = 0;
 
   /// No I/O: true while storage accepts writes and the node is not draining.
   [[nodiscard]] virtual bool healthy_now() const = 0;

@@ -444,6 +444,8 @@ void on_outcome(partition_actor_t* self, outcome_ptr& o) {
   --g.stats->in_flight;
   g.stats->totals.processing.observe(o->elapsed_us);
   if (!o->ok) {
+    if (o->timed_out)
+      ++g.stats->totals.timed_out;
     fail(self, g, o->group, o->offset, *rec, o->error);
     return;
   }
@@ -573,6 +575,14 @@ void write_counters(partition_state& st, bool force) {
                       g.stats->totals.to_json());
 }
 
+/// Raises `a` to `v` unless it is higher already: an earlier incarnation of
+/// the partition actor may still report a lower offset.
+void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
+  auto cur = a.load();
+  while (cur < v && !a.compare_exchange_weak(cur, v)) {
+  }
+}
+
 void flush(partition_actor_t* self) {
   auto& st = self->state;
   st.flush_scheduled = false;
@@ -610,9 +620,12 @@ void flush(partition_actor_t* self) {
       auto jobs = std::make_shared<std::vector<job_ptr>>(std::move(st.batch));
       auto results = std::make_shared<std::vector<persistence::append_result>>(
         std::move(*appended));
-      st.ctx->log->after_durable([jobs, results, me = caf::actor{self},
+      st.ctx->log->after_durable([jobs, results, me = caf::actor{self}, slot = st.slot,
                                   end = st.writer->next_offset()](
                                    std::optional<persistence::error> failure) {
+        // Counted before the publishers hear of it, so metrics never lag a 201.
+        if (!failure)
+          raise_to(slot->durable_end, end);
         std::size_t at = 0;
         for (auto& job : *jobs) {
           auto n = job->events.size();
@@ -656,6 +669,7 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
   st.partition = p;
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
   st.durable_end = st.writer->next_offset();
+  raise_to(st.slot->durable_end, st.durable_end);
   for (auto& gs : st.slot->groups) {
     group g;
     g.agent = ctx->agents[gs->agent_index];

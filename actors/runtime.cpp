@@ -54,6 +54,7 @@ std::string counters::to_json() const {
   return nlohmann::json{{"received", received.load()},
                         {"processed", processed.load()},
                         {"failed", failed.load()},
+                        {"timed_out", timed_out.load()},
                         {"retried", retried.load()},
                         {"dead_lettered", dead_lettered.load()},
                         {"processing", processing.to_json()},
@@ -68,6 +69,7 @@ void counters::load_json(const std::string& text) {
   received = j.value("received", 0ULL);
   processed = j.value("processed", 0ULL);
   failed = j.value("failed", 0ULL);
+  timed_out = j.value("timed_out", 0ULL);
   retried = j.value("retried", 0ULL);
   dead_lettered = j.value("dead_lettered", 0ULL);
   if (j.contains("processing"))

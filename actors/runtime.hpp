@@ -91,6 +91,7 @@ struct counters {
   std::atomic<std::uint64_t> received{0}; ///< attempts handed to the agent
   std::atomic<std::uint64_t> processed{0};
   std::atomic<std::uint64_t> failed{0}; ///< failed or timed-out attempts
+  std::atomic<std::uint64_t> timed_out{0};
   std::atomic<std::uint64_t> retried{0};
   std::atomic<std::uint64_t> dead_lettered{0};
   latency_histogram processing; ///< each answered attempt, in the agent
@@ -170,8 +171,9 @@ struct outcome {
   std::uint64_t offset = 0;
   std::uint32_t attempt = 0;
   bool ok = false;
-  std::string result; ///< JSON text; empty: none
-  std::string emit;   ///< JSON array text of follow-up events; empty: none
+  bool timed_out = false; ///< not answered within the agent's timeout
+  std::string result;     ///< JSON text; empty: none
+  std::string emit;       ///< JSON array text of follow-up events; empty: none
   std::string error;
   std::int64_t elapsed_us = 0;
 };
@@ -183,6 +185,7 @@ using outcome_ptr = std::shared_ptr<outcome>;
 struct partition_slot {
   caf::actor actor; ///< guarded by routing::mutex
   std::atomic<std::uint64_t> queued{0};
+  std::atomic<std::uint64_t> durable_end{0}; ///< offsets below are appended and durable
   std::atomic<bool> alive{false};
   std::uint32_t restarts = 0; ///< runner only
   std::chrono::steady_clock::time_point last_crash{};

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/event_input.hpp"
+#include "http/metrics.hpp"
 #include "http/problem.hpp"
 
 namespace nerve::http {
@@ -38,8 +39,10 @@ using callback_dlq = actors::callback<actors::dlq_view>;
 
 struct route {
   std::string method;
-  std::vector<std::string> pattern; ///< "{}" matches one segment
+  std::string label;                ///< the pattern as written, the metrics' route label
+  std::vector<std::string> pattern; ///< "{name}" matches one segment
   route_fn fn;
+  metrics::route_series* series = nullptr;
 };
 
 /// Decodes %XX; in a query (not a path) '+' is a space as well.
@@ -169,31 +172,39 @@ public:
       r.headers.emplace_back("Retry-After", "1");
       respond(std::move(r));
     });
+    add("GET", "/metrics", [this](auto&, auto&, auto& respond) {
+      auto r = json_response(200, metrics_.render(node_.scrape()));
+      r.content_type = metrics_content_type;
+      respond(std::move(r));
+    });
+    add("GET", "/v1/bus/stats", [this](auto&, auto&, auto& respond) { bus_stats(respond); });
+    add("GET", "/v1/storage/health",
+        [this](auto&, auto&, auto& respond) { storage_health(respond); });
     add("GET", "/v1/topics", [this](auto&, auto&, auto& respond) { list_topics(respond); });
-    add("POST", "/v1/topics/{}/events",
+    add("POST", "/v1/topics/{topic}/events",
         [this](auto& req, auto& p, auto& respond) { publish(req, p[0], respond); });
-    add("GET", "/v1/topics/{}/events",
+    add("GET", "/v1/topics/{topic}/events",
         [this](auto& req, auto& p, auto& respond) { read_events(req, p[0], respond); });
-    add("GET", "/v1/events/{}",
+    add("GET", "/v1/events/{id}",
         [this](auto&, auto& p, auto& respond) { get_event(p[0], respond); });
     add("GET", "/v1/agents", [this](auto&, auto&, auto& respond) { list_agents(respond); });
     add("GET", "/v1/metrics", [this](auto& req, auto&, auto& respond) { metrics(req, respond); });
-    add("GET", "/v1/agents/{}",
+    add("GET", "/v1/agents/{name}",
         [this](auto&, auto& p, auto& respond) { get_agent(p[0], respond); });
-    add("POST", "/v1/agents/{}/pause",
+    add("POST", "/v1/agents/{name}/pause",
         [this](auto&, auto& p, auto& respond) { pause_agent(p[0], true, respond); });
-    add("POST", "/v1/agents/{}/resume",
+    add("POST", "/v1/agents/{name}/resume",
         [this](auto&, auto& p, auto& respond) { pause_agent(p[0], false, respond); });
-    add("GET", "/v1/topics/{}/groups",
+    add("GET", "/v1/topics/{topic}/groups",
         [this](auto&, auto& p, auto& respond) { groups(p[0], respond); });
     add("GET", "/v1/dlq", [this](auto& req, auto&, auto& respond) { dlq_list(req, respond); });
     add("POST", "/v1/dlq/retry-all",
         [this](auto& req, auto&, auto& respond) { dlq_retry_all(req, respond); });
-    add("GET", "/v1/dlq/{}",
+    add("GET", "/v1/dlq/{id}",
         [this](auto&, auto& p, auto& respond) { node_.dlq_get(p[0], dlq_answer(respond)); });
-    add("DELETE", "/v1/dlq/{}",
+    add("DELETE", "/v1/dlq/{id}",
         [this](auto&, auto& p, auto& respond) { node_.dlq_delete(p[0], dlq_answer(respond)); });
-    add("POST", "/v1/dlq/{}/retry",
+    add("POST", "/v1/dlq/{id}/retry",
         [this](auto&, auto& p, auto& respond) { node_.dlq_retry(p[0], dlq_answer(respond)); });
     add("POST", "/v1/replays",
         [this](auto& req, auto&, auto& respond) { replay_create(req, respond); });
@@ -211,29 +222,44 @@ public:
   void operator()(request&& req, responder respond) {
     auto segments = split_path(req.path);
     std::vector<std::string> decoded;
+    bool path_ok = true;
     for (auto& s : segments) {
-      bool ok = true;
-      decoded.push_back(percent_decode(s, ok));
-      if (!ok)
-        return respond(
-          problem(400, "bad-path", "Bad Request", "the path has a malformed percent-encoding"));
+      decoded.push_back(percent_decode(s, path_ok));
+      if (!path_ok)
+        break;
     }
+    // Counted under the route's pattern, never the raw path (bounded labels).
+    const route* hit = nullptr;
+    const route* same_path = nullptr;
+    params p;
+    for (auto& r : routes_) {
+      params found;
+      if (!path_ok || !match(r.pattern, decoded, found))
+        continue;
+      same_path = same_path ? same_path : &r;
+      if (r.method == req.method) {
+        hit = &r;
+        p = std::move(found);
+        break;
+      }
+    }
+    auto& series
+      = hit ? *hit->series : metrics_.series(req.method, same_path ? same_path->label : "other");
+    respond = [this, &series, started = std::chrono::steady_clock::now(),
+               respond = std::move(respond)](response res) {
+      metrics_.observe(series, res.status, std::chrono::steady_clock::now() - started);
+      respond(std::move(res));
+    };
+    if (!path_ok)
+      return respond(
+        problem(400, "bad-path", "Bad Request", "the path has a malformed percent-encoding"));
+    if (hit)
+      return dispatch(*hit, req, p, respond);
     std::string allowed;
     for (auto& r : routes_) {
-      params p;
-      if (!match(r.pattern, decoded, p))
-        continue;
-      if (r.method != req.method) {
+      params ignored;
+      if (match(r.pattern, decoded, ignored))
         allowed += (allowed.empty() ? "" : ", ") + r.method;
-        continue;
-      }
-      if (req.path.rfind("/v1/", 0) == 0 && !authorized(req)) {
-        auto res = problem(401, "unauthorized", "Unauthorized",
-                           "this route needs the header Authorization: Bearer <http.token>");
-        res.headers.emplace_back("WWW-Authenticate", "Bearer");
-        return respond(std::move(res));
-      }
-      return r.fn(req, p, respond);
     }
     if (!allowed.empty()) {
       auto res = problem(405, "method-not-allowed", "Method Not Allowed",
@@ -247,8 +273,19 @@ public:
   }
 
 private:
+  void dispatch(const route& r, request& req, const params& p, responder& respond) {
+    if (req.path.rfind("/v1/", 0) == 0 && !authorized(req)) {
+      auto res = problem(401, "unauthorized", "Unauthorized",
+                         "this route needs the header Authorization: Bearer <http.token>");
+      res.headers.emplace_back("WWW-Authenticate", "Bearer");
+      return respond(std::move(res));
+    }
+    r.fn(req, p, respond);
+  }
+
   void add(std::string method, const std::string& path, route_fn fn) {
-    routes_.push_back({std::move(method), split_path(path), std::move(fn)});
+    auto& series = metrics_.series(method, path);
+    routes_.push_back({std::move(method), path, split_path(path), std::move(fn), &series});
   }
 
   static bool match(const std::vector<std::string>& pattern, const std::vector<std::string>& segs,
@@ -256,7 +293,7 @@ private:
     if (pattern.size() != segs.size())
       return false;
     for (std::size_t i = 0; i < pattern.size(); ++i) {
-      if (pattern[i] == "{}")
+      if (pattern[i].front() == '{')
         out.push_back(segs[i]);
       else if (pattern[i] != segs[i])
         return false;
@@ -320,9 +357,7 @@ private:
       add({{"name", "dlq"},
            {"status", h.dlq_size > limits.dlq_degraded ? "degraded" : "healthy"},
            {"message", std::to_string(h.dlq_size) + " in DLQ"}});
-      add({{"name", "agents"},
-           {"status", "healthy"},
-           {"message", std::to_string(h.agents_running) + " running"}});
+      add(agents_indicator(h));
       add({{"name", "cluster"}, {"status", "healthy"}, {"message", "1 of 1 nodes up"}});
       std::string state;
       if (!h.storage_ok && !h.bus_ok)
@@ -331,16 +366,111 @@ private:
         state = "DEGRADED";
       else
         state = h.agents_running > 0 ? "RUNNING" : "READY";
-      auto uptime = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_);
       json body{{"status", worst},
                 {"state", state},
                 {"runner_id", node_.runner_id()},
                 {"node_id", node_.node_id()},
                 {"version", NERVE_VERSION},
-                {"uptime_s", std::round(uptime.count() * 10.0) / 10.0},
+                {"uptime_s", uptime_s()},
                 {"indicators", std::move(indicators)}};
       respond(json_response(200, body.dump()));
     });
+  }
+
+  /// Degraded while any agent instance is down: crashed, or waiting to restart.
+  static json agents_indicator(const actors::health_report& h) {
+    auto message = std::to_string(h.agents_running) + " running";
+    if (h.agents_restarting > 0)
+      message += ", " + std::to_string(h.agents_restarting) + " restarting";
+    if (h.agents_crashed > 0)
+      message += ", " + std::to_string(h.agents_crashed) + " crashed";
+    bool down = h.agents_restarting + h.agents_crashed > 0;
+    return {{"name", "agents"}, {"status", down ? "degraded" : "healthy"}, {"message", message}};
+  }
+
+  [[nodiscard]] double uptime_s() const {
+    auto uptime = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_);
+    return std::round(uptime.count() * 10.0) / 10.0;
+  }
+
+  void bus_stats(responder& respond) {
+    node_.topics([this, respond](actors::result<std::vector<actors::topic_view>> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      auto s = node_.scrape();
+      std::uint64_t partitions = 0;
+      std::uint64_t events = 0;
+      std::uint64_t bytes = 0;
+      for (auto& t : *r) {
+        partitions += t.partitions;
+        auto [e, b] = stored(t);
+        events += e;
+        bytes += b;
+      }
+      std::uint64_t pending = 0;
+      std::uint64_t lag = 0;
+      for (auto& g : s.groups) {
+        pending += g.pending;
+        lag += g.lag;
+      }
+      std::uint64_t published = 0;
+      for (auto& t : s.topics)
+        published += t.published;
+      std::uint64_t delivered = 0;
+      std::uint64_t acked = 0;
+      std::uint64_t failed = 0;
+      std::uint64_t dead_lettered = 0;
+      for (auto& m : s.deliveries) {
+        delivered += m.received;
+        acked += m.processed;
+        failed += m.failed;
+        dead_lettered += m.dead_lettered;
+      }
+      nlohmann::ordered_json body{{"topics", r->size()},
+                                  {"partitions", partitions},
+                                  {"events", events},
+                                  {"bytes", bytes},
+                                  {"agents", s.agents.size()},
+                                  {"pending", pending},
+                                  {"lag", lag},
+                                  {"dlq", s.dlq_entries},
+                                  {"published_total", published},
+                                  {"delivered_total", delivered},
+                                  {"acked_total", acked},
+                                  {"failed_total", failed},
+                                  {"dead_lettered_total", dead_lettered},
+                                  {"uptime_s", uptime_s()}};
+      respond(json_response(200, body.dump()));
+    });
+  }
+
+  void storage_health(responder& respond) {
+    node_.storage([respond](actors::result<actors::storage_report> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      json latency = nullptr;
+      if (r->write_latency_ms)
+        latency = std::round(*r->write_latency_ms * 1000.0) / 1000.0;
+      nlohmann::ordered_json body{{"status", r->ok ? "healthy" : "unhealthy"},
+                                  {"backend", "rocksdb"},
+                                  {"path", r->path},
+                                  {"size_bytes", r->disk_bytes},
+                                  {"fsync", r->fsync},
+                                  {"write_latency_ms", std::move(latency)},
+                                  {"last_error", r->last_error}};
+      respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
+    });
+  }
+
+  /// Events still stored in a topic, and their approximate bytes.
+  static std::pair<std::uint64_t, std::uint64_t> stored(const actors::topic_view& t) {
+    std::uint64_t events = 0;
+    std::uint64_t bytes = 0;
+    for (auto& p : t.partition_stats) {
+      events += p.next_offset - p.first_offset;
+      bytes += p.bytes;
+    }
+    return {events, bytes};
   }
 
   void list_topics(responder& respond) {
@@ -350,18 +480,14 @@ private:
       json topics = json::array();
       for (auto& t : *r) {
         json parts = json::array();
-        std::uint64_t events = 0;
-        std::uint64_t bytes = 0;
-        for (auto& p : t.partition_stats) {
-          events += p.next_offset - p.first_offset;
-          bytes += p.bytes;
+        auto [events, bytes] = stored(t);
+        for (auto& p : t.partition_stats)
           parts.push_back(
             {{"partition", p.partition},
              {"events", p.next_offset - p.first_offset},
              {"first_offset", p.first_offset},
              {"last_offset", p.next_offset == 0 ? json(nullptr) : json(p.next_offset - 1)},
              {"bytes", p.bytes}});
-        }
         topics.push_back({{"name", t.name},
                           {"partitions", t.partitions},
                           {"events", events},
@@ -781,6 +907,7 @@ private:
 
   actors::node& node_;
   const config::config& cfg_;
+  http::metrics metrics_;
   std::vector<route> routes_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };

@@ -250,7 +250,10 @@ partition_writer::append(const std::vector<new_event>& events) {
     batch.Put(log_.meta_, head_key(topic_.id, partition_), next);
     // Not synced here: under fsync always the caller waits for
     // after_durable(), which shares one fsync among every partition's writes.
+    auto started = std::chrono::steady_clock::now();
     s = log_.db_->Write(rocksdb::WriteOptions{}, &batch);
+    if (log_.opts_.observe_io)
+      log_.opts_.observe_io(io_op::write, std::chrono::steady_clock::now() - started);
   }
   {
     std::lock_guard<std::mutex> guard{log_.ids_mutex_};
@@ -658,6 +661,14 @@ void event_log::after_durable(std::function<void(std::optional<error>)> done) {
   fsync_cv_.notify_one();
 }
 
+rocksdb::Status event_log::sync_wal() {
+  auto started = std::chrono::steady_clock::now();
+  auto s = db_->SyncWAL();
+  if (opts_.observe_io)
+    opts_.observe_io(io_op::sync, std::chrono::steady_clock::now() - started);
+  return s;
+}
+
 void event_log::sync_loop() {
   std::unique_lock<std::mutex> guard{fsync_mutex_};
   for (;;) {
@@ -669,7 +680,7 @@ void event_log::sync_loop() {
     guard.unlock();
     // Everything the waiters wrote completed before they registered, so this
     // one sync covers all of them; newcomers wait for the next round.
-    auto s = db_->SyncWAL();
+    auto s = sync_wal();
     std::optional<error> failure;
     if (!s.ok()) {
       note_error("fsync: " + s.ToString());
@@ -688,7 +699,7 @@ void event_log::fsync_loop() {
     if (stopping_)
       break;
     guard.unlock();
-    auto s = db_->SyncWAL();
+    auto s = sync_wal();
     if (!s.ok())
       note_error("interval fsync: " + s.ToString());
     guard.lock();

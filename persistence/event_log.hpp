@@ -22,6 +22,7 @@
 #include "config/config.hpp"
 
 namespace rocksdb {
+class Status;
 class CompactionFilter;
 class DB;
 class ColumnFamilyHandle;
@@ -48,6 +49,16 @@ using clock_fn = std::function<std::int64_t()>;
 /// The wall clock in microseconds.
 std::int64_t system_clock_us();
 
+/// Disk operations whose durations are reported to `options::observe_io`.
+enum class io_op {
+  write, ///< one group commit of events (a RocksDB WriteBatch)
+  sync,  ///< one WAL fsync
+};
+
+/// Receives the duration of each timed disk operation, on the thread that did
+/// it; it must be cheap and must not call back into the log.
+using io_observer = std::function<void(io_op, std::chrono::nanoseconds)>;
+
 /// RFC 3339 in UTC with microseconds: 2026-11-22T23:59:59.123456Z.
 std::string format_time_us(std::int64_t time_us);
 
@@ -60,6 +71,7 @@ struct options {
   std::string node_id;         ///< kept in `meta`; empty: the stored or a new one
   /// Results older than this are dropped by compaction and hidden from reads.
   std::chrono::milliseconds results_ttl{24LL * 3600 * 1000};
+  io_observer observe_io; ///< empty: nothing is timed
 };
 
 struct topic_info {
@@ -211,6 +223,8 @@ private:
   [[nodiscard]] std::uint64_t recover_next_offset(std::uint32_t topic_id,
                                                   std::uint32_t partition) const;
   void note_error(const std::string& what);
+  /// SyncWAL, timed for `observe_io`.
+  [[nodiscard]] rocksdb::Status sync_wal();
   void fsync_loop();
 
   /// Id reservations of appends in flight, so two partitions cannot append

@@ -100,9 +100,9 @@ struct http_poster::impl {
       stream.socket().shutdown(net::ip::tcp::socket::shutdown_both, ec);
     } catch (const beast::system_error& e) {
       a.status = 0;
-      a.error = e.code() == beast::error::timeout
-                  ? "timed out after " + std::to_string(timeout.count()) + " ms"
-                  : e.code().message();
+      a.timed_out = e.code() == beast::error::timeout;
+      a.error = a.timed_out ? "timed out after " + std::to_string(timeout.count()) + " ms"
+                            : e.code().message();
     }
     return a;
   }

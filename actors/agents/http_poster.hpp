@@ -12,7 +12,8 @@ namespace nerve::actors::agents {
 struct http_answer {
   unsigned status = 0; ///< 0 when no answer came
   std::string body;
-  std::string error; ///< set when no answer came
+  std::string error;      ///< set when no answer came
+  bool timed_out = false; ///< no answer came within the deadline
 };
 
 class http_poster {

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import unittest
+import uuid
 
 READY_RE = re.compile(r"ready in \d+ ms: http://(\S+):(\d+)")
 START_TIMEOUT_S = 30.0
@@ -105,6 +106,21 @@ def _yaml_scalar(v):
     if isinstance(v, list):
         return "[]"
     return json.dumps(str(v))  # a JSON string is a valid YAML double-quoted scalar
+
+
+def topic(prefix):
+    """A topic name no other test uses."""
+    return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+def builtin(name, topics, handler, **kw):
+    """The config of a builtin agent (echo, fail or noop)."""
+    return dict({"name": name, "topics": topics, "kind": "builtin", "handler": handler}, **kw)
+
+
+def process(name, topics, command, **kw):
+    """The config of a process agent running `command`."""
+    return dict({"name": name, "topics": topics, "kind": "process", "command": command}, **kw)
 
 
 class Response:
@@ -337,6 +353,17 @@ class ServerTestCase(unittest.TestCase):
         if start:
             srv.start()
         return srv
+
+    def wait_for(self, fn, timeout=15.0, what="condition"):
+        """Polls fn() until it returns a truthy value; returns it."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = fn()
+            if last:
+                return last
+            time.sleep(0.03)
+        self.fail(f"timed out waiting for {what}; last value: {last!r}")
 
     def stop_ok(self, srv, sig=signal.SIGTERM):
         code = srv.stop(sig)

@@ -9,9 +9,8 @@ import sys
 import threading
 import time
 import unittest
-import uuid
 
-from harness import ServerTestCase, run_nerve
+from harness import ServerTestCase, builtin, process, run_nerve, topic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ECHO_AGENT = os.path.abspath(os.path.join(HERE, "..", "..", "docs", "examples", "echo_agent.py"))
@@ -34,33 +33,10 @@ for line in sys.stdin:
 '''
 
 
-def topic(prefix):
-    return f"{prefix}.{uuid.uuid4().hex[:10]}"
-
-
-def builtin(name, topics, handler, **kw):
-    return dict({"name": name, "topics": topics, "kind": "builtin", "handler": handler}, **kw)
-
-
-def process(name, topics, command, **kw):
-    return dict({"name": name, "topics": topics, "kind": "process", "command": command}, **kw)
-
-
 class AgentTestCase(ServerTestCase):
 
     def agent_server(self, agents, start=True, **kw):
         return self.new_server(start=start, config={"agents": agents}, **kw)
-
-    def wait_for(self, fn, timeout=15.0, what="condition"):
-        """Polls fn() until it returns a truthy value; returns it."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = fn()
-            if last:
-                return last
-            time.sleep(0.03)
-        self.fail(f"timed out waiting for {what}; last value: {last!r}")
 
     def publish_ok(self, srv, topic_name, events):
         r = srv.publish(topic_name, events)
@@ -393,6 +369,7 @@ class ProcessAgentTest(AgentTestCase):
 
 HANG_AGENT = r'''
 import json, sys
+open(sys.argv[1], "w").close()  # ready: interpreter start-up is not part of the timeout
 for line in sys.stdin:
     msg = json.loads(line)
     if msg.get("type") == "event" and not msg["event"]["data"].get("hang"):
@@ -409,9 +386,12 @@ class TimeoutTest(AgentTestCase):
         script = os.path.join(srv.workdir, "hang_agent.py")
         with open(script, "w") as f:
             f.write(HANG_AGENT)
-        srv.write_config({"agents": [process("hang", [t], [sys.executable, script],
+        ready = os.path.join(srv.workdir, "hang_ready")
+        srv.write_config({"agents": [process("hang", [t], [sys.executable, script, ready],
                                              timeout="100ms", max_retries=1, backoff=FAST)]})
         srv.start()
+        # On a loaded machine Python can take longer than the 100 ms timeout to start.
+        self.wait_for(lambda: os.path.exists(ready), what="the agent to start")
         hung, fine = self.publish_ok(srv, t, [{"data": {"hang": True}}, {"data": {"hang": False}}])
         self.assertEqual(self.wait_state(srv, [fine["id"]], "hang", "acked")[fine["id"]]["result"], 1)
         d = self.wait_state(srv, [hung["id"]], "hang", "dead_lettered")[hung["id"]]

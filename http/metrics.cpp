@@ -1,0 +1,201 @@
+// Prometheus exposition with prometheus-cpp core. HTTP series live in a
+// registry for the life of the server; the node's state is copied into a
+// fresh registry on each scrape, so gauges are read when asked and the
+// runtime's all-time counters are exported as they are.
+#include "http/metrics.hpp"
+
+#include <array>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+namespace nerve::http {
+
+namespace {
+
+using prometheus::Labels;
+
+/// Seconds: from a fast local answer to a slow publish under fsync.
+const prometheus::Histogram::BucketBoundaries request_bounds_s
+  = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+std::string method_label(const std::string& method) {
+  static const std::array<const char*, 7> verbs
+    = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"};
+  for (auto* v : verbs)
+    if (method == v)
+      return method;
+  return "other";
+}
+
+/// Adds one histogram series holding `v`'s buckets (to what it holds already).
+void observe_view(prometheus::Family<prometheus::Histogram>& family, const Labels& labels,
+                  const actors::latency_view& v) {
+  std::vector<double> counts(v.counts.begin(), v.counts.end());
+  family.Add(labels, v.upper_bounds_s).ObserveMultiple(counts, v.sum_s);
+}
+
+void add_deliveries(prometheus::Registry& reg, const actors::metrics_snapshot& s) {
+  auto& deliveries = prometheus::BuildCounter()
+                       .Name("nerve_deliveries_total")
+                       .Help("Delivery attempts by outcome: acked, failed (an error answer), "
+                             "timeout (no answer in time); then retried or dead_lettered")
+                       .Register(reg);
+  auto& processing = prometheus::BuildHistogram()
+                       .Name("nerve_processing_seconds")
+                       .Help("Time an agent took to answer a delivery attempt")
+                       .Register(reg);
+  for (auto& m : s.deliveries) {
+    auto count = [&](const char* outcome, std::uint64_t n) {
+      deliveries.Add({{"agent", m.agent}, {"topic", m.topic}, {"outcome", outcome}})
+        .Increment(static_cast<double>(n));
+    };
+    count("acked", m.processed);
+    count("failed", m.failed - std::min(m.failed, m.timed_out));
+    count("timeout", m.timed_out);
+    count("retried", m.retried);
+    count("dead_lettered", m.dead_lettered);
+    observe_view(processing, {{"agent", m.agent}}, m.processing);
+  }
+}
+
+void add_groups(prometheus::Registry& reg, const actors::metrics_snapshot& s) {
+  auto& pending = prometheus::BuildGauge()
+                    .Name("nerve_pending_deliveries")
+                    .Help("Deliveries sent and not answered, or waiting to be retried")
+                    .Register(reg);
+  auto& lag = prometheus::BuildGauge()
+                .Name("nerve_consumer_lag")
+                .Help("Events of the topic an agent's cursor has not passed yet")
+                .Register(reg);
+  for (auto& g : s.groups) {
+    Labels labels{{"agent", g.agent}, {"topic", g.topic}};
+    pending.Add(labels).Set(static_cast<double>(g.pending));
+    lag.Add(labels).Set(static_cast<double>(g.lag));
+  }
+}
+
+void add_node(prometheus::Registry& reg, const actors::metrics_snapshot& s) {
+  auto& published = prometheus::BuildCounter()
+                      .Name("nerve_events_published_total")
+                      .Help("Events appended to a topic and durable (duplicates excluded)")
+                      .Register(reg);
+  for (auto& t : s.topics)
+    published.Add({{"topic", t.topic}}).Increment(static_cast<double>(t.published));
+  auto& restarts = prometheus::BuildCounter()
+                     .Name("nerve_agent_restarts_total")
+                     .Help("Restarts of an agent's instances since start-up")
+                     .Register(reg);
+  for (auto& a : s.agents)
+    restarts.Add({{"agent", a.agent}}).Increment(static_cast<double>(a.restarts));
+  prometheus::BuildGauge()
+    .Name("nerve_dlq_entries")
+    .Help("Entries in the dead-letter queue")
+    .Register(reg)
+    .Add({})
+    .Set(static_cast<double>(s.dlq_entries));
+  observe_view(prometheus::BuildHistogram()
+                 .Name("nerve_storage_write_seconds")
+                 .Help("Time to write one group commit of events to RocksDB")
+                 .Register(reg),
+               {}, s.storage_write);
+  observe_view(prometheus::BuildHistogram()
+                 .Name("nerve_storage_sync_seconds")
+                 .Help("Time of one fsync of the RocksDB write-ahead log")
+                 .Register(reg),
+               {}, s.storage_sync);
+}
+
+} // namespace
+
+struct metrics::route_series {
+  std::string method;
+  std::string route;
+  prometheus::Histogram* duration = nullptr;
+  std::mutex mutex;
+  std::map<unsigned, prometheus::Counter*> by_status; ///< guarded by mutex
+};
+
+struct metrics::impl {
+  prometheus::Registry registry;
+  prometheus::Family<prometheus::Counter>& requests
+    = prometheus::BuildCounter()
+        .Name("nerve_http_requests_total")
+        .Help("HTTP requests answered, by method, route pattern and status code")
+        .Register(registry);
+  prometheus::Family<prometheus::Histogram>& durations
+    = prometheus::BuildHistogram()
+        .Name("nerve_http_request_duration_seconds")
+        .Help("Time from a parsed request to its answer, by method and route pattern")
+        .Register(registry);
+  std::mutex mutex;
+  std::map<std::pair<std::string, std::string>, std::unique_ptr<route_series>> series;
+
+  impl() {
+    prometheus::BuildGauge()
+      .Name("nerve_up")
+      .Help("1 while the node serves")
+      .Register(registry)
+      .Add({})
+      .Set(1);
+    prometheus::BuildGauge()
+      .Name("nerve_build_info")
+      .Help("The running version of nerve (always 1)")
+      .Register(registry)
+      .Add({{"version", NERVE_VERSION}})
+      .Set(1);
+  }
+};
+
+metrics::metrics() : impl_(std::make_unique<impl>()) {
+}
+
+metrics::~metrics() = default;
+
+metrics::route_series& metrics::series(const std::string& method, const std::string& route) {
+  auto key = std::make_pair(method_label(method), route);
+  std::lock_guard<std::mutex> guard{impl_->mutex};
+  auto& s = impl_->series[key];
+  if (!s) {
+    s = std::make_unique<route_series>();
+    s->method = key.first;
+    s->route = route;
+    s->duration
+      = &impl_->durations.Add({{"method", s->method}, {"route", route}}, request_bounds_s);
+  }
+  return *s;
+}
+
+void metrics::observe(route_series& s, unsigned status, std::chrono::steady_clock::duration took) {
+  prometheus::Counter* counter = nullptr;
+  {
+    std::lock_guard<std::mutex> guard{s.mutex};
+    auto& c = s.by_status[status];
+    if (c == nullptr)
+      c = &impl_->requests.Add(
+        {{"method", s.method}, {"route", s.route}, {"code", std::to_string(status)}});
+    counter = c;
+  }
+  counter->Increment();
+  s.duration->Observe(std::chrono::duration<double>(took).count());
+}
+
+std::string metrics::render(const actors::metrics_snapshot& snapshot) const {
+  prometheus::Registry now;
+  add_node(now, snapshot);
+  add_deliveries(now, snapshot);
+  add_groups(now, snapshot);
+  auto families = now.Collect();
+  for (auto& f : impl_->registry.Collect())
+    families.push_back(std::move(f));
+  return prometheus::TextSerializer{}.Serialize(families);
+}
+
+} // namespace nerve::http

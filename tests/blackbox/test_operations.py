@@ -1,0 +1,296 @@
+"""Black-box tests of the operator surface (CONTRACT.md section 6): GET /metrics in the
+Prometheus text format (checked by promtool), the measured indicators of
+/health/detailed, GET /v1/bus/stats and GET /v1/storage/health, which routes need the
+token, and the refusal of a non-loopback address without one."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+from harness import PROBLEM_TYPE, ServerTestCase, builtin, process, run_nerve, topic
+
+FAST = {"initial": "20ms", "max": "50ms"}
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+# Reads deliveries and never answers: every attempt times out.
+SILENT_AGENT = "import sys\nfor line in sys.stdin:\n    pass\n"
+
+
+def parse_samples(text):
+    """{(name, frozenset of label pairs): value} of every sample line."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE_RE.match(line)
+        assert m, f"not a sample line: {line!r}"
+        labels = frozenset(LABEL_RE.findall(m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+class OperationsTestCase(ServerTestCase):
+
+    def scrape(self, srv):
+        r = srv.get("/metrics")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.content_type, METRICS_TYPE, r)
+        return r.body.decode("utf-8")
+
+    def value(self, samples, name, **labels):
+        """The sample's value; 0 when the series does not exist (yet)."""
+        return samples.get((name, frozenset(labels.items())), 0.0)
+
+    def publish_ok(self, srv, topic_name, events, **kw):
+        r = srv.publish(topic_name, events, **kw)
+        self.assertEqual(r.status, 201, r)
+        return r.json()["events"]
+
+    def detailed(self, srv):
+        r = srv.get("/health/detailed")
+        self.assertEqual(r.status, 200, r)
+        body = r.json()
+        body["by_name"] = {i["name"]: i for i in body["indicators"]}
+        return body
+
+    def dlq_count(self, srv, agent):
+        r = srv.get(f"/v1/dlq?agent={agent}")
+        self.assertEqual(r.status, 200, r)
+        return r.json()["count"]
+
+
+class MetricsTest(OperationsTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        if shutil.which("promtool") is None:
+            raise AssertionError("promtool is missing: .ci/install-deps installs the Debian "
+                                 "package prometheus")
+
+    def setUp(self):
+        self.t = topic("ops")
+        self.srv = self.new_server(config={"agents": [
+            builtin("ok", [self.t], "echo"),
+            builtin("bad", [self.t], "fail", max_retries=1, backoff=FAST),
+            process("silent", [self.t], [sys.executable, "-c", SILENT_AGENT],
+                    timeout="200ms", max_retries=0)]})
+
+    def promtool_check(self, text):
+        p = subprocess.run(["promtool", "check", "metrics"], input=text.encode("utf-8"),
+                           capture_output=True, timeout=30)
+        problems = (p.stdout + p.stderr).decode("utf-8", "replace").strip()
+        self.assertEqual(p.returncode, 0, problems + "\n" + text)
+        self.assertEqual(problems, "", text)
+
+    def settled(self, n):
+        """Waits until every agent has handled `n` events; returns the samples."""
+        def check():
+            s = parse_samples(self.scrape(self.srv))
+            done = (self.value(s, "nerve_deliveries_total", agent="ok", topic=self.t,
+                               outcome="acked") == n
+                    and self.value(s, "nerve_deliveries_total", agent="bad", topic=self.t,
+                                   outcome="dead_lettered") == n
+                    and self.value(s, "nerve_deliveries_total", agent="silent", topic=self.t,
+                                   outcome="dead_lettered") == n)
+            return s if done else None
+        return self.wait_for(check, what=f"{n} events handled by every agent")
+
+    def test_metrics_pass_promtool_and_count_what_happened(self):
+        before = parse_samples(self.scrape(self.srv))
+        self.assertEqual(self.value(before, "nerve_up"), 1.0)
+        self.assertEqual(self.value(before, "nerve_events_published_total", topic=self.t), 0.0)
+        self.publish_ok(self.srv, self.t, [{"data": i} for i in range(5)])
+        s = self.settled(5)
+        self.assertEqual(self.value(s, "nerve_events_published_total", topic=self.t), 5.0)
+        d = lambda agent, outcome: self.value(s, "nerve_deliveries_total", agent=agent,
+                                              topic=self.t, outcome=outcome)
+        self.assertEqual((d("ok", "failed"), d("ok", "timeout"), d("ok", "dead_lettered")),
+                         (0, 0, 0))
+        # max_retries 1: two failed attempts per event, one retry, then the DLQ.
+        self.assertEqual((d("bad", "failed"), d("bad", "retried"), d("bad", "acked")),
+                         (10, 5, 0))
+        self.assertEqual((d("silent", "timeout"), d("silent", "failed")), (5, 0))
+        self.assertEqual(self.value(s, "nerve_dlq_entries"), 10.0)
+        self.assertEqual(self.value(s, "nerve_processing_seconds_count", agent="ok"), 5.0)
+        self.assertEqual(self.value(s, "nerve_processing_seconds_count", agent="bad"), 10.0)
+        self.assertGreater(self.value(s, "nerve_storage_write_seconds_count"), 0)
+        self.assertGreater(self.value(s, "nerve_storage_sync_seconds_count"), 0)
+        for agent in ("ok", "bad", "silent"):
+            self.assertEqual(self.value(s, "nerve_pending_deliveries", agent=agent, topic=self.t),
+                             0.0)
+            self.assertEqual(self.value(s, "nerve_consumer_lag", agent=agent, topic=self.t), 0.0)
+        version = self.detailed(self.srv)["version"]
+        self.assertEqual(self.value(s, "nerve_build_info", version=version), 1.0)
+
+        # The counter moves by exactly what is published (a duplicate id is not appended).
+        self.publish_ok(self.srv, self.t, [{"data": i, "id": f"ops-{i}"} for i in range(3)])
+        self.publish_ok(self.srv, self.t, [{"data": 0, "id": "ops-0"}])
+        after = parse_samples(self.scrape(self.srv))
+        self.assertEqual(self.value(after, "nerve_events_published_total", topic=self.t), 8.0)
+        self.settled(8)
+        self.promtool_check(self.scrape(self.srv))
+
+    def test_http_requests_are_counted_by_route_pattern(self):
+        self.publish_ok(self.srv, self.t, {"data": 1})
+        self.assertEqual(self.srv.get("/no/such/path-1234").status, 404)
+        self.assertEqual(self.srv.request("DELETE", "/v1/topics").status, 405)
+        text = self.scrape(self.srv)
+        s = parse_samples(text)
+        self.assertEqual(self.value(s, "nerve_http_requests_total", method="POST",
+                                    route="/v1/topics/{topic}/events", code="201"), 1.0)
+        self.assertEqual(self.value(s, "nerve_http_requests_total", method="GET", route="other",
+                                    code="404"), 1.0)
+        self.assertEqual(self.value(s, "nerve_http_requests_total", method="DELETE",
+                                    route="/v1/topics", code="405"), 1.0)
+        self.assertEqual(self.value(s, "nerve_http_request_duration_seconds_count",
+                                    method="POST", route="/v1/topics/{topic}/events"), 1.0)
+        self.assertNotIn(self.t, "".join(l for l in text.splitlines()
+                                         if l.startswith("nerve_http_")))
+        self.assertNotIn("path-1234", text)
+        self.promtool_check(text)
+
+
+class HealthIndicatorTest(OperationsTestCase):
+
+    def test_a_crashing_process_agent_degrades_the_agents_indicator(self):
+        t = topic("crash")
+        srv = self.new_server(config={"agents": [
+            builtin("fine", [t], "echo"),
+            process("crasher", [t], [sys.executable, "-c", "import sys; sys.exit(3)"])]})
+
+        def degraded():
+            h = self.detailed(srv)
+            agents = h["by_name"]["agents"]
+            return h if agents["status"] == "degraded" else None
+        h = self.wait_for(degraded, what="the agents indicator to degrade")
+        agents = h["by_name"]["agents"]
+        self.assertRegex(agents["message"], r"^1 running, 1 (restarting|crashed)$")
+        self.assertEqual(h["status"], "degraded", h)
+        self.assertEqual(h["state"], "DEGRADED", h)
+        s = parse_samples(self.scrape(srv))
+        self.assertGreaterEqual(self.value(s, "nerve_agent_restarts_total", agent="crasher"), 1)
+        self.assertEqual(self.value(s, "nerve_agent_restarts_total", agent="fine"), 0)
+        self.assertEqual(srv.get("/health").status, 200)  # storage is fine
+
+    def test_a_healthy_config_is_healthy_and_running(self):
+        t = topic("fine")
+        srv = self.new_server(config={"agents": [builtin("a", [t], "echo"),
+                                                 builtin("b", [t], "echo", instances=2)]})
+        h = self.wait_for(lambda: (lambda h: h if h["state"] == "RUNNING" else None)(
+            self.detailed(srv)), what="RUNNING")
+        self.assertEqual(h["status"], "healthy", h)
+        self.assertEqual(h["by_name"]["agents"],
+                         {"name": "agents", "status": "healthy", "message": "3 running"})
+        for ind in h["indicators"]:
+            self.assertEqual(ind["status"], "healthy", h)
+
+    def test_dlq_above_the_limit_degrades_the_dlq_indicator(self):
+        t = topic("dlqh")
+        srv = self.new_server(config={
+            "health": {"dlq_degraded": 2},
+            "agents": [builtin("bad", [t], "fail", max_retries=0, backoff=FAST)]})
+        self.publish_ok(srv, t, [{"data": i} for i in range(2)])
+        self.wait_for(lambda: self.dlq_count(srv, "bad") == 2, what="2 DLQ entries")
+        h = self.detailed(srv)
+        self.assertEqual(h["by_name"]["dlq"],
+                         {"name": "dlq", "status": "healthy", "message": "2 in DLQ"})
+        self.publish_ok(srv, t, {"data": 3})
+        self.wait_for(lambda: self.dlq_count(srv, "bad") == 3, what="3 DLQ entries")
+        h = self.detailed(srv)
+        self.assertEqual(h["by_name"]["dlq"],
+                         {"name": "dlq", "status": "degraded", "message": "3 in DLQ"})
+        self.assertEqual((h["status"], h["state"]), ("degraded", "DEGRADED"), h)
+
+
+class BusAndStorageTest(OperationsTestCase):
+
+    def test_bus_stats_add_up_the_node(self):
+        t1, t2 = topic("bus"), topic("bus")
+        srv = self.new_server(config={
+            "topics": {t2: {"partitions": 2}},
+            "agents": [builtin("ok", [t1], "echo"),
+                       builtin("bad", [t2], "fail", max_retries=1, backoff=FAST)]})
+        stats = srv.get("/v1/bus/stats")
+        self.assertEqual(stats.status, 200, stats)
+        empty = stats.json()
+        self.assertEqual(set(empty), {"topics", "partitions", "events", "bytes", "agents",
+                                      "pending", "lag", "dlq", "published_total",
+                                      "delivered_total", "acked_total", "failed_total",
+                                      "dead_lettered_total", "uptime_s"})
+        self.assertEqual((empty["topics"], empty["events"], empty["agents"], empty["dlq"]),
+                         (0, 0, 2, 0))
+        self.publish_ok(srv, t1, [{"data": i} for i in range(4)])
+        self.publish_ok(srv, t2, [{"data": i} for i in range(3)])
+
+        def settled():
+            b = srv.get("/v1/bus/stats").json()
+            return b if b["acked_total"] == 4 and b["dead_lettered_total"] == 3 else None
+        b = self.wait_for(settled, what="4 acked and 3 dead-lettered")
+        for k, v in b.items():
+            self.assertIsInstance(v, float if k == "uptime_s" else int, (k, b))
+        self.assertEqual((b["topics"], b["partitions"], b["events"]), (2, 6, 7), b)
+        self.assertEqual((b["published_total"], b["dlq"]), (7, 3), b)
+        self.assertEqual((b["failed_total"], b["delivered_total"]), (6, 10), b)
+        self.assertEqual((b["pending"], b["lag"]), (0, 0), b)
+        self.assertGreater(b["bytes"], 0, b)
+        self.assertGreaterEqual(b["uptime_s"], 0, b)
+
+    def test_storage_health_reports_the_backend(self):
+        srv = self.new_server()
+        self.publish_ok(srv, topic("st"), {"data": "x" * 1000})
+        r = srv.get("/v1/storage/health")
+        self.assertEqual(r.status, 200, r)
+        body = r.json()
+        self.assertEqual(set(body), {"status", "backend", "path", "size_bytes", "fsync",
+                                     "write_latency_ms", "last_error"})
+        self.assertEqual((body["status"], body["backend"], body["fsync"], body["last_error"]),
+                         ("healthy", "rocksdb", "always", ""), body)
+        self.assertEqual(body["path"], srv.data_dir)
+        self.assertGreater(body["size_bytes"], 0, body)
+        self.assertIsInstance(body["write_latency_ms"], (int, float), body)
+        self.assertGreaterEqual(body["write_latency_ms"], 0, body)
+
+    def test_storage_health_names_the_fsync_policy(self):
+        srv = self.new_server(config={"storage": {"fsync": "never"}})
+        self.assertEqual(srv.get("/v1/storage/health").json()["fsync"], "never")
+
+
+class AuthTest(OperationsTestCase):
+
+    def test_metrics_and_health_stay_open_while_v1_needs_the_token(self):
+        srv = self.new_server(env={"NERVE_HTTP_TOKEN": "s3cret"})
+        for path in ("/v1/bus/stats", "/v1/storage/health"):
+            with self.subTest(path=path):
+                r = srv.get(path)
+                self.assertProblem(r, 401)
+                self.assertEqual(r.content_type.split(";")[0], PROBLEM_TYPE)
+                r = srv.get(path, headers={"Authorization": "Bearer wrong"})
+                self.assertProblem(r, 401)
+                r = srv.get(path, headers={"Authorization": "Bearer s3cret"})
+                self.assertEqual(r.status, 200, r)
+        for path in ("/metrics", "/health", "/health/detailed"):
+            with self.subTest(path=path):
+                self.assertEqual(srv.get(path).status, 200)
+        # The refusals are counted under the route, not as unknown paths.
+        s = parse_samples(self.scrape(srv))
+        self.assertEqual(self.value(s, "nerve_http_requests_total", method="GET",
+                                    route="/v1/bus/stats", code="401"), 2.0)
+
+    def test_non_loopback_without_token_is_refused_at_start_up(self):
+        data = tempfile.mkdtemp(prefix="nerve-bb-")
+        self.addCleanup(shutil.rmtree, data, True)
+        p = run_nerve(["run", "--http", "0.0.0.0:0", "--data-dir", os.path.join(data, "d")])
+        self.assertEqual(p.returncode, 2, p)
+        lines = p.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, p)
+        self.assertIn("http.token", lines[0])
+        self.assertFalse(os.path.exists(os.path.join(data, "d")), "nothing is created")
+
+
+if __name__ == "__main__":
+    unittest.main()
