@@ -623,7 +623,10 @@ void settle(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>
     e.topic_id = r.topic_id;
     e.partition = r.partition;
     e.offset = rec.offset;
-    e.id = persistence::delivery_store::dlq_id(e.agent, e.topic_id, e.partition, rec.offset);
+    // An id of its own: the live group's id would overwrite the live entry
+    // for this event, or make a live-acked event look dead-lettered.
+    e.id = persistence::delivery_store::dlq_id(e.agent + "@replay/" + st.id, e.topic_id,
+                                               e.partition, rec.offset);
     e.event_id = rec.event_id;
     e.event = *rec.event; // carries the replay mark
     e.error = rec.last_error + " (replay " + st.id + ")";
