@@ -514,6 +514,8 @@ struct replay_agent {
   std::size_t in_flight = 0;
   std::size_t rr = 0;
   std::uint64_t done = 0;
+  /// Resumed with outcomes stored: skip the events that have one.
+  bool skip_settled = false;
 };
 
 struct replay_state {
@@ -573,6 +575,45 @@ void finish(replay_actor_t* self, const std::string& state) {
   self->quit();
 }
 
+/// Whether the event at `offset` already has an outcome under the replay: it
+/// was finished after the stored position, before a restart.
+bool settled_before(const replay_state& st, const replay_agent& ra, const range& r,
+                    std::uint64_t offset) {
+  auto out = st.ctx->store->meta(
+    outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, offset));
+  if (!out)
+    throw std::runtime_error("reading an outcome: " + out.error().message);
+  return out->has_value();
+}
+
+/// Counts from the stored outcomes, after a restart. The stored position is
+/// the lowest unfinished event, so events finished past it, and outcomes
+/// stored after the last progress write, would otherwise count twice or not
+/// at all.
+void recount(replay_state& st) {
+  std::uint64_t acked = 0;
+  std::uint64_t dead = 0;
+  for (auto& ra : st.agents) {
+    auto prefix = "rout/" + st.id + "/" + ra.agent->cfg.name + "/";
+    auto outs = st.ctx->store->meta_prefix(prefix);
+    if (!outs)
+      throw std::runtime_error("reading outcomes: " + outs.error().message);
+    ra.done = 0;
+    for (auto& [key, value] : *outs) {
+      if (key.size() != prefix.size() + 16)
+        continue; // another agent's, whose name starts with this one's and a '/'
+      ++ra.done;
+      auto o = json::parse(value, nullptr, false);
+      auto outcome = o.is_object() ? o.value("outcome", "") : std::string{};
+      acked += outcome == "acked" ? 1 : 0;
+      dead += outcome == "dead_lettered" ? 1 : 0;
+    }
+    ra.skip_settled = ra.done > 0;
+  }
+  st.record["acked"] = acked;
+  st.record["dead_lettered"] = dead;
+}
+
 /// Reads the next events of one agent's history into `ready`.
 void fill(replay_actor_t* self, replay_agent& ra) {
   auto& st = self->state;
@@ -602,6 +643,8 @@ void fill(replay_actor_t* self, replay_agent& ra) {
       }
       at = offset + 1;
       if (has_filter(ra.agent->cfg.filter) && !filter_matches(ra.agent->cfg.filter, e))
+        continue;
+      if (ra.skip_settled && settled_before(st, ra, r, offset))
         continue;
       position pos{ra.next.first, offset};
       replay_rec rec;
@@ -690,7 +733,10 @@ void settle(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>
     e.topic_id = r.topic_id;
     e.partition = r.partition;
     e.offset = rec.offset;
-    e.id = persistence::delivery_store::dlq_id(e.agent, e.topic_id, e.partition, rec.offset);
+    // An id of its own: the live group's id would overwrite the live entry
+    // for this event, or make a live-acked event look dead-lettered.
+    e.id = persistence::delivery_store::dlq_id(e.agent + "@replay/" + st.id, e.topic_id,
+                                               e.partition, rec.offset);
     e.event_id = rec.event_id;
     e.event = *rec.event; // carries the replay mark
     e.error = rec.last_error + " (replay " + st.id + ")";
@@ -770,9 +816,9 @@ caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string 
     ra.ranges = ranges_of(p);
     auto pos = p.value("pos", json::array({0, 0}));
     ra.next = {pos.at(0).get<std::size_t>(), pos.at(1).get<std::uint64_t>()};
-    ra.done = p.value("done", 0ULL);
     st.agents.push_back(std::move(ra));
   }
+  recount(st);
   spdlog::info("replay {} running: {} deliveries to {} agents, {} done", id,
                st.record.value("events_total", 0ULL), st.agents.size(),
                st.record.value("events_done", 0ULL));

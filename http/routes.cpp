@@ -876,6 +876,9 @@ private:
     std::optional<std::uint64_t> limit;
     if (auto err = query_uint(q, "limit", 1000, limit))
       return respond(std::move(*err));
+    if (limit && *limit == 0) // a page of none would hand back the same cursor forever
+      return respond(problem(400, "invalid-parameter", "Bad Request",
+                             "query parameter limit=0 must be an integer from 1 to 1000"));
     auto agent = q["agent"];
     if (agent.empty())
       return respond(problem(400, "invalid-parameter", "Bad Request",
