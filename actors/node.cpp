@@ -12,6 +12,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -785,6 +786,10 @@ public:
     });
   }
 
+  tail_handle tail(const std::string& topic, tail_sink sink) override {
+    return ctx_.tails.add(topic, std::move(sink));
+  }
+
   void replay_create(replay_request req, callback<replay_view> done) override {
     for (auto& name : req.agents)
       if (!find_agent(name))
@@ -850,9 +855,21 @@ public:
     }
     if (!actor)
       return replay_get(id, std::move(done)); // not running: nothing to stop
+    // Answered with the replay's view once the actor stopped it, or when the
+    // message is dropped because the replay ended first.
+    struct answer_once {
+      std::function<void()> fn;
+      void operator()() { std::exchange(fn, nullptr)(); }
+      ~answer_once() {
+        if (fn)
+          fn();
+      }
+    };
+    auto once = std::make_shared<answer_once>();
+    once->fn = [this, id, done = std::move(done)] { replay_get(id, done); };
     auto reply = std::make_shared<std::function<void(std::string)>>(
-      [this, id, done = std::move(done)](const std::string&) { replay_get(id, done); });
-    caf::anon_send(actor, cancel_atom::value, reply);
+      [once](const std::string&) { (*once)(); });
+    caf::anon_send(actor, cancel_atom::value, std::move(reply));
   }
 
   void health(callback<health_report> done) override {

@@ -276,6 +276,12 @@ struct history_page {
   std::string next_cursor; ///< empty on the last page
 };
 
+/// A live subscription to a topic's events; dropping it unsubscribes.
+using tail_handle = std::shared_ptr<void>;
+/// Receives the JSON of events as they become durable, in partition order,
+/// from the partition actors' threads: it must not block.
+using tail_sink = std::function<void(const std::vector<std::string>& events)>;
+
 class node {
 public:
   virtual ~node() = default;
@@ -333,6 +339,9 @@ public:
     = 0;
   /// Stops a running replay; answers its view.
   virtual void replay_cancel(const std::string& id, callback<replay_view> done) = 0;
+
+  /// Follows `topic` (which may not exist yet) from now on.
+  [[nodiscard]] virtual tail_handle tail(const std::string& topic, tail_sink sink) = 0;
 
   /// Runs the storage probe and gathers the indicators.
   virtual void health(callback<health_report> done) = 0;

@@ -599,6 +599,14 @@ void flush(partition_actor_t* self) {
       for (auto& job : st.batch)
         job->finish(tl::make_unexpected(appended.error()));
     } else {
+      // Followers of the topic get the events once durable, like publishers.
+      std::shared_ptr<std::vector<std::string>> followed;
+      if (st.ctx->tails.active.load(std::memory_order_relaxed) > 0) {
+        followed = std::make_shared<std::vector<std::string>>();
+        for (auto& r : *appended)
+          if (r.status == persistence::append_status::appended)
+            followed->push_back(r.json);
+      }
       std::size_t at = 0;
       for (auto& job : st.batch) {
         auto n = job->events.size();
@@ -621,7 +629,8 @@ void flush(partition_actor_t* self) {
       auto results = std::make_shared<std::vector<persistence::append_result>>(
         std::move(*appended));
       st.ctx->log->after_durable([jobs, results, me = caf::actor{self}, slot = st.slot,
-                                  end = st.writer->next_offset()](
+                                  end = st.writer->next_offset(), followed, ctx = st.ctx,
+                                  topic = st.route->info.name](
                                    std::optional<persistence::error> failure) {
         // Counted before the publishers hear of it, so metrics never lag a 201.
         if (!failure)
@@ -639,6 +648,8 @@ void flush(partition_actor_t* self) {
         }
         if (!failure)
           caf::anon_send(me, durable_atom::value, end);
+        if (!failure && followed && !followed->empty())
+          ctx->tails.deliver(topic, *followed);
       });
     }
     st.batch.clear();

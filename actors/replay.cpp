@@ -394,7 +394,10 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
       if (!page)
         return storage(page.error().message);
       for (auto& e : *page)
-        dead[{e.topic_id, e.partition, e.offset}] = e;
+        // Only the live group's entries: a replay's own have other ids.
+        if (e.id == persistence::delivery_store::dlq_id(agent_name, e.topic_id, e.partition,
+                                                        e.offset))
+          dead[{e.topic_id, e.partition, e.offset}] = e;
       if (page->size() < 1000)
         break;
       after = page->back().id;

@@ -2,6 +2,8 @@
 // instances, routing lookups and backoff.
 #include "actors/runtime.hpp"
 
+#include <algorithm>
+
 #include <random>
 #include <sstream>
 
@@ -192,6 +194,46 @@ std::chrono::milliseconds backoff(std::chrono::milliseconds initial, std::chrono
                        static_cast<double>(max.count()));
   std::uniform_real_distribution<double> jitter{0.8, 1.2};
   return std::chrono::milliseconds{static_cast<std::int64_t>(base * jitter(rng))};
+}
+
+std::shared_ptr<tail_hub::entry> tail_hub::add(const std::string& topic, tail_sink sink) {
+  // The entry unregisters itself when the follower lets go of it.
+  auto* hub = this;
+  auto e = std::shared_ptr<entry>(new entry{topic, std::move(sink)}, [hub](entry* gone) {
+    {
+      std::lock_guard<std::mutex> guard{hub->mutex};
+      auto it = hub->by_topic.find(gone->topic);
+      if (it != hub->by_topic.end()) {
+        auto& list = it->second;
+        list.erase(std::remove_if(list.begin(), list.end(),
+                                  [](const std::weak_ptr<entry>& w) { return w.expired(); }),
+                   list.end());
+        if (list.empty())
+          hub->by_topic.erase(it);
+      }
+      --hub->active;
+    }
+    delete gone;
+  });
+  std::lock_guard<std::mutex> guard{mutex};
+  by_topic[topic].push_back(e);
+  ++active;
+  return e;
+}
+
+void tail_hub::deliver(const std::string& topic, const std::vector<std::string>& events) {
+  std::vector<std::shared_ptr<entry>> followers;
+  {
+    std::lock_guard<std::mutex> guard{mutex};
+    auto it = by_topic.find(topic);
+    if (it == by_topic.end())
+      return;
+    for (auto& w : it->second)
+      if (auto e = w.lock())
+        followers.push_back(std::move(e));
+  }
+  for (auto& f : followers)
+    f->sink(events);
 }
 
 } // namespace nerve::actors::detail

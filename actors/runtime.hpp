@@ -213,6 +213,22 @@ using reply_ptr = std::shared_ptr<std::function<void(std::string)>>;
 using publish_fn = std::function<void(const std::string& topic, std::vector<publish_item>,
                                       callback<std::vector<published>>)>;
 
+/// Live tails (WebSocket followers) per topic. Publishing checks `active`
+/// first, so a node without followers pays one atomic load per commit.
+struct tail_hub {
+  struct entry {
+    std::string topic;
+    tail_sink sink;
+  };
+  std::mutex mutex;
+  std::unordered_map<std::string, std::vector<std::weak_ptr<entry>>> by_topic;
+  std::atomic<std::size_t> active{0};
+
+  [[nodiscard]] std::shared_ptr<entry> add(const std::string& topic, tail_sink sink);
+  /// Hands durable events of `topic` to its followers.
+  void deliver(const std::string& topic, const std::vector<std::string>& events);
+};
+
 /// What the actors of one node share. Owned by the node; outlives the actors.
 struct node_context {
   persistence::event_log* log = nullptr;
@@ -223,6 +239,7 @@ struct node_context {
   routing routes;
   publish_fn publish;
   std::atomic<std::int64_t> dlq_size{0};
+  tail_hub tails;
   std::mutex replays_mutex;
   std::unordered_map<std::string, caf::actor> replays; ///< running replay actors by id
 };

@@ -185,6 +185,8 @@ public:
         [this](auto& req, auto& p, auto& respond) { publish(req, p[0], respond); });
     add("GET", "/v1/topics/{topic}/events",
         [this](auto& req, auto& p, auto& respond) { read_events(req, p[0], respond); });
+    add("GET", "/v1/topics/{topic}/tail",
+        [this](auto& req, auto& p, auto& respond) { tail(req, p[0], respond); });
     add("GET", "/v1/events/{id}",
         [this](auto&, auto& p, auto& respond) { get_event(p[0], respond); });
     add("GET", "/v1/agents", [this](auto&, auto&, auto& respond) { list_agents(respond); });
@@ -209,13 +211,13 @@ public:
     add("POST", "/v1/replays",
         [this](auto& req, auto&, auto& respond) { replay_create(req, respond); });
     add("GET", "/v1/replays", [this](auto&, auto&, auto& respond) { replay_list(respond); });
-    add("GET", "/v1/replays/{}", [this](auto&, auto& p, auto& respond) {
+    add("GET", "/v1/replays/{id}", [this](auto&, auto& p, auto& respond) {
       node_.replay_get(p[0], replay_answer(respond, 200));
     });
-    add("DELETE", "/v1/replays/{}", [this](auto&, auto& p, auto& respond) {
+    add("DELETE", "/v1/replays/{id}", [this](auto&, auto& p, auto& respond) {
       node_.replay_cancel(p[0], replay_answer(respond, 200));
     });
-    add("GET", "/v1/replays/{}/history",
+    add("GET", "/v1/replays/{id}/history",
         [this](auto& req, auto& p, auto& respond) { replay_history(req, p[0], respond); });
   }
 
@@ -746,6 +748,29 @@ private:
         return respond(error_response(r.error()));
       respond(json_response(200, json{{"retried", *r}}.dump()));
     });
+  }
+
+  void tail(request& req, const std::string& topic, responder& respond) {
+    if (!actors::valid_topic(topic))
+      return respond(problem(400, "invalid-topic", "Bad Request",
+                             "topic \"" + topic.substr(0, 300) + "\" is not a valid topic name"));
+    if (!req.websocket) {
+      auto r = problem(426, "upgrade-required", "Upgrade Required",
+                       "this route is a WebSocket: connect with Upgrade: websocket to follow "
+                       + topic + " live");
+      r.headers.emplace_back("Upgrade", "websocket");
+      r.headers.emplace_back("Connection", "Upgrade");
+      return respond(std::move(r));
+    }
+    response r;
+    r.status = 101;
+    r.websocket = [this, topic](text_sender send) -> std::shared_ptr<void> {
+      return node_.tail(topic, [send](const std::vector<std::string>& events) {
+        for (auto& e : events)
+          send(e);
+      });
+    };
+    respond(std::move(r));
   }
 
   static json replay_json(const actors::replay_view& v) {

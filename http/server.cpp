@@ -2,8 +2,10 @@
 // includes Beast, to keep the build fast.
 #include "http/server.hpp"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <deque>
 #include <condition_variable>
 #include <mutex>
 #include <optional>
@@ -12,6 +14,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
 #include <spdlog/spdlog.h>
 
 #include "http/problem.hpp"
@@ -21,11 +24,25 @@ namespace nerve::http {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace bhttp = beast::http;
+namespace ws = beast::websocket;
 using tcp = net::ip::tcp;
 
 namespace {
 
+/// Lets threads outside the server send to a WebSocket until it closes (or
+/// the server stops), without touching a session that is gone.
+struct ws_gate {
+  std::mutex mutex;
+  bool open = true;
+  void close() {
+    std::lock_guard<std::mutex> guard{mutex};
+    open = false;
+  }
+};
+
 struct shared_state {
+  std::mutex gates_mutex;
+  std::vector<std::weak_ptr<ws_gate>> gates;
   server_options opts;
   handler handle;
   std::atomic<std::size_t> connections{0};
@@ -40,6 +57,118 @@ struct shared_state {
       idle_cv.notify_all();
     }
   }
+};
+
+/// A WebSocket a route asked for: frames from the route's source go out in
+/// order; what the client sends is read and dropped (pings and the close
+/// handshake are answered by Beast).
+class ws_session : public std::enable_shared_from_this<ws_session> {
+public:
+  /// Frames queued for a follower that does not read: past this, it is closed.
+  static constexpr std::size_t max_queued = 10000;
+
+  ws_session(beast::tcp_stream stream, std::shared_ptr<shared_state> state,
+             std::function<std::shared_ptr<void>(text_sender)> start)
+    : ws_(std::move(stream)), state_(std::move(state)), start_(std::move(start)) {
+    state_->connections.fetch_add(1);
+    std::lock_guard<std::mutex> guard{state_->gates_mutex};
+    auto& gates = state_->gates;
+    gates.erase(std::remove_if(gates.begin(), gates.end(),
+                               [](const std::weak_ptr<ws_gate>& g) { return g.expired(); }),
+                gates.end());
+    gates.push_back(gate_);
+  }
+
+  ~ws_session() {
+    gate_->close();
+    state_->connections.fetch_sub(1);
+  }
+
+  void run(bhttp::request<bhttp::string_body> req) {
+    beast::get_lowest_layer(ws_).expires_never();
+    ws_.set_option(ws::stream_base::timeout::suggested(beast::role_type::server));
+    ws_.set_option(ws::stream_base::decorator([](ws::response_type& res) {
+      res.set(bhttp::field::server, "nerve/" NERVE_VERSION);
+    }));
+    ws_.read_message_max(64 * 1024);
+    auto r = std::make_shared<bhttp::request<bhttp::string_body>>(std::move(req));
+    ws_.async_accept(*r, [self = shared_from_this(), r](beast::error_code ec) {
+      if (ec)
+        return self->gate_->close();
+      self->subscribe();
+      self->read();
+    });
+  }
+
+private:
+  void subscribe() {
+    std::weak_ptr<ws_session> weak = shared_from_this();
+    auto exec = ws_.get_executor();
+    auto gate = gate_;
+    source_ = start_([weak, exec, gate](std::string text) {
+      std::lock_guard<std::mutex> guard{gate->mutex};
+      if (!gate->open)
+        return;
+      net::post(exec, [weak, text = std::move(text)]() mutable {
+        if (auto self = weak.lock())
+          self->send(std::move(text));
+      });
+    });
+  }
+
+  void send(std::string text) {
+    if (closing_)
+      return;
+    if (queue_.size() >= max_queued) {
+      closing_ = true;
+      stop_source();
+      ws_.async_close(ws::close_reason{ws::close_code::policy_error, "follower too slow"},
+                      [self = shared_from_this()](beast::error_code) {});
+      return;
+    }
+    queue_.push_back(std::move(text));
+    if (!writing_)
+      write_next();
+  }
+
+  void write_next() {
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(net::buffer(queue_.front()),
+                    [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                      self->queue_.pop_front();
+                      if (ec)
+                        return self->stop_source();
+                      if (self->queue_.empty() || self->closing_)
+                        self->writing_ = false;
+                      else
+                        self->write_next();
+                    });
+  }
+
+  void read() {
+    ws_.async_read(buffer_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec)
+        return self->stop_source(); // closed by the client, or broken
+      self->buffer_.consume(self->buffer_.size());
+      self->read();
+    });
+  }
+
+  void stop_source() {
+    gate_->close();
+    source_.reset();
+  }
+
+  ws::stream<beast::tcp_stream> ws_;
+  std::shared_ptr<shared_state> state_;
+  std::function<std::shared_ptr<void>(text_sender)> start_;
+  std::shared_ptr<ws_gate> gate_ = std::make_shared<ws_gate>();
+  std::shared_ptr<void> source_;
+  std::deque<std::string> queue_;
+  beast::flat_buffer buffer_;
+  bool writing_ = false;
+  bool closing_ = false;
 };
 
 class session : public std::enable_shared_from_this<session> {
@@ -146,6 +275,10 @@ private:
       req.query = target.substr(q + 1);
     req.body = std::move(msg.body());
     req.authorization = std::string{msg[bhttp::field::authorization]};
+    if (ws::is_upgrade(msg)) {
+      req.websocket = true;
+      upgrade_.emplace(std::move(msg));
+    }
     state_->in_flight.fetch_add(1);
     stream_.expires_never();
     auto self = shared_from_this();
@@ -181,6 +314,17 @@ private:
   };
 
   void write(response r, bool keep_alive, bool counted) {
+    if (r.websocket && upgrade_) {
+      // The route took the upgrade: the connection becomes a WebSocket.
+      auto req = std::move(*upgrade_);
+      upgrade_.reset();
+      if (counted)
+        state_->request_done();
+      std::make_shared<ws_session>(std::move(stream_), state_, std::move(r.websocket))
+        ->run(std::move(req));
+      return;
+    }
+    upgrade_.reset();
     auto res = std::make_shared<bhttp::response<bhttp::string_body>>();
     res->result(r.status);
     res->version(11);
@@ -239,6 +383,7 @@ private:
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::optional<bhttp::request<bhttp::string_body>> upgrade_; ///< a WebSocket handshake
   std::shared_ptr<shared_state> state_;
   bool keep_alive_ = true;
   bool head_ = false;
@@ -334,6 +479,13 @@ bool server::wait_idle(std::chrono::milliseconds deadline) {
 
 void server::stop() {
   stop_accepting();
+  {
+    // Nothing from outside may reach a WebSocket once the threads are gone.
+    std::lock_guard<std::mutex> guard{impl_->state->gates_mutex};
+    for (auto& g : impl_->state->gates)
+      if (auto gate = g.lock())
+        gate->close();
+  }
   impl_->work.reset();
   impl_->ioc.stop();
   for (auto& t : impl_->threads)

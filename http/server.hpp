@@ -21,13 +21,20 @@ struct request {
   std::string query;  ///< after '?', still percent-encoded
   std::string body;
   std::string authorization;
+  bool websocket = false; ///< a WebSocket upgrade request
 };
+
+/// Sends one text frame on a WebSocket; from any thread, never blocks.
+using text_sender = std::function<void(std::string)>;
 
 struct response {
   unsigned status = 200;
   std::string content_type = "application/json";
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
+  /// Set by a route that accepts a WebSocket upgrade: called once the
+  /// handshake is done; what it returns is kept until the socket closes.
+  std::function<std::shared_ptr<void>(text_sender)> websocket;
 };
 
 /// Sends the response; callable once, from any thread.
