@@ -656,13 +656,74 @@ class ClientCommandsTest(CliTestCase):
                 ["bus", "dlq"], ["storage", "health"], ["cluster", "status"],
                 ["agent", "list"], ["dlq", "list"]]
 
+    # -- replay -----------------------------------------------------------------
+
+    def test_replay_dry_run_table_and_json(self):
+        res = self.nerve("replay", "--from", "-1h", "--to", "now", "--topic", ECHO_TOPIC,
+                         "--dry-run")
+        out = self.ok(res)
+        table, counts = out.split("\n\n")
+        fields = dict(self.fields(table + "\n"))
+        self.assertEqual(fields["state"], "done")
+        self.assertEqual(fields["mode"], "dry-run")
+        self.assertEqual(fields["events_total"], "3")
+        self.assertEqual(self.columns(counts, ["AGENT", "TOPIC", "EVENTS"]),
+                         [{"AGENT": "echoer", "TOPIC": ECHO_TOPIC, "EVENTS": "3"}])
+        got = self.same_json(["replay", "status", fields["id"]], f"/v1/replays/{fields['id']}")
+        self.assertEqual(got["events_total"], 3)
+
+    def test_replay_redeliver_waits_for_the_end(self):
+        window = ["--from=-1h", "--to", "now", "--topic", ECHO_TOPIC]
+        res = self.nerve("replay", *window, "--agent", "echoer", "--json")
+        self.assertEqual(res.returncode, 0, res)
+        end = json.loads(res.stdout)
+        self.assertEqual((end["state"], end["events_done"], end["acked"]), ("done", 3, 3))
+        # Not a terminal: plain progress lines on stderr, the JSON alone on stdout.
+        self.assertTrue(all(line.startswith("replay ") for line in res.stderr.splitlines()), res)
+        res = self.nerve("replay", *window, "--agent", "echoer")
+        self.assertEqual(res.returncode, 0, res)
+        self.assertIn("3 of 3 done", res.stderr)
+        history = self.ok(self.nerve("replay", "history", end["id"], "--agent", "echoer"))
+        rows = self.columns(history, ["TOPIC", "PARTITION", "OFFSET", "ID", "TIME", "OUTCOME",
+                                      "ATTEMPTS", "REPLAY"])
+        self.assertEqual(len(rows), 3)
+        self.assertTrue(all(r["OUTCOME"] == "acked" and r["REPLAY"] == "acked" for r in rows))
+        self.same_json(["replay", "history", end["id"], "--agent", "echoer"],
+                       f"/v1/replays/{end['id']}/history?agent=echoer")
+        listed = self.ok(self.nerve("replay", "list"))
+        self.assertIn(end["id"], listed)
+
+    def test_replay_no_wait_and_cancel_of_a_finished_replay(self):
+        res = self.nerve("replay", "--from=-1h", "--to", "now", "--agent", "failer", "--no-wait",
+                         "--json")
+        self.assertEqual(res.returncode, 0, res)
+        started = json.loads(res.stdout)
+        self.assertIn(started["state"], ("running", "done"))
+        self.wait_for(lambda: self.srv.get(f"/v1/replays/{started['id']}").json()["state"]
+                      == "done", what="the replay to end")
+        out = self.ok(self.nerve("replay", "cancel", started["id"]))
+        self.assertIn(("state", "done"), self.fields(out.split("\n\n")[0] + "\n"))
+
+    def test_replay_errors(self):
+        self.fails(self.nerve("replay", "status", "nope"), 1, "no replay with id nope")
+        self.fails(self.nerve("replay", "cancel", "nope"), 1, "404")
+        self.fails(self.nerve("replay", "--from", "-1h", "--to", "now", "--agent", "nope"), 1,
+                   "no agent named nope")
+        self.fails(self.nerve("replay", "--from", "yesterday", "--to", "now"), 2, "RFC 3339")
+        self.fails(self.nerve("replay", "--from", "now", "--to", "-1h"), 2, "before")
+        self.fails(self.nerve("replay", "--to", "now"), 2, "--from")
+        self.fails(self.nerve("replay", "--from", "-1h", "--to", "now", "--event", "x"), 2)
+        self.fails(self.nerve("replay", "history", "x"), 2)
+
     def test_help_on_every_command(self):
         paths = [[], ["run"], ["publish"], ["health"], ["metrics"], ["agent"], ["agent", "list"],
                  ["agent", "get"], ["agent", "pause"], ["agent", "resume"], ["bus"],
                  ["bus", "streams"], ["bus", "list"], ["bus", "inspect"], ["bus", "groups"],
                  ["bus", "stats"], ["bus", "dlq"], ["dlq"], ["dlq", "list"], ["dlq", "show"],
                  ["dlq", "retry"], ["dlq", "retry-all"], ["dlq", "purge"], ["storage"],
-                 ["storage", "health"], ["cluster"], ["cluster", "status"]]
+                 ["storage", "health"], ["cluster"], ["cluster", "status"], ["replay"],
+                 ["replay", "status"], ["replay", "cancel"], ["replay", "list"],
+                 ["replay", "history"]]
         for path in paths:
             with self.subTest(path=path):
                 res = run_nerve(path + ["--help"])
