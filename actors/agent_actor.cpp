@@ -56,8 +56,10 @@ struct instance_actor_state {
 
 using instance_actor_t = caf::stateful_actor<instance_actor_state>;
 
+/// The leading `key=value` fields of this instance's log lines (the JSON log
+/// format turns them into fields).
 std::string label(const instance_actor_state& st) {
-  return st.agent->cfg.name + "#" + std::to_string(st.index);
+  return "agent=" + st.agent->cfg.name + " instance=" + std::to_string(st.index);
 }
 
 void answer(instance_actor_t* self, const std::string& id, bool ok, std::string result,
@@ -154,7 +156,7 @@ void send_to_child(instance_actor_t* self, const delivery_ptr& d) {
                      + R"(,"attempt":)" + std::to_string(d->attempt) + R"(,"event":)" + *d->event
                      + "}\n";
   if (!write_all(st.stdin_fd, line))
-    spdlog::warn("agent {}: writing to pid {} failed: {}", label(st), st.pid, std::strerror(errno));
+    spdlog::warn("{}: writing to pid {} failed: {}", label(st), st.pid, std::strerror(errno));
 }
 
 void start_child(instance_actor_t* self) {
@@ -203,7 +205,7 @@ void start_child(instance_actor_t* self) {
     ::close(in[1]);
     ::close(out[0]);
     ::close(err[0]);
-    spdlog::error("agent {}: cannot start {}: {}", label(st), args[0], std::strerror(rc));
+    spdlog::error("{}: cannot start {}: {}", label(st), args[0], std::strerror(rc));
     caf::anon_send(caf::actor{self}, exited_atom::value, st.generation, 127);
     return;
   }
@@ -212,7 +214,7 @@ void start_child(instance_actor_t* self) {
   st.started_at = std::chrono::steady_clock::now();
   st.slot->pid = pid;
   st.slot->state = instance_state::running;
-  spdlog::info("agent {}: started pid {}", label(st), pid);
+  spdlog::info("{}: started pid {}", label(st), pid);
   auto me = caf::actor{self};
   auto gen = st.generation;
   auto name = label(st);
@@ -229,7 +231,7 @@ void start_child(instance_actor_t* self) {
     caf::anon_send(me, exited_atom::value, gen, status);
   }};
   st.err_reader = std::thread{[name, fd = err[0]] {
-    read_lines(fd, [&](std::string line) { spdlog::info("agent={} stderr: {}", name, line); });
+    read_lines(fd, [&](std::string line) { spdlog::info("{} stderr: {}", name, line); });
   }};
   for (auto& [id, f] : st.inflight)
     send_to_child(self, f.d); // redelivered at once to the new child
@@ -260,7 +262,7 @@ void on_child_line(instance_actor_t* self, const std::string& line) {
   auto& st = self->state;
   auto msg = json::parse(line, nullptr, false);
   if (!msg.is_object() || !msg.contains("delivery") || !msg["delivery"].is_string()) {
-    spdlog::warn("agent {}: ignoring a line that is not an ack or nack: {}", label(st),
+    spdlog::warn("{}: ignoring a line that is not an ack or nack: {}", label(st),
                  line.substr(0, 200));
     return;
   }
@@ -275,7 +277,7 @@ void on_child_line(instance_actor_t* self, const std::string& line) {
                                                                    : std::string{"nack"};
     answer(self, id, false, {}, {}, std::move(error));
   } else {
-    spdlog::warn("agent {}: unknown message type {}", label(st), type);
+    spdlog::warn("{}: unknown message type {}", label(st), type);
   }
 }
 
@@ -369,7 +371,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_pt
       st.slot->pid = 0;
       st.slot->state = instance_state::restarting;
       st.pid = -1;
-      spdlog::warn("agent {}: process exited ({}); {} deliveries in flight; restarting in {} ms",
+      spdlog::warn("{}: process exited ({}); {} deliveries in flight; restarting in {} ms",
                    label(st),
                    WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
                                        : "code " + std::to_string(WEXITSTATUS(status)),

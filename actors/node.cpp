@@ -200,10 +200,10 @@ void on_replay_down(runner_actor_t* self, const std::string& id, const caf::erro
     persistence::state_batch b;
     b.put_meta(replay_key(id), record.dump());
     (void) st.ctx->store->commit(b, true);
-    spdlog::error("replay {} failed: {}", id, record.value("error", ""));
+    spdlog::error("replay={}: failed: {}", id, record.value("error", ""));
     return;
   }
-  spdlog::warn("replay {} stopped ({}); resuming from its progress in 1 s", id,
+  spdlog::warn("replay={}: stopped ({}); resuming from its progress in 1 s", id,
                caf::to_string(reason));
   self->delayed_send(self, std::chrono::seconds{1}, replay_atom::value, id);
 }
@@ -292,7 +292,7 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
   if (ref.route) {
     auto& slot = *ref.route->slots[ref.partition];
     auto delay = restart_delay(slot);
-    spdlog::warn("partition {}/{} stopped ({}); restarting in {} ms", ref.route->info.name,
+    spdlog::warn("topic={} partition={}: stopped ({}); restarting in {} ms", ref.route->info.name,
                  ref.partition, caf::to_string(msg.reason), delay.count());
     if (delay.count() == 0)
       start_partition(self, ref.route, ref.partition);
@@ -314,8 +314,8 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
                      static_cast<std::uint64_t>(ref.instance));
   }
   std::chrono::milliseconds delay{200};
-  spdlog::warn("agent {}#{} stopped ({}); restarting in {} ms", ref.agent->cfg.name, ref.instance,
-               caf::to_string(msg.reason), delay.count());
+  spdlog::warn("agent={} instance={}: stopped ({}); restarting in {} ms", ref.agent->cfg.name,
+               ref.instance, caf::to_string(msg.reason), delay.count());
   self->delayed_send(self, delay, restart_atom::value, ref.agent->cfg.name,
                      static_cast<std::uint32_t>(ref.instance));
 }
@@ -347,7 +347,7 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
           return;
         }
         open_topic(self, *created);
-        spdlog::info("topic {} created with {} partitions", created->name, created->partitions);
+        spdlog::info("topic={}: created with {} partitions", created->name, created->partitions);
       }
       req->done(std::nullopt);
     },
@@ -617,7 +617,7 @@ public:
     if (!agent)
       return done(tl::make_unexpected(error{errc::not_found, "no agent named " + name}));
     agent->paused = paused;
-    spdlog::info("agent {} {}", name, paused ? "paused" : "resumed");
+    spdlog::info("agent={}: {}", name, paused ? "paused" : "resumed");
     if (!paused) {
       std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
       for (auto& [topic, route] : ctx_.routes.topics)
@@ -805,7 +805,7 @@ public:
       if (auto ok = store_.commit(b, true); !ok)
         return done(tl::make_unexpected(from_storage(ok.error())));
       auto view = replay_view_of(*record);
-      spdlog::info("replay {} planned ({}): {} deliveries", id, view.mode, view.events_total);
+      spdlog::info("replay={}: planned ({}): {} deliveries", id, view.mode, view.events_total);
       if (view.state == "running" && runner_)
         caf::anon_send(runner_, replay_atom::value, id);
       done(std::move(view));

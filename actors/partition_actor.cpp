@@ -188,8 +188,8 @@ void fill(partition_actor_t* self, group& g) {
     } else {
       auto got = st.ctx->log->read(st.route->info, st.partition, g.next_read, want);
       if (!got) {
-        spdlog::error("partition {}/{}: reading for {}: {}", st.route->info.name, st.partition,
-                      g.agent->cfg.name, got.error().message);
+        spdlog::error("topic={} partition={} agent={}: reading the log: {}", st.route->info.name,
+                      st.partition, g.agent->cfg.name, got.error().message);
         return;
       }
       for (auto& text : *got) {
@@ -247,8 +247,9 @@ void dispatch(partition_actor_t* self, group& g, std::size_t gi) {
     if (!rec->event) {
       auto stored = st.ctx->store->event_at(st.route->info.id, st.partition, offset);
       if (!stored || !*stored) {
-        spdlog::warn("partition {}/{}: event at offset {} is gone (retention); {} skips it",
-                     st.route->info.name, st.partition, offset, g.agent->cfg.name);
+        spdlog::warn("topic={} partition={} agent={}: event at offset {} is gone (retention); "
+                     "skipping it",
+                     st.route->info.name, st.partition, g.agent->cfg.name, offset);
         g.agent->return_credit(credit->first);
         rec->state = rec_state::done;
         settle(st, g, offset, *rec);
@@ -313,8 +314,9 @@ void dead_letter(partition_actor_t* self, group& g, std::uint64_t offset, delive
   st.state.put_dlq(e);
   ++st.ctx->dlq_size;
   ++g.stats->totals.dead_lettered;
-  spdlog::warn("agent={} topic={} event={} moved to the DLQ as {} after {} attempts: {}", e.agent,
-               e.topic, e.event_id, e.id, e.attempts, e.error);
+  spdlog::warn("agent={} topic={} partition={} event={} dlq={}: moved to the DLQ after {} "
+               "attempts: {}",
+               e.agent, e.topic, e.partition, e.event_id, e.id, e.attempts, e.error);
 }
 
 void fail(partition_actor_t* self, group& g, std::size_t gi, std::uint64_t offset,
@@ -348,9 +350,10 @@ void fail(partition_actor_t* self, group& g, std::size_t gi, std::uint64_t offse
   pr.last_error = error;
   st.state.put_pending(g.agent->cfg.name, st.route->info.id, st.partition, pr);
   rec.persisted = true;
-  spdlog::debug("agent={} topic={} event={} attempt {} failed ({}); retry in {} ms",
-                g.agent->cfg.name, st.route->info.name, rec.event_id, rec.attempts, error,
-                delay.count());
+  spdlog::debug("agent={} topic={} partition={} event={}: attempt {} failed ({}); "
+                "retry in {} ms",
+                g.agent->cfg.name, st.route->info.name, st.partition, rec.event_id, rec.attempts,
+                error, delay.count());
   self->delayed_send(self, delay, retry_atom::value, static_cast<std::uint64_t>(gi), offset);
 }
 
@@ -665,7 +668,7 @@ void flush(partition_actor_t* self) {
     write_counters(st, false);
   if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
     // Memory now runs ahead of the log: start again from the log.
-    spdlog::error("partition {}/{}: {}; restarting", st.route->info.name, st.partition,
+    spdlog::error("topic={} partition={}: {}; restarting", st.route->info.name, st.partition,
                   ok.error().message);
     self->quit(caf::sec::runtime_error);
   }
