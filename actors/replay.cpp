@@ -750,8 +750,9 @@ void settle(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>
     b.put_dlq(e);
     if (had && !*had)
       ++st.ctx->dlq_size;
-    spdlog::warn("agent={} topic={} event={} replay={} moved to the DLQ as {} after {} attempts: {}",
-                 e.agent, e.topic, e.event_id, st.id, e.id, e.attempts, e.error);
+    spdlog::warn("agent={} topic={} partition={} event={} dlq={} replay={}: moved to the DLQ "
+                 "after {} attempts: {}",
+                 e.agent, e.topic, e.partition, e.event_id, e.id, st.id, e.attempts, e.error);
   }
   if (auto ok = st.ctx->store->commit(b, false); !ok)
     spdlog::error("replay {}: storing an outcome: {}", st.id, ok.error().message);
