@@ -228,6 +228,9 @@ std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence:
   route->info = t;
   for (std::uint32_t p = 0; p < t.partitions; ++p) {
     auto slot = std::make_unique<partition_slot>();
+    // What is in the log is durable: known before the partition actor runs,
+    // so a scrape right after start-up already counts it.
+    slot->durable_end = ctx.log->stats(t, p).next_offset;
     for (auto& agent : ctx.agents)
       if (agent->subscribes(t.name)) {
         auto gs = std::make_unique<group_stats>();

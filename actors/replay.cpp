@@ -181,18 +181,23 @@ tl::expected<json, error> plan_replay(const node_context& ctx, const replay_requ
   // (topic id, partition) -> [lo, hi]
   std::map<std::pair<std::uint32_t, std::uint32_t>, std::pair<std::uint64_t, std::uint64_t>> parts;
   std::set<std::tuple<std::uint32_t, std::uint32_t, std::uint64_t>> listed; // event-id mode
+  // Per by_time key: one hash lookup for the topic's verdict, one for its
+  // partition's range (a window scan visits every event in it).
+  std::unordered_map<std::uint32_t, bool> wanted;
+  for (auto& [tid, t] : topics_by_id)
+    wanted[tid] = topic_filter.empty() || topic_filter.count(t.name) > 0;
+  std::unordered_map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> spans;
   auto keep = [&](std::uint32_t tid, std::uint32_t p, std::uint64_t offset) {
-    auto t = topics_by_id.find(tid);
-    if (t == topics_by_id.end())
+    auto w = wanted.find(tid);
+    if (w == wanted.end() || !w->second)
       return;
-    if (!topic_filter.empty() && topic_filter.count(t->second.name) == 0)
-      return;
-    auto [it, fresh] = parts.try_emplace({tid, p}, offset, offset);
+    auto [it, fresh] = spans.try_emplace((std::uint64_t{tid} << 32) | p, offset, offset);
     if (!fresh) {
       it->second.first = std::min(it->second.first, offset);
       it->second.second = std::max(it->second.second, offset);
     }
-    listed.emplace(tid, p, offset);
+    if (!req.event_ids.empty())
+      listed.emplace(tid, p, offset); // a window is whole ranges
   };
   if (req.event_ids.empty()) {
     auto scanned
@@ -203,7 +208,6 @@ tl::expected<json, error> plan_replay(const node_context& ctx, const replay_requ
                       });
     if (!scanned)
       return tl::make_unexpected(error{errc::storage, scanned.error().message});
-    listed.clear(); // a window is whole ranges
   } else {
     for (auto& eid : req.event_ids) {
       auto got = log.get_by_id(eid);
@@ -218,6 +222,8 @@ tl::expected<json, error> plan_replay(const node_context& ctx, const replay_requ
       keep(t->id, e.value("partition", 0U), e.value("offset", 0ULL));
     }
   }
+  for (auto& [where, span] : spans)
+    parts[{static_cast<std::uint32_t>(where >> 32), static_cast<std::uint32_t>(where)}] = span;
   // Ranges in (topic name, partition) order: stable across calls and restarts.
   std::vector<range> window;
   for (auto& [where, span] : parts) {

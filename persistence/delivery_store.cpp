@@ -192,11 +192,11 @@ tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) 
       wb.Delete(cf, op.key);
   }
   rocksdb::WriteOptions wo;
-  wo.sync = sync;
+  wo.sync = sync && !log_.wal_broken_.load(); // see event_log::wal_broken_
   auto s = log_.db_->Write(wo, &wb);
   batch.impl_->ops.clear();
   if (!s.ok()) {
-    log_.note_error("delivery state: " + s.ToString());
+    log_.note_write_error("delivery state: " + s.ToString(), s);
     return tl::make_unexpected(io("writing delivery state", s));
   }
   return {};

@@ -3,14 +3,19 @@
 #include "persistence/event_log.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 
+#include <cstdarg>
+
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
@@ -262,7 +267,7 @@ partition_writer::append(const std::vector<new_event>& events) {
   }
   if (!s.ok()) {
     next_offset_ = first_offset;
-    log_.note_error("append: " + s.ToString());
+    log_.note_write_error("append: " + s.ToString(), s);
     return tl::make_unexpected(
       io_error("appending to " + topic_.name + "/" + std::to_string(partition_), s));
   }
@@ -278,6 +283,33 @@ partition_writer::append(const std::vector<new_event>& events) {
 event_log::event_log(options opts) : opts_(std::move(opts)) {
 }
 
+namespace {
+
+/// RocksDB's own warnings go to nerve's log instead of a LOG file in the
+/// data directory: one log for operators, and no file whose failed write
+/// (disk full) makes RocksDB abort when it logs the next message.
+class rocksdb_logger final : public rocksdb::Logger {
+public:
+  rocksdb_logger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap);
+  }
+
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    if (level < GetInfoLogLevel())
+      return;
+    std::array<char, 1024> buf{};
+    std::vsnprintf(buf.data(), buf.size(), format, ap);
+    auto lvl = level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? spdlog::level::err
+                                                           : spdlog::level::warn;
+    spdlog::log(lvl, "rocksdb: {}", buf.data());
+  }
+};
+
+} // namespace
+
 tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& opts) {
   std::error_code ec;
   std::filesystem::create_directories(opts.path, ec);
@@ -290,8 +322,8 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   db_opts.create_missing_column_families = true;
   db_opts.max_background_jobs = 2;
   db_opts.enable_pipelined_write = true;
-  db_opts.keep_log_file_num = 4;
   db_opts.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_opts.info_log = std::make_shared<rocksdb_logger>();
   if (opts.env != nullptr)
     db_opts.env = opts.env;
 
@@ -342,7 +374,7 @@ event_log::~event_log() {
   if (fsync_thread_.joinable())
     fsync_thread_.join();
   if (db_) {
-    if (opts_.fsync != config::fsync_policy::never)
+    if (opts_.fsync != config::fsync_policy::never && !wal_broken_.load())
       db_->SyncWAL().PermitUncheckedError();
     for (auto* h : handles_)
       db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
@@ -412,7 +444,7 @@ tl::expected<topic_info, error> event_log::create_topic(const std::string& name,
   wo.sync = true;
   auto s = db_->Put(wo, meta_, topic_meta_prefix + name, j.dump());
   if (!s.ok()) {
-    note_error("create topic: " + s.ToString());
+    note_write_error("create topic: " + s.ToString(), s);
     return tl::make_unexpected(io_error("creating topic " + name, s));
   }
   ++next_topic_id_;
@@ -595,7 +627,7 @@ tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
   if (n > 0) {
     auto s = db_->Write(rocksdb::WriteOptions{}, &batch);
     if (!s.ok()) {
-      note_error("retention: " + s.ToString());
+      note_write_error("retention: " + s.ToString(), s);
       return tl::make_unexpected(io_error("retention delete", s));
     }
   }
@@ -605,11 +637,13 @@ tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
 tl::expected<std::chrono::microseconds, error> event_log::probe() {
   auto start = std::chrono::steady_clock::now();
   auto token = std::to_string(opts_.clock());
+  if (wal_broken_.load())
+    return tl::make_unexpected(error{errc::io_error, "the log refuses writes since: " + last_error()});
   rocksdb::WriteOptions wo;
   wo.sync = opts_.fsync != config::fsync_policy::never;
   auto s = db_->Put(wo, meta_, "probe", token);
   if (!s.ok()) {
-    note_error("probe write: " + s.ToString());
+    note_write_error("probe write: " + s.ToString(), s);
     return tl::make_unexpected(io_error("probe write", s));
   }
   std::string back;
@@ -626,7 +660,7 @@ tl::expected<std::chrono::microseconds, error> event_log::probe() {
 bool event_log::healthy() const {
   std::uint64_t bg_errors = 0;
   db_->GetIntProperty("rocksdb.background-errors", &bg_errors);
-  return !failed_.load(std::memory_order_relaxed) && bg_errors == 0;
+  return !failed_.load(std::memory_order_relaxed) && !wal_broken_.load() && bg_errors == 0;
 }
 
 std::string event_log::last_error() const {
@@ -641,6 +675,12 @@ std::uint64_t event_log::disk_bytes() const {
     if (entry.is_regular_file(ec))
       total += entry.file_size(ec);
   return total;
+}
+
+void event_log::note_write_error(const std::string& what, const rocksdb::Status& s) {
+  if (s.IsIOError() || s.IsNoSpace() || s.IsCorruption())
+    wal_broken_.store(true);
+  note_error(what);
 }
 
 void event_log::note_error(const std::string& what) {
@@ -662,6 +702,9 @@ void event_log::after_durable(std::function<void(std::optional<error>)> done) {
 }
 
 rocksdb::Status event_log::sync_wal() {
+  if (wal_broken_.load())
+    return rocksdb::Status::IOError("a write to the log failed earlier (" + last_error()
+                                    + "); restart nerve once the cause is fixed");
   auto started = std::chrono::steady_clock::now();
   auto s = db_->SyncWAL();
   if (opts_.observe_io)

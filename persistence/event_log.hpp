@@ -223,6 +223,8 @@ private:
   [[nodiscard]] std::uint64_t recover_next_offset(std::uint32_t topic_id,
                                                   std::uint32_t partition) const;
   void note_error(const std::string& what);
+  /// note_error() for a failed write; an I/O error also marks the WAL broken.
+  void note_write_error(const std::string& what, const rocksdb::Status& s);
   /// SyncWAL, timed for `observe_io`.
   [[nodiscard]] rocksdb::Status sync_wal();
   void fsync_loop();
@@ -255,6 +257,10 @@ private:
   std::unordered_map<std::string, append_result> reserved_ids_;
 
   std::atomic<bool> failed_{false};
+  /// Set once a write failed with an I/O error: RocksDB then refuses writes,
+  /// and syncing a WAL that failed a write aborts inside RocksDB, so no sync
+  /// is attempted again until the node restarts.
+  std::atomic<bool> wal_broken_{false};
   mutable std::mutex error_mutex_;
   std::string last_error_;
   std::string node_id_;

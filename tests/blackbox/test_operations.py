@@ -13,6 +13,9 @@ import unittest
 
 from harness import PROBLEM_TYPE, ServerTestCase, builtin, process, run_nerve, topic
 
+ECHO_AGENT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                          "docs", "examples", "echo_agent.py"))
+
 FAST = {"initial": "20ms", "max": "50ms"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -176,6 +179,39 @@ class HealthIndicatorTest(OperationsTestCase):
         self.assertGreaterEqual(self.value(s, "nerve_agent_restarts_total", agent="crasher"), 1)
         self.assertEqual(self.value(s, "nerve_agent_restarts_total", agent="fine"), 0)
         self.assertEqual(srv.get("/health").status, 200)  # storage is fine
+
+    def test_an_agent_that_crashes_once_degrades_then_recovers(self):
+        t = topic("flap")
+        marker = os.path.join(tempfile.mkdtemp(prefix="nerve-flap-"), "crashed")
+        self.addCleanup(shutil.rmtree, os.path.dirname(marker), True)
+        # Crashes on its first start (after a moment, so the crash is seen),
+        # then serves like the example agent.
+        script = ("import os, sys, time\n"
+                  f"m = {marker!r}\n"
+                  "if not os.path.exists(m):\n"
+                  "    open(m, 'w').close(); time.sleep(0.3); sys.exit(3)\n"
+                  f"exec(open({ECHO_AGENT!r}).read())\n")
+        srv = self.new_server(config={"agents": [
+            process("flapper", [t], [sys.executable, "-c", script])]})
+        seen = []
+
+        def state():
+            h = self.detailed(srv)
+            seen.append((h["by_name"]["agents"]["status"], h["state"]))
+            return h
+        self.wait_for(lambda: state()["by_name"]["agents"]["status"] == "degraded",
+                      what="the crash to degrade the agents indicator")
+        h = self.wait_for(lambda: (lambda h: h if h["state"] == "RUNNING" else None)(state()),
+                          what="the restarted agent to make the node RUNNING again")
+        self.assertEqual(h["status"], "healthy", h)
+        self.assertEqual(h["by_name"]["agents"]["message"], "1 running")
+        self.assertIn(("degraded", "DEGRADED"), seen)
+        # And it serves: a published event is acked.
+        r = srv.publish(t, [{"data": {"n": 1}}])
+        self.assertEqual(r.status, 201, r)
+        eid = r.json()["events"][0]["id"]
+        self.wait_for(lambda: srv.get(f"/v1/events/{eid}").json()["deliveries"][0]["state"]
+                      == "acked", what="the event to be acked")
 
     def test_a_healthy_config_is_healthy_and_running(self):
         t = topic("fine")
