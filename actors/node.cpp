@@ -11,6 +11,7 @@
 #include <csignal>
 #include <mutex>
 #include <shared_mutex>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -487,6 +488,8 @@ public:
     std::optional<std::string> err;
     self->request(runner_, std::chrono::seconds{60}, ready_atom::value)
       .receive([](bool) {}, [&](caf::error& e) { err = "recovery failed: " + system_.render(e); });
+    if (!err && !await_recovery(std::chrono::seconds{60}))
+      err = "recovery failed: partitions did not rebuild their state within 60 s";
     if (!err)
       ready_.store(true);
     return err;
@@ -1111,6 +1114,26 @@ private:
   }
 
   /// Runs blocking storage work on an actor thread, never on the caller's.
+  /// Waits until every partition actor rebuilt its state, so ready means
+  /// cursors, lag and pending are what the log says (not zeros).
+  [[nodiscard]] bool await_recovery(std::chrono::seconds limit) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+      bool all = true;
+      {
+        std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
+        for (auto& [name, route] : ctx_.routes.topics)
+          for (auto& slot : route->slots)
+            all = all && slot->recovered.load();
+      }
+      if (all)
+        return true;
+      if (std::chrono::steady_clock::now() > deadline)
+        return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds{2});
+    }
+  }
+
   [[nodiscard]] tl::expected<nlohmann::json, error> load_replay(const std::string& id) const {
     auto stored = store_.meta(replay_key(id));
     if (!stored)

@@ -692,9 +692,12 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
                                      2ULL * g.agent->cfg.instances * g.agent->cfg.max_in_flight);
     st.groups.push_back(std::move(g));
   }
-  for (auto& g : st.groups)
+  for (auto& g : st.groups) {
     recover_group(self, g);
-  schedule_flush(self); // deliver the backlog
+    g.stats->end = st.durable_end;
+  }
+  st.slot->recovered = true; // the node is ready once every partition is
+  schedule_flush(self);      // deliver the backlog
   return {
     [=](publish_atom, job_ptr& job) {
       auto& st = self->state;

@@ -187,6 +187,7 @@ struct partition_slot {
   std::atomic<std::uint64_t> queued{0};
   std::atomic<std::uint64_t> durable_end{0}; ///< offsets below are appended and durable
   std::atomic<bool> alive{false};
+  std::atomic<bool> recovered{false}; ///< its first actor rebuilt its state from the log
   std::uint32_t restarts = 0; ///< runner only
   std::chrono::steady_clock::time_point last_crash{};
   std::vector<std::unique_ptr<group_stats>> groups; ///< one per subscribed agent
