@@ -45,8 +45,8 @@ int main() {
     in.append(buf, static_cast<std::size_t>(n));
     std::size_t begin = 0;
     for (auto nl = in.find('\n'); nl != std::string::npos; nl = in.find('\n', begin)) {
-      auto msg = nlohmann::json::parse(std::string_view{in}.substr(begin, nl - begin), nullptr,
-                                       false);
+      auto msg
+        = nlohmann::json::parse(std::string_view{in}.substr(begin, nl - begin), nullptr, false);
       begin = nl + 1;
       if (!msg.is_object() || msg.value("type", "") != "event" || !msg.contains("delivery"))
         continue;

@@ -132,8 +132,8 @@ options parse_args(int argc, char** argv) {
     usage("--target must be nerve or redis");
   if (o.port == 0 || o.port > 65535)
     usage("--port is required");
-  if (o.connections == 0 || o.consumers == 0 || o.duration_s <= 0 || o.warmup_s < 0
-      || o.drain_s < 0 || o.rate < 0 || o.count == 0 || o.poll_ms <= 0)
+  if (o.connections == 0 || o.consumers == 0 || o.duration_s <= 0 || o.warmup_s < 0 || o.drain_s < 0
+      || o.rate < 0 || o.count == 0 || o.poll_ms <= 0)
     usage("need --connections, --consumers, --count >= 1, --duration, --poll-ms > 0, "
           "--warmup, --drain, --rate >= 0");
   if (o.payload_bytes < 32)
@@ -181,8 +181,7 @@ std::optional<std::uint64_t> get_seq(std::string_view s) {
 }
 
 std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-           clock_type::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
     .count();
 }
 
@@ -237,10 +236,10 @@ std::string http_request(const options& o, std::string_view method, const std::s
 
 /// One event, by sequence number.
 struct event_rec {
-  std::int64_t sched_ns = 0;   ///< scheduled send time
-  std::int64_t answer_ns = 0;  ///< publish answered (201 / XADD reply)
-  std::int64_t ack_ns = 0;     ///< ack observed (upper bound for nerve)
-  std::int64_t ack_lo_ns = 0;  ///< nerve: the ack happened after this
+  std::int64_t sched_ns = 0;  ///< scheduled send time
+  std::int64_t answer_ns = 0; ///< publish answered (201 / XADD reply)
+  std::int64_t ack_ns = 0;    ///< ack observed (upper bound for nerve)
+  std::int64_t ack_lo_ns = 0; ///< nerve: the ack happened after this
 };
 
 struct run_state {
@@ -680,8 +679,9 @@ public:
     auto& o = st_.opt;
     auto count = std::to_string(o.count);
     auto block = std::to_string(o.block_ms);
-    const char* argv[] = {"XREADGROUP", "GROUP", o.group.c_str(), name_.c_str(), "COUNT",
-                          count.c_str(), "BLOCK", block.c_str(), "STREAMS", o.name.c_str(), ">"};
+    const char* argv[]
+      = {"XREADGROUP", "GROUP",       o.group.c_str(), name_.c_str(),  "COUNT", count.c_str(),
+         "BLOCK",      block.c_str(), "STREAMS",       o.name.c_str(), ">"};
     std::size_t lens[11];
     for (int i = 0; i < 11; ++i)
       lens[i] = std::strlen(argv[i]);
@@ -853,8 +853,8 @@ redisContext* redis_connect(const options& o) {
 
 void redis_setup(const options& o) {
   auto* c = redis_connect(o);
-  auto* r = static_cast<redisReply*>(redisCommand(c, "XGROUP CREATE %s %s $ MKSTREAM",
-                                                  o.name.c_str(), o.group.c_str()));
+  auto* r = static_cast<redisReply*>(
+    redisCommand(c, "XGROUP CREATE %s %s $ MKSTREAM", o.name.c_str(), o.group.c_str()));
   if (r == nullptr || r->type == REDIS_REPLY_ERROR) {
     std::fprintf(stderr, "deliver_load: XGROUP CREATE failed: %s\n", r ? r->str : "no reply");
     std::exit(1);
@@ -992,7 +992,8 @@ int main(int argc, char** argv) {
   double cpu_at_begin = 0;
   double cpu_at_end = 0;
   bool stopped = false;
-  net::steady_timer begin_timer{ioc, clock_type::now() + std::chrono::nanoseconds(secs(o.warmup_s))};
+  net::steady_timer begin_timer{ioc,
+                                clock_type::now() + std::chrono::nanoseconds(secs(o.warmup_s))};
   begin_timer.async_wait([&](boost::system::error_code ec) {
     if (!ec)
       cpu_at_begin = cpu_seconds();
@@ -1029,8 +1030,8 @@ int main(int argc, char** argv) {
     if (!ec)
       stop_all();
   });
-  net::steady_timer cpu_timer{ioc, clock_type::now() + std::chrono::nanoseconds(
-                                                         st.window_end_ns - st.start_ns)};
+  net::steady_timer cpu_timer{ioc, clock_type::now()
+                                     + std::chrono::nanoseconds(st.window_end_ns - st.start_ns)};
   cpu_timer.async_wait([&](boost::system::error_code ec) {
     if (!ec && cpu_at_end == 0)
       cpu_at_end = cpu_seconds();
@@ -1080,8 +1081,8 @@ int main(int argc, char** argv) {
   }
   double acked_per_s = static_cast<double>(st.acks_in_window) / o.duration_s;
   double published_per_s = static_cast<double>(st.answers_in_window) / o.duration_s;
-  double p50 = quantile_ms(e2e, 0.50), p99 = quantile_ms(e2e, 0.99),
-         p999 = quantile_ms(e2e, 0.999), pmax = quantile_ms(e2e, 1.0);
+  double p50 = quantile_ms(e2e, 0.50), p99 = quantile_ms(e2e, 0.99), p999 = quantile_ms(e2e, 0.999),
+         pmax = quantile_ms(e2e, 1.0);
   double lo50 = quantile_ms(e2e_lo, 0.50), lo99 = quantile_ms(e2e_lo, 0.99);
   double pub50 = quantile_ms(pub, 0.50), pub99 = quantile_ms(pub, 0.99);
   double cpu = cpu_at_end > cpu_at_begin ? (cpu_at_end - cpu_at_begin) / o.duration_s : 0;
@@ -1102,9 +1103,8 @@ int main(int argc, char** argv) {
     extra = ",\"nerve_processed\":" + (processed.is_number() ? processed.dump() : "null")
             + ",\"nerve_delivery_p50_ms\":" + m.value("delivery_p50_ms", json()).dump()
             + ",\"nerve_delivery_p99_ms\":" + m.value("delivery_p99_ms", json()).dump()
-            + ",\"nerve_processing_p99_ms\":" + m.value("p99_ms", json()).dump()
-            + ",\"polls\":" + std::to_string(watch->polls())
-            + ",\"poll_period_ms\":" + num(watch->mean_poll_ms());
+            + ",\"nerve_processing_p99_ms\":" + m.value("p99_ms", json()).dump() + ",\"polls\":"
+            + std::to_string(watch->polls()) + ",\"poll_period_ms\":" + num(watch->mean_poll_ms());
     if (!watch->found_agent_ && note.empty())
       note = "agent " + o.agent + " not found in GET /v1/topics/" + o.name + "/groups";
     if (!counts_ok && note.empty())
@@ -1115,8 +1115,8 @@ int main(int argc, char** argv) {
     counts_ok = complete ? len == static_cast<std::int64_t>(published_total) && pending == 0
                          : len >= static_cast<std::int64_t>(published_total)
                              && len <= static_cast<std::int64_t>(published_total + o.connections);
-    extra = ",\"redis_xlen\":" + std::to_string(len) + ",\"redis_pending\":"
-            + std::to_string(pending);
+    extra
+      = ",\"redis_xlen\":" + std::to_string(len) + ",\"redis_pending\":" + std::to_string(pending);
     if (!counts_ok && note.empty())
       note = "redis holds " + std::to_string(len) + " entries with " + std::to_string(pending)
              + " pending, " + std::to_string(published_total) + " were published";
@@ -1136,9 +1136,8 @@ int main(int argc, char** argv) {
   std::printf("{\"target\":\"%s\",\"rate\":%.0f,\"connections\":%u,\"consumers\":%u,"
               "\"duration_s\":%.3f,\"warmup_s\":%.3f,\"payload_bytes\":%zu,"
               "\"published_per_s\":%.1f,\"acked_per_s\":%.1f,\"scheduled_in_window\":%" PRIu64
-              ",\"never_acked\":%" PRIu64 ",\"publish_failed\":%" PRIu64
-              ",\"duplicates\":%" PRIu64 ",\"io_errors\":%" PRIu64
-              ",\"p50_ms\":%s,\"p99_ms\":%s,\"p999_ms\":%s,\"max_ms\":%s"
+              ",\"never_acked\":%" PRIu64 ",\"publish_failed\":%" PRIu64 ",\"duplicates\":%" PRIu64
+              ",\"io_errors\":%" PRIu64 ",\"p50_ms\":%s,\"p99_ms\":%s,\"p999_ms\":%s,\"max_ms\":%s"
               ",\"p50_lower_ms\":%s,\"p99_lower_ms\":%s"
               ",\"publish_p50_ms\":%s,\"publish_p99_ms\":%s,\"client_cpu\":%.3f,"
               "\"published_total\":%" PRIu64 "%s,\"verified\":%s,\"note\":\"%s\"}\n",
@@ -1146,13 +1145,13 @@ int main(int argc, char** argv) {
               o.payload_bytes, published_per_s, acked_per_s, scheduled, never_acked, failed,
               st.duplicates, st.io_errors, num(p50).c_str(), num(p99).c_str(), num(p999).c_str(),
               num(pmax).c_str(), num(lo50).c_str(), num(lo99).c_str(), num(pub50).c_str(),
-              num(pub99).c_str(), cpu, published_total, extra.c_str(),
-              verified ? "true" : "false", escaped.c_str());
-  std::fprintf(stderr,
-               "deliver_load %s rate=%.0f: published %.0f/s, acked %.0f/s, e2e p50 %.2f p99 %.2f ms "
-               "(publish p50 %.2f p99 %.2f), never acked %" PRIu64 ", client cpu %.0f%%, %s%s%s\n",
-               o.target.c_str(), o.rate, published_per_s, acked_per_s, p50, p99, pub50, pub99,
-               never_acked, cpu * 100, verified ? "verified" : "NOT VERIFIED",
-               note.empty() ? "" : ": ", note.c_str());
+              num(pub99).c_str(), cpu, published_total, extra.c_str(), verified ? "true" : "false",
+              escaped.c_str());
+  std::fprintf(
+    stderr,
+    "deliver_load %s rate=%.0f: published %.0f/s, acked %.0f/s, e2e p50 %.2f p99 %.2f ms "
+    "(publish p50 %.2f p99 %.2f), never acked %" PRIu64 ", client cpu %.0f%%, %s%s%s\n",
+    o.target.c_str(), o.rate, published_per_s, acked_per_s, p50, p99, pub50, pub99, never_acked,
+    cpu * 100, verified ? "verified" : "NOT VERIFIED", note.empty() ? "" : ": ", note.c_str());
   return verified ? 0 : 1;
 }
