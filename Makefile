@@ -4,7 +4,7 @@ BUILD_TYPE ?= RelWithDebInfo
 CMAKE_ARGS ?=
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build run test unit blackbox bench format clean
+.PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean
 
 all: build
 
@@ -33,6 +33,9 @@ blackbox: build
 
 bench: build
 	./bench/publish
+
+bench-deliver: build
+	./bench/deliver
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
