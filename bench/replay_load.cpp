@@ -325,6 +325,7 @@ void pg_exec(PGconn* c, const std::string& sql) {
 std::vector<std::int64_t> fill_postgres(const options& o) {
   std::vector<std::int64_t> times(o.events);
   PGconn* c = pg_connect(o);
+  pg_exec(c, "SET client_min_messages = warning"); // no NOTICE for the DROP on a fresh cluster
   pg_exec(c, "DROP TABLE IF EXISTS events");
   pg_exec(c, "CREATE TABLE events (time timestamptz NOT NULL, topic text NOT NULL, "
              "partition integer NOT NULL, \"offset\" bigint NOT NULL, id text NOT NULL, "
