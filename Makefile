@@ -42,3 +42,7 @@ format:
 
 clean:
 	rm -rf $(BUILD)
+
+.PHONY: bench-replay
+bench-replay: build
+	./bench/replay
