@@ -208,6 +208,7 @@ public:
         [this](auto&, auto& p, auto& respond) { node_.dlq_delete(p[0], dlq_answer(respond)); });
     add("POST", "/v1/dlq/{id}/retry",
         [this](auto&, auto& p, auto& respond) { node_.dlq_retry(p[0], dlq_answer(respond)); });
+    add("GET", "/v1/cluster", [this](auto&, auto&, auto& respond) { cluster(respond); });
     add("POST", "/v1/replays",
         [this](auto& req, auto&, auto& respond) { replay_create(req, respond); });
     add("GET", "/v1/replays", [this](auto&, auto&, auto& respond) { replay_list(respond); });
@@ -747,6 +748,25 @@ private:
       if (!r)
         return respond(error_response(r.error()));
       respond(json_response(200, json{{"retried", *r}}.dump()));
+    });
+  }
+
+  /// One node until clustering lands: this node, up, owning every partition.
+  void cluster(responder& respond) {
+    node_.topics([this, respond](actors::result<std::vector<actors::topic_view>> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      json owned = json::array();
+      for (auto& t : *r)
+        for (std::uint32_t p = 0; p < t.partitions; ++p)
+          owned.push_back(t.name + "/" + std::to_string(p));
+      json body{{"mode", "single-node"},
+                {"nodes", json::array({{{"id", node_.node_id()},
+                                        {"address", cfg_.http.listen},
+                                        {"state", "up"},
+                                        {"self", true},
+                                        {"partitions", std::move(owned)}}})}};
+      respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
     });
   }
 

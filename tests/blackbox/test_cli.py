@@ -637,9 +637,19 @@ class ClientCommandsTest(CliTestCase):
                          set(r.json()))
 
     def test_cluster_status(self):
-        if self.srv.get("/v1/cluster").status == 404:
-            self.fails(self.nerve("cluster", "status"), 1, "/v1/cluster")
-            self.fails(self.nerve("cluster", "status", "--json"), 1, "/v1/cluster")
+        # A single node: itself, up, owning every partition of every topic.
+        real = self.srv.get("/v1/cluster").json()
+        self.assertEqual(real["mode"], "single-node")
+        [me] = real["nodes"]
+        self.assertEqual(me["id"], self.srv.get("/health/detailed").json()["node_id"])
+        self.assertEqual(me["state"], "up")
+        topics = self.srv.get("/v1/topics").json()["topics"]
+        self.assertEqual(len(me["partitions"]), sum(t["partitions"] for t in topics))
+        rows = self.columns(self.ok(self.nerve("cluster", "status")),
+                            ["NODE", "ADDRESS", "STATE", "PARTITIONS"])
+        self.assertEqual([(r["NODE"], r["STATE"], r["PARTITIONS"]) for r in rows],
+                         [(me["id"], "up", str(len(me["partitions"])))])
+        self.same_json(["cluster", "status"], "/v1/cluster")
         api = self.fake({"/v1/cluster": (200, CLUSTER)})
         rows = self.columns(self.ok(self.nerve("cluster", "status", server=api.url)),
                             ["NODE", "ADDRESS", "STATE", "PARTITIONS"])
