@@ -48,8 +48,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -58,102 +56,56 @@
 #include <string_view>
 #include <vector>
 
-#include <sys/resource.h>
+#include "load_common.hpp"
 
-#include <CLI/CLI.hpp>
-#include <boost/asio.hpp>
-#include <boost/beast/http.hpp>
-#include <hiredis/hiredis.h>
-#include <nlohmann/json.hpp>
-
-namespace net = boost::asio;
-namespace bhttp = boost::beast::http;
-using tcp = net::ip::tcp;
-using clock_type = std::chrono::steady_clock;
-using json = nlohmann::json;
+using namespace nerve_bench;
 
 namespace {
 
 // -- options ------------------------------------------------------------------
 
-struct options {
-  std::string target; ///< nerve | redis
-  std::string host = "127.0.0.1";
-  unsigned port = 0;
+struct options : common_options {
+  static constexpr const char* description
+    = "the open-loop publish -> ack load generator of bench/deliver";
+  static constexpr std::size_t min_payload_bytes = 32;
   unsigned connections = 16; ///< publishers
   unsigned consumers = 4;    ///< redis consumers (nerve: the agent's instances, in the server)
   double rate = 0;           ///< events/s over all connections; 0 = closed loop
-  double duration_s = 15;
-  double warmup_s = 3;
   double drain_s = 10;
-  std::string name = "deliver"; ///< nerve topic / redis stream key
-  std::string agent = "sink";   ///< nerve agent whose cursor is watched
-  std::string group = "sink";   ///< redis consumer group
-  std::size_t payload_bytes = 256;
-  unsigned count = 16;     ///< XREADGROUP COUNT
-  unsigned block_ms = 100; ///< XREADGROUP BLOCK
-  double poll_ms = 1;      ///< nerve cursor poll period
-  std::string token;
+  std::string agent = "sink"; ///< nerve agent whose cursor is watched
+  std::string group = "sink"; ///< redis consumer group
+  unsigned count = 16;        ///< XREADGROUP COUNT
+  unsigned block_ms = 100;    ///< XREADGROUP BLOCK
+  double poll_ms = 1;         ///< nerve cursor poll period
+
+  options() {
+    prog = "deliver_load";
+    duration_s = 15;
+    warmup_s = 3;
+    name = "deliver";
+  }
+
+  void add_own(CLI::App& app) {
+    app.add_option("--connections", connections, "publisher connections");
+    app.add_option("--consumers", consumers, "redis consumers in the group");
+    app.add_option("--rate", rate, "offered events/s over all connections; 0 = closed loop");
+    app.add_option("--drain", drain_s, "seconds to wait for outstanding acks after the window");
+    app.add_option("--agent", agent, "nerve agent whose acks are observed");
+    app.add_option("--group", group, "Redis consumer group");
+    app.add_option("--count", count, "XREADGROUP COUNT");
+    app.add_option("--block-ms", block_ms, "XREADGROUP BLOCK");
+    app.add_option("--poll-ms", poll_ms, "nerve: period of the cursor poll");
+  }
+
+  void check_own() const {
+    if (connections == 0 || consumers == 0 || duration_s <= 0 || warmup_s < 0 || drain_s < 0
+        || rate < 0 || count == 0 || poll_ms <= 0)
+      usage(*this, "need --connections, --consumers, --count >= 1, --duration, --poll-ms > 0, "
+                   "--warmup, --drain, --rate >= 0");
+  }
 };
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr, "deliver_load: %s (see deliver_load --help)\n", why.c_str());
-  std::exit(2);
-}
-
-options parse_args(int argc, char** argv) {
-  options o;
-  CLI::App app{"deliver_load: the open-loop publish -> ack load generator of bench/deliver"};
-  app.add_option("--target", o.target, "nerve or redis")->required();
-  app.add_option("--host", o.host, "server address");
-  app.add_option("--port", o.port, "server port")->required();
-  app.add_option("--connections", o.connections, "publisher connections");
-  app.add_option("--consumers", o.consumers, "redis consumers in the group");
-  app.add_option("--rate", o.rate, "offered events/s over all connections; 0 = closed loop");
-  app.add_option("--duration", o.duration_s, "measured seconds");
-  app.add_option("--warmup", o.warmup_s, "warm-up seconds");
-  app.add_option("--drain", o.drain_s, "seconds to wait for outstanding acks after the window");
-  app.add_option("--name", o.name, "nerve topic or Redis stream key");
-  app.add_option("--agent", o.agent, "nerve agent whose acks are observed");
-  app.add_option("--group", o.group, "Redis consumer group");
-  app.add_option("--payload-bytes", o.payload_bytes, "payload size");
-  app.add_option("--count", o.count, "XREADGROUP COUNT");
-  app.add_option("--block-ms", o.block_ms, "XREADGROUP BLOCK");
-  app.add_option("--poll-ms", o.poll_ms, "nerve: period of the cursor poll");
-  app.add_option("--token", o.token, "nerve bearer token");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0)
-      std::exit(app.exit(e));
-    usage(e.what());
-  }
-  if (o.target != "nerve" && o.target != "redis")
-    usage("--target must be nerve or redis");
-  if (o.port == 0 || o.port > 65535)
-    usage("--port is required");
-  if (o.connections == 0 || o.consumers == 0 || o.duration_s <= 0 || o.warmup_s < 0 || o.drain_s < 0
-      || o.rate < 0 || o.count == 0 || o.poll_ms <= 0)
-    usage("need --connections, --consumers, --count >= 1, --duration, --poll-ms > 0, "
-          "--warmup, --drain, --rate >= 0");
-  if (o.payload_bytes < 32)
-    usage("--payload-bytes must be >= 32");
-  for (char c : o.name)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_'))
-      usage("--name must be [A-Za-z0-9._-]+");
-  return o;
-}
-
-// -- payload and helpers ------------------------------------------------------
-
-/// Printable, JSON-safe, deterministic filler of exactly n bytes.
-std::string filler(std::size_t n) {
-  static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-  std::string s(n, 'x');
-  for (std::size_t i = 0; i < n; ++i)
-    s[i] = alphabet[(i * 7 + 3) % (sizeof alphabet - 1)];
-  return s;
-}
+// -- the sequence number in the payload ---------------------------------------
 
 constexpr std::size_t seq_chars = 16;
 
@@ -180,58 +132,6 @@ std::optional<std::uint64_t> get_seq(std::string_view s) {
   return v;
 }
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
-    .count();
-}
-
-/// One HTTP/1.1 response split off the front of a byte buffer.
-struct http_answer {
-  unsigned status = 0;
-  bool close = false;
-  std::string body;
-  std::size_t consumed = 0;
-};
-
-/// Parses one response at the front of `buf` with Beast's parser. Returns
-/// false while incomplete; `bad` says the bytes are not an HTTP response.
-bool parse_http(std::string_view buf, http_answer& out, bool& bad) {
-  bad = false;
-  bhttp::response_parser<bhttp::string_body> parser;
-  parser.header_limit(16384);
-  parser.body_limit(16u << 20);
-  parser.eager(true);
-  boost::beast::error_code ec;
-  std::size_t used = 0;
-  while (!parser.is_done()) {
-    used += parser.put(net::buffer(buf.data() + used, buf.size() - used), ec);
-    if (ec == bhttp::error::need_more)
-      return false;
-    if (ec) {
-      bad = true;
-      return false;
-    }
-  }
-  auto& msg = parser.get();
-  out.status = msg.result_int();
-  out.close = !msg.keep_alive();
-  out.body = std::move(msg.body());
-  out.consumed = used;
-  return true;
-}
-
-std::string http_request(const options& o, std::string_view method, const std::string& target,
-                         const std::string& body) {
-  std::string r = std::string{method} + " " + target + " HTTP/1.1\r\nHost: " + o.host + ":"
-                  + std::to_string(o.port) + "\r\nConnection: keep-alive\r\n";
-  if (!o.token.empty())
-    r += "Authorization: Bearer " + o.token + "\r\n";
-  if (!body.empty())
-    r += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size())
-         + "\r\n";
-  return r + "\r\n" + body;
-}
-
 // -- the shared run state -----------------------------------------------------
 
 /// One event, by sequence number.
@@ -242,25 +142,18 @@ struct event_rec {
   std::int64_t ack_lo_ns = 0; ///< nerve: the ack happened after this
 };
 
-struct run_state {
+struct run_state : run_errors {
   options opt;
   std::int64_t start_ns = 0, window_begin_ns = 0, window_end_ns = 0, drain_end_ns = 0;
   std::vector<event_rec> events; ///< by seq
   std::uint64_t publish_errors = 0;
-  std::uint64_t io_errors = 0;
   std::uint64_t duplicates = 0; ///< redis: an entry read and acked twice
   std::uint64_t acks_in_window = 0;
   std::uint64_t answers_in_window = 0; ///< successful publish answers
   std::uint64_t never_sent = 0;        ///< window slots still unsent when the run stopped
-  std::string first_error;
   bool publishing_done = false;
   unsigned publishers_open = 0;
   std::function<void()> check_done;
-
-  void note_error(std::string what) {
-    if (first_error.empty())
-      first_error = std::move(what);
-  }
 
   std::uint64_t next_seq() {
     events.emplace_back();
@@ -291,29 +184,13 @@ struct run_state {
 // -- publishers -----------------------------------------------------------------
 
 /// One publisher connection, one request outstanding, sending on its schedule.
-class publisher : public std::enable_shared_from_this<publisher> {
+class publisher : public connection<publisher> {
 public:
   using on_published = std::function<void(std::uint64_t seq, std::string_view body)>;
 
   publisher(net::io_context& ioc, run_state& st, unsigned index, on_published cb)
-    : socket_(ioc), timer_(ioc), st_(st), index_(index), cb_(std::move(cb)) {
-    if (st_.opt.target == "redis")
-      reader_ = redisReaderCreate();
-  }
-
-  ~publisher() {
-    if (reader_ != nullptr)
-      redisReaderFree(reader_);
-  }
-
-  void connect(const tcp::endpoint& ep) {
-    boost::system::error_code ec;
-    socket_.connect(ep, ec);
-    if (ec) {
-      std::fprintf(stderr, "deliver_load: cannot connect: %s\n", ec.message().c_str());
-      std::exit(1);
-    }
-    socket_.set_option(tcp::no_delay(true));
+    : connection(ioc, st.opt, st.opt.target == "redis", "", "redis", "HTTP"), timer_(ioc), st_(st),
+      index_(index), cb_(std::move(cb)) {
     build_template();
   }
 
@@ -322,7 +199,20 @@ public:
     pump();
   }
 
+  /// Stops; slots of the window it did not send count as never acked.
+  void close() {
+    closing_ = true;
+    if (st_.opt.rate > 0)
+      for (auto k = slot_; slot_ns(k) < st_.window_end_ns; ++k)
+        if (slot_ns(k) >= st_.window_begin_ns)
+          ++st_.never_sent;
+    timer_.cancel();
+    close_socket();
+  }
+
 private:
+  friend class connection<publisher>;
+
   void build_template() {
     auto& o = st_.opt;
     std::string payload = std::string(seq_chars, '0') + filler(o.payload_bytes - seq_chars);
@@ -333,16 +223,7 @@ private:
                               "{\"data\":{\"p\":\"" + inner + "\"}}");
       seq_at_ = request_.find("{\"data\":{\"p\":\"") + 14;
     } else {
-      const char* argv[] = {"XADD", o.name.c_str(), "*", "p", payload.c_str()};
-      const std::size_t lens[] = {4, o.name.size(), 1, 1, payload.size()};
-      char* cmd = nullptr;
-      int n = redisFormatCommandArgv(&cmd, 5, argv, lens);
-      if (n < 0) {
-        std::fprintf(stderr, "deliver_load: cannot format XADD\n");
-        std::exit(1);
-      }
-      request_.assign(cmd, static_cast<std::size_t>(n));
-      redisFreeCommand(cmd);
+      request_ = xadd_command(o, payload);
       seq_at_ = request_.size() - 2 - payload.size();
     }
   }
@@ -372,66 +253,34 @@ private:
     seq_ = st_.next_seq();
     st_.events[seq_].sched_ns = sched;
     put_seq(request_.data() + seq_at_, seq_);
-    net::async_write(socket_, net::buffer(request_),
-                     [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                       if (ec)
-                         return self->fail("write: " + ec.message());
-                       self->read();
-                     });
+    send(request_);
   }
 
-  void read() {
-    socket_.async_read_some(net::buffer(chunk_), [self = shared_from_this()](
-                                                   boost::system::error_code ec, std::size_t n) {
-      if (ec)
-        return self->fail("read: " + ec.message());
-      self->on_bytes(n);
-    });
-  }
-
-  void on_bytes(std::size_t n) {
-    if (reader_ != nullptr)
-      return on_redis_bytes(n);
-    inbox_.append(chunk_.data(), n);
-    http_answer a;
-    bool bad = false;
-    if (!parse_http(inbox_, a, bad)) {
-      if (bad)
-        return fail("unparsable HTTP answer: " + inbox_.substr(0, 200));
-      return read();
-    }
-    inbox_.erase(0, a.consumed);
+  void on_http(const http_answer& a) {
     answered(a.status == 201);
-    if (a.status != 201) {
-      ++st_.publish_errors;
-      st_.note_error("publish: HTTP " + std::to_string(a.status) + ": " + a.body.substr(0, 300));
-      st_.events[seq_].ack_ns = -1; // never acked: not followed
-    } else {
+    if (a.status != 201)
+      publish_failed("publish: HTTP " + std::to_string(a.status) + ": " + a.body.substr(0, 300));
+    else
       cb_(seq_, a.body);
-    }
     if (a.close)
       return fail("the server closed the connection");
     pump();
   }
 
-  void on_redis_bytes(std::size_t n) {
-    if (redisReaderFeed(reader_, chunk_.data(), n) != REDIS_OK)
-      return fail("redis reader: feed failed");
-    void* raw = nullptr;
-    if (redisReaderGetReply(reader_, &raw) != REDIS_OK)
-      return fail(std::string{"redis protocol error: "} + reader_->errstr);
-    if (raw == nullptr)
-      return read();
-    auto* reply = static_cast<redisReply*>(raw);
+  bool on_reply(redisReply* reply) {
     answered(reply->type == REDIS_REPLY_STRING);
-    if (reply->type != REDIS_REPLY_STRING) {
-      ++st_.publish_errors;
-      st_.note_error(reply->type == REDIS_REPLY_ERROR ? std::string{"XADD: "} + reply->str
+    if (reply->type != REDIS_REPLY_STRING)
+      publish_failed(reply->type == REDIS_REPLY_ERROR ? std::string{"XADD: "} + reply->str
                                                       : std::string{"XADD: unexpected reply"});
-      st_.events[seq_].ack_ns = -1;
-    }
-    freeReplyObject(reply);
     pump();
+    return false; // one request outstanding: its reply was the last
+  }
+
+  /// The current event was not published: it is never acked, not followed.
+  void publish_failed(std::string why) {
+    ++st_.publish_errors;
+    st_.note_error(std::move(why));
+    st_.events[seq_].ack_ns = -1;
   }
 
   void answered(bool good) {
@@ -442,17 +291,12 @@ private:
   }
 
   void fail(const std::string& why) {
-    if (!closing_) {
-      ++st_.io_errors;
-      st_.note_error(why);
-    }
+    if (!closing_)
+      st_.io_failure(why);
     finish();
   }
 
-  void finish() {
-    if (done_)
-      return;
-    done_ = true;
+  void on_finish() {
     timer_.cancel();
     if (--st_.publishers_open == 0) {
       st_.publishing_done = true;
@@ -461,21 +305,6 @@ private:
     }
   }
 
-public:
-  /// Stops; slots of the window it did not send count as never acked.
-  void close() {
-    closing_ = true;
-    if (st_.opt.rate > 0)
-      for (auto k = slot_; slot_ns(k) < st_.window_end_ns; ++k)
-        if (slot_ns(k) >= st_.window_begin_ns)
-          ++st_.never_sent;
-    boost::system::error_code ec;
-    timer_.cancel();
-    socket_.close(ec);
-  }
-
-private:
-  tcp::socket socket_;
   net::steady_timer timer_;
   run_state& st_;
   unsigned index_;
@@ -483,32 +312,19 @@ private:
   on_published cb_;
   std::string request_;
   std::size_t seq_at_ = 0;
-  std::array<char, 16384> chunk_{};
-  std::string inbox_;
-  redisReader* reader_ = nullptr;
   std::uint64_t slot_ = 0;
   std::uint64_t seq_ = 0;
-  bool done_ = false;
 };
 
 // -- nerve: acks observed through the agent's cursor ---------------------------
 
 /// Tracks, per partition, the published events not yet passed by the agent's
 /// cursor, and polls the cursor.
-class cursor_watch : public std::enable_shared_from_this<cursor_watch> {
+class cursor_watch : public connection<cursor_watch> {
 public:
-  cursor_watch(net::io_context& ioc, run_state& st) : socket_(ioc), timer_(ioc), st_(st) {
+  cursor_watch(net::io_context& ioc, run_state& st)
+    : connection(ioc, st.opt, false, "poll ", "", "poll"), timer_(ioc), st_(st) {
     request_ = http_request(st.opt, "GET", "/v1/topics/" + st.opt.name + "/groups", "");
-  }
-
-  void connect(const tcp::endpoint& ep) {
-    boost::system::error_code ec;
-    socket_.connect(ep, ec);
-    if (ec) {
-      std::fprintf(stderr, "deliver_load: cannot connect: %s\n", ec.message().c_str());
-      std::exit(1);
-    }
-    socket_.set_option(tcp::no_delay(true));
   }
 
   void start() { poll(); }
@@ -516,16 +332,16 @@ public:
   /// A 201 answer: {"events":[{"id":..,"topic":..,"partition":P,"offset":O,...}]}.
   void published(std::uint64_t seq, std::string_view body) {
     auto j = json::parse(body, nullptr, false);
-    if (!j.is_object() || !j.contains("events") || !j["events"].is_array()
-        || j["events"].size() != 1 || !j["events"][0].value("partition", json()).is_number()
-        || !j["events"][0].value("offset", json()).is_number()) {
+    const json* e = single_event(j);
+    if (e == nullptr || !e->value("partition", json()).is_number()
+        || !e->value("offset", json()).is_number()) {
       ++st_.publish_errors;
       st_.note_error("publish: unexpected answer " + std::string{body.substr(0, 300)});
       st_.events[seq].ack_ns = -1;
       return;
     }
-    auto p = j["events"][0]["partition"].get<std::uint32_t>();
-    auto off = j["events"][0]["offset"].get<std::uint64_t>();
+    auto p = (*e)["partition"].get<std::uint32_t>();
+    auto off = (*e)["offset"].get<std::uint64_t>();
     if (p >= parts_.size())
       parts_.resize(p + 1);
     auto& part = parts_[p];
@@ -540,9 +356,8 @@ public:
   }
 
   void close() {
-    boost::system::error_code ec;
     timer_.cancel();
-    socket_.close(ec);
+    close_socket();
   }
 
   [[nodiscard]] double mean_poll_ms() const {
@@ -550,7 +365,12 @@ public:
   }
   [[nodiscard]] std::uint64_t polls() const { return polls_; }
 
+  bool stopped_ = false;
+  bool found_agent_ = false;
+
 private:
+  friend class connection<cursor_watch>;
+
   struct step {
     std::uint64_t cursor; ///< first seen at this poll
     std::int64_t at_ns;   ///< the poll's answer
@@ -563,33 +383,10 @@ private:
 
   void poll() {
     sent_ns_ = now_ns();
-    net::async_write(socket_, net::buffer(request_),
-                     [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                       if (ec)
-                         return self->fail("poll write: " + ec.message());
-                       self->read();
-                     });
+    send(request_);
   }
 
-  void read() {
-    socket_.async_read_some(net::buffer(chunk_), [self = shared_from_this()](
-                                                   boost::system::error_code ec, std::size_t n) {
-      if (ec)
-        return self->fail("poll read: " + ec.message());
-      self->on_bytes(n);
-    });
-  }
-
-  void on_bytes(std::size_t n) {
-    inbox_.append(chunk_.data(), n);
-    http_answer a;
-    bool bad = false;
-    if (!parse_http(inbox_, a, bad)) {
-      if (bad)
-        return fail("unparsable poll answer");
-      return read();
-    }
-    inbox_.erase(0, a.consumed);
+  void on_http(const http_answer& a) {
     auto at = now_ns();
     // A cursor this poll sees passed an event after the previous poll read
     // it, which was after that poll was sent.
@@ -614,6 +411,9 @@ private:
         self->poll();
     });
   }
+
+  /// Never called: this connection speaks HTTP only.
+  bool on_reply(redisReply*) { return false; }
 
   /// {"topic":..,"groups":[{"agent":..,"partitions":[{"partition":P,"cursor":C,..}]}]}
   void apply(const std::string& body, std::int64_t at, std::int64_t lo) {
@@ -644,24 +444,15 @@ private:
   void fail(const std::string& why) {
     if (stopped_)
       return;
-    ++st_.io_errors;
-    st_.note_error(why);
     stopped_ = true;
+    st_.io_failure(why);
     if (st_.check_done)
       st_.check_done();
   }
 
-public:
-  bool stopped_ = false;
-  bool found_agent_ = false;
-
-private:
-  tcp::socket socket_;
   net::steady_timer timer_;
   run_state& st_;
   std::string request_;
-  std::array<char, 65536> chunk_{};
-  std::string inbox_;
   std::vector<partition> parts_;
   std::int64_t sent_ns_ = 0;
   std::int64_t prev_sent_ns_ = 0;
@@ -671,86 +462,35 @@ private:
 
 // -- redis: consumers in a consumer group ---------------------------------------
 
-class consumer : public std::enable_shared_from_this<consumer> {
+class consumer : public connection<consumer> {
 public:
   consumer(net::io_context& ioc, run_state& st, unsigned index)
-    : socket_(ioc), st_(st), name_("c" + std::to_string(index)) {
-    reader_ = redisReaderCreate();
+    : connection(ioc, st.opt, true, "consumer ", "consumer", "consumer"), st_(st),
+      name_("c" + std::to_string(index)) {
     auto& o = st_.opt;
     auto count = std::to_string(o.count);
     auto block = std::to_string(o.block_ms);
-    const char* argv[]
-      = {"XREADGROUP", "GROUP",       o.group.c_str(), name_.c_str(),  "COUNT", count.c_str(),
-         "BLOCK",      block.c_str(), "STREAMS",       o.name.c_str(), ">"};
-    std::size_t lens[11];
-    for (int i = 0; i < 11; ++i)
-      lens[i] = std::strlen(argv[i]);
-    char* cmd = nullptr;
-    int n = redisFormatCommandArgv(&cmd, 11, argv, lens);
-    if (n < 0) {
-      std::fprintf(stderr, "deliver_load: cannot format XREADGROUP\n");
-      std::exit(1);
-    }
-    read_cmd_.assign(cmd, static_cast<std::size_t>(n));
-    redisFreeCommand(cmd);
-  }
-
-  ~consumer() { redisReaderFree(reader_); }
-
-  void connect(const tcp::endpoint& ep) {
-    boost::system::error_code ec;
-    socket_.connect(ep, ec);
-    if (ec) {
-      std::fprintf(stderr, "deliver_load: cannot connect: %s\n", ec.message().c_str());
-      std::exit(1);
-    }
-    socket_.set_option(tcp::no_delay(true));
+    read_cmd_ = must_format(o, {"XREADGROUP", "GROUP", o.group, name_, "COUNT", count, "BLOCK",
+                                block, "STREAMS", o.name, ">"});
   }
 
   void start() { write(read_cmd_); }
 
   void close() {
     stopped_ = true;
-    boost::system::error_code ec;
-    socket_.close(ec);
+    close_socket();
   }
 
 private:
+  friend class connection<consumer>;
+
   void write(const std::string& what) {
     out_ = what;
-    net::async_write(socket_, net::buffer(out_),
-                     [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                       if (ec)
-                         return self->fail("consumer write: " + ec.message());
-                       self->read();
-                     });
+    send(out_);
   }
 
-  void read() {
-    socket_.async_read_some(net::buffer(chunk_), [self = shared_from_this()](
-                                                   boost::system::error_code ec, std::size_t n) {
-      if (ec)
-        return self->fail("consumer read: " + ec.message());
-      self->on_bytes(n);
-    });
-  }
-
-  void on_bytes(std::size_t n) {
-    if (redisReaderFeed(reader_, chunk_.data(), n) != REDIS_OK)
-      return fail("consumer reader: feed failed");
-    for (;;) {
-      void* raw = nullptr;
-      if (redisReaderGetReply(reader_, &raw) != REDIS_OK)
-        return fail(std::string{"consumer protocol error: "} + reader_->errstr);
-      if (raw == nullptr)
-        return read();
-      auto* reply = static_cast<redisReply*>(raw);
-      bool more = on_reply(reply);
-      freeReplyObject(reply);
-      if (!more)
-        return;
-    }
-  }
+  /// Never called: this connection speaks RESP only.
+  void on_http(const http_answer&) {}
 
   /// Returns true while more replies of the current write are expected.
   bool on_reply(redisReply* r) {
@@ -773,7 +513,8 @@ private:
       return true; // the pipelined XREADGROUP's reply follows
     }
     // XREADGROUP: nil on timeout, else [[stream, [[id, [field, value, ...]], ...]]].
-    std::vector<std::string_view> ids;
+    // XACK stream group id... then the next XREADGROUP, in one write.
+    std::vector<std::string_view> xack{"XACK", st_.opt.name, st_.opt.group};
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2) {
       auto* entries = r->element[0]->element[1];
       for (std::size_t i = 0; i < entries->elements; ++i) {
@@ -783,57 +524,42 @@ private:
           st_.note_error("XREADGROUP: unexpected entry");
           continue;
         }
-        auto* v = e->element[1]->element[1];
-        auto seq = get_seq({v->str, static_cast<std::size_t>(v->len)});
+        auto seq = get_seq(reply_str(e->element[1]->element[1]));
         if (!seq || *seq >= st_.events.size()) {
           st_.note_error("XREADGROUP: entry without a sequence number");
           continue;
         }
         acking_.push_back(*seq);
-        ids.emplace_back(e->element[0]->str, static_cast<std::size_t>(e->element[0]->len));
+        xack.push_back(reply_str(e->element[0]));
       }
     }
     if (stopped_)
       return false;
-    if (ids.empty()) {
+    if (xack.size() == 3) { // no ids
       write(read_cmd_);
       return false;
     }
-    // XACK stream group id... then the next XREADGROUP, in one write.
-    std::vector<const char*> argv{"XACK", st_.opt.name.c_str(), st_.opt.group.c_str()};
-    std::vector<std::size_t> lens{4, st_.opt.name.size(), st_.opt.group.size()};
-    for (auto id : ids) {
-      argv.push_back(id.data());
-      lens.push_back(id.size());
-    }
-    char* cmd = nullptr;
-    int n = redisFormatCommandArgv(&cmd, static_cast<int>(argv.size()), argv.data(), lens.data());
-    if (n < 0) {
+    auto cmd = format_command(xack);
+    if (!cmd) {
       fail("cannot format XACK");
       return false;
     }
-    std::string both(cmd, static_cast<std::size_t>(n));
-    redisFreeCommand(cmd);
     awaiting_ack_ = true;
-    write(both + read_cmd_);
+    write(*cmd + read_cmd_);
     return false;
   }
 
   void fail(const std::string& why) {
-    if (stopped_)
-      return;
-    ++st_.io_errors;
-    st_.note_error(why);
-    stopped_ = true;
+    if (!stopped_) {
+      stopped_ = true;
+      st_.io_failure(why);
+    }
   }
 
-  tcp::socket socket_;
   run_state& st_;
   std::string name_;
-  redisReader* reader_ = nullptr;
   std::string read_cmd_;
   std::string out_;
-  std::array<char, 65536> chunk_{};
   std::vector<std::uint64_t> acking_;
   bool awaiting_ack_ = false;
   bool stopped_ = false;
@@ -842,9 +568,8 @@ private:
 // -- setup and checks (blocking, not timed) ------------------------------------
 
 redisContext* redis_connect(const options& o) {
-  timeval tv{10, 0};
-  redisContext* c = redisConnectWithTimeout(o.host.c_str(), static_cast<int>(o.port), tv);
-  if (c == nullptr || c->err) {
+  redisContext* c = redis_try_connect(o);
+  if (c == nullptr) {
     std::fprintf(stderr, "deliver_load: cannot connect to redis\n");
     std::exit(1);
   }
@@ -866,13 +591,8 @@ void redis_setup(const options& o) {
 /// Redis' own view: entries in the stream and entries still pending in the group.
 std::pair<std::int64_t, std::int64_t> redis_counts(const options& o) {
   auto* c = redis_connect(o);
-  std::int64_t len = -1;
+  std::int64_t len = redis_xlen(c, o).value_or(-1);
   std::int64_t pending = -1;
-  if (auto* r = static_cast<redisReply*>(redisCommand(c, "XLEN %s", o.name.c_str()))) {
-    if (r->type == REDIS_REPLY_INTEGER)
-      len = r->integer;
-    freeReplyObject(r);
-  }
   if (auto* r = static_cast<redisReply*>(
         redisCommand(c, "XPENDING %s %s", o.name.c_str(), o.group.c_str()))) {
     if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1
@@ -882,32 +602,6 @@ std::pair<std::int64_t, std::int64_t> redis_counts(const options& o) {
   }
   redisFree(c);
   return {len, pending};
-}
-
-/// One blocking HTTP/1.1 GET on a fresh connection.
-std::optional<std::pair<unsigned, std::string>> http_get(const options& o,
-                                                         const std::string& target) {
-  try {
-    net::io_context ioc;
-    tcp::socket s{ioc};
-    s.connect({net::ip::make_address(o.host), static_cast<unsigned short>(o.port)});
-    net::write(s, net::buffer(http_request(o, "GET", target, "")));
-    std::string in;
-    std::array<char, 65536> buf{};
-    boost::system::error_code ec;
-    for (;;) {
-      auto n = s.read_some(net::buffer(buf), ec);
-      in.append(buf.data(), n);
-      http_answer a;
-      bool bad = false;
-      if (parse_http(in, a, bad))
-        return std::make_pair(a.status, std::string{a.body});
-      if (bad || ec)
-        return std::nullopt;
-    }
-  } catch (const std::exception&) {
-    return std::nullopt;
-  }
 }
 
 /// nerve's own view of the agent: {"metrics":[{"agent","topic","processed",...}]}.
@@ -924,36 +618,11 @@ json nerve_metrics(const options& o) {
   return json();
 }
 
-double cpu_seconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec)
-         + static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-/// The q-quantile of v in ms; +inf stands for "never acked".
-double quantile_ms(std::vector<double>& v, double q) {
-  if (v.empty())
-    return 0;
-  auto k = static_cast<std::size_t>(std::ceil(q * static_cast<double>(v.size()))) - 1;
-  k = std::min(k, v.size() - 1);
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return v[k];
-}
-
-std::string num(double v) {
-  if (!std::isfinite(v))
-    return "null";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.3f", v);
-  return buf;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
   run_state st;
-  st.opt = parse_args(argc, argv);
+  st.opt = parse_options<options>(argc, argv);
   auto& o = st.opt;
   st.events.reserve(1u << 21);
   bool nerve = o.target == "nerve";
@@ -989,22 +658,17 @@ int main(int argc, char** argv) {
   st.window_end_ns = st.window_begin_ns + secs(o.duration_s);
   st.drain_end_ns = st.window_end_ns + secs(o.drain_s);
 
-  double cpu_at_begin = 0;
-  double cpu_at_end = 0;
+  cpu_window cpu_use;
   bool stopped = false;
   net::steady_timer begin_timer{ioc,
                                 clock_type::now() + std::chrono::nanoseconds(secs(o.warmup_s))};
-  begin_timer.async_wait([&](boost::system::error_code ec) {
-    if (!ec)
-      cpu_at_begin = cpu_seconds();
-  });
+  on_expiry(begin_timer, [&] { cpu_use.begin(); });
   net::steady_timer end_timer{ioc};
   auto stop_all = [&] {
     if (stopped)
       return;
     stopped = true;
-    if (cpu_at_end == 0)
-      cpu_at_end = cpu_seconds();
+    cpu_use.end();
     begin_timer.cancel();
     end_timer.cancel();
     for (auto& p : publishers)
@@ -1019,23 +683,16 @@ int main(int argc, char** argv) {
   st.check_done = [&] {
     if (stopped || !st.publishing_done)
       return;
-    if (cpu_at_end == 0)
-      cpu_at_end = cpu_seconds();
+    cpu_use.end();
     if (st.all_acked() || now_ns() >= st.drain_end_ns || (watch && watch->stopped_))
       stop_all();
   };
   // The drain deadline (and the window's end, for the CPU reading).
   end_timer.expires_after(std::chrono::nanoseconds(st.drain_end_ns - st.start_ns));
-  end_timer.async_wait([&](boost::system::error_code ec) {
-    if (!ec)
-      stop_all();
-  });
+  on_expiry(end_timer, [&] { stop_all(); });
   net::steady_timer cpu_timer{ioc, clock_type::now()
                                      + std::chrono::nanoseconds(st.window_end_ns - st.start_ns)};
-  cpu_timer.async_wait([&](boost::system::error_code ec) {
-    if (!ec && cpu_at_end == 0)
-      cpu_at_end = cpu_seconds();
-  });
+  on_expiry(cpu_timer, [&] { cpu_use.end(); });
 
   if (watch)
     watch->start();
@@ -1085,7 +742,7 @@ int main(int argc, char** argv) {
          pmax = quantile_ms(e2e, 1.0);
   double lo50 = quantile_ms(e2e_lo, 0.50), lo99 = quantile_ms(e2e_lo, 0.99);
   double pub50 = quantile_ms(pub, 0.50), pub99 = quantile_ms(pub, 0.99);
-  double cpu = cpu_at_end > cpu_at_begin ? (cpu_at_end - cpu_at_begin) / o.duration_s : 0;
+  double cpu = cpu_use.share(o.duration_s);
 
   // The server's own counts: everything published was acked exactly once.
   // Checked exactly when the run ended with every event acked; a run that
@@ -1126,13 +783,7 @@ int main(int argc, char** argv) {
   if (!complete && note.empty())
     note = "did not keep up: " + std::to_string(never_acked) + " of " + std::to_string(scheduled)
            + " events of the window not acked " + num(o.drain_s) + " s after it";
-  std::string escaped;
-  for (char c : note) {
-    if (c == '"' || c == '\\')
-      escaped += '\\';
-    if (static_cast<unsigned char>(c) >= 0x20)
-      escaped += c;
-  }
+  std::string escaped = json_escape(note);
   std::printf("{\"target\":\"%s\",\"rate\":%.0f,\"connections\":%u,\"consumers\":%u,"
               "\"duration_s\":%.3f,\"warmup_s\":%.3f,\"payload_bytes\":%zu,"
               "\"published_per_s\":%.1f,\"acked_per_s\":%.1f,\"scheduled_in_window\":%" PRIu64

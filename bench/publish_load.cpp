@@ -18,15 +18,8 @@
 //
 // Prints one JSON object on stdout (events_per_s, p50_ms, p99_ms, ...), and
 // a human summary on stderr.
-#include <algorithm>
-#include <array>
-#include <atomic>
-#include <cctype>
-#include <chrono>
 #include <cinttypes>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -34,86 +27,34 @@
 #include <string_view>
 #include <vector>
 
-#include <sys/resource.h>
+#include "load_common.hpp"
 
-#include <CLI/CLI.hpp>
-#include <boost/asio.hpp>
-#include <boost/beast/http.hpp>
-#include <hiredis/hiredis.h>
-#include <nlohmann/json.hpp>
-
-namespace net = boost::asio;
-namespace bhttp = boost::beast::http;
-using tcp = net::ip::tcp;
-using clock_type = std::chrono::steady_clock;
-using json = nlohmann::json;
+using namespace nerve_bench;
 
 namespace {
 
 // -- options ------------------------------------------------------------------
 
-struct options {
-  std::string target; ///< nerve | redis
-  std::string host = "127.0.0.1";
-  unsigned port = 0;
+struct options : common_options {
+  static constexpr const char* description = "the closed-loop load generator of bench/publish";
+  static constexpr std::size_t min_payload_bytes = 16;
   unsigned clients = 16;
-  double duration_s = 10;
-  double warmup_s = 2;
-  std::string name = "bench"; ///< nerve topic / redis stream key
-  std::size_t payload_bytes = 256;
-  std::string token; ///< nerve bearer token, if any
   unsigned verify_samples = 32;
+
+  options() { prog = "publish_load"; }
+
+  void add_own(CLI::App& app) {
+    app.add_option("--clients", clients, "concurrent connections");
+    app.add_option("--verify-samples", verify_samples, "events read back after the run");
+  }
+
+  void check_own() const {
+    if (clients == 0 || duration_s <= 0 || warmup_s < 0)
+      usage(*this, "--clients must be >= 1, --duration > 0, --warmup >= 0");
+  }
 };
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr, "publish_load: %s (see publish_load --help)\n", why.c_str());
-  std::exit(2);
-}
-
-options parse_args(int argc, char** argv) {
-  options o;
-  CLI::App app{"publish_load: the closed-loop load generator of bench/publish"};
-  app.add_option("--target", o.target, "nerve or redis")->required();
-  app.add_option("--host", o.host, "server address");
-  app.add_option("--port", o.port, "server port")->required();
-  app.add_option("--clients", o.clients, "concurrent connections");
-  app.add_option("--duration", o.duration_s, "measured seconds");
-  app.add_option("--warmup", o.warmup_s, "warm-up seconds");
-  app.add_option("--name", o.name, "nerve topic or Redis stream key");
-  app.add_option("--payload-bytes", o.payload_bytes, "stored payload size");
-  app.add_option("--token", o.token, "nerve bearer token");
-  app.add_option("--verify-samples", o.verify_samples, "events read back after the run");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0)
-      std::exit(app.exit(e));
-    usage(e.what());
-  }
-  if (o.target != "nerve" && o.target != "redis")
-    usage("--target must be nerve or redis");
-  if (o.port == 0 || o.port > 65535)
-    usage("--port is required");
-  if (o.clients == 0 || o.duration_s <= 0 || o.warmup_s < 0)
-    usage("--clients must be >= 1, --duration > 0, --warmup >= 0");
-  if (o.payload_bytes < 16)
-    usage("--payload-bytes must be >= 16");
-  for (char c : o.name)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_'))
-      usage("--name must be [A-Za-z0-9._-]+");
-  return o;
-}
-
 // -- the payload --------------------------------------------------------------
-
-/// Printable, JSON-safe, deterministic filler of exactly n bytes.
-std::string filler(std::size_t n) {
-  static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-  std::string s(n, 'x');
-  for (std::size_t i = 0; i < n; ++i)
-    s[i] = alphabet[(i * 7 + 3) % (sizeof alphabet - 1)];
-  return s;
-}
 
 /// nerve's stored "data" value, exactly payload_bytes long: {"p":"...."}.
 std::string nerve_data(std::size_t payload_bytes) {
@@ -132,152 +73,55 @@ bool valid_stream_id(std::string_view id) {
   return true;
 }
 
-/// One HTTP/1.1 response split off the front of a byte buffer.
-struct http_answer {
-  unsigned status = 0;
-  bool close = false;
-  std::string body;
-  std::size_t consumed = 0;
-};
-
-/// Parses one response at the front of `buf` with Beast's parser. Returns
-/// false while incomplete; `bad` says the bytes are not an HTTP response.
-bool parse_http(std::string_view buf, http_answer& out, bool& bad) {
-  bad = false;
-  bhttp::response_parser<bhttp::string_body> parser;
-  parser.header_limit(16384);
-  parser.body_limit(16u << 20);
-  parser.eager(true);
-  boost::beast::error_code ec;
-  std::size_t used = 0;
-  while (!parser.is_done()) {
-    used += parser.put(net::buffer(buf.data() + used, buf.size() - used), ec);
-    if (ec == bhttp::error::need_more)
-      return false;
-    if (ec) {
-      bad = true;
-      return false;
-    }
-  }
-  auto& msg = parser.get();
-  out.status = msg.result_int();
-  out.close = !msg.keep_alive();
-  out.body = std::move(msg.body());
-  out.consumed = used;
-  return true;
-}
-
 // -- the shared run state -----------------------------------------------------
 
-struct run_state {
+struct run_state : run_errors {
   options opt;
   clock_type::time_point start, window_begin, window_end;
   std::uint64_t ok_total = 0;  ///< successes in all phases
   std::uint64_t ok_window = 0; ///< successes answered inside the window
   std::uint64_t errors = 0;    ///< failed answers (wrong status, error reply)
-  std::uint64_t io_errors = 0; ///< connection failures
   std::uint64_t sampled = 0;   ///< answers checked in full
   std::uint64_t sample_failures = 0;
   std::vector<std::uint32_t> latencies_us; ///< window only
   std::vector<std::string> sample_ids;     ///< ids read back after the run
-  std::string first_error;
   unsigned open_clients = 0;
   std::function<void()> all_done; ///< called when the last connection finished
-
-  void note_error(std::string what) {
-    if (first_error.empty())
-      first_error = std::move(what);
-  }
 };
 
 // -- one client connection ----------------------------------------------------
 
-class client : public std::enable_shared_from_this<client> {
+class client : public connection<client> {
 public:
   client(net::io_context& ioc, run_state& st, unsigned index)
-    : socket_(ioc), st_(st), index_(index) {
-    if (st_.opt.target == "redis")
-      reader_ = redisReaderCreate();
-  }
-
-  ~client() {
-    if (reader_ != nullptr)
-      redisReaderFree(reader_);
-  }
-
-  void connect(const tcp::endpoint& ep) {
-    boost::system::error_code ec;
-    socket_.connect(ep, ec);
-    if (ec) {
-      std::fprintf(stderr, "publish_load: cannot connect to %s:%u: %s\n", st_.opt.host.c_str(),
-                   st_.opt.port, ec.message().c_str());
-      std::exit(1);
-    }
-    socket_.set_option(tcp::no_delay(true));
+    : connection(ioc, st.opt, st.opt.target == "redis", "", "redis", "HTTP"), st_(st),
+      index_(index) {
     build_request();
   }
 
   void start() {
     ++st_.open_clients;
-    send();
+    send_request();
   }
 
 private:
+  friend class connection<client>;
+
   void build_request() {
     auto& o = st_.opt;
-    if (o.target == "nerve") {
-      std::string body = "{\"data\":" + nerve_data(o.payload_bytes) + "}";
-      request_ = "POST /v1/topics/" + o.name + "/events HTTP/1.1\r\nHost: " + o.host + ":"
-                 + std::to_string(o.port)
-                 + "\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n";
-      if (!o.token.empty())
-        request_ += "Authorization: Bearer " + o.token + "\r\n";
-      request_ += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-    } else {
-      auto payload = filler(o.payload_bytes);
-      const char* argv[] = {"XADD", o.name.c_str(), "*", "p", payload.c_str()};
-      const std::size_t lens[] = {4, o.name.size(), 1, 1, payload.size()};
-      char* cmd = nullptr;
-      int n = redisFormatCommandArgv(&cmd, 5, argv, lens);
-      if (n < 0) {
-        std::fprintf(stderr, "publish_load: cannot format XADD\n");
-        std::exit(1);
-      }
-      request_.assign(cmd, static_cast<std::size_t>(n));
-      redisFreeCommand(cmd);
-    }
+    if (o.target == "nerve")
+      request_ = http_request(o, "POST", "/v1/topics/" + o.name + "/events",
+                              "{\"data\":" + nerve_data(o.payload_bytes) + "}");
+    else
+      request_ = xadd_command(o, filler(o.payload_bytes));
   }
 
-  void send() {
+  void send_request() {
     sent_at_ = clock_type::now();
-    net::async_write(socket_, net::buffer(request_),
-                     [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                       if (ec)
-                         return self->fail("write: " + ec.message());
-                       self->read();
-                     });
+    send(request_);
   }
 
-  void read() {
-    socket_.async_read_some(net::buffer(chunk_), [self = shared_from_this()](
-                                                   boost::system::error_code ec, std::size_t n) {
-      if (ec)
-        return self->fail("read: " + ec.message());
-      self->on_bytes(n);
-    });
-  }
-
-  void on_bytes(std::size_t n) {
-    if (reader_ != nullptr)
-      return on_redis_bytes(n);
-    inbox_.append(chunk_.data(), n);
-    http_answer a;
-    bool bad = false;
-    if (!parse_http(inbox_, a, bad)) {
-      if (bad)
-        return fail("unparsable HTTP answer: " + inbox_.substr(0, 200));
-      return read();
-    }
+  void on_http(const http_answer& a) {
     bool good = a.status == 201;
     if (good && a.body.rfind("{\"events\":[{", 0) != 0)
       good = false;
@@ -286,25 +130,14 @@ private:
     if (!good)
       st_.note_error("HTTP " + std::to_string(a.status) + ": "
                      + std::string{a.body.substr(0, 300)});
-    bool close = a.close;
-    inbox_.erase(0, a.consumed);
     answered(good);
-    if (close)
+    if (a.close)
       return fail("the server closed the connection");
     next();
   }
 
-  void on_redis_bytes(std::size_t n) {
-    if (redisReaderFeed(reader_, chunk_.data(), n) != REDIS_OK)
-      return fail("redis reader: feed failed");
-    void* raw = nullptr;
-    if (redisReaderGetReply(reader_, &raw) != REDIS_OK)
-      return fail(std::string{"redis protocol error: "} + reader_->errstr);
-    if (raw == nullptr)
-      return read();
-    auto* reply = static_cast<redisReply*>(raw);
-    bool good = reply->type == REDIS_REPLY_STRING
-                && valid_stream_id({reply->str, static_cast<std::size_t>(reply->len)});
+  bool on_reply(redisReply* reply) {
+    bool good = reply->type == REDIS_REPLY_STRING && valid_stream_id(reply_str(reply));
     if (!good) {
       st_.note_error(reply->type == REDIS_REPLY_ERROR
                        ? std::string{"redis: "} + reply->str
@@ -312,11 +145,11 @@ private:
     } else if (should_sample()) {
       ++st_.sampled;
       if (st_.sample_ids.size() < st_.opt.verify_samples)
-        st_.sample_ids.emplace_back(reply->str, static_cast<std::size_t>(reply->len));
+        st_.sample_ids.emplace_back(reply_str(reply));
     }
-    freeReplyObject(reply);
     answered(good);
     next();
+    return false; // one request outstanding: its reply was the last
   }
 
   /// The first answer of every connection, then about one in 1000.
@@ -328,17 +161,16 @@ private:
     ++st_.sampled;
     auto& o = st_.opt;
     auto j = json::parse(body, nullptr, false);
-    bool ok
-      = j.is_object() && j.contains("events") && j["events"].is_array() && j["events"].size() == 1;
+    const json* e = single_event(j);
+    bool ok = e != nullptr;
     if (ok) {
-      auto& e = j["events"][0];
-      ok = e.value("id", json()).is_string() && !e["id"].get<std::string>().empty()
-           && e.value("topic", json()) == o.name
-           && e.value("partition", json()).is_number_unsigned()
-           && e.value("offset", json()).is_number_unsigned() && e.value("time", json()).is_string()
-           && e.value("duplicate", json()) == false;
+      ok = e->value("id", json()).is_string() && !(*e)["id"].get<std::string>().empty()
+           && e->value("topic", json()) == o.name
+           && e->value("partition", json()).is_number_unsigned()
+           && e->value("offset", json()).is_number_unsigned()
+           && e->value("time", json()).is_string() && e->value("duplicate", json()) == false;
       if (ok && st_.sample_ids.size() < o.verify_samples)
-        st_.sample_ids.push_back(e["id"].get<std::string>());
+        st_.sample_ids.push_back((*e)["id"].get<std::string>());
     }
     if (!ok)
       ++st_.sample_failures;
@@ -359,72 +191,33 @@ private:
     }
   }
 
-  void next() {
-    if (clock_type::now() >= st_.window_end)
-      return finish();
-    send();
-  }
-
   void fail(const std::string& why) {
-    ++st_.io_errors;
-    st_.note_error(why);
+    st_.io_failure(why);
     finish();
   }
 
-  void finish() {
-    if (done_)
-      return;
-    done_ = true;
+  void next() {
+    if (clock_type::now() >= st_.window_end)
+      return finish();
+    send_request();
+  }
+
+  void on_finish() {
     if (--st_.open_clients == 0 && st_.all_done)
       st_.all_done();
     boost::system::error_code ec;
     socket_.shutdown(tcp::socket::shutdown_both, ec);
-    socket_.close(ec);
+    close_socket();
   }
 
-  tcp::socket socket_;
   run_state& st_;
   unsigned index_;
   std::string request_;
-  std::array<char, 16384> chunk_{};
-  std::string inbox_;
-  redisReader* reader_ = nullptr;
   clock_type::time_point sent_at_;
   std::uint64_t answers_ = 0;
-  bool done_ = false;
 };
 
 // -- after the run: read back and count ----------------------------------------
-
-/// One blocking HTTP/1.1 GET on a fresh connection (not timed).
-std::optional<std::pair<unsigned, std::string>> http_get(const options& o,
-                                                         const std::string& target) {
-  try {
-    net::io_context ioc;
-    tcp::socket s{ioc};
-    s.connect({net::ip::make_address(o.host), static_cast<unsigned short>(o.port)});
-    std::string req = "GET " + target + " HTTP/1.1\r\nHost: " + o.host + "\r\n";
-    if (!o.token.empty())
-      req += "Authorization: Bearer " + o.token + "\r\n";
-    req += "Connection: close\r\n\r\n";
-    net::write(s, net::buffer(req));
-    std::string in;
-    std::array<char, 65536> buf{};
-    boost::system::error_code ec;
-    for (;;) {
-      auto n = s.read_some(net::buffer(buf), ec);
-      in.append(buf.data(), n);
-      http_answer a;
-      bool bad = false;
-      if (parse_http(in, a, bad))
-        return std::make_pair(a.status, std::string{a.body});
-      if (bad || ec)
-        return std::nullopt;
-    }
-  } catch (const std::exception&) {
-    return std::nullopt;
-  }
-}
 
 struct verification {
   std::uint64_t checked = 0;
@@ -467,12 +260,9 @@ verification verify_nerve(const run_state& st) {
 
 verification verify_redis(const run_state& st) {
   verification v;
-  timeval tv{10, 0};
-  redisContext* c = redisConnectWithTimeout(st.opt.host.c_str(), static_cast<int>(st.opt.port), tv);
-  if (c == nullptr || c->err) {
+  redisContext* c = redis_try_connect(st.opt);
+  if (c == nullptr) {
     v.note = "cannot connect for verification";
-    if (c != nullptr)
-      redisFree(c);
     return v;
   }
   auto expect = filler(st.opt.payload_bytes);
@@ -482,17 +272,12 @@ verification verify_redis(const run_state& st) {
                                                     st.opt.name.size(), id.data(), id.size(),
                                                     id.data(), id.size()));
     // [[id, [p, payload]]]
-    bool ok
-      = r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 1
-        && r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements == 2
-        && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY
-        && r->element[0]->element[1]->elements == 2
-        && std::string_view{r->element[0]->element[1]->element[0]->str,
-                            static_cast<std::size_t>(r->element[0]->element[1]->element[0]->len)}
-             == "p"
-        && std::string_view{r->element[0]->element[1]->element[1]->str,
-                            static_cast<std::size_t>(r->element[0]->element[1]->element[1]->len)}
-             == expect;
+    bool ok = r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 1
+              && r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements == 2
+              && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY
+              && r->element[0]->element[1]->elements == 2
+              && reply_str(r->element[0]->element[1]->element[0]) == "p"
+              && reply_str(r->element[0]->element[1]->element[1]) == expect;
     if (!ok) {
       ++v.failed;
       if (v.note.empty())
@@ -501,36 +286,17 @@ verification verify_redis(const run_state& st) {
     if (r != nullptr)
       freeReplyObject(r);
   }
-  auto* r
-    = static_cast<redisReply*>(redisCommand(c, "XLEN %b", st.opt.name.data(), st.opt.name.size()));
-  if (r != nullptr && r->type == REDIS_REPLY_INTEGER)
-    v.stored = static_cast<std::uint64_t>(r->integer);
-  if (r != nullptr)
-    freeReplyObject(r);
+  if (auto len = redis_xlen(c, st.opt))
+    v.stored = static_cast<std::uint64_t>(*len);
   redisFree(c);
   return v;
-}
-
-double cpu_seconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec)
-         + static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-double percentile_ms(std::vector<std::uint32_t>& v, double q) {
-  if (v.empty())
-    return 0;
-  auto k = static_cast<std::size_t>(q * static_cast<double>(v.size() - 1));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return v[k] / 1000.0;
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
   run_state st;
-  st.opt = parse_args(argc, argv);
+  st.opt = parse_options<options>(argc, argv);
   auto& o = st.opt;
   st.latencies_us.reserve(1 << 20);
 
@@ -553,29 +319,19 @@ int main(int argc, char** argv) {
   clients.clear(); // the connections keep themselves alive
 
   // CPU use of this process during the measured window only.
-  double cpu_at_begin = 0;
-  double cpu_at_end = 0;
+  cpu_window cpu_use;
   net::steady_timer begin_timer{ioc, st.window_begin};
-  begin_timer.async_wait([&](boost::system::error_code ec) {
-    if (!ec)
-      cpu_at_begin = cpu_seconds();
-  });
+  on_expiry(begin_timer, [&] { cpu_use.begin(); });
   net::steady_timer end_timer{ioc, st.window_end};
-  end_timer.async_wait([&](boost::system::error_code ec) {
-    if (!ec)
-      cpu_at_end = cpu_seconds();
-  });
+  on_expiry(end_timer, [&] { cpu_use.end(); });
   // A request stuck past the end for 30 s ends the run anyway.
   net::steady_timer deadline{ioc, st.window_end + std::chrono::seconds{30}};
-  deadline.async_wait([&](boost::system::error_code ec) {
-    if (!ec) {
-      st.note_error("requests still unanswered 30 s after the end; stopping");
-      ioc.stop();
-    }
+  on_expiry(deadline, [&] {
+    st.note_error("requests still unanswered 30 s after the end; stopping");
+    ioc.stop();
   });
   st.all_done = [&] {
-    if (cpu_at_end == 0)
-      cpu_at_end = cpu_seconds();
+    cpu_use.end();
     deadline.cancel();
     begin_timer.cancel();
     end_timer.cancel();
@@ -590,7 +346,7 @@ int main(int argc, char** argv) {
   double p50 = percentile_ms(lat, 0.50);
   double p99 = percentile_ms(lat, 0.99);
   double eps = static_cast<double>(st.ok_window) / o.duration_s;
-  double cpu = cpu_at_end > cpu_at_begin ? (cpu_at_end - cpu_at_begin) / o.duration_s : 0;
+  double cpu = cpu_use.share(o.duration_s);
   bool verified = st.errors == 0 && st.io_errors == 0 && stuck == 0 && st.sample_failures == 0
                   && v.failed == 0 && v.checked > 0 && count_ok;
 
@@ -600,13 +356,7 @@ int main(int argc, char** argv) {
   if (note.empty() && !count_ok)
     note = "the server holds " + (v.stored ? std::to_string(*v.stored) : std::string{"?"})
            + " events under " + o.name + ", " + std::to_string(st.ok_total) + " were acknowledged";
-  std::string escaped;
-  for (char c : note) {
-    if (c == '"' || c == '\\')
-      escaped += '\\';
-    if (static_cast<unsigned char>(c) >= 0x20)
-      escaped += c;
-  }
+  std::string escaped = json_escape(note);
   std::printf("{\"target\":\"%s\",\"clients\":%u,\"duration_s\":%.3f,\"warmup_s\":%.3f,"
               "\"payload_bytes\":%zu,\"events_per_s\":%.1f,\"ok_in_window\":%" PRIu64
               ",\"ok_total\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64

@@ -26,6 +26,9 @@ READY_RE = re.compile(r"ready in \d+ ms: http://(\S+):(\d+)")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 PROBLEM_TYPE = "application/problem+json"
+# One sample line of the Prometheus text format, and one label pair of its {...}.
+SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 _live_processes = set()
 _live_lock = threading.Lock()
@@ -500,3 +503,24 @@ def run_nerve(args, env=None, input=None, cwd=None, timeout=30):
             _live_processes.discard(p)
     return Completed(p.returncode, out.decode("utf-8", "replace"),
                      err.decode("utf-8", "replace"))
+
+
+def parse_samples(text):
+    """{(name, frozenset of label pairs): value} of every sample line of a GET /metrics
+    scrape (Prometheus text format); fails on a line that is not a sample."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE_RE.match(line)
+        assert m, f"not a sample line: {line!r}"
+        labels = frozenset(LABEL_RE.findall(m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def require_promtool():
+    """For setUpClass of the tests that run promtool: fails when it is missing."""
+    if shutil.which("promtool") is None:
+        raise AssertionError("promtool is missing: .ci/install-deps installs the Debian "
+                             "package prometheus")

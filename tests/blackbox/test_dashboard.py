@@ -12,13 +12,12 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import ServerTestCase, builtin, topic
+from harness import ServerTestCase, builtin, parse_samples, require_promtool, topic
 
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs")
 DASHBOARD = os.path.join(DOCS, "grafana", "nerve-dashboard.json")
 ALERTS = os.path.join(DOCS, "prometheus", "nerve-alerts.yml")
 METRIC_RE = re.compile(r"\bnerve_[a-zA-Z0-9_]+")
-SAMPLE_NAME_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)")
 # Grafana's variables, as Prometheus would see them after Grafana substitutes them.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
                 "$instance": ".*"}
@@ -68,9 +67,7 @@ class DashboardTest(ServerTestCase):
 
     @classmethod
     def setUpClass(cls):
-        if shutil.which("promtool") is None:
-            raise AssertionError("promtool is missing: .ci/install-deps installs the Debian "
-                                 "package prometheus")
+        require_promtool()
 
     def scrape_after_traffic(self):
         t = topic("dash")
@@ -84,11 +81,7 @@ class DashboardTest(ServerTestCase):
         self.wait_for(lambda: srv.get("/v1/metrics?agent=ok").json()["metrics"][0]["processed"]
                       == 5, what="5 events acked")
         text = srv.get("/metrics").body.decode("utf-8")
-        names = set()
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                names.add(SAMPLE_NAME_RE.match(line).group(1))
-        return names
+        return {name for name, _labels in parse_samples(text)}
 
     def promtool_check(self, exprs):
         """Every expr parses as PromQL: promtool checks them as recording rules."""

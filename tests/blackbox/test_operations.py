@@ -4,37 +4,22 @@ Prometheus text format (checked by promtool), the measured indicators of
 token, and the refusal of a non-loopback address without one."""
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import unittest
 
-from harness import PROBLEM_TYPE, ServerTestCase, builtin, process, run_nerve, topic
+from harness import (PROBLEM_TYPE, ServerTestCase, builtin, parse_samples, process,
+                     require_promtool, run_nerve, topic)
 
 ECHO_AGENT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                           "docs", "examples", "echo_agent.py"))
 
 FAST = {"initial": "20ms", "max": "50ms"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
-LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 # Reads deliveries and never answers: every attempt times out.
 SILENT_AGENT = "import sys\nfor line in sys.stdin:\n    pass\n"
-
-
-def parse_samples(text):
-    """{(name, frozenset of label pairs): value} of every sample line."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = SAMPLE_RE.match(line)
-        assert m, f"not a sample line: {line!r}"
-        labels = frozenset(LABEL_RE.findall(m.group(2) or ""))
-        out[(m.group(1), labels)] = float(m.group(3))
-    return out
 
 
 class OperationsTestCase(ServerTestCase):
@@ -71,9 +56,7 @@ class MetricsTest(OperationsTestCase):
 
     @classmethod
     def setUpClass(cls):
-        if shutil.which("promtool") is None:
-            raise AssertionError("promtool is missing: .ci/install-deps installs the Debian "
-                                 "package prometheus")
+        require_promtool()
 
     def setUp(self):
         self.t = topic("ops")
