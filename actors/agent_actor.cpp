@@ -206,7 +206,10 @@ void start_child(instance_actor_t* self) {
     ::close(out[0]);
     ::close(err[0]);
     spdlog::error("{}: cannot start {}: {}", label(st), args[0], std::strerror(rc));
-    caf::anon_send(caf::actor{self}, exited_atom::value, st.generation, 127);
+    // As a shell reports a command it cannot run: exit code 127, right
+    // after the start, so the restart backoff grows as for any crash.
+    st.started_at = std::chrono::steady_clock::now();
+    caf::anon_send(caf::actor{self}, exited_atom::value, st.generation, W_EXITCODE(127, 0));
     return;
   }
   st.pid = pid;

@@ -1,6 +1,7 @@
 // Depth-limited JSON parsing and publish-body validation.
 #include "actors/event_input.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <ctime>
@@ -225,10 +226,12 @@ tl::expected<std::int64_t, std::string> parse_time_arg(const std::string& text,
     return now_us;
   if (!text.empty() && (text[0] == '-' || text[0] == '+')) {
     auto d = config::parse_duration(text.substr(1));
-    if (!d)
+    constexpr std::int64_t century_ms = 100LL * 366 * 24 * 3600 * 1000;
+    if (!d || d->count() > century_ms)
       return bad();
     auto us = static_cast<std::int64_t>(d->count()) * 1000;
-    return text[0] == '-' ? now_us - us : now_us + us;
+    // Before 1970 holds nothing: such a start is the beginning of the log.
+    return text[0] == '-' ? std::max<std::int64_t>(0, now_us - us) : now_us + us;
   }
   std::tm tm{};
   std::istringstream in{text};
@@ -259,15 +262,23 @@ tl::expected<std::int64_t, std::string> parse_time_arg(const std::string& text,
              && std::isdigit(static_cast<unsigned char>(zone[2]))
              && std::isdigit(static_cast<unsigned char>(zone[4]))
              && std::isdigit(static_cast<unsigned char>(zone[5]))) {
-    offset_s = ((zone[1] - '0') * 10 + (zone[2] - '0')) * 3600
-               + ((zone[4] - '0') * 10 + (zone[5] - '0')) * 60;
+    auto hours = (zone[1] - '0') * 10 + (zone[2] - '0');
+    auto minutes = (zone[4] - '0') * 10 + (zone[5] - '0');
+    if (hours > 23 || minutes > 59)
+      return bad();
+    offset_s = hours * 3600 + minutes * 60;
     if (zone[0] == '-')
       offset_s = -offset_s;
   } else {
     return bad();
   }
+  auto asked = tm;
   auto secs = timegm(&tm);
-  if (secs < 0)
+  // timegm normalizes (February 30 becomes March 2): a date that does not
+  // come back unchanged does not exist.
+  if (secs < 0 || tm.tm_year != asked.tm_year || tm.tm_mon != asked.tm_mon
+      || tm.tm_mday != asked.tm_mday || tm.tm_hour != asked.tm_hour || tm.tm_min != asked.tm_min
+      || tm.tm_sec != asked.tm_sec || tm.tm_year + 1900 > 9999)
     return bad();
   return (static_cast<std::int64_t>(secs) - offset_s) * 1000000 + frac_us;
 }

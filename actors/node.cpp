@@ -707,8 +707,9 @@ public:
       for (auto& e : *all) {
         if (!cursor.empty() && e.id <= cursor)
           continue;
-        if (page.entries.size() == limit) {
-          page.next_cursor = page.entries.back().id;
+        if (page.entries.size() >= limit) {
+          if (!page.entries.empty())
+            page.next_cursor = page.entries.back().id;
           break;
         }
         page.entries.push_back(view_of(e));

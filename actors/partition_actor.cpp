@@ -91,6 +91,8 @@ struct partition_state {
   std::vector<group> groups;
   persistence::state_batch state;
   std::chrono::steady_clock::time_point counters_written{};
+  bool counters_due = false;   ///< a snapshot was held back by the once-a-second limit
+  bool counters_timer = false; ///< a flush for it is scheduled
   static inline const char* name = "partition";
 };
 
@@ -568,14 +570,18 @@ void recover_group(partition_actor_t* self, group& g) {
     g.stats->totals.load_json(**snapshot);
 }
 
-void write_counters(partition_state& st, bool force) {
+/// Stages the counter snapshots; at most once per `counters_every` unless
+/// forced. Answers false when it held them back (they are then due later).
+bool write_counters(partition_state& st, bool force) {
   auto now = std::chrono::steady_clock::now();
   if (!force && now - st.counters_written < counters_every)
-    return;
+    return false;
   st.counters_written = now;
+  st.counters_due = false;
   for (auto& g : st.groups)
     st.state.put_meta(counters_key(g.agent->cfg.name, st.route->info.id, st.partition),
                       g.stats->totals.to_json());
+  return true;
 }
 
 /// Raises `a` to `v` unless it is higher already: an earlier incarnation of
@@ -664,8 +670,19 @@ void flush(partition_actor_t* self) {
       st.state.put_cursor(g.agent->cfg.name, st.route->info.id, st.partition, g.cursor);
       g.cursor_dirty = false;
     }
-  if (!st.state.empty())
-    write_counters(st, false);
+  // Counters change with every delivery; their snapshot is written with the
+  // next state change at most once a second, and a held-back snapshot is
+  // written by a timer, so an idle partition's counters are at most a second
+  // behind on disk (and survive kill -9 up to that second).
+  if (!st.state.empty() || st.counters_due) {
+    if (!write_counters(st, false)) {
+      st.counters_due = true;
+      if (!st.counters_timer) {
+        st.counters_timer = true;
+        self->delayed_send(self, counters_every, flush_atom::value, true);
+      }
+    }
+  }
   if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
     // Memory now runs ahead of the log: start again from the log.
     spdlog::error("topic={} partition={}: {}; restarting", st.route->info.name, st.partition,
@@ -709,6 +726,10 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
         schedule_flush(self); // after everything already in the mailbox: the group commit
     },
     [=](flush_atom) { flush(self); },
+    [=](flush_atom, bool) { // the counters timer
+      self->state.counters_timer = false;
+      flush(self);
+    },
     [=](durable_atom, std::uint64_t end) {
       auto& st = self->state;
       if (end > st.durable_end) {

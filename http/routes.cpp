@@ -143,17 +143,17 @@ response error_response(const actors::error& e) {
 /// Parses an unsigned query parameter; `what` is used in the error.
 std::optional<response> query_uint(const std::map<std::string, std::string>& q,
                                    const std::string& name, std::uint64_t max,
-                                   std::optional<std::uint64_t>& out) {
+                                   std::optional<std::uint64_t>& out, std::uint64_t min = 0) {
   auto it = q.find(name);
   if (it == q.end() || it->second.empty())
     return std::nullopt;
   auto& v = it->second;
   bool digits = v.size() <= 19
                 && std::all_of(v.begin(), v.end(), [](unsigned char c) { return std::isdigit(c); });
-  if (!digits || std::stoull(v) > max)
+  if (!digits || std::stoull(v) > max || std::stoull(v) < min)
     return problem(400, "invalid-parameter", "Bad Request",
-                   "query parameter " + name + "=" + v.substr(0, 64)
-                     + " must be an integer from 0 to " + std::to_string(max));
+                   "query parameter " + name + "=" + v.substr(0, 64) + " must be an integer from "
+                     + std::to_string(min) + " to " + std::to_string(max));
   out = std::stoull(v);
   return std::nullopt;
 }
@@ -277,7 +277,9 @@ public:
 
 private:
   void dispatch(const route& r, request& req, const params& p, responder& respond) {
-    if (req.path.rfind("/v1/", 0) == 0 && !authorized(req)) {
+    // Decided on the route matched, not on the raw path: "//v1/..." and
+    // "/%761/..." reach the same routes and need the same token.
+    if (!r.pattern.empty() && r.pattern.front() == "v1" && !authorized(req)) {
       auto res = problem(401, "unauthorized", "Unauthorized",
                          "this route needs the header Authorization: Bearer <http.token>");
       res.headers.emplace_back("WWW-Authenticate", "Bearer");
@@ -554,7 +556,7 @@ private:
       return respond(std::move(*err));
     if (auto err = query_uint(q, "from_offset", ~0ULL >> 1, from))
       return respond(std::move(*err));
-    if (auto err = query_uint(q, "limit", 1000, limit))
+    if (auto err = query_uint(q, "limit", 1000, limit, 1))
       return respond(std::move(*err));
     if (!actors::valid_topic(topic))
       return respond(problem(404, "not-found", "Not Found",
@@ -711,7 +713,7 @@ private:
   void dlq_list(request& req, responder& respond) {
     auto q = parse_query(req.query);
     std::optional<std::uint64_t> limit;
-    if (auto err = query_uint(q, "limit", 1000, limit))
+    if (auto err = query_uint(q, "limit", 1000, limit, 1))
       return respond(std::move(*err));
     node_.dlq_list(
       q["agent"], q["topic"], q["cursor"], limit.value_or(100),
@@ -919,11 +921,8 @@ private:
   void replay_history(request& req, const std::string& id, responder& respond) {
     auto q = parse_query(req.query);
     std::optional<std::uint64_t> limit;
-    if (auto err = query_uint(q, "limit", 1000, limit))
+    if (auto err = query_uint(q, "limit", 1000, limit, 1))
       return respond(std::move(*err));
-    if (limit && *limit == 0) // a page of none would hand back the same cursor forever
-      return respond(problem(400, "invalid-parameter", "Bad Request",
-                             "query parameter limit=0 must be an integer from 1 to 1000"));
     auto agent = q["agent"];
     if (agent.empty())
       return respond(problem(400, "invalid-parameter", "Bad Request",

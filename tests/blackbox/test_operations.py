@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 from harness import (PROBLEM_TYPE, ServerTestCase, builtin, parse_samples, process,
@@ -299,6 +300,60 @@ class AuthTest(OperationsTestCase):
         s = parse_samples(self.scrape(srv))
         self.assertEqual(self.value(s, "nerve_http_requests_total", method="GET",
                                     route="/v1/bus/stats", code="401"), 2.0)
+
+    def test_the_token_cannot_be_sidestepped_by_spelling_the_path_differently(self):
+        srv = self.new_server(env={"NERVE_HTTP_TOKEN": "s3cret"})
+        for method, path in [("GET", "//v1/topics"), ("GET", "/%761/agents"),
+                             ("GET", "/v1//bus/stats"), ("POST", "//v1/topics/t/events"),
+                             ("GET", "///v1/replays"), ("GET", "/v%31/cluster")]:
+            with self.subTest(path=path):
+                body = [{"data": 1}] if method == "POST" else None
+                r = srv.request(method, path, body=body)
+                self.assertProblem(r, 401)
+        r = srv.get("/v1/topics", headers={"Authorization": "Bearer s3cret"})
+        self.assertEqual(r.json()["topics"], [], "an unauthorized publish was stored")
+
+    def test_limits_of_zero_are_refused_not_crashing(self):
+        srv = self.new_server()
+        for path in ("/v1/dlq?limit=0", "/v1/topics/t/events?limit=0",
+                     "/v1/replays/x/history?agent=a&limit=0"):
+            with self.subTest(path=path):
+                self.assertProblem(srv.get(path), 400, "from 1 to 1000")
+        self.assertHealthy(srv)
+
+    def test_counters_are_on_disk_within_a_second_of_going_idle(self):
+        t = topic("idle")
+        srv = self.new_server(config={"agents": [
+            builtin("e", [t], "echo"),
+            builtin("f", [t], "fail", max_retries=0)]})
+        for i in range(6):
+            self.assertEqual(srv.publish(t, [{"data": i, "key": f"k{i}"}]).status, 201)
+            time.sleep(0.05)
+
+        def rows():
+            return {m["agent"]: m for m in srv.get("/v1/metrics").json()["metrics"]}
+        self.wait_for(lambda: rows().get("e", {}).get("processed") == 6
+                      and rows().get("f", {}).get("dead_lettered") == 6, what="6 handled each")
+        before = rows()
+        time.sleep(2.5)  # idle: the held-back snapshot is written by its timer
+        srv.kill()
+        srv.start()
+        after = rows()
+        for agent in ("e", "f"):
+            for k in ("received", "processed", "failed", "dead_lettered"):
+                self.assertEqual(after[agent][k], before[agent][k], (agent, k, before, after))
+        stats = srv.get("/v1/bus/stats").json()
+        self.assertEqual(stats["dead_lettered_total"], stats["dlq"], stats)
+
+    def test_an_agent_command_that_cannot_start_backs_off(self):
+        srv = self.new_server(config={"agents": [
+            process("ghost", [topic("ghost")], ["/nonexistent/agent"])]})
+        time.sleep(3)
+        [inst] = srv.get("/v1/agents/ghost").json()["instances"]
+        # 100 ms doubling: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 > 3 s, so at most 6 tries.
+        self.assertLessEqual(inst["restarts"], 6, inst)
+        self.assertGreaterEqual(inst["restarts"], 2, inst)
+        self.assertIn("code 127", srv.stderr_text())
 
     def test_non_loopback_without_token_is_refused_at_start_up(self):
         data = tempfile.mkdtemp(prefix="nerve-bb-")
