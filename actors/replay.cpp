@@ -381,6 +381,15 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
     std::tie(ri, at) = *c;
   }
   auto ranges = ranges_of(*plan_agent);
+  // A cursor names a range of this history and a position in it (or just
+  // past it); anything else was not given out by this API.
+  if (!cursor.empty()
+      && (ri > ranges.size()
+          || (ri < ranges.size() && (at < ranges[ri].lo || at > ranges[ri].hi + 1))
+          || (ri == ranges.size() && at != 0)))
+    return tl::make_unexpected(error{errc::invalid, "cursor " + cursor.substr(0, 64)
+                                                      + " is not one this API gave out for "
+                                                      + agent_name});
   bool named = plan_agent->value("named", false);
   bool redelivered = record.value("mode", "") == "redeliver";
   bool filtered = has_filter(agent->cfg.filter);

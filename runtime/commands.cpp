@@ -213,6 +213,12 @@ int dlq(const client_options& client, const dlq_options& o) {
              str(e, "attempts"), str(e, "last_failed_at"), str(e, "error").substr(0, 80)});
     t.print(std::cout);
   };
+  // A filter naming no agent would match nothing: say so (exit 1) rather
+  // than print an empty list or retry nothing.
+  if (!o.agent.empty() && (o.action == "list" || o.action == "retry-all" || o.action == "purge"))
+    if (auto code = check_exists(client, "dlq " + o.action, "/v1/agents/" + encode_segment(o.agent));
+        code != exit_ok)
+      return code;
   if (o.action == "list")
     return call_and_print(client, "dlq list", "GET", "/v1/dlq" + filters(true), "",
                           [&](const json& j) {

@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
 
   dlq_options dlq_opts;
   auto add_dlq_list = [&dlq_opts](CLI::App* parent, const std::string& name) {
-    auto* sub = parent->add_subcommand(name, "DLQ entries, newest failures last");
+    auto* sub = parent->add_subcommand(name, "DLQ entries, in entry-id order");
     sub->add_option("--agent", dlq_opts.agent, "only this agent's entries");
     sub->add_option("--topic", dlq_opts.topic, "only this topic's entries");
     sub->add_option("--limit", dlq_opts.limit, "at most this many (default 100)")
@@ -163,7 +163,7 @@ int main(int argc, char** argv) {
   replay_cmd->add_option("--event", replay_opts.events,
                          "replay these event ids instead of a window (repeatable)");
   replay_cmd->add_flag("--dry-run", replay_opts.dry_run, "reconstruct and count, deliver nothing");
-  replay_cmd->add_flag("--no-wait", replay_opts.no_wait, "print the replay id and return at once");
+  replay_cmd->add_flag("--no-wait", replay_opts.no_wait, "print the new replay (id, totals) and return at once");
   auto* replay_status_cmd = replay_cmd->add_subcommand("status", "state and progress of a replay");
   replay_status_cmd->add_option("id", replay_opts.id, "replay id")->required();
   auto* replay_cancel_cmd = replay_cmd->add_subcommand("cancel", "stop a running replay");

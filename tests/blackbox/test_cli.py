@@ -595,8 +595,8 @@ class ClientCommandsTest(CliTestCase):
                          set(r.json()))
 
     def test_dlq_retry_all_progress(self):
-        # No entries of agent "nobody": nothing moves, so the other tests' numbers hold.
-        args = ["dlq", "retry-all", "--agent", "nobody"]
+        # No entries of agent "echoer": nothing moves, so the other tests' numbers hold.
+        args = ["dlq", "retry-all", "--agent", "echoer"]
         self.assertEqual(self.ok(self.nerve(*args)), "0 entries sent again to their agents\n")
         # On a terminal, stderr says that it runs; stdout still has the count.
         master, slave = pty.openpty()
@@ -607,6 +607,13 @@ class ClientCommandsTest(CliTestCase):
         out, _ = p.communicate(timeout=30)
         self.assertEqual((p.returncode, out), (0, b"0 entries sent again to their agents\n"))
         self.assertIn(b"dlq retry-all: sending the matching entries again", os.read(master, 4096))
+
+    def test_dlq_filters_naming_no_agent_are_1(self):
+        for action in (["list"], ["retry-all"], ["purge", "--yes"]):
+            with self.subTest(action=action):
+                self.fails(self.nerve("dlq", *action, "--agent", "nobody"), 1,
+                           "no agent named nobody")
+        self.fails(self.nerve("bus", "dlq", "--agent", "nobody"), 1, "nobody")
 
     # -- storage and cluster ----------------------------------------------------
 

@@ -636,6 +636,8 @@ class BadInputTest(ReplayTestCase):
                 ("bad cursor", "?agent=e&cursor=zzz", 400),
                 ("cursor without offset", "?agent=e&cursor=1.", 400),
                 ("huge cursor", "?agent=e&cursor=" + "9" * 50, 400),
+                ("cursor past the ranges", "?agent=e&cursor=99.0", 400),
+                ("cursor past a range's end", "?agent=e&cursor=0.999999", 400),
                 ("limit over 1000", "?agent=e&limit=1001", 400),
                 ("limit 0", "?agent=e&limit=0", 400),
                 ("negative limit", "?agent=e&limit=-1", 400),
