@@ -249,7 +249,8 @@ std::string allowed_keys_beside(const std::string& path) {
   }
   if (section.empty())
     for (const char* extra : {"topics", "agents"})
-      names.emplace_back(extra);
+      if (std::find(names.begin(), names.end(), extra) == names.end())
+        names.emplace_back(extra);
   std::string out;
   for (auto& n : names)
     out += (out.empty() ? "" : ", ") + n;
