@@ -694,11 +694,35 @@ void event_log::after_durable(std::function<void(std::optional<error>)> done) {
     done(std::nullopt);
     return;
   }
-  {
-    std::lock_guard<std::mutex> guard{fsync_mutex_};
-    durable_waiters_.push_back(std::move(done));
+  std::unique_lock<std::mutex> guard{fsync_mutex_};
+  durable_waiters_.push_back(std::move(done));
+  if (syncing_)
+    return; // the round in progress hands it on
+  // No round in progress: this thread leads one now instead of waking the
+  // sync thread (a hand-off less per commit), and leaves what arrives
+  // meanwhile to the sync thread, so a partition never syncs for long.
+  syncing_ = true;
+  auto batch = std::move(durable_waiters_);
+  durable_waiters_.clear();
+  guard.unlock();
+  sync_round(std::move(batch));
+  guard.lock();
+  syncing_ = false;
+  if (!durable_waiters_.empty() || stopping_)
+    fsync_cv_.notify_one();
+}
+
+void event_log::sync_round(std::vector<std::function<void(std::optional<error>)>> batch) {
+  // Everything the waiters wrote completed before they registered, so this
+  // one sync covers all of them; newcomers wait for the next round.
+  auto s = sync_wal();
+  std::optional<error> failure;
+  if (!s.ok()) {
+    note_error("fsync: " + s.ToString());
+    failure = io_error("syncing the WAL", s);
   }
-  fsync_cv_.notify_one();
+  for (auto& done : batch)
+    done(failure);
 }
 
 rocksdb::Status event_log::sync_wal() {
@@ -715,23 +739,18 @@ rocksdb::Status event_log::sync_wal() {
 void event_log::sync_loop() {
   std::unique_lock<std::mutex> guard{fsync_mutex_};
   for (;;) {
-    fsync_cv_.wait(guard, [this] { return stopping_ || !durable_waiters_.empty(); });
-    if (durable_waiters_.empty() && stopping_)
-      return;
+    // A leader in its round hands back what is left (or the stop) when done.
+    fsync_cv_.wait(guard,
+                   [this] { return !syncing_ && (stopping_ || !durable_waiters_.empty()); });
+    if (durable_waiters_.empty())
+      return; // stopping, nothing left
+    syncing_ = true;
     auto batch = std::move(durable_waiters_);
     durable_waiters_.clear();
     guard.unlock();
-    // Everything the waiters wrote completed before they registered, so this
-    // one sync covers all of them; newcomers wait for the next round.
-    auto s = sync_wal();
-    std::optional<error> failure;
-    if (!s.ok()) {
-      note_error("fsync: " + s.ToString());
-      failure = io_error("syncing the WAL", s);
-    }
-    for (auto& done : batch)
-      done(failure);
+    sync_round(std::move(batch));
     guard.lock();
+    syncing_ = false;
   }
 }
 

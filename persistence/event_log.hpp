@@ -270,6 +270,9 @@ private:
   bool stopping_ = false;
   std::thread fsync_thread_;
   std::vector<std::function<void(std::optional<error>)>> durable_waiters_; ///< fsync_mutex_
+  bool syncing_ = false; ///< a thread is in a sync round (fsync_mutex_)
+  /// One sync round for `batch`: SyncWAL, then every callback.
+  void sync_round(std::vector<std::function<void(std::optional<error>)>> batch);
   void sync_loop();
 };
 
