@@ -701,28 +701,31 @@ void event_log::after_durable(std::function<void(std::optional<error>)> done) {
   // No round in progress: this thread leads one now instead of waking the
   // sync thread (a hand-off less per commit), and leaves what arrives
   // meanwhile to the sync thread, so a partition never syncs for long.
-  syncing_ = true;
-  auto batch = std::move(durable_waiters_);
-  durable_waiters_.clear();
-  guard.unlock();
-  sync_round(std::move(batch));
-  guard.lock();
-  syncing_ = false;
+  sync_round(guard);
   if (!durable_waiters_.empty() || stopping_)
     fsync_cv_.notify_one();
 }
 
-void event_log::sync_round(std::vector<std::function<void(std::optional<error>)>> batch) {
+void event_log::sync_round(std::unique_lock<std::mutex>& guard) {
+  syncing_ = true;
+  auto batch = std::move(durable_waiters_);
+  durable_waiters_.clear();
+  guard.unlock();
   // Everything the waiters wrote completed before they registered, so this
   // one sync covers all of them; newcomers wait for the next round.
   auto s = sync_wal();
   std::optional<error> failure;
   if (!s.ok()) {
-    note_error("fsync: " + s.ToString());
+    // A broken WAL was noted when its write failed; noting it again would
+    // replace that cause with this consequence.
+    if (!wal_broken_.load())
+      note_error("fsync: " + s.ToString());
     failure = io_error("syncing the WAL", s);
   }
   for (auto& done : batch)
     done(failure);
+  guard.lock();
+  syncing_ = false;
 }
 
 rocksdb::Status event_log::sync_wal() {
@@ -744,13 +747,7 @@ void event_log::sync_loop() {
                    [this] { return !syncing_ && (stopping_ || !durable_waiters_.empty()); });
     if (durable_waiters_.empty())
       return; // stopping, nothing left
-    syncing_ = true;
-    auto batch = std::move(durable_waiters_);
-    durable_waiters_.clear();
-    guard.unlock();
-    sync_round(std::move(batch));
-    guard.lock();
-    syncing_ = false;
+    sync_round(guard);
   }
 }
 

@@ -271,8 +271,9 @@ private:
   std::thread fsync_thread_;
   std::vector<std::function<void(std::optional<error>)>> durable_waiters_; ///< fsync_mutex_
   bool syncing_ = false; ///< a thread is in a sync round (fsync_mutex_)
-  /// One sync round for `batch`: SyncWAL, then every callback.
-  void sync_round(std::vector<std::function<void(std::optional<error>)>> batch);
+  /// One sync round: takes the waiters, syncs the WAL without the lock held,
+  /// answers them; `guard` holds fsync_mutex_ before and after.
+  void sync_round(std::unique_lock<std::mutex>& guard);
   void sync_loop();
 };
 
