@@ -229,9 +229,6 @@ std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence:
   route->info = t;
   for (std::uint32_t p = 0; p < t.partitions; ++p) {
     auto slot = std::make_unique<partition_slot>();
-    // What is in the log is durable: known before the partition actor runs,
-    // so a scrape right after start-up already counts it.
-    slot->durable_end = ctx.log->stats(t, p).next_offset;
     for (auto& agent : ctx.agents)
       if (agent->subscribes(t.name)) {
         auto gs = std::make_unique<group_stats>();
@@ -594,9 +591,8 @@ public:
           v.deliveries.push_back(std::move(d));
           continue;
         }
-        auto start = store_.meta(group_start_key(d.agent, t->id, p));
-        if (start && *start && (*start)->size() == 8
-            && offset < persistence::keys::get_u64(**start, 0))
+        auto start = group_start(ctx_, d.agent, t->id, p);
+        if (start && *start && offset < **start)
           continue; // appended before the agent subscribed: never its to handle
         auto cursor = store_.cursor(d.agent, t->id, p);
         if (!start || !cursor)

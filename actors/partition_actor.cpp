@@ -528,8 +528,8 @@ void recover_group(partition_actor_t* self, group& g) {
   }
   g.next_read = g.cursor;
   // Everything between where the group started and its cursor was delivered.
-  auto start = st.ctx->store->meta(group_start_key(name, tid, st.partition));
-  if (start && *start && (*start)->size() == 8 && g.cursor > persistence::keys::get_u64(**start, 0))
+  auto start = group_start(*st.ctx, name, tid, st.partition);
+  if (start && *start && g.cursor > **start)
     g.stats->last_delivered = static_cast<std::int64_t>(g.cursor) - 1;
   auto pending = st.ctx->store->pending(name, tid, st.partition);
   if (!pending)

@@ -65,18 +65,6 @@ std::string outcome_key(const std::string& id, const std::string& agent, std::ui
   return k;
 }
 
-/// The group's first offset, if the agent ever had a group on the partition.
-tl::expected<std::optional<std::uint64_t>, error>
-group_start(const node_context& ctx, const std::string& agent, std::uint32_t topic_id,
-            std::uint32_t partition) {
-  auto start = ctx.store->meta(group_start_key(agent, topic_id, partition));
-  if (!start)
-    return tl::make_unexpected(error{errc::storage, start.error().message});
-  if (!*start || (*start)->size() != 8)
-    return std::optional<std::uint64_t>{};
-  return std::optional<std::uint64_t>{persistence::keys::get_u64(**start, 0)};
-}
-
 /// The event `text` with `"replay":"<id>"` added, as agents receive it.
 std::string marked(const std::string& text, const std::string& id) {
   auto end = text.find_last_of('}');
@@ -268,22 +256,15 @@ tl::expected<json, error> plan_replay(const node_context& ctx, const replay_requ
         n = 0;
         auto t = topics_by_id.at(r.topic_id);
         for (auto at = lo; at <= r.hi;) {
-          auto got = log.read(t, r.partition, at, std::min<std::uint64_t>(512, r.hi - at + 1));
+          auto got = log.read_stored(t, r.partition, at, r.hi, 512);
           if (!got)
             return tl::make_unexpected(error{errc::storage, got.error().message});
           if (got->empty())
             break;
-          for (auto& text : *got) {
-            auto e = json::parse(text, nullptr, false);
-            auto offset = e.value("offset", 0ULL);
-            if (offset > r.hi)
-              break;
-            if (filter_matches(agent->cfg.filter, e))
+          for (auto& e : *got)
+            if (filter_matches(agent->cfg.filter, json::parse(e.json, nullptr, false)))
               ++n;
-            at = offset + 1;
-          }
-          if (got->size() < 512)
-            break;
+          at = got->back().offset + 1;
         }
       }
       if (n == 0)
@@ -511,7 +492,6 @@ struct replay_rec {
   std::uint64_t offset = 0;
   std::shared_ptr<const std::string> event; ///< marked with the replay id
   std::string event_id;
-  std::string original; ///< as stored, for the DLQ
   std::uint32_t attempts = 0;
   bool in_flight = false;
   std::uint64_t token = 0; ///< of the attempt in flight
@@ -648,33 +628,28 @@ void fill(replay_actor_t* self, replay_agent& ra) {
       continue;
     }
     auto want = std::min<std::uint64_t>(read_ahead, r.hi - at + 1);
-    auto got = st.ctx->log->read(*t, r.partition, at, want);
+    auto got = st.ctx->log->read_stored(*t, r.partition, at, r.hi, want);
     if (!got)
       throw std::runtime_error("reading events: " + got.error().message);
-    bool past = got->size() < want;
-    for (auto& text : *got) {
-      auto e = json::parse(text, nullptr, false);
-      auto offset = e.value("offset", 0ULL);
-      if (offset > r.hi) {
-        past = true;
-        break;
-      }
-      at = offset + 1;
-      if (has_filter(ra.agent->cfg.filter) && !filter_matches(ra.agent->cfg.filter, e))
+    for (auto& e : *got) {
+      if (has_filter(ra.agent->cfg.filter)
+          && !filter_matches(ra.agent->cfg.filter, json::parse(e.json, nullptr, false)))
         continue;
-      if (ra.skip_settled && settled_before(st, ra, r, offset))
+      if (ra.skip_settled && settled_before(st, ra, r, e.offset))
         continue;
-      position pos{ra.next.first, offset};
+      position pos{ra.next.first, e.offset};
       replay_rec rec;
       rec.range = ra.next.first;
-      rec.offset = offset;
-      rec.event_id = e.value("id", "");
-      rec.event = std::make_shared<const std::string>(marked(text, st.id));
-      rec.original = std::move(text);
+      rec.offset = e.offset;
+      rec.event_id = id_of(e.json);
+      rec.event = std::make_shared<const std::string>(marked(e.json, st.id));
       ra.open.emplace(pos, std::move(rec));
       ra.ready.push_back(pos);
     }
-    ra.next = past || at > r.hi ? position{ra.next.first + 1, 0} : position{ra.next.first, at};
+    // Fewer than asked: the rest of the range is gone (retention) or read.
+    bool done = got->size() < want || got->back().offset >= r.hi;
+    ra.next = done ? position{ra.next.first + 1, 0}
+                   : position{ra.next.first, got->back().offset + 1};
   }
 }
 

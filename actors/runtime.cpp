@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "persistence/keys.hpp"
+
 namespace nerve::actors::detail {
 
 void partition_job::finish(append_outcome r) {
@@ -234,6 +236,17 @@ void tail_hub::deliver(const std::string& topic, const std::vector<std::string>&
   }
   for (auto& f : followers)
     f->sink(events);
+}
+
+tl::expected<std::optional<std::uint64_t>, error>
+group_start(const node_context& ctx, const std::string& agent, std::uint32_t topic_id,
+            std::uint32_t partition) {
+  auto start = ctx.store->meta(group_start_key(agent, topic_id, partition));
+  if (!start)
+    return tl::make_unexpected(error{errc::storage, start.error().message});
+  if (!*start || (*start)->size() != 8)
+    return std::optional<std::uint64_t>{};
+  return std::optional<std::uint64_t>{persistence::keys::get_u64(**start, 0)};
 }
 
 } // namespace nerve::actors::detail

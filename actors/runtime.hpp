@@ -251,6 +251,12 @@ struct node_context {
   return "start/" + agent + "/" + std::to_string(topic_id) + "/" + std::to_string(partition);
 }
 
+/// The offset an agent's consumer group on a partition started at, if it
+/// ever had one there (read from `meta`).
+[[nodiscard]] tl::expected<std::optional<std::uint64_t>, error>
+group_start(const node_context& ctx, const std::string& agent, std::uint32_t topic_id,
+            std::uint32_t partition);
+
 /// Spawns the partition actor of `route`'s partition `p` as a monitored,
 /// detached child of `parent`.
 caf::actor spawn_partition(caf::local_actor* parent, node_context* ctx,
