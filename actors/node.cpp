@@ -9,6 +9,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <csignal>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
@@ -447,6 +448,82 @@ struct publish_join {
   }
 };
 
+/// Read-ahead for history cursors. A reader pages through a history one
+/// cursor at a time, so while it takes in one page the next one is built on
+/// another core. A page built ahead is served for at most a second (delivery
+/// state moves on), and only a few, of bounded size, are held at once.
+class history_readahead {
+public:
+  static constexpr std::size_t max_slots = 16;
+  static constexpr std::size_t max_page_bytes = 8U << 20;
+  static constexpr std::chrono::seconds max_age{1};
+
+  /// The page for `key` if it is built or being built: answers true, and
+  /// `page` holds it, or `done` is kept to be called by `finish`.
+  bool take(const std::string& key, std::optional<result<history_page>>& page,
+            callback<history_page>& done) {
+    std::lock_guard<std::mutex> guard{mutex_};
+    auto it = slots_.find(key);
+    if (it == slots_.end())
+      return false;
+    auto& s = it->second;
+    if (!s.page) {
+      if (s.waiter)
+        return false; // a second reader of the same cursor builds its own
+      s.waiter = std::move(done);
+      return true;
+    }
+    bool fresh = std::chrono::steady_clock::now() - s.built < max_age;
+    if (fresh)
+      page = std::move(s.page);
+    slots_.erase(it);
+    return fresh;
+  }
+
+  /// Claims `key` for building ahead; false when it is claimed already or
+  /// there is no room.
+  bool start(const std::string& key) {
+    std::lock_guard<std::mutex> guard{mutex_};
+    auto now = std::chrono::steady_clock::now();
+    for (auto it = slots_.begin(); it != slots_.end();)
+      it = it->second.page && now - it->second.built >= max_age ? slots_.erase(it) : std::next(it);
+    if (slots_.size() >= max_slots || slots_.count(key) > 0)
+      return false;
+    slots_[key];
+    return true;
+  }
+
+  /// Hands a page built ahead to the reader waiting for it (returned) or
+  /// keeps it for the reader to come.
+  callback<history_page> finish(const std::string& key, result<history_page>& page) {
+    std::lock_guard<std::mutex> guard{mutex_};
+    auto it = slots_.find(key);
+    if (it == slots_.end())
+      return nullptr;
+    if (it->second.waiter) {
+      auto w = std::move(it->second.waiter);
+      slots_.erase(it);
+      return w;
+    }
+    if (page && page->entries_json.size() > max_page_bytes) {
+      slots_.erase(it);
+      return nullptr;
+    }
+    it->second.page = std::move(page);
+    it->second.built = std::chrono::steady_clock::now();
+    return nullptr;
+  }
+
+private:
+  struct slot {
+    std::optional<result<history_page>> page;
+    callback<history_page> waiter;
+    std::chrono::steady_clock::time_point built;
+  };
+  std::mutex mutex_;
+  std::map<std::string, slot> slots_;
+};
+
 class node_impl final : public node {
 public:
   node_impl(const config::config& cfg, std::unique_ptr<persistence::event_log> log,
@@ -841,11 +918,14 @@ public:
 
   void replay_history(const std::string& id, const std::string& agent, const std::string& cursor,
                       std::size_t limit, callback<history_page> done) override {
-    run_async([this, id, agent, cursor, limit, done = std::move(done)] {
-      auto record = load_replay(id);
-      if (!record)
-        return done(tl::make_unexpected(record.error()));
-      done(detail::replay_history(ctx_, *record, agent, cursor, limit));
+    std::optional<result<history_page>> ahead;
+    if (readahead_.take(history_key(id, agent, cursor, limit), ahead, done)) {
+      if (ahead)
+        serve_history(id, agent, limit, std::move(*ahead), std::move(done));
+      return;
+    }
+    run_async([this, id, agent, cursor, limit, done = std::move(done)]() mutable {
+      serve_history(id, agent, limit, build_history(id, agent, cursor, limit), std::move(done));
     });
   }
 
@@ -999,6 +1079,10 @@ public:
 private:
   static caf::actor_system_config& configure(caf::actor_system_config& c) {
     c.set("scheduler.max-threads", static_cast<size_t>(2));
+    // Only queries and history pages run on CAF's scheduler (every actor on a
+    // hot path is detached). Work stealing polls for ~25 ms after each job,
+    // waking every 50 us; sharing sleeps on a condition variable instead.
+    c.set("scheduler.policy", caf::atom("sharing"));
     c.set("logger.console", caf::atom("none"));
     c.set("logger.file-verbosity", caf::atom("quiet"));
     return c;
@@ -1143,6 +1227,45 @@ private:
     return record;
   }
 
+  static std::string history_key(const std::string& id, const std::string& agent,
+                                 const std::string& cursor, std::size_t limit) {
+    return id + '\n' + agent + '\n' + cursor + '\n' + std::to_string(limit);
+  }
+
+  result<history_page> build_history(const std::string& id, const std::string& agent,
+                                     const std::string& cursor, std::size_t limit) {
+    auto record = load_replay(id);
+    if (!record)
+      return tl::make_unexpected(record.error());
+    return detail::replay_history(ctx_, *record, agent, cursor, limit);
+  }
+
+  /// Answers with a page, having started to build the ones after it.
+  void serve_history(const std::string& id, const std::string& agent, std::size_t limit,
+                     result<history_page> page, callback<history_page> done) {
+    if (page)
+      read_ahead(id, agent, limit, page->next_cursor, 2);
+    done(std::move(page));
+  }
+
+  /// Builds the page at `cursor` ahead of its request, and then the next
+  /// `depth - 1` pages while nobody asked for them yet.
+  void read_ahead(const std::string& id, const std::string& agent, std::size_t limit,
+                  const std::string& cursor, int depth) {
+    if (cursor.empty() || depth <= 0)
+      return;
+    auto key = history_key(id, agent, cursor, limit);
+    if (!readahead_.start(key))
+      return;
+    run_async([this, id, agent, limit, key, cursor, depth] {
+      auto built = build_history(id, agent, cursor, limit);
+      std::string next = built ? built->next_cursor : std::string{};
+      if (auto waiter = readahead_.finish(key, built))
+        return serve_history(id, agent, limit, std::move(built), std::move(waiter));
+      read_ahead(id, agent, limit, next, depth - 1);
+    });
+  }
+
   template <class F>
   void run_async(F fn) {
     system_.spawn([fn = std::move(fn)]() mutable { fn(); });
@@ -1268,6 +1391,7 @@ private:
   node_hooks hooks_;
   std::shared_ptr<const io_latency> io_;
   std::unique_ptr<persistence::event_log> log_;
+  history_readahead readahead_;
   persistence::delivery_store store_;
   node_context ctx_;
   caf::actor_system_config sys_cfg_;

@@ -260,19 +260,15 @@ struct replay_view {
 };
 
 /// One message of an agent's history in a replay window.
-struct history_entry {
-  std::string event;   ///< JSON, as stored
-  std::string outcome; ///< acked, dead_lettered, retrying, pending, not_delivered
-  std::uint32_t attempts = 0;
-  std::string error;
-  std::string replay_outcome; ///< under this replay: acked, dead_lettered; empty: none yet
-  std::uint32_t replay_attempts = 0;
-  std::string replay_error;
-};
-
 struct history_page {
   std::string agent;
-  std::vector<history_entry> entries;
+  /// The entries as JSON objects joined by commas (a JSON array's inside):
+  /// {"event": <the stored event>, "outcome": acked | dead_lettered |
+  /// retrying | pending | not_delivered, "attempts": n[, "error": text]
+  /// [, "replay": {"outcome", "attempts"[, "error"]}]}. Built where the
+  /// page is read, so the HTTP answer splices it in without a second pass.
+  std::string entries_json;
+  std::size_t count = 0;
   std::string next_cursor; ///< empty on the last page
 };
 

@@ -365,9 +365,14 @@ void ack(partition_actor_t* self, group& g, std::uint64_t offset, delivery_rec& 
   ++g.stats->totals.processed;
   if (rec.appended_us > 0)
     g.stats->totals.delivery.observe(now_us(st) - rec.appended_us);
-  // Kept for results.ttl even without a result: it tells how many attempts it took.
-  st.state.put_result(rec.event_id, g.agent->cfg.name,
-                      persistence::stored_result{result, now_us(st), rec.attempts});
+  // Kept for results.ttl: the result, if any, and the attempts of an ack
+  // after retries (a first-attempt ack is what the cursor implies).
+  if (!result.empty())
+    st.state.put_result(rec.event_id, g.agent->cfg.name,
+                        persistence::stored_result{result, now_us(st), rec.attempts});
+  if (rec.attempts > 1)
+    st.state.put_attempts(g.agent->cfg.name, st.route->info.id, st.partition, offset,
+                          rec.attempts, now_us(st));
   rec.state = rec_state::done;
   release(g, rec);
   settle(st, g, offset, rec);

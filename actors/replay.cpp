@@ -104,6 +104,7 @@ namespace {
 delivery_view state_of(const std::string& agent, const persistence::dlq_entry* dead,
                        const persistence::pending_record* pending,
                        const persistence::stored_result* result,
+                       std::optional<std::uint32_t> acked_attempts,
                        std::optional<std::uint64_t> cursor, std::uint64_t offset) {
   delivery_view d;
   d.agent = agent;
@@ -118,10 +119,12 @@ delivery_view state_of(const std::string& agent, const persistence::dlq_entry* d
   } else if (result != nullptr || (pending != nullptr && pending->acked)
              || (cursor && offset < *cursor)) {
     d.state = "acked";
-    // Exact while the result record is kept (results.ttl); at least 1 after.
-    d.attempts = result != nullptr
-                   ? result->attempts
-                   : std::max<std::uint32_t>(1, pending != nullptr ? pending->attempts : 1);
+    // Exact while the result or attempts record is kept (results.ttl): an
+    // ack without either took one attempt. At least 1 after.
+    d.attempts = result != nullptr ? result->attempts
+                 : acked_attempts  ? *acked_attempts
+                                   : std::max<std::uint32_t>(
+                                     1, pending != nullptr ? pending->attempts : 1);
   } else {
     d.state = "pending";
   }
@@ -140,6 +143,52 @@ std::string id_of(const std::string& text) {
   return end == std::string::npos ? std::string{} : text.substr(head.size(), end - head.size());
 }
 
+/// Appends `v` to `out` as a JSON string.
+void append_quoted(std::string& out, std::string_view v) {
+  // Outcomes are plain words: copied as they are, without a DOM.
+  bool plain = std::all_of(v.begin(), v.end(), [](char c) {
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+  });
+  if (plain) {
+    out += '"';
+    out += v;
+    out += '"';
+    return;
+  }
+  out += json(std::string{v}).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+/// Appends one history entry: the stored event's own bytes (already JSON),
+/// what became of it live and, under a redelivering replay, in the replay.
+void append_entry(history_page& page, std::string_view event, const delivery_view& v,
+                  const json& replay_outcome) {
+  auto& out = page.entries_json;
+  if (page.count++ > 0)
+    out += ',';
+  out += "{\"event\":";
+  out += event;
+  out += ",\"outcome\":";
+  append_quoted(out, v.state);
+  out += ",\"attempts\":";
+  out += std::to_string(v.attempts);
+  if (!v.error.empty()) {
+    out += ",\"error\":";
+    append_quoted(out, v.error);
+  }
+  if (replay_outcome.is_object() && !replay_outcome.value("outcome", "").empty()) {
+    out += ",\"replay\":{\"outcome\":";
+    append_quoted(out, replay_outcome.value("outcome", ""));
+    out += ",\"attempts\":";
+    out += std::to_string(replay_outcome.value("attempts", 0U));
+    if (auto e = replay_outcome.value("error", ""); !e.empty()) {
+      out += ",\"error\":";
+      append_quoted(out, e);
+    }
+    out += '}';
+  }
+  out += '}';
+}
+
 } // namespace
 
 delivery_view live_delivery_state(const node_context& ctx, const agent_runtime& agent,
@@ -151,12 +200,16 @@ delivery_view live_delivery_state(const node_context& ctx, const agent_runtime& 
   auto dead = store.dlq_get(persistence::delivery_store::dlq_id(name, topic_id, partition, offset));
   auto pending = store.pending_at(name, topic_id, partition, offset);
   auto result = store.result(event_id, name);
-  if (!dead || !pending || !result) {
+  auto attempts = store.attempts_in(name, topic_id, partition, offset, offset);
+  if (!dead || !pending || !result || !attempts) {
     storage_ok = false;
     return {};
   }
+  std::optional<std::uint32_t> acked_attempts;
+  if (!attempts->empty())
+    acked_attempts = attempts->front().second;
   return state_of(name, *dead ? &**dead : nullptr, *pending ? &**pending : nullptr,
-                  *result ? &**result : nullptr, cursor, offset);
+                  *result ? &**result : nullptr, acked_attempts, cursor, offset);
 }
 
 tl::expected<json, error> plan_replay(const node_context& ctx, const replay_request& req,
@@ -188,14 +241,37 @@ tl::expected<json, error> plan_replay(const node_context& ctx, const replay_requ
       listed.emplace(tid, p, offset); // a window is whole ranges
   };
   if (req.event_ids.empty()) {
+    // A small window is read from the by_time index whole. A larger one
+    // would cost a visit per event, so each partition's bounds are then
+    // found by binary search on append time instead (O(log n) reads each).
+    std::size_t partitions = 0;
+    for (auto& [tid, t] : topics_by_id)
+      if (wanted[tid])
+        partitions += t.partitions;
+    const std::uint64_t budget = 4096 + 64 * partitions;
     auto scanned
       = log.scan_time(req.from_us, req.to_us,
-                      [&](std::int64_t, std::uint32_t tid, std::uint32_t p, std::uint64_t offset) {
+                      [&, visited = std::uint64_t{0}](std::int64_t, std::uint32_t tid,
+                                                      std::uint32_t p, std::uint64_t offset) mutable {
                         keep(tid, p, offset);
-                        return true;
+                        return ++visited < budget;
                       });
     if (!scanned)
       return tl::make_unexpected(error{errc::storage, scanned.error().message});
+    if (*scanned >= budget) {
+      spans.clear();
+      for (auto& [tid, t] : topics_by_id) {
+        if (!wanted[tid])
+          continue;
+        for (std::uint32_t p = 0; p < t.partitions; ++p) {
+          auto span = log.time_span(t, p, req.from_us, req.to_us);
+          if (!span)
+            return tl::make_unexpected(error{errc::storage, span.error().message});
+          if (*span)
+            spans[(std::uint64_t{tid} << 32) | p] = **span;
+        }
+      }
+    }
   } else {
     for (auto& eid : req.event_ids) {
       auto got = log.get_by_id(eid);
@@ -401,6 +477,7 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
   }
   history_page page;
   page.agent = agent_name;
+  page.entries_json.reserve(limit * 256);
   for (; ri < ranges.size(); ++ri, at = 0) {
     auto& r = ranges[ri];
     auto t = ctx.log->find_topic(r.topic);
@@ -416,67 +493,72 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
       pending[p.offset] = &p;
     at = std::max(at, r.lo);
     while (at <= r.hi) {
-      if (page.entries.size() >= limit) {
+      if (page.count >= limit) {
         page.next_cursor = cursor_text(ri, at);
         return page;
       }
-      auto want = limit - page.entries.size();
-      auto got = ctx.log->read_stored(*t, r.partition, at, r.hi, want);
-      if (!got)
-        return storage(got.error().message);
-      if (got->empty())
-        break;
-      at = got->back().offset + 1;
-      std::vector<std::string> ids;
-      ids.reserve(got->size());
-      for (auto& e : *got)
-        ids.push_back(id_of(e.json));
-      auto results = store.results(ids, agent_name);
-      if (!results)
-        return storage(results.error().message);
-      for (std::size_t i = 0; i < got->size(); ++i) {
-        auto& e = (*got)[i];
-        if (filtered && !filter_matches(agent->cfg.filter, json::parse(e.json, nullptr, false)))
-          continue;
-        history_entry h;
-        if (named && (!*start || e.offset < **start)) {
-          h.outcome = "not_delivered"; // the agent was not subscribed then
-        } else {
-          std::optional<persistence::dlq_entry> looked_up;
-          const persistence::dlq_entry* d = nullptr;
-          if (dlq_loaded) {
-            auto it = dead.find({r.topic_id, r.partition, e.offset});
-            d = it == dead.end() ? nullptr : &it->second;
+      auto want = limit - page.count;
+      // Offsets are dense: this chunk is [at, last], read in one pass.
+      auto last = r.hi - at < want ? r.hi : at + want - 1;
+      // Outcomes: acks after retries are the exceptions, read in one range
+      // scan; the rest is the cursor, the pending set and the DLQ.
+      auto retried = store.attempts_in(agent_name, r.topic_id, r.partition, at, last);
+      if (!retried)
+        return storage(retried.error().message);
+      auto next_retried = retried->begin();
+      std::optional<error> failed;
+      auto visited = ctx.log->visit_stored(
+        *t, r.partition, at, last, want,
+        [&](std::uint64_t offset, std::int64_t, std::string_view event) {
+          if (failed)
+            return;
+          if (filtered && !filter_matches(agent->cfg.filter, json::parse(event, nullptr, false)))
+            return;
+          delivery_view v;
+          if (named && (!*start || offset < **start)) {
+            v.state = "not_delivered"; // the agent was not subscribed then
           } else {
-            auto got_dead = store.dlq_get(
-              persistence::delivery_store::dlq_id(agent_name, r.topic_id, r.partition, e.offset));
-            if (!got_dead)
-              return storage(got_dead.error().message);
-            looked_up = std::move(*got_dead);
-            d = looked_up ? &*looked_up : nullptr;
+            std::optional<persistence::dlq_entry> looked_up;
+            const persistence::dlq_entry* d = nullptr;
+            if (dlq_loaded) {
+              auto it = dead.find({r.topic_id, r.partition, offset});
+              d = it == dead.end() ? nullptr : &it->second;
+            } else {
+              auto got_dead = store.dlq_get(
+                persistence::delivery_store::dlq_id(agent_name, r.topic_id, r.partition, offset));
+              if (!got_dead) {
+                failed = error{errc::storage, got_dead.error().message};
+                return;
+              }
+              looked_up = std::move(*got_dead);
+              d = looked_up ? &*looked_up : nullptr;
+            }
+            auto p = pending.find(offset);
+            while (next_retried != retried->end() && next_retried->first < offset)
+              ++next_retried;
+            std::optional<std::uint32_t> acked_attempts;
+            if (next_retried != retried->end() && next_retried->first == offset)
+              acked_attempts = next_retried->second;
+            v = state_of(agent_name, d, p == pending.end() ? nullptr : p->second, nullptr,
+                         acked_attempts, *live_cursor, offset);
           }
-          auto p = pending.find(e.offset);
-          auto& res = (*results)[i];
-          auto v = state_of(agent_name, d, p == pending.end() ? nullptr : p->second,
-                            res ? &*res : nullptr, *live_cursor, e.offset);
-          h.outcome = std::move(v.state);
-          h.attempts = v.attempts;
-          h.error = std::move(v.error);
-        }
-        if (redelivered) {
-          auto out = store.meta(outcome_key(id, agent_name, r.topic_id, r.partition, e.offset));
-          if (!out)
-            return storage(out.error().message);
-          if (*out) {
-            auto o = json::parse(**out, nullptr, false);
-            h.replay_outcome = o.value("outcome", "");
-            h.replay_attempts = o.value("attempts", 0U);
-            h.replay_error = o.value("error", "");
+          json replay_outcome;
+          if (redelivered) {
+            auto out = store.meta(outcome_key(id, agent_name, r.topic_id, r.partition, offset));
+            if (!out) {
+              failed = error{errc::storage, out.error().message};
+              return;
+            }
+            if (*out)
+              replay_outcome = json::parse(**out, nullptr, false);
           }
-        }
-        h.event = std::move(e.json);
-        page.entries.push_back(std::move(h));
-      }
+          append_entry(page, event, v, replay_outcome);
+        });
+      if (!visited)
+        return storage(visited.error().message);
+      if (failed)
+        return tl::make_unexpected(*failed);
+      at = last + 1;
     }
   }
   return page;

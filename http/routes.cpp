@@ -931,35 +931,17 @@ private:
       id, agent, q["cursor"], limit.value_or(100), [respond](actors::result<actors::history_page> r) {
         if (!r)
           return respond(error_response(r.error()));
-        // Built by hand around the stored events' own bytes: a history is
-        // read in pages of up to 1000 events, and parsing each one again only
-        // to print it would be most of the work.
+        // The entries come rendered around the stored events' own bytes:
+        // a history is read in pages of up to 1000 events.
         auto text = [](const std::string& v) {
           return json(v).dump(-1, ' ', false, json::error_handler_t::replace);
         };
-        std::string body = "{\"agent\":" + text(r->agent) + ",\"entries\":[";
-        std::size_t bytes = 0;
-        for (auto& h : r->entries)
-          bytes += h.event.size() + 64;
-        body.reserve(body.size() + bytes + 64);
-        bool first = true;
-        for (auto& h : r->entries) {
-          body += first ? "{\"event\":" : ",{\"event\":";
-          first = false;
-          body += h.event;
-          body += ",\"outcome\":" + text(h.outcome);
-          body += ",\"attempts\":" + std::to_string(h.attempts);
-          if (!h.error.empty())
-            body += ",\"error\":" + text(h.error);
-          if (!h.replay_outcome.empty()) {
-            body += ",\"replay\":{\"outcome\":" + text(h.replay_outcome)
-                    + ",\"attempts\":" + std::to_string(h.replay_attempts);
-            if (!h.replay_error.empty())
-              body += ",\"error\":" + text(h.replay_error);
-            body += '}';
-          }
-          body += '}';
-        }
+        std::string body;
+        body.reserve(r->entries_json.size() + r->agent.size() + r->next_cursor.size() + 64);
+        body += "{\"agent\":";
+        body += text(r->agent);
+        body += ",\"entries\":[";
+        body += r->entries_json;
         body += "],\"next_cursor\":";
         body += r->next_cursor.empty() ? std::string{"null"} : text(r->next_cursor);
         body += '}';

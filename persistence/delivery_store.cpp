@@ -39,6 +39,24 @@ std::string result_key(const std::string& event_id, const std::string& agent) {
   return k;
 }
 
+/// In the results family next to the results (and expired like them), but
+/// apart: event ids are printable, so they never start with NUL.
+std::string attempts_key(const std::string& agent, std::uint32_t topic_id,
+                         std::uint32_t partition, std::uint64_t offset) {
+  std::string k{"\0a", 2};
+  k += pending_key(agent, topic_id, partition, offset);
+  return k;
+}
+
+/// A result record's value: stored time (u64), attempts (u32), result text.
+std::string result_value(std::int64_t stored_us, std::uint32_t attempts, const std::string& text) {
+  std::string v;
+  keys::put_u64(v, static_cast<std::uint64_t>(stored_us));
+  keys::put_u32(v, attempts);
+  v += text;
+  return v;
+}
+
 error io(const std::string& what, const rocksdb::Status& s) {
   return {errc::io_error, what + ": " + s.ToString()};
 }
@@ -150,11 +168,15 @@ void state_batch::delete_pending(const std::string& agent, std::uint32_t topic_i
 
 void state_batch::put_result(const std::string& event_id, const std::string& agent,
                              const stored_result& r) {
-  std::string v;
-  keys::put_u64(v, static_cast<std::uint64_t>(r.stored_us));
-  keys::put_u32(v, r.attempts);
-  v += r.result;
-  impl_->ops.push_back({impl::op::put, 2, result_key(event_id, agent), std::move(v)});
+  impl_->ops.push_back({impl::op::put, 2, result_key(event_id, agent),
+                        result_value(r.stored_us, r.attempts, r.result)});
+}
+
+void state_batch::put_attempts(const std::string& agent, std::uint32_t topic_id,
+                               std::uint32_t partition, std::uint64_t offset,
+                               std::uint32_t attempts, std::int64_t now_us) {
+  impl_->ops.push_back({impl::op::put, 2, attempts_key(agent, topic_id, partition, offset),
+                        result_value(now_us, attempts, {})});
 }
 
 void state_batch::put_dlq(const dlq_entry& e) {
@@ -265,33 +287,30 @@ delivery_store::result(const std::string& event_id, const std::string& agent) co
   return std::optional<stored_result>{std::move(r)};
 }
 
-tl::expected<std::vector<std::optional<stored_result>>, error>
-delivery_store::results(const std::vector<std::string>& event_ids, const std::string& agent) const {
-  std::vector<std::string> keys_text;
-  keys_text.reserve(event_ids.size());
-  for (auto& id : event_ids)
-    keys_text.push_back(result_key(id, agent));
-  std::vector<rocksdb::Slice> slices(keys_text.begin(), keys_text.end());
-  std::vector<rocksdb::PinnableSlice> values(slices.size());
-  std::vector<rocksdb::Status> statuses(slices.size());
-  log_.db_->MultiGet(rocksdb::ReadOptions{}, log_.results_, slices.size(), slices.data(),
-                     values.data(), statuses.data());
-  std::vector<std::optional<stored_result>> out(slices.size());
+tl::expected<std::vector<std::pair<std::uint64_t, std::uint32_t>>, error>
+delivery_store::attempts_in(const std::string& agent, std::uint32_t topic_id,
+                            std::uint32_t partition, std::uint64_t lo, std::uint64_t hi) const {
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> out;
+  auto first = attempts_key(agent, topic_id, partition, lo);
+  auto prefix = first.substr(0, first.size() - 8);
+  rocksdb::ReadOptions ro;
+  std::unique_ptr<rocksdb::Iterator> it{log_.db_->NewIterator(ro, log_.results_)};
   auto ttl_us = static_cast<std::int64_t>(log_.opts_.results_ttl.count()) * 1000;
   auto now = log_.opts_.clock();
-  for (std::size_t i = 0; i < slices.size(); ++i) {
-    if (statuses[i].IsNotFound())
+  for (it->Seek(first); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto k = it->key().ToString();
+    if (k.size() != prefix.size() + 8)
       continue;
-    if (!statuses[i].ok())
-      return tl::make_unexpected(io("reading results", statuses[i]));
-    std::string_view v{values[i].data(), values[i].size()};
-    if (v.size() < 12)
+    auto offset = keys::get_u64(k, prefix.size());
+    if (offset > hi)
+      break;
+    auto v = it->value().ToString();
+    if (v.size() < 12 || static_cast<std::int64_t>(keys::get_u64(v, 0)) + ttl_us < now)
       continue;
-    stored_result r{std::string{v.substr(12)}, static_cast<std::int64_t>(keys::get_u64(v, 0)),
-                    keys::get_u32(v, 8)};
-    if (r.stored_us + ttl_us >= now)
-      out[i] = std::move(r);
+    out.emplace_back(offset, keys::get_u32(v, 8));
   }
+  if (!it->status().ok())
+    return tl::make_unexpected(io("reading attempts", it->status()));
   return out;
 }
 

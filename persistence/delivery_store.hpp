@@ -65,6 +65,11 @@ public:
   void delete_pending(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
                       std::uint64_t offset);
   void put_result(const std::string& event_id, const std::string& agent, const stored_result& r);
+  /// Records that a delivery was acked after `attempts` (> 1) attempts. A
+  /// delivery acked at its first attempt leaves no record: that is the
+  /// common case, and the history reads the exceptions with one range scan.
+  void put_attempts(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
+                    std::uint64_t offset, std::uint32_t attempts, std::int64_t now_us);
   void put_dlq(const dlq_entry& e);
   void delete_dlq(const std::string& id);
   void put_meta(const std::string& key, const std::string& value);
@@ -100,9 +105,12 @@ public:
   [[nodiscard]] tl::expected<std::optional<stored_result>, error>
   result(const std::string& event_id, const std::string& agent) const;
 
-  /// The results of many events for one agent, in one batched lookup.
-  [[nodiscard]] tl::expected<std::vector<std::optional<stored_result>>, error>
-  results(const std::vector<std::string>& event_ids, const std::string& agent) const;
+  /// Attempts of the deliveries in [lo, hi] acked after more than one
+  /// attempt (see state_batch::put_attempts), kept for results.ttl:
+  /// (offset, attempts) in offset order.
+  [[nodiscard]] tl::expected<std::vector<std::pair<std::uint64_t, std::uint32_t>>, error>
+  attempts_in(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
+              std::uint64_t lo, std::uint64_t hi) const;
 
   [[nodiscard]] tl::expected<std::optional<dlq_entry>, error> dlq_get(const std::string& id) const;
 

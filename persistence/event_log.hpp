@@ -176,10 +176,26 @@ public:
   read_stored(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
               std::uint64_t last, std::size_t limit) const;
 
+  /// Like read_stored(), without a copy: `fn(offset, time_us, json)` sees
+  /// each event's bytes in place, valid only during the call. Answers how
+  /// many it visited.
+  [[nodiscard]] tl::expected<std::size_t, error>
+  visit_stored(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
+               std::uint64_t last, std::size_t limit,
+               const std::function<void(std::uint64_t, std::int64_t, std::string_view)>& fn) const;
+
   /// The stored event with this id, if any.
   /// Calls `fn(time_us, topic_id, partition, offset)` for every event appended
   /// in [from_us, to_us), in by_time order, reading only the by_time index;
   /// stops early when `fn` returns false. Answers how many were visited.
+  /// The offsets of one partition appended in [from_us, to_us) as [lo, hi],
+  /// or nothing. Append times never decrease within a partition, so this is
+  /// a binary search over its stored events: O(log n) reads, whatever the
+  /// window's size.
+  [[nodiscard]] tl::expected<std::optional<std::pair<std::uint64_t, std::uint64_t>>, error>
+  time_span(const topic_info& topic, std::uint32_t partition, std::int64_t from_us,
+            std::int64_t to_us) const;
+
   [[nodiscard]] tl::expected<std::uint64_t, error>
   scan_time(std::int64_t from_us, std::int64_t to_us,
             const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>&

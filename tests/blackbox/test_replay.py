@@ -36,8 +36,12 @@ for line in sys.stdin:
     data = msg["event"].get("data")
     once = mode == "nack-once" and msg["attempt"] == 1 and isinstance(data, dict) \
         and data.get("fail_once")
-    if replayed and (mode == "nack-replays" or once):
+    live_once = mode == "live-retry-no-result" and not replayed and msg["attempt"] == 1 \
+        and isinstance(data, dict) and data.get("fail_once")
+    if (replayed and (mode == "nack-replays" or once)) or live_once:
         answer = {"type": "nack", "delivery": msg["delivery"], "error": "no replays here"}
+    elif mode == "live-retry-no-result":
+        answer = {"type": "ack", "delivery": msg["delivery"]}
     else:
         answer = {"type": "ack", "delivery": msg["delivery"], "result": msg["event"].get("data")}
     sys.stdout.write(json.dumps(answer) + "\n")
@@ -264,6 +268,33 @@ class WindowTest(ReplayTestCase):
         self.assertTrue({v["id"], again["id"], after["id"]}
                         <= {x["id"] for x in listed.json()["replays"]}, listed.json())
 
+    def test_a_window_too_large_to_walk_finds_each_partitions_bounds(self):
+        # Over the plan's by_time budget (4096 + 64 per partition), bounds
+        # come from a binary search per partition: same events, same edges.
+        t = topic("big")
+        srv = self.agent_server([builtin("e", [t], "noop")])
+        published = []
+        for batch in range(9):
+            published.append(self.publish_ok(srv, t, [{"data": {"b": batch, "i": i}}
+                                                      for i in range(1000)]))
+            time.sleep(0.01)
+        self.settled(srv, [t], ["e"])
+        every = self.stored(srv, [t])
+        self.assertEqual(len(every), 9000)
+        cases = [  # (from, to): a batch's own time at either edge, inside, all
+            (parse_us(published[1][0]["time"]), parse_us(published[8][0]["time"])),
+            (parse_us(published[1][0]["time"]) + 1, parse_us(published[8][0]["time"]) + 1),
+            (parse_us(earliest(published[0])) - 1000, latest_us(published[8]) + 1),
+        ]
+        for from_us, to_us in cases:
+            expected = self.in_window(every, from_us, to_us)
+            self.assertGreater(len(expected), 5500)
+            v = self.replay(srv, {"from": format_us(from_us), "to": format_us(to_us),
+                                  "mode": "dry-run"})
+            self.assertEqual(v["events_total"], len(expected), (from_us, to_us))
+            got = [h["event"]["id"] for h in self.history(srv, v["id"], "e", limit=1000)]
+            self.assertEqual(got, self.ids(expected), (from_us, to_us))
+
     def test_listed_event_ids_replay_exactly_those_events(self):
         t = topic("ids")
         srv = self.agent_server([], start=False)
@@ -313,6 +344,34 @@ class DryRunTest(ReplayTestCase):
         self.assertEqual(self.metrics(srv), metrics)
         self.assertEqual(len(self.recorded(srv, "rec.log")), 10)
         self.assertEqual(self.view(srv, v["id"])["state"], "done")
+
+    def test_history_and_event_view_keep_attempts_of_acks_without_results(self):
+        # An ack without a result after a retry is the case with no result
+        # record: its attempts come from the attempts index, also after a
+        # restart; first-attempt acks show 1.
+        t = topic("att")
+        srv = self.agent_server([], start=False)
+        srv.write_config({"agents": [self.recorder(srv, "rec", [t], "rec.log",
+                                                   mode="live-retry-no-result", max_retries=2,
+                                                   backoff=FAST)]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"i": i, "fail_once": i % 3 == 0}, "key": "k"}
+                                       for i in range(6)])
+        self.wait_state(srv, [p["id"] for p in pub], "rec", "acked")
+        self.settled(srv, [t], ["rec"])
+        want = {p["id"]: (2 if i % 3 == 0 else 1) for i, p in enumerate(pub)}
+        for restarted in (False, True):
+            if restarted:
+                srv.stop()
+                srv.start()
+            for p in pub:
+                d = self.deliveries(srv, p["id"])["rec"]
+                self.assertEqual((d["state"], d["attempts"], d["result"]),
+                                 ("acked", want[p["id"]], None), (restarted, d))
+            v = self.replay(srv, {"from": earliest(pub), "to": "now", "mode": "dry-run"})
+            got = {h["event"]["id"]: (h["outcome"], h["attempts"])
+                   for h in self.history(srv, v["id"], "rec", limit=2)}
+            self.assertEqual(got, {i: ("acked", n) for i, n in want.items()}, restarted)
 
 
 class RedeliverTest(ReplayTestCase):

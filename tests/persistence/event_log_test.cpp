@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
@@ -271,4 +272,78 @@ TEST_CASE("generated ids have the documented shape", "[unit][persistence]") {
   auto trace = new_trace_id();
   CHECK(trace.size() == 32);
   CHECK(trace.find_first_not_of("0123456789abcdef") == std::string::npos);
+}
+
+TEST_CASE("acks after retries are read back by offset range and expire with results",
+          "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto o = opts_for(dir);
+  o.results_ttl = std::chrono::minutes{1};
+  auto log = event_log::open(o);
+  REQUIRE(log);
+  delivery_store store{**log};
+  state_batch b;
+  auto now = fake_now.load();
+  b.put_attempts("billing", 3, 1, 7, 2, now);
+  b.put_attempts("billing", 3, 1, 300, 5, now);
+  b.put_attempts("billing", 3, 2, 8, 9, now);     // another partition
+  b.put_attempts("billing-x", 3, 1, 8, 9, now);   // another agent
+  b.put_result("e-1", "billing", {"{\"ok\":1}", now, 3});
+  REQUIRE(store.commit(b, false));
+
+  auto all = store.attempts_in("billing", 3, 1, 0, ~0ULL);
+  REQUIRE(all);
+  REQUIRE(all->size() == 2);
+  CHECK((*all)[0] == std::pair<std::uint64_t, std::uint32_t>{7, 2});
+  CHECK((*all)[1] == std::pair<std::uint64_t, std::uint32_t>{300, 5});
+  auto some = store.attempts_in("billing", 3, 1, 8, 300);
+  REQUIRE(some);
+  REQUIRE(some->size() == 1);
+  CHECK(some->front().first == 300);
+  auto none = store.attempts_in("billing", 3, 1, 8, 299);
+  REQUIRE(none);
+  CHECK(none->empty());
+  // Results by event id are untouched by the index next to them.
+  auto r = store.result("e-1", "billing");
+  REQUIRE(r);
+  REQUIRE(*r);
+  CHECK((*r)->attempts == 3);
+
+  fake_now += 61'000'000; // past results.ttl
+  auto expired = store.attempts_in("billing", 3, 1, 0, ~0ULL);
+  REQUIRE(expired);
+  CHECK(expired->empty());
+}
+
+TEST_CASE("a partition's span of a time window is found by binary search, half-open",
+          "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto topic = (*log)->create_topic("spans", 2);
+  REQUIRE(topic);
+  partition_writer w{**log, *topic, 1};
+  auto base = fake_now.load();
+  std::int64_t t[3];
+  for (int b = 0; b < 3; ++b) {
+    t[b] = fake_now.load();
+    REQUIRE(w.append({ev("s" + std::to_string(2 * b)), ev("s" + std::to_string(2 * b + 1))}));
+    fake_now += 100;
+  }
+  using span = std::optional<std::pair<std::uint64_t, std::uint64_t>>;
+  auto check = [&](std::int64_t from, std::int64_t to, span want) {
+    auto got = (*log)->time_span(*topic, 1, from, to);
+    REQUIRE(got);
+    CHECK(*got == want);
+  };
+  check(t[0], t[1], span{{0, 1}});
+  check(t[0] + 1, t[2], span{{2, 3}});
+  check(base - 1000, t[2] + 1, span{{0, 5}});
+  check(t[1], t[2] + 1000, span{{2, 5}});
+  check(t[2] + 1, t[2] + 1000, span{});
+  check(t[1], t[1], span{});
+  check(base - 1000, t[0], span{});
+  auto empty = (*log)->time_span(*topic, 0, base - 1000, t[2] + 1000); // nothing appended
+  REQUIRE(empty);
+  CHECK(!*empty);
 }
