@@ -1240,12 +1240,19 @@ private:
     return detail::replay_history(ctx_, *record, agent, cursor, limit);
   }
 
-  /// Answers with a page, having started to build the ones after it.
+  /// Answers with a page, having started to build the ones after it: the
+  /// next one, and the one after that at once when its cursor can be known
+  /// without reading (then both are built side by side).
   void serve_history(const std::string& id, const std::string& agent, std::size_t limit,
                      result<history_page> page, callback<history_page> done) {
-    if (page)
-      read_ahead(id, agent, limit, page->next_cursor, 2);
+    std::string next = page ? page->next_cursor : std::string{};
+    read_ahead(id, agent, limit, next, 2);
     done(std::move(page));
+    if (next.empty())
+      return;
+    if (auto record = load_replay(id))
+      if (auto after = detail::history_cursor_after(ctx_, *record, agent, next, limit))
+        read_ahead(id, agent, limit, *after, 1);
   }
 
   /// Builds the page at `cursor` ahead of its request, and then the next

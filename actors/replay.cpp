@@ -241,36 +241,62 @@ tl::expected<json, error> plan_replay(const node_context& ctx, const replay_requ
       listed.emplace(tid, p, offset); // a window is whole ranges
   };
   if (req.event_ids.empty()) {
-    // A small window is read from the by_time index whole. A larger one
-    // would cost a visit per event, so each partition's bounds are then
-    // found by binary search on append time instead (O(log n) reads each).
-    std::size_t partitions = 0;
+    // by_time from both ends of the window: going forward, the first key of
+    // a partition is its first offset in the window; going backward, its
+    // last. A small window is walked whole. Each walk stops once it has seen
+    // every partition, or after a budget; a partition it did not reach (quiet
+    // in the window, or busy only in its middle) has its bounds found by
+    // binary search on append time (O(log n) reads).
+    std::set<std::uint64_t> all;
     for (auto& [tid, t] : topics_by_id)
       if (wanted[tid])
-        partitions += t.partitions;
-    const std::uint64_t budget = 4096 + 64 * partitions;
-    auto scanned
-      = log.scan_time(req.from_us, req.to_us,
-                      [&, visited = std::uint64_t{0}](std::int64_t, std::uint32_t tid,
-                                                      std::uint32_t p, std::uint64_t offset) mutable {
-                        keep(tid, p, offset);
-                        return ++visited < budget;
-                      });
-    if (!scanned)
-      return tl::make_unexpected(error{errc::storage, scanned.error().message});
-    if (*scanned >= budget) {
-      spans.clear();
-      for (auto& [tid, t] : topics_by_id) {
-        if (!wanted[tid])
-          continue;
-        for (std::uint32_t p = 0; p < t.partitions; ++p) {
-          auto span = log.time_span(t, p, req.from_us, req.to_us);
-          if (!span)
-            return tl::make_unexpected(error{errc::storage, span.error().message});
-          if (*span)
-            spans[(std::uint64_t{tid} << 32) | p] = **span;
-        }
+        for (std::uint32_t p = 0; p < t.partitions; ++p)
+          all.insert((std::uint64_t{tid} << 32) | p);
+    const std::uint64_t budget = 1024 + 16 * all.size();
+    std::unordered_map<std::uint64_t, std::uint64_t> first, last;
+    bool whole = true;
+    auto walk = [&](bool backward, std::unordered_map<std::uint64_t, std::uint64_t>& seen) {
+      return log.scan_time(
+        req.from_us, req.to_us,
+        [&, visited = std::uint64_t{0}](std::int64_t, std::uint32_t tid, std::uint32_t p,
+                                        std::uint64_t offset) mutable {
+          auto where = (std::uint64_t{tid} << 32) | p;
+          if (all.count(where) > 0) {
+            seen.try_emplace(where, offset);
+            if (!backward)
+              last[where] = offset; // exact if the walk ends at `to`
+          }
+          if (++visited < budget && seen.size() < all.size())
+            return true;
+          whole = false;
+          return false;
+        },
+        backward);
+    };
+    auto forward = walk(false, first);
+    if (!forward)
+      return tl::make_unexpected(error{errc::storage, forward.error().message});
+    if (!whole) {
+      last.clear();
+      auto backward = walk(true, last);
+      if (!backward)
+        return tl::make_unexpected(error{errc::storage, backward.error().message});
+    }
+    for (auto where : all) {
+      auto lo = first.find(where);
+      auto hi = last.find(where);
+      if (lo != first.end() && hi != last.end()) {
+        spans[where] = {lo->second, hi->second};
+        continue;
       }
+      if (whole)
+        continue; // the walk saw the whole window: no event of it here
+      auto& t = topics_by_id.at(static_cast<std::uint32_t>(where >> 32));
+      auto span = log.time_span(t, static_cast<std::uint32_t>(where), req.from_us, req.to_us);
+      if (!span)
+        return tl::make_unexpected(error{errc::storage, span.error().message});
+      if (*span)
+        spans[where] = **span;
     }
   } else {
     for (auto& eid : req.event_ids) {
@@ -411,13 +437,22 @@ replay_view replay_view_of(const json& r) {
   return v;
 }
 
+namespace {
+
+/// One agent's part of a replay's plan, if it has one.
+const json* plan_of(const json& record, const std::string& agent_name) {
+  for (auto& a : record.at("plan"))
+    if (a.value("agent", "") == agent_name)
+      return &a;
+  return nullptr;
+}
+
+} // namespace
+
 tl::expected<history_page, error> replay_history(const node_context& ctx, const json& record,
                                                  const std::string& agent_name,
                                                  const std::string& cursor, std::size_t limit) {
-  const json* plan_agent = nullptr;
-  for (auto& a : record.at("plan"))
-    if (a.value("agent", "") == agent_name)
-      plan_agent = &a;
+  const json* plan_agent = plan_of(record, agent_name);
   if (plan_agent == nullptr)
     return tl::make_unexpected(
       error{errc::not_found, "agent " + agent_name + " has no history in replay "
@@ -562,6 +597,41 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
     }
   }
   return page;
+}
+
+std::optional<std::string> history_cursor_after(const node_context& ctx, const json& record,
+                                                const std::string& agent_name,
+                                                const std::string& cursor, std::size_t limit) {
+  const json* plan_agent = plan_of(record, agent_name);
+  if (plan_agent == nullptr || limit == 0)
+    return std::nullopt;
+  for (auto& a : ctx.agents)
+    if (a->cfg.name == agent_name && has_filter(a->cfg.filter))
+      return std::nullopt;
+  std::size_t ri = 0;
+  std::uint64_t at = 0;
+  if (!cursor.empty()) {
+    auto c = parse_cursor(cursor);
+    if (!c)
+      return std::nullopt;
+    std::tie(ri, at) = *c;
+  }
+  // The walk of replay_history, counting instead of reading.
+  auto ranges = ranges_of(*plan_agent);
+  std::size_t count = 0;
+  for (; ri < ranges.size(); ++ri, at = 0) {
+    auto& r = ranges[ri];
+    at = std::max(at, r.lo);
+    while (at <= r.hi) {
+      if (count >= limit)
+        return cursor_text(ri, at);
+      auto want = limit - count;
+      auto last = r.hi - at < want ? r.hi : at + want - 1;
+      count += last - at + 1;
+      at = last + 1;
+    }
+  }
+  return std::nullopt;
 }
 
 // -- the replay actor ---------------------------------------------------------

@@ -288,6 +288,17 @@ plan_replay(const node_context& ctx, const replay_request& req, const std::strin
 replay_history(const node_context& ctx, const nlohmann::json& record, const std::string& agent,
                const std::string& cursor, std::size_t limit);
 
+/// The cursor of the page after the one at `cursor`, when it can be known
+/// without reading: the agent has no filter, so every offset of its ranges is
+/// one entry. Nothing otherwise, or after the last page. A wrong guess (the
+/// log changed since the plan) costs only work: a page is always built for
+/// the cursor it is asked for.
+[[nodiscard]] std::optional<std::string> history_cursor_after(const node_context& ctx,
+                                                              const nlohmann::json& record,
+                                                              const std::string& agent,
+                                                              const std::string& cursor,
+                                                              std::size_t limit);
+
 /// How the live consumer group of `agent` handled one event. `storage_ok`
 /// turns false when the state could not be read.
 [[nodiscard]] delivery_view live_delivery_state(const node_context& ctx, const agent_runtime& agent,

@@ -514,18 +514,25 @@ tl::expected<std::vector<std::string>, error> event_log::read(const topic_info& 
 
 tl::expected<std::uint64_t, error> event_log::scan_time(
   std::int64_t from_us, std::int64_t to_us,
-  const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>& fn) const {
+  const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>& fn,
+  bool backward) const {
   if (to_us <= from_us)
     return 0;
   auto lower = keys::time_key(std::max<std::int64_t>(from_us, 0), 0, 0, 0);
   auto upper = keys::time_key(std::max<std::int64_t>(to_us, 0), 0, 0, 0);
+  rocksdb::Slice lower_slice{lower};
   rocksdb::Slice upper_slice{upper};
   rocksdb::ReadOptions ro;
+  ro.iterate_lower_bound = &lower_slice;
   ro.iterate_upper_bound = &upper_slice;
   ro.fill_cache = false; // a window scan must not evict the hot tail
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, by_time_)};
+  if (backward)
+    it->SeekToLast(); // the last key below `upper`
+  else
+    it->Seek(lower);
   std::uint64_t n = 0;
-  for (it->Seek(lower); it->Valid(); it->Next()) {
+  for (; it->Valid(); backward ? it->Prev() : it->Next()) {
     auto k = it->key();
     if (k.size() != 24)
       return tl::make_unexpected(error{errc::io_error, "corrupt by_time key"});
@@ -551,36 +558,54 @@ event_log::time_span(const topic_info& topic, std::uint32_t partition, std::int6
   rocksdb::Slice upper_slice{upper};
   rocksdb::ReadOptions ro;
   ro.iterate_upper_bound = &upper_slice;
-  ro.fill_cache = false;
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_)};
   auto offset_of = [&] { return keys::get_u64(std::string_view{it->key().data(), 16}, 8); };
+  auto time_of = [&] {
+    return static_cast<std::int64_t>(
+      keys::get_u64(std::string_view{it->value().data(), it->value().size()}, 0));
+  };
+  auto valid = [&] {
+    return it->Valid() && it->key().size() == 16 && it->value().size() >= value_header_bytes;
+  };
   // Stored offsets are dense from the oldest kept (retention removes a prefix).
   it->Seek(prefix);
   if (!it->Valid())
     return it->status().ok() ? tl::expected<span, error>{span{}}
                              : tl::make_unexpected(io_error("reading events", it->status()));
-  auto first = offset_of();
-  it->SeekToLast();
-  if (!it->Valid() || it->key().size() != 16)
+  if (!valid())
     return tl::make_unexpected(io_error("reading events", it->status()));
-  auto end = offset_of() + 1;
-  // The first offset in [first, end) appended at or after t.
+  const std::pair<std::uint64_t, std::int64_t> oldest{offset_of(), time_of()};
+  it->SeekToLast();
+  if (!valid())
+    return tl::make_unexpected(io_error("reading events", it->status()));
+  const std::pair<std::uint64_t, std::int64_t> newest{offset_of(), time_of()};
+  // The first offset appended at or after t (newest + 1 if none). Between
+  // two known (offset, time) points the answer is guessed by interpolation,
+  // as appends come at a fairly steady pace; every other probe halves
+  // instead, so a burst costs at most twice a plain binary search.
   auto lower_bound = [&](std::int64_t t) -> tl::expected<std::uint64_t, error> {
-    auto lo = first;
-    auto hi = end;
-    while (lo < hi) {
-      auto mid = lo + (hi - lo) / 2;
+    if (oldest.second >= t)
+      return oldest.first;
+    if (newest.second < t)
+      return newest.first + 1;
+    auto below = oldest; // time < t
+    auto above = newest; // time >= t
+    for (bool interpolate = true; above.first - below.first > 1; interpolate = !interpolate) {
+      auto gap = above.first - below.first;
+      std::uint64_t step = gap / 2;
+      if (interpolate && above.second > below.second) {
+        auto f = static_cast<long double>(t - below.second)
+                 / static_cast<long double>(above.second - below.second);
+        step = static_cast<std::uint64_t>(f * static_cast<long double>(gap));
+      }
+      auto mid = below.first + std::clamp<std::uint64_t>(step, 1, gap - 1);
       it->Seek(keys::event_key(topic.id, partition, mid));
-      if (!it->Valid() || it->key().size() != 16 || it->value().size() < value_header_bytes)
+      if (!valid())
         return tl::make_unexpected(io_error("reading events", it->status()));
-      auto time = static_cast<std::int64_t>(
-        keys::get_u64(std::string_view{it->value().data(), it->value().size()}, 0));
-      if (time < t)
-        lo = mid + 1;
-      else
-        hi = mid;
+      std::pair<std::uint64_t, std::int64_t> probe{mid, time_of()};
+      (probe.second < t ? below : above) = probe;
     }
-    return lo;
+    return above.first;
   };
   auto lo = lower_bound(from_us);
   if (!lo)

@@ -184,10 +184,6 @@ public:
                std::uint64_t last, std::size_t limit,
                const std::function<void(std::uint64_t, std::int64_t, std::string_view)>& fn) const;
 
-  /// The stored event with this id, if any.
-  /// Calls `fn(time_us, topic_id, partition, offset)` for every event appended
-  /// in [from_us, to_us), in by_time order, reading only the by_time index;
-  /// stops early when `fn` returns false. Answers how many were visited.
   /// The offsets of one partition appended in [from_us, to_us) as [lo, hi],
   /// or nothing. Append times never decrease within a partition, so this is
   /// a binary search over its stored events: O(log n) reads, whatever the
@@ -196,11 +192,17 @@ public:
   time_span(const topic_info& topic, std::uint32_t partition, std::int64_t from_us,
             std::int64_t to_us) const;
 
+  /// Calls `fn(time_us, topic_id, partition, offset)` for every event appended
+  /// in [from_us, to_us), in by_time order (from the end when `backward`),
+  /// reading only the by_time index; stops early when `fn` returns false.
+  /// Answers how many were visited.
   [[nodiscard]] tl::expected<std::uint64_t, error>
   scan_time(std::int64_t from_us, std::int64_t to_us,
             const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>&
-              fn) const;
+              fn,
+            bool backward = false) const;
 
+  /// The stored event with this id, if any.
   [[nodiscard]] tl::expected<std::optional<std::string>, error>
   get_by_id(const std::string& id) const;
 

@@ -269,7 +269,7 @@ class WindowTest(ReplayTestCase):
                         <= {x["id"] for x in listed.json()["replays"]}, listed.json())
 
     def test_a_window_too_large_to_walk_finds_each_partitions_bounds(self):
-        # Over the plan's by_time budget (4096 + 64 per partition), bounds
+        # Over the plan's by_time budget (1024 + 16 per partition), bounds
         # come from a binary search per partition: same events, same edges.
         t = topic("big")
         srv = self.agent_server([builtin("e", [t], "noop")])

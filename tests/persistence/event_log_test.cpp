@@ -347,3 +347,41 @@ TEST_CASE("a partition's span of a time window is found by binary search, half-o
   REQUIRE(empty);
   CHECK(!*empty);
 }
+
+TEST_CASE("time spans agree with a linear scan on bursty appends", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto topic = (*log)->create_topic("bursty", 1);
+  REQUIRE(topic);
+  partition_writer w{**log, *topic, 0};
+  std::uint64_t seed = 42;
+  auto next = [&seed](std::uint64_t n) {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (seed >> 33) % n;
+  };
+  std::vector<std::int64_t> times; // by offset
+  for (int b = 0; b < 300; ++b) {
+    std::vector<new_event> batch;
+    auto n = 1 + next(b % 7 == 0 ? 200 : 5);
+    for (std::uint64_t i = 0; i < n; ++i)
+      batch.push_back(ev("y" + std::to_string(times.size() + i)));
+    auto t = fake_now.load();
+    REQUIRE(w.append(batch));
+    times.insert(times.end(), n, t);
+    fake_now += 1 + static_cast<std::int64_t>(next(b % 11 == 0 ? 100000 : 50));
+  }
+  using span = std::optional<std::pair<std::uint64_t, std::uint64_t>>;
+  for (int k = 0; k < 200; ++k) {
+    auto from = times.front() - 10 + static_cast<std::int64_t>(next(times.back() - times.front() + 20));
+    auto to = from + 1 + static_cast<std::int64_t>(next(k % 2 ? 100 : times.back() - times.front()));
+    auto lo = std::lower_bound(times.begin(), times.end(), from) - times.begin();
+    auto hi = std::lower_bound(times.begin(), times.end(), to) - times.begin();
+    span want;
+    if (lo < hi)
+      want = std::pair<std::uint64_t, std::uint64_t>(lo, hi - 1);
+    auto got = (*log)->time_span(*topic, 0, from, to);
+    REQUIRE(got);
+    CHECK(*got == want);
+  }
+}
