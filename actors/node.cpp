@@ -1242,17 +1242,24 @@ private:
 
   /// Answers with a page, having started to build the ones after it: the
   /// next one, and the one after that at once when its cursor can be known
-  /// without reading (then both are built side by side).
+  /// without reading (then both are built side by side). Not while the
+  /// replay runs: it stores outcomes as it goes, which a page built ahead
+  /// would miss, also after the replay says it is done.
   void serve_history(const std::string& id, const std::string& agent, std::size_t limit,
                      result<history_page> page, callback<history_page> done) {
     std::string next = page ? page->next_cursor : std::string{};
+    std::optional<nlohmann::json> record;
+    if (!next.empty())
+      if (auto r = load_replay(id); r && r->value("state", "") != "running")
+        record = std::move(*r);
+    if (!record)
+      next.clear();
     read_ahead(id, agent, limit, next, 2);
     done(std::move(page));
     if (next.empty())
       return;
-    if (auto record = load_replay(id))
-      if (auto after = detail::history_cursor_after(ctx_, *record, agent, next, limit))
-        read_ahead(id, agent, limit, *after, 1);
+    if (auto after = detail::history_cursor_after(ctx_, *record, agent, next, limit))
+      read_ahead(id, agent, limit, *after, 1);
   }
 
   /// Builds the page at `cursor` ahead of its request, and then the next

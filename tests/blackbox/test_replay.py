@@ -473,6 +473,44 @@ class DeadLetterTest(ReplayTestCase):
             self.assertEqual((e["attempts"], e["event"]["replay"]), (2, v["id"]), e)
 
 
+# -- reading histories ---------------------------------------------------------------
+
+class HistoryReadTest(ReplayTestCase):
+
+    def page(self, srv, replay_id, agent, cursor=None, limit=None):
+        q = {"agent": agent}
+        if cursor is not None:
+            q["cursor"] = cursor
+        if limit is not None:
+            q["limit"] = limit
+        r = srv.get(f"/v1/replays/{replay_id}/history?" + urllib.parse.urlencode(q))
+        self.assertEqual(r.status, 200, r)
+        return r.json()
+
+    def test_pages_read_after_a_redeliver_ends_show_every_replay_outcome(self):
+        # Pages are built ahead while a reader takes in one; those built while
+        # the replay still ran must not be served once it has ended.
+        t = topic("ahead")
+        srv = self.agent_server([], start=False)
+        srv.write_config({"agents": [self.recorder(srv, "rec", [t], "rec.log", delay=0.01,
+                                                   max_in_flight=2)]})
+        srv.start()
+        n = 20
+        pub = self.publish_ok(srv, t, [{"data": {"i": i}, "key": "k"} for i in range(n)])
+        self.settled(srv, [t], ["rec"])
+        v = self.replay(srv, {"from": earliest(pub), "to": "now"})
+        first = self.page(srv, v["id"], "rec", limit=5)  # the next pages are built now
+        self.assertLess(self.view(srv, v["id"])["events_done"], n)
+        self.wait_replay(srv, v["id"])
+        cursor = first["next_cursor"]
+        while cursor is not None:
+            got = self.page(srv, v["id"], "rec", cursor, 5)
+            for h in got["entries"]:
+                self.assertEqual(h.get("replay"), {"outcome": "acked", "attempts": 1}, h)
+            self.assertEqual(got, self.page(srv, v["id"], "rec", cursor, 5))  # a fresh read
+            cursor = got["next_cursor"]
+
+
 # -- agents that did not exist then ------------------------------------------------
 
 class NewAgentTest(ReplayTestCase):
