@@ -606,6 +606,30 @@ class CancelTest(ReplayTestCase):
         self.settled(srv, [t], ["slow"])
 
 
+    def test_cancel_reaches_a_replay_waiting_to_resume(self):
+        # The replay's agent is gone after a restart: its actor stops and
+        # waits to be started again. A cancel then still cancels it.
+        t = topic("cancel-wait")
+        srv = self.agent_server([], start=False)
+        srv.write_config({"agents": [self.recorder(srv, "slow", [t], "slow.log", delay=0.2),
+                                     builtin("e", [t], "echo")]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"i": i}, "key": "k"} for i in range(30)])
+        self.settled(srv, [t], ["slow"])
+        v = self.replay(srv, {"from": earliest(pub), "to": "now", "agents": ["slow"]})
+        self.stop_ok(srv)
+        srv.write_config({"agents": [builtin("e", [t], "echo")]})
+        srv.start()
+        self.wait_for(lambda: "resuming from its progress" in srv.stderr_text(),
+                      what="the replay waiting to resume")
+        r = srv.request("DELETE", f"/v1/replays/{v['id']}")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["state"], "cancelled", r.json())
+        self.assertIsNotNone(r.json()["finished_at"], r.json())
+        time.sleep(2.5)  # past the next attempts to resume it
+        self.assertEqual(self.view(srv, v["id"])["state"], "cancelled")
+
+
 class KillTest(ReplayTestCase):
 
     def test_kill_9_during_redeliver_resumes_to_done(self):
