@@ -630,6 +630,22 @@ class CancelTest(ReplayTestCase):
         self.assertEqual(self.view(srv, v["id"])["state"], "cancelled")
 
 
+    def test_a_replay_that_cannot_resume_fails_saying_why(self):
+        t = topic("cannot")
+        srv = self.agent_server([], start=False)
+        srv.write_config({"agents": [self.recorder(srv, "slow", [t], "slow.log", delay=0.2),
+                                     builtin("e", [t], "echo")]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"i": i}, "key": "k"} for i in range(30)])
+        self.settled(srv, [t], ["slow"])
+        v = self.replay(srv, {"from": earliest(pub), "to": "now", "agents": ["slow"]})
+        self.stop_ok(srv)
+        srv.write_config({"agents": [builtin("e", [t], "echo")]})
+        srv.start()
+        failed = self.wait_replay(srv, v["id"], state="failed", timeout=20)
+        self.assertIn("agent slow is no longer configured", failed["error"], failed)
+
+
 class KillTest(ReplayTestCase):
 
     def test_kill_9_during_redeliver_resumes_to_done(self):
