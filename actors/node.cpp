@@ -178,6 +178,17 @@ void start_replay(runner_actor_t* self, const std::string& id) {
   st.ctx->replays[id] = a;
 }
 
+/// The stored record of a replay whose state is running, if it is.
+std::optional<nlohmann::json> running_replay(const node_context& ctx, const std::string& id) {
+  auto stored = ctx.store->meta(replay_key(id));
+  if (!stored || !*stored)
+    return std::nullopt;
+  auto record = nlohmann::json::parse(**stored, nullptr, false);
+  if (!record.is_object() || record.value("state", "") != "running")
+    return std::nullopt;
+  return record;
+}
+
 /// A replay actor ended: done, cancelled, stopped with the node, or crashed.
 void on_replay_down(runner_actor_t* self, const std::string& id, const caf::error& reason) {
   auto& st = self->state;
@@ -187,12 +198,10 @@ void on_replay_down(runner_actor_t* self, const std::string& id, const caf::erro
   }
   if (st.stopping || !reason)
     return;
-  auto stored = st.ctx->store->meta(replay_key(id));
-  if (!stored || !*stored)
+  auto running = running_replay(*st.ctx, id);
+  if (!running)
     return;
-  auto record = nlohmann::json::parse(**stored, nullptr, false);
-  if (!record.is_object() || record.value("state", "") != "running")
-    return;
+  auto& record = *running;
   auto n = ++st.replay_crashes[id];
   if (n > 5) {
     record["state"] = "failed";
@@ -208,6 +217,31 @@ void on_replay_down(runner_actor_t* self, const std::string& id, const caf::erro
   spdlog::warn("replay={}: stopped ({}); resuming from its progress in 1 s", id,
                caf::to_string(reason));
   self->delayed_send(self, std::chrono::seconds{1}, replay_atom::value, id);
+}
+
+/// Cancels a replay: through its actor if it runs, else (it waits to resume
+/// after a crash) in its stored record, which keeps it from resuming. Only
+/// the runner starts replay actors, so no actor can start in between.
+void cancel_replay(runner_actor_t* self, const std::string& id, reply_ptr& reply) {
+  auto& st = self->state;
+  {
+    std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
+    if (auto it = st.ctx->replays.find(id); it != st.ctx->replays.end()) {
+      self->send(it->second, cancel_atom::value, std::move(reply));
+      return;
+    }
+  }
+  if (auto record = running_replay(*st.ctx, id)) {
+    (*record)["state"] = "cancelled";
+    (*record)["finished_us"] = st.ctx->log->opts().clock();
+    persistence::state_batch b;
+    b.put_meta(replay_key(id), record->dump());
+    if (auto ok = st.ctx->store->commit(b, true); !ok)
+      spdlog::error("replay={}: storing the cancel: {}", id, ok.error().message);
+    else
+      spdlog::info("replay={}: cancelled while waiting to resume", id);
+  }
+  (*reply)({});
 }
 
 /// Starts the actors of the replays that were running when the node stopped.
@@ -366,9 +400,11 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
           start_instance(self, agent, index);
     },
     [=](replay_atom, const std::string& id) {
-      if (!self->state.stopping)
+      // Not one cancelled while it waited to resume.
+      if (!self->state.stopping && running_replay(*self->state.ctx, id))
         start_replay(self, id);
     },
+    [=](cancel_atom, const std::string& id, reply_ptr& reply) { cancel_replay(self, id, reply); },
     [=](sweep_atom) {
       auto& st = self->state;
       if (st.stopping)
@@ -930,16 +966,11 @@ public:
   }
 
   void replay_cancel(const std::string& id, callback<replay_view> done) override {
-    caf::actor actor;
-    {
-      std::lock_guard<std::mutex> guard{ctx_.replays_mutex};
-      if (auto it = ctx_.replays.find(id); it != ctx_.replays.end())
-        actor = it->second;
-    }
-    if (!actor)
+    if (!runner_)
       return replay_get(id, std::move(done)); // not running: nothing to stop
-    // Answered with the replay's view once the actor stopped it, or when the
-    // message is dropped because the replay ended first.
+    // The runner cancels it (see cancel_replay). Answered with the replay's
+    // view once it is stopped, or when a message is dropped because the
+    // replay ended first.
     struct answer_once {
       std::function<void()> fn;
       void operator()() { std::exchange(fn, nullptr)(); }
@@ -952,7 +983,7 @@ public:
     once->fn = [this, id, done = std::move(done)] { replay_get(id, done); };
     auto reply = std::make_shared<std::function<void(std::string)>>(
       [once](const std::string&) { (*once)(); });
-    caf::anon_send(actor, cancel_atom::value, std::move(reply));
+    caf::anon_send(runner_, cancel_atom::value, id, std::move(reply));
   }
 
   void health(callback<health_report> done) override {
@@ -1242,17 +1273,24 @@ private:
 
   /// Answers with a page, having started to build the ones after it: the
   /// next one, and the one after that at once when its cursor can be known
-  /// without reading (then both are built side by side).
+  /// without reading (then both are built side by side). Not while the
+  /// replay runs: it stores outcomes as it goes, which a page built ahead
+  /// would miss, also after the replay says it is done.
   void serve_history(const std::string& id, const std::string& agent, std::size_t limit,
                      result<history_page> page, callback<history_page> done) {
     std::string next = page ? page->next_cursor : std::string{};
+    std::optional<nlohmann::json> record;
+    if (!next.empty())
+      if (auto r = load_replay(id); r && r->value("state", "") != "running")
+        record = std::move(*r);
+    if (!record)
+      next.clear();
     read_ahead(id, agent, limit, next, 2);
     done(std::move(page));
     if (next.empty())
       return;
-    if (auto record = load_replay(id))
-      if (auto after = detail::history_cursor_after(ctx_, *record, agent, next, limit))
-        read_ahead(id, agent, limit, *after, 1);
+    if (auto after = detail::history_cursor_after(ctx_, *record, agent, next, limit))
+      read_ahead(id, agent, limit, *after, 1);
   }
 
   /// Builds the page at `cursor` ahead of its request, and then the next

@@ -944,6 +944,16 @@ close_attempt(replay_actor_t* self, std::uint64_t token) {
 }
 
 caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string id) {
+  // The runner stores why the replay failed: keep what went wrong.
+  self->set_exception_handler([](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      return caf::make_error(caf::sec::runtime_error, std::string{x.what()});
+    } catch (...) {
+      return caf::make_error(caf::sec::runtime_error);
+    }
+  });
   auto& st = self->state;
   st.ctx = ctx;
   st.id = id;

@@ -473,6 +473,44 @@ class DeadLetterTest(ReplayTestCase):
             self.assertEqual((e["attempts"], e["event"]["replay"]), (2, v["id"]), e)
 
 
+# -- reading histories ---------------------------------------------------------------
+
+class HistoryReadTest(ReplayTestCase):
+
+    def page(self, srv, replay_id, agent, cursor=None, limit=None):
+        q = {"agent": agent}
+        if cursor is not None:
+            q["cursor"] = cursor
+        if limit is not None:
+            q["limit"] = limit
+        r = srv.get(f"/v1/replays/{replay_id}/history?" + urllib.parse.urlencode(q))
+        self.assertEqual(r.status, 200, r)
+        return r.json()
+
+    def test_pages_read_after_a_redeliver_ends_show_every_replay_outcome(self):
+        # Pages are built ahead while a reader takes in one; those built while
+        # the replay still ran must not be served once it has ended.
+        t = topic("ahead")
+        srv = self.agent_server([], start=False)
+        srv.write_config({"agents": [self.recorder(srv, "rec", [t], "rec.log", delay=0.01,
+                                                   max_in_flight=2)]})
+        srv.start()
+        n = 20
+        pub = self.publish_ok(srv, t, [{"data": {"i": i}, "key": "k"} for i in range(n)])
+        self.settled(srv, [t], ["rec"])
+        v = self.replay(srv, {"from": earliest(pub), "to": "now"})
+        first = self.page(srv, v["id"], "rec", limit=5)  # the next pages are built now
+        self.assertLess(self.view(srv, v["id"])["events_done"], n)
+        self.wait_replay(srv, v["id"])
+        cursor = first["next_cursor"]
+        while cursor is not None:
+            got = self.page(srv, v["id"], "rec", cursor, 5)
+            for h in got["entries"]:
+                self.assertEqual(h.get("replay"), {"outcome": "acked", "attempts": 1}, h)
+            self.assertEqual(got, self.page(srv, v["id"], "rec", cursor, 5))  # a fresh read
+            cursor = got["next_cursor"]
+
+
 # -- agents that did not exist then ------------------------------------------------
 
 class NewAgentTest(ReplayTestCase):
@@ -566,6 +604,46 @@ class CancelTest(ReplayTestCase):
         self.assertEqual((r.json()["state"], r.json()["events_done"]),
                          ("cancelled", done_at_cancel))
         self.settled(srv, [t], ["slow"])
+
+
+    def test_cancel_reaches_a_replay_waiting_to_resume(self):
+        # The replay's agent is gone after a restart: its actor stops and
+        # waits to be started again. A cancel then still cancels it.
+        t = topic("cancel-wait")
+        srv = self.agent_server([], start=False)
+        srv.write_config({"agents": [self.recorder(srv, "slow", [t], "slow.log", delay=0.2),
+                                     builtin("e", [t], "echo")]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"i": i}, "key": "k"} for i in range(30)])
+        self.settled(srv, [t], ["slow"])
+        v = self.replay(srv, {"from": earliest(pub), "to": "now", "agents": ["slow"]})
+        self.stop_ok(srv)
+        srv.write_config({"agents": [builtin("e", [t], "echo")]})
+        srv.start()
+        self.wait_for(lambda: "resuming from its progress" in srv.stderr_text(),
+                      what="the replay waiting to resume")
+        r = srv.request("DELETE", f"/v1/replays/{v['id']}")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["state"], "cancelled", r.json())
+        self.assertIsNotNone(r.json()["finished_at"], r.json())
+        time.sleep(2.5)  # past the next attempts to resume it
+        self.assertEqual(self.view(srv, v["id"])["state"], "cancelled")
+
+
+    def test_a_replay_that_cannot_resume_fails_saying_why(self):
+        t = topic("cannot")
+        srv = self.agent_server([], start=False)
+        srv.write_config({"agents": [self.recorder(srv, "slow", [t], "slow.log", delay=0.2),
+                                     builtin("e", [t], "echo")]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"i": i}, "key": "k"} for i in range(30)])
+        self.settled(srv, [t], ["slow"])
+        v = self.replay(srv, {"from": earliest(pub), "to": "now", "agents": ["slow"]})
+        self.stop_ok(srv)
+        srv.write_config({"agents": [builtin("e", [t], "echo")]})
+        srv.start()
+        failed = self.wait_replay(srv, v["id"], state="failed", timeout=20)
+        self.assertIn("agent slow is no longer configured", failed["error"], failed)
 
 
 class KillTest(ReplayTestCase):
