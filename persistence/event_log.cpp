@@ -645,9 +645,10 @@ tl::expected<std::size_t, error> event_log::visit_stored(
   rocksdb::Slice upper_slice{upper};
   rocksdb::ReadOptions ro;
   ro.iterate_upper_bound = &upper_slice;
-  // Replays read long runs of old events: one large read instead of a read
-  // per block, and none of it pushes the hot tail out of the block cache.
-  ro.readahead_size = limit >= 64 ? 1U << 20 : 0;
+  // Replays read long runs of old events: one large read (about what
+  // `limit` events take) instead of a read per block, and none of it pushes
+  // the hot tail out of the block cache.
+  ro.readahead_size = limit >= 64 ? std::min<std::size_t>(limit * 512, 1U << 20) : 0;
   ro.fill_cache = false;
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_)};
   std::size_t n = 0;
