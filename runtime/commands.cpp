@@ -23,9 +23,13 @@ using json = nlohmann::json;
 
 namespace {
 
-/// Turns a failed call or a problem+json answer into one line and a code.
-int report_failure(const std::string& what, const http::client_response& res) {
+/// Turns a failed call or a problem+json answer into one line on stderr and
+/// a code; with --json the answer's JSON also goes to stdout, as it came.
+int report_failure(const client_options& client, const std::string& what,
+                   const http::client_response& res) {
   auto body = json::parse(res.body, nullptr, false);
+  if (client.json && !body.is_discarded())
+    std::cout << res.body << '\n';
   std::string detail = res.body.substr(0, 300);
   if (body.is_object() && body.contains("detail") && body["detail"].is_string())
     detail = body["detail"].get<std::string>();
@@ -101,7 +105,7 @@ int call_and_print(const client_options& client, const std::string& what, const 
   if (!res)
     return res.error();
   if (res->status < 200 || res->status >= 300)
-    return report_failure(what, *res);
+    return report_failure(client, what, *res);
   return print_answer(client, what, *res, human);
 }
 
@@ -117,7 +121,7 @@ int call_health(const client_options& client, const std::string& what, const std
   auto j = json::parse(res->body, nullptr, false);
   bool has_status = j.is_object() && j.contains("status") && j["status"].is_string();
   if (res->status != 200 && !(res->status == 503 && has_status))
-    return report_failure(what, *res);
+    return report_failure(client, what, *res);
   if (auto code = print_answer(client, what, *res, human); code != exit_ok)
     return code;
   return res->status == 503 || (j.is_object() && unhealthy(j)) ? exit_unhealthy : exit_ok;
@@ -178,7 +182,7 @@ int check_exists(const client_options& client, const std::string& what, const st
   if (!res)
     return res.error();
   if (res->status == 404)
-    return report_failure(what, *res);
+    return report_failure(client, what, *res);
   return exit_ok;
 }
 
@@ -255,7 +259,7 @@ int dlq(const client_options& client, const dlq_options& o) {
     return exit_unreachable;
   }
   if (list->status != 200)
-    return report_failure("dlq purge", *list);
+    return report_failure(client, "dlq purge", *list);
   std::uint64_t purged = 0;
   for (;;) {
     auto page = json::parse(list->body, nullptr, false);
@@ -372,7 +376,7 @@ int metrics(const client_options& client, const metrics_options& o) {
     if (!res)
       return res.error();
     if (res->status != 200)
-      return report_failure("metrics", *res);
+      return report_failure(client, "metrics", *res);
     std::cout << res->body;
     return exit_ok;
   }
@@ -381,7 +385,7 @@ int metrics(const client_options& client, const metrics_options& o) {
   if (!res)
     return res.error();
   if (res->status != 200)
-    return report_failure("metrics", *res);
+    return report_failure(client, "metrics", *res);
   auto j = json::parse(res->body, nullptr, false);
   if (j.is_object() && j.contains("metrics") && items_of(j, "metrics").empty()) {
     if (!o.agent.empty())
@@ -425,7 +429,7 @@ int cluster_status(const client_options& client) {
     return exit_failed;
   }
   if (res->status != 200)
-    return report_failure("cluster status", *res);
+    return report_failure(client, "cluster status", *res);
   return print_answer(client, "cluster status", *res, [](const json& j) {
     table t{{"NODE", "ADDRESS", "STATE", "PARTITIONS"}};
     for (auto& n : items_of(j, "nodes")) {
@@ -477,7 +481,7 @@ tl::expected<json, int> follow_replay(const client_options& client, const std::s
     if (!res)
       return tl::make_unexpected(res.error());
     if (res->status != 200)
-      return tl::make_unexpected(report_failure("replay " + id, *res));
+      return tl::make_unexpected(report_failure(client, "replay " + id, *res));
     auto r = json::parse(res->body, nullptr, false);
     if (!r.is_object())
       return tl::make_unexpected(exit_failed);
@@ -557,11 +561,11 @@ int replay(const client_options& client, const replay_options& o) {
   if (!res)
     return res.error();
   if (res->status == 400) {
-    report_failure("replay", *res);
+    report_failure(client, "replay", *res);
     return exit_usage; // the window or a name given is wrong
   }
   if (res->status < 200 || res->status >= 300)
-    return report_failure("replay", *res);
+    return report_failure(client, "replay", *res);
   auto started = json::parse(res->body, nullptr, false);
   if (!started.is_object()) {
     print_error("replay: the server answered something that is not JSON");
@@ -637,7 +641,7 @@ int publish(const client_options& client, const publish_options& opts) {
     return res.error().code == http::client_errc::bad_url ? exit_usage : exit_unreachable;
   }
   if (res->status != 201)
-    return report_failure("publish to " + opts.topic, *res);
+    return report_failure(client, "publish to " + opts.topic, *res);
   if (client.json) {
     std::cout << res->body << '\n';
     return exit_ok;

@@ -74,6 +74,20 @@ class CliTestCase(ServerTestCase):
             self.assertIn(c, lines[0])
         return lines[0]
 
+    def fails_json(self, res, code, *contains):
+        """With --json a refused call prints the API's problem JSON on stdout,
+        and the one line on stderr."""
+        self.assertEqual(res.returncode, code, res)
+        problem = json.loads(res.stdout)
+        self.assertGreaterEqual(problem["status"], 400, problem)
+        self.assertIn("title", problem)
+        lines = res.stderr.splitlines()
+        self.assertEqual(len(lines), 1, res)
+        self.assertTrue(lines[0].startswith("nerve: "), res)
+        for c in contains:
+            self.assertIn(c, lines[0])
+        return problem
+
     def stored(self, eid):
         r = self.srv.get(f"/v1/events/{eid}")
         self.assertEqual(r.status, 200, r)
@@ -179,7 +193,10 @@ class ExitCodeTest(CliTestCase):
         eid = new_id()
         self.ok(self.cli("cli.a", "--data", "1", "--id", eid))
         self.fails(self.cli("cli.b", "--data", "1", "--id", eid), 1, "409", eid)
-        self.fails(self.cli("cli.b", "--data", "1", "--id", eid, "--json"), 1, "409")
+        # --json: the API's problem JSON on stdout as well, the one line on stderr.
+        problem = self.fails_json(self.cli("cli.b", "--data", "1", "--id", eid, "--json"), 1, "409")
+        self.assertEqual((problem["status"], problem["title"]), (409, "Conflict"), problem)
+        self.assertIn(eid, problem["detail"])
 
     def test_refused_by_the_server_is_1(self):
         self.fails(self.cli("bad..topic", "--data", "1"), 1, "400", "bad..topic")
@@ -492,7 +509,8 @@ class ClientCommandsTest(CliTestCase):
 
     def test_metrics_unknown_agent_or_topic_is_1(self):
         self.fails(self.nerve("metrics", "--agent", "nobody"), 1, "nobody")
-        self.fails(self.nerve("metrics", "--agent", "nobody", "--json"), 1, "nobody")
+        self.assertEqual(self.fails_json(self.nerve("metrics", "--agent", "nobody", "--json"), 1,
+                                         "nobody")["status"], 404)
         self.fails(self.nerve("metrics", "--topic", "cli.no.such"), 1, "cli.no.such")
         # A topic that exists but no agent reads: no rows, not an error.
         self.assertEqual(self.srv.publish("cli.unread", {"data": 1}).status, 201)
