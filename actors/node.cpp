@@ -993,7 +993,17 @@ public:
       r.storage_ok = probe.ok;
       r.storage_latency_ms = probe.latency_ms;
       r.storage_error = probe.error;
-      r.bus_ok = !draining_.load();
+      // A log that refuses writes (a failed write, e.g. a full disk) takes no
+      // event: the bus is down with the storage, until a restart.
+      r.bus_ok = true;
+      if (draining_.load()) {
+        r.bus_ok = false;
+        r.bus_error = "the node is shutting down";
+      } else if (!log_->writable()) {
+        r.bus_ok = false;
+        r.bus_error = "the log refuses writes since a write failed (" + log_->last_error()
+                      + "); restart nerve once the cause is fixed";
+      }
       r.dlq_size = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ctx_.dlq_size.load()));
       for (auto& agent : ctx_.agents)
         for (auto& inst : agent->instances)
@@ -1016,8 +1026,10 @@ public:
         for (auto& slot : route->slots) {
           ++r.partitions;
           r.pending_publishes += slot->queued.load(std::memory_order_relaxed);
-          if (!slot->alive.load())
+          if (!slot->alive.load() && r.bus_ok) {
             r.bus_ok = false;
+            r.bus_error = "a partition actor of topic " + name + " is down";
+          }
         }
       done(std::move(r));
     });

@@ -358,7 +358,7 @@ private:
       add({{"name", "event_queue"},
            {"status", queue_status},
            {"message", std::to_string(h.pending_publishes) + " pending"
-                         + (h.bus_ok ? "" : "; a partition actor is down")}});
+                         + (h.bus_ok ? "" : "; " + h.bus_error)}});
       add({{"name", "dlq"},
            {"status", h.dlq_size > limits.dlq_degraded ? "degraded" : "healthy"},
            {"message", std::to_string(h.dlq_size) + " in DLQ"}});

@@ -225,6 +225,9 @@ public:
 
   /// False once a write or the background work of RocksDB failed. No I/O.
   [[nodiscard]] bool healthy() const;
+  /// False once a write failed with an I/O error: nothing more can be
+  /// appended until the node restarts. No I/O.
+  [[nodiscard]] bool writable() const { return !wal_broken_.load(); }
   [[nodiscard]] std::string last_error() const;
 
   [[nodiscard]] std::string node_id() const { return node_id_; }

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import unittest
 
 from harness import ServerTestCase
@@ -62,6 +63,14 @@ class StorageFullTest(ServerTestCase):
         self.assertEqual(db["status"], "unhealthy", detailed)
         self.assertIn("No space left", db["message"])
         self.assertEqual(detailed["status"], "unhealthy")
+        # No event can be taken: the bus is down with the storage, steadily.
+        for _ in range(5):
+            detailed = srv.get("/health/detailed").json()
+            self.assertEqual(detailed["state"], "DOWN", detailed)
+            queue = [i for i in detailed["indicators"] if i["name"] == "event_queue"][0]
+            self.assertEqual(queue["status"], "unhealthy", detailed)
+            self.assertIn("refuses writes", queue["message"])
+            time.sleep(0.1)
         storage = srv.get("/v1/storage/health").json()
         self.assertEqual(storage["status"], "unhealthy", storage)
         self.assertIn("No space left", storage["last_error"])
