@@ -181,6 +181,7 @@ void start_child(instance_actor_t* self) {
   posix_spawnattr_setsigmask(&attr, &none);
   std::vector<std::string> args = st.agent->cfg.command;
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args)
     argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -190,6 +191,7 @@ void start_child(instance_actor_t* self) {
   env_store.push_back("NERVE_AGENT=" + st.agent->cfg.name);
   env_store.push_back("NERVE_INSTANCE=" + std::to_string(st.index));
   std::vector<char*> envp;
+  envp.reserve(env_store.size() + 1);
   for (auto& e : env_store)
     envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -303,7 +305,7 @@ void on_http_answer(instance_actor_t* self, const std::string& id, std::uint32_t
   answer(self, id, true, j.dump(), std::move(emit), {});
 }
 
-caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_ptr agent,
+caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const agent_ptr& agent,
                              std::size_t index) {
   auto& st = self->state;
   st.ctx = ctx;
@@ -334,7 +336,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, agent_pt
       self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
       if (st.poster) {
         auto me = caf::actor{self};
-        st.poster->post(*d->event, st.agent->cfg.timeout, [me, id](agents::http_answer a) {
+        st.poster->post(*d->event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
           if (a.timed_out)
             return caf::anon_send(me, timeout_atom::value, id);
           caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),

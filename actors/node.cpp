@@ -5,10 +5,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <future>
 #include <cmath>
 #include <condition_variable>
 #include <csignal>
+#include <future>
 #include <map>
 #include <mutex>
 #include <shared_mutex>
@@ -205,12 +205,12 @@ void on_replay_down(runner_actor_t* self, const std::string& id, const caf::erro
   auto n = ++st.replay_crashes[id];
   if (n > 5) {
     record["state"] = "failed";
-    record["error"] = "the replay actor crashed " + std::to_string(n)
-                      + " times; last: " + caf::to_string(reason);
+    record["error"]
+      = "the replay actor crashed " + std::to_string(n) + " times; last: " + caf::to_string(reason);
     record["finished_us"] = st.ctx->log->opts().clock();
     persistence::state_batch b;
     b.put_meta(replay_key(id), record.dump());
-    (void) st.ctx->store->commit(b, true);
+    (void)st.ctx->store->commit(b, true);
     spdlog::error("replay={}: failed: {}", id, record.value("error", ""));
     return;
   }
@@ -839,7 +839,7 @@ public:
       auto e = load_dlq(id, done);
       if (!e)
         return;
-      retry_entry(*e, [done, v = view_of(*e)](std::string err) {
+      retry_entry(*e, [done, v = view_of(*e)](const std::string& err) {
         if (!err.empty())
           return done(tl::make_unexpected(error{errc::unavailable, err}));
         done(v);
@@ -864,7 +864,7 @@ public:
           done(j->ok.load());
       };
       for (auto& e : *all)
-        retry_entry(e, [j, finish](std::string err) {
+        retry_entry(e, [j, finish](const std::string& err) {
           if (err.empty())
             ++j->ok;
           finish();
@@ -957,11 +957,11 @@ public:
     std::optional<result<history_page>> ahead;
     if (readahead_.take(history_key(id, agent, cursor, limit), ahead, done)) {
       if (ahead)
-        serve_history(id, agent, limit, std::move(*ahead), std::move(done));
+        serve_history(id, agent, limit, std::move(*ahead), done);
       return;
     }
     run_async([this, id, agent, cursor, limit, done = std::move(done)]() mutable {
-      serve_history(id, agent, limit, build_history(id, agent, cursor, limit), std::move(done));
+      serve_history(id, agent, limit, build_history(id, agent, cursor, limit), done);
     });
   }
 
@@ -1112,7 +1112,8 @@ public:
     system_.await_all_actors_done();
     // Answer the publishes still waiting for their fsync before returning.
     std::promise<void> synced;
-    log_->after_durable([&synced](std::optional<persistence::error>) { synced.set_value(); });
+    log_->after_durable(
+      [&synced](const std::optional<persistence::error>&) { synced.set_value(); });
     synced.get_future().wait();
     // The log stays open for reads still in flight; the destructor closes it
     // once the actor system is gone.
@@ -1289,7 +1290,7 @@ private:
   /// replay runs: it stores outcomes as it goes, which a page built ahead
   /// would miss, also after the replay says it is done.
   void serve_history(const std::string& id, const std::string& agent, std::size_t limit,
-                     result<history_page> page, callback<history_page> done) {
+                     result<history_page> page, const callback<history_page>& done) {
     std::string next = page ? page->next_cursor : std::string{};
     std::optional<nlohmann::json> record;
     if (!next.empty())
@@ -1318,7 +1319,7 @@ private:
       auto built = build_history(id, agent, cursor, limit);
       std::string next = built ? built->next_cursor : std::string{};
       if (auto waiter = readahead_.finish(key, built))
-        return serve_history(id, agent, limit, std::move(built), std::move(waiter));
+        return serve_history(id, agent, limit, std::move(built), waiter);
       read_ahead(id, agent, limit, next, depth - 1);
     });
   }

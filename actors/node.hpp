@@ -82,7 +82,7 @@ struct health_report {
   bool storage_ok = false;
   std::optional<double> storage_latency_ms; ///< of the write/read probe
   std::string storage_error;
-  bool bus_ok = false;  ///< every partition actor alive, the log takes writes, not draining
+  bool bus_ok = false;   ///< every partition actor alive, the log takes writes, not draining
   std::string bus_error; ///< why not, when not
   std::uint64_t pending_publishes = 0;
   std::uint64_t partitions = 0;

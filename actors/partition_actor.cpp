@@ -371,8 +371,8 @@ void ack(partition_actor_t* self, group& g, std::uint64_t offset, delivery_rec& 
     st.state.put_result(rec.event_id, g.agent->cfg.name,
                         persistence::stored_result{result, now_us(st), rec.attempts});
   if (rec.attempts > 1)
-    st.state.put_attempts(g.agent->cfg.name, st.route->info.id, st.partition, offset,
-                          rec.attempts, now_us(st));
+    st.state.put_attempts(g.agent->cfg.name, st.route->info.id, st.partition, offset, rec.attempts,
+                          now_us(st));
   rec.state = rec_state::done;
   release(g, rec);
   settle(st, g, offset, rec);
@@ -640,31 +640,31 @@ void flush(partition_actor_t* self) {
       // Publishers are answered, and agents see the events, once they are
       // durable; meanwhile this partition goes on with its next batch.
       auto jobs = std::make_shared<std::vector<job_ptr>>(std::move(st.batch));
-      auto results = std::make_shared<std::vector<persistence::append_result>>(
-        std::move(*appended));
-      st.ctx->log->after_durable([jobs, results, me = caf::actor{self}, slot = st.slot,
-                                  end = st.writer->next_offset(), followed, ctx = st.ctx,
-                                  topic = st.route->info.name](
-                                   std::optional<persistence::error> failure) {
-        // Counted before the publishers hear of it, so metrics never lag a 201.
-        if (!failure)
-          raise_to(slot->durable_end, end);
-        std::size_t at = 0;
-        for (auto& job : *jobs) {
-          auto n = job->events.size();
-          if (failure)
-            job->finish(tl::make_unexpected(*failure));
-          else
-            job->finish(std::vector<persistence::append_result>(
-              std::make_move_iterator(results->begin() + at),
-              std::make_move_iterator(results->begin() + at + n)));
-          at += n;
-        }
-        if (!failure)
-          caf::anon_send(me, durable_atom::value, end);
-        if (!failure && followed && !followed->empty())
-          ctx->tails.deliver(topic, *followed);
-      });
+      auto results
+        = std::make_shared<std::vector<persistence::append_result>>(std::move(*appended));
+      st.ctx->log->after_durable(
+        [jobs, results, me = caf::actor{self}, slot = st.slot, end = st.writer->next_offset(),
+         followed, ctx = st.ctx,
+         topic = st.route->info.name](std::optional<persistence::error> failure) {
+          // Counted before the publishers hear of it, so metrics never lag a 201.
+          if (!failure)
+            raise_to(slot->durable_end, end);
+          std::size_t at = 0;
+          for (auto& job : *jobs) {
+            auto n = job->events.size();
+            if (failure)
+              job->finish(tl::make_unexpected(*failure));
+            else
+              job->finish(std::vector<persistence::append_result>(
+                std::make_move_iterator(results->begin() + static_cast<std::ptrdiff_t>(at)),
+                std::make_move_iterator(results->begin() + static_cast<std::ptrdiff_t>(at + n))));
+            at += n;
+          }
+          if (!failure)
+            caf::anon_send(me, durable_atom::value, end);
+          if (!failure && followed && !followed->empty())
+            ctx->tails.deliver(topic, *followed);
+        });
     }
     st.batch.clear();
     st.batch_events = 0;
@@ -697,7 +697,7 @@ void flush(partition_actor_t* self) {
 }
 
 caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
-                              std::shared_ptr<topic_route> route, std::uint32_t p) {
+                              const std::shared_ptr<topic_route>& route, std::uint32_t p) {
   auto& st = self->state;
   st.ctx = ctx;
   st.route = route;
@@ -789,7 +789,7 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
       schedule_flush(self);
     },
     [=](redeliver_atom, const std::string& agent, std::uint64_t offset, const std::string& dlq_id,
-        reply_ptr reply) {
+        const reply_ptr& reply) {
       auto& st = self->state;
       for (auto& g : st.groups) {
         if (g.agent->cfg.name != agent)

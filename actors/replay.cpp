@@ -122,9 +122,9 @@ delivery_view state_of(const std::string& agent, const persistence::dlq_entry* d
     // Exact while the result or attempts record is kept (results.ttl): an
     // ack without either took one attempt. At least 1 after.
     d.attempts = result != nullptr ? result->attempts
-                 : acked_attempts  ? *acked_attempts
-                                   : std::max<std::uint32_t>(
-                                     1, pending != nullptr ? pending->attempts : 1);
+                 : acked_attempts
+                   ? *acked_attempts
+                   : std::max<std::uint32_t>(1, pending != nullptr ? pending->attempts : 1);
   } else {
     d.state = "pending";
   }
@@ -146,9 +146,8 @@ std::string id_of(const std::string& text) {
 /// Appends `v` to `out` as a JSON string.
 void append_quoted(std::string& out, std::string_view v) {
   // Outcomes are plain words: copied as they are, without a DOM.
-  bool plain = std::all_of(v.begin(), v.end(), [](char c) {
-    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
-  });
+  bool plain = std::all_of(v.begin(), v.end(),
+                           [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; });
   if (plain) {
     out += '"';
     out += v;
@@ -468,8 +467,8 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
   if (!cursor.empty()) {
     auto c = parse_cursor(cursor);
     if (!c)
-      return tl::make_unexpected(error{errc::invalid, "cursor " + cursor.substr(0, 64)
-                                                        + " is not one this API gave out"});
+      return tl::make_unexpected(
+        error{errc::invalid, "cursor " + cursor.substr(0, 64) + " is not one this API gave out"});
     std::tie(ri, at) = *c;
   }
   auto ranges = ranges_of(*plan_agent);
@@ -479,9 +478,9 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
       && (ri > ranges.size()
           || (ri < ranges.size() && (at < ranges[ri].lo || at > ranges[ri].hi + 1))
           || (ri == ranges.size() && at != 0)))
-    return tl::make_unexpected(error{errc::invalid, "cursor " + cursor.substr(0, 64)
-                                                      + " is not one this API gave out for "
-                                                      + agent_name});
+    return tl::make_unexpected(
+      error{errc::invalid,
+            "cursor " + cursor.substr(0, 64) + " is not one this API gave out for " + agent_name});
   bool named = plan_agent->value("named", false);
   bool redelivered = record.value("mode", "") == "redeliver";
   bool filtered = has_filter(agent->cfg.filter);
@@ -502,8 +501,8 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
         return storage(page.error().message);
       for (auto& e : *page)
         // Only the live group's entries: a replay's own have other ids.
-        if (e.id == persistence::delivery_store::dlq_id(agent_name, e.topic_id, e.partition,
-                                                        e.offset))
+        if (e.id
+            == persistence::delivery_store::dlq_id(agent_name, e.topic_id, e.partition, e.offset))
           dead[{e.topic_id, e.partition, e.offset}] = e;
       if (page->size() < 1000)
         break;
@@ -659,7 +658,7 @@ struct replay_agent {
   std::vector<range> ranges;
   position next{0, 0}; ///< next to read
   bool exhausted = false;
-  std::deque<position> ready; ///< read, to send (first attempts and retries)
+  std::deque<position> ready;          ///< read, to send (first attempts and retries)
   std::map<position, replay_rec> open; ///< read and not finished
   std::size_t in_flight = 0;
   std::size_t rr = 0;
@@ -729,8 +728,8 @@ void finish(replay_actor_t* self, const std::string& state) {
 /// was finished after the stored position, before a restart.
 bool settled_before(const replay_state& st, const replay_agent& ra, const range& r,
                     std::uint64_t offset) {
-  auto out = st.ctx->store->meta(
-    outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, offset));
+  auto out
+    = st.ctx->store->meta(outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, offset));
   if (!out)
     throw std::runtime_error("reading an outcome: " + out.error().message);
   return out->has_value();
@@ -800,8 +799,8 @@ void fill(replay_actor_t* self, replay_agent& ra) {
     }
     // Fewer than asked: the rest of the range is gone (retention) or read.
     bool done = got->size() < want || got->back().offset >= r.hi;
-    ra.next = done ? position{ra.next.first + 1, 0}
-                   : position{ra.next.first, got->back().offset + 1};
+    ra.next
+      = done ? position{ra.next.first + 1, 0} : position{ra.next.first, got->back().offset + 1};
   }
 }
 

@@ -238,9 +238,10 @@ void tail_hub::deliver(const std::string& topic, const std::vector<std::string>&
     f->sink(events);
 }
 
-tl::expected<std::optional<std::uint64_t>, error>
-group_start(const node_context& ctx, const std::string& agent, std::uint32_t topic_id,
-            std::uint32_t partition) {
+tl::expected<std::optional<std::uint64_t>, error> group_start(const node_context& ctx,
+                                                              const std::string& agent,
+                                                              std::uint32_t topic_id,
+                                                              std::uint32_t partition) {
   auto start = ctx.store->meta(group_start_key(agent, topic_id, partition));
   if (!start)
     return tl::make_unexpected(error{errc::storage, start.error().message});

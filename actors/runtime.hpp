@@ -188,7 +188,7 @@ struct partition_slot {
   std::atomic<std::uint64_t> durable_end{0}; ///< offsets below are appended and durable
   std::atomic<bool> alive{false};
   std::atomic<bool> recovered{false}; ///< its first actor rebuilt its state from the log
-  std::uint32_t restarts = 0; ///< runner only
+  std::uint32_t restarts = 0;         ///< runner only
   std::chrono::steady_clock::time_point last_crash{};
   std::vector<std::unique_ptr<group_stats>> groups; ///< one per subscribed agent
 };
@@ -277,9 +277,10 @@ backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max, std::u
 
 /// Selects the window through the by_time index and plans each agent's
 /// history; answers the replay's record (not yet stored).
-[[nodiscard]] tl::expected<nlohmann::json, error>
-plan_replay(const node_context& ctx, const replay_request& req, const std::string& id,
-            std::int64_t now_us);
+[[nodiscard]] tl::expected<nlohmann::json, error> plan_replay(const node_context& ctx,
+                                                              const replay_request& req,
+                                                              const std::string& id,
+                                                              std::int64_t now_us);
 
 [[nodiscard]] replay_view replay_view_of(const nlohmann::json& record);
 
@@ -293,11 +294,9 @@ replay_history(const node_context& ctx, const nlohmann::json& record, const std:
 /// one entry. Nothing otherwise, or after the last page. A wrong guess (the
 /// log changed since the plan) costs only work: a page is always built for
 /// the cursor it is asked for.
-[[nodiscard]] std::optional<std::string> history_cursor_after(const node_context& ctx,
-                                                              const nlohmann::json& record,
-                                                              const std::string& agent,
-                                                              const std::string& cursor,
-                                                              std::size_t limit);
+[[nodiscard]] std::optional<std::string>
+history_cursor_after(const node_context& ctx, const nlohmann::json& record,
+                     const std::string& agent, const std::string& cursor, std::size_t limit);
 
 /// How the live consumer group of `agent` handled one event. `storage_ok`
 /// turns false when the state could not be read.

@@ -106,9 +106,10 @@ std::string payload(std::uint64_t i) {
 /// A UUIDv7-shaped id (36 chars) for the peers; nerve makes its own.
 std::string peer_id(std::int64_t time_ms, std::uint64_t i) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%08" PRIx64 "-%04" PRIx64 "-7%03" PRIx64 "-8%03" PRIx64 "-%012" PRIx64,
-                static_cast<std::uint64_t>(time_ms) >> 16, static_cast<std::uint64_t>(time_ms) & 0xffff,
-                (i >> 60) & 0xfff, (i >> 48) & 0xfff, i & std::uint64_t{0xffffffffffff});
+  std::snprintf(
+    buf, sizeof buf, "%08" PRIx64 "-%04" PRIx64 "-7%03" PRIx64 "-8%03" PRIx64 "-%012" PRIx64,
+    static_cast<std::uint64_t>(time_ms) >> 16, static_cast<std::uint64_t>(time_ms) & 0xffff,
+    (i >> 60) & 0xfff, (i >> 48) & 0xfff, i & std::uint64_t{0xffffffffffff});
   return buf;
 }
 
@@ -248,9 +249,8 @@ std::pair<std::size_t, std::size_t> count_of(std::string_view hay, std::string_v
       break;
     ++n;
     at = hit + needle.size();
-    if (!then.empty() && std::string_view{at, static_cast<std::size_t>(end - at)}.substr(
-                           0, then.size())
-                           == then)
+    if (!then.empty()
+        && std::string_view{at, static_cast<std::size_t>(end - at)}.substr(0, then.size()) == then)
       ++followed;
   }
   return {n, followed};
@@ -279,8 +279,8 @@ std::vector<std::int64_t> fill_nerve(const options& o) {
         body += '}';
       }
       body += ']';
-      auto [status, answer] = c.call(bhttp::verb::post, "/v1/topics/" + topic_name(o, lo) + "/events",
-                                     std::move(body));
+      auto [status, answer]
+        = c.call(bhttp::verb::post, "/v1/topics/" + topic_name(o, lo) + "/events", std::move(body));
       if (status != 201)
         die("publish answered " + std::to_string(status) + ": " + answer.substr(0, 300));
       std::string_view a{answer};
@@ -437,14 +437,10 @@ void run_fill(const options& o) {
                     - std::lower_bound(times.begin(), times.end(), from);
     windows.push_back({{"fraction", f}, {"from", from}, {"to", to}, {"expected", expected}});
   }
-  json out{{"target", o.target},
-           {"events", o.events},
-           {"seconds", secs},
-           {"events_per_s", static_cast<double>(o.events) / secs},
-           {"unit_per_s", unit_per_s},
-           {"first", times.front()},
-           {"last", times.back()},
-           {"windows", windows}};
+  json out{{"target", o.target},       {"events", o.events},
+           {"seconds", secs},          {"events_per_s", static_cast<double>(o.events) / secs},
+           {"unit_per_s", unit_per_s}, {"first", times.front()},
+           {"last", times.back()},     {"windows", windows}};
   std::printf("%s\n", out.dump().c_str());
 }
 
@@ -530,15 +526,18 @@ json read_redis(const options& o) {
     std::string key = o.prefix + ".t" + std::to_string(t);
     std::string start = std::to_string(o.from);
     for (;;) {
-      const char* argv[] = {"XRANGE", key.c_str(), start.c_str(), end.c_str(), "COUNT", count.c_str()};
+      const char* argv[]
+        = {"XRANGE", key.c_str(), start.c_str(), end.c_str(), "COUNT", count.c_str()};
       std::size_t lens[] = {6, key.size(), start.size(), end.size(), 5, count.size()};
       auto* r = static_cast<redisReply*>(redisCommandArgv(c, 6, argv, lens));
       if (r == nullptr || r->type != REDIS_REPLY_ARRAY)
-        die("XRANGE failed: " + std::string{r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr});
+        die("XRANGE failed: "
+            + std::string{r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr});
       ++pages;
       for (std::size_t k = 0; k < r->elements; ++k) {
         auto* e = r->element[k];
-        if (e->elements != 2 || e->element[1]->elements != 4 || e->element[1]->element[3]->len != 256)
+        if (e->elements != 2 || e->element[1]->elements != 4
+            || e->element[1]->element[3]->len != 256)
           ++bad;
       }
       entries += r->elements;
@@ -595,7 +594,9 @@ json read_postgres(const options& o) {
 }
 
 void run_read(const options& o) {
-  json r = o.target == "nerve" ? read_nerve(o) : o.target == "redis" ? read_redis(o) : read_postgres(o);
+  json r = o.target == "nerve"   ? read_nerve(o)
+           : o.target == "redis" ? read_redis(o)
+                                 : read_postgres(o);
   auto entries = r.at("entries").get<std::uint64_t>();
   r["target"] = o.target;
   r["expected"] = o.expect;
@@ -628,8 +629,9 @@ int main(int argc, char** argv) {
     s->add_option("--pg", o.pg_conninfo, "libpq connection string (postgres)");
     s->add_option("--topics", o.topics, "topics (nerve), streams (redis), topic values (postgres)");
     s->add_option("--prefix", o.prefix, "topic name prefix: <prefix>.t<n>");
-    s->add_option("--batch", o.batch, "events per request / pipeline; consecutive batches "
-                                      "go to consecutive topics");
+    s->add_option("--batch", o.batch,
+                  "events per request / pipeline; consecutive batches "
+                  "go to consecutive topics");
   };
   auto* fill = app.add_subcommand("fill", "write the events, print the windows");
   common(fill);

@@ -122,8 +122,7 @@ const std::vector<setting>& settings() {
      duration_in(millis{1}, [](config& c, millis d) { c.http.read_timeout = d; })},
     {"http.max_events_per_request",
      uint_in(1, 100000, [](config& c, std::uint64_t n) { c.http.max_events_per_request = n; })},
-    {"http.threads",
-     uint_in(1, 64, [](config& c, std::uint64_t n) { c.http.threads = n; })},
+    {"http.threads", uint_in(1, 64, [](config& c, std::uint64_t n) { c.http.threads = n; })},
     {"storage.fsync", one_of({"always", "interval", "never"},
                              [](config& c, const std::string& v) {
                                c.storage.fsync = v == "always"     ? fsync_policy::always

@@ -73,7 +73,8 @@ std::vector<std::string> split_path(std::string_view path) {
   std::size_t at = 0;
   while (at <= path.size()) {
     auto slash = path.find('/', at);
-    auto seg = path.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
+    auto seg
+      = path.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
     if (!seg.empty())
       out.emplace_back(seg);
     if (slash == std::string_view::npos)
@@ -701,7 +702,7 @@ private:
             {"last_failed_at", actors::format_time(e.last_failed_us)}};
   }
 
-  static callback_dlq dlq_answer(responder respond) {
+  static callback_dlq dlq_answer(const responder& respond) {
     return [respond](actors::result<actors::dlq_view> r) {
       if (!r)
         return respond(error_response(r.error()));
@@ -779,14 +780,14 @@ private:
     if (!req.websocket) {
       auto r = problem(426, "upgrade-required", "Upgrade Required",
                        "this route is a WebSocket: connect with Upgrade: websocket to follow "
-                       + topic + " live");
+                         + topic + " live");
       r.headers.emplace_back("Upgrade", "websocket");
       r.headers.emplace_back("Connection", "Upgrade");
       return respond(std::move(r));
     }
     response r;
     r.status = 101;
-    r.websocket = [this, topic](text_sender send) -> std::shared_ptr<void> {
+    r.websocket = [this, topic](const text_sender& send) -> std::shared_ptr<void> {
       return node_.tail(topic, [send](const std::vector<std::string>& events) {
         for (auto& e : events)
           send(e);
@@ -796,9 +797,8 @@ private:
   }
 
   static json replay_json(const actors::replay_view& v) {
-    auto time_or_null = [](std::int64_t us) {
-      return us == 0 ? json(nullptr) : json(actors::format_time(us));
-    };
+    auto time_or_null
+      = [](std::int64_t us) { return us == 0 ? json(nullptr) : json(actors::format_time(us)); };
     json counts = json::array();
     for (auto& c : v.counts)
       counts.push_back({{"agent", c.agent}, {"topic", c.topic}, {"events", c.events}});
@@ -831,8 +831,8 @@ private:
     return [respond, status](actors::result<actors::replay_view> r) {
       if (!r)
         return respond(error_response(r.error()));
-      respond(json_response(status, replay_json(*r).dump(-1, ' ', false,
-                                                          json::error_handler_t::replace)));
+      respond(json_response(status,
+                            replay_json(*r).dump(-1, ' ', false, json::error_handler_t::replace)));
     };
   }
 
@@ -928,7 +928,8 @@ private:
       return respond(problem(400, "invalid-parameter", "Bad Request",
                              "query parameter agent is required: whose history to read"));
     node_.replay_history(
-      id, agent, q["cursor"], limit.value_or(100), [respond](actors::result<actors::history_page> r) {
+      id, agent, q["cursor"], limit.value_or(100),
+      [respond](actors::result<actors::history_page> r) {
         if (!r)
           return respond(error_response(r.error()));
         // The entries come rendered around the stored events' own bytes:

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <deque>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -87,10 +87,9 @@ public:
   void run(bhttp::request<bhttp::string_body> req) {
     beast::get_lowest_layer(ws_).expires_never();
     ws_.set_option(ws::stream_base::timeout::suggested(beast::role_type::server));
-    ws_.set_option(ws::stream_base::decorator([](ws::response_type& res) {
-      res.set(bhttp::field::server, "nerve/" NERVE_VERSION);
-    }));
-    ws_.read_message_max(64 * 1024);
+    ws_.set_option(ws::stream_base::decorator(
+      [](ws::response_type& res) { res.set(bhttp::field::server, "nerve/" NERVE_VERSION); }));
+    ws_.read_message_max(std::size_t{64} * 1024);
     auto r = std::make_shared<bhttp::request<bhttp::string_body>>(std::move(req));
     ws_.async_accept(*r, [self = shared_from_this(), r](beast::error_code ec) {
       if (ec)

@@ -41,8 +41,8 @@ std::string result_key(const std::string& event_id, const std::string& agent) {
 
 /// In the results family next to the results (and expired like them), but
 /// apart: event ids are printable, so they never start with NUL.
-std::string attempts_key(const std::string& agent, std::uint32_t topic_id,
-                         std::uint32_t partition, std::uint64_t offset) {
+std::string attempts_key(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition,
+                         std::uint64_t offset) {
   std::string k{"\0a", 2};
   k += pending_key(agent, topic_id, partition, offset);
   return k;

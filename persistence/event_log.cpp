@@ -12,13 +12,13 @@
 #include <cstdarg>
 
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
 
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
@@ -302,8 +302,8 @@ public:
       return;
     std::array<char, 1024> buf{};
     std::vsnprintf(buf.data(), buf.size(), format, ap);
-    auto lvl = level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? spdlog::level::err
-                                                           : spdlog::level::warn;
+    auto lvl
+      = level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? spdlog::level::err : spdlog::level::warn;
     spdlog::log(lvl, "rocksdb: {}", buf.data());
   }
 };
@@ -625,18 +625,19 @@ event_log::read_stored(const topic_info& topic, std::uint32_t partition, std::ui
   if (last < from_offset)
     return out;
   out.reserve(std::min<std::uint64_t>(limit, last - from_offset + 1));
-  auto visited = visit_stored(topic, partition, from_offset, last, limit,
-                              [&out](std::uint64_t offset, std::int64_t time, std::string_view json) {
-                                out.push_back({offset, time, std::string{json}});
-                              });
+  auto visited
+    = visit_stored(topic, partition, from_offset, last, limit,
+                   [&out](std::uint64_t offset, std::int64_t time, std::string_view json) {
+                     out.push_back({offset, time, std::string{json}});
+                   });
   if (!visited)
     return tl::make_unexpected(visited.error());
   return out;
 }
 
 tl::expected<std::size_t, error> event_log::visit_stored(
-  const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
-  std::uint64_t last, std::size_t limit,
+  const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset, std::uint64_t last,
+  std::size_t limit,
   const std::function<void(std::uint64_t, std::int64_t, std::string_view)>& fn) const {
   if (last < from_offset || limit == 0)
     return 0;
@@ -736,7 +737,8 @@ tl::expected<std::chrono::microseconds, error> event_log::probe() {
   auto start = std::chrono::steady_clock::now();
   auto token = std::to_string(opts_.clock());
   if (wal_broken_.load())
-    return tl::make_unexpected(error{errc::io_error, "the log refuses writes since: " + last_error()});
+    return tl::make_unexpected(
+      error{errc::io_error, "the log refuses writes since: " + last_error()});
   rocksdb::WriteOptions wo;
   wo.sync = opts_.fsync != config::fsync_policy::never;
   auto s = db_->Put(wo, meta_, "probe", token);
@@ -841,8 +843,7 @@ void event_log::sync_loop() {
   std::unique_lock<std::mutex> guard{fsync_mutex_};
   for (;;) {
     // A leader in its round hands back what is left (or the stop) when done.
-    fsync_cv_.wait(guard,
-                   [this] { return !syncing_ && (stopping_ || !durable_waiters_.empty()); });
+    fsync_cv_.wait(guard, [this] { return !syncing_ && (stopping_ || !durable_waiters_.empty()); });
     if (durable_waiters_.empty())
       return; // stopping, nothing left
     sync_round(guard);

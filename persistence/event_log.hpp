@@ -196,11 +196,10 @@ public:
   /// in [from_us, to_us), in by_time order (from the end when `backward`),
   /// reading only the by_time index; stops early when `fn` returns false.
   /// Answers how many were visited.
-  [[nodiscard]] tl::expected<std::uint64_t, error>
-  scan_time(std::int64_t from_us, std::int64_t to_us,
-            const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>&
-              fn,
-            bool backward = false) const;
+  [[nodiscard]] tl::expected<std::uint64_t, error> scan_time(
+    std::int64_t from_us, std::int64_t to_us,
+    const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>& fn,
+    bool backward = false) const;
 
   /// The stored event with this id, if any.
   [[nodiscard]] tl::expected<std::optional<std::string>, error>

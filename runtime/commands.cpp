@@ -4,11 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include <unistd.h>
 
@@ -220,7 +220,8 @@ int dlq(const client_options& client, const dlq_options& o) {
   // A filter naming no agent would match nothing: say so (exit 1) rather
   // than print an empty list or retry nothing.
   if (!o.agent.empty() && (o.action == "list" || o.action == "retry-all" || o.action == "purge"))
-    if (auto code = check_exists(client, "dlq " + o.action, "/v1/agents/" + encode_segment(o.agent));
+    if (auto code
+        = check_exists(client, "dlq " + o.action, "/v1/agents/" + encode_segment(o.agent));
         code != exit_ok)
       return code;
   if (o.action == "list")
@@ -522,8 +523,8 @@ int replay(const client_options& client, const replay_options& o) {
     });
   if (o.action == "history") {
     std::string limit = o.limit ? std::to_string(*o.limit) : "";
-    auto target = path + "/history"
-                  + query({{"agent", o.agent}, {"cursor", o.cursor}, {"limit", limit}});
+    auto target
+      = path + "/history" + query({{"agent", o.agent}, {"cursor", o.cursor}, {"limit", limit}});
     return call_and_print(client, "replay " + o.id, "GET", target, "", [](const json& j) {
       table t{{"TOPIC", "PARTITION", "OFFSET", "ID", "TIME", "OUTCOME", "ATTEMPTS", "REPLAY"}};
       for (auto& e : items_of(j, "entries")) {
@@ -575,8 +576,7 @@ int replay(const client_options& client, const replay_options& o) {
     return print_answer(client, "replay", *res, print_replay);
   auto id = str(started, "id");
   if (!client.json)
-    std::cerr << "replay " << id << " started: " << num(started, "events_total")
-              << " deliveries\n";
+    std::cerr << "replay " << id << " started: " << num(started, "events_total") << " deliveries\n";
   auto end = follow_replay(client, id);
   if (!end)
     return end.error();

@@ -163,7 +163,8 @@ int main(int argc, char** argv) {
   replay_cmd->add_option("--event", replay_opts.events,
                          "replay these event ids instead of a window (repeatable)");
   replay_cmd->add_flag("--dry-run", replay_opts.dry_run, "reconstruct and count, deliver nothing");
-  replay_cmd->add_flag("--no-wait", replay_opts.no_wait, "print the new replay (id, totals) and return at once");
+  replay_cmd->add_flag("--no-wait", replay_opts.no_wait,
+                       "print the new replay (id, totals) and return at once");
   auto* replay_status_cmd = replay_cmd->add_subcommand("status", "state and progress of a replay");
   replay_status_cmd->add_option("id", replay_opts.id, "replay id")->required();
   auto* replay_cancel_cmd = replay_cmd->add_subcommand("cancel", "stop a running replay");

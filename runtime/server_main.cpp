@@ -1,8 +1,8 @@
 // `nerve run`: wires config, the actor node and the HTTP server, waits for
 // SIGTERM/SIGINT, then shuts down gracefully.
 #include <csignal>
-#include <malloc.h>
 #include <iostream>
+#include <malloc.h>
 
 #include <spdlog/spdlog.h>
 

@@ -108,7 +108,8 @@ struct http_poster::impl {
   }
 };
 
-http_poster::http_poster(std::string url, std::size_t workers) : impl_(std::make_unique<impl>()) {
+http_poster::http_poster(const std::string& url, std::size_t workers)
+  : impl_(std::make_unique<impl>()) {
   impl_->where = parse_url(url);
   for (std::size_t i = 0; i < std::max<std::size_t>(1, workers); ++i)
     impl_->threads.emplace_back([this] { impl_->run(); });

@@ -19,7 +19,7 @@ struct http_answer {
 class http_poster {
 public:
   /// `workers` threads, so up to that many requests run at once.
-  http_poster(std::string url, std::size_t workers);
+  http_poster(const std::string& url, std::size_t workers);
   ~http_poster();
   http_poster(const http_poster&) = delete;
   http_poster& operator=(const http_poster&) = delete;

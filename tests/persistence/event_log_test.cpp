@@ -286,8 +286,8 @@ TEST_CASE("acks after retries are read back by offset range and expire with resu
   auto now = fake_now.load();
   b.put_attempts("billing", 3, 1, 7, 2, now);
   b.put_attempts("billing", 3, 1, 300, 5, now);
-  b.put_attempts("billing", 3, 2, 8, 9, now);     // another partition
-  b.put_attempts("billing-x", 3, 1, 8, 9, now);   // another agent
+  b.put_attempts("billing", 3, 2, 8, 9, now);   // another partition
+  b.put_attempts("billing-x", 3, 1, 8, 9, now); // another agent
   b.put_result("e-1", "billing", {"{\"ok\":1}", now, 3});
   REQUIRE(store.commit(b, false));
 
@@ -373,8 +373,10 @@ TEST_CASE("time spans agree with a linear scan on bursty appends", "[unit][persi
   }
   using span = std::optional<std::pair<std::uint64_t, std::uint64_t>>;
   for (int k = 0; k < 200; ++k) {
-    auto from = times.front() - 10 + static_cast<std::int64_t>(next(times.back() - times.front() + 20));
-    auto to = from + 1 + static_cast<std::int64_t>(next(k % 2 ? 100 : times.back() - times.front()));
+    auto from
+      = times.front() - 10 + static_cast<std::int64_t>(next(times.back() - times.front() + 20));
+    auto to
+      = from + 1 + static_cast<std::int64_t>(next(k % 2 ? 100 : times.back() - times.front()));
     auto lo = std::lower_bound(times.begin(), times.end(), from) - times.begin();
     auto hi = std::lower_bound(times.begin(), times.end(), to) - times.begin();
     span want;
