@@ -27,7 +27,7 @@ options opts_for(const nerve::test::temp_dir& dir) {
   return o;
 }
 
-new_event ev(std::string id, std::string key = "", std::string data = "1") {
+new_event ev(std::string id, std::string key = "", const std::string& data = "1") {
   return {std::move(id), std::move(key), "\"data\":" + data, {}, {}};
 }
 
@@ -193,7 +193,7 @@ TEST_CASE("retention deletes events older than the cutoff and nothing newer",
   partition_writer w{**log, t, 0};
   auto base = fake_now.load();
   for (int i = 0; i < 10; ++i) {
-    fake_now = base + i * 1000;
+    fake_now = base + std::int64_t{i} * 1000;
     REQUIRE(w.append({ev("r" + std::to_string(i))}));
   }
   auto n = (*log)->sweep_before(base + 4000, 3);
