@@ -5,9 +5,18 @@
 #include "http/metrics.hpp"
 
 #include <array>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <sstream>
 #include <utility>
+#include <vector>
+
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -64,6 +73,80 @@ void add_deliveries(prometheus::Registry& reg, const actors::metrics_snapshot& s
     count("dead_lettered", m.dead_lettered);
     observe_view(processing, {{"agent", m.agent}}, m.processing);
   }
+}
+
+/// The first line of `path` that starts with `key`, without the key.
+std::optional<std::string> proc_line(const char* path, const std::string& key) {
+  std::ifstream in{path};
+  for (std::string line; std::getline(in, line);)
+    if (line.compare(0, key.size(), key) == 0)
+      return line.substr(key.size());
+  return std::nullopt;
+}
+
+/// The memory this process may use: its cgroup's limit when it has one,
+/// else the machine's memory (MemTotal).
+std::optional<double> memory_limit_bytes() {
+  std::ifstream cg{"/sys/fs/cgroup/memory.max"}; // cgroup v2, as the process sees it
+  std::string v;
+  if (cg >> v && v != "max")
+    try {
+      return std::stod(v);
+    } catch (const std::exception&) {
+    }
+  if (auto total = proc_line("/proc/meminfo", "MemTotal:")) {
+    std::istringstream in{*total};
+    double kib = 0;
+    if (in >> kib)
+      return kib * 1024;
+  }
+  return std::nullopt;
+}
+
+/// The standard process series of Prometheus clients (process_*), read from
+/// /proc at scrape time, and the memory the process may use.
+void add_process(prometheus::Registry& reg) {
+  auto gauge = [&reg](const char* name, const char* help, double v) {
+    prometheus::BuildGauge().Name(name).Help(help).Register(reg).Add({}).Set(v);
+  };
+  std::ifstream stat_file{"/proc/self/stat"};
+  std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+  auto close = stat.rfind(')'); // the command name may hold spaces and parentheses
+  if (close != std::string::npos) {
+    std::istringstream in{stat.substr(close + 2)};
+    std::vector<std::string> f{std::istream_iterator<std::string>{in},
+                               std::istream_iterator<std::string>{}};
+    // f[0] is field 3 of proc(5): utime 14, stime 15, starttime 22, vsize 23, rss 24.
+    if (f.size() > 21) {
+      const auto ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+      const auto page = static_cast<double>(sysconf(_SC_PAGESIZE));
+      prometheus::BuildCounter()
+        .Name("process_cpu_seconds_total")
+        .Help("User and system CPU time spent, in seconds")
+        .Register(reg)
+        .Add({})
+        .Increment((std::stod(f[11]) + std::stod(f[12])) / ticks);
+      gauge("process_virtual_memory_bytes", "Virtual memory size in bytes", std::stod(f[20]));
+      gauge("process_resident_memory_bytes", "Resident memory size in bytes",
+            std::stod(f[21]) * page);
+      if (auto btime = proc_line("/proc/stat", "btime "))
+        gauge("process_start_time_seconds", "Start time of the process since the epoch, in seconds",
+              std::stod(*btime) + std::stod(f[19]) / ticks);
+    }
+  }
+  std::error_code ec;
+  double fds = 0;
+  for (std::filesystem::directory_iterator it{"/proc/self/fd", ec}, end; !ec && it != end;
+       it.increment(ec))
+    ++fds;
+  gauge("process_open_fds", "Open file descriptors", fds);
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0)
+    gauge("process_max_fds", "The most file descriptors the process may open",
+          static_cast<double>(nofile.rlim_cur));
+  if (auto limit = memory_limit_bytes())
+    gauge("nerve_memory_limit_bytes",
+          "The memory nerve may use: its cgroup's limit, else the machine's memory", *limit);
 }
 
 void add_groups(prometheus::Registry& reg, const actors::metrics_snapshot& s) {
@@ -192,6 +275,7 @@ std::string metrics::render(const actors::metrics_snapshot& snapshot) const {
   add_node(now, snapshot);
   add_deliveries(now, snapshot);
   add_groups(now, snapshot);
+  add_process(now);
   auto families = now.Collect();
   for (auto& f : impl_->registry.Collect())
     families.push_back(std::move(f));

@@ -113,6 +113,17 @@ class MetricsTest(OperationsTestCase):
             self.assertEqual(self.value(s, "nerve_consumer_lag", agent=agent, topic=self.t), 0.0)
         version = self.detailed(self.srv)["version"]
         self.assertEqual(self.value(s, "nerve_build_info", version=version), 1.0)
+        # The process series, read from /proc when scraped.
+        with open(f"/proc/{self.srv.proc.pid}/status") as f:
+            rss = [int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:")][0]
+        resident = self.value(s, "process_resident_memory_bytes")
+        self.assertLess(abs(resident - rss), max(rss // 2, 8 << 20), (resident, rss))
+        self.assertLess(resident, self.value(s, "nerve_memory_limit_bytes"))
+        self.assertGreater(self.value(s, "process_virtual_memory_bytes"), resident)
+        self.assertGreater(self.value(s, "process_open_fds"), 3)
+        self.assertGreaterEqual(self.value(s, "process_max_fds"), self.value(s, "process_open_fds"))
+        self.assertGreater(self.value(s, "process_cpu_seconds_total"), 0)
+        self.assertLess(abs(self.value(s, "process_start_time_seconds") - time.time()), 3600)
 
         # The counter moves by exactly what is published (a duplicate id is not appended).
         self.publish_ok(self.srv, self.t, [{"data": i, "id": f"ops-{i}"} for i in range(3)])
