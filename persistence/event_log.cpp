@@ -579,16 +579,15 @@ event_log::time_span(const topic_info& topic, std::uint32_t partition, std::int6
   if (!valid())
     return tl::make_unexpected(io_error("reading events", it->status()));
   const std::pair<std::uint64_t, std::int64_t> newest{offset_of(), time_of()};
-  // The first offset appended at or after t (newest + 1 if none). Between
-  // two known (offset, time) points the answer is guessed by interpolation,
-  // as appends come at a fairly steady pace; every other probe halves
-  // instead, so a burst costs at most twice a plain binary search.
-  auto lower_bound = [&](std::int64_t t) -> tl::expected<std::uint64_t, error> {
-    if (oldest.second >= t)
-      return oldest.first;
+  using point = std::pair<std::uint64_t, std::int64_t>; // (offset, append time)
+  // The first event appended at or after t, searched after `below` (whose
+  // time is < t); nothing when every event is older. Between two known
+  // points the answer is guessed by interpolation, as appends come at a
+  // fairly steady pace; every other probe halves instead, so a burst costs
+  // at most twice a plain binary search.
+  auto lower_bound = [&](std::int64_t t, point below) -> tl::expected<std::optional<point>, error> {
     if (newest.second < t)
-      return newest.first + 1;
-    auto below = oldest; // time < t
+      return std::optional<point>{};
     auto above = newest; // time >= t
     for (bool interpolate = true; above.first - below.first > 1; interpolate = !interpolate) {
       auto gap = above.first - below.first;
@@ -602,20 +601,27 @@ event_log::time_span(const topic_info& topic, std::uint32_t partition, std::int6
       it->Seek(keys::event_key(topic.id, partition, mid));
       if (!valid())
         return tl::make_unexpected(io_error("reading events", it->status()));
-      std::pair<std::uint64_t, std::int64_t> probe{mid, time_of()};
+      point probe{mid, time_of()};
       (probe.second < t ? below : above) = probe;
     }
-    return above.first;
+    return std::optional<point>{above};
   };
-  auto lo = lower_bound(from_us);
-  if (!lo)
-    return tl::make_unexpected(lo.error());
-  auto hi = lower_bound(to_us);
+  std::optional<point> lo{oldest};
+  if (oldest.second < from_us) {
+    auto found = lower_bound(from_us, oldest);
+    if (!found)
+      return tl::make_unexpected(found.error());
+    lo = *found;
+  }
+  // Nothing at or after `from`, or the first such event is already past the
+  // window: the partition has none in it, no second search.
+  if (!lo || lo->second >= to_us)
+    return span{};
+  // The window's end lies after `lo`, whose time is < to.
+  auto hi = lower_bound(to_us, *lo);
   if (!hi)
     return tl::make_unexpected(hi.error());
-  if (*lo >= *hi)
-    return span{};
-  return span{std::pair{*lo, *hi - 1}};
+  return span{std::pair{lo->first, *hi ? (*hi)->first - 1 : newest.first}};
 }
 
 tl::expected<std::vector<stored_event>, error>
