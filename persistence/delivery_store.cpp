@@ -3,6 +3,7 @@
 #include "persistence/delivery_store.hpp"
 
 #include <cstring>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 #include <rocksdb/db.h>
@@ -55,6 +56,20 @@ std::string result_value(std::int64_t stored_us, std::uint32_t attempts, const s
   keys::put_u32(v, attempts);
   v += text;
   return v;
+}
+
+/// Reads a result record's value (see result_value); nothing when it is too
+/// short or older than `ttl_us` at `now_us` (the compaction filter drops it
+/// later).
+std::optional<stored_result> result_from(std::string_view v, std::int64_t ttl_us,
+                                         std::int64_t now_us) {
+  if (v.size() < 12)
+    return std::nullopt;
+  stored_result r{std::string{v.substr(12)}, static_cast<std::int64_t>(keys::get_u64(v, 0)),
+                  keys::get_u32(v, 8)};
+  if (r.stored_us + ttl_us < now_us)
+    return std::nullopt;
+  return r;
 }
 
 error io(const std::string& what, const rocksdb::Status& s) {
@@ -275,16 +290,12 @@ tl::expected<std::optional<stored_result>, error>
 delivery_store::result(const std::string& event_id, const std::string& agent) const {
   std::string v;
   auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.results_, result_key(event_id, agent), &v);
-  if (s.IsNotFound() || (s.ok() && v.size() < 12))
+  if (s.IsNotFound())
     return std::optional<stored_result>{};
   if (!s.ok())
     return tl::make_unexpected(io("reading result", s));
-  stored_result r{v.substr(12), static_cast<std::int64_t>(keys::get_u64(v, 0)),
-                  keys::get_u32(v, 8)};
-  auto ttl_us = static_cast<std::int64_t>(log_.opts_.results_ttl.count()) * 1000;
-  if (r.stored_us + ttl_us < log_.opts_.clock())
-    return std::optional<stored_result>{};
-  return std::optional<stored_result>{std::move(r)};
+  return result_from(v, static_cast<std::int64_t>(log_.opts_.results_ttl.count()) * 1000,
+                     log_.opts_.clock());
 }
 
 tl::expected<std::vector<std::pair<std::uint64_t, std::uint32_t>>, error>
@@ -298,16 +309,14 @@ delivery_store::attempts_in(const std::string& agent, std::uint32_t topic_id,
   auto ttl_us = static_cast<std::int64_t>(log_.opts_.results_ttl.count()) * 1000;
   auto now = log_.opts_.clock();
   for (it->Seek(first); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    auto k = it->key().ToString();
+    std::string_view k{it->key().data(), it->key().size()};
     if (k.size() != prefix.size() + 8)
       continue;
     auto offset = keys::get_u64(k, prefix.size());
     if (offset > hi)
       break;
-    auto v = it->value().ToString();
-    if (v.size() < 12 || static_cast<std::int64_t>(keys::get_u64(v, 0)) + ttl_us < now)
-      continue;
-    out.emplace_back(offset, keys::get_u32(v, 8));
+    if (auto r = result_from({it->value().data(), it->value().size()}, ttl_us, now))
+      out.emplace_back(offset, r->attempts);
   }
   if (!it->status().ok())
     return tl::make_unexpected(io("reading attempts", it->status()));
