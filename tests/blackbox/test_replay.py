@@ -606,10 +606,10 @@ class CancelTest(ReplayTestCase):
         self.settled(srv, [t], ["slow"])
 
 
-    def test_cancel_reaches_a_replay_waiting_to_resume(self):
-        # The replay's agent is gone after a restart: its actor stops and
-        # waits to be started again. A cancel then still cancels it.
-        t = topic("cancel-wait")
+    def replay_whose_agent_is_gone(self, name):
+        """A redeliver replay to agent "slow" that is running when the node
+        restarts without that agent: its actor stops and waits to resume."""
+        t = topic(name)
         srv = self.agent_server([], start=False)
         srv.write_config({"agents": [self.recorder(srv, "slow", [t], "slow.log", delay=0.2),
                                      builtin("e", [t], "echo")]})
@@ -620,6 +620,12 @@ class CancelTest(ReplayTestCase):
         self.stop_ok(srv)
         srv.write_config({"agents": [builtin("e", [t], "echo")]})
         srv.start()
+        return srv, v
+
+    def test_cancel_reaches_a_replay_waiting_to_resume(self):
+        # The replay's agent is gone after a restart: its actor stops and
+        # waits to be started again. A cancel then still cancels it.
+        srv, v = self.replay_whose_agent_is_gone("cancel-wait")
         self.wait_for(lambda: "resuming from its progress" in srv.stderr_text(),
                       what="the replay waiting to resume")
         r = srv.request("DELETE", f"/v1/replays/{v['id']}")
@@ -629,19 +635,8 @@ class CancelTest(ReplayTestCase):
         time.sleep(2.5)  # past the next attempts to resume it
         self.assertEqual(self.view(srv, v["id"])["state"], "cancelled")
 
-
     def test_a_replay_that_cannot_resume_fails_saying_why(self):
-        t = topic("cannot")
-        srv = self.agent_server([], start=False)
-        srv.write_config({"agents": [self.recorder(srv, "slow", [t], "slow.log", delay=0.2),
-                                     builtin("e", [t], "echo")]})
-        srv.start()
-        pub = self.publish_ok(srv, t, [{"data": {"i": i}, "key": "k"} for i in range(30)])
-        self.settled(srv, [t], ["slow"])
-        v = self.replay(srv, {"from": earliest(pub), "to": "now", "agents": ["slow"]})
-        self.stop_ok(srv)
-        srv.write_config({"agents": [builtin("e", [t], "echo")]})
-        srv.start()
+        srv, v = self.replay_whose_agent_is_gone("cannot")
         failed = self.wait_replay(srv, v["id"], state="failed", timeout=20)
         self.assertIn("agent slow is no longer configured", failed["error"], failed)
 
