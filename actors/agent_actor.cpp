@@ -402,6 +402,11 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
 
 caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr agent,
                           std::size_t i) {
+  // A builtin handler is a function call: it shares the scheduler with the
+  // partitions. Process and http instances block (pipe writes, child
+  // reaping), so they keep a thread each.
+  if (agent->cfg.kind == "builtin")
+    return parent->spawn<caf::monitored>(instance_actor, ctx, std::move(agent), i);
   return parent->spawn<caf::detached + caf::monitored>(instance_actor, ctx, std::move(agent), i);
 }
 

@@ -16,6 +16,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -1123,9 +1125,10 @@ public:
 private:
   static caf::actor_system_config& configure(caf::actor_system_config& c) {
     c.set("scheduler.max-threads", static_cast<size_t>(2));
-    // Only queries and history pages run on CAF's scheduler (every actor on a
-    // hot path is detached). Work stealing polls for ~25 ms after each job,
-    // waking every 50 us; sharing sleeps on a condition variable instead.
+    // The partitions and the builtin agent instances run here: two threads
+    // for every partition's mailbox, so a delivery or an ack is a queue push,
+    // not a wake-up of another thread. Work stealing polls for ~25 ms after
+    // each job, waking every 50 us; sharing sleeps on a condition variable.
     c.set("scheduler.policy", caf::atom("sharing"));
     c.set("logger.console", caf::atom("none"));
     c.set("logger.file-verbosity", caf::atom("quiet"));
@@ -1324,9 +1327,11 @@ private:
     });
   }
 
+  /// Queries and history pages run on their own pool: CAF's scheduler
+  /// threads carry the partitions, and a long read must not hold up publishes.
   template <class F>
   void run_async(F fn) {
-    system_.spawn([fn = std::move(fn)]() mutable { fn(); });
+    boost::asio::post(queries_, std::move(fn));
   }
 
   void precheck_then_publish(const std::string& topic, std::vector<publish_item> items,
@@ -1455,6 +1460,8 @@ private:
   caf::actor_system_config sys_cfg_;
   caf::actor_system system_;
   caf::actor runner_;
+  /// Declared after everything its jobs use, so it is joined first.
+  boost::asio::thread_pool queries_{2};
   std::string runner_id_;
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
