@@ -87,6 +87,9 @@ void answer(instance_actor_t* self, const std::string& id, bool ok, std::string 
 }
 
 // -- builtin handlers ---------------------------------------------------------
+// They run on CAF's scheduler thread with the partitions: a handler added here
+// must answer at once and never block (no I/O, no sleeps); slow work belongs
+// in a process or http agent.
 
 void run_builtin(instance_actor_t* self, const delivery_ptr& d) {
   auto& handler = self->state.agent->cfg.handler;

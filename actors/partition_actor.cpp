@@ -837,9 +837,9 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
 caf::actor spawn_partition(caf::local_actor* parent, node_context* ctx,
                            std::shared_ptr<topic_route> route, std::uint32_t p) {
   // On CAF's scheduler, not a thread each: its messages to and from the
-  // builtin instances stay on two threads instead of waking eight (+20%
-  // end-to-end throughput, docs/benchmarks.md). It never blocks for long: the
-  // log's writes are buffered, and it leads a WAL sync only when none runs.
+  // builtin instances stay on one thread instead of waking eight
+  // (docs/benchmarks.md). It never waits for a disk: the log's writes are
+  // buffered and the sync thread runs every WAL sync.
   return parent->spawn<caf::monitored>(partition_actor, ctx, std::move(route), p);
 }
 

@@ -392,17 +392,21 @@ private:
 
 struct server::impl {
   std::shared_ptr<shared_state> state = std::make_shared<shared_state>();
-  net::io_context ioc;
-  /// Keeps the I/O threads running while requests wait for the actors and
+  /// One event loop per I/O thread, each connection on one of them: two
+  /// threads sharing one loop wake each other for every ready socket.
+  std::vector<std::unique_ptr<net::io_context>> loops;
+  /// Keep the I/O threads running while requests wait for the actors and
   /// nothing else is queued (after the listener closed, say).
-  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  std::vector<net::executor_work_guard<net::io_context::executor_type>> work;
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
+  std::size_t next_loop = 0;
   std::uint16_t port = 0;
   std::atomic<bool> accepting{false};
 
   void accept() {
-    acceptor->async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket s) {
+    auto& loop = *loops[next_loop++ % loops.size()];
+    acceptor->async_accept(loop.get_executor(), [this](beast::error_code ec, tcp::socket s) {
       if (!accepting.load())
         return;
       if (!ec) {
@@ -437,7 +441,9 @@ tl::expected<void, std::string> server::start() {
   if (ec)
     return tl::make_unexpected("http.listen: \"" + opts.host + "\" is not an IP address");
   tcp::endpoint ep{addr, opts.port};
-  auto& acc = impl_->acceptor.emplace(impl_->ioc);
+  for (std::size_t i = 0; i < std::max<std::size_t>(1, opts.threads); ++i)
+    impl_->loops.push_back(std::make_unique<net::io_context>(1));
+  auto& acc = impl_->acceptor.emplace(*impl_->loops[0]);
   auto where = opts.host + ":" + std::to_string(opts.port);
   if (acc.open(ep.protocol(), ec); ec)
     return tl::make_unexpected("cannot open a socket for " + where + ": " + ec.message());
@@ -448,10 +454,11 @@ tl::expected<void, std::string> server::start() {
     return tl::make_unexpected("cannot listen on " + where + ": " + ec.message());
   impl_->port = acc.local_endpoint().port();
   impl_->accepting = true;
-  impl_->work.emplace(impl_->ioc.get_executor());
+  for (auto& loop : impl_->loops)
+    impl_->work.push_back(net::make_work_guard(*loop));
   impl_->accept();
-  for (std::size_t i = 0; i < std::max<std::size_t>(1, opts.threads); ++i)
-    impl_->threads.emplace_back([this] { impl_->ioc.run(); });
+  for (auto& loop : impl_->loops)
+    impl_->threads.emplace_back([l = loop.get()] { l->run(); });
   return {};
 }
 
@@ -463,7 +470,7 @@ void server::stop_accepting() {
   impl_->state->draining = true;
   if (!impl_->accepting.exchange(false))
     return;
-  net::post(impl_->ioc, [this] {
+  net::post(*impl_->loops[0], [this] {
     beast::error_code ec;
     if (impl_->acceptor)
       impl_->acceptor->close(ec);
@@ -485,8 +492,9 @@ void server::stop() {
       if (auto gate = g.lock())
         gate->close();
   }
-  impl_->work.reset();
-  impl_->ioc.stop();
+  impl_->work.clear();
+  for (auto& loop : impl_->loops)
+    loop->stop();
   for (auto& t : impl_->threads)
     if (t.joinable())
       t.join();

@@ -800,15 +800,12 @@ void event_log::after_durable(std::function<void(std::optional<error>)> done) {
     done(std::nullopt);
     return;
   }
-  std::unique_lock<std::mutex> guard{fsync_mutex_};
+  // Always the sync thread's work: the callers are partition actors on
+  // CAF's scheduler, which must not wait for a disk. What arrives during a
+  // round waits for the next one, which starts as soon as it ends.
+  std::lock_guard<std::mutex> guard{fsync_mutex_};
   durable_waiters_.push_back(std::move(done));
-  if (syncing_)
-    return; // the round in progress hands it on
-  // No round in progress: this thread leads one now instead of waking the
-  // sync thread (a hand-off less per commit), and leaves what arrives
-  // meanwhile to the sync thread, so a partition never syncs for long.
-  sync_round(guard);
-  if (!durable_waiters_.empty() || stopping_)
+  if (!syncing_)
     fsync_cv_.notify_one();
 }
 
@@ -848,7 +845,6 @@ rocksdb::Status event_log::sync_wal() {
 void event_log::sync_loop() {
   std::unique_lock<std::mutex> guard{fsync_mutex_};
   for (;;) {
-    // A leader in its round hands back what is left (or the stop) when done.
     fsync_cv_.wait(guard, [this] { return !syncing_ && (stopping_ || !durable_waiters_.empty()); });
     if (durable_waiters_.empty())
       return; // stopping, nothing left
