@@ -321,6 +321,7 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   db_opts.create_if_missing = true;
   db_opts.create_missing_column_families = true;
   db_opts.max_background_jobs = 2;
+  db_opts.max_total_wal_size = opts.max_wal_bytes;
   db_opts.enable_pipelined_write = true;
   db_opts.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_opts.info_log = std::make_shared<rocksdb_logger>();

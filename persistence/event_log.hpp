@@ -72,6 +72,12 @@ struct options {
   /// Results older than this are dropped by compaction and hidden from reads.
   std::chrono::milliseconds results_ttl{24LL * 3600 * 1000};
   io_observer observe_io; ///< empty: nothing is timed
+  /// Live WAL files are kept near this size: past it, RocksDB flushes the
+  /// memtables that keep the oldest WAL alive, so that WAL can go. Without a
+  /// cap, the small families (cursors, meta) hold every WAL alive up to
+  /// RocksDB's default of 4x all write buffers (GBs of redundant disk, and as
+  /// much to replay after a crash).
+  std::uint64_t max_wal_bytes = 256ULL << 20;
 };
 
 struct topic_info {
