@@ -190,7 +190,10 @@ public:
                      "the server is at its limit of " + std::to_string(state_->opts.max_connections)
                        + " connections; retry shortly");
     r.headers.emplace_back("Retry-After", "1");
-    write(std::move(r), false, false);
+    // On the connection's own event loop, like everything else it does.
+    net::dispatch(stream_.get_executor(), [self = shared_from_this(), r = std::move(r)]() mutable {
+      self->write(std::move(r), false, false);
+    });
   }
 
 private:
