@@ -285,6 +285,9 @@ std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence:
   return route;
 }
 
+/// How often a log that refuses writes is asked to recover.
+constexpr auto storage_resume_every = std::chrono::seconds{1};
+
 void schedule_sweep(runner_actor_t* self) {
   auto retention = self->state.ctx->cfg->storage.retention;
   if (retention.count() == 0)
@@ -367,6 +370,7 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
   for (auto& t : ctx->log->topics())
     open_topic(self, t);
   schedule_sweep(self);
+  self->delayed_send(self, storage_resume_every, resume_atom::value);
   resume_replays(self);
   self->set_down_handler([=](caf::down_msg& msg) { on_child_down(self, msg); });
   return {
@@ -407,6 +411,17 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
         start_replay(self, id);
     },
     [=](cancel_atom, const std::string& id, reply_ptr& reply) { cancel_replay(self, id, reply); },
+    [=](resume_atom) {
+      // A log that refused a write (a full disk) takes writes again once
+      // RocksDB can flush: partitions that stopped meanwhile are restarted
+      // by their supervision and rebuild from the log.
+      auto& st = self->state;
+      if (st.stopping)
+        return;
+      if (!st.ctx->log->writable())
+        st.ctx->log->resume();
+      self->delayed_send(self, storage_resume_every, resume_atom::value);
+    },
     [=](sweep_atom) {
       auto& st = self->state;
       if (st.stopping)
@@ -1004,7 +1019,8 @@ public:
       } else if (!log_->writable()) {
         r.bus_ok = false;
         r.bus_error = "the log refuses writes since a write failed (" + log_->last_error()
-                      + "); restart nerve once the cause is fixed";
+                      + "); it takes writes again by itself once the cause is gone (a full disk: "
+                        "64 MiB free)";
       }
       r.dlq_size = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ctx_.dlq_size.load()));
       for (auto& agent : ctx_.agents)

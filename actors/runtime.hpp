@@ -46,6 +46,7 @@ using http_atom = caf::atom_constant<caf::atom("http")>;
 using durable_atom = caf::atom_constant<caf::atom("durable")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 using replay_atom = caf::atom_constant<caf::atom("replay")>;
+using resume_atom = caf::atom_constant<caf::atom("resume")>;
 
 using append_outcome = tl::expected<std::vector<persistence::append_result>, persistence::error>;
 

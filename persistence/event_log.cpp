@@ -784,9 +784,44 @@ std::uint64_t event_log::disk_bytes() const {
   return total;
 }
 
+namespace {
+
+std::uint64_t current_wal(rocksdb::DB& db) {
+  std::unique_ptr<rocksdb::LogFile> wal;
+  if (!db.GetCurrentWalFile(&wal).ok() || !wal)
+    return 0;
+  return wal->LogNumber();
+}
+
+} // namespace
+
+bool event_log::resume() {
+  if (!wal_broken_.load())
+    return true;
+  std::lock_guard<std::mutex> guard{resume_mutex_};
+  if (!wal_broken_.load())
+    return true;
+  auto failed_wal = broken_wal_.load();
+  auto s = db_->Resume();
+  if (s.ok() && current_wal(*db_) == failed_wal) {
+    // Every memtable was empty, so no new WAL was started: start one.
+    s = db_->Put(rocksdb::WriteOptions{}, meta_, "resume", std::to_string(opts_.clock()));
+    if (s.ok())
+      s = db_->Flush(rocksdb::FlushOptions{}, meta_);
+  }
+  if (!s.ok() || current_wal(*db_) == failed_wal)
+    return false; // still full, say: tried again later
+  wal_broken_.store(false);
+  failed_.store(false, std::memory_order_relaxed);
+  spdlog::warn("storage: the log takes writes again after: {}", last_error());
+  return true;
+}
+
 void event_log::note_write_error(const std::string& what, const rocksdb::Status& s) {
-  if (s.IsIOError() || s.IsNoSpace() || s.IsCorruption())
+  if ((s.IsIOError() || s.IsNoSpace() || s.IsCorruption()) && !wal_broken_.load()) {
+    broken_wal_ = current_wal(*db_);
     wal_broken_.store(true);
+  }
   note_error(what);
 }
 
@@ -834,8 +869,9 @@ void event_log::sync_round(std::unique_lock<std::mutex>& guard) {
 
 rocksdb::Status event_log::sync_wal() {
   if (wal_broken_.load())
-    return rocksdb::Status::IOError("a write to the log failed earlier (" + last_error()
-                                    + "); restart nerve once the cause is fixed");
+    return rocksdb::Status::IOError(
+      "a write to the log failed earlier (" + last_error()
+      + "); it takes writes again by itself once the cause is gone (a full disk: 64 MiB free)");
   auto started = std::chrono::steady_clock::now();
   auto s = db_->SyncWAL();
   if (opts_.observe_io)

@@ -231,8 +231,14 @@ public:
   /// False once a write or the background work of RocksDB failed. No I/O.
   [[nodiscard]] bool healthy() const;
   /// False once a write failed with an I/O error: nothing more can be
-  /// appended until the node restarts. No I/O.
+  /// appended until resume() succeeds (or the node restarts). No I/O.
   [[nodiscard]] bool writable() const { return !wal_broken_.load(); }
+  /// After a failed write (a full disk, say), asks RocksDB to recover: it
+  /// flushes every memtable and writes on in a new WAL file. The log takes
+  /// writes again only once the WAL that saw the failure is no longer the one
+  /// written (a torn record at its end must never be followed by
+  /// acknowledged ones). Answers whether the log is writable; no-op when it is.
+  bool resume();
   [[nodiscard]] std::string last_error() const;
 
   [[nodiscard]] std::string node_id() const { return node_id_; }
@@ -287,6 +293,8 @@ private:
   /// and syncing a WAL that failed a write aborts inside RocksDB, so no sync
   /// is attempted again until the node restarts.
   std::atomic<bool> wal_broken_{false};
+  std::atomic<std::uint64_t> broken_wal_{0}; ///< the WAL being written when a write failed
+  std::mutex resume_mutex_;
   mutable std::mutex error_mutex_;
   std::string last_error_;
   std::string node_id_;
