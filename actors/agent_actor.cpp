@@ -243,6 +243,9 @@ void start_child(instance_actor_t* self) {
   }};
   for (auto& [id, f] : st.inflight)
     send_to_child(self, f.d); // redelivered at once to the new child
+  // Partitions that found no credit while the child was down (a retry, say)
+  // wait to be told that this instance takes deliveries again.
+  st.agent->wake_all();
 }
 
 void stop_child(instance_actor_state& st) {

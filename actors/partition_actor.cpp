@@ -468,6 +468,10 @@ void on_outcome(partition_actor_t* self, outcome_ptr& o) {
     fail(self, g, o->group, o->offset, *rec, "invalid emit: " + emits.error());
     return;
   }
+  if (emits->empty()) { // "emit": [] emits nothing: a plain ack
+    ack(self, g, o->offset, *rec, o->result);
+    return;
+  }
   rec->state = rec_state::emitting;
   // Publish every topic's share, then ack once all are durable.
   struct join {

@@ -402,9 +402,77 @@ class TimeoutTest(AgentTestCase):
                          (hung["id"], 2, "timed out after 100 ms"))
 
 
+CRASH_AGENT = r'''
+import json, os, sys
+open(sys.argv[1], "a").write("started\n")  # one line per start of the child
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("type") != "event":
+        continue
+    if msg["event"]["data"].get("crash"):
+        os._exit(3)  # a poison event: the child dies on it every time
+    sys.stdout.write(json.dumps({"type": "ack", "delivery": msg["delivery"]}) + "\n")
+    sys.stdout.flush()
+'''
+
+
+class PoisonEventTest(AgentTestCase):
+
+    def test_an_event_that_kills_the_child_every_time_ends_in_the_dlq(self):
+        t = topic("poison")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "crash_agent.py")
+        with open(script, "w") as f:
+            f.write(CRASH_AGENT)
+        starts = os.path.join(srv.workdir, "starts")
+        srv.write_config({"agents": [process("crashy", [t], [sys.executable, script, starts],
+                                             timeout="1s", max_retries=1, backoff=FAST)]})
+        srv.start()
+        self.wait_for(lambda: os.path.exists(starts), what="the agent to start")
+        [poison] = self.publish_ok(srv, t, [{"data": {"crash": True}}])
+        # Nothing else is published: the retries must be woken by the child's
+        # restarts alone, not by later traffic on the partition.
+        d = self.wait_state(srv, [poison["id"]], "crashy", "dead_lettered", timeout=40)[poison["id"]]
+        self.assertEqual(d["attempts"], 2, d)
+        [e] = self.dlq(srv, agent="crashy")["entries"]
+        self.assertEqual(e["event"]["id"], poison["id"])
+        with open(starts) as f:
+            self.assertGreaterEqual(len(f.readlines()), 2)  # it was restarted
+        # The agent goes on with other events.
+        [fine] = self.publish_ok(srv, t, [{"data": {"crash": False}}])
+        self.wait_state(srv, [fine["id"]], "crashy", "acked", timeout=30)
+
+
 # 5 -----------------------------------------------------------------------------
 
+EMPTY_EMIT_AGENT = r'''
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("type") == "event":
+        sys.stdout.write(json.dumps({"type": "ack", "delivery": msg["delivery"],
+                                     "result": "r", "emit": []}) + "\n")
+        sys.stdout.flush()
+'''
+
+
 class EmitChainTest(AgentTestCase):
+
+    def test_an_empty_emit_list_is_a_plain_ack(self):
+        t = topic("emptyemit")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "empty_emit.py")
+        with open(script, "w") as f:
+            f.write(EMPTY_EMIT_AGENT)
+        srv.write_config({"agents": [process("quiet", [t], [sys.executable, script])]})
+        srv.start()
+        events = self.publish_ok(srv, t, [{"data": i, "key": "k"} for i in range(5)])
+        acked = self.wait_state(srv, [e["id"] for e in events], "quiet", "acked")
+        self.assertEqual({d["result"] for d in acked.values()}, {"r"})
+        g = self.wait_for(lambda: (lambda g: g if g["lag"] == 0 else None)(self.group(srv, t, "quiet")),
+                          what="the group to catch up")
+        self.assertEqual(g["pending"], 0, g)
+        self.assertEqual(len(srv.topics()), 1)  # nothing was emitted
 
     def test_emitted_event_carries_causation_correlation_and_trace(self):
         a, b = topic("chaina"), topic("chainb")
