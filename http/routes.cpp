@@ -84,10 +84,20 @@ std::vector<std::string> split_path(std::string_view path) {
   return out;
 }
 
-std::map<std::string, std::string> parse_query(const std::string& q) {
-  std::map<std::string, std::string> out;
+/// Parses a query string into `out`. A malformed escape or a parameter the
+/// route does not take is a 400: on a bulk action (DLQ retry-all), a typo
+/// must never widen the filter to everything.
+std::optional<response> parse_query(const std::string& q,
+                                    std::initializer_list<std::string_view> allowed,
+                                    std::map<std::string, std::string>& out) {
   std::stringstream in{q};
   std::string pair;
+  auto names = [&] {
+    std::string all;
+    for (auto a : allowed)
+      all += (all.empty() ? "" : ", ") + std::string{a};
+    return all.empty() ? std::string{"none"} : all;
+  };
   while (std::getline(in, pair, '&')) {
     if (pair.empty())
       continue;
@@ -97,10 +107,17 @@ std::map<std::string, std::string> parse_query(const std::string& q) {
     auto k = percent_decode(pair.substr(0, eq), ok1, true);
     auto v
       = eq == std::string::npos ? std::string{} : percent_decode(pair.substr(eq + 1), ok2, true);
-    if (ok1 && ok2)
-      out[k] = v;
+    if (!ok1 || !ok2)
+      return problem(400, "invalid-parameter", "Bad Request",
+                     "query parameter \"" + pair.substr(0, 64)
+                       + "\" is not valid percent-encoding");
+    if (std::find(allowed.begin(), allowed.end(), k) == allowed.end())
+      return problem(400, "invalid-parameter", "Bad Request",
+                     "unknown query parameter \"" + k.substr(0, 64)
+                       + "\"; this route takes: " + names());
+    out[k] = v;
   }
-  return out;
+  return std::nullopt;
 }
 
 bool constant_time_equal(const std::string& a, const std::string& b) {
@@ -549,7 +566,9 @@ private:
   }
 
   void read_events(request& req, const std::string& topic, responder& respond) {
-    auto q = parse_query(req.query);
+    std::map<std::string, std::string> q;
+    if (auto err = parse_query(req.query, {"partition", "from_offset", "limit"}, q))
+      return respond(std::move(*err));
     std::optional<std::uint64_t> partition;
     std::optional<std::uint64_t> from;
     std::optional<std::uint64_t> limit;
@@ -603,7 +622,9 @@ private:
   }
 
   void metrics(request& req, responder& respond) {
-    auto q = parse_query(req.query);
+    std::map<std::string, std::string> q;
+    if (auto err = parse_query(req.query, {"agent", "topic"}, q))
+      return respond(std::move(*err));
     auto round3 = [](double v) { return std::round(v * 1000.0) / 1000.0; };
     json rows = json::array();
     for (auto& m : node_.metrics(q["topic"], q["agent"]))
@@ -712,7 +733,9 @@ private:
   }
 
   void dlq_list(request& req, responder& respond) {
-    auto q = parse_query(req.query);
+    std::map<std::string, std::string> q;
+    if (auto err = parse_query(req.query, {"agent", "topic", "cursor", "limit"}, q))
+      return respond(std::move(*err));
     std::optional<std::uint64_t> limit;
     if (auto err = query_uint(q, "limit", 1000, limit, 1))
       return respond(std::move(*err));
@@ -732,7 +755,9 @@ private:
   }
 
   void dlq_retry_all(request& req, responder& respond) {
-    auto q = parse_query(req.query);
+    std::map<std::string, std::string> q;
+    if (auto err = parse_query(req.query, {"agent", "topic"}, q))
+      return respond(std::move(*err));
     std::string agent = q["agent"];
     std::string topic = q["topic"];
     if (!req.body.empty()) {
@@ -919,7 +944,9 @@ private:
   }
 
   void replay_history(request& req, const std::string& id, responder& respond) {
-    auto q = parse_query(req.query);
+    std::map<std::string, std::string> q;
+    if (auto err = parse_query(req.query, {"agent", "cursor", "limit"}, q))
+      return respond(std::move(*err));
     std::optional<std::uint64_t> limit;
     if (auto err = query_uint(q, "limit", 1000, limit, 1))
       return respond(std::move(*err));

@@ -551,16 +551,27 @@ class BadInputTest(SharedServerTest):
                   "partition=4", "partition=99999999999999999999", "from_offset=-1",
                   "from_offset=x", "from_offset=99999999999999999999",
                   "from_offset=9223372036854775808", "limit=1001", "limit=-5", "limit=ten",
-                  "limit=1e3", "partition=%201"):
+                  "limit=1e3", "partition=%201", "unknown=1", "partition=%ZZ", "Partition=1"):
             with self.subTest(query=q):
                 r = self.srv.get(f"/v1/topics/{topic}/events?{q}")
                 p = self.assertProblem(r, 400)
                 self.assertIn(q.split("=")[0], p["detail"])
-        for q in ("partition=3", "from_offset=9223372036854775807", "limit=1000", "limit=",
-                  "unknown=1"):
+        for q in ("partition=3", "from_offset=9223372036854775807", "limit=1000", "limit="):
             with self.subTest(query=q):
                 self.assertEqual(self.srv.get(f"/v1/topics/{topic}/events?{q}").status, 200)
         self.assertProblem(self.srv.get(f"/v1/topics/{new_topic()}/events"), 404)
+
+    def test_a_misspelled_or_malformed_filter_never_widens_to_everything(self):
+        for path in ("/v1/dlq?agnet=web", "/v1/dlq?agent=%ZZ", "/v1/metrics?agent=%ZZ",
+                     "/v1/metrics?topik=t", "/v1/replays/x/history?agent=a&limt=5"):
+            with self.subTest(path=path):
+                p = self.assertProblem(self.srv.get(path), 400)
+                self.assertIn("query parameter", p["detail"])
+        for q in ("agent=%ZZ", "agnet=web", "topic=a&x=1"):
+            with self.subTest(retry_all=q):
+                p = self.assertProblem(self.srv.post(f"/v1/dlq/retry-all?{q}", None), 400)
+                self.assertIn("query parameter", p["detail"])
+        self.assertEqual(self.srv.get("/v1/dlq?agent=web&topic=t&limit=5").status, 200)
 
     def test_unknown_routes_are_404(self):
         for path in ("/", "/nope", "/v1", "/v1/", "/v1/topics/t", "/v1/topics/t/events/x",
