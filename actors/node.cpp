@@ -117,12 +117,13 @@ group_view group_of(const topic_route& route, const agent_runtime& agent) {
       part.end = std::max(gs->end.load(), part.cursor);
       part.in_flight = gs->in_flight.load();
       part.waiting_retry = gs->waiting_retry.load();
+      part.redelivering = gs->redelivering.load();
       if (auto last = gs->last_delivered.load(); last >= 0) {
         part.last_delivered = static_cast<std::uint64_t>(last);
         g.last_delivered_offset
           = std::max<std::uint64_t>(g.last_delivered_offset.value_or(0), *part.last_delivered);
       }
-      g.pending += part.in_flight + part.waiting_retry;
+      g.pending += part.in_flight + part.waiting_retry + part.redelivering;
       g.lag += part.end - part.cursor;
       g.partitions.push_back(part);
     }

@@ -122,6 +122,7 @@ struct group_view {
     std::uint64_t end = 0;
     std::uint64_t in_flight = 0;
     std::uint64_t waiting_retry = 0;
+    std::uint64_t redelivering = 0; ///< DLQ retries queued below the cursor
     std::optional<std::uint64_t> last_delivered;
   };
   std::vector<part> partitions;

@@ -246,6 +246,8 @@ void dispatch(partition_actor_t* self, group& g, std::size_t gi) {
     if (!credit)
       break;
     g.ready.pop_front();
+    if (rec->below_cursor)
+      --g.stats->redelivering;
     if (!rec->event) {
       auto stored = st.ctx->store->event_at(st.route->info.id, st.partition, offset);
       if (!stored || !*stored) {
@@ -515,6 +517,9 @@ void on_emitted(partition_actor_t* self, std::uint64_t gi, std::uint64_t offset,
 
 void recover_group(partition_actor_t* self, group& g) {
   auto& st = self->state;
+  // The counters outlive a crashed partition actor; they are rebuilt below.
+  g.stats->waiting_retry = 0;
+  g.stats->redelivering = 0;
   auto& name = g.agent->cfg.name;
   auto tid = st.route->info.id;
   auto cursor = st.ctx->store->cursor(name, tid, st.partition);
@@ -560,6 +565,8 @@ void recover_group(partition_actor_t* self, group& g) {
       rec.state = rec_state::done;
     } else if (p.attempts == 0) {
       rec.state = rec_state::ready;
+      if (rec.below_cursor)
+        ++g.stats->redelivering;
       g.ready.push_back(p.offset);
     } else {
       rec.state = rec_state::retry_wait;
@@ -769,6 +776,8 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
       if (auto* rec = g.find(offset); rec && rec->state == rec_state::retry_wait) {
         rec->state = rec_state::ready;
         --g.stats->waiting_retry;
+        if (rec->below_cursor)
+          ++g.stats->redelivering;
         g.ready.push_back(offset);
         schedule_flush(self);
       }
@@ -786,6 +795,8 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
               rec.state = rec_state::ready;
               --rec.attempts;
               --g.stats->in_flight;
+              if (rec.below_cursor)
+                ++g.stats->redelivering;
               release(g, rec);
               g.ready.push_front(offset);
             }
@@ -820,6 +831,8 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
         rec->persisted = true;
         st.state.delete_dlq(dlq_id);
         --st.ctx->dlq_size;
+        if (rec->below_cursor)
+          ++g.stats->redelivering;
         g.ready.push_back(offset);
         schedule_flush(self);
         (*reply)(std::string{});

@@ -110,6 +110,9 @@ struct group_stats {
   std::atomic<std::uint64_t> end{0};       ///< the partition's next offset
   std::atomic<std::uint64_t> in_flight{0}; ///< delivered, not answered
   std::atomic<std::uint64_t> waiting_retry{0};
+  /// Offsets below the cursor sent again (a DLQ retry) and not yet handed
+  /// to an instance: the lag does not show them.
+  std::atomic<std::uint64_t> redelivering{0};
   std::atomic<std::int64_t> last_delivered{-1}; ///< offset, -1 before the first
   counters totals;
 };

@@ -696,6 +696,7 @@ private:
                            {"lag", p.end - p.cursor},
                            {"in_flight", p.in_flight},
                            {"waiting_retry", p.waiting_retry},
+                           {"redelivering", p.redelivering},
                            {"last_delivered_offset",
                             p.last_delivered ? json(*p.last_delivered) : json(nullptr)}});
         list.push_back({{"agent", g.agent},

@@ -710,6 +710,31 @@ class PauseTest(AgentTestCase):
         g = self.group(srv, t, "bad")
         self.assertEqual((g["pending"], g["lag"]), (3, 3), g)
 
+    def test_dlq_retries_to_a_paused_agent_are_pending_in_groups(self):
+        t = topic("pausedlq")
+        srv = self.agent_server([builtin("bad", [t], "fail", max_retries=0)])
+        pub = self.publish_ok(srv, t, [{"data": i} for i in range(4)])
+        self.wait_state(srv, [p["id"] for p in pub], "bad", "dead_lettered")
+        self.assertEqual(self.wait_for(lambda: (lambda g: g if g["lag"] == 0 else None)(
+            self.group(srv, t, "bad")), what="the cursor past the DLQ entries")["pending"], 0)
+        srv.post("/v1/agents/bad/pause")
+        r = srv.post("/v1/dlq/retry-all?agent=bad")
+        self.assertEqual((r.status, r.json()["retried"]), (200, 4), r)
+        # Out of the DLQ and not yet sent: pending, in groups and in bus stats.
+        time.sleep(0.3)
+        g = self.group(srv, t, "bad")
+        self.assertEqual(g["pending"], 4, g)
+        self.assertEqual(sum(p["redelivering"] for p in g["partitions"]), 4, g)
+        stats = srv.get("/v1/bus/stats").json()
+        self.assertGreaterEqual(stats["pending"], 4, stats)
+        # Resumed: sent, failed, back in the DLQ; nothing pending any more.
+        srv.post("/v1/agents/bad/resume")
+        self.wait_for(lambda: len(self.dlq(srv, agent="bad")["entries"]) == 4 or None,
+                      what="the 4 events back in the DLQ")
+        g = self.wait_for(lambda: (lambda g: g if g["pending"] == 0 else None)(
+            self.group(srv, t, "bad")), what="nothing pending")
+        self.assertEqual(sum(p["redelivering"] for p in g["partitions"]), 0, g)
+
     def test_pause_unknown_agent_is_404(self):
         srv = self.agent_server([builtin("e", ["x"], "noop")])
         self.assertProblem(srv.post("/v1/agents/nobody/pause"), 404)
