@@ -406,6 +406,9 @@ std::string emitted_id(const std::string& parent, const std::string& agent, std:
   out.insert(12, "-");
   out.insert(8, "-");
   out[14] = '8'; // UUID version 8: custom
+  // The RFC 9562 variant: the two top bits of this digit are 10.
+  auto v = static_cast<unsigned>(std::stoul(std::string(1, out[19]), nullptr, 16));
+  out[19] = hex[8U | (v & 3U)];
   return out;
 }
 

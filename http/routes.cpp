@@ -255,7 +255,7 @@ public:
     params p;
     for (auto& r : routes_) {
       params found;
-      if (!path_ok || !match(r.pattern, decoded, found))
+      if (!path_ok || !match(r.pattern, decoded, found, routes_))
         continue;
       same_path = same_path ? same_path : &r;
       if (r.method == req.method) {
@@ -279,7 +279,7 @@ public:
     std::string allowed;
     for (auto& r : routes_) {
       params ignored;
-      if (match(r.pattern, decoded, ignored))
+      if (match(r.pattern, decoded, ignored, routes_))
         allowed += (allowed.empty() ? "" : ", ") + r.method;
     }
     if (!allowed.empty()) {
@@ -311,15 +311,25 @@ private:
     routes_.push_back({std::move(method), path, split_path(path), std::move(fn), &series});
   }
 
+  /// A parameter does not match a segment that another route spells out at
+  /// that place: /v1/dlq/retry-all is never the DLQ entry "retry-all", so GET
+  /// on it is a 405 (POST only), not a 404 for a missing entry.
   static bool match(const std::vector<std::string>& pattern, const std::vector<std::string>& segs,
-                    params& out) {
+                    params& out, const std::vector<route>& all) {
     if (pattern.size() != segs.size())
       return false;
     for (std::size_t i = 0; i < pattern.size(); ++i) {
-      if (pattern[i].front() == '{')
-        out.push_back(segs[i]);
-      else if (pattern[i] != segs[i])
-        return false;
+      if (pattern[i].front() != '{') {
+        if (pattern[i] != segs[i])
+          return false;
+        continue;
+      }
+      for (auto& other : all)
+        if (other.pattern.size() == pattern.size() && other.pattern[i] == segs[i]
+            && std::equal(pattern.begin(), pattern.begin() + static_cast<std::ptrdiff_t>(i),
+                          other.pattern.begin()))
+          return false;
+      out.push_back(segs[i]);
     }
     return true;
   }

@@ -217,11 +217,17 @@ int dlq(const client_options& client, const dlq_options& o) {
              str(e, "attempts"), str(e, "last_failed_at"), str(e, "error").substr(0, 80)});
     t.print(std::cout);
   };
-  // A filter naming no agent would match nothing: say so (exit 1) rather
-  // than print an empty list or retry nothing.
-  if (!o.agent.empty() && (o.action == "list" || o.action == "retry-all" || o.action == "purge"))
+  // A filter naming no agent or topic would match nothing: say so (exit 1)
+  // rather than print an empty list or retry nothing.
+  bool filtered = o.action == "list" || o.action == "retry-all" || o.action == "purge";
+  if (filtered && !o.agent.empty())
     if (auto code
         = check_exists(client, "dlq " + o.action, "/v1/agents/" + encode_segment(o.agent));
+        code != exit_ok)
+      return code;
+  if (filtered && !o.topic.empty())
+    if (auto code = check_exists(client, "dlq " + o.action,
+                                 "/v1/topics/" + encode_segment(o.topic) + "/groups");
         code != exit_ok)
       return code;
   if (o.action == "list")
@@ -588,7 +594,21 @@ int replay(const client_options& client, const replay_options& o) {
 }
 
 void print_error(const std::string& message) {
-  std::cerr << "nerve: " << message << '\n';
+  // One line whatever the server sent (an HTML error page from a proxy, say):
+  // runs of whitespace and control characters become one space.
+  std::string line;
+  bool gap = false;
+  for (unsigned char c : message) {
+    if (c < 0x20 || c == 0x7f || c == ' ') {
+      gap = !line.empty();
+      continue;
+    }
+    if (gap)
+      line += ' ';
+    gap = false;
+    line += static_cast<char>(c);
+  }
+  std::cerr << "nerve: " << line << '\n';
 }
 
 int publish(const client_options& client, const publish_options& opts) {

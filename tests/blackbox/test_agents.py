@@ -492,6 +492,9 @@ class EmitChainTest(AgentTestCase):
             return evs if len(evs) == 2 else None
         children = {e["causation_id"]: e for e in self.wait_for(emitted, what="2 emitted events")}
         self.assertEqual(set(children), set(parents))
+        for child in children.values():  # deterministic ids: UUID version 8, RFC 9562 variant
+            self.assertRegex(child["id"],
+                             r"^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
         c = children[plain["id"]]
         self.assertEqual(c["correlation_id"], plain["id"])
         self.assertEqual(c["trace_id"], parents[plain["id"]]["trace_id"])

@@ -633,6 +633,23 @@ class ClientCommandsTest(CliTestCase):
                            "no agent named nobody")
         self.fails(self.nerve("bus", "dlq", "--agent", "nobody"), 1, "nobody")
 
+    def test_dlq_filters_naming_no_topic_are_1(self):
+        for action in (["list"], ["retry-all"]):
+            with self.subTest(action=action):
+                self.fails(self.nerve("dlq", *action, "--topic", "no.such.topic"), 1,
+                           "no.such.topic")
+        self.fails(self.nerve("bus", "dlq", "--topic", "no.such.topic"), 1, "no.such.topic")
+
+    def test_an_error_page_from_another_server_is_one_line(self):
+        page = "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n\n  oops\r\n</body></html>\n"
+        api = self.fake({"/health": (502, page)})
+        r = self.nerve("health", server=api.url)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(len(r.stderr.splitlines()), 1, r.stderr)
+        self.assertIn("502", r.stderr)
+        self.assertIn("<html> <head><title>502 Bad Gateway</title></head> <body> oops </body>",
+                      r.stderr)
+
     # -- storage and cluster ----------------------------------------------------
 
     def test_storage_health(self):

@@ -573,6 +573,15 @@ class BadInputTest(SharedServerTest):
                 self.assertIn("query parameter", p["detail"])
         self.assertEqual(self.srv.get("/v1/dlq?agent=web&topic=t&limit=5").status, 200)
 
+    def test_a_literal_route_is_not_taken_for_an_id(self):
+        # /v1/dlq/retry-all is POST only; it is not the DLQ entry "retry-all".
+        for method in ("GET", "DELETE", "PUT"):
+            with self.subTest(method=method):
+                r = self.srv.request(method, "/v1/dlq/retry-all")
+                self.assertProblem(r, 405)
+                self.assertEqual(r.headers.get("allow"), "POST", r)
+        self.assertProblem(self.srv.get("/v1/dlq/dlq-nosuch"), 404)
+
     def test_unknown_routes_are_404(self):
         for path in ("/", "/nope", "/v1", "/v1/", "/v1/topics/t", "/v1/topics/t/events/x",
                      "/v2/topics", "/v1/topics//events", "/healthz", "/v1/events",
