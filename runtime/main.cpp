@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
   client_options client;
   client.server = env_or("NERVE_SERVER", "http://127.0.0.1:8000");
   client.token = env_or("NERVE_TOKEN", "");
+  // The common client flags go before the subcommand too (`nerve --server URL
+  // health`), as with nats or rpk; after it, the subcommand's own take them.
+  add_client_flags(&app, client);
 
   publish_options pub;
   std::string dash;
@@ -187,8 +190,15 @@ int main(int argc, char** argv) {
     print_error(std::string{e.what()} + " (see nerve --help)");
     return exit_usage;
   }
-  if (run->parsed())
+  if (run->parsed()) {
+    for (const char* f : {"--server", "--token", "--json"})
+      if (app.get_option(f)->count() > 0) {
+        print_error(std::string{f}
+                    + " is a client flag; nerve run takes --http (see nerve run --help)");
+        return exit_usage;
+      }
     return run_server(flags);
+  }
   if (agent_cmd->parsed())
     return agent(client, agent_action, agent_name);
   if (dlq_cmd->parsed()) {

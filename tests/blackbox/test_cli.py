@@ -633,6 +633,20 @@ class ClientCommandsTest(CliTestCase):
                            "no agent named nobody")
         self.fails(self.nerve("bus", "dlq", "--agent", "nobody"), 1, "nobody")
 
+    def test_client_flags_before_the_subcommand(self):
+        r = run_nerve(["--server", self.srv.url, "health"], cwd=self.dir)
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "healthy"), r)
+        r = run_nerve(["--json", "--server", self.srv.url, "agent", "list"], cwd=self.dir)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertIn("agents", json.loads(r.stdout))
+        # They are client flags: the server refuses them (exit 2, one line).
+        for args in (["run", "--server", self.srv.url], ["--token", "t", "run"]):
+            with self.subTest(args=args):
+                r = run_nerve(args, cwd=self.dir)
+                self.assertEqual(r.returncode, 2, r)
+                self.assertEqual(len(r.stderr.splitlines()), 1, r)
+                self.assertIn("client flag", r.stderr)
+
     def test_dlq_filters_naming_no_topic_are_1(self):
         for action in (["list"], ["retry-all"]):
             with self.subTest(action=action):
