@@ -1,11 +1,14 @@
 // Blocking Beast POSTs on worker threads for `http` agents.
 #include "actors/agents/http_poster.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include <sys/socket.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -56,6 +59,7 @@ struct http_poster::impl {
   };
   std::deque<job> jobs;
   bool stopping = false;
+  std::vector<int> active; ///< sockets of requests in progress (mutex)
   std::vector<std::thread> threads;
 
   void run() {
@@ -77,33 +81,70 @@ struct http_poster::impl {
   http_answer send(net::io_context& ioc, const std::string& body,
                    std::chrono::milliseconds timeout) {
     http_answer a;
-    try {
-      net::ip::tcp::resolver resolver{ioc};
-      beast::tcp_stream stream{ioc};
+    // Asynchronous operations run to completion on this worker's own loop:
+    // the stream's expiry bounds only those, and it bounds the whole request
+    // (connect, write, read), so an agent that never answers cannot hold a
+    // worker beyond `timeout`.
+    beast::tcp_stream stream{ioc};
+    bhttp::request<bhttp::string_body> req{bhttp::verb::post, where.path, 11};
+    req.set(bhttp::field::host, where.host);
+    req.set(bhttp::field::user_agent, "nerve/" NERVE_VERSION);
+    req.set(bhttp::field::content_type, "application/json");
+    req.body() = body;
+    req.prepare_payload();
+    beast::flat_buffer buffer;
+    bhttp::response_parser<bhttp::string_body> parser;
+    parser.body_limit(max_answer_bytes);
+    beast::error_code result;
+    bool registered = false;
+    net::ip::tcp::resolver resolver{ioc};
+    auto endpoints = resolver.resolve(where.host, where.port, result);
+    if (!result) {
       stream.expires_after(timeout);
-      stream.connect(resolver.resolve(where.host, where.port));
-      bhttp::request<bhttp::string_body> req{bhttp::verb::post, where.path, 11};
-      req.set(bhttp::field::host, where.host);
-      req.set(bhttp::field::user_agent, "nerve/" NERVE_VERSION);
-      req.set(bhttp::field::content_type, "application/json");
-      req.body() = body;
-      req.prepare_payload();
-      bhttp::write(stream, req);
-      beast::flat_buffer buffer;
-      bhttp::response_parser<bhttp::string_body> parser;
-      parser.body_limit(max_answer_bytes);
-      bhttp::read(stream, buffer, parser);
-      auto res = parser.release();
-      a.status = res.result_int();
-      a.body = std::move(res.body());
-      beast::error_code ec;
-      stream.socket().shutdown(net::ip::tcp::socket::shutdown_both, ec);
-    } catch (const beast::system_error& e) {
-      a.status = 0;
-      a.timed_out = e.code() == beast::error::timeout;
-      a.error = a.timed_out ? "timed out after " + std::to_string(timeout.count()) + " ms"
-                            : e.code().message();
+      stream.async_connect(endpoints, [&](beast::error_code ec, const auto&) {
+        if (ec) {
+          result = ec;
+          return;
+        }
+        {
+          // Registered so that a stop cuts it short instead of waiting.
+          std::lock_guard<std::mutex> guard{mutex};
+          if (stopping) {
+            result = net::error::operation_aborted;
+            return;
+          }
+          active.push_back(stream.socket().native_handle());
+          registered = true;
+        }
+        bhttp::async_write(stream, req, [&](beast::error_code ec, std::size_t) {
+          if (ec) {
+            result = ec;
+            return;
+          }
+          bhttp::async_read(stream, buffer, parser,
+                            [&](beast::error_code ec, std::size_t) { result = ec; });
+        });
+      });
+      ioc.restart();
+      ioc.run();
     }
+    if (registered) {
+      std::lock_guard<std::mutex> guard{mutex};
+      active.erase(std::remove(active.begin(), active.end(), stream.socket().native_handle()),
+                   active.end());
+    }
+    if (result) {
+      a.status = 0;
+      a.timed_out = result == beast::error::timeout;
+      a.error = a.timed_out ? "timed out after " + std::to_string(timeout.count()) + " ms"
+                            : result.message();
+      return a;
+    }
+    auto res = parser.release();
+    a.status = res.result_int();
+    a.body = std::move(res.body());
+    beast::error_code ignored;
+    stream.socket().shutdown(net::ip::tcp::socket::shutdown_both, ignored);
     return a;
   }
 };
@@ -117,8 +158,14 @@ http_poster::http_poster(const std::string& url, std::size_t workers)
 
 http_poster::~http_poster() {
   {
+    // Stopping: requests not yet sent are dropped and those in progress cut
+    // short (their deliveries are not acked, so they go out again after a
+    // restart), so a stop never waits for an agent's timeout.
     std::lock_guard<std::mutex> guard{impl_->mutex};
     impl_->stopping = true;
+    impl_->jobs.clear();
+    for (int fd : impl_->active)
+      ::shutdown(fd, SHUT_RDWR);
   }
   impl_->cv.notify_all();
   for (auto& t : impl_->threads)

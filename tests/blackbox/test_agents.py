@@ -605,6 +605,33 @@ class HttpAgentTest(AgentTestCase):
         self.assertEqual(child["causation_id"], ok["id"])
         self.assertEqual(child["data"], {"from": ok["id"]})
 
+    def test_an_endpoint_that_never_answers_holds_up_nothing(self):
+        # Every attempt of the first event hangs until the test ends; with
+        # max_in_flight 2 there are two request workers, and both attempts
+        # must let go of theirs at the timeout, or the other events starve.
+        url, _ = self.hook_server()
+        t = topic("hookhang")
+        srv = self.agent_server([{"name": "hook", "topics": [t], "kind": "http", "url": url,
+                                  "max_retries": 1, "timeout": "500ms", "max_in_flight": 2,
+                                  "backoff": {"initial": "20ms", "max": "50ms"}}])
+        [hung] = self.publish_ok(srv, t, [{"data": {"sleep": 60}}])
+        self.wait_state(srv, [hung["id"]], "hook", "dead_lettered")
+        fine = self.publish_ok(srv, t, [{"data": {"n": i}} for i in range(6)])
+        self.wait_state(srv, [e["id"] for e in fine], "hook", "acked")
+        self.assertEqual(len(self.dlq(srv, agent="hook")["entries"]), 1)
+
+    def test_a_stop_does_not_wait_for_a_hanging_endpoint(self):
+        url, _ = self.hook_server()
+        t = topic("hookstop")
+        srv = self.agent_server([{"name": "hook", "topics": [t], "kind": "http", "url": url,
+                                  "timeout": "60s"}])
+        self.publish_ok(srv, t, [{"data": {"sleep": 60}}, {"data": {"sleep": 60}}])
+        self.wait_for(lambda: self.group(srv, t, "hook")["pending"] == 2 or None,
+                      what="both deliveries in flight")
+        started = time.monotonic()
+        self.assertEqual(srv.stop(), 0)
+        self.assertLess(time.monotonic() - started, 10)  # not the agent's 60 s timeout
+
 
 class CountersTest(AgentTestCase):
 
