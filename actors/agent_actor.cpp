@@ -2,9 +2,12 @@
 // `builtin` handlers run in the actor; `process` agents are supervised child
 // processes speaking JSON Lines on stdin/stdout (CONTRACT.md section 5).
 #include <cerrno>
+#include <condition_variable>
 #include <csignal>
 #include <cstring>
+#include <deque>
 #include <fcntl.h>
+#include <poll.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <thread>
@@ -34,6 +37,90 @@ struct in_flight {
   std::chrono::steady_clock::time_point started;
 };
 
+/// Writes lines to a child's stdin on a thread of its own, so the instance
+/// actor never blocks on a child that stops reading: its timeouts and a stop
+/// still run. The pipe is closed once the queued lines are written after
+/// close(), or when a write fails (the child is gone). Destroying it gives
+/// up on what is not written yet, within 100 ms.
+class stdin_writer {
+public:
+  stdin_writer(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
+    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
+    thread_ = std::thread{[this] { run(); }};
+  }
+  stdin_writer(const stdin_writer&) = delete;
+  stdin_writer& operator=(const stdin_writer&) = delete;
+  ~stdin_writer() {
+    abandon_ = true;
+    close();
+    thread_.join();
+  }
+
+  void push(std::string line) {
+    std::lock_guard<std::mutex> guard{mutex_};
+    if (closed_)
+      return;
+    lines_.push_back(std::move(line));
+    cv_.notify_one();
+  }
+
+  void close() {
+    std::lock_guard<std::mutex> guard{mutex_};
+    closed_ = true;
+    cv_.notify_one();
+  }
+
+private:
+  void run() {
+    for (;;) {
+      std::string line;
+      {
+        std::unique_lock<std::mutex> guard{mutex_};
+        cv_.wait(guard, [this] { return closed_ || !lines_.empty(); });
+        if (lines_.empty())
+          break;
+        line = std::move(lines_.front());
+        lines_.pop_front();
+      }
+      if (!write_line(line)) {
+        // The child is gone; the restarted one gets its deliveries again.
+        if (!abandon_)
+          spdlog::warn("{}: writing to the agent's stdin failed: {}", name_, std::strerror(errno));
+        break;
+      }
+    }
+    ::close(fd_);
+  }
+
+  bool write_line(const std::string& data) {
+    std::size_t done = 0;
+    while (done < data.size()) {
+      auto n = ::write(fd_, data.data() + done, data.size() - done);
+      if (n > 0) {
+        done += static_cast<std::size_t>(n);
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        // The child is not reading: wait, but give up when told to.
+        if (abandon_)
+          return false;
+        pollfd p{fd_, POLLOUT, 0};
+        ::poll(&p, 1, 100);
+      } else if (!(n < 0 && errno == EINTR)) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  int fd_;
+  std::string name_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::string> lines_;
+  bool closed_ = false;
+  std::atomic<bool> abandon_{false};
+  std::thread thread_;
+};
+
 struct instance_actor_state {
   node_context* ctx = nullptr;
   agent_ptr agent;
@@ -42,7 +129,7 @@ struct instance_actor_state {
   std::unordered_map<std::string, in_flight> inflight;
   // process agents
   pid_t pid = -1;
-  int stdin_fd = -1;
+  std::unique_ptr<stdin_writer> writer; ///< the child's stdin
   std::uint64_t generation = 0;
   std::thread out_reader;
   std::thread err_reader;
@@ -105,19 +192,6 @@ void run_builtin(instance_actor_t* self, const delivery_ptr& d) {
 
 // -- process agents -----------------------------------------------------------
 
-bool write_all(int fd, const std::string& data) {
-  std::size_t done = 0;
-  while (done < data.size()) {
-    auto n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return false;
-    done += static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
 /// Reads lines from `fd` until EOF and hands each to `on_line`.
 template <class F>
 void read_lines(int fd, F on_line) {
@@ -153,13 +227,12 @@ void read_lines(int fd, F on_line) {
 
 void send_to_child(instance_actor_t* self, const delivery_ptr& d) {
   auto& st = self->state;
-  if (st.stdin_fd < 0)
+  if (!st.writer)
     return; // sent when the child is back
   std::string line = R"({"type":"event","delivery":)" + json(d->delivery_id).dump()
                      + R"(,"attempt":)" + std::to_string(d->attempt) + R"(,"event":)" + *d->event
                      + "}\n";
-  if (!write_all(st.stdin_fd, line))
-    spdlog::warn("{}: writing to pid {} failed: {}", label(st), st.pid, std::strerror(errno));
+  st.writer->push(std::move(line));
 }
 
 void start_child(instance_actor_t* self) {
@@ -218,7 +291,7 @@ void start_child(instance_actor_t* self) {
     return;
   }
   st.pid = pid;
-  st.stdin_fd = in[1];
+  st.writer = std::make_unique<stdin_writer>(in[1], label(st));
   st.started_at = std::chrono::steady_clock::now();
   st.slot->pid = pid;
   st.slot->state = instance_state::running;
@@ -249,10 +322,9 @@ void start_child(instance_actor_t* self) {
 }
 
 void stop_child(instance_actor_state& st) {
-  if (st.stdin_fd >= 0) {
-    ::close(st.stdin_fd);
-    st.stdin_fd = -1;
-  }
+  // Deliveries not yet written are not needed: they go out again after a
+  // restart. Closing stdin tells a well-behaved agent to finish.
+  st.writer.reset();
   if (st.pid > 0) {
     ::kill(st.pid, SIGTERM);
     auto deadline = std::chrono::steady_clock::now() + stop_grace;
@@ -368,10 +440,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
       auto& st = self->state;
       if (gen != st.generation || st.stopping)
         return;
-      if (st.stdin_fd >= 0) {
-        ::close(st.stdin_fd);
-        st.stdin_fd = -1;
-      }
+      st.writer.reset(); // the child is dead: its pipe fails any write
       auto ran = std::chrono::steady_clock::now() - st.started_at;
       if (ran > std::chrono::seconds{30})
         st.crashes = 0;

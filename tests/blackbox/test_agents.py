@@ -443,6 +443,36 @@ class PoisonEventTest(AgentTestCase):
         self.wait_state(srv, [fine["id"]], "crashy", "acked", timeout=30)
 
 
+DEAF_AGENT = r'''
+import sys, time
+open(sys.argv[1], "w").close()
+time.sleep(3600)  # never reads its stdin
+'''
+
+
+class DeafAgentTest(AgentTestCase):
+
+    def test_a_child_that_stops_reading_times_out_and_stops_promptly(self):
+        # 16 events of 20 KB fill the 64 KiB pipe to the child: writing to it
+        # must not hold up the timeouts or a stop.
+        t = topic("deaf")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "deaf_agent.py")
+        with open(script, "w") as f:
+            f.write(DEAF_AGENT)
+        ready = os.path.join(srv.workdir, "deaf_ready")
+        srv.write_config({"agents": [process("deaf", [t], [sys.executable, script, ready],
+                                             timeout="500ms", max_retries=0)]})
+        srv.start()
+        self.wait_for(lambda: os.path.exists(ready), what="the agent to start")
+        events = self.publish_ok(srv, t, [{"data": "x" * 20000} for _ in range(16)])
+        dead = self.wait_state(srv, [e["id"] for e in events], "deaf", "dead_lettered")
+        self.assertEqual({d["error"] for d in dead.values()}, {"timed out after 500 ms"})
+        started = time.monotonic()
+        self.assertEqual(srv.stop(), 0)
+        self.assertLess(time.monotonic() - started, 10)  # SIGTERM reaches the child at once
+
+
 # 5 -----------------------------------------------------------------------------
 
 EMPTY_EMIT_AGENT = r'''
