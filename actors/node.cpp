@@ -1108,6 +1108,13 @@ public:
     if (stopped_)
       return;
     draining_.store(true);
+    // Queries in progress finish and answer while the HTTP server is still
+    // there to send the answers; none starts after this.
+    {
+      std::lock_guard<std::mutex> guard{queries_mutex_};
+      queries_closed_ = true;
+    }
+    queries_.join();
     if (runner_) {
       caf::scoped_actor self{system_};
       self->monitor(runner_);
@@ -1349,9 +1356,13 @@ private:
 
   /// Queries and history pages run on their own pool: CAF's scheduler
   /// threads carry the partitions, and a long read must not hold up publishes.
+  /// Once the node stops, `fn` is dropped unrun: a request's callback then
+  /// answers 503 as it is destroyed.
   template <class F>
   void run_async(F fn) {
-    boost::asio::post(queries_, std::move(fn));
+    std::lock_guard<std::mutex> guard{queries_mutex_};
+    if (!queries_closed_)
+      boost::asio::post(queries_, std::move(fn));
   }
 
   void precheck_then_publish(const std::string& topic, std::vector<publish_item> items,
@@ -1482,6 +1493,8 @@ private:
   caf::actor runner_;
   /// Declared after everything its jobs use, so it is joined first.
   boost::asio::thread_pool queries_{2};
+  std::mutex queries_mutex_;
+  bool queries_closed_ = false; ///< queries_mutex_
   std::string runner_id_;
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
