@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -621,6 +622,10 @@ tl::expected<config, std::string> load(const flag_overrides& flags, env_lookup e
       file = "nerve.yaml";
     }
   }
+  std::error_code ec;
+  if (std::filesystem::is_directory(*file, ec))
+    return tl::make_unexpected((explicit_file ? "--config: " : std::string{}) + quote(*file)
+                               + " is a directory; expected a readable YAML file");
   std::ifstream in{*file};
   if (in) {
     std::stringstream text;

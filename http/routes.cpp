@@ -115,6 +115,13 @@ std::optional<response> parse_query(const std::string& q,
       return problem(400, "invalid-parameter", "Bad Request",
                      "unknown query parameter \"" + k.substr(0, 64)
                        + "\"; this route takes: " + names());
+    if (out.count(k) > 0)
+      return problem(400, "invalid-parameter", "Bad Request",
+                     "query parameter " + k + " is given more than once");
+    // An empty filter would select everything (a script's unset variable).
+    if (v.empty() && (k == "agent" || k == "topic"))
+      return problem(400, "invalid-parameter", "Bad Request",
+                     "query parameter " + k + " is empty; leave it out to select every " + k);
     out[k] = v;
   }
   return std::nullopt;

@@ -74,11 +74,16 @@ int main(int argc, char** argv) {
   }
   add_client_flags(agent_cmd, client);
 
+  // An empty filter would select everything: `dlq purge --agent "$A"` with $A
+  // unset must not purge every agent's entries.
+  const CLI::Validator nonempty{
+    [](std::string& v) { return v.empty() ? std::string{"must not be empty"} : std::string{}; },
+    "NAME"};
   dlq_options dlq_opts;
-  auto add_dlq_list = [&dlq_opts](CLI::App* parent, const std::string& name) {
+  auto add_dlq_list = [&dlq_opts, &nonempty](CLI::App* parent, const std::string& name) {
     auto* sub = parent->add_subcommand(name, "DLQ entries, in entry-id order");
-    sub->add_option("--agent", dlq_opts.agent, "only this agent's entries");
-    sub->add_option("--topic", dlq_opts.topic, "only this topic's entries");
+    sub->add_option("--agent", dlq_opts.agent, "only this agent's entries")->check(nonempty);
+    sub->add_option("--topic", dlq_opts.topic, "only this topic's entries")->check(nonempty);
     sub->add_option("--limit", dlq_opts.limit, "at most this many (default 100)")
       ->check(CLI::Range(1, 1000));
     return sub;
@@ -91,10 +96,12 @@ int main(int argc, char** argv) {
     sub->add_option("id", dlq_opts.id, "DLQ entry id")->required();
   }
   auto* dlq_retry_all = dlq_cmd->add_subcommand("retry-all", "send every matching entry again");
-  dlq_retry_all->add_option("--agent", dlq_opts.agent, "only this agent's entries");
-  dlq_retry_all->add_option("--topic", dlq_opts.topic, "only this topic's entries");
+  dlq_retry_all->add_option("--agent", dlq_opts.agent, "only this agent's entries")
+    ->check(nonempty);
+  dlq_retry_all->add_option("--topic", dlq_opts.topic, "only this topic's entries")
+    ->check(nonempty);
   auto* dlq_purge = dlq_cmd->add_subcommand("purge", "delete entries for good");
-  dlq_purge->add_option("--agent", dlq_opts.agent, "only this agent's entries");
+  dlq_purge->add_option("--agent", dlq_opts.agent, "only this agent's entries")->check(nonempty);
   dlq_purge->add_flag("--yes", dlq_opts.yes, "confirm");
   add_client_flags(dlq_cmd, client);
 
@@ -132,8 +139,8 @@ int main(int argc, char** argv) {
   metrics_options metrics_opts;
   auto* metrics_cmd
     = app.add_subcommand("metrics", "per agent and topic counters and latencies (all-time)");
-  metrics_cmd->add_option("--topic", metrics_opts.topic, "only this topic");
-  metrics_cmd->add_option("--agent", metrics_opts.agent, "only this agent");
+  metrics_cmd->add_option("--topic", metrics_opts.topic, "only this topic")->check(nonempty);
+  metrics_cmd->add_option("--agent", metrics_opts.agent, "only this agent")->check(nonempty);
   metrics_cmd
     ->add_option("--format", metrics_opts.format,
                  "table (default), json (= --json) or prometheus (GET /metrics as it is)")
@@ -159,12 +166,17 @@ int main(int argc, char** argv) {
   replay_cmd->add_option("--from", replay_opts.from,
                          "window start, included: RFC 3339 or relative (-15m, -2h, now)");
   replay_cmd->add_option("--to", replay_opts.to, "window end, excluded: RFC 3339 or relative");
-  replay_cmd->add_option("--topic", replay_opts.topics, "only this topic (repeatable)");
-  replay_cmd->add_option("--agent", replay_opts.agents,
-                         "only this agent (repeatable); an agent not subscribed then gets the "
-                         "window's matching events too");
-  replay_cmd->add_option("--event", replay_opts.events,
-                         "replay these event ids instead of a window (repeatable)");
+  replay_cmd->add_option("--topic", replay_opts.topics, "only this topic (repeatable)")
+    ->check(nonempty);
+  replay_cmd
+    ->add_option("--agent", replay_opts.agents,
+                 "only this agent (repeatable); an agent not subscribed then gets the "
+                 "window's matching events too")
+    ->check(nonempty);
+  replay_cmd
+    ->add_option("--event", replay_opts.events,
+                 "replay these event ids instead of a window (repeatable)")
+    ->check(nonempty);
   replay_cmd->add_flag("--dry-run", replay_opts.dry_run, "reconstruct and count, deliver nothing");
   replay_cmd->add_flag("--no-wait", replay_opts.no_wait,
                        "print the new replay (id, totals) and return at once");
@@ -176,7 +188,9 @@ int main(int argc, char** argv) {
   auto* replay_history_cmd = replay_cmd->add_subcommand(
     "history", "the events an agent's actors received in a replay's window, with outcomes");
   replay_history_cmd->add_option("id", replay_opts.id, "replay id")->required();
-  replay_history_cmd->add_option("--agent", replay_opts.agent, "whose history")->required();
+  replay_history_cmd->add_option("--agent", replay_opts.agent, "whose history")
+    ->required()
+    ->check(nonempty);
   replay_history_cmd->add_option("--cursor", replay_opts.cursor, "continue from this cursor");
   replay_history_cmd->add_option("--limit", replay_opts.limit, "at most this many (default 100)")
     ->check(CLI::Range(1, 1000));

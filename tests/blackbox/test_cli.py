@@ -582,6 +582,17 @@ class ClientCommandsTest(CliTestCase):
         self.same_json(["bus", "inspect", t, "--partition", str(p), "--from-offset", "1",
                         "--limit", "1"], query)
 
+    def test_control_characters_from_publishers_are_shown_escaped(self):
+        t = f"cli.esc.{uuid.uuid4().hex[:8]}"
+        ev = {"data": 1, "type": "\u001b[2J\u001b[31mPWNED", "key": "a\nFAKE  ROW"}
+        self.assertEqual(self.srv.publish(t, [ev]).status, 201)
+        out = self.ok(self.nerve("bus", "inspect", t))
+        self.assertNotIn("\x1b", out)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 2, out)  # the header and one row, no fake row
+        self.assertIn("\\u001b[2J\\u001b[31mPWNED", lines[1])
+        self.assertIn("a\\nFAKE  ROW", lines[1])
+
     def test_bus_inspect_unknown_topic_or_partition_is_1(self):
         self.fails(self.nerve("bus", "inspect", "cli.no.such"), 1, "404", "cli.no.such")
         self.fails(self.nerve("bus", "inspect", ECHO_TOPIC, "--partition", "9"), 1, "400",
@@ -646,6 +657,14 @@ class ClientCommandsTest(CliTestCase):
                 self.assertEqual(r.returncode, 2, r)
                 self.assertEqual(len(r.stderr.splitlines()), 1, r)
                 self.assertIn("client flag", r.stderr)
+
+    def test_empty_filters_are_usage_errors(self):
+        # `nerve dlq purge --agent "$A" --yes` with $A unset must not purge all.
+        for args in (["dlq", "purge", "--agent", "", "--yes"], ["dlq", "list", "--topic", ""],
+                     ["dlq", "retry-all", "--agent", ""], ["bus", "dlq", "--agent", ""],
+                     ["metrics", "--topic", ""]):
+            with self.subTest(args=args):
+                self.fails(self.nerve(*args), 2, "must not be empty")
 
     def test_dlq_filters_naming_no_topic_are_1(self):
         for action in (["list"], ["retry-all"]):

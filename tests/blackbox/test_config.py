@@ -148,6 +148,12 @@ class BadValueTest(ConfigTestCase):
         line = self.refused(self.base_args(),
                             env={"NERVE_CONFIG": os.path.join(self.dir, "gone.yaml")})
         self.assertIn("gone.yaml", line)
+        # A directory (`--config /etc/nerve/`) is not a config with no agents.
+        confdir = os.path.join(self.dir, "confdir")
+        os.mkdir(confdir)
+        self.assertIn("is a directory", self.refused(["--config", confdir] + self.base_args()))
+        self.assertIn("is a directory", self.refused(self.base_args(),
+                                                     env={"NERVE_CONFIG": confdir}))
 
     def test_malformed_files(self):
         cases = [

@@ -567,7 +567,12 @@ class BadInputTest(SharedServerTest):
             with self.subTest(path=path):
                 p = self.assertProblem(self.srv.get(path), 400)
                 self.assertIn("query parameter", p["detail"])
-        for q in ("agent=%ZZ", "agnet=web", "topic=a&x=1"):
+        for path in ("/v1/dlq?agent=", "/v1/dlq?topic=", "/v1/metrics?agent=",
+                     "/v1/dlq?agent=a&agent=", "/v1/topics/t/events?limit=1&limit=2"):
+            with self.subTest(path=path):
+                p = self.assertProblem(self.srv.get(path), 400)
+                self.assertIn("query parameter", p["detail"])
+        for q in ("agent=%ZZ", "agnet=web", "topic=a&x=1", "agent=", "topic="):
             with self.subTest(retry_all=q):
                 p = self.assertProblem(self.srv.post(f"/v1/dlq/retry-all?{q}", None), 400)
                 self.assertIn("query parameter", p["detail"])
