@@ -997,6 +997,13 @@ private:
 
   actors::node& node_;
   const config::config& cfg_;
+
+public:
+  void count_own_answer(unsigned status) {
+    metrics_.observe(metrics_.series("other", "other"), status, std::chrono::nanoseconds{0});
+  }
+
+private:
   http::metrics metrics_;
   std::vector<route> routes_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
@@ -1004,8 +1011,11 @@ private:
 
 } // namespace
 
-handler make_api(actors::node& node, const config::config& cfg) {
+handler make_api(actors::node& node, const config::config& cfg,
+                 std::function<void(unsigned)>* own_answers) {
   auto a = std::make_shared<api>(node, cfg);
+  if (own_answers != nullptr)
+    *own_answers = [a](unsigned status) { a->count_own_answer(status); };
   return [a](request&& req, responder respond) { (*a)(std::move(req), std::move(respond)); };
 }
 

@@ -8,6 +8,10 @@
 namespace nerve::http {
 
 /// The request handler for `node`; `node` must outlive it.
-[[nodiscard]] handler make_api(actors::node& node, const config::config& cfg);
+/// The API's handler. When `own_answers` is given, it is set to a function
+/// that counts an answer the server sent on its own (server_options::
+/// on_own_answer) in the request metrics, under route and method "other".
+[[nodiscard]] handler make_api(actors::node& node, const config::config& cfg,
+                               std::function<void(unsigned)>* own_answers = nullptr);
 
 } // namespace nerve::http

@@ -316,6 +316,8 @@ private:
   };
 
   void write(response r, bool keep_alive, bool counted) {
+    if (!counted && state_->opts.on_own_answer)
+      state_->opts.on_own_answer(r.status);
     if (r.websocket && upgrade_) {
       // The route took the upgrade: the connection becomes a WebSocket.
       auto req = std::move(*upgrade_);

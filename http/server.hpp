@@ -49,6 +49,10 @@ struct server_options {
   std::size_t max_connections = 1024;
   std::chrono::milliseconds read_timeout{10000};
   std::size_t threads = 2;
+  /// Told the status of every answer the server sends on its own, before
+  /// any route (413, 431, a malformed request's 400, the connection cap's
+  /// 503), so that request metrics count them too. From I/O threads.
+  std::function<void(unsigned status)> on_own_answer;
 };
 
 class server {

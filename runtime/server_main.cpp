@@ -50,7 +50,9 @@ int run_server(const config::flag_overrides& flags) {
   opts.max_connections = cfg->http.max_connections;
   opts.read_timeout = cfg->http.read_timeout;
   opts.threads = cfg->http.threads;
-  http::server server{opts, http::make_api(**node, *cfg)};
+  std::function<void(unsigned)> own_answers;
+  opts.on_own_answer = [&own_answers](unsigned status) { own_answers(status); };
+  http::server server{opts, http::make_api(**node, *cfg, &own_answers)};
   if (auto bound = server.start(); !bound) {
     spdlog::critical("cannot start: {}", bound.error());
     (*node)->shutdown();

@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 
-from harness import (PROBLEM_TYPE, ServerTestCase, builtin, parse_samples, process,
+from harness import (PROBLEM_TYPE, ServerTestCase, builtin, exchange, parse_samples, process,
                      require_promtool, run_nerve, topic)
 
 ECHO_AGENT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
@@ -132,6 +132,25 @@ class MetricsTest(OperationsTestCase):
         self.assertEqual(self.value(after, "nerve_events_published_total", topic=self.t), 8.0)
         self.settled(8)
         self.promtool_check(self.scrape(self.srv))
+
+    def test_answers_the_server_sends_before_routing_are_counted(self):
+        big = b"x" * (1048576 + 1)
+        r, _ = exchange(self.srv.host, self.srv.port,
+                        b"POST /v1/topics/t/events HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                        + str(len(big)).encode() + b"\r\n\r\n" + big)
+        self.assertEqual(r.status, 413)
+        r, _ = exchange(self.srv.host, self.srv.port,
+                        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+        self.assertEqual(r.status, 431)
+        r, _ = exchange(self.srv.host, self.srv.port,
+                        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                        b"Content-Length: 12\r\n\r\n")
+        self.assertEqual(r.status, 400)
+        s = parse_samples(self.scrape(self.srv))
+        for code in ("413", "431", "400"):
+            with self.subTest(code=code):
+                self.assertEqual(self.value(s, "nerve_http_requests_total", method="other",
+                                            route="other", code=code), 1.0)
 
     def test_http_requests_are_counted_by_route_pattern(self):
         self.publish_ok(self.srv, self.t, {"data": 1})
