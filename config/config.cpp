@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <set>
 #include <sstream>
 
 #include <yaml-cpp/yaml.h>
@@ -588,6 +589,27 @@ const char* to_string(fsync_policy policy) {
   return "always";
 }
 
+/// A key given twice in one map: YAML forbids it and yaml-cpp keeps one of
+/// them silently, so `storage:` written twice would drop half a config.
+std::optional<std::string> duplicate_key(const YAML::Node& node, const std::string& path) {
+  if (node.IsMap()) {
+    std::set<std::string> seen;
+    for (const auto& kv : node) {
+      auto key = kv.first.IsScalar() ? kv.first.Scalar() : std::string{"?"};
+      auto here = path.empty() ? key : path + "." + key;
+      if (!seen.insert(key).second)
+        return here + ": given twice (line " + std::to_string(kv.first.Mark().line + 1) + ")";
+      if (auto err = duplicate_key(kv.second, here))
+        return err;
+    }
+  } else if (node.IsSequence()) {
+    for (std::size_t i = 0; i < node.size(); ++i)
+      if (auto err = duplicate_key(node[i], path + "[" + std::to_string(i) + "]"))
+        return err;
+  }
+  return std::nullopt;
+}
+
 tl::expected<config, std::string> parse_yaml(const std::string& text, config base) {
   YAML::Node root;
   try {
@@ -601,6 +623,8 @@ tl::expected<config, std::string> parse_yaml(const std::string& text, config bas
   if (!root.IsMap())
     return tl::make_unexpected(std::string{"the config file must be a YAML map of keys"});
   try {
+    if (auto err = duplicate_key(root, ""))
+      return tl::make_unexpected(*err);
     if (auto err = walk(base, root, ""))
       return tl::make_unexpected(*err);
   } catch (const YAML::Exception& e) {

@@ -1,5 +1,5 @@
 // `nerve run`: wires config, the actor node and the HTTP server, waits for
-// SIGTERM/SIGINT, then shuts down gracefully.
+// SIGTERM/SIGINT/SIGHUP, then shuts down gracefully.
 #include <csignal>
 #include <iostream>
 #include <malloc.h>
@@ -21,6 +21,9 @@ int run_server(const config::flag_overrides& flags) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  // A closed terminal (SIGHUP) drains like SIGTERM instead of killing the
+  // node mid-commit; nerve has no configuration reload.
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
   // History pages and batch answers are buffers of up to a few MiB, made and
@@ -71,7 +74,9 @@ int run_server(const config::flag_overrides& flags) {
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  spdlog::info("{} received: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  spdlog::info("{} received: draining", sig == SIGINT   ? "SIGINT"
+                                        : sig == SIGHUP ? "SIGHUP"
+                                                        : "SIGTERM");
   auto drain_start = std::chrono::steady_clock::now();
   auto ms_since = [&drain_start] {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now()

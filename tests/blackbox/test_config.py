@@ -148,6 +148,11 @@ class BadValueTest(ConfigTestCase):
         line = self.refused(self.base_args(),
                             env={"NERVE_CONFIG": os.path.join(self.dir, "gone.yaml")})
         self.assertIn("gone.yaml", line)
+        # A key given twice would silently drop one of the two.
+        dup = os.path.join(self.dir, "dup.yaml")
+        with open(dup, "w") as f:
+            f.write("storage:\n  fsync: always\nstorage:\n  fsync: never\n")
+        self.assertIn("storage: given twice", self.refused(["--config", dup] + self.base_args()))
         # A directory (`--config /etc/nerve/`) is not a config with no agents.
         confdir = os.path.join(self.dir, "confdir")
         os.mkdir(confdir)

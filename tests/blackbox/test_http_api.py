@@ -1048,12 +1048,17 @@ class LifecycleTest(ServerTestCase):
         self.assertEqual(srv.read_partition("orders", p)[-1]["data"], "after")
         self.stop_ok(srv)
 
-    def test_sigint_also_drains_and_exits_0(self):
+    def test_sigint_and_sighup_also_drain_and_exit_0(self):
         srv = self.new_server()
         self.assertEqual(srv.publish("t", {"data": 1}).status, 201)
         self.stop_ok(srv, signal.SIGINT)
         srv.start()
         self.assertEqual(srv.topics()["t"]["events"], 1)
+        self.assertEqual(srv.publish("t", {"data": 2}).status, 201)
+        self.stop_ok(srv, signal.SIGHUP)  # a closed terminal
+        self.assertIn("SIGHUP received: draining", srv.stderr_text())
+        srv.start()
+        self.assertEqual(srv.topics()["t"]["events"], 2)
 
     def test_second_process_on_the_same_data_dir_is_refused(self):
         srv = self.new_server()
