@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/agents/http_poster.hpp"
+#include "actors/node.hpp"
 #include "actors/runtime.hpp"
 
 extern char** environ;
@@ -31,6 +32,15 @@ using json = nlohmann::json;
 constexpr std::size_t max_line_bytes = 16u << 20;
 /// How long a process agent gets to exit after SIGTERM before SIGKILL.
 constexpr auto stop_grace = std::chrono::seconds{5};
+
+std::vector<std::string>& launcher_prefix() {
+  static std::vector<std::string> prefix;
+  return prefix;
+}
+
+const std::vector<std::string>& agent_launcher() {
+  return launcher_prefix();
+}
 
 struct in_flight {
   delivery_ptr d;
@@ -255,7 +265,8 @@ void start_child(instance_actor_t* self) {
   sigset_t none;
   sigemptyset(&none);
   posix_spawnattr_setsigmask(&attr, &none);
-  std::vector<std::string> args = st.agent->cfg.command;
+  std::vector<std::string> args = agent_launcher();
+  args.insert(args.end(), st.agent->cfg.command.begin(), st.agent->cfg.command.end());
   std::vector<char*> argv;
   argv.reserve(args.size() + 1);
   for (auto& a : args)
@@ -486,3 +497,11 @@ caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr
 }
 
 } // namespace nerve::actors::detail
+
+namespace nerve::actors {
+
+void set_agent_launcher(std::vector<std::string> prefix) {
+  detail::launcher_prefix() = std::move(prefix);
+}
+
+} // namespace nerve::actors

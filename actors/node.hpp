@@ -366,6 +366,12 @@ public:
 /// RFC 3339 in UTC with microseconds, as events show their time.
 [[nodiscard]] std::string format_time(std::int64_t time_us);
 
+/// Arguments put in front of every process agent's command, e.g. the nerve
+/// binary's own "__exec-agent" entry, which ties the child's life to nerve's
+/// before it runs the command. Empty (the default): the command runs as is.
+/// Call before start_node.
+void set_agent_launcher(std::vector<std::string> prefix);
+
 /// A new W3C trace id (32 lowercase hex digits).
 [[nodiscard]] std::string new_trace_id();
 

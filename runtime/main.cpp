@@ -1,7 +1,15 @@
 // The `nerve` executable: one binary, `nerve run` is the server and every
 // other subcommand is a client of a running server (CONTRACT.md section 1).
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
+#include <string_view>
 
 #include <CLI/CLI.hpp>
 
@@ -23,8 +31,23 @@ void add_client_flags(CLI::App* cmd, nerve::runtime::client_options& c) {
 
 } // namespace
 
+/// `nerve __exec-agent PARENT COMMAND...`: how nerve starts a process
+/// agent. The child asks the kernel for SIGKILL when nerve goes, even by
+/// kill -9 (a restarted nerve would otherwise run a second copy of every
+/// agent), then becomes COMMAND.
+int exec_agent(const char* parent, char** command) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (std::to_string(::getppid()) != parent)
+    return 1; // nerve is gone already
+  ::execvp(command[0], command);
+  std::fprintf(stderr, "cannot start %s: %s\n", command[0], std::strerror(errno));
+  return 127; // as a shell reports a command it cannot run
+}
+
 int main(int argc, char** argv) {
   using namespace nerve::runtime;
+  if (argc >= 4 && std::string_view{argv[1]} == "__exec-agent")
+    return exec_agent(argv[2], argv + 3);
   CLI::App app{"nerve: an actor runtime that runs event-driven agents reliably"};
   app.require_subcommand(1);
   app.fallthrough(); // client flags may follow a nested subcommand

@@ -15,6 +15,9 @@
 namespace nerve::runtime {
 
 int run_server(const config::flag_overrides& flags) {
+  // Process agents start through this binary's `__exec-agent`, which ties
+  // each child's life to this process (main.cpp).
+  actors::set_agent_launcher({"/proc/self/exe", "__exec-agent", std::to_string(::getpid())});
   // Block the stop signals in every thread started from here on; this thread
   // waits for them with sigwait.
   sigset_t stop_signals;

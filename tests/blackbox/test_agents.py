@@ -472,6 +472,36 @@ class DeafAgentTest(AgentTestCase):
         self.assertEqual(srv.stop(), 0)
         self.assertLess(time.monotonic() - started, 10)  # SIGTERM reaches the child at once
 
+    def test_a_child_that_ignores_stdin_does_not_outlive_a_kill_9_of_nerve(self):
+        # Else a restarted nerve would run a second copy of every such agent.
+        t = topic("deafkill")
+        srv = self.agent_server([], start=False)
+        script = os.path.join(srv.workdir, "deaf_agent.py")
+        with open(script, "w") as f:
+            f.write(DEAF_AGENT)
+        ready = os.path.join(srv.workdir, "deaf_ready")
+        srv.write_config({"agents": [process("deaf", [t], [sys.executable, script, ready],
+                                             instances=2)]})
+        srv.start()
+
+        def pids():
+            a = self.agent(srv, "deaf")
+            got = [i["pid"] for i in a["instances"] if isinstance(i["pid"], int)]
+            return got if len(got) == 2 else None
+
+        def alive(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().split(") ", 1)[1][0] != "Z"  # a zombie is gone
+            except FileNotFoundError:
+                return False
+        running = self.wait_for(pids, what="2 agent processes")
+        self.wait_for(lambda: os.path.exists(ready), what="the agent to start")
+        self.assertTrue(all(alive(p) for p in running))
+        srv.kill()
+        self.wait_for(lambda: not any(alive(p) for p in running) or None, timeout=10,
+                      what="the agent processes to end with nerve")
+
 
 # 5 -----------------------------------------------------------------------------
 
