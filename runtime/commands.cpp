@@ -329,8 +329,9 @@ int bus_inspect(const client_options& client, const inspect_options& o) {
       auto data = e.contains("data")
                     ? e["data"].dump(-1, ' ', false, json::error_handler_t::replace)
                     : std::string{"-"};
-      if (data.size() > data_chars_max)
-        data = data.substr(0, data_chars_max - 3) + "...";
+      // Cut by characters, not bytes: never inside a UTF-8 sequence.
+      if (utf8_length(data) > data_chars_max)
+        data = utf8_prefix(data, data_chars_max - 3) + "...";
       t.add({str(e, "partition"), str(e, "offset"), str(e, "id"), str(e, "time"), str(e, "type"),
              str(e, "key"), data});
     }

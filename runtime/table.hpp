@@ -7,6 +7,11 @@
 
 namespace nerve::runtime {
 
+/// Characters (code points) in UTF-8 text: what a terminal column counts.
+[[nodiscard]] std::size_t utf8_length(const std::string& s);
+/// The first `n` characters of UTF-8 text.
+[[nodiscard]] std::string utf8_prefix(const std::string& s, std::size_t n);
+
 class table {
 public:
   explicit table(std::vector<std::string> headers);

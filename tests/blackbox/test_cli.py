@@ -582,6 +582,20 @@ class ClientCommandsTest(CliTestCase):
         self.same_json(["bus", "inspect", t, "--partition", str(p), "--from-offset", "1",
                         "--limit", "1"], query)
 
+    def test_data_is_cut_by_characters_and_columns_align_with_utf8(self):
+        t = f"cli.utf8.{uuid.uuid4().hex[:8]}"
+        self.assertEqual(self.srv.publish(t, [{"data": "é" * 100, "key": "ключ"},
+                                               {"data": 1, "key": "k"}]).status, 201)
+        out = self.ok(self.nerve("bus", "inspect", t))
+        data = '"' + "é" * 56 + "..."  # 57 characters of the JSON string, then ...
+        self.assertIn(data, out)
+        lines = out.splitlines()
+        # DATA starts in the same column on every line (characters, not bytes).
+        self.assertEqual(len(lines), 3, out)
+        starts = {len(line) - len(cell) for line in lines for cell in ("DATA", data, "1")
+                  if line.endswith(cell)}
+        self.assertEqual(len(starts), 1, out)
+
     def test_control_characters_from_publishers_are_shown_escaped(self):
         t = f"cli.esc.{uuid.uuid4().hex[:8]}"
         ev = {"data": 1, "type": "\u001b[2J\u001b[31mPWNED", "key": "a\nFAKE  ROW"}
