@@ -754,6 +754,15 @@ private:
     std::map<std::string, std::string> q;
     if (auto err = parse_query(req.query, {"agent", "topic", "cursor", "limit"}, q))
       return respond(std::move(*err));
+    // A cursor is the last entry id of the page before ("dlq-" + 16 hex
+    // digits); anything else would silently answer an empty or partial page.
+    if (auto& c = q["cursor"];
+        !c.empty()
+        && (c.size() != 20 || c.rfind("dlq-", 0) != 0
+            || c.find_first_not_of("0123456789abcdef", 4) != std::string::npos))
+      return respond(problem(400, "invalid-parameter", "Bad Request",
+                             "query parameter cursor=" + c.substr(0, 64)
+                               + " is not a DLQ cursor: use next_cursor from the page before"));
     std::optional<std::uint64_t> limit;
     if (auto err = query_uint(q, "limit", 1000, limit, 1))
       return respond(std::move(*err));

@@ -577,6 +577,11 @@ class BadInputTest(SharedServerTest):
                 p = self.assertProblem(self.srv.post(f"/v1/dlq/retry-all?{q}", None), 400)
                 self.assertIn("query parameter", p["detail"])
         self.assertEqual(self.srv.get("/v1/dlq?agent=web&topic=t&limit=5").status, 200)
+        for cursor in ("garbage", "dlq-XYZ", "dlq-0123456789abcdeg", "dlq-0123456789abcdef0"):
+            with self.subTest(cursor=cursor):
+                p = self.assertProblem(self.srv.get(f"/v1/dlq?cursor={cursor}"), 400)
+                self.assertIn("cursor", p["detail"])
+        self.assertEqual(self.srv.get("/v1/dlq?cursor=dlq-0123456789abcdef").status, 200)
 
     def test_a_literal_route_is_not_taken_for_an_id(self):
         # /v1/dlq/retry-all is POST only; it is not the DLQ entry "retry-all".
