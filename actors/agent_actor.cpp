@@ -33,13 +33,10 @@ constexpr std::size_t max_line_bytes = 16u << 20;
 /// How long a process agent gets to exit after SIGTERM before SIGKILL.
 constexpr auto stop_grace = std::chrono::seconds{5};
 
-std::vector<std::string>& launcher_prefix() {
+/// Put in front of every process agent's command (set_agent_launcher).
+std::vector<std::string>& agent_launcher() {
   static std::vector<std::string> prefix;
   return prefix;
-}
-
-const std::vector<std::string>& agent_launcher() {
-  return launcher_prefix();
 }
 
 struct in_flight {
@@ -49,9 +46,9 @@ struct in_flight {
 
 /// Writes lines to a child's stdin on a thread of its own, so the instance
 /// actor never blocks on a child that stops reading: its timeouts and a stop
-/// still run. The pipe is closed once the queued lines are written after
-/// close(), or when a write fails (the child is gone). Destroying it gives
-/// up on what is not written yet, within 100 ms.
+/// still run. Destroying it gives up on what is not written yet (within
+/// 100 ms, even when the child reads nothing) and closes the pipe; so does a
+/// failed write (the child is gone).
 class stdin_writer {
 public:
   stdin_writer(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
@@ -61,22 +58,17 @@ public:
   stdin_writer(const stdin_writer&) = delete;
   stdin_writer& operator=(const stdin_writer&) = delete;
   ~stdin_writer() {
-    abandon_ = true;
-    close();
+    {
+      std::lock_guard<std::mutex> guard{mutex_};
+      stopping_ = true;
+      cv_.notify_one();
+    }
     thread_.join();
   }
 
   void push(std::string line) {
     std::lock_guard<std::mutex> guard{mutex_};
-    if (closed_)
-      return;
     lines_.push_back(std::move(line));
-    cv_.notify_one();
-  }
-
-  void close() {
-    std::lock_guard<std::mutex> guard{mutex_};
-    closed_ = true;
     cv_.notify_one();
   }
 
@@ -86,15 +78,15 @@ private:
       std::string line;
       {
         std::unique_lock<std::mutex> guard{mutex_};
-        cv_.wait(guard, [this] { return closed_ || !lines_.empty(); });
-        if (lines_.empty())
+        cv_.wait(guard, [this] { return stopping_ || !lines_.empty(); });
+        if (stopping_)
           break;
         line = std::move(lines_.front());
         lines_.pop_front();
       }
       if (!write_line(line)) {
         // The child is gone; the restarted one gets its deliveries again.
-        if (!abandon_)
+        if (!stopping_)
           spdlog::warn("{}: writing to the agent's stdin failed: {}", name_, std::strerror(errno));
         break;
       }
@@ -110,7 +102,7 @@ private:
         done += static_cast<std::size_t>(n);
       } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         // The child is not reading: wait, but give up when told to.
-        if (abandon_)
+        if (stopping_)
           return false;
         pollfd p{fd_, POLLOUT, 0};
         ::poll(&p, 1, 100);
@@ -126,8 +118,7 @@ private:
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<std::string> lines_;
-  bool closed_ = false;
-  std::atomic<bool> abandon_{false};
+  std::atomic<bool> stopping_{false}; ///< set under mutex_, read without it while writing
   std::thread thread_;
 };
 
@@ -501,7 +492,7 @@ caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr
 namespace nerve::actors {
 
 void set_agent_launcher(std::vector<std::string> prefix) {
-  detail::launcher_prefix() = std::move(prefix);
+  detail::agent_launcher() = std::move(prefix);
 }
 
 } // namespace nerve::actors

@@ -176,6 +176,19 @@ void release(group& g, delivery_rec& rec) {
     g.busy_keys.erase(rec.key);
 }
 
+/// Queues `offset` to be sent (again): at the back, or at the front when it
+/// keeps its place (a requeue). Below the cursor (a DLQ retry) it counts as
+/// redelivering until an instance takes it, as the lag does not show it.
+void make_ready(group& g, std::uint64_t offset, delivery_rec& rec, bool front = false) {
+  rec.state = rec_state::ready;
+  if (rec.below_cursor)
+    ++g.stats->redelivering;
+  if (front)
+    g.ready.push_front(offset);
+  else
+    g.ready.push_back(offset);
+}
+
 /// Reads events after `next_read` into the group, up to its window.
 void fill(partition_actor_t* self, group& g) {
   auto& st = self->state;
@@ -406,9 +419,8 @@ std::string emitted_id(const std::string& parent, const std::string& agent, std:
   out.insert(12, "-");
   out.insert(8, "-");
   out[14] = '8'; // UUID version 8: custom
-  // The RFC 9562 variant: the two top bits of this digit are 10.
-  auto v = static_cast<unsigned>(std::stoul(std::string(1, out[19]), nullptr, 16));
-  out[19] = hex[8U | (v & 3U)];
+  // The RFC 9562 variant: the top two bits of lo's first digit are 10.
+  out[19] = hex[8U | ((lo >> 60) & 3U)];
   return out;
 }
 
@@ -567,10 +579,7 @@ void recover_group(partition_actor_t* self, group& g) {
     if (p.acked) {
       rec.state = rec_state::done;
     } else if (p.attempts == 0) {
-      rec.state = rec_state::ready;
-      if (rec.below_cursor)
-        ++g.stats->redelivering;
-      g.ready.push_back(p.offset);
+      make_ready(g, p.offset, rec);
     } else {
       rec.state = rec_state::retry_wait;
       ++g.stats->waiting_retry;
@@ -777,11 +786,8 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
         return;
       }
       if (auto* rec = g.find(offset); rec && rec->state == rec_state::retry_wait) {
-        rec->state = rec_state::ready;
         --g.stats->waiting_retry;
-        if (rec->below_cursor)
-          ++g.stats->redelivering;
-        g.ready.push_back(offset);
+        make_ready(g, offset, *rec);
         schedule_flush(self);
       }
     },
@@ -795,13 +801,10 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
         for (auto* recs : {&g.recs, &g.redeliveries})
           for (auto& [offset, rec] : *recs)
             if (rec.state == rec_state::in_flight && rec.instance == instance) {
-              rec.state = rec_state::ready;
               --rec.attempts;
               --g.stats->in_flight;
-              if (rec.below_cursor)
-                ++g.stats->redelivering;
               release(g, rec);
-              g.ready.push_front(offset);
+              make_ready(g, offset, rec, true);
             }
       }
       schedule_flush(self);
@@ -834,9 +837,7 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
         rec->persisted = true;
         st.state.delete_dlq(dlq_id);
         --st.ctx->dlq_size;
-        if (rec->below_cursor)
-          ++g.stats->redelivering;
-        g.ready.push_back(offset);
+        make_ready(g, offset, *rec);
         schedule_flush(self);
         (*reply)(std::string{});
         return;
