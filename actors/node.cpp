@@ -419,8 +419,7 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
       auto& st = self->state;
       if (st.stopping)
         return;
-      if (!st.ctx->log->writable())
-        st.ctx->log->resume();
+      st.ctx->log->resume(); // nothing to do while it takes writes
       self->delayed_send(self, storage_resume_every, resume_atom::value);
     },
     [=](sweep_atom) {
@@ -1012,16 +1011,14 @@ public:
       r.storage_latency_ms = probe.latency_ms;
       r.storage_error = probe.error;
       // A log that refuses writes (a failed write, e.g. a full disk) takes no
-      // event: the bus is down with the storage, until a restart.
+      // event: the bus is down with the storage until it takes writes again.
       r.bus_ok = true;
       if (draining_.load()) {
         r.bus_ok = false;
         r.bus_error = "the node is shutting down";
       } else if (!log_->writable()) {
         r.bus_ok = false;
-        r.bus_error = "the log refuses writes since a write failed (" + log_->last_error()
-                      + "); it takes writes again by itself once the cause is gone (a full disk: "
-                        "64 MiB free)";
+        r.bus_error = log_->refusal();
       }
       r.dlq_size = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ctx_.dlq_size.load()));
       for (auto& agent : ctx_.agents)

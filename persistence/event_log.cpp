@@ -744,8 +744,7 @@ tl::expected<std::chrono::microseconds, error> event_log::probe() {
   auto start = std::chrono::steady_clock::now();
   auto token = std::to_string(opts_.clock());
   if (wal_broken_.load())
-    return tl::make_unexpected(
-      error{errc::io_error, "the log refuses writes since: " + last_error()});
+    return tl::make_unexpected(error{errc::io_error, refusal()});
   rocksdb::WriteOptions wo;
   wo.sync = opts_.fsync != config::fsync_policy::never;
   auto s = db_->Put(wo, meta_, "probe", token);
@@ -794,6 +793,11 @@ std::uint64_t current_wal(rocksdb::DB& db) {
 }
 
 } // namespace
+
+std::string event_log::refusal() const {
+  return "the log refuses writes since a write failed (" + last_error()
+         + "); it takes writes again by itself once the cause is gone (a full disk: 64 MiB free)";
+}
 
 bool event_log::resume() {
   if (!wal_broken_.load())
@@ -869,9 +873,7 @@ void event_log::sync_round(std::unique_lock<std::mutex>& guard) {
 
 rocksdb::Status event_log::sync_wal() {
   if (wal_broken_.load())
-    return rocksdb::Status::IOError(
-      "a write to the log failed earlier (" + last_error()
-      + "); it takes writes again by itself once the cause is gone (a full disk: 64 MiB free)");
+    return rocksdb::Status::IOError(refusal());
   auto started = std::chrono::steady_clock::now();
   auto s = db_->SyncWAL();
   if (opts_.observe_io)

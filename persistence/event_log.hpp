@@ -239,6 +239,8 @@ public:
   /// written (a torn record at its end must never be followed by
   /// acknowledged ones). Answers whether the log is writable; no-op when it is.
   bool resume();
+  /// Why the log takes no writes while it is not writable(), for answers.
+  [[nodiscard]] std::string refusal() const;
   [[nodiscard]] std::string last_error() const;
 
   [[nodiscard]] std::string node_id() const { return node_id_; }
