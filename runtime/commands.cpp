@@ -186,6 +186,17 @@ int check_exists(const client_options& client, const std::string& what, const st
   return exit_ok;
 }
 
+/// A filter naming no agent (or topic) matches nothing: say so (exit 1).
+int check_agent(const client_options& client, const std::string& what, const std::string& name) {
+  return name.empty() ? exit_ok : check_exists(client, what, "/v1/agents/" + encode_segment(name));
+}
+
+int check_topic(const client_options& client, const std::string& what, const std::string& name) {
+  return name.empty()
+           ? exit_ok
+           : check_exists(client, what, "/v1/topics/" + encode_segment(name) + "/groups");
+}
+
 } // namespace
 
 int agent(const client_options& client, const std::string& action, const std::string& name) {
@@ -219,17 +230,12 @@ int dlq(const client_options& client, const dlq_options& o) {
   };
   // A filter naming no agent or topic would match nothing: say so (exit 1)
   // rather than print an empty list or retry nothing.
-  bool filtered = o.action == "list" || o.action == "retry-all" || o.action == "purge";
-  if (filtered && !o.agent.empty())
-    if (auto code
-        = check_exists(client, "dlq " + o.action, "/v1/agents/" + encode_segment(o.agent));
-        code != exit_ok)
+  if (o.action == "list" || o.action == "retry-all" || o.action == "purge") {
+    if (auto code = check_agent(client, "dlq " + o.action, o.agent); code != exit_ok)
       return code;
-  if (filtered && !o.topic.empty())
-    if (auto code = check_exists(client, "dlq " + o.action,
-                                 "/v1/topics/" + encode_segment(o.topic) + "/groups");
-        code != exit_ok)
+    if (auto code = check_topic(client, "dlq " + o.action, o.topic); code != exit_ok)
       return code;
+  }
   if (o.action == "list")
     return call_and_print(client, "dlq list", "GET", "/v1/dlq" + filters(true), "",
                           [&](const json& j) {
@@ -396,13 +402,10 @@ int metrics(const client_options& client, const metrics_options& o) {
     return report_failure(client, "metrics", *res);
   auto j = json::parse(res->body, nullptr, false);
   if (j.is_object() && j.contains("metrics") && items_of(j, "metrics").empty()) {
-    if (!o.agent.empty())
-      if (auto code = check_exists(client, "metrics", "/v1/agents/" + encode_segment(o.agent)))
-        return code;
-    if (!o.topic.empty())
-      if (auto code = check_exists(client, "metrics",
-                                   "/v1/topics/" + encode_segment(o.topic) + "/events?limit=1"))
-        return code;
+    if (auto code = check_agent(client, "metrics", o.agent); code != exit_ok)
+      return code;
+    if (auto code = check_topic(client, "metrics", o.topic); code != exit_ok)
+      return code;
   }
   auto as_json = client;
   as_json.json = client.json || o.format == "json";
