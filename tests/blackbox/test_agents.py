@@ -89,6 +89,16 @@ class AgentTestCase(ServerTestCase):
     def cli(self, srv, *args):
         return run_nerve(list(args) + ["--server", srv.url])
 
+    def script_agent(self, srv, source, name):
+        """Writes the Python agent `source` into the server's work dir; answers
+        the command that runs it, which gets one more file path as argv[1]
+        (a marker or a log of its own), and that path."""
+        script = os.path.join(srv.workdir, f"{name}_agent.py")
+        with open(script, "w") as f:
+            f.write(source)
+        path = os.path.join(srv.workdir, f"{name}.out")
+        return [sys.executable, script, path], path
+
 
 # 1 -----------------------------------------------------------------------------
 
@@ -383,12 +393,9 @@ class TimeoutTest(AgentTestCase):
     def test_unanswered_delivery_times_out_into_the_dlq(self):
         t = topic("timeout")
         srv = self.agent_server([], start=False)
-        script = os.path.join(srv.workdir, "hang_agent.py")
-        with open(script, "w") as f:
-            f.write(HANG_AGENT)
-        ready = os.path.join(srv.workdir, "hang_ready")
-        srv.write_config({"agents": [process("hang", [t], [sys.executable, script, ready],
-                                             timeout="100ms", max_retries=1, backoff=FAST)]})
+        command, ready = self.script_agent(srv, HANG_AGENT, "hang")
+        srv.write_config({"agents": [process("hang", [t], command, timeout="100ms",
+                                             max_retries=1, backoff=FAST)]})
         srv.start()
         # On a loaded machine Python can take longer than the 100 ms timeout to start.
         self.wait_for(lambda: os.path.exists(ready), what="the agent to start")
@@ -421,12 +428,9 @@ class PoisonEventTest(AgentTestCase):
     def test_an_event_that_kills_the_child_every_time_ends_in_the_dlq(self):
         t = topic("poison")
         srv = self.agent_server([], start=False)
-        script = os.path.join(srv.workdir, "crash_agent.py")
-        with open(script, "w") as f:
-            f.write(CRASH_AGENT)
-        starts = os.path.join(srv.workdir, "starts")
-        srv.write_config({"agents": [process("crashy", [t], [sys.executable, script, starts],
-                                             timeout="1s", max_retries=1, backoff=FAST)]})
+        command, starts = self.script_agent(srv, CRASH_AGENT, "crashy")
+        srv.write_config({"agents": [process("crashy", [t], command, timeout="1s",
+                                             max_retries=1, backoff=FAST)]})
         srv.start()
         self.wait_for(lambda: os.path.exists(starts), what="the agent to start")
         [poison] = self.publish_ok(srv, t, [{"data": {"crash": True}}])
@@ -457,12 +461,9 @@ class DeafAgentTest(AgentTestCase):
         # must not hold up the timeouts or a stop.
         t = topic("deaf")
         srv = self.agent_server([], start=False)
-        script = os.path.join(srv.workdir, "deaf_agent.py")
-        with open(script, "w") as f:
-            f.write(DEAF_AGENT)
-        ready = os.path.join(srv.workdir, "deaf_ready")
-        srv.write_config({"agents": [process("deaf", [t], [sys.executable, script, ready],
-                                             timeout="500ms", max_retries=0)]})
+        command, ready = self.script_agent(srv, DEAF_AGENT, "deaf")
+        srv.write_config({"agents": [process("deaf", [t], command, timeout="500ms",
+                                             max_retries=0)]})
         srv.start()
         self.wait_for(lambda: os.path.exists(ready), what="the agent to start")
         events = self.publish_ok(srv, t, [{"data": "x" * 20000} for _ in range(16)])
@@ -476,12 +477,8 @@ class DeafAgentTest(AgentTestCase):
         # Else a restarted nerve would run a second copy of every such agent.
         t = topic("deafkill")
         srv = self.agent_server([], start=False)
-        script = os.path.join(srv.workdir, "deaf_agent.py")
-        with open(script, "w") as f:
-            f.write(DEAF_AGENT)
-        ready = os.path.join(srv.workdir, "deaf_ready")
-        srv.write_config({"agents": [process("deaf", [t], [sys.executable, script, ready],
-                                             instances=2)]})
+        command, ready = self.script_agent(srv, DEAF_AGENT, "deaf")
+        srv.write_config({"agents": [process("deaf", [t], command, instances=2)]})
         srv.start()
 
         def pids():
@@ -521,10 +518,8 @@ class EmitChainTest(AgentTestCase):
     def test_an_empty_emit_list_is_a_plain_ack(self):
         t = topic("emptyemit")
         srv = self.agent_server([], start=False)
-        script = os.path.join(srv.workdir, "empty_emit.py")
-        with open(script, "w") as f:
-            f.write(EMPTY_EMIT_AGENT)
-        srv.write_config({"agents": [process("quiet", [t], [sys.executable, script])]})
+        command, _ = self.script_agent(srv, EMPTY_EMIT_AGENT, "quiet")
+        srv.write_config({"agents": [process("quiet", [t], command)]})
         srv.start()
         events = self.publish_ok(srv, t, [{"data": i, "key": "k"} for i in range(5)])
         acked = self.wait_state(srv, [e["id"] for e in events], "quiet", "acked")
@@ -838,12 +833,9 @@ class OrderedByKeyTest(AgentTestCase):
     def test_per_key_order_with_four_instances(self):
         t = topic("ordered")
         srv = self.agent_server([], start=False)
-        script = os.path.join(srv.workdir, "ordered_agent.py")
-        log = os.path.join(srv.workdir, "handled.log")
-        with open(script, "w") as f:
-            f.write(ORDERED_AGENT)
-        srv.write_config({"agents": [process("ord", [t], [sys.executable, script, log],
-                                             instances=4, ordered_by="key", max_in_flight=8)]})
+        command, log = self.script_agent(srv, ORDERED_AGENT, "ord")
+        srv.write_config({"agents": [process("ord", [t], command, instances=4, ordered_by="key",
+                                             max_in_flight=8)]})
         srv.start()
         self.wait_for(lambda: all(i["state"] == "running" and i["pid"]
                                   for i in self.agent(srv, "ord")["instances"]), what="running")
@@ -920,14 +912,11 @@ class RestartTest(AgentTestCase):
     def test_dlq_and_acked_state_survive_restart_without_redelivery(self):
         t = topic("restart")
         srv = self.agent_server([], start=False)
-        script = os.path.join(srv.workdir, "log_agent.py")
-        log = os.path.join(srv.workdir, "handled.log")
-        with open(script, "w") as f:
-            f.write(ORDERED_AGENT)
+        command, log = self.script_agent(srv, ORDERED_AGENT, "logger")
         srv.write_config({"agents": [
             builtin("e", [t], "echo"),
             builtin("bad", [t], "fail", max_retries=2, backoff=FAST),
-            process("logger", [t], [sys.executable, script, log])]})
+            process("logger", [t], command)]})
         srv.start()
         pub = self.publish_ok(srv, t, [{"data": {"seq": i}, "key": f"k{i}"} for i in range(5)])
         ids = [p["id"] for p in pub]
@@ -1023,12 +1012,9 @@ class CrashTest(AgentTestCase):
     def test_kill_9_of_nerve_mid_delivery_loses_nothing_and_emits_once(self):
         t, out_t = topic("crash"), topic("crashout")
         srv = self.agent_server([], start=False)
-        script = os.path.join(srv.workdir, "slow_emitter.py")
-        log = os.path.join(srv.workdir, "handled.log")
-        with open(script, "w") as f:
-            f.write(SLOW_EMITTER)
-        srv.write_config({"agents": [process("slow", [t], [sys.executable, script, log, out_t],
-                                             max_in_flight=2, instances=2)]})
+        command, log = self.script_agent(srv, SLOW_EMITTER, "slow")
+        srv.write_config({"agents": [process("slow", [t], command + [out_t], max_in_flight=2,
+                                             instances=2)]})
         srv.start()
         pub = self.publish_ok(srv, t, [{"data": {"n": i}, "key": f"k{i % 4}"} for i in range(40)])
         ids = [p["id"] for p in pub]
