@@ -2,6 +2,7 @@
 // and agent-instance actors and runs retention, and the `node` facade the
 // HTTP layer calls.
 #include "actors/node.hpp"
+#include "actors/messages.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -1156,6 +1157,7 @@ private:
     c.set("scheduler.policy", caf::atom("sharing"));
     c.set("logger.console", caf::atom("none"));
     c.set("logger.file-verbosity", caf::atom("quiet"));
+    register_messages(c);
     return c;
   }
 
