@@ -4,6 +4,9 @@
 #include <array>
 #include <utility>
 
+#include <caf/message.hpp>
+#include <caf/sec.hpp>
+
 namespace nerve::actors {
 
 namespace {
@@ -73,6 +76,23 @@ std::optional<replay_mode> replay_mode_of(std::string_view text) {
   return value_of(replay_modes, text);
 }
 
+caf::error make_caf_error(errc code, std::string message) {
+  // CAF reads code 0 as "no error": the codes start at 1.
+  return caf::error{static_cast<std::uint8_t>(static_cast<int>(code) + 1), error_category,
+                    caf::make_message(std::move(message))};
+}
+
+error from_caf_error(const caf::error& x) {
+  if (x.category() == error_category) {
+    std::string message;
+    if (x.context().match_elements<std::string>())
+      message = x.context().get_as<std::string>(0);
+    return error{static_cast<errc>(x.code() - 1), std::move(message)};
+  }
+  // CAF's own: the peer died, the request timed out, the message was lost.
+  return error{errc::unavailable, caf::to_string(x)};
+}
+
 void register_messages(caf::actor_system_config& cfg) {
   // The names are the wire format: a node knows a type only by its name, so
   // renaming one breaks mixed-version clusters (bump wire_version instead).
@@ -85,6 +105,8 @@ void register_messages(caf::actor_system_config& cfg) {
     .add_message_type<credit_grant>("nerve.credit_grant")
     .add_message_type<dead_letter>("nerve.dead_letter")
     .add_message_type<redelivery>("nerve.redelivery")
+    .add_message_type<dlq_query>("nerve.dlq_query")
+    .add_message_type<dead_letter_page>("nerve.dead_letter_page")
     .add_message_type<replay_range>("nerve.replay_range")
     .add_message_type<replay_plan>("nerve.replay_plan")
     .add_message_type<replay_record>("nerve.replay_record")

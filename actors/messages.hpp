@@ -13,7 +13,10 @@
 
 #include <caf/actor_system_config.hpp>
 #include <caf/atom.hpp>
+#include <caf/error.hpp>
 #include <caf/meta/type_name.hpp>
+
+#include "actors/node.hpp"
 
 namespace nerve::actors {
 
@@ -45,6 +48,31 @@ enum class replay_mode : std::uint8_t { dry_run, redeliver };
 [[nodiscard]] std::optional<start_position> start_position_of(std::string_view text);
 [[nodiscard]] std::optional<replay_state> replay_state_of(std::string_view text);
 [[nodiscard]] std::optional<replay_mode> replay_mode_of(std::string_view text);
+
+// -- atoms: one per handler, so every signature is distinct -----------------
+
+using dlq_put_atom = caf::atom_constant<caf::atom("dlq_put")>;
+using dlq_list_atom = caf::atom_constant<caf::atom("dlq_list")>;
+using dlq_get_atom = caf::atom_constant<caf::atom("dlq_get")>;
+using dlq_retry_atom = caf::atom_constant<caf::atom("dlq_retry")>;
+using dlq_retry_all_atom = caf::atom_constant<caf::atom("dlq_retall")>;
+using dlq_delete_atom = caf::atom_constant<caf::atom("dlq_del")>;
+using dlq_purge_atom = caf::atom_constant<caf::atom("dlq_purge")>;
+using dlq_count_atom = caf::atom_constant<caf::atom("dlq_count")>;
+using dlq_step_atom = caf::atom_constant<caf::atom("dlq_step")>;
+using dlq_synced_atom = caf::atom_constant<caf::atom("dlq_synced")>;
+using redeliver_atom = caf::atom_constant<caf::atom("redeliver")>;
+
+// -- errors --------------------------------------------------------------------
+
+/// The category of nerve's errors inside caf::error.
+inline constexpr caf::atom_value error_category = caf::atom("nerve");
+
+/// An actor's answer that failed, as CAF carries it: `code` and a message.
+[[nodiscard]] caf::error make_caf_error(errc code, std::string message);
+/// The node error a caf::error stands for; CAF's own errors (a request that
+/// timed out, an actor that died) are `unavailable`.
+[[nodiscard]] error from_caf_error(const caf::error& x);
 
 // -- value types -------------------------------------------------------------
 
@@ -231,6 +259,40 @@ struct redelivery {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, redelivery& x) {
   return f(caf::meta::type_name("nerve.redelivery"), x.agent, x.offset, x.dlq_id);
+}
+
+/// Which DLQ entries an operation covers: empty names match all; the page
+/// starts after `cursor` (an entry id) and holds at most `limit` entries.
+struct dlq_query {
+  std::string agent;
+  std::string topic;
+  std::string cursor;
+  std::uint32_t limit = 0;
+
+  friend bool operator==(const dlq_query& a, const dlq_query& b) {
+    return a.agent == b.agent && a.topic == b.topic && a.cursor == b.cursor && a.limit == b.limit;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, dlq_query& x) {
+  return f(caf::meta::type_name("nerve.dlq_query"), x.agent, x.topic, x.cursor, x.limit);
+}
+
+/// One page of DLQ entries.
+struct dead_letter_page {
+  std::uint64_t count = 0; ///< every entry matching the query's names
+  std::vector<dead_letter> entries;
+  std::string next_cursor; ///< empty on the last page
+
+  friend bool operator==(const dead_letter_page& a, const dead_letter_page& b) {
+    return a.count == b.count && a.entries == b.entries && a.next_cursor == b.next_cursor;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, dead_letter_page& x) {
+  return f(caf::meta::type_name("nerve.dead_letter_page"), x.count, x.entries, x.next_cursor);
 }
 
 /// The offsets of one partition a replay covers for one agent.

@@ -132,3 +132,16 @@ TEST_CASE("protocol enums have stable names both ways", "[unit]") {
   CHECK_FALSE(agent_kind_of("pull-ish").has_value());
   CHECK_FALSE(replay_state_of("paused").has_value());
 }
+
+TEST_CASE("every node error survives the trip through caf::error", "[unit]") {
+  for (auto code : {errc::not_found, errc::conflict, errc::overloaded, errc::unavailable,
+                    errc::storage, errc::invalid}) {
+    auto e = make_caf_error(code, "what failed");
+    REQUIRE(static_cast<bool>(e)); // never CAF's "no error"
+    auto back = from_caf_error(e);
+    CHECK(back.code == code);
+    CHECK(back.message == "what failed");
+  }
+  auto theirs = from_caf_error(caf::make_error(caf::sec::request_timeout));
+  CHECK(theirs.code == errc::unavailable);
+}
