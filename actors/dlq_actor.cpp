@@ -154,6 +154,23 @@ caf::expected<dead_letter> load(dlq_state& st, const std::string& id) {
   return letter_of(**e);
 }
 
+/// The stored entry `id` when no other operation has it, or the error.
+caf::expected<dead_letter> load_free(dlq_state& st, const std::string& id) {
+  if (st.busy.count(id) > 0)
+    return make_caf_error(errc::conflict, "DLQ entry " + id + " is being retried or deleted");
+  return load(st, id);
+}
+
+/// Answers `d` once the sync covering the change to it is done.
+void answer_after_sync(self_ptr self, caf::typed_response_promise<dead_letter> rp, dead_letter d) {
+  after_sync(self, [rp, d = std::move(d)](const std::string& failure) mutable {
+    if (failure.empty())
+      rp.deliver(d);
+    else
+      rp.deliver(make_caf_error(errc::storage, failure));
+  });
+}
+
 /// Asks the entry's partition to deliver it again; `done` gets "" once the
 /// partition queued it (the entry is then deleted), else why not.
 void redeliver(self_ptr self, const dead_letter& d, std::function<void(std::string)> done) {
@@ -310,10 +327,7 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
       return *d;
     },
     [self](dlq_retry_atom, const std::string& id) -> caf::result<dead_letter> {
-      auto& st = self->state;
-      if (st.busy.count(id) > 0)
-        return make_caf_error(errc::conflict, "DLQ entry " + id + " is being retried or deleted");
-      auto d = load(st, id);
+      auto d = load_free(self->state, id);
       if (!d)
         return d.error();
       auto rp = self->make_response_promise<dead_letter>();
@@ -322,12 +336,7 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
           rp.deliver(make_caf_error(errc::unavailable, refused));
           return;
         }
-        after_sync(self, [rp, d](const std::string& failure) mutable {
-          if (failure.empty())
-            rp.deliver(d);
-          else
-            rp.deliver(make_caf_error(errc::storage, failure));
-        });
+        answer_after_sync(self, rp, d);
       });
       return rp;
     },
@@ -335,21 +344,13 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
       return start_op(self, long_op::kind::retry_all, q);
     },
     [self](dlq_delete_atom, const std::string& id) -> caf::result<dead_letter> {
-      auto& st = self->state;
-      if (st.busy.count(id) > 0)
-        return make_caf_error(errc::conflict, "DLQ entry " + id + " is being retried or deleted");
-      auto d = load(st, id);
+      auto d = load_free(self->state, id);
       if (!d)
         return d.error();
-      if (auto failed = delete_entries(st, {*d}))
+      if (auto failed = delete_entries(self->state, {*d}))
         return *failed;
       auto rp = self->make_response_promise<dead_letter>();
-      after_sync(self, [rp, d = *d](const std::string& failure) mutable {
-        if (failure.empty())
-          rp.deliver(d);
-        else
-          rp.deliver(make_caf_error(errc::storage, failure));
-      });
+      answer_after_sync(self, rp, *d);
       return rp;
     },
     [self](dlq_purge_atom, const std::string& agent) {
