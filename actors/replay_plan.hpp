@@ -1,12 +1,18 @@
 // Replay planning and history reading (replay_planner.cpp,
-// replay_history.cpp): what a replay selects, its stored record and the
-// pages of an agent's history. No CAF: the replay actor is in
-// replay_actor.cpp.
+// replay_history.cpp): what a replay selects, its stored record, the pages
+// of an agent's history, and the plan's pieces the replay actor reads. No
+// CAF: the replay actor is in replay_actor.cpp.
+//
+// A replay is one JSON record in `meta` under "replay/<id>"; its plan holds,
+// per agent, the offset ranges of each partition in the window (append time
+// only grows within a partition, so a window is one range per partition).
+// Outcomes under a replay are records "rout/<id>/<agent>/<topic>/<p>/<offset>".
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <tl/expected.hpp>
@@ -15,6 +21,37 @@
 #include "actors/node_context.hpp"
 
 namespace nerve::actors::detail {
+
+/// One partition's share of a window.
+struct range {
+  std::string topic;
+  std::uint32_t topic_id = 0;
+  std::uint32_t partition = 0;
+  std::uint64_t lo = 0; ///< first offset
+  std::uint64_t hi = 0; ///< last offset (inclusive)
+};
+
+/// The ranges of one agent's part of a plan.
+[[nodiscard]] std::vector<range> ranges_of(const nlohmann::json& plan_agent);
+
+/// Whether stored event `e` passes the agent's filter.
+[[nodiscard]] bool filter_matches(const config::agent_filter& f, const nlohmann::json& e);
+
+[[nodiscard]] inline bool has_filter(const config::agent_filter& f) {
+  return f.type || f.source || f.key;
+}
+
+/// meta key of one event's outcome under replay `id`.
+[[nodiscard]] std::string outcome_key(const std::string& id, const std::string& agent,
+                                      std::uint32_t topic_id, std::uint32_t partition,
+                                      std::uint64_t offset);
+
+/// The event `text` with `"replay":"<id>"` added, as agents receive it.
+[[nodiscard]] std::string marked(const std::string& text, const std::string& id);
+
+/// The id of a stored event: its JSON starts with {"id":"...", and ids need
+/// no escaping.
+[[nodiscard]] std::string id_of(const std::string& text);
 
 /// meta key of a replay's record.
 [[nodiscard]] std::string replay_key(const std::string& id);
