@@ -32,7 +32,6 @@ public:
     std::optional<std::uint32_t> max_restarts;
   };
 
-  restart_policy() = default;
   explicit restart_policy(settings s) : settings_(s) {}
 
   /// The child started (again) at `now`: stability is measured from here.
@@ -44,8 +43,6 @@ public:
 
   /// Restarts in the current series (deaths since it started over).
   [[nodiscard]] std::uint32_t restarts() const { return restarts_; }
-
-  [[nodiscard]] const settings& config() const { return settings_; }
 
 private:
   settings settings_;

@@ -54,6 +54,13 @@ struct runner_state {
 
 using runner_actor_t = caf::stateful_actor<runner_state>;
 
+/// The restart policy of child `key`, made from `settings` at its first death.
+template <class Key>
+restart_policy& policy_for(std::unordered_map<Key, restart_policy>& policies, const Key& key,
+                           const restart_policy::settings& settings) {
+  return policies.try_emplace(key, settings).first->second;
+}
+
 void start_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& route,
                      std::uint32_t p) {
   auto& st = self->state;
@@ -108,7 +115,7 @@ void on_replay_down(runner_actor_t* self, const std::string& id, const caf::erro
   if (!running)
     return;
   auto& record = *running;
-  auto& policy = st.replay_policies.try_emplace(id, replay_restarts).first->second;
+  auto& policy = policy_for(st.replay_policies, id, replay_restarts);
   auto delay = policy.on_death(std::chrono::steady_clock::now());
   if (!delay) {
     record["state"] = "failed";
@@ -201,17 +208,6 @@ void schedule_sweep(runner_actor_t* self) {
   self->delayed_send(self, std::max(every, std::chrono::milliseconds{100}), sweep_atom::value);
 }
 
-/// The wait before restarting a child under `policies[key]`, created with
-/// `settings` on the child's first death. Never gives up when the policy
-/// has no limit.
-template <class Key>
-std::optional<std::chrono::milliseconds>
-restart_delay(std::unordered_map<Key, restart_policy>& policies, const Key& key,
-              const restart_policy::settings& settings) {
-  auto& policy = policies.try_emplace(key, settings).first->second;
-  return policy.on_death(std::chrono::steady_clock::now());
-}
-
 void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
   auto& st = self->state;
   auto it = st.children.find(msg.source);
@@ -232,7 +228,9 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
     return;
   if (ref.route) {
     const partition_slot* slot = ref.route->slots[ref.partition].get();
-    auto delay = *restart_delay(st.partition_policies, slot, partition_restarts);
+    // Never empty: the policy has no limit of restarts.
+    auto delay = *policy_for(st.partition_policies, slot, partition_restarts)
+                    .on_death(std::chrono::steady_clock::now());
     spdlog::warn("topic={} partition={}: stopped ({}); restarting in {} ms", ref.route->info.name,
                  ref.partition, caf::to_string(msg.reason), delay.count());
     if (delay.count() == 0)
@@ -255,7 +253,8 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
                      static_cast<std::uint64_t>(ref.instance));
   }
   const instance_slot* key = &slot;
-  auto delay = *restart_delay(st.instance_policies, key, instance_restarts);
+  auto delay = *policy_for(st.instance_policies, key, instance_restarts)
+                  .on_death(std::chrono::steady_clock::now());
   spdlog::warn("agent={} instance={}: stopped ({}); restarting in {} ms", ref.agent->cfg.name,
                ref.instance, caf::to_string(msg.reason), delay.count());
   self->delayed_send(self, delay, restart_atom::value, ref.agent->cfg.name,
