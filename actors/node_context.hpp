@@ -184,6 +184,10 @@ struct tail_hub {
 
 /// What the actors of one node share. Owned by the node; outlives the actors.
 struct node_context {
+  /// Actors that block (the runner, replays, process and http instances)
+  /// get threads of their own. Tests on CAF's deterministic scheduler turn
+  /// this off, so that every actor runs there (and use builtin agents only).
+  bool detach_blocking = true;
   persistence::event_log* log = nullptr;
   persistence::delivery_store* store = nullptr;
   const config::config* cfg = nullptr;

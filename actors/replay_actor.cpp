@@ -442,6 +442,8 @@ caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string 
 } // namespace
 
 caf::actor spawn_replay(caf::local_actor* parent, node_context* ctx, const std::string& id) {
+  if (!ctx->detach_blocking)
+    return parent->spawn<caf::monitored>(replay_actor, ctx, id);
   return parent->spawn<caf::detached + caf::monitored>(replay_actor, ctx, id);
 }
 

@@ -143,7 +143,7 @@ void on_replay_down(runner_actor_t* self, const std::string& id, const caf::erro
     return;
   auto& record = *running;
   auto& policy = policy_for(st.replay_policies, id, replay_restarts);
-  auto delay = policy.on_death(std::chrono::steady_clock::now());
+  auto delay = policy.on_death(self->clock().now());
   if (!delay) {
     record["state"] = "failed";
     record["error"] = "the replay actor crashed " + std::to_string(policy.restarts() + 1)
@@ -269,17 +269,20 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
   if (!ref.replay.empty())
     return;
   if (ref.dlq) {
-    auto delay = *st.dlq_policy.on_death(std::chrono::steady_clock::now());
+    auto delay = *st.dlq_policy.on_death(self->clock().now());
     spdlog::warn("dlq: stopped ({}); restarting in {} ms", caf::to_string(msg.reason),
                  delay.count());
-    self->delayed_send(self, delay, restart_dlq_atom::value);
+    if (delay.count() == 0)
+      start_dlq(self);
+    else
+      self->delayed_send(self, delay, restart_dlq_atom::value);
     return;
   }
   if (ref.route) {
     const partition_slot* slot = ref.route->slots[ref.partition].get();
     // Never empty: the policy has no limit of restarts.
-    auto delay = *policy_for(st.partition_policies, slot, partition_restarts)
-                    .on_death(std::chrono::steady_clock::now());
+    auto delay
+      = *policy_for(st.partition_policies, slot, partition_restarts).on_death(self->clock().now());
     spdlog::warn("topic={} partition={}: stopped ({}); restarting in {} ms", ref.route->info.name,
                  ref.partition, caf::to_string(msg.reason), delay.count());
     if (delay.count() == 0)
@@ -302,8 +305,8 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
                      static_cast<std::uint64_t>(ref.instance));
   }
   const instance_slot* key = &slot;
-  auto delay = *policy_for(st.instance_policies, key, instance_restarts)
-                  .on_death(std::chrono::steady_clock::now());
+  auto delay
+    = *policy_for(st.instance_policies, key, instance_restarts).on_death(self->clock().now());
   spdlog::warn("agent={} instance={}: stopped ({}); restarting in {} ms", ref.agent->cfg.name,
                ref.instance, caf::to_string(msg.reason), delay.count());
   self->delayed_send(self, delay, restart_atom::value, ref.agent->cfg.name,
@@ -436,7 +439,11 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
 } // namespace
 
 caf::actor spawn_runner(caf::actor_system& system, node_context* ctx) {
-  return system.spawn<caf::detached>(runner_actor, ctx);
+  // Detached: topic creation and retention sweeps write to the disk, which
+  // the scheduler thread of the partitions must never wait for.
+  if (ctx->detach_blocking)
+    return system.spawn<caf::detached>(runner_actor, ctx);
+  return system.spawn(runner_actor, ctx);
 }
 
 } // namespace nerve::actors::detail
