@@ -395,7 +395,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
   st.agent = agent;
   st.index = index;
   st.slot = agent->instances[index].get();
-  st.slot->in_flight = 0;
+  agent->credits.reset(index); // the instance before this one is down
   if (agent->cfg.kind == "process") {
     start_child(self);
   } else if (agent->cfg.kind == "http") {

@@ -91,12 +91,7 @@ public:
     ctx_.cfg = &cfg_;
     ctx_.hooks = &hooks_;
     for (std::size_t i = 0; i < cfg_.agents.size(); ++i) {
-      auto a = std::make_shared<agent_runtime>();
-      a->cfg = cfg_.agents[i];
-      a->index = i;
-      for (std::uint32_t k = 0; k < a->cfg.instances; ++k)
-        a->instances.push_back(std::make_unique<instance_slot>());
-      ctx_.agents.push_back(std::move(a));
+      ctx_.agents.push_back(std::make_shared<agent_runtime>(cfg_.agents[i], i));
     }
     ctx_.publish = [this](const std::string& topic, std::vector<publish_item> items,
                           callback<std::vector<published>> done) {
@@ -241,7 +236,7 @@ public:
     }
     for (auto& agent : ctx_.agents) {
       std::lock_guard<std::mutex> guard{agent->mutex};
-      agent->waiters.clear();
+      agent->credits.clear_waiters();
       for (auto& inst : agent->instances)
         inst->actor = nullptr;
     }

@@ -22,6 +22,7 @@
 #include <caf/actor.hpp>
 #include <nlohmann/json.hpp>
 
+#include "actors/credit_pool.hpp"
 #include "actors/node.hpp"
 #include "config/config.hpp"
 #include "persistence/delivery_store.hpp"
@@ -105,7 +106,6 @@ enum class instance_state : int { starting, running, restarting, crashed, stoppe
 /// One instance of an agent. The actor handle changes on restart.
 struct instance_slot {
   caf::actor actor; ///< guarded by agent_runtime::mutex
-  std::atomic<std::uint32_t> in_flight{0};
   std::atomic<instance_state> state{instance_state::starting};
   std::atomic<int> pid{0};
   std::atomic<std::uint32_t> restarts{0};
@@ -113,12 +113,16 @@ struct instance_slot {
 
 /// An agent from the config, with its live instances.
 struct agent_runtime {
+  /// The agent `c`, the `index`-th configured, with its instance slots.
+  agent_runtime(config::agent_config c, std::size_t index);
+
   config::agent_config cfg;
   std::size_t index = 0;
   std::vector<std::unique_ptr<instance_slot>> instances;
   std::atomic<bool> paused{false};
-  std::mutex mutex; ///< guards instance actor handles and `waiters`
-  std::vector<caf::actor> waiters;
+  std::mutex mutex; ///< guards instance actor handles
+  /// Deliveries in flight per instance, within max_in_flight.
+  basic_credit_pool<caf::actor> credits;
 
   /// Whether `topic` matches one of the agent's patterns.
   [[nodiscard]] bool subscribes(const std::string& topic) const;
@@ -129,7 +133,12 @@ struct agent_runtime {
   take_credit(std::size_t& rr, const caf::actor& partition);
   /// Gives a credit back and wakes the partitions that waited for one.
   void return_credit(std::size_t instance);
+  /// Wakes the partitions that waited for a credit (an instance came up).
   void wake_all();
+  /// Deliveries of `instance` in flight.
+  [[nodiscard]] std::uint32_t in_flight(std::size_t instance) const {
+    return credits.in_flight(instance);
+  }
 };
 
 using agent_ptr = std::shared_ptr<agent_runtime>;

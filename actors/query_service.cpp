@@ -28,7 +28,7 @@ agent_view view_of(agent_runtime& a) {
     any_running |= state == instance_state::running;
     any_restarting |= state == instance_state::restarting || state == instance_state::starting;
     v.instances.push_back(
-      {i, to_string(state), inst.pid.load(), inst.restarts.load(), inst.in_flight.load()});
+      {i, to_string(state), inst.pid.load(), inst.restarts.load(), a.in_flight(i)});
   }
   v.state = a.paused.load()  ? "paused"
             : any_running    ? "running"

@@ -294,7 +294,7 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
   // An agent instance died: its deliveries in flight go out again.
   auto& slot = *ref.agent->instances[ref.instance];
   slot.state = instance_state::crashed;
-  slot.in_flight = 0;
+  ref.agent->credits.reset(ref.instance);
   ++slot.restarts;
   {
     std::shared_lock<std::shared_mutex> guard{st.ctx->routes.mutex};

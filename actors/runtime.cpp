@@ -130,50 +130,45 @@ bool agent_runtime::subscribes(const std::string& topic) const {
   return false;
 }
 
+agent_runtime::agent_runtime(config::agent_config c, std::size_t i)
+  : cfg(std::move(c)), index(i), credits(std::max<std::uint32_t>(1, cfg.instances),
+                                         std::max<std::uint32_t>(1, cfg.max_in_flight)) {
+  for (std::uint32_t k = 0; k < cfg.instances; ++k)
+    instances.push_back(std::make_unique<instance_slot>());
+}
+
+namespace {
+
+void wake(const std::vector<caf::actor>& partitions) {
+  for (auto& p : partitions)
+    caf::anon_send(p, wake_atom::value);
+}
+
+} // namespace
+
 std::optional<std::pair<std::size_t, caf::actor>>
 agent_runtime::take_credit(std::size_t& rr, const caf::actor& partition) {
-  auto n = instances.size();
-  for (std::size_t k = 0; k < n; ++k) {
-    auto i = (rr + k) % n;
-    auto& slot = *instances[i];
-    if (slot.state.load() != instance_state::running)
-      continue;
-    auto cur = slot.in_flight.load();
-    while (cur < cfg.max_in_flight) {
-      if (slot.in_flight.compare_exchange_weak(cur, cur + 1)) {
-        rr = i + 1;
-        std::lock_guard<std::mutex> guard{mutex};
-        return std::make_pair(i, slot.actor);
-      }
-    }
-  }
+  std::vector<caf::actor> to_wake;
+  auto i = credits.take(
+    rr, [this](std::size_t k) { return instances[k]->state.load() == instance_state::running; },
+    partition, to_wake);
+  wake(to_wake);
+  if (!i)
+    return std::nullopt;
   std::lock_guard<std::mutex> guard{mutex};
-  waiters.push_back(partition);
-  // A credit may have come back between the scan and the registration.
-  for (auto& slot : instances)
-    if (slot->state.load() == instance_state::running
-        && slot->in_flight.load() < cfg.max_in_flight) {
-      for (auto& w : waiters)
-        caf::anon_send(w, wake_atom::value);
-      waiters.clear();
-      break;
-    }
-  return std::nullopt;
+  return std::make_pair(*i, instances[*i]->actor);
 }
 
 void agent_runtime::return_credit(std::size_t instance) {
-  instances[instance]->in_flight.fetch_sub(1);
-  wake_all();
+  std::vector<caf::actor> to_wake;
+  credits.give_back(instance, to_wake);
+  wake(to_wake);
 }
 
 void agent_runtime::wake_all() {
-  std::vector<caf::actor> woken;
-  {
-    std::lock_guard<std::mutex> guard{mutex};
-    woken.swap(waiters);
-  }
-  for (auto& w : woken)
-    caf::anon_send(w, wake_atom::value);
+  std::vector<caf::actor> to_wake;
+  credits.wake_all(to_wake);
+  wake(to_wake);
 }
 
 std::shared_ptr<topic_route> routing::find(const std::string& name) const {

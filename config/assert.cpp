@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-namespace nerve::detail {
+namespace nerve::invariant {
 
 void assert_failed(const char* condition, const char* file, int line, const char* detail) noexcept {
   // stderr, not the logger: the logger may be what is broken.
@@ -14,4 +14,4 @@ void assert_failed(const char* condition, const char* file, int line, const char
   std::abort();
 }
 
-} // namespace nerve::detail
+} // namespace nerve::invariant

@@ -5,13 +5,13 @@
 // (the runner's supervision cannot repair a state the code thinks impossible).
 #pragma once
 
-namespace nerve::detail {
+namespace nerve::invariant {
 
 /// Prints the failed condition with its place and a detail, then aborts.
 [[noreturn]] void assert_failed(const char* condition, const char* file, int line,
                                 const char* detail) noexcept;
 
-} // namespace nerve::detail
+} // namespace nerve::invariant
 
 /// Aborts with a message naming `cond` when it is false. The optional second
 /// argument is a string literal saying what the invariant means.
@@ -19,6 +19,7 @@ namespace nerve::detail {
   NERVE_ASSERT_PICK(__VA_ARGS__, NERVE_ASSERT_2, NERVE_ASSERT_1, )(__VA_ARGS__)
 #define NERVE_ASSERT_PICK(a, b, name, ...) name
 #define NERVE_ASSERT_1(cond)                                                                       \
-  ((cond) ? static_cast<void>(0) : ::nerve::detail::assert_failed(#cond, __FILE__, __LINE__, ""))
+  ((cond) ? static_cast<void>(0) : ::nerve::invariant::assert_failed(#cond, __FILE__, __LINE__, ""))
 #define NERVE_ASSERT_2(cond, why)                                                                  \
-  ((cond) ? static_cast<void>(0) : ::nerve::detail::assert_failed(#cond, __FILE__, __LINE__, why))
+  ((cond) ? static_cast<void>(0)                                                                   \
+          : ::nerve::invariant::assert_failed(#cond, __FILE__, __LINE__, why))

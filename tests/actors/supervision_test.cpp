@@ -57,12 +57,7 @@ struct supervised_node {
     ctx.cfg = &cfg;
     ctx.hooks = &hooks;
     for (std::size_t i = 0; i < cfg.agents.size(); ++i) {
-      auto a = std::make_shared<detail::agent_runtime>();
-      a->cfg = cfg.agents[i];
-      a->index = i;
-      for (std::uint32_t k = 0; k < a->cfg.instances; ++k)
-        a->instances.push_back(std::make_unique<detail::instance_slot>());
-      ctx.agents.push_back(std::move(a));
+      ctx.agents.push_back(std::make_shared<detail::agent_runtime>(cfg.agents[i], i));
     }
     ctx.publish
       = [](const std::string&, std::vector<publish_item>, callback<std::vector<published>> done) {

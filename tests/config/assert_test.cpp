@@ -24,6 +24,7 @@ child_result run_in_child(F fn) {
   auto pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL); // not Catch's handler: the child just dies
     ::dup2(fds[1], 2);
     ::close(fds[0]);
     fn();
