@@ -15,6 +15,7 @@
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
@@ -129,6 +130,12 @@ partition_writer::partition_writer(event_log& log, topic_info topic, std::uint32
 
 tl::expected<std::vector<append_result>, error>
 partition_writer::append(const std::vector<new_event>& events) {
+  if (log_.fails_at(fault_point::before_append, {topic_.name, partition_})) {
+    log_.note_error("append: injected fault");
+    return tl::make_unexpected(error{errc::io_error, "appending to " + topic_.name + "/"
+                                                       + std::to_string(partition_)
+                                                       + ": injected fault before append"});
+  }
   std::vector<append_result> results(events.size());
   std::vector<std::string> reserved;
   reserved.reserve(events.size());
@@ -325,8 +332,10 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   db_opts.enable_pipelined_write = true;
   db_opts.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_opts.info_log = std::make_shared<rocksdb_logger>();
-  if (opts.env != nullptr)
-    db_opts.env = opts.env;
+  if (opts.file_system) {
+    log->env_ = rocksdb::NewCompositeEnv(opts.file_system);
+    db_opts.env = log->env_.get();
+  }
 
   log->results_filter_ = std::make_unique<results_ttl_filter>(
     opts.clock, static_cast<std::int64_t>(opts.results_ttl.count()) * 1000);
@@ -874,6 +883,8 @@ void event_log::sync_round(std::unique_lock<std::mutex>& guard) {
 rocksdb::Status event_log::sync_wal() {
   if (wal_broken_.load())
     return rocksdb::Status::IOError(refusal());
+  if (fails_at(fault_point::before_sync, {}))
+    return rocksdb::Status::IOError("injected fault before sync");
   auto started = std::chrono::steady_clock::now();
   auto s = db_->SyncWAL();
   if (opts_.observe_io)
