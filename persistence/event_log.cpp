@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cassert>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -21,6 +20,7 @@
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
+#include "config/assert.hpp"
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
 
@@ -278,8 +278,11 @@ partition_writer::append(const std::vector<new_event>& events) {
     return tl::make_unexpected(
       io_error("appending to " + topic_.name + "/" + std::to_string(partition_), s));
   }
-  // Offsets stay dense: every appended event took exactly the next one.
-  assert(next_offset_ - first_offset == static_cast<std::uint64_t>(batch.Count() - 1) / 3);
+  // Offsets stay dense: every appended event took exactly the next one, and
+  // wrote three records; the batch also carries the partition's head.
+  const auto appended = next_offset_ - first_offset;
+  NERVE_ASSERT(batch.Count() == (appended == 0 ? 0 : 3 * appended + 1),
+               "each appended event takes the next offset and writes three records");
   last_time_us_ = now;
   log_.failed_.store(false, std::memory_order_relaxed);
   return results;
@@ -429,15 +432,21 @@ std::uint64_t event_log::recover_next_offset(std::uint32_t topic_id,
                                              std::uint32_t partition) const {
   std::uint64_t next = 0;
   std::string head;
-  if (db_->Get(rocksdb::ReadOptions{}, meta_, head_key(topic_id, partition), &head).ok()
-      && head.size() == 8)
+  bool has_head = db_->Get(rocksdb::ReadOptions{}, meta_, head_key(topic_id, partition), &head).ok()
+                  && head.size() == 8;
+  if (has_head)
     next = keys::get_u64(head, 0);
   auto prefix = keys::partition_prefix(topic_id, partition);
   auto upper = keys::event_key(topic_id, partition, ~0ULL);
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
   it->SeekForPrev(upper);
-  if (it->Valid() && starts_with(it->key(), prefix))
-    next = std::max(next, keys::get_u64(it->key().ToStringView(), 8) + 1);
+  if (it->Valid() && starts_with(it->key(), prefix)) {
+    auto last = keys::get_u64(it->key().ToStringView(), 8);
+    // The head is written in the batch of the events it counts: a crash
+    // keeps both or neither, never an event past its head.
+    NERVE_ASSERT(!has_head || next > last, "a partition's head counts every stored event");
+    next = std::max(next, last + 1);
+  }
   return next;
 }
 

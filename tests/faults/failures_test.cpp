@@ -61,10 +61,16 @@ struct faulty_node {
   test::acknowledged acked;
   std::unique_ptr<actors::node> node;
 
-  explicit faulty_node(actors::node_hooks hooks = {}) {
+  explicit faulty_node(actors::node_hooks hooks = {},
+                       const std::vector<std::string>& agent_command = {}) {
     spdlog::set_level(std::getenv("NERVE_FAULT_LOG") ? spdlog::level::info : spdlog::level::off);
     hooks.file_system = fs;
-    auto n = actors::start_node(test::fault_config(dir.sub("data"), partitions), hooks);
+    auto cfg = test::fault_config(dir.sub("data"), partitions);
+    if (!agent_command.empty()) {
+      cfg.agents[0].kind = "process";
+      cfg.agents[0].command = agent_command;
+    }
+    auto n = actors::start_node(cfg, hooks);
     REQUIRE(n);
     node = std::move(*n);
   }
@@ -167,6 +173,34 @@ TEST_CASE("a failure at a fault point fails that operation, not the node", "[fau
   // flush of a later publish: by now the fault fired); offsets stayed dense
   // (checked below).
   CHECK(acks_reach(*f.node, (*end)[0].offset + 1));
+  CHECK(failures_left.load() <= 0);
+  f.cut_and_check();
+}
+
+TEST_CASE("a failed write to a process agent's child restarts it and loses no delivery",
+          "[faults]") {
+  std::atomic<int> failures_left{0};
+  actors::node_hooks hooks;
+  hooks.fault = [&](fault_point p, const persistence::fault_context& where) {
+    return p == fault_point::child_io && where.subject == test::fault_agent
+               && failures_left.fetch_sub(1) > 0
+             ? fault_action::fail
+             : fault_action::proceed;
+  };
+  // Acks every event it reads; exits when its stdin closes.
+  const std::string acker = "import json, sys\n"
+                            "for line in sys.stdin:\n"
+                            "    m = json.loads(line)\n"
+                            "    print(json.dumps({'type': 'ack', 'delivery': m['delivery']}),"
+                            " flush=True)\n";
+  faulty_node f{hooks, {"python3", "-c", acker}};
+  f.publish_ok("before-", 2);
+  REQUIRE(acks_reach(*f.node, 2));
+  failures_left = 1; // the next line to the child fails as a broken pipe
+  f.publish_ok("during-", 3);
+  // The writer gives up, the child sees its stdin close and exits, and the
+  // restarted child gets the deliveries in flight again.
+  CHECK(acks_reach(*f.node, 5));
   CHECK(failures_left.load() <= 0);
   f.cut_and_check();
 }
