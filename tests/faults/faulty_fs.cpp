@@ -84,12 +84,11 @@ public:
     } else {
       files_.erase(to); // now the untracked, durable contents of `from`
     }
-    auto& from_new = new_files_[dir_of(from)];
-    auto& to_new = new_files_[dir_of(to)];
-    if (from_new.erase(from) != 0)
-      to_new.insert(to);
-    else
-      to_new.erase(to);
+    // A rename is durable at once, and so is every name created before it
+    // in its directories: a journaling file system keeps metadata changes in
+    // order, so a replaced CURRENT never names a MANIFEST that is gone.
+    new_files_.erase(dir_of(from));
+    new_files_.erase(dir_of(to));
   }
 
   std::mutex mutex_;

@@ -23,9 +23,11 @@ enum class file_kind {
 
 /// What survives a power cut, file by file:
 /// - a file keeps the bytes that a Sync/Fsync covered; later appends go;
-/// - a file created since its directory was last fsynced goes as a whole
-///   (a rename moves that state to the new name, as in RocksDB's own
-///   FaultInjectionTestFS);
+/// - a file created since its directory was last fsynced goes as a whole;
+///   a rename is durable at once and makes every name created before it in
+///   its directory durable too (a journaling file system keeps metadata
+///   changes in order; a name replaced by a rename holds the old or the new
+///   file, never neither, and this model picks the new one);
 /// - a failed sync loses the bytes it should have synced for good: later
 ///   syncs do not bring them back (Linux drops the dirty pages, "fsyncgate").
 /// Not modelled: deletions and renames are durable at once; unsynced bytes
