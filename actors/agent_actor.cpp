@@ -19,6 +19,7 @@
 
 #include "actors/agents/http_poster.hpp"
 #include "actors/node.hpp"
+#include "actors/restart_policy.hpp"
 #include "actors/runtime.hpp"
 
 extern char** environ;
@@ -141,8 +142,10 @@ struct instance_actor_state {
   std::uint64_t generation = 0;
   std::thread out_reader;
   std::thread err_reader;
-  std::uint32_t crashes = 0;
-  std::chrono::steady_clock::time_point started_at{};
+  /// A child that exits is restarted after 100 ms, doubling to 10 s while
+  /// it keeps exiting within 30 s of its start.
+  restart_policy child_restarts{{false, std::chrono::milliseconds{100}, std::chrono::seconds{10},
+                                 std::chrono::seconds{30}, std::nullopt}};
   bool stopping = false;
   // http agents
   std::unique_ptr<agents::http_poster> poster;
@@ -305,13 +308,13 @@ void start_child(instance_actor_t* self) {
     spdlog::error("{}: cannot start {}: {}", label(st), args[0], std::strerror(rc));
     // As a shell reports a command it cannot run: exit code 127, right
     // after the start, so the restart backoff grows as for any crash.
-    st.started_at = std::chrono::steady_clock::now();
+    st.child_restarts.started(std::chrono::steady_clock::now());
     caf::anon_send(caf::actor{self}, exited_atom::value, st.generation, W_EXITCODE(127, 0));
     return;
   }
   st.pid = pid;
   st.writer = std::make_unique<stdin_writer>(in[1], label(st), child_io_fault(st));
-  st.started_at = std::chrono::steady_clock::now();
+  st.child_restarts.started(std::chrono::steady_clock::now());
   st.slot->pid = pid;
   st.slot->state = instance_state::running;
   spdlog::info("{}: started pid {}", label(st), pid);
@@ -460,12 +463,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
       if (gen != st.generation || st.stopping)
         return;
       st.writer.reset(); // the child is dead: its pipe fails any write
-      auto ran = std::chrono::steady_clock::now() - st.started_at;
-      if (ran > std::chrono::seconds{30})
-        st.crashes = 0;
-      auto delay = std::chrono::milliseconds{
-        std::min<std::int64_t>(100LL << std::min<std::uint32_t>(st.crashes, 10), 10000)};
-      ++st.crashes;
+      auto delay = *st.child_restarts.on_death(std::chrono::steady_clock::now());
       st.slot->restarts++;
       st.slot->pid = 0;
       st.slot->state = instance_state::restarting;

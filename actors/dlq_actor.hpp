@@ -1,0 +1,72 @@
+// The DLQ actor: one per node, the only writer of dead-letter state and the
+// owner of its counts. Consumer groups hand it dead letters; the admin API
+// lists, retries, deletes and purges through it, a page at a time.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include <caf/fwd.hpp>
+#include <caf/typed_actor.hpp>
+
+#include "actors/messages.hpp"
+
+namespace nerve::persistence {
+class event_log;
+class delivery_store;
+} // namespace nerve::persistence
+
+namespace nerve::actors {
+
+/// The DLQ actor's interface. Every operation that changes an entry answers
+/// once the change is as durable as the node's fsync policy makes publishes.
+using dlq_actor = caf::typed_actor<
+  /// Stores a dead letter; true when it is a new entry (the same delivery
+  /// dead-lettered again keeps one entry and one count).
+  caf::replies_to<dlq_put_atom, dead_letter>::with<bool>,
+  caf::replies_to<dlq_list_atom, dlq_query>::with<dead_letter_page>,
+  caf::replies_to<dlq_get_atom, std::string>::with<dead_letter>,
+  /// Hands the entry back to its partition; deletes it once the partition
+  /// has queued the delivery.
+  caf::replies_to<dlq_retry_atom, std::string>::with<dead_letter>,
+  /// Retries every entry the query's names match; answers how many went back.
+  caf::replies_to<dlq_retry_all_atom, dlq_query>::with<std::uint64_t>,
+  caf::replies_to<dlq_delete_atom, std::string>::with<dead_letter>,
+  /// Deletes every entry of an agent (all agents when empty); answers how many.
+  caf::replies_to<dlq_purge_atom, std::string>::with<std::uint64_t>,
+  caf::replies_to<dlq_count_atom>::with<std::uint64_t>,
+  /// Internal: the next page of a long operation.
+  caf::reacts_to<dlq_step_atom, std::uint64_t>,
+  /// Internal: the sync covering operation `token`'s write finished.
+  caf::reacts_to<dlq_synced_atom, std::uint64_t, std::string>>;
+
+/// Finds the current actor of a partition; an invalid handle when the topic
+/// is not open here or the partition is restarting. A partition answers
+/// `(redeliver_atom, agent, offset, dlq_id)` with an empty string once the
+/// delivery is queued and its pending record written, or with why not.
+using partition_finder = std::function<caf::actor(const std::string& topic, std::uint32_t p)>;
+
+/// What the DLQ actor works with; all of it outlives the actor.
+struct dlq_deps {
+  persistence::event_log* log = nullptr;
+  persistence::delivery_store* store = nullptr;
+  partition_finder find_partition;
+  /// The entry count, for readers that must not wait for an actor (health,
+  /// /metrics). Only the DLQ actor writes it.
+  std::atomic<std::uint64_t>* size_gauge = nullptr;
+  /// How long a partition has to answer a redelivery.
+  std::chrono::milliseconds redeliver_timeout{10000};
+  /// Entries read per step of a long operation (list pages are the caller's).
+  std::uint32_t page_entries = 256;
+};
+
+/// Spawns the DLQ actor on the scheduler (it never waits for a sync); its
+/// state is rebuilt from the store on start.
+[[nodiscard]] dlq_actor spawn_dlq(caf::actor_system& sys, dlq_deps deps);
+/// The same, as a monitored child of `parent` (the runner supervises it).
+[[nodiscard]] dlq_actor spawn_dlq(caf::local_actor* parent, dlq_deps deps);
+
+} // namespace nerve::actors

@@ -1,0 +1,116 @@
+// Names of the protocol's enums, and the registration of its value types.
+#include "actors/messages.hpp"
+
+#include <array>
+#include <utility>
+
+#include <caf/message.hpp>
+#include <caf/sec.hpp>
+
+namespace nerve::actors {
+
+namespace {
+
+template <class E, std::size_t N>
+using names = std::array<std::pair<E, std::string_view>, N>;
+
+constexpr names<agent_kind, 3> agent_kinds{
+  {{agent_kind::builtin, "builtin"}, {agent_kind::process, "process"}, {agent_kind::http, "http"}}};
+constexpr names<ordering, 2> orderings{{{ordering::none, ""}, {ordering::key, "key"}}};
+constexpr names<start_position, 2> start_positions{
+  {{start_position::latest, "latest"}, {start_position::earliest, "earliest"}}};
+constexpr names<replay_state, 4> replay_states{{{replay_state::running, "running"},
+                                                {replay_state::done, "done"},
+                                                {replay_state::failed, "failed"},
+                                                {replay_state::cancelled, "cancelled"}}};
+constexpr names<replay_mode, 2> replay_modes{
+  {{replay_mode::dry_run, "dry-run"}, {replay_mode::redeliver, "redeliver"}}};
+
+template <class E, std::size_t N>
+std::string_view name_of(const names<E, N>& table, E x) {
+  for (auto& [value, name] : table)
+    if (value == x)
+      return name;
+  return "unknown";
+}
+
+template <class E, std::size_t N>
+std::optional<E> value_of(const names<E, N>& table, std::string_view text) {
+  for (auto& [value, name] : table)
+    if (name == text)
+      return value;
+  return std::nullopt;
+}
+
+} // namespace
+
+std::string_view to_string(agent_kind x) {
+  return name_of(agent_kinds, x);
+}
+std::string_view to_string(ordering x) {
+  return name_of(orderings, x);
+}
+std::string_view to_string(start_position x) {
+  return name_of(start_positions, x);
+}
+std::string_view to_string(replay_state x) {
+  return name_of(replay_states, x);
+}
+std::string_view to_string(replay_mode x) {
+  return name_of(replay_modes, x);
+}
+
+std::optional<agent_kind> agent_kind_of(std::string_view text) {
+  return value_of(agent_kinds, text);
+}
+std::optional<ordering> ordering_of(std::string_view text) {
+  return value_of(orderings, text);
+}
+std::optional<start_position> start_position_of(std::string_view text) {
+  return value_of(start_positions, text);
+}
+std::optional<replay_state> replay_state_of(std::string_view text) {
+  return value_of(replay_states, text);
+}
+std::optional<replay_mode> replay_mode_of(std::string_view text) {
+  return value_of(replay_modes, text);
+}
+
+caf::error make_caf_error(errc code, std::string message) {
+  // CAF reads code 0 as "no error": the codes start at 1.
+  return caf::error{static_cast<std::uint8_t>(static_cast<int>(code) + 1), error_category,
+                    caf::make_message(std::move(message))};
+}
+
+error from_caf_error(const caf::error& x) {
+  if (x.category() == error_category) {
+    std::string message;
+    if (x.context().match_elements<std::string>())
+      message = x.context().get_as<std::string>(0);
+    return error{static_cast<errc>(x.code() - 1), std::move(message)};
+  }
+  // CAF's own: the peer died, the request timed out, the message was lost.
+  return error{errc::unavailable, caf::to_string(x)};
+}
+
+void register_messages(caf::actor_system_config& cfg) {
+  // The names are the wire format: a node knows a type only by its name, so
+  // renaming one breaks mixed-version clusters (bump wire_version instead).
+  cfg.add_message_type<event_position>("nerve.event_position")
+    .add_message_type<wire_event>("nerve.wire_event")
+    .add_message_type<append_request>("nerve.append_request")
+    .add_message_type<appended>("nerve.appended")
+    .add_message_type<delivery>("nerve.delivery")
+    .add_message_type<outcome>("nerve.outcome")
+    .add_message_type<credit_grant>("nerve.credit_grant")
+    .add_message_type<dead_letter>("nerve.dead_letter")
+    .add_message_type<redelivery>("nerve.redelivery")
+    .add_message_type<dlq_query>("nerve.dlq_query")
+    .add_message_type<dead_letter_page>("nerve.dead_letter_page")
+    .add_message_type<replay_range>("nerve.replay_range")
+    .add_message_type<replay_plan>("nerve.replay_plan")
+    .add_message_type<replay_record>("nerve.replay_record")
+    .add_message_type<hello>("nerve.hello");
+}
+
+} // namespace nerve::actors

@@ -1,0 +1,391 @@
+// The actor protocol of a nerve node: the enums, atoms and value types its
+// actors exchange, each with an `inspect` overload so CAF can serialize it,
+// and the names every node registers them under (register_messages). A type
+// here may cross nodes: it holds values only (no pointers, no callbacks) and
+// round-trips through CAF's binary serializer (tests/actors/messages_test.cpp).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <caf/actor_system_config.hpp>
+#include <caf/atom.hpp>
+#include <caf/error.hpp>
+#include <caf/meta/type_name.hpp>
+
+#include "actors/node.hpp"
+
+namespace nerve::actors {
+
+/// Version of the wire protocol; a peer speaking another one is refused.
+inline constexpr std::uint32_t wire_version = 1;
+
+// -- enums (stored and sent as their underlying integer) ----------------------
+
+/// How an agent's handler runs.
+enum class agent_kind : std::uint8_t { builtin, process, http };
+/// `ordered_by` of an agent: none, or one delivery in flight per event key.
+enum class ordering : std::uint8_t { none, key };
+/// Where a new consumer group starts on a partition.
+enum class start_position : std::uint8_t { latest, earliest };
+/// The life of a replay.
+enum class replay_state : std::uint8_t { running, done, failed, cancelled };
+/// What a replay does with the histories it rebuilds.
+enum class replay_mode : std::uint8_t { dry_run, redeliver };
+
+[[nodiscard]] std::string_view to_string(agent_kind x);
+[[nodiscard]] std::string_view to_string(ordering x);
+[[nodiscard]] std::string_view to_string(start_position x);
+[[nodiscard]] std::string_view to_string(replay_state x);
+[[nodiscard]] std::string_view to_string(replay_mode x);
+
+/// The enum named by `text` (as configured or stored), if any.
+[[nodiscard]] std::optional<agent_kind> agent_kind_of(std::string_view text);
+[[nodiscard]] std::optional<ordering> ordering_of(std::string_view text);
+[[nodiscard]] std::optional<start_position> start_position_of(std::string_view text);
+[[nodiscard]] std::optional<replay_state> replay_state_of(std::string_view text);
+[[nodiscard]] std::optional<replay_mode> replay_mode_of(std::string_view text);
+
+// -- atoms: one per handler, so every signature is distinct -----------------
+
+using dlq_put_atom = caf::atom_constant<caf::atom("dlq_put")>;
+using dlq_list_atom = caf::atom_constant<caf::atom("dlq_list")>;
+using dlq_get_atom = caf::atom_constant<caf::atom("dlq_get")>;
+using dlq_retry_atom = caf::atom_constant<caf::atom("dlq_retry")>;
+using dlq_retry_all_atom = caf::atom_constant<caf::atom("dlq_retall")>;
+using dlq_delete_atom = caf::atom_constant<caf::atom("dlq_del")>;
+using dlq_purge_atom = caf::atom_constant<caf::atom("dlq_purge")>;
+using dlq_count_atom = caf::atom_constant<caf::atom("dlq_count")>;
+using dlq_step_atom = caf::atom_constant<caf::atom("dlq_step")>;
+using dlq_synced_atom = caf::atom_constant<caf::atom("dlq_synced")>;
+using redeliver_atom = caf::atom_constant<caf::atom("redeliver")>;
+
+// -- errors --------------------------------------------------------------------
+
+/// The category of nerve's errors inside caf::error.
+inline constexpr caf::atom_value error_category = caf::atom("nerve");
+
+/// An actor's answer that failed, as CAF carries it: `code` and a message.
+[[nodiscard]] caf::error make_caf_error(errc code, std::string message);
+/// The node error a caf::error stands for; CAF's own errors (a request that
+/// timed out, an actor that died) are `unavailable`.
+[[nodiscard]] error from_caf_error(const caf::error& x);
+
+// -- value types -------------------------------------------------------------
+
+/// Where an event lives: a partition of a topic (by its node-local id).
+struct event_position {
+  std::uint32_t topic_id = 0;
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
+
+  friend bool operator==(const event_position& a, const event_position& b) {
+    return a.topic_id == b.topic_id && a.partition == b.partition && a.offset == b.offset;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, event_position& x) {
+  return f(caf::meta::type_name("nerve.event_position"), x.topic_id, x.partition, x.offset);
+}
+
+/// One event to append, validated by the node that took the request.
+struct wire_event {
+  std::string id;       ///< never empty: generated where the request arrived
+  std::string key;      ///< may be empty
+  std::string fragment; ///< JSON members: "type":..,"trace_id":..,"data":..
+  std::string type;     ///< copies of the envelope fields agent filters match on
+  std::string source;
+  bool generated = false; ///< a fresh UUIDv7: no duplicate check needed
+
+  friend bool operator==(const wire_event& a, const wire_event& b) {
+    return a.id == b.id && a.key == b.key && a.fragment == b.fragment && a.type == b.type
+           && a.source == b.source && a.generated == b.generated;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, wire_event& x) {
+  return f(caf::meta::type_name("nerve.wire_event"), x.id, x.key, x.fragment, x.type, x.source,
+           x.generated);
+}
+
+/// A batch of events for one partition, in order.
+struct append_request {
+  std::string topic;
+  std::uint32_t partition = 0;
+  std::vector<wire_event> events;
+
+  friend bool operator==(const append_request& a, const append_request& b) {
+    return a.topic == b.topic && a.partition == b.partition && a.events == b.events;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, append_request& x) {
+  return f(caf::meta::type_name("nerve.append_request"), x.topic, x.partition, x.events);
+}
+
+/// Where one appended event now lives; answered once it is durable.
+struct appended {
+  std::string id;
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
+  std::int64_t time_us = 0;
+  bool duplicate = false;
+
+  friend bool operator==(const appended& a, const appended& b) {
+    return a.id == b.id && a.partition == b.partition && a.offset == b.offset
+           && a.time_us == b.time_us && a.duplicate == b.duplicate;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, appended& x) {
+  return f(caf::meta::type_name("nerve.appended"), x.id, x.partition, x.offset, x.time_us,
+           x.duplicate);
+}
+
+/// A delivery attempt, consumer group → agent instance. `group` and `offset`
+/// are the sender's own handles for the record (a replay sends a token as
+/// the offset); the instance hands them back unchanged in its outcome.
+struct delivery {
+  std::uint32_t group = 0;
+  std::uint32_t instance = 0;
+  std::uint64_t offset = 0;
+  std::uint32_t attempt = 1;
+  std::string delivery_id; ///< event id : agent : attempt (replays add their id)
+  std::string event_id;
+  std::string event; ///< the stored event JSON
+
+  friend bool operator==(const delivery& a, const delivery& b) {
+    return a.group == b.group && a.instance == b.instance && a.offset == b.offset
+           && a.attempt == b.attempt && a.delivery_id == b.delivery_id && a.event_id == b.event_id
+           && a.event == b.event;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, delivery& x) {
+  return f(caf::meta::type_name("nerve.delivery"), x.group, x.instance, x.offset, x.attempt,
+           x.delivery_id, x.event_id, x.event);
+}
+
+/// The answer to a delivery attempt, agent instance → consumer group.
+struct outcome {
+  std::uint32_t group = 0;
+  std::uint32_t instance = 0;
+  std::uint64_t offset = 0;
+  std::uint32_t attempt = 0;
+  bool ok = false;
+  bool timed_out = false; ///< not answered within the agent's timeout
+  std::string result;     ///< JSON text; empty: none
+  std::string emit;       ///< JSON array text of follow-up events; empty: none
+  std::string error;
+  std::int64_t elapsed_us = 0;
+
+  friend bool operator==(const outcome& a, const outcome& b) {
+    return a.group == b.group && a.instance == b.instance && a.offset == b.offset
+           && a.attempt == b.attempt && a.ok == b.ok && a.timed_out == b.timed_out
+           && a.result == b.result && a.emit == b.emit && a.error == b.error
+           && a.elapsed_us == b.elapsed_us;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, outcome& x) {
+  return f(caf::meta::type_name("nerve.outcome"), x.group, x.instance, x.offset, x.attempt, x.ok,
+           x.timed_out, x.result, x.emit, x.error, x.elapsed_us);
+}
+
+/// Credits an agent's side grants a sender: `credits` more deliveries may go
+/// to instance `instance` of agent `agent` (negative: taken back).
+struct credit_grant {
+  std::uint32_t agent = 0;
+  std::uint32_t instance = 0;
+  std::int32_t credits = 0;
+
+  friend bool operator==(const credit_grant& a, const credit_grant& b) {
+    return a.agent == b.agent && a.instance == b.instance && a.credits == b.credits;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, credit_grant& x) {
+  return f(caf::meta::type_name("nerve.credit_grant"), x.agent, x.instance, x.credits);
+}
+
+/// A delivery that ran out of retries, consumer group → DLQ actor.
+struct dead_letter {
+  std::string id; ///< derived from agent and position: the same failure, the same entry
+  std::string agent;
+  std::string topic;
+  event_position at;
+  std::string event_id;
+  std::string event; ///< the event JSON, kept even after retention removes it
+  std::string error;
+  std::uint32_t attempts = 0;
+  std::int64_t first_failed_us = 0;
+  std::int64_t last_failed_us = 0;
+
+  friend bool operator==(const dead_letter& a, const dead_letter& b) {
+    return a.id == b.id && a.agent == b.agent && a.topic == b.topic && a.at == b.at
+           && a.event_id == b.event_id && a.event == b.event && a.error == b.error
+           && a.attempts == b.attempts && a.first_failed_us == b.first_failed_us
+           && a.last_failed_us == b.last_failed_us;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, dead_letter& x) {
+  return f(caf::meta::type_name("nerve.dead_letter"), x.id, x.agent, x.topic, x.at, x.event_id,
+           x.event, x.error, x.attempts, x.first_failed_us, x.last_failed_us);
+}
+
+/// A dead-lettered event sent again, DLQ actor → its partition.
+struct redelivery {
+  std::string agent;
+  std::uint64_t offset = 0;
+  std::string dlq_id;
+
+  friend bool operator==(const redelivery& a, const redelivery& b) {
+    return a.agent == b.agent && a.offset == b.offset && a.dlq_id == b.dlq_id;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, redelivery& x) {
+  return f(caf::meta::type_name("nerve.redelivery"), x.agent, x.offset, x.dlq_id);
+}
+
+/// Which DLQ entries an operation covers: empty names match all; the page
+/// starts after `cursor` (an entry id) and holds at most `limit` entries.
+struct dlq_query {
+  std::string agent;
+  std::string topic;
+  std::string cursor;
+  std::uint32_t limit = 0;
+
+  friend bool operator==(const dlq_query& a, const dlq_query& b) {
+    return a.agent == b.agent && a.topic == b.topic && a.cursor == b.cursor && a.limit == b.limit;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, dlq_query& x) {
+  return f(caf::meta::type_name("nerve.dlq_query"), x.agent, x.topic, x.cursor, x.limit);
+}
+
+/// One page of DLQ entries.
+struct dead_letter_page {
+  std::uint64_t count = 0; ///< every entry matching the query's names
+  std::vector<dead_letter> entries;
+  std::string next_cursor; ///< empty on the last page
+
+  friend bool operator==(const dead_letter_page& a, const dead_letter_page& b) {
+    return a.count == b.count && a.entries == b.entries && a.next_cursor == b.next_cursor;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, dead_letter_page& x) {
+  return f(caf::meta::type_name("nerve.dead_letter_page"), x.count, x.entries, x.next_cursor);
+}
+
+/// The offsets of one partition a replay covers for one agent.
+struct replay_range {
+  std::string topic;
+  event_position from;  ///< first offset
+  std::uint64_t to = 0; ///< last offset, inclusive
+
+  friend bool operator==(const replay_range& a, const replay_range& b) {
+    return a.topic == b.topic && a.from == b.from && a.to == b.to;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, replay_range& x) {
+  return f(caf::meta::type_name("nerve.replay_range"), x.topic, x.from, x.to);
+}
+
+/// One agent's share of a replay, and how far its redelivery got.
+struct replay_plan {
+  std::string agent;
+  std::vector<replay_range> ranges;
+  std::uint64_t events = 0;     ///< deliveries in this agent's history
+  std::uint64_t pos_range = 0;  ///< resume from ranges[pos_range] ...
+  std::uint64_t pos_offset = 0; ///< ... at this offset
+
+  friend bool operator==(const replay_plan& a, const replay_plan& b) {
+    return a.agent == b.agent && a.ranges == b.ranges && a.events == b.events
+           && a.pos_range == b.pos_range && a.pos_offset == b.pos_offset;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, replay_plan& x) {
+  return f(caf::meta::type_name("nerve.replay_plan"), x.agent, x.ranges, x.events, x.pos_range,
+           x.pos_offset);
+}
+
+/// A replay as stored and reported: the window, the plan and the progress.
+struct replay_record {
+  std::string id;
+  replay_state state = replay_state::running;
+  replay_mode mode = replay_mode::dry_run;
+  std::int64_t from_us = 0;
+  std::int64_t to_us = 0;
+  std::vector<std::string> topics;
+  std::vector<std::string> agents;
+  std::vector<std::string> event_ids;
+  std::vector<replay_plan> plan;
+  std::uint64_t events_total = 0;
+  std::uint64_t events_done = 0;
+  std::uint64_t acked = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t retried = 0;
+  std::uint64_t dead_lettered = 0;
+  std::int64_t created_us = 0;
+  std::int64_t finished_us = 0; ///< 0 while running
+  std::string error;
+
+  friend bool operator==(const replay_record& a, const replay_record& b) {
+    return a.id == b.id && a.state == b.state && a.mode == b.mode && a.from_us == b.from_us
+           && a.to_us == b.to_us && a.topics == b.topics && a.agents == b.agents
+           && a.event_ids == b.event_ids && a.plan == b.plan && a.events_total == b.events_total
+           && a.events_done == b.events_done && a.acked == b.acked && a.failed == b.failed
+           && a.retried == b.retried && a.dead_lettered == b.dead_lettered
+           && a.created_us == b.created_us && a.finished_us == b.finished_us && a.error == b.error;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, replay_record& x) {
+  return f(caf::meta::type_name("nerve.replay_record"), x.id, x.state, x.mode, x.from_us, x.to_us,
+           x.topics, x.agents, x.event_ids, x.plan, x.events_total, x.events_done, x.acked,
+           x.failed, x.retried, x.dead_lettered, x.created_us, x.finished_us, x.error);
+}
+
+/// The first message on a link between two nodes.
+struct hello {
+  std::string node_id; ///< nerve's persistent id, never CAF's (that changes on restart)
+  std::uint32_t version = wire_version;
+
+  friend bool operator==(const hello& a, const hello& b) {
+    return a.node_id == b.node_id && a.version == b.version;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, hello& x) {
+  return f(caf::meta::type_name("nerve.hello"), x.node_id, x.version);
+}
+
+/// Registers every type above under its stable name ("nerve.<type>"); each
+/// node calls it on its actor_system_config before the system starts.
+void register_messages(caf::actor_system_config& cfg);
+
+} // namespace nerve::actors

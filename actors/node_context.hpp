@@ -1,0 +1,225 @@
+// The state the actors and services of one node share: partitions and their
+// routes, agents and their instances, counters, live tails, and the requests
+// the publish path queues on partitions. Owned by the node; outlives the
+// actors. Shared counters are atomics so the HTTP side can read them without
+// asking an actor. Only caf::actor (a handle) from CAF: services include this
+// header, not caf/all.hpp.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/node.hpp"
+#include "config/config.hpp"
+#include "persistence/delivery_store.hpp"
+#include "persistence/event_log.hpp"
+
+namespace nerve::actors::detail {
+
+using append_outcome = tl::expected<std::vector<persistence::append_result>, persistence::error>;
+
+/// One partition's share of a publish request. Answers exactly once: on
+/// flush, or with an error when it is destroyed unanswered (its partition
+/// actor died).
+struct partition_job {
+  std::vector<persistence::new_event> events;
+  std::function<void(append_outcome)> done;
+  std::atomic<std::uint64_t>* queued = nullptr; ///< the slot's counter
+
+  void finish(append_outcome r);
+  ~partition_job();
+};
+
+using job_ptr = std::shared_ptr<partition_job>;
+
+/// A topic creation request, answered on the runner.
+struct create_request {
+  std::string topic;
+  std::function<void(std::optional<std::string>)> done; ///< error text or nothing
+};
+
+using create_ptr = std::shared_ptr<create_request>;
+
+/// Bucket upper bounds of latencies, in milliseconds (last: +inf).
+inline constexpr std::array<double, 20> latency_bounds_ms
+  = {0.1, 0.25, 0.5,  1,    2.5,  5,     10,    25,    50,     100,
+     250, 500,  1000, 2500, 5000, 10000, 30000, 60000, 300000, 1e300};
+
+/// A fixed-bucket latency histogram that can be persisted and summed.
+struct latency_histogram {
+  std::atomic<std::uint64_t> sum_us{0};
+  std::array<std::atomic<std::uint64_t>, latency_bounds_ms.size()> buckets{};
+
+  void observe(std::int64_t us);
+  [[nodiscard]] nlohmann::json to_json() const;
+  void load_json(const nlohmann::json& j);
+};
+
+/// All-time counters of one agent on one partition; persisted in `meta`.
+struct counters {
+  std::atomic<std::uint64_t> received{0}; ///< attempts handed to the agent
+  std::atomic<std::uint64_t> processed{0};
+  std::atomic<std::uint64_t> failed{0}; ///< failed or timed-out attempts
+  std::atomic<std::uint64_t> timed_out{0};
+  std::atomic<std::uint64_t> retried{0};
+  std::atomic<std::uint64_t> dead_lettered{0};
+  latency_histogram processing; ///< each answered attempt, in the agent
+  latency_histogram delivery;   ///< append to ack, for events delivered live
+
+  [[nodiscard]] std::string to_json() const;
+  void load_json(const std::string& text);
+};
+
+/// One agent's consumer group on one partition, as others may read it.
+struct group_stats {
+  std::string agent;
+  std::size_t agent_index = 0;
+  std::atomic<std::uint64_t> cursor{0};
+  std::atomic<std::uint64_t> end{0};       ///< the partition's next offset
+  std::atomic<std::uint64_t> in_flight{0}; ///< delivered, not answered
+  std::atomic<std::uint64_t> waiting_retry{0};
+  /// Offsets below the cursor sent again (a DLQ retry) and not yet handed
+  /// to an instance: the lag does not show them.
+  std::atomic<std::uint64_t> redelivering{0};
+  std::atomic<std::int64_t> last_delivered{-1}; ///< offset, -1 before the first
+  counters totals;
+};
+
+enum class instance_state : int { starting, running, restarting, crashed, stopped };
+
+[[nodiscard]] const char* to_string(instance_state s);
+
+/// One instance of an agent. The actor handle changes on restart.
+struct instance_slot {
+  caf::actor actor; ///< guarded by agent_runtime::mutex
+  std::atomic<std::uint32_t> in_flight{0};
+  std::atomic<instance_state> state{instance_state::starting};
+  std::atomic<int> pid{0};
+  std::atomic<std::uint32_t> restarts{0};
+};
+
+/// An agent from the config, with its live instances.
+struct agent_runtime {
+  config::agent_config cfg;
+  std::size_t index = 0;
+  std::vector<std::unique_ptr<instance_slot>> instances;
+  std::atomic<bool> paused{false};
+  std::mutex mutex; ///< guards instance actor handles and `waiters`
+  std::vector<caf::actor> waiters;
+
+  /// Whether `topic` matches one of the agent's patterns.
+  [[nodiscard]] bool subscribes(const std::string& topic) const;
+  /// Takes one credit from the next instance with room, round-robin from
+  /// `rr`; returns the instance index and actor, or nothing when all are full
+  /// (then `partition` is woken when one frees up).
+  [[nodiscard]] std::optional<std::pair<std::size_t, caf::actor>>
+  take_credit(std::size_t& rr, const caf::actor& partition);
+  /// Gives a credit back and wakes the partitions that waited for one.
+  void return_credit(std::size_t instance);
+  void wake_all();
+};
+
+using agent_ptr = std::shared_ptr<agent_runtime>;
+
+/// A partition as the publish path sees it. The actor handle changes when
+/// the runner restarts the partition; the group stats outlive restarts.
+struct partition_slot {
+  caf::actor actor; ///< guarded by routing::mutex
+  std::atomic<std::uint64_t> queued{0};
+  std::atomic<std::uint64_t> durable_end{0}; ///< offsets below are appended and durable
+  std::atomic<bool> alive{false};
+  std::atomic<bool> recovered{false}; ///< its first actor rebuilt its state from the log
+  std::vector<std::unique_ptr<group_stats>> groups; ///< one per subscribed agent
+};
+
+struct topic_route {
+  persistence::topic_info info;
+  std::vector<std::unique_ptr<partition_slot>> slots;
+  std::atomic<std::uint64_t> round_robin{0};
+};
+
+struct routing {
+  mutable std::shared_mutex mutex;
+  std::unordered_map<std::string, std::shared_ptr<topic_route>> topics;
+
+  [[nodiscard]] std::shared_ptr<topic_route> find(const std::string& name) const;
+  /// A copy of the current actor of one partition.
+  [[nodiscard]] caf::actor actor_of(const topic_route& route, std::uint32_t partition) const;
+};
+
+/// Answers a request made of an actor: empty on success, else the error.
+using reply_ptr = std::shared_ptr<std::function<void(std::string)>>;
+
+using publish_fn = std::function<void(const std::string& topic, std::vector<publish_item>,
+                                      callback<std::vector<published>>)>;
+
+/// Live tails (WebSocket followers) per topic. Publishing checks `active`
+/// first, so a node without followers pays one atomic load per commit.
+struct tail_hub {
+  struct entry {
+    std::string topic;
+    tail_sink sink;
+  };
+  std::mutex mutex;
+  std::unordered_map<std::string, std::vector<std::weak_ptr<entry>>> by_topic;
+  std::atomic<std::size_t> active{0};
+
+  [[nodiscard]] std::shared_ptr<entry> add(const std::string& topic, tail_sink sink);
+  /// Hands durable events of `topic` to its followers.
+  void deliver(const std::string& topic, const std::vector<std::string>& events);
+};
+
+/// What the actors of one node share. Owned by the node; outlives the actors.
+struct node_context {
+  persistence::event_log* log = nullptr;
+  persistence::delivery_store* store = nullptr;
+  const config::config* cfg = nullptr;
+  const node_hooks* hooks = nullptr;
+  std::vector<agent_ptr> agents;
+  routing routes;
+  publish_fn publish;
+  std::atomic<std::int64_t> dlq_size{0};
+  tail_hub tails;
+  std::mutex replays_mutex;
+  std::unordered_map<std::string, caf::actor> replays; ///< running replay actors by id
+};
+
+/// meta key of the offset a consumer group started at (its first cursor).
+[[nodiscard]] inline std::string group_start_key(const std::string& agent, std::uint32_t topic_id,
+                                                 std::uint32_t partition) {
+  return "start/" + agent + "/" + std::to_string(topic_id) + "/" + std::to_string(partition);
+}
+
+/// The offset an agent's consumer group on a partition started at, if it
+/// ever had one there (read from `meta`).
+[[nodiscard]] tl::expected<std::optional<std::uint64_t>, error>
+group_start(const node_context& ctx, const std::string& agent, std::uint32_t topic_id,
+            std::uint32_t partition);
+
+/// A storage failure as the node's callers see it.
+[[nodiscard]] inline error from_storage(const persistence::error& e) {
+  return {errc::storage, e.message};
+}
+
+/// The agent named `name`, or nothing.
+[[nodiscard]] inline agent_ptr find_agent(const node_context& ctx, const std::string& name) {
+  for (auto& a : ctx.agents)
+    if (a->cfg.name == name)
+      return a;
+  return nullptr;
+}
+
+} // namespace nerve::actors::detail

@@ -1,0 +1,218 @@
+// publish_service: from a publish request to one job per partition, each
+// answered by its partition actor once durable; the answers are joined into
+// the request's answer.
+#include "actors/publish_service.hpp"
+
+#include <algorithm>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <unordered_map>
+#include <utility>
+
+#include "persistence/ids.hpp"
+
+namespace nerve::actors::detail {
+
+namespace {
+
+std::uint64_t fnv1a(const std::string& s) {
+  std::uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+/// Joins the per-partition answers of one publish request.
+struct publish_join {
+  std::vector<published> out;
+  std::atomic<std::size_t> remaining{0};
+  std::mutex mutex;
+  std::optional<error> failure;
+  callback<std::vector<published>> done;
+
+  void fail(error e) {
+    std::lock_guard<std::mutex> guard{mutex};
+    // A conflict says more than a storage error about what the caller did.
+    if (!failure || e.code == errc::conflict)
+      failure = std::move(e);
+  }
+
+  void arrive() {
+    if (remaining.fetch_sub(1, std::memory_order_acq_rel) != 1)
+      return;
+    if (failure)
+      done(tl::make_unexpected(*failure));
+    else
+      done(std::move(out));
+  }
+
+  /// Takes in one partition's answer for the request's items at `index`.
+  void answer(const std::vector<std::size_t>& index, append_outcome r) {
+    if (!r) {
+      fail(error{errc::unavailable, r.error().message});
+    } else {
+      for (std::size_t k = 0; k < index.size(); ++k) {
+        auto& a = (*r)[k];
+        if (a.status == persistence::append_status::conflict) {
+          fail(error{errc::conflict, "event id " + a.id + " is already used on topic " + a.topic
+                                       + "; ids are unique across topics"});
+          continue;
+        }
+        out[index[k]] = published{
+          a.id,           a.topic,         a.where.partition,
+          a.where.offset, a.where.time_us, a.status == persistence::append_status::duplicate};
+      }
+    }
+    arrive();
+  }
+};
+
+/// A request's items split by partition: the jobs (null where a partition
+/// gets none) and, per partition, the items' places in the request.
+struct partitioned {
+  std::vector<job_ptr> jobs;
+  std::vector<std::vector<std::size_t>> index;
+};
+
+partitioned split_by_partition(topic_route& route, std::vector<publish_item>& items) {
+  auto now = persistence::system_clock_us();
+  const auto partitions = route.info.partitions;
+  // Keyless events of one request stay together, on the next partition in turn.
+  const auto keyless = static_cast<std::uint32_t>(
+    route.round_robin.fetch_add(1, std::memory_order_relaxed) % partitions);
+  partitioned out{std::vector<job_ptr>(partitions),
+                  std::vector<std::vector<std::size_t>>(partitions)};
+  // A repeated id goes where its first occurrence goes, so the first wins.
+  std::unordered_map<std::string, std::uint32_t> first_partition;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    auto& it = items[i];
+    auto p = it.key.empty() ? keyless : static_cast<std::uint32_t>(fnv1a(it.key) % partitions);
+    if (!it.id.empty())
+      p = first_partition.emplace(it.id, p).first->second;
+    auto& job = out.jobs[p];
+    if (!job)
+      job = std::make_shared<partition_job>();
+    bool generated = it.id.empty();
+    if (generated)
+      it.id = persistence::new_uuid_v7(now);
+    job->events.push_back({std::move(it.id), std::move(it.key), std::move(it.fragment),
+                           std::move(it.type), std::move(it.source), generated});
+    out.index[p].push_back(i);
+  }
+  return out;
+}
+
+/// Admission: every partition involved must have room, or nothing is
+/// queued. Answers the partitions admitted, or the error.
+result<std::vector<std::uint32_t>> admit(const std::string& topic, topic_route& route,
+                                         const std::vector<job_ptr>& jobs,
+                                         std::uint64_t max_queued) {
+  std::vector<std::uint32_t> admitted;
+  for (std::uint32_t p = 0; p < jobs.size(); ++p) {
+    if (!jobs[p])
+      continue;
+    auto n = jobs[p]->events.size();
+    auto& q = route.slots[p]->queued;
+    if (q.fetch_add(n, std::memory_order_relaxed) + n > max_queued) {
+      q.fetch_sub(n, std::memory_order_relaxed);
+      for (auto a : admitted)
+        route.slots[a]->queued.fetch_sub(jobs[a]->events.size(), std::memory_order_relaxed);
+      return tl::make_unexpected(
+        error{errc::overloaded, "partition " + topic + "/" + std::to_string(p) + " has "
+                                  + std::to_string(max_queued)
+                                  + " events waiting to be written; retry shortly"});
+    }
+    admitted.push_back(p);
+  }
+  return admitted;
+}
+
+} // namespace
+
+publish_service::publish_service(const config::storage_config& storage, persistence::event_log& log,
+                                 routing& routes, const std::atomic<bool>& draining,
+                                 query_pool& pool, actor_sender& sender)
+  : storage_(storage), log_(log), routes_(routes), draining_(draining), pool_(pool),
+    sender_(sender) {
+}
+
+void publish_service::publish(const std::string& topic, std::vector<publish_item> items,
+                              callback<std::vector<published>> done) {
+  if (items.size() > storage_.max_queued_events)
+    return done(tl::make_unexpected(
+      error{errc::invalid, std::to_string(items.size())
+                             + " events exceed what one partition "
+                               "queues (storage.max_queued_events = "
+                             + std::to_string(storage_.max_queued_events) + ")"}));
+  bool explicit_ids
+    = std::any_of(items.begin(), items.end(), [](const publish_item& i) { return !i.id.empty(); });
+  // An id used on another topic refuses the whole request before anything
+  // is appended (or a topic is created for it).
+  if (explicit_ids && (items.size() > 1 || !routes_.find(topic)))
+    return precheck_then_publish(topic, std::move(items), std::move(done));
+  route_items(topic, std::move(items), std::move(done), true);
+}
+
+void publish_service::precheck_then_publish(const std::string& topic,
+                                            std::vector<publish_item> items,
+                                            callback<std::vector<published>> done) {
+  auto shared = std::make_shared<std::vector<publish_item>>(std::move(items));
+  pool_.post([this, topic, shared, done = std::move(done)]() mutable {
+    std::vector<std::string> ids;
+    for (auto& i : *shared)
+      if (!i.id.empty())
+        ids.push_back(i.id);
+    auto where = log_.topics_of(ids);
+    if (!where)
+      return done(tl::make_unexpected(from_storage(where.error())));
+    for (std::size_t k = 0; k < ids.size(); ++k)
+      if ((*where)[k] && *(*where)[k] != topic)
+        return done(tl::make_unexpected(
+          error{errc::conflict, "event id " + ids[k] + " is already used on topic " + *(*where)[k]
+                                  + "; ids are unique across topics"}));
+    route_items(topic, std::move(*shared), std::move(done), true);
+  });
+}
+
+void publish_service::route_items(const std::string& topic, std::vector<publish_item> items,
+                                  callback<std::vector<published>> done, bool may_create) {
+  if (draining_.load())
+    return done(tl::make_unexpected(error{errc::unavailable, "the node is shutting down"}));
+  auto route = routes_.find(topic);
+  if (!route) {
+    if (!may_create)
+      return done(
+        tl::make_unexpected(error{errc::storage, "topic " + topic + " could not be created"}));
+    auto req = std::make_shared<create_request>();
+    req->topic = topic;
+    req->done
+      = [this, topic, items = std::move(items), done](std::optional<std::string> err) mutable {
+          if (err)
+            return done(tl::make_unexpected(error{errc::storage, *err}));
+          route_items(topic, std::move(items), std::move(done), false);
+        };
+    sender_.create_topic(std::move(req));
+    return;
+  }
+  auto parts = split_by_partition(*route, items);
+  auto admitted = admit(topic, *route, parts.jobs, storage_.max_queued_events);
+  if (!admitted)
+    return done(tl::make_unexpected(admitted.error()));
+  auto join = std::make_shared<publish_join>();
+  join->out.resize(items.size());
+  join->remaining = admitted->size();
+  join->done = std::move(done);
+  for (auto p : *admitted) {
+    auto& job = parts.jobs[p];
+    job->queued = &route->slots[p]->queued;
+    job->done = [join, idx = std::move(parts.index[p])](append_outcome r) {
+      join->answer(idx, std::move(r));
+    };
+    sender_.publish(*route, p, std::move(job));
+  }
+}
+
+} // namespace nerve::actors::detail

@@ -1,0 +1,51 @@
+// publish_service: the publish path of a node. Checks a request's size and
+// its event ids, picks each event's partition, admits the request against
+// the partitions' queue bounds and queues one job per partition.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "actors/actor_sender.hpp"
+#include "actors/node.hpp"
+#include "actors/node_context.hpp"
+#include "actors/query_pool.hpp"
+
+namespace nerve::actors::detail {
+
+class publish_service {
+public:
+  /// `draining` turns true when the node shuts down: publishes are refused.
+  publish_service(const config::storage_config& storage, persistence::event_log& log,
+                  routing& routes, const std::atomic<bool>& draining, query_pool& pool,
+                  actor_sender& sender);
+
+  /// node::publish: refuses more items than a partition queues, and an id
+  /// used on another topic, before anything is appended.
+  void publish(const std::string& topic, std::vector<publish_item> items,
+               callback<std::vector<published>> done);
+
+  /// Queues items on their partitions (creating the topic on first use)
+  /// without publish's checks: node_context::publish, for the actors' own
+  /// follow-up events.
+  void dispatch(const std::string& topic, std::vector<publish_item> items,
+                callback<std::vector<published>> done) {
+    route_items(topic, std::move(items), std::move(done), true);
+  }
+
+private:
+  void precheck_then_publish(const std::string& topic, std::vector<publish_item> items,
+                             callback<std::vector<published>> done);
+  void route_items(const std::string& topic, std::vector<publish_item> items,
+                   callback<std::vector<published>> done, bool may_create);
+
+  const config::storage_config& storage_;
+  persistence::event_log& log_;
+  routing& routes_;
+  const std::atomic<bool>& draining_;
+  query_pool& pool_;
+  actor_sender& sender_;
+};
+
+} // namespace nerve::actors::detail

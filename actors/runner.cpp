@@ -1,0 +1,387 @@
+// The runner actor: supervision of partitions, agent instances and
+// replays, topic creation, retention and storage resumption.
+#include "actors/runner.hpp"
+
+#include <algorithm>
+#include <optional>
+#include <shared_mutex>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/restart_policy.hpp"
+#include "actors/runtime.hpp"
+#include "persistence/delivery_store.hpp"
+#include "persistence/event_log.hpp"
+
+namespace nerve::actors::detail {
+
+namespace {
+
+/// What a monitored child of the runner is.
+struct child_ref {
+  std::shared_ptr<topic_route> route; ///< a partition, or
+  std::uint32_t partition = 0;
+  agent_ptr agent; ///< an agent instance, or
+  std::size_t instance = 0;
+  std::string replay; ///< a replay's id
+};
+
+/// A partition that dies is restarted at once the first time, then with a
+/// wait doubling from 100 ms to 5 s while it keeps dying within a minute.
+const restart_policy::settings partition_restarts{true, std::chrono::milliseconds{100},
+                                                  std::chrono::seconds{5}, std::chrono::minutes{1},
+                                                  std::nullopt};
+/// An agent instance that dies is restarted after 200 ms, every time.
+const restart_policy::settings instance_restarts{false, std::chrono::milliseconds{200},
+                                                 std::chrono::milliseconds{200},
+                                                 std::chrono::milliseconds{0}, std::nullopt};
+/// A replay actor that crashes resumes after 1 s, 5 times; then it is failed.
+const restart_policy::settings replay_restarts{
+  false, std::chrono::seconds{1}, std::chrono::seconds{1}, std::chrono::milliseconds{0}, 5U};
+
+struct runner_state {
+  node_context* ctx = nullptr;
+  std::unordered_map<caf::actor_addr, child_ref> children;
+  bool stopping = false;
+  /// Restart policies per child; the slots outlive their actors.
+  std::unordered_map<const partition_slot*, restart_policy> partition_policies;
+  std::unordered_map<const instance_slot*, restart_policy> instance_policies;
+  std::unordered_map<std::string, restart_policy> replay_policies;
+  static inline const char* name = "runner";
+};
+
+using runner_actor_t = caf::stateful_actor<runner_state>;
+
+/// The restart policy of child `key`, made from `settings` at its first death.
+template <class Key>
+restart_policy& policy_for(std::unordered_map<Key, restart_policy>& policies, const Key& key,
+                           const restart_policy::settings& settings) {
+  return policies.try_emplace(key, settings).first->second;
+}
+
+void start_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& route,
+                     std::uint32_t p) {
+  auto& st = self->state;
+  auto a = spawn_partition(self, st.ctx, route, p);
+  st.children[a.address()] = child_ref{route, p, nullptr, 0, {}};
+  {
+    std::unique_lock<std::shared_mutex> guard{st.ctx->routes.mutex};
+    route->slots[p]->actor = a;
+  }
+  route->slots[p]->alive = true;
+}
+
+void start_instance(runner_actor_t* self, const agent_ptr& agent, std::size_t i) {
+  auto& st = self->state;
+  auto a = spawn_instance(self, st.ctx, agent, i);
+  st.children[a.address()] = child_ref{nullptr, 0, agent, i, {}};
+  std::lock_guard<std::mutex> guard{agent->mutex};
+  agent->instances[i]->actor = a;
+}
+
+void start_replay(runner_actor_t* self, const std::string& id) {
+  auto& st = self->state;
+  auto a = spawn_replay(self, st.ctx, id);
+  child_ref ref;
+  ref.replay = id;
+  st.children[a.address()] = ref;
+  std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
+  st.ctx->replays[id] = a;
+}
+
+/// The stored record of a replay whose state is running, if it is.
+std::optional<nlohmann::json> running_replay(const node_context& ctx, const std::string& id) {
+  auto stored = ctx.store->meta(replay_key(id));
+  if (!stored || !*stored)
+    return std::nullopt;
+  auto record = nlohmann::json::parse(**stored, nullptr, false);
+  if (!record.is_object() || record.value("state", "") != "running")
+    return std::nullopt;
+  return record;
+}
+
+/// A replay actor ended: done, cancelled, stopped with the node, or crashed.
+void on_replay_down(runner_actor_t* self, const std::string& id, const caf::error& reason) {
+  auto& st = self->state;
+  {
+    std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
+    st.ctx->replays.erase(id);
+  }
+  if (st.stopping || !reason)
+    return;
+  auto running = running_replay(*st.ctx, id);
+  if (!running)
+    return;
+  auto& record = *running;
+  auto& policy = policy_for(st.replay_policies, id, replay_restarts);
+  auto delay = policy.on_death(std::chrono::steady_clock::now());
+  if (!delay) {
+    record["state"] = "failed";
+    record["error"] = "the replay actor crashed " + std::to_string(policy.restarts() + 1)
+                      + " times; last: " + caf::to_string(reason);
+    record["finished_us"] = st.ctx->log->opts().clock();
+    persistence::state_batch b;
+    b.put_meta(replay_key(id), record.dump());
+    (void)st.ctx->store->commit(b, true);
+    spdlog::error("replay={}: failed: {}", id, record.value("error", ""));
+    return;
+  }
+  spdlog::warn("replay={}: stopped ({}); resuming from its progress in {} ms", id,
+               caf::to_string(reason), delay->count());
+  self->delayed_send(self, *delay, replay_atom::value, id);
+}
+
+/// Cancels a replay: through its actor if it runs, else (it waits to resume
+/// after a crash) in its stored record, which keeps it from resuming. Only
+/// the runner starts replay actors, so no actor can start in between.
+void cancel_replay(runner_actor_t* self, const std::string& id, reply_ptr& reply) {
+  auto& st = self->state;
+  {
+    std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
+    if (auto it = st.ctx->replays.find(id); it != st.ctx->replays.end()) {
+      self->send(it->second, cancel_atom::value, std::move(reply));
+      return;
+    }
+  }
+  if (auto record = running_replay(*st.ctx, id)) {
+    (*record)["state"] = "cancelled";
+    (*record)["finished_us"] = st.ctx->log->opts().clock();
+    persistence::state_batch b;
+    b.put_meta(replay_key(id), record->dump());
+    if (auto ok = st.ctx->store->commit(b, true); !ok)
+      spdlog::error("replay={}: storing the cancel: {}", id, ok.error().message);
+    else
+      spdlog::info("replay={}: cancelled while waiting to resume", id);
+  }
+  (*reply)({});
+}
+
+/// Starts the actors of the replays that were running when the node stopped.
+void resume_replays(runner_actor_t* self) {
+  auto stored = self->state.ctx->store->meta_prefix("replay/");
+  if (!stored) {
+    spdlog::error("reading replays: {}", stored.error().message);
+    return;
+  }
+  for (auto& [key, value] : *stored) {
+    auto record = nlohmann::json::parse(value, nullptr, false);
+    if (record.is_object() && record.value("state", "") == "running")
+      start_replay(self, record.value("id", ""));
+  }
+}
+
+std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence::topic_info& t) {
+  auto& ctx = *self->state.ctx;
+  auto route = std::make_shared<topic_route>();
+  route->info = t;
+  for (std::uint32_t p = 0; p < t.partitions; ++p) {
+    auto slot = std::make_unique<partition_slot>();
+    for (auto& agent : ctx.agents)
+      if (agent->subscribes(t.name)) {
+        auto gs = std::make_unique<group_stats>();
+        gs->agent = agent->cfg.name;
+        gs->agent_index = agent->index;
+        slot->groups.push_back(std::move(gs));
+      }
+    route->slots.push_back(std::move(slot));
+  }
+  // Publishers see the topic only once every partition has its actor.
+  for (std::uint32_t p = 0; p < t.partitions; ++p)
+    start_partition(self, route, p);
+  {
+    std::unique_lock<std::shared_mutex> guard{ctx.routes.mutex};
+    ctx.routes.topics[t.name] = route;
+  }
+  return route;
+}
+
+/// How often a log that refuses writes is asked to recover.
+constexpr auto storage_resume_every = std::chrono::seconds{1};
+
+void schedule_sweep(runner_actor_t* self) {
+  auto retention = self->state.ctx->cfg->storage.retention;
+  if (retention.count() == 0)
+    return;
+  auto every = std::min<std::chrono::milliseconds>(retention / 10, std::chrono::seconds{60});
+  self->delayed_send(self, std::max(every, std::chrono::milliseconds{100}), sweep_atom::value);
+}
+
+void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
+  auto& st = self->state;
+  auto it = st.children.find(msg.source);
+  if (it == st.children.end())
+    return;
+  auto ref = it->second;
+  st.children.erase(it);
+  if (ref.route)
+    ref.route->slots[ref.partition]->alive = false;
+  if (!ref.replay.empty())
+    on_replay_down(self, ref.replay, msg.reason);
+  if (st.stopping) {
+    if (st.children.empty())
+      self->quit();
+    return;
+  }
+  if (!ref.replay.empty())
+    return;
+  if (ref.route) {
+    const partition_slot* slot = ref.route->slots[ref.partition].get();
+    // Never empty: the policy has no limit of restarts.
+    auto delay = *policy_for(st.partition_policies, slot, partition_restarts)
+                    .on_death(std::chrono::steady_clock::now());
+    spdlog::warn("topic={} partition={}: stopped ({}); restarting in {} ms", ref.route->info.name,
+                 ref.partition, caf::to_string(msg.reason), delay.count());
+    if (delay.count() == 0)
+      start_partition(self, ref.route, ref.partition);
+    else
+      self->delayed_send(self, delay, restart_atom::value, ref.route->info.name, ref.partition);
+    return;
+  }
+  // An agent instance died: its deliveries in flight go out again.
+  auto& slot = *ref.agent->instances[ref.instance];
+  slot.state = instance_state::crashed;
+  slot.in_flight = 0;
+  ++slot.restarts;
+  {
+    std::shared_lock<std::shared_mutex> guard{st.ctx->routes.mutex};
+    for (auto& [name, route] : st.ctx->routes.topics)
+      for (auto& ps : route->slots)
+        if (ps->alive)
+          self->send(ps->actor, requeue_atom::value, static_cast<std::uint64_t>(ref.agent->index),
+                     static_cast<std::uint64_t>(ref.instance));
+  }
+  const instance_slot* key = &slot;
+  auto delay = *policy_for(st.instance_policies, key, instance_restarts)
+                  .on_death(std::chrono::steady_clock::now());
+  spdlog::warn("agent={} instance={}: stopped ({}); restarting in {} ms", ref.agent->cfg.name,
+               ref.instance, caf::to_string(msg.reason), delay.count());
+  self->delayed_send(self, delay, restart_atom::value, ref.agent->cfg.name,
+                     static_cast<std::uint32_t>(ref.instance));
+}
+
+void create_topic(runner_actor_t* self, create_request& req) {
+  auto& st = self->state;
+  if (st.stopping) {
+    req.done("the node is shutting down");
+    return;
+  }
+  if (st.ctx->routes.find(req.topic) == nullptr) {
+    auto created = st.ctx->log->create_topic(req.topic, st.ctx->cfg->partitions_for(req.topic));
+    if (!created) {
+      req.done(created.error().message);
+      return;
+    }
+    open_topic(self, *created);
+    spdlog::info("topic={}: created with {} partitions", created->name, created->partitions);
+  }
+  req.done(std::nullopt);
+}
+
+/// Retention: removes events older than storage.retention, a chunk at a
+/// time, and comes back at once while there is more.
+void sweep(runner_actor_t* self) {
+  auto& st = self->state;
+  if (st.stopping)
+    return;
+  auto cutoff = st.ctx->log->opts().clock() - st.ctx->cfg->storage.retention.count() * 1000;
+  constexpr std::size_t chunk = 10000;
+  auto n = st.ctx->log->sweep_before(cutoff, chunk);
+  if (!n)
+    spdlog::error("retention: {}", n.error().message);
+  else if (*n > 0)
+    spdlog::info("retention removed {} events older than {}", *n,
+                 persistence::format_time_us(cutoff));
+  if (n && *n == chunk)
+    self->send(self, sweep_atom::value);
+  else
+    schedule_sweep(self);
+}
+
+/// The node stops: every child is told to stop; the runner quits once the
+/// last one is down.
+void stop(runner_actor_t* self) {
+  auto& st = self->state;
+  st.stopping = true;
+  if (st.children.empty()) {
+    self->quit();
+    return;
+  }
+  // Partitions first: each commits what its mailbox holds. Agents stop
+  // after, so a late answer still finds its partition (or is redelivered).
+  {
+    std::shared_lock<std::shared_mutex> guard{st.ctx->routes.mutex};
+    for (auto& [name, route] : st.ctx->routes.topics)
+      for (auto& slot : route->slots)
+        if (slot->alive)
+          self->send(slot->actor, stop_atom::value);
+  }
+  {
+    std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
+    for (auto& [id, actor] : st.ctx->replays)
+      self->send(actor, stop_atom::value);
+  }
+  for (auto& agent : st.ctx->agents) {
+    std::lock_guard<std::mutex> guard{agent->mutex};
+    for (auto& inst : agent->instances)
+      if (inst->actor)
+        self->send(inst->actor, stop_atom::value);
+  }
+}
+
+caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
+  auto& st = self->state;
+  st.ctx = ctx;
+  for (auto& agent : ctx->agents)
+    for (std::size_t i = 0; i < agent->instances.size(); ++i)
+      start_instance(self, agent, i);
+  for (auto& t : ctx->log->topics())
+    open_topic(self, t);
+  schedule_sweep(self);
+  self->delayed_send(self, storage_resume_every, resume_atom::value);
+  resume_replays(self);
+  self->set_down_handler([=](caf::down_msg& msg) { on_child_down(self, msg); });
+  return {
+    [=](ready_atom) { return true; },
+    [=](create_atom, create_ptr& req) { create_topic(self, *req); },
+    [=](restart_atom, const std::string& name, std::uint32_t index) {
+      auto& st = self->state;
+      if (st.stopping)
+        return;
+      if (auto route = st.ctx->routes.find(name); route && !route->slots[index]->alive) {
+        start_partition(self, route, index);
+        return;
+      }
+      for (auto& agent : st.ctx->agents)
+        if (agent->cfg.name == name && index < agent->instances.size())
+          start_instance(self, agent, index);
+    },
+    [=](replay_atom, const std::string& id) {
+      // Not one cancelled while it waited to resume.
+      if (!self->state.stopping && running_replay(*self->state.ctx, id))
+        start_replay(self, id);
+    },
+    [=](cancel_atom, const std::string& id, reply_ptr& reply) { cancel_replay(self, id, reply); },
+    [=](resume_atom) {
+      // A log that refused a write (a full disk) takes writes again once
+      // RocksDB can flush: partitions that stopped meanwhile are restarted
+      // by their supervision and rebuild from the log.
+      auto& st = self->state;
+      if (st.stopping)
+        return;
+      st.ctx->log->resume(); // nothing to do while it takes writes
+      self->delayed_send(self, storage_resume_every, resume_atom::value);
+    },
+    [=](sweep_atom) { sweep(self); },
+    [=](stop_atom) { stop(self); },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_runner(caf::actor_system& system, node_context* ctx) {
+  return system.spawn<caf::detached>(runner_actor, ctx);
+}
+
+} // namespace nerve::actors::detail

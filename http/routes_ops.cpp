@@ -1,0 +1,195 @@
+// Routes of operations: health (plain and detailed), readiness, the
+// Prometheus metrics, bus and storage state, and the cluster view.
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "http/metrics.hpp"
+#include "http/problem.hpp"
+#include "http/routes_private.hpp"
+
+namespace nerve::http {
+
+using json = nlohmann::json;
+
+namespace {
+
+/// Degraded while any agent instance is down: crashed, or waiting to restart.
+json agents_indicator(const actors::health_report& h) {
+  auto message = std::to_string(h.agents_running) + " running";
+  if (h.agents_restarting > 0)
+    message += ", " + std::to_string(h.agents_restarting) + " restarting";
+  if (h.agents_crashed > 0)
+    message += ", " + std::to_string(h.agents_crashed) + " crashed";
+  bool down = h.agents_restarting + h.agents_crashed > 0;
+  return {{"name", "agents"}, {"status", down ? "degraded" : "healthy"}, {"message", message}};
+}
+
+} // namespace
+
+void health(const api_env& env, responder& respond) {
+  if (env.node.healthy_now())
+    return respond(json_response(200, R"({"status":"healthy"})"));
+  respond(json_response(503, R"({"status":"unhealthy"})"));
+}
+
+void detailed(const api_env& env, responder& respond) {
+  env.node.health([&env, respond](actors::result<actors::health_report> r) {
+    if (!r)
+      return respond(error_response(r.error()));
+    auto& h = *r;
+    auto& limits = env.cfg.health;
+    json indicators = json::array();
+    auto worst = std::string{"healthy"};
+    auto rank = [](const std::string& s) { return s == "healthy" ? 0 : s == "degraded" ? 1 : 2; };
+    auto add = [&](json ind) {
+      if (rank(ind["status"]) > rank(worst))
+        worst = ind["status"];
+      indicators.push_back(std::move(ind));
+    };
+    json db{{"name", "database"}};
+    if (!h.storage_ok) {
+      db["status"] = "unhealthy";
+      db["message"] = h.storage_error;
+    } else {
+      auto slow
+        = *h.storage_latency_ms > static_cast<double>(limits.storage_latency_degraded.count());
+      db["status"] = slow ? "degraded" : "healthy";
+      db["message"] = "rocksdb at " + env.cfg.data_dir;
+    }
+    if (h.storage_latency_ms)
+      db["latency_ms"] = std::round(*h.storage_latency_ms * 1000.0) / 1000.0;
+    add(db);
+    std::string queue_status = !h.bus_ok                                       ? "unhealthy"
+                               : h.pending_publishes > limits.pending_degraded ? "degraded"
+                                                                               : "healthy";
+    add({{"name", "event_queue"},
+         {"status", queue_status},
+         {"message", std::to_string(h.pending_publishes) + " pending"
+                       + (h.bus_ok ? "" : "; " + h.bus_error)}});
+    add({{"name", "dlq"},
+         {"status", h.dlq_size > limits.dlq_degraded ? "degraded" : "healthy"},
+         {"message", std::to_string(h.dlq_size) + " in DLQ"}});
+    add(agents_indicator(h));
+    add({{"name", "cluster"}, {"status", "healthy"}, {"message", "1 of 1 nodes up"}});
+    std::string state;
+    if (!h.storage_ok && !h.bus_ok)
+      state = "DOWN";
+    else if (!h.storage_ok || !h.bus_ok || worst != "healthy")
+      state = "DEGRADED";
+    else
+      state = h.agents_running > 0 ? "RUNNING" : "READY";
+    json body{{"status", worst},
+              {"state", state},
+              {"runner_id", env.node.runner_id()},
+              {"node_id", env.node.node_id()},
+              {"version", NERVE_VERSION},
+              {"uptime_s", env.uptime_s()},
+              {"indicators", std::move(indicators)}};
+    respond(json_response(200, body.dump()));
+  });
+}
+
+void ready(const api_env& env, responder& respond) {
+  if (env.node.ready())
+    return respond(json_response(200, R"({"status":"ready"})"));
+  auto r = json_response(503, R"({"status":"not ready"})");
+  r.headers.emplace_back("Retry-After", "1");
+  respond(std::move(r));
+}
+
+void prometheus(const api_env& env, responder& respond) {
+  auto r = json_response(200, env.stats.render(env.node.scrape()));
+  r.content_type = metrics_content_type;
+  respond(std::move(r));
+}
+
+void bus_stats(const api_env& env, responder& respond) {
+  env.node.topics([&env, respond](actors::result<std::vector<actors::topic_view>> r) {
+    if (!r)
+      return respond(error_response(r.error()));
+    auto s = env.node.scrape();
+    std::uint64_t partitions = 0;
+    std::uint64_t events = 0;
+    std::uint64_t bytes = 0;
+    for (auto& t : *r) {
+      partitions += t.partitions;
+      auto [e, b] = stored(t);
+      events += e;
+      bytes += b;
+    }
+    std::uint64_t pending = 0;
+    std::uint64_t lag = 0;
+    for (auto& g : s.groups) {
+      pending += g.pending;
+      lag += g.lag;
+    }
+    std::uint64_t published = 0;
+    for (auto& t : s.topics)
+      published += t.published;
+    std::uint64_t delivered = 0;
+    std::uint64_t acked = 0;
+    std::uint64_t failed = 0;
+    std::uint64_t dead_lettered = 0;
+    for (auto& m : s.deliveries) {
+      delivered += m.received;
+      acked += m.processed;
+      failed += m.failed;
+      dead_lettered += m.dead_lettered;
+    }
+    nlohmann::ordered_json body{{"topics", r->size()},
+                                {"partitions", partitions},
+                                {"events", events},
+                                {"bytes", bytes},
+                                {"agents", s.agents.size()},
+                                {"pending", pending},
+                                {"lag", lag},
+                                {"dlq", s.dlq_entries},
+                                {"published_total", published},
+                                {"delivered_total", delivered},
+                                {"acked_total", acked},
+                                {"failed_total", failed},
+                                {"dead_lettered_total", dead_lettered},
+                                {"uptime_s", env.uptime_s()}};
+    respond(json_response(200, body.dump()));
+  });
+}
+
+void storage_health(const api_env& env, responder& respond) {
+  env.node.storage([respond](actors::result<actors::storage_report> r) {
+    if (!r)
+      return respond(error_response(r.error()));
+    json latency = nullptr;
+    if (r->write_latency_ms)
+      latency = std::round(*r->write_latency_ms * 1000.0) / 1000.0;
+    nlohmann::ordered_json body{{"status", r->ok ? "healthy" : "unhealthy"},
+                                {"backend", "rocksdb"},
+                                {"path", r->path},
+                                {"size_bytes", r->disk_bytes},
+                                {"fsync", r->fsync},
+                                {"write_latency_ms", std::move(latency)},
+                                {"last_error", r->last_error}};
+    respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
+  });
+}
+
+/// One node until clustering lands: this node, up, owning every partition.
+void cluster(const api_env& env, responder& respond) {
+  env.node.topics([&env, respond](actors::result<std::vector<actors::topic_view>> r) {
+    if (!r)
+      return respond(error_response(r.error()));
+    json owned = json::array();
+    for (auto& t : *r)
+      for (std::uint32_t p = 0; p < t.partitions; ++p)
+        owned.push_back(t.name + "/" + std::to_string(p));
+    json body{{"mode", "single-node"},
+              {"nodes", json::array({{{"id", env.node.node_id()},
+                                      {"address", env.cfg.http.listen},
+                                      {"state", "up"},
+                                      {"self", true},
+                                      {"partitions", std::move(owned)}}})}};
+    respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
+  });
+}
+
+} // namespace nerve::http
