@@ -27,11 +27,12 @@ actors::publish_item item(const std::string& id) {
   return {id, "", "\"data\":1", "test", "faults"};
 }
 
-/// Publishes `id` until it is acknowledged (the node may refuse writes for a
-/// while after a failure: the runner retries resume() every second, the
-/// partitions restart with a growing backoff) or 15 s have passed; records it when it is.
+/// Publishes `id` until it is acknowledged or 30 s have passed, and records
+/// it. The node may refuse writes for a while after a failure (about 6 s
+/// here): the runner retries resume() every second, and the partitions
+/// restart with a growing backoff.
 bool publish_until_ok(actors::node& n, test::acknowledged& acked, const std::string& id) {
-  auto deadline = std::chrono::steady_clock::now() + 15s;
+  auto deadline = std::chrono::steady_clock::now() + 30s;
   while (std::chrono::steady_clock::now() < deadline) {
     auto r = test::publish_wait(n, test::fault_topic, {item(id)});
     if (r) {
