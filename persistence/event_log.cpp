@@ -408,8 +408,12 @@ std::optional<error> event_log::init_meta() {
     rocksdb::WriteOptions wo;
     wo.sync = true;
     s = db_->Put(wo, meta_, "node_id", node_id_);
-    if (!s.ok())
+    if (!s.ok()) {
+      // Noted like any failed write: the destructor must not sync a WAL
+      // that failed one (RocksDB aborts; see wal_broken_).
+      note_write_error("storing node id: " + s.ToString(), s);
       return io_error("storing node id", s);
+    }
   }
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, meta_)};
   for (it->Seek(topic_meta_prefix); it->Valid() && starts_with(it->key(), topic_meta_prefix);
