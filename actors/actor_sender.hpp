@@ -21,14 +21,6 @@ public:
   /// Asks the runner to create a topic (answered through `req`).
   virtual void create_topic(create_ptr req) = 0;
 
-  /// Asks partition `p` of `route` to deliver an offset below its cursor
-  /// again to `agent` (a DLQ retry); `reply` answers. False, and nothing
-  /// sent, while the partition has no actor (it is restarting).
-  [[nodiscard]] virtual bool redeliver(const topic_route& route, std::uint32_t p,
-                                       const std::string& agent, std::uint64_t offset,
-                                       const std::string& dlq_id, reply_ptr reply)
-    = 0;
-
   /// Wakes the actor of `slot`, if it has one; the caller holds
   /// `routing::mutex` (shared).
   virtual void wake(const partition_slot& slot) = 0;

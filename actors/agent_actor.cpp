@@ -497,7 +497,7 @@ caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr
   // A builtin handler is a function call: it shares the scheduler with the
   // partitions. Process and http instances block (pipe writes, child
   // reaping), so they keep a thread each.
-  if (agent->cfg.kind == "builtin")
+  if (agent->cfg.kind == "builtin" || !ctx->detach_blocking)
     return parent->spawn<caf::monitored>(instance_actor, ctx, std::move(agent), i);
   return parent->spawn<caf::detached + caf::monitored>(instance_actor, ctx, std::move(agent), i);
 }

@@ -114,7 +114,7 @@ void recount(dlq_state& st) {
     for (auto& e : *page)
       st.add(letter_of(e));
     if (page->size() < 1000)
-      return;
+      break;
     after = page->back().id;
   }
 }
@@ -297,6 +297,8 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
   NERVE_ASSERT(deps.log != nullptr && deps.store != nullptr && deps.size_gauge != nullptr);
   self->state.deps = std::move(deps);
   recount(self->state);
+  if (self->state.deps.counted != nullptr)
+    self->state.deps.counted->store(true);
   return {
     [self](dlq_put_atom, const dead_letter& d) -> caf::result<bool> {
       auto added = put(self->state, d);
@@ -374,6 +376,53 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
 }
 
 } // namespace
+
+/// How long a caller waits for a DLQ operation. Retry-all and purge page
+/// through the whole DLQ, so they get longer; they go on if the caller
+/// stops waiting.
+constexpr std::chrono::milliseconds quick_op_timeout{30000};
+constexpr std::chrono::milliseconds long_op_timeout{600000};
+
+dlq_client::dlq_client(caf::actor_system& sys, std::function<caf::actor()> current)
+  : sys_(sys), current_(std::move(current)) {
+}
+
+template <class R, class... Ts>
+void dlq_client::ask(std::chrono::milliseconds timeout, callback<R> done, Ts... xs) {
+  auto dlq = caf::actor_cast<dlq_actor>(current_());
+  if (!dlq)
+    return done(tl::make_unexpected(error{errc::unavailable, "the DLQ actor is restarting"}));
+  // A one-shot actor makes the request, so no caller thread ever waits.
+  sys_.spawn([dlq, timeout, done = std::move(done), xs...](caf::event_based_actor* self) {
+    self->request(dlq, timeout, xs...)
+      .then([done](R& r) { done(std::move(r)); },
+            [done](caf::error& e) { done(tl::make_unexpected(from_caf_error(e))); });
+  });
+}
+
+void dlq_client::list(const dlq_query& q, callback<dead_letter_page> done) {
+  ask(quick_op_timeout, std::move(done), dlq_list_atom::value, q);
+}
+
+void dlq_client::get(const std::string& id, callback<dead_letter> done) {
+  ask(quick_op_timeout, std::move(done), dlq_get_atom::value, id);
+}
+
+void dlq_client::retry(const std::string& id, callback<dead_letter> done) {
+  ask(quick_op_timeout, std::move(done), dlq_retry_atom::value, id);
+}
+
+void dlq_client::retry_all(const dlq_query& q, callback<std::uint64_t> done) {
+  ask(long_op_timeout, std::move(done), dlq_retry_all_atom::value, q);
+}
+
+void dlq_client::remove(const std::string& id, callback<dead_letter> done) {
+  ask(quick_op_timeout, std::move(done), dlq_delete_atom::value, id);
+}
+
+void dlq_client::purge(const std::string& agent, callback<std::uint64_t> done) {
+  ask(long_op_timeout, std::move(done), dlq_purge_atom::value, agent);
+}
 
 dlq_actor spawn_dlq(caf::actor_system& sys, dlq_deps deps) {
   return sys.spawn(dlq_behavior, std::move(deps));

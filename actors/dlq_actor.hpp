@@ -57,10 +57,35 @@ struct dlq_deps {
   /// The entry count, for readers that must not wait for an actor (health,
   /// /metrics). Only the DLQ actor writes it.
   std::atomic<std::uint64_t>* size_gauge = nullptr;
+  /// Set once the stored entries are counted (the node is ready after).
+  std::atomic<bool>* counted = nullptr;
   /// How long a partition has to answer a redelivery.
   std::chrono::milliseconds redeliver_timeout{10000};
   /// Entries read per step of a long operation (list pages are the caller's).
   std::uint32_t page_entries = 256;
+};
+
+/// Asks the DLQ actor from outside the actors (the node's services): every
+/// call returns at once and `done` runs on an actor thread, with the answer
+/// or the error (`unavailable` while the DLQ actor restarts or is slow).
+class dlq_client {
+public:
+  /// `current` answers the DLQ actor now running (invalid while it restarts).
+  dlq_client(caf::actor_system& sys, std::function<caf::actor()> current);
+
+  void list(const dlq_query& q, callback<dead_letter_page> done);
+  void get(const std::string& id, callback<dead_letter> done);
+  void retry(const std::string& id, callback<dead_letter> done);
+  void retry_all(const dlq_query& q, callback<std::uint64_t> done);
+  void remove(const std::string& id, callback<dead_letter> done);
+  void purge(const std::string& agent, callback<std::uint64_t> done);
+
+private:
+  template <class R, class... Ts>
+  void ask(std::chrono::milliseconds timeout, callback<R> done, Ts... xs);
+
+  caf::actor_system& sys_;
+  std::function<caf::actor()> current_;
 };
 
 /// Spawns the DLQ actor on the scheduler (it never waits for a sync); its

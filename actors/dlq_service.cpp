@@ -1,143 +1,64 @@
-// dlq_service: DLQ entries read, retried and deleted on the query pool.
+// dlq_service: the node's DLQ calls, answered by the DLQ actor.
 #include "actors/dlq_service.hpp"
 
-#include <memory>
+#include <limits>
 
 namespace nerve::actors::detail {
 
 namespace {
 
-dlq_view view_of(const persistence::dlq_entry& e) {
-  return {e.id,    e.agent, e.topic,    e.partition,       e.offset,
-          e.event, e.error, e.attempts, e.first_failed_us, e.last_failed_us};
+dlq_view view_of(const dead_letter& d) {
+  return {d.id,    d.agent, d.topic,    d.at.partition,    d.at.offset,
+          d.event, d.error, d.attempts, d.first_failed_us, d.last_failed_us};
+}
+
+/// Answers `done` with the view of the entry the DLQ actor answered.
+callback<dead_letter> as_view(callback<dlq_view> done) {
+  return [done = std::move(done)](result<dead_letter> r) {
+    if (!r)
+      return done(tl::make_unexpected(r.error()));
+    done(view_of(*r));
+  };
 }
 
 } // namespace
 
-dlq_service::dlq_service(persistence::delivery_store& store, const routing& routes,
-                         std::atomic<std::int64_t>& size, bool sync_writes, query_pool& pool,
-                         actor_sender& sender)
-  : store_(store), routes_(routes), size_(size), sync_writes_(sync_writes), pool_(pool),
-    sender_(sender) {
-}
-
 void dlq_service::list(const std::string& agent, const std::string& topic,
                        const std::string& cursor, std::size_t limit, callback<dlq_page> done) {
-  pool_.post([this, agent, topic, cursor, limit, done = std::move(done)] {
-    auto all = store_.dlq_list(agent, topic, "", ~std::size_t{0});
-    if (!all)
-      return done(tl::make_unexpected(from_storage(all.error())));
-    dlq_page page;
-    page.count = all->size();
-    for (auto& e : *all) {
-      if (!cursor.empty() && e.id <= cursor)
-        continue;
-      if (page.entries.size() >= limit) {
-        if (!page.entries.empty())
-          page.next_cursor = page.entries.back().id;
-        break;
-      }
-      page.entries.push_back(view_of(e));
-    }
-    done(std::move(page));
-  });
+  auto capped = static_cast<std::uint32_t>(
+    std::min<std::size_t>(limit, std::numeric_limits<std::uint32_t>::max() - 1));
+  client_.list(dlq_query{agent, topic, cursor, capped},
+               [done = std::move(done)](result<dead_letter_page> r) {
+                 if (!r)
+                   return done(tl::make_unexpected(r.error()));
+                 dlq_page page;
+                 page.count = r->count;
+                 page.next_cursor = std::move(r->next_cursor);
+                 for (auto& d : r->entries)
+                   page.entries.push_back(view_of(d));
+                 done(std::move(page));
+               });
 }
 
 void dlq_service::get(const std::string& id, callback<dlq_view> done) {
-  pool_.post([this, id, done = std::move(done)] {
-    if (auto e = load(id, done))
-      done(view_of(*e));
-  });
+  client_.get(id, as_view(std::move(done)));
 }
 
 void dlq_service::retry(const std::string& id, callback<dlq_view> done) {
-  pool_.post([this, id, done = std::move(done)] {
-    auto e = load(id, done);
-    if (!e)
-      return;
-    retry_entry(*e, [done, v = view_of(*e)](const std::string& err) {
-      if (!err.empty())
-        return done(tl::make_unexpected(error{errc::unavailable, err}));
-      done(v);
-    });
-  });
+  client_.retry(id, as_view(std::move(done)));
 }
 
 void dlq_service::retry_all(const std::string& agent, const std::string& topic,
                             callback<std::uint64_t> done) {
-  pool_.post([this, agent, topic, done = std::move(done)] {
-    auto all = store_.dlq_list(agent, topic, "", ~std::size_t{0});
-    if (!all)
-      return done(tl::make_unexpected(from_storage(all.error())));
-    struct join {
-      std::atomic<std::size_t> left{0};
-      std::atomic<std::uint64_t> ok{0};
-    };
-    auto j = std::make_shared<join>();
-    j->left = all->size() + 1;
-    auto finish = [j, done] {
-      if (j->left.fetch_sub(1) == 1)
-        done(j->ok.load());
-    };
-    for (auto& e : *all)
-      retry_entry(e, [j, finish](const std::string& err) {
-        if (err.empty())
-          ++j->ok;
-        finish();
-      });
-    finish();
-  });
+  client_.retry_all(dlq_query{agent, topic, {}, 0}, std::move(done));
 }
 
 void dlq_service::remove(const std::string& id, callback<dlq_view> done) {
-  pool_.post([this, id, done = std::move(done)] {
-    auto e = load(id, done);
-    if (!e)
-      return;
-    persistence::state_batch b;
-    b.delete_dlq(id);
-    if (auto ok = store_.commit(b, sync_writes_); !ok)
-      return done(tl::make_unexpected(from_storage(ok.error())));
-    --size_;
-    done(view_of(*e));
-  });
+  client_.remove(id, as_view(std::move(done)));
 }
 
 void dlq_service::purge(const std::string& agent, callback<std::uint64_t> done) {
-  pool_.post([this, agent, done = std::move(done)] {
-    auto all = store_.dlq_list(agent, "", "", ~std::size_t{0});
-    if (!all)
-      return done(tl::make_unexpected(from_storage(all.error())));
-    persistence::state_batch b;
-    for (auto& e : *all)
-      b.delete_dlq(e.id);
-    if (auto ok = store_.commit(b, sync_writes_); !ok)
-      return done(tl::make_unexpected(from_storage(ok.error())));
-    size_ -= static_cast<std::int64_t>(all->size());
-    done(static_cast<std::uint64_t>(all->size()));
-  });
-}
-
-std::optional<persistence::dlq_entry> dlq_service::load(const std::string& id,
-                                                        const callback<dlq_view>& done) {
-  auto e = store_.dlq_get(id);
-  if (!e) {
-    done(tl::make_unexpected(from_storage(e.error())));
-    return std::nullopt;
-  }
-  if (!*e)
-    done(tl::make_unexpected(error{errc::not_found, "no DLQ entry " + id}));
-  return std::move(*e);
-}
-
-void dlq_service::retry_entry(const persistence::dlq_entry& e,
-                              std::function<void(std::string)> reply) {
-  auto route = routes_.find(e.topic);
-  if (!route || e.partition >= route->slots.size())
-    return reply("topic " + e.topic + " is not open");
-  auto r = std::make_shared<std::function<void(std::string)>>(std::move(reply));
-  if (!sender_.redeliver(*route, e.partition, e.agent, e.offset, e.id, r))
-    (*r)("partition " + e.topic + "/" + std::to_string(e.partition) + " is restarting");
+  client_.purge(agent, std::move(done));
 }
 
 } // namespace nerve::actors::detail

@@ -41,7 +41,7 @@ void health_service::health(callback<health_report> done) {
       r.bus_ok = false;
       r.bus_error = ctx_.log->refusal();
     }
-    r.dlq_size = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ctx_.dlq_size.load()));
+    r.dlq_size = ctx_.dlq_size.load();
     count_children(r);
     done(std::move(r));
   });
@@ -64,7 +64,7 @@ void health_service::storage(callback<storage_report> done) {
 metrics_snapshot health_service::scrape() const {
   metrics_snapshot s;
   s.deliveries = queries_.metrics("", "");
-  s.dlq_entries = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ctx_.dlq_size.load()));
+  s.dlq_entries = ctx_.dlq_size.load();
   s.storage_write = view_of(io_.write);
   s.storage_sync = view_of(io_.sync);
   for (auto& agent : ctx_.agents) {

@@ -47,15 +47,6 @@ public:
     caf::anon_send(runner_, create_atom::value, std::move(req));
   }
 
-  bool redeliver(const topic_route& route, std::uint32_t p, const std::string& agent,
-                 std::uint64_t offset, const std::string& dlq_id, reply_ptr reply) override {
-    auto target = ctx_.routes.actor_of(route, p);
-    if (!target)
-      return false;
-    caf::anon_send(target, redeliver_atom::value, agent, offset, dlq_id, std::move(reply));
-    return true;
-  }
-
   void wake(const partition_slot& slot) override {
     if (slot.actor)
       caf::anon_send(slot.actor, wake_atom::value);
@@ -92,8 +83,7 @@ public:
       system_(configure(sys_cfg_)), sender_(ctx_, system_),
       publish_(cfg_.storage, *log_, ctx_.routes, flags_.draining, pool_, sender_),
       queries_(ctx_, pool_, sender_),
-      dlq_(store_, ctx_.routes, ctx_.dlq_size, cfg_.storage.fsync == config::fsync_policy::always,
-           pool_, sender_),
+      dlq_(dlq_client{system_, [this] { return ctx_.dlq_actor(); }}),
       replays_(ctx_, pool_, sender_), health_(ctx_, *io_, flags_, queries_, pool_) {
     runner_id_ = persistence::new_uuid_v7(persistence::system_clock_us());
     ctx_.log = log_.get();
@@ -118,17 +108,13 @@ public:
 
   [[nodiscard]] std::optional<std::string> start() {
     std::signal(SIGPIPE, SIG_IGN); // a dead agent process must not kill nerve
-    auto dlq = store_.dlq_count();
-    if (!dlq)
-      return "counting the DLQ: " + dlq.error().message;
-    ctx_.dlq_size = static_cast<std::int64_t>(*dlq);
     sender_.set_runner(spawn_runner(system_, &ctx_));
     caf::scoped_actor self{system_};
     std::optional<std::string> err;
     self->request(sender_.runner(), std::chrono::seconds{60}, ready_atom::value)
       .receive([](bool) {}, [&](caf::error& e) { err = "recovery failed: " + system_.render(e); });
     if (!err && !await_recovery(std::chrono::seconds{60}))
-      err = "recovery failed: partitions did not rebuild their state within 60 s";
+      err = "recovery failed: partitions and the DLQ did not rebuild their state within 60 s";
     if (!err)
       flags_.ready.store(true);
     return err;
@@ -287,12 +273,13 @@ private:
     return c;
   }
 
-  /// Waits until every partition actor rebuilt its state, so ready means
-  /// cursors, lag and pending are what the log says (not zeros).
+  /// Waits until every partition actor rebuilt its state and the DLQ actor
+  /// counted its entries, so ready means cursors, lag, pending and the DLQ
+  /// size are what the log says (not zeros).
   [[nodiscard]] bool await_recovery(std::chrono::seconds limit) {
     auto deadline = std::chrono::steady_clock::now() + limit;
     for (;;) {
-      bool all = true;
+      bool all = ctx_.dlq_counted.load();
       {
         std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
         for (auto& [name, route] : ctx_.routes.topics)

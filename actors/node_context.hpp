@@ -184,6 +184,10 @@ struct tail_hub {
 
 /// What the actors of one node share. Owned by the node; outlives the actors.
 struct node_context {
+  /// Actors that block (the runner, replays, process and http instances)
+  /// get threads of their own. Tests on CAF's deterministic scheduler turn
+  /// this off, so that every actor runs there (and use builtin agents only).
+  bool detach_blocking = true;
   persistence::event_log* log = nullptr;
   persistence::delivery_store* store = nullptr;
   const config::config* cfg = nullptr;
@@ -191,7 +195,17 @@ struct node_context {
   std::vector<agent_ptr> agents;
   routing routes;
   publish_fn publish;
-  std::atomic<std::int64_t> dlq_size{0};
+  /// DLQ entries; written only by the DLQ actor (no I/O to read it).
+  std::atomic<std::uint64_t> dlq_size{0};
+  std::atomic<bool> dlq_counted{false}; ///< the DLQ actor counted the stored entries
+  mutable std::mutex dlq_mutex;         ///< guards `dlq`
+  caf::actor dlq;                       ///< the DLQ actor now running (changes on restart)
+
+  /// A copy of the DLQ actor's handle; invalid while it restarts.
+  [[nodiscard]] caf::actor dlq_actor() const {
+    std::lock_guard<std::mutex> guard{dlq_mutex};
+    return dlq;
+  }
   tail_hub tails;
   std::mutex replays_mutex;
   std::unordered_map<std::string, caf::actor> replays; ///< running replay actors by id

@@ -35,7 +35,9 @@ struct cached_event {
   std::string id, key, type, source;
 };
 
-enum class rec_state { ready, in_flight, retry_wait, emitting, done };
+/// `dead_lettering`: out of retries, waiting for the DLQ actor to store it;
+/// the cursor passes it only once the entry is in the log before it.
+enum class rec_state { ready, in_flight, retry_wait, emitting, dead_lettering, done };
 
 struct delivery_rec {
   rec_state state = rec_state::ready;
@@ -313,27 +315,64 @@ void pump(partition_actor_t* self) {
   }
 }
 
-void dead_letter(partition_actor_t* self, group& g, std::uint64_t offset, delivery_rec& rec) {
+/// The DLQ actor stored the dead letter of `offset`: the delivery is done.
+void on_dead_lettered(partition_actor_t* self, std::uint64_t gi, std::uint64_t offset,
+                      std::uint32_t attempt) {
   auto& st = self->state;
-  persistence::dlq_entry e;
-  e.agent = g.agent->cfg.name;
-  e.topic = st.route->info.name;
-  e.topic_id = st.route->info.id;
-  e.partition = st.partition;
-  e.offset = offset;
-  e.id = persistence::delivery_store::dlq_id(e.agent, e.topic_id, e.partition, offset);
-  e.event_id = rec.event_id;
-  e.event = rec.event ? *rec.event : std::string{};
-  e.error = rec.last_error;
-  e.attempts = rec.attempts;
-  e.first_failed_us = rec.first_failed_us;
-  e.last_failed_us = rec.last_failed_us;
-  st.state.put_dlq(e);
-  ++st.ctx->dlq_size;
+  if (gi >= st.groups.size())
+    return;
+  auto& g = st.groups[gi];
+  auto* rec = g.find(offset);
+  if (rec == nullptr || rec->state != rec_state::dead_lettering || rec->attempts != attempt)
+    return;
   ++g.stats->totals.dead_lettered;
-  spdlog::warn("agent={} topic={} partition={} event={} dlq={}: moved to the DLQ after {} "
-               "attempts: {}",
-               e.agent, e.topic, e.partition, e.event_id, e.id, e.attempts, e.error);
+  rec->state = rec_state::done;
+  release(g, *rec);
+  settle(st, g, offset, *rec);
+  advance(st, g);
+}
+
+/// Hands a dead letter to the DLQ actor; tries again in a second while it
+/// is restarting or fails to store it.
+void hand_off(partition_actor_t* self, std::uint64_t gi, std::uint64_t offset,
+              std::uint32_t attempt, const dead_letter& d) {
+  auto retry_later = [self, gi, offset, attempt, d](const std::string& why) {
+    spdlog::warn("agent={} topic={} partition={} event={}: the DLQ did not take the event ({}); "
+                 "trying again in 1 s",
+                 d.agent, d.topic, d.at.partition, d.event_id, why);
+    self->delayed_send(self, std::chrono::seconds{1}, handoff_atom::value, gi, offset, attempt, d);
+  };
+  auto dlq = self->state.ctx->dlq_actor();
+  if (!dlq)
+    return retry_later("the DLQ actor is restarting");
+  self->request(dlq, std::chrono::seconds{30}, dlq_put_atom::value, d)
+    .then(
+      [self, gi, offset, attempt, d](bool) {
+        spdlog::warn("agent={} topic={} partition={} event={} dlq={}: moved to the DLQ after {} "
+                     "attempts: {}",
+                     d.agent, d.topic, d.at.partition, d.event_id, d.id, d.attempts, d.error);
+        on_dead_lettered(self, gi, offset, attempt);
+        schedule_flush(self);
+      },
+      [retry_later](caf::error& e) { retry_later(from_caf_error(e).message); });
+}
+
+void dead_letter_of(partition_actor_t* self, group& g, std::size_t gi, std::uint64_t offset,
+                    delivery_rec& rec) {
+  auto& st = self->state;
+  dead_letter d;
+  d.agent = g.agent->cfg.name;
+  d.topic = st.route->info.name;
+  d.at = {st.route->info.id, st.partition, offset};
+  d.id = persistence::delivery_store::dlq_id(d.agent, d.at.topic_id, d.at.partition, offset);
+  d.event_id = rec.event_id;
+  d.event = rec.event ? *rec.event : std::string{};
+  d.error = rec.last_error;
+  d.attempts = rec.attempts;
+  d.first_failed_us = rec.first_failed_us;
+  d.last_failed_us = rec.last_failed_us;
+  rec.state = rec_state::dead_lettering;
+  hand_off(self, gi, offset, rec.attempts, d);
 }
 
 void fail(partition_actor_t* self, group& g, std::size_t gi, std::uint64_t offset,
@@ -346,11 +385,7 @@ void fail(partition_actor_t* self, group& g, std::size_t gi, std::uint64_t offse
     rec.first_failed_us = now;
   rec.last_failed_us = now;
   if (rec.attempts > g.agent->cfg.max_retries) {
-    dead_letter(self, g, offset, rec);
-    rec.state = rec_state::done;
-    release(g, rec);
-    settle(st, g, offset, rec);
-    advance(st, g);
+    dead_letter_of(self, g, gi, offset, rec);
     return;
   }
   ++g.stats->totals.retried;
@@ -809,17 +844,19 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
       }
       schedule_flush(self);
     },
-    [=](redeliver_atom, const std::string& agent, std::uint64_t offset, const std::string& dlq_id,
-        const reply_ptr& reply) {
+    [=](handoff_atom, std::uint64_t gi, std::uint64_t offset, std::uint32_t attempt,
+        const dead_letter& d) { hand_off(self, gi, offset, attempt, d); },
+    [=](redeliver_atom, const std::string& agent, std::uint64_t offset,
+        const std::string& dlq_id) -> std::string {
+      // A DLQ retry. The pending record is written before the answer, so the
+      // DLQ actor deletes its entry only once the delivery is in the log.
       auto& st = self->state;
       for (auto& g : st.groups) {
         if (g.agent->cfg.name != agent)
           continue;
         delivery_rec* rec = g.find(offset);
-        if (rec != nullptr && rec->state != rec_state::done) {
-          (*reply)("the event is being delivered already");
-          return;
-        }
+        if (rec != nullptr && rec->state != rec_state::done)
+          return "the event is being delivered already";
         if (rec == nullptr) {
           rec = &g.redeliveries[offset];
           rec->below_cursor = offset < g.cursor;
@@ -835,14 +872,18 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
         pr.redeliver = rec->below_cursor;
         st.state.put_pending(agent, st.route->info.id, st.partition, pr);
         rec->persisted = true;
-        st.state.delete_dlq(dlq_id);
-        --st.ctx->dlq_size;
         make_ready(g, offset, *rec);
+        if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
+          // Memory now runs ahead of the log: start again from the log.
+          self->quit(caf::sec::runtime_error);
+          return "storing the redelivery: " + ok.error().message;
+        }
         schedule_flush(self);
-        (*reply)(std::string{});
-        return;
+        spdlog::info("agent={} topic={} partition={} offset={} dlq={}: delivering again", agent,
+                     st.route->info.name, st.partition, offset, dlq_id);
+        return {};
       }
-      (*reply)("agent " + agent + " does not consume " + st.route->info.name);
+      return "agent " + agent + " does not consume " + st.route->info.name;
     },
     [=](stop_atom) {
       auto& st = self->state;

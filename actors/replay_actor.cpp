@@ -252,36 +252,59 @@ void settle(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>
     o["result"] = json::parse(result, nullptr, false);
   persistence::state_batch b;
   b.put_meta(outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, rec.offset), o.dump());
-  if (outcome == "dead_lettered") {
-    persistence::dlq_entry e;
-    e.agent = ra.agent->cfg.name;
-    e.topic = r.topic;
-    e.topic_id = r.topic_id;
-    e.partition = r.partition;
-    e.offset = rec.offset;
-    // An id of its own: the live group's id would overwrite the live entry
-    // for this event, or make a live-acked event look dead-lettered.
-    e.id = persistence::delivery_store::dlq_id(e.agent + "@replay/" + st.id, e.topic_id,
-                                               e.partition, rec.offset);
-    e.event_id = rec.event_id;
-    e.event = *rec.event; // carries the replay mark
-    e.error = rec.last_error + " (replay " + st.id + ")";
-    e.attempts = rec.attempts;
-    e.first_failed_us = rec.first_failed_us;
-    e.last_failed_us = rec.last_failed_us;
-    auto had = st.ctx->store->dlq_get(e.id);
-    b.put_dlq(e);
-    if (had && !*had)
-      ++st.ctx->dlq_size;
-    spdlog::warn("agent={} topic={} partition={} event={} dlq={} replay={}: moved to the DLQ "
-                 "after {} attempts: {}",
-                 e.agent, e.topic, e.partition, e.event_id, e.id, st.id, e.attempts, e.error);
-  }
   if (auto ok = st.ctx->store->commit(b, false); !ok)
     spdlog::error("replay {}: storing an outcome: {}", st.id, ok.error().message);
   ra.open.erase(it);
   ++ra.done;
   st.dirty = true;
+}
+
+/// Hands an event out of retries to the DLQ actor, under an id of its own
+/// (the live group's id would overwrite the live entry for this event, or
+/// make a live-acked event look dead-lettered), then stores the outcome.
+/// Nothing else runs meanwhile (await): the record stays as it is.
+void dead_letter_of(replay_actor_t* self, std::size_t ai,
+                    std::map<position, replay_rec>::iterator it) {
+  auto& st = self->state;
+  auto& ra = st.agents[ai];
+  auto& rec = it->second;
+  auto& r = ra.ranges[rec.range];
+  dead_letter d;
+  d.agent = ra.agent->cfg.name;
+  d.topic = r.topic;
+  d.at = {r.topic_id, r.partition, rec.offset};
+  d.id = persistence::delivery_store::dlq_id(d.agent + "@replay/" + st.id, d.at.topic_id,
+                                             d.at.partition, rec.offset);
+  d.event_id = rec.event_id;
+  d.event = *rec.event; // carries the replay mark
+  d.error = rec.last_error + " (replay " + st.id + ")";
+  d.attempts = rec.attempts;
+  d.first_failed_us = rec.first_failed_us;
+  d.last_failed_us = rec.last_failed_us;
+  auto dlq = st.ctx->dlq_actor();
+  if (!dlq)
+    throw std::runtime_error("the DLQ actor is restarting"); // resumed by the runner
+  auto pos = it->first;
+  self->request(dlq, std::chrono::seconds{30}, dlq_put_atom::value, d)
+    .await(
+      [self, ai, pos, d](bool) {
+        auto& st = self->state;
+        auto found = st.agents[ai].open.find(pos);
+        if (found == st.agents[ai].open.end())
+          return;
+        spdlog::warn("agent={} topic={} partition={} event={} dlq={} replay={}: moved to the DLQ "
+                     "after {} attempts: {}",
+                     d.agent, d.topic, d.at.partition, d.event_id, d.id, st.id, d.attempts,
+                     d.error);
+        st.record["dead_lettered"] = st.record.value("dead_lettered", 0ULL) + 1;
+        settle(self, ai, found, "dead_lettered", {});
+        pump(self);
+      },
+      [self](caf::error& e) {
+        // The runner resumes the replay from its watermark.
+        self->quit(make_caf_error(errc::unavailable, "handing a dead letter to the DLQ: "
+                                                       + from_caf_error(e).message));
+      });
 }
 
 void on_failure(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>::iterator it,
@@ -296,8 +319,7 @@ void on_failure(replay_actor_t* self, std::size_t ai, std::map<position, replay_
     rec.first_failed_us = now;
   rec.last_failed_us = now;
   if (rec.attempts > ra.agent->cfg.max_retries) {
-    st.record["dead_lettered"] = st.record.value("dead_lettered", 0ULL) + 1;
-    settle(self, ai, it, "dead_lettered", {});
+    dead_letter_of(self, ai, it);
     return;
   }
   st.record["retried"] = st.record.value("retried", 0ULL) + 1;
@@ -420,6 +442,8 @@ caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string 
 } // namespace
 
 caf::actor spawn_replay(caf::local_actor* parent, node_context* ctx, const std::string& id) {
+  if (!ctx->detach_blocking)
+    return parent->spawn<caf::monitored>(replay_actor, ctx, id);
   return parent->spawn<caf::detached + caf::monitored>(replay_actor, ctx, id);
 }
 

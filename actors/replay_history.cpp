@@ -341,7 +341,7 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
   history_reader reader{ctx, *agent, record.value("id", "")};
   reader.named = plan_agent->value("named", false);
   reader.redelivered = record.value("mode", "") == "redeliver";
-  reader.dlq_loaded = ctx.dlq_size.load() <= dlq_preload_max;
+  reader.dlq_loaded = ctx.dlq_size.load() <= static_cast<std::uint64_t>(dlq_preload_max);
   if (reader.dlq_loaded) {
     auto dead = live_dead_letters(*ctx.store, agent_name);
     if (!dead)

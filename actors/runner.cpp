@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/dlq_actor.hpp"
 #include "actors/restart_policy.hpp"
 #include "actors/runtime.hpp"
 #include "persistence/delivery_store.hpp"
@@ -25,7 +26,8 @@ struct child_ref {
   std::uint32_t partition = 0;
   agent_ptr agent; ///< an agent instance, or
   std::size_t instance = 0;
-  std::string replay; ///< a replay's id
+  std::string replay; ///< a replay's id, or
+  bool dlq = false;   ///< the DLQ actor
 };
 
 /// A partition that dies is restarted at once the first time, then with a
@@ -33,6 +35,9 @@ struct child_ref {
 const restart_policy::settings partition_restarts{true, std::chrono::milliseconds{100},
                                                   std::chrono::seconds{5}, std::chrono::minutes{1},
                                                   std::nullopt};
+/// The DLQ actor restarts like a partition: it rebuilds its counts from
+/// the store, and while it is down dead letters wait in their partitions.
+const restart_policy::settings& dlq_restarts = partition_restarts;
 /// An agent instance that dies is restarted after 200 ms, every time.
 const restart_policy::settings instance_restarts{false, std::chrono::milliseconds{200},
                                                  std::chrono::milliseconds{200},
@@ -49,6 +54,7 @@ struct runner_state {
   std::unordered_map<const partition_slot*, restart_policy> partition_policies;
   std::unordered_map<const instance_slot*, restart_policy> instance_policies;
   std::unordered_map<std::string, restart_policy> replay_policies;
+  restart_policy dlq_policy{dlq_restarts};
   static inline const char* name = "runner";
 };
 
@@ -71,6 +77,27 @@ void start_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& r
     route->slots[p]->actor = a;
   }
   route->slots[p]->alive = true;
+}
+
+void start_dlq(runner_actor_t* self) {
+  auto& st = self->state;
+  dlq_deps deps;
+  deps.log = st.ctx->log;
+  deps.store = st.ctx->store;
+  deps.size_gauge = &st.ctx->dlq_size;
+  deps.counted = &st.ctx->dlq_counted;
+  deps.find_partition = [ctx = st.ctx](const std::string& topic, std::uint32_t p) {
+    auto route = ctx->routes.find(topic);
+    if (!route || p >= route->slots.size())
+      return caf::actor{};
+    return ctx->routes.actor_of(*route, p);
+  };
+  auto a = caf::actor_cast<caf::actor>(spawn_dlq(self, std::move(deps)));
+  child_ref ref;
+  ref.dlq = true;
+  st.children[a.address()] = ref;
+  std::lock_guard<std::mutex> guard{st.ctx->dlq_mutex};
+  st.ctx->dlq = a;
 }
 
 void start_instance(runner_actor_t* self, const agent_ptr& agent, std::size_t i) {
@@ -116,7 +143,7 @@ void on_replay_down(runner_actor_t* self, const std::string& id, const caf::erro
     return;
   auto& record = *running;
   auto& policy = policy_for(st.replay_policies, id, replay_restarts);
-  auto delay = policy.on_death(std::chrono::steady_clock::now());
+  auto delay = policy.on_death(self->clock().now());
   if (!delay) {
     record["state"] = "failed";
     record["error"] = "the replay actor crashed " + std::to_string(policy.restarts() + 1)
@@ -208,6 +235,16 @@ void schedule_sweep(runner_actor_t* self) {
   self->delayed_send(self, std::max(every, std::chrono::milliseconds{100}), sweep_atom::value);
 }
 
+/// The DLQ actor stops last: partitions and replays hand it dead letters
+/// until they are down.
+void stop_dlq_when_alone(runner_actor_t* self) {
+  auto& st = self->state;
+  if (st.children.size() != 1 || !st.children.begin()->second.dlq)
+    return;
+  self->send_exit(caf::actor_cast<caf::actor>(st.children.begin()->first),
+                  caf::exit_reason::user_shutdown);
+}
+
 void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
   auto& st = self->state;
   auto it = st.children.find(msg.source);
@@ -219,18 +256,33 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
     ref.route->slots[ref.partition]->alive = false;
   if (!ref.replay.empty())
     on_replay_down(self, ref.replay, msg.reason);
+  if (ref.dlq) {
+    std::lock_guard<std::mutex> guard{st.ctx->dlq_mutex};
+    st.ctx->dlq = nullptr;
+  }
   if (st.stopping) {
+    stop_dlq_when_alone(self);
     if (st.children.empty())
       self->quit();
     return;
   }
   if (!ref.replay.empty())
     return;
+  if (ref.dlq) {
+    auto delay = *st.dlq_policy.on_death(self->clock().now());
+    spdlog::warn("dlq: stopped ({}); restarting in {} ms", caf::to_string(msg.reason),
+                 delay.count());
+    if (delay.count() == 0)
+      start_dlq(self);
+    else
+      self->delayed_send(self, delay, restart_dlq_atom::value);
+    return;
+  }
   if (ref.route) {
     const partition_slot* slot = ref.route->slots[ref.partition].get();
     // Never empty: the policy has no limit of restarts.
-    auto delay = *policy_for(st.partition_policies, slot, partition_restarts)
-                    .on_death(std::chrono::steady_clock::now());
+    auto delay
+      = *policy_for(st.partition_policies, slot, partition_restarts).on_death(self->clock().now());
     spdlog::warn("topic={} partition={}: stopped ({}); restarting in {} ms", ref.route->info.name,
                  ref.partition, caf::to_string(msg.reason), delay.count());
     if (delay.count() == 0)
@@ -253,8 +305,8 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
                      static_cast<std::uint64_t>(ref.instance));
   }
   const instance_slot* key = &slot;
-  auto delay = *policy_for(st.instance_policies, key, instance_restarts)
-                  .on_death(std::chrono::steady_clock::now());
+  auto delay
+    = *policy_for(st.instance_policies, key, instance_restarts).on_death(self->clock().now());
   spdlog::warn("agent={} instance={}: stopped ({}); restarting in {} ms", ref.agent->cfg.name,
                ref.instance, caf::to_string(msg.reason), delay.count());
   self->delayed_send(self, delay, restart_atom::value, ref.agent->cfg.name,
@@ -308,6 +360,7 @@ void stop(runner_actor_t* self) {
     self->quit();
     return;
   }
+  stop_dlq_when_alone(self);
   // Partitions first: each commits what its mailbox holds. Agents stop
   // after, so a late answer still finds its partition (or is redelivered).
   {
@@ -333,6 +386,7 @@ void stop(runner_actor_t* self) {
 caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
   auto& st = self->state;
   st.ctx = ctx;
+  start_dlq(self); // first: partitions hand it their dead letters
   for (auto& agent : ctx->agents)
     for (std::size_t i = 0; i < agent->instances.size(); ++i)
       start_instance(self, agent, i);
@@ -356,6 +410,10 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
       for (auto& agent : st.ctx->agents)
         if (agent->cfg.name == name && index < agent->instances.size())
           start_instance(self, agent, index);
+    },
+    [=](restart_dlq_atom) {
+      if (!self->state.stopping)
+        start_dlq(self);
     },
     [=](replay_atom, const std::string& id) {
       // Not one cancelled while it waited to resume.
@@ -381,7 +439,11 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
 } // namespace
 
 caf::actor spawn_runner(caf::actor_system& system, node_context* ctx) {
-  return system.spawn<caf::detached>(runner_actor, ctx);
+  // Detached: topic creation and retention sweeps write to the disk, which
+  // the scheduler thread of the partitions must never wait for.
+  if (ctx->detach_blocking)
+    return system.spawn<caf::detached>(runner_actor, ctx);
+  return system.spawn(runner_actor, ctx);
 }
 
 } // namespace nerve::actors::detail

@@ -10,6 +10,7 @@
 
 #include <caf/all.hpp>
 
+#include "actors/messages.hpp"
 #include "actors/node_context.hpp"
 #include "actors/replay_plan.hpp"
 
@@ -28,7 +29,8 @@ using retry_atom = caf::atom_constant<caf::atom("retry")>;
 using wake_atom = caf::atom_constant<caf::atom("wake")>;
 using emitted_atom = caf::atom_constant<caf::atom("emitted")>;
 using requeue_atom = caf::atom_constant<caf::atom("requeue")>;
-using redeliver_atom = caf::atom_constant<caf::atom("redeliver")>;
+using restart_dlq_atom = caf::atom_constant<caf::atom("rst_dlq")>;
+using handoff_atom = caf::atom_constant<caf::atom("handoff")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 using child_atom = caf::atom_constant<caf::atom("child")>;
 using exited_atom = caf::atom_constant<caf::atom("exited")>;

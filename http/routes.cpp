@@ -221,6 +221,8 @@ public:
         [this](auto& req, auto&, auto& respond) { dlq_list(env_, req, respond); });
     add("POST", "/v1/dlq/retry-all",
         [this](auto& req, auto&, auto& respond) { dlq_retry_all(env_, req, respond); });
+    add("POST", "/v1/dlq/purge",
+        [this](auto& req, auto&, auto& respond) { dlq_purge(env_, req, respond); });
     add("GET", "/v1/dlq/{id}",
         [this](auto&, auto& p, auto& respond) { env_.node.dlq_get(p[0], dlq_answer(respond)); });
     add("DELETE", "/v1/dlq/{id}",

@@ -1,5 +1,6 @@
-// Routes of the DLQ: list, get, retry, retry-all, delete.
+// Routes of the DLQ: list, get, retry, retry-all, delete, purge.
 #include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -67,29 +68,59 @@ void dlq_list(const api_env& env, request& req, responder& respond) {
     });
 }
 
-void dlq_retry_all(const api_env& env, request& req, responder& respond) {
+namespace {
+
+/// The agent (and, where `topic_too`, topic) an operation on many entries
+/// covers, from the query string or a JSON object body; or the 400 to send.
+std::optional<response> dlq_filters(request& req, bool topic_too, std::string& agent,
+                                    std::string& topic) {
   std::map<std::string, std::string> q;
-  if (auto err = parse_query(req.query, {"agent", "topic"}, q))
-    return respond(std::move(*err));
-  std::string agent = q["agent"];
-  std::string topic = q["topic"];
-  if (!req.body.empty()) {
-    auto body = actors::parse_json(req.body);
-    if (!body || !body->is_object())
-      return respond(problem(400, "invalid-json", "Bad Request",
-                             "the body must be a JSON object with optional agent and topic"));
-    for (auto& [k, v] : body->items()) {
-      if ((k != "agent" && k != "topic") || !v.is_string())
-        return respond(problem(400, "invalid-field", "Bad Request",
-                               "only \"agent\" and \"topic\" (strings) filter retry-all"));
-      (k == "agent" ? agent : topic) = v.get<std::string>();
-    }
+  auto err = topic_too ? parse_query(req.query, {"agent", "topic"}, q)
+                       : parse_query(req.query, {"agent"}, q);
+  if (err)
+    return err;
+  agent = q["agent"];
+  topic = q["topic"];
+  if (req.body.empty())
+    return std::nullopt;
+  auto what
+    = topic_too ? std::string{"optional agent and topic"} : std::string{"an optional agent"};
+  auto body = actors::parse_json(req.body);
+  if (!body || !body->is_object())
+    return problem(400, "invalid-json", "Bad Request",
+                   "the body must be a JSON object with " + what);
+  for (auto& [k, v] : body->items()) {
+    if ((k != "agent" && (k != "topic" || !topic_too)) || !v.is_string())
+      return problem(400, "invalid-field", "Bad Request",
+                     "only " + what + " (strings) may be given here");
+    (k == "agent" ? agent : topic) = v.get<std::string>();
   }
-  env.node.dlq_retry_all(agent, topic, [respond](actors::result<std::uint64_t> r) {
+  return std::nullopt;
+}
+
+/// Answers `{"<field>": n}` with the count an operation on many entries gives.
+actors::callback<std::uint64_t> count_answer(const responder& respond, const char* field) {
+  return [respond, field](actors::result<std::uint64_t> r) {
     if (!r)
       return respond(error_response(r.error()));
-    respond(json_response(200, json{{"retried", *r}}.dump()));
-  });
+    respond(json_response(200, json{{field, *r}}.dump()));
+  };
+}
+
+} // namespace
+
+void dlq_retry_all(const api_env& env, request& req, responder& respond) {
+  std::string agent, topic;
+  if (auto err = dlq_filters(req, true, agent, topic))
+    return respond(std::move(*err));
+  env.node.dlq_retry_all(agent, topic, count_answer(respond, "retried"));
+}
+
+void dlq_purge(const api_env& env, request& req, responder& respond) {
+  std::string agent, topic;
+  if (auto err = dlq_filters(req, false, agent, topic))
+    return respond(std::move(*err));
+  env.node.dlq_purge(agent, count_answer(respond, "purged"));
 }
 
 } // namespace nerve::http

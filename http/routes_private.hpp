@@ -87,6 +87,7 @@ void agent_metrics(const api_env& env, request& req, responder& respond);
 [[nodiscard]] actors::callback<actors::dlq_view> dlq_answer(const responder& respond);
 void dlq_list(const api_env& env, request& req, responder& respond);
 void dlq_retry_all(const api_env& env, request& req, responder& respond);
+void dlq_purge(const api_env& env, request& req, responder& respond);
 
 // -- replays (routes_replay.cpp) ------------------------------------------------
 

@@ -263,38 +263,16 @@ int dlq(const client_options& client, const dlq_options& o) {
     print_error("dlq purge deletes entries for good; add --yes to confirm");
     return exit_usage;
   }
-  auto list
-    = http::call(client.server, "GET",
-                 "/v1/dlq" + filters(false) + (filters(false).empty() ? "?" : "&") + "limit=1000",
-                 "", client.token);
-  if (!list) {
-    print_error(list.error().message);
+  // The server pages through the DLQ and deletes as it goes.
+  auto r = http::call(client.server, "POST", "/v1/dlq/purge" + filters(false), "", client.token);
+  if (!r) {
+    print_error(r.error().message);
     return exit_unreachable;
   }
-  if (list->status != 200)
-    return report_failure(client, "dlq purge", *list);
-  std::uint64_t purged = 0;
-  for (;;) {
-    auto page = json::parse(list->body, nullptr, false);
-    if (!page.is_object() || !page["entries"].is_array() || page["entries"].empty())
-      break;
-    for (auto& e : page["entries"]) {
-      auto del = http::call(client.server, "DELETE", "/v1/dlq/" + encode_segment(str(e, "id")), "",
-                            client.token);
-      if (!del) {
-        print_error(del.error().message);
-        return exit_unreachable;
-      }
-      if (del->status == 200)
-        ++purged;
-    }
-    list
-      = http::call(client.server, "GET",
-                   "/v1/dlq" + filters(false) + (filters(false).empty() ? "?" : "&") + "limit=1000",
-                   "", client.token);
-    if (!list || list->status != 200)
-      break;
-  }
+  if (r->status != 200)
+    return report_failure(client, "dlq purge", *r);
+  auto body = json::parse(r->body, nullptr, false);
+  auto purged = body.is_object() ? body.value("purged", std::uint64_t{0}) : std::uint64_t{0};
   if (client.json)
     std::cout << json{{"purged", purged}}.dump() << '\n';
   else

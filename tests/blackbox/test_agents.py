@@ -273,6 +273,60 @@ class DlqTest(AgentTestCase):
         self.assertEqual(json.loads(c.stdout), {"purged": 2})
         self.assertEqual(self.dlq(self.srv, agent="bad")["count"], 0)
 
+    def test_racing_deletes_retries_and_purge_remove_each_entry_once(self):
+        """The DLQ actor alone removes entries: of many concurrent deletes and
+        retries of one entry exactly one succeeds (the others are 404, or 409
+        while it is in flight), and a purge racing deletes never counts an
+        entry twice nor drives the count below zero."""
+        pub = self.publish_ok(self.srv, self.t, [{"data": {"i": i}} for i in range(40)])
+        entries = self.dead(40)
+        target = entries[pub[0]["id"]]["id"]
+        statuses = []
+        lock = threading.Lock()
+
+        def hit(method, path):
+            r = self.srv.request(method, path)
+            with lock:
+                statuses.append((method, r.status))
+
+        threads = [threading.Thread(target=hit, args=("DELETE", f"/v1/dlq/{target}"))
+                   for _ in range(12)]
+        threads += [threading.Thread(target=hit, args=("POST", f"/v1/dlq/{target}/retry"))
+                    for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        ok = [m for m, s in statuses if s == 200]
+        self.assertEqual(len(ok), 1, statuses)
+        self.assertTrue(all(s in (200, 404, 409) for _, s in statuses), statuses)
+        if ok == ["DELETE"]:
+            self.dead(39)
+        else:  # the retried event fails again and comes back
+            self.dead(40)
+        # A purge racing single deletes: every entry is removed exactly once.
+        ids = [e["id"] for e in self.dlq(self.srv, agent="bad", limit=100)["entries"]]
+        deleted = []
+
+        def delete(entry_id):
+            r = self.srv.request("DELETE", f"/v1/dlq/{entry_id}")
+            with lock:
+                if r.status == 200:
+                    deleted.append(entry_id)
+
+        threads = [threading.Thread(target=delete, args=(i,)) for i in ids[::2]]
+        purged = {}
+        threads.append(threading.Thread(target=lambda: purged.update(
+            self.srv.post("/v1/dlq/purge", {"agent": "bad"}).json())))
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        self.assertEqual(len(deleted) + purged.get("purged", 0), len(ids), (deleted, purged))
+        self.assertEqual(self.dlq(self.srv, agent="bad")["count"], 0)
+        metrics = self.srv.get("/metrics").body.decode()
+        self.assertIn("nerve_dlq_entries 0", metrics)
+
     def test_unknown_dlq_id_is_404_problem(self):
         for method, path in (("GET", "/v1/dlq/dlq-0000000000000000"),
                              ("DELETE", "/v1/dlq/dlq-0000000000000000"),
