@@ -7,6 +7,7 @@
 #include <cstring>
 #include <deque>
 #include <fcntl.h>
+#include <functional>
 #include <poll.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -45,6 +46,10 @@ struct in_flight {
   std::chrono::steady_clock::time_point started;
 };
 
+/// Asked before each line written to a child (the child_io fault point);
+/// true fails the write as a broken pipe would.
+using io_fault = std::function<bool()>;
+
 /// Writes lines to a child's stdin on a thread of its own, so the instance
 /// actor never blocks on a child that stops reading: its timeouts and a stop
 /// still run. Destroying it gives up on what is not written yet (within
@@ -52,7 +57,8 @@ struct in_flight {
 /// failed write (the child is gone).
 class stdin_writer {
 public:
-  stdin_writer(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
+  stdin_writer(int fd, std::string name, io_fault fails)
+    : fd_(fd), name_(std::move(name)), fails_(std::move(fails)) {
     ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
     thread_ = std::thread{[this] { run(); }};
   }
@@ -85,7 +91,7 @@ private:
         line = std::move(lines_.front());
         lines_.pop_front();
       }
-      if (!write_line(line)) {
+      if (fails_() || !write_line(line)) {
         // The child is gone; the restarted one gets its deliveries again.
         if (!stopping_)
           spdlog::warn("{}: writing to the agent's stdin failed: {}", name_, std::strerror(errno));
@@ -116,6 +122,7 @@ private:
 
   int fd_;
   std::string name_;
+  io_fault fails_;
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<std::string> lines_;
@@ -229,6 +236,16 @@ void read_lines(int fd, F on_line) {
   ::close(fd);
 }
 
+/// The child_io fault point of this instance's child (never fails without a test hook).
+io_fault child_io_fault(const instance_actor_state& st) {
+  return [hooks = st.ctx->hooks, where = persistence::fault_context{st.agent->cfg.name, 0}] {
+    if (!persistence::fails_at(hooks->fault, persistence::fault_point::child_io, where))
+      return false;
+    errno = EPIPE; // what the warning about the failed write reports
+    return true;
+  };
+}
+
 void send_to_child(instance_actor_t* self, const delivery_ptr& d) {
   auto& st = self->state;
   if (!st.writer)
@@ -296,7 +313,7 @@ void start_child(instance_actor_t* self) {
     return;
   }
   st.pid = pid;
-  st.writer = std::make_unique<stdin_writer>(in[1], label(st));
+  st.writer = std::make_unique<stdin_writer>(in[1], label(st), child_io_fault(st));
   st.child_restarts.started(std::chrono::steady_clock::now());
   st.slot->pid = pid;
   st.slot->state = instance_state::running;

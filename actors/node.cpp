@@ -330,6 +330,8 @@ tl::expected<std::unique_ptr<node>, std::string> start_node(const config::config
   opts.node_id = cfg.node_id;
   auto io = std::make_shared<detail::io_latency>();
   opts.observe_io = [io](persistence::io_op op, std::chrono::nanoseconds d) { io->observe(op, d); };
+  opts.file_system = hooks.file_system;
+  opts.on_fault = hooks.fault;
   auto log = persistence::event_log::open(opts);
   if (!log)
     return tl::make_unexpected(log.error().message);

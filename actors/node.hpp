@@ -14,6 +14,7 @@
 #include <tl/expected.hpp>
 
 #include "config/config.hpp"
+#include "persistence/faults.hpp"
 
 namespace nerve::actors {
 
@@ -375,11 +376,18 @@ void set_agent_launcher(std::vector<std::string> prefix);
 /// A new W3C trace id (32 lowercase hex digits).
 [[nodiscard]] std::string new_trace_id();
 
-/// Fault-injection points for tests; production passes none.
+/// Fault-injection points for tests; production passes none. The only
+/// storage types that cross this interface, and only for tests.
 struct node_hooks {
   /// Called by a partition actor before each group commit; throwing from it
   /// crashes that actor, as a bug would.
   std::function<void(const std::string& topic, std::uint32_t partition)> before_append;
+  /// Called at every named fault point, the storage layer's and child_io in
+  /// the process agents (persistence/faults.hpp); it may fail the operation
+  /// or cut power (tests/faults/).
+  persistence::fault_hook fault;
+  /// The file system the log runs on; null: the real one.
+  std::shared_ptr<rocksdb::FileSystem> file_system;
 };
 
 /// Opens the log in `cfg.data_dir`, recovers and starts the runner.

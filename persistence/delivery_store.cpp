@@ -155,6 +155,13 @@ struct state_batch::impl {
     std::string key, value;
   };
   std::vector<op> ops;
+  fault_context where; ///< the last group whose cursor or pending records changed
+
+  void note(const std::string& agent, std::uint32_t partition) {
+    if (where.subject != agent) // no copy per delivery: the agent rarely changes
+      where.subject = agent;
+    where.partition = partition;
+  }
 };
 
 state_batch::state_batch() : impl_(std::make_unique<impl>()) {
@@ -165,6 +172,7 @@ state_batch& state_batch::operator=(state_batch&&) noexcept = default;
 
 void state_batch::put_cursor(const std::string& agent, std::uint32_t topic_id,
                              std::uint32_t partition, std::uint64_t cursor) {
+  impl_->note(agent, partition);
   std::string v;
   keys::put_u64(v, cursor);
   impl_->ops.push_back({impl::op::put, 0, group_prefix(agent, topic_id, partition), v});
@@ -172,12 +180,14 @@ void state_batch::put_cursor(const std::string& agent, std::uint32_t topic_id,
 
 void state_batch::put_pending(const std::string& agent, std::uint32_t topic_id,
                               std::uint32_t partition, const pending_record& rec) {
+  impl_->note(agent, partition);
   impl_->ops.push_back({impl::op::put, 1, pending_key(agent, topic_id, partition, rec.offset),
                         to_json(rec).dump(-1, ' ', false, json::error_handler_t::replace)});
 }
 
 void state_batch::delete_pending(const std::string& agent, std::uint32_t topic_id,
                                  std::uint32_t partition, std::uint64_t offset) {
+  impl_->note(agent, partition);
   impl_->ops.push_back({impl::op::del, 1, pending_key(agent, topic_id, partition, offset), {}});
 }
 
@@ -218,6 +228,11 @@ std::size_t state_batch::count() const {
 tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) {
   if (batch.empty())
     return {};
+  if (log_.fails_at(fault_point::before_cursor_commit, batch.impl_->where)) {
+    batch.impl_->ops.clear();
+    log_.note_error("delivery state: injected fault");
+    return tl::make_unexpected(error{errc::io_error, "writing delivery state: injected fault"});
+  }
   rocksdb::ColumnFamilyHandle* families[]
     = {log_.cursors_, log_.pending_, log_.results_, log_.dlq_, log_.meta_};
   rocksdb::WriteBatch wb;

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cassert>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -15,11 +14,13 @@
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
+#include "config/assert.hpp"
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
 
@@ -129,6 +130,12 @@ partition_writer::partition_writer(event_log& log, topic_info topic, std::uint32
 
 tl::expected<std::vector<append_result>, error>
 partition_writer::append(const std::vector<new_event>& events) {
+  if (log_.fails_at(fault_point::before_append, {topic_.name, partition_})) {
+    log_.note_error("append: injected fault");
+    return tl::make_unexpected(error{errc::io_error, "appending to " + topic_.name + "/"
+                                                       + std::to_string(partition_)
+                                                       + ": injected fault before append"});
+  }
   std::vector<append_result> results(events.size());
   std::vector<std::string> reserved;
   reserved.reserve(events.size());
@@ -271,8 +278,11 @@ partition_writer::append(const std::vector<new_event>& events) {
     return tl::make_unexpected(
       io_error("appending to " + topic_.name + "/" + std::to_string(partition_), s));
   }
-  // Offsets stay dense: every appended event took exactly the next one.
-  assert(next_offset_ - first_offset == static_cast<std::uint64_t>(batch.Count() - 1) / 3);
+  // Offsets stay dense: every appended event took exactly the next one, and
+  // wrote three records; the batch also carries the partition's head.
+  const auto appended = next_offset_ - first_offset;
+  NERVE_ASSERT(batch.Count() == (appended == 0 ? 0 : 3 * appended + 1),
+               "each appended event takes the next offset and writes three records");
   last_time_us_ = now;
   log_.failed_.store(false, std::memory_order_relaxed);
   return results;
@@ -325,8 +335,10 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   db_opts.enable_pipelined_write = true;
   db_opts.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_opts.info_log = std::make_shared<rocksdb_logger>();
-  if (opts.env != nullptr)
-    db_opts.env = opts.env;
+  if (opts.file_system) {
+    log->env_ = rocksdb::NewCompositeEnv(opts.file_system);
+    db_opts.env = log->env_.get();
+  }
 
   log->results_filter_ = std::make_unique<results_ttl_filter>(
     opts.clock, static_cast<std::int64_t>(opts.results_ttl.count()) * 1000);
@@ -396,8 +408,12 @@ std::optional<error> event_log::init_meta() {
     rocksdb::WriteOptions wo;
     wo.sync = true;
     s = db_->Put(wo, meta_, "node_id", node_id_);
-    if (!s.ok())
+    if (!s.ok()) {
+      // Noted like any failed write: the destructor must not sync a WAL
+      // that failed one (RocksDB aborts; see wal_broken_).
+      note_write_error("storing node id: " + s.ToString(), s);
       return io_error("storing node id", s);
+    }
   }
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, meta_)};
   for (it->Seek(topic_meta_prefix); it->Valid() && starts_with(it->key(), topic_meta_prefix);
@@ -420,15 +436,21 @@ std::uint64_t event_log::recover_next_offset(std::uint32_t topic_id,
                                              std::uint32_t partition) const {
   std::uint64_t next = 0;
   std::string head;
-  if (db_->Get(rocksdb::ReadOptions{}, meta_, head_key(topic_id, partition), &head).ok()
-      && head.size() == 8)
+  bool has_head = db_->Get(rocksdb::ReadOptions{}, meta_, head_key(topic_id, partition), &head).ok()
+                  && head.size() == 8;
+  if (has_head)
     next = keys::get_u64(head, 0);
   auto prefix = keys::partition_prefix(topic_id, partition);
   auto upper = keys::event_key(topic_id, partition, ~0ULL);
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
   it->SeekForPrev(upper);
-  if (it->Valid() && starts_with(it->key(), prefix))
-    next = std::max(next, keys::get_u64(it->key().ToStringView(), 8) + 1);
+  if (it->Valid() && starts_with(it->key(), prefix)) {
+    auto last = keys::get_u64(it->key().ToStringView(), 8);
+    // The head is written in the batch of the events it counts: a crash
+    // keeps both or neither, never an event past its head.
+    NERVE_ASSERT(!has_head || next > last, "a partition's head counts every stored event");
+    next = std::max(next, last + 1);
+  }
   return next;
 }
 
@@ -874,6 +896,8 @@ void event_log::sync_round(std::unique_lock<std::mutex>& guard) {
 rocksdb::Status event_log::sync_wal() {
   if (wal_broken_.load())
     return rocksdb::Status::IOError(refusal());
+  if (fails_at(fault_point::before_sync, {}))
+    return rocksdb::Status::IOError("injected fault before sync");
   auto started = std::chrono::steady_clock::now();
   auto s = db_->SyncWAL();
   if (opts_.observe_io)

@@ -20,6 +20,7 @@
 #include <tl/expected.hpp>
 
 #include "config/config.hpp"
+#include "persistence/faults.hpp"
 
 namespace rocksdb {
 class Status;
@@ -27,6 +28,7 @@ class CompactionFilter;
 class DB;
 class ColumnFamilyHandle;
 class Env;
+class FileSystem;
 } // namespace rocksdb
 
 namespace nerve::persistence {
@@ -67,8 +69,13 @@ struct options {
   config::fsync_policy fsync = config::fsync_policy::always;
   std::chrono::milliseconds fsync_interval{100};
   clock_fn clock = system_clock_us;
-  rocksdb::Env* env = nullptr; ///< null: the default filesystem
-  std::string node_id;         ///< kept in `meta`; empty: the stored or a new one
+  /// The file system RocksDB runs on; null: the real one. Tests pass a
+  /// faulty one (tests/faults/faulty_fs.hpp) to fail writes and cut power.
+  std::shared_ptr<rocksdb::FileSystem> file_system;
+  /// Called at the storage layer's fault points (before_append, before_sync,
+  /// before_cursor_commit); empty in production.
+  fault_hook on_fault;
+  std::string node_id; ///< kept in `meta`; empty: the stored or a new one
   /// Results older than this are dropped by compaction and hidden from reads.
   std::chrono::milliseconds results_ttl{24LL * 3600 * 1000};
   io_observer observe_io; ///< empty: nothing is timed
@@ -269,7 +276,13 @@ private:
                                                         const topic_info& topic);
   void release_ids(const std::vector<std::string>& ids);
 
+  /// Asks options::on_fault whether to fail at `p`.
+  [[nodiscard]] bool fails_at(fault_point p, const fault_context& where) const {
+    return persistence::fails_at(opts_.on_fault, p, where);
+  }
+
   options opts_;
+  std::unique_ptr<rocksdb::Env> env_; ///< over options::file_system; outlives db_
   std::unique_ptr<rocksdb::CompactionFilter> results_filter_; ///< outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
