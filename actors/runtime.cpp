@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/consumer_group.hpp"
 #include "persistence/keys.hpp"
 
 namespace nerve::actors::detail {
@@ -190,12 +191,8 @@ caf::actor routing::actor_of(const topic_route& route, std::uint32_t partition) 
 std::chrono::milliseconds backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max,
                                   std::uint32_t attempt) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
-  auto shift = std::min<std::uint32_t>(attempt == 0 ? 0 : attempt - 1, 30);
-  auto base
-    = std::min<double>(static_cast<double>(initial.count()) * static_cast<double>(1ULL << shift),
-                       static_cast<double>(max.count()));
   std::uniform_real_distribution<double> jitter{0.8, 1.2};
-  return std::chrono::milliseconds{static_cast<std::int64_t>(base * jitter(rng))};
+  return backoff_with(initial, max, attempt, jitter(rng));
 }
 
 std::shared_ptr<tail_hub::entry> tail_hub::add(const std::string& topic, tail_sink sink) {
