@@ -65,7 +65,7 @@ void consumer_group::recover(std::uint64_t cursor,
     } else {
       r.state = rec_state::retry_wait;
       ++waiting_retry_;
-      fx.timers.push_back({p.offset, std::max(p.next_attempt_us, now_us)});
+      fx.timers.push_back({p.offset, std::max(p.next_attempt_us, now_us), 0});
     }
   }
   // Records above the cursor are fed again from the log; their state
@@ -249,9 +249,11 @@ void consumer_group::send(std::uint64_t offset, record& r, std::size_t instance,
   r.state = rec_state::in_flight;
   r.instance = instance;
   hold_key(r, offset);
-  auto& slots = in_flight_by_instance_[instance];
-  ++slots;
-  NERVE_ASSERT(slots <= agent_.max_in_flight, "deliveries in flight within max_in_flight");
+  // Not asserted against max_in_flight here: the runner resets a dead
+  // instance's credits before this group hears of the death (`requeue`), so
+  // for a moment the old and the new incarnation's deliveries both count.
+  // The credit source bounds what is really in flight.
+  ++in_flight_by_instance_[instance];
   auto attempt = std::to_string(r.attempts);
   std::string id;
   id.reserve(r.event_id.size() + agent_.name.size() + attempt.size() + 2);
@@ -369,7 +371,7 @@ void consumer_group::fail(std::uint64_t offset, const std::string& error, bool t
   p.last_error = error;
   fx.changes.emplace_back(std::move(p));
   r->persisted = true;
-  fx.timers.push_back({offset, due});
+  fx.timers.push_back({offset, due, r->attempts});
 }
 
 void consumer_group::hold_for_emit(std::uint64_t offset) {
@@ -383,16 +385,18 @@ bool consumer_group::emitted(std::uint64_t offset, std::uint32_t attempt) const 
   return r != nullptr && r->state == rec_state::emitting && r->attempts == attempt;
 }
 
-void consumer_group::retry_due(std::uint64_t offset, std::int64_t now_us, group_effects& fx) {
+bool consumer_group::retry_due(std::uint64_t offset, std::int64_t now_us, group_effects& fx) {
   if (paused_) {
     // Stays waiting (and counted as pending) until the agent resumes.
-    fx.timers.push_back({offset, now_us + paused_recheck_us});
-    return;
+    fx.timers.push_back({offset, now_us + paused_recheck_us, 0});
+    return false;
   }
-  if (auto* r = find(offset); r != nullptr && r->state == rec_state::retry_wait) {
-    --waiting_retry_;
-    make_ready(offset, *r);
-  }
+  auto* r = find(offset);
+  if (r == nullptr || r->state != rec_state::retry_wait)
+    return false;
+  --waiting_retry_;
+  make_ready(offset, *r);
+  return true;
 }
 
 void consumer_group::requeue(std::size_t instance) {
@@ -430,6 +434,16 @@ redeliver_result consumer_group::redeliver(std::uint64_t offset, group_effects& 
   r->persisted = true;
   make_ready(offset, *r);
   return redeliver_result::queued;
+}
+
+std::string consumer_group::last_error(std::uint64_t offset) const {
+  const auto* r = find(offset);
+  return r == nullptr ? std::string{} : r->last_error;
+}
+
+std::string consumer_group::event_id(std::uint64_t offset) const {
+  const auto* r = find(offset);
+  return r == nullptr ? std::string{} : r->event_id;
 }
 
 std::optional<std::uint64_t> consumer_group::take_cursor() {

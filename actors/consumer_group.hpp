@@ -94,6 +94,7 @@ using state_change
 struct retry_timer {
   std::uint64_t offset = 0;
   std::int64_t due_us = 0;
+  std::uint32_t failed_attempt = 0; ///< the attempt that failed; 0: recovered or held back
 };
 
 /// What the engine asks the shell to do. The shell clears it once done;
@@ -180,8 +181,8 @@ public:
   void hold_for_emit(std::uint64_t offset);
   /// Whether `offset` still waits for the follow-ups of attempt `attempt`.
   [[nodiscard]] bool emitted(std::uint64_t offset, std::uint32_t attempt) const;
-  /// A retry timer fired.
-  void retry_due(std::uint64_t offset, std::int64_t now_us, group_effects& fx);
+  /// A retry timer fired. Answers whether the record is ready to send.
+  bool retry_due(std::uint64_t offset, std::int64_t now_us, group_effects& fx);
   /// An instance died: its deliveries in flight are sent again first.
   void requeue(std::size_t instance);
   /// A DLQ retry: delivers `offset` again (below the cursor as a redelivery).
@@ -197,10 +198,18 @@ public:
   /// The counts since the last call.
   [[nodiscard]] group_totals take_totals();
   [[nodiscard]] std::uint64_t in_flight() const { return in_flight_; }
+  /// Deliveries in flight on one instance.
+  [[nodiscard]] std::uint32_t in_flight_on(std::size_t instance) const {
+    return in_flight_by_instance_.at(instance);
+  }
   [[nodiscard]] std::uint64_t waiting_retry() const { return waiting_retry_; }
   [[nodiscard]] std::uint64_t redelivering() const { return redelivering_; }
   [[nodiscard]] std::int64_t last_delivered() const { return last_delivered_; }
   [[nodiscard]] std::size_t window() const { return window_; }
+  /// The last error of a record not yet passed; empty if none.
+  [[nodiscard]] std::string last_error(std::uint64_t offset) const;
+  /// The event id of a record not yet passed; empty if none.
+  [[nodiscard]] std::string event_id(std::uint64_t offset) const;
   [[nodiscard]] const config::agent_config& agent() const { return agent_; }
 
 private:

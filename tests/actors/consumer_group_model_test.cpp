@@ -236,10 +236,13 @@ private:
     for (; checked_ < g.cursor(); ++checked_)
       MODEL_CHECK(expected_[checked_] == 0 || settled_[checked_] + dead(checked_) > 0);
     MODEL_CHECK(g.in_flight() == flights_.size());
-    for (std::size_t i = 0; i < h_.credits.used.size(); ++i)
-      MODEL_CHECK(h_.credits.used[i]
-                  == std::count_if(flights_.begin(), flights_.end(),
-                                   [i](const flight& f) { return f.instance == i; }));
+    for (std::size_t i = 0; i < h_.credits.used.size(); ++i) {
+      auto n = std::count_if(flights_.begin(), flights_.end(),
+                             [i](const flight& f) { return f.instance == i; });
+      MODEL_CHECK(h_.credits.used[i] == n);
+      MODEL_CHECK(g.in_flight_on(i) == n);
+      MODEL_CHECK(n <= h_.cfg.max_in_flight); // credits within max_in_flight
+    }
   }
 
   int dead(std::uint64_t offset) const {

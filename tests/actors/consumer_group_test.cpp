@@ -65,6 +65,9 @@ TEST_CASE("a failed attempt waits the initial backoff, stored as pending, then g
   h.pump();
   REQUIRE(h.nack(0));
   REQUIRE(h.timers.size() == 1);
+  CHECK(h.timers[0].failed_attempt == 1);
+  CHECK(h.g->event_id(0) == "ev-0");
+  CHECK(h.g->last_error(0) == "boom");
   auto delay_us = h.timers[0].due_us - h.now;
   CHECK(delay_us >= 80'000);
   CHECK(delay_us <= 120'000);
