@@ -115,6 +115,11 @@ void consumer_group::skip_to_end() {
   next_read_ = end_;
 }
 
+void consumer_group::pass(std::uint64_t offset) {
+  NERVE_ASSERT(offset >= next_read_ && offset < end_, "events are read in order, below the end");
+  next_read_ = offset + 1;
+}
+
 void consumer_group::load(std::uint64_t offset, const group_event* e, group_effects& fx) {
   unloaded_.erase(std::remove(unloaded_.begin(), unloaded_.end(), offset), unloaded_.end());
   auto* r = find(offset);
@@ -135,11 +140,16 @@ void consumer_group::load(std::uint64_t offset, const group_event* e, group_effe
 void consumer_group::advance(group_effects& fx) {
   auto start = cursor_;
   // Never past what was read: a done record above it (a DLQ retry, say)
-  // waits until the events before it are read.
-  while (!recs_.empty() && recs_.begin()->first == cursor_ && cursor_ < next_read_
-         && recs_.begin()->second.state == rec_state::done) {
-    if (recs_.begin()->second.persisted)
-      fx.changes.emplace_back(delete_pending{cursor_});
+  // waits until the events before it are read. Read offsets without a
+  // record were never fed (gone by retention, or skipped): nothing to wait for.
+  while (!recs_.empty() && recs_.begin()->first < next_read_) {
+    auto& [offset, r] = *recs_.begin();
+    if (offset > cursor_)
+      cursor_ = offset;
+    if (r.state != rec_state::done)
+      break;
+    if (r.persisted)
+      fx.changes.emplace_back(delete_pending{offset});
     recs_.erase(recs_.begin());
     ++cursor_;
   }
@@ -255,9 +265,10 @@ void consumer_group::send(std::uint64_t offset, record& r, std::size_t instance,
   // The credit source bounds what is really in flight.
   ++in_flight_by_instance_[instance];
   auto attempt = std::to_string(r.attempts);
+  auto& tag = where_.delivery_tag.empty() ? agent_.name : where_.delivery_tag;
   std::string id;
-  id.reserve(r.event_id.size() + agent_.name.size() + attempt.size() + 2);
-  id.append(r.event_id).append(":").append(agent_.name).append(":").append(attempt);
+  id.reserve(r.event_id.size() + tag.size() + attempt.size() + 2);
+  id.append(r.event_id).append(":").append(tag).append(":").append(attempt);
   fx.deliveries.push_back({instance, offset, r.attempts, std::move(id), r.event_id, r.event});
   ++totals_.received;
   ++in_flight_;
@@ -326,7 +337,8 @@ void consumer_group::dead_letter_of(std::uint64_t offset, const record& r, group
   e.topic_id = where_.topic_id;
   e.partition = where_.partition;
   e.offset = offset;
-  e.id = persistence::delivery_store::dlq_id(e.agent, e.topic_id, e.partition, offset);
+  e.id = persistence::delivery_store::dlq_id(where_.dlq_owner.empty() ? e.agent : where_.dlq_owner,
+                                             e.topic_id, e.partition, offset);
   e.event_id = r.event_id;
   e.event = r.event ? *r.event : std::string{};
   e.error = r.last_error;

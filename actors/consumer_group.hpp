@@ -44,6 +44,10 @@ struct group_identity {
   std::string topic;
   std::uint32_t topic_id = 0;
   std::uint32_t partition = 0;
+  /// Between event id and attempt in delivery ids; empty: the agent's name.
+  std::string delivery_tag;
+  /// Whose DLQ ids the group's dead letters get; empty: the agent's name.
+  std::string dlq_owner;
 };
 
 /// Hands out delivery slots. The engine does not own credits: the shell's
@@ -150,6 +154,9 @@ public:
   void feed(const group_event& e);
   /// The events up to the end are gone (retention): nothing to read there.
   void skip_to_end();
+  /// The event at `offset` was read and is not for the group (a resumed
+  /// replay settled it already): the cursor passes it like a gap.
+  void pass(std::uint64_t offset);
   /// Moves the cursor over done records (after feeding).
   void advance(group_effects& fx);
   /// Offsets queued to send whose event the group does not hold (recovered

@@ -90,29 +90,6 @@ void schedule_flush(partition_actor_t* self) {
   }
 }
 
-/// The agent's shared credits as the engine takes them; keeps the instance
-/// actor each credit came with, for the delivery it becomes.
-class agent_credits final : public credit_source {
-public:
-  agent_credits(agent_runtime& agent, std::size_t& rr, caf::actor me,
-                std::vector<caf::actor>& taken)
-    : agent_(agent), rr_(rr), me_(std::move(me)), taken_(taken) {}
-
-  std::optional<std::size_t> take() override {
-    auto credit = agent_.take_credit(rr_, me_);
-    if (!credit)
-      return std::nullopt;
-    taken_.push_back(std::move(credit->second));
-    return credit->first;
-  }
-
-private:
-  agent_runtime& agent_;
-  std::size_t& rr_;
-  caf::actor me_;
-  std::vector<caf::actor>& taken_;
-};
-
 /// Stages the engine's state changes in the partition's next commit.
 struct change_writer {
   partition_state& st;
@@ -601,7 +578,7 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
     g.agent = ctx->agents[gs->agent_index];
     g.stats = gs.get();
     g.engine = std::make_unique<consumer_group>(
-      g.agent->cfg, group_identity{route->info.name, route->info.id, p}, seeds());
+      g.agent->cfg, group_identity{route->info.name, route->info.id, p, {}, {}}, seeds());
     st.groups.push_back(std::move(g));
   }
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {

@@ -9,7 +9,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/consumer_group.hpp"
 #include "persistence/keys.hpp"
 
 namespace nerve::actors::detail {
@@ -160,6 +159,16 @@ agent_runtime::take_credit(std::size_t& rr, const caf::actor& partition) {
       break;
     }
   return std::nullopt;
+}
+
+std::optional<std::size_t> agent_credits::take() {
+  if (taken_.size() >= cap_)
+    return std::nullopt;
+  auto credit = agent_.take_credit(rr_, me_);
+  if (!credit)
+    return std::nullopt;
+  taken_.push_back(std::move(credit->second));
+  return credit->first;
 }
 
 void agent_runtime::return_credit(std::size_t instance) {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -18,6 +19,7 @@
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
+#include "actors/consumer_group.hpp"
 #include "actors/node.hpp"
 #include "config/config.hpp"
 #include "persistence/delivery_store.hpp"
@@ -153,6 +155,26 @@ struct agent_runtime {
 };
 
 using agent_ptr = std::shared_ptr<agent_runtime>;
+
+/// An agent's shared credits as a consumer_group takes them, at most `cap`
+/// in one dispatch; keeps the instance actor each credit came with, for the
+/// delivery it becomes (`taken[k]` is that of the k-th delivery).
+class agent_credits final : public credit_source {
+public:
+  agent_credits(agent_runtime& agent, std::size_t& rr, caf::actor me,
+                std::vector<caf::actor>& taken,
+                std::size_t cap = std::numeric_limits<std::size_t>::max())
+    : agent_(agent), rr_(rr), me_(std::move(me)), taken_(taken), cap_(cap) {}
+
+  std::optional<std::size_t> take() override;
+
+private:
+  agent_runtime& agent_;
+  std::size_t& rr_;
+  caf::actor me_;
+  std::vector<caf::actor>& taken_;
+  std::size_t cap_;
+};
 
 /// A delivery attempt, partition → agent instance.
 struct delivery {

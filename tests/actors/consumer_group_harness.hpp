@@ -122,7 +122,7 @@ struct harness {
   }
 
   void start(std::uint64_t seed, std::uint64_t cursor = 0) {
-    g = std::make_unique<consumer_group>(cfg, actors::group_identity{"orders", 3, 1}, seed);
+    g = std::make_unique<consumer_group>(cfg, actors::group_identity{"orders", 3, 1, {}, {}}, seed);
     timers.clear();
     g->recover(store.cursor.value_or(cursor), store.pending_list(), log.size(), -1, now, fx);
     drain();

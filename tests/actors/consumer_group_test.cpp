@@ -468,3 +468,38 @@ TEST_CASE("a DLQ retry above the cursor waits for the cursor like any record", "
   REQUIRE(h.ack(2));
   CHECK(h.g->cursor() == 3);
 }
+
+// -- gaps and names ------------------------------------------------------------------------
+
+TEST_CASE("offsets the log no longer has are passed once the events after them settle", "[unit]") {
+  harness h{agent_cfg()};
+  h.append(5);
+  h.log[0].json = nullptr; // removed by retention while the group lagged
+  h.log[1].json = nullptr;
+  h.pump();
+  CHECK(h.sent_offsets() == offsets{2, 3, 4});
+  REQUIRE(h.ack(3));
+  CHECK(h.g->cursor() == 2);
+  REQUIRE(h.ack(2));
+  CHECK(h.g->cursor() == 4);
+  REQUIRE(h.ack(4));
+  CHECK(h.store.cursor == 5U);
+}
+
+TEST_CASE("a group's identity names its delivery ids and dead letters", "[unit]") {
+  auto cfg = agent_cfg();
+  cfg.max_retries = 0;
+  harness h{cfg};
+  h.g = std::make_unique<consumer_group>(
+    cfg, actors::group_identity{"orders", 3, 1, "sink:replay-r1", "sink@replay/r1"}, 7);
+  h.g->recover(0, {}, 0, -1, h.now, h.fx);
+  h.append(1);
+  h.pump();
+  REQUIRE(h.sent.size() == 1);
+  CHECK(h.sent[0].delivery_id == "ev-0:sink:replay-r1:1");
+  REQUIRE(h.nack(0));
+  auto& e = h.store.dlq.at(0);
+  CHECK(e.agent == "sink");
+  CHECK(e.id == persistence::delivery_store::dlq_id("sink@replay/r1", 3, 1, 0));
+  CHECK(e.error == "boom");
+}
