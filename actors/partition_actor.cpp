@@ -150,17 +150,9 @@ void apply(partition_actor_t* self, std::size_t gi) {
   auto& fx = st.fx;
   NERVE_ASSERT(fx.deliveries.size() == st.taken.size(), "one credit per delivery");
   for (std::size_t k = 0; k < fx.deliveries.size(); ++k) {
-    auto& out = fx.deliveries[k];
-    auto d = std::make_shared<delivery>();
-    d->partition = caf::actor{self};
-    d->group = gi;
-    d->instance = out.instance;
-    d->offset = out.offset;
-    d->attempt = out.attempt;
-    d->event_id = std::move(out.event_id);
-    d->delivery_id = std::move(out.delivery_id);
-    d->event = std::move(out.event);
-    self->send(st.taken[k], deliver_atom::value, std::move(d));
+    auto offset = fx.deliveries[k].offset;
+    self->send(st.taken[k], deliver_atom::value,
+               make_delivery(caf::actor{self}, gi, std::move(fx.deliveries[k]), offset));
   }
   st.taken.clear();
   change_writer write{st, g.agent->cfg.name};

@@ -161,6 +161,20 @@ agent_runtime::take_credit(std::size_t& rr, const caf::actor& partition) {
   return std::nullopt;
 }
 
+delivery_ptr make_delivery(caf::actor me, std::size_t group, outgoing_delivery&& out,
+                           std::uint64_t offset) {
+  auto d = std::make_shared<delivery>();
+  d->partition = std::move(me);
+  d->group = group;
+  d->instance = out.instance;
+  d->offset = offset;
+  d->attempt = out.attempt;
+  d->event_id = std::move(out.event_id);
+  d->delivery_id = std::move(out.delivery_id);
+  d->event = std::move(out.event);
+  return d;
+}
+
 std::optional<std::size_t> agent_credits::take() {
   if (taken_.size() >= cap_)
     return std::nullopt;

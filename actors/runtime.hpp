@@ -190,6 +190,11 @@ struct delivery {
 
 using delivery_ptr = std::shared_ptr<delivery>;
 
+/// The message for one of a consumer group's deliveries, from actor `me`'s
+/// group `group`; the answer names `offset` (a replay sends a token there).
+[[nodiscard]] delivery_ptr make_delivery(caf::actor me, std::size_t group, outgoing_delivery&& out,
+                                         std::uint64_t offset);
+
 /// The answer to a delivery attempt, agent instance → partition.
 struct outcome {
   std::size_t group = 0;

@@ -1,0 +1,436 @@
+// The replay actor: sends a planned replay's history again to the agents'
+// instances, one consumer_group engine per planned range, through the same
+// credits, retries and DLQ hand-off as live delivery, without touching live
+// cursors, state or counters. Its progress and outcomes are records of its
+// own (see replay.cpp and replay_record.hpp).
+#include <algorithm>
+#include <random>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/consumer_group.hpp"
+#include "actors/replay_record.hpp"
+#include "actors/runtime.hpp"
+#include "config/assert.hpp"
+
+namespace nerve::actors::detail {
+
+namespace {
+
+using json = nlohmann::json;
+
+/// One partition's share of an agent's history, delivered by a consumer
+/// group engine of its own (no live cursor, no live state: see `apply`).
+struct replay_range {
+  range where;
+  std::unique_ptr<consumer_group> engine;
+};
+
+struct replay_agent {
+  agent_ptr agent;
+  std::vector<replay_range> ranges; ///< read in order: one after the other is read
+  std::size_t in_flight = 0;
+  std::size_t rr = 0;
+  std::uint64_t done = 0;
+  /// Resumed with outcomes stored: skip the events that have one.
+  bool skip_settled = false;
+};
+
+/// A delivery attempt in flight, by its token (the offset its delivery carries).
+struct open_attempt {
+  std::size_t agent = 0;
+  std::size_t range = 0;
+  std::uint64_t offset = 0;
+  std::uint32_t attempt = 0;
+};
+
+struct replay_state {
+  node_context* ctx = nullptr;
+  std::string id;
+  json record;
+  std::vector<replay_agent> agents;
+  std::unordered_map<std::uint64_t, open_attempt> tokens;
+  std::uint64_t next_token = 1;
+  bool dirty = false;
+  group_effects fx;
+  std::vector<caf::actor> taken; ///< the instance of each credit in `fx.deliveries`
+  static inline const char* name = "replay";
+};
+
+using replay_actor_t = caf::stateful_actor<replay_state>;
+
+constexpr auto tick_every = std::chrono::milliseconds{200};
+constexpr std::size_t read_ahead = 256;
+
+std::int64_t clock_us(const replay_state& st) {
+  return st.ctx->log->opts().clock();
+}
+
+/// Most deliveries a replay keeps in flight per agent: half its credits, so
+/// live traffic keeps the other half.
+std::size_t cap_of(const agent_runtime& a) {
+  return std::max<std::size_t>(1, a.cfg.max_in_flight * a.instances.size() / 2);
+}
+
+/// Where an agent's replay stands: its first range not finished and that
+/// range's cursor (every event before it is finished).
+json position_of(const replay_agent& ra) {
+  for (std::size_t k = 0; k < ra.ranges.size(); ++k) {
+    auto& e = *ra.ranges[k].engine;
+    if (e.cursor() < e.end())
+      return json::array({k, e.cursor()});
+  }
+  return json::array({ra.ranges.size(), 0});
+}
+
+void persist(replay_actor_t* self, bool sync) {
+  auto& st = self->state;
+  std::uint64_t done = 0;
+  for (std::size_t i = 0; i < st.agents.size(); ++i) {
+    auto& ra = st.agents[i];
+    st.record["plan"][i]["pos"] = position_of(ra);
+    st.record["plan"][i]["done"] = ra.done;
+    done += ra.done;
+  }
+  st.record["events_done"] = done;
+  persistence::state_batch b;
+  b.put_meta(replay_key(st.id), st.record.dump());
+  if (auto ok = st.ctx->store->commit(b, sync); !ok)
+    spdlog::error("replay {}: storing progress: {}", st.id, ok.error().message);
+  st.dirty = false;
+}
+
+void finish(replay_actor_t* self, const std::string& state) {
+  auto& st = self->state;
+  st.record["state"] = state;
+  st.record["finished_us"] = clock_us(st);
+  persist(self, true);
+  spdlog::info("replay {} {}: {} of {} deliveries done, {} acked, {} dead-lettered", st.id, state,
+               st.record.value("events_done", 0ULL), st.record.value("events_total", 0ULL),
+               st.record.value("acked", 0ULL), st.record.value("dead_lettered", 0ULL));
+  self->quit();
+}
+
+/// Whether the event at `offset` already has an outcome under the replay: it
+/// was finished after the stored position, before a restart.
+bool settled_before(const replay_state& st, const replay_agent& ra, const range& r,
+                    std::uint64_t offset) {
+  auto out
+    = st.ctx->store->meta(outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, offset));
+  if (!out)
+    throw std::runtime_error("reading an outcome: " + out.error().message);
+  return out->has_value();
+}
+
+/// Counts from the stored outcomes, after a restart. The stored position is
+/// the lowest unfinished event, so events finished past it, and outcomes
+/// stored after the last progress write, would otherwise count twice or not
+/// at all.
+void recount(replay_state& st) {
+  std::uint64_t acked = 0;
+  std::uint64_t dead = 0;
+  for (auto& ra : st.agents) {
+    auto prefix = "rout/" + st.id + "/" + ra.agent->cfg.name + "/";
+    auto outs = st.ctx->store->meta_prefix(prefix);
+    if (!outs)
+      throw std::runtime_error("reading outcomes: " + outs.error().message);
+    ra.done = 0;
+    for (auto& [key, value] : *outs) {
+      if (key.size() != prefix.size() + 16)
+        continue; // another agent's, whose name starts with this one's and a '/'
+      ++ra.done;
+      auto o = json::parse(value, nullptr, false);
+      auto outcome = o.is_object() ? o.value("outcome", "") : std::string{};
+      acked += outcome == "acked" ? 1 : 0;
+      dead += outcome == "dead_lettered" ? 1 : 0;
+    }
+    ra.skip_settled = ra.done > 0;
+  }
+  st.record["acked"] = acked;
+  st.record["dead_lettered"] = dead;
+}
+
+/// Stores the outcome of one event under the replay.
+void store_outcome(replay_actor_t* self, replay_agent& ra, const range& r, std::uint64_t offset,
+                   const std::string& outcome, std::uint32_t attempts, const std::string& error,
+                   const std::string& result, const persistence::dlq_entry* dead) {
+  auto& st = self->state;
+  json o{{"outcome", outcome}, {"attempts", attempts}};
+  if (!error.empty())
+    o["error"] = error;
+  if (!result.empty())
+    o["result"] = json::parse(result, nullptr, false);
+  persistence::state_batch b;
+  b.put_meta(outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, offset), o.dump());
+  if (dead != nullptr) {
+    auto had = st.ctx->store->dlq_get(dead->id);
+    b.put_dlq(*dead);
+    if (had && !*had)
+      ++st.ctx->dlq_size;
+    spdlog::warn("agent={} topic={} partition={} event={} dlq={} replay={}: moved to the DLQ "
+                 "after {} attempts: {}",
+                 dead->agent, dead->topic, dead->partition, dead->event_id, dead->id, st.id,
+                 dead->attempts, dead->error);
+  }
+  if (auto ok = st.ctx->store->commit(b, false); !ok)
+    spdlog::error("replay {}: storing an outcome: {}", st.id, ok.error().message);
+  ++ra.done;
+  st.dirty = true;
+}
+
+/// Adds `n` to the replay record's counter `name`.
+void count(replay_state& st, const char* name, std::uint64_t n) {
+  if (n > 0)
+    st.record[name] = st.record.value(name, 0ULL) + n;
+}
+
+/// Carries out what range `k` of agent `ai` asked for. A replay touches no
+/// live state: pending records, cursors, results and attempts are not
+/// written; its outcomes are records of its own.
+void apply(replay_actor_t* self, std::size_t ai, std::size_t k) {
+  auto& st = self->state;
+  auto& ra = st.agents[ai];
+  auto& fx = st.fx;
+  NERVE_ASSERT(fx.deliveries.size() == st.taken.size(), "one credit per delivery");
+  for (std::size_t n = 0; n < fx.deliveries.size(); ++n) {
+    auto& out = fx.deliveries[n];
+    auto token = st.next_token++;
+    st.tokens[token] = {ai, k, out.offset, out.attempt};
+    ++ra.in_flight;
+    self->send(st.taken[n], deliver_atom::value,
+               make_delivery(caf::actor{self}, ai, std::move(out), token));
+    // The instance times the attempt out; this catches an instance that died.
+    self->delayed_send(self, ra.agent->cfg.timeout + std::chrono::seconds{5}, timeout_atom::value,
+                       token);
+  }
+  st.taken.clear();
+  for (auto& c : fx.changes)
+    if (auto* dead = std::get_if<dead_letter>(&c)) {
+      // An id of its own (dlq_owner): the live group's id would overwrite
+      // the live entry for this event, or make a live-acked event look
+      // dead-lettered. The event carries the replay mark.
+      auto e = *dead;
+      auto error = e.error;
+      e.error += " (replay " + st.id + ")";
+      store_outcome(self, ra, ra.ranges[k].where, e.offset, "dead_lettered", e.attempts, error, {},
+                    &e);
+    }
+  auto now = clock_us(st);
+  for (auto& t : fx.timers)
+    self->delayed_send(
+      self, std::chrono::milliseconds{std::max<std::int64_t>(0, (t.due_us - now) / 1000)},
+      retry_atom::value, static_cast<std::uint64_t>(ai), static_cast<std::uint64_t>(k), t.offset);
+  fx.clear();
+  auto t = ra.ranges[k].engine->take_totals();
+  count(st, "acked", t.processed);
+  count(st, "failed", t.failed);
+  count(st, "retried", t.retried);
+  count(st, "dead_lettered", t.dead_lettered);
+}
+
+/// Feeds range `k`'s engine the events after its read position.
+void fill_range(replay_actor_t* self, replay_agent& ra, std::size_t k) {
+  auto& st = self->state;
+  auto& r = ra.ranges[k].where;
+  auto& e = *ra.ranges[k].engine;
+  while (auto want = std::min<std::uint64_t>(e.wanted(), read_ahead)) {
+    auto t = st.ctx->log->find_topic(r.topic);
+    if (!t) {
+      e.skip_to_end(); // the topic is gone: nothing to deliver
+      break;
+    }
+    auto got = st.ctx->log->read_stored(*t, r.partition, e.next_read(), r.hi, want);
+    if (!got)
+      throw std::runtime_error("reading events: " + got.error().message);
+    for (auto& stored : *got) {
+      if (stored.offset >= e.end())
+        break;
+      if (ra.skip_settled && settled_before(st, ra, r, stored.offset)) {
+        e.pass(stored.offset);
+        continue;
+      }
+      auto parsed = json::parse(stored.json, nullptr, false);
+      group_event ev;
+      ev.offset = stored.offset;
+      ev.id = id_of(stored.json);
+      if (parsed.is_object()) {
+        ev.key = field_of(parsed, "key");
+        ev.type = field_of(parsed, "type");
+        ev.source = field_of(parsed, "source");
+      }
+      ev.json = std::make_shared<const std::string>(marked(stored.json, st.id));
+      e.feed(ev);
+    }
+    // Fewer than asked: the rest of the range is gone (retention) or read.
+    if (got->size() < want)
+      e.skip_to_end();
+  }
+  e.advance(st.fx);
+}
+
+/// Reads, then sends, each agent's history; finishes when all is done.
+void pump(replay_actor_t* self) {
+  auto& st = self->state;
+  bool all_done = true;
+  for (std::size_t ai = 0; ai < st.agents.size(); ++ai) {
+    auto& ra = st.agents[ai];
+    for (std::size_t k = 0; k < ra.ranges.size(); ++k) {
+      auto& e = *ra.ranges[k].engine;
+      fill_range(self, ra, k);
+      e.set_paused(ra.agent->paused.load());
+      auto cap = cap_of(*ra.agent);
+      agent_credits credits{*ra.agent, ra.rr, caf::actor{self}, st.taken,
+                            ra.in_flight < cap ? cap - ra.in_flight : 0};
+      e.dispatch(credits, st.fx);
+      apply(self, ai, k);
+      if (e.cursor() < e.end())
+        all_done = false;
+      if (e.next_read() < e.end())
+        break; // the next range is read once this one is
+    }
+  }
+  if (all_done)
+    finish(self, "done");
+}
+
+/// Ends the attempt `token`: where it was, if it is still open.
+std::optional<open_attempt> close_attempt(replay_actor_t* self, std::uint64_t token) {
+  auto& st = self->state;
+  auto t = st.tokens.find(token);
+  if (t == st.tokens.end())
+    return std::nullopt; // stale
+  auto a = t->second;
+  st.tokens.erase(t);
+  auto& ra = st.agents[a.agent];
+  --ra.in_flight;
+  if (ra.ranges[a.range].engine->answer(a.offset, a.attempt) == nullptr)
+    return std::nullopt;
+  return a;
+}
+
+void on_answer(replay_actor_t* self, const open_attempt& a, const outcome* o,
+               const std::string& error) {
+  auto& st = self->state;
+  auto& ra = st.agents[a.agent];
+  auto& e = *ra.ranges[a.range].engine;
+  if (o == nullptr || !o->ok) {
+    e.fail(a.offset, error, false, clock_us(st), st.fx);
+  } else {
+    // Follow-ups a replayed attempt emits are kept with its outcome, not
+    // published: a replay does not create live traffic.
+    auto result = o->result;
+    if (!o->emit.empty()) {
+      auto r = json::parse(result.empty() ? "null" : result, nullptr, false);
+      result = json{{"result", r}, {"emit", json::parse(o->emit, nullptr, false)}}.dump();
+    }
+    auto last_error = e.last_error(a.offset);
+    e.ack(a.offset, {}, clock_us(st), st.fx);
+    store_outcome(self, ra, ra.ranges[a.range].where, a.offset, "acked", a.attempt, last_error,
+                  result, nullptr);
+  }
+  apply(self, a.agent, a.range);
+  pump(self);
+}
+
+/// The agent's replay, resumed at its stored position.
+replay_agent agent_of(const node_context& ctx, const std::string& id, const json& p) {
+  replay_agent ra;
+  for (auto& a : ctx.agents)
+    if (a->cfg.name == p.value("agent", ""))
+      ra.agent = a;
+  if (!ra.agent)
+    throw std::runtime_error("replay " + id + ": agent " + p.value("agent", "")
+                             + " is no longer configured");
+  auto cfg = ra.agent->cfg;
+  cfg.ordered_by.clear(); // a replay's history goes out as fast as credits allow
+  auto pos = p.value("pos", json::array({0, 0}));
+  auto at = std::make_pair(pos.at(0).get<std::size_t>(), pos.at(1).get<std::uint64_t>());
+  std::random_device seeds;
+  group_effects none;
+  for (auto& r : ranges_of(p)) {
+    auto k = ra.ranges.size();
+    auto end = r.hi + 1;
+    auto cursor = k < at.first ? end : k == at.first ? std::max(at.second, r.lo) : r.lo;
+    group_identity where{r.topic, r.topic_id, r.partition, cfg.name + ":replay-" + id,
+                         cfg.name + "@replay/" + id};
+    auto e = std::make_unique<consumer_group>(cfg, std::move(where), seeds());
+    e->recover(std::min(cursor, end), {}, end, -1, 0, none);
+    ra.ranges.push_back({r, std::move(e)});
+  }
+  return ra;
+}
+
+caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string id) {
+  // The runner stores why the replay failed: keep what went wrong.
+  self->set_exception_handler([](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      return caf::make_error(caf::sec::runtime_error, std::string{x.what()});
+    } catch (...) {
+      return caf::make_error(caf::sec::runtime_error);
+    }
+  });
+  auto& st = self->state;
+  st.ctx = ctx;
+  st.id = id;
+  auto stored = ctx->store->meta(replay_key(id));
+  if (!stored || !*stored)
+    throw std::runtime_error("replay " + id + " is not stored");
+  st.record = json::parse(**stored);
+  for (auto& p : st.record.at("plan"))
+    st.agents.push_back(agent_of(*ctx, id, p));
+  recount(st);
+  spdlog::info("replay {} running: {} deliveries to {} agents, {} done", id,
+               st.record.value("events_total", 0ULL), st.agents.size(),
+               st.record.value("events_done", 0ULL));
+  self->send(self, wake_atom::value);
+  self->delayed_send(self, tick_every, sweep_atom::value);
+  return {
+    [=](wake_atom) { pump(self); },
+    [=](sweep_atom) {
+      if (self->state.dirty)
+        persist(self, false);
+      pump(self);
+      self->delayed_send(self, tick_every, sweep_atom::value);
+    },
+    [=](outcome_atom, outcome_ptr& o) {
+      if (auto a = close_attempt(self, o->offset))
+        on_answer(self, *a, o.get(), o->error);
+    },
+    [=](timeout_atom, std::uint64_t token) {
+      // No credit to give back: the runner reset the dead instance's credits.
+      if (auto a = close_attempt(self, token))
+        on_answer(self, *a, nullptr, "no answer from the agent instance");
+    },
+    [=](retry_atom, std::uint64_t ai, std::uint64_t k, std::uint64_t offset) {
+      auto& st = self->state;
+      if (ai >= st.agents.size() || k >= st.agents[ai].ranges.size())
+        return;
+      auto& e = *st.agents[ai].ranges[k].engine;
+      e.set_paused(st.agents[ai].agent->paused.load());
+      e.retry_due(offset, clock_us(st), st.fx);
+      apply(self, ai, k);
+      pump(self);
+    },
+    [=](cancel_atom, reply_ptr& reply) {
+      finish(self, "cancelled");
+      (*reply)({});
+    },
+    [=](stop_atom) {
+      // The node stops: keep the progress, resume after the restart.
+      persist(self, true);
+      self->quit();
+    },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_replay(caf::local_actor* parent, node_context* ctx, const std::string& id) {
+  return parent->spawn<caf::detached + caf::monitored>(replay_actor, ctx, id);
+}
+
+} // namespace nerve::actors::detail
