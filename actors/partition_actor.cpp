@@ -1,17 +1,19 @@
 // The partition actor: group-commits publishes to one topic partition and
-// delivers its events to every subscribed agent (one consumer group each)
-// with credit-based flow control, per-key order, retries with backoff and
-// the dead-letter queue. Its state is rebuilt from the log on start.
+// delivers its events to every subscribed agent, one consumer group each.
+// The delivery logic is consumer_group's (actors/consumer_group.hpp); this
+// shell reads the events it wants, takes credits, and turns its effects into
+// messages, timers and state writes. Its state is rebuilt from the log on start.
 #include <deque>
 #include <map>
 #include <random>
-#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/consumer_group.hpp"
 #include "actors/event_input.hpp"
 #include "actors/runtime.hpp"
+#include "config/assert.hpp"
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
 
@@ -23,60 +25,14 @@ using json = nlohmann::json;
 
 /// Recent appends, so live delivery does not read back what it just wrote.
 constexpr std::size_t tail_cache_events = 4096;
-/// Most events one group holds read but not yet committed past.
-constexpr std::size_t min_group_window = 256;
 /// Counter snapshots are written at most this often.
 constexpr auto counters_every = std::chrono::seconds{1};
-
-struct cached_event {
-  std::uint64_t offset = 0;
-  std::int64_t time_us = 0; ///< append time; 0 when read back from the log
-  std::shared_ptr<const std::string> json;
-  std::string id, key, type, source;
-};
-
-/// `dead_lettering`: out of retries, waiting for the DLQ actor to store it;
-/// the cursor passes it only once the entry is in the log before it.
-enum class rec_state { ready, in_flight, retry_wait, emitting, dead_lettering, done };
-
-struct delivery_rec {
-  rec_state state = rec_state::ready;
-  std::uint32_t attempts = 0;
-  std::shared_ptr<const std::string> event;
-  std::string event_id;
-  std::string key;
-  std::int64_t appended_us = 0; ///< 0: not delivered live, not measured
-  std::size_t instance = 0;
-  std::int64_t sent_us = 0;
-  std::int64_t first_failed_us = 0;
-  std::int64_t last_failed_us = 0;
-  std::string last_error;
-  bool below_cursor = false; ///< a DLQ retry of an offset the cursor passed
-  bool persisted = false;    ///< a pending record exists in the log
-};
 
 struct group {
   agent_ptr agent;
   group_stats* stats = nullptr;
-  std::uint64_t cursor = 0;
-  std::uint64_t next_read = 0;
-  std::map<std::uint64_t, delivery_rec> recs;         ///< offsets >= cursor, read and not passed
-  std::map<std::uint64_t, delivery_rec> redeliveries; ///< offsets < cursor
-  std::deque<std::uint64_t> ready;
-  std::unordered_set<std::string> busy_keys;
-  std::size_t rr = 0;
-  std::size_t window = min_group_window;
-  bool cursor_dirty = false;
-
-  [[nodiscard]] bool ordered() const { return agent->cfg.ordered_by == "key"; }
-
-  delivery_rec* find(std::uint64_t offset) {
-    if (auto it = recs.find(offset); it != recs.end())
-      return &it->second;
-    if (auto it = redeliveries.find(offset); it != redeliveries.end())
-      return &it->second;
-    return nullptr;
-  }
+  std::unique_ptr<consumer_group> engine;
+  std::size_t rr = 0; ///< round-robin position over the agent's instances
 };
 
 struct partition_state {
@@ -88,10 +44,12 @@ struct partition_state {
   std::vector<job_ptr> batch;
   std::size_t batch_events = 0;
   bool flush_scheduled = false;
-  std::deque<cached_event> tail;
+  std::deque<group_event> tail;
   std::uint64_t durable_end = 0; ///< offsets below are on disk: deliverable
   std::vector<group> groups;
   persistence::state_batch state;
+  group_effects fx;              ///< what the engine last asked for
+  std::vector<caf::actor> taken; ///< the instance of each credit in `fx.deliveries`
   std::chrono::steady_clock::time_point counters_written{};
   bool counters_due = false;   ///< a snapshot was held back by the once-a-second limit
   bool counters_timer = false; ///< a flush for it is scheduled
@@ -108,16 +66,13 @@ std::string counters_key(const std::string& agent, std::uint32_t topic_id, std::
   return "counters/" + agent + "/" + std::to_string(topic_id) + "/" + std::to_string(p);
 }
 
-bool filter_matches(const config::agent_filter& f, const cached_event& e) {
-  return (!f.type || *f.type == e.type) && (!f.source || *f.source == e.source)
-         && (!f.key || *f.key == e.key);
-}
-
-cached_event from_stored(std::uint64_t offset, std::string text) {
-  cached_event e;
+/// An event read back from the log; `offset` unless the text says otherwise.
+group_event from_stored(std::uint64_t offset, std::string text) {
+  group_event e;
   e.offset = offset;
   auto j = json::parse(text, nullptr, false);
   if (j.is_object()) {
+    e.offset = j.value("offset", offset);
     e.id = j.value("id", "");
     e.key = j.value("key", "");
     e.type = j.value("type", "");
@@ -135,173 +90,188 @@ void schedule_flush(partition_actor_t* self) {
   }
 }
 
-/// Persists the group's state change for `offset` once it is done.
-void settle(partition_state& st, group& g, std::uint64_t offset, delivery_rec& rec) {
-  auto& name = g.agent->cfg.name;
-  auto tid = st.route->info.id;
-  if (rec.below_cursor) {
-    if (rec.persisted)
-      st.state.delete_pending(name, tid, st.partition, offset);
-    g.redeliveries.erase(offset);
-    return;
+/// Stages the engine's state changes in the partition's next commit.
+struct change_writer {
+  partition_state& st;
+  const std::string& agent;
+
+  void operator()(const put_pending& p) const {
+    st.state.put_pending(agent, st.route->info.id, st.partition, p);
   }
-  if (offset != g.cursor) {
-    // Out of order: remembered until the cursor passes it.
-    persistence::pending_record pr;
-    pr.offset = offset;
-    pr.attempts = rec.attempts;
-    pr.acked = true;
-    st.state.put_pending(name, tid, st.partition, pr);
-    rec.persisted = true;
+  void operator()(const delete_pending& d) const {
+    st.state.delete_pending(agent, st.route->info.id, st.partition, d.offset);
   }
+  void operator()(const put_result& r) const { st.state.put_result(r.event_id, agent, r.result); }
+  void operator()(const put_attempts& a) const {
+    st.state.put_attempts(agent, st.route->info.id, st.partition, a.offset, a.attempts, a.at_us);
+  }
+  void operator()(const dlq_handoff&) const {} // the DLQ actor writes those (see hand_off)
+};
+
+/// A dead letter as the DLQ actor takes it.
+dead_letter letter_of(const dlq_handoff& e) {
+  return dead_letter{e.id,
+                     e.agent,
+                     e.topic,
+                     {e.topic_id, e.partition, e.offset},
+                     e.event_id,
+                     e.event,
+                     e.error,
+                     e.attempts,
+                     e.first_failed_us,
+                     e.last_failed_us};
 }
 
-void advance(partition_state& st, group& g) {
-  auto start = g.cursor;
-  while (!g.recs.empty() && g.recs.begin()->first == g.cursor
-         && g.recs.begin()->second.state == rec_state::done) {
-    if (g.recs.begin()->second.persisted)
-      st.state.delete_pending(g.agent->cfg.name, st.route->info.id, st.partition, g.cursor);
-    g.recs.erase(g.recs.begin());
-    ++g.cursor;
+void apply(partition_actor_t* self, std::size_t gi);
+
+/// Hands group `gi`'s dead letter to the DLQ actor; once it is stored, the
+/// group passes the event. Tried again every second while the DLQ actor
+/// restarts or fails to store it.
+void hand_off(partition_actor_t* self, std::uint64_t gi, const dead_letter& d) {
+  auto retry_later = [self, gi, d](const std::string& why) {
+    spdlog::warn("agent={} topic={} partition={} event={}: the DLQ did not take the event ({}); "
+                 "trying again in 1 s",
+                 d.agent, d.topic, d.at.partition, d.event_id, why);
+    self->delayed_send(self, std::chrono::seconds{1}, handoff_atom::value, gi, d);
+  };
+  auto dlq = self->state.ctx->dlq_actor();
+  if (!dlq)
+    return retry_later("the DLQ actor is restarting");
+  self->request(dlq, std::chrono::seconds{30}, dlq_put_atom::value, d)
+    .then(
+      [self, gi, d](bool) {
+        auto& st = self->state;
+        if (gi >= st.groups.size()
+            || !st.groups[gi].engine->dead_lettered(d.at.offset, d.attempts, st.fx))
+          return;
+        spdlog::warn("agent={} topic={} partition={} event={} dlq={}: moved to the DLQ after {} "
+                     "attempts: {}",
+                     d.agent, d.topic, d.at.partition, d.event_id, d.id, d.attempts, d.error);
+        apply(self, gi);
+        schedule_flush(self);
+      },
+      [retry_later](caf::error& e) { retry_later(from_caf_error(e).message); });
+}
+
+/// Stores `v` unless it is there already: the HTTP side reads these lines,
+/// so an unchanged value is not written again.
+template <class T, class U>
+void show(std::atomic<T>& a, U v) {
+  if (a.load(std::memory_order_relaxed) != static_cast<T>(v))
+    a.store(static_cast<T>(v), std::memory_order_relaxed);
+}
+
+/// Shows the engine's counts to the HTTP side.
+void publish_stats(group& g) {
+  auto& e = *g.engine;
+  auto& s = *g.stats;
+  auto t = e.take_totals();
+  for (auto [total, n] : {std::pair{&s.totals.received, t.received},
+                          {&s.totals.processed, t.processed},
+                          {&s.totals.failed, t.failed},
+                          {&s.totals.timed_out, t.timed_out},
+                          {&s.totals.retried, t.retried},
+                          {&s.totals.dead_lettered, t.dead_lettered}})
+    if (n > 0)
+      total->fetch_add(n, std::memory_order_relaxed);
+  show(s.cursor, e.cursor());
+  show(s.in_flight, e.in_flight());
+  show(s.waiting_retry, e.waiting_retry());
+  show(s.redelivering, e.redelivering());
+  show(s.last_delivered, e.last_delivered());
+}
+
+/// Carries out what group `gi`'s engine asked for: sends its deliveries,
+/// stages its state changes, arms its timers.
+void apply(partition_actor_t* self, std::size_t gi) {
+  auto& st = self->state;
+  auto& g = st.groups[gi];
+  auto& fx = st.fx;
+  NERVE_ASSERT(fx.deliveries.size() == st.taken.size(), "one credit per delivery");
+  for (std::size_t k = 0; k < fx.deliveries.size(); ++k) {
+    auto offset = fx.deliveries[k].offset;
+    self->send(st.taken[k], deliver_atom::value,
+               make_delivery(caf::actor{self}, gi, std::move(fx.deliveries[k]), offset));
   }
-  if (g.recs.empty() && g.next_read > g.cursor)
-    g.cursor = g.next_read;
-  if (g.cursor != start) {
-    g.cursor_dirty = true;
-    g.stats->cursor = g.cursor;
+  st.taken.clear();
+  change_writer write{st, g.agent->cfg.name};
+  for (auto& c : fx.changes) {
+    std::visit(write, c);
+    if (auto* dead = std::get_if<dlq_handoff>(&c))
+      hand_off(self, gi, letter_of(*dead));
   }
+  if (!fx.timers.empty()) {
+    auto now = now_us(st);
+    for (auto& t : fx.timers) {
+      auto delay = std::chrono::milliseconds{std::max<std::int64_t>(0, (t.due_us - now) / 1000)};
+      if (t.failed_attempt > 0 && spdlog::should_log(spdlog::level::debug))
+        spdlog::debug("agent={} topic={} partition={} event={}: attempt {} failed ({}); "
+                      "retry in {} ms",
+                      g.agent->cfg.name, st.route->info.name, st.partition,
+                      g.engine->event_id(t.offset), t.failed_attempt,
+                      g.engine->last_error(t.offset), delay.count());
+      self->delayed_send(self, delay, retry_atom::value, static_cast<std::uint64_t>(gi), t.offset);
+    }
+  }
+  fx.clear();
+  publish_stats(g);
 }
 
-void release(group& g, delivery_rec& rec) {
-  if (g.ordered())
-    g.busy_keys.erase(rec.key);
-}
-
-/// Queues `offset` to be sent (again): at the back, or at the front when it
-/// keeps its place (a requeue). Below the cursor (a DLQ retry) it counts as
-/// redelivering until an instance takes it, as the lag does not show it.
-void make_ready(group& g, std::uint64_t offset, delivery_rec& rec, bool front = false) {
-  rec.state = rec_state::ready;
-  if (rec.below_cursor)
-    ++g.stats->redelivering;
-  if (front)
-    g.ready.push_front(offset);
-  else
-    g.ready.push_back(offset);
-}
-
-/// Reads events after `next_read` into the group, up to its window.
+/// Feeds the group the events after its read position, up to its window:
+/// from the tail of recent appends, else from the log.
 void fill(partition_actor_t* self, group& g) {
   auto& st = self->state;
-  auto end = std::min(st.writer->next_offset(), st.durable_end);
-  while (g.next_read < end && g.recs.size() < g.window) {
-    std::vector<cached_event> events;
-    auto want = std::min<std::uint64_t>(end - g.next_read, g.window - g.recs.size());
-    if (!st.tail.empty() && g.next_read >= st.tail.front().offset) {
-      auto i = g.next_read - st.tail.front().offset;
-      for (; i < st.tail.size() && events.size() < want; ++i)
-        events.push_back(st.tail[i]);
-    } else {
-      auto got = st.ctx->log->read(st.route->info, st.partition, g.next_read, want);
-      if (!got) {
-        spdlog::error("topic={} partition={} agent={}: reading the log: {}", st.route->info.name,
-                      st.partition, g.agent->cfg.name, got.error().message);
-        return;
-      }
-      for (auto& text : *got) {
-        auto offset = json::parse(text, nullptr, false).value("offset", g.next_read);
-        events.push_back(from_stored(offset, std::move(text)));
-      }
-      if (events.empty()) {
-        // Retention removed what was not yet delivered: nothing to deliver.
-        g.next_read = end;
-        break;
-      }
+  auto& e = *g.engine;
+  while (auto want = e.wanted()) {
+    auto from = e.next_read();
+    if (!st.tail.empty() && from >= st.tail.front().offset) {
+      for (auto i = from - st.tail.front().offset;
+           i < st.tail.size() && want > 0 && st.tail[i].offset < e.end(); ++i, --want)
+        e.feed(st.tail[i]);
+      if (e.next_read() != from)
+        continue;
     }
-    for (auto& e : events) {
-      auto& rec = g.recs[e.offset];
-      if (!rec.event) {
-        rec.event = e.json;
-        rec.event_id = e.id;
-        rec.key = e.key;
-        rec.appended_us = e.time_us;
-      }
-      bool fresh = rec.attempts == 0 && rec.state == rec_state::ready && !rec.persisted;
-      if (fresh) {
-        if (filter_matches(g.agent->cfg.filter, e))
-          g.ready.push_back(e.offset);
-        else
-          rec.state = rec_state::done;
-      }
-      g.next_read = e.offset + 1;
+    auto got = st.ctx->log->read(st.route->info, st.partition, from, want);
+    if (!got) {
+      spdlog::error("topic={} partition={} agent={}: reading the log: {}", st.route->info.name,
+                    st.partition, g.agent->cfg.name, got.error().message);
+      break;
+    }
+    for (auto& text : *got) {
+      auto event = from_stored(e.next_read(), std::move(text));
+      if (event.offset >= e.end())
+        break;
+      e.feed(event);
+    }
+    if (e.next_read() == from) {
+      // Retention removed what was not yet delivered: nothing to deliver.
+      e.skip_to_end();
+      break;
     }
   }
-  advance(st, g);
+  e.advance(st.fx);
 }
 
-void dispatch(partition_actor_t* self, group& g, std::size_t gi) {
+/// Gives the engine the events of records it holds without one (recovered
+/// or redelivered), read from the store.
+void load_events(partition_actor_t* self, group& g) {
   auto& st = self->state;
-  if (g.agent->paused.load())
+  auto& e = *g.engine;
+  if (e.unloaded().empty())
     return;
-  std::deque<std::uint64_t> keep;
-  while (!g.ready.empty()) {
-    auto offset = g.ready.front();
-    auto* rec = g.find(offset);
-    if (rec == nullptr || rec->state != rec_state::ready) {
-      g.ready.pop_front();
+  auto offsets = e.unloaded(); // loading changes the list
+  for (auto offset : offsets) {
+    auto stored = st.ctx->store->event_at(st.route->info.id, st.partition, offset);
+    if (!stored || !*stored) {
+      spdlog::warn("topic={} partition={} agent={}: event at offset {} is gone (retention); "
+                   "skipping it",
+                   st.route->info.name, st.partition, g.agent->cfg.name, offset);
+      e.load(offset, nullptr, st.fx);
       continue;
     }
-    if (g.ordered() && g.busy_keys.count(rec->key) > 0) {
-      keep.push_back(offset);
-      g.ready.pop_front();
-      continue;
-    }
-    auto credit = g.agent->take_credit(g.rr, caf::actor{self});
-    if (!credit)
-      break;
-    g.ready.pop_front();
-    if (rec->below_cursor)
-      --g.stats->redelivering;
-    if (!rec->event) {
-      auto stored = st.ctx->store->event_at(st.route->info.id, st.partition, offset);
-      if (!stored || !*stored) {
-        spdlog::warn("topic={} partition={} agent={}: event at offset {} is gone (retention); "
-                     "skipping it",
-                     st.route->info.name, st.partition, g.agent->cfg.name, offset);
-        g.agent->return_credit(credit->first);
-        rec->state = rec_state::done;
-        settle(st, g, offset, *rec);
-        continue;
-      }
-      auto e = from_stored(offset, std::move(**stored));
-      rec->event = e.json;
-      rec->event_id = e.id;
-      rec->key = e.key;
-    }
-    ++rec->attempts;
-    rec->state = rec_state::in_flight;
-    rec->instance = credit->first;
-    rec->sent_us = now_us(st);
-    if (g.ordered())
-      g.busy_keys.insert(rec->key);
-    auto d = std::make_shared<delivery>();
-    d->partition = caf::actor{self};
-    d->group = gi;
-    d->instance = credit->first;
-    d->offset = offset;
-    d->attempt = rec->attempts;
-    d->event_id = rec->event_id;
-    d->delivery_id = rec->event_id + ":" + g.agent->cfg.name + ":" + std::to_string(rec->attempts);
-    d->event = rec->event;
-    ++g.stats->totals.received;
-    ++g.stats->in_flight;
-    if (static_cast<std::int64_t>(offset) > g.stats->last_delivered.load())
-      g.stats->last_delivered = static_cast<std::int64_t>(offset);
-    self->send(credit->second, deliver_atom::value, std::move(d));
+    auto event = from_stored(offset, std::move(**stored));
+    e.load(offset, &event, st.fx);
   }
-  for (auto it = keep.rbegin(); it != keep.rend(); ++it)
-    g.ready.push_front(*it);
 }
 
 void pump(partition_actor_t* self) {
@@ -310,123 +280,29 @@ void pump(partition_actor_t* self) {
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
     auto& g = st.groups[gi];
     g.stats->end = end;
+    g.engine->set_end(end);
     fill(self, g);
-    dispatch(self, g, gi);
+    load_events(self, g);
+    g.engine->set_paused(g.agent->paused.load());
+    agent_credits credits{*g.agent, g.rr, caf::actor{self}, st.taken};
+    g.engine->dispatch(credits, st.fx);
+    apply(self, gi);
   }
 }
 
-/// The DLQ actor stored the dead letter of `offset`: the delivery is done.
-void on_dead_lettered(partition_actor_t* self, std::uint64_t gi, std::uint64_t offset,
-                      std::uint32_t attempt) {
+void ack(partition_actor_t* self, std::size_t gi, std::uint64_t offset, const std::string& result) {
   auto& st = self->state;
-  if (gi >= st.groups.size())
-    return;
   auto& g = st.groups[gi];
-  auto* rec = g.find(offset);
-  if (rec == nullptr || rec->state != rec_state::dead_lettering || rec->attempts != attempt)
-    return;
-  ++g.stats->totals.dead_lettered;
-  rec->state = rec_state::done;
-  release(g, *rec);
-  settle(st, g, offset, *rec);
-  advance(st, g);
+  if (auto latency = g.engine->ack(offset, result, now_us(st), st.fx))
+    g.stats->totals.delivery.observe(*latency);
+  apply(self, gi);
 }
 
-/// Hands a dead letter to the DLQ actor; tries again in a second while it
-/// is restarting or fails to store it.
-void hand_off(partition_actor_t* self, std::uint64_t gi, std::uint64_t offset,
-              std::uint32_t attempt, const dead_letter& d) {
-  auto retry_later = [self, gi, offset, attempt, d](const std::string& why) {
-    spdlog::warn("agent={} topic={} partition={} event={}: the DLQ did not take the event ({}); "
-                 "trying again in 1 s",
-                 d.agent, d.topic, d.at.partition, d.event_id, why);
-    self->delayed_send(self, std::chrono::seconds{1}, handoff_atom::value, gi, offset, attempt, d);
-  };
-  auto dlq = self->state.ctx->dlq_actor();
-  if (!dlq)
-    return retry_later("the DLQ actor is restarting");
-  self->request(dlq, std::chrono::seconds{30}, dlq_put_atom::value, d)
-    .then(
-      [self, gi, offset, attempt, d](bool) {
-        spdlog::warn("agent={} topic={} partition={} event={} dlq={}: moved to the DLQ after {} "
-                     "attempts: {}",
-                     d.agent, d.topic, d.at.partition, d.event_id, d.id, d.attempts, d.error);
-        on_dead_lettered(self, gi, offset, attempt);
-        schedule_flush(self);
-      },
-      [retry_later](caf::error& e) { retry_later(from_caf_error(e).message); });
-}
-
-void dead_letter_of(partition_actor_t* self, group& g, std::size_t gi, std::uint64_t offset,
-                    delivery_rec& rec) {
+void fail(partition_actor_t* self, std::size_t gi, std::uint64_t offset, const std::string& error,
+          bool timed_out) {
   auto& st = self->state;
-  dead_letter d;
-  d.agent = g.agent->cfg.name;
-  d.topic = st.route->info.name;
-  d.at = {st.route->info.id, st.partition, offset};
-  d.id = persistence::delivery_store::dlq_id(d.agent, d.at.topic_id, d.at.partition, offset);
-  d.event_id = rec.event_id;
-  d.event = rec.event ? *rec.event : std::string{};
-  d.error = rec.last_error;
-  d.attempts = rec.attempts;
-  d.first_failed_us = rec.first_failed_us;
-  d.last_failed_us = rec.last_failed_us;
-  rec.state = rec_state::dead_lettering;
-  hand_off(self, gi, offset, rec.attempts, d);
-}
-
-void fail(partition_actor_t* self, group& g, std::size_t gi, std::uint64_t offset,
-          delivery_rec& rec, const std::string& error) {
-  auto& st = self->state;
-  auto now = now_us(st);
-  ++g.stats->totals.failed;
-  rec.last_error = error;
-  if (rec.first_failed_us == 0)
-    rec.first_failed_us = now;
-  rec.last_failed_us = now;
-  if (rec.attempts > g.agent->cfg.max_retries) {
-    dead_letter_of(self, g, gi, offset, rec);
-    return;
-  }
-  ++g.stats->totals.retried;
-  auto delay = backoff(g.agent->cfg.backoff_initial, g.agent->cfg.backoff_max, rec.attempts);
-  rec.state = rec_state::retry_wait;
-  ++g.stats->waiting_retry;
-  persistence::pending_record pr;
-  pr.offset = offset;
-  pr.attempts = rec.attempts;
-  pr.redeliver = rec.below_cursor;
-  pr.next_attempt_us = now + delay.count() * 1000;
-  pr.first_failed_us = rec.first_failed_us;
-  pr.last_failed_us = rec.last_failed_us;
-  pr.last_error = error;
-  st.state.put_pending(g.agent->cfg.name, st.route->info.id, st.partition, pr);
-  rec.persisted = true;
-  spdlog::debug("agent={} topic={} partition={} event={}: attempt {} failed ({}); "
-                "retry in {} ms",
-                g.agent->cfg.name, st.route->info.name, st.partition, rec.event_id, rec.attempts,
-                error, delay.count());
-  self->delayed_send(self, delay, retry_atom::value, static_cast<std::uint64_t>(gi), offset);
-}
-
-void ack(partition_actor_t* self, group& g, std::uint64_t offset, delivery_rec& rec,
-         const std::string& result) {
-  auto& st = self->state;
-  ++g.stats->totals.processed;
-  if (rec.appended_us > 0)
-    g.stats->totals.delivery.observe(now_us(st) - rec.appended_us);
-  // Kept for results.ttl: the result, if any, and the attempts of an ack
-  // after retries (a first-attempt ack is what the cursor implies).
-  if (!result.empty())
-    st.state.put_result(rec.event_id, g.agent->cfg.name,
-                        persistence::stored_result{result, now_us(st), rec.attempts});
-  if (rec.attempts > 1)
-    st.state.put_attempts(g.agent->cfg.name, st.route->info.id, st.partition, offset, rec.attempts,
-                          now_us(st));
-  rec.state = rec_state::done;
-  release(g, rec);
-  settle(st, g, offset, rec);
-  advance(st, g);
+  st.groups[gi].engine->fail(offset, error, timed_out, now_us(st), st.fx);
+  apply(self, gi);
 }
 
 /// A deterministic id for the n-th event emitted by `agent` for `parent`, so
@@ -499,32 +375,30 @@ void on_outcome(partition_actor_t* self, outcome_ptr& o) {
   auto& st = self->state;
   if (o->group >= st.groups.size())
     return;
-  auto& g = st.groups[o->group];
-  auto* rec = g.find(o->offset);
-  if (rec == nullptr || rec->state != rec_state::in_flight || rec->attempts != o->attempt)
+  auto gi = o->group;
+  auto& g = st.groups[gi];
+  const auto* event = g.engine->answer(o->offset, o->attempt);
+  if (event == nullptr)
     return; // stale: answered after a timeout or a requeue
-  --g.stats->in_flight;
   g.stats->totals.processing.observe(o->elapsed_us);
   if (!o->ok) {
-    if (o->timed_out)
-      ++g.stats->totals.timed_out;
-    fail(self, g, o->group, o->offset, *rec, o->error);
+    fail(self, gi, o->offset, o->error, o->timed_out);
     return;
   }
   if (o->emit.empty()) {
-    ack(self, g, o->offset, *rec, o->result);
+    ack(self, gi, o->offset, o->result);
     return;
   }
-  auto emits = emits_of(o->emit, *rec->event, g.agent->cfg.name);
+  auto emits = emits_of(o->emit, **event, g.agent->cfg.name);
   if (!emits) {
-    fail(self, g, o->group, o->offset, *rec, "invalid emit: " + emits.error());
+    fail(self, gi, o->offset, "invalid emit: " + emits.error(), false);
     return;
   }
   if (emits->empty()) { // "emit": [] emits nothing: a plain ack
-    ack(self, g, o->offset, *rec, o->result);
+    ack(self, gi, o->offset, o->result);
     return;
   }
-  rec->state = rec_state::emitting;
+  g.engine->hold_for_emit(o->offset);
   // Publish every topic's share, then ack once all are durable.
   struct join {
     std::atomic<std::size_t> left{0};
@@ -534,100 +408,70 @@ void on_outcome(partition_actor_t* self, outcome_ptr& o) {
   auto j = std::make_shared<join>();
   j->left = emits->size();
   auto me = caf::actor{self};
-  auto gi = static_cast<std::uint64_t>(o->group);
+  auto gid = static_cast<std::uint64_t>(gi);
   auto offset = o->offset;
   auto attempt = o->attempt;
   auto res = o->result;
   for (auto& [topic, items] : *emits)
     st.ctx->publish(topic, std::move(items),
-                    [j, me, gi, offset, attempt, res](actors::result<std::vector<published>> r) {
+                    [j, me, gid, offset, attempt, res](actors::result<std::vector<published>> r) {
                       if (!r) {
                         std::lock_guard<std::mutex> guard{j->mutex};
                         j->error = "emit failed: " + r.error().message;
                       }
                       if (j->left.fetch_sub(1) == 1)
-                        caf::anon_send(me, emitted_atom::value, gi, offset, attempt, res, j->error);
+                        caf::anon_send(me, emitted_atom::value, gid, offset, attempt, res,
+                                       j->error);
                     });
 }
 
 void on_emitted(partition_actor_t* self, std::uint64_t gi, std::uint64_t offset,
                 std::uint32_t attempt, const std::string& result, const std::string& error) {
   auto& st = self->state;
-  if (gi >= st.groups.size())
-    return;
-  auto& g = st.groups[gi];
-  auto* rec = g.find(offset);
-  if (rec == nullptr || rec->state != rec_state::emitting || rec->attempts != attempt)
+  if (gi >= st.groups.size() || !st.groups[gi].engine->emitted(offset, attempt))
     return;
   if (!error.empty())
-    fail(self, g, gi, offset, *rec, error);
+    fail(self, gi, offset, error, false);
   else
-    ack(self, g, offset, *rec, result);
+    ack(self, gi, offset, result);
 }
 
-void recover_group(partition_actor_t* self, group& g) {
+void recover_group(partition_actor_t* self, std::size_t gi) {
   auto& st = self->state;
-  // The counters outlive a crashed partition actor; they are rebuilt below.
-  g.stats->waiting_retry = 0;
-  g.stats->redelivering = 0;
+  auto& g = st.groups[gi];
   auto& name = g.agent->cfg.name;
   auto tid = st.route->info.id;
-  auto cursor = st.ctx->store->cursor(name, tid, st.partition);
-  if (!cursor)
-    throw std::runtime_error("reading cursor of " + name + ": " + cursor.error().message);
-  if (*cursor) {
-    g.cursor = **cursor;
+  auto stored = st.ctx->store->cursor(name, tid, st.partition);
+  if (!stored)
+    throw std::runtime_error("reading cursor of " + name + ": " + stored.error().message);
+  std::uint64_t cursor = 0;
+  if (*stored) {
+    cursor = **stored;
   } else {
     // A new consumer group: from the end, or from the oldest stored event.
-    g.cursor = g.agent->cfg.start == "earliest"
-                 ? st.ctx->log->stats(st.route->info, st.partition).first_offset
-                 : st.writer->next_offset();
+    cursor = g.agent->cfg.start == "earliest"
+               ? st.ctx->log->stats(st.route->info, st.partition).first_offset
+               : st.writer->next_offset();
     persistence::state_batch b;
-    b.put_cursor(name, tid, st.partition, g.cursor);
+    b.put_cursor(name, tid, st.partition, cursor);
     std::string start;
-    persistence::keys::put_u64(start, g.cursor);
+    persistence::keys::put_u64(start, cursor);
     b.put_meta(group_start_key(name, tid, st.partition), start);
     if (auto ok = st.ctx->store->commit(b, false); !ok)
       throw std::runtime_error("storing cursor of " + name + ": " + ok.error().message);
   }
-  g.next_read = g.cursor;
-  // Everything between where the group started and its cursor was delivered.
+  // Everything between where the group started and its cursor was
+  // delivered; otherwise the counters (which outlive a crashed partition
+  // actor) keep what they showed.
+  auto last_delivered = g.stats->last_delivered.load();
   auto start = group_start(*st.ctx, name, tid, st.partition);
-  if (start && *start && g.cursor > **start)
-    g.stats->last_delivered = static_cast<std::int64_t>(g.cursor) - 1;
+  if (start && *start && cursor > **start)
+    last_delivered = static_cast<std::int64_t>(cursor) - 1;
   auto pending = st.ctx->store->pending(name, tid, st.partition);
   if (!pending)
     throw std::runtime_error("reading pending of " + name + ": " + pending.error().message);
-  auto now = now_us(st);
-  for (auto& p : *pending) {
-    if (p.offset < g.cursor && !p.redeliver) {
-      st.state.delete_pending(name, tid, st.partition, p.offset); // passed already
-      continue;
-    }
-    auto& rec = (p.offset < g.cursor ? g.redeliveries : g.recs)[p.offset];
-    rec.below_cursor = p.offset < g.cursor;
-    rec.persisted = true;
-    rec.attempts = p.attempts;
-    rec.first_failed_us = p.first_failed_us;
-    rec.last_failed_us = p.last_failed_us;
-    rec.last_error = p.last_error;
-    if (p.acked) {
-      rec.state = rec_state::done;
-    } else if (p.attempts == 0) {
-      make_ready(g, p.offset, rec);
-    } else {
-      rec.state = rec_state::retry_wait;
-      ++g.stats->waiting_retry;
-      auto delay
-        = std::chrono::milliseconds{std::max<std::int64_t>(0, (p.next_attempt_us - now) / 1000)};
-      self->delayed_send(self, delay, retry_atom::value,
-                         static_cast<std::uint64_t>(&g - st.groups.data()), p.offset);
-    }
-  }
-  // Records above the cursor are read again from the log by `fill`; their
-  // state (acked, waiting) is kept.
-  g.stats->cursor = g.cursor;
-  g.stats->in_flight = 0;
+  g.engine->recover(cursor, *pending, st.durable_end, last_delivered, now_us(st), st.fx);
+  apply(self, gi);
   auto snapshot = st.ctx->store->meta(counters_key(name, tid, st.partition));
   if (snapshot && *snapshot)
     g.stats->totals.load_json(**snapshot);
@@ -729,10 +573,8 @@ void flush(partition_actor_t* self) {
   }
   pump(self);
   for (auto& g : st.groups)
-    if (g.cursor_dirty) {
-      st.state.put_cursor(g.agent->cfg.name, st.route->info.id, st.partition, g.cursor);
-      g.cursor_dirty = false;
-    }
+    if (auto cursor = g.engine->take_cursor())
+      st.state.put_cursor(g.agent->cfg.name, st.route->info.id, st.partition, *cursor);
   // Counters change with every delivery; their snapshot is written with the
   // next state change at most once a second, and a held-back snapshot is
   // written by a timer, so an idle partition's counters are at most a second
@@ -764,17 +606,18 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
   st.durable_end = st.writer->next_offset();
   raise_to(st.slot->durable_end, st.durable_end);
+  std::random_device seeds;
   for (auto& gs : st.slot->groups) {
     group g;
     g.agent = ctx->agents[gs->agent_index];
     g.stats = gs.get();
-    g.window = std::max<std::size_t>(min_group_window,
-                                     2ULL * g.agent->cfg.instances * g.agent->cfg.max_in_flight);
+    g.engine = std::make_unique<consumer_group>(
+      g.agent->cfg, group_identity{route->info.name, route->info.id, p, {}, {}}, seeds());
     st.groups.push_back(std::move(g));
   }
-  for (auto& g : st.groups) {
-    recover_group(self, g);
-    g.stats->end = st.durable_end;
+  for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
+    recover_group(self, gi);
+    st.groups[gi].stats->end = st.durable_end;
   }
   st.slot->recovered = true; // the node is ready once every partition is
   schedule_flush(self);      // deliver the backlog
@@ -815,64 +658,35 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
       if (gi >= st.groups.size())
         return;
       auto& g = st.groups[gi];
-      if (g.agent->paused.load()) {
-        // Stays waiting (and counted as pending) until the agent resumes.
-        self->delayed_send(self, std::chrono::milliseconds{200}, retry_atom::value, gi, offset);
-        return;
-      }
-      if (auto* rec = g.find(offset); rec && rec->state == rec_state::retry_wait) {
-        --g.stats->waiting_retry;
-        make_ready(g, offset, *rec);
+      g.engine->set_paused(g.agent->paused.load());
+      bool ready = g.engine->retry_due(offset, now_us(st), st.fx);
+      apply(self, gi);
+      if (ready)
         schedule_flush(self);
-      }
     },
     [=](wake_atom) { schedule_flush(self); },
     [=](requeue_atom, std::uint64_t agent_index, std::uint64_t instance) {
       // An instance died with deliveries in flight: send them again.
       auto& st = self->state;
-      for (auto& g : st.groups) {
-        if (g.agent->index != agent_index)
-          continue;
-        for (auto* recs : {&g.recs, &g.redeliveries})
-          for (auto& [offset, rec] : *recs)
-            if (rec.state == rec_state::in_flight && rec.instance == instance) {
-              --rec.attempts;
-              --g.stats->in_flight;
-              release(g, rec);
-              make_ready(g, offset, rec, true);
-            }
-      }
+      for (std::size_t gi = 0; gi < st.groups.size(); ++gi)
+        if (st.groups[gi].agent->index == agent_index) {
+          st.groups[gi].engine->requeue(instance);
+          apply(self, gi);
+        }
       schedule_flush(self);
     },
-    [=](handoff_atom, std::uint64_t gi, std::uint64_t offset, std::uint32_t attempt,
-        const dead_letter& d) { hand_off(self, gi, offset, attempt, d); },
+    [=](handoff_atom, std::uint64_t gi, const dead_letter& d) { hand_off(self, gi, d); },
     [=](redeliver_atom, const std::string& agent, std::uint64_t offset,
         const std::string& dlq_id) -> std::string {
       // A DLQ retry. The pending record is written before the answer, so the
       // DLQ actor deletes its entry only once the delivery is in the log.
       auto& st = self->state;
-      for (auto& g : st.groups) {
-        if (g.agent->cfg.name != agent)
+      for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
+        if (st.groups[gi].agent->cfg.name != agent)
           continue;
-        delivery_rec* rec = g.find(offset);
-        if (rec != nullptr && rec->state != rec_state::done)
+        if (st.groups[gi].engine->redeliver(offset, st.fx) == redeliver_result::busy)
           return "the event is being delivered already";
-        if (rec == nullptr) {
-          rec = &g.redeliveries[offset];
-          rec->below_cursor = offset < g.cursor;
-          if (!rec->below_cursor) {
-            g.redeliveries.erase(offset);
-            rec = &g.recs[offset];
-          }
-        }
-        *rec = delivery_rec{};
-        rec->below_cursor = offset < g.cursor;
-        persistence::pending_record pr;
-        pr.offset = offset;
-        pr.redeliver = rec->below_cursor;
-        st.state.put_pending(agent, st.route->info.id, st.partition, pr);
-        rec->persisted = true;
-        make_ready(g, offset, *rec);
+        apply(self, gi);
         if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
           // Memory now runs ahead of the log: start again from the log.
           self->quit(caf::sec::runtime_error);

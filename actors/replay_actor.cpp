@@ -1,47 +1,36 @@
-// The replay actor: sends one replay's planned histories again to the
-// agents' instances through the same credits, retries and DLQ as live
-// delivery, without touching live cursors or live counters; records
-// outcomes under the replay and persists its progress as it goes.
+// The replay actor: sends a planned replay's history again to the agents'
+// instances, one consumer_group engine per planned range, through the same
+// credits, retries and DLQ hand-off as live delivery, without touching live
+// cursors, state or counters. Its progress and outcomes are records of its
+// own (see replay_plan.hpp).
 #include <algorithm>
-#include <deque>
-#include <map>
+#include <random>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/consumer_group.hpp"
 #include "actors/replay_plan.hpp"
 #include "actors/runtime.hpp"
+#include "config/assert.hpp"
 
 namespace nerve::actors::detail {
 
-using json = nlohmann::json;
-
 namespace {
 
-/// One event of an agent's history on its way through the replay.
-struct replay_rec {
-  std::size_t range = 0;
-  std::uint64_t offset = 0;
-  std::shared_ptr<const std::string> event; ///< marked with the replay id
-  std::string event_id;
-  std::uint32_t attempts = 0;
-  bool in_flight = false;
-  std::uint64_t token = 0; ///< of the attempt in flight
-  std::int64_t first_failed_us = 0;
-  std::int64_t last_failed_us = 0;
-  std::string last_error;
-};
+using json = nlohmann::json;
 
-using position = std::pair<std::size_t, std::uint64_t>; ///< range index, offset
+/// One partition's share of an agent's history, delivered by a consumer
+/// group engine of its own (no live cursor, no live state: see `apply`).
+struct replay_range {
+  range where;
+  std::unique_ptr<consumer_group> engine;
+};
 
 struct replay_agent {
   agent_ptr agent;
-  std::vector<range> ranges;
-  position next{0, 0}; ///< next to read
-  bool exhausted = false;
-  std::deque<position> ready;          ///< read, to send (first attempts and retries)
-  std::map<position, replay_rec> open; ///< read and not finished
+  std::vector<replay_range> ranges; ///< read in order: one after the other is read
   std::size_t in_flight = 0;
   std::size_t rr = 0;
   std::uint64_t done = 0;
@@ -49,14 +38,24 @@ struct replay_agent {
   bool skip_settled = false;
 };
 
+/// A delivery attempt in flight, by its token (the offset its delivery carries).
+struct open_attempt {
+  std::size_t agent = 0;
+  std::size_t range = 0;
+  std::uint64_t offset = 0;
+  std::uint32_t attempt = 0;
+};
+
 struct replay_state {
   node_context* ctx = nullptr;
   std::string id;
   json record;
   std::vector<replay_agent> agents;
-  std::unordered_map<std::uint64_t, std::pair<std::size_t, position>> tokens;
+  std::unordered_map<std::uint64_t, open_attempt> tokens;
   std::uint64_t next_token = 1;
   bool dirty = false;
+  group_effects fx;
+  std::vector<caf::actor> taken; ///< the instance of each credit in `fx.deliveries`
   static inline const char* name = "replay";
 };
 
@@ -75,15 +74,23 @@ std::size_t cap_of(const agent_runtime& a) {
   return std::max<std::size_t>(1, a.cfg.max_in_flight * a.instances.size() / 2);
 }
 
+/// Where an agent's replay stands: its first range not finished and that
+/// range's cursor (every event before it is finished).
+json position_of(const replay_agent& ra) {
+  for (std::size_t k = 0; k < ra.ranges.size(); ++k) {
+    auto& e = *ra.ranges[k].engine;
+    if (e.cursor() < e.end())
+      return json::array({k, e.cursor()});
+  }
+  return json::array({ra.ranges.size(), 0});
+}
+
 void persist(replay_actor_t* self, bool sync) {
   auto& st = self->state;
   std::uint64_t done = 0;
   for (std::size_t i = 0; i < st.agents.size(); ++i) {
     auto& ra = st.agents[i];
-    position low = ra.next;
-    if (!ra.open.empty())
-      low = std::min(low, ra.open.begin()->first);
-    st.record["plan"][i]["pos"] = json::array({low.first, low.second});
+    st.record["plan"][i]["pos"] = position_of(ra);
     st.record["plan"][i]["done"] = ra.done;
     done += ra.done;
   }
@@ -145,160 +152,61 @@ void recount(replay_state& st) {
   st.record["dead_lettered"] = dead;
 }
 
-/// Reads the next events of one agent's history into `ready`.
-void fill(replay_actor_t* self, replay_agent& ra) {
+/// Stores the outcome of one event under the replay.
+void store_outcome(replay_actor_t* self, replay_agent& ra, const range& r, std::uint64_t offset,
+                   const std::string& outcome, std::uint32_t attempts, const std::string& error,
+                   const std::string& result) {
   auto& st = self->state;
-  while (!ra.exhausted && ra.ready.size() < read_ahead) {
-    if (ra.next.first >= ra.ranges.size()) {
-      ra.exhausted = true;
-      return;
-    }
-    auto& r = ra.ranges[ra.next.first];
-    auto at = std::max(ra.next.second, r.lo);
-    auto t = st.ctx->log->find_topic(r.topic);
-    if (!t || at > r.hi) {
-      ra.next = {ra.next.first + 1, 0};
-      continue;
-    }
-    auto want = std::min<std::uint64_t>(read_ahead, r.hi - at + 1);
-    auto got = st.ctx->log->read_stored(*t, r.partition, at, r.hi, want);
-    if (!got)
-      throw std::runtime_error("reading events: " + got.error().message);
-    for (auto& e : *got) {
-      if (has_filter(ra.agent->cfg.filter)
-          && !filter_matches(ra.agent->cfg.filter, json::parse(e.json, nullptr, false)))
-        continue;
-      if (ra.skip_settled && settled_before(st, ra, r, e.offset))
-        continue;
-      position pos{ra.next.first, e.offset};
-      replay_rec rec;
-      rec.range = ra.next.first;
-      rec.offset = e.offset;
-      rec.event_id = id_of(e.json);
-      rec.event = std::make_shared<const std::string>(marked(e.json, st.id));
-      ra.open.emplace(pos, std::move(rec));
-      ra.ready.push_back(pos);
-    }
-    // Fewer than asked: the rest of the range is gone (retention) or read.
-    bool done = got->size() < want || got->back().offset >= r.hi;
-    ra.next
-      = done ? position{ra.next.first + 1, 0} : position{ra.next.first, got->back().offset + 1};
-  }
-}
-
-void dispatch(replay_actor_t* self, std::size_t ai) {
-  auto& st = self->state;
-  auto& ra = st.agents[ai];
-  if (ra.agent->paused.load())
-    return;
-  while (!ra.ready.empty() && ra.in_flight < cap_of(*ra.agent)) {
-    auto it = ra.open.find(ra.ready.front());
-    if (it == ra.open.end() || it->second.in_flight) {
-      ra.ready.pop_front();
-      continue;
-    }
-    auto credit = ra.agent->take_credit(ra.rr, caf::actor{self});
-    if (!credit)
-      return;
-    ra.ready.pop_front();
-    auto& rec = it->second;
-    ++rec.attempts;
-    rec.in_flight = true;
-    rec.token = st.next_token++;
-    st.tokens[rec.token] = {ai, it->first};
-    ++ra.in_flight;
-    auto d = std::make_shared<delivery>();
-    d->partition = caf::actor{self};
-    d->group = ai;
-    d->instance = credit->first;
-    d->offset = rec.token;
-    d->attempt = rec.attempts;
-    d->event_id = rec.event_id;
-    d->delivery_id = rec.event_id + ":" + ra.agent->cfg.name + ":replay-" + st.id + ":"
-                     + std::to_string(rec.attempts);
-    d->event = rec.event;
-    self->send(credit->second, deliver_atom::value, std::move(d));
-    // The instance times the attempt out; this catches an instance that died.
-    self->delayed_send(self, ra.agent->cfg.timeout + std::chrono::seconds{5}, timeout_atom::value,
-                       rec.token);
-  }
-}
-
-void pump(replay_actor_t* self) {
-  auto& st = self->state;
-  bool all_done = true;
-  for (std::size_t ai = 0; ai < st.agents.size(); ++ai) {
-    auto& ra = st.agents[ai];
-    fill(self, ra);
-    dispatch(self, ai);
-    if (!ra.exhausted || !ra.open.empty())
-      all_done = false;
-  }
-  if (all_done)
-    finish(self, "done");
-}
-
-/// Stores the outcome of one event under the replay and forgets it.
-void settle(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>::iterator it,
-            const std::string& outcome, const std::string& result) {
-  auto& st = self->state;
-  auto& ra = st.agents[ai];
-  auto& rec = it->second;
-  auto& r = ra.ranges[rec.range];
-  json o{{"outcome", outcome}, {"attempts", rec.attempts}};
-  if (!rec.last_error.empty())
-    o["error"] = rec.last_error;
+  json o{{"outcome", outcome}, {"attempts", attempts}};
+  if (!error.empty())
+    o["error"] = error;
   if (!result.empty())
     o["result"] = json::parse(result, nullptr, false);
   persistence::state_batch b;
-  b.put_meta(outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, rec.offset), o.dump());
+  b.put_meta(outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, offset), o.dump());
   if (auto ok = st.ctx->store->commit(b, false); !ok)
     spdlog::error("replay {}: storing an outcome: {}", st.id, ok.error().message);
-  ra.open.erase(it);
   ++ra.done;
   st.dirty = true;
 }
 
-/// Hands an event out of retries to the DLQ actor, under an id of its own
-/// (the live group's id would overwrite the live entry for this event, or
-/// make a live-acked event look dead-lettered), then stores the outcome.
-/// Nothing else runs meanwhile (await): the record stays as it is.
-void dead_letter_of(replay_actor_t* self, std::size_t ai,
-                    std::map<position, replay_rec>::iterator it) {
+void apply(replay_actor_t* self, std::size_t ai, std::size_t k);
+
+/// Hands range `k`'s dead letter to the DLQ actor, under an id of its own
+/// (dlq_owner: the live group's id would overwrite the live entry for this
+/// event, or make a live-acked event look dead-lettered; the event carries
+/// the replay mark), then stores the outcome. Nothing else runs meanwhile
+/// (await), so the engine's record stays as it is.
+void hand_off(replay_actor_t* self, std::size_t ai, std::size_t k, const dlq_handoff& dead) {
   auto& st = self->state;
-  auto& ra = st.agents[ai];
-  auto& rec = it->second;
-  auto& r = ra.ranges[rec.range];
-  dead_letter d;
-  d.agent = ra.agent->cfg.name;
-  d.topic = r.topic;
-  d.at = {r.topic_id, r.partition, rec.offset};
-  d.id = persistence::delivery_store::dlq_id(d.agent + "@replay/" + st.id, d.at.topic_id,
-                                             d.at.partition, rec.offset);
-  d.event_id = rec.event_id;
-  d.event = *rec.event; // carries the replay mark
-  d.error = rec.last_error + " (replay " + st.id + ")";
-  d.attempts = rec.attempts;
-  d.first_failed_us = rec.first_failed_us;
-  d.last_failed_us = rec.last_failed_us;
+  dead_letter d{dead.id,
+                dead.agent,
+                dead.topic,
+                {dead.topic_id, dead.partition, dead.offset},
+                dead.event_id,
+                dead.event,
+                dead.error + " (replay " + st.id + ")",
+                dead.attempts,
+                dead.first_failed_us,
+                dead.last_failed_us};
   auto dlq = st.ctx->dlq_actor();
   if (!dlq)
-    throw std::runtime_error("the DLQ actor is restarting"); // resumed by the runner
-  auto pos = it->first;
+    throw std::runtime_error("the DLQ actor is restarting"); // the runner resumes the replay
+  auto error = dead.error;
   self->request(dlq, std::chrono::seconds{30}, dlq_put_atom::value, d)
     .await(
-      [self, ai, pos, d](bool) {
+      [self, ai, k, d, error](bool) {
         auto& st = self->state;
-        auto found = st.agents[ai].open.find(pos);
-        if (found == st.agents[ai].open.end())
+        auto& ra = st.agents[ai];
+        if (!ra.ranges[k].engine->dead_lettered(d.at.offset, d.attempts, st.fx))
           return;
         spdlog::warn("agent={} topic={} partition={} event={} dlq={} replay={}: moved to the DLQ "
                      "after {} attempts: {}",
                      d.agent, d.topic, d.at.partition, d.event_id, d.id, st.id, d.attempts,
                      d.error);
-        st.record["dead_lettered"] = st.record.value("dead_lettered", 0ULL) + 1;
-        settle(self, ai, found, "dead_lettered", {});
-        pump(self);
+        store_outcome(self, ra, ra.ranges[k].where, d.at.offset, "dead_lettered", d.attempts, error,
+                      {});
+        apply(self, ai, k);
       },
       [self](caf::error& e) {
         // The runner resumes the replay from its watermark.
@@ -307,43 +215,181 @@ void dead_letter_of(replay_actor_t* self, std::size_t ai,
       });
 }
 
-void on_failure(replay_actor_t* self, std::size_t ai, std::map<position, replay_rec>::iterator it,
-                const std::string& error) {
-  auto& st = self->state;
-  auto& ra = st.agents[ai];
-  auto& rec = it->second;
-  auto now = clock_us(st);
-  st.record["failed"] = st.record.value("failed", 0ULL) + 1;
-  rec.last_error = error;
-  if (rec.first_failed_us == 0)
-    rec.first_failed_us = now;
-  rec.last_failed_us = now;
-  if (rec.attempts > ra.agent->cfg.max_retries) {
-    dead_letter_of(self, ai, it);
-    return;
-  }
-  st.record["retried"] = st.record.value("retried", 0ULL) + 1;
-  auto delay = backoff(ra.agent->cfg.backoff_initial, ra.agent->cfg.backoff_max, rec.attempts);
-  self->delayed_send(self, delay, retry_atom::value, static_cast<std::uint64_t>(ai),
-                     static_cast<std::uint64_t>(it->first.first), it->first.second);
+/// Adds `n` to the replay record's counter `name`.
+void count(replay_state& st, const char* name, std::uint64_t n) {
+  if (n > 0)
+    st.record[name] = st.record.value(name, 0ULL) + n;
 }
 
-/// Ends the attempt `token`; answers where it was, if it still is open.
-std::optional<std::pair<std::size_t, std::map<position, replay_rec>::iterator>>
-close_attempt(replay_actor_t* self, std::uint64_t token) {
+/// Carries out what range `k` of agent `ai` asked for. A replay touches no
+/// live state: pending records, cursors, results and attempts are not
+/// written; its outcomes are records of its own.
+void apply(replay_actor_t* self, std::size_t ai, std::size_t k) {
+  auto& st = self->state;
+  auto& ra = st.agents[ai];
+  auto& fx = st.fx;
+  NERVE_ASSERT(fx.deliveries.size() == st.taken.size(), "one credit per delivery");
+  for (std::size_t n = 0; n < fx.deliveries.size(); ++n) {
+    auto& out = fx.deliveries[n];
+    auto token = st.next_token++;
+    st.tokens[token] = {ai, k, out.offset, out.attempt};
+    ++ra.in_flight;
+    self->send(st.taken[n], deliver_atom::value,
+               make_delivery(caf::actor{self}, ai, std::move(out), token));
+    // The instance times the attempt out; this catches an instance that died.
+    self->delayed_send(self, ra.agent->cfg.timeout + std::chrono::seconds{5}, timeout_atom::value,
+                       token);
+  }
+  st.taken.clear();
+  std::vector<dlq_handoff> dead;
+  for (auto& c : fx.changes)
+    if (auto* d = std::get_if<dlq_handoff>(&c))
+      dead.push_back(*d);
+  auto now = clock_us(st);
+  for (auto& t : fx.timers)
+    self->delayed_send(
+      self, std::chrono::milliseconds{std::max<std::int64_t>(0, (t.due_us - now) / 1000)},
+      retry_atom::value, static_cast<std::uint64_t>(ai), static_cast<std::uint64_t>(k), t.offset);
+  fx.clear();
+  auto t = ra.ranges[k].engine->take_totals();
+  count(st, "acked", t.processed);
+  count(st, "failed", t.failed);
+  count(st, "retried", t.retried);
+  count(st, "dead_lettered", t.dead_lettered);
+  for (auto& d : dead)
+    hand_off(self, ai, k, d);
+}
+
+/// Feeds range `k`'s engine the events after its read position.
+void fill_range(replay_actor_t* self, replay_agent& ra, std::size_t k) {
+  auto& st = self->state;
+  auto& r = ra.ranges[k].where;
+  auto& e = *ra.ranges[k].engine;
+  while (auto want = std::min<std::uint64_t>(e.wanted(), read_ahead)) {
+    auto t = st.ctx->log->find_topic(r.topic);
+    if (!t) {
+      e.skip_to_end(); // the topic is gone: nothing to deliver
+      break;
+    }
+    auto got = st.ctx->log->read_stored(*t, r.partition, e.next_read(), r.hi, want);
+    if (!got)
+      throw std::runtime_error("reading events: " + got.error().message);
+    for (auto& stored : *got) {
+      if (stored.offset >= e.end())
+        break;
+      if (ra.skip_settled && settled_before(st, ra, r, stored.offset)) {
+        e.pass(stored.offset);
+        continue;
+      }
+      auto parsed = json::parse(stored.json, nullptr, false);
+      group_event ev;
+      ev.offset = stored.offset;
+      ev.id = id_of(stored.json);
+      if (parsed.is_object()) {
+        ev.key = field_of(parsed, "key");
+        ev.type = field_of(parsed, "type");
+        ev.source = field_of(parsed, "source");
+      }
+      ev.json = std::make_shared<const std::string>(marked(stored.json, st.id));
+      e.feed(ev);
+    }
+    // Fewer than asked: the rest of the range is gone (retention) or read.
+    if (got->size() < want)
+      e.skip_to_end();
+  }
+  e.advance(st.fx);
+}
+
+/// Reads, then sends, each agent's history; finishes when all is done.
+void pump(replay_actor_t* self) {
+  auto& st = self->state;
+  bool all_done = true;
+  for (std::size_t ai = 0; ai < st.agents.size(); ++ai) {
+    auto& ra = st.agents[ai];
+    for (std::size_t k = 0; k < ra.ranges.size(); ++k) {
+      auto& e = *ra.ranges[k].engine;
+      fill_range(self, ra, k);
+      e.set_paused(ra.agent->paused.load());
+      auto cap = cap_of(*ra.agent);
+      agent_credits credits{*ra.agent, ra.rr, caf::actor{self}, st.taken,
+                            ra.in_flight < cap ? cap - ra.in_flight : 0};
+      e.dispatch(credits, st.fx);
+      apply(self, ai, k);
+      if (e.cursor() < e.end())
+        all_done = false;
+      if (e.next_read() < e.end())
+        break; // the next range is read once this one is
+    }
+  }
+  if (all_done)
+    finish(self, "done");
+}
+
+/// Ends the attempt `token`: where it was, if it is still open.
+std::optional<open_attempt> close_attempt(replay_actor_t* self, std::uint64_t token) {
   auto& st = self->state;
   auto t = st.tokens.find(token);
   if (t == st.tokens.end())
     return std::nullopt; // stale
-  auto [ai, pos] = t->second;
+  auto a = t->second;
   st.tokens.erase(t);
-  auto& ra = st.agents[ai];
-  auto it = ra.open.find(pos);
-  if (it == ra.open.end() || !it->second.in_flight || it->second.token != token)
-    return std::nullopt;
-  it->second.in_flight = false;
+  auto& ra = st.agents[a.agent];
   --ra.in_flight;
-  return std::make_pair(ai, it);
+  if (ra.ranges[a.range].engine->answer(a.offset, a.attempt) == nullptr)
+    return std::nullopt;
+  return a;
+}
+
+void on_answer(replay_actor_t* self, const open_attempt& a, const outcome* o,
+               const std::string& error) {
+  auto& st = self->state;
+  auto& ra = st.agents[a.agent];
+  auto& e = *ra.ranges[a.range].engine;
+  if (o == nullptr || !o->ok) {
+    e.fail(a.offset, error, false, clock_us(st), st.fx);
+  } else {
+    // Follow-ups a replayed attempt emits are kept with its outcome, not
+    // published: a replay does not create live traffic.
+    auto result = o->result;
+    if (!o->emit.empty()) {
+      auto r = json::parse(result.empty() ? "null" : result, nullptr, false);
+      result = json{{"result", r}, {"emit", json::parse(o->emit, nullptr, false)}}.dump();
+    }
+    auto last_error = e.last_error(a.offset);
+    e.ack(a.offset, {}, clock_us(st), st.fx);
+    store_outcome(self, ra, ra.ranges[a.range].where, a.offset, "acked", a.attempt, last_error,
+                  result);
+  }
+  apply(self, a.agent, a.range);
+  pump(self);
+}
+
+/// The agent's replay, resumed at its stored position.
+replay_agent agent_of(const node_context& ctx, const std::string& id, const json& p) {
+  replay_agent ra;
+  for (auto& a : ctx.agents)
+    if (a->cfg.name == p.value("agent", ""))
+      ra.agent = a;
+  if (!ra.agent)
+    throw std::runtime_error("replay " + id + ": agent " + p.value("agent", "")
+                             + " is no longer configured");
+  auto cfg = ra.agent->cfg;
+  cfg.ordered_by.clear(); // a replay's history goes out as fast as credits allow
+  auto pos = p.value("pos", json::array({0, 0}));
+  auto at = std::make_pair(pos.at(0).get<std::size_t>(), pos.at(1).get<std::uint64_t>());
+  std::random_device seeds;
+  group_effects none;
+  for (auto& r : ranges_of(p)) {
+    auto k = ra.ranges.size();
+    auto end = r.hi + 1;
+    auto cursor = k < at.first ? end : k == at.first ? std::max(at.second, r.lo) : r.lo;
+    group_identity where{r.topic, r.topic_id, r.partition, cfg.name + ":replay-" + id,
+                         cfg.name + "@replay/" + id};
+    auto e = std::make_unique<consumer_group>(cfg, std::move(where), seeds());
+    e->recover(std::min(cursor, end), {}, end, -1, 0, none);
+    ra.ranges.push_back({r, std::move(e)});
+  }
+  return ra;
 }
 
 caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string id) {
@@ -364,19 +410,8 @@ caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string 
   if (!stored || !*stored)
     throw std::runtime_error("replay " + id + " is not stored");
   st.record = json::parse(**stored);
-  for (auto& p : st.record.at("plan")) {
-    replay_agent ra;
-    for (auto& a : ctx->agents)
-      if (a->cfg.name == p.value("agent", ""))
-        ra.agent = a;
-    if (!ra.agent)
-      throw std::runtime_error("replay " + id + ": agent " + p.value("agent", "")
-                               + " is no longer configured");
-    ra.ranges = ranges_of(p);
-    auto pos = p.value("pos", json::array({0, 0}));
-    ra.next = {pos.at(0).get<std::size_t>(), pos.at(1).get<std::uint64_t>()};
-    st.agents.push_back(std::move(ra));
-  }
+  for (auto& p : st.record.at("plan"))
+    st.agents.push_back(agent_of(*ctx, id, p));
   recount(st);
   spdlog::info("replay {} running: {} deliveries to {} agents, {} done", id,
                st.record.value("events_total", 0ULL), st.agents.size(),
@@ -392,39 +427,22 @@ caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string 
       self->delayed_send(self, tick_every, sweep_atom::value);
     },
     [=](outcome_atom, outcome_ptr& o) {
-      auto found = close_attempt(self, o->offset);
-      if (!found)
-        return;
-      auto [ai, it] = *found;
-      if (o->ok) {
-        auto& st = self->state;
-        st.record["acked"] = st.record.value("acked", 0ULL) + 1;
-        // Follow-ups a replayed attempt emits are kept with its outcome, not
-        // published: a replay does not create live traffic.
-        auto result = o->result;
-        if (!o->emit.empty()) {
-          auto r = json::parse(result.empty() ? "null" : result, nullptr, false);
-          result = json{{"result", r}, {"emit", json::parse(o->emit, nullptr, false)}}.dump();
-        }
-        settle(self, ai, it, "acked", result);
-      } else {
-        on_failure(self, ai, it, o->error);
-      }
-      pump(self);
+      if (auto a = close_attempt(self, o->offset))
+        on_answer(self, *a, o.get(), o->error);
     },
     [=](timeout_atom, std::uint64_t token) {
-      auto found = close_attempt(self, token);
-      if (!found)
-        return;
-      auto [ai, it] = *found;
       // No credit to give back: the runner reset the dead instance's credits.
-      on_failure(self, ai, it, "no answer from the agent instance");
-      pump(self);
+      if (auto a = close_attempt(self, token))
+        on_answer(self, *a, nullptr, "no answer from the agent instance");
     },
-    [=](retry_atom, std::uint64_t ai, std::uint64_t range_index, std::uint64_t offset) {
+    [=](retry_atom, std::uint64_t ai, std::uint64_t k, std::uint64_t offset) {
       auto& st = self->state;
-      if (ai < st.agents.size())
-        st.agents[ai].ready.push_front({static_cast<std::size_t>(range_index), offset});
+      if (ai >= st.agents.size() || k >= st.agents[ai].ranges.size())
+        return;
+      auto& e = *st.agents[ai].ranges[k].engine;
+      e.set_paused(st.agents[ai].agent->paused.load());
+      e.retry_due(offset, clock_us(st), st.fx);
+      apply(self, ai, k);
       pump(self);
     },
     [=](cancel_atom, reply_ptr& reply) {

@@ -34,6 +34,9 @@ struct range {
 /// The ranges of one agent's part of a plan.
 [[nodiscard]] std::vector<range> ranges_of(const nlohmann::json& plan_agent);
 
+/// An event's string field, or empty.
+[[nodiscard]] std::string field_of(const nlohmann::json& e, const char* name);
+
 /// Whether stored event `e` passes the agent's filter.
 [[nodiscard]] bool filter_matches(const config::agent_filter& f, const nlohmann::json& e);
 

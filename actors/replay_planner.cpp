@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/consumer_group.hpp"
 #include "actors/replay_plan.hpp"
 #include "persistence/keys.hpp"
 
@@ -25,13 +26,14 @@ std::vector<range> ranges_of(const json& plan_agent) {
   return out;
 }
 
+std::string field_of(const json& e, const char* name) {
+  auto it = e.find(name);
+  return it != e.end() && it->is_string() ? it->get<std::string>() : std::string{};
+}
+
 bool filter_matches(const config::agent_filter& f, const json& e) {
-  auto field = [&e](const char* name) {
-    auto it = e.find(name);
-    return it != e.end() && it->is_string() ? it->get<std::string>() : std::string{};
-  };
-  return (!f.type || *f.type == field("type")) && (!f.source || *f.source == field("source"))
-         && (!f.key || *f.key == field("key"));
+  // The consumer groups' match, so a replay selects what live delivery did.
+  return actors::filter_matches(f, field_of(e, "type"), field_of(e, "source"), field_of(e, "key"));
 }
 
 std::string outcome_key(const std::string& id, const std::string& agent, std::uint32_t topic_id,

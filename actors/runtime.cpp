@@ -159,6 +159,30 @@ agent_runtime::take_credit(std::size_t& rr, const caf::actor& partition) {
   return std::make_pair(*i, instances[*i]->actor);
 }
 
+delivery_ptr make_delivery(caf::actor me, std::size_t group, outgoing_delivery&& out,
+                           std::uint64_t offset) {
+  auto d = std::make_shared<delivery>();
+  d->partition = std::move(me);
+  d->group = group;
+  d->instance = out.instance;
+  d->offset = offset;
+  d->attempt = out.attempt;
+  d->event_id = std::move(out.event_id);
+  d->delivery_id = std::move(out.delivery_id);
+  d->event = std::move(out.event);
+  return d;
+}
+
+std::optional<std::size_t> agent_credits::take() {
+  if (taken_.size() >= cap_)
+    return std::nullopt;
+  auto credit = agent_.take_credit(rr_, me_);
+  if (!credit)
+    return std::nullopt;
+  taken_.push_back(std::move(credit->second));
+  return credit->first;
+}
+
 void agent_runtime::return_credit(std::size_t instance) {
   std::vector<caf::actor> to_wake;
   credits.give_back(instance, to_wake);
@@ -185,12 +209,8 @@ caf::actor routing::actor_of(const topic_route& route, std::uint32_t partition) 
 std::chrono::milliseconds backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max,
                                   std::uint32_t attempt) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
-  auto shift = std::min<std::uint32_t>(attempt == 0 ? 0 : attempt - 1, 30);
-  auto base
-    = std::min<double>(static_cast<double>(initial.count()) * static_cast<double>(1ULL << shift),
-                       static_cast<double>(max.count()));
   std::uniform_real_distribution<double> jitter{0.8, 1.2};
-  return std::chrono::milliseconds{static_cast<std::int64_t>(base * jitter(rng))};
+  return backoff_with(initial, max, attempt, jitter(rng));
 }
 
 std::shared_ptr<tail_hub::entry> tail_hub::add(const std::string& topic, tail_sink sink) {

@@ -5,11 +5,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 
 #include <caf/all.hpp>
 
+#include "actors/consumer_group.hpp"
 #include "actors/messages.hpp"
 #include "actors/node_context.hpp"
 #include "actors/replay_plan.hpp"
@@ -40,6 +42,26 @@ using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 using replay_atom = caf::atom_constant<caf::atom("replay")>;
 using resume_atom = caf::atom_constant<caf::atom("resume")>;
 
+/// An agent's shared credits as a consumer_group takes them, at most `cap`
+/// in one dispatch; keeps the instance actor each credit came with, for the
+/// delivery it becomes (`taken[k]` is that of the k-th delivery).
+class agent_credits final : public credit_source {
+public:
+  agent_credits(agent_runtime& agent, std::size_t& rr, caf::actor me,
+                std::vector<caf::actor>& taken,
+                std::size_t cap = std::numeric_limits<std::size_t>::max())
+    : agent_(agent), rr_(rr), me_(std::move(me)), taken_(taken), cap_(cap) {}
+
+  std::optional<std::size_t> take() override;
+
+private:
+  agent_runtime& agent_;
+  std::size_t& rr_;
+  caf::actor me_;
+  std::vector<caf::actor>& taken_;
+  std::size_t cap_;
+};
+
 /// A delivery attempt, partition → agent instance.
 struct delivery {
   caf::actor partition;
@@ -53,6 +75,11 @@ struct delivery {
 };
 
 using delivery_ptr = std::shared_ptr<delivery>;
+
+/// The message for one of a consumer group's deliveries, from actor `me`'s
+/// group `group`; the answer names `offset` (a replay sends a token there).
+[[nodiscard]] delivery_ptr make_delivery(caf::actor me, std::size_t group, outgoing_delivery&& out,
+                                         std::uint64_t offset);
 
 /// The answer to a delivery attempt, agent instance → partition.
 struct outcome {
