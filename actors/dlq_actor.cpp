@@ -17,8 +17,6 @@
 
 namespace nerve::actors {
 
-namespace {
-
 dead_letter letter_of(const persistence::dlq_entry& e) {
   return dead_letter{e.id,
                      e.agent,
@@ -48,6 +46,8 @@ persistence::dlq_entry entry_of(const dead_letter& d) {
   e.last_failed_us = d.last_failed_us;
   return e;
 }
+
+namespace {
 
 caf::error storage_error(const persistence::error& e) {
   return make_caf_error(errc::storage, e.message);

@@ -17,6 +17,7 @@
 namespace nerve::persistence {
 class event_log;
 class delivery_store;
+struct dlq_entry;
 } // namespace nerve::persistence
 
 namespace nerve::actors {
@@ -42,6 +43,10 @@ using dlq_actor = caf::typed_actor<
   caf::reacts_to<dlq_step_atom, std::uint64_t>,
   /// Internal: the sync covering operation `token`'s write finished.
   caf::reacts_to<dlq_synced_atom, std::uint64_t, std::string>>;
+
+/// A stored DLQ entry as the protocol carries it, and back.
+[[nodiscard]] dead_letter letter_of(const persistence::dlq_entry& e);
+[[nodiscard]] persistence::dlq_entry entry_of(const dead_letter& d);
 
 /// Finds the current actor of a partition; an invalid handle when the topic
 /// is not open here or the partition is restarting. A partition answers

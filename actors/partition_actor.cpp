@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/consumer_group.hpp"
+#include "actors/dlq_actor.hpp"
 #include "actors/event_input.hpp"
 #include "actors/runtime.hpp"
 #include "config/assert.hpp"
@@ -107,20 +108,6 @@ struct change_writer {
   }
   void operator()(const dlq_handoff&) const {} // the DLQ actor writes those (see hand_off)
 };
-
-/// A dead letter as the DLQ actor takes it.
-dead_letter letter_of(const dlq_handoff& e) {
-  return dead_letter{e.id,
-                     e.agent,
-                     e.topic,
-                     {e.topic_id, e.partition, e.offset},
-                     e.event_id,
-                     e.event,
-                     e.error,
-                     e.attempts,
-                     e.first_failed_us,
-                     e.last_failed_us};
-}
 
 void apply(partition_actor_t* self, std::size_t gi);
 

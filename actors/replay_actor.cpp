@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/consumer_group.hpp"
+#include "actors/dlq_actor.hpp"
 #include "actors/replay_plan.hpp"
 #include "actors/runtime.hpp"
 #include "config/assert.hpp"
