@@ -42,7 +42,8 @@ std::vector<std::string>& agent_launcher() {
 }
 
 struct in_flight {
-  delivery_ptr d;
+  delivery d;
+  caf::actor reply_to; ///< the partition or replay that sent it
   std::chrono::steady_clock::time_point started;
 };
 
@@ -166,21 +167,21 @@ void answer(instance_actor_t* self, const std::string& id, bool ok, std::string 
   auto it = st.inflight.find(id);
   if (it == st.inflight.end())
     return; // answered already (timed out)
-  auto d = it->second.d;
+  auto& d = it->second.d;
   auto elapsed = std::chrono::steady_clock::now() - it->second.started;
+  outcome o;
+  o.group = d.group;
+  o.instance = d.instance;
+  o.offset = d.offset;
+  o.attempt = d.attempt;
+  o.ok = ok;
+  o.timed_out = timed_out;
+  o.result = std::move(result);
+  o.emit = std::move(emit);
+  o.error = std::move(error);
+  o.elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
+  self->send(it->second.reply_to, outcome_atom::value, std::move(o));
   st.inflight.erase(it);
-  auto o = std::make_shared<outcome>();
-  o->group = d->group;
-  o->instance = d->instance;
-  o->offset = d->offset;
-  o->attempt = d->attempt;
-  o->ok = ok;
-  o->timed_out = timed_out;
-  o->result = std::move(result);
-  o->emit = std::move(emit);
-  o->error = std::move(error);
-  o->elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
-  self->send(d->partition, outcome_atom::value, std::move(o));
   st.agent->return_credit(st.index);
 }
 
@@ -189,16 +190,16 @@ void answer(instance_actor_t* self, const std::string& id, bool ok, std::string 
 // must answer at once and never block (no I/O, no sleeps); slow work belongs
 // in a process or http agent.
 
-void run_builtin(instance_actor_t* self, const delivery_ptr& d) {
+void run_builtin(instance_actor_t* self, const delivery& d) {
   auto& handler = self->state.agent->cfg.handler;
   if (handler == "fail")
-    return answer(self, d->delivery_id, false, {}, {}, "the fail handler always fails");
+    return answer(self, d.delivery_id, false, {}, {}, "the fail handler always fails");
   if (handler == "echo") {
-    auto e = json::parse(*d->event, nullptr, false);
+    auto e = json::parse(d.event, nullptr, false);
     auto data = e.is_object() && e.contains("data") ? e["data"] : json(nullptr);
-    return answer(self, d->delivery_id, true, data.dump(), {}, {});
+    return answer(self, d.delivery_id, true, data.dump(), {}, {});
   }
-  answer(self, d->delivery_id, true, {}, {}, {}); // noop
+  answer(self, d.delivery_id, true, {}, {}, {}); // noop
 }
 
 // -- process agents -----------------------------------------------------------
@@ -246,12 +247,12 @@ io_fault child_io_fault(const instance_actor_state& st) {
   };
 }
 
-void send_to_child(instance_actor_t* self, const delivery_ptr& d) {
+void send_to_child(instance_actor_t* self, const delivery& d) {
   auto& st = self->state;
   if (!st.writer)
     return; // sent when the child is back
-  std::string line = R"({"type":"event","delivery":)" + json(d->delivery_id).dump()
-                     + R"(,"attempt":)" + std::to_string(d->attempt) + R"(,"event":)" + *d->event
+  std::string line = R"({"type":"event","delivery":)" + json(d.delivery_id).dump()
+                     + R"(,"attempt":)" + std::to_string(d.attempt) + R"(,"event":)" + d.event
                      + "}\n";
   st.writer->push(std::move(line));
 }
@@ -425,10 +426,13 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
   }
   agent->wake_all();
   return {
-    [=](deliver_atom, delivery_ptr& d) {
+    [=](deliver_atom, delivery& msg) {
       auto& st = self->state;
-      auto id = d->delivery_id;
-      st.inflight[id] = {d, std::chrono::steady_clock::now()};
+      auto id = msg.delivery_id;
+      auto& f = st.inflight[id];
+      f = {std::move(msg), caf::actor_cast<caf::actor>(self->current_sender()),
+           std::chrono::steady_clock::now()};
+      const auto& d = f.d;
       if (st.agent->cfg.kind == "builtin") {
         run_builtin(self, d);
         return;
@@ -436,7 +440,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
       self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
       if (st.poster) {
         auto me = caf::actor{self};
-        st.poster->post(*d->event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
+        st.poster->post(d.event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
           if (a.timed_out)
             return caf::anon_send(me, timeout_atom::value, id);
           caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
@@ -473,9 +477,9 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
                    WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
                                        : "code " + std::to_string(WEXITSTATUS(status)),
                    st.inflight.size(), delay.count());
-      self->delayed_send(self, delay, restart_atom::value);
+      self->delayed_send(self, delay, restart_child_atom::value);
     },
-    [=](restart_atom) {
+    [=](restart_child_atom) {
       if (!self->state.stopping)
         start_child(self);
     },

@@ -3,6 +3,8 @@
 // never held up for more than a page, and the DLQ is never read whole.
 #include "actors/dlq_actor.hpp"
 
+#include "actors/ask.hpp"
+
 #include <map>
 #include <optional>
 #include <unordered_map>
@@ -389,15 +391,8 @@ dlq_client::dlq_client(caf::actor_system& sys, std::function<caf::actor()> curre
 
 template <class R, class... Ts>
 void dlq_client::ask(std::chrono::milliseconds timeout, callback<R> done, Ts... xs) {
-  auto dlq = caf::actor_cast<dlq_actor>(current_());
-  if (!dlq)
-    return done(tl::make_unexpected(error{errc::unavailable, "the DLQ actor is restarting"}));
-  // A one-shot actor makes the request, so no caller thread ever waits.
-  sys_.spawn([dlq, timeout, done = std::move(done), xs...](caf::event_based_actor* self) {
-    self->request(dlq, timeout, xs...)
-      .then([done](R& r) { done(std::move(r)); },
-            [done](caf::error& e) { done(tl::make_unexpected(from_caf_error(e))); });
-  });
+  actors::ask<R>(sys_, caf::actor_cast<dlq_actor>(current_()), timeout, "the DLQ actor",
+                 std::move(done), xs...);
 }
 
 void dlq_client::list(const dlq_query& q, callback<dead_letter_page> done) {

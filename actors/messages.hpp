@@ -15,6 +15,8 @@
 #include <caf/atom.hpp>
 #include <caf/error.hpp>
 #include <caf/meta/type_name.hpp>
+#include <caf/replies_to.hpp>
+#include <caf/typed_actor.hpp>
 
 #include "actors/node.hpp"
 
@@ -62,6 +64,17 @@ using dlq_count_atom = caf::atom_constant<caf::atom("dlq_count")>;
 using dlq_step_atom = caf::atom_constant<caf::atom("dlq_step")>;
 using dlq_synced_atom = caf::atom_constant<caf::atom("dlq_synced")>;
 using redeliver_atom = caf::atom_constant<caf::atom("redeliver")>;
+
+using ready_atom = caf::atom_constant<caf::atom("ready")>;
+using create_topic_atom = caf::atom_constant<caf::atom("topic_new")>;
+using restart_partition_atom = caf::atom_constant<caf::atom("rst_part")>;
+using restart_instance_atom = caf::atom_constant<caf::atom("rst_inst")>;
+using restart_dlq_atom = caf::atom_constant<caf::atom("rst_dlq")>;
+using start_replay_atom = caf::atom_constant<caf::atom("rp_start")>;
+using cancel_replay_atom = caf::atom_constant<caf::atom("rp_cancel")>;
+using resume_atom = caf::atom_constant<caf::atom("resume")>;
+using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
 
 // -- errors --------------------------------------------------------------------
 
@@ -383,6 +396,27 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, hello& x) {
   return f(caf::meta::type_name("nerve.hello"), x.node_id, x.version);
 }
+
+// -- interfaces ----------------------------------------------------------------
+
+/// The runner: one per node, supervises every other actor.
+using runner_actor = caf::typed_actor<
+  /// Answers once every known topic's partitions and the agents are spawned.
+  caf::replies_to<ready_atom>::with<bool>,
+  /// Creates a topic with its configured partitions (nothing when it exists).
+  caf::replies_to<create_topic_atom, std::string>::with<caf::ok_atom>,
+  /// Internal: restarts after a child's restart_policy wait.
+  caf::reacts_to<restart_partition_atom, std::string, std::uint32_t>,
+  caf::reacts_to<restart_instance_atom, std::string, std::uint32_t>,
+  caf::reacts_to<restart_dlq_atom>,
+  /// Starts (or resumes) the actor of a stored, running replay.
+  caf::reacts_to<start_replay_atom, std::string>,
+  /// Cancels a replay, running or waiting to resume.
+  caf::replies_to<cancel_replay_atom, std::string>::with<caf::ok_atom>,
+  /// Internal timers: storage resumption, retention.
+  caf::reacts_to<resume_atom>, caf::reacts_to<sweep_atom>,
+  /// Stops every child, then itself.
+  caf::reacts_to<stop_atom>>;
 
 /// Registers every type above under its stable name ("nerve.<type>"); each
 /// node calls it on its actor_system_config before the system starts.

@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/actor_sender.hpp"
+#include "actors/ask.hpp"
 #include "actors/dlq_service.hpp"
 #include "actors/health_service.hpp"
 #include "actors/publish_service.hpp"
@@ -44,7 +45,14 @@ public:
   }
 
   void create_topic(create_ptr req) override {
-    caf::anon_send(runner_, create_atom::value, std::move(req));
+    ask<caf::ok_atom>(system_, runner_, std::chrono::seconds{30}, "the runner",
+                      std::function<void(result<caf::ok_atom>)>{[req](result<caf::ok_atom> r) {
+                        if (r)
+                          req->done(std::nullopt);
+                        else
+                          req->done(r.error().message);
+                      }},
+                      create_topic_atom::value, req->topic);
   }
 
   void wake(const partition_slot& slot) override {
@@ -55,24 +63,28 @@ public:
   bool runner_running() const override { return static_cast<bool>(runner_); }
 
   void start_replay(const std::string& id) override {
-    caf::anon_send(runner_, replay_atom::value, id);
+    caf::anon_send(runner_, start_replay_atom::value, id);
   }
 
   void cancel_replay(const std::string& id, reply_ptr reply) override {
-    caf::anon_send(runner_, cancel_atom::value, id, std::move(reply));
+    ask<caf::ok_atom>(system_, runner_, std::chrono::seconds{30}, "the runner",
+                      std::function<void(result<caf::ok_atom>)>{[reply](result<caf::ok_atom> r) {
+                        (*reply)(r ? std::string{} : r.error().message);
+                      }},
+                      cancel_replay_atom::value, id);
   }
 
   void run_detached(std::function<void()> job) override {
     system_.spawn<caf::detached>(std::move(job));
   }
 
-  [[nodiscard]] const caf::actor& runner() const { return runner_; }
-  void set_runner(caf::actor runner) { runner_ = std::move(runner); }
+  [[nodiscard]] const runner_actor& runner() const { return runner_; }
+  void set_runner(runner_actor runner) { runner_ = std::move(runner); }
 
 private:
   node_context& ctx_;
   caf::actor_system& system_;
-  caf::actor runner_; ///< set by start, cleared by shutdown
+  runner_actor runner_; ///< set by start, cleared by shutdown
 };
 
 class node_impl final : public node {
@@ -225,7 +237,7 @@ public:
       self->monitor(runner);
       self->send(runner, stop_atom::value);
       self->receive([](const caf::down_msg&) {});
-      sender_.set_runner(nullptr);
+      sender_.set_runner(runner_actor{});
     }
     // Detached actors end only when no handle to them is left.
     {

@@ -178,7 +178,7 @@ void apply(partition_actor_t* self, std::size_t gi) {
   for (std::size_t k = 0; k < fx.deliveries.size(); ++k) {
     auto offset = fx.deliveries[k].offset;
     self->send(st.taken[k], deliver_atom::value,
-               make_delivery(caf::actor{self}, gi, std::move(fx.deliveries[k]), offset));
+               make_delivery(gi, std::move(fx.deliveries[k]), offset));
   }
   st.taken.clear();
   change_writer write{st, g.agent->cfg.name};
@@ -358,34 +358,34 @@ emits_of(const std::string& emit, const std::string& parent_json, const std::str
   return out;
 }
 
-void on_outcome(partition_actor_t* self, outcome_ptr& o) {
+void on_outcome(partition_actor_t* self, const outcome& o) {
   auto& st = self->state;
-  if (o->group >= st.groups.size())
+  if (o.group >= st.groups.size())
     return;
-  auto gi = o->group;
+  auto gi = o.group;
   auto& g = st.groups[gi];
-  const auto* event = g.engine->answer(o->offset, o->attempt);
+  const auto* event = g.engine->answer(o.offset, o.attempt);
   if (event == nullptr)
     return; // stale: answered after a timeout or a requeue
-  g.stats->totals.processing.observe(o->elapsed_us);
-  if (!o->ok) {
-    fail(self, gi, o->offset, o->error, o->timed_out);
+  g.stats->totals.processing.observe(o.elapsed_us);
+  if (!o.ok) {
+    fail(self, gi, o.offset, o.error, o.timed_out);
     return;
   }
-  if (o->emit.empty()) {
-    ack(self, gi, o->offset, o->result);
+  if (o.emit.empty()) {
+    ack(self, gi, o.offset, o.result);
     return;
   }
-  auto emits = emits_of(o->emit, **event, g.agent->cfg.name);
+  auto emits = emits_of(o.emit, **event, g.agent->cfg.name);
   if (!emits) {
-    fail(self, gi, o->offset, "invalid emit: " + emits.error(), false);
+    fail(self, gi, o.offset, "invalid emit: " + emits.error(), false);
     return;
   }
   if (emits->empty()) { // "emit": [] emits nothing: a plain ack
-    ack(self, gi, o->offset, o->result);
+    ack(self, gi, o.offset, o.result);
     return;
   }
-  g.engine->hold_for_emit(o->offset);
+  g.engine->hold_for_emit(o.offset);
   // Publish every topic's share, then ack once all are durable.
   struct join {
     std::atomic<std::size_t> left{0};
@@ -396,9 +396,9 @@ void on_outcome(partition_actor_t* self, outcome_ptr& o) {
   j->left = emits->size();
   auto me = caf::actor{self};
   auto gid = static_cast<std::uint64_t>(gi);
-  auto offset = o->offset;
-  auto attempt = o->attempt;
-  auto res = o->result;
+  auto offset = o.offset;
+  auto attempt = o.attempt;
+  auto res = o.result;
   for (auto& [topic, items] : *emits)
     st.ctx->publish(topic, std::move(items),
                     [j, me, gid, offset, attempt, res](actors::result<std::vector<published>> r) {
@@ -631,7 +631,7 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
           schedule_flush(self);
       }
     },
-    [=](outcome_atom, outcome_ptr& o) {
+    [=](outcome_atom, const outcome& o) {
       on_outcome(self, o);
       schedule_flush(self);
     },

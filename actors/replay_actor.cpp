@@ -235,8 +235,7 @@ void apply(replay_actor_t* self, std::size_t ai, std::size_t k) {
     auto token = st.next_token++;
     st.tokens[token] = {ai, k, out.offset, out.attempt};
     ++ra.in_flight;
-    self->send(st.taken[n], deliver_atom::value,
-               make_delivery(caf::actor{self}, ai, std::move(out), token));
+    self->send(st.taken[n], deliver_atom::value, make_delivery(ai, std::move(out), token));
     // The instance times the attempt out; this catches an instance that died.
     self->delayed_send(self, ra.agent->cfg.timeout + std::chrono::seconds{5}, timeout_atom::value,
                        token);
@@ -427,9 +426,9 @@ caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string 
       pump(self);
       self->delayed_send(self, tick_every, sweep_atom::value);
     },
-    [=](outcome_atom, outcome_ptr& o) {
-      if (auto a = close_attempt(self, o->offset))
-        on_answer(self, *a, o.get(), o->error);
+    [=](outcome_atom, const outcome& o) {
+      if (auto a = close_attempt(self, o.offset))
+        on_answer(self, *a, &o, o.error);
     },
     [=](timeout_atom, std::uint64_t token) {
       // No credit to give back: the runner reset the dead instance's credits.
@@ -446,9 +445,9 @@ caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string 
       apply(self, ai, k);
       pump(self);
     },
-    [=](cancel_atom, reply_ptr& reply) {
+    [=](cancel_replay_atom) {
       finish(self, "cancelled");
-      (*reply)({});
+      return caf::ok_atom::value;
     },
     [=](stop_atom) {
       // The node stops: keep the progress, resume after the restart.

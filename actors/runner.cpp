@@ -58,7 +58,7 @@ struct runner_state {
   static inline const char* name = "runner";
 };
 
-using runner_actor_t = caf::stateful_actor<runner_state>;
+using runner_actor_t = runner_actor::stateful_pointer<runner_state>;
 
 /// The restart policy of child `key`, made from `settings` at its first death.
 template <class Key>
@@ -67,7 +67,7 @@ restart_policy& policy_for(std::unordered_map<Key, restart_policy>& policies, co
   return policies.try_emplace(key, settings).first->second;
 }
 
-void start_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& route,
+void start_partition(runner_actor_t self, const std::shared_ptr<topic_route>& route,
                      std::uint32_t p) {
   auto& st = self->state;
   auto a = spawn_partition(self, st.ctx, route, p);
@@ -79,7 +79,7 @@ void start_partition(runner_actor_t* self, const std::shared_ptr<topic_route>& r
   route->slots[p]->alive = true;
 }
 
-void start_dlq(runner_actor_t* self) {
+void start_dlq(runner_actor_t self) {
   auto& st = self->state;
   dlq_deps deps;
   deps.log = st.ctx->log;
@@ -100,7 +100,7 @@ void start_dlq(runner_actor_t* self) {
   st.ctx->dlq = a;
 }
 
-void start_instance(runner_actor_t* self, const agent_ptr& agent, std::size_t i) {
+void start_instance(runner_actor_t self, const agent_ptr& agent, std::size_t i) {
   auto& st = self->state;
   auto a = spawn_instance(self, st.ctx, agent, i);
   st.children[a.address()] = child_ref{nullptr, 0, agent, i, {}};
@@ -108,7 +108,7 @@ void start_instance(runner_actor_t* self, const agent_ptr& agent, std::size_t i)
   agent->instances[i]->actor = a;
 }
 
-void start_replay(runner_actor_t* self, const std::string& id) {
+void start_replay(runner_actor_t self, const std::string& id) {
   auto& st = self->state;
   auto a = spawn_replay(self, st.ctx, id);
   child_ref ref;
@@ -130,7 +130,7 @@ std::optional<nlohmann::json> running_replay(const node_context& ctx, const std:
 }
 
 /// A replay actor ended: done, cancelled, stopped with the node, or crashed.
-void on_replay_down(runner_actor_t* self, const std::string& id, const caf::error& reason) {
+void on_replay_down(runner_actor_t self, const std::string& id, const caf::error& reason) {
   auto& st = self->state;
   {
     std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
@@ -157,20 +157,28 @@ void on_replay_down(runner_actor_t* self, const std::string& id, const caf::erro
   }
   spdlog::warn("replay={}: stopped ({}); resuming from its progress in {} ms", id,
                caf::to_string(reason), delay->count());
-  self->delayed_send(self, *delay, replay_atom::value, id);
+  self->delayed_send(self, *delay, start_replay_atom::value, id);
 }
 
 /// Cancels a replay: through its actor if it runs, else (it waits to resume
 /// after a crash) in its stored record, which keeps it from resuming. Only
 /// the runner starts replay actors, so no actor can start in between.
-void cancel_replay(runner_actor_t* self, const std::string& id, reply_ptr& reply) {
+caf::result<caf::ok_atom> cancel_replay(runner_actor_t self, const std::string& id) {
   auto& st = self->state;
+  caf::actor running;
   {
     std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
-    if (auto it = st.ctx->replays.find(id); it != st.ctx->replays.end()) {
-      self->send(it->second, cancel_atom::value, std::move(reply));
-      return;
-    }
+    if (auto it = st.ctx->replays.find(id); it != st.ctx->replays.end())
+      running = it->second;
+  }
+  if (running) {
+    auto rp = self->make_response_promise<caf::ok_atom>();
+    self->request(running, caf::infinite, cancel_replay_atom::value)
+      .then([rp](caf::ok_atom) mutable { rp.deliver(caf::ok_atom::value); },
+            [rp](caf::error&) mutable {
+              rp.deliver(caf::ok_atom::value); // it ended meanwhile: nothing runs
+            });
+    return rp;
   }
   if (auto record = running_replay(*st.ctx, id)) {
     (*record)["state"] = "cancelled";
@@ -182,11 +190,11 @@ void cancel_replay(runner_actor_t* self, const std::string& id, reply_ptr& reply
     else
       spdlog::info("replay={}: cancelled while waiting to resume", id);
   }
-  (*reply)({});
+  return caf::ok_atom::value;
 }
 
 /// Starts the actors of the replays that were running when the node stopped.
-void resume_replays(runner_actor_t* self) {
+void resume_replays(runner_actor_t self) {
   auto stored = self->state.ctx->store->meta_prefix("replay/");
   if (!stored) {
     spdlog::error("reading replays: {}", stored.error().message);
@@ -199,7 +207,7 @@ void resume_replays(runner_actor_t* self) {
   }
 }
 
-std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence::topic_info& t) {
+std::shared_ptr<topic_route> open_topic(runner_actor_t self, const persistence::topic_info& t) {
   auto& ctx = *self->state.ctx;
   auto route = std::make_shared<topic_route>();
   route->info = t;
@@ -227,7 +235,7 @@ std::shared_ptr<topic_route> open_topic(runner_actor_t* self, const persistence:
 /// How often a log that refuses writes is asked to recover.
 constexpr auto storage_resume_every = std::chrono::seconds{1};
 
-void schedule_sweep(runner_actor_t* self) {
+void schedule_sweep(runner_actor_t self) {
   auto retention = self->state.ctx->cfg->storage.retention;
   if (retention.count() == 0)
     return;
@@ -237,7 +245,7 @@ void schedule_sweep(runner_actor_t* self) {
 
 /// The DLQ actor stops last: partitions and replays hand it dead letters
 /// until they are down.
-void stop_dlq_when_alone(runner_actor_t* self) {
+void stop_dlq_when_alone(runner_actor_t self) {
   auto& st = self->state;
   if (st.children.size() != 1 || !st.children.begin()->second.dlq)
     return;
@@ -245,7 +253,7 @@ void stop_dlq_when_alone(runner_actor_t* self) {
                   caf::exit_reason::user_shutdown);
 }
 
-void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
+void on_child_down(runner_actor_t self, caf::down_msg& msg) {
   auto& st = self->state;
   auto it = st.children.find(msg.source);
   if (it == st.children.end())
@@ -288,7 +296,8 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
     if (delay.count() == 0)
       start_partition(self, ref.route, ref.partition);
     else
-      self->delayed_send(self, delay, restart_atom::value, ref.route->info.name, ref.partition);
+      self->delayed_send(self, delay, restart_partition_atom::value, ref.route->info.name,
+                         ref.partition);
     return;
   }
   // An agent instance died: its deliveries in flight go out again.
@@ -301,39 +310,36 @@ void on_child_down(runner_actor_t* self, caf::down_msg& msg) {
     for (auto& [name, route] : st.ctx->routes.topics)
       for (auto& ps : route->slots)
         if (ps->alive)
-          self->send(ps->actor, requeue_atom::value, static_cast<std::uint64_t>(ref.agent->index),
-                     static_cast<std::uint64_t>(ref.instance));
+          caf::anon_send(ps->actor, requeue_atom::value,
+                         static_cast<std::uint64_t>(ref.agent->index),
+                         static_cast<std::uint64_t>(ref.instance));
   }
   const instance_slot* key = &slot;
   auto delay
     = *policy_for(st.instance_policies, key, instance_restarts).on_death(self->clock().now());
   spdlog::warn("agent={} instance={}: stopped ({}); restarting in {} ms", ref.agent->cfg.name,
                ref.instance, caf::to_string(msg.reason), delay.count());
-  self->delayed_send(self, delay, restart_atom::value, ref.agent->cfg.name,
+  self->delayed_send(self, delay, restart_instance_atom::value, ref.agent->cfg.name,
                      static_cast<std::uint32_t>(ref.instance));
 }
 
-void create_topic(runner_actor_t* self, create_request& req) {
+caf::result<caf::ok_atom> create_topic(runner_actor_t self, const std::string& topic) {
   auto& st = self->state;
-  if (st.stopping) {
-    req.done("the node is shutting down");
-    return;
-  }
-  if (st.ctx->routes.find(req.topic) == nullptr) {
-    auto created = st.ctx->log->create_topic(req.topic, st.ctx->cfg->partitions_for(req.topic));
-    if (!created) {
-      req.done(created.error().message);
-      return;
-    }
+  if (st.stopping)
+    return make_caf_error(errc::unavailable, "the node is shutting down");
+  if (st.ctx->routes.find(topic) == nullptr) {
+    auto created = st.ctx->log->create_topic(topic, st.ctx->cfg->partitions_for(topic));
+    if (!created)
+      return make_caf_error(errc::storage, created.error().message);
     open_topic(self, *created);
     spdlog::info("topic={}: created with {} partitions", created->name, created->partitions);
   }
-  req.done(std::nullopt);
+  return caf::ok_atom::value;
 }
 
 /// Retention: removes events older than storage.retention, a chunk at a
 /// time, and comes back at once while there is more.
-void sweep(runner_actor_t* self) {
+void sweep(runner_actor_t self) {
   auto& st = self->state;
   if (st.stopping)
     return;
@@ -353,7 +359,7 @@ void sweep(runner_actor_t* self) {
 
 /// The node stops: every child is told to stop; the runner quits once the
 /// last one is down.
-void stop(runner_actor_t* self) {
+void stop(runner_actor_t self) {
   auto& st = self->state;
   st.stopping = true;
   if (st.children.empty()) {
@@ -368,22 +374,22 @@ void stop(runner_actor_t* self) {
     for (auto& [name, route] : st.ctx->routes.topics)
       for (auto& slot : route->slots)
         if (slot->alive)
-          self->send(slot->actor, stop_atom::value);
+          caf::anon_send(slot->actor, stop_atom::value);
   }
   {
     std::lock_guard<std::mutex> guard{st.ctx->replays_mutex};
     for (auto& [id, actor] : st.ctx->replays)
-      self->send(actor, stop_atom::value);
+      caf::anon_send(actor, stop_atom::value);
   }
   for (auto& agent : st.ctx->agents) {
     std::lock_guard<std::mutex> guard{agent->mutex};
     for (auto& inst : agent->instances)
       if (inst->actor)
-        self->send(inst->actor, stop_atom::value);
+        caf::anon_send(inst->actor, stop_atom::value);
   }
 }
 
-caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
+runner_actor::behavior_type runner_behavior(runner_actor_t self, node_context* ctx) {
   auto& st = self->state;
   st.ctx = ctx;
   start_dlq(self); // first: partitions hand it their dead letters
@@ -398,29 +404,32 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
   self->set_down_handler([=](caf::down_msg& msg) { on_child_down(self, msg); });
   return {
     [=](ready_atom) { return true; },
-    [=](create_atom, create_ptr& req) { create_topic(self, *req); },
-    [=](restart_atom, const std::string& name, std::uint32_t index) {
+    [=](create_topic_atom, const std::string& topic) { return create_topic(self, topic); },
+    [=](restart_partition_atom, const std::string& topic, std::uint32_t p) {
       auto& st = self->state;
       if (st.stopping)
         return;
-      if (auto route = st.ctx->routes.find(name); route && !route->slots[index]->alive) {
-        start_partition(self, route, index);
+      if (auto route = st.ctx->routes.find(topic); route && !route->slots[p]->alive)
+        start_partition(self, route, p);
+    },
+    [=](restart_instance_atom, const std::string& agent, std::uint32_t i) {
+      auto& st = self->state;
+      if (st.stopping)
         return;
-      }
-      for (auto& agent : st.ctx->agents)
-        if (agent->cfg.name == name && index < agent->instances.size())
-          start_instance(self, agent, index);
+      for (auto& a : st.ctx->agents)
+        if (a->cfg.name == agent && i < a->instances.size())
+          start_instance(self, a, i);
     },
     [=](restart_dlq_atom) {
       if (!self->state.stopping)
         start_dlq(self);
     },
-    [=](replay_atom, const std::string& id) {
+    [=](start_replay_atom, const std::string& id) {
       // Not one cancelled while it waited to resume.
       if (!self->state.stopping && running_replay(*self->state.ctx, id))
         start_replay(self, id);
     },
-    [=](cancel_atom, const std::string& id, reply_ptr& reply) { cancel_replay(self, id, reply); },
+    [=](cancel_replay_atom, const std::string& id) { return cancel_replay(self, id); },
     [=](resume_atom) {
       // A log that refused a write (a full disk) takes writes again once
       // RocksDB can flush: partitions that stopped meanwhile are restarted
@@ -438,12 +447,12 @@ caf::behavior runner_actor(runner_actor_t* self, node_context* ctx) {
 
 } // namespace
 
-caf::actor spawn_runner(caf::actor_system& system, node_context* ctx) {
+runner_actor spawn_runner(caf::actor_system& system, node_context* ctx) {
   // Detached: topic creation and retention sweeps write to the disk, which
   // the scheduler thread of the partitions must never wait for.
   if (ctx->detach_blocking)
-    return system.spawn<caf::detached>(runner_actor, ctx);
-  return system.spawn(runner_actor, ctx);
+    return system.spawn<caf::detached>(runner_behavior, ctx);
+  return system.spawn(runner_behavior, ctx);
 }
 
 } // namespace nerve::actors::detail

@@ -6,13 +6,16 @@
 
 #include <caf/fwd.hpp>
 
+#include "actors/messages.hpp"
+
 namespace nerve::actors::detail {
 
 struct node_context;
 
-/// Spawns the runner of the node whose state is `ctx`, detached. It starts
-/// every agent instance and known topic's partitions, and answers
-/// `ready_atom` once they are spawned.
-[[nodiscard]] caf::actor spawn_runner(caf::actor_system& system, node_context* ctx);
+/// Spawns the runner of the node whose state is `ctx` (detached unless
+/// ctx->detach_blocking is off). It starts the DLQ actor, every agent
+/// instance and known topic's partitions, and answers `ready_atom` once they
+/// are spawned.
+[[nodiscard]] runner_actor spawn_runner(caf::actor_system& system, node_context* ctx);
 
 } // namespace nerve::actors::detail

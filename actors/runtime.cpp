@@ -159,17 +159,15 @@ agent_runtime::take_credit(std::size_t& rr, const caf::actor& partition) {
   return std::make_pair(*i, instances[*i]->actor);
 }
 
-delivery_ptr make_delivery(caf::actor me, std::size_t group, outgoing_delivery&& out,
-                           std::uint64_t offset) {
-  auto d = std::make_shared<delivery>();
-  d->partition = std::move(me);
-  d->group = group;
-  d->instance = out.instance;
-  d->offset = offset;
-  d->attempt = out.attempt;
-  d->event_id = std::move(out.event_id);
-  d->delivery_id = std::move(out.delivery_id);
-  d->event = std::move(out.event);
+delivery make_delivery(std::size_t group, outgoing_delivery&& out, std::uint64_t offset) {
+  delivery d;
+  d.group = static_cast<std::uint32_t>(group);
+  d.instance = static_cast<std::uint32_t>(out.instance);
+  d.offset = offset;
+  d.attempt = out.attempt;
+  d.event_id = std::move(out.event_id);
+  d.delivery_id = std::move(out.delivery_id);
+  d.event = *out.event; // a value: the engine keeps its copy for retries
   return d;
 }
 

@@ -20,27 +20,20 @@ namespace nerve::actors::detail {
 
 using publish_atom = caf::atom_constant<caf::atom("publish")>;
 using flush_atom = caf::atom_constant<caf::atom("flush")>;
-using stop_atom = caf::atom_constant<caf::atom("stop")>;
-using create_atom = caf::atom_constant<caf::atom("create")>;
-using restart_atom = caf::atom_constant<caf::atom("restart")>;
-using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
-using ready_atom = caf::atom_constant<caf::atom("ready")>;
+/// A process agent's child is started again (its instance's own timer).
+using restart_child_atom = caf::atom_constant<caf::atom("rst_child")>;
 using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
 using outcome_atom = caf::atom_constant<caf::atom("outcome")>;
 using retry_atom = caf::atom_constant<caf::atom("retry")>;
 using wake_atom = caf::atom_constant<caf::atom("wake")>;
 using emitted_atom = caf::atom_constant<caf::atom("emitted")>;
 using requeue_atom = caf::atom_constant<caf::atom("requeue")>;
-using restart_dlq_atom = caf::atom_constant<caf::atom("rst_dlq")>;
 using handoff_atom = caf::atom_constant<caf::atom("handoff")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 using child_atom = caf::atom_constant<caf::atom("child")>;
 using exited_atom = caf::atom_constant<caf::atom("exited")>;
 using http_atom = caf::atom_constant<caf::atom("http")>;
 using durable_atom = caf::atom_constant<caf::atom("durable")>;
-using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
-using replay_atom = caf::atom_constant<caf::atom("replay")>;
-using resume_atom = caf::atom_constant<caf::atom("resume")>;
 
 /// An agent's shared credits as a consumer_group takes them, at most `cap`
 /// in one dispatch; keeps the instance actor each credit came with, for the
@@ -62,40 +55,11 @@ private:
   std::size_t cap_;
 };
 
-/// A delivery attempt, partition → agent instance.
-struct delivery {
-  caf::actor partition;
-  std::size_t group = 0;
-  std::size_t instance = 0;
-  std::uint64_t offset = 0;
-  std::uint32_t attempt = 1;
-  std::string delivery_id;
-  std::string event_id;
-  std::shared_ptr<const std::string> event; ///< the stored event JSON
-};
-
-using delivery_ptr = std::shared_ptr<delivery>;
-
-/// The message for one of a consumer group's deliveries, from actor `me`'s
-/// group `group`; the answer names `offset` (a replay sends a token there).
-[[nodiscard]] delivery_ptr make_delivery(caf::actor me, std::size_t group, outgoing_delivery&& out,
-                                         std::uint64_t offset);
-
-/// The answer to a delivery attempt, agent instance → partition.
-struct outcome {
-  std::size_t group = 0;
-  std::size_t instance = 0;
-  std::uint64_t offset = 0;
-  std::uint32_t attempt = 0;
-  bool ok = false;
-  bool timed_out = false; ///< not answered within the agent's timeout
-  std::string result;     ///< JSON text; empty: none
-  std::string emit;       ///< JSON array text of follow-up events; empty: none
-  std::string error;
-  std::int64_t elapsed_us = 0;
-};
-
-using outcome_ptr = std::shared_ptr<outcome>;
+/// The message for one of a consumer group's deliveries, from group
+/// `group`; the answer names `offset` (a replay sends a token there). The
+/// instance answers whoever sent it.
+[[nodiscard]] delivery make_delivery(std::size_t group, outgoing_delivery&& out,
+                                     std::uint64_t offset);
 
 /// Spawns the partition actor of `route`'s partition `p` as a monitored,
 /// detached child of `parent`.
@@ -115,8 +79,7 @@ caf::actor spawn_replay(caf::local_actor* parent, node_context* ctx, const std::
 
 } // namespace nerve::actors::detail
 
+// The one node-local message that still carries a pointer: a publish job
+// carries its HTTP answer and never crosses nodes (between nodes a publish
+// is an append_request answered with appended, messages.hpp).
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::detail::job_ptr)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::detail::create_ptr)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::detail::delivery_ptr)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::detail::outcome_ptr)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::detail::reply_ptr)

@@ -42,7 +42,7 @@ struct supervised_node {
   detail::node_context ctx;
   persistence::topic_info topic;
   test::deterministic_system det;
-  caf::actor runner;
+  runner_actor runner;
 
   explicit supervised_node(std::vector<config::agent_config> agents) {
     persistence::options o;
@@ -69,7 +69,7 @@ struct supervised_node {
   ~supervised_node() {
     if (!runner)
       return;
-    caf::anon_send(runner, detail::stop_atom::value);
+    caf::anon_send(runner, stop_atom::value);
     det.run();
     while (det.sched().trigger_timeouts() > 0)
       det.run();
@@ -251,7 +251,7 @@ TEST_CASE("a crashed replay actor resumes after 1 s, five times, then the replay
   persistence::state_batch b;
   b.put_meta(detail::replay_key("rp-1"), record->dump());
   REQUIRE(node.store->commit(b, false));
-  caf::anon_send(node.runner, detail::replay_atom::value, std::string{"rp-1"});
+  caf::anon_send(node.runner, start_replay_atom::value, std::string{"rp-1"});
   node.det.run();
   auto running = [&node] {
     std::lock_guard<std::mutex> guard{node.ctx.replays_mutex};
