@@ -414,9 +414,9 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
   st.index = index;
   st.slot = agent->instances[index].get();
   agent->credits.reset(index); // the instance before this one is down
-  if (agent->cfg.kind == "process") {
+  if (agent->cfg.kind == config::agent_kind::process) {
     start_child(self);
-  } else if (agent->cfg.kind == "http") {
+  } else if (agent->cfg.kind == config::agent_kind::http) {
     // One worker per delivery the instance may have in flight, at most 32.
     st.poster = std::make_unique<agents::http_poster>(
       agent->cfg.url, std::min<std::size_t>(agent->cfg.max_in_flight, 32));
@@ -433,7 +433,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
       f = {std::move(msg), caf::actor_cast<caf::actor>(self->current_sender()),
            std::chrono::steady_clock::now()};
       const auto& d = f.d;
-      if (st.agent->cfg.kind == "builtin") {
+      if (st.agent->cfg.kind == config::agent_kind::builtin) {
         run_builtin(self, d);
         return;
       }
@@ -501,7 +501,7 @@ caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr
   // A builtin handler is a function call: it shares the scheduler with the
   // partitions. Process and http instances block (pipe writes, child
   // reaping), so they keep a thread each.
-  if (agent->cfg.kind == "builtin" || !ctx->detach_blocking)
+  if (agent->cfg.kind == config::agent_kind::builtin || !ctx->detach_blocking)
     return parent->spawn<caf::monitored>(instance_actor, ctx, std::move(agent), i);
   return parent->spawn<caf::detached + caf::monitored>(instance_actor, ctx, std::move(agent), i);
 }

@@ -27,7 +27,7 @@ std::chrono::milliseconds backoff_with(std::chrono::milliseconds initial,
 
 consumer_group::consumer_group(const config::agent_config& agent, group_identity where,
                                std::uint64_t seed)
-  : agent_(agent), where_(std::move(where)), ordered_(agent.ordered_by == "key"),
+  : agent_(agent), where_(std::move(where)), ordered_(agent.ordered_by == config::ordering::key),
     filtered_(agent.filter.type || agent.filter.source || agent.filter.key),
     window_(std::max<std::size_t>(min_window, 2ULL * agent.instances * agent.max_in_flight)),
     rng_(seed), in_flight_by_instance_(agent.instances, 0) {

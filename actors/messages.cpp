@@ -44,15 +44,6 @@ std::optional<E> value_of(const names<E, N>& table, std::string_view text) {
 
 } // namespace
 
-std::string_view to_string(agent_kind x) {
-  return name_of(agent_kinds, x);
-}
-std::string_view to_string(ordering x) {
-  return name_of(orderings, x);
-}
-std::string_view to_string(start_position x) {
-  return name_of(start_positions, x);
-}
 std::string_view to_string(replay_state x) {
   return name_of(replay_states, x);
 }

@@ -19,6 +19,7 @@
 #include <caf/typed_actor.hpp>
 
 #include "actors/node.hpp"
+#include "config/config.hpp"
 
 namespace nerve::actors {
 
@@ -27,20 +28,16 @@ inline constexpr std::uint32_t wire_version = 1;
 
 // -- enums (stored and sent as their underlying integer) ----------------------
 
-/// How an agent's handler runs.
-enum class agent_kind : std::uint8_t { builtin, process, http };
-/// `ordered_by` of an agent: none, or one delivery in flight per event key.
-enum class ordering : std::uint8_t { none, key };
-/// Where a new consumer group starts on a partition.
-enum class start_position : std::uint8_t { latest, earliest };
+/// An agent's kind, `ordered_by` and `start`, as configured (config.hpp
+/// names them; config::to_string spells them).
+using config::agent_kind;
+using config::ordering;
+using config::start_position;
 /// The life of a replay.
 enum class replay_state : std::uint8_t { running, done, failed, cancelled };
 /// What a replay does with the histories it rebuilds.
 enum class replay_mode : std::uint8_t { dry_run, redeliver };
 
-[[nodiscard]] std::string_view to_string(agent_kind x);
-[[nodiscard]] std::string_view to_string(ordering x);
-[[nodiscard]] std::string_view to_string(start_position x);
 [[nodiscard]] std::string_view to_string(replay_state x);
 [[nodiscard]] std::string_view to_string(replay_mode x);
 

@@ -436,7 +436,7 @@ void recover_group(partition_actor_t* self, std::size_t gi) {
     cursor = **stored;
   } else {
     // A new consumer group: from the end, or from the oldest stored event.
-    cursor = g.agent->cfg.start == "earliest"
+    cursor = g.agent->cfg.start == config::start_position::earliest
                ? st.ctx->log->stats(st.route->info, st.partition).first_offset
                : st.writer->next_offset();
     persistence::state_batch b;

@@ -18,7 +18,7 @@ namespace {
 agent_view view_of(agent_runtime& a) {
   agent_view v;
   v.name = a.cfg.name;
-  v.kind = a.cfg.kind;
+  v.kind = config::to_string(a.cfg.kind);
   v.topics = a.cfg.topics;
   bool any_running = false;
   bool any_restarting = false;
@@ -41,14 +41,14 @@ agent_view view_of(agent_runtime& a) {
     {"timeout_ms", a.cfg.timeout.count()},
     {"backoff",
      {{"initial_ms", a.cfg.backoff_initial.count()}, {"max_ms", a.cfg.backoff_max.count()}}},
-    {"start", a.cfg.start}};
-  if (!a.cfg.ordered_by.empty())
-    c["ordered_by"] = a.cfg.ordered_by;
-  if (a.cfg.kind == "process")
+    {"start", config::to_string(a.cfg.start)}};
+  if (a.cfg.ordered_by == config::ordering::key)
+    c["ordered_by"] = config::to_string(a.cfg.ordered_by);
+  if (a.cfg.kind == config::agent_kind::process)
     c["command"] = a.cfg.command;
-  if (a.cfg.kind == "http")
+  if (a.cfg.kind == config::agent_kind::http)
     c["url"] = a.cfg.url;
-  if (a.cfg.kind == "builtin")
+  if (a.cfg.kind == config::agent_kind::builtin)
     c["handler"] = a.cfg.handler;
   auto& f = a.cfg.filter;
   if (f.type || f.source || f.key) {

@@ -374,7 +374,7 @@ replay_agent agent_of(const node_context& ctx, const std::string& id, const json
     throw std::runtime_error("replay " + id + ": agent " + p.value("agent", "")
                              + " is no longer configured");
   auto cfg = ra.agent->cfg;
-  cfg.ordered_by.clear(); // a replay's history goes out as fast as credits allow
+  cfg.ordered_by = config::ordering::none; // a replay's history goes out as fast as credits allow
   auto pos = p.value("pos", json::array({0, 0}));
   auto at = std::make_pair(pos.at(0).get<std::size_t>(), pos.at(1).get<std::uint64_t>());
   std::random_device seeds;

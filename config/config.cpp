@@ -339,6 +339,7 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
   if (!node.IsMap())
     return base + ": expected a map";
   agent_config a;
+  bool kind_given = false;
   for (auto it : node) {
     auto key = it.first.Scalar();
     auto path = base + "." + key;
@@ -395,7 +396,10 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
     } else if (key == "kind") {
       if (!(err = need_scalar()) && text != "process" && text != "http" && text != "builtin")
         err = bad_value(path, text, "one of: process, http, builtin");
-      a.kind = text;
+      a.kind = text == "process" ? agent_kind::process
+               : text == "http"  ? agent_kind::http
+                                 : agent_kind::builtin;
+      kind_given = true;
     } else if (key == "command") {
       err = agent_string_list(v, path, a.command);
     } else if (key == "url") {
@@ -413,7 +417,7 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
     } else if (key == "ordered_by") {
       if (!(err = need_scalar()) && text != "key")
         err = bad_value(path, text, "key");
-      a.ordered_by = text;
+      a.ordered_by = ordering::key;
     } else if (key == "max_retries") {
       err = uint_field(a.max_retries, 0, 1000);
     } else if (key == "timeout") {
@@ -434,7 +438,7 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
     } else if (key == "start") {
       if (!(err = need_scalar()) && text != "latest" && text != "earliest")
         err = bad_value(path, text, "one of: latest, earliest");
-      a.start = text;
+      a.start = text == "earliest" ? start_position::earliest : start_position::latest;
     } else {
       return path
              + ": unknown key (allowed: name, topics, filter, kind, command, url, handler, "
@@ -447,13 +451,13 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
     return base + ".name: missing; every agent needs a name";
   if (a.topics.empty())
     return base + ".topics: missing; every agent needs at least one topic pattern";
-  if (a.kind.empty())
+  if (!kind_given)
     return base + ".kind: missing; expected one of: process, http, builtin";
-  if (a.kind == "process" && a.command.empty())
+  if (a.kind == agent_kind::process && a.command.empty())
     return base + ".command: missing; a process agent needs a command";
-  if (a.kind == "http" && a.url.empty())
+  if (a.kind == agent_kind::http && a.url.empty())
     return base + ".url: missing; an http agent needs a url";
-  if (a.kind == "builtin" && a.handler.empty())
+  if (a.kind == agent_kind::builtin && a.handler.empty())
     return base + ".handler: missing; expected one of: echo, noop, fail";
   if (a.backoff_initial > a.backoff_max)
     return base + ".backoff: initial must not exceed max";
@@ -575,6 +579,26 @@ std::optional<std::pair<std::string, std::uint16_t>> split_host_port(const std::
 
 bool is_loopback_host(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+const char* to_string(agent_kind kind) {
+  switch (kind) {
+    case agent_kind::builtin:
+      return "builtin";
+    case agent_kind::process:
+      return "process";
+    case agent_kind::http:
+      return "http";
+  }
+  return "unknown";
+}
+
+const char* to_string(ordering o) {
+  return o == ordering::key ? "key" : "";
+}
+
+const char* to_string(start_position start) {
+  return start == start_position::earliest ? "earliest" : "latest";
 }
 
 const char* to_string(fsync_policy policy) {

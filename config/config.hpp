@@ -43,6 +43,13 @@ struct topic_config {
   std::uint32_t partitions = 4;
 };
 
+/// How an agent's handler runs.
+enum class agent_kind : std::uint8_t { builtin, process, http };
+/// `ordered_by` of an agent: none, or one delivery in flight per event key.
+enum class ordering : std::uint8_t { none, key };
+/// Where a new consumer group starts on a partition.
+enum class start_position : std::uint8_t { latest, earliest };
+
 struct agent_filter {
   std::optional<std::string> type;
   std::optional<std::string> source;
@@ -53,18 +60,18 @@ struct agent_config {
   std::string name;
   std::vector<std::string> topics;
   agent_filter filter;
-  std::string kind; ///< process | http | builtin
+  agent_kind kind = agent_kind::builtin;
   std::vector<std::string> command;
   std::string url;
   std::string handler;
   std::uint32_t instances = 1;
   std::uint32_t max_in_flight = 16;
-  std::string ordered_by; ///< "" or "key"
+  ordering ordered_by = ordering::none;
   std::uint32_t max_retries = 3;
   millis timeout{30000};
   millis backoff_initial{200};
   millis backoff_max{30000};
-  std::string start = "latest"; ///< latest | earliest
+  start_position start = start_position::latest;
 };
 
 struct health_config {
@@ -141,5 +148,8 @@ split_host_port(const std::string& text);
 [[nodiscard]] bool is_loopback_host(const std::string& host);
 
 [[nodiscard]] const char* to_string(fsync_policy policy);
+[[nodiscard]] const char* to_string(agent_kind kind);
+[[nodiscard]] const char* to_string(ordering o); ///< "" for none
+[[nodiscard]] const char* to_string(start_position start);
 
 } // namespace nerve::config

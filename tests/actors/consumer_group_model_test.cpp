@@ -54,7 +54,7 @@ private:
     auto cfg = agent_cfg(1 + rng() % 3, 1 + rng() % 4);
     cfg.max_retries = rng() % 4;
     if (rng() % 2 == 0)
-      cfg.ordered_by = "key";
+      cfg.ordered_by = config::ordering::key;
     if (rng() % 3 == 0)
       cfg.filter.type = "match";
     return cfg;
@@ -116,7 +116,7 @@ private:
               + h_.log[d.offset].key;
     MODEL_CHECK(expected_[d.offset] > 0); // the filter matched it
     auto& key = h_.log[d.offset].key;
-    if (h_.cfg.ordered_by == "key") {
+    if (h_.cfg.ordered_by == config::ordering::key) {
       for (auto* list : {&flights_, &emitting_})
         for (auto& f : *list)
           MODEL_CHECK(h_.log[f.offset].key != key); // one delivery per key at a time

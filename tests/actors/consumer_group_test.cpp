@@ -144,7 +144,7 @@ TEST_CASE("the same seed gives the same retry delays", "[unit]") {
 TEST_CASE("a dead-lettered record holds the cursor and its key until the DLQ has it", "[unit]") {
   auto cfg = agent_cfg();
   cfg.max_retries = 0;
-  cfg.ordered_by = "key";
+  cfg.ordered_by = config::ordering::key;
   harness h{cfg};
   h.hold_dead_letters = true;
   h.append(1, "k");
@@ -235,7 +235,7 @@ TEST_CASE("a timed-out attempt counts as failed and timed out and is retried", "
 
 TEST_CASE("an ordered group keeps one delivery per key in flight across instances", "[unit]") {
   auto cfg = agent_cfg(3, 4);
-  cfg.ordered_by = "key";
+  cfg.ordered_by = config::ordering::key;
   harness h{cfg};
   for (auto* key : {"a", "b", "a", "c", "b", "a"})
     h.append(1, key);
@@ -253,7 +253,7 @@ TEST_CASE("an ordered group keeps one delivery per key in flight across instance
 TEST_CASE("a retry in an ordered group holds its key and is sent before later events of it",
           "[unit]") {
   auto cfg = agent_cfg(2, 4);
-  cfg.ordered_by = "key";
+  cfg.ordered_by = config::ordering::key;
   harness h{cfg};
   h.append(2, "a");
   h.pump();

@@ -25,9 +25,9 @@ config::agent_config builtin_agent(const std::string& name, const std::string& h
   config::agent_config a;
   a.name = name;
   a.topics = {topic_name};
-  a.kind = "builtin";
+  a.kind = config::agent_kind::builtin;
   a.handler = handler;
-  a.start = "earliest";
+  a.start = config::start_position::earliest;
   return a;
 }
 

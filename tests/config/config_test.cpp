@@ -84,6 +84,11 @@ log: { level: debug, format: json }
   CHECK(cfg->agents[0].timeout == 5s);
   CHECK(cfg->agents[0].backoff_initial == 100ms);
   CHECK(cfg->agents[0].filter.type == "order.created");
+  CHECK(cfg->agents[0].kind == agent_kind::process);
+  CHECK(cfg->agents[0].ordered_by == ordering::key);
+  CHECK(cfg->agents[0].start == start_position::latest);
+  CHECK(cfg->agents[1].kind == agent_kind::builtin);
+  CHECK(cfg->agents[1].ordered_by == ordering::none);
   CHECK(cfg->agents[1].handler == "echo");
   CHECK(cfg->log.format == "json");
 }

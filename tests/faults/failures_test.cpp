@@ -70,7 +70,7 @@ struct faulty_node {
     hooks.file_system = fs;
     auto cfg = test::fault_config(dir.sub("data"), partitions);
     if (!agent_command.empty()) {
-      cfg.agents[0].kind = "process";
+      cfg.agents[0].kind = config::agent_kind::process;
       cfg.agents[0].command = agent_command;
     }
     auto n = actors::start_node(cfg, hooks);

@@ -23,9 +23,9 @@ config::config fault_config(const std::string& data_dir, std::uint32_t partition
   config::agent_config acker;
   acker.name = fault_agent;
   acker.topics = {fault_topic};
-  acker.kind = "builtin";
+  acker.kind = config::agent_kind::builtin;
   acker.handler = "noop";
-  acker.start = "earliest";
+  acker.start = config::start_position::earliest;
   cfg.agents.push_back(acker);
   return cfg;
 }
