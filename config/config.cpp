@@ -334,6 +334,8 @@ result agent_string_list(const YAML::Node& node, const std::string& path,
   return std::nullopt;
 }
 
+// Long on purpose: one branch per agent key, each checking its value and
+// naming what is allowed, then the checks across keys.
 result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
   auto base = "agents[" + std::to_string(index) + "]";
   if (!node.IsMap())

@@ -128,96 +128,86 @@ partition_writer::partition_writer(event_log& log, topic_info topic, std::uint32
   }
 }
 
-tl::expected<std::vector<append_result>, error>
-partition_writer::append(const std::vector<new_event>& events) {
-  if (log_.fails_at(fault_point::before_append, {topic_.name, partition_})) {
-    log_.note_error("append: injected fault");
-    return tl::make_unexpected(error{errc::io_error, "appending to " + topic_.name + "/"
-                                                       + std::to_string(partition_)
-                                                       + ": injected fault before append"});
+std::optional<error> partition_writer::resolve(const std::vector<new_event>& events,
+                                               std::int64_t now,
+                                               std::vector<append_result>& results,
+                                               std::vector<std::string>& reserved) {
+  std::lock_guard<std::mutex> guard{log_.ids_mutex_};
+  std::vector<rocksdb::Slice> lookup;
+  std::vector<std::size_t> lookup_index;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (events[i].generated)
+      continue;
+    auto it = log_.reserved_ids_.find(events[i].id);
+    if (it != log_.reserved_ids_.end())
+      continue; // resolved below, once this batch's offsets are assigned
+    lookup.emplace_back(events[i].id);
+    lookup_index.push_back(i);
+    // Reserve now so a repeat of this id later in the same batch is found.
+    append_result mine;
+    mine.status = append_status::appended;
+    mine.id = events[i].id;
+    mine.topic = topic_.name;
+    mine.where = {topic_.id, partition_, 0, now};
+    log_.reserved_ids_.emplace(events[i].id, mine);
+    reserved.push_back(events[i].id);
   }
-  std::vector<append_result> results(events.size());
-  std::vector<std::string> reserved;
-  reserved.reserve(events.size());
-  auto now = std::max(log_.opts_.clock(), last_time_us_);
-  const std::uint64_t first_offset = next_offset_;
-
-  // Decide duplicates and assign offsets under the id lock, so that two
-  // partitions can never both append one id.
-  {
-    std::lock_guard<std::mutex> guard{log_.ids_mutex_};
-    std::vector<rocksdb::Slice> lookup;
-    std::vector<std::size_t> lookup_index;
-    for (std::size_t i = 0; i < events.size(); ++i) {
-      if (events[i].generated)
-        continue;
-      auto it = log_.reserved_ids_.find(events[i].id);
-      if (it != log_.reserved_ids_.end())
-        continue; // resolved below, once this batch's offsets are assigned
-      lookup.emplace_back(events[i].id);
-      lookup_index.push_back(i);
-      // Reserve now so a repeat of this id later in the same batch is found.
-      append_result mine;
-      mine.status = append_status::appended;
-      mine.id = events[i].id;
-      mine.topic = topic_.name;
-      mine.where = {topic_.id, partition_, 0, now};
-      log_.reserved_ids_.emplace(events[i].id, mine);
-      reserved.push_back(events[i].id);
+  std::vector<rocksdb::PinnableSlice> values(lookup.size());
+  std::vector<rocksdb::Status> statuses(lookup.size());
+  if (!lookup.empty())
+    log_.db_->MultiGet(rocksdb::ReadOptions{}, log_.by_id_, lookup.size(), lookup.data(),
+                       values.data(), statuses.data());
+  std::size_t li = 0;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (events[i].generated) {
+      results[i].status = append_status::appended;
+      results[i].id = events[i].id;
+      results[i].topic = topic_.name;
+      results[i].where = {topic_.id, partition_, next_offset_++, now};
+      continue;
     }
-    std::vector<rocksdb::PinnableSlice> values(lookup.size());
-    std::vector<rocksdb::Status> statuses(lookup.size());
-    if (!lookup.empty())
-      log_.db_->MultiGet(rocksdb::ReadOptions{}, log_.by_id_, lookup.size(), lookup.data(),
-                         values.data(), statuses.data());
-    std::size_t li = 0;
-    for (std::size_t i = 0; i < events.size(); ++i) {
-      if (events[i].generated) {
-        results[i].status = append_status::appended;
+    if (li < lookup_index.size() && lookup_index[li] == i) {
+      auto& st = statuses[li];
+      auto val = values[li].ToStringView();
+      ++li;
+      if (st.ok() && val.size() >= 24) {
+        coords c{keys::get_u32(val, 0), keys::get_u32(val, 4), keys::get_u64(val, 8),
+                 static_cast<std::int64_t>(keys::get_u64(val, 16))};
         results[i].id = events[i].id;
-        results[i].topic = topic_.name;
-        results[i].where = {topic_.id, partition_, next_offset_++, now};
+        results[i].where = c;
+        results[i].status
+          = c.topic_id == topic_.id ? append_status::duplicate : append_status::conflict;
+        {
+          std::shared_lock<std::shared_mutex> names{log_.topics_mutex_};
+          auto name = log_.topic_names_.find(c.topic_id);
+          results[i].topic = name != log_.topic_names_.end() ? name->second : std::string{};
+        }
+        log_.reserved_ids_[events[i].id] = results[i];
         continue;
       }
-      if (li < lookup_index.size() && lookup_index[li] == i) {
-        auto& st = statuses[li];
-        auto val = values[li].ToStringView();
-        ++li;
-        if (st.ok() && val.size() >= 24) {
-          coords c{keys::get_u32(val, 0), keys::get_u32(val, 4), keys::get_u64(val, 8),
-                   static_cast<std::int64_t>(keys::get_u64(val, 16))};
-          results[i].id = events[i].id;
-          results[i].where = c;
-          results[i].status
-            = c.topic_id == topic_.id ? append_status::duplicate : append_status::conflict;
-          {
-            std::shared_lock<std::shared_mutex> names{log_.topics_mutex_};
-            auto name = log_.topic_names_.find(c.topic_id);
-            results[i].topic = name != log_.topic_names_.end() ? name->second : std::string{};
-          }
-          log_.reserved_ids_[events[i].id] = results[i];
-          continue;
-        }
-        if (!st.ok() && !st.IsNotFound()) {
-          for (auto& id : reserved)
-            log_.reserved_ids_.erase(id);
-          log_.note_error("by_id lookup: " + st.ToString());
-          return tl::make_unexpected(io_error("looking up event ids", st));
-        }
-        auto& mine = log_.reserved_ids_[events[i].id];
-        mine.where.offset = next_offset_++;
-        results[i] = mine;
-      } else {
-        // Reserved before: by an earlier event of this batch (its offset is
-        // assigned by now) or by an append in flight on another partition.
-        results[i] = log_.reserved_ids_[events[i].id];
-        results[i].status = results[i].where.topic_id == topic_.id ? append_status::duplicate
-                                                                   : append_status::conflict;
+      if (!st.ok() && !st.IsNotFound()) {
+        for (auto& id : reserved)
+          log_.reserved_ids_.erase(id);
+        log_.note_error("by_id lookup: " + st.ToString());
+        return io_error("looking up event ids", st);
       }
+      auto& mine = log_.reserved_ids_[events[i].id];
+      mine.where.offset = next_offset_++;
+      results[i] = mine;
+    } else {
+      // Reserved before: by an earlier event of this batch (its offset is
+      // assigned by now) or by an append in flight on another partition.
+      results[i] = log_.reserved_ids_[events[i].id];
+      results[i].status = results[i].where.topic_id == topic_.id ? append_status::duplicate
+                                                                 : append_status::conflict;
     }
   }
+  return std::nullopt;
+}
 
-  rocksdb::WriteBatch batch;
+void partition_writer::stage(const std::vector<new_event>& events, std::int64_t now,
+                             std::vector<append_result>& results,
+                             rocksdb::WriteBatch& batch) const {
   std::string json;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto& r = results[i];
@@ -252,6 +242,28 @@ partition_writer::append(const std::vector<new_event>& events) {
     batch.Put(log_.by_time_, keys::time_key(now, topic_.id, partition_, r.where.offset), e.id);
     batch.Put(log_.by_id_, e.id, keys::id_value(topic_.id, partition_, r.where.offset, now));
   }
+}
+
+tl::expected<std::vector<append_result>, error>
+partition_writer::append(const std::vector<new_event>& events) {
+  if (log_.fails_at(fault_point::before_append, {topic_.name, partition_})) {
+    log_.note_error("append: injected fault");
+    return tl::make_unexpected(error{errc::io_error, "appending to " + topic_.name + "/"
+                                                       + std::to_string(partition_)
+                                                       + ": injected fault before append"});
+  }
+  std::vector<append_result> results(events.size());
+  std::vector<std::string> reserved;
+  reserved.reserve(events.size());
+  auto now = std::max(log_.opts_.clock(), last_time_us_);
+  const std::uint64_t first_offset = next_offset_;
+
+  if (auto failed = resolve(events, now, results, reserved)) {
+    next_offset_ = first_offset; // offsets stay dense: none of them was written
+    return tl::make_unexpected(*failed);
+  }
+  rocksdb::WriteBatch batch;
+  stage(events, now, results, batch);
 
   rocksdb::Status s;
   if (batch.Count() > 0) {

@@ -24,6 +24,7 @@
 
 namespace rocksdb {
 class Status;
+class WriteBatch;
 class CompactionFilter;
 class DB;
 class ColumnFamilyHandle;
@@ -151,6 +152,17 @@ public:
   [[nodiscard]] std::uint64_t next_offset() const { return next_offset_; }
 
 private:
+  /// Decides duplicates and assigns offsets under the node-wide id lock, so
+  /// two partitions never both append one id; the ids this call reserved go
+  /// to `reserved` (released after the write).
+  [[nodiscard]] std::optional<error> resolve(const std::vector<new_event>& events, std::int64_t now,
+                                             std::vector<append_result>& results,
+                                             std::vector<std::string>& reserved);
+  /// Puts each appended event (events, by_time, by_id) into `batch` and its
+  /// stored text into its result.
+  void stage(const std::vector<new_event>& events, std::int64_t now,
+             std::vector<append_result>& results, rocksdb::WriteBatch& batch) const;
+
   event_log& log_;
   topic_info topic_;
   std::uint32_t partition_;

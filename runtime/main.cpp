@@ -44,6 +44,8 @@ int exec_agent(const char* parent, char** command) {
   return 127; // as a shell reports a command it cannot run
 }
 
+// Long on purpose: it is the CLI's whole command tree as CLI11 declares it,
+// one block per command, read top to bottom like `nerve --help`.
 int main(int argc, char** argv) {
   using namespace nerve::runtime;
   if (argc >= 4 && std::string_view{argv[1]} == "__exec-agent")
