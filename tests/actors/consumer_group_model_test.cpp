@@ -33,6 +33,8 @@ public:
   explicit model_run(std::uint64_t seed) : rng_(seed), h_(make_cfg(rng_), seed) {
     total_ = 10 + rng_() % 51;
     filtered_ = h_.cfg.filter.type.has_value();
+    // Half the runs get the DLQ's answers late, as the DLQ actor gives them.
+    h_.hold_dead_letters = rng_() % 2 == 0;
   }
 
   void run() {
@@ -90,6 +92,8 @@ private:
       restart();
     else if (roll < 96)
       retry_dead_letter();
+    else if (roll < 98)
+      h_.confirm_dead_letters(); // the DLQ actor answers
     else
       h_.g->set_paused(rng_() % 3 == 0);
   }
@@ -207,6 +211,7 @@ private:
 
   /// A new engine from what the store holds; answers to the old one are lost.
   void restart() {
+    h_.confirm_dead_letters(); // restarts come where all state is stored
     flights_.clear();
     emitting_.clear();
     std::fill(h_.credits.used.begin(), h_.credits.used.end(), 0);
@@ -219,6 +224,10 @@ private:
     auto it
       = std::next(h_.store.dlq.begin(), static_cast<std::ptrdiff_t>(pick(h_.store.dlq.size())));
     auto offset = it->first;
+    for (auto& [held, attempts] : h_.unconfirmed)
+      if (held == offset)
+        return; // the DLQ has not answered for it yet: not retried
+
     MODEL_CHECK(h_.g->redeliver(offset, h_.fx) == actors::redeliver_result::queued);
     h_.store.dlq.erase(it);
     h_.drain();
@@ -256,6 +265,7 @@ private:
     while (h_.log.size() < total_)
       append();
     for (int round = 0; round < 10'000; ++round) {
+      h_.confirm_dead_letters();
       pump();
       while (!flights_.empty())
         answer(pick_flight(), true, false);
