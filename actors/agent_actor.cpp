@@ -43,7 +43,7 @@ std::vector<std::string>& agent_launcher() {
 
 struct in_flight {
   delivery d;
-  caf::actor reply_to; ///< the partition or replay that sent it
+  outcome_sink reply_to; ///< the partition or replay that sent it
   std::chrono::steady_clock::time_point started;
 };
 
@@ -153,7 +153,7 @@ struct instance_actor_state {
   static inline const char* name = "agent";
 };
 
-using instance_actor_t = caf::stateful_actor<instance_actor_state>;
+using instance_actor_t = instance_actor::stateful_pointer<instance_actor_state>;
 
 /// The leading `key=value` fields of this instance's log lines (the JSON log
 /// format turns them into fields).
@@ -161,7 +161,7 @@ std::string label(const instance_actor_state& st) {
   return "agent=" + st.agent->cfg.name + " instance=" + std::to_string(st.index);
 }
 
-void answer(instance_actor_t* self, const std::string& id, bool ok, std::string result,
+void answer(instance_actor_t self, const std::string& id, bool ok, std::string result,
             std::string emit, std::string error, bool timed_out = false) {
   auto& st = self->state;
   auto it = st.inflight.find(id);
@@ -190,7 +190,7 @@ void answer(instance_actor_t* self, const std::string& id, bool ok, std::string 
 // must answer at once and never block (no I/O, no sleeps); slow work belongs
 // in a process or http agent.
 
-void run_builtin(instance_actor_t* self, const delivery& d) {
+void run_builtin(instance_actor_t self, const delivery& d) {
   auto& handler = self->state.agent->cfg.handler;
   if (handler == "fail")
     return answer(self, d.delivery_id, false, {}, {}, "the fail handler always fails");
@@ -247,7 +247,7 @@ io_fault child_io_fault(const instance_actor_state& st) {
   };
 }
 
-void send_to_child(instance_actor_t* self, const delivery& d) {
+void send_to_child(instance_actor_t self, const delivery& d) {
   auto& st = self->state;
   if (!st.writer)
     return; // sent when the child is back
@@ -257,7 +257,7 @@ void send_to_child(instance_actor_t* self, const delivery& d) {
   st.writer->push(std::move(line));
 }
 
-void start_child(instance_actor_t* self) {
+void start_child(instance_actor_t self) {
   auto& st = self->state;
   int in[2];
   int out[2];
@@ -310,7 +310,8 @@ void start_child(instance_actor_t* self) {
     // As a shell reports a command it cannot run: exit code 127, right
     // after the start, so the restart backoff grows as for any crash.
     st.child_restarts.started(std::chrono::steady_clock::now());
-    caf::anon_send(caf::actor{self}, exited_atom::value, st.generation, W_EXITCODE(127, 0));
+    caf::anon_send(caf::actor_cast<caf::actor>(self), exited_atom::value, st.generation,
+                   W_EXITCODE(127, 0));
     return;
   }
   st.pid = pid;
@@ -319,7 +320,7 @@ void start_child(instance_actor_t* self) {
   st.slot->pid = pid;
   st.slot->state = instance_state::running;
   spdlog::info("{}: started pid {}", label(st), pid);
-  auto me = caf::actor{self};
+  auto me = caf::actor_cast<caf::actor>(self);
   auto gen = st.generation;
   auto name = label(st);
   if (st.out_reader.joinable())
@@ -364,7 +365,7 @@ void stop_child(instance_actor_state& st) {
   st.pid = -1;
 }
 
-void on_child_line(instance_actor_t* self, const std::string& line) {
+void on_child_line(instance_actor_t self, const std::string& line) {
   auto& st = self->state;
   auto msg = json::parse(line, nullptr, false);
   if (!msg.is_object() || !msg.contains("delivery") || !msg["delivery"].is_string()) {
@@ -388,7 +389,7 @@ void on_child_line(instance_actor_t* self, const std::string& line) {
 }
 
 /// An http agent's answer: status 0 when none came (`body` is the error).
-void on_http_answer(instance_actor_t* self, const std::string& id, std::uint32_t status,
+void on_http_answer(instance_actor_t self, const std::string& id, std::uint32_t status,
                     const std::string& body) {
   if (status == 0)
     return answer(self, id, false, {}, {}, body);
@@ -406,8 +407,8 @@ void on_http_answer(instance_actor_t* self, const std::string& id, std::uint32_t
   answer(self, id, true, j.dump(), std::move(emit), {});
 }
 
-caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const agent_ptr& agent,
-                             std::size_t index) {
+instance_actor::behavior_type instance_behavior(instance_actor_t self, node_context* ctx,
+                                                const agent_ptr& agent, std::size_t index) {
   auto& st = self->state;
   st.ctx = ctx;
   st.agent = agent;
@@ -430,7 +431,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
       auto& st = self->state;
       auto id = msg.delivery_id;
       auto& f = st.inflight[id];
-      f = {std::move(msg), caf::actor_cast<caf::actor>(self->current_sender()),
+      f = {std::move(msg), caf::actor_cast<outcome_sink>(self->current_sender()),
            std::chrono::steady_clock::now()};
       const auto& d = f.d;
       if (st.agent->cfg.kind == config::agent_kind::builtin) {
@@ -439,7 +440,7 @@ caf::behavior instance_actor(instance_actor_t* self, node_context* ctx, const ag
       }
       self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
       if (st.poster) {
-        auto me = caf::actor{self};
+        auto me = caf::actor_cast<caf::actor>(self);
         st.poster->post(d.event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
           if (a.timed_out)
             return caf::anon_send(me, timeout_atom::value, id);
@@ -502,8 +503,10 @@ caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr
   // partitions. Process and http instances block (pipe writes, child
   // reaping), so they keep a thread each.
   if (agent->cfg.kind == config::agent_kind::builtin || !ctx->detach_blocking)
-    return parent->spawn<caf::monitored>(instance_actor, ctx, std::move(agent), i);
-  return parent->spawn<caf::detached + caf::monitored>(instance_actor, ctx, std::move(agent), i);
+    return caf::actor_cast<caf::actor>(
+      parent->spawn<caf::monitored>(instance_behavior, ctx, std::move(agent), i));
+  return caf::actor_cast<caf::actor>(
+    parent->spawn<caf::detached + caf::monitored>(instance_behavior, ctx, std::move(agent), i));
 }
 
 } // namespace nerve::actors::detail

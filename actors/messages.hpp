@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -72,6 +73,23 @@ using cancel_replay_atom = caf::atom_constant<caf::atom("rp_cancel")>;
 using resume_atom = caf::atom_constant<caf::atom("resume")>;
 using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
+
+using publish_atom = caf::atom_constant<caf::atom("publish")>;
+using flush_atom = caf::atom_constant<caf::atom("flush")>;
+using counters_atom = caf::atom_constant<caf::atom("counters")>;
+using durable_atom = caf::atom_constant<caf::atom("durable")>;
+using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
+using outcome_atom = caf::atom_constant<caf::atom("outcome")>;
+using emitted_atom = caf::atom_constant<caf::atom("emitted")>;
+using retry_atom = caf::atom_constant<caf::atom("retry")>;
+using wake_atom = caf::atom_constant<caf::atom("wake")>;
+using requeue_atom = caf::atom_constant<caf::atom("requeue")>;
+using handoff_atom = caf::atom_constant<caf::atom("handoff")>;
+using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
+using child_atom = caf::atom_constant<caf::atom("child")>;
+using exited_atom = caf::atom_constant<caf::atom("exited")>;
+using http_atom = caf::atom_constant<caf::atom("http")>;
+using restart_child_atom = caf::atom_constant<caf::atom("rst_child")>;
 
 // -- errors --------------------------------------------------------------------
 
@@ -395,6 +413,66 @@ typename Inspector::result_type inspect(Inspector& f, hello& x) {
 }
 
 // -- interfaces ----------------------------------------------------------------
+
+namespace detail {
+struct partition_job;
+} // namespace detail
+
+/// A partition's share of a publish request, answered through the callback
+/// it carries; node-local, never sent between nodes (append_request is).
+using publish_job = std::shared_ptr<detail::partition_job>;
+
+/// Whoever answers deliveries is told the outcome: a partition or a replay.
+using outcome_sink = caf::typed_actor<caf::reacts_to<outcome_atom, outcome>>;
+
+/// A topic partition: its group commit and its consumer groups.
+using partition_actor = caf::typed_actor<
+  caf::reacts_to<publish_atom, publish_job>,
+  /// Commits the batch and the delivery state, and delivers.
+  caf::reacts_to<flush_atom>,
+  /// The held-back counter snapshot is due.
+  caf::reacts_to<counters_atom>,
+  /// Offsets below this are on disk.
+  caf::reacts_to<durable_atom, std::uint64_t>, caf::reacts_to<outcome_atom, outcome>,
+  /// The follow-ups of (group, offset, attempt) are published; result, error.
+  caf::reacts_to<emitted_atom, std::uint64_t, std::uint64_t, std::uint32_t, std::string,
+                 std::string>,
+  /// A retry of (group, offset) is due.
+  caf::reacts_to<retry_atom, std::uint64_t, std::uint64_t>,
+  /// A credit may be free again.
+  caf::reacts_to<wake_atom>,
+  /// Instance (agent index, instance) died: its deliveries go out again.
+  caf::reacts_to<requeue_atom, std::uint64_t, std::uint64_t>,
+  /// Try handing group's dead letter to the DLQ again.
+  caf::reacts_to<handoff_atom, std::uint64_t, dead_letter>,
+  /// A DLQ retry of (agent, offset, dlq id): empty once queued and written, else why not.
+  caf::replies_to<redeliver_atom, std::string, std::uint64_t, std::string>::with<std::string>,
+  caf::reacts_to<stop_atom>>;
+
+/// An agent instance: runs the handler of each delivery it is sent and
+/// answers the sender.
+using instance_actor
+  = caf::typed_actor<caf::reacts_to<deliver_atom, delivery>,
+                     /// Internal: a delivery (by id) was not answered in time.
+                     caf::reacts_to<timeout_atom, std::string>,
+                     /// Internal: an http agent's answer (delivery id, status, body or error).
+                     caf::reacts_to<http_atom, std::string, std::uint32_t, std::string>,
+                     /// Internal: a line from the child of generation n; the child exited.
+                     caf::reacts_to<child_atom, std::uint64_t, std::string>,
+                     caf::reacts_to<exited_atom, std::uint64_t, int>,
+                     caf::reacts_to<restart_child_atom>, caf::reacts_to<stop_atom>>;
+
+/// A running replay: redelivers its plan's histories.
+using replay_actor
+  = caf::typed_actor<caf::reacts_to<wake_atom>,
+                     /// Internal: persist the progress, look for work.
+                     caf::reacts_to<sweep_atom>, caf::reacts_to<outcome_atom, outcome>,
+                     /// Internal: attempt `token` was not answered (its instance died).
+                     caf::reacts_to<timeout_atom, std::uint64_t>,
+                     /// Internal: a retry of (agent, range, offset) is due.
+                     caf::reacts_to<retry_atom, std::uint64_t, std::uint64_t, std::uint64_t>,
+                     caf::replies_to<cancel_replay_atom>::with<caf::ok_atom>,
+                     caf::reacts_to<stop_atom>>;
 
 /// The runner: one per node, supervises every other actor.
 using runner_actor = caf::typed_actor<

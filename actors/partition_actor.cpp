@@ -57,7 +57,7 @@ struct partition_state {
   static inline const char* name = "partition";
 };
 
-using partition_actor_t = caf::stateful_actor<partition_state>;
+using partition_actor_t = partition_actor::stateful_pointer<partition_state>;
 
 std::int64_t now_us(const partition_state& st) {
   return st.ctx->log->opts().clock();
@@ -83,7 +83,7 @@ group_event from_stored(std::uint64_t offset, std::string text) {
   return e;
 }
 
-void schedule_flush(partition_actor_t* self) {
+void schedule_flush(partition_actor_t self) {
   auto& st = self->state;
   if (!st.flush_scheduled) {
     st.flush_scheduled = true;
@@ -109,12 +109,12 @@ struct change_writer {
   void operator()(const dlq_handoff&) const {} // the DLQ actor writes those (see hand_off)
 };
 
-void apply(partition_actor_t* self, std::size_t gi);
+void apply(partition_actor_t self, std::size_t gi);
 
 /// Hands group `gi`'s dead letter to the DLQ actor; once it is stored, the
 /// group passes the event. Tried again every second while the DLQ actor
 /// restarts or fails to store it.
-void hand_off(partition_actor_t* self, std::uint64_t gi, const dead_letter& d) {
+void hand_off(partition_actor_t self, std::uint64_t gi, const dead_letter& d) {
   auto retry_later = [self, gi, d](const std::string& why) {
     spdlog::warn("agent={} topic={} partition={} event={}: the DLQ did not take the event ({}); "
                  "trying again in 1 s",
@@ -170,14 +170,14 @@ void publish_stats(group& g) {
 
 /// Carries out what group `gi`'s engine asked for: sends its deliveries,
 /// stages its state changes, arms its timers.
-void apply(partition_actor_t* self, std::size_t gi) {
+void apply(partition_actor_t self, std::size_t gi) {
   auto& st = self->state;
   auto& g = st.groups[gi];
   auto& fx = st.fx;
   NERVE_ASSERT(fx.deliveries.size() == st.taken.size(), "one credit per delivery");
   for (std::size_t k = 0; k < fx.deliveries.size(); ++k) {
     auto offset = fx.deliveries[k].offset;
-    self->send(st.taken[k], deliver_atom::value,
+    self->send(caf::actor_cast<instance_actor>(st.taken[k]), deliver_atom::value,
                make_delivery(gi, std::move(fx.deliveries[k]), offset));
   }
   st.taken.clear();
@@ -206,7 +206,7 @@ void apply(partition_actor_t* self, std::size_t gi) {
 
 /// Feeds the group the events after its read position, up to its window:
 /// from the tail of recent appends, else from the log.
-void fill(partition_actor_t* self, group& g) {
+void fill(partition_actor_t self, group& g) {
   auto& st = self->state;
   auto& e = *g.engine;
   while (auto want = e.wanted()) {
@@ -241,7 +241,7 @@ void fill(partition_actor_t* self, group& g) {
 
 /// Gives the engine the events of records it holds without one (recovered
 /// or redelivered), read from the store.
-void load_events(partition_actor_t* self, group& g) {
+void load_events(partition_actor_t self, group& g) {
   auto& st = self->state;
   auto& e = *g.engine;
   if (e.unloaded().empty())
@@ -261,7 +261,7 @@ void load_events(partition_actor_t* self, group& g) {
   }
 }
 
-void pump(partition_actor_t* self) {
+void pump(partition_actor_t self) {
   auto& st = self->state;
   auto end = std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
@@ -271,13 +271,13 @@ void pump(partition_actor_t* self) {
     fill(self, g);
     load_events(self, g);
     g.engine->set_paused(g.agent->paused.load());
-    agent_credits credits{*g.agent, g.rr, caf::actor{self}, st.taken};
+    agent_credits credits{*g.agent, g.rr, caf::actor_cast<caf::actor>(self), st.taken};
     g.engine->dispatch(credits, st.fx);
     apply(self, gi);
   }
 }
 
-void ack(partition_actor_t* self, std::size_t gi, std::uint64_t offset, const std::string& result) {
+void ack(partition_actor_t self, std::size_t gi, std::uint64_t offset, const std::string& result) {
   auto& st = self->state;
   auto& g = st.groups[gi];
   if (auto latency = g.engine->ack(offset, result, now_us(st), st.fx))
@@ -285,7 +285,7 @@ void ack(partition_actor_t* self, std::size_t gi, std::uint64_t offset, const st
   apply(self, gi);
 }
 
-void fail(partition_actor_t* self, std::size_t gi, std::uint64_t offset, const std::string& error,
+void fail(partition_actor_t self, std::size_t gi, std::uint64_t offset, const std::string& error,
           bool timed_out) {
   auto& st = self->state;
   st.groups[gi].engine->fail(offset, error, timed_out, now_us(st), st.fx);
@@ -358,7 +358,7 @@ emits_of(const std::string& emit, const std::string& parent_json, const std::str
   return out;
 }
 
-void on_outcome(partition_actor_t* self, const outcome& o) {
+void on_outcome(partition_actor_t self, const outcome& o) {
   auto& st = self->state;
   if (o.group >= st.groups.size())
     return;
@@ -394,7 +394,7 @@ void on_outcome(partition_actor_t* self, const outcome& o) {
   };
   auto j = std::make_shared<join>();
   j->left = emits->size();
-  auto me = caf::actor{self};
+  auto me = caf::actor_cast<caf::actor>(self);
   auto gid = static_cast<std::uint64_t>(gi);
   auto offset = o.offset;
   auto attempt = o.attempt;
@@ -412,7 +412,7 @@ void on_outcome(partition_actor_t* self, const outcome& o) {
                     });
 }
 
-void on_emitted(partition_actor_t* self, std::uint64_t gi, std::uint64_t offset,
+void on_emitted(partition_actor_t self, std::uint64_t gi, std::uint64_t offset,
                 std::uint32_t attempt, const std::string& result, const std::string& error) {
   auto& st = self->state;
   if (gi >= st.groups.size() || !st.groups[gi].engine->emitted(offset, attempt))
@@ -423,7 +423,7 @@ void on_emitted(partition_actor_t* self, std::uint64_t gi, std::uint64_t offset,
     ack(self, gi, offset, result);
 }
 
-void recover_group(partition_actor_t* self, std::size_t gi) {
+void recover_group(partition_actor_t self, std::size_t gi) {
   auto& st = self->state;
   auto& g = st.groups[gi];
   auto& name = g.agent->cfg.name;
@@ -486,7 +486,7 @@ void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
   }
 }
 
-void flush(partition_actor_t* self) {
+void flush(partition_actor_t self) {
   auto& st = self->state;
   st.flush_scheduled = false;
   if (!st.batch.empty()) {
@@ -532,8 +532,8 @@ void flush(partition_actor_t* self) {
       auto results
         = std::make_shared<std::vector<persistence::append_result>>(std::move(*appended));
       st.ctx->log->after_durable(
-        [jobs, results, me = caf::actor{self}, slot = st.slot, end = st.writer->next_offset(),
-         followed, ctx = st.ctx,
+        [jobs, results, me = caf::actor_cast<caf::actor>(self), slot = st.slot,
+         end = st.writer->next_offset(), followed, ctx = st.ctx,
          topic = st.route->info.name](std::optional<persistence::error> failure) {
           // Counted before the publishers hear of it, so metrics never lag a 201.
           if (!failure)
@@ -571,7 +571,7 @@ void flush(partition_actor_t* self) {
       st.counters_due = true;
       if (!st.counters_timer) {
         st.counters_timer = true;
-        self->delayed_send(self, counters_every, flush_atom::value, true);
+        self->delayed_send(self, counters_every, counters_atom::value);
       }
     }
   }
@@ -583,8 +583,9 @@ void flush(partition_actor_t* self) {
   }
 }
 
-caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
-                              const std::shared_ptr<topic_route>& route, std::uint32_t p) {
+partition_actor::behavior_type partition_behavior(partition_actor_t self, node_context* ctx,
+                                                  const std::shared_ptr<topic_route>& route,
+                                                  std::uint32_t p) {
   auto& st = self->state;
   st.ctx = ctx;
   st.route = route;
@@ -609,7 +610,7 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
   st.slot->recovered = true; // the node is ready once every partition is
   schedule_flush(self);      // deliver the backlog
   return {
-    [=](publish_atom, job_ptr& job) {
+    [=](publish_atom, publish_job& job) {
       auto& st = self->state;
       st.batch_events += job->events.size();
       st.batch.push_back(std::move(job));
@@ -619,7 +620,7 @@ caf::behavior partition_actor(partition_actor_t* self, node_context* ctx,
         schedule_flush(self); // after everything already in the mailbox: the group commit
     },
     [=](flush_atom) { flush(self); },
-    [=](flush_atom, bool) { // the counters timer
+    [=](counters_atom) { // the counters timer
       self->state.counters_timer = false;
       flush(self);
     },
@@ -703,7 +704,8 @@ caf::actor spawn_partition(caf::local_actor* parent, node_context* ctx,
   // builtin instances stay on one thread instead of waking eight
   // (docs/benchmarks.md). It never waits for a disk: the log's writes are
   // buffered and the sync thread runs every WAL sync.
-  return parent->spawn<caf::monitored>(partition_actor, ctx, std::move(route), p);
+  return caf::actor_cast<caf::actor>(
+    parent->spawn<caf::monitored>(partition_behavior, ctx, std::move(route), p));
 }
 
 } // namespace nerve::actors::detail

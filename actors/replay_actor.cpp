@@ -60,7 +60,7 @@ struct replay_state {
   static inline const char* name = "replay";
 };
 
-using replay_actor_t = caf::stateful_actor<replay_state>;
+using replay_actor_t = replay_actor::stateful_pointer<replay_state>;
 
 constexpr auto tick_every = std::chrono::milliseconds{200};
 constexpr std::size_t read_ahead = 256;
@@ -86,7 +86,7 @@ json position_of(const replay_agent& ra) {
   return json::array({ra.ranges.size(), 0});
 }
 
-void persist(replay_actor_t* self, bool sync) {
+void persist(replay_actor_t self, bool sync) {
   auto& st = self->state;
   std::uint64_t done = 0;
   for (std::size_t i = 0; i < st.agents.size(); ++i) {
@@ -103,7 +103,7 @@ void persist(replay_actor_t* self, bool sync) {
   st.dirty = false;
 }
 
-void finish(replay_actor_t* self, const std::string& state) {
+void finish(replay_actor_t self, const std::string& state) {
   auto& st = self->state;
   st.record["state"] = state;
   st.record["finished_us"] = clock_us(st);
@@ -154,7 +154,7 @@ void recount(replay_state& st) {
 }
 
 /// Stores the outcome of one event under the replay.
-void store_outcome(replay_actor_t* self, replay_agent& ra, const range& r, std::uint64_t offset,
+void store_outcome(replay_actor_t self, replay_agent& ra, const range& r, std::uint64_t offset,
                    const std::string& outcome, std::uint32_t attempts, const std::string& error,
                    const std::string& result) {
   auto& st = self->state;
@@ -171,14 +171,14 @@ void store_outcome(replay_actor_t* self, replay_agent& ra, const range& r, std::
   st.dirty = true;
 }
 
-void apply(replay_actor_t* self, std::size_t ai, std::size_t k);
+void apply(replay_actor_t self, std::size_t ai, std::size_t k);
 
 /// Hands range `k`'s dead letter to the DLQ actor, under an id of its own
 /// (dlq_owner: the live group's id would overwrite the live entry for this
 /// event, or make a live-acked event look dead-lettered; the event carries
 /// the replay mark), then stores the outcome. Nothing else runs meanwhile
 /// (await), so the engine's record stays as it is.
-void hand_off(replay_actor_t* self, std::size_t ai, std::size_t k, const dlq_handoff& dead) {
+void hand_off(replay_actor_t self, std::size_t ai, std::size_t k, const dlq_handoff& dead) {
   auto& st = self->state;
   dead_letter d{dead.id,
                 dead.agent,
@@ -225,7 +225,7 @@ void count(replay_state& st, const char* name, std::uint64_t n) {
 /// Carries out what range `k` of agent `ai` asked for. A replay touches no
 /// live state: pending records, cursors, results and attempts are not
 /// written; its outcomes are records of its own.
-void apply(replay_actor_t* self, std::size_t ai, std::size_t k) {
+void apply(replay_actor_t self, std::size_t ai, std::size_t k) {
   auto& st = self->state;
   auto& ra = st.agents[ai];
   auto& fx = st.fx;
@@ -235,7 +235,8 @@ void apply(replay_actor_t* self, std::size_t ai, std::size_t k) {
     auto token = st.next_token++;
     st.tokens[token] = {ai, k, out.offset, out.attempt};
     ++ra.in_flight;
-    self->send(st.taken[n], deliver_atom::value, make_delivery(ai, std::move(out), token));
+    self->send(caf::actor_cast<instance_actor>(st.taken[n]), deliver_atom::value,
+               make_delivery(ai, std::move(out), token));
     // The instance times the attempt out; this catches an instance that died.
     self->delayed_send(self, ra.agent->cfg.timeout + std::chrono::seconds{5}, timeout_atom::value,
                        token);
@@ -261,7 +262,7 @@ void apply(replay_actor_t* self, std::size_t ai, std::size_t k) {
 }
 
 /// Feeds range `k`'s engine the events after its read position.
-void fill_range(replay_actor_t* self, replay_agent& ra, std::size_t k) {
+void fill_range(replay_actor_t self, replay_agent& ra, std::size_t k) {
   auto& st = self->state;
   auto& r = ra.ranges[k].where;
   auto& e = *ra.ranges[k].engine;
@@ -301,7 +302,7 @@ void fill_range(replay_actor_t* self, replay_agent& ra, std::size_t k) {
 }
 
 /// Reads, then sends, each agent's history; finishes when all is done.
-void pump(replay_actor_t* self) {
+void pump(replay_actor_t self) {
   auto& st = self->state;
   bool all_done = true;
   for (std::size_t ai = 0; ai < st.agents.size(); ++ai) {
@@ -311,7 +312,7 @@ void pump(replay_actor_t* self) {
       fill_range(self, ra, k);
       e.set_paused(ra.agent->paused.load());
       auto cap = cap_of(*ra.agent);
-      agent_credits credits{*ra.agent, ra.rr, caf::actor{self}, st.taken,
+      agent_credits credits{*ra.agent, ra.rr, caf::actor_cast<caf::actor>(self), st.taken,
                             ra.in_flight < cap ? cap - ra.in_flight : 0};
       e.dispatch(credits, st.fx);
       apply(self, ai, k);
@@ -326,7 +327,7 @@ void pump(replay_actor_t* self) {
 }
 
 /// Ends the attempt `token`: where it was, if it is still open.
-std::optional<open_attempt> close_attempt(replay_actor_t* self, std::uint64_t token) {
+std::optional<open_attempt> close_attempt(replay_actor_t self, std::uint64_t token) {
   auto& st = self->state;
   auto t = st.tokens.find(token);
   if (t == st.tokens.end())
@@ -340,7 +341,7 @@ std::optional<open_attempt> close_attempt(replay_actor_t* self, std::uint64_t to
   return a;
 }
 
-void on_answer(replay_actor_t* self, const open_attempt& a, const outcome* o,
+void on_answer(replay_actor_t self, const open_attempt& a, const outcome* o,
                const std::string& error) {
   auto& st = self->state;
   auto& ra = st.agents[a.agent];
@@ -392,7 +393,8 @@ replay_agent agent_of(const node_context& ctx, const std::string& id, const json
   return ra;
 }
 
-caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string id) {
+replay_actor::behavior_type replay_behavior(replay_actor_t self, node_context* ctx,
+                                            std::string id) {
   // The runner stores why the replay failed: keep what went wrong.
   self->set_exception_handler([](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
     try {
@@ -461,8 +463,9 @@ caf::behavior replay_actor(replay_actor_t* self, node_context* ctx, std::string 
 
 caf::actor spawn_replay(caf::local_actor* parent, node_context* ctx, const std::string& id) {
   if (!ctx->detach_blocking)
-    return parent->spawn<caf::monitored>(replay_actor, ctx, id);
-  return parent->spawn<caf::detached + caf::monitored>(replay_actor, ctx, id);
+    return caf::actor_cast<caf::actor>(parent->spawn<caf::monitored>(replay_behavior, ctx, id));
+  return caf::actor_cast<caf::actor>(
+    parent->spawn<caf::detached + caf::monitored>(replay_behavior, ctx, id));
 }
 
 } // namespace nerve::actors::detail

@@ -18,23 +18,6 @@
 
 namespace nerve::actors::detail {
 
-using publish_atom = caf::atom_constant<caf::atom("publish")>;
-using flush_atom = caf::atom_constant<caf::atom("flush")>;
-/// A process agent's child is started again (its instance's own timer).
-using restart_child_atom = caf::atom_constant<caf::atom("rst_child")>;
-using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
-using outcome_atom = caf::atom_constant<caf::atom("outcome")>;
-using retry_atom = caf::atom_constant<caf::atom("retry")>;
-using wake_atom = caf::atom_constant<caf::atom("wake")>;
-using emitted_atom = caf::atom_constant<caf::atom("emitted")>;
-using requeue_atom = caf::atom_constant<caf::atom("requeue")>;
-using handoff_atom = caf::atom_constant<caf::atom("handoff")>;
-using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
-using child_atom = caf::atom_constant<caf::atom("child")>;
-using exited_atom = caf::atom_constant<caf::atom("exited")>;
-using http_atom = caf::atom_constant<caf::atom("http")>;
-using durable_atom = caf::atom_constant<caf::atom("durable")>;
-
 /// An agent's shared credits as a consumer_group takes them, at most `cap`
 /// in one dispatch; keeps the instance actor each credit came with, for the
 /// delivery it becomes (`taken[k]` is that of the k-th delivery).

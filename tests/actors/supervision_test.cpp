@@ -97,7 +97,7 @@ struct supervised_node {
     slot().queued += n;
     bool answered = false;
     job->done = [&answered](const detail::append_outcome& r) { answered = r.has_value(); };
-    caf::anon_send(partition(), detail::publish_atom::value, std::move(job));
+    caf::anon_send(partition(), publish_atom::value, std::move(job));
     det.run();
     REQUIRE(answered);
   }
