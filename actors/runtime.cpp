@@ -1,10 +1,9 @@
 // Shared runtime pieces: jobs, counters, credit accounting of agent
-// instances, routing lookups and backoff.
+// instances, routing lookups and the delivery builder.
 #include "actors/runtime.hpp"
 
 #include <algorithm>
 
-#include <random>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -202,13 +201,6 @@ std::shared_ptr<topic_route> routing::find(const std::string& name) const {
 caf::actor routing::actor_of(const topic_route& route, std::uint32_t partition) const {
   std::shared_lock<std::shared_mutex> guard{mutex};
   return route.slots[partition]->actor;
-}
-
-std::chrono::milliseconds backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max,
-                                  std::uint32_t attempt) {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  std::uniform_real_distribution<double> jitter{0.8, 1.2};
-  return backoff_with(initial, max, attempt, jitter(rng));
 }
 
 std::shared_ptr<tail_hub::entry> tail_hub::add(const std::string& topic, tail_sink sink) {

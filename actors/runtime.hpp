@@ -53,10 +53,6 @@ caf::actor spawn_partition(caf::local_actor* parent, node_context* ctx,
 caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr agent,
                           std::size_t i);
 
-/// Exponential backoff with ±20 % jitter: initial × 2^(attempt−1), capped.
-[[nodiscard]] std::chrono::milliseconds
-backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max, std::uint32_t attempt);
-
 /// Spawns the actor of running replay `id` as a monitored, detached child.
 caf::actor spawn_replay(caf::local_actor* parent, node_context* ctx, const std::string& id);
 
