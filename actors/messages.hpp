@@ -91,6 +91,14 @@ using exited_atom = caf::atom_constant<caf::atom("exited")>;
 using http_atom = caf::atom_constant<caf::atom("http")>;
 using restart_child_atom = caf::atom_constant<caf::atom("rst_child")>;
 
+// Between nodes (the cluster actor):
+using forward_atom = caf::atom_constant<caf::atom("forward")>;
+using topic_atom = caf::atom_constant<caf::atom("topic")>;
+using dial_atom = caf::atom_constant<caf::atom("dial")>;
+using probed_atom = caf::atom_constant<caf::atom("probed")>;
+using forwarded_atom = caf::atom_constant<caf::atom("forwarded")>;
+using status_atom = caf::atom_constant<caf::atom("status")>;
+
 // -- errors --------------------------------------------------------------------
 
 /// The category of nerve's errors inside caf::error.
@@ -401,15 +409,16 @@ typename Inspector::result_type inspect(Inspector& f, replay_record& x) {
 struct hello {
   std::string node_id; ///< nerve's persistent id, never CAF's (that changes on restart)
   std::uint32_t version = wire_version;
+  std::string members; ///< placement::digest of the sender's member list
 
   friend bool operator==(const hello& a, const hello& b) {
-    return a.node_id == b.node_id && a.version == b.version;
+    return a.node_id == b.node_id && a.version == b.version && a.members == b.members;
   }
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, hello& x) {
-  return f(caf::meta::type_name("nerve.hello"), x.node_id, x.version);
+  return f(caf::meta::type_name("nerve.hello"), x.node_id, x.version, x.members);
 }
 
 // -- interfaces ----------------------------------------------------------------
@@ -478,8 +487,9 @@ using replay_actor
 using runner_actor = caf::typed_actor<
   /// Answers once every known topic's partitions and the agents are spawned.
   caf::replies_to<ready_atom>::with<bool>,
-  /// Creates a topic with its configured partitions (nothing when it exists).
-  caf::replies_to<create_topic_atom, std::string>::with<caf::ok_atom>,
+  /// Creates a topic with `n` partitions (0: as configured; nothing when it
+  /// exists); answers its partition count.
+  caf::replies_to<create_topic_atom, std::string, std::uint32_t>::with<std::uint32_t>,
   /// Internal: restarts after a child's restart_policy wait.
   caf::reacts_to<restart_partition_atom, std::string, std::uint32_t>,
   caf::reacts_to<restart_instance_atom, std::string, std::uint32_t>,
@@ -492,6 +502,24 @@ using runner_actor = caf::typed_actor<
   caf::reacts_to<resume_atom>, caf::reacts_to<sweep_atom>,
   /// Stops every child, then itself.
   caf::reacts_to<stop_atom>>;
+
+/// The cluster actor of a node: its peers' entry point (published on
+/// cluster.listen) and the keeper of one link per peer.
+using peer_actor = caf::typed_actor<
+  /// A dialing peer introduces itself; answered with this node's hello.
+  caf::replies_to<hello>::with<hello>,
+  /// Appends batches of `topic` (`n` partitions) on partitions this node
+  /// owns; answered once durable, one entry per event in batch order.
+  caf::replies_to<forward_atom, std::string, std::uint32_t,
+                  std::vector<append_request>>::with<std::vector<appended>>,
+  /// The partition count of a topic whose home is this node (created on
+  /// first ask).
+  caf::replies_to<topic_atom, std::string>::with<std::uint32_t>,
+  /// Internal: time to dial member `id`; the probe of `id` found it reachable.
+  caf::reacts_to<dial_atom, std::string>, caf::reacts_to<probed_atom, std::string, bool>,
+  /// Internal: forward `token` is durable here, or failed.
+  caf::reacts_to<forwarded_atom, std::uint64_t, std::vector<appended>>,
+  caf::reacts_to<forwarded_atom, std::uint64_t, caf::error>, caf::reacts_to<stop_atom>>;
 
 /// Registers every type above under its stable name ("nerve.<type>"); each
 /// node calls it on its actor_system_config before the system starts.

@@ -8,6 +8,7 @@
 
 #include <csignal>
 #include <future>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
@@ -17,6 +18,7 @@
 
 #include "actors/actor_sender.hpp"
 #include "actors/ask.hpp"
+#include "actors/cluster_actor.hpp"
 #include "actors/dlq_service.hpp"
 #include "actors/health_service.hpp"
 #include "actors/publish_service.hpp"
@@ -45,14 +47,14 @@ public:
   }
 
   void create_topic(create_ptr req) override {
-    ask<caf::ok_atom>(system_, runner_, std::chrono::seconds{30}, "the runner",
-                      std::function<void(result<caf::ok_atom>)>{[req](result<caf::ok_atom> r) {
-                        if (r)
-                          req->done(std::nullopt);
-                        else
-                          req->done(r.error().message);
-                      }},
-                      create_topic_atom::value, req->topic);
+    ask<std::uint32_t>(system_, runner_, std::chrono::seconds{30}, "the runner",
+                       std::function<void(result<std::uint32_t>)>{[req](result<std::uint32_t> r) {
+                         if (r)
+                           req->done(std::nullopt);
+                         else
+                           req->done(r.error().message);
+                       }},
+                       create_topic_atom::value, req->topic, req->partitions);
   }
 
   void wake(const partition_slot& slot) override {
@@ -92,7 +94,7 @@ public:
   node_impl(const config::config& cfg, std::unique_ptr<persistence::event_log> log,
             std::shared_ptr<const io_latency> io, node_hooks hooks)
     : cfg_(cfg), hooks_(std::move(hooks)), io_(std::move(io)), log_(std::move(log)), store_(*log_),
-      system_(configure(sys_cfg_)), sender_(ctx_, system_),
+      system_(configure(sys_cfg_, cfg_)), sender_(ctx_, system_),
       publish_(cfg_.storage, *log_, ctx_.routes, flags_.draining, pool_, sender_),
       queries_(ctx_, pool_, sender_),
       dlq_(dlq_client{system_, [this] { return ctx_.dlq_actor(); }}),
@@ -115,6 +117,11 @@ public:
 
   [[nodiscard]] std::optional<std::string> start() {
     std::signal(SIGPIPE, SIG_IGN); // a dead agent process must not kill nerve
+    // Before the runner: the agents' follow-ups must already go to their
+    // partitions' owners.
+    if (cfg_.cluster.enabled())
+      if (auto err = start_cluster_link())
+        return err;
     sender_.set_runner(spawn_runner(system_, &ctx_));
     caf::scoped_actor self{system_};
     std::optional<std::string> err;
@@ -224,6 +231,29 @@ public:
 
   std::string runner_id() const override { return runner_id_; }
 
+  cluster_report cluster() const override {
+    cluster_report out;
+    out.node_id = log_->node_id();
+    out.clustered = cluster_ != nullptr;
+    if (!cluster_) {
+      out.members.push_back({out.node_id, cfg_.http.listen, true, true, {}, 0, {}});
+    } else {
+      for (auto& p : cluster_->peers())
+        out.members.push_back({p.id, p.address, p.self, p.up, p.detail, p.since_us, {}});
+    }
+    std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
+    std::map<std::string, std::shared_ptr<topic_route>> sorted(ctx_.routes.topics.begin(),
+                                                               ctx_.routes.topics.end());
+    for (auto& [name, route] : sorted)
+      for (std::uint32_t p = 0; p < route->info.partitions; ++p) {
+        const auto& owner = cluster_ ? cluster_->where().owner(name, p) : out.node_id;
+        for (auto& m : out.members)
+          if (m.id == owner)
+            m.partitions.push_back(name + "/" + std::to_string(p));
+      }
+    return out;
+  }
+
   void shutdown() override {
     std::lock_guard<std::mutex> guard{shutdown_mutex_};
     if (stopped_)
@@ -252,6 +282,10 @@ public:
       for (auto& inst : agent->instances)
         inst->actor = nullptr;
     }
+    // Peers' forwards were refused since draining began; the links close
+    // once the partitions answered what they had.
+    if (cluster_)
+      cluster_->stop();
     system_.await_all_actors_done();
     // Answer the publishes still waiting for their fsync before returning.
     std::promise<void> synced;
@@ -264,7 +298,38 @@ public:
   }
 
 private:
-  static caf::actor_system_config& configure(caf::actor_system_config& c) {
+  /// Publishes the cluster actor and routes publishes through it.
+  [[nodiscard]] std::optional<std::string> start_cluster_link() {
+    cluster_ops ops;
+    ops.append = [this](const std::string& topic, std::uint32_t partitions,
+                        std::vector<forward_batch> batches, callback<forward_answer> done) {
+      publish_.append_local(topic, partitions, std::move(batches), std::move(done));
+    };
+    ops.home_topic = [this](const std::string& topic, callback<std::uint32_t> done) {
+      auto req = std::make_shared<create_request>();
+      req->topic = topic;
+      req->done = [this, topic, done](std::optional<std::string> err) {
+        if (err)
+          return done(tl::make_unexpected(error{errc::storage, *err}));
+        auto route = ctx_.routes.find(topic);
+        if (!route)
+          return done(tl::make_unexpected(error{errc::storage, "topic " + topic + " vanished"}));
+        done(route->info.partitions);
+      };
+      sender_.create_topic(std::move(req));
+    };
+    auto link = start_cluster(system_, cfg_, std::move(ops));
+    if (!link)
+      return link.error();
+    cluster_ = std::move(*link);
+    publish_.set_cluster(cluster_.get());
+    return std::nullopt;
+  }
+
+  static caf::actor_system_config& configure(caf::actor_system_config& c,
+                                             const config::config& cfg) {
+    if (cfg.cluster.enabled())
+      configure_cluster(c, cfg);
     // The partitions and the builtin agent instances run here, on one
     // thread: a delivery or an ack is a queue push, not a wake-up of another
     // thread (a second worker measured 10% fewer acks per second: the two
@@ -318,6 +383,7 @@ private:
   dlq_service dlq_;
   replay_service replays_;
   health_service health_;
+  std::unique_ptr<cluster_service> cluster_;
   std::string runner_id_;
   std::mutex shutdown_mutex_;
   bool stopped_ = false;

@@ -281,6 +281,23 @@ using tail_handle = std::shared_ptr<void>;
 /// from the partition actors' threads: it must not block.
 using tail_sink = std::function<void(const std::vector<std::string>& events)>;
 
+/// One cluster member as a node sees it.
+struct member_view {
+  std::string id;
+  std::string address;
+  bool self = false;
+  bool up = false;
+  std::string detail;                  ///< why it is down, when known
+  std::int64_t since_us = 0;           ///< when it last came up or went down; 0: never
+  std::vector<std::string> partitions; ///< "topic/p" it owns
+};
+
+struct cluster_report {
+  bool clustered = false;
+  std::string node_id;
+  std::vector<member_view> members;
+};
+
 class node {
 public:
   virtual ~node() = default;
@@ -358,6 +375,10 @@ public:
 
   [[nodiscard]] virtual std::string node_id() const = 0;
   [[nodiscard]] virtual std::string runner_id() const = 0;
+
+  /// The members as this node sees them, with the partitions (of the topics
+  /// it knows) each owns; one member, this node, when it runs alone.
+  [[nodiscard]] virtual cluster_report cluster() const = 0;
 
   /// Refuses new publishes, answers every queued one, stops the actors and
   /// closes the log. Blocks; call it from outside the actor threads.

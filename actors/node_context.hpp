@@ -49,6 +49,7 @@ using job_ptr = std::shared_ptr<partition_job>;
 /// A topic creation request, answered on the runner.
 struct create_request {
   std::string topic;
+  std::uint32_t partitions = 0; ///< 0: as configured (a peer's home node may say otherwise)
   std::function<void(std::optional<std::string>)> done; ///< error text or nothing
 };
 

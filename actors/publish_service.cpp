@@ -4,6 +4,7 @@
 #include "actors/publish_service.hpp"
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -25,20 +26,15 @@ std::uint64_t fnv1a(const std::string& s) {
   return h;
 }
 
-/// Joins the per-partition answers of one publish request.
-struct publish_join {
-  std::vector<published> out;
+/// Answers of several partitions joined into one: `done` gets `out`, or
+/// the failure, once the last one arrived.
+template <class T>
+struct join_base {
+  T out;
   std::atomic<std::size_t> remaining{0};
   std::mutex mutex;
   std::optional<error> failure;
-  callback<std::vector<published>> done;
-
-  void fail(error e) {
-    std::lock_guard<std::mutex> guard{mutex};
-    // A conflict says more than a storage error about what the caller did.
-    if (!failure || e.code == errc::conflict)
-      failure = std::move(e);
-  }
+  callback<T> done;
 
   void arrive() {
     if (remaining.fetch_sub(1, std::memory_order_acq_rel) != 1)
@@ -48,9 +44,24 @@ struct publish_join {
     else
       done(std::move(out));
   }
+};
+
+/// Joins the per-partition answers of one publish request.
+struct publish_join : join_base<std::vector<published>> {
+  void fail(error e) {
+    std::lock_guard<std::mutex> guard{mutex};
+    // A conflict says more than a storage error about what the caller did.
+    if (!failure || e.code == errc::conflict)
+      failure = std::move(e);
+  }
 
   /// Takes in one partition's answer for the request's items at `index`.
   void answer(const std::vector<std::size_t>& index, append_outcome r) {
+    take(index, std::move(r));
+    arrive();
+  }
+
+  void take(const std::vector<std::size_t>& index, append_outcome r) {
     if (!r) {
       fail(error{errc::unavailable, r.error().message});
     } else {
@@ -66,6 +77,19 @@ struct publish_join {
           a.where.offset, a.where.time_us, a.status == persistence::append_status::duplicate};
       }
     }
+  }
+};
+
+/// Joins the per-partition answers of one forward from a peer.
+struct forward_join : join_base<forward_answer> {
+  void answer(std::size_t batch, append_outcome r) {
+    {
+      std::lock_guard<std::mutex> guard{mutex};
+      if (!r && !failure)
+        failure = error{errc::unavailable, r.error().message};
+      else if (r)
+        out[batch] = std::move(*r);
+    }
     arrive();
   }
 };
@@ -77,12 +101,28 @@ struct partitioned {
   std::vector<std::vector<std::size_t>> index;
 };
 
-partitioned split_by_partition(topic_route& route, std::vector<publish_item>& items) {
+/// The partition keyless events of one request go to: the next in turn,
+/// skipping partitions whose owner is down (all down: the next anyway, to
+/// be refused with the owner's name).
+std::uint32_t keyless_partition(topic_route& route, const cluster_client* cluster) {
+  const auto partitions = route.info.partitions;
+  auto first = route.round_robin.fetch_add(1, std::memory_order_relaxed);
+  if (cluster == nullptr)
+    return static_cast<std::uint32_t>(first % partitions);
+  for (std::uint32_t k = 0; k < partitions; ++k) {
+    auto p = static_cast<std::uint32_t>((first + k) % partitions);
+    if (cluster->up(cluster->where().owner(route.info.name, p)))
+      return p;
+  }
+  return static_cast<std::uint32_t>(first % partitions);
+}
+
+partitioned split_by_partition(topic_route& route, std::vector<publish_item>& items,
+                               const cluster_client* cluster) {
   auto now = persistence::system_clock_us();
   const auto partitions = route.info.partitions;
   // Keyless events of one request stay together, on the next partition in turn.
-  const auto keyless = static_cast<std::uint32_t>(
-    route.round_robin.fetch_add(1, std::memory_order_relaxed) % partitions);
+  const auto keyless = keyless_partition(route, cluster);
   partitioned out{std::vector<job_ptr>(partitions),
                   std::vector<std::vector<std::size_t>>(partitions)};
   // A repeated id goes where its first occurrence goes, so the first wins.
@@ -90,6 +130,10 @@ partitioned split_by_partition(topic_route& route, std::vector<publish_item>& it
   for (std::size_t i = 0; i < items.size(); ++i) {
     auto& it = items[i];
     auto p = it.key.empty() ? keyless : static_cast<std::uint32_t>(fnv1a(it.key) % partitions);
+    // In a cluster, by_id is only the owner's: a keyless event with its own
+    // id goes where its id hashes, so that a retry meets its first attempt.
+    if (cluster != nullptr && it.key.empty() && !it.id.empty())
+      p = static_cast<std::uint32_t>(fnv1a(it.id) % partitions);
     if (!it.id.empty())
       p = first_partition.emplace(it.id, p).first->second;
     auto& job = out.jobs[p];
@@ -139,6 +183,31 @@ publish_service::publish_service(const config::storage_config& storage, persiste
     sender_(sender) {
 }
 
+void publish_service::create_then(const std::string& topic, std::uint32_t partitions,
+                                  std::function<void(std::optional<error>)> next) {
+  auto req = std::make_shared<create_request>();
+  req->topic = topic;
+  req->partitions = partitions;
+  req->done = [next](std::optional<std::string> err) {
+    next(err ? std::optional<error>{error{errc::storage, *err}} : std::nullopt);
+  };
+  if (cluster_ == nullptr || partitions != 0)
+    return sender_.create_topic(std::move(req));
+  const auto& home = cluster_->where().home(topic);
+  if (cluster_->where().is_self(home))
+    return sender_.create_topic(std::move(req));
+  if (!cluster_->up(home))
+    return next(error{errc::unavailable, "topic " + topic + " is new, and node " + home
+                                           + ", which decides its partition count, is down; "
+                                             "retry shortly"});
+  cluster_->topic_partitions(home, topic, [this, req, next](result<std::uint32_t> n) {
+    if (!n)
+      return next(n.error());
+    req->partitions = *n;
+    sender_.create_topic(req);
+  });
+}
+
 void publish_service::publish(const std::string& topic, std::vector<publish_item> items,
                               callback<std::vector<published>> done) {
   if (items.size() > storage_.max_queued_events)
@@ -186,24 +255,41 @@ void publish_service::route_items(const std::string& topic, std::vector<publish_
     if (!may_create)
       return done(
         tl::make_unexpected(error{errc::storage, "topic " + topic + " could not be created"}));
-    auto req = std::make_shared<create_request>();
-    req->topic = topic;
-    req->done
-      = [this, topic, items = std::move(items), done](std::optional<std::string> err) mutable {
-          if (err)
-            return done(tl::make_unexpected(error{errc::storage, *err}));
-          route_items(topic, std::move(items), std::move(done), false);
-        };
-    sender_.create_topic(std::move(req));
+    create_then(topic, 0,
+                [this, topic, items = std::move(items), done](std::optional<error> err) mutable {
+                  if (err)
+                    return done(tl::make_unexpected(*err));
+                  route_items(topic, std::move(items), std::move(done), false);
+                });
     return;
   }
-  auto parts = split_by_partition(*route, items);
+  auto parts = split_by_partition(*route, items, cluster_);
+  // Partitions owned by another member leave as one forward per owner.
+  std::map<std::string,
+           std::pair<std::vector<forward_batch>, std::vector<std::vector<std::size_t>>>>
+    remote;
+  if (cluster_ != nullptr)
+    for (std::uint32_t p = 0; p < parts.jobs.size(); ++p) {
+      if (!parts.jobs[p])
+        continue;
+      const auto& owner = cluster_->where().owner(topic, p);
+      if (cluster_->where().is_self(owner))
+        continue;
+      if (!cluster_->up(owner))
+        return done(tl::make_unexpected(error{
+          errc::unavailable, "partition " + topic + "/" + std::to_string(p) + " is owned by node "
+                               + owner + ", which is down or unreachable; retry shortly"}));
+      auto& [batches, index] = remote[owner];
+      batches.push_back({p, std::move(parts.jobs[p]->events)});
+      index.push_back(std::move(parts.index[p]));
+      parts.jobs[p].reset();
+    }
   auto admitted = admit(topic, *route, parts.jobs, storage_.max_queued_events);
   if (!admitted)
     return done(tl::make_unexpected(admitted.error()));
   auto join = std::make_shared<publish_join>();
   join->out.resize(items.size());
-  join->remaining = admitted->size();
+  join->remaining = admitted->size() + remote.size();
   join->done = std::move(done);
   for (auto p : *admitted) {
     auto& job = parts.jobs[p];
@@ -211,6 +297,68 @@ void publish_service::route_items(const std::string& topic, std::vector<publish_
     job->done = [join, idx = std::move(parts.index[p])](append_outcome r) {
       join->answer(idx, std::move(r));
     };
+    sender_.publish(*route, p, std::move(job));
+  }
+  for (auto& [owner, work] : remote) {
+    auto index = std::make_shared<std::vector<std::vector<std::size_t>>>(std::move(work.second));
+    cluster_->forward(owner, topic, route->info.partitions, std::move(work.first),
+                      [join, index](result<forward_answer> r) {
+                        if (!r)
+                          join->fail(r.error());
+                        else
+                          for (std::size_t b = 0; b < index->size() && b < r->size(); ++b)
+                            join->take((*index)[b], std::move((*r)[b]));
+                        join->arrive();
+                      });
+  }
+}
+
+void publish_service::append_local(const std::string& topic, std::uint32_t partitions,
+                                   std::vector<forward_batch> batches,
+                                   callback<forward_answer> done) {
+  if (draining_.load())
+    return done(tl::make_unexpected(error{errc::unavailable, "the node is shutting down"}));
+  auto route = routes_.find(topic);
+  if (!route)
+    return create_then(topic, partitions,
+                       [this, topic, partitions, batches = std::move(batches),
+                        done](std::optional<error> err) mutable {
+                         if (err)
+                           return done(tl::make_unexpected(*err));
+                         if (!routes_.find(topic))
+                           return done(tl::make_unexpected(
+                             error{errc::storage, "topic " + topic + " could not be created"}));
+                         append_local(topic, partitions, std::move(batches), std::move(done));
+                       });
+  if (route->info.partitions != partitions)
+    return done(tl::make_unexpected(
+      error{errc::invalid, "topic " + topic + " has " + std::to_string(route->info.partitions)
+                             + " partitions on node " + cluster_->where().self() + ", not "
+                             + std::to_string(partitions) + " as the forwarding node says"}));
+  std::vector<job_ptr> jobs(partitions);
+  for (auto& b : batches) {
+    if (b.partition >= partitions || jobs[b.partition] || b.events.empty()
+        || !cluster_->where().is_self(cluster_->where().owner(topic, b.partition)))
+      return done(tl::make_unexpected(
+        error{errc::invalid, "partition " + topic + "/" + std::to_string(b.partition)
+                               + " is not this node's to append (" + cluster_->where().self()
+                               + "), or is repeated or empty; are cluster.members the same on "
+                                 "every node?"}));
+    jobs[b.partition] = std::make_shared<partition_job>();
+    jobs[b.partition]->events = std::move(b.events);
+  }
+  auto admitted = admit(topic, *route, jobs, storage_.max_queued_events);
+  if (!admitted)
+    return done(tl::make_unexpected(admitted.error()));
+  auto join = std::make_shared<forward_join>();
+  join->out.resize(batches.size());
+  join->remaining = batches.size();
+  join->done = std::move(done);
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    auto p = batches[b].partition;
+    auto& job = jobs[p];
+    job->queued = &route->slots[p]->queued;
+    job->done = [join, b](append_outcome r) { join->answer(b, std::move(r)); };
     sender_.publish(*route, p, std::move(job));
   }
 }

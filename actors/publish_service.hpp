@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "actors/actor_sender.hpp"
+#include "actors/cluster.hpp"
 #include "actors/node.hpp"
 #include "actors/node_context.hpp"
 #include "actors/query_pool.hpp"
@@ -34,7 +35,20 @@ public:
     route_items(topic, std::move(items), std::move(done), true);
   }
 
+  /// A peer's forward: appends batches on partitions this node owns (the
+  /// topic created with `partitions` if new here); answered once durable.
+  void append_local(const std::string& topic, std::uint32_t partitions,
+                    std::vector<forward_batch> batches, callback<forward_answer> done);
+
+  /// In a cluster: partitions owned elsewhere are forwarded, new topics ask
+  /// their home node. Set before the first publish.
+  void set_cluster(cluster_client* cluster) { cluster_ = cluster; }
+
 private:
+  /// Creates `topic` (with `partitions`, 0: as its home node decides), then
+  /// calls `next` with nothing or the error.
+  void create_then(const std::string& topic, std::uint32_t partitions,
+                   std::function<void(std::optional<error>)> next);
   void precheck_then_publish(const std::string& topic, std::vector<publish_item> items,
                              callback<std::vector<published>> done);
   void route_items(const std::string& topic, std::vector<publish_item> items,
@@ -46,6 +60,7 @@ private:
   const std::atomic<bool>& draining_;
   query_pool& pool_;
   actor_sender& sender_;
+  cluster_client* cluster_ = nullptr;
 };
 
 } // namespace nerve::actors::detail

@@ -323,18 +323,20 @@ void on_child_down(runner_actor_t self, caf::down_msg& msg) {
                      static_cast<std::uint32_t>(ref.instance));
 }
 
-caf::result<caf::ok_atom> create_topic(runner_actor_t self, const std::string& topic) {
+caf::result<std::uint32_t> create_topic(runner_actor_t self, const std::string& topic,
+                                        std::uint32_t partitions) {
   auto& st = self->state;
   if (st.stopping)
     return make_caf_error(errc::unavailable, "the node is shutting down");
-  if (st.ctx->routes.find(topic) == nullptr) {
-    auto created = st.ctx->log->create_topic(topic, st.ctx->cfg->partitions_for(topic));
-    if (!created)
-      return make_caf_error(errc::storage, created.error().message);
-    open_topic(self, *created);
-    spdlog::info("topic={}: created with {} partitions", created->name, created->partitions);
-  }
-  return caf::ok_atom::value;
+  if (auto route = st.ctx->routes.find(topic))
+    return route->info.partitions;
+  auto created = st.ctx->log->create_topic(
+    topic, partitions != 0 ? partitions : st.ctx->cfg->partitions_for(topic));
+  if (!created)
+    return make_caf_error(errc::storage, created.error().message);
+  open_topic(self, *created);
+  spdlog::info("topic={}: created with {} partitions", created->name, created->partitions);
+  return created->partitions;
 }
 
 /// Retention: removes events older than storage.retention, a chunk at a
@@ -404,7 +406,9 @@ runner_actor::behavior_type runner_behavior(runner_actor_t self, node_context* c
   self->set_down_handler([=](caf::down_msg& msg) { on_child_down(self, msg); });
   return {
     [=](ready_atom) { return true; },
-    [=](create_topic_atom, const std::string& topic) { return create_topic(self, topic); },
+    [=](create_topic_atom, const std::string& topic, std::uint32_t partitions) {
+      return create_topic(self, topic, partitions);
+    },
     [=](restart_partition_atom, const std::string& topic, std::uint32_t p) {
       auto& st = self->state;
       if (st.stopping)

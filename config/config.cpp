@@ -154,21 +154,29 @@ const std::vector<setting>& settings() {
      duration_in(millis{1}, [](config& c, millis d) { c.health.storage_latency_degraded = d; })},
     {"cluster.listen",
      host_port([](config& c, const std::string& v) { c.cluster.listen = v; }, true)},
-    {"cluster.join",
-     [](config& c, const std::string& v) -> std::
-                                           optional<std::string> {
-                                             c.cluster.join.clear();
-                                             std::stringstream in{v};
-                                             std::string item;
-                                             while (std::getline(in, item, ',')) {
-                                               if (item.empty())
-                                                 continue;
-                                               if (!split_host_port(item))
-                                                 return "a list of HOST:PORT";
-                                               c.cluster.join.push_back(item);
-                                             }
-                                             return std::nullopt;
-                                           }},
+    {"cluster.members",
+     [](config& c, const std::string& v)
+       -> std::
+         optional<std::string> {
+           c.cluster.members.clear();
+           std::stringstream in{v};
+           std::string item;
+           while (std::getline(in, item, ',')) {
+             if (item.empty())
+               continue;
+             auto at = item.find('@');
+             auto hp
+               = at == std::string::npos ? std::nullopt : split_host_port(item.substr(at + 1));
+             if (!hp || !valid_node_id(item.substr(0, at)) || hp->second == 0)
+               return "a list of ID@HOST:PORT (ID: 1 to 64 characters of A-Z a-z 0-9 . _ -; "
+                      "a port from 1 to 65535)";
+             for (auto& m : c.cluster.members)
+               if (m.id == item.substr(0, at))
+                 return "a list of ID@HOST:PORT with each ID once (" + m.id + " is there twice)";
+             c.cluster.members.push_back({item.substr(0, at), hp->first, hp->second});
+           }
+           return std::nullopt;
+         }},
     {"cluster.tls.cert",
      any_string([](config& c, const std::string& v) { c.cluster.tls_cert = v; })},
     {"cluster.tls.key", any_string([](config& c, const std::string& v) { c.cluster.tls_key = v; })},
@@ -268,11 +276,11 @@ result apply_scalar(config& cfg, const std::string& path, const YAML::Node& node
   const setting* s = find_setting(path);
   if (s == nullptr)
     return unknown_key(path, node);
-  if (path == "cluster.join" && node.IsSequence()) {
+  if (path == "cluster.members" && node.IsSequence()) {
     std::string joined;
     for (auto item : node) {
       if (!item.IsScalar())
-        return bad_value(path, "(not a string)", "a list of HOST:PORT");
+        return bad_value(path, "(not a string)", "a list of ID@HOST:PORT");
       joined += (joined.empty() ? "" : ",") + item.Scalar();
     }
     if (auto err = s->apply(cfg, joined))
@@ -660,6 +668,50 @@ tl::expected<config, std::string> parse_yaml(const std::string& text, config bas
   return base;
 }
 
+namespace {
+
+/// The cluster settings together: who this node is among the members, and
+/// TLS wherever the cluster port leaves this host.
+std::optional<std::string> check_cluster(config& cfg) {
+  auto& c = cfg.cluster;
+  if (c.listen.empty()) {
+    if (!c.members.empty())
+      return "cluster.members: set, but cluster.listen (--cluster-listen) is empty; a cluster "
+             "member needs the HOST:PORT its peers reach it on";
+    return std::nullopt;
+  }
+  if (cfg.node_id.empty())
+    return "cluster.listen: a cluster member needs node_id (--node-id) set to its id in "
+           "cluster.members";
+  if (c.members.empty()) {
+    auto hp = split_host_port(c.listen);
+    c.members.push_back({cfg.node_id, hp->first, hp->second});
+  }
+  if (std::none_of(c.members.begin(), c.members.end(),
+                   [&](const member& m) { return m.id == cfg.node_id; })) {
+    std::string ids;
+    for (auto& m : c.members)
+      ids += (ids.empty() ? "" : ", ") + m.id;
+    return "node_id: " + quote(cfg.node_id) + " is not in cluster.members (" + ids
+           + "); every member lists itself";
+  }
+  int tls_parts = !c.tls_cert.empty() + !c.tls_key.empty() + !c.tls_ca.empty();
+  if (tls_parts != 0 && tls_parts != 3)
+    return "cluster.tls: set cert, key and ca together (a node proves itself with its "
+           "certificate and key and accepts only peers signed by ca)";
+  for (auto* file : {&c.tls_cert, &c.tls_key, &c.tls_ca})
+    if (!file->empty() && !std::ifstream{*file})
+      return "cluster.tls: " + quote(*file) + " cannot be read";
+  auto hp = split_host_port(c.listen);
+  if (!is_loopback_host(hp->first) && tls_parts == 0)
+    return "cluster.listen: " + quote(c.listen)
+           + " is not a loopback address; set cluster.tls (cert, key, ca of a private cluster CA) "
+             "so that only members can join";
+  return std::nullopt;
+}
+
+} // namespace
+
 tl::expected<config, std::string> load(const flag_overrides& flags, env_lookup env) {
   config cfg;
   std::optional<std::string> file = flags.config_file;
@@ -699,9 +751,11 @@ tl::expected<config, std::string> load(const flag_overrides& flags, env_lookup e
                    apply_flag(cfg, "http.listen", "--http", flags.http_listen),
                    apply_flag(cfg, "node_id", "--node-id", flags.node_id),
                    apply_flag(cfg, "cluster.listen", "--cluster-listen", flags.cluster_listen),
-                   apply_flag(cfg, "cluster.join", "--join", flags.join)})
+                   apply_flag(cfg, "cluster.members", "--cluster-members", flags.cluster_members)})
     if (err)
       return tl::make_unexpected(*err);
+  if (auto err = check_cluster(cfg))
+    return tl::make_unexpected(*err);
   auto hp = split_host_port(cfg.http.listen);
   if (!is_loopback_host(hp->first) && cfg.http.token.empty())
     return tl::make_unexpected("http.listen: " + quote(cfg.http.listen)

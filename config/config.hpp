@@ -80,10 +80,22 @@ struct health_config {
   millis storage_latency_degraded{250};
 };
 
+/// One configured cluster member: `ID@HOST:PORT`.
+struct member {
+  std::string id;
+  std::string host;
+  std::uint16_t port = 0;
+
+  [[nodiscard]] std::string address() const { return host + ":" + std::to_string(port); }
+};
+
 struct cluster_config {
-  std::string listen;
-  std::vector<std::string> join;
+  std::string listen;          ///< HOST:PORT of this node's cluster link; empty: single node
+  std::vector<member> members; ///< the same list on every node, self included
   std::string tls_cert, tls_key, tls_ca;
+
+  [[nodiscard]] bool enabled() const { return !listen.empty(); }
+  [[nodiscard]] bool tls() const { return !tls_cert.empty(); }
 };
 
 struct log_config {
@@ -115,7 +127,7 @@ struct flag_overrides {
   std::optional<std::string> http_listen;
   std::optional<std::string> node_id;
   std::optional<std::string> cluster_listen;
-  std::optional<std::string> join;
+  std::optional<std::string> cluster_members;
 };
 
 /// Where the environment comes from (injected so tests need not touch the

@@ -14,6 +14,31 @@ using json = nlohmann::json;
 
 namespace {
 
+/// "N of M nodes up": degraded while a member is down, unhealthy while a
+/// partition this node knows has its owner down (it refuses writes).
+json cluster_indicator(const actors::cluster_report& c) {
+  std::size_t up = 0;
+  std::vector<std::string> orphaned;
+  for (auto& m : c.members) {
+    if (m.up)
+      ++up;
+    else if (!m.partitions.empty())
+      orphaned.push_back(m.id);
+  }
+  auto message = std::to_string(up) + " of " + std::to_string(c.members.size()) + " nodes up";
+  std::string status = "healthy";
+  if (!orphaned.empty()) {
+    status = "unhealthy";
+    message += "; partitions owned by";
+    for (auto& id : orphaned)
+      message += " " + id;
+    message += " refuse writes";
+  } else if (up < c.members.size()) {
+    status = "degraded";
+  }
+  return json{{"name", "cluster"}, {"status", status}, {"message", message}};
+}
+
 /// Degraded while any agent instance is down: crashed, or waiting to restart.
 json agents_indicator(const actors::health_report& h) {
   auto message = std::to_string(h.agents_running) + " running";
@@ -71,7 +96,7 @@ void detailed(const api_env& env, responder& respond) {
          {"status", h.dlq_size > limits.dlq_degraded ? "degraded" : "healthy"},
          {"message", std::to_string(h.dlq_size) + " in DLQ"}});
     add(agents_indicator(h));
-    add({{"name", "cluster"}, {"status", "healthy"}, {"message", "1 of 1 nodes up"}});
+    add(cluster_indicator(env.node.cluster()));
     std::string state;
     if (!h.storage_ok && !h.bus_ok)
       state = "DOWN";
@@ -173,23 +198,26 @@ void storage_health(const api_env& env, responder& respond) {
   });
 }
 
-/// One node until clustering lands: this node, up, owning every partition.
+/// The members as this node sees them, and the partitions each owns.
 void cluster(const api_env& env, responder& respond) {
-  env.node.topics([&env, respond](actors::result<std::vector<actors::topic_view>> r) {
-    if (!r)
-      return respond(error_response(r.error()));
-    json owned = json::array();
-    for (auto& t : *r)
-      for (std::uint32_t p = 0; p < t.partitions; ++p)
-        owned.push_back(t.name + "/" + std::to_string(p));
-    json body{{"mode", "single-node"},
-              {"nodes", json::array({{{"id", env.node.node_id()},
-                                      {"address", env.cfg.http.listen},
-                                      {"state", "up"},
-                                      {"self", true},
-                                      {"partitions", std::move(owned)}}})}};
-    respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
-  });
+  auto report = env.node.cluster();
+  json nodes = json::array();
+  for (auto& m : report.members) {
+    json n{{"id", m.id},
+           {"address", m.address},
+           {"state", m.up ? "up" : "down"},
+           {"self", m.self},
+           {"partitions", m.partitions}};
+    if (!m.detail.empty())
+      n["detail"] = m.detail;
+    if (m.since_us != 0)
+      n["since"] = actors::format_time(m.since_us);
+    nodes.push_back(std::move(n));
+  }
+  json body{{"node_id", report.node_id},
+            {"mode", report.clustered ? "cluster" : "single-node"},
+            {"nodes", std::move(nodes)}};
+  respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
 }
 
 } // namespace nerve::http

@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
   run->add_option("--http", flags.http_listen, "HTTP listen address (default 127.0.0.1:8000)");
   run->add_option("--node-id", flags.node_id, "node id (default: generated, kept in the data dir)");
   run->add_option("--cluster-listen", flags.cluster_listen, "cluster listen HOST:PORT");
-  run->add_option("--join", flags.join, "cluster members to join, HOST:PORT,...");
+  run->add_option("--cluster-members", flags.cluster_members,
+                  "cluster members, the same list on every node: ID@HOST:PORT,...");
 
   client_options client;
   client.server = env_or("NERVE_SERVER", "http://127.0.0.1:8000");

@@ -67,10 +67,6 @@ int run_server(const config::flag_overrides& flags) {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now()
                                                                   - started)
               .count();
-  if (!cfg->cluster.listen.empty() || !cfg->cluster.join.empty())
-    spdlog::warn("cluster.listen/cluster.join are set, but this version runs as a single node: "
-                 "nothing listens on {} and no member is joined (see GET /v1/cluster)",
-                 cfg->cluster.listen.empty() ? std::string{"-"} : cfg->cluster.listen);
   spdlog::info("nerve {} node {} ready in {} ms: http://{}:{} data {} fsync {}", NERVE_VERSION,
                (*node)->node_id(), ms, hp.first, server.port(), cfg->data_dir,
                config::to_string(cfg->storage.fsync));

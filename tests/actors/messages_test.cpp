@@ -101,8 +101,13 @@ TEST_CASE("a replay record with its plan round-trips through the binary serializ
   rec.finished_us = 25;
   rec.error = "agent gone";
   CHECK(round_trip(nodes, rec) == rec);
-  hello h{"node-a", wire_version};
+  hello h{"node-a", wire_version, "05ef021a2564a48b"};
   CHECK(round_trip(nodes, h) == h);
+  std::vector<append_request> forward{append_request{"orders", 2, {sample_event(4)}},
+                                      append_request{"orders", 3, {}}};
+  CHECK(round_trip(nodes, forward) == forward);
+  std::vector<appended> answer{appended{"id-1", 2, 7, 123, false}, appended{"id-2", 3, 0, 5, true}};
+  CHECK(round_trip(nodes, answer) == answer);
 }
 
 TEST_CASE("a node without the registrations cannot read a protocol message", "[unit]") {

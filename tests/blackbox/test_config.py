@@ -129,8 +129,10 @@ class BadValueTest(ConfigTestCase):
             (["--data-dir", "", "--http", "127.0.0.1:0"], "--data-dir", "", "directory"),
             (["--cluster-listen", "nohost", "--http", "127.0.0.1:0"] + data,
              "--cluster-listen", "nohost", "HOST:PORT"),
-            (["--join", "a:1,b", "--http", "127.0.0.1:0"] + data, "--join", "a:1,b",
-             "HOST:PORT"),
+            (["--cluster-members", "a@h:1,b", "--http", "127.0.0.1:0"] + data,
+             "--cluster-members", "a@h:1,b", "ID@HOST:PORT"),
+            (["--cluster-members", "a@h:1,a@h:2", "--http", "127.0.0.1:0"] + data,
+             "--cluster-members", "a@h:1,a@h:2", "twice"),
         ]
         for args, flag, value, allowed in cases:
             with self.subTest(args=args):
@@ -138,6 +140,34 @@ class BadValueTest(ConfigTestCase):
                 self.assertIn(flag, line)
                 self.assertIn(f'"{value}"', line)
                 self.assertIn(allowed, line)
+
+    def test_cluster_settings_that_cannot_work(self):
+        data = ["--data-dir", os.path.join(self.dir, "data"), "--http", "127.0.0.1:0"]
+        members = "n1@127.0.0.1:7101,n2@127.0.0.1:7102"
+        cases = [
+            # A member list without a listen address.
+            (["--node-id", "n1", "--cluster-members", members], ["cluster.listen"]),
+            # A member without an id.
+            (["--cluster-listen", "127.0.0.1:7101", "--cluster-members", members],
+             ["node_id", "--node-id"]),
+            # An id the list does not have.
+            (["--node-id", "n9", "--cluster-listen", "127.0.0.1:7101", "--cluster-members",
+              members], ['"n9"', "n1, n2"]),
+            # Beyond loopback without TLS: anyone reaching the port could join.
+            (["--node-id", "n1", "--cluster-listen", "0.0.0.0:7101", "--cluster-members",
+              members], ["cluster.tls", '"0.0.0.0:7101"']),
+        ]
+        for args, needles in cases:
+            with self.subTest(args=args):
+                line = self.refused(args + data)
+                for n in needles:
+                    self.assertIn(n, line)
+        # TLS needs all three files, and they must be readable.
+        with open(os.path.join(self.dir, "c.yaml"), "w") as f:
+            f.write("cluster:\n  tls: { cert: /nonexistent.pem, key: k, ca: c }\n")
+        line = self.refused(["--config", os.path.join(self.dir, "c.yaml"), "--node-id", "n1",
+                             "--cluster-listen", "127.0.0.1:7101"] + data)
+        self.assertIn("/nonexistent.pem", line)
 
     def test_usage_errors(self):
         self.assertIn("--bogus", self.refused(["--bogus"] + self.base_args()))
@@ -248,7 +278,7 @@ topics:
   defaults: { partitions: 4 }
   orders: { partitions: 8 }
 health: { pending_degraded: 10000, dlq_degraded: 100, storage_latency_degraded: 250ms }
-cluster: { listen: "", join: [], tls: { cert: "", key: "", ca: "" } }
+cluster: { listen: "", members: [], tls: { cert: "", key: "", ca: "" } }
 log: { level: info, format: text }
 """
         srv = self.new_server(listen=None, config=text)

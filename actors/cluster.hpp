@@ -1,0 +1,65 @@
+// cluster: what a node's services see of its cluster, without CAF. The
+// placement of partitions, which peers are up, and the two requests the
+// publish path sends to peers: append on the owner, ask a topic's home for
+// its partition count. cluster_actor.cpp implements it over CAF io; a
+// single node has none (node_context::cluster is null).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "actors/node.hpp"
+#include "actors/placement.hpp"
+#include "persistence/event_log.hpp"
+
+namespace nerve::actors {
+
+/// One member as this node sees it.
+struct peer_status {
+  std::string id;
+  std::string address;
+  bool self = false;
+  bool up = false;
+  std::string detail;        ///< why it is down (the last dial's error), if known
+  std::int64_t since_us = 0; ///< when `up` last changed; 0: never
+};
+
+/// One partition's events, forwarded to the partition's owner.
+struct forward_batch {
+  std::uint32_t partition = 0;
+  std::vector<persistence::new_event> events;
+};
+
+/// Per batch, the events as appended (in batch order).
+using forward_answer = std::vector<std::vector<persistence::append_result>>;
+
+class cluster_client {
+public:
+  virtual ~cluster_client() = default;
+
+  [[nodiscard]] virtual const placement& where() const = 0;
+
+  /// True while a link to member `id` is up (always for this node).
+  [[nodiscard]] virtual bool up(const std::string& id) const = 0;
+
+  [[nodiscard]] virtual std::vector<peer_status> peers() const = 0;
+
+  /// Appends `batches` of `topic` (`partitions` in all) on `owner`, which
+  /// owns each batch's partition; answered after the owner's fsync.
+  /// Errors: `unavailable` at once when the link is down; `overloaded` when
+  /// the peer's credit window is full; after sending, a lost answer is
+  /// `unavailable` "indeterminate: retry with the same id".
+  virtual void forward(const std::string& owner, const std::string& topic, std::uint32_t partitions,
+                       std::vector<forward_batch> batches, callback<forward_answer> done)
+    = 0;
+
+  /// The partition count of `topic`, decided (and the topic created) by its
+  /// home node `home`.
+  virtual void topic_partitions(const std::string& home, const std::string& topic,
+                                callback<std::uint32_t> done)
+    = 0;
+};
+
+} // namespace nerve::actors

@@ -1,0 +1,582 @@
+// The cluster actor and the cluster_client over it (see cluster_actor.hpp).
+#include "actors/cluster_actor.hpp"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/messages.hpp"
+#include "actors/restart_policy.hpp"
+#include "persistence/ids.hpp"
+
+namespace nerve::actors {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+/// How long a forward may wait for the owner's answer before it is
+/// reported as indeterminate.
+constexpr auto forward_timeout = 10s;
+/// Bytes of forwarded events in flight to one peer (CAF io buffers without
+/// limit: this is the credit window).
+constexpr std::uint64_t forward_window_bytes = 32ULL << 20;
+/// The largest forward a node sends or accepts.
+constexpr std::uint64_t max_forward_bytes = 16ULL << 20;
+
+/// True when a TCP connection to host:port opens within `limit`. Runs on a
+/// thread of its own: name resolution and the wait block.
+bool tcp_probe(const std::string& host, std::uint16_t port, std::chrono::milliseconds limit) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0)
+    return false;
+  bool ok = false;
+  for (auto* ai = found; ai != nullptr && !ok; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+      continue;
+    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+      ok = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      if (::poll(&p, 1, static_cast<int>(limit.count())) == 1) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        ok = ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+      }
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return ok;
+}
+
+/// One member as the services and the actor share it.
+struct peer_entry {
+  config::member member;
+  bool self = false;
+  bool dials = false; ///< this node dials it (its id sorts after ours)
+  std::atomic<bool> up{false};
+  std::atomic<std::uint64_t> in_flight_bytes{0};
+  // Guarded by peer_table::mutex:
+  peer_actor handle;
+  std::string detail;
+  std::int64_t since_us = 0;
+};
+
+struct peer_table {
+  placement where;
+  std::vector<std::unique_ptr<peer_entry>> peers;
+  mutable std::shared_mutex mutex;
+
+  [[nodiscard]] peer_entry* find(const std::string& id) const {
+    for (auto& p : peers)
+      if (p->member.id == id)
+        return p.get();
+    return nullptr;
+  }
+};
+
+/// About the bytes batches take on the wire (forward_batch or append_request).
+template <class Batch>
+std::uint64_t bytes_of(const std::vector<Batch>& batches) {
+  std::uint64_t n = 0;
+  for (auto& b : batches)
+    for (auto& e : b.events)
+      n += e.id.size() + e.key.size() + e.fragment.size() + e.type.size() + e.source.size() + 16;
+  return n;
+}
+
+std::vector<append_request> to_wire(const std::string& topic, std::vector<forward_batch> batches) {
+  std::vector<append_request> out;
+  out.reserve(batches.size());
+  for (auto& b : batches) {
+    append_request r{topic, b.partition, {}};
+    r.events.reserve(b.events.size());
+    for (auto& e : b.events)
+      r.events.push_back({std::move(e.id), std::move(e.key), std::move(e.fragment),
+                          std::move(e.type), std::move(e.source), e.generated});
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<forward_batch> from_wire(std::vector<append_request>& reqs) {
+  std::vector<forward_batch> out;
+  out.reserve(reqs.size());
+  for (auto& r : reqs) {
+    forward_batch b{r.partition, {}};
+    b.events.reserve(r.events.size());
+    for (auto& e : r.events)
+      b.events.push_back({std::move(e.id), std::move(e.key), std::move(e.fragment),
+                          std::move(e.type), std::move(e.source), e.generated});
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+// -- the actor -----------------------------------------------------------------
+
+struct cluster_state {
+  std::shared_ptr<peer_table> table;
+  cluster_ops ops;
+  bool tls = false;
+  std::unordered_map<std::string, restart_policy> backoff;
+  std::unordered_map<std::string, bool> dialing;
+  std::unordered_map<std::uint64_t, caf::typed_response_promise<std::vector<appended>>> pending;
+  std::uint64_t next_token = 1;
+  bool stopping = false;
+
+  static inline const char* name = "nerve.cluster";
+};
+
+using cluster_actor_t = peer_actor::stateful_pointer<cluster_state>;
+
+hello my_hello(const peer_table& t) {
+  return hello{t.where.self(), wire_version, t.where.digest()};
+}
+
+void set_up(cluster_actor_t self, peer_entry& p, peer_actor handle) {
+  auto& st = self->state;
+  {
+    std::unique_lock<std::shared_mutex> guard{st.table->mutex};
+    if (p.handle && p.handle != handle)
+      self->demonitor(p.handle.address());
+    p.handle = handle;
+    p.detail.clear();
+    p.since_us = persistence::system_clock_us();
+  }
+  self->monitor(handle);
+  p.up = true;
+  st.backoff.at(p.member.id).started(restart_policy::clock::now());
+  spdlog::info("cluster: node {} ({}) is up", p.member.id, p.member.address());
+}
+
+void schedule_dial(cluster_actor_t self, peer_entry& p) {
+  auto& st = self->state;
+  st.dialing[p.member.id] = false;
+  if (st.stopping || !p.dials)
+    return;
+  auto wait = st.backoff.at(p.member.id).on_death(restart_policy::clock::now()).value_or(2s);
+  self->delayed_send(self, wait, dial_atom::value, p.member.id);
+}
+
+/// A link attempt or a link failed: down, with why; dial again later.
+void set_down(cluster_actor_t self, peer_entry& p, const std::string& why) {
+  auto& st = self->state;
+  bool was_up = p.up.exchange(false);
+  std::string previous;
+  {
+    std::unique_lock<std::shared_mutex> guard{st.table->mutex};
+    previous = p.detail;
+    p.detail = why;
+    if (was_up) {
+      p.since_us = persistence::system_clock_us();
+      p.handle = peer_actor{};
+    }
+  }
+  if (was_up)
+    spdlog::warn("cluster: node {} ({}) is down: {}", p.member.id, p.member.address(), why);
+  else if (previous != why)
+    spdlog::warn("cluster: cannot link to node {} ({}): {}", p.member.id, p.member.address(), why);
+  schedule_dial(self, p);
+}
+
+/// The peer's hello must match ours: the same wire version and member list,
+/// and the id we expect at that address.
+std::optional<std::string> check_hello(const peer_table& t, const hello& theirs,
+                                       const std::string* expected_id) {
+  if (theirs.version != wire_version)
+    return "node " + theirs.node_id + " speaks wire version " + std::to_string(theirs.version)
+           + ", node " + t.where.self() + " speaks " + std::to_string(wire_version)
+           + "; run one nerve version across the cluster";
+  if (expected_id != nullptr && theirs.node_id != *expected_id)
+    return "the node at that address says it is " + theirs.node_id + ", not " + *expected_id;
+  if (t.find(theirs.node_id) == nullptr || theirs.node_id == t.where.self())
+    return "node " + theirs.node_id + " is not a member of this cluster";
+  if (theirs.members != t.where.digest())
+    return "node " + theirs.node_id + " has another cluster.members list (digest " + theirs.members
+           + ", node " + t.where.self() + " has " + t.where.digest()
+           + "); every node needs the same list";
+  return std::nullopt;
+}
+
+void greet(cluster_actor_t self, peer_entry& p, peer_actor peer) {
+  auto& st = self->state;
+  self->request(peer, 3s, my_hello(*st.table))
+    .then(
+      [self, &p, peer](hello& theirs) {
+        if (auto bad = check_hello(*self->state.table, theirs, &p.member.id)) {
+          spdlog::error("cluster: refusing node {}: {}", p.member.id, *bad);
+          return set_down(self, p, *bad);
+        }
+        self->state.dialing[p.member.id] = false;
+        set_up(self, p, peer);
+      },
+      [self, &p](caf::error& e) {
+        auto why = e.category() == error_category ? from_caf_error(e).message
+                                                  : "no hello: " + self->system().render(e);
+        if (e.category() == error_category)
+          spdlog::error("cluster: node {} refused this node: {}", p.member.id, why);
+        set_down(self, p, why);
+      });
+}
+
+void dial(cluster_actor_t self, const std::string& id) {
+  auto& st = self->state;
+  auto* p = st.table->find(id);
+  if (st.stopping || p == nullptr || p->up || st.dialing[id])
+    return;
+  st.dialing[id] = true;
+  auto me = caf::actor_cast<peer_actor>(self);
+  self->system().spawn<caf::detached>([me, id, host = p->member.host, port = p->member.port] {
+    caf::anon_send(me, probed_atom::value, id, tcp_probe(host, port, 1000ms));
+  });
+}
+
+void probed(cluster_actor_t self, const std::string& id, bool reachable) {
+  auto& st = self->state;
+  auto* p = st.table->find(id);
+  if (st.stopping || p == nullptr)
+    return;
+  if (!reachable)
+    return set_down(self, *p, "no TCP connection to " + p->member.address() + " within 1 s");
+  // The probe answered, so CAF's blocking connect will not hang the
+  // middleman for minutes on a black-holed address.
+  auto mm = st.tls ? self->system().openssl_manager().actor_handle()
+                   : self->system().middleman().actor_handle();
+  self->request(mm, 5s, caf::connect_atom::value, p->member.host, p->member.port)
+    .then(
+      [self, p](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
+        if (!ptr)
+          return set_down(self, *p, "nothing is published at " + p->member.address());
+        greet(self, *p, caf::actor_cast<peer_actor>(ptr));
+      },
+      [self, p](caf::error& e) {
+        set_down(self, *p, "connect failed: " + self->system().render(e));
+      });
+}
+
+caf::result<hello> on_hello(cluster_actor_t self, const hello& theirs) {
+  auto& st = self->state;
+  if (auto bad = check_hello(*st.table, theirs, nullptr)) {
+    spdlog::error("cluster: refusing node {}: {}", theirs.node_id, *bad);
+    return make_caf_error(errc::invalid, *bad);
+  }
+  auto* p = st.table->find(theirs.node_id);
+  auto peer = caf::actor_cast<peer_actor>(self->current_sender());
+  if (!peer)
+    return make_caf_error(errc::invalid, "a hello without a sender");
+  set_up(self, *p, peer);
+  return my_hello(*st.table);
+}
+
+caf::result<std::vector<appended>> on_forward(cluster_actor_t self, const std::string& topic,
+                                              std::uint32_t partitions,
+                                              std::vector<append_request>& reqs) {
+  auto& st = self->state;
+  if (st.stopping)
+    return make_caf_error(errc::unavailable,
+                          "node " + st.table->where.self() + " is shutting down");
+  if (auto n = bytes_of(reqs); n > max_forward_bytes)
+    return make_caf_error(errc::invalid, "a forward of " + std::to_string(n)
+                                           + " bytes exceeds the cluster frame limit");
+  auto rp = self->make_response_promise<std::vector<appended>>();
+  auto token = st.next_token++;
+  st.pending.emplace(token, rp);
+  auto me = caf::actor_cast<peer_actor>(self);
+  st.ops.append(topic, partitions, from_wire(reqs), [me, token](result<forward_answer> r) {
+    if (!r)
+      return caf::anon_send(me, forwarded_atom::value, token,
+                            make_caf_error(r.error().code, r.error().message));
+    std::vector<appended> out;
+    for (auto& batch : *r)
+      for (auto& a : batch) {
+        if (a.status == persistence::append_status::conflict)
+          return caf::anon_send(
+            me, forwarded_atom::value, token,
+            make_caf_error(errc::conflict, "event id " + a.id + " is already used on topic "
+                                             + a.topic + "; ids are unique across topics"));
+        out.push_back({a.id, a.where.partition, a.where.offset, a.where.time_us,
+                       a.status == persistence::append_status::duplicate});
+      }
+    caf::anon_send(me, forwarded_atom::value, token, std::move(out));
+  });
+  return rp;
+}
+
+template <class T>
+void answer_forward(cluster_actor_t self, std::uint64_t token, T&& x) {
+  auto& pending = self->state.pending;
+  auto it = pending.find(token);
+  if (it == pending.end())
+    return;
+  it->second.deliver(std::forward<T>(x));
+  pending.erase(it);
+}
+
+caf::result<std::uint32_t> on_topic(cluster_actor_t self, const std::string& topic) {
+  auto& st = self->state;
+  if (!st.table->where.is_self(st.table->where.home(topic)))
+    return make_caf_error(errc::invalid, "node " + st.table->where.self() + " is not the home of "
+                                           + topic + "; are cluster.members the same everywhere?");
+  auto rp = self->make_response_promise<std::uint32_t>();
+  st.ops.home_topic(topic, [rp](result<std::uint32_t> r) mutable {
+    // Runs on an actor thread (the runner's answer); a response promise
+    // only enqueues to the asker.
+    if (r)
+      rp.deliver(*r);
+    else
+      rp.deliver(make_caf_error(r.error().code, r.error().message));
+  });
+  return rp;
+}
+
+peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<peer_table> table,
+                                        cluster_ops ops, bool tls) {
+  auto& st = self->state;
+  st.table = std::move(table);
+  st.ops = std::move(ops);
+  st.tls = tls;
+  for (auto& p : st.table->peers) {
+    st.backoff.emplace(p->member.id, restart_policy{{true, 200ms, 2s, 10s, std::nullopt}});
+    if (p->dials)
+      self->send(self, dial_atom::value, p->member.id);
+  }
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& st = self->state;
+    for (auto& p : st.table->peers) {
+      bool match = false;
+      {
+        std::shared_lock<std::shared_mutex> guard{st.table->mutex};
+        match = p->handle && p->handle.address() == dm.source;
+      }
+      if (match)
+        set_down(self, *p, "link lost (" + self->system().render(dm.reason) + ")");
+    }
+  });
+  return {
+    [self](const hello& theirs) { return on_hello(self, theirs); },
+    [self](forward_atom, const std::string& topic, std::uint32_t partitions,
+           std::vector<append_request>& reqs) { return on_forward(self, topic, partitions, reqs); },
+    [self](topic_atom, const std::string& topic) { return on_topic(self, topic); },
+    [self](dial_atom, const std::string& id) { dial(self, id); },
+    [self](probed_atom, const std::string& id, bool ok) { probed(self, id, ok); },
+    [self](forwarded_atom, std::uint64_t token, std::vector<appended>& out) {
+      answer_forward(self, token, std::move(out));
+    },
+    [self](forwarded_atom, std::uint64_t token, caf::error& e) {
+      answer_forward(self, token, std::move(e));
+    },
+    [self](stop_atom) {
+      self->state.stopping = true;
+      for (auto& [token, rp] : self->state.pending)
+        rp.deliver(make_caf_error(errc::unavailable, "the node is shutting down"));
+      self->state.pending.clear();
+      self->quit();
+    },
+  };
+}
+
+// -- the client ------------------------------------------------------------------
+
+/// A forward's wire error as the publisher sees it: a nerve error from the
+/// owner is definite; anything else came after sending, so the events may
+/// or may not be appended.
+error forward_error(const caf::error& e, const std::string& owner, const std::string& topic,
+                    caf::actor_system& sys) {
+  if (e.category() == error_category)
+    return from_caf_error(e);
+  return error{errc::unavailable, "indeterminate: node " + owner + " did not answer the forward of "
+                                    + topic + " events (" + sys.render(e)
+                                    + "); they may or may not be appended: retry with the same id"};
+}
+
+class cluster_impl final : public cluster_service {
+public:
+  cluster_impl(caf::actor_system& sys, std::shared_ptr<peer_table> table, peer_actor actor)
+    : sys_(sys), table_(std::move(table)), actor_(std::move(actor)) {}
+
+  ~cluster_impl() override { stop(); }
+
+  const placement& where() const override { return table_->where; }
+
+  bool up(const std::string& id) const override {
+    auto* p = table_->find(id);
+    return p != nullptr && (p->self || p->up.load());
+  }
+
+  std::vector<peer_status> peers() const override {
+    std::vector<peer_status> out;
+    std::shared_lock<std::shared_mutex> guard{table_->mutex};
+    for (auto& p : table_->peers)
+      out.push_back({p->member.id, p->member.address(), p->self, p->self || p->up.load(), p->detail,
+                     p->since_us});
+    return out;
+  }
+
+  void forward(const std::string& owner, const std::string& topic, std::uint32_t partitions,
+               std::vector<forward_batch> batches, callback<forward_answer> done) override {
+    auto* p = table_->find(owner);
+    peer_actor dest;
+    if (p != nullptr) {
+      std::shared_lock<std::shared_mutex> guard{table_->mutex};
+      dest = p->handle;
+    }
+    if (p == nullptr || !p->up || !dest)
+      return done(
+        tl::make_unexpected(error{errc::unavailable, "node " + owner + " owns partitions of "
+                                                       + topic + " and is down; retry shortly"}));
+    auto bytes = bytes_of(batches);
+    if (bytes > max_forward_bytes)
+      return done(tl::make_unexpected(
+        error{errc::invalid, "the events for node " + owner + " are " + std::to_string(bytes)
+                               + " bytes, more than one cluster frame carries; send fewer"}));
+    if (p->in_flight_bytes.fetch_add(bytes) + bytes > forward_window_bytes) {
+      p->in_flight_bytes.fetch_sub(bytes);
+      return done(tl::make_unexpected(
+        error{errc::overloaded, "the link to node " + owner + " has "
+                                  + std::to_string(forward_window_bytes >> 20)
+                                  + " MiB of events in flight; retry shortly"}));
+    }
+    std::vector<std::size_t> sizes;
+    for (auto& b : batches)
+      sizes.push_back(b.events.size());
+    auto wire = to_wire(topic, std::move(batches));
+    sys_.spawn([dest, owner, topic, partitions, wire = std::move(wire), sizes, bytes, p,
+                table = table_, done = std::move(done)](caf::event_based_actor* self) mutable {
+      self->request(dest, forward_timeout, forward_atom::value, topic, partitions, std::move(wire))
+        .then(
+          [=](std::vector<appended>& out) {
+            p->in_flight_bytes.fetch_sub(bytes);
+            forward_answer answer;
+            std::size_t k = 0;
+            for (auto n : sizes) {
+              auto& batch = answer.emplace_back();
+              for (std::size_t i = 0; i < n && k < out.size(); ++i, ++k) {
+                auto& a = out[k];
+                persistence::append_result r;
+                r.status = a.duplicate ? persistence::append_status::duplicate
+                                       : persistence::append_status::appended;
+                r.id = std::move(a.id);
+                r.topic = topic;
+                r.where.partition = a.partition;
+                r.where.offset = a.offset;
+                r.where.time_us = a.time_us;
+                batch.push_back(std::move(r));
+              }
+            }
+            if (k != out.size() || answer.empty() || k == 0)
+              return done(tl::make_unexpected(error{
+                errc::storage, "node " + owner + " answered a forward with "
+                                 + std::to_string(out.size()) + " events for another count"}));
+            done(std::move(answer));
+          },
+          [=](caf::error& e) {
+            p->in_flight_bytes.fetch_sub(bytes);
+            done(tl::make_unexpected(forward_error(e, owner, topic, self->system())));
+          });
+    });
+  }
+
+  void topic_partitions(const std::string& home, const std::string& topic,
+                        callback<std::uint32_t> done) override {
+    auto* p = table_->find(home);
+    peer_actor dest;
+    if (p != nullptr) {
+      std::shared_lock<std::shared_mutex> guard{table_->mutex};
+      dest = p->handle;
+    }
+    if (!dest)
+      return done(
+        tl::make_unexpected(error{errc::unavailable, "node " + home + ", the home of " + topic
+                                                       + ", is down; retry shortly"}));
+    sys_.spawn([dest, home, topic, done = std::move(done)](caf::event_based_actor* self) {
+      self->request(dest, 10s, topic_atom::value, topic)
+        .then([done](std::uint32_t n) { done(n); },
+              [self, done, home, topic](caf::error& e) {
+                done(tl::make_unexpected(
+                  e.category() == error_category
+                    ? from_caf_error(e)
+                    : error{errc::unavailable, "node " + home + " did not say how many partitions "
+                                                 + topic + " has (" + self->system().render(e)
+                                                 + "); retry shortly"}));
+              });
+    });
+  }
+
+  void stop() override {
+    if (!actor_)
+      return;
+    caf::anon_send(actor_, stop_atom::value);
+    actor_ = peer_actor{};
+  }
+
+private:
+  caf::actor_system& sys_;
+  std::shared_ptr<peer_table> table_;
+  peer_actor actor_;
+};
+
+} // namespace
+
+void configure_cluster(caf::actor_system_config& cfg, const config::config& c) {
+  cfg.load<caf::io::middleman>();
+  if (c.cluster.tls()) {
+    cfg.load<caf::openssl::manager>();
+    cfg.set("openssl.certificate", c.cluster.tls_cert);
+    cfg.set("openssl.key", c.cluster.tls_key);
+    cfg.set("openssl.cafile", c.cluster.tls_ca);
+  }
+  // Heartbeats are off by default in CAF 0.17.6; without them a frozen or
+  // cut-off peer is never noticed.
+  cfg.set("middleman.heartbeat-interval", caf::timespan{500ms});
+  cfg.set("middleman.connection-timeout", caf::timespan{2s});
+  cfg.set("middleman.app-identifiers",
+          std::vector<std::string>{"nerve/wire-" + std::to_string(wire_version)});
+}
+
+tl::expected<std::unique_ptr<cluster_service>, std::string>
+start_cluster(caf::actor_system& sys, const config::config& cfg, cluster_ops ops) {
+  auto table = std::make_shared<peer_table>();
+  table->where = placement{cfg.cluster.members, cfg.node_id};
+  for (auto& m : cfg.cluster.members) {
+    auto p = std::make_unique<peer_entry>();
+    p->member = m;
+    p->self = m.id == cfg.node_id;
+    p->dials = m.id > cfg.node_id;
+    if (!p->self)
+      p->detail = "not linked yet";
+    table->peers.push_back(std::move(p));
+  }
+  auto actor = sys.spawn(cluster_actor, table, std::move(ops), cfg.cluster.tls());
+  auto hp = *config::split_host_port(cfg.cluster.listen);
+  const char* in = hp.first == "0.0.0.0" || hp.first == "::" ? nullptr : hp.first.c_str();
+  auto port = cfg.cluster.tls() ? caf::openssl::publish(actor, hp.second, in, true)
+                                : sys.middleman().publish(actor, hp.second, in, true);
+  if (!port) {
+    caf::anon_send(actor, stop_atom::value);
+    return tl::make_unexpected("cannot listen on cluster.listen " + cfg.cluster.listen + ": "
+                               + sys.render(port.error()));
+  }
+  spdlog::info("cluster: node {} listens on {}:{}{}; members: {}", cfg.node_id, hp.first, *port,
+               cfg.cluster.tls() ? " (TLS)" : "", table->where.digest());
+  return std::make_unique<cluster_impl>(sys, table, actor);
+}
+
+} // namespace nerve::actors

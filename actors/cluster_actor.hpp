@@ -1,0 +1,48 @@
+// cluster_actor: a node's links to its peers over CAF io. One actor per
+// node, published on cluster.listen, keeps one link per peer: it dials the
+// members whose id sorts after its own (the others dial it), probes an
+// address before CAF's blocking connect is asked for it, exchanges a
+// `hello` (persistent node id, wire version, member-list digest), watches
+// the link (CAF heartbeats) and dials again with backoff when it drops. It
+// answers peers' forwards by appending on this node's partitions. The only
+// translation unit that includes CAF io.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <caf/fwd.hpp>
+
+#include "actors/cluster.hpp"
+#include "config/config.hpp"
+
+namespace nerve::actors {
+
+/// What the cluster actor asks of its node.
+struct cluster_ops {
+  /// A peer's forward: append on this node's partitions.
+  std::function<void(const std::string& topic, std::uint32_t partitions,
+                     std::vector<forward_batch> batches, callback<forward_answer> done)>
+    append;
+  /// The partition count of a topic whose home is this node, creating it.
+  std::function<void(const std::string& topic, callback<std::uint32_t> done)> home_topic;
+};
+
+/// The cluster as the node's services use it, and its lifecycle.
+class cluster_service : public cluster_client {
+public:
+  /// Stops the actor: links close, peers see this node go down.
+  virtual void stop() = 0;
+};
+
+/// Loads CAF's io module (and the OpenSSL one with cluster.tls) with
+/// heartbeats on, before the actor system is built. Only for a cluster.
+void configure_cluster(caf::actor_system_config& cfg, const config::config& c);
+
+/// Spawns the cluster actor and publishes it on cluster.listen. Error: why
+/// the port cannot be opened.
+tl::expected<std::unique_ptr<cluster_service>, std::string>
+start_cluster(caf::actor_system& sys, const config::config& cfg, cluster_ops ops);
+
+} // namespace nerve::actors

@@ -1,0 +1,187 @@
+"""Three real nodes on loopback: links, placement, forwarding, an owner's death.
+
+Each node is a `nerve run` with its own data dir, HTTP port and cluster port;
+the member list is the same on all three (CONTRACT.md section 9).
+"""
+
+import json
+import socket
+import time
+import unittest
+
+from harness import Server, ServerTestCase
+
+TOPIC = "orders"
+PARTITIONS = 4
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ClusterTestCase(ServerTestCase):
+    """Starts n1..n3 with one member list."""
+
+    def start_cluster(self, n=3, config=None):
+        ports = [free_port() for _ in range(n)]
+        members = ",".join(f"n{i + 1}@127.0.0.1:{p}" for i, p in enumerate(ports))
+        self.nodes = {}
+        for i, port in enumerate(ports):
+            node_id = f"n{i + 1}"
+            srv = Server(config=config, args=["--node-id", node_id, "--cluster-listen",
+                                              f"127.0.0.1:{port}", "--cluster-members", members])
+            self.addCleanup(srv.cleanup)
+            srv.start()
+            self.nodes[node_id] = srv
+        self.wait_linked()
+        return self.nodes
+
+    def view(self, node_id):
+        r = self.nodes[node_id].get("/v1/cluster")
+        self.assertEqual(r.status, 200, r)
+        return r.json()
+
+    def wait_linked(self, timeout=15.0):
+        def all_up():
+            for node_id, srv in self.nodes.items():
+                if srv.proc is None or srv.proc.poll() is not None:
+                    continue
+                states = {m["id"]: m["state"] for m in self.view(node_id)["nodes"]}
+                live = {i for i, s in self.nodes.items() if s.proc.poll() is None}
+                if any(states[i] != "up" for i in live):
+                    return False
+            return True
+        self.wait_for(all_up, timeout=timeout, what="every live node linked to every other")
+
+    def owners(self, node_id="n1"):
+        """topic/partition -> owning node id, as `node_id` sees it."""
+        out = {}
+        for m in self.view(node_id)["nodes"]:
+            for p in m["partitions"]:
+                out[p] = m["id"]
+        return out
+
+    def publish(self, node_id, body, topic=TOPIC):
+        return self.nodes[node_id].post(f"/v1/topics/{topic}/events", body)
+
+
+class LinkAndForwardTest(ClusterTestCase):
+
+    def test_three_nodes_link_and_forward_to_owners(self):
+        self.start_cluster()
+        for node_id in self.nodes:
+            view = self.view(node_id)
+            self.assertEqual(view["node_id"], node_id)
+            self.assertEqual(view["mode"], "cluster")
+            self.assertEqual([m["id"] for m in view["nodes"]], ["n1", "n2", "n3"])
+            self.assertEqual([m["self"] for m in view["nodes"]],
+                             [m["id"] == node_id for m in view["nodes"]])
+        # Publish through every node, with keys over every partition.
+        acked = []
+        for k in range(24):
+            node_id = f"n{k % 3 + 1}"
+            r = self.publish(node_id, {"key": f"k{k}", "type": "t", "data": {"k": k}})
+            self.assertEqual(r.status, 201, r)
+            acked.append(r.json()["events"][0])
+        # Every node knows the topic now, with the home node's partition count,
+        # and they agree on who owns what.
+        owners = self.owners("n1")
+        self.assertEqual(len(owners), PARTITIONS)
+        for node_id in ("n2", "n3"):
+            self.assertEqual(self.owners(node_id), owners)
+        self.assertGreater(len(set(owners.values())), 1, owners)
+        # Each acked event is in its owner's log at the answered offset.
+        for a in acked:
+            owner = self.nodes[owners[f"{TOPIC}/{a['partition']}"]]
+            events = owner.read_partition(TOPIC, a["partition"])
+            self.assertIn((a["id"], a["offset"]), [(e["id"], e["offset"]) for e in events])
+        # And nowhere else: a partition's events live on its owner only.
+        for node_id, srv in self.nodes.items():
+            for p in range(PARTITIONS):
+                if owners[f"{TOPIC}/{p}"] != node_id:
+                    self.assertEqual(srv.read_partition(TOPIC, p), [], (node_id, p))
+
+    def test_a_publisher_id_is_idempotent_through_any_node(self):
+        self.start_cluster()
+        first = self.publish("n1", {"id": "order-1", "type": "t", "data": {}})
+        self.assertEqual(first.status, 201, first)
+        for node_id in ("n2", "n3", "n1"):
+            again = self.publish(node_id, {"id": "order-1", "type": "t", "data": {}})
+            self.assertEqual(again.status, 201, again)
+            e = again.json()["events"][0]
+            self.assertTrue(e["duplicate"])
+            self.assertEqual((e["partition"], e["offset"]),
+                             (first.json()["events"][0]["partition"],
+                              first.json()["events"][0]["offset"]))
+
+
+class OwnerDeathTest(ClusterTestCase):
+
+    def test_kill_9_of_an_owner(self):
+        self.start_cluster()
+        for k in range(8):
+            self.assertEqual(self.publish("n1", {"key": f"k{k}", "type": "t", "data": {}}).status,
+                             201)
+        owners = self.owners("n1")
+        victim = owners[f"{TOPIC}/0"]
+        alive = [n for n in self.nodes if n != victim]
+        keys = {}  # partition -> a key that lands there
+        k = 0
+        while len(keys) < PARTITIONS:
+            r = self.publish(alive[0], {"key": f"probe-{k}", "type": "t", "data": {}})
+            self.assertEqual(r.status, 201, r)
+            keys.setdefault(r.json()["events"][0]["partition"], f"probe-{k}")
+            k += 1
+        acked = {}  # id -> (partition, offset)
+
+        self.nodes[victim].kill()
+        killed_at = time.monotonic()
+        # Its partitions answer 503 with Retry-After within 3 s, through any
+        # live node; the other partitions keep answering 201.
+        for node_id in alive:
+            for p, key in keys.items():
+                while True:
+                    r = self.publish(node_id, {"key": key, "type": "t", "data": {}})
+                    if owners[f"{TOPIC}/{p}"] != victim or r.status == 503:
+                        break
+                    self.assertLess(time.monotonic() - killed_at, 3.0,
+                                    f"{TOPIC}/{p} still answers {r.status} after 3 s")
+                    time.sleep(0.05)
+                if owners[f"{TOPIC}/{p}"] == victim:
+                    self.assertEqual(r.status, 503, r)
+                    self.assertIn("retry-after", r.headers)
+                    self.assertIn(victim, r.json()["detail"])
+                else:
+                    self.assertEqual(r.status, 201, r)
+                    e = r.json()["events"][0]
+                    acked[e["id"]] = (e["partition"], e["offset"])
+        # Keyless events go to partitions whose owner is up.
+        for _ in range(6):
+            r = self.publish(alive[1], {"type": "t", "data": {}})
+            self.assertEqual(r.status, 201, r)
+        health = self.nodes[alive[0]].get("/health/detailed").json()
+        cluster = [i for i in health["indicators"] if i["name"] == "cluster"][0]
+        self.assertEqual(cluster["status"], "unhealthy")
+        self.assertIn("2 of 3 nodes up", cluster["message"])
+
+        # Back: linked again, its partitions take writes, nothing acked is
+        # missing and offsets are dense on every partition.
+        self.nodes[victim].start()
+        self.wait_linked()
+        for p, key in keys.items():
+            r = self.publish(alive[0], {"key": key, "type": "t", "data": {}})
+            self.assertEqual(r.status, 201, r)
+        for p in range(PARTITIONS):
+            owner = self.nodes[owners[f"{TOPIC}/{p}"]]
+            events = owner.read_partition(TOPIC, p)
+            self.assertEqual([e["offset"] for e in events], list(range(len(events))))
+            for e in events:
+                if e["id"] in acked:
+                    self.assertEqual(acked.pop(e["id"]), (p, e["offset"]))
+        self.assertEqual(acked, {})
+
+
+if __name__ == "__main__":
+    unittest.main()
