@@ -3,12 +3,10 @@
 #include "persistence/event_log.hpp"
 
 #include <algorithm>
-#include <array>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-
-#include <cstdarg>
 
 #include <nlohmann/json.hpp>
 #include <rocksdb/compaction_filter.h>
@@ -23,18 +21,16 @@
 #include "config/assert.hpp"
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
+#include "persistence/layout.hpp"
+#include "persistence/rocksdb_logger.hpp"
 
 namespace nerve::persistence {
 
 namespace {
 
-constexpr const char* family_names[]
-  = {"events", "by_time", "by_id", "cursors", "pending", "dlq", "results", "meta"};
-
-/// Stored event values start with the append time, then the event JSON.
-constexpr std::size_t value_header_bytes = 8;
-
-const std::string topic_meta_prefix = "topic/";
+using layout::family_names;
+using layout::topic_meta_prefix;
+using layout::value_header_bytes;
 
 error io_error(const std::string& what, const rocksdb::Status& s) {
   return {errc::io_error, what + ": " + s.ToString()};
@@ -305,33 +301,6 @@ partition_writer::append(const std::vector<new_event>& events) {
 event_log::event_log(options opts) : opts_(std::move(opts)) {
 }
 
-namespace {
-
-/// RocksDB's own warnings go to nerve's log instead of a LOG file in the
-/// data directory: one log for operators, and no file whose failed write
-/// (disk full) makes RocksDB abort when it logs the next message.
-class rocksdb_logger final : public rocksdb::Logger {
-public:
-  rocksdb_logger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
-
-  using rocksdb::Logger::Logv;
-  void Logv(const char* format, va_list ap) override {
-    Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap);
-  }
-
-  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
-    if (level < GetInfoLogLevel())
-      return;
-    std::array<char, 1024> buf{};
-    std::vsnprintf(buf.data(), buf.size(), format, ap);
-    auto lvl
-      = level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? spdlog::level::err : spdlog::level::warn;
-    spdlog::log(lvl, "rocksdb: {}", buf.data());
-  }
-};
-
-} // namespace
-
 tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& opts) {
   std::error_code ec;
   std::filesystem::create_directories(opts.path, ec);
@@ -346,7 +315,7 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   db_opts.max_total_wal_size = opts.max_wal_bytes;
   db_opts.enable_pipelined_write = true;
   db_opts.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
-  db_opts.info_log = std::make_shared<rocksdb_logger>();
+  db_opts.info_log = make_rocksdb_logger();
   if (opts.file_system) {
     log->env_ = rocksdb::NewCompositeEnv(opts.file_system);
     db_opts.env = log->env_.get();
@@ -430,11 +399,10 @@ std::optional<error> event_log::init_meta() {
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, meta_)};
   for (it->Seek(topic_meta_prefix); it->Valid() && starts_with(it->key(), topic_meta_prefix);
        it->Next()) {
-    auto j = nlohmann::json::parse(it->value().ToString(), nullptr, false);
-    if (j.is_discarded() || !j.contains("id") || !j.contains("partitions"))
+    auto record = layout::parse_topic_record(it->key().ToStringView(), it->value().ToStringView());
+    if (!record)
       return error{errc::io_error, "corrupt topic record " + it->key().ToString()};
-    topic_info t{it->key().ToString().substr(topic_meta_prefix.size()),
-                 j["id"].get<std::uint32_t>(), j["partitions"].get<std::uint32_t>()};
+    const topic_info& t = *record;
     next_topic_id_ = std::max(next_topic_id_, t.id + 1);
     topic_names_[t.id] = t.name;
     topics_[t.name] = t;

@@ -14,6 +14,7 @@
 #include <CLI/CLI.hpp>
 
 #include "runtime/commands.hpp"
+#include "runtime/dump_log.hpp"
 
 namespace {
 
@@ -222,6 +223,15 @@ int main(int argc, char** argv) {
     ->check(CLI::Range(1, 1000));
   add_client_flags(replay_cmd, client);
 
+  // Hidden (an empty group): a tool for the offline cluster checker, not an
+  // operator's command; docs/operations.md, "Checking a cluster's logs offline".
+  std::string dump_data_dir;
+  auto* dump_log_cmd = app.add_subcommand(
+    "__dump-log", "print every event stored in a data directory, opened read-only");
+  dump_log_cmd->group("");
+  dump_log_cmd->add_option("--data-dir", dump_data_dir, "the (stopped) node's data directory")
+    ->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -276,5 +286,7 @@ int main(int argc, char** argv) {
     pub.data_stdin = dash == "-";
     return publish(client, pub);
   }
+  if (dump_log_cmd->parsed())
+    return dump_log(dump_data_dir);
   return exit_usage;
 }

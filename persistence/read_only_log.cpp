@@ -1,0 +1,195 @@
+// The event log opened read-only: topics from `meta`, every stored event in
+// (topic name, partition, offset) order, and a check that no event lies
+// outside the topics `meta` knows.
+#include "persistence/read_only_log.hpp"
+
+#include <algorithm>
+#include <filesystem>
+
+#include <rocksdb/db.h>
+#include <rocksdb/env.h>
+
+#include "persistence/keys.hpp"
+#include "persistence/layout.hpp"
+#include "persistence/rocksdb_logger.hpp"
+
+namespace nerve::persistence {
+
+namespace {
+
+error io_error(const std::string& what, const rocksdb::Status& s) {
+  return {errc::io_error, what + ": " + s.ToString()};
+}
+
+std::string describe_key(std::string_view key) {
+  if (key.size() != 16)
+    return "a key of " + std::to_string(key.size()) + " bytes";
+  return "topic id " + std::to_string(keys::get_u32(key, 0)) + " partition "
+         + std::to_string(keys::get_u32(key, 4)) + " offset "
+         + std::to_string(keys::get_u64(key, 8));
+}
+
+/// The first problem met while visiting and how many there were.
+struct problems {
+  std::uint64_t count = 0;
+  std::string first;
+
+  void add(std::string what) {
+    if (count++ == 0)
+      first = std::move(what);
+  }
+};
+
+} // namespace
+
+tl::expected<std::unique_ptr<read_only_log>, error> read_only_log::open(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(path, ec))
+    return tl::make_unexpected(
+      error{errc::invalid, "data directory " + path
+                             + (fs::exists(path, ec) ? " is not a directory" : " does not exist")});
+  if (!fs::exists(fs::path{path} / "CURRENT", ec))
+    return tl::make_unexpected(error{
+      errc::invalid, path + " is not a nerve data directory (it has no RocksDB CURRENT file)"});
+
+  std::unique_ptr<read_only_log> log{new read_only_log};
+  log->logger_ = make_rocksdb_logger(); // else RocksDB creates a LOG file there
+  rocksdb::DBOptions db_opts;
+  db_opts.create_if_missing = false;
+  db_opts.info_log = log->logger_;
+  // A read-only instance may open a subset of the families; these two hold
+  // the events and the topics.
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  families.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions{});
+  families.emplace_back("events", rocksdb::ColumnFamilyOptions{});
+  families.emplace_back("meta", rocksdb::ColumnFamilyOptions{});
+  rocksdb::DB* raw = nullptr;
+  auto s = rocksdb::DB::OpenForReadOnly(db_opts, path, families, &log->handles_, &raw);
+  if (!s.ok())
+    return tl::make_unexpected(io_error("opening " + path + " read-only", s));
+  log->db_.reset(raw);
+  log->events_ = log->handles_[1];
+  log->meta_ = log->handles_[2];
+
+  std::unique_ptr<rocksdb::Iterator> it{log->db_->NewIterator(rocksdb::ReadOptions{}, log->meta_)};
+  const auto& prefix = layout::topic_meta_prefix;
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto record = layout::parse_topic_record(it->key().ToStringView(), it->value().ToStringView());
+    if (!record)
+      return tl::make_unexpected(
+        error{errc::io_error, "corrupt topic record " + it->key().ToString()});
+    log->topics_.push_back(*record);
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io_error("reading topics", it->status()));
+  std::sort(log->topics_.begin(), log->topics_.end(),
+            [](const topic_info& a, const topic_info& b) { return a.name < b.name; });
+  return log;
+}
+
+read_only_log::~read_only_log() {
+  if (!db_)
+    return;
+  for (auto* h : handles_)
+    db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  db_->Close().PermitUncheckedError();
+}
+
+tl::expected<std::uint64_t, error> read_only_log::visit(const stored_event_visitor& fn) const {
+  std::uint64_t visited = 0;
+  problems found;
+  for (const auto& topic : topics_) {
+    auto n = visit_topic(topic, fn);
+    if (!n) {
+      found.add(n.error().message);
+      continue;
+    }
+    visited += *n;
+  }
+  auto stray = find_stray();
+  if (!stray)
+    found.add(stray.error().message);
+  else if (*stray)
+    found.add("an event of no known topic: " + describe_key(**stray));
+  if (found.count > 0)
+    return tl::make_unexpected(error{errc::io_error, found.first});
+  return visited;
+}
+
+tl::expected<std::uint64_t, error>
+read_only_log::visit_topic(const topic_info& topic, const stored_event_visitor& fn) const {
+  // Every key of the topic id, also of partitions past `partitions`: those
+  // would be events no reader of the log ever sees.
+  std::string lower;
+  keys::put_u32(lower, topic.id);
+  std::string upper;
+  keys::put_u32(upper, topic.id + 1);
+  rocksdb::Slice upper_slice{upper};
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = topic.id == UINT32_MAX ? nullptr : &upper_slice;
+  ro.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_)};
+  std::uint64_t visited = 0;
+  problems found;
+  for (it->Seek(lower); it->Valid(); it->Next()) {
+    auto k = it->key().ToStringView();
+    auto v = it->value().ToStringView();
+    const auto where = topic.name + ": " + describe_key(k);
+    if (k.size() != 16 || v.size() <= layout::value_header_bytes) {
+      found.add("corrupt event (" + where + ")");
+      continue;
+    }
+    const auto partition = keys::get_u32(k, 4);
+    if (partition >= topic.partitions) {
+      found.add("an event past the topic's " + std::to_string(topic.partitions) + " partitions ("
+                + where + ")");
+      continue;
+    }
+    fn(topic, partition, keys::get_u64(k, 8), static_cast<std::int64_t>(keys::get_u64(v, 0)),
+       v.substr(layout::value_header_bytes));
+    ++visited;
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io_error("reading events of " + topic.name, it->status()));
+  if (found.count > 0)
+    return tl::make_unexpected(
+      error{errc::io_error,
+            std::to_string(found.count) + " unreadable events; the first: " + found.first});
+  return visited;
+}
+
+tl::expected<std::optional<std::string>, error> read_only_log::find_stray() const {
+  std::vector<std::uint32_t> ids;
+  for (const auto& t : topics_)
+    ids.push_back(t.id);
+  std::sort(ids.begin(), ids.end());
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
+  // Each known topic's keys start with its 4-byte id: a key at or after
+  // `from` (just past the previous known id) and before `id` is a stray.
+  auto first_before
+    = [&it](const std::string& from,
+            std::optional<std::uint32_t> id) -> tl::expected<std::optional<std::string>, error> {
+    it->Seek(from);
+    if (!it->Valid()) {
+      if (!it->status().ok())
+        return tl::make_unexpected(io_error("reading events", it->status()));
+      return std::optional<std::string>{};
+    }
+    auto k = it->key().ToStringView();
+    if (!id || k.size() < 4 || keys::get_u32(k, 0) < *id)
+      return std::optional<std::string>{std::string{k}};
+    return std::optional<std::string>{};
+  };
+  std::string from;
+  for (auto id : ids) {
+    auto stray = first_before(from, id);
+    if (!stray || *stray || id == UINT32_MAX)
+      return stray;
+    from.clear();
+    keys::put_u32(from, id + 1);
+  }
+  return first_before(from, std::nullopt);
+}
+
+} // namespace nerve::persistence

@@ -1,0 +1,630 @@
+#!/usr/bin/env python3
+"""Offline, Jepsen-style checker of a nerve cluster's logs (CLUSTER.md section 4).
+
+Inputs:
+
+- one dump per node: the output of `nerve __dump-log --data-dir D`, a line per stored
+  event, `topic partition offset id time_us sha1`. Name a dump `NODE=PATH`, or just PATH
+  (the node is then the file name without its extension).
+- optionally `--history history.jsonl`: one JSON object per line per publish attempt of
+  one event, as tests/cluster/history.py writes them:
+  `{"id", "key", "topic", "t0", "t1", "outcome", "partition"?, "offset"?, "batch"?}`.
+  `outcome` is "ok" (the server acknowledged it at `partition`/`offset`), "fail" (a
+  definite refusal: a 4xx, nothing was written) or "info" (unknown: a timeout, a reset,
+  a 5xx). `t0`/`t1` are when the attempt was sent and answered, on one clock. Attempts
+  sharing a `batch` were one request, recorded in the order of its events.
+
+Checks, each reported on its own with examples:
+
+- offsets_dense: each node's log of a partition holds offsets 0..n-1 with none missing
+  (no retention is assumed: the first stored offset is 0).
+- one_id_per_offset: no offset of a node's partition holds two events.
+- no_duplicate_ids: no id is stored twice in a node's partition.
+- id_in_one_partition: no id is stored in two partitions (a retry with the same id must
+  land where the first attempt did).
+- single_owner: a partition's events are on one node only (cluster step 1: one owner per
+  partition); with --replicas, replicas_agree instead: the nodes holding a partition
+  store the same events (id and sha1) at every offset they all hold.
+- acked_present (needs --history): every acknowledged id is stored at the partition and
+  offset it was acknowledged with, and was not acknowledged at two places.
+- failed_absent (needs --history): an id whose attempts were refused (fail) and never
+  acknowledged is not stored on that topic.
+- stored_were_published (needs --history): every id stored on a topic of the history was
+  published to that topic by some attempt.
+- per_key_order (needs --history): the acknowledged events of one key stay in one
+  partition, and their offsets follow real time: when one event's acknowledgement came
+  before another's first attempt was sent, its offset is lower; events of one request
+  (`batch`) are stored in the order they were sent.
+
+`info` ids may be stored or not; the report counts both. Exit status: 0 when every check
+holds, 1 when one does not (a readable report, or a summary with --json), 2 when an input
+cannot be read. Python 3 standard library only.
+"""
+
+import argparse
+import collections
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+EXAMPLES_MAX = 10
+OUTCOMES = ("ok", "fail", "info")
+
+
+class InputError(Exception):
+    """A dump or history line that cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored event of one node's dump."""
+    node: str
+    topic: str
+    partition: int
+    offset: int
+    id: str
+    time_us: int
+    sha1: str
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One publish attempt of one event, as the history records it."""
+    id: str
+    key: Optional[str]
+    topic: str
+    t0: float
+    t1: float
+    outcome: str
+    partition: Optional[int] = None
+    offset: Optional[int] = None
+    batch: Optional[str] = None
+    line: int = 0
+
+
+# -- reading the inputs ----------------------------------------------------------------
+
+
+def _uint(text, what, where):
+    if not text.isdigit():
+        raise InputError(f"{where}: {what} {text!r} is not a non-negative integer")
+    return int(text)
+
+
+def parse_dump(node, lines, source="<dump>"):
+    """The entries of one node's dump (an iterable of lines)."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        fields = line.split(" ")
+        if len(fields) != 6:
+            raise InputError(f"{where}: expected `topic partition offset id time_us sha1`, "
+                             f"got {line[:200]!r}")
+        topic, partition, offset, event_id, time_us, sha1 = fields
+        if not topic or not event_id:
+            raise InputError(f"{where}: empty topic or id in {line[:200]!r}")
+        if len(sha1) != 40 or any(c not in "0123456789abcdef" for c in sha1):
+            raise InputError(f"{where}: sha1 {sha1!r} is not 40 lowercase hex digits")
+        out.append(Entry(node, topic, _uint(partition, "partition", where),
+                         _uint(offset, "offset", where), event_id,
+                         _uint(time_us, "time_us", where), sha1))
+    return out
+
+
+def _number(record, name, where):
+    v = record.get(name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InputError(f"{where}: {name!r} must be a number, got {v!r}")
+    return v
+
+
+def _optional_uint(record, name, where):
+    v = record.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise InputError(f"{where}: {name!r} must be a non-negative integer, got {v!r}")
+    return v
+
+
+def parse_history(lines, source="<history>"):
+    """The attempts of a history.jsonl (an iterable of lines)."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"{where}: not JSON: {e}") from None
+        if not isinstance(r, dict):
+            raise InputError(f"{where}: not a JSON object")
+        for name in ("id", "topic"):
+            if not isinstance(r.get(name), str) or not r[name]:
+                raise InputError(f"{where}: {name!r} must be a non-empty string")
+        if r.get("outcome") not in OUTCOMES:
+            raise InputError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}, "
+                             f"got {r.get('outcome')!r}")
+        key = r.get("key")
+        if key is not None and not isinstance(key, str):
+            raise InputError(f"{where}: 'key' must be a string or null")
+        batch = r.get("batch")
+        if batch is not None and not isinstance(batch, (str, int)):
+            raise InputError(f"{where}: 'batch' must be a string, an integer or null")
+        t0, t1 = _number(r, "t0", where), _number(r, "t1", where)
+        if t1 < t0:
+            raise InputError(f"{where}: answered (t1 {t1}) before sent (t0 {t0})")
+        partition = _optional_uint(r, "partition", where)
+        offset = _optional_uint(r, "offset", where)
+        if r["outcome"] == "ok" and (partition is None or offset is None):
+            raise InputError(f"{where}: an ok attempt needs the partition and offset it got")
+        out.append(Attempt(r["id"], key, r["topic"], t0, t1, r["outcome"], partition, offset,
+                           None if batch is None else str(batch), n))
+    return out
+
+
+# -- the checks --------------------------------------------------------------------------
+
+
+class Check:
+    """One property: how many violations, and the first few as readable lines."""
+
+    def __init__(self, name, holds):
+        self.name = name
+        self.holds = holds  # what it says when it holds
+        self.violations = 0
+        self.examples = []
+        self.skipped = None  # why it did not run
+
+    def fail(self, example):
+        self.violations += 1
+        if len(self.examples) < EXAMPLES_MAX:
+            self.examples.append(example)
+
+    @property
+    def ok(self):
+        return self.violations == 0
+
+    def to_json(self):
+        out = {"name": self.name, "ok": self.ok, "violations": self.violations,
+               "examples": self.examples}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+def _tp(topic, partition):
+    return f"{topic}/{partition}"
+
+
+def _ranges(numbers):
+    """'3..5, 9' for [3, 4, 5, 9] (sorted)."""
+    out = []
+    start = prev = None
+    for n in numbers:
+        if start is None:
+            start = prev = n
+        elif n == prev + 1:
+            prev = n
+        else:
+            out.append(str(start) if start == prev else f"{start}..{prev}")
+            start = prev = n
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}..{prev}")
+    return ", ".join(out)
+
+
+class Logs:
+    """Every node's entries, by partition and node, each sorted by offset."""
+
+    def __init__(self, dumps):
+        self.nodes = {node: len(entries) for node, entries in dumps.items()}
+        self.by_partition = collections.defaultdict(dict)  # (topic, p) -> node -> [Entry]
+        for node, entries in dumps.items():
+            for e in entries:
+                self.by_partition[(e.topic, e.partition)].setdefault(node, []).append(e)
+        self.index = {}  # (topic, p) -> node -> offset -> [Entry]
+        for tp, copies in self.by_partition.items():
+            self.index[tp] = {}
+            for node, entries in copies.items():
+                entries.sort(key=lambda e: (e.offset, e.id))
+                by_offset = self.index[tp][node] = collections.defaultdict(list)
+                for e in entries:
+                    by_offset[e.offset].append(e)
+
+    def copies(self):
+        """((topic, partition), node, entries) for every node's copy of every partition."""
+        for tp in sorted(self.by_partition):
+            for node in sorted(self.by_partition[tp]):
+                yield tp, node, self.by_partition[tp][node]
+
+    def at(self, topic, partition):
+        """node -> {offset: [Entry]} of one partition."""
+        return self.index.get((topic, partition), {})
+
+    def ids_by_topic(self):
+        """topic -> id -> [Entry] over every node."""
+        out = collections.defaultdict(lambda: collections.defaultdict(list))
+        for _, _, entries in self.copies():
+            for e in entries:
+                out[e.topic][e.id].append(e)
+        return out
+
+
+def check_offsets_dense(logs):
+    c = Check("offsets_dense", "every node's partitions hold offsets 0..n-1, none missing")
+    for (topic, p), node, entries in logs.copies():
+        offsets = sorted({e.offset for e in entries})
+        missing = sorted(set(range(offsets[-1] + 1)) - set(offsets))
+        if missing:
+            c.fail(f"{node} {_tp(topic, p)}: offsets {_ranges(missing)} missing "
+                   f"(stored up to {offsets[-1]})")
+    return c
+
+
+def _shared(logs, key):
+    """(node, (topic, partition), value, [Entry]) for every `key(entry)` value that two or
+    more entries of one node's partition share."""
+    for tp, node, entries in logs.copies():
+        groups = collections.defaultdict(list)
+        for e in entries:
+            groups[key(e)].append(e)
+        for value, group in sorted(groups.items()):
+            if len(group) > 1:
+                yield node, tp, value, group
+
+
+def check_one_id_per_offset(logs):
+    c = Check("one_id_per_offset", "no offset holds two events")
+    for node, tp, offset, entries in _shared(logs, lambda e: e.offset):
+        c.fail(f"{node} {_tp(*tp)} offset {offset} holds {len(entries)} events: "
+               f"{', '.join(e.id for e in entries)}")
+    return c
+
+
+def check_no_duplicate_ids(logs):
+    c = Check("no_duplicate_ids", "no id is stored twice in a partition")
+    for node, tp, event_id, entries in _shared(logs, lambda e: e.id):
+        c.fail(f"{node} {_tp(*tp)}: id {event_id} at offsets "
+               f"{', '.join(str(e.offset) for e in entries)}")
+    return c
+
+
+def check_id_in_one_partition(logs):
+    c = Check("id_in_one_partition", "no id is stored in two partitions")
+    where = collections.defaultdict(lambda: collections.defaultdict(set))  # id -> tp -> nodes
+    for (topic, p), node, entries in logs.copies():
+        for e in entries:
+            where[e.id][(topic, p)].add(node)
+    for event_id, places in sorted(where.items()):
+        if len(places) > 1:
+            c.fail(f"id {event_id} in " + ", ".join(
+                f"{_tp(*tp)} ({', '.join(sorted(nodes))})" for tp, nodes in sorted(places.items())))
+    return c
+
+
+def check_single_owner(logs):
+    c = Check("single_owner", "every partition's events are on one node")
+    for tp, copies in sorted(logs.by_partition.items()):
+        if len(copies) > 1:
+            c.fail(f"{_tp(*tp)} on " + ", ".join(
+                f"{node} ({len(entries)} events)" for node, entries in sorted(copies.items())))
+    return c
+
+
+def check_replicas_agree(logs):
+    c = Check("replicas_agree",
+              "replicas of a partition store the same event at every offset they all hold")
+    for (topic, p), copies in sorted(logs.by_partition.items()):
+        if len(copies) < 2:
+            continue
+        held = {node: {e.offset: e for e in reversed(entries)} for node, entries in copies.items()}
+        common = min(max(offsets) + 1 for offsets in held.values())
+        for offset in range(common):
+            seen = {node: (by[offset].id, by[offset].sha1) if offset in by else None
+                    for node, by in held.items()}
+            if len(set(seen.values())) > 1:
+                c.fail(f"{_tp(topic, p)} offset {offset}: " + "; ".join(
+                    f"{node} " + (f"{v[0]} sha1 {v[1][:12]}" if v else "nothing")
+                    for node, v in sorted(seen.items())))
+                break  # one line per partition: past the first difference they all differ
+    return c
+
+
+class History:
+    """The attempts grouped by id and outcome."""
+
+    def __init__(self, attempts):
+        self.attempts = attempts
+        self.by_id = collections.defaultdict(list)
+        for a in attempts:
+            self.by_id[a.id].append(a)
+        self.counts = collections.Counter(a.outcome for a in attempts)
+        self.topics = {a.topic for a in attempts}
+
+    def acked(self):
+        """id -> its ok attempts."""
+        return {i: [a for a in atts if a.outcome == "ok"] for i, atts in self.by_id.items()
+                if any(a.outcome == "ok" for a in atts)}
+
+
+def check_acked_present(logs, history):
+    c = Check("acked_present", "every acknowledged id is stored where it was acknowledged")
+    for event_id, oks in sorted(history.acked().items()):
+        places = sorted({(a.topic, a.partition, a.offset) for a in oks})
+        if len(places) > 1:
+            c.fail(f"id {event_id} acknowledged at " + ", ".join(
+                f"{_tp(t, p)} offset {o}" for t, p, o in places))
+            continue
+        topic, p, offset = places[0]
+        copies = logs.at(topic, p)
+        if not copies:
+            c.fail(f"id {event_id} acknowledged at {_tp(topic, p)} offset {offset}: "
+                   f"lost: no node stores {_tp(topic, p)}")
+            continue
+        found = []
+        for node, by_offset in sorted(copies.items()):
+            ids = [e.id for e in by_offset.get(offset, [])]
+            if event_id in ids:
+                found.append(node)
+            elif ids:
+                c.fail(f"id {event_id} acknowledged at {_tp(topic, p)} offset {offset}: "
+                       f"{node} stores {', '.join(ids)} there")
+        if not found and all(offset not in by for by in copies.values()):
+            ends = ", ".join(f"{node} up to {max(by) if by else '-'}"
+                             for node, by in sorted(copies.items()))
+            c.fail(f"id {event_id} acknowledged at {_tp(topic, p)} offset {offset}: lost "
+                   f"(stored: {ends})")
+    return c
+
+
+def check_failed_absent(logs, history):
+    c = Check("failed_absent", "no refused (fail) id is stored")
+    stored = logs.ids_by_topic()
+    acked = history.acked()
+    for event_id, atts in sorted(history.by_id.items()):
+        if event_id in acked:
+            continue
+        for topic in sorted({a.topic for a in atts if a.outcome == "fail"}):
+            for e in stored.get(topic, {}).get(event_id, []):
+                c.fail(f"id {event_id} was refused on {topic} but {e.node} stores it at "
+                       f"{_tp(e.topic, e.partition)} offset {e.offset}")
+    return c
+
+
+def check_stored_were_published(logs, history):
+    c = Check("stored_were_published",
+              "every id stored on a topic of the history was published to it")
+    sent = {(a.topic, a.id) for a in history.attempts}
+    for topic, ids in sorted(logs.ids_by_topic().items()):
+        if topic not in history.topics:
+            continue
+        for event_id, entries in sorted(ids.items()):
+            if (topic, event_id) not in sent:
+                e = entries[0]
+                c.fail(f"{e.node} stores {event_id} at {_tp(topic, e.partition)} offset "
+                       f"{e.offset}, never published")
+    return c
+
+
+@dataclass(frozen=True)
+class _Acked:
+    id: str
+    start: float  # t0 of the id's first attempt: it may have been appended from then on
+    end: float  # t1 of its first acknowledgement
+    partition: int
+    offset: int
+    batch: Optional[str]
+    line: int
+    retried: bool  # sent more than once: a retry may stand in another request
+
+
+def _acked_by_key(history):
+    """(topic, key) -> [_Acked] for the acknowledged events with a key."""
+    out = collections.defaultdict(list)
+    for event_id, oks in history.acked().items():
+        first_ok = min(oks, key=lambda a: a.t1)
+        if first_ok.key is None:
+            continue
+        start = min(a.t0 for a in history.by_id[event_id] if a.topic == first_ok.topic)
+        out[(first_ok.topic, first_ok.key)].append(
+            _Acked(event_id, start, first_ok.t1, first_ok.partition, first_ok.offset,
+                   first_ok.batch, first_ok.line, len(history.by_id[event_id]) > 1))
+    return out
+
+
+def _check_real_time(c, topic, key, events):
+    """Offsets follow real time: one acknowledged before another was first sent is lower."""
+    by_end = sorted(events, key=lambda e: e.end)
+    done = 0
+    highest = None  # the acknowledged event with the highest offset among those done
+    for e in sorted(events, key=lambda e: e.start):
+        while done < len(by_end) and by_end[done].end < e.start:
+            if highest is None or by_end[done].offset > highest.offset:
+                highest = by_end[done]
+            done += 1
+        if highest is not None and highest.offset >= e.offset:
+            c.fail(f"{topic} key {key!r}: {highest.id} was acknowledged at offset "
+                   f"{highest.offset} (t1 {highest.end}) before {e.id} was sent "
+                   f"(t0 {e.start}), which got offset {e.offset}")
+
+
+def _check_batch_order(c, topic, key, events):
+    """Events of one request keep the order they were sent in. An event sent more than once
+    is left out: its retry may share a request with events sent after its first append."""
+    batches = collections.defaultdict(list)
+    for e in events:
+        if e.batch is not None and not e.retried:
+            batches[e.batch].append(e)
+    for batch, members in sorted(batches.items()):
+        members.sort(key=lambda e: e.line)
+        for a, b in zip(members, members[1:]):
+            if a.offset >= b.offset:
+                c.fail(f"{topic} key {key!r}, request {batch}: {a.id} was sent before {b.id} "
+                       f"but got offset {a.offset}, not below {b.offset}")
+
+
+def check_per_key_order(history):
+    c = Check("per_key_order",
+              "a key's acknowledged events stay in one partition, in real-time order")
+    for (topic, key), events in sorted(_acked_by_key(history).items()):
+        partitions = sorted({e.partition for e in events})
+        if len(partitions) > 1:
+            c.fail(f"{topic} key {key!r} acknowledged in partitions "
+                   f"{', '.join(map(str, partitions))}")
+            continue
+        _check_real_time(c, topic, key, events)
+        _check_batch_order(c, topic, key, events)
+    return c
+
+
+class Report:
+    def __init__(self, logs, history, checks, replicas):
+        self.logs = logs
+        self.history = history
+        self.checks = checks
+        self.replicas = replicas
+        self.info = self._info_ids()
+
+    def _info_ids(self):
+        """How many ids that were only ever answered `info` are stored, and how many not."""
+        if self.history is None:
+            return None
+        stored = self.logs.ids_by_topic()
+        present = absent = 0
+        for event_id, atts in self.history.by_id.items():
+            if all(a.outcome == "info" for a in atts):
+                if any(event_id in stored.get(a.topic, {}) for a in atts):
+                    present += 1
+                else:
+                    absent += 1
+        return {"present": present, "absent": absent}
+
+    @property
+    def valid(self):
+        return all(c.ok for c in self.checks)
+
+    def to_json(self):
+        out = {"valid": self.valid, "replicas": self.replicas, "nodes": self.logs.nodes,
+               "partitions": len(self.logs.by_partition),
+               "checks": [c.to_json() for c in self.checks]}
+        if self.history is not None:
+            out["history"] = {"attempts": len(self.history.attempts),
+                              **{o: self.history.counts.get(o, 0) for o in OUTCOMES}}
+            out["info_ids"] = self.info
+        return out
+
+    def text(self):
+        nodes = ", ".join(f"{n} {count} events" for n, count in sorted(self.logs.nodes.items()))
+        lines = [f"nerve cluster check: {len(self.logs.nodes)} logs ({nodes}), "
+                 f"{len(self.logs.by_partition)} partitions with events"]
+        if self.history is not None:
+            counts = ", ".join(f"{self.history.counts.get(o, 0)} {o}" for o in OUTCOMES)
+            lines.append(f"history: {len(self.history.attempts)} attempts ({counts})")
+        width = max(len(c.name) for c in self.checks)
+        for c in self.checks:
+            if c.skipped:
+                lines.append(f"  skip  {c.name:<{width}}  {c.skipped}")
+            elif c.ok:
+                lines.append(f"  ok    {c.name:<{width}}  {c.holds}")
+            else:
+                plural = "" if c.violations == 1 else "s"
+                lines.append(f"  FAIL  {c.name:<{width}}  {c.violations} violation{plural} of: "
+                             f"{c.holds}")
+                lines.extend(f"          {example}" for example in c.examples)
+                if c.violations > len(c.examples):
+                    lines.append(f"          ... and {c.violations - len(c.examples)} more")
+        if self.info is not None:
+            lines.append(f"indeterminate (info) ids: {self.info['present']} stored, "
+                         f"{self.info['absent']} not")
+        failed = sum(not c.ok for c in self.checks)
+        lines.append("VALID: every check holds" if self.valid
+                     else f"INVALID: {failed} of {len(self.checks)} checks failed")
+        return "\n".join(lines) + "\n"
+
+
+def check(dumps, attempts=None, replicas=False):
+    """Runs every check on {node: [Entry]} and the attempts (None: no history)."""
+    logs = Logs(dumps)
+    history = None if attempts is None else History(attempts)
+    checks = [check_offsets_dense(logs), check_one_id_per_offset(logs),
+              check_no_duplicate_ids(logs), check_id_in_one_partition(logs),
+              check_replicas_agree(logs) if replicas else check_single_owner(logs)]
+    history_checks = [("acked_present", lambda: check_acked_present(logs, history)),
+                      ("failed_absent", lambda: check_failed_absent(logs, history)),
+                      ("stored_were_published", lambda: check_stored_were_published(logs, history)),
+                      ("per_key_order", lambda: check_per_key_order(history))]
+    for name, run in history_checks:
+        if history is None:
+            skipped = Check(name, "")
+            skipped.skipped = "needs --history"
+            checks.append(skipped)
+        else:
+            checks.append(run())
+    return Report(logs, history, checks, replicas)
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def _dump_arg(arg):
+    node, sep, path = arg.partition("=")
+    if not sep:
+        path = arg
+        node = os.path.splitext(os.path.basename(arg))[0]
+    if not node or not path:
+        raise InputError(f"dump {arg!r}: expected NODE=PATH or PATH")
+    return node, path
+
+
+def _read_lines(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Check nerve logs (nerve __dump-log output, one per node) against a "
+                    "history of publish attempts. Exit 0: every check holds; 1: one does "
+                    "not; 2: an input cannot be read.")
+    parser.add_argument("dumps", nargs="+", metavar="[NODE=]DUMP",
+                        help="a node's dump; without NODE=, the file name names the node")
+    parser.add_argument("--history", help="history.jsonl of every publish attempt")
+    parser.add_argument("--replicas", action="store_true",
+                        help="partitions are replicated: nodes holding one must agree on "
+                             "the offsets they all hold (default: one owner per partition)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    args = parser.parse_args(argv)
+    try:
+        dumps = {}
+        for arg in args.dumps:
+            node, path = _dump_arg(arg)
+            if node in dumps:
+                raise InputError(f"node {node} is named twice")
+            dumps[node] = parse_dump(node, _read_lines(path), path)
+        attempts = None
+        if args.history:
+            attempts = parse_history(_read_lines(args.history), args.history)
+    except InputError as e:
+        print(f"checker: {e}", file=sys.stderr)
+        return 2
+    report = check(dumps, attempts, args.replicas)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(report.text())
+    return 0 if report.valid else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

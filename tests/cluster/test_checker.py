@@ -1,0 +1,357 @@
+"""tests/cluster/checker.py on synthetic dumps and histories: a cluster whose logs hold
+every check passes, and each kind of anomaly (a lost ack, a duplicate offset, a gap, a
+duplicate id, a refused id stored, an order violation, ...) fails exactly the check made
+for it. No nerve process is involved.
+"""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import unittest
+
+import checker
+from checker import Attempt, Entry
+
+CHECKS = ("offsets_dense", "one_id_per_offset", "no_duplicate_ids", "id_in_one_partition",
+          "single_owner", "acked_present", "failed_absent", "stored_were_published",
+          "per_key_order")
+
+
+def entry(node, topic, partition, offset, event_id):
+    """A dump line's entry; its sha1 stands for the event's content, here its id."""
+    return Entry(node, topic, partition, offset, event_id, 1_000_000 + offset,
+                 hashlib.sha1(event_id.encode()).hexdigest())
+
+
+class Scenario:
+    """A cluster's logs and history built by "publishing": each partition has one owner
+    node and offsets are assigned in order; the clock advances one unit per attempt."""
+
+    OWNERS = {("t", 0): "n1", ("t", 1): "n1", ("t", 2): "n2", ("t", 3): "n3",
+              ("u", 0): "n2"}
+
+    def __init__(self):
+        self.entries = {"n1": [], "n2": [], "n3": []}
+        self.attempts = []
+        self.next_offset = {tp: 0 for tp in self.OWNERS}
+        self.clock = 0.0
+
+    def tick(self):
+        self.clock += 1.0
+        return self.clock
+
+    def store(self, event_id, topic, partition, node=None, offset=None):
+        """Appends an event to the owner's log (or `node`'s) at the next offset (or `offset`)."""
+        if offset is None:
+            offset = self.next_offset[(topic, partition)]
+            self.next_offset[(topic, partition)] += 1
+        node = node or self.OWNERS[(topic, partition)]
+        self.entries[node].append(entry(node, topic, partition, offset, event_id))
+        return offset
+
+    def attempt(self, event_id, topic, key, outcome, partition=None, offset=None, batch=None,
+                t0=None, t1=None):
+        t0 = self.tick() if t0 is None else t0
+        t1 = self.tick() if t1 is None else t1
+        self.attempts.append(Attempt(event_id, key, topic, t0, t1, outcome, partition, offset,
+                                     batch, len(self.attempts) + 1))
+
+    def ok(self, event_id, topic, partition, key=None, batch=None):
+        self.attempt(event_id, topic, key, "ok", partition,
+                     self.store(event_id, topic, partition), batch)
+
+    def info(self, event_id, topic, partition, key=None, stored=True):
+        if stored:
+            self.store(event_id, topic, partition)
+        self.attempt(event_id, topic, key, "info")
+
+    def fail(self, event_id, topic, key=None):
+        self.attempt(event_id, topic, key, "fail")
+
+    def drop(self, event_id):
+        """Removes every stored copy of an event."""
+        for node in self.entries:
+            self.entries[node] = [e for e in self.entries[node] if e.id != event_id]
+
+    def report(self, replicas=False, history=True):
+        return checker.check(self.entries, self.attempts if history else None, replicas)
+
+
+def healthy():
+    """Two writers over keys a..c of topic t (a key's partition is fixed), one batch, a
+    keyless topic u, refused and indeterminate attempts, and a retry."""
+    s = Scenario()
+    partition_of = {"a": 0, "b": 2, "c": 3}
+    for seq in range(6):
+        for writer in ("w1", "w2"):
+            key = "abc"[(seq + (writer == "w2")) % 3]
+            s.ok(f"{writer}-{seq}", "t", partition_of[key], key)
+    for j in range(3):  # one request of three events of key b
+        s.ok(f"batch-{j}", "t", 2, "b", batch="r1")
+    s.ok("u-0", "u", 0)
+    s.fail("w1-bad", "t", "a")
+    s.info("w1-lost", "t", 0, "a", stored=False)
+    s.info("w2-maybe", "t", 1, "x", stored=True)  # key x lives in partition 1
+    s.info("w2-maybe2", "t", 1, "x", stored=True)
+    s.ok("w1-after", "t", 1, "x")
+    # A retry: the first attempt timed out after the append; the retry gets the
+    # duplicate's coordinates, after another event of the key was acknowledged.
+    s.info("w1-retry", "t", 0, "a", stored=True)
+    retried_offset = s.next_offset[("t", 0)] - 1
+    s.ok("w2-between", "t", 0, "a")
+    s.attempt("w1-retry", "t", "a", "ok", 0, retried_offset)
+    return s
+
+
+def failed(report):
+    return {c.name for c in report.checks if not c.ok}
+
+
+class CheckerTest(unittest.TestCase):
+
+    def assertFailsOnly(self, report, *names):
+        self.assertEqual(failed(report), set(names), report.text())
+        self.assertFalse(report.valid)
+        for name in names:
+            check = next(c for c in report.checks if c.name == name)
+            self.assertTrue(check.examples, name)
+
+    # -- passing --------------------------------------------------------------------------
+
+    def test_a_healthy_cluster_passes_every_check(self):
+        report = healthy().report()
+        self.assertTrue(report.valid, report.text())
+        self.assertEqual([c.name for c in report.checks], list(CHECKS))
+        self.assertEqual(report.info, {"present": 2, "absent": 1})
+        self.assertIn("VALID", report.text())
+
+    def test_without_a_history_only_the_log_checks_run(self):
+        report = healthy().report(history=False)
+        self.assertTrue(report.valid, report.text())
+        skipped = [c.name for c in report.checks if c.skipped]
+        self.assertEqual(skipped, ["acked_present", "failed_absent", "stored_were_published",
+                                   "per_key_order"])
+        self.assertIn("skip", report.text())
+
+    def test_an_empty_cluster_passes(self):
+        self.assertTrue(checker.check({"n1": [], "n2": []}, []).valid)
+
+    def test_concurrent_writes_of_one_key_may_land_in_either_order(self):
+        s = Scenario()
+        s.entries["n1"] = [entry("n1", "t", 0, 0, "y"), entry("n1", "t", 0, 1, "x")]
+        # x was sent first but acknowledged last: the two overlap in time.
+        s.attempts = [Attempt("x", "k", "t", 1, 4, "ok", 0, 1, None, 1),
+                      Attempt("y", "k", "t", 2, 3, "ok", 0, 0, None, 2)]
+        report = s.report()
+        self.assertTrue(report.valid, report.text())
+
+    # -- each check fails on its anomaly -------------------------------------------------
+
+    def test_a_lost_acknowledged_event_fails_acked_present(self):
+        s = healthy()
+        s.drop("w1-after")  # the last event of t/1
+        self.assertFailsOnly(s.report(), "acked_present")
+        self.assertIn("id w1-after acknowledged at t/1 offset 2: lost (stored: n1 up to 1)",
+                      s.report().text())
+        s.drop("u-0")  # the only event of u/0
+        self.assertIn("lost: no node stores u/0", s.report().text())
+
+    def test_an_ack_at_another_offset_fails_acked_present(self):
+        s = healthy()
+        a = s.attempts[0]
+        s.attempts[0] = Attempt(a.id, a.key, a.topic, a.t0, a.t1, a.outcome, a.partition,
+                                a.offset + 1, a.batch, a.line)
+        self.assertIn("acked_present", failed(s.report()))
+
+    def test_one_id_acknowledged_at_two_places_fails_acked_present(self):
+        s = healthy()
+        s.attempt("u-0", "u", None, "ok", 0, 0)
+        s.ok("u-1", "u", 0)
+        s.attempt("u-0", "u", None, "ok", 0, 1)
+        self.assertFailsOnly(s.report(), "acked_present")
+
+    def test_a_gap_fails_offsets_dense(self):
+        s = healthy()
+        s.drop("w2-maybe")  # an indeterminate event in the middle of t/1
+        self.assertFailsOnly(s.report(), "offsets_dense")
+        self.assertIn("t/1: offsets 0 missing", s.report().text())
+
+    def test_a_log_not_starting_at_zero_fails_offsets_dense(self):
+        s = Scenario()
+        s.store("late", "t", 0, offset=3)
+        self.assertFailsOnly(s.report(history=False), "offsets_dense")
+
+    def test_each_stored_anomaly_fails_exactly_its_check(self):
+        def at_offset_of(event_id):
+            return next(e.offset for e in healthy().entries["n1"] if e.id == event_id)
+
+        anomalies = [
+            # w1-lost was published (its outcome unknown) and is now stored where
+            # w2-maybe is already.
+            ("two events at one offset", "one_id_per_offset",
+             lambda s: s.store("w1-lost", "t", 1, offset=at_offset_of("w2-maybe"))),
+            ("an acknowledged id appended again in its partition", "no_duplicate_ids",
+             lambda s: s.store("w1-0", "t", 0)),
+            ("an id in two partitions", "id_in_one_partition",
+             lambda s: s.store("w2-maybe", "t", 2)),
+            ("a refused id stored", "failed_absent", lambda s: s.store("w1-bad", "t", 0)),
+            ("an id never published", "stored_were_published",
+             lambda s: s.store("ghost", "t", 3)),
+        ]
+        for what, check, anomaly in anomalies:
+            with self.subTest(what):
+                s = healthy()
+                anomaly(s)
+                self.assertFailsOnly(s.report(), check)
+
+    def test_events_on_a_topic_not_in_the_history_are_not_phantoms(self):
+        s = healthy()
+        s.OWNERS = {**s.OWNERS, ("v", 0): "n3"}
+        s.next_offset[("v", 0)] = 0
+        s.store("agent-output", "v", 0)
+        self.assertTrue(s.report().valid, s.report().text())
+
+    def test_later_writes_of_a_key_at_lower_offsets_fail_per_key_order(self):
+        s = Scenario()
+        # The log and the acks agree, but the second write got the lower offset.
+        s.entries["n1"] = [entry("n1", "t", 0, 0, "second"), entry("n1", "t", 0, 1, "first")]
+        s.attempts = [Attempt("first", "k", "t", 1, 2, "ok", 0, 1, None, 1),
+                      Attempt("second", "k", "t", 3, 4, "ok", 0, 0, None, 2)]
+        self.assertFailsOnly(s.report(), "per_key_order")
+        self.assertIn("before second was sent", s.report().text())
+
+    def test_a_request_stored_out_of_order_fails_per_key_order(self):
+        s = Scenario()
+        s.entries["n1"] = [entry("n1", "t", 0, 0, "e1"), entry("n1", "t", 0, 1, "e0")]
+        s.attempts = [Attempt("e0", "k", "t", 1, 2, "ok", 0, 1, "r1", 1),
+                      Attempt("e1", "k", "t", 1, 2, "ok", 0, 0, "r1", 2)]
+        self.assertFailsOnly(s.report(), "per_key_order")
+
+    def test_one_key_in_two_partitions_fails_per_key_order(self):
+        s = Scenario()
+        s.ok("e0", "t", 0, "k")
+        s.ok("e1", "t", 1, "k")
+        self.assertFailsOnly(s.report(), "per_key_order")
+
+    def test_a_partition_on_two_nodes_fails_single_owner(self):
+        s = healthy()
+        for e in [e for e in s.entries["n3"] if (e.topic, e.partition) == ("t", 3)]:
+            s.store(e.id, e.topic, e.partition, node="n2", offset=e.offset)
+        self.assertFailsOnly(s.report(), "single_owner")
+
+    # -- replicas -------------------------------------------------------------------------
+
+    def replicated(self, drop_tail=0):
+        """healthy() with t/3 copied to n1, less its last `drop_tail` events."""
+        s = healthy()
+        copy = [e for e in s.entries["n3"] if (e.topic, e.partition) == ("t", 3)]
+        for e in copy[:len(copy) - drop_tail]:
+            s.entries["n1"].append(Entry("n1", e.topic, e.partition, e.offset, e.id,
+                                         e.time_us, e.sha1))
+        return s
+
+    def test_replicas_that_agree_pass(self):
+        for drop_tail in (0, 2):  # identical, and a follower behind
+            report = self.replicated(drop_tail).report(replicas=True)
+            self.assertTrue(report.valid, report.text())
+            self.assertIn("replicas_agree", [c.name for c in report.checks])
+            self.assertNotIn("single_owner", [c.name for c in report.checks])
+
+    def test_replicas_that_differ_fail_replicas_agree(self):
+        s = self.replicated()
+        at = next(i for i, e in enumerate(s.entries["n1"]) if e.topic == "t" and e.partition == 3)
+        e = s.entries["n1"][at]
+        s.entries["n1"][at] = Entry(e.node, e.topic, e.partition, e.offset, e.id, e.time_us,
+                                    "f" * 40)
+        self.assertFailsOnly(s.report(replicas=True), "replicas_agree")
+
+
+class CommandLineTest(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="nerve-checker-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def write(self, name, lines):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.writelines(line + "\n" for line in lines)
+        return path
+
+    def write_scenario(self, s):
+        dumps = []
+        for node, entries in s.entries.items():
+            path = self.write(f"{node}.dump", [
+                f"{e.topic} {e.partition} {e.offset} {e.id} {e.time_us} {e.sha1}"
+                for e in entries])
+            dumps.append(path)
+        history = self.write("history.jsonl", [json.dumps(
+            {"id": a.id, "key": a.key, "topic": a.topic, "t0": a.t0, "t1": a.t1,
+             "outcome": a.outcome, "partition": a.partition, "offset": a.offset,
+             "batch": a.batch}) for a in s.attempts])
+        return dumps, history
+
+    def run_main(self, args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = checker.main(args)
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code
+        return code, out.getvalue(), err.getvalue()
+
+    def test_valid_logs_exit_0(self):
+        dumps, history = self.write_scenario(healthy())
+        code, out, _ = self.run_main(dumps + ["--history", history])
+        self.assertEqual(code, 0, out)
+        self.assertIn("n1 ", out)  # nodes are named by their file names
+        self.assertIn("VALID", out)
+
+    def test_a_violation_exits_1_with_a_readable_report(self):
+        s = healthy()
+        s.drop("u-0")
+        dumps, history = self.write_scenario(s)
+        code, out, _ = self.run_main(dumps + ["--history", history])
+        self.assertEqual(code, 1, out)
+        self.assertIn("FAIL  acked_present", out)
+        self.assertIn("id u-0 acknowledged at u/0 offset 0", out)
+        self.assertIn("INVALID: 1 of 9 checks failed", out)
+
+    def test_json_summary(self):
+        s = healthy()
+        s.store("w1-bad", "t", 0)
+        dumps, history = self.write_scenario(s)
+        args = [f"node{i}={p}" for i, p in enumerate(dumps, 1)]
+        code, out, _ = self.run_main(args + ["--history", history, "--json"])
+        self.assertEqual(code, 1, out)
+        summary = json.loads(out)
+        self.assertFalse(summary["valid"])
+        self.assertEqual(sorted(summary["nodes"]), ["node1", "node2", "node3"])
+        self.assertEqual(summary["history"]["fail"], 1)
+        self.assertEqual(summary["info_ids"], {"present": 2, "absent": 1})
+        by_name = {c["name"]: c for c in summary["checks"]}
+        self.assertEqual(set(by_name), set(CHECKS))
+        self.assertEqual(by_name["failed_absent"]["violations"], 1)
+        self.assertTrue(by_name["acked_present"]["ok"])
+
+    def test_unreadable_inputs_exit_2(self):
+        good = self.write("n1.dump", ["t 0 0 e0 1 " + "a" * 40])
+        bad_dump = self.write("bad.dump", ["t 0 zero e0 1 " + "a" * 40])
+        bad_history = self.write("bad.jsonl", ['{"id": "e0", "topic": "t", "t0": 1, "t1": 2, '
+                                               '"outcome": "ok"}'])
+        for args, says in (([bad_dump], "bad.dump:1: offset 'zero'"),
+                           ([good, "--history", bad_history], "needs the partition and offset"),
+                           ([good, f"n1={good}"], "node n1 is named twice"),
+                           ([os.path.join(self.dir, "missing.dump")], "cannot read")):
+            code, _, err = self.run_main(args)
+            self.assertEqual(code, 2, args)
+            self.assertIn(says, err)
+        self.assertEqual(self.run_main([])[0], 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
