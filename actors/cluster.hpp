@@ -55,6 +55,9 @@ public:
                        std::vector<forward_batch> batches, callback<forward_answer> done)
     = 0;
 
+  /// Asks member `id` to answer `req` from its own data.
+  virtual void call(const std::string& id, peer_request req, callback<peer_response> done) = 0;
+
   /// The partition count of `topic`, decided (and the topic created) by its
   /// home node `home`.
   virtual void topic_partitions(const std::string& home, const std::string& topic,

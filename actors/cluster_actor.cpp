@@ -139,6 +139,7 @@ struct cluster_state {
   std::unordered_map<std::string, restart_policy> backoff;
   std::unordered_map<std::string, bool> dialing;
   std::unordered_map<std::uint64_t, caf::typed_response_promise<std::vector<appended>>> pending;
+  std::unordered_map<std::uint64_t, caf::typed_response_promise<api_response>> pending_api;
   std::uint64_t next_token = 1;
   bool stopping = false;
 
@@ -330,6 +331,23 @@ void answer_forward(cluster_actor_t self, std::uint64_t token, T&& x) {
   pending.erase(it);
 }
 
+caf::result<api_response> on_api(cluster_actor_t self, api_request& req) {
+  auto& st = self->state;
+  if (st.stopping)
+    return make_caf_error(errc::unavailable,
+                          "node " + st.table->where.self() + " is shutting down");
+  auto token = st.next_token++;
+  st.pending_api.emplace(token, self->make_response_promise<api_response>());
+  auto me = caf::actor_cast<peer_actor>(self);
+  st.ops.api(
+    {std::move(req.method), std::move(req.path), std::move(req.query), std::move(req.body)},
+    [me, token](peer_response r) {
+      caf::anon_send(me, answered_atom::value, token,
+                     api_response{r.status, std::move(r.content_type), std::move(r.body)});
+    });
+  return st.pending_api.at(token);
+}
+
 caf::result<std::uint32_t> on_topic(cluster_actor_t self, const std::string& topic) {
   auto& st = self->state;
   if (!st.table->where.is_self(st.table->where.home(topic)))
@@ -375,6 +393,14 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
     [self](forward_atom, const std::string& topic, std::uint32_t partitions,
            std::vector<append_request>& reqs) { return on_forward(self, topic, partitions, reqs); },
     [self](topic_atom, const std::string& topic) { return on_topic(self, topic); },
+    [self](api_atom, api_request& req) { return on_api(self, req); },
+    [self](answered_atom, std::uint64_t token, api_response& r) {
+      auto& pending = self->state.pending_api;
+      if (auto it = pending.find(token); it != pending.end()) {
+        it->second.deliver(std::move(r));
+        pending.erase(it);
+      }
+    },
     [self](dial_atom, const std::string& id) { dial(self, id); },
     [self](probed_atom, const std::string& id, bool ok) { probed(self, id, ok); },
     [self](forwarded_atom, std::uint64_t token, std::vector<appended>& out) {
@@ -388,6 +414,9 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
       for (auto& [token, rp] : self->state.pending)
         rp.deliver(make_caf_error(errc::unavailable, "the node is shutting down"));
       self->state.pending.clear();
+      for (auto& [token, rp] : self->state.pending_api)
+        rp.deliver(make_caf_error(errc::unavailable, "the node is shutting down"));
+      self->state.pending_api.clear();
       self->quit();
     },
   };
@@ -433,12 +462,8 @@ public:
   void forward(const std::string& owner, const std::string& topic, std::uint32_t partitions,
                std::vector<forward_batch> batches, callback<forward_answer> done) override {
     auto* p = table_->find(owner);
-    peer_actor dest;
-    if (p != nullptr) {
-      std::shared_lock<std::shared_mutex> guard{table_->mutex};
-      dest = p->handle;
-    }
-    if (p == nullptr || !p->up || !dest)
+    auto dest = handle_of(owner);
+    if (!dest)
       return done(
         tl::make_unexpected(error{errc::unavailable, "node " + owner + " owns partitions of "
                                                        + topic + " and is down; retry shortly"}));
@@ -494,14 +519,34 @@ public:
     });
   }
 
+  void call(const std::string& id, peer_request req, callback<peer_response> done) override {
+    auto dest = handle_of(id);
+    if (!dest)
+      return done(tl::make_unexpected(
+        error{errc::unavailable, "node " + id + " is down or unreachable; retry shortly"}));
+    sys_.spawn([dest, id, req = std::move(req),
+                done = std::move(done)](caf::event_based_actor* self) mutable {
+      self
+        ->request(dest, forward_timeout, api_atom::value,
+                  api_request{std::move(req.method), std::move(req.path), std::move(req.query),
+                              std::move(req.body)})
+        .then(
+          [done](api_response& r) {
+            done(peer_response{r.status, std::move(r.content_type), std::move(r.body)});
+          },
+          [self, done, id](caf::error& e) {
+            done(tl::make_unexpected(e.category() == error_category
+                                       ? from_caf_error(e)
+                                       : error{errc::unavailable, "node " + id + " did not answer ("
+                                                                    + self->system().render(e)
+                                                                    + "); retry shortly"}));
+          });
+    });
+  }
+
   void topic_partitions(const std::string& home, const std::string& topic,
                         callback<std::uint32_t> done) override {
-    auto* p = table_->find(home);
-    peer_actor dest;
-    if (p != nullptr) {
-      std::shared_lock<std::shared_mutex> guard{table_->mutex};
-      dest = p->handle;
-    }
+    auto dest = handle_of(home);
     if (!dest)
       return done(
         tl::make_unexpected(error{errc::unavailable, "node " + home + ", the home of " + topic
@@ -528,6 +573,15 @@ public:
   }
 
 private:
+  /// The link's handle while member `id` is up; null otherwise.
+  peer_actor handle_of(const std::string& id) const {
+    auto* p = table_->find(id);
+    if (p == nullptr || !p->up)
+      return {};
+    std::shared_lock<std::shared_mutex> guard{table_->mutex};
+    return p->handle;
+  }
+
   caf::actor_system& sys_;
   std::shared_ptr<peer_table> table_;
   peer_actor actor_;

@@ -27,6 +27,8 @@ struct cluster_ops {
     append;
   /// The partition count of a topic whose home is this node, creating it.
   std::function<void(const std::string& topic, callback<std::uint32_t> done)> home_topic;
+  /// A peer's API request, answered from this node's own data.
+  peer_handler api;
 };
 
 /// The cluster as the node's services use it, and its lifecycle.

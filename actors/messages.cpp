@@ -101,6 +101,8 @@ void register_messages(caf::actor_system_config& cfg) {
     .add_message_type<replay_range>("nerve.replay_range")
     .add_message_type<replay_plan>("nerve.replay_plan")
     .add_message_type<replay_record>("nerve.replay_record")
+    .add_message_type<api_request>("nerve.api_request")
+    .add_message_type<api_response>("nerve.api_response")
     .add_message_type<hello>("nerve.hello");
 }
 

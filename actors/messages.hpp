@@ -97,7 +97,8 @@ using topic_atom = caf::atom_constant<caf::atom("topic")>;
 using dial_atom = caf::atom_constant<caf::atom("dial")>;
 using probed_atom = caf::atom_constant<caf::atom("probed")>;
 using forwarded_atom = caf::atom_constant<caf::atom("forwarded")>;
-using status_atom = caf::atom_constant<caf::atom("status")>;
+using api_atom = caf::atom_constant<caf::atom("api")>;
+using answered_atom = caf::atom_constant<caf::atom("answered")>;
 
 // -- errors --------------------------------------------------------------------
 
@@ -421,6 +422,38 @@ typename Inspector::result_type inspect(Inspector& f, hello& x) {
   return f(caf::meta::type_name("nerve.hello"), x.node_id, x.version, x.members);
 }
 
+/// An API request a node hands a peer (node.hpp peer_request on the wire).
+struct api_request {
+  std::string method;
+  std::string path;
+  std::string query;
+  std::string body;
+
+  friend bool operator==(const api_request& a, const api_request& b) {
+    return a.method == b.method && a.path == b.path && a.query == b.query && a.body == b.body;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, api_request& x) {
+  return f(caf::meta::type_name("nerve.api_request"), x.method, x.path, x.query, x.body);
+}
+
+struct api_response {
+  std::uint32_t status = 0;
+  std::string content_type;
+  std::string body;
+
+  friend bool operator==(const api_response& a, const api_response& b) {
+    return a.status == b.status && a.content_type == b.content_type && a.body == b.body;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, api_response& x) {
+  return f(caf::meta::type_name("nerve.api_response"), x.status, x.content_type, x.body);
+}
+
 // -- interfaces ----------------------------------------------------------------
 
 namespace detail {
@@ -515,11 +548,15 @@ using peer_actor = caf::typed_actor<
   /// The partition count of a topic whose home is this node (created on
   /// first ask).
   caf::replies_to<topic_atom, std::string>::with<std::uint32_t>,
+  /// Answers an API request from this node's own data (a cluster-wide read).
+  caf::replies_to<api_atom, api_request>::with<api_response>,
   /// Internal: time to dial member `id`; the probe of `id` found it reachable.
   caf::reacts_to<dial_atom, std::string>, caf::reacts_to<probed_atom, std::string, bool>,
   /// Internal: forward `token` is durable here, or failed.
   caf::reacts_to<forwarded_atom, std::uint64_t, std::vector<appended>>,
-  caf::reacts_to<forwarded_atom, std::uint64_t, caf::error>, caf::reacts_to<stop_atom>>;
+  caf::reacts_to<forwarded_atom, std::uint64_t, caf::error>,
+  /// Internal: API request `token` is answered here.
+  caf::reacts_to<answered_atom, std::uint64_t, api_response>, caf::reacts_to<stop_atom>>;
 
 /// Registers every type above under its stable name ("nerve.<type>"); each
 /// node calls it on its actor_system_config before the system starts.

@@ -231,6 +231,25 @@ public:
 
   std::string runner_id() const override { return runner_id_; }
 
+  std::string owner_of(const std::string& topic, std::uint32_t p) const override {
+    return cluster_ ? cluster_->where().owner(topic, p) : log_->node_id();
+  }
+
+  std::string home_of(const std::string& topic) const override {
+    return cluster_ ? cluster_->where().home(topic) : log_->node_id();
+  }
+
+  void serve_peers(peer_handler h) override {
+    std::lock_guard<std::mutex> guard{peer_mutex_};
+    peer_handler_ = std::make_shared<peer_handler>(std::move(h));
+  }
+
+  void call_peer(const std::string& id, peer_request req, callback<peer_response> done) override {
+    if (!cluster_)
+      return done(tl::make_unexpected(error{errc::not_found, "this node runs alone"}));
+    cluster_->call(id, std::move(req), std::move(done));
+  }
+
   cluster_report cluster() const override {
     cluster_report out;
     out.node_id = log_->node_id();
@@ -318,6 +337,17 @@ private:
       };
       sender_.create_topic(std::move(req));
     };
+    ops.api = [this](peer_request req, std::function<void(peer_response)> done) {
+      std::shared_ptr<peer_handler> h;
+      {
+        std::lock_guard<std::mutex> guard{peer_mutex_};
+        h = peer_handler_;
+      }
+      if (!h)
+        return done({503, "application/problem+json",
+                     R"({"status":503,"title":"Service Unavailable","detail":"starting"})"});
+      (*h)(std::move(req), std::move(done));
+    };
     auto link = start_cluster(system_, cfg_, std::move(ops));
     if (!link)
       return link.error();
@@ -384,6 +414,8 @@ private:
   replay_service replays_;
   health_service health_;
   std::unique_ptr<cluster_service> cluster_;
+  std::mutex peer_mutex_;
+  std::shared_ptr<peer_handler> peer_handler_;
   std::string runner_id_;
   std::mutex shutdown_mutex_;
   bool stopped_ = false;

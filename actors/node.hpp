@@ -281,6 +281,24 @@ using tail_handle = std::shared_ptr<void>;
 /// from the partition actors' threads: it must not block.
 using tail_sink = std::function<void(const std::vector<std::string>& events)>;
 
+/// An API request one node hands another (a cluster-wide read asks every
+/// member for its own share).
+struct peer_request {
+  std::string method;
+  std::string path; ///< percent-encoded, as received
+  std::string query;
+  std::string body;
+};
+
+struct peer_response {
+  unsigned status = 0;
+  std::string content_type;
+  std::string body;
+};
+
+/// Answers a peer's request from this node's own data.
+using peer_handler = std::function<void(peer_request, std::function<void(peer_response)>)>;
+
 /// One cluster member as a node sees it.
 struct member_view {
   std::string id;
@@ -379,6 +397,19 @@ public:
   /// The members as this node sees them, with the partitions (of the topics
   /// it knows) each owns; one member, this node, when it runs alone.
   [[nodiscard]] virtual cluster_report cluster() const = 0;
+
+  /// The member that owns partition `p` of `topic` (this node alone: itself).
+  [[nodiscard]] virtual std::string owner_of(const std::string& topic, std::uint32_t p) const = 0;
+
+  /// The member that decides `topic`'s partition count and always has it.
+  [[nodiscard]] virtual std::string home_of(const std::string& topic) const = 0;
+
+  /// Peers' requests go to `h` from now on (before it: 503).
+  virtual void serve_peers(peer_handler h) = 0;
+
+  /// Asks member `id` (not this node) to answer `req` from its own data.
+  /// Errors: `unavailable` when it is down or does not answer in time.
+  virtual void call_peer(const std::string& id, peer_request req, callback<peer_response> done) = 0;
 
   /// Refuses new publishes, answers every queued one, stops the actors and
   /// closes the log. Blocks; call it from outside the actor threads.

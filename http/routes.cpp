@@ -267,13 +267,17 @@ public:
         break;
       }
     }
-    auto& series
-      = hit ? *hit->series : env_.stats.series(req.method, same_path ? same_path->label : "other");
-    respond = [this, &series, started = std::chrono::steady_clock::now(),
-               respond = std::move(respond)](response res) {
-      env_.stats.observe(series, res.status, std::chrono::steady_clock::now() - started);
-      respond(std::move(res));
-    };
+    // A member's share of a cluster-wide request is counted where the
+    // request came in, not again here.
+    if (!req.local) {
+      auto& series = hit ? *hit->series
+                         : env_.stats.series(req.method, same_path ? same_path->label : "other");
+      respond = [this, &series, started = std::chrono::steady_clock::now(),
+                 respond = std::move(respond)](response res) {
+        env_.stats.observe(series, res.status, std::chrono::steady_clock::now() - started);
+        respond(std::move(res));
+      };
+    }
     if (!path_ok)
       return respond(
         problem(400, "bad-path", "Bad Request", "the path has a malformed percent-encoding"));
@@ -304,12 +308,14 @@ private:
   void dispatch(const route& r, request& req, const params& p, responder& respond) {
     // Decided on the route matched, not on the raw path: "//v1/..." and
     // "/%761/..." reach the same routes and need the same token.
-    if (!r.pattern.empty() && r.pattern.front() == "v1" && !authorized(req)) {
+    if (!req.local && !r.pattern.empty() && r.pattern.front() == "v1" && !authorized(req)) {
       auto res = problem(401, "unauthorized", "Unauthorized",
                          "this route needs the header Authorization: Bearer <http.token>");
       res.headers.emplace_back("WWW-Authenticate", "Bearer");
       return respond(std::move(res));
     }
+    if (cluster_route(env_, r.method, r.label, req, p, respond, local_))
+      return;
     r.fn(req, p, respond);
   }
 
@@ -357,6 +363,10 @@ private:
   http::metrics stats_;
   api_env env_;
   std::vector<route> routes_;
+  local_fn local_ = [this](request req, responder respond) {
+    req.local = true;
+    (*this)(std::move(req), std::move(respond));
+  };
 };
 
 } // namespace
@@ -364,6 +374,19 @@ private:
 handler make_api(actors::node& node, const config::config& cfg,
                  std::function<void(unsigned)>* own_answers) {
   auto a = std::make_shared<api>(node, cfg);
+  // Peers ask for this node's share of cluster-wide reads. The node keeps
+  // the handler (and so the API) until it is destroyed.
+  node.serve_peers([a](actors::peer_request pr, std::function<void(actors::peer_response)> done) {
+    request req;
+    req.method = std::move(pr.method);
+    req.path = std::move(pr.path);
+    req.query = std::move(pr.query);
+    req.body = std::move(pr.body);
+    req.local = true;
+    (*a)(std::move(req), [done](response res) {
+      done({res.status, std::move(res.content_type), std::move(res.body)});
+    });
+  });
   if (own_answers != nullptr)
     *own_answers = [a](unsigned status) { a->count_own_answer(status); };
   return [a](request&& req, responder respond) { (*a)(std::move(req), std::move(respond)); };

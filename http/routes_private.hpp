@@ -38,6 +38,16 @@ struct api_env {
   [[nodiscard]] double uptime_s() const;
 };
 
+/// Runs a request on this node alone (`req.local` set: no fan-out, no token
+/// check: a peer asks, or the fan-out asks this node for its share).
+using local_fn = std::function<void(request, responder)>;
+
+/// In a cluster, answers a cluster-wide route (routes_cluster.cpp) by asking
+/// the members and merging; false when the route is node-local or this node
+/// runs alone.
+bool cluster_route(const api_env& env, const std::string& method, const std::string& label,
+                   request& req, const params& p, responder& respond, const local_fn& local);
+
 // -- request and answer helpers (routes.cpp) ------------------------------------
 
 /// Decodes %XX; in a query (not a path) '+' is a space as well.

@@ -22,6 +22,9 @@ struct request {
   std::string body;
   std::string authorization;
   bool websocket = false; ///< a WebSocket upgrade request
+  /// Asked by a peer or by this node's own fan-out: answer from this node's
+  /// data alone, without a token (never set from the network's HTTP side).
+  bool local = false;
 };
 
 /// Sends one text frame on a WebSocket; from any thread, never blocks.

@@ -97,11 +97,29 @@ class LinkAndForwardTest(ClusterTestCase):
             owner = self.nodes[owners[f"{TOPIC}/{a['partition']}"]]
             events = owner.read_partition(TOPIC, a["partition"])
             self.assertIn((a["id"], a["offset"]), [(e["id"], e["offset"]) for e in events])
-        # And nowhere else: a partition's events live on its owner only.
-        for node_id, srv in self.nodes.items():
-            for p in range(PARTITIONS):
-                if owners[f"{TOPIC}/{p}"] != node_id:
-                    self.assertEqual(srv.read_partition(TOPIC, p), [], (node_id, p))
+        # Reads are cluster-wide: every node answers every partition, by id
+        # too, the same.
+        for p in range(PARTITIONS):
+            first = self.nodes["n1"].read_partition(TOPIC, p)
+            for node_id in ("n2", "n3"):
+                self.assertEqual(self.nodes[node_id].read_partition(TOPIC, p), first)
+        for a in acked[:6]:
+            for srv in self.nodes.values():
+                r = srv.get(f"/v1/events/{a['id']}")
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.json()["event"]["offset"], a["offset"])
+        self.assertEqual(self.nodes["n2"].get("/v1/events/no-such-id").status, 404)
+        # Without a partition: partitions in order, each from its owner.
+        r = self.nodes["n3"].get(f"/v1/topics/{TOPIC}/events?limit=1000")
+        self.assertEqual(r.status, 200, r)
+        got = [(e["partition"], e["offset"]) for e in r.json()["events"]]
+        self.assertEqual(got, sorted((a["partition"], a["offset"]) for a in acked))
+        # Topic statistics and bus totals count each event once.
+        for srv in self.nodes.values():
+            t = srv.topics()[TOPIC]
+            self.assertEqual(t["events"], len(acked))
+            self.assertEqual(sum(ps["events"] for ps in t["partition_stats"]), len(acked))
+            self.assertEqual(srv.get("/v1/bus/stats").json()["events"], len(acked))
 
     def test_a_publisher_id_is_idempotent_through_any_node(self):
         self.start_cluster()
@@ -115,6 +133,58 @@ class LinkAndForwardTest(ClusterTestCase):
             self.assertEqual((e["partition"], e["offset"]),
                              (first.json()["events"][0]["partition"],
                               first.json()["events"][0]["offset"]))
+
+
+class ClusterWideReadTest(ClusterTestCase):
+
+    def test_agents_metrics_and_groups_cover_every_node(self):
+        config = ("agents:\n  - {name: echo, kind: builtin, handler: echo, topics: [orders]}\n"
+                  "  - {name: fail, kind: builtin, handler: fail, topics: [orders], max_retries: 0}\n")
+        self.start_cluster(config=config)
+        n = 12
+        for k in range(n):
+            r = self.publish(f"n{k % 3 + 1}", {"key": f"k{k}", "type": "t", "data": {}})
+            self.assertEqual(r.status, 201, r)
+
+        def settled():
+            rows = {m["agent"]: m for m in self.nodes["n2"].get("/v1/metrics").json()["metrics"]}
+            return (rows.get("echo", {}).get("processed") == n
+                    and rows.get("fail", {}).get("dead_lettered") == n and rows)
+        rows = self.wait_for(settled, what="every event processed by echo and dead-lettered by fail")
+        self.assertEqual(rows["echo"]["received"], n)
+        self.assertEqual(rows["echo"]["success_rate"], 100.0)
+        # Every node runs every agent: instances carry their node.
+        agents = {a["name"]: a for a in self.nodes["n1"].get("/v1/agents").json()["agents"]}
+        self.assertEqual(sorted(i["node"] for i in agents["echo"]["instances"]), ["n1", "n2", "n3"])
+        one = self.nodes["n3"].get("/v1/agents/echo").json()
+        self.assertEqual(len(one["instances"]), 3)
+        # Groups: each partition as its owner sees it; lag 0 everywhere.
+        groups = self.nodes["n1"].get(f"/v1/topics/{TOPIC}/groups").json()["groups"]
+        echo = [g for g in groups if g["agent"] == "echo"][0]
+        self.assertEqual(sum(p["end_offset"] for p in echo["partitions"]), n)
+        self.assertEqual(sum(p["cursor"] for p in echo["partitions"]), n)
+        self.assertEqual(echo["lag"], 0)
+        # The DLQ of every node, merged: pages in id order with one count.
+        seen = []
+        cursor = None
+        while True:
+            q = "agent=fail&limit=5" + (f"&cursor={cursor}" if cursor else "")
+            page = self.nodes["n2"].get(f"/v1/dlq?{q}").json()
+            self.assertEqual(page["count"], n)
+            seen += [e["id"] for e in page["entries"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        self.assertEqual(len(seen), n)
+        self.assertEqual(seen, sorted(seen))
+        # An entry is found, retried and deleted through any node.
+        self.assertEqual(self.nodes["n3"].get(f"/v1/dlq/{seen[0]}").status, 200)
+        self.assertEqual(self.nodes["n1"].request("DELETE", f"/v1/dlq/{seen[0]}").status, 200)
+        self.assertEqual(self.nodes["n2"].get(f"/v1/dlq/{seen[0]}").status, 404)
+        r = self.nodes["n1"].post("/v1/dlq/purge?agent=fail")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["purged"], n - 1)
+        self.assertEqual(self.nodes["n3"].get("/v1/dlq").json()["count"], 0)
 
 
 class OwnerDeathTest(ClusterTestCase):
