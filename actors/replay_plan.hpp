@@ -19,6 +19,7 @@
 
 #include "actors/node.hpp"
 #include "actors/node_context.hpp"
+#include "actors/replay_storage.hpp"
 
 namespace nerve::actors::detail {
 
@@ -55,9 +56,6 @@ struct range {
 /// The id of a stored event: its JSON starts with {"id":"...", and ids need
 /// no escaping.
 [[nodiscard]] std::string id_of(const std::string& text);
-
-/// meta key of a replay's record.
-[[nodiscard]] std::string replay_key(const std::string& id);
 
 /// Selects the window through the by_time index and plans each agent's
 /// history; answers the replay's record (not yet stored).

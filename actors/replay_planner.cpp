@@ -60,10 +60,6 @@ std::string id_of(const std::string& text) {
   return end == std::string::npos ? std::string{} : text.substr(head.size(), end - head.size());
 }
 
-std::string replay_key(const std::string& id) {
-  return "replay/" + id;
-}
-
 namespace {
 
 using topics_by_id = std::map<std::uint32_t, persistence::topic_info>;
