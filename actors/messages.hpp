@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -351,21 +352,27 @@ typename Inspector::result_type inspect(Inspector& f, replay_range& x) {
 /// One agent's share of a replay, and how far its redelivery got.
 struct replay_plan {
   std::string agent;
+  /// Named in the request: the whole window is its history, also what came
+  /// before its group started (else only what its group was given).
+  bool named = false;
   std::vector<replay_range> ranges;
-  std::uint64_t events = 0;     ///< deliveries in this agent's history
-  std::uint64_t pos_range = 0;  ///< resume from ranges[pos_range] ...
-  std::uint64_t pos_offset = 0; ///< ... at this offset
+  std::map<std::string, std::uint64_t> counts; ///< deliveries in the history per topic
+  std::uint64_t events = 0;                    ///< deliveries in this agent's history
+  std::uint64_t done = 0;                      ///< of them finished under the replay
+  std::uint64_t pos_range = 0;                 ///< resume from ranges[pos_range] ...
+  std::uint64_t pos_offset = 0;                ///< ... at this offset
 
   friend bool operator==(const replay_plan& a, const replay_plan& b) {
-    return a.agent == b.agent && a.ranges == b.ranges && a.events == b.events
-           && a.pos_range == b.pos_range && a.pos_offset == b.pos_offset;
+    return a.agent == b.agent && a.named == b.named && a.ranges == b.ranges && a.counts == b.counts
+           && a.events == b.events && a.done == b.done && a.pos_range == b.pos_range
+           && a.pos_offset == b.pos_offset;
   }
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, replay_plan& x) {
-  return f(caf::meta::type_name("nerve.replay_plan"), x.agent, x.ranges, x.events, x.pos_range,
-           x.pos_offset);
+  return f(caf::meta::type_name("nerve.replay_plan"), x.agent, x.named, x.ranges, x.counts,
+           x.events, x.done, x.pos_range, x.pos_offset);
 }
 
 /// A replay as stored and reported: the window, the plan and the progress.

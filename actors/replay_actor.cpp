@@ -5,6 +5,7 @@
 // own (see replay_plan.hpp).
 #include <algorithm>
 #include <random>
+#include <tuple>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -13,6 +14,7 @@
 #include "actors/consumer_group.hpp"
 #include "actors/dlq_actor.hpp"
 #include "actors/replay_plan.hpp"
+#include "actors/replay_storage.hpp"
 #include "actors/runtime.hpp"
 #include "config/assert.hpp"
 
@@ -24,14 +26,14 @@ using json = nlohmann::json;
 
 /// One partition's share of an agent's history, delivered by a consumer
 /// group engine of its own (no live cursor, no live state: see `apply`).
-struct replay_range {
+struct range_delivery {
   range where;
   std::unique_ptr<consumer_group> engine;
 };
 
 struct replay_agent {
   agent_ptr agent;
-  std::vector<replay_range> ranges; ///< read in order: one after the other is read
+  std::vector<range_delivery> ranges; ///< read in order: one after the other is read
   std::size_t in_flight = 0;
   std::size_t rr = 0;
   std::uint64_t done = 0;
@@ -47,10 +49,10 @@ struct open_attempt {
   std::uint32_t attempt = 0;
 };
 
-struct replay_state {
+struct replay_actor_state {
   node_context* ctx = nullptr;
   std::string id;
-  json record;
+  replay_record record;
   std::vector<replay_agent> agents;
   std::unordered_map<std::uint64_t, open_attempt> tokens;
   std::uint64_t next_token = 1;
@@ -60,12 +62,12 @@ struct replay_state {
   static inline const char* name = "replay";
 };
 
-using replay_actor_t = replay_actor::stateful_pointer<replay_state>;
+using replay_actor_t = replay_actor::stateful_pointer<replay_actor_state>;
 
 constexpr auto tick_every = std::chrono::milliseconds{200};
 constexpr std::size_t read_ahead = 256;
 
-std::int64_t clock_us(const replay_state& st) {
+std::int64_t clock_us(const replay_actor_state& st) {
   return st.ctx->log->opts().clock();
 }
 
@@ -77,46 +79,46 @@ std::size_t cap_of(const agent_runtime& a) {
 
 /// Where an agent's replay stands: its first range not finished and that
 /// range's cursor (every event before it is finished).
-json position_of(const replay_agent& ra) {
+std::pair<std::uint64_t, std::uint64_t> position_of(const replay_agent& ra) {
   for (std::size_t k = 0; k < ra.ranges.size(); ++k) {
     auto& e = *ra.ranges[k].engine;
     if (e.cursor() < e.end())
-      return json::array({k, e.cursor()});
+      return {k, e.cursor()};
   }
-  return json::array({ra.ranges.size(), 0});
+  return {ra.ranges.size(), 0};
 }
 
 void persist(replay_actor_t self, bool sync) {
   auto& st = self->state;
+  NERVE_ASSERT(st.record.plan.size() == st.agents.size(), "one replay_agent per planned agent");
   std::uint64_t done = 0;
   for (std::size_t i = 0; i < st.agents.size(); ++i) {
     auto& ra = st.agents[i];
-    st.record["plan"][i]["pos"] = position_of(ra);
-    st.record["plan"][i]["done"] = ra.done;
+    auto& plan = st.record.plan[i];
+    std::tie(plan.pos_range, plan.pos_offset) = position_of(ra);
+    plan.done = ra.done;
     done += ra.done;
   }
-  st.record["events_done"] = done;
-  persistence::state_batch b;
-  b.put_meta(replay_key(st.id), st.record.dump());
-  if (auto ok = st.ctx->store->commit(b, sync); !ok)
-    spdlog::error("replay {}: storing progress: {}", st.id, ok.error().message);
+  st.record.events_done = done;
+  if (auto failed = store_replay(*st.ctx->store, st.record, sync))
+    spdlog::error("replay {}: storing progress: {}", st.id, failed->message);
   st.dirty = false;
 }
 
-void finish(replay_actor_t self, const std::string& state) {
+void finish(replay_actor_t self, replay_state state) {
   auto& st = self->state;
-  st.record["state"] = state;
-  st.record["finished_us"] = clock_us(st);
+  st.record.state = state;
+  st.record.finished_us = clock_us(st);
   persist(self, true);
-  spdlog::info("replay {} {}: {} of {} deliveries done, {} acked, {} dead-lettered", st.id, state,
-               st.record.value("events_done", 0ULL), st.record.value("events_total", 0ULL),
-               st.record.value("acked", 0ULL), st.record.value("dead_lettered", 0ULL));
+  spdlog::info("replay {} {}: {} of {} deliveries done, {} acked, {} dead-lettered", st.id,
+               to_string(state), st.record.events_done, st.record.events_total, st.record.acked,
+               st.record.dead_lettered);
   self->quit();
 }
 
 /// Whether the event at `offset` already has an outcome under the replay: it
 /// was finished after the stored position, before a restart.
-bool settled_before(const replay_state& st, const replay_agent& ra, const range& r,
+bool settled_before(const replay_actor_state& st, const replay_agent& ra, const range& r,
                     std::uint64_t offset) {
   auto out
     = st.ctx->store->meta(outcome_key(st.id, ra.agent->cfg.name, r.topic_id, r.partition, offset));
@@ -129,7 +131,7 @@ bool settled_before(const replay_state& st, const replay_agent& ra, const range&
 /// the lowest unfinished event, so events finished past it, and outcomes
 /// stored after the last progress write, would otherwise count twice or not
 /// at all.
-void recount(replay_state& st) {
+void recount(replay_actor_state& st) {
   std::uint64_t acked = 0;
   std::uint64_t dead = 0;
   for (auto& ra : st.agents) {
@@ -149,8 +151,8 @@ void recount(replay_state& st) {
     }
     ra.skip_settled = ra.done > 0;
   }
-  st.record["acked"] = acked;
-  st.record["dead_lettered"] = dead;
+  st.record.acked = acked;
+  st.record.dead_lettered = dead;
 }
 
 /// Stores the outcome of one event under the replay.
@@ -216,12 +218,6 @@ void hand_off(replay_actor_t self, std::size_t ai, std::size_t k, const dlq_hand
       });
 }
 
-/// Adds `n` to the replay record's counter `name`.
-void count(replay_state& st, const char* name, std::uint64_t n) {
-  if (n > 0)
-    st.record[name] = st.record.value(name, 0ULL) + n;
-}
-
 /// Carries out what range `k` of agent `ai` asked for. A replay touches no
 /// live state: pending records, cursors, results and attempts are not
 /// written; its outcomes are records of its own.
@@ -253,10 +249,10 @@ void apply(replay_actor_t self, std::size_t ai, std::size_t k) {
       retry_atom::value, static_cast<std::uint64_t>(ai), static_cast<std::uint64_t>(k), t.offset);
   fx.clear();
   auto t = ra.ranges[k].engine->take_totals();
-  count(st, "acked", t.processed);
-  count(st, "failed", t.failed);
-  count(st, "retried", t.retried);
-  count(st, "dead_lettered", t.dead_lettered);
+  st.record.acked += t.processed;
+  st.record.failed += t.failed;
+  st.record.retried += t.retried;
+  st.record.dead_lettered += t.dead_lettered;
   for (auto& d : dead)
     hand_off(self, ai, k, d);
 }
@@ -323,7 +319,7 @@ void pump(replay_actor_t self) {
     }
   }
   if (all_done)
-    finish(self, "done");
+    finish(self, replay_state::done);
 }
 
 /// Ends the attempt `token`: where it was, if it is still open.
@@ -366,18 +362,16 @@ void on_answer(replay_actor_t self, const open_attempt& a, const outcome* o,
 }
 
 /// The agent's replay, resumed at its stored position.
-replay_agent agent_of(const node_context& ctx, const std::string& id, const json& p) {
+replay_agent agent_of(const node_context& ctx, const std::string& id, const replay_plan& p) {
   replay_agent ra;
   for (auto& a : ctx.agents)
-    if (a->cfg.name == p.value("agent", ""))
+    if (a->cfg.name == p.agent)
       ra.agent = a;
   if (!ra.agent)
-    throw std::runtime_error("replay " + id + ": agent " + p.value("agent", "")
-                             + " is no longer configured");
+    throw std::runtime_error("replay " + id + ": agent " + p.agent + " is no longer configured");
   auto cfg = ra.agent->cfg;
   cfg.ordered_by = config::ordering::none; // a replay's history goes out as fast as credits allow
-  auto pos = p.value("pos", json::array({0, 0}));
-  auto at = std::make_pair(pos.at(0).get<std::size_t>(), pos.at(1).get<std::uint64_t>());
+  auto at = std::make_pair(p.pos_range, p.pos_offset);
   std::random_device seeds;
   group_effects none;
   for (auto& r : ranges_of(p)) {
@@ -408,16 +402,15 @@ replay_actor::behavior_type replay_behavior(replay_actor_t self, node_context* c
   auto& st = self->state;
   st.ctx = ctx;
   st.id = id;
-  auto stored = ctx->store->meta(replay_key(id));
-  if (!stored || !*stored)
-    throw std::runtime_error("replay " + id + " is not stored");
-  st.record = json::parse(**stored);
-  for (auto& p : st.record.at("plan"))
+  auto stored = load_replay(*ctx->store, id);
+  if (!stored)
+    throw std::runtime_error(stored.error().message);
+  st.record = std::move(*stored);
+  for (auto& p : st.record.plan)
     st.agents.push_back(agent_of(*ctx, id, p));
   recount(st);
-  spdlog::info("replay {} running: {} deliveries to {} agents, {} done", id,
-               st.record.value("events_total", 0ULL), st.agents.size(),
-               st.record.value("events_done", 0ULL));
+  spdlog::info("replay {} running: {} deliveries to {} agents, {} done", id, st.record.events_total,
+               st.agents.size(), st.record.events_done);
   self->send(self, wake_atom::value);
   self->delayed_send(self, tick_every, sweep_atom::value);
   return {
@@ -448,7 +441,7 @@ replay_actor::behavior_type replay_behavior(replay_actor_t self, node_context* c
       pump(self);
     },
     [=](cancel_replay_atom) {
-      finish(self, "cancelled");
+      finish(self, replay_state::cancelled);
       return caf::ok_atom::value;
     },
     [=](stop_atom) {

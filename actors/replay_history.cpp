@@ -113,9 +113,9 @@ void append_entry(history_page& page, std::string_view event, const delivery_vie
 }
 
 /// One agent's part of a replay's plan, if it has one.
-const json* plan_of(const json& record, const std::string& agent_name) {
-  for (auto& a : record.at("plan"))
-    if (a.value("agent", "") == agent_name)
+const replay_plan* plan_of(const replay_record& record, const std::string& agent_name) {
+  for (auto& a : record.plan)
+    if (a.agent == agent_name)
       return &a;
   return nullptr;
 }
@@ -308,14 +308,15 @@ delivery_view live_delivery_state(const node_context& ctx, const agent_runtime& 
                   *result ? &**result : nullptr, acked_attempts, cursor, offset);
 }
 
-tl::expected<history_page, error> replay_history(const node_context& ctx, const json& record,
+tl::expected<history_page, error> replay_history(const node_context& ctx,
+                                                 const replay_record& record,
                                                  const std::string& agent_name,
                                                  const std::string& cursor, std::size_t limit) {
-  const json* plan_agent = plan_of(record, agent_name);
+  const replay_plan* plan_agent = plan_of(record, agent_name);
   if (plan_agent == nullptr)
     return tl::make_unexpected(
-      error{errc::not_found, "agent " + agent_name + " has no history in replay "
-                               + record.value("id", "") + "; see its counts"});
+      error{errc::not_found,
+            "agent " + agent_name + " has no history in replay " + record.id + "; see its counts"});
   auto agent = find_agent(ctx, agent_name);
   if (!agent)
     return tl::make_unexpected(error{errc::not_found, "no agent named " + agent_name});
@@ -338,9 +339,9 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
     return tl::make_unexpected(
       error{errc::invalid,
             "cursor " + cursor.substr(0, 64) + " is not one this API gave out for " + agent_name});
-  history_reader reader{ctx, *agent, record.value("id", "")};
-  reader.named = plan_agent->value("named", false);
-  reader.redelivered = record.value("mode", "") == "redeliver";
+  history_reader reader{ctx, *agent, record.id};
+  reader.named = plan_agent->named;
+  reader.redelivered = record.mode == replay_mode::redeliver;
   reader.dlq_loaded = ctx.dlq_size.load() <= static_cast<std::uint64_t>(dlq_preload_max);
   if (reader.dlq_loaded) {
     auto dead = live_dead_letters(*ctx.store, agent_name);
@@ -360,10 +361,11 @@ tl::expected<history_page, error> replay_history(const node_context& ctx, const 
   return std::move(reader.page);
 }
 
-std::optional<std::string> history_cursor_after(const node_context& ctx, const json& record,
+std::optional<std::string> history_cursor_after(const node_context& ctx,
+                                                const replay_record& record,
                                                 const std::string& agent_name,
                                                 const std::string& cursor, std::size_t limit) {
-  const json* plan_agent = plan_of(record, agent_name);
+  const replay_plan* plan_agent = plan_of(record, agent_name);
   if (plan_agent == nullptr || limit == 0)
     return std::nullopt;
   for (auto& a : ctx.agents)

@@ -1,11 +1,13 @@
 // Replay planning and history reading (replay_planner.cpp,
-// replay_history.cpp): what a replay selects, its stored record, the pages
-// of an agent's history, and the plan's pieces the replay actor reads. No
-// CAF: the replay actor is in replay_actor.cpp.
+// replay_history.cpp): what a replay selects, its record, the pages of an
+// agent's history, and the plan's pieces the replay actor reads. No actors
+// (the record is a value type of the protocol): the replay actor is in
+// replay_actor.cpp.
 //
-// A replay is one JSON record in `meta` under "replay/<id>"; its plan holds,
-// per agent, the offset ranges of each partition in the window (append time
-// only grows within a partition, so a window is one range per partition).
+// A replay is a replay_record (messages.hpp), stored by replay_storage.hpp;
+// its plan holds, per agent, the offset ranges of each partition in the
+// window (append time only grows within a partition, so a window is one
+// range per partition).
 // Outcomes under a replay are records "rout/<id>/<agent>/<topic>/<p>/<offset>".
 #pragma once
 
@@ -17,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <tl/expected.hpp>
 
+#include "actors/messages.hpp"
 #include "actors/node.hpp"
 #include "actors/node_context.hpp"
 
@@ -32,7 +35,7 @@ struct range {
 };
 
 /// The ranges of one agent's part of a plan.
-[[nodiscard]] std::vector<range> ranges_of(const nlohmann::json& plan_agent);
+[[nodiscard]] std::vector<range> ranges_of(const replay_plan& plan);
 
 /// An event's string field, or empty.
 [[nodiscard]] std::string field_of(const nlohmann::json& e, const char* name);
@@ -56,21 +59,17 @@ struct range {
 /// no escaping.
 [[nodiscard]] std::string id_of(const std::string& text);
 
-/// meta key of a replay's record.
-[[nodiscard]] std::string replay_key(const std::string& id);
-
 /// Selects the window through the by_time index and plans each agent's
 /// history; answers the replay's record (not yet stored).
-[[nodiscard]] tl::expected<nlohmann::json, error> plan_replay(const node_context& ctx,
-                                                              const replay_request& req,
-                                                              const std::string& id,
-                                                              std::int64_t now_us);
+[[nodiscard]] result<replay_record> plan_replay(const node_context& ctx, const replay_request& req,
+                                                const std::string& id, std::int64_t now_us);
 
-[[nodiscard]] replay_view replay_view_of(const nlohmann::json& record);
+/// The record as the node's API shows it.
+[[nodiscard]] replay_view replay_view_of(const replay_record& record);
 
 /// One page of an agent's history in a planned replay.
 [[nodiscard]] tl::expected<history_page, error>
-replay_history(const node_context& ctx, const nlohmann::json& record, const std::string& agent,
+replay_history(const node_context& ctx, const replay_record& record, const std::string& agent,
                const std::string& cursor, std::size_t limit);
 
 /// The cursor of the page after the one at `cursor`, when it can be known
@@ -79,8 +78,8 @@ replay_history(const node_context& ctx, const nlohmann::json& record, const std:
 /// log changed since the plan) costs only work: a page is always built for
 /// the cursor it is asked for.
 [[nodiscard]] std::optional<std::string>
-history_cursor_after(const node_context& ctx, const nlohmann::json& record,
-                     const std::string& agent, const std::string& cursor, std::size_t limit);
+history_cursor_after(const node_context& ctx, const replay_record& record, const std::string& agent,
+                     const std::string& cursor, std::size_t limit);
 
 /// How the live consumer group of `agent` handled one event. `storage_ok`
 /// turns false when the state could not be read.

@@ -17,12 +17,10 @@ namespace nerve::actors::detail {
 
 using json = nlohmann::json;
 
-std::vector<range> ranges_of(const json& plan_agent) {
+std::vector<range> ranges_of(const replay_plan& plan) {
   std::vector<range> out;
-  for (auto& r : plan_agent.at("ranges"))
-    out.push_back({r.at(0).get<std::string>(), r.at(1).get<std::uint32_t>(),
-                   r.at(2).get<std::uint32_t>(), r.at(3).get<std::uint64_t>(),
-                   r.at(4).get<std::uint64_t>()});
+  for (auto& r : plan.ranges)
+    out.push_back({r.topic, r.from.topic_id, r.from.partition, r.from.offset, r.to});
   return out;
 }
 
@@ -58,10 +56,6 @@ std::string id_of(const std::string& text) {
     return json::parse(text, nullptr, false).value("id", "");
   auto end = text.find('"', head.size());
   return end == std::string::npos ? std::string{} : text.substr(head.size(), end - head.size());
-}
-
-std::string replay_key(const std::string& id) {
-  return "replay/" + id;
 }
 
 namespace {
@@ -220,11 +214,12 @@ tl::expected<std::uint64_t, error> count_matching(persistence::event_log& log,
 /// One agent's part of the plan: its ranges in the window and how many
 /// events of each topic its history holds. A named agent gets the whole
 /// window; another only what its actors were given, from its group's start.
-tl::expected<json, error> plan_agent(const node_context& ctx, const agent_runtime& agent,
-                                     bool is_named, const std::vector<range>& window,
-                                     const topics_by_id& topics, json& counts) {
-  json ranges = json::array();
-  std::map<std::string, std::uint64_t> per_topic;
+tl::expected<replay_plan, error> plan_agent(const node_context& ctx, const agent_runtime& agent,
+                                            bool is_named, const std::vector<range>& window,
+                                            const topics_by_id& topics) {
+  replay_plan plan;
+  plan.agent = agent.cfg.name;
+  plan.named = is_named;
   for (auto& r : window) {
     if (!agent.subscribes(r.topic))
       continue;
@@ -246,29 +241,17 @@ tl::expected<json, error> plan_agent(const node_context& ctx, const agent_runtim
     }
     if (n == 0)
       continue;
-    per_topic[r.topic] += n;
-    ranges.push_back(json::array({r.topic, r.topic_id, r.partition, lo, r.hi}));
+    plan.counts[r.topic] += n;
+    plan.events += n;
+    plan.ranges.push_back({r.topic, {r.topic_id, r.partition, lo}, r.hi});
   }
-  std::uint64_t agent_total = 0;
-  json topic_counts = json::object();
-  for (auto& [topic, n] : per_topic) {
-    agent_total += n;
-    topic_counts[topic] = n;
-    counts.push_back({{"agent", agent.cfg.name}, {"topic", topic}, {"events", n}});
-  }
-  return json{{"agent", agent.cfg.name},
-              {"named", is_named},
-              {"ranges", std::move(ranges)},
-              {"counts", std::move(topic_counts)},
-              {"total", agent_total},
-              {"pos", json::array({0, 0})},
-              {"done", 0}};
+  return plan;
 }
 
 } // namespace
 
-tl::expected<json, error> plan_replay(const node_context& ctx, const replay_request& req,
-                                      const std::string& id, std::int64_t now_us) {
+result<replay_record> plan_replay(const node_context& ctx, const replay_request& req,
+                                  const std::string& id, std::int64_t now_us) {
   topics_by_id topics;
   for (auto& t : ctx.log->topics())
     topics[t.id] = t;
@@ -276,63 +259,55 @@ tl::expected<json, error> plan_replay(const node_context& ctx, const replay_requ
   if (!window)
     return tl::make_unexpected(window.error());
   std::set<std::string> named(req.agents.begin(), req.agents.end());
-  json plan = json::array();
-  std::uint64_t total = 0;
-  json counts = json::array();
+  replay_record record;
   for (auto& agent : ctx.agents) {
     bool is_named = named.count(agent->cfg.name) > 0;
     if (!named.empty() && !is_named)
       continue;
-    auto part = plan_agent(ctx, *agent, is_named, *window, topics, counts);
+    auto part = plan_agent(ctx, *agent, is_named, *window, topics);
     if (!part)
       return tl::make_unexpected(part.error());
-    total += part->value("total", std::uint64_t{0});
-    plan.push_back(std::move(*part));
+    record.events_total += part->events;
+    record.plan.push_back(std::move(*part));
   }
-  json record{{"id", id},
-              {"mode", req.dry_run ? "dry-run" : "redeliver"},
-              {"state", req.dry_run || total == 0 ? "done" : "running"},
-              {"from_us", req.from_us},
-              {"to_us", req.to_us},
-              {"topics", req.topics},
-              {"agents", req.agents},
-              {"events", req.event_ids},
-              {"created_us", now_us},
-              {"finished_us", req.dry_run || total == 0 ? now_us : 0},
-              {"events_total", total},
-              {"events_done", req.dry_run ? total : 0},
-              {"acked", 0},
-              {"failed", 0},
-              {"retried", 0},
-              {"dead_lettered", 0},
-              {"error", ""},
-              {"counts", std::move(counts)},
-              {"plan", std::move(plan)}};
+  // A dry run, or one with nothing to send, is done once planned.
+  bool done = req.dry_run || record.events_total == 0;
+  record.id = id;
+  record.mode = req.dry_run ? replay_mode::dry_run : replay_mode::redeliver;
+  record.state = done ? replay_state::done : replay_state::running;
+  record.from_us = req.from_us;
+  record.to_us = req.to_us;
+  record.topics = req.topics;
+  record.agents = req.agents;
+  record.event_ids = req.event_ids;
+  record.created_us = now_us;
+  record.finished_us = done ? now_us : 0;
+  record.events_done = req.dry_run ? record.events_total : 0;
   return record;
 }
 
-replay_view replay_view_of(const json& r) {
+replay_view replay_view_of(const replay_record& r) {
   replay_view v;
-  v.id = r.value("id", "");
-  v.state = r.value("state", "");
-  v.mode = r.value("mode", "");
-  v.from_us = r.value("from_us", std::int64_t{0});
-  v.to_us = r.value("to_us", std::int64_t{0});
-  v.topics = r.value("topics", std::vector<std::string>{});
-  v.agents = r.value("agents", std::vector<std::string>{});
-  v.event_ids = r.value("events", std::vector<std::string>{});
-  v.events_total = r.value("events_total", std::uint64_t{0});
-  v.events_done = r.value("events_done", std::uint64_t{0});
-  v.acked = r.value("acked", std::uint64_t{0});
-  v.failed = r.value("failed", std::uint64_t{0});
-  v.retried = r.value("retried", std::uint64_t{0});
-  v.dead_lettered = r.value("dead_lettered", std::uint64_t{0});
-  v.created_us = r.value("created_us", std::int64_t{0});
-  v.finished_us = r.value("finished_us", std::int64_t{0});
-  v.error = r.value("error", "");
-  for (auto& c : r.value("counts", json::array()))
-    v.counts.push_back(
-      {c.value("agent", ""), c.value("topic", ""), c.value("events", std::uint64_t{0})});
+  v.id = r.id;
+  v.state = to_string(r.state);
+  v.mode = to_string(r.mode);
+  v.from_us = r.from_us;
+  v.to_us = r.to_us;
+  v.topics = r.topics;
+  v.agents = r.agents;
+  v.event_ids = r.event_ids;
+  v.events_total = r.events_total;
+  v.events_done = r.events_done;
+  v.acked = r.acked;
+  v.failed = r.failed;
+  v.retried = r.retried;
+  v.dead_lettered = r.dead_lettered;
+  v.created_us = r.created_us;
+  v.finished_us = r.finished_us;
+  v.error = r.error;
+  for (auto& p : r.plan)
+    for (auto& [topic, n] : p.counts)
+      v.counts.push_back({p.agent, topic, n});
   return v;
 }
 

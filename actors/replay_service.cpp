@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/replay_plan.hpp"
+#include "actors/replay_storage.hpp"
 #include "persistence/ids.hpp"
 
 namespace nerve::actors::detail {
@@ -36,21 +37,19 @@ void replay_service::create(replay_request req, callback<replay_view> done) {
     auto record = plan_replay(ctx_, req, id, now);
     if (!record)
       return done(tl::make_unexpected(record.error()));
-    persistence::state_batch b;
-    b.put_meta(replay_key(id), record->dump());
-    if (auto ok = ctx_.store->commit(b, true); !ok)
-      return done(tl::make_unexpected(from_storage(ok.error())));
-    auto view = replay_view_of(*record);
-    spdlog::info("replay={}: planned ({}): {} deliveries", id, view.mode, view.events_total);
-    if (view.state == "running" && sender_.runner_running())
+    if (auto failed = store_replay(*ctx_.store, *record, true))
+      return done(tl::make_unexpected(std::move(*failed)));
+    spdlog::info("replay={}: planned ({}): {} deliveries", id, to_string(record->mode),
+                 record->events_total);
+    if (record->state == replay_state::running && sender_.runner_running())
       sender_.start_replay(id);
-    done(std::move(view));
+    done(replay_view_of(*record));
   });
 }
 
 void replay_service::get(const std::string& id, callback<replay_view> done) {
   pool_.post([this, id, done = std::move(done)] {
-    auto record = load(id);
+    auto record = load_replay(*ctx_.store, id);
     if (!record)
       return done(tl::make_unexpected(record.error()));
     done(replay_view_of(*record));
@@ -59,15 +58,12 @@ void replay_service::get(const std::string& id, callback<replay_view> done) {
 
 void replay_service::list(callback<std::vector<replay_view>> done) {
   pool_.post([this, done = std::move(done)] {
-    auto stored = ctx_.store->meta_prefix("replay/");
+    auto stored = load_replays(*ctx_.store);
     if (!stored)
-      return done(tl::make_unexpected(from_storage(stored.error())));
+      return done(tl::make_unexpected(stored.error()));
     std::vector<replay_view> out;
-    for (auto& [key, value] : *stored) {
-      auto record = nlohmann::json::parse(value, nullptr, false);
-      if (record.is_object())
-        out.push_back(replay_view_of(record));
-    }
+    for (auto& record : *stored)
+      out.push_back(replay_view_of(record));
     done(std::move(out));
   });
 }
@@ -107,21 +103,9 @@ void replay_service::cancel(const std::string& id, callback<replay_view> done) {
   sender_.cancel_replay(id, std::move(reply));
 }
 
-result<nlohmann::json> replay_service::load(const std::string& id) const {
-  auto stored = ctx_.store->meta(replay_key(id));
-  if (!stored)
-    return tl::make_unexpected(from_storage(stored.error()));
-  if (!*stored)
-    return tl::make_unexpected(error{errc::not_found, "no replay with id " + id});
-  auto record = nlohmann::json::parse(**stored, nullptr, false);
-  if (!record.is_object())
-    return tl::make_unexpected(error{errc::storage, "replay " + id + " is stored corrupt"});
-  return record;
-}
-
 result<history_page> replay_service::build_history(const std::string& id, const std::string& agent,
                                                    const std::string& cursor, std::size_t limit) {
-  auto record = load(id);
+  auto record = load_replay(*ctx_.store, id);
   if (!record)
     return tl::make_unexpected(record.error());
   return detail::replay_history(ctx_, *record, agent, cursor, limit);
@@ -136,9 +120,9 @@ void replay_service::serve_history(const std::string& id, const std::string& age
                                    std::size_t limit, result<history_page> page,
                                    const callback<history_page>& done) {
   std::string next = page ? page->next_cursor : std::string{};
-  std::optional<nlohmann::json> record;
+  std::optional<replay_record> record;
   if (!next.empty())
-    if (auto r = load(id); r && r->value("state", "") != "running")
+    if (auto r = load_replay(*ctx_.store, id); r && r->state != replay_state::running)
       record = std::move(*r);
   if (!record)
     next.clear();

@@ -7,8 +7,6 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "actors/actor_sender.hpp"
 #include "actors/history_readahead.hpp"
 #include "actors/node.hpp"
@@ -33,7 +31,6 @@ public:
   void cancel(const std::string& id, callback<replay_view> done);
 
 private:
-  [[nodiscard]] result<nlohmann::json> load(const std::string& id) const;
   [[nodiscard]] result<history_page> build_history(const std::string& id, const std::string& agent,
                                                    const std::string& cursor, std::size_t limit);
   void serve_history(const std::string& id, const std::string& agent, std::size_t limit,

@@ -7,10 +7,10 @@
 #include <shared_mutex>
 #include <unordered_map>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "actors/dlq_actor.hpp"
+#include "actors/replay_storage.hpp"
 #include "actors/restart_policy.hpp"
 #include "actors/runtime.hpp"
 #include "persistence/delivery_store.hpp"
@@ -119,14 +119,16 @@ void start_replay(runner_actor_t self, const std::string& id) {
 }
 
 /// The stored record of a replay whose state is running, if it is.
-std::optional<nlohmann::json> running_replay(const node_context& ctx, const std::string& id) {
-  auto stored = ctx.store->meta(replay_key(id));
-  if (!stored || !*stored)
+std::optional<replay_record> running_replay(const node_context& ctx, const std::string& id) {
+  auto record = load_replay(*ctx.store, id);
+  if (!record) {
+    if (record.error().code != errc::not_found)
+      spdlog::error("replay={}: {}", id, record.error().message);
     return std::nullopt;
-  auto record = nlohmann::json::parse(**stored, nullptr, false);
-  if (!record.is_object() || record.value("state", "") != "running")
+  }
+  if (record->state != replay_state::running)
     return std::nullopt;
-  return record;
+  return std::move(*record);
 }
 
 /// A replay actor ended: done, cancelled, stopped with the node, or crashed.
@@ -145,14 +147,12 @@ void on_replay_down(runner_actor_t self, const std::string& id, const caf::error
   auto& policy = policy_for(st.replay_policies, id, replay_restarts);
   auto delay = policy.on_death(self->clock().now());
   if (!delay) {
-    record["state"] = "failed";
-    record["error"] = "the replay actor crashed " + std::to_string(policy.restarts() + 1)
-                      + " times; last: " + caf::to_string(reason);
-    record["finished_us"] = st.ctx->log->opts().clock();
-    persistence::state_batch b;
-    b.put_meta(replay_key(id), record.dump());
-    (void)st.ctx->store->commit(b, true);
-    spdlog::error("replay={}: failed: {}", id, record.value("error", ""));
+    record.state = replay_state::failed;
+    record.error = "the replay actor crashed " + std::to_string(policy.restarts() + 1)
+                   + " times; last: " + caf::to_string(reason);
+    record.finished_us = st.ctx->log->opts().clock();
+    (void)store_replay(*st.ctx->store, record, true);
+    spdlog::error("replay={}: failed: {}", id, record.error);
     return;
   }
   spdlog::warn("replay={}: stopped ({}); resuming from its progress in {} ms", id,
@@ -181,12 +181,10 @@ caf::result<caf::ok_atom> cancel_replay(runner_actor_t self, const std::string& 
     return rp;
   }
   if (auto record = running_replay(*st.ctx, id)) {
-    (*record)["state"] = "cancelled";
-    (*record)["finished_us"] = st.ctx->log->opts().clock();
-    persistence::state_batch b;
-    b.put_meta(replay_key(id), record->dump());
-    if (auto ok = st.ctx->store->commit(b, true); !ok)
-      spdlog::error("replay={}: storing the cancel: {}", id, ok.error().message);
+    record->state = replay_state::cancelled;
+    record->finished_us = st.ctx->log->opts().clock();
+    if (auto failed = store_replay(*st.ctx->store, *record, true))
+      spdlog::error("replay={}: storing the cancel: {}", id, failed->message);
     else
       spdlog::info("replay={}: cancelled while waiting to resume", id);
   }
@@ -195,16 +193,14 @@ caf::result<caf::ok_atom> cancel_replay(runner_actor_t self, const std::string& 
 
 /// Starts the actors of the replays that were running when the node stopped.
 void resume_replays(runner_actor_t self) {
-  auto stored = self->state.ctx->store->meta_prefix("replay/");
+  auto stored = load_replays(*self->state.ctx->store);
   if (!stored) {
     spdlog::error("reading replays: {}", stored.error().message);
     return;
   }
-  for (auto& [key, value] : *stored) {
-    auto record = nlohmann::json::parse(value, nullptr, false);
-    if (record.is_object() && record.value("state", "") == "running")
-      start_replay(self, record.value("id", ""));
-  }
+  for (auto& record : *stored)
+    if (record.state == replay_state::running)
+      start_replay(self, record.id);
 }
 
 std::shared_ptr<topic_route> open_topic(runner_actor_t self, const persistence::topic_info& t) {

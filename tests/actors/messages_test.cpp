@@ -6,6 +6,7 @@
 #include <caf/all.hpp>
 
 #include "actors/messages.hpp"
+#include "tests/support/replay_sample.hpp"
 
 using namespace nerve::actors;
 
@@ -81,25 +82,7 @@ TEST_CASE("dead letters and redeliveries round-trip through the binary serialize
 
 TEST_CASE("a replay record with its plan round-trips through the binary serializer", "[unit]") {
   two_nodes nodes;
-  replay_record rec;
-  rec.id = "rp-1";
-  rec.state = replay_state::cancelled;
-  rec.mode = replay_mode::redeliver;
-  rec.from_us = 10;
-  rec.to_us = 20;
-  rec.topics = {"orders", "payments"};
-  rec.agents = {"summarizer"};
-  rec.event_ids = {"a", "b"};
-  rec.plan = {{"summarizer", {{"orders", {1, 0, 5}, 9}, {"payments", {2, 3, 0}, 0}}, 6, 1, 2}};
-  rec.events_total = 6;
-  rec.events_done = 2;
-  rec.acked = 1;
-  rec.failed = 3;
-  rec.retried = 2;
-  rec.dead_lettered = 1;
-  rec.created_us = 5;
-  rec.finished_us = 25;
-  rec.error = "agent gone";
+  auto rec = nerve::test::sample_replay_record();
   CHECK(round_trip(nodes, rec) == rec);
   hello h{"node-a", wire_version, "05ef021a2564a48b"};
   CHECK(round_trip(nodes, h) == h);

@@ -6,6 +6,7 @@
 
 #include "actors/node_context.hpp"
 #include "actors/replay_plan.hpp"
+#include "actors/replay_storage.hpp"
 #include "actors/runner.hpp"
 #include "actors/runtime.hpp"
 #include "persistence/delivery_store.hpp"
@@ -247,10 +248,8 @@ TEST_CASE("a crashed replay actor resumes after 1 s, five times, then the replay
   req.to_us = std::numeric_limits<std::int64_t>::max();
   auto record = detail::plan_replay(node.ctx, req, "rp-1", 1);
   REQUIRE(record);
-  (*record)["state"] = "running";
-  persistence::state_batch b;
-  b.put_meta(detail::replay_key("rp-1"), record->dump());
-  REQUIRE(node.store->commit(b, false));
+  record->state = replay_state::running;
+  REQUIRE_FALSE(detail::store_replay(*node.store, *record, false));
   caf::anon_send(node.runner, start_replay_atom::value, std::string{"rp-1"});
   node.det.run();
   auto running = [&node] {
@@ -259,8 +258,9 @@ TEST_CASE("a crashed replay actor resumes after 1 s, five times, then the replay
     return it == node.ctx.replays.end() ? caf::actor{} : it->second;
   };
   auto state = [&node] {
-    auto stored = node.store->meta(detail::replay_key("rp-1"));
-    return nlohmann::json::parse(**stored).value("state", "");
+    auto stored = detail::load_replay(*node.store, "rp-1");
+    REQUIRE(stored);
+    return stored->state;
   };
   for (int i = 0; i < 5; ++i) {
     auto a = running();
@@ -275,5 +275,5 @@ TEST_CASE("a crashed replay actor resumes after 1 s, five times, then the replay
   node.crash(running()); // the sixth death: the policy gives up
   node.det.advance(2s);
   CHECK_FALSE(running());
-  CHECK(state() == "failed");
+  CHECK(state() == replay_state::failed);
 }
