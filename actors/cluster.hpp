@@ -22,8 +22,10 @@ struct peer_status {
   std::string address;
   bool self = false;
   bool up = false;
-  std::string detail;        ///< why it is down (the last dial's error), if known
-  std::int64_t since_us = 0; ///< when `up` last changed; 0: never
+  std::string detail;              ///< why it is down (the last dial's error), if known
+  std::int64_t since_us = 0;       ///< when `up` last changed; 0: never
+  std::vector<std::string> agents; ///< the agents it runs, as its hello said (self: ours)
+  bool known = false;              ///< `agents` is known (self, or a hello came)
 };
 
 /// One partition's events, forwarded to the partition's owner.

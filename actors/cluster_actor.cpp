@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <shared_mutex>
@@ -77,10 +78,13 @@ struct peer_entry {
   peer_actor handle;
   std::string detail;
   std::int64_t since_us = 0;
+  std::vector<std::string> agents;
+  bool known = false;
 };
 
 struct peer_table {
   placement where;
+  std::vector<std::string> agents; ///< this node's
   std::vector<std::unique_ptr<peer_entry>> peers;
   mutable std::shared_mutex mutex;
 
@@ -149,13 +153,26 @@ struct cluster_state {
 using cluster_actor_t = peer_actor::stateful_pointer<cluster_state>;
 
 hello my_hello(const peer_table& t) {
-  return hello{t.where.self(), wire_version, t.where.digest()};
+  return hello{t.where.self(), wire_version, t.where.digest(), t.agents};
 }
 
-void set_up(cluster_actor_t self, peer_entry& p, peer_actor handle) {
+/// Warns about agents that run here but not on peer `p` (or there but not
+/// here): the partitions a node owns deliver only to its own instances.
+void compare_agents(const peer_table& t, const peer_entry& p) {
+  for (auto& a : t.agents)
+    if (std::find(p.agents.begin(), p.agents.end(), a) == p.agents.end())
+      spdlog::warn("cluster: agent {} runs on node {} but not on node {}: events of the "
+                   "partitions {} owns are not delivered to {}; give every node the same agents",
+                   a, t.where.self(), p.member.id, p.member.id, a);
+}
+
+void set_up(cluster_actor_t self, peer_entry& p, peer_actor handle,
+            std::vector<std::string> agents) {
   auto& st = self->state;
   {
     std::unique_lock<std::shared_mutex> guard{st.table->mutex};
+    p.agents = std::move(agents);
+    p.known = true;
     if (p.handle && p.handle != handle)
       self->demonitor(p.handle.address());
     p.handle = handle;
@@ -166,6 +183,7 @@ void set_up(cluster_actor_t self, peer_entry& p, peer_actor handle) {
   p.up = true;
   st.backoff.at(p.member.id).started(restart_policy::clock::now());
   spdlog::info("cluster: node {} ({}) is up", p.member.id, p.member.address());
+  compare_agents(*st.table, p);
 }
 
 void schedule_dial(cluster_actor_t self, peer_entry& p) {
@@ -227,7 +245,7 @@ void greet(cluster_actor_t self, peer_entry& p, peer_actor peer) {
           return set_down(self, p, *bad);
         }
         self->state.dialing[p.member.id] = false;
-        set_up(self, p, peer);
+        set_up(self, p, peer, std::move(theirs.agents));
       },
       [self, &p](caf::error& e) {
         auto why = e.category() == error_category ? from_caf_error(e).message
@@ -283,7 +301,7 @@ caf::result<hello> on_hello(cluster_actor_t self, const hello& theirs) {
   auto peer = caf::actor_cast<peer_actor>(self->current_sender());
   if (!peer)
     return make_caf_error(errc::invalid, "a hello without a sender");
-  set_up(self, *p, peer);
+  set_up(self, *p, peer, theirs.agents);
   return my_hello(*st.table);
 }
 
@@ -455,7 +473,7 @@ public:
     std::shared_lock<std::shared_mutex> guard{table_->mutex};
     for (auto& p : table_->peers)
       out.push_back({p->member.id, p->member.address(), p->self, p->self || p->up.load(), p->detail,
-                     p->since_us});
+                     p->since_us, p->self ? table_->agents : p->agents, p->self || p->known});
     return out;
   }
 
@@ -609,6 +627,9 @@ tl::expected<std::unique_ptr<cluster_service>, std::string>
 start_cluster(caf::actor_system& sys, const config::config& cfg, cluster_ops ops) {
   auto table = std::make_shared<peer_table>();
   table->where = placement{cfg.cluster.members, cfg.node_id};
+  for (auto& a : cfg.agents)
+    table->agents.push_back(a.name);
+  std::sort(table->agents.begin(), table->agents.end());
   for (auto& m : cfg.cluster.members) {
     auto p = std::make_unique<peer_entry>();
     p->member = m;

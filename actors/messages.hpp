@@ -417,16 +417,18 @@ typename Inspector::result_type inspect(Inspector& f, replay_record& x) {
 struct hello {
   std::string node_id; ///< nerve's persistent id, never CAF's (that changes on restart)
   std::uint32_t version = wire_version;
-  std::string members; ///< placement::digest of the sender's member list
+  std::string members;             ///< placement::digest of the sender's member list
+  std::vector<std::string> agents; ///< the agents the sender runs (its config's)
 
   friend bool operator==(const hello& a, const hello& b) {
-    return a.node_id == b.node_id && a.version == b.version && a.members == b.members;
+    return a.node_id == b.node_id && a.version == b.version && a.members == b.members
+           && a.agents == b.agents;
   }
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, hello& x) {
-  return f(caf::meta::type_name("nerve.hello"), x.node_id, x.version, x.members);
+  return f(caf::meta::type_name("nerve.hello"), x.node_id, x.version, x.members, x.agents);
 }
 
 /// An API request a node hands a peer (node.hpp peer_request on the wire).

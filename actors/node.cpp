@@ -6,6 +6,7 @@
 #include "actors/node.hpp"
 #include "actors/messages.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <future>
 #include <map>
@@ -255,10 +256,30 @@ public:
     out.node_id = log_->node_id();
     out.clustered = cluster_ != nullptr;
     if (!cluster_) {
-      out.members.push_back({out.node_id, cfg_.http.listen, true, true, {}, 0, {}});
+      out.members.push_back({out.node_id, cfg_.http.listen, true, true, {}, 0, {}, {}});
+      for (auto& a : cfg_.agents)
+        out.members.back().agents.push_back(a.name);
     } else {
-      for (auto& p : cluster_->peers())
-        out.members.push_back({p.id, p.address, p.self, p.up, p.detail, p.since_us, {}});
+      std::map<std::string, std::vector<std::string>> missing; // agent -> members without it
+      auto peers = cluster_->peers();
+      for (auto& p : peers)
+        out.members.push_back({p.id, p.address, p.self, p.up, p.detail, p.since_us, {}, p.agents});
+      for (auto& p : peers)
+        for (auto& other : peers)
+          if (p.known && other.known)
+            for (auto& a : other.agents)
+              if (std::find(p.agents.begin(), p.agents.end(), a) == p.agents.end()
+                  && std::find(missing[a].begin(), missing[a].end(), p.id) == missing[a].end())
+                missing[a].push_back(p.id);
+      for (auto& [agent, ids] : missing)
+        if (!ids.empty()) {
+          std::string list;
+          for (auto& id : ids)
+            list += (list.empty() ? "" : ", ") + id;
+          out.warnings.push_back("agent " + agent + " does not run on " + list
+                                 + ": events of the partitions owned there are not delivered "
+                                   "to it; give every node the same agents");
+        }
     }
     std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
     std::map<std::string, std::shared_ptr<topic_route>> sorted(ctx_.routes.topics.begin(),

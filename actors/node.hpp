@@ -308,12 +308,15 @@ struct member_view {
   std::string detail;                  ///< why it is down, when known
   std::int64_t since_us = 0;           ///< when it last came up or went down; 0: never
   std::vector<std::string> partitions; ///< "topic/p" it owns
+  std::vector<std::string> agents;     ///< the agents it runs (empty until known)
 };
 
 struct cluster_report {
   bool clustered = false;
   std::string node_id;
   std::vector<member_view> members;
+  /// What an operator should fix: agents that run on some members only.
+  std::vector<std::string> warnings;
 };
 
 class node {

@@ -203,11 +203,8 @@ void cluster(const api_env& env, responder& respond) {
   auto report = env.node.cluster();
   json nodes = json::array();
   for (auto& m : report.members) {
-    json n{{"id", m.id},
-           {"address", m.address},
-           {"state", m.up ? "up" : "down"},
-           {"self", m.self},
-           {"partitions", m.partitions}};
+    json n{{"id", m.id},     {"address", m.address},       {"state", m.up ? "up" : "down"},
+           {"self", m.self}, {"partitions", m.partitions}, {"agents", m.agents}};
     if (!m.detail.empty())
       n["detail"] = m.detail;
     if (m.since_us != 0)
@@ -216,7 +213,8 @@ void cluster(const api_env& env, responder& respond) {
   }
   json body{{"node_id", report.node_id},
             {"mode", report.clustered ? "cluster" : "single-node"},
-            {"nodes", std::move(nodes)}};
+            {"nodes", std::move(nodes)},
+            {"warnings", report.warnings}};
   respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
 }
 

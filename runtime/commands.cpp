@@ -420,14 +420,18 @@ int cluster_status(const client_options& client) {
   if (res->status != 200)
     return report_failure(client, "cluster status", *res);
   return print_answer(client, "cluster status", *res, [](const json& j) {
-    table t{{"NODE", "ADDRESS", "STATE", "PARTITIONS"}};
+    table t{{"NODE", "ADDRESS", "STATE", "PARTITIONS", "SINCE", "DETAIL"}};
     for (auto& n : items_of(j, "nodes")) {
       // "partitions owned": a list of them, or their count.
       bool listed = n.contains("partitions") && n["partitions"].is_array();
       t.add({str(n, "id"), str(n, "address"), str(n, "state"),
-             listed ? std::to_string(n["partitions"].size()) : str(n, "partitions")});
+             listed ? std::to_string(n["partitions"].size()) : str(n, "partitions"),
+             str(n, "since"), str(n, "detail")});
     }
     t.print(std::cout);
+    for (auto& w : items_of(j, "warnings"))
+      if (w.is_string())
+        std::cout << "warning: " << w.get<std::string>() << "\n";
   });
 }
 

@@ -84,7 +84,7 @@ TEST_CASE("a replay record with its plan round-trips through the binary serializ
   two_nodes nodes;
   auto rec = nerve::test::sample_replay_record();
   CHECK(round_trip(nodes, rec) == rec);
-  hello h{"node-a", wire_version, "05ef021a2564a48b"};
+  hello h{"node-a", wire_version, "05ef021a2564a48b", {"echo", "summarizer"}};
   CHECK(round_trip(nodes, h) == h);
   std::vector<append_request> forward{append_request{"orders", 2, {sample_event(4)}},
                                       append_request{"orders", 3, {}}};
@@ -100,7 +100,7 @@ TEST_CASE("a node without the registrations cannot read a protocol message", "[u
   caf::actor_system bare{bare_cfg};
   std::vector<char> buf;
   caf::binary_serializer sink{a, buf};
-  REQUIRE(!sink(caf::make_message(hello{"node-a", wire_version, "digest"})));
+  REQUIRE(!sink(caf::make_message(hello{"node-a", wire_version, "digest", {}})));
   caf::message back;
   caf::binary_deserializer source{bare, buf};
   // "nerve.hello" is unknown there. CAF 0.17 reports no error: it drops the

@@ -24,13 +24,13 @@ def free_port():
 class ClusterTestCase(ServerTestCase):
     """Starts n1..n3 with one member list."""
 
-    def start_cluster(self, n=3, config=None):
+    def start_cluster(self, n=3, config=None, configs=None):
         ports = [free_port() for _ in range(n)]
         members = ",".join(f"n{i + 1}@127.0.0.1:{p}" for i, p in enumerate(ports))
         self.nodes = {}
         for i, port in enumerate(ports):
             node_id = f"n{i + 1}"
-            srv = Server(config=config, args=["--node-id", node_id, "--cluster-listen",
+            srv = Server(config=(configs or {}).get(node_id, config), args=["--node-id", node_id, "--cluster-listen",
                                               f"127.0.0.1:{port}", "--cluster-members", members])
             self.addCleanup(srv.cleanup)
             srv.start()
@@ -185,6 +185,22 @@ class ClusterWideReadTest(ClusterTestCase):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["purged"], n - 1)
         self.assertEqual(self.nodes["n3"].get("/v1/dlq").json()["count"], 0)
+
+
+class AgentMismatchTest(ClusterTestCase):
+
+    def test_an_agent_missing_on_a_member_is_a_warning(self):
+        echo = "agents:\n  - {name: echo, kind: builtin, handler: echo, topics: [orders]}\n"
+        self.start_cluster(config=echo, configs={"n3": ""})
+        for node_id in ("n1", "n3"):
+            view = self.view(node_id)
+            agents = {m["id"]: m["agents"] for m in view["nodes"]}
+            self.assertEqual(agents, {"n1": ["echo"], "n2": ["echo"], "n3": []})
+            self.assertEqual(len(view["warnings"]), 1, view)
+            self.assertIn("agent echo does not run on n3", view["warnings"][0])
+        self.wait_for(lambda: any("agent echo runs on node n1 but not on node n3" in line
+                                  for line in self.nodes["n1"].stderr_lines),
+                      what="the warning in n1's log")
 
 
 class OwnerDeathTest(ClusterTestCase):
