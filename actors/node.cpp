@@ -448,6 +448,10 @@ std::string format_time(std::int64_t time_us) {
   return persistence::format_time_us(time_us);
 }
 
+std::string new_uuid() {
+  return persistence::new_uuid_v7(persistence::system_clock_us());
+}
+
 std::string new_trace_id() {
   return persistence::new_trace_id();
 }

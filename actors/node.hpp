@@ -226,6 +226,7 @@ struct metrics_snapshot {
 /// What to replay: a time window (or a list of event ids), narrowed to
 /// topics and agents (empty: all).
 struct replay_request {
+  std::string id; ///< empty: a new one (a cluster's coordinator gives every member the same)
   std::int64_t from_us = 0;
   std::int64_t to_us = 0;
   std::vector<std::string> event_ids; ///< instead of the window when not empty
@@ -427,6 +428,9 @@ public:
 /// before it runs the command. Empty (the default): the command runs as is.
 /// Call before start_node.
 void set_agent_launcher(std::vector<std::string> prefix);
+
+/// A new UUIDv7 (replay ids).
+[[nodiscard]] std::string new_uuid();
 
 /// A new W3C trace id (32 lowercase hex digits).
 [[nodiscard]] std::string new_trace_id();

@@ -33,7 +33,9 @@ void replay_service::create(replay_request req, callback<replay_view> done) {
       return done(tl::make_unexpected(error{errc::not_found, "no agent named " + name}));
   sender_.run_detached([this, req = std::move(req), done = std::move(done)] {
     auto now = ctx_.log->opts().clock();
-    auto id = persistence::new_uuid_v7(now);
+    auto id = req.id.empty() ? persistence::new_uuid_v7(now) : req.id;
+    if (!req.id.empty() && load_replay(*ctx_.store, id))
+      return done(tl::make_unexpected(error{errc::conflict, "replay " + id + " exists"}));
     auto record = plan_replay(ctx_, req, id, now);
     if (!record)
       return done(tl::make_unexpected(record.error()));

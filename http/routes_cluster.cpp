@@ -8,9 +8,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
+#include "actors/event_input.hpp"
+#include "http/problem.hpp"
 #include "http/routes_private.hpp"
 
 namespace nerve::http {
@@ -57,8 +60,14 @@ void ask_member(const api_env& env, const std::string& node, const request& req,
 /// Asks every member, this node included; `done` gets the answers in
 /// member order once all are in.
 void ask_all(const api_env& env, const request& req, const local_fn& local,
-             std::function<void(answers)> done) {
+             std::function<void(answers)> done, bool include_self = true) {
   auto members = env.node.cluster().members;
+  if (!include_self)
+    members.erase(std::remove_if(members.begin(), members.end(),
+                                 [](const actors::member_view& m) { return m.self; }),
+                  members.end());
+  if (members.empty())
+    return done({});
   struct join {
     std::mutex mutex;
     answers out;
@@ -473,6 +482,217 @@ void read_events(const api_env& env, request& req, const std::string& topic, con
                 });
 }
 
+// -- replays -------------------------------------------------------------------
+
+/// One replay as the cluster sees it: every member's share summed; running
+/// while any share runs.
+json merge_replay(std::vector<json> shares) {
+  json out = shares.front();
+  std::map<std::pair<std::string, std::string>, std::uint64_t> counts;
+  std::vector<std::pair<std::string, std::string>> order;
+  std::set<std::string> states;
+  std::string error;
+  for (std::size_t i = 0; i < shares.size(); ++i) {
+    auto& r = shares[i];
+    if (i > 0)
+      for (auto* f : {"events_total", "events_done", "acked", "failed", "retried", "dead_lettered"})
+        if (r.contains(f))
+          add_number(out[f], r[f]);
+    for (auto& c : r.value("counts", json::array())) {
+      std::pair<std::string, std::string> key{c.value("agent", ""), c.value("topic", "")};
+      if (!counts.count(key))
+        order.push_back(key);
+      counts[key] += c.value("events", 0ULL);
+    }
+    states.insert(r.value("state", ""));
+    if (r.contains("error") && r["error"].is_string())
+      error += (error.empty() ? "" : "; ") + r["error"].get<std::string>();
+    auto& fin = r["finished_at"];
+    if (fin.is_null() || (out["finished_at"].is_string() && fin > out["finished_at"]))
+      out["finished_at"] = fin.is_null() && r.value("state", "") == "running" ? json(nullptr) : fin;
+  }
+  for (auto* s : {"running", "failed", "cancelled", "done"})
+    if (states.count(s)) {
+      out["state"] = s;
+      break;
+    }
+  if (out["state"] == "running")
+    out["finished_at"] = nullptr;
+  json c = json::array();
+  for (auto& key : order)
+    c.push_back(json{{"agent", key.first}, {"topic", key.second}, {"events", counts[key]}});
+  out["counts"] = std::move(c);
+  if (!error.empty())
+    out["error"] = error;
+  return out;
+}
+
+/// The replays of every member, one per id.
+json merge_replays(std::vector<std::pair<std::string, json>>& parts) {
+  std::map<std::string, std::vector<json>> by_id;
+  for (auto& [node, body] : parts)
+    for (auto& r : body.value("replays", json::array()))
+      by_id[r.value("id", "")].push_back(r);
+  json list = json::array();
+  for (auto& [id, shares] : by_id)
+    list.push_back(merge_replay(std::move(shares)));
+  return json{{"replays", std::move(list)}};
+}
+
+/// GET or DELETE of one replay: the shares of the members that have it.
+void one_replay(const api_env& env, request& req, const local_fn& local, responder respond) {
+  ask_all(env, req, local, [respond](answers all) {
+    std::vector<json> shares;
+    json unreachable = json::array();
+    std::optional<response> other;
+    for (auto& a : all) {
+      if (!a.reached || a.res.status == 503)
+        unreachable.push_back(a.node);
+      else if (a.res.status == 200)
+        shares.push_back(json::parse(a.res.body, nullptr, false));
+      else if (a.res.status != 404 && !other)
+        other = std::move(a.res);
+      else if (!other)
+        other = std::move(a.res);
+    }
+    shares.erase(
+      std::remove_if(shares.begin(), shares.end(), [](const json& j) { return !j.is_object(); }),
+      shares.end());
+    if (shares.empty())
+      return respond(other ? std::move(*other)
+                           : error_response({actors::errc::unavailable, "no node answered"}));
+    auto out = merge_replay(std::move(shares));
+    if (!unreachable.empty())
+      out["unreachable"] = std::move(unreachable);
+    respond(json_response(200, dump(out)));
+  });
+}
+
+/// A replay of the whole cluster: this node plans its share first (and so
+/// checks the request), then every other member plans its own under the
+/// same id and window (relative times resolved here, once).
+void create_replay(const api_env& env, request& req, const local_fn& local, responder respond) {
+  auto body = json::parse(req.body, nullptr, false);
+  if (!body.is_object() || body.contains("id")) {
+    req.local = true; // its own handler says what is wrong
+    return local(req, std::move(respond));
+  }
+  auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+               .count();
+  for (auto* k : {"from", "to"})
+    if (body.contains(k) && body[k].is_string())
+      if (auto t = actors::parse_time_arg(body[k].get<std::string>(), now))
+        body[k] = actors::format_time(*t);
+  body["id"] = actors::new_uuid();
+  request shared = req;
+  shared.body = dump(body);
+  ask_member(env, env.node.node_id(), shared, local,
+             [&env, shared, local, respond](member_answer mine) {
+               if (mine.res.status != 202)
+                 return respond(std::move(mine.res));
+               request others = shared;
+               others.local = false;
+               ask_all(
+                 env, others, local,
+                 [mine, respond](answers all) {
+                   std::vector<json> shares{json::parse(mine.res.body, nullptr, false)};
+                   json unreachable = json::array();
+                   for (auto& a : all) {
+                     if (a.reached && a.res.status == 202)
+                       shares.push_back(json::parse(a.res.body, nullptr, false));
+                     else
+                       unreachable.push_back(a.node);
+                   }
+                   auto out = merge_replay(std::move(shares));
+                   if (!unreachable.empty())
+                     out["unreachable"] = std::move(unreachable);
+                   respond(json_response(202, dump(out)));
+                 },
+                 false);
+             });
+}
+
+/// An agent's history in a replay, node after node: the cursor is
+/// "<node>|<that node's cursor>"; a node without the replay is skipped.
+void replay_history(const api_env& env, request& req, const std::string& id, const local_fn& local,
+                    responder respond) {
+  std::map<std::string, std::string> q;
+  std::optional<std::uint64_t> limit;
+  if (parse_query(req.query, {"agent", "cursor", "limit"}, q)
+      || query_uint(q, "limit", 1000, limit, 1) || q["agent"].empty()) {
+    req.local = true;
+    return local(req, std::move(respond));
+  }
+  std::vector<std::string> nodes;
+  for (auto& m : env.node.cluster().members)
+    nodes.push_back(m.id);
+  std::size_t at = 0;
+  std::string inner;
+  if (auto& c = q["cursor"]; !c.empty()) {
+    auto bar = c.find('|');
+    auto it = std::find(nodes.begin(), nodes.end(), c.substr(0, bar));
+    if (bar == std::string::npos || it == nodes.end())
+      return respond(problem(400, "invalid-parameter", "Bad Request",
+                             "query parameter cursor=" + c.substr(0, 64)
+                               + " is not a history cursor: use next_cursor from the page before"));
+    at = static_cast<std::size_t>(it - nodes.begin());
+    inner = c.substr(bar + 1);
+  }
+  struct state {
+    std::vector<std::string> nodes;
+    std::size_t at;
+    std::string inner;
+    bool found = false;
+  };
+  auto st = std::make_shared<state>(state{std::move(nodes), at, inner});
+  auto step = std::make_shared<std::function<void()>>();
+  *step = [&env, id, agent = q["agent"], lim = limit.value_or(100), local, respond, st, step]() {
+    if (st->at == st->nodes.size()) {
+      *step = nullptr;
+      if (st->found)
+        return respond(json_response(
+          200, dump(json{{"agent", agent}, {"entries", json::array()}, {"next_cursor", nullptr}})));
+      return respond(error_response(
+        {actors::errc::not_found, "no replay " + id + " with a history of agent " + agent}));
+    }
+    request page;
+    page.method = "GET";
+    page.path = "/v1/replays/" + id + "/history";
+    page.query = "agent=" + agent + "&limit=" + std::to_string(lim)
+                 + (st->inner.empty() ? "" : "&cursor=" + st->inner);
+    auto node = st->nodes[st->at];
+    ask_member(env, node, page, local, [respond, st, step, node](member_answer a) {
+      if (!a.reached || a.res.status == 503) {
+        *step = nullptr;
+        return respond(
+          error_response({actors::errc::unavailable, "node " + node
+                                                       + " holds part of this history and did "
+                                                         "not answer; retry shortly"}));
+      }
+      if (a.res.status == 404) {
+        ++st->at;
+        st->inner.clear();
+        return (*step)();
+      }
+      if (a.res.status != 200) {
+        *step = nullptr;
+        return respond(std::move(a.res));
+      }
+      auto j = json::parse(a.res.body, nullptr, false);
+      st->found = true;
+      auto& next = j["next_cursor"];
+      bool last = next.is_null() && st->at + 1 == st->nodes.size();
+      j["next_cursor"] = last             ? json(nullptr)
+                         : next.is_null() ? json(st->nodes[st->at + 1] + "|")
+                                          : json(node + "|" + next.get<std::string>());
+      *step = nullptr;
+      respond(json_response(200, dump(j)));
+    });
+  };
+  (*step)();
+}
+
 } // namespace
 
 bool cluster_route(const api_env& env, const std::string& method, const std::string& label,
@@ -515,6 +735,14 @@ bool cluster_route(const api_env& env, const std::string& method, const std::str
            [limit = limit_of()](auto& parts) { return merge_dlq(limit, parts); });
   else if (key == "POST /v1/dlq/retry-all" || key == "POST /v1/dlq/purge")
     merged(env, req, local, respond, [](auto& parts) { return merge_sums(parts, {}); });
+  else if (key == "POST /v1/replays")
+    create_replay(env, req, local, respond);
+  else if (key == "GET /v1/replays")
+    merged(env, req, local, respond, [](auto& parts) { return merge_replays(parts); });
+  else if (key == "GET /v1/replays/{id}" || key == "DELETE /v1/replays/{id}")
+    one_replay(env, req, local, respond);
+  else if (key == "GET /v1/replays/{id}/history")
+    replay_history(env, req, p[0], local, respond);
   else if (key == "GET /v1/bus/stats")
     merged(env, req, local, respond, [](auto& parts) {
       return merge_sums(parts, {"topics", "partitions", "agents", "uptime_s"});

@@ -105,6 +105,10 @@ void replay_create(const api_env& env, request& req, responder& respond) {
     } else if (k == "events") {
       if (!strings(v, r.event_ids) || r.event_ids.empty())
         return invalid("\"events\" must be a non-empty array of at most 1000 event ids");
+    } else if (k == "id" && req.local && v.is_string() && !v.get<std::string>().empty()
+               && v.get<std::string>().size() <= 64) {
+      // A cluster's coordinator names the replay the same on every member.
+      r.id = v.get<std::string>();
     } else if (k == "mode") {
       if (!v.is_string() || (v != "redeliver" && v != "dry-run"))
         return invalid("\"mode\" must be \"redeliver\" or \"dry-run\"");

@@ -187,6 +187,50 @@ class ClusterWideReadTest(ClusterTestCase):
         self.assertEqual(self.nodes["n3"].get("/v1/dlq").json()["count"], 0)
 
 
+class ClusterReplayTest(ClusterTestCase):
+
+    def test_one_replay_covers_every_node(self):
+        echo = "agents:\n  - {name: echo, kind: builtin, handler: echo, topics: [orders]}\n"
+        self.start_cluster(config=echo)
+        n = 15
+        ids = set()
+        for k in range(n):
+            r = self.publish(f"n{k % 3 + 1}", {"key": f"k{k}", "type": "t", "data": {}})
+            self.assertEqual(r.status, 201, r)
+            ids.add(r.json()["events"][0]["id"])
+        # A dry run through n2: one id, every node's partitions counted.
+        r = self.nodes["n2"].post("/v1/replays",
+                                  {"from": "-10m", "to": "now", "mode": "dry-run"})
+        self.assertEqual(r.status, 202, r)
+        replay = r.json()
+        self.assertEqual(replay["events_total"], n)
+        for node_id in self.nodes:
+            got = self.nodes[node_id].get(f"/v1/replays/{replay['id']}").json()
+            self.assertEqual((got["id"], got["events_total"], got["state"]),
+                             (replay["id"], n, "done"))
+        # The history, paged through n1, is every event once.
+        seen, cursor = [], None
+        for _ in range(50):
+            q = "agent=echo&limit=4" + (f"&cursor={cursor}" if cursor else "")
+            page = self.nodes["n1"].get(f"/v1/replays/{replay['id']}/history?{q}")
+            self.assertEqual(page.status, 200, page)
+            seen += [e["event"]["id"] for e in page.json()["entries"]]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        self.assertEqual(sorted(seen), sorted(ids))
+        # A redelivery through n3: every node redelivers its own partitions.
+        r = self.nodes["n3"].post("/v1/replays", {"from": "-10m", "to": "now"})
+        self.assertEqual(r.status, 202, r)
+        rid = r.json()["id"]
+        done = self.wait_for(lambda: (lambda v: v["state"] == "done" and v)(
+            self.nodes["n1"].get(f"/v1/replays/{rid}").json()), what="the redelivery done")
+        self.assertEqual((done["acked"], done["events_done"]), (n, n))
+        listed = {x["id"]: x for x in self.nodes["n2"].get("/v1/replays").json()["replays"]}
+        self.assertEqual(set(listed), {replay["id"], rid})
+        self.assertEqual(self.nodes["n2"].get("/v1/replays/no-such").status, 404)
+
+
 class AgentMismatchTest(ClusterTestCase):
 
     def test_an_agent_missing_on_a_member_is_a_warning(self):
