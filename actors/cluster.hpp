@@ -60,6 +60,10 @@ public:
   /// Asks member `id` to answer `req` from its own data.
   virtual void call(const std::string& id, peer_request req, callback<peer_response> done) = 0;
 
+  /// Follows `topic` on every other member that is up: their appends reach
+  /// `sink` (on an actor thread). Dropping the handle unsubscribes.
+  [[nodiscard]] virtual tail_handle tail(const std::string& topic, tail_sink sink) = 0;
+
   /// The partition count of `topic`, decided (and the topic created) by its
   /// home node `home`.
   virtual void topic_partitions(const std::string& home, const std::string& topic,

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
@@ -27,6 +28,9 @@ namespace nerve::actors {
 namespace {
 
 using namespace std::chrono_literals;
+
+/// Batches a remote tail may have unacknowledged before more are dropped.
+constexpr std::uint32_t tail_window = 64;
 
 /// How long a forward may wait for the owner's answer before it is
 /// reported as indeterminate.
@@ -146,6 +150,12 @@ struct cluster_state {
   std::unordered_map<std::uint64_t, caf::typed_response_promise<api_response>> pending_api;
   std::uint64_t next_token = 1;
   bool stopping = false;
+  /// Remote tails of this node's topics, by subscriber.
+  struct remote_tail {
+    tail_handle handle;
+    std::shared_ptr<std::atomic<std::uint32_t>> in_flight;
+  };
+  std::map<caf::actor_addr, remote_tail> tails;
 
   static inline const char* name = "nerve.cluster";
 };
@@ -366,6 +376,26 @@ caf::result<api_response> on_api(cluster_actor_t self, api_request& req) {
   return st.pending_api.at(token);
 }
 
+/// A peer's WebSocket tail follows `topic` here: each append goes to the
+/// subscriber while fewer than tail_window batches are unacknowledged
+/// (a slow follower loses batches, never slows the partitions).
+void on_tail(cluster_actor_t self, const std::string& topic, const caf::actor& subscriber) {
+  auto& st = self->state;
+  if (st.stopping || !subscriber)
+    return;
+  auto in_flight = std::make_shared<std::atomic<std::uint32_t>>(0);
+  auto to = caf::actor_cast<tail_actor>(subscriber);
+  auto handle = st.ops.tail(topic, [to, in_flight](const std::vector<std::string>& events) {
+    if (in_flight->fetch_add(1) >= tail_window) {
+      in_flight->fetch_sub(1);
+      return;
+    }
+    caf::anon_send(to, tail_events_atom::value, events);
+  });
+  self->monitor(subscriber);
+  st.tails[subscriber.address()] = {std::move(handle), std::move(in_flight)};
+}
+
 caf::result<std::uint32_t> on_topic(cluster_actor_t self, const std::string& topic) {
   auto& st = self->state;
   if (!st.table->where.is_self(st.table->where.home(topic)))
@@ -396,6 +426,8 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
   }
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& st = self->state;
+    if (st.tails.erase(dm.source) > 0)
+      return;
     for (auto& p : st.table->peers) {
       bool match = false;
       {
@@ -412,6 +444,13 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
            std::vector<append_request>& reqs) { return on_forward(self, topic, partitions, reqs); },
     [self](topic_atom, const std::string& topic) { return on_topic(self, topic); },
     [self](api_atom, api_request& req) { return on_api(self, req); },
+    [self](tail_atom, const std::string& topic, const caf::actor& subscriber) {
+      on_tail(self, topic, subscriber);
+    },
+    [self](tail_ack_atom, const caf::actor_addr& subscriber) {
+      if (auto it = self->state.tails.find(subscriber); it != self->state.tails.end())
+        it->second.in_flight->fetch_sub(1);
+    },
     [self](answered_atom, std::uint64_t token, api_response& r) {
       auto& pending = self->state.pending_api;
       if (auto it = pending.find(token); it != pending.end()) {
@@ -435,6 +474,7 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
       for (auto& [token, rp] : self->state.pending_api)
         rp.deliver(make_caf_error(errc::unavailable, "the node is shutting down"));
       self->state.pending_api.clear();
+      self->state.tails.clear();
       self->quit();
     },
   };
@@ -559,6 +599,31 @@ public:
                                                                     + self->system().render(e)
                                                                     + "); retry shortly"}));
           });
+    });
+  }
+
+  tail_handle tail(const std::string& topic, tail_sink sink) override {
+    std::vector<peer_actor> peers;
+    {
+      std::shared_lock<std::shared_mutex> guard{table_->mutex};
+      for (auto& p : table_->peers)
+        if (!p->self && p->up && p->handle)
+          peers.push_back(p->handle);
+    }
+    // One receiving actor for every peer; each batch is acknowledged to the
+    // node that sent it. It lives until the handle is dropped.
+    auto receiver
+      = sys_.spawn([sink = std::move(sink)](tail_actor::pointer self) -> tail_actor::behavior_type {
+          return {[self, sink](tail_events_atom, const std::vector<std::string>& events) {
+            if (auto from = caf::actor_cast<peer_actor>(self->current_sender()))
+              self->send(from, tail_ack_atom::value, self->address());
+            sink(events);
+          }};
+        });
+    for (auto& p : peers)
+      caf::anon_send(p, tail_atom::value, topic, caf::actor_cast<caf::actor>(receiver));
+    return std::shared_ptr<void>(nullptr, [receiver](void*) {
+      caf::anon_send_exit(receiver, caf::exit_reason::user_shutdown);
     });
   }
 

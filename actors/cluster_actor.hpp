@@ -29,6 +29,8 @@ struct cluster_ops {
   std::function<void(const std::string& topic, callback<std::uint32_t> done)> home_topic;
   /// A peer's API request, answered from this node's own data.
   peer_handler api;
+  /// Follows this node's appends to a topic (node::tail).
+  std::function<tail_handle(const std::string& topic, tail_sink sink)> tail;
 };
 
 /// The cluster as the node's services use it, and its lifecycle.

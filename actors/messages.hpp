@@ -100,6 +100,9 @@ using probed_atom = caf::atom_constant<caf::atom("probed")>;
 using forwarded_atom = caf::atom_constant<caf::atom("forwarded")>;
 using api_atom = caf::atom_constant<caf::atom("api")>;
 using answered_atom = caf::atom_constant<caf::atom("answered")>;
+using tail_atom = caf::atom_constant<caf::atom("tail")>;
+using tail_events_atom = caf::atom_constant<caf::atom("tail_evs")>;
+using tail_ack_atom = caf::atom_constant<caf::atom("tail_ack")>;
 
 // -- errors --------------------------------------------------------------------
 
@@ -559,6 +562,11 @@ using peer_actor = caf::typed_actor<
   caf::replies_to<topic_atom, std::string>::with<std::uint32_t>,
   /// Answers an API request from this node's own data (a cluster-wide read).
   caf::replies_to<api_atom, api_request>::with<api_response>,
+  /// Sends `subscriber` (a tail_actor) the events appended here to `topic`
+  /// from now on, until it dies; at most a window of batches unacknowledged.
+  caf::reacts_to<tail_atom, std::string, caf::actor>,
+  /// A subscriber took one batch.
+  caf::reacts_to<tail_ack_atom, caf::actor_addr>,
   /// Internal: time to dial member `id`; the probe of `id` found it reachable.
   caf::reacts_to<dial_atom, std::string>, caf::reacts_to<probed_atom, std::string, bool>,
   /// Internal: forward `token` is durable here, or failed.
@@ -566,6 +574,10 @@ using peer_actor = caf::typed_actor<
   caf::reacts_to<forwarded_atom, std::uint64_t, caf::error>,
   /// Internal: API request `token` is answered here.
   caf::reacts_to<answered_atom, std::uint64_t, api_response>, caf::reacts_to<stop_atom>>;
+
+/// A remote tail's receiving end: batches of events (stored JSON) of a
+/// topic, each acknowledged to the sending node's cluster actor.
+using tail_actor = caf::typed_actor<caf::reacts_to<tail_events_atom, std::vector<std::string>>>;
 
 /// Registers every type above under its stable name ("nerve.<type>"); each
 /// node calls it on its actor_system_config before the system starts.

@@ -194,7 +194,13 @@ public:
   }
 
   tail_handle tail(const std::string& topic, tail_sink sink) override {
-    return ctx_.tails.add(topic, std::move(sink));
+    auto local = ctx_.tails.add(topic, sink);
+    if (!cluster_)
+      return local;
+    // In a cluster, the other members' partitions too.
+    auto remote = cluster_->tail(topic, std::move(sink));
+    return std::make_shared<std::pair<tail_handle, tail_handle>>(std::move(local),
+                                                                 std::move(remote));
   }
 
   void replay_create(replay_request req, callback<replay_view> done) override {
@@ -368,6 +374,9 @@ private:
         return done({503, "application/problem+json",
                      R"({"status":503,"title":"Service Unavailable","detail":"starting"})"});
       (*h)(std::move(req), std::move(done));
+    };
+    ops.tail = [this](const std::string& topic, tail_sink sink) {
+      return ctx_.tails.add(topic, std::move(sink));
     };
     auto link = start_cluster(system_, cfg_, std::move(ops));
     if (!link)

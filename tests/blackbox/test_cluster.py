@@ -9,6 +9,8 @@ import socket
 import time
 import unittest
 
+import websocket
+
 from harness import Server, ServerTestCase
 
 TOPIC = "orders"
@@ -229,6 +231,27 @@ class ClusterReplayTest(ClusterTestCase):
         listed = {x["id"]: x for x in self.nodes["n2"].get("/v1/replays").json()["replays"]}
         self.assertEqual(set(listed), {replay["id"], rid})
         self.assertEqual(self.nodes["n2"].get("/v1/replays/no-such").status, 404)
+
+
+class ClusterTailTest(ClusterTestCase):
+
+    def test_a_tail_on_one_node_sees_every_partition(self):
+        self.start_cluster()
+        n1 = self.nodes["n1"]
+        ws = websocket.create_connection(f"ws://{n1.host}:{n1.port}/v1/topics/{TOPIC}/tail",
+                                         timeout=10)
+        self.addCleanup(ws.close)
+        time.sleep(0.3)  # the subscriptions start after the handshake
+        sent = set()
+        for k in range(20):
+            r = self.publish(f"n{2 + k % 2}", {"key": f"k{k}", "data": {}})
+            self.assertEqual(r.status, 201, r)
+            sent.add(r.json()["events"][0]["id"])
+        got = set()
+        while got != sent:
+            opcode, data = ws.recv_data()
+            got.add(json.loads(data.decode("utf-8"))["id"])
+        self.assertGreater(len(set(self.owners().values())), 1)
 
 
 class AgentMismatchTest(ClusterTestCase):
