@@ -1,10 +1,6 @@
 // The cluster actor and the cluster_client over it (see cluster_actor.hpp).
 #include "actors/cluster_actor.hpp"
 
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,13 +8,15 @@
 #include <map>
 #include <mutex>
 #include <shared_mutex>
+#include <stdexcept>
 #include <unordered_map>
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
-#include <caf/openssl/all.hpp>
+#include <caf/io/basp_broker.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/cluster_gate.hpp"
 #include "actors/messages.hpp"
 #include "actors/restart_policy.hpp"
 #include "persistence/ids.hpp"
@@ -41,36 +39,6 @@ constexpr std::uint64_t forward_window_bytes = 32ULL << 20;
 /// The largest forward a node sends or accepts.
 constexpr std::uint64_t max_forward_bytes = 16ULL << 20;
 
-/// True when a TCP connection to host:port opens within `limit`. Runs on a
-/// thread of its own: name resolution and the wait block.
-bool tcp_probe(const std::string& host, std::uint16_t port, std::chrono::milliseconds limit) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0)
-    return false;
-  bool ok = false;
-  for (auto* ai = found; ai != nullptr && !ok; ai = ai->ai_next) {
-    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-      continue;
-    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-      ok = true;
-    } else if (errno == EINPROGRESS) {
-      pollfd p{fd, POLLOUT, 0};
-      if (::poll(&p, 1, static_cast<int>(limit.count())) == 1) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        ok = ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
-      }
-    }
-    ::close(fd);
-  }
-  ::freeaddrinfo(found);
-  return ok;
-}
-
 /// One member as the services and the actor share it.
 struct peer_entry {
   config::member member;
@@ -79,6 +47,7 @@ struct peer_entry {
   std::atomic<bool> up{false};
   std::atomic<std::uint64_t> in_flight_bytes{0};
   // Guarded by peer_table::mutex:
+  std::optional<tl::expected<int, std::string>> dialed; ///< the gate's last dial, until taken
   peer_actor handle;
   std::string detail;
   std::int64_t since_us = 0;
@@ -143,7 +112,8 @@ std::vector<forward_batch> from_wire(std::vector<append_request>& reqs) {
 struct cluster_state {
   std::shared_ptr<peer_table> table;
   cluster_ops ops;
-  bool tls = false;
+  std::shared_ptr<cluster_gate> gate;
+  caf::actor basp; ///< CAF's BASP broker
   std::unordered_map<std::string, restart_policy> backoff;
   std::unordered_map<std::string, bool> dialing;
   std::unordered_map<std::uint64_t, caf::typed_response_promise<std::vector<appended>>> pending;
@@ -272,24 +242,43 @@ void dial(cluster_actor_t self, const std::string& id) {
   if (st.stopping || p == nullptr || p->up || st.dialing[id])
     return;
   st.dialing[id] = true;
-  auto me = caf::actor_cast<peer_actor>(self);
-  self->system().spawn<caf::detached>([me, id, host = p->member.host, port = p->member.port] {
-    caf::anon_send(me, probed_atom::value, id, tcp_probe(host, port, 1000ms));
-  });
+  // The gate connects without blocking; CAF's own connect would block its
+  // middleman (and every other connect) for minutes on a black-holed address.
+  st.gate->dial(p->member.host, p->member.port,
+                [me = caf::actor_cast<peer_actor>(self), table = st.table, p,
+                 id](tl::expected<int, std::string> r) {
+                  bool ok = r.has_value();
+                  {
+                    std::unique_lock<std::shared_mutex> guard{table->mutex};
+                    p->dialed = std::move(r);
+                  }
+                  caf::anon_send(me, probed_atom::value, id, ok);
+                });
 }
 
-void probed(cluster_actor_t self, const std::string& id, bool reachable) {
+/// The gate's dial of `id` ended: CAF's BASP broker takes the link as a
+/// connected scribe (as from its middleman) and answers with the peer's
+/// published actor after the BASP handshake.
+void probed(cluster_actor_t self, const std::string& id) {
   auto& st = self->state;
   auto* p = st.table->find(id);
-  if (st.stopping || p == nullptr)
+  if (p == nullptr)
     return;
-  if (!reachable)
-    return set_down(self, *p, "no TCP connection to " + p->member.address() + " within 1 s");
-  // The probe answered, so CAF's blocking connect will not hang the
-  // middleman for minutes on a black-holed address.
-  auto mm = st.tls ? self->system().openssl_manager().actor_handle()
-                   : self->system().middleman().actor_handle();
-  self->request(mm, 5s, caf::connect_atom::value, p->member.host, p->member.port)
+  std::optional<tl::expected<int, std::string>> dialed;
+  {
+    std::unique_lock<std::shared_mutex> guard{st.table->mutex};
+    dialed.swap(p->dialed);
+  }
+  if (!dialed)
+    return;
+  if (!*dialed)
+    return set_down(self, *p, dialed->error());
+  if (st.stopping) {
+    ::close(**dialed);
+    return;
+  }
+  auto scribe = self->system().middleman().backend().new_scribe(**dialed);
+  self->request(st.basp, 5s, caf::connect_atom::value, std::move(scribe), p->member.port)
     .then(
       [self, p](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
         if (!ptr)
@@ -297,7 +286,7 @@ void probed(cluster_actor_t self, const std::string& id, bool reachable) {
         greet(self, *p, caf::actor_cast<peer_actor>(ptr));
       },
       [self, p](caf::error& e) {
-        set_down(self, *p, "connect failed: " + self->system().render(e));
+        set_down(self, *p, "no BASP handshake: " + self->system().render(e));
       });
 }
 
@@ -414,11 +403,13 @@ caf::result<std::uint32_t> on_topic(cluster_actor_t self, const std::string& top
 }
 
 peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<peer_table> table,
-                                        cluster_ops ops, bool tls) {
+                                        cluster_ops ops, std::shared_ptr<cluster_gate> gate,
+                                        caf::actor basp) {
   auto& st = self->state;
   st.table = std::move(table);
   st.ops = std::move(ops);
-  st.tls = tls;
+  st.gate = std::move(gate);
+  st.basp = std::move(basp);
   for (auto& p : st.table->peers) {
     st.backoff.emplace(p->member.id, restart_policy{{true, 200ms, 2s, 10s, std::nullopt}});
     if (p->dials)
@@ -459,7 +450,7 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
       }
     },
     [self](dial_atom, const std::string& id) { dial(self, id); },
-    [self](probed_atom, const std::string& id, bool ok) { probed(self, id, ok); },
+    [self](probed_atom, const std::string& id, bool) { probed(self, id); },
     [self](forwarded_atom, std::uint64_t token, std::vector<appended>& out) {
       answer_forward(self, token, std::move(out));
     },
@@ -496,8 +487,9 @@ error forward_error(const caf::error& e, const std::string& owner, const std::st
 
 class cluster_impl final : public cluster_service {
 public:
-  cluster_impl(caf::actor_system& sys, std::shared_ptr<peer_table> table, peer_actor actor)
-    : sys_(sys), table_(std::move(table)), actor_(std::move(actor)) {}
+  cluster_impl(caf::actor_system& sys, std::shared_ptr<peer_table> table, peer_actor actor,
+               std::shared_ptr<cluster_gate> gate)
+    : sys_(sys), table_(std::move(table)), actor_(std::move(actor)), gate_(std::move(gate)) {}
 
   ~cluster_impl() override { stop(); }
 
@@ -651,6 +643,7 @@ public:
   void stop() override {
     if (!actor_)
       return;
+    gate_->stop();
     caf::anon_send(actor_, stop_atom::value);
     actor_ = peer_actor{};
   }
@@ -668,24 +661,30 @@ private:
   caf::actor_system& sys_;
   std::shared_ptr<peer_table> table_;
   peer_actor actor_;
+  std::shared_ptr<cluster_gate> gate_;
 };
+
+/// cfg.set() with a misspelled key or a wrong type only prints to stderr:
+/// a cluster must not start with CAF's defaults in place of its settings.
+template <class T>
+void set_checked(caf::actor_system_config& cfg, const char* key, T value) {
+  cfg.set(key, value);
+  auto now = caf::get_if<T>(&caf::content(cfg), key);
+  if (!now || *now != value)
+    throw std::logic_error(std::string{"CAF did not take the setting "} + key);
+}
 
 } // namespace
 
-void configure_cluster(caf::actor_system_config& cfg, const config::config& c) {
+void configure_cluster(caf::actor_system_config& cfg, const config::config&) {
+  // No openssl module: the gate does cluster.tls (see cluster_gate.hpp).
   cfg.load<caf::io::middleman>();
-  if (c.cluster.tls()) {
-    cfg.load<caf::openssl::manager>();
-    cfg.set("openssl.certificate", c.cluster.tls_cert);
-    cfg.set("openssl.key", c.cluster.tls_key);
-    cfg.set("openssl.cafile", c.cluster.tls_ca);
-  }
   // Heartbeats are off by default in CAF 0.17.6; without them a frozen or
   // cut-off peer is never noticed.
-  cfg.set("middleman.heartbeat-interval", caf::timespan{500ms});
-  cfg.set("middleman.connection-timeout", caf::timespan{2s});
-  cfg.set("middleman.app-identifiers",
-          std::vector<std::string>{"nerve/wire-" + std::to_string(wire_version)});
+  set_checked(cfg, "middleman.heartbeat-interval", caf::timespan{500ms});
+  set_checked(cfg, "middleman.connection-timeout", caf::timespan{2s});
+  set_checked(cfg, "middleman.app-identifiers",
+              std::vector<std::string>{"nerve/wire-" + std::to_string(wire_version)});
 }
 
 tl::expected<std::unique_ptr<cluster_service>, std::string>
@@ -704,19 +703,25 @@ start_cluster(caf::actor_system& sys, const config::config& cfg, cluster_ops ops
       p->detail = "not linked yet";
     table->peers.push_back(std::move(p));
   }
-  auto actor = sys.spawn(cluster_actor, table, std::move(ops), cfg.cluster.tls());
   auto hp = *config::split_host_port(cfg.cluster.listen);
-  const char* in = hp.first == "0.0.0.0" || hp.first == "::" ? nullptr : hp.first.c_str();
-  auto port = cfg.cluster.tls() ? caf::openssl::publish(actor, hp.second, in, true)
-                                : sys.middleman().publish(actor, hp.second, in, true);
-  if (!port) {
-    caf::anon_send(actor, stop_atom::value);
-    return tl::make_unexpected("cannot listen on cluster.listen " + cfg.cluster.listen + ": "
-                               + sys.render(port.error()));
-  }
-  spdlog::info("cluster: node {} listens on {}:{}{}; members: {}", cfg.node_id, hp.first, *port,
-               cfg.cluster.tls() ? " (TLS)" : "", table->where.digest());
-  return std::make_unique<cluster_impl>(sys, table, actor);
+  std::optional<gate_tls_files> tls;
+  if (cfg.cluster.tls())
+    tls = gate_tls_files{cfg.cluster.tls_cert, cfg.cluster.tls_key, cfg.cluster.tls_ca};
+  auto gate = cluster_gate::start(hp.first, hp.second, std::move(tls), gate_limits{});
+  if (!gate)
+    return tl::make_unexpected(gate.error());
+  auto basp = sys.middleman().named_broker<caf::io::basp_broker>(caf::atom("BASP"));
+  auto actor = sys.spawn(cluster_actor, table, std::move(ops), *gate, basp);
+  // An accepted link reaches the broker as CAF's own tests publish an actor
+  // on a scribe: it sends its server handshake naming the cluster actor.
+  (*gate)->accept(
+    [&sys, basp, whom = actor.address(), sigs = sys.message_types(actor), key = hp.second](int fd) {
+      caf::anon_send(basp, caf::publish_atom::value, sys.middleman().backend().new_scribe(fd), key,
+                     caf::actor_cast<caf::strong_actor_ptr>(whom), sigs);
+    });
+  spdlog::info("cluster: node {} listens on {}:{}{}; members: {}", cfg.node_id, hp.first,
+               (*gate)->port(), cfg.cluster.tls() ? " (TLS)" : "", table->where.digest());
+  return std::make_unique<cluster_impl>(sys, table, actor, std::move(*gate));
 }
 
 } // namespace nerve::actors

@@ -1,11 +1,12 @@
 // cluster_actor: a node's links to its peers over CAF io. One actor per
-// node, published on cluster.listen, keeps one link per peer: it dials the
-// members whose id sorts after its own (the others dial it), probes an
-// address before CAF's blocking connect is asked for it, exchanges a
-// `hello` (persistent node id, wire version, member-list digest), watches
-// the link (CAF heartbeats) and dials again with backoff when it drops. It
-// answers peers' forwards by appending on this node's partitions. The only
-// translation unit that includes CAF io.
+// node keeps one link per peer: it dials the members whose id sorts after
+// its own (the others dial it), exchanges a `hello` (persistent node id,
+// wire version, member-list digest), watches the link (CAF heartbeats) and
+// dials again with backoff when it drops. Sockets and TLS are the cluster
+// gate's (cluster_gate.hpp): CAF's BASP broker gets each link the gate
+// accepts or dials as a socketpair. It answers peers' forwards by
+// appending on this node's partitions. The only translation unit that
+// includes CAF io.
 #pragma once
 
 #include <functional>
@@ -40,12 +41,13 @@ public:
   virtual void stop() = 0;
 };
 
-/// Loads CAF's io module (and the OpenSSL one with cluster.tls) with
-/// heartbeats on, before the actor system is built. Only for a cluster.
+/// Loads CAF's io module with heartbeats on, before the actor system is
+/// built. Only for a cluster.
 void configure_cluster(caf::actor_system_config& cfg, const config::config& c);
 
-/// Spawns the cluster actor and publishes it on cluster.listen. Error: why
-/// the port cannot be opened.
+/// Opens the cluster gate on cluster.listen (with cluster.tls) and spawns
+/// the cluster actor behind it. Error: why the port or a TLS file cannot be
+/// used.
 tl::expected<std::unique_ptr<cluster_service>, std::string>
 start_cluster(caf::actor_system& sys, const config::config& cfg, cluster_ops ops);
 

@@ -567,7 +567,7 @@ using peer_actor = caf::typed_actor<
   caf::reacts_to<tail_atom, std::string, caf::actor>,
   /// A subscriber took one batch.
   caf::reacts_to<tail_ack_atom, caf::actor_addr>,
-  /// Internal: time to dial member `id`; the probe of `id` found it reachable.
+  /// Internal: time to dial member `id`; the gate's dial of `id` ended (linked or not).
   caf::reacts_to<dial_atom, std::string>, caf::reacts_to<probed_atom, std::string, bool>,
   /// Internal: forward `token` is durable here, or failed.
   caf::reacts_to<forwarded_atom, std::uint64_t, std::vector<appended>>,
