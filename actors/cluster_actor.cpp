@@ -38,6 +38,12 @@ constexpr auto forward_timeout = 10s;
 constexpr std::uint64_t forward_window_bytes = 32ULL << 20;
 /// The largest forward a node sends or accepts.
 constexpr std::uint64_t max_forward_bytes = 16ULL << 20;
+/// The largest API answer body a node sends a peer: the peer's gate drops
+/// the link on a frame over its limit (cluster_gate.hpp).
+constexpr std::uint64_t max_answer_bytes = 16ULL << 20;
+static_assert(max_forward_bytes < gate_limits{}.frame_bytes_max
+                && max_answer_bytes < gate_limits{}.frame_bytes_max,
+              "nerve's own frames must pass its peers' gates");
 
 /// One member as the services and the actor share it.
 struct peer_entry {
@@ -445,7 +451,14 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
     [self](answered_atom, std::uint64_t token, api_response& r) {
       auto& pending = self->state.pending_api;
       if (auto it = pending.find(token); it != pending.end()) {
-        it->second.deliver(std::move(r));
+        if (r.body.size() > max_answer_bytes)
+          it->second.deliver(make_caf_error(
+            errc::invalid, "the answer of node " + self->state.table->where.self() + " is "
+                             + std::to_string(r.body.size()) + " bytes, more than the "
+                             + std::to_string(max_answer_bytes >> 20)
+                             + " MiB a cluster link carries; ask for less (a smaller limit)"));
+        else
+          it->second.deliver(std::move(r));
         pending.erase(it);
       }
     },
