@@ -381,11 +381,23 @@ void on_tail(cluster_actor_t self, const std::string& topic, const caf::actor& s
   auto in_flight = std::make_shared<std::atomic<std::uint32_t>>(0);
   auto to = caf::actor_cast<tail_actor>(subscriber);
   auto handle = st.ops.tail(topic, [to, in_flight](const std::vector<std::string>& events) {
-    if (in_flight->fetch_add(1) >= tail_window) {
-      in_flight->fetch_sub(1);
-      return;
+    // Batches of at most ~16 MiB: a peer's gate drops a larger frame with
+    // the link. Each counts against the window.
+    std::size_t at = 0;
+    while (at < events.size()) {
+      std::vector<std::string> batch;
+      std::size_t bytes = 0;
+      for (; at < events.size() && (batch.empty() || bytes + events[at].size() < (16U << 20));
+           ++at) {
+        bytes += events[at].size();
+        batch.push_back(events[at]);
+      }
+      if (in_flight->fetch_add(1) >= tail_window) {
+        in_flight->fetch_sub(1);
+        return;
+      }
+      caf::anon_send(to, tail_events_atom::value, std::move(batch));
     }
-    caf::anon_send(to, tail_events_atom::value, events);
   });
   self->monitor(subscriber);
   st.tails[subscriber.address()] = {std::move(handle), std::move(in_flight)};

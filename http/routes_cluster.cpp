@@ -52,7 +52,9 @@ void ask_member(const api_env& env, const std::string& node, const request& req,
   }
   env.node.call_peer(node, {req.method, req.path, req.query, req.body},
                      [node, done](actors::result<actors::peer_response> r) {
-                       bool reached = static_cast<bool>(r);
+                       // A member's own refusal (a page too large to send,
+                       // say) is its answer; only a lost link is unreachable.
+                       bool reached = r || r.error().code != actors::errc::unavailable;
                        done({node, reached, to_response(std::move(r))});
                      });
 }
