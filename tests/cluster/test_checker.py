@@ -237,6 +237,15 @@ class CheckerTest(unittest.TestCase):
         s.ok("e1", "t", 1, "k")
         self.assertFailsOnly(s.report(), "per_key_order")
 
+    def test_an_id_refused_once_then_sent_again_may_be_stored(self):
+        s = healthy()
+        s.fail("w2-late", "t", "c")  # e.g. connection refused by a dead node
+        s.info("w2-late", "t", 3, "c", stored=True)  # the retry timed out after the append
+        report = s.report()
+        self.assertTrue(report.valid, report.text())
+        s.fail("w2-late", "t", "c")
+        self.assertTrue(s.report().valid)  # refused again later: still not every attempt
+
     def test_a_partition_on_two_nodes_fails_single_owner(self):
         s = healthy()
         for e in [e for e in s.entries["n3"] if (e.topic, e.partition) == ("t", 3)]:
