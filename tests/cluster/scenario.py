@@ -493,6 +493,7 @@ class ScenarioTestCase(unittest.TestCase):
         else:
             self.result["outcome"] = "pass"
             if os.environ.get(KEEP_ENV):
+                self.save_logs()
                 self.log(f"kept {self.workdir} ({KEEP_ENV} is set)")
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
