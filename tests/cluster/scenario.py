@@ -240,7 +240,7 @@ class _Pending:
 
 class Writer(threading.Thread):
     """Writer k: new requests at `rate` per second through a random node; an info request
-    waits (0.2 s doubling to 2 s) and goes again, same ids, through a random node."""
+    waits (0.4 s doubling to 2 s) and goes again, same ids, through a random node."""
 
     MAX_PENDING = 32  # info requests waiting for their retry; at this many, no new ones
     KEYS = 16
