@@ -510,6 +510,20 @@ error forward_error(const caf::error& e, const std::string& owner, const std::st
                                     + "); they may or may not be appended: retry with the same id"};
 }
 
+/// Calls `lost` and ends `self` when `peer` goes down before `self` is
+/// done: the link to its node dropped (heartbeats), or it quit. A request to
+/// a remote actor is not answered when its link drops: CAF kills the proxy,
+/// which bounces nothing already sent, so without this a request in flight
+/// would wait for its whole timeout although the peer is known to be down.
+template <class Fn>
+void on_link_lost(caf::event_based_actor* self, const peer_actor& peer, Fn lost) {
+  self->monitor(peer);
+  self->set_down_handler([self, lost](caf::down_msg& dm) {
+    lost(dm.reason ? dm.reason : caf::make_error(caf::exit_reason::remote_link_unreachable));
+    self->quit();
+  });
+}
+
 class cluster_impl final : public cluster_service {
 public:
   cluster_impl(caf::actor_system& sys, std::shared_ptr<peer_table> table, peer_actor actor,
@@ -558,16 +572,28 @@ public:
     for (auto& b : batches)
       sizes.push_back(b.events.size());
     auto wire = to_wire(topic, std::move(batches));
-    sys_.spawn([dest, owner, topic, partitions, wire = std::move(wire), sizes, bytes, p,
-                table = table_, done = std::move(done)](caf::event_based_actor* self) mutable {
+    // Answered once: by the owner, by the timeout, or when the link drops.
+    auto answer = [p, bytes, once = std::make_shared<callback<forward_answer>>(std::move(done))](
+                    result<forward_answer> r) {
+      if (!*once)
+        return;
+      p->in_flight_bytes.fetch_sub(bytes);
+      auto done = std::move(*once);
+      *once = nullptr;
+      done(std::move(r));
+    };
+    sys_.spawn([dest, owner, topic, partitions, wire = std::move(wire), sizes,
+                answer](caf::event_based_actor* self) mutable {
+      on_link_lost(self, dest, [=](const caf::error& reason) {
+        answer(tl::make_unexpected(forward_error(reason, owner, topic, self->system())));
+      });
       self->request(dest, forward_timeout, forward_atom::value, topic, partitions, std::move(wire))
         .then(
           [=](std::vector<appended>& out) {
-            p->in_flight_bytes.fetch_sub(bytes);
-            forward_answer answer;
+            forward_answer batches;
             std::size_t k = 0;
             for (auto n : sizes) {
-              auto& batch = answer.emplace_back();
+              auto& batch = batches.emplace_back();
               for (std::size_t i = 0; i < n && k < out.size(); ++i, ++k) {
                 auto& a = out[k];
                 persistence::append_result r;
@@ -581,15 +607,14 @@ public:
                 batch.push_back(std::move(r));
               }
             }
-            if (k != out.size() || answer.empty() || k == 0)
-              return done(tl::make_unexpected(error{
+            if (k != out.size() || batches.empty() || k == 0)
+              return answer(tl::make_unexpected(error{
                 errc::storage, "node " + owner + " answered a forward with "
                                  + std::to_string(out.size()) + " events for another count"}));
-            done(std::move(answer));
+            answer(std::move(batches));
           },
           [=](caf::error& e) {
-            p->in_flight_bytes.fetch_sub(bytes);
-            done(tl::make_unexpected(forward_error(e, owner, topic, self->system())));
+            answer(tl::make_unexpected(forward_error(e, owner, topic, self->system())));
           });
     });
   }
@@ -652,16 +677,17 @@ public:
         tl::make_unexpected(error{errc::unavailable, "node " + home + ", the home of " + topic
                                                        + ", is down; retry shortly"}));
     sys_.spawn([dest, home, topic, done = std::move(done)](caf::event_based_actor* self) {
+      auto failed = [self, done, home, topic](const caf::error& e) {
+        done(tl::make_unexpected(
+          e.category() == error_category
+            ? from_caf_error(e)
+            : error{errc::unavailable, "node " + home + " did not say how many partitions " + topic
+                                         + " has (" + self->system().render(e)
+                                         + "); retry shortly"}));
+      };
+      on_link_lost(self, dest, failed);
       self->request(dest, 10s, topic_atom::value, topic)
-        .then([done](std::uint32_t n) { done(n); },
-              [self, done, home, topic](caf::error& e) {
-                done(tl::make_unexpected(
-                  e.category() == error_category
-                    ? from_caf_error(e)
-                    : error{errc::unavailable, "node " + home + " did not say how many partitions "
-                                                 + topic + " has (" + self->system().render(e)
-                                                 + "); retry shortly"}));
-              });
+        .then([done](std::uint32_t n) { done(n); }, [failed](caf::error& e) { failed(e); });
     });
   }
 

@@ -5,6 +5,7 @@ the member list is the same on all three (CONTRACT.md section 9).
 """
 
 import json
+import signal
 import socket
 import time
 import unittest
@@ -334,6 +335,41 @@ class OwnerDeathTest(ClusterTestCase):
                 if e["id"] in acked:
                     self.assertEqual(acked.pop(e["id"]), (p, e["offset"]))
         self.assertEqual(acked, {})
+
+
+class FrozenOwnerTest(ClusterTestCase):
+
+    def test_a_forward_in_flight_to_a_frozen_owner_ends_when_the_link_drops(self):
+        # SIGSTOP: the owner's socket stays open, so only heartbeats notice (2 s).
+        # A forward already sent must end then, not at the 10 s forward timeout.
+        self.start_cluster()
+        k = 0
+        while True:
+            r = self.publish("n1", {"key": f"k{k}", "type": "t", "data": {}})
+            self.assertEqual(r.status, 201, r)
+            p = r.json()["events"][0]["partition"]
+            if self.owners("n1")[f"{TOPIC}/{p}"] != "n1":
+                break
+            k += 1
+        victim = self.owners("n1")[f"{TOPIC}/{p}"]
+        proc = self.nodes[victim].proc
+        proc.send_signal(signal.SIGSTOP)
+        self.addCleanup(lambda: proc.poll() is None and proc.send_signal(signal.SIGCONT))
+        t0 = time.monotonic()
+        r = self.publish("n1", {"id": "frozen-1", "key": f"k{k}", "type": "t", "data": {}})
+        took = time.monotonic() - t0
+        self.assertEqual(r.status, 503, r)
+        self.assertTrue(r.json()["detail"].startswith("indeterminate:"), r)
+        self.assertLess(took, 3.5, f"the forward in flight was answered after {took:.1f} s")
+        # Frozen is down: the next one is refused at once.
+        r = self.publish("n1", {"key": f"k{k}", "type": "t", "data": {}})
+        self.assertEqual(r.status, 503, r)
+        self.assertIn(victim, r.json()["detail"])
+        # Thawed, it links again and the retry with the same id is answered.
+        proc.send_signal(signal.SIGCONT)
+        self.wait_linked(timeout=20)
+        r = self.publish("n1", {"id": "frozen-1", "key": f"k{k}", "type": "t", "data": {}})
+        self.assertEqual(r.status, 201, r)
 
 
 if __name__ == "__main__":

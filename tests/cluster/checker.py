@@ -8,11 +8,19 @@ Inputs:
   (the node is then the file name without its extension).
 - optionally `--history history.jsonl`: one JSON object per line per publish attempt of
   one event, as tests/cluster/history.py writes them:
-  `{"id", "key", "topic", "t0", "t1", "outcome", "partition"?, "offset"?, "batch"?}`.
+  `{"id", "key", "topic", "t0", "t1", "outcome", "partition"?, "offset"?, "batch"?,
+  "node"?}`.
   `outcome` is "ok" (the server acknowledged it at `partition`/`offset`), "fail" (a
   definite refusal: a 4xx, nothing was written) or "info" (unknown: a timeout, a reset,
   a 5xx). `t0`/`t1` are when the attempt was sent and answered, on one clock. Attempts
-  sharing a `batch` were one request, recorded in the order of its events.
+  sharing a `batch` were one request, recorded in the order of its events. `node` is the
+  node the request was sent to.
+- optionally `--faults faults.jsonl`: the faults a test injected, one JSON object per
+  line, on the history's clock: `{"kind": "kill", "node", "t0", "t1", "partitions"?}` (the
+  node was dead from t0, after its kill, until t1, before its restart) or `{"kind":
+  "isolate", ...}` (the node was cut off from its peers, still reachable by clients, from
+  t0 until t1). `partitions` (["topic/p", ...]) are the node's own, as the cluster placed
+  them; without it, the partitions its dump holds.
 
 Checks, each reported on its own with examples:
 
@@ -27,14 +35,19 @@ Checks, each reported on its own with examples:
   store the same events (id and sha1) at every offset they all hold.
 - acked_present (needs --history): every acknowledged id is stored at the partition and
   offset it was acknowledged with, and was not acknowledged at two places.
-- failed_absent (needs --history): an id whose attempts were refused (fail) and never
-  acknowledged is not stored on that topic.
+- failed_absent (needs --history): an id whose every attempt on a topic was refused
+  (fail) is not stored on that topic (one indeterminate attempt may have stored it).
 - stored_were_published (needs --history): every id stored on a topic of the history was
   published to that topic by some attempt.
 - per_key_order (needs --history): the acknowledged events of one key stay in one
   partition, and their offsets follow real time: when one event's acknowledgement came
   before another's first attempt was sent, its offset is lower; events of one request
   (`batch`) are stored in the order they were sent.
+- no_ok_while_owner_out (needs --history and --faults; CLUSTER.md section 4, item 7):
+  no attempt sent after a node was killed and answered before its restart was
+  acknowledged for a partition it owns; while a node was cut off from its peers, no such
+  attempt sent through another node was acknowledged (through the node itself it may be;
+  attempts without `node` are not judged for isolation).
 
 `info` ids may be stored or not; the report counts both. Exit status: 0 when every check
 holds, 1 when one does not (a readable report, or a summary with --json), 2 when an input
@@ -51,6 +64,7 @@ from typing import Optional
 
 EXAMPLES_MAX = 10
 OUTCOMES = ("ok", "fail", "info")
+FAULT_KINDS = ("kill", "isolate")
 
 
 class InputError(Exception):
@@ -81,6 +95,20 @@ class Attempt:
     partition: Optional[int] = None
     offset: Optional[int] = None
     batch: Optional[str] = None
+    line: int = 0
+    node: Optional[str] = None  # the node the request was sent to
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A node out of its peers' reach from t0 to t1: killed, or isolated (cut off from its
+    peers while clients still reach it). `partitions` are (topic, p) it owns; None: the
+    partitions its dump holds."""
+    kind: str
+    node: str
+    t0: float
+    t1: float
+    partitions: Optional[frozenset] = None
     line: int = 0
 
 
@@ -157,6 +185,9 @@ def parse_history(lines, source="<history>"):
         batch = r.get("batch")
         if batch is not None and not isinstance(batch, (str, int)):
             raise InputError(f"{where}: 'batch' must be a string, an integer or null")
+        node = r.get("node")
+        if node is not None and (not isinstance(node, str) or not node):
+            raise InputError(f"{where}: 'node' must be a non-empty string or null")
         t0, t1 = _number(r, "t0", where), _number(r, "t1", where)
         if t1 < t0:
             raise InputError(f"{where}: answered (t1 {t1}) before sent (t0 {t0})")
@@ -165,7 +196,45 @@ def parse_history(lines, source="<history>"):
         if r["outcome"] == "ok" and (partition is None or offset is None):
             raise InputError(f"{where}: an ok attempt needs the partition and offset it got")
         out.append(Attempt(r["id"], key, r["topic"], t0, t1, r["outcome"], partition, offset,
-                           None if batch is None else str(batch), n))
+                           None if batch is None else str(batch), n, node))
+    return out
+
+
+def _partition_name(text, where):
+    """("topic", p) of "topic/p"."""
+    topic, sep, p = text.rpartition("/") if isinstance(text, str) else ("", "", "")
+    if not sep or not topic or not p.isdigit():
+        raise InputError(f"{where}: partition {text!r} is not `topic/partition`")
+    return topic, int(p)
+
+
+def parse_faults(lines, source="<faults>"):
+    """The faults of a faults.jsonl (an iterable of lines)."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"{where}: not JSON: {e}") from None
+        if not isinstance(r, dict):
+            raise InputError(f"{where}: not a JSON object")
+        if r.get("kind") not in FAULT_KINDS:
+            raise InputError(f"{where}: kind must be one of {', '.join(FAULT_KINDS)}, "
+                             f"got {r.get('kind')!r}")
+        if not isinstance(r.get("node"), str) or not r["node"]:
+            raise InputError(f"{where}: 'node' must be a non-empty string")
+        t0, t1 = _number(r, "t0", where), _number(r, "t1", where)
+        if t1 < t0:
+            raise InputError(f"{where}: ends (t1 {t1}) before it starts (t0 {t0})")
+        partitions = r.get("partitions")
+        if partitions is not None:
+            if not isinstance(partitions, list):
+                raise InputError(f"{where}: 'partitions' must be a list of `topic/partition`")
+            partitions = frozenset(_partition_name(p, where) for p in partitions)
+        out.append(Fault(r["kind"], r["node"], t0, t1, partitions, n))
     return out
 
 
@@ -385,13 +454,12 @@ def check_acked_present(logs, history):
 
 
 def check_failed_absent(logs, history):
-    c = Check("failed_absent", "no refused (fail) id is stored")
+    c = Check("failed_absent", "no id refused (fail) at every attempt is stored")
     stored = logs.ids_by_topic()
-    acked = history.acked()
     for event_id, atts in sorted(history.by_id.items()):
-        if event_id in acked:
-            continue
-        for topic in sorted({a.topic for a in atts if a.outcome == "fail"}):
+        for topic in sorted({a.topic for a in atts}):
+            if any(a.outcome != "fail" for a in atts if a.topic == topic):
+                continue  # acknowledged, or an indeterminate attempt may have stored it
             for e in stored.get(topic, {}).get(event_id, []):
                 c.fail(f"id {event_id} was refused on {topic} but {e.node} stores it at "
                        f"{_tp(e.topic, e.partition)} offset {e.offset}")
@@ -484,12 +552,40 @@ def check_per_key_order(history):
     return c
 
 
+def _owned(logs, fault):
+    """(topic, p) the faulty node owns: as the fault says, else as its dump holds."""
+    if fault.partitions is not None:
+        return fault.partitions
+    return {tp for tp, copies in logs.by_partition.items() if fault.node in copies}
+
+
+def check_no_ok_while_owner_out(logs, history, faults):
+    c = Check("no_ok_while_owner_out",
+              "no acknowledgement, sent and answered while a partition's owner was killed "
+              "(or cut off, through another node), for that partition")
+    for f in faults:
+        owned = _owned(logs, f)
+        for a in history.attempts:
+            if a.outcome != "ok" or (a.topic, a.partition) not in owned:
+                continue
+            if a.t0 < f.t0 or a.t1 > f.t1:
+                continue  # not wholly inside the outage
+            if f.kind == "isolate" and (a.node is None or a.node == f.node):
+                continue  # through the owner itself, or through an unknown node
+            via = f" through {a.node}" if a.node else ""
+            c.fail(f"id {a.id} acknowledged at {_tp(a.topic, a.partition)} offset {a.offset}"
+                   f"{via} (sent {a.t0}, answered {a.t1}) while its owner {f.node} was "
+                   f"{'dead' if f.kind == 'kill' else 'cut off'} ({f.t0}..{f.t1})")
+    return c
+
+
 class Report:
-    def __init__(self, logs, history, checks, replicas):
+    def __init__(self, logs, history, checks, replicas, faults=None):
         self.logs = logs
         self.history = history
         self.checks = checks
         self.replicas = replicas
+        self.faults = faults
         self.info = self._info_ids()
 
     def _info_ids(self):
@@ -518,6 +614,9 @@ class Report:
             out["history"] = {"attempts": len(self.history.attempts),
                               **{o: self.history.counts.get(o, 0) for o in OUTCOMES}}
             out["info_ids"] = self.info
+        if self.faults is not None:
+            out["faults"] = [{"kind": f.kind, "node": f.node, "t0": f.t0, "t1": f.t1}
+                             for f in self.faults]
         return out
 
     def text(self):
@@ -527,6 +626,9 @@ class Report:
         if self.history is not None:
             counts = ", ".join(f"{self.history.counts.get(o, 0)} {o}" for o in OUTCOMES)
             lines.append(f"history: {len(self.history.attempts)} attempts ({counts})")
+        for f in self.faults or []:
+            lines.append(f"fault: {f.kind} {f.node} from {f.t0} to {f.t1} "
+                         f"({f.t1 - f.t0:.1f} s)")
         width = max(len(c.name) for c in self.checks)
         for c in self.checks:
             if c.skipped:
@@ -549,8 +651,9 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-def check(dumps, attempts=None, replicas=False):
-    """Runs every check on {node: [Entry]} and the attempts (None: no history)."""
+def check(dumps, attempts=None, replicas=False, faults=None):
+    """Runs every check on {node: [Entry]}, the attempts (None: no history) and the
+    faults (None: none recorded)."""
     logs = Logs(dumps)
     history = None if attempts is None else History(attempts)
     checks = [check_offsets_dense(logs), check_one_id_per_offset(logs),
@@ -567,7 +670,13 @@ def check(dumps, attempts=None, replicas=False):
             checks.append(skipped)
         else:
             checks.append(run())
-    return Report(logs, history, checks, replicas)
+    if history is None or faults is None:
+        skipped = Check("no_ok_while_owner_out", "")
+        skipped.skipped = "needs --history and --faults"
+        checks.append(skipped)
+    else:
+        checks.append(check_no_ok_while_owner_out(logs, history, faults))
+    return Report(logs, history, checks, replicas, faults)
 
 
 # -- command line --------------------------------------------------------------------------
@@ -599,6 +708,8 @@ def main(argv=None):
     parser.add_argument("dumps", nargs="+", metavar="[NODE=]DUMP",
                         help="a node's dump; without NODE=, the file name names the node")
     parser.add_argument("--history", help="history.jsonl of every publish attempt")
+    parser.add_argument("--faults", help="faults.jsonl of the kills and isolations a test "
+                                         "injected, on the history's clock")
     parser.add_argument("--replicas", action="store_true",
                         help="partitions are replicated: nodes holding one must agree on "
                              "the offsets they all hold (default: one owner per partition)")
@@ -614,10 +725,13 @@ def main(argv=None):
         attempts = None
         if args.history:
             attempts = parse_history(_read_lines(args.history), args.history)
+        faults = None
+        if args.faults:
+            faults = parse_faults(_read_lines(args.faults), args.faults)
     except InputError as e:
         print(f"checker: {e}", file=sys.stderr)
         return 2
-    report = check(dumps, attempts, args.replicas)
+    report = check(dumps, attempts, args.replicas, faults)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

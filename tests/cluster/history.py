@@ -5,13 +5,19 @@ A load generator calls `begin()` before it sends a request and `publish_answered
 comes back. One line is written per event per attempt, flushed at once, from any number
 of threads:
 
-    {"id", "key", "topic", "t0", "t1", "outcome", "partition"?, "offset"?, "batch"?}
+    {"id", "key", "topic", "t0", "t1", "outcome", "partition"?, "offset"?, "batch"?,
+     "node"?}
 
 `outcome` is "ok" (acknowledged, with the partition and offset the server answered),
 "fail" (a definite refusal: nothing was written) or "info" (indeterminate: it may or may
 not have been written; retry it with the same id). `t0`/`t1` come from one monotonic
 clock, so the checker may compare any two. `batch` names the request an event was sent
-in; the events of one request are written in the order they were sent.
+in; the events of one request are written in the order they were sent. `node` names the
+node the request was sent to (the checker judges acknowledgements during an isolation by
+it).
+
+`write_faults()` writes the faults a test injected (kills, isolations) on the same clock,
+for the checker's --faults.
 
 Python 3 standard library only.
 """
@@ -66,7 +72,7 @@ class History:
         return self.now(), f"b{next(self._batches)}"
 
     def record(self, event_id, topic, key, t0, outcome, partition=None, offset=None,
-               batch=None, t1=None):
+               batch=None, t1=None, node=None):
         """One event's attempt; `t1` defaults to now."""
         if outcome not in self.counts:
             raise ValueError(f"outcome must be ok, fail or info, not {outcome!r}")
@@ -80,13 +86,15 @@ class History:
             r["offset"] = offset
         if batch is not None:
             r["batch"] = batch
+        if node is not None:
+            r["node"] = node
         line = json.dumps(r, separators=(",", ":")) + "\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()
             self.counts[outcome] += 1
 
-    def publish_answered(self, topic, events, t0, batch, status, body=None):
+    def publish_answered(self, topic, events, t0, batch, status, body=None, node=None):
         """Records every event of one request the server answered with `status`.
 
         `events` are the events sent, each with its "id" (and "key" when it has one); a
@@ -102,9 +110,28 @@ class History:
                 raise ValueError(f"{len(events)} events sent, {len(answers)} answered")
         for e, a in zip(events, answers):
             self.record(e["id"], topic, e.get("key"), t0, outcome,
-                        a["partition"] if a else None, a["offset"] if a else None, batch, t1)
+                        a["partition"] if a else None, a["offset"] if a else None, batch, t1,
+                        node)
         return outcome
 
-    def publish_failed(self, topic, events, t0, batch):
+    def publish_failed(self, topic, events, t0, batch, node=None):
         """Records every event of a request that got no answer (timeout, reset): info."""
-        return self.publish_answered(topic, events, t0, batch, None)
+        return self.publish_answered(topic, events, t0, batch, None, node=node)
+
+    def publish_refused(self, topic, events, t0, batch, node=None):
+        """Records every event of a request whose connection was refused: nothing was
+        sent, so nothing was written: fail."""
+        t1 = self.now()
+        for e in events:
+            self.record(e["id"], topic, e.get("key"), t0, "fail", batch=batch, t1=t1, node=node)
+        return "fail"
+
+
+def write_faults(path, faults):
+    """Writes faults.jsonl for the checker's --faults: each fault a dict
+    {"kind": "kill" | "isolate", "node", "t0", "t1", "partitions"?: ["topic/p", ...]},
+    times on the history's clock."""
+    with open(path, "w", encoding="utf-8") as f:
+        for fault in faults:
+            f.write(json.dumps(fault, separators=(",", ":")) + "\n")
+    return path

@@ -14,11 +14,11 @@ import tempfile
 import unittest
 
 import checker
-from checker import Attempt, Entry
+from checker import Attempt, Entry, Fault
 
 CHECKS = ("offsets_dense", "one_id_per_offset", "no_duplicate_ids", "id_in_one_partition",
           "single_owner", "acked_present", "failed_absent", "stored_were_published",
-          "per_key_order")
+          "per_key_order", "no_ok_while_owner_out")
 
 
 def entry(node, topic, partition, offset, event_id):
@@ -54,15 +54,15 @@ class Scenario:
         return offset
 
     def attempt(self, event_id, topic, key, outcome, partition=None, offset=None, batch=None,
-                t0=None, t1=None):
+                t0=None, t1=None, node=None):
         t0 = self.tick() if t0 is None else t0
         t1 = self.tick() if t1 is None else t1
         self.attempts.append(Attempt(event_id, key, topic, t0, t1, outcome, partition, offset,
-                                     batch, len(self.attempts) + 1))
+                                     batch, len(self.attempts) + 1, node))
 
-    def ok(self, event_id, topic, partition, key=None, batch=None):
+    def ok(self, event_id, topic, partition, key=None, batch=None, node=None):
         self.attempt(event_id, topic, key, "ok", partition,
-                     self.store(event_id, topic, partition), batch)
+                     self.store(event_id, topic, partition), batch, node=node)
 
     def info(self, event_id, topic, partition, key=None, stored=True):
         if stored:
@@ -77,8 +77,9 @@ class Scenario:
         for node in self.entries:
             self.entries[node] = [e for e in self.entries[node] if e.id != event_id]
 
-    def report(self, replicas=False, history=True):
-        return checker.check(self.entries, self.attempts if history else None, replicas)
+    def report(self, replicas=False, history=True, faults=()):
+        return checker.check(self.entries, self.attempts if history else None, replicas,
+                             list(faults))
 
 
 def healthy():
@@ -134,8 +135,14 @@ class CheckerTest(unittest.TestCase):
         self.assertTrue(report.valid, report.text())
         skipped = [c.name for c in report.checks if c.skipped]
         self.assertEqual(skipped, ["acked_present", "failed_absent", "stored_were_published",
-                                   "per_key_order"])
+                                   "per_key_order", "no_ok_while_owner_out"])
         self.assertIn("skip", report.text())
+
+    def test_without_faults_the_outage_check_is_skipped(self):
+        report = checker.check(healthy().entries, healthy().attempts)
+        self.assertTrue(report.valid, report.text())
+        check = next(c for c in report.checks if c.name == "no_ok_while_owner_out")
+        self.assertEqual(check.skipped, "needs --history and --faults")
 
     def test_an_empty_cluster_passes(self):
         self.assertTrue(checker.check({"n1": [], "n2": []}, []).valid)
@@ -237,6 +244,67 @@ class CheckerTest(unittest.TestCase):
         s.ok("e1", "t", 1, "k")
         self.assertFailsOnly(s.report(), "per_key_order")
 
+    def test_an_id_refused_once_then_sent_again_may_be_stored(self):
+        s = healthy()
+        s.fail("w2-late", "t", "c")  # e.g. connection refused by a dead node
+        s.info("w2-late", "t", 3, "c", stored=True)  # the retry timed out after the append
+        report = s.report()
+        self.assertTrue(report.valid, report.text())
+        s.fail("w2-late", "t", "c")
+        self.assertTrue(s.report().valid)  # refused again later: still not every attempt
+
+    # -- CLUSTER.md section 4, item 7: no ok while the owner is out ------------------------
+
+    def outage(self, kind, via="n1"):
+        """healthy(), then n3 (owner of t/3) is out from time 100 to 200; during it, an
+        event of t/3 is acknowledged through `via`."""
+        s = healthy()
+        s.clock = 100.0
+        fault = Fault(kind, "n3", 100.0, 200.0, frozenset({("t", 3)}))
+        s.ok("during", "t", 3, "c", node=via)
+        return s, fault
+
+    def test_an_ack_for_a_dead_owners_partition_fails_no_ok_while_owner_out(self):
+        s, kill = self.outage("kill")
+        self.assertFailsOnly(s.report(faults=[kill]), "no_ok_while_owner_out")
+        self.assertIn("id during acknowledged at t/3 offset", s.report(faults=[kill]).text())
+        self.assertIn("while its owner n3 was dead", s.report(faults=[kill]).text())
+        # Through the dead node itself is no excuse: it was dead.
+        s, kill = self.outage("kill", via="n3")
+        self.assertFailsOnly(s.report(faults=[kill]), "no_ok_while_owner_out")
+
+    def test_an_ack_through_the_cut_off_owner_itself_passes(self):
+        s, isolate = self.outage("isolate", via="n3")
+        report = s.report(faults=[isolate])
+        self.assertTrue(report.valid, report.text())
+        s, isolate = self.outage("isolate", via="n2")
+        self.assertFailsOnly(s.report(faults=[isolate]), "no_ok_while_owner_out")
+        self.assertIn("through n2", s.report(faults=[isolate]).text())
+
+    def test_acks_overlapping_the_outage_or_of_other_partitions_pass(self):
+        s = healthy()
+        kill = Fault("kill", "n3", 100.0, 200.0, frozenset({("t", 3)}))
+        # Sent before the kill, answered after it: the owner may have fsynced it in time.
+        s.ok("before", "t", 3, "c", node="n1")
+        s.attempts[-1] = Attempt("before", "c", "t", 99.5, 100.5, "ok", 3,
+                                 s.attempts[-1].offset, None, len(s.attempts), "n1")
+        # Answered after the restart began.
+        s.ok("after", "t", 3, "c", node="n2")
+        s.attempts[-1] = Attempt("after", "c", "t", 199.0, 201.0, "ok", 3,
+                                 s.attempts[-1].offset, None, len(s.attempts), "n2")
+        # During the outage, a partition another node owns.
+        s.clock = 150.0
+        s.ok("elsewhere", "t", 2, "b", node="n1")
+        report = s.report(faults=[kill])
+        self.assertTrue(report.valid, report.text())
+
+    def test_without_partitions_a_fault_takes_the_nodes_dump(self):
+        s, kill = self.outage("kill")
+        unnamed = Fault("kill", "n3", kill.t0, kill.t1)
+        self.assertFailsOnly(s.report(faults=[unnamed]), "no_ok_while_owner_out")
+        elsewhere = Fault("kill", "n2", kill.t0, kill.t1)
+        self.assertTrue(s.report(faults=[elsewhere]).valid)
+
     def test_a_partition_on_two_nodes_fails_single_owner(self):
         s = healthy()
         for e in [e for e in s.entries["n3"] if (e.topic, e.partition) == ("t", 3)]:
@@ -292,7 +360,7 @@ class CommandLineTest(unittest.TestCase):
         history = self.write("history.jsonl", [json.dumps(
             {"id": a.id, "key": a.key, "topic": a.topic, "t0": a.t0, "t1": a.t1,
              "outcome": a.outcome, "partition": a.partition, "offset": a.offset,
-             "batch": a.batch}) for a in s.attempts])
+             "batch": a.batch, "node": a.node}) for a in s.attempts])
         return dumps, history
 
     def run_main(self, args):
@@ -319,7 +387,26 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(code, 1, out)
         self.assertIn("FAIL  acked_present", out)
         self.assertIn("id u-0 acknowledged at u/0 offset 0", out)
-        self.assertIn("INVALID: 1 of 9 checks failed", out)
+        self.assertIn("INVALID: 1 of 10 checks failed", out)
+
+    def test_faults_file(self):
+        s = healthy()
+        s.clock = 100.0
+        s.ok("during", "t", 3, "c", node="n2")
+        dumps, history = self.write_scenario(s)
+        faults = self.write("faults.jsonl", [json.dumps(
+            {"kind": "kill", "node": "n3", "t0": 100.0, "t1": 200.0, "partitions": ["t/3"]})])
+        code, out, _ = self.run_main(dumps + ["--history", history, "--faults", faults])
+        self.assertEqual(code, 1, out)
+        self.assertIn("fault: kill n3 from 100.0 to 200.0", out)
+        self.assertIn("FAIL  no_ok_while_owner_out", out)
+        isolate = self.write("isolate.jsonl", [json.dumps(
+            {"kind": "isolate", "node": "n3", "t0": 100.0, "t1": 200.0})])
+        code, out, _ = self.run_main(dumps + ["--history", history, "--faults", isolate,
+                                              "--json"])
+        self.assertEqual(code, 1, out)
+        self.assertEqual(json.loads(out)["faults"],
+                         [{"kind": "isolate", "node": "n3", "t0": 100.0, "t1": 200.0}])
 
     def test_json_summary(self):
         s = healthy()
@@ -343,7 +430,13 @@ class CommandLineTest(unittest.TestCase):
         bad_dump = self.write("bad.dump", ["t 0 zero e0 1 " + "a" * 40])
         bad_history = self.write("bad.jsonl", ['{"id": "e0", "topic": "t", "t0": 1, "t1": 2, '
                                                '"outcome": "ok"}'])
+        bad_faults = self.write("bad-faults.jsonl", ['{"kind": "pause", "node": "n1", '
+                                                     '"t0": 1, "t1": 2}'])
+        bad_partition = self.write("bad-partition.jsonl", [
+            '{"kind": "kill", "node": "n1", "t0": 1, "t1": 2, "partitions": ["t-3"]}'])
         for args, says in (([bad_dump], "bad.dump:1: offset 'zero'"),
+                           ([good, "--faults", bad_faults], "kind must be one of kill, isolate"),
+                           ([good, "--faults", bad_partition], "'t-3' is not `topic/partition`"),
                            ([good, "--history", bad_history], "needs the partition and offset"),
                            ([good, f"n1={good}"], "node n1 is named twice"),
                            ([os.path.join(self.dir, "missing.dump")], "cannot read")):

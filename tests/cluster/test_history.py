@@ -76,6 +76,33 @@ class HistoryTest(unittest.TestCase):
         self.assertEqual([a.key for a in attempts[:3]], ["k", None, "k"])
         self.assertEqual({a.batch for a in attempts[:3]}, {batch})
 
+    def test_the_node_and_refused_connections_are_recorded(self):
+        events = [{"id": "a", "key": "k"}, {"id": "b"}]
+        with history.History(self.path) as h:
+            t0, batch = h.begin()
+            self.assertEqual(h.publish_refused("t", events, t0, batch, node="n2"), "fail")
+            t0, batch = h.begin()
+            h.publish_failed("t", events, t0, batch, node="n3")
+            t0, batch = h.begin()
+            h.publish_answered("t", events[:1], t0, batch, 201,
+                               {"events": [{"partition": 0, "offset": 0}]}, node="n1")
+        attempts = self.read_back()
+        self.assertEqual([(a.id, a.outcome, a.node) for a in attempts],
+                         [("a", "fail", "n2"), ("b", "fail", "n2"), ("a", "info", "n3"),
+                          ("b", "info", "n3"), ("a", "ok", "n1")])
+
+    def test_faults_are_written_for_the_checker(self):
+        path = os.path.join(self.dir, "faults.jsonl")
+        history.write_faults(path, [
+            {"kind": "kill", "node": "n2", "t0": 1.5, "t1": 9.0, "partitions": ["t/0", "t/3"]},
+            {"kind": "isolate", "node": "n1", "t0": 10.0, "t1": 12.0}])
+        with open(path) as f:
+            faults = checker.parse_faults(f, path)
+        self.assertEqual([(f.kind, f.node, f.t0, f.t1) for f in faults],
+                         [("kill", "n2", 1.5, 9.0), ("isolate", "n1", 10.0, 12.0)])
+        self.assertEqual(faults[0].partitions, frozenset({("t", 0), ("t", 3)}))
+        self.assertIsNone(faults[1].partitions)
+
 
 class ClusterHarnessTest(unittest.TestCase):
 

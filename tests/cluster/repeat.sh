@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs the cluster fault scenarios (T2 kill, T3 partition) N times each, each run with
+# its own seed, and prints a Markdown table of the runs: seed, outcome, time, the victim,
+# how fast its partitions answered 503, how fast the links came back, the requests and
+# what the checker found. Bugs in this area are probabilistic: CI runs each scenario
+# once, this runs them many times (docs/cluster-testing.md).
+#
+#   tests/cluster/repeat.sh [-n RUNS] [-s FIRST_SEED] [-o DIR] [kill] [partition]
+#
+# -n RUNS        runs per scenario (default 10)
+# -s FIRST_SEED  seeds FIRST_SEED, FIRST_SEED+1, ... (default: random ones); a failed
+#                run is replayed with NERVE_SCENARIO_SEED=<its seed>
+# -o DIR         where each run's output and results.jsonl go (default: a temp dir)
+# NERVE_BIN      the nerve binary (default: build/runtime/nerve of this tree)
+#
+# Exit status: 0 when every run passed (or skipped), 1 otherwise.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+runs=10
+first_seed=""
+out=""
+while getopts "n:s:o:h" opt; do
+  case "$opt" in
+    n) runs="$OPTARG" ;;
+    s) first_seed="$OPTARG" ;;
+    o) out="$OPTARG" ;;
+    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+scenarios=("$@")
+[ ${#scenarios[@]} -eq 0 ] && scenarios=(kill partition)
+for s in "${scenarios[@]}"; do
+  [ -f "$here/test_${s}_scenario.py" ] || { echo "repeat.sh: no scenario '$s' (kill, partition)" >&2; exit 2; }
+done
+export NERVE_BIN="${NERVE_BIN:-$root/build/runtime/nerve}"
+[ -x "$NERVE_BIN" ] || { echo "repeat.sh: $NERVE_BIN is not built (make build, or set NERVE_BIN)" >&2; exit 2; }
+out="${out:-$(mktemp -d /tmp/nerve-repeat-XXXXXX)}"
+mkdir -p "$out"
+results="$out/results.jsonl"
+: > "$results"
+python="$(command -v /usr/bin/python3 || command -v python3)"
+
+failed=0
+for s in "${scenarios[@]}"; do
+  for i in $(seq 1 "$runs"); do
+    if [ -n "$first_seed" ]; then
+      seed=$((first_seed + i - 1))
+    else
+      seed=$(( (RANDOM << 15 | RANDOM) + 1 ))
+    fi
+    log="$out/$s-$i-seed$seed.log"
+    printf '[repeat] %s run %d/%d, seed %d ... ' "$s" "$i" "$runs" "$seed" >&2
+    if (cd "$here" && NERVE_SCENARIO_SEED="$seed" NERVE_SCENARIO_RESULTS="$results" \
+          PYTHONDONTWRITEBYTECODE=1 "$python" -m unittest -v "test_${s}_scenario") >"$log" 2>&1; then
+      if grep -q "skipped '" "$log"; then echo "skipped ($(grep -o "skipped '[^']*'" "$log"))" >&2; else echo "pass" >&2; fi
+    else
+      failed=$((failed + 1))
+      echo "FAIL (see $log)" >&2
+    fi
+  done
+done
+
+"$python" - "$results" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+def cell(r, *keys):
+    for k in keys:
+        if k in r:
+            return r[k]
+    return ""
+print("| scenario | seed | outcome | s | victim (partitions) | 503 worst ms | fault s "
+      "| relinked s | requests | 503 indeterminate | events ok/fail/info | checker |")
+print("|:--|--:|:--|--:|:--|--:|--:|--:|--:|--:|--:|:--|")
+for r in rows:
+    ev = r.get("events", {})
+    bad = [k for k, v in (r.get("checker") or {}).items() if v]
+    checker = ("FAIL: " + ", ".join(bad)) if bad else ("valid" if r.get("checker") else "-")
+    if r.get("outcome") == "FAIL":
+        checker += " / " + r.get("error", "")[:120].replace("|", "/")
+    print(f"| {r['scenario']} | {r['seed']} | {r.get('outcome')} | {r.get('seconds', '')} "
+          f"| {cell(r, 'victim')} ({cell(r, 'victim_partitions')}) "
+          f"| {cell(r, 'dead_503_worst_ms', 'cut_503_worst_ms')} | {cell(r, 'outage_s', 'cut_s')} "
+          f"| {cell(r, 'relinked_s')} | {cell(r, 'requests')} "
+          f"| {r.get('statuses', {}).get('503-indeterminate', 0)} "
+          f"| {ev.get('ok', '')}/{ev.get('fail', '')}/{ev.get('info', '')} | {checker} |")
+EOF
+echo "[repeat] $(wc -l < "$results") runs, $failed failed; logs and results.jsonl in $out" >&2
+[ "$failed" -eq 0 ]

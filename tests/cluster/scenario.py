@@ -1,0 +1,525 @@
+"""What the cluster fault scenarios share: test_kill_scenario.py (T2, kill -9 of an owner)
+and test_partition_scenario.py (T3, an owner cut off from its peers); CLUSTER.md section 4.
+
+- `Load`: writer threads publishing keyed events (single events, batches of one key,
+  batches of mixed keys, a few keyless events with ids) through every node, with ids
+  `w<k>-<seq>`. Every attempt is recorded by history.py: ok (partition, offset), fail
+  (nothing was sent: the connection was refused; or a 4xx) or info (a timeout, a reset, a
+  5xx). An info request is sent again later, with the same ids, until it is answered
+  ok or the drain after the load ends runs out of time.
+- `Prober`: one event to one partition through one node (a key picked to hash there),
+  recorded in the history too.
+- `run_checker()`: every node's `nerve __dump-log` and the history through checker.py.
+- `ScenarioTestCase`: the seed (NERVE_SCENARIO_SEED replays a run's random choices: which
+  node each request goes to, keys, batch sizes, the victim on a tie, when the fault
+  starts and how long it lasts; the servers' timing is not seeded), the run's work
+  directory (kept, with the history and dumps, when the test fails, or always with
+  NERVE_SCENARIO_KEEP=1) and a one-line JSON
+  result per run (appended to $NERVE_SCENARIO_RESULTS when set, for repeat.sh).
+
+Python 3 standard library only.
+"""
+
+import contextlib
+import http.client
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import unittest
+
+import checker
+import history as history_mod
+
+SEED_ENV = "NERVE_SCENARIO_SEED"
+RESULTS_ENV = "NERVE_SCENARIO_RESULTS"
+KEEP_ENV = "NERVE_SCENARIO_KEEP"  # set: keep the work dir of a passing run too
+REQUEST_TIMEOUT_S = 15.0  # above the 10 s a forward waits for its owner
+EVENT_TYPE = "scenario"
+
+
+def fnv1a(text):
+    """nerve's key hash (actors/publish_service.cpp): 64-bit FNV-1a over the bytes."""
+    h = 1469598103934665603
+    for c in text.encode("utf-8"):
+        h ^= c
+        h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def partition_of(event, partitions):
+    """The partition nerve puts an event in: by its key, or (keyless, in a cluster) by its id."""
+    return fnv1a(event.get("key") or event["id"]) % partitions
+
+
+def keys_for_partitions(prefix, partitions):
+    """{partition: a key that hashes to it}."""
+    out = {}
+    i = 0
+    while len(out) < partitions:
+        key = f"{prefix}{i}"
+        out.setdefault(fnv1a(key) % partitions, key)
+        i += 1
+    return out
+
+
+# -- one request ---------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """No connection: nothing was sent."""
+
+
+class Answer:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except ValueError:
+            return None
+
+    def detail(self):
+        j = self.json()
+        return j.get("detail", "") if isinstance(j, dict) else self.body[:200].decode("latin-1")
+
+
+def post(endpoint, path, body, token=None, timeout=REQUEST_TIMEOUT_S):
+    """POSTs JSON to endpoint (host, port) on a fresh connection. Raises Refused when no
+    connection opens (nothing sent), OSError/HTTPException when the answer is lost."""
+    if endpoint is None or endpoint[0] is None:
+        raise Refused("the node is not running")
+    conn = http.client.HTTPConnection(endpoint[0], endpoint[1], timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        try:
+            conn.connect()
+        except OSError as e:
+            raise Refused(str(e)) from None
+        conn.request("POST", path, body=json.dumps(body).encode("utf-8"), headers=headers)
+        res = conn.getresponse()
+        data = res.read()
+        return Answer(res.status, {k.lower(): v for k, v in res.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def get_json(endpoint, path, token=None, timeout=10.0):
+    conn = http.client.HTTPConnection(endpoint[0], endpoint[1], timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        conn.request("GET", path, headers=headers)
+        res = conn.getresponse()
+        data = res.read()
+        if res.status != 200:
+            raise AssertionError(f"GET {path} on {endpoint}: {res.status} {data[:300]!r}")
+        return json.loads(data.decode("utf-8"))
+    finally:
+        conn.close()
+
+
+class Nodes:
+    """The nodes as the clients reach them: id -> harness.Server (its host and port
+    change when it restarts), and the bearer token."""
+
+    def __init__(self, servers, token=None):
+        self.servers = servers
+        self.token = token
+
+    def ids(self):
+        return list(self.servers)
+
+    def endpoint(self, node_id):
+        srv = self.servers[node_id]
+        host, port = srv.host, srv.port
+        return None if host is None else (host, port)
+
+    def publish(self, node_id, topic, events, timeout=REQUEST_TIMEOUT_S):
+        return post(self.endpoint(node_id), f"/v1/topics/{topic}/events", events, self.token,
+                    timeout)
+
+    def view(self, node_id):
+        return get_json(self.endpoint(node_id), "/v1/cluster", self.token)
+
+    def states(self, node_id):
+        """member id -> "up" / "down" as `node_id` sees them."""
+        return {m["id"]: m["state"] for m in self.view(node_id)["nodes"]}
+
+    def owners(self, node_id, topic):
+        """partition -> owner id of `topic`, as `node_id` sees it."""
+        out = {}
+        for m in self.view(node_id)["nodes"]:
+            for p in m["partitions"]:
+                t, _, n = p.rpartition("/")
+                if t == topic:
+                    out[int(n)] = m["id"]
+        return out
+
+
+# -- recording one request ---------------------------------------------------------------
+
+
+class Request:
+    """One request as the scenario saw it, for the assertions beyond the checker."""
+    __slots__ = ("who", "node", "t0", "t1", "status", "detail", "partitions", "retry")
+
+    def __init__(self, who, node, t0, t1, status, detail, partitions, retry):
+        self.who = who  # "w1", "probe"
+        self.node = node
+        self.t0 = t0
+        self.t1 = t1
+        self.status = status  # an HTTP status, "refused" or "lost"
+        self.detail = detail
+        self.partitions = partitions  # frozenset of the partitions the events hash to
+        self.retry = retry
+
+    def __repr__(self):
+        return (f"<{self.who} via {self.node} {self.status} partitions "
+                f"{sorted(self.partitions)} t {self.t0:.3f}..{self.t1:.3f}: {self.detail[:160]}>")
+
+
+class Sender:
+    """Sends one request, records it in the history and in `requests`."""
+
+    def __init__(self, nodes, topic, partitions, hist):
+        self.nodes = nodes
+        self.topic = topic
+        self.partitions = partitions
+        self.history = hist
+        self.requests = []
+        self._lock = threading.Lock()
+
+    def send(self, who, node_id, events, retry=False):
+        """Returns (outcome, Request)."""
+        t0, batch = self.history.begin()
+        parts = frozenset(partition_of(e, self.partitions) for e in events)
+        status, detail = None, ""
+        try:
+            ans = self.nodes.publish(node_id, self.topic, events)
+        except Refused as e:
+            outcome = self.history.publish_refused(self.topic, events, t0, batch, node=node_id)
+            status, detail = "refused", str(e)
+        except (OSError, http.client.HTTPException) as e:
+            outcome = self.history.publish_failed(self.topic, events, t0, batch, node=node_id)
+            status, detail = "lost", f"{type(e).__name__}: {e}"
+        else:
+            body = ans.json()
+            outcome = self.history.publish_answered(self.topic, events, t0, batch, ans.status,
+                                                    body if ans.status < 300 else None,
+                                                    node=node_id)
+            status, detail = ans.status, "" if ans.status < 300 else ans.detail()
+            if ans.status == 503 and "retry-after" not in ans.headers:
+                detail = "NO Retry-After: " + detail
+        r = Request(who, node_id, t0, self.history.now(), status, detail, parts, retry)
+        with self._lock:
+            self.requests.append(r)
+        return outcome, r
+
+
+# -- the writers -----------------------------------------------------------------------
+
+
+class _Pending:
+    __slots__ = ("events", "tries", "due")
+
+    def __init__(self, events, due):
+        self.events = events
+        self.tries = 0
+        self.due = due
+
+
+class Writer(threading.Thread):
+    """Writer k: new requests at `rate` per second through a random node; an info request
+    waits (0.4 s doubling to 2 s) and goes again, same ids, through a random node."""
+
+    MAX_PENDING = 32  # info requests waiting for their retry; at this many, no new ones
+    KEYS = 16
+
+    def __init__(self, k, load, seed):
+        super().__init__(name=f"writer-{k}", daemon=True)
+        self.k = k
+        self.load = load
+        self.rng = random.Random(seed)
+        self.seq = 0
+        self.pending = []
+        self.unresolved = []  # events still info when the drain ended
+        self.error = None
+
+    def _events(self):
+        rng, k = self.rng, self.k
+
+        def event(key):
+            self.seq += 1
+            e = {"id": f"w{k}-{self.seq}", "type": EVENT_TYPE, "data": {"w": k, "seq": self.seq}}
+            if key is not None:
+                e["key"] = key
+            return e
+
+        def key():
+            return f"key-{rng.randrange(self.KEYS)}"
+
+        shape = rng.random()
+        if shape < 0.45:
+            return [event(key())]
+        if shape < 0.70:  # one key: its events must be stored in the order sent
+            same = key()
+            return [event(same) for _ in range(rng.randint(2, 10))]
+        if shape < 0.90:  # mixed keys: several partitions, often several owners
+            return [event(key()) for _ in range(rng.randint(2, 10))]
+        return [event(None) for _ in range(rng.randint(1, 3))]  # keyless, routed by id
+
+    def _send(self, p, retry):
+        node = self.rng.choice(self.load.nodes.ids())
+        outcome, r = self.load.sender.send(f"w{self.k}", node, p.events, retry)
+        now = time.monotonic()
+        if outcome == "ok":
+            return True
+        if outcome == "fail" and r.status != "refused":
+            self.load.note_unexpected(r)  # a 4xx: the test sent something wrong
+            return True
+        if outcome == "fail" and not retry:
+            return True  # never sent: these ids stay refused, and must stay absent
+        p.tries += 1
+        p.due = now + min(2.0, 0.2 * 2 ** min(p.tries, 4)) * self.rng.uniform(0.8, 1.2)
+        return False
+
+    def run(self):
+        try:
+            self._run()
+        except Exception:  # noqa: BLE001: reported by Load.stop
+            self.error = traceback.format_exc()
+
+    def _run(self):
+        load = self.load
+        interval = 1.0 / load.rate
+        next_at = time.monotonic()
+        while not load.stopping.is_set():
+            now = time.monotonic()
+            due = [p for p in self.pending if p.due <= now]
+            if due:
+                p = min(due, key=lambda x: x.due)
+                if self._send(p, retry=True):
+                    self.pending.remove(p)
+            elif now >= next_at and len(self.pending) < self.MAX_PENDING:
+                next_at = max(next_at + interval, now - interval)
+                p = _Pending(self._events(), now)
+                if not self._send(p, retry=False):
+                    self.pending.append(p)
+            else:
+                wake = min([next_at] + [p.due for p in self.pending])
+                time.sleep(max(0.001, min(0.05, wake - now)))
+        # Drain: settle what is still indeterminate, while the deadline allows.
+        while self.pending and time.monotonic() < load.drain_deadline:
+            now = time.monotonic()
+            due = [p for p in self.pending if p.due <= now]
+            if not due:
+                time.sleep(0.02)
+                continue
+            p = min(due, key=lambda x: x.due)
+            if self._send(p, retry=True):
+                self.pending.remove(p)
+        self.unresolved = [e["id"] for p in self.pending for e in p.events]
+
+
+class Load:
+    """`writers` Writer threads on one topic; start(), then stop() (which drains)."""
+
+    def __init__(self, sender, seed, writers=2, rate=20.0):
+        self.sender = sender
+        self.nodes = sender.nodes
+        self.rate = rate
+        self.stopping = threading.Event()
+        self.drain_deadline = 0.0
+        self.unexpected = []
+        self._lock = threading.Lock()
+        self.writers = [Writer(k, self, seed * 1000 + k) for k in range(1, writers + 1)]
+
+    def note_unexpected(self, r):
+        with self._lock:
+            self.unexpected.append(r)
+
+    def start(self):
+        for w in self.writers:
+            w.start()
+        return self
+
+    def stop(self, drain_s=20.0):
+        """Stops new requests, retries the info ones for up to `drain_s`, and returns the
+        ids still indeterminate."""
+        self.drain_deadline = time.monotonic() + drain_s
+        self.stopping.set()
+        for w in self.writers:
+            w.join(drain_s + 2 * REQUEST_TIMEOUT_S)
+        errors = [w.error for w in self.writers if w.error]
+        if errors:
+            raise AssertionError("a writer failed:\n" + "\n".join(errors))
+        alive = [w.name for w in self.writers if w.is_alive()]
+        if alive:
+            raise AssertionError(f"writers {alive} did not stop")
+        return [i for w in self.writers for i in w.unresolved]
+
+
+# -- probes ----------------------------------------------------------------------------
+
+
+class Prober:
+    """One event to one partition through one node, recorded like the writers' ones."""
+
+    def __init__(self, sender):
+        self.sender = sender
+        self.keys = keys_for_partitions("probe-key-", sender.partitions)
+        self.seq = 0
+        self._lock = threading.Lock()
+
+    def probe(self, node_id, partition):
+        with self._lock:
+            self.seq += 1
+            seq = self.seq
+        event = {"id": f"probe-{seq}", "key": self.keys[partition], "type": EVENT_TYPE,
+                 "data": {"probe": seq}}
+        return self.sender.send("probe", node_id, [event])[1]
+
+    def until(self, node_id, partition, want, timeout_s, pause_s=0.05):
+        """Probes until the status is in `want`; returns (the Request, every Request sent)."""
+        deadline = time.monotonic() + timeout_s
+        tried = []
+        while True:
+            r = self.probe(node_id, partition)
+            tried.append(r)
+            if r.status in want or time.monotonic() > deadline:
+                return r, tried
+            time.sleep(pause_s)
+
+
+# -- after the run ---------------------------------------------------------------------
+
+
+def run_checker(cluster, directory, history_path, faults_path):
+    """Dumps every (stopped) node into `directory` and runs checker.py over the dumps, the
+    history and the faults; returns the Report."""
+    dumps = {}
+    for arg in cluster.dump_all(directory):
+        node, _, path = arg.partition("=")
+        with open(path, encoding="utf-8") as f:
+            dumps[node] = checker.parse_dump(node, f, path)
+    with open(history_path, encoding="utf-8") as f:
+        attempts = checker.parse_history(f, history_path)
+    with open(faults_path, encoding="utf-8") as f:
+        faults = checker.parse_faults(f, faults_path)
+    return checker.check(dumps, attempts, False, faults)
+
+
+def wait_until(fn, timeout_s, what, pause_s=0.05):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except (OSError, AssertionError, http.client.HTTPException) as e:
+            last = f"{type(e).__name__}: {e}"
+        else:
+            if last is True or (last and not isinstance(last, str)):
+                return last
+        time.sleep(pause_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
+
+
+def all_linked(nodes, running):
+    """True when every node in `running` sees every node in `running` up."""
+    def check():
+        for n in running:
+            states = nodes.states(n)
+            if any(states[m] != "up" for m in running):
+                return f"{n} sees {states}"
+        return True
+    return check
+
+
+def summarize(requests):
+    """status -> count; a 503 whose forward was lost counts as "503-indeterminate"."""
+    out = {}
+    for r in requests:
+        key = str(r.status)
+        if r.status == 503 and r.detail.startswith("indeterminate"):
+            key = "503-indeterminate"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+class ScenarioTestCase(unittest.TestCase):
+    """A seeded scenario with its own work directory, kept when the test fails."""
+
+    def setUp(self):
+        text = os.environ.get(SEED_ENV)
+        self.seed = int(text) if text else random.SystemRandom().randrange(1, 2 ** 31)
+        self.rng = random.Random(self.seed)
+        self.workdir = tempfile.mkdtemp(prefix=f"nerve-{self.scenario}-{self.seed}-")
+        self.result = {"scenario": self.scenario, "seed": self.seed}
+        print(f"[{self.scenario}] seed {self.seed} ({SEED_ENV}={self.seed} replays it); "
+              f"work dir {self.workdir}", file=sys.stderr, flush=True)
+
+    def log(self, msg):
+        print(f"[{self.scenario} seed {self.seed}] {msg}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def seeded(self):
+        """Runs the body; on failure names the seed and keeps the work dir; always writes
+        the result line."""
+        started = time.monotonic()
+        try:
+            yield
+        except unittest.SkipTest:
+            self.result["outcome"] = "skip"
+            raise
+        except BaseException as e:
+            self.result["outcome"] = "FAIL"
+            self.result["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            self.save_logs()
+            self.log(f"FAILED; replay with {SEED_ENV}={self.seed}; the history, faults and "
+                     f"dumps are kept in {self.workdir}")
+            raise AssertionError(f"{self.scenario} failed with seed {self.seed} "
+                                 f"({SEED_ENV}={self.seed} replays it; files in "
+                                 f"{self.workdir}): {e}") from e
+        else:
+            self.result["outcome"] = "pass"
+            if os.environ.get(KEEP_ENV):
+                self.save_logs()
+                self.log(f"kept {self.workdir} ({KEEP_ENV} is set)")
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        finally:
+            self.result["seconds"] = round(time.monotonic() - started, 1)
+            line = json.dumps(self.result, sort_keys=True)
+            print(f"[{self.scenario}] result {line}", file=sys.stderr, flush=True)
+            path = os.environ.get(RESULTS_ENV)
+            if path:
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(line + "\n")
+
+    def save_logs(self):
+        """Writes every node's stderr into the work dir (nI.stderr)."""
+        cluster = getattr(self, "cluster", None)
+        for node_id, srv in (cluster.nodes.items() if cluster else []):
+            with open(os.path.join(self.workdir, f"{node_id}.stderr"), "w") as f:
+                f.write(srv.stderr_text() + "\n")
+
+    def check_logs(self, cluster, hist_path, faults):
+        """Writes the faults, runs the checker, fails with its report unless valid."""
+        faults_path = history_mod.write_faults(os.path.join(self.workdir, "faults.jsonl"), faults)
+        report = run_checker(cluster, self.workdir, hist_path, faults_path)
+        text = report.text()
+        self.log("checker:\n" + text)
+        self.result["checker"] = {c.name: c.violations for c in report.checks}
+        self.result["info_ids"] = report.info
+        self.assertTrue(report.valid, text)
+        return report
