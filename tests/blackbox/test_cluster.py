@@ -5,8 +5,10 @@ the member list is the same on all three (CONTRACT.md section 9).
 """
 
 import json
+import os
 import signal
 import socket
+import tempfile
 import time
 import unittest
 
@@ -253,6 +255,47 @@ class ClusterTailTest(ClusterTestCase):
             opcode, data = ws.recv_data()
             got.add(json.loads(data.decode("utf-8"))["id"])
         self.assertGreater(len(set(self.owners().values())), 1)
+
+
+SLOW_AGENT = """import json, sys, time
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("type") == "event":
+        time.sleep(0.05)
+        print(json.dumps({"type": "ack", "delivery": m["delivery"]}), flush=True)
+"""
+
+
+class ClusterReplayCancelTest(ClusterTestCase):
+
+    def test_cancel_through_one_node_stops_every_share(self):
+        script = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
+        script.write(SLOW_AGENT)
+        script.close()
+        self.addCleanup(os.unlink, script.name)
+        config = ("agents:\n  - {name: slow, kind: process, command: [/usr/bin/python3, "
+                  f"{script.name}], topics: [orders], max_in_flight: 1}}\n")
+        self.start_cluster(config=config)
+        n = 90
+        for k in range(n):
+            self.assertEqual(self.publish(f"n{k % 3 + 1}", {"key": f"k{k}", "data": {}}).status,
+                             201)
+        self.wait_for(lambda: all(g["lag"] == 0 and g["pending"] == 0 for g in
+                                  self.nodes["n1"].get(f"/v1/topics/{TOPIC}/groups")
+                                  .json()["groups"]), timeout=60, what="live deliveries done")
+        r = self.nodes["n1"].post("/v1/replays", {"from": "-10m", "to": "now"})
+        self.assertEqual(r.status, 202, r)
+        rid = r.json()["id"]
+        self.wait_for(lambda: self.nodes["n2"].get(f"/v1/replays/{rid}").json()["events_done"]
+                      >= 3, what="progress")
+        r = self.nodes["n2"].request("DELETE", f"/v1/replays/{rid}")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["state"], "cancelled", r.json())
+        time.sleep(0.5)
+        for node_id in self.nodes:
+            v = self.nodes[node_id].get(f"/v1/replays/{rid}").json()
+            self.assertEqual(v["state"], "cancelled", (node_id, v))
+            self.assertLess(v["events_done"], n, v)
 
 
 class AgentMismatchTest(ClusterTestCase):
