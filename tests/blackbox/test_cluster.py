@@ -298,6 +298,34 @@ class ClusterReplayCancelTest(ClusterTestCase):
             self.assertLess(v["events_done"], n, v)
 
 
+class MemberListMismatchTest(ClusterTestCase):
+
+    def test_a_node_with_another_member_list_is_refused(self):
+        ports = [free_port() for _ in range(3)]
+        good = ",".join(f"n{i + 1}@127.0.0.1:{p}" for i, p in enumerate(ports))
+        # n3 lists a fourth member: it would place partitions elsewhere.
+        bad = good + f",n4@127.0.0.1:{free_port()}"
+        self.nodes = {}
+        for i, port in enumerate(ports):
+            node_id = f"n{i + 1}"
+            srv = Server(args=["--node-id", node_id, "--cluster-listen", f"127.0.0.1:{port}",
+                               "--cluster-members", bad if node_id == "n3" else good])
+            self.addCleanup(srv.cleanup)
+            srv.start()
+            self.nodes[node_id] = srv
+        self.wait_for(lambda: any("another cluster.members list" in line
+                                  for n in ("n1", "n2", "n3")
+                                  for line in self.nodes[n].stderr_lines),
+                      what="a refusal naming the member lists")
+        time.sleep(2.5)
+        states = {m["id"]: m["state"] for m in self.view("n1")["nodes"]}
+        self.assertEqual(states, {"n1": "up", "n2": "up", "n3": "down"})
+        line = [l for n in ("n1", "n2") for l in self.nodes[n].stderr_lines
+                if "node n3 refused this node" in l or "refusing node n3" in l]
+        self.assertTrue(line, self.nodes["n1"].stderr_lines[-5:])
+        self.assertIn("another cluster.members list", line[0])
+
+
 class AgentMismatchTest(ClusterTestCase):
 
     def test_an_agent_missing_on_a_member_is_a_warning(self):
