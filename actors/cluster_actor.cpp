@@ -236,7 +236,13 @@ void greet(cluster_actor_t self, peer_entry& p, peer_actor peer) {
       [self, &p](caf::error& e) {
         auto why = e.category() == error_category ? from_caf_error(e).message
                                                   : "no hello: " + self->system().render(e);
-        if (e.category() == error_category)
+        bool again = false;
+        {
+          std::shared_lock<std::shared_mutex> guard{self->state.table->mutex};
+          again = p.detail == why;
+        }
+        // Once per cause, not on every redial.
+        if (e.category() == error_category && !again)
           spdlog::error("cluster: node {} refused this node: {}", p.member.id, why);
         set_down(self, p, why);
       });
@@ -299,7 +305,16 @@ void probed(cluster_actor_t self, const std::string& id) {
 caf::result<hello> on_hello(cluster_actor_t self, const hello& theirs) {
   auto& st = self->state;
   if (auto bad = check_hello(*st.table, theirs, nullptr)) {
-    spdlog::error("cluster: refusing node {}: {}", theirs.node_id, *bad);
+    // Once per cause for a member (it redials), every time for a stranger.
+    auto* known = st.table->find(theirs.node_id);
+    bool again = false;
+    if (known != nullptr && !known->self) {
+      std::unique_lock<std::shared_mutex> guard{st.table->mutex};
+      again = known->detail == *bad;
+      known->detail = *bad;
+    }
+    if (!again)
+      spdlog::error("cluster: refusing node {}: {}", theirs.node_id, *bad);
     return make_caf_error(errc::invalid, *bad);
   }
   auto* p = st.table->find(theirs.node_id);
