@@ -506,6 +506,29 @@ class ScenarioTestCase(unittest.TestCase):
                 with open(path, "a", encoding="utf-8") as f:
                     f.write(line + "\n")
 
+    def probe_and_pick_victim(self, nodes, topic, partitions):
+        """Opens the history, probes each partition through each node (all 201, so the
+        topic exists everywhere), checks every node sees the same owners and picks a
+        node owning the most partitions (seeded). Returns (history path, history,
+        sender, prober, owners, victim)."""
+        hist_path = os.path.join(self.workdir, "history.jsonl")
+        hist = history_mod.History(hist_path)
+        self.addCleanup(hist.close)
+        sender = Sender(nodes, topic, partitions, hist)
+        prober = Prober(sender)
+        for node_id in nodes.ids():
+            for p in range(partitions):
+                r = prober.probe(node_id, p)
+                self.assertEqual(r.status, 201, r)
+        owners = nodes.owners("n1", topic)
+        self.assertEqual(sorted(owners), list(range(partitions)), owners)
+        for node_id in nodes.ids():
+            self.assertEqual(nodes.owners(node_id, topic), owners, node_id)
+        counts = {n: sum(1 for o in owners.values() if o == n) for n in nodes.ids()}
+        most = max(counts.values())
+        victim = self.rng.choice(sorted(n for n, c in counts.items() if c == most))
+        return hist_path, hist, sender, prober, owners, victim
+
     def save_logs(self):
         """Writes every node's stderr into the work dir (nI.stderr)."""
         cluster = getattr(self, "cluster", None)

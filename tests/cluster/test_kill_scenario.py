@@ -26,7 +26,6 @@ import time
 import unittest
 
 import cluster_harness
-import history
 import scenario
 
 TOPIC_PARTITIONS = 8
@@ -53,25 +52,10 @@ class KillScenarioTest(scenario.ScenarioTestCase):
         cluster.start()
         nodes = scenario.Nodes(cluster.nodes)
         scenario.wait_until(scenario.all_linked(nodes, nodes.ids()), 20, "all nodes linked")
-        hist_path = os.path.join(self.workdir, "history.jsonl")
-        hist = history.History(hist_path)
-        self.addCleanup(hist.close)
-        sender = scenario.Sender(nodes, topic, TOPIC_PARTITIONS, hist)
-        prober = scenario.Prober(sender)
-
         # The topic exists on every node (its home decides the partition count): one probe
-        # of each partition through each node, all 201.
-        for node_id in nodes.ids():
-            for p in range(TOPIC_PARTITIONS):
-                r = prober.probe(node_id, p)
-                self.assertEqual(r.status, 201, r)
-        owners = nodes.owners("n1", topic)
-        self.assertEqual(sorted(owners), list(range(TOPIC_PARTITIONS)), owners)
-        for node_id in nodes.ids():
-            self.assertEqual(nodes.owners(node_id, topic), owners, node_id)
-        counts = {n: sum(1 for o in owners.values() if o == n) for n in nodes.ids()}
-        most = max(counts.values())
-        victim = rng.choice(sorted(n for n, c in counts.items() if c == most))
+        # of each partition through each node, all 201; then the busiest owner.
+        hist_path, hist, sender, prober, owners, victim = self.probe_and_pick_victim(
+            nodes, topic, TOPIC_PARTITIONS)
         dead_parts = sorted(p for p, o in owners.items() if o == victim)
         live_parts = sorted(p for p, o in owners.items() if o != victim)
         alive = [n for n in nodes.ids() if n != victim]

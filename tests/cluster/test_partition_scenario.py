@@ -36,7 +36,6 @@ import time
 import unittest
 
 import cluster_harness
-import history
 import scenario
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "blackbox"))
@@ -231,22 +230,10 @@ class PartitionScenarioTest(scenario.ScenarioTestCase):
         nodes = scenario.Nodes(cluster.nodes, token)
         scenario.wait_until(scenario.all_linked(nodes, nodes.ids()), 30,
                             "all nodes linked over TLS across the bridge")
-        hist_path = os.path.join(self.workdir, "history.jsonl")
-        hist = history.History(hist_path)
-        self.addCleanup(hist.close)
-        sender = scenario.Sender(nodes, topic, TOPIC_PARTITIONS, hist)
-        prober = scenario.Prober(sender)
-        for node_id in nodes.ids():
-            for p in range(TOPIC_PARTITIONS):
-                r = prober.probe(node_id, p)
-                self.assertEqual(r.status, 201, r)
-        owners = nodes.owners("n1", topic)
-        self.assertEqual(sorted(owners), list(range(TOPIC_PARTITIONS)), owners)
-        for node_id in nodes.ids():
-            self.assertEqual(nodes.owners(node_id, topic), owners, node_id)
-        counts = {n: sum(1 for o in owners.values() if o == n) for n in nodes.ids()}
-        most = max(counts.values())
-        victim = rng.choice(sorted(n for n, c in counts.items() if c == most))
+        # The topic exists on every node (its home decides the partition count): one probe
+        # of each partition through each node, all 201; then the busiest owner.
+        hist_path, hist, sender, prober, owners, victim = self.probe_and_pick_victim(
+            nodes, topic, TOPIC_PARTITIONS)
         victim_index = int(victim[1:])
         cut_parts = sorted(p for p, o in owners.items() if o == victim)
         other_parts = sorted(p for p, o in owners.items() if o != victim)
