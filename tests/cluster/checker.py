@@ -160,9 +160,9 @@ def _optional_uint(record, name, where):
     return v
 
 
-def parse_history(lines, source="<history>"):
-    """The attempts of a history.jsonl (an iterable of lines)."""
-    out = []
+def json_objects(lines, source):
+    """(line number, place, object) for each non-blank line of a JSON-lines input; InputError
+    naming the place for a line that is not a JSON object."""
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -173,6 +173,13 @@ def parse_history(lines, source="<history>"):
             raise InputError(f"{where}: not JSON: {e}") from None
         if not isinstance(r, dict):
             raise InputError(f"{where}: not a JSON object")
+        yield n, where, r
+
+
+def parse_history(lines, source="<history>"):
+    """The attempts of a history.jsonl (an iterable of lines)."""
+    out = []
+    for n, where, r in json_objects(lines, source):
         for name in ("id", "topic"):
             if not isinstance(r.get(name), str) or not r[name]:
                 raise InputError(f"{where}: {name!r} must be a non-empty string")
@@ -211,16 +218,7 @@ def _partition_name(text, where):
 def parse_faults(lines, source="<faults>"):
     """The faults of a faults.jsonl (an iterable of lines)."""
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{source}:{n}"
-        try:
-            r = json.loads(line)
-        except ValueError as e:
-            raise InputError(f"{where}: not JSON: {e}") from None
-        if not isinstance(r, dict):
-            raise InputError(f"{where}: not a JSON object")
+    for n, where, r in json_objects(lines, source):
         if r.get("kind") not in FAULT_KINDS:
             raise InputError(f"{where}: kind must be one of {', '.join(FAULT_KINDS)}, "
                              f"got {r.get('kind')!r}")
