@@ -395,16 +395,19 @@ std::string events_query(std::uint32_t p, std::uint64_t from, std::uint64_t limi
 
 /// One partition: its owner answers; an owner that never saw the topic has
 /// no events of it yet, so the home node (which has the topic) answers.
+/// The 503 for a partition whose owner cannot be asked.
+response owner_down(const std::string& topic, std::uint32_t p, const std::string& node) {
+  return error_response({actors::errc::unavailable,
+                         "partition " + topic + "/" + std::to_string(p) + " is owned by node "
+                           + node + ", which is down or unreachable; retry shortly"});
+}
+
 void read_partition(const api_env& env, const std::string& topic, std::uint32_t p, request req,
                     const local_fn& local, responder respond) {
   ask_member(env, env.node.owner_of(topic, p), req, local,
              [&env, topic, p, req, local, respond](member_answer a) {
                if (!a.reached)
-                 return respond(error_response(
-                   {actors::errc::unavailable, "partition " + topic + "/" + std::to_string(p)
-                                                 + " is owned by node " + a.node
-                                                 + ", which is down or unreachable; "
-                                                   "retry shortly"}));
+                 return respond(owner_down(topic, p, a.node));
                if (a.res.status != 404)
                  return respond(std::move(a.res));
                ask_member(env, env.node.home_of(topic), req, local,
@@ -436,10 +439,7 @@ void read_all_partitions(const api_env& env, const std::string& topic, std::uint
                [respond, st, step, topic, p](member_answer a) {
                  if (!a.reached) {
                    *step = nullptr;
-                   return respond(error_response(
-                     {actors::errc::unavailable,
-                      "partition " + topic + "/" + std::to_string(p) + " is owned by node " + a.node
-                        + ", which is down or unreachable; retry shortly"}));
+                   return respond(owner_down(topic, p, a.node));
                  }
                  if (a.res.status == 200) {
                    auto j = json::parse(a.res.body, nullptr, false);
