@@ -181,6 +181,48 @@ const std::vector<setting>& settings() {
      any_string([](config& c, const std::string& v) { c.cluster.tls_cert = v; })},
     {"cluster.tls.key", any_string([](config& c, const std::string& v) { c.cluster.tls_key = v; })},
     {"cluster.tls.ca", any_string([](config& c, const std::string& v) { c.cluster.tls_ca = v; })},
+    {"cluster.etcd",
+     [](config& c,
+        const std::string& v) -> std::
+                                optional<std::string> {
+                                  c.cluster.etcd.clear();
+                                  std::stringstream in{v};
+                                  std::string item;
+                                  while (std::getline(in, item, ',')) {
+                                    if (item.empty())
+                                      continue;
+                                    auto hp = item.rfind("http://", 0) == 0
+                                                ? split_host_port(item.substr(7))
+                                                : std::nullopt;
+                                    if (!hp || hp->second == 0)
+                                      return "a list of etcd client URLs http://HOST:PORT (etcd's "
+                                             "--advertise-client-urls)";
+                                    c.cluster.etcd.push_back(item);
+                                  }
+                                  return std::nullopt;
+                                }},
+    {"cluster.name",
+     [](config& c, const std::string& v) -> std::
+                                           optional<std::string> {
+                                             if (!valid_node_id(v))
+                                               return "1 to 64 characters of A-Z a-z 0-9 . _ -";
+                                             c.cluster.name = v;
+                                             return std::nullopt;
+                                           }},
+    {"cluster.replication_factor", uint_in(1, 7,
+                                           [](config& c, std::uint64_t n) {
+                                             c.cluster.replication_factor
+                                               = static_cast<std::uint32_t>(n);
+                                           })},
+    {"cluster.min_insync", uint_in(1, 7,
+                                   [](config& c, std::uint64_t n) {
+                                     c.cluster.min_insync = static_cast<std::uint32_t>(n);
+                                     c.cluster.min_insync_set = true;
+                                   })},
+    {"cluster.replica_lag",
+     duration_in(millis{100}, [](config& c, millis d) { c.cluster.replica_lag = d; })},
+    {"cluster.lease_ttl",
+     duration_in(millis{1000}, [](config& c, millis d) { c.cluster.lease_ttl = d; })},
     {"log.level", one_of({"trace", "debug", "info", "warn", "error", "off"},
                          [](config& c, const std::string& v) { c.log.level = v; })},
     {"log.format",
@@ -276,11 +318,11 @@ result apply_scalar(config& cfg, const std::string& path, const YAML::Node& node
   const setting* s = find_setting(path);
   if (s == nullptr)
     return unknown_key(path, node);
-  if (path == "cluster.members" && node.IsSequence()) {
+  if ((path == "cluster.members" || path == "cluster.etcd") && node.IsSequence()) {
     std::string joined;
     for (auto item : node) {
       if (!item.IsScalar())
-        return bad_value(path, "(not a string)", "a list of ID@HOST:PORT");
+        return bad_value(path, "(not a string)", "a list of strings");
       joined += (joined.empty() ? "" : ",") + item.Scalar();
     }
     if (auto err = s->apply(cfg, joined))
@@ -670,6 +712,31 @@ tl::expected<config, std::string> parse_yaml(const std::string& text, config bas
 
 namespace {
 
+/// Replication needs etcd, enough members for its copies, and an in-sync
+/// minimum that the copies can meet; without it, etcd is not used.
+std::optional<std::string> check_replication(cluster_config& c) {
+  if (!c.min_insync_set)
+    c.min_insync = std::min<std::uint32_t>(2, c.replication_factor);
+  if (c.replication_factor == 1) {
+    if (c.min_insync > 1)
+      return "cluster.min_insync: " + std::to_string(c.min_insync)
+             + " is more than cluster.replication_factor (1)";
+    return std::nullopt;
+  }
+  if (c.etcd.empty())
+    return "cluster.replication_factor: " + std::to_string(c.replication_factor)
+           + " needs cluster.etcd (the etcd client URLs that hold leaders and in-sync sets)";
+  if (c.replication_factor > c.members.size())
+    return "cluster.replication_factor: " + std::to_string(c.replication_factor) + " copies need "
+           + std::to_string(c.replication_factor) + " members; cluster.members lists "
+           + std::to_string(c.members.size());
+  if (c.min_insync > c.replication_factor)
+    return "cluster.min_insync: " + std::to_string(c.min_insync)
+           + " is more than cluster.replication_factor (" + std::to_string(c.replication_factor)
+           + ")";
+  return std::nullopt;
+}
+
 /// The cluster settings together: who this node is among the members, and
 /// TLS wherever the cluster port leaves this host.
 std::optional<std::string> check_cluster(config& cfg) {
@@ -678,6 +745,11 @@ std::optional<std::string> check_cluster(config& cfg) {
     if (!c.members.empty())
       return "cluster.members: set, but cluster.listen (--cluster-listen) is empty; a cluster "
              "member needs the HOST:PORT its peers reach it on";
+    if (c.replication_factor > 1)
+      return "cluster.replication_factor: copies live on other members; a single node keeps "
+             "one (set cluster.listen and cluster.members, or leave it at 1)";
+    if (!c.min_insync_set)
+      c.min_insync = 1;
     return std::nullopt;
   }
   if (cfg.node_id.empty())
@@ -707,7 +779,7 @@ std::optional<std::string> check_cluster(config& cfg) {
     return "cluster.listen: " + quote(c.listen)
            + " is not a loopback address; set cluster.tls (cert, key, ca of a private cluster CA) "
              "so that only members can join";
-  return std::nullopt;
+  return check_replication(c);
 }
 
 } // namespace

@@ -93,8 +93,21 @@ struct cluster_config {
   std::string listen;          ///< HOST:PORT of this node's cluster link; empty: single node
   std::vector<member> members; ///< the same list on every node, self included
   std::string tls_cert, tls_key, tls_ca;
+  /// etcd client URLs (http://HOST:PORT); needed when replication_factor > 1.
+  std::vector<std::string> etcd;
+  /// Prefix of every key nerve keeps in etcd: /nerve/<name>/.
+  std::string name = "default";
+  std::uint32_t replication_factor = 1; ///< copies of each partition (1: step 1, no etcd)
+  std::uint32_t min_insync = 1;         ///< fewer in-sync copies than this: publishes get 503
+  bool min_insync_set = false;          ///< given explicitly (else derived from the factor)
+  /// A follower that has not caught up for this long leaves the in-sync set.
+  millis replica_lag{2000};
+  /// TTL of this node's etcd lease: a dead leader's partitions are taken over
+  /// about this long after it died.
+  millis lease_ttl{3000};
 
   [[nodiscard]] bool enabled() const { return !listen.empty(); }
+  [[nodiscard]] bool replicated() const { return replication_factor > 1; }
   [[nodiscard]] bool tls() const { return !tls_cert.empty(); }
 };
 

@@ -206,3 +206,55 @@ TEST_CASE("durations and addresses parse", "[unit][config]") {
   CHECK(is_loopback_host("127.0.0.1"));
   CHECK_FALSE(is_loopback_host("10.0.0.1"));
 }
+
+TEST_CASE("replication needs etcd, enough members and a reachable in-sync minimum",
+          "[unit][config]") {
+  nerve::test::temp_dir dir;
+  flag_overrides flags;
+  auto load_text = [&](const std::string& text) {
+    flags.config_file = write_file(dir, text);
+    return load(flags, lookup);
+  };
+  fake_env.clear();
+  const std::string members = "node_id: a\ncluster:\n  listen: 127.0.0.1:7101\n"
+                              "  members: [a@127.0.0.1:7101, b@127.0.0.1:7102, c@127.0.0.1:7103]\n";
+  auto step1 = load_text(members);
+  REQUIRE(step1);
+  CHECK(step1->cluster.replication_factor == 1);
+  CHECK(step1->cluster.min_insync == 1);
+  CHECK_FALSE(step1->cluster.replicated());
+
+  auto ok = load_text(members
+                      + "  replication_factor: 3\n"
+                        "  etcd: [http://127.0.0.1:2379, http://127.0.0.1:2381]\n"
+                        "  replica_lag: 3s\n  lease_ttl: 4s\n  name: prod\n");
+  REQUIRE(ok);
+  CHECK(ok->cluster.replicated());
+  CHECK(ok->cluster.min_insync == 2); // derived: min(2, replication_factor)
+  CHECK(ok->cluster.etcd.size() == 2);
+  CHECK(ok->cluster.replica_lag == 3s);
+  CHECK(ok->cluster.lease_ttl == 4s);
+  CHECK(ok->cluster.name == "prod");
+
+  auto no_etcd = load_text(members + "  replication_factor: 3\n");
+  REQUIRE_FALSE(no_etcd);
+  CHECK(no_etcd.error().find("cluster.replication_factor: 3 needs cluster.etcd") == 0);
+
+  auto too_many = load_text(members + "  replication_factor: 4\n  etcd: [http://127.0.0.1:2379]\n");
+  REQUIRE_FALSE(too_many);
+  CHECK(too_many.error().find("cluster.members lists 3") != std::string::npos);
+
+  auto insync = load_text(members
+                          + "  replication_factor: 2\n  min_insync: 3\n"
+                            "  etcd: [http://127.0.0.1:2379]\n");
+  REQUIRE_FALSE(insync);
+  CHECK(insync.error().find("cluster.min_insync: 3 is more than") == 0);
+
+  auto bad_url = load_text(members + "  etcd: [127.0.0.1:2379]\n");
+  REQUIRE_FALSE(bad_url);
+  CHECK(bad_url.error().find("cluster.etcd:") == 0);
+
+  auto single = load_text("cluster: { replication_factor: 2 }\n");
+  REQUIRE_FALSE(single);
+  CHECK(single.error().find("cluster.replication_factor:") == 0);
+}
