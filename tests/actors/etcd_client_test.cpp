@@ -427,24 +427,31 @@ TEST_CASE_METHOD(one_member, "destroying an etcd watch handle returns at once", 
   // And from inside its own callback.
   etcd.start(0);
   etcd.wait_healthy(0);
-  std::unique_ptr<nerve::etcd::watch_handle> self;
-  std::mutex self_mutex;
-  std::atomic<bool> reset_inside{false};
+  // What the callback touches is shared, not on this stack: the watch's thread finishes
+  // after the handle is gone, possibly after this test has returned.
+  struct self_reset {
+    std::mutex mutex;
+    std::unique_ptr<nerve::etcd::watch_handle> handle;
+    std::atomic<bool> done{false};
+  };
+  auto shared = std::make_shared<self_reset>();
   {
-    std::lock_guard<std::mutex> guard{self_mutex};
-    self = c.watch("w/", client::prefix_end("w/"), 1,
-                   [&](std::vector<watch_event>, std::int64_t) {
-                     std::lock_guard<std::mutex> guard{self_mutex};
-                     self.reset();
-                     reset_inside = true;
-                   },
-                   {});
+    std::lock_guard<std::mutex> guard{shared->mutex};
+    shared->handle = c.watch("w/", client::prefix_end("w/"), 1,
+                             [shared](std::vector<watch_event>, std::int64_t) {
+                               std::lock_guard<std::mutex> guard{shared->mutex};
+                               shared->handle.reset();
+                               shared->done = true;
+                             },
+                             {});
   }
   REQUIRE(c.put("w/x", "1"));
   start = clock_type::now();
-  while (!reset_inside && ms_since(start) < 5000)
+  while (!shared->done && ms_since(start) < 5000)
     std::this_thread::sleep_for(10ms);
-  CHECK(reset_inside);
+  CHECK(shared->done);
+  std::lock_guard<std::mutex> guard{shared->mutex};
+  shared->handle.reset(); // only when the callback never ran
 }
 
 TEST_CASE_METHOD(one_member, "etcd calls from many threads at once all land", "[unit][etcd]") {
