@@ -245,7 +245,7 @@ TEST_CASE_METHOD(one_member,
 }
 
 TEST_CASE_METHOD(one_member,
-                 "a revoked etcd lease deletes its keys at once; an unknown lease is rejected",
+                 "a revoked etcd lease deletes its keys at once, and an unknown lease is rejected",
                  "[unit][etcd]") {
   auto lease = c.grant(30);
   REQUIRE(lease);
