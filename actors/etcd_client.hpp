@@ -130,7 +130,9 @@ struct watch_event {
   std::optional<kv> previous;
 };
 
-/// A running watch; destroying it stops it within milliseconds (no callback runs after).
+/// A running watch. Destroying it stops it within milliseconds: it closes the stream, waits
+/// for a callback that is running, and no callback runs after. It may be destroyed from its
+/// own callback.
 class watch_handle {
 public:
   virtual ~watch_handle() = default;
