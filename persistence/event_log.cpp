@@ -431,24 +431,60 @@ std::uint64_t event_log::recover_next_offset(std::uint32_t topic_id,
 }
 
 tl::expected<topic_info, error> event_log::create_topic(const std::string& name,
-                                                        std::uint32_t partitions) {
+                                                        std::uint32_t partitions,
+                                                        std::optional<std::uint32_t> id) {
   std::unique_lock<std::shared_mutex> guard{topics_mutex_};
+  if (id)
+    return create_topic_with_id(name, partitions, *id);
   if (auto it = topics_.find(name); it != topics_.end())
     return it->second;
   if (partitions == 0)
     return tl::make_unexpected(error{errc::invalid, "a topic needs at least one partition"});
-  topic_info t{name, next_topic_id_, partitions};
+  return add_topic({name, next_topic_id_, partitions});
+}
+
+tl::expected<topic_info, error> event_log::create_topic_with_id(const std::string& name,
+                                                                std::uint32_t partitions,
+                                                                std::uint32_t id) {
+  // The largest id is left out so that the next id this log assigns itself
+  // (one past the largest it holds) cannot wrap around to 0.
+  if (id == 0 || id == UINT32_MAX)
+    return tl::make_unexpected(error{errc::invalid, "topic " + name + ": id " + std::to_string(id)
+                                                      + " is out of range (1 to 4294967294)"});
+  if (partitions == 0)
+    return tl::make_unexpected(error{errc::invalid, "a topic needs at least one partition"});
+  auto describe = [](std::uint32_t tid, std::uint32_t n) {
+    return "id " + std::to_string(tid) + " and " + std::to_string(n) + " partitions";
+  };
+  if (auto it = topics_.find(name); it != topics_.end()) {
+    const auto& held = it->second;
+    if (held.id == id && held.partitions == partitions)
+      return held;
+    return tl::make_unexpected(
+      error{errc::conflict,
+            "topic " + name + " exists in this log with " + describe(held.id, held.partitions)
+              + ", not " + describe(id, partitions)
+              + ": this data directory was not made by the cluster that assigned the id"});
+  }
+  if (auto it = topic_names_.find(id); it != topic_names_.end())
+    return tl::make_unexpected(error{errc::conflict, "topic " + name + " cannot take id "
+                                                       + std::to_string(id) + ": topic "
+                                                       + it->second + " has it in this log"});
+  return add_topic({name, id, partitions});
+}
+
+tl::expected<topic_info, error> event_log::add_topic(const topic_info& t) {
   nlohmann::json j{{"id", t.id}, {"partitions", t.partitions}};
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  auto s = db_->Put(wo, meta_, topic_meta_prefix + name, j.dump());
+  auto s = db_->Put(wo, meta_, topic_meta_prefix + t.name, j.dump());
   if (!s.ok()) {
     note_write_error("create topic: " + s.ToString(), s);
-    return tl::make_unexpected(io_error("creating topic " + name, s));
+    return tl::make_unexpected(io_error("creating topic " + t.name, s));
   }
-  ++next_topic_id_;
-  topics_[name] = t;
-  topic_names_[t.id] = name;
+  next_topic_id_ = std::max(next_topic_id_, t.id + 1);
+  topics_[t.name] = t;
+  topic_names_[t.id] = t.name;
   return t;
 }
 

@@ -37,7 +37,7 @@ namespace nerve::persistence {
 /// What went wrong in the storage layer; only codes a caller can react to.
 enum class errc {
   io_error, ///< RocksDB failed to read or write; storage is unhealthy
-  conflict, ///< an event id is already used on another topic
+  conflict, ///< an event id is already used on another topic; a topic's id differs
   invalid,  ///< a caller passed something the log cannot hold
 };
 
@@ -181,9 +181,14 @@ public:
   /// Syncs the WAL and closes the database.
   ~event_log();
 
-  /// Creates a topic, or returns the existing one.
-  [[nodiscard]] tl::expected<topic_info, error> create_topic(const std::string& name,
-                                                             std::uint32_t partitions);
+  /// Creates a topic, or returns the existing one. With an `id` (a
+  /// replicated topic, whose id the cluster assigned) the topic gets exactly
+  /// that id, in [1, 2^32 - 2]; errc::conflict when the name has another id
+  /// or partition count, or the id another name. Ids this log assigns
+  /// itself are always past every id it holds.
+  [[nodiscard]] tl::expected<topic_info, error>
+  create_topic(const std::string& name, std::uint32_t partitions,
+               std::optional<std::uint32_t> id = std::nullopt);
   [[nodiscard]] std::optional<topic_info> find_topic(const std::string& name) const;
   [[nodiscard]] std::vector<topic_info> topics() const;
 
@@ -273,6 +278,12 @@ private:
   explicit event_log(options opts);
 
   [[nodiscard]] std::optional<error> init_meta();
+  /// create_topic() with an id the cluster assigned; topics_mutex_ is held.
+  [[nodiscard]] tl::expected<topic_info, error>
+  create_topic_with_id(const std::string& name, std::uint32_t partitions, std::uint32_t id);
+  /// Stores a new topic record (synced) and adds the topic; topics_mutex_
+  /// is held.
+  [[nodiscard]] tl::expected<topic_info, error> add_topic(const topic_info& t);
   [[nodiscard]] std::uint64_t recover_next_offset(std::uint32_t topic_id,
                                                   std::uint32_t partition) const;
   void note_error(const std::string& what);
