@@ -49,6 +49,14 @@ std::string epoch_key(std::uint32_t topic_id, std::uint32_t partition, std::uint
   return k;
 }
 
+bool is_log_record(std::string_view meta_key) {
+  for (std::string_view prefix :
+       {std::string_view{topic_meta_prefix}, std::string_view{"head/"}, std::string_view{"epoch/"}})
+    if (meta_key.substr(0, prefix.size()) == prefix)
+      return true;
+  return meta_key == "node_id";
+}
+
 std::optional<topic_info> parse_topic_record(std::string_view key, std::string_view value) {
   if (key.substr(0, topic_meta_prefix.size()) != topic_meta_prefix)
     return std::nullopt;

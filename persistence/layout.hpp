@@ -45,6 +45,11 @@ inline const std::string topic_meta_prefix = "topic/";
 [[nodiscard]] std::string epoch_key(std::uint32_t topic_id, std::uint32_t partition,
                                     std::uint32_t epoch);
 
+/// Whether a meta key is one of the log's own records (topics, heads,
+/// epoch checkpoints, node id), which shipped delivery state must never
+/// write.
+[[nodiscard]] bool is_log_record(std::string_view meta_key);
+
 /// The topic a meta record describes, or nothing when the record is corrupt.
 /// `key` is the whole meta key, prefix included.
 [[nodiscard]] std::optional<topic_info> parse_topic_record(std::string_view key,

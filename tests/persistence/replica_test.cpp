@@ -1,6 +1,7 @@
 // The storage side of replicated partitions on real databases in temp dirs:
 // topics with given ids, a leader's records applied by a follower byte for
-// byte, the leader-epoch checkpoint, truncation of a divergent tail.
+// byte, the leader-epoch checkpoint, truncation of a divergent tail, and
+// delivery state shipped as ops.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 
 #include <rocksdb/db.h>
 
+#include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
 #include "persistence/layout.hpp"
 #include "tests/support/raw_rocksdb.hpp"
@@ -641,4 +643,88 @@ TEST_CASE("reset_to empties a follower that is behind the leader's oldest event"
   REQUIRE(w.apply(4, {r}));
   CHECK(w.epochs() == std::vector<epoch_entry>{{4, 100}});
   CHECK(*log->get_by_id("new") == R"({"id":"new","offset":100})");
+}
+
+TEST_CASE("delivery state ops ship byte for byte to a follower", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  {
+    auto leader = open_log(dir.sub("leader"));
+    auto follower = open_log(dir.sub("follower"));
+    delivery_store lstore{*leader};
+    delivery_store fstore{*follower};
+
+    state_batch b;
+    b.put_cursor("billing", 3, 1, 42);
+    pending_record p;
+    p.offset = 43;
+    p.attempts = 2;
+    p.last_error = "timeout \"x\"";
+    b.put_pending("billing", 3, 1, p);
+    p.offset = 44;
+    b.put_pending("billing", 3, 1, p);
+    b.delete_pending("billing", 3, 1, 44);
+    b.put_result("evt-1", "billing", {R"({"ok":true})", fake_now.load(), 1});
+    b.put_attempts("billing", 3, 1, 43, 2, fake_now.load());
+    dlq_entry d;
+    d.id = "dlq-1";
+    d.agent = "billing";
+    d.event = R"({"id":"evt-9"})";
+    b.put_dlq(d);
+    d.id = "dlq-2";
+    b.put_dlq(d);
+    b.delete_dlq("dlq-2");
+    b.put_meta("counters/billing/3/1", "{\"acked\":7}");
+
+    auto ops = b.ops();
+    REQUIRE(ops.size() == 10);
+    CHECK(ops[3].del);
+    CHECK(ops[3].family == 1);
+    CHECK(ops[3].value.empty());
+    auto shipped = state_batch::from_ops(ops);
+    REQUIRE(shipped);
+    CHECK(shipped->count() == 10);
+    auto back = shipped->ops();
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      CHECK(back[i].family == ops[i].family);
+      CHECK(back[i].del == ops[i].del);
+      CHECK(back[i].key == ops[i].key);
+      CHECK(back[i].value == ops[i].value);
+    }
+    REQUIRE(lstore.commit(b, true));
+    REQUIRE(fstore.commit(*shipped, true));
+    CHECK(*fstore.cursor("billing", 3, 1) == std::optional<std::uint64_t>{42});
+    auto pend = fstore.pending("billing", 3, 1);
+    REQUIRE(pend);
+    REQUIRE(pend->size() == 1);
+    CHECK(pend->front().last_error == "timeout \"x\"");
+    CHECK((*fstore.result("evt-1", "billing"))->result == R"({"ok":true})");
+    CHECK(*fstore.dlq_get("dlq-1"));
+    CHECK_FALSE(*fstore.dlq_get("dlq-2"));
+    CHECK(*fstore.meta("counters/billing/3/1") == std::optional<std::string>{"{\"acked\":7}"});
+  }
+  auto l = raw_records(dir.sub("leader"));
+  auto f = raw_records(dir.sub("follower"));
+  for (const char* family : {"cursors", "pending", "results", "dlq", "meta"})
+    CHECK(f[family] == l[family]);
+}
+
+TEST_CASE("shipped state ops name a delivery family and never the log's own records",
+          "[unit][persistence]") {
+  auto refused = [](std::vector<state_op> ops, const std::string& why) {
+    auto b = state_batch::from_ops(std::move(ops));
+    REQUIRE_FALSE(b);
+    CHECK(b.error().code == errc::invalid);
+    CHECK_THAT(b.error().message, Catch::Contains(why));
+  };
+  refused({{0, false, "k", "v"}, {5, false, "k", "v"}}, "op 1 names family 5");
+  for (const char* key : {"topic/orders", "node_id"})
+    refused({{4, false, key, "{}"}}, key);
+  refused({{4, true, layout::head_key(1, 0), {}}}, "own meta record");
+  refused({{4, false, layout::epoch_key(1, 0, 2), "x"}}, "own meta record");
+  auto fine = state_batch::from_ops({{4, false, "replay/r1", "{}"}, {3, true, "dlq-1", {}}});
+  REQUIRE(fine);
+  CHECK(fine->count() == 2);
+  auto empty = state_batch::from_ops({});
+  REQUIRE(empty);
+  CHECK(empty->empty());
 }
