@@ -10,12 +10,23 @@
 #include <rocksdb/write_batch.h>
 
 #include "persistence/keys.hpp"
+#include "persistence/layout.hpp"
 
 namespace nerve::persistence {
 
 using json = nlohmann::json;
 
 namespace {
+
+/// state_op::family: the column families of delivery state.
+enum family : std::uint8_t {
+  cursors_family,
+  pending_family,
+  results_family,
+  dlq_family,
+  meta_family,
+  family_count
+};
 
 std::string group_prefix(const std::string& agent, std::uint32_t topic_id,
                          std::uint32_t partition) {
@@ -147,14 +158,8 @@ std::optional<dlq_entry> dlq_from(const std::string& text) {
 } // namespace
 
 struct state_batch::impl {
-  rocksdb::WriteBatch batch;
   // Staged against handles resolved at commit; records what to write.
-  struct op {
-    enum kind { put, del } k;
-    int family; // 0 cursors, 1 pending, 2 results, 3 dlq, 4 meta
-    std::string key, value;
-  };
-  std::vector<op> ops;
+  std::vector<state_op> ops;
   fault_context where; ///< the last group whose cursor or pending records changed
 
   void note(const std::string& agent, std::uint32_t partition) {
@@ -175,46 +180,46 @@ void state_batch::put_cursor(const std::string& agent, std::uint32_t topic_id,
   impl_->note(agent, partition);
   std::string v;
   keys::put_u64(v, cursor);
-  impl_->ops.push_back({impl::op::put, 0, group_prefix(agent, topic_id, partition), v});
+  impl_->ops.push_back({cursors_family, false, group_prefix(agent, topic_id, partition), v});
 }
 
 void state_batch::put_pending(const std::string& agent, std::uint32_t topic_id,
                               std::uint32_t partition, const pending_record& rec) {
   impl_->note(agent, partition);
-  impl_->ops.push_back({impl::op::put, 1, pending_key(agent, topic_id, partition, rec.offset),
+  impl_->ops.push_back({pending_family, false, pending_key(agent, topic_id, partition, rec.offset),
                         to_json(rec).dump(-1, ' ', false, json::error_handler_t::replace)});
 }
 
 void state_batch::delete_pending(const std::string& agent, std::uint32_t topic_id,
                                  std::uint32_t partition, std::uint64_t offset) {
   impl_->note(agent, partition);
-  impl_->ops.push_back({impl::op::del, 1, pending_key(agent, topic_id, partition, offset), {}});
+  impl_->ops.push_back({pending_family, true, pending_key(agent, topic_id, partition, offset), {}});
 }
 
 void state_batch::put_result(const std::string& event_id, const std::string& agent,
                              const stored_result& r) {
-  impl_->ops.push_back({impl::op::put, 2, result_key(event_id, agent),
+  impl_->ops.push_back({results_family, false, result_key(event_id, agent),
                         result_value(r.stored_us, r.attempts, r.result)});
 }
 
 void state_batch::put_attempts(const std::string& agent, std::uint32_t topic_id,
                                std::uint32_t partition, std::uint64_t offset,
                                std::uint32_t attempts, std::int64_t now_us) {
-  impl_->ops.push_back({impl::op::put, 2, attempts_key(agent, topic_id, partition, offset),
+  impl_->ops.push_back({results_family, false, attempts_key(agent, topic_id, partition, offset),
                         result_value(now_us, attempts, {})});
 }
 
 void state_batch::put_dlq(const dlq_entry& e) {
   impl_->ops.push_back(
-    {impl::op::put, 3, e.id, to_json(e).dump(-1, ' ', false, json::error_handler_t::replace)});
+    {dlq_family, false, e.id, to_json(e).dump(-1, ' ', false, json::error_handler_t::replace)});
 }
 
 void state_batch::delete_dlq(const std::string& id) {
-  impl_->ops.push_back({impl::op::del, 3, id, {}});
+  impl_->ops.push_back({dlq_family, true, id, {}});
 }
 
 void state_batch::put_meta(const std::string& key, const std::string& value) {
-  impl_->ops.push_back({impl::op::put, 4, key, value});
+  impl_->ops.push_back({meta_family, false, key, value});
 }
 
 bool state_batch::empty() const {
@@ -225,6 +230,28 @@ std::size_t state_batch::count() const {
   return impl_->ops.size();
 }
 
+std::vector<state_op> state_batch::ops() const {
+  return impl_->ops;
+}
+
+tl::expected<state_batch, error> state_batch::from_ops(std::vector<state_op> ops) {
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    const auto& op = ops[i];
+    const auto which = "shipped delivery state op " + std::to_string(i);
+    if (op.family >= family_count)
+      return tl::make_unexpected(
+        error{errc::invalid, which + " names family " + std::to_string(op.family)
+                               + "; families are 0 (cursors) to 4 (meta)"});
+    if (op.family == meta_family && layout::is_log_record(op.key))
+      return tl::make_unexpected(error{
+        errc::invalid, which + " writes the log's own meta record "
+                         + json(op.key).dump(-1, ' ', false, json::error_handler_t::replace)});
+  }
+  state_batch batch;
+  batch.impl_->ops = std::move(ops);
+  return batch;
+}
+
 tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) {
   if (batch.empty())
     return {};
@@ -233,15 +260,15 @@ tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) 
     log_.note_error("delivery state: injected fault");
     return tl::make_unexpected(error{errc::io_error, "writing delivery state: injected fault"});
   }
-  rocksdb::ColumnFamilyHandle* families[]
+  rocksdb::ColumnFamilyHandle* families[family_count]
     = {log_.cursors_, log_.pending_, log_.results_, log_.dlq_, log_.meta_};
   rocksdb::WriteBatch wb;
   for (auto& op : batch.impl_->ops) {
     auto* cf = families[op.family];
-    if (op.k == state_batch::impl::op::put)
-      wb.Put(cf, op.key, op.value);
-    else
+    if (op.del)
       wb.Delete(cf, op.key);
+    else
+      wb.Put(cf, op.key, op.value);
   }
   rocksdb::WriteOptions wo;
   wo.sync = sync && !log_.wal_broken_.load(); // see event_log::wal_broken_

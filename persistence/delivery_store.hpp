@@ -50,6 +50,15 @@ struct stored_result {
   std::uint32_t attempts = 1; ///< attempts it took
 };
 
+/// One change of a state_batch, as a leader ships it to its followers.
+struct state_op {
+  /// The column family: 0 cursors, 1 pending, 2 results, 3 dlq, 4 meta.
+  std::uint8_t family = 0;
+  bool del = false; ///< a delete (`value` is empty), else a put
+  std::string key;
+  std::string value;
+};
+
 /// Changes to delivery state, committed atomically.
 class state_batch {
 public:
@@ -76,6 +85,14 @@ public:
 
   [[nodiscard]] bool empty() const;
   [[nodiscard]] std::size_t count() const;
+
+  /// The staged changes in order, byte for byte what commit() writes.
+  [[nodiscard]] std::vector<state_op> ops() const;
+  /// A batch of shipped changes, for a follower to commit what its leader
+  /// did. errc::invalid when an op names no family, or a meta key of the
+  /// log's own records (topics, heads, epochs, node id): shipped state never
+  /// writes those.
+  [[nodiscard]] static tl::expected<state_batch, error> from_ops(std::vector<state_op> ops);
 
 private:
   friend class delivery_store;

@@ -33,6 +33,7 @@ using detail::starts_with;
 namespace {
 
 using layout::family_names;
+using layout::head_key;
 using layout::topic_meta_prefix;
 using layout::value_header_bytes;
 
@@ -65,11 +66,6 @@ private:
   clock_fn clock_;
   std::int64_t ttl_us_;
 };
-
-/// meta key of a partition's next offset.
-std::string head_key(std::uint32_t topic_id, std::uint32_t partition) {
-  return "head/" + keys::partition_prefix(topic_id, partition);
-}
 
 } // namespace
 
@@ -111,13 +107,43 @@ std::string format_time_us(std::int64_t time_us) {
 partition_writer::partition_writer(event_log& log, topic_info topic, std::uint32_t partition)
   : log_(log), topic_(std::move(topic)), partition_(partition) {
   next_offset_ = log_.recover_next_offset(topic_.id, partition_);
-  if (next_offset_ > 0) {
-    std::string value;
-    auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.events_,
-                           keys::event_key(topic_.id, partition_, next_offset_ - 1), &value);
-    if (s.ok() && value.size() >= value_header_bytes)
-      last_time_us_ = static_cast<std::int64_t>(keys::get_u64(value, 0));
-  }
+  last_time_us_ = recover_last_time();
+  load_epochs();
+}
+
+std::int64_t partition_writer::recover_last_time() const {
+  if (next_offset_ == 0)
+    return 0;
+  std::string value;
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.events_,
+                         keys::event_key(topic_.id, partition_, next_offset_ - 1), &value);
+  if (s.ok() && value.size() >= value_header_bytes)
+    return static_cast<std::int64_t>(keys::get_u64(value, 0));
+  return 0;
+}
+
+std::optional<error> partition_writer::fault_before_append() const {
+  if (!log_.fails_at(fault_point::before_append, {topic_.name, partition_}))
+    return std::nullopt;
+  log_.note_error("append: injected fault");
+  return error{errc::io_error, "appending to " + topic_.name + "/" + std::to_string(partition_)
+                                 + ": injected fault before append"};
+}
+
+rocksdb::Status partition_writer::write(rocksdb::WriteBatch& batch, bool sync) const {
+  rocksdb::WriteOptions wo;
+  wo.sync = sync && !log_.wal_broken_.load(); // see event_log::wal_broken_
+  auto started = std::chrono::steady_clock::now();
+  auto s = log_.db_->Write(wo, &batch);
+  if (log_.opts_.observe_io)
+    log_.opts_.observe_io(io_op::write, std::chrono::steady_clock::now() - started);
+  return s;
+}
+
+void partition_writer::stage_head(std::uint64_t next, rocksdb::WriteBatch& batch) const {
+  std::string value;
+  keys::put_u64(value, next);
+  batch.Put(log_.meta_, head_key(topic_.id, partition_), value);
 }
 
 std::optional<error> partition_writer::resolve(const std::vector<new_event>& events,
@@ -238,12 +264,8 @@ void partition_writer::stage(const std::vector<new_event>& events, std::int64_t 
 
 tl::expected<std::vector<append_result>, error>
 partition_writer::append(const std::vector<new_event>& events) {
-  if (log_.fails_at(fault_point::before_append, {topic_.name, partition_})) {
-    log_.note_error("append: injected fault");
-    return tl::make_unexpected(error{errc::io_error, "appending to " + topic_.name + "/"
-                                                       + std::to_string(partition_)
-                                                       + ": injected fault before append"});
-  }
+  if (auto fault = fault_before_append())
+    return tl::make_unexpected(*fault);
   std::vector<append_result> results(events.size());
   std::vector<std::string> reserved;
   reserved.reserve(events.size());
@@ -261,15 +283,10 @@ partition_writer::append(const std::vector<new_event>& events) {
   if (batch.Count() > 0) {
     // The high-water mark outlives retention: offsets are never reused, even
     // when every event of the partition has expired.
-    std::string next;
-    keys::put_u64(next, next_offset_);
-    batch.Put(log_.meta_, head_key(topic_.id, partition_), next);
+    stage_head(next_offset_, batch);
     // Not synced here: under fsync always the caller waits for
     // after_durable(), which shares one fsync among every partition's writes.
-    auto started = std::chrono::steady_clock::now();
-    s = log_.db_->Write(rocksdb::WriteOptions{}, &batch);
-    if (log_.opts_.observe_io)
-      log_.opts_.observe_io(io_op::write, std::chrono::steady_clock::now() - started);
+    s = write(batch, false);
   }
   {
     std::lock_guard<std::mutex> guard{log_.ids_mutex_};
@@ -431,24 +448,60 @@ std::uint64_t event_log::recover_next_offset(std::uint32_t topic_id,
 }
 
 tl::expected<topic_info, error> event_log::create_topic(const std::string& name,
-                                                        std::uint32_t partitions) {
+                                                        std::uint32_t partitions,
+                                                        std::optional<std::uint32_t> id) {
   std::unique_lock<std::shared_mutex> guard{topics_mutex_};
+  if (id)
+    return create_topic_with_id(name, partitions, *id);
   if (auto it = topics_.find(name); it != topics_.end())
     return it->second;
   if (partitions == 0)
     return tl::make_unexpected(error{errc::invalid, "a topic needs at least one partition"});
-  topic_info t{name, next_topic_id_, partitions};
+  return add_topic({name, next_topic_id_, partitions});
+}
+
+tl::expected<topic_info, error> event_log::create_topic_with_id(const std::string& name,
+                                                                std::uint32_t partitions,
+                                                                std::uint32_t id) {
+  // The largest id is left out so that the next id this log assigns itself
+  // (one past the largest it holds) cannot wrap around to 0.
+  if (id == 0 || id == UINT32_MAX)
+    return tl::make_unexpected(error{errc::invalid, "topic " + name + ": id " + std::to_string(id)
+                                                      + " is out of range (1 to 4294967294)"});
+  if (partitions == 0)
+    return tl::make_unexpected(error{errc::invalid, "a topic needs at least one partition"});
+  auto describe = [](std::uint32_t tid, std::uint32_t n) {
+    return "id " + std::to_string(tid) + " and " + std::to_string(n) + " partitions";
+  };
+  if (auto it = topics_.find(name); it != topics_.end()) {
+    const auto& held = it->second;
+    if (held.id == id && held.partitions == partitions)
+      return held;
+    return tl::make_unexpected(
+      error{errc::conflict,
+            "topic " + name + " exists in this log with " + describe(held.id, held.partitions)
+              + ", not " + describe(id, partitions)
+              + ": this data directory was not made by the cluster that assigned the id"});
+  }
+  if (auto it = topic_names_.find(id); it != topic_names_.end())
+    return tl::make_unexpected(error{errc::conflict, "topic " + name + " cannot take id "
+                                                       + std::to_string(id) + ": topic "
+                                                       + it->second + " has it in this log"});
+  return add_topic({name, id, partitions});
+}
+
+tl::expected<topic_info, error> event_log::add_topic(const topic_info& t) {
   nlohmann::json j{{"id", t.id}, {"partitions", t.partitions}};
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  auto s = db_->Put(wo, meta_, topic_meta_prefix + name, j.dump());
+  auto s = db_->Put(wo, meta_, topic_meta_prefix + t.name, j.dump());
   if (!s.ok()) {
     note_write_error("create topic: " + s.ToString(), s);
-    return tl::make_unexpected(io_error("creating topic " + name, s));
+    return tl::make_unexpected(io_error("creating topic " + t.name, s));
   }
-  ++next_topic_id_;
-  topics_[name] = t;
-  topic_names_[t.id] = name;
+  next_topic_id_ = std::max(next_topic_id_, t.id + 1);
+  topics_[t.name] = t;
+  topic_names_[t.id] = t.name;
   return t;
 }
 

@@ -37,7 +37,7 @@ namespace nerve::persistence {
 /// What went wrong in the storage layer; only codes a caller can react to.
 enum class errc {
   io_error, ///< RocksDB failed to read or write; storage is unhealthy
-  conflict, ///< an event id is already used on another topic
+  conflict, ///< an event id is already used on another topic; a topic's id differs
   invalid,  ///< a caller passed something the log cannot hold
 };
 
@@ -126,6 +126,26 @@ struct new_event {
   bool generated = false; ///< a fresh UUIDv7 nerve made: no duplicate check needed
 };
 
+/// One stored event of a partition as its leader shipped it to a follower.
+struct replica_record {
+  std::uint64_t offset = 0;
+  std::int64_t time_us = 0; ///< the leader's append time
+  std::string id;
+  std::string json; ///< the stored event text as readers get it (no value header)
+};
+
+/// One entry of a partition's leader-epoch checkpoint: the events from
+/// `start_offset` on (up to the next entry's start) were appended by the
+/// leader of `epoch`. Epochs start at 1; 0 means "no epoch".
+struct epoch_entry {
+  std::uint32_t epoch = 0;
+  std::uint64_t start_offset = 0;
+
+  friend bool operator==(const epoch_entry& a, const epoch_entry& b) {
+    return a.epoch == b.epoch && a.start_offset == b.start_offset;
+  }
+};
+
 enum class append_status { appended, duplicate, conflict };
 
 struct append_result {
@@ -140,8 +160,14 @@ class event_log;
 
 /// Appends to one partition. Owned by exactly one partition actor, so offsets
 /// are assigned without locks; the group commit is one WriteBatch, one sync.
+/// A replicated partition's writer also keeps its leader-epoch checkpoint
+/// (event_log_replica.cpp): the leader appends, a follower apply()s what the
+/// leader stored, and a returning replica truncate_to()s the end of its last
+/// epoch as the leader's history records it. None of its calls may overlap.
 class partition_writer {
 public:
+  /// Recovers the partition's head and epoch checkpoint: a seek to its last
+  /// event and a prefix scan of its few `meta` records.
   partition_writer(event_log& log, topic_info topic, std::uint32_t partition);
 
   /// Appends `events` in order as one batch; durable per the fsync policy
@@ -150,6 +176,52 @@ public:
   append(const std::vector<new_event>& events);
 
   [[nodiscard]] std::uint64_t next_offset() const { return next_offset_; }
+
+  /// A follower's append: stores the leader's `records`, appended in leader
+  /// epoch `epoch`, with their offsets, times, ids and bytes, as one batch
+  /// (not synced: wait for event_log::after_durable() as after append()).
+  /// The first must have next_offset(), the rest the following offsets, and
+  /// times must not decrease (from the last stored one on); `epoch` must be
+  /// at least last_epoch(), and a larger one starts a checkpoint entry at
+  /// the first record. Otherwise errc::invalid, and nothing is written. Ids
+  /// are not checked for duplicates: the leader decided.
+  [[nodiscard]] tl::expected<void, error> apply(std::uint32_t epoch,
+                                                const std::vector<replica_record>& records);
+
+  /// A new leader's first step: records that `epoch` starts at next_offset(),
+  /// synced. A no-op when `epoch` is last_epoch() (a leader resuming after a
+  /// restart); errc::invalid when it is 0 or older (an epoch never goes
+  /// back: that leadership is stale).
+  [[nodiscard]] tl::expected<void, error> begin_epoch(std::uint32_t epoch);
+
+  /// The checkpoint, by ascending epoch (and start offset).
+  [[nodiscard]] const std::vector<epoch_entry>& epochs() const { return epochs_; }
+  /// The checkpoint's largest epoch; 0 when it is empty.
+  [[nodiscard]] std::uint32_t last_epoch() const;
+
+  /// Where epoch `epoch` ends in this replica's history (Kafka's
+  /// OffsetsForLeaderEpoch): the largest epoch E <= `epoch` of the
+  /// checkpoint, and the start of the entry after E's, or next_offset() when
+  /// E is the last. When `epoch` is older than every entry (or there is
+  /// none) E is 0: the events before the first entry's start (or all of
+  /// them) were appended in no epoch this replica knows, so the answer is
+  /// (0, that start or next_offset()).
+  [[nodiscard]] std::pair<std::uint32_t, std::uint64_t> end_of_epoch(std::uint32_t epoch) const;
+
+  /// Removes the events from offset `end` on (with their by_time entries,
+  /// and their by_id entries where those still point at them) and the
+  /// checkpoint entries starting at or after `end`; the head becomes `end`,
+  /// also after a restart. Synced. Works down from the newest event in
+  /// batches that each leave a shorter but whole partition, so a crash in
+  /// between keeps a prefix. A no-op when `end` >= next_offset().
+  [[nodiscard]] tl::expected<void, error> truncate_to(std::uint64_t end);
+
+  /// For a follower whose log ends before the leader's oldest stored event
+  /// (retention removed the rest): removes every event and checkpoint entry
+  /// of the partition and moves the head up to `offset`, where apply()
+  /// continues. Synced. A no-op when `offset` is next_offset(); errc::invalid
+  /// when it is lower (that is truncate_to()).
+  [[nodiscard]] tl::expected<void, error> reset_to(std::uint64_t offset);
 
 private:
   /// Decides duplicates and assigns offsets under the node-wide id lock, so
@@ -162,12 +234,28 @@ private:
   /// stored text into its result.
   void stage(const std::vector<new_event>& events, std::int64_t now,
              std::vector<append_result>& results, rocksdb::WriteBatch& batch) const;
+  /// The error of an injected fault at before_append, if the hook fails it.
+  [[nodiscard]] std::optional<error> fault_before_append() const;
+  /// Writes `batch`, timed for options::observe_io.
+  [[nodiscard]] rocksdb::Status write(rocksdb::WriteBatch& batch, bool sync) const;
+  /// Puts the partition's head `next` into `batch`.
+  void stage_head(std::uint64_t next, rocksdb::WriteBatch& batch) const;
+  /// The append time of the stored event before next_offset(); 0 when it is
+  /// gone (retention) or there is none.
+  [[nodiscard]] std::int64_t recover_last_time() const;
+  /// Reads the checkpoint; it was written only by this class, so a record
+  /// it cannot read is an impossible state (and reads never fail quietly).
+  void load_epochs();
+  /// Deletes the events from `from` on, newest first, and the checkpoint
+  /// entries starting at or after `from`; then sets the head to `head`.
+  [[nodiscard]] tl::expected<void, error> remove_from(std::uint64_t from, std::uint64_t head);
 
   event_log& log_;
   topic_info topic_;
   std::uint32_t partition_;
   std::uint64_t next_offset_;
   std::int64_t last_time_us_ = 0;
+  std::vector<epoch_entry> epochs_; ///< ascending; mirrors meta's "epoch/" records
 };
 
 class event_log {
@@ -181,9 +269,14 @@ public:
   /// Syncs the WAL and closes the database.
   ~event_log();
 
-  /// Creates a topic, or returns the existing one.
-  [[nodiscard]] tl::expected<topic_info, error> create_topic(const std::string& name,
-                                                             std::uint32_t partitions);
+  /// Creates a topic, or returns the existing one. With an `id` (a
+  /// replicated topic, whose id the cluster assigned) the topic gets exactly
+  /// that id, in [1, 2^32 - 2]; errc::conflict when the name has another id
+  /// or partition count, or the id another name. Ids this log assigns
+  /// itself are always past every id it holds.
+  [[nodiscard]] tl::expected<topic_info, error>
+  create_topic(const std::string& name, std::uint32_t partitions,
+               std::optional<std::uint32_t> id = std::nullopt);
   [[nodiscard]] std::optional<topic_info> find_topic(const std::string& name) const;
   [[nodiscard]] std::vector<topic_info> topics() const;
 
@@ -208,6 +301,13 @@ public:
   visit_stored(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
                std::uint64_t last, std::size_t limit,
                const std::function<void(std::uint64_t, std::int64_t, std::string_view)>& fn) const;
+
+  /// What a leader ships to a follower: the stored events of one partition
+  /// from the first at or after `from_offset`, in offset order, at most
+  /// `max_events` and, but for the first, at most `max_bytes` of JSON.
+  [[nodiscard]] tl::expected<std::vector<replica_record>, error>
+  read_records(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
+               std::size_t max_events, std::size_t max_bytes) const;
 
   /// The offsets of one partition appended in [from_us, to_us) as [lo, hi],
   /// or nothing. Append times never decrease within a partition, so this is
@@ -273,6 +373,17 @@ private:
   explicit event_log(options opts);
 
   [[nodiscard]] std::optional<error> init_meta();
+  /// visit_stored(), stopping early when `fn` returns false.
+  [[nodiscard]] tl::expected<std::size_t, error>
+  visit_until(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
+              std::uint64_t last, std::size_t limit,
+              const std::function<bool(std::uint64_t, std::int64_t, std::string_view)>& fn) const;
+  /// create_topic() with an id the cluster assigned; topics_mutex_ is held.
+  [[nodiscard]] tl::expected<topic_info, error>
+  create_topic_with_id(const std::string& name, std::uint32_t partitions, std::uint32_t id);
+  /// Stores a new topic record (synced) and adds the topic; topics_mutex_
+  /// is held.
+  [[nodiscard]] tl::expected<topic_info, error> add_topic(const topic_info& t);
   [[nodiscard]] std::uint64_t recover_next_offset(std::uint32_t topic_id,
                                                   std::uint32_t partition) const;
   void note_error(const std::string& what);

@@ -171,6 +171,17 @@ tl::expected<std::size_t, error> event_log::visit_stored(
   const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset, std::uint64_t last,
   std::size_t limit,
   const std::function<void(std::uint64_t, std::int64_t, std::string_view)>& fn) const {
+  return visit_until(topic, partition, from_offset, last, limit,
+                     [&fn](std::uint64_t offset, std::int64_t time_us, std::string_view json) {
+                       fn(offset, time_us, json);
+                       return true;
+                     });
+}
+
+tl::expected<std::size_t, error> event_log::visit_until(
+  const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset, std::uint64_t last,
+  std::size_t limit,
+  const std::function<bool(std::uint64_t, std::int64_t, std::string_view)>& fn) const {
   if (last < from_offset || limit == 0)
     return 0;
   auto upper = last == ~0ULL ? keys::partition_prefix(topic.id, partition + 1)
@@ -191,9 +202,10 @@ tl::expected<std::size_t, error> event_log::visit_stored(
     auto v = it->value();
     if (k.size() != 16 || v.size() <= value_header_bytes)
       return tl::make_unexpected(error{errc::io_error, "corrupt event"});
-    fn(keys::get_u64(std::string_view{k.data(), k.size()}, 8),
-       static_cast<std::int64_t>(keys::get_u64(std::string_view{v.data(), v.size()}, 0)),
-       std::string_view{v.data() + value_header_bytes, v.size() - value_header_bytes});
+    if (!fn(keys::get_u64(std::string_view{k.data(), k.size()}, 8),
+            static_cast<std::int64_t>(keys::get_u64(std::string_view{v.data(), v.size()}, 0)),
+            std::string_view{v.data() + value_header_bytes, v.size() - value_header_bytes}))
+      break;
     ++n;
   }
   if (!it->status().ok())

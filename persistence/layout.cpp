@@ -1,9 +1,61 @@
-// Topic records of the event log's `meta` family.
+// The stored layout's helpers: the id at the start of a stored event, and the
+// log's own records in `meta` (topics, heads, leader-epoch checkpoints).
 #include "persistence/layout.hpp"
 
 #include <nlohmann/json.hpp>
 
+#include "persistence/keys.hpp"
+
 namespace nerve::persistence::layout {
+
+std::optional<std::string> stored_id(std::string_view json) {
+  constexpr std::string_view lead = "{\"id\":\"";
+  if (json.substr(0, lead.size()) != lead)
+    return std::nullopt;
+  bool escaped = false;
+  for (auto i = lead.size(); i < json.size(); ++i) {
+    if (json[i] == '\\') {
+      escaped = true;
+      ++i; // the escaped character, which may be a quote
+      continue;
+    }
+    if (json[i] != '"')
+      continue;
+    const auto length = i - lead.size();
+    if (length == 0)
+      return std::nullopt; // events always have an id
+    if (!escaped)
+      return std::string{json.substr(lead.size(), length)};
+    // The string with its quotes, for nlohmann to unescape.
+    auto id = nlohmann::json::parse(json.substr(lead.size() - 1, length + 2), nullptr, false);
+    if (!id.is_string())
+      return std::nullopt;
+    return id.get<std::string>();
+  }
+  return std::nullopt;
+}
+
+std::string head_key(std::uint32_t topic_id, std::uint32_t partition) {
+  return "head/" + keys::partition_prefix(topic_id, partition);
+}
+
+std::string epoch_prefix(std::uint32_t topic_id, std::uint32_t partition) {
+  return "epoch/" + keys::partition_prefix(topic_id, partition);
+}
+
+std::string epoch_key(std::uint32_t topic_id, std::uint32_t partition, std::uint32_t epoch) {
+  auto k = epoch_prefix(topic_id, partition);
+  keys::put_u32(k, epoch);
+  return k;
+}
+
+bool is_log_record(std::string_view meta_key) {
+  for (std::string_view prefix :
+       {std::string_view{topic_meta_prefix}, std::string_view{"head/"}, std::string_view{"epoch/"}})
+    if (meta_key.substr(0, prefix.size()) == prefix)
+      return true;
+  return meta_key == "node_id";
+}
 
 std::optional<topic_info> parse_topic_record(std::string_view key, std::string_view value) {
   if (key.substr(0, topic_meta_prefix.size()) != topic_meta_prefix)

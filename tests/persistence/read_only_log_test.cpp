@@ -3,7 +3,6 @@
 // events the topics in `meta` do not account for reported, not skipped.
 #include <catch2/catch.hpp>
 
-#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -15,6 +14,7 @@
 #include "persistence/event_log.hpp"
 #include "persistence/keys.hpp"
 #include "persistence/read_only_log.hpp"
+#include "tests/support/raw_rocksdb.hpp"
 #include "tests/support/temp_dir.hpp"
 
 using namespace nerve::persistence;
@@ -73,21 +73,9 @@ std::map<std::string, std::string> files_below(const std::string& path) {
 /// Puts raw records into the events family, past the log's own API.
 void put_raw_events(const std::string& path,
                     const std::vector<std::pair<std::string, std::string>>& records) {
-  std::vector<std::string> names;
-  REQUIRE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions{}, path, &names).ok());
-  std::vector<rocksdb::ColumnFamilyDescriptor> families;
-  for (auto& n : names)
-    families.emplace_back(n, rocksdb::ColumnFamilyOptions{});
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* raw = nullptr;
-  REQUIRE(rocksdb::DB::Open(rocksdb::DBOptions{}, path, families, &handles, &raw).ok());
-  std::unique_ptr<rocksdb::DB> db{raw};
-  auto events = std::find(names.begin(), names.end(), "events") - names.begin();
+  nerve::test::raw_rocksdb raw{path, false};
   for (auto& [key, value] : records)
-    REQUIRE(db->Put(rocksdb::WriteOptions{}, handles[events], key, value).ok());
-  for (auto* h : handles)
-    REQUIRE(db->DestroyColumnFamilyHandle(h).ok());
-  REQUIRE(db->Close().ok());
+    REQUIRE(raw.db().Put(rocksdb::WriteOptions{}, raw.family("events"), key, value).ok());
 }
 
 } // namespace
