@@ -90,6 +90,17 @@ setter any_string(std::function<void(config&, const std::string&)> set) {
   };
 }
 
+/// The non-empty items of a comma-separated list.
+std::vector<std::string> comma_items(const std::string& v) {
+  std::vector<std::string> out;
+  std::stringstream in{v};
+  std::string item;
+  while (std::getline(in, item, ','))
+    if (!item.empty())
+      out.push_back(item);
+  return out;
+}
+
 bool valid_node_id(const std::string& v) {
   return !v.empty() && v.size() <= 64 && std::all_of(v.begin(), v.end(), [](unsigned char c) {
     return std::isalnum(c) || c == '-' || c == '_' || c == '.';
@@ -159,11 +170,7 @@ const std::vector<setting>& settings() {
        -> std::
          optional<std::string> {
            c.cluster.members.clear();
-           std::stringstream in{v};
-           std::string item;
-           while (std::getline(in, item, ',')) {
-             if (item.empty())
-               continue;
+           for (auto& item : comma_items(v)) {
              auto at = item.find('@');
              auto hp
                = at == std::string::npos ? std::nullopt : split_host_port(item.substr(at + 1));
@@ -186,11 +193,7 @@ const std::vector<setting>& settings() {
         const std::string& v) -> std::
                                 optional<std::string> {
                                   c.cluster.etcd.clear();
-                                  std::stringstream in{v};
-                                  std::string item;
-                                  while (std::getline(in, item, ',')) {
-                                    if (item.empty())
-                                      continue;
+                                  for (auto& item : comma_items(v)) {
                                     auto hp = item.rfind("http://", 0) == 0
                                                 ? split_host_port(item.substr(7))
                                                 : std::nullopt;
