@@ -435,3 +435,29 @@ class PrecedenceTest(ConfigTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ReplicationSettingsTest(ConfigTestCase):
+    """Cluster step 2's settings are checked at start-up; until the
+    replicated data path lands, replication_factor > 1 is refused, never run
+    with one copy."""
+
+    def cluster(self, extra):
+        return self.write("nerve.yaml", (
+            "node_id: a\ncluster:\n  listen: 127.0.0.1:7101\n"
+            "  members: [a@127.0.0.1:7101, b@127.0.0.1:7102, c@127.0.0.1:7103]\n") + extra)
+
+    def test_replication_without_etcd_names_cluster_etcd(self):
+        path = self.cluster("  replication_factor: 3\n")
+        line = self.refused(self.base_args() + ["--config", path])
+        self.assertIn("cluster.replication_factor: 3 needs cluster.etcd", line)
+
+    def test_replication_is_refused_until_it_is_built(self):
+        path = self.cluster("  replication_factor: 3\n  etcd: [http://127.0.0.1:2379]\n")
+        line = self.refused(self.base_args() + ["--config", path])
+        self.assertIn("cluster.replication_factor: 3 is not available", line)
+
+    def test_a_bad_etcd_url_is_named(self):
+        path = self.cluster("  etcd: [localhost:2379]\n")
+        line = self.refused(self.base_args() + ["--config", path])
+        self.assertIn("cluster.etcd", line)
