@@ -49,7 +49,7 @@ TEST_CASE("a sender that found no credit is woken by the next give back", "[unit
   CHECK(wake.empty());
 }
 
-TEST_CASE("closed instances give no credits; opening one and waking the waiters lets them in",
+TEST_CASE("closed instances give no credits, and opening one and waking the waiters lets them in",
           "[unit][credits]") {
   pool p{2, 4};
   std::size_t rr = 0;

@@ -65,7 +65,7 @@ TEST_CASE("a member added takes partitions only for itself", "[unit]") {
   CHECK(moved < 150);
 }
 
-TEST_CASE("another member list has another digest; another order the same", "[unit]") {
+TEST_CASE("another member list has another digest, another order the same", "[unit]") {
   placement a{members({"n1", "n2", "n3"}), "n1"};
   auto list = members({"n1", "n2", "n3"});
   placement reordered{{list[2], list[0], list[1]}, "n1"};

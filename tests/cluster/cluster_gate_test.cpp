@@ -280,7 +280,7 @@ TEST_CASE("the gate closes a connection that sends no frame in time", "[unit]") 
   CHECK(std::chrono::steady_clock::now() - started >= 250ms);
 }
 
-TEST_CASE("a dial reaches a gate; a dial to a closed port fails", "[unit]") {
+TEST_CASE("a dial reaches a gate, and a dial to a closed port fails", "[unit]") {
   handed caf;
   auto server = plain_gate();
   server->accept(caf.fn());
