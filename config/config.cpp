@@ -751,9 +751,7 @@ std::optional<std::string> check_cluster(config& cfg) {
     if (c.replication_factor > 1)
       return "cluster.replication_factor: copies live on other members; a single node keeps "
              "one (set cluster.listen and cluster.members, or leave it at 1)";
-    if (!c.min_insync_set)
-      c.min_insync = 1;
-    return std::nullopt;
+    return check_replication(c);
   }
   if (cfg.node_id.empty())
     return "cluster.listen: a cluster member needs node_id (--node-id) set to its id in "
