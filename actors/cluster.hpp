@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <caf/actor.hpp>
+
 #include "actors/node.hpp"
 #include "actors/placement.hpp"
 #include "persistence/event_log.hpp"
@@ -47,6 +49,18 @@ public:
   [[nodiscard]] virtual bool up(const std::string& id) const = 0;
 
   [[nodiscard]] virtual std::vector<peer_status> peers() const = 0;
+
+  /// The member that takes writes for partition `p` of `topic`: its
+  /// placement's owner, or with replication its leader ("" while none).
+  [[nodiscard]] virtual std::string owner(const std::string& topic, std::uint32_t p) const = 0;
+
+  /// With replication: where owner() learns each partition's leader.
+  virtual void set_leaders(std::function<std::string(const std::string&, std::uint32_t)> leader)
+    = 0;
+
+  /// The cluster actor of member `id` while its link is up (a follower
+  /// fetches from its leader's); none otherwise.
+  [[nodiscard]] virtual caf::actor link_of(const std::string& id) const = 0;
 
   /// Appends `batches` of `topic` (`partitions` in all) on `owner`, which
   /// owns each batch's partition; answered after the owner's fsync.

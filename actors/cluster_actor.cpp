@@ -497,6 +497,21 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
     [self](forwarded_atom, std::uint64_t token, caf::error& e) {
       answer_forward(self, token, std::move(e));
     },
+    [self](fetch_atom, fetch_request& req) -> caf::result<fetch_response> {
+      auto& st = self->state;
+      auto partition = st.stopping || !st.ops.partition
+                         ? caf::actor{}
+                         : st.ops.partition(req.topic, req.partition);
+      if (!partition) {
+        fetch_response r;
+        r.status = fetch_status::stale;
+        r.error = "node " + st.table->where.self() + " has no partition " + req.topic + "/"
+                  + std::to_string(req.partition) + " running";
+        return r;
+      }
+      return self->delegate(caf::actor_cast<partition_actor>(partition), fetch_atom::value,
+                            std::move(req));
+    },
     [self](stop_atom) {
       self->state.stopping = true;
       for (auto& [token, rp] : self->state.pending)
@@ -552,6 +567,24 @@ public:
   bool up(const std::string& id) const override {
     auto* p = table_->find(id);
     return p != nullptr && (p->self || p->up.load());
+  }
+
+  std::string owner(const std::string& topic, std::uint32_t p) const override {
+    {
+      std::shared_lock<std::shared_mutex> guard{leaders_mutex_};
+      if (leaders_)
+        return leaders_(topic, p);
+    }
+    return table_->where.owner(topic, p);
+  }
+
+  void set_leaders(std::function<std::string(const std::string&, std::uint32_t)> leader) override {
+    std::unique_lock<std::shared_mutex> guard{leaders_mutex_};
+    leaders_ = std::move(leader);
+  }
+
+  caf::actor link_of(const std::string& id) const override {
+    return caf::actor_cast<caf::actor>(handle_of(id));
   }
 
   std::vector<peer_status> peers() const override {
@@ -728,6 +761,8 @@ private:
   std::shared_ptr<peer_table> table_;
   peer_actor actor_;
   std::shared_ptr<cluster_gate> gate_;
+  mutable std::shared_mutex leaders_mutex_;
+  std::function<std::string(const std::string&, std::uint32_t)> leaders_;
 };
 
 /// cfg.set() with a misspelled key or a wrong type only prints to stderr:

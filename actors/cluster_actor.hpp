@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include <caf/actor.hpp>
 #include <caf/fwd.hpp>
 
 #include "actors/cluster.hpp"
@@ -32,6 +33,8 @@ struct cluster_ops {
   peer_handler api;
   /// Follows this node's appends to a topic (node::tail).
   std::function<tail_handle(const std::string& topic, tail_sink sink)> tail;
+  /// The actor of a local partition (a partition_actor), for a follower's fetch.
+  std::function<caf::actor(const std::string& topic, std::uint32_t p)> partition;
 };
 
 /// The cluster as the node's services use it, and its lifecycle.

@@ -103,7 +103,12 @@ void register_messages(caf::actor_system_config& cfg) {
     .add_message_type<replay_record>("nerve.replay_record")
     .add_message_type<api_request>("nerve.api_request")
     .add_message_type<api_response>("nerve.api_response")
-    .add_message_type<hello>("nerve.hello");
+    .add_message_type<hello>("nerve.hello")
+    .add_message_type<repl_record>("nerve.repl_record")
+    .add_message_type<repl_chunk>("nerve.repl_chunk")
+    .add_message_type<repl_state_op>("nerve.repl_state_op")
+    .add_message_type<fetch_request>("nerve.fetch_request")
+    .add_message_type<fetch_response>("nerve.fetch_response");
 }
 
 } // namespace nerve::actors

@@ -26,7 +26,7 @@
 namespace nerve::actors {
 
 /// Version of the wire protocol; a peer speaking another one is refused.
-inline constexpr std::uint32_t wire_version = 1;
+inline constexpr std::uint32_t wire_version = 2;
 
 // -- enums (stored and sent as their underlying integer) ----------------------
 
@@ -103,6 +103,12 @@ using answered_atom = caf::atom_constant<caf::atom("answered")>;
 using tail_atom = caf::atom_constant<caf::atom("tail")>;
 using tail_events_atom = caf::atom_constant<caf::atom("tail_evs")>;
 using tail_ack_atom = caf::atom_constant<caf::atom("tail_ack")>;
+// Replication (cluster step 2):
+using fetch_atom = caf::atom_constant<caf::atom("fetch")>;
+using fetched_atom = caf::atom_constant<caf::atom("fetched")>;
+using synced_atom = caf::atom_constant<caf::atom("synced")>;
+using role_atom = caf::atom_constant<caf::atom("role")>;
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
 
 // -- errors --------------------------------------------------------------------
 
@@ -466,6 +472,108 @@ typename Inspector::result_type inspect(Inspector& f, api_response& x) {
   return f(caf::meta::type_name("nerve.api_response"), x.status, x.content_type, x.body);
 }
 
+/// One stored event as a partition's leader ships it to a follower
+/// (persistence::replica_record on the wire).
+struct repl_record {
+  std::uint64_t offset = 0;
+  std::int64_t time_us = 0;
+  std::string id;
+  std::string json;
+
+  friend bool operator==(const repl_record& a, const repl_record& b) {
+    return a.offset == b.offset && a.time_us == b.time_us && a.id == b.id && a.json == b.json;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, repl_record& x) {
+  return f(caf::meta::type_name("nerve.repl_record"), x.offset, x.time_us, x.id, x.json);
+}
+
+/// Consecutive records the leader of `epoch` appended.
+struct repl_chunk {
+  std::uint32_t epoch = 0;
+  std::vector<repl_record> records;
+
+  friend bool operator==(const repl_chunk& a, const repl_chunk& b) {
+    return a.epoch == b.epoch && a.records == b.records;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, repl_chunk& x) {
+  return f(caf::meta::type_name("nerve.repl_chunk"), x.epoch, x.records);
+}
+
+/// One delivery-state change (persistence::state_op on the wire).
+struct repl_state_op {
+  std::uint8_t family = 0;
+  bool del = false;
+  std::string key;
+  std::string value;
+
+  friend bool operator==(const repl_state_op& a, const repl_state_op& b) {
+    return a.family == b.family && a.del == b.del && a.key == b.key && a.value == b.value;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, repl_state_op& x) {
+  return f(caf::meta::type_name("nerve.repl_state_op"), x.family, x.del, x.key, x.value);
+}
+
+/// A follower asks its leader for the records from `from` on. `from` is the
+/// follower's synced end: it tells the leader how far this copy is on disk.
+struct fetch_request {
+  std::string topic;
+  std::uint32_t partition = 0;
+  std::uint32_t epoch = 0; ///< the leader's epoch as the follower knows it
+  std::uint64_t from = 0;
+  std::uint32_t last_epoch = 0; ///< the newest epoch in the follower's checkpoint
+  std::string node;             ///< the follower
+
+  friend bool operator==(const fetch_request& a, const fetch_request& b) {
+    return a.topic == b.topic && a.partition == b.partition && a.epoch == b.epoch
+           && a.from == b.from && a.last_epoch == b.last_epoch && a.node == b.node;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, fetch_request& x) {
+  return f(caf::meta::type_name("nerve.fetch_request"), x.topic, x.partition, x.epoch, x.from,
+           x.last_epoch, x.node);
+}
+
+/// What a fetch gets back.
+enum class fetch_status : std::uint8_t {
+  ok,       ///< `chunks` (maybe none) follow the follower's end
+  diverged, ///< truncate to `position`: the leader's end of the follower's last epoch
+  reset,    ///< the leader's log starts at `position` (retention): start again there
+  stale,    ///< not the leader of that epoch: the follower waits for the control plane
+};
+
+struct fetch_response {
+  fetch_status status = fetch_status::ok;
+  std::uint32_t epoch = 0;
+  std::uint64_t high_watermark = 0;
+  std::uint64_t position = 0;
+  std::string error; ///< with stale: why
+  std::vector<repl_chunk> chunks;
+  std::vector<repl_state_op> state;
+
+  friend bool operator==(const fetch_response& a, const fetch_response& b) {
+    return a.status == b.status && a.epoch == b.epoch && a.high_watermark == b.high_watermark
+           && a.position == b.position && a.error == b.error && a.chunks == b.chunks
+           && a.state == b.state;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, fetch_response& x) {
+  return f(caf::meta::type_name("nerve.fetch_response"), x.status, x.epoch, x.high_watermark,
+           x.position, x.error, x.chunks, x.state);
+}
+
 // -- interfaces ----------------------------------------------------------------
 
 namespace detail {
@@ -501,6 +609,14 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<handoff_atom, std::uint64_t, dead_letter>,
   /// A DLQ retry of (agent, offset, dlq id): empty once queued and written, else why not.
   caf::replies_to<redeliver_atom, std::string, std::uint64_t, std::string>::with<std::string>,
+  /// Replication: a follower's fetch (answered by the leader, maybe after a wait).
+  caf::replies_to<fetch_atom, fetch_request>::with<fetch_response>,
+  /// Internal (follower): the answer of its fetch; its applied records are synced up to n.
+  caf::reacts_to<fetched_atom, fetch_response>, caf::reacts_to<synced_atom, std::uint64_t>,
+  /// The control plane changed the partition's role (read it from the slot).
+  caf::reacts_to<role_atom>,
+  /// Internal: a parked fetch's wait (token) ended; the periodic in-sync check.
+  caf::reacts_to<timeout_atom, std::uint64_t>, caf::reacts_to<tick_atom>,
   caf::reacts_to<stop_atom>>;
 
 /// An agent instance: runs the handler of each delivery it is sent and
@@ -533,8 +649,10 @@ using runner_actor = caf::typed_actor<
   /// Answers once every known topic's partitions and the agents are spawned.
   caf::replies_to<ready_atom>::with<bool>,
   /// Creates a topic with `n` partitions (0: as configured; nothing when it
-  /// exists); answers its partition count.
-  caf::replies_to<create_topic_atom, std::string, std::uint32_t>::with<std::uint32_t>,
+  /// exists) and id `id` (0: the log picks; replicated topics have the
+  /// cluster's); answers its partition count.
+  caf::replies_to<create_topic_atom, std::string, std::uint32_t,
+                  std::uint32_t>::with<std::uint32_t>,
   /// Internal: restarts after a child's restart_policy wait.
   caf::reacts_to<restart_partition_atom, std::string, std::uint32_t>,
   caf::reacts_to<restart_instance_atom, std::string, std::uint32_t>,
@@ -573,7 +691,9 @@ using peer_actor = caf::typed_actor<
   caf::reacts_to<forwarded_atom, std::uint64_t, std::vector<appended>>,
   caf::reacts_to<forwarded_atom, std::uint64_t, caf::error>,
   /// Internal: API request `token` is answered here.
-  caf::reacts_to<answered_atom, std::uint64_t, api_response>, caf::reacts_to<stop_atom>>;
+  caf::reacts_to<answered_atom, std::uint64_t, api_response>,
+  /// A follower's fetch for a partition this node leads (cluster step 2).
+  caf::replies_to<fetch_atom, fetch_request>::with<fetch_response>, caf::reacts_to<stop_atom>>;
 
 /// A remote tail's receiving end: batches of events (stored JSON) of a
 /// topic, each acknowledged to the sending node's cluster actor.

@@ -20,6 +20,7 @@
 #include "actors/actor_sender.hpp"
 #include "actors/ask.hpp"
 #include "actors/cluster_actor.hpp"
+#include "actors/control_plane.hpp"
 #include "actors/dlq_service.hpp"
 #include "actors/health_service.hpp"
 #include "actors/publish_service.hpp"
@@ -55,7 +56,7 @@ public:
                          else
                            req->done(r.error().message);
                        }},
-                       create_topic_atom::value, req->topic, req->partitions);
+                       create_topic_atom::value, req->topic, req->partitions, req->id);
   }
 
   void wake(const partition_slot& slot) override {
@@ -123,7 +124,11 @@ public:
     if (cfg_.cluster.enabled())
       if (auto err = start_cluster_link())
         return err;
+    if (cfg_.cluster.replicated())
+      set_up_replication();
     sender_.set_runner(spawn_runner(system_, &ctx_));
+    if (cfg_.cluster.replicated())
+      start_control();
     caf::scoped_actor self{system_};
     std::optional<std::string> err;
     self->request(sender_.runner(), std::chrono::seconds{60}, ready_atom::value)
@@ -238,8 +243,41 @@ public:
 
   std::string runner_id() const override { return runner_id_; }
 
+  std::vector<replication_view> replication() const override {
+    std::vector<replication_view> out;
+    if (!control_)
+      return out;
+    for (auto& rp : control_->partitions()) {
+      replication_view v;
+      v.topic = rp.topic;
+      v.partition = rp.partition;
+      v.epoch = rp.state.epoch;
+      v.leader = rp.leader_key == rp.state.leader ? rp.leader_key : std::string{};
+      v.replicas = rp.state.replicas;
+      v.in_sync = rp.state.in_sync;
+      auto route = ctx_.routes.find(rp.topic);
+      if (route && route->info.id == rp.topic_id && rp.partition < route->slots.size()) {
+        auto& slot = *route->slots[rp.partition];
+        if (auto role = slot.current_role()) {
+          v.role = role->role == replica_role::kind::leader     ? "leader"
+                   : role->role == replica_role::kind::follower ? "follower"
+                                                                : "none";
+          if (role->role == replica_role::kind::leader) {
+            std::lock_guard<std::mutex> guard{slot.role_mutex};
+            for (auto& f : slot.followers)
+              v.followers.push_back({f.node, f.synced_end, f.last_fetch_us});
+          }
+        }
+        v.high_watermark = slot.high_watermark.load();
+        v.log_end = slot.log_end.load();
+      }
+      out.push_back(std::move(v));
+    }
+    return out;
+  }
+
   std::string owner_of(const std::string& topic, std::uint32_t p) const override {
-    return cluster_ ? cluster_->where().owner(topic, p) : log_->node_id();
+    return cluster_ ? cluster_->owner(topic, p) : log_->node_id();
   }
 
   std::string home_of(const std::string& topic) const override {
@@ -292,7 +330,7 @@ public:
                                                                ctx_.routes.topics.end());
     for (auto& [name, route] : sorted)
       for (std::uint32_t p = 0; p < route->info.partitions; ++p) {
-        const auto& owner = cluster_ ? cluster_->where().owner(name, p) : out.node_id;
+        auto owner = cluster_ ? cluster_->owner(name, p) : out.node_id;
         for (auto& m : out.members)
           if (m.id == owner)
             m.partitions.push_back(name + "/" + std::to_string(p));
@@ -305,6 +343,10 @@ public:
     if (stopped_)
       return;
     flags_.draining.store(true);
+    // The lease goes first: the other copies elect leaders of this node's
+    // partitions at once instead of a TTL from now.
+    if (control_)
+      control_->stop();
     // Queries in progress finish and answer while the HTTP server is still
     // there to send the answers; none starts after this.
     pool_.close();
@@ -378,12 +420,49 @@ private:
     ops.tail = [this](const std::string& topic, tail_sink sink) {
       return ctx_.tails.add(topic, std::move(sink));
     };
+    ops.partition = [this](const std::string& topic, std::uint32_t p) {
+      auto route = ctx_.routes.find(topic);
+      if (!route || p >= route->slots.size() || !route->slots[p]->alive)
+        return caf::actor{};
+      return ctx_.routes.actor_of(*route, p);
+    };
     auto link = start_cluster(system_, cfg_, std::move(ops));
     if (!link)
       return link.error();
     cluster_ = std::move(*link);
     publish_.set_cluster(cluster_.get());
     return std::nullopt;
+  }
+
+  /// Replicated partitions reach the control plane and their leaders
+  /// through these; set before the first partition actor starts.
+  void set_up_replication() {
+    auto hooks = std::make_shared<replication_hooks>();
+    hooks->self = cfg_.node_id;
+    hooks->min_insync = cfg_.cluster.min_insync;
+    hooks->replica_lag = cfg_.cluster.replica_lag;
+    hooks->change_in_sync = [this](const std::string& topic, std::uint32_t p, std::uint32_t epoch,
+                                   std::vector<std::string> in_sync) {
+      if (control_)
+        control_->change_in_sync(topic, p, epoch, std::move(in_sync));
+    };
+    hooks->peer = [this](const std::string& node) {
+      return cluster_ ? cluster_->link_of(node) : caf::actor{};
+    };
+    ctx_.replication = std::move(hooks);
+  }
+
+  void start_control() {
+    control_deps deps;
+    deps.ctx = &ctx_;
+    deps.cfg = &cfg_;
+    deps.where = cluster_->where();
+    deps.create_local = [this](create_ptr req) { sender_.create_topic(std::move(req)); };
+    control_ = start_control_plane(std::move(deps));
+    cluster_->set_leaders([c = control_.get()](const std::string& topic, std::uint32_t p) {
+      return c->leader(topic, p);
+    });
+    publish_.set_control(control_.get());
   }
 
   static caf::actor_system_config& configure(caf::actor_system_config& c,
@@ -444,6 +523,7 @@ private:
   replay_service replays_;
   health_service health_;
   std::unique_ptr<cluster_service> cluster_;
+  std::unique_ptr<control_plane> control_; ///< with replication only
   std::mutex peer_mutex_;
   std::shared_ptr<peer_handler> peer_handler_;
   std::string runner_id_;

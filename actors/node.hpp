@@ -312,6 +312,26 @@ struct member_view {
   std::vector<std::string> agents;     ///< the agents it runs (empty until known)
 };
 
+/// One replicated partition as this node sees it (cluster step 2): etcd's
+/// record, and this node's copy.
+struct replication_view {
+  std::string topic;
+  std::uint32_t partition = 0;
+  std::uint32_t epoch = 0;
+  std::string leader; ///< empty: none now
+  std::vector<std::string> replicas;
+  std::vector<std::string> in_sync;
+  std::string role; ///< this node's: leader, follower, none; empty: no copy here
+  std::uint64_t high_watermark = 0;
+  std::uint64_t log_end = 0;
+  struct follower {
+    std::string node;
+    std::uint64_t synced_end = 0;
+    std::int64_t last_fetch_us = 0;
+  };
+  std::vector<follower> followers; ///< when this node leads
+};
+
 struct cluster_report {
   bool clustered = false;
   std::string node_id;
@@ -401,6 +421,9 @@ public:
   /// The members as this node sees them, with the partitions (of the topics
   /// it knows) each owns; one member, this node, when it runs alone.
   [[nodiscard]] virtual cluster_report cluster() const = 0;
+
+  /// Every replicated partition (empty without replication).
+  [[nodiscard]] virtual std::vector<replication_view> replication() const = 0;
 
   /// The member that owns partition `p` of `topic` (this node alone: itself).
   [[nodiscard]] virtual std::string owner_of(const std::string& topic, std::uint32_t p) const = 0;

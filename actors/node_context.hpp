@@ -50,6 +50,7 @@ using job_ptr = std::shared_ptr<partition_job>;
 struct create_request {
   std::string topic;
   std::uint32_t partitions = 0; ///< 0: as configured (a peer's home node may say otherwise)
+  std::uint32_t id = 0;         ///< 0: the log picks; a replicated topic has the cluster's
   std::function<void(std::optional<std::string>)> done; ///< error text or nothing
 };
 
@@ -144,6 +145,31 @@ struct agent_runtime {
 
 using agent_ptr = std::shared_ptr<agent_runtime>;
 
+/// A replicated partition's place in its replica set, as the control plane
+/// last read it from etcd (actors/control_plane.hpp).
+struct replica_role {
+  enum class kind : std::uint8_t { none, leader, follower };
+  kind role = kind::none;  ///< none: no leader now, or this node holds no copy
+  std::uint32_t epoch = 0; ///< the leader's
+  std::string leader;      ///< empty: none
+  std::vector<std::string> replicas;
+  std::vector<std::string> in_sync;
+
+  [[nodiscard]] bool in_sync_has(const std::string& node) const {
+    for (auto& n : in_sync)
+      if (n == node)
+        return true;
+    return false;
+  }
+};
+
+/// A follower as its leader last heard of it, for GET /v1/cluster/partitions.
+struct follower_view {
+  std::string node;
+  std::uint64_t synced_end = 0;
+  std::int64_t last_fetch_us = 0; ///< 0: none in this epoch
+};
+
 /// A partition as the publish path sees it. The actor handle changes when
 /// the runner restarts the partition; the group stats outlive restarts.
 struct partition_slot {
@@ -153,6 +179,17 @@ struct partition_slot {
   std::atomic<bool> alive{false};
   std::atomic<bool> recovered{false}; ///< its first actor rebuilt its state from the log
   std::vector<std::unique_ptr<group_stats>> groups; ///< one per subscribed agent
+  // Replication (cluster step 2); `role` stays null on a partition that is not replicated.
+  mutable std::mutex role_mutex;
+  std::shared_ptr<const replica_role> role;     ///< guarded by role_mutex; set by the control plane
+  std::atomic<std::uint64_t> high_watermark{0}; ///< below: on every in-sync copy
+  std::atomic<std::uint64_t> log_end{0};        ///< this copy's next offset
+  std::vector<follower_view> followers;         ///< guarded by role_mutex; leader only
+
+  [[nodiscard]] std::shared_ptr<const replica_role> current_role() const {
+    std::lock_guard<std::mutex> guard{role_mutex};
+    return role;
+  }
 };
 
 struct topic_route {
@@ -192,6 +229,22 @@ struct tail_hub {
   void deliver(const std::string& topic, const std::vector<std::string>& events);
 };
 
+/// What replicated partitions ask of the rest of their node: the control
+/// plane (an in-sync set change, by compare-and-swap in etcd) and the links
+/// to the other members (a follower fetches from its leader's cluster actor).
+struct replication_hooks {
+  std::string self; ///< this node's id
+  std::uint32_t min_insync = 1;
+  std::chrono::milliseconds replica_lag{2000};
+  /// Asks for partition (topic, p)'s in-sync set to become `in_sync` in
+  /// `epoch`; the outcome comes back as a role change.
+  std::function<void(const std::string& topic, std::uint32_t p, std::uint32_t epoch,
+                     std::vector<std::string> in_sync)>
+    change_in_sync;
+  /// The cluster actor of member `node` (a peer_actor), or none while it is down.
+  std::function<caf::actor(const std::string& node)> peer;
+};
+
 /// What the actors of one node share. Owned by the node; outlives the actors.
 struct node_context {
   /// Actors that block (the runner, replays, process and http instances)
@@ -217,6 +270,8 @@ struct node_context {
     return dlq;
   }
   tail_hub tails;
+  /// Set when partitions are replicated (cluster.replication_factor > 1).
+  std::shared_ptr<replication_hooks> replication;
   std::mutex replays_mutex;
   std::unordered_map<std::string, caf::actor> replays; ///< running replay actors by id
 };

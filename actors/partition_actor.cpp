@@ -8,6 +8,7 @@
 #include <random>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "actors/consumer_group.hpp"
@@ -54,6 +55,35 @@ struct partition_state {
   std::chrono::steady_clock::time_point counters_written{};
   bool counters_due = false;   ///< a snapshot was held back by the once-a-second limit
   bool counters_timer = false; ///< a flush for it is scheduled
+  // -- replication (cluster step 2); `role` is null when not replicated ----
+  std::shared_ptr<const replica_role> role;
+  /// A follower as the leader tracks it in this epoch.
+  struct follower {
+    bool heard = false;             ///< it fetched in this epoch
+    std::uint64_t synced = 0;       ///< its synced end (the `from` of its last fetch)
+    std::uint64_t end_at_fetch = 0; ///< this log's end at its previous fetch
+    std::chrono::steady_clock::time_point caught_up_at{};
+    std::int64_t last_fetch_us = 0;
+    std::vector<repl_state_op> state; ///< delivery-state changes not yet shipped
+    std::optional<caf::typed_response_promise<fetch_response>> parked;
+    fetch_request parked_req;
+    std::uint64_t park_token = 0;
+  };
+  std::map<std::string, follower> followers;
+  std::chrono::steady_clock::time_point led_since{};
+  std::chrono::steady_clock::time_point isr_asked{}; ///< the last in-sync change asked for
+  std::uint64_t local_durable = 0;                   ///< leader: offsets below are synced here
+  bool groups_ready = true; ///< leader: groups wait for the first high watermark
+  /// Leader: appended batches waiting for the high watermark to pass them.
+  struct awaiting {
+    std::uint64_t end = 0;
+    std::shared_ptr<std::vector<job_ptr>> jobs;
+    std::shared_ptr<std::vector<persistence::append_result>> results;
+    std::shared_ptr<std::vector<std::string>> followed;
+  };
+  std::deque<awaiting> acks;
+  std::uint64_t next_token = 1;
+  bool fetching = false; ///< follower: a fetch is out, or its records are syncing
   static inline const char* name = "partition";
 };
 
@@ -263,6 +293,8 @@ void load_events(partition_actor_t self, group& g) {
 
 void pump(partition_actor_t self) {
   auto& st = self->state;
+  if (!st.groups_ready)
+    return;
   auto end = std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
     auto& g = st.groups[gi];
@@ -438,7 +470,8 @@ void recover_group(partition_actor_t self, std::size_t gi) {
     // A new consumer group: from the end, or from the oldest stored event.
     cursor = g.agent->cfg.start == config::start_position::earliest
                ? st.ctx->log->stats(st.route->info, st.partition).first_offset
-               : st.writer->next_offset();
+             : st.role ? st.durable_end
+                       : st.writer->next_offset();
     persistence::state_batch b;
     b.put_cursor(name, tid, st.partition, cursor);
     std::string start;
@@ -457,6 +490,9 @@ void recover_group(partition_actor_t self, std::size_t gi) {
   auto pending = st.ctx->store->pending(name, tid, st.partition);
   if (!pending)
     throw std::runtime_error("reading pending of " + name + ": " + pending.error().message);
+  // A replicated partition's cursor came from an earlier leader, below the
+  // high watermark it knew; this one's may not have caught up with it yet.
+  cursor = std::min(cursor, st.durable_end);
   g.engine->recover(cursor, *pending, st.durable_end, last_delivered, now_us(st), st.fx);
   apply(self, gi);
   auto snapshot = st.ctx->store->meta(counters_key(name, tid, st.partition));
@@ -486,22 +522,517 @@ void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
   }
 }
 
+/// Appends the batch's events as one write; when that fails, answers its
+/// jobs with the error and returns nothing.
+std::optional<std::vector<persistence::append_result>> append_batch(partition_state& st) {
+  if (st.ctx->hooks->before_append)
+    st.ctx->hooks->before_append(st.route->info.name, st.partition);
+  std::vector<persistence::new_event> all;
+  all.reserve(st.batch_events);
+  for (auto& job : st.batch)
+    for (auto& e : job->events)
+      all.push_back(e);
+  auto appended = st.writer->append(all);
+  if (!appended) {
+    for (auto& job : st.batch)
+      job->finish(tl::make_unexpected(appended.error()));
+    return std::nullopt;
+  }
+  return std::move(*appended);
+}
+
+// -- replication (cluster step 2, docs/architecture.md "Clustering") -----------------
+
+using role_kind = replica_role::kind;
+
+/// Records a fetch carries at most, and about how many bytes.
+constexpr std::size_t fetch_max_events = 2000;
+constexpr std::size_t fetch_max_bytes = 4U << 20;
+/// How long a leader holds a fetch that finds nothing new.
+constexpr auto fetch_park = std::chrono::milliseconds{500};
+/// How long a follower waits for a fetch's answer.
+constexpr auto fetch_timeout = std::chrono::seconds{5};
+/// Delivery-state changes kept per follower that is not fetching.
+constexpr std::size_t max_shipped_state = 100000;
+
+std::string where(const partition_state& st) {
+  return st.route->info.name + "/" + std::to_string(st.partition);
+}
+
+bool leads(const partition_state& st) {
+  return st.role && st.role->role == role_kind::leader;
+}
+
+persistence::error not_led(const partition_state& st) {
+  std::string who = st.role && !st.role->leader.empty()
+                      ? "node " + st.role->leader + " leads it"
+                      : "it has no leader now (an election is under way)";
+  return persistence::error{persistence::errc::io_error, "partition " + where(st)
+                                                           + " is not led by this node: " + who
+                                                           + "; retry shortly"};
+}
+
+/// Shows the followers to GET /v1/cluster/partitions.
+void show_followers(partition_state& st) {
+  std::vector<follower_view> view;
+  for (auto& [node, f] : st.followers)
+    view.push_back({node, f.synced, f.last_fetch_us});
+  std::lock_guard<std::mutex> guard{st.slot->role_mutex};
+  st.slot->followers = std::move(view);
+}
+
+/// Records of the log from `from` on, as chunks of one leader epoch each.
+std::vector<repl_chunk> read_chunks(partition_state& st, std::uint64_t from) {
+  std::vector<repl_chunk> out;
+  auto got = st.ctx->log->read_records(st.route->info, st.partition, from, fetch_max_events,
+                                       fetch_max_bytes);
+  if (!got) {
+    spdlog::error("topic={} partition={}: reading records for a follower: {}", st.route->info.name,
+                  st.partition, got.error().message);
+    return out;
+  }
+  const auto& epochs = st.writer->epochs();
+  for (auto& r : *got) {
+    std::uint32_t epoch = 0;
+    for (auto& e : epochs)
+      if (e.start_offset <= r.offset)
+        epoch = e.epoch;
+    if (out.empty() || out.back().epoch != epoch)
+      out.push_back({epoch, {}});
+    out.back().records.push_back({r.offset, r.time_us, std::move(r.id), std::move(r.json)});
+  }
+  return out;
+}
+
+fetch_response answer_for(partition_state& st, partition_state::follower& f, std::uint64_t from) {
+  fetch_response r;
+  r.status = fetch_status::ok;
+  r.epoch = st.role->epoch;
+  r.high_watermark = st.durable_end;
+  if (from < st.writer->next_offset())
+    r.chunks = read_chunks(st, from);
+  r.state = std::move(f.state);
+  f.state.clear();
+  return r;
+}
+
+/// Answers the fetches that waited for records, now that there are some.
+void answer_parked(partition_state& st, bool timed_out_only, std::uint64_t token = 0) {
+  for (auto& [node, f] : st.followers) {
+    if (!f.parked || (timed_out_only && f.park_token != token))
+      continue;
+    f.parked->deliver(answer_for(st, f, f.parked_req.from));
+    f.parked.reset();
+  }
+}
+
+/// Gives every follower the delivery-state changes staged for this commit:
+/// they ride in its next fetch answer, in order, without waiting for acks.
+void ship_state(partition_state& st) {
+  if (!leads(st))
+    return;
+  auto ops = st.state.ops();
+  for (auto& node : st.role->replicas) {
+    if (node == st.ctx->replication->self)
+      continue;
+    auto& f = st.followers[node];
+    if (f.state.size() + ops.size() > max_shipped_state) {
+      // A follower gone this long gets the state of the next leader it
+      // follows; after a failover here its cursors may be behind (redelivery).
+      f.state.clear();
+      continue;
+    }
+    for (auto& op : ops)
+      f.state.push_back({op.family, op.del, op.key, op.value});
+  }
+  answer_parked(st, false);
+}
+
+/// The leader finished `acks` up to the high watermark and lets the groups
+/// deliver below it.
+void finish_acks(partition_actor_t self) {
+  auto& st = self->state;
+  while (!st.acks.empty() && st.acks.front().end <= st.durable_end) {
+    auto a = std::move(st.acks.front());
+    st.acks.pop_front();
+    std::size_t at = 0;
+    for (auto& job : *a.jobs) {
+      auto n = job->events.size();
+      job->finish(std::vector<persistence::append_result>(
+        std::make_move_iterator(a.results->begin() + static_cast<std::ptrdiff_t>(at)),
+        std::make_move_iterator(a.results->begin() + static_cast<std::ptrdiff_t>(at + n))));
+      at += n;
+    }
+    if (a.followed && !a.followed->empty())
+      st.ctx->tails.deliver(st.route->info.name, *a.followed);
+  }
+}
+
+/// The high watermark: the least synced end over the in-sync set, this
+/// copy included; it only grows, and not while fewer than min_insync
+/// copies are in sync (nothing is acknowledged then).
+void advance_high_watermark(partition_actor_t self) {
+  auto& st = self->state;
+  if (!leads(st))
+    return;
+  auto& hooks = *st.ctx->replication;
+  if (st.role->in_sync.size() < hooks.min_insync)
+    return;
+  std::uint64_t hw = st.local_durable;
+  for (auto& node : st.role->in_sync) {
+    if (node == hooks.self)
+      continue;
+    auto it = st.followers.find(node);
+    if (it == st.followers.end() || !it->second.heard)
+      return; // not yet heard of in this epoch: no figure to count
+    hw = std::min(hw, it->second.synced);
+  }
+  if (hw <= st.durable_end && st.groups_ready)
+    return;
+  st.durable_end = std::max(st.durable_end, hw);
+  raise_to(st.slot->high_watermark, st.durable_end);
+  raise_to(st.slot->durable_end, st.durable_end);
+  if (!st.groups_ready) {
+    // The groups start once the high watermark is known: their cursors,
+    // written by an earlier leader, are below it.
+    st.groups_ready = true;
+    for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
+      recover_group(self, gi);
+      st.groups[gi].stats->end = st.durable_end;
+    }
+  }
+  finish_acks(self);
+  answer_parked(st, false);
+  if (!st.groups.empty())
+    schedule_flush(self);
+}
+
+/// Asks the control plane for another in-sync set, at most once a second.
+void ask_in_sync(partition_state& st, std::vector<std::string> in_sync, const std::string& why) {
+  auto now = std::chrono::steady_clock::now();
+  if (now - st.isr_asked < std::chrono::seconds{1})
+    return;
+  st.isr_asked = now;
+  std::sort(in_sync.begin(), in_sync.end());
+  spdlog::info("topic={} partition={} epoch={}: asking for in-sync set [{}]: {}",
+               st.route->info.name, st.partition, st.role->epoch, fmt::join(in_sync, ","), why);
+  st.ctx->replication->change_in_sync(st.route->info.name, st.partition, st.role->epoch,
+                                      std::move(in_sync));
+}
+
+caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request& req) {
+  auto& st = self->state;
+  fetch_response stale;
+  stale.status = fetch_status::stale;
+  if (!leads(st) || req.epoch != st.role->epoch) {
+    stale.epoch = st.role ? st.role->epoch : 0;
+    stale.error = "node " + st.ctx->replication->self + " does not lead " + where(st) + " in epoch "
+                  + std::to_string(req.epoch);
+    return stale;
+  }
+  if (std::find(st.role->replicas.begin(), st.role->replicas.end(), req.node)
+      == st.role->replicas.end()) {
+    stale.error = "node " + req.node + " holds no copy of " + where(st);
+    return stale;
+  }
+  // Divergence: the follower's records past where its last epoch ends in
+  // this leader's history were never acknowledged; it truncates them.
+  auto [epoch, end] = st.writer->end_of_epoch(req.last_epoch);
+  (void)epoch;
+  if (req.from > end) {
+    fetch_response r;
+    r.status = fetch_status::diverged;
+    r.epoch = st.role->epoch;
+    r.position = end;
+    return r;
+  }
+  auto first = st.ctx->log->stats(st.route->info, st.partition).first_offset;
+  if (req.from < first) {
+    fetch_response r;
+    r.status = fetch_status::reset;
+    r.epoch = st.role->epoch;
+    r.position = first;
+    return r;
+  }
+  auto& f = st.followers[req.node];
+  if (f.parked) { // an earlier fetch of its, lost on the way back: superseded
+    f.parked->deliver(answer_for(st, f, f.parked_req.from));
+    f.parked.reset();
+  }
+  auto now = std::chrono::steady_clock::now();
+  if (!f.heard || req.from >= f.end_at_fetch)
+    f.caught_up_at = now;
+  f.heard = true;
+  f.synced = req.from;
+  f.end_at_fetch = st.writer->next_offset();
+  f.last_fetch_us = persistence::system_clock_us();
+  show_followers(st);
+  advance_high_watermark(self);
+  if (!st.role->in_sync_has(req.node) && req.from >= st.durable_end) {
+    auto in_sync = st.role->in_sync;
+    in_sync.push_back(req.node);
+    ask_in_sync(st, std::move(in_sync), "node " + req.node + " caught up");
+  }
+  if (req.from < st.writer->next_offset() || !f.state.empty())
+    return answer_for(st, f, req.from);
+  auto rp = self->make_response_promise<fetch_response>();
+  f.parked = rp;
+  f.parked_req = req;
+  f.park_token = st.next_token++;
+  self->delayed_send(self, fetch_park, timeout_atom::value, f.park_token);
+  return rp;
+}
+
+/// The leader's periodic check: a follower of the in-sync set that has not
+/// caught up for cluster.replica_lag leaves it.
+void check_in_sync(partition_actor_t self) {
+  auto& st = self->state;
+  if (!leads(st))
+    return;
+  auto& hooks = *st.ctx->replication;
+  auto now = std::chrono::steady_clock::now();
+  std::vector<std::string> keep;
+  std::string dropped;
+  for (auto& node : st.role->in_sync) {
+    if (node != hooks.self) {
+      auto it = st.followers.find(node);
+      auto since
+        = it == st.followers.end() || !it->second.heard ? st.led_since : it->second.caught_up_at;
+      if (now - since > hooks.replica_lag) {
+        dropped += (dropped.empty() ? "" : ", ") + node;
+        continue;
+      }
+    }
+    keep.push_back(node);
+  }
+  if (!dropped.empty())
+    ask_in_sync(st, std::move(keep),
+                "node(s) " + dropped + " did not catch up within cluster.replica_lag");
+}
+
+void send_fetch(partition_actor_t self);
+
+void on_fetched(partition_actor_t self, fetch_response& r) {
+  auto& st = self->state;
+  st.fetching = false;
+  if (!st.role || st.role->role != role_kind::follower)
+    return;
+  auto fail = [&](const std::string& what, const std::string& why) {
+    spdlog::error("topic={} partition={}: {}: {}; fetching again", st.route->info.name,
+                  st.partition, what, why);
+  };
+  switch (r.status) {
+    case fetch_status::stale:
+      spdlog::debug("topic={} partition={}: fetch refused: {}", st.route->info.name, st.partition,
+                    r.error);
+      return; // the control plane's next role, or the tick, fetches again
+    case fetch_status::diverged:
+      spdlog::warn("topic={} partition={}: truncating to offset {} (the end of epoch {} on "
+                   "leader {}); offsets from there were never acknowledged",
+                   st.route->info.name, st.partition, r.position, st.writer->last_epoch(),
+                   st.role->leader);
+      if (auto ok = st.writer->truncate_to(r.position); !ok)
+        return fail("truncating", ok.error().message);
+      st.slot->log_end = st.writer->next_offset();
+      return send_fetch(self);
+    case fetch_status::reset:
+      spdlog::warn("topic={} partition={}: leader {} keeps offsets from {} only; starting there",
+                   st.route->info.name, st.partition, st.role->leader, r.position);
+      if (auto ok = st.writer->reset_to(r.position); !ok)
+        return fail("moving to the leader's oldest offset", ok.error().message);
+      st.slot->log_end = st.writer->next_offset();
+      return send_fetch(self);
+    case fetch_status::ok:
+      break;
+  }
+  bool applied = false;
+  for (auto& chunk : r.chunks) {
+    if (chunk.records.empty())
+      continue;
+    std::vector<persistence::replica_record> records;
+    records.reserve(chunk.records.size());
+    for (auto& rec : chunk.records)
+      records.push_back({rec.offset, rec.time_us, std::move(rec.id), std::move(rec.json)});
+    if (auto ok = st.writer->apply(chunk.epoch, records); !ok)
+      return fail("storing the leader's records", ok.error().message);
+    applied = true;
+  }
+  if (!r.state.empty()) {
+    std::vector<persistence::state_op> ops;
+    ops.reserve(r.state.size());
+    for (auto& op : r.state)
+      ops.push_back({op.family, op.del, std::move(op.key), std::move(op.value)});
+    auto batch = persistence::state_batch::from_ops(std::move(ops));
+    if (!batch)
+      spdlog::error("topic={} partition={}: the leader's delivery state: {}", st.route->info.name,
+                    st.partition, batch.error().message);
+    else if (auto ok = st.ctx->store->commit(*batch, false); !ok)
+      return fail("storing the leader's delivery state", ok.error().message);
+    applied = true;
+  }
+  auto end = st.writer->next_offset();
+  st.slot->log_end = end;
+  auto hw = std::min(r.high_watermark, end);
+  raise_to(st.slot->high_watermark, hw);
+  raise_to(st.slot->durable_end, hw);
+  if (!applied)
+    return send_fetch(self);
+  // Fetched again once synced: the next fetch's offset acknowledges them.
+  st.fetching = true;
+  st.ctx->log->after_durable(
+    [me = caf::actor_cast<caf::actor>(self), end](std::optional<persistence::error> failure) {
+      if (failure)
+        caf::anon_send_exit(me, caf::exit_reason::unhandled_exception);
+      else
+        caf::anon_send(me, synced_atom::value, end);
+    });
+}
+
+void send_fetch(partition_actor_t self) {
+  auto& st = self->state;
+  if (st.fetching || !st.role || st.role->role != role_kind::follower)
+    return;
+  auto peer = st.ctx->replication->peer(st.role->leader);
+  if (!peer)
+    return; // the link is down: the tick tries again
+  st.fetching = true;
+  fetch_request req{st.route->info.name,     st.partition,
+                    st.role->epoch,          st.writer->next_offset(),
+                    st.writer->last_epoch(), st.ctx->replication->self};
+  self->request(caf::actor_cast<peer_actor>(peer), fetch_timeout, fetch_atom::value, req)
+    .then([self](fetch_response& r) { on_fetched(self, r); },
+          [self](caf::error&) { self->state.fetching = false; });
+}
+
+/// Ends this actor for its successor in the partition's new role: a leader
+/// that is deposed answers what it appended but did not acknowledge as
+/// indeterminate (the next leader may or may not keep it).
+void step_down(partition_actor_t self, const std::string& why) {
+  auto& st = self->state;
+  for (auto& a : st.acks)
+    for (auto& job : *a.jobs)
+      job->finish(tl::make_unexpected(persistence::error{
+        persistence::errc::io_error,
+        "indeterminate: partition " + where(st) + " changed leader before its in-sync copies "
+          + "had the events (" + why + "); they may or may not be kept: retry with the same id"}));
+  st.acks.clear();
+  for (auto& job : st.batch)
+    job->finish(tl::make_unexpected(not_led(st)));
+  st.batch.clear();
+  for (auto& [node, f] : st.followers)
+    if (f.parked) {
+      fetch_response r;
+      r.status = fetch_status::stale;
+      r.error = why;
+      f.parked->deliver(std::move(r));
+      f.parked.reset();
+    }
+  spdlog::info("topic={} partition={}: {}; restarting in the new role", st.route->info.name,
+               st.partition, why);
+  write_counters(st, true);
+  if (!st.state.empty())
+    (void)st.ctx->store->commit(st.state, false);
+  self->quit(caf::exit_reason::user_shutdown);
+}
+
+/// The control plane changed the partition's role: the same leadership
+/// carries on with its new in-sync set; anything else restarts the actor.
+void on_role(partition_actor_t self) {
+  auto& st = self->state;
+  auto next = st.slot->current_role();
+  if (!st.role || !next)
+    return;
+  bool same = next->role == st.role->role && next->epoch == st.role->epoch
+              && next->leader == st.role->leader;
+  if (!same) {
+    std::string why = next->role == role_kind::leader
+                        ? "this node leads it now, in epoch " + std::to_string(next->epoch)
+                      : next->leader.empty() ? "it has no leader now"
+                                             : "node " + next->leader + " leads it in epoch "
+                                                 + std::to_string(next->epoch);
+    return step_down(self, why);
+  }
+  st.role = std::move(next);
+  if (leads(st)) {
+    advance_high_watermark(self);
+    // A shrunken set may let the watermark pass what waited for a follower.
+    finish_acks(self);
+  }
+}
+
+/// The leader's half of the group commit: appends (with fewer than
+/// min_insync copies in sync, nothing), and answers the publishers once the
+/// high watermark passes their events.
+void flush_replicated(partition_actor_t self) {
+  auto& st = self->state;
+  auto& hooks = *st.ctx->replication;
+  if (!leads(st)) {
+    for (auto& job : st.batch)
+      job->finish(tl::make_unexpected(not_led(st)));
+  } else if (st.role->in_sync.size() < hooks.min_insync) {
+    for (auto& job : st.batch)
+      job->finish(tl::make_unexpected(persistence::error{
+        persistence::errc::io_error,
+        "partition " + where(st) + " has " + std::to_string(st.role->in_sync.size()) + " of "
+          + std::to_string(st.role->replicas.size()) + " copies in sync, fewer than "
+          + "cluster.min_insync (" + std::to_string(hooks.min_insync)
+          + "): not enough in-sync replicas; retry shortly"}));
+  } else {
+    if (auto appended = append_batch(st)) {
+      std::shared_ptr<std::vector<std::string>> followed;
+      if (st.ctx->tails.active.load(std::memory_order_relaxed) > 0)
+        followed = std::make_shared<std::vector<std::string>>();
+      std::size_t at = 0;
+      for (auto& job : st.batch) {
+        auto n = job->events.size();
+        for (std::size_t k = 0; k < n; ++k) {
+          auto& r = (*appended)[at + k];
+          if (r.status != persistence::append_status::appended)
+            continue;
+          if (followed)
+            followed->push_back(r.json);
+          if (st.groups.empty())
+            continue;
+          auto& e = job->events[k];
+          st.tail.push_back({r.where.offset, r.where.time_us,
+                             std::make_shared<const std::string>(r.json), e.id, e.key, e.type,
+                             e.source});
+          if (st.tail.size() > tail_cache_events)
+            st.tail.pop_front();
+        }
+        at += n;
+      }
+      auto end = st.writer->next_offset();
+      st.slot->log_end = end;
+      st.acks.push_back(
+        {end, std::make_shared<std::vector<job_ptr>>(std::move(st.batch)),
+         std::make_shared<std::vector<persistence::append_result>>(std::move(*appended)),
+         std::move(followed)});
+      st.ctx->log->after_durable(
+        [me = caf::actor_cast<caf::actor>(self), end](std::optional<persistence::error> failure) {
+          // The partition starts again from its log; its publishers hear
+          // "stopped" (their events may be on the followers).
+          if (failure)
+            caf::anon_send_exit(me, caf::exit_reason::unhandled_exception);
+          else
+            caf::anon_send(me, durable_atom::value, end);
+        });
+      answer_parked(st, false);
+      // Events already acknowledged (duplicates only) need no watermark.
+      finish_acks(self);
+    }
+  }
+  st.batch.clear();
+  st.batch_events = 0;
+}
+
 void flush(partition_actor_t self) {
   auto& st = self->state;
   st.flush_scheduled = false;
-  if (!st.batch.empty()) {
-    if (st.ctx->hooks->before_append)
-      st.ctx->hooks->before_append(st.route->info.name, st.partition);
-    std::vector<persistence::new_event> all;
-    all.reserve(st.batch_events);
-    for (auto& job : st.batch)
-      for (auto& e : job->events)
-        all.push_back(e);
-    auto appended = st.writer->append(all);
-    if (!appended) {
-      for (auto& job : st.batch)
-        job->finish(tl::make_unexpected(appended.error()));
-    } else {
+  if (!st.batch.empty() && st.role) {
+    flush_replicated(self);
+  } else if (!st.batch.empty()) {
+    if (auto appended = append_batch(st)) {
       // Followers of the topic get the events once durable, like publishers.
       std::shared_ptr<std::vector<std::string>> followed;
       if (st.ctx->tails.active.load(std::memory_order_relaxed) > 0) {
@@ -575,6 +1106,8 @@ void flush(partition_actor_t self) {
       }
     }
   }
+  if (st.role && !st.state.empty())
+    ship_state(st);
   if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
     // Memory now runs ahead of the log: start again from the log.
     spdlog::error("topic={} partition={}: {}; restarting", st.route->info.name, st.partition,
@@ -593,7 +1126,37 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
   st.partition = p;
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
   st.durable_end = st.writer->next_offset();
-  raise_to(st.slot->durable_end, st.durable_end);
+  if (ctx->replication) {
+    st.role = st.slot->current_role();
+    if (!st.role)
+      st.role = std::make_shared<const replica_role>();
+    st.groups_ready = false;
+    st.slot->log_end = st.durable_end;
+    // Offsets below the high watermark are on every in-sync copy; the rest
+    // of this log may never have been acknowledged.
+    st.durable_end = std::min(st.durable_end, st.slot->high_watermark.load());
+    if (leads(st)) {
+      if (auto ok = st.writer->begin_epoch(st.role->epoch); !ok) {
+        spdlog::error("topic={} partition={}: cannot lead in epoch {}: {}", route->info.name, p,
+                      st.role->epoch, ok.error().message);
+        st.role = std::make_shared<const replica_role>();
+      } else {
+        st.led_since = std::chrono::steady_clock::now();
+        spdlog::info("topic={} partition={}: leading in epoch {} from offset {} (in sync: {})",
+                     route->info.name, p, st.role->epoch, st.writer->next_offset(),
+                     fmt::join(st.role->in_sync, ","));
+        // Synced here once what an earlier actor wrote is synced.
+        ctx->log->after_durable(
+          [me = caf::actor_cast<caf::actor>(self),
+           end = st.writer->next_offset()](std::optional<persistence::error> failure) {
+            if (!failure)
+              caf::anon_send(me, durable_atom::value, end);
+          });
+      }
+    }
+  } else {
+    raise_to(st.slot->durable_end, st.durable_end);
+  }
   std::random_device seeds;
   for (auto& gs : st.slot->groups) {
     group g;
@@ -603,12 +1166,17 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       g.agent->cfg, group_identity{route->info.name, route->info.id, p, {}, {}}, seeds());
     st.groups.push_back(std::move(g));
   }
-  for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
-    recover_group(self, gi);
-    st.groups[gi].stats->end = st.durable_end;
-  }
+  if (st.groups_ready)
+    for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
+      recover_group(self, gi);
+      st.groups[gi].stats->end = st.durable_end;
+    }
   st.slot->recovered = true; // the node is ready once every partition is
   schedule_flush(self);      // deliver the backlog
+  if (st.role) {
+    show_followers(st);
+    self->send(self, tick_atom::value);
+  }
   return {
     [=](publish_atom, publish_job& job) {
       auto& st = self->state;
@@ -626,6 +1194,11 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](durable_atom, std::uint64_t end) {
       auto& st = self->state;
+      if (st.role) {
+        st.local_durable = std::max(st.local_durable, end);
+        advance_high_watermark(self);
+        return;
+      }
       if (end > st.durable_end) {
         st.durable_end = end;
         if (!st.groups.empty())
@@ -687,8 +1260,26 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       }
       return "agent " + agent + " does not consume " + st.route->info.name;
     },
+    [=](fetch_atom, const fetch_request& req) { return on_fetch(self, req); },
+    [=](fetched_atom, fetch_response& r) { on_fetched(self, r); },
+    [=](synced_atom, std::uint64_t) {
+      self->state.fetching = false;
+      send_fetch(self);
+    },
+    [=](role_atom) { on_role(self); },
+    [=](timeout_atom, std::uint64_t token) { answer_parked(self->state, true, token); },
+    [=](tick_atom) {
+      auto& st = self->state;
+      if (leads(st))
+        check_in_sync(self);
+      else
+        send_fetch(self);
+      self->delayed_send(self, std::chrono::milliseconds{250}, tick_atom::value);
+    },
     [=](stop_atom) {
       auto& st = self->state;
+      if (st.role && !st.acks.empty())
+        return step_down(self, "the node is shutting down");
       write_counters(st, true);
       flush(self);
       self->quit();

@@ -111,7 +111,7 @@ std::uint32_t keyless_partition(topic_route& route, const cluster_client* cluste
     return static_cast<std::uint32_t>(first % partitions);
   for (std::uint32_t k = 0; k < partitions; ++k) {
     auto p = static_cast<std::uint32_t>((first + k) % partitions);
-    if (cluster->up(cluster->where().owner(route.info.name, p)))
+    if (cluster->up(cluster->owner(route.info.name, p)))
       return p;
   }
   return static_cast<std::uint32_t>(first % partitions);
@@ -191,6 +191,18 @@ void publish_service::create_then(const std::string& topic, std::uint32_t partit
   req->done = [next](std::optional<std::string> err) {
     next(err ? std::optional<error>{error{errc::storage, *err}} : std::nullopt);
   };
+  if (control_ != nullptr) {
+    // Replicated: etcd decides the id and partition count, once for all nodes.
+    control_->ensure_topic(topic, partitions,
+                           [this, req, next](result<std::pair<std::uint32_t, std::uint32_t>> r) {
+                             if (!r)
+                               return next(r.error());
+                             req->id = r->first;
+                             req->partitions = r->second;
+                             sender_.create_topic(req);
+                           });
+    return;
+  }
   if (cluster_ == nullptr || partitions != 0)
     return sender_.create_topic(std::move(req));
   const auto& home = cluster_->where().home(topic);
@@ -272,9 +284,14 @@ void publish_service::route_items(const std::string& topic, std::vector<publish_
     for (std::uint32_t p = 0; p < parts.jobs.size(); ++p) {
       if (!parts.jobs[p])
         continue;
-      const auto& owner = cluster_->where().owner(topic, p);
+      auto owner = cluster_->owner(topic, p);
       if (cluster_->where().is_self(owner))
         continue;
+      if (owner.empty())
+        return done(tl::make_unexpected(
+          error{errc::unavailable, "partition " + topic + "/" + std::to_string(p)
+                                     + " has no leader now (an election is under way, or too "
+                                       "few of its copies are up); retry shortly"}));
       if (!cluster_->up(owner))
         return done(tl::make_unexpected(error{
           errc::unavailable, "partition " + topic + "/" + std::to_string(p) + " is owned by node "
@@ -338,7 +355,7 @@ void publish_service::append_local(const std::string& topic, std::uint32_t parti
   std::vector<job_ptr> jobs(partitions);
   for (auto& b : batches) {
     if (b.partition >= partitions || jobs[b.partition] || b.events.empty()
-        || !cluster_->where().is_self(cluster_->where().owner(topic, b.partition)))
+        || !cluster_->where().is_self(cluster_->owner(topic, b.partition)))
       return done(tl::make_unexpected(
         error{errc::invalid, "partition " + topic + "/" + std::to_string(b.partition)
                                + " is not this node's to append (" + cluster_->where().self()

@@ -9,6 +9,7 @@
 
 #include "actors/actor_sender.hpp"
 #include "actors/cluster.hpp"
+#include "actors/control_plane.hpp"
 #include "actors/node.hpp"
 #include "actors/node_context.hpp"
 #include "actors/query_pool.hpp"
@@ -43,6 +44,8 @@ public:
   /// In a cluster: partitions owned elsewhere are forwarded, new topics ask
   /// their home node. Set before the first publish.
   void set_cluster(cluster_client* cluster) { cluster_ = cluster; }
+  /// With replication: new topics are created through etcd.
+  void set_control(control_plane* control) { control_ = control; }
 
 private:
   /// Creates `topic` (with `partitions`, 0: as its home node decides), then
@@ -61,6 +64,7 @@ private:
   query_pool& pool_;
   actor_sender& sender_;
   cluster_client* cluster_ = nullptr;
+  control_plane* control_ = nullptr;
 };
 
 } // namespace nerve::actors::detail

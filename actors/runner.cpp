@@ -282,6 +282,11 @@ void on_child_down(runner_actor_t self, caf::down_msg& msg) {
       self->delayed_send(self, delay, restart_dlq_atom::value);
     return;
   }
+  if (ref.route && msg.reason == caf::exit_reason::user_shutdown) {
+    // A replicated partition changed role: its successor starts at once.
+    start_partition(self, ref.route, ref.partition);
+    return;
+  }
   if (ref.route) {
     const partition_slot* slot = ref.route->slots[ref.partition].get();
     // Never empty: the policy has no limit of restarts.
@@ -320,14 +325,15 @@ void on_child_down(runner_actor_t self, caf::down_msg& msg) {
 }
 
 caf::result<std::uint32_t> create_topic(runner_actor_t self, const std::string& topic,
-                                        std::uint32_t partitions) {
+                                        std::uint32_t partitions, std::uint32_t id) {
   auto& st = self->state;
   if (st.stopping)
     return make_caf_error(errc::unavailable, "the node is shutting down");
   if (auto route = st.ctx->routes.find(topic))
     return route->info.partitions;
   auto created = st.ctx->log->create_topic(
-    topic, partitions != 0 ? partitions : st.ctx->cfg->partitions_for(topic));
+    topic, partitions != 0 ? partitions : st.ctx->cfg->partitions_for(topic),
+    id != 0 ? std::optional<std::uint32_t>{id} : std::nullopt);
   if (!created)
     return make_caf_error(errc::storage, created.error().message);
   open_topic(self, *created);
@@ -402,8 +408,8 @@ runner_actor::behavior_type runner_behavior(runner_actor_t self, node_context* c
   self->set_down_handler([=](caf::down_msg& msg) { on_child_down(self, msg); });
   return {
     [=](ready_atom) { return true; },
-    [=](create_topic_atom, const std::string& topic, std::uint32_t partitions) {
-      return create_topic(self, topic, partitions);
+    [=](create_topic_atom, const std::string& topic, std::uint32_t partitions, std::uint32_t id) {
+      return create_topic(self, topic, partitions, id);
     },
     [=](restart_partition_atom, const std::string& topic, std::uint32_t p) {
       auto& st = self->state;

@@ -230,6 +230,8 @@ public:
     add("POST", "/v1/dlq/{id}/retry",
         [this](auto&, auto& p, auto& respond) { env_.node.dlq_retry(p[0], dlq_answer(respond)); });
     add("GET", "/v1/cluster", [this](auto&, auto&, auto& respond) { cluster(env_, respond); });
+    add("GET", "/v1/cluster/partitions",
+        [this](auto&, auto&, auto& respond) { cluster_partitions(env_, respond); });
     add("POST", "/v1/replays",
         [this](auto& req, auto&, auto& respond) { replay_create(env_, req, respond); });
     add("GET", "/v1/replays", [this](auto&, auto&, auto& respond) { replay_list(env_, respond); });

@@ -697,6 +697,49 @@ void replay_history(const api_env& env, request& req, const std::string& id, con
 
 } // namespace
 
+/// Replicated partitions: etcd's record as this node read it, the high
+/// watermark and the followers from the leader's answer.
+json merge_partitions(const api_env& env, std::vector<std::pair<std::string, json>>& parts) {
+  json mine;
+  std::map<std::pair<std::string, std::uint64_t>, json> from_leader;
+  std::map<std::pair<std::string, std::uint64_t>, json> copies;
+  for (auto& [node, body] : parts) {
+    if (node == env.node.node_id())
+      mine = body;
+    for (auto& p : body.value("partitions", json::array())) {
+      std::pair key{p.value("topic", ""), p.value("partition", std::uint64_t{0})};
+      if (p.value("role", "") == "leader")
+        from_leader[key] = p;
+      if (p.contains("log_end"))
+        copies[key].push_back({{"node", node},
+                               {"role", p.value("role", "")},
+                               {"log_end", p["log_end"]},
+                               {"high_watermark", p.value("high_watermark", std::uint64_t{0})}});
+    }
+  }
+  if (mine.is_null() && !parts.empty())
+    mine = parts.front().second;
+  json out = json::array();
+  for (auto& p : mine.value("partitions", json::array())) {
+    json one = p;
+    one.erase("role");
+    std::pair key{p.value("topic", ""), p.value("partition", std::uint64_t{0})};
+    if (auto it = from_leader.find(key); it != from_leader.end()) {
+      one["high_watermark"] = it->second.value("high_watermark", std::uint64_t{0});
+      one["log_end"] = it->second.value("log_end", std::uint64_t{0});
+      one["followers"] = it->second.value("followers", json::array());
+    } else {
+      one.erase("high_watermark");
+      one.erase("log_end");
+      one["followers"] = json::array();
+    }
+    one["copies"] = copies[key].is_null() ? json::array() : copies[key];
+    out.push_back(std::move(one));
+  }
+  mine["partitions"] = std::move(out);
+  return mine;
+}
+
 bool cluster_route(const api_env& env, const std::string& method, const std::string& label,
                    request& req, const params& p, responder& respond, const local_fn& local) {
   if (req.local || !env.node.cluster().clustered)
@@ -745,6 +788,8 @@ bool cluster_route(const api_env& env, const std::string& method, const std::str
     one_replay(env, req, local, respond);
   else if (key == "GET /v1/replays/{id}/history")
     replay_history(env, req, p[0], local, respond);
+  else if (key == "GET /v1/cluster/partitions" && env.cfg.cluster.replicated())
+    merged(env, req, local, respond, [&env](auto& parts) { return merge_partitions(env, parts); });
   else if (key == "GET /v1/bus/stats")
     merged(env, req, local, respond, [](auto& parts) {
       return merge_sums(parts, {"topics", "partitions", "agents", "uptime_s"});

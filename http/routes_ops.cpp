@@ -218,4 +218,37 @@ void cluster(const api_env& env, responder& respond) {
   respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
 }
 
+/// This node's view of the replicated partitions: etcd's record and its
+/// own copy (merged across members by routes_cluster.cpp).
+void cluster_partitions(const api_env& env, responder& respond) {
+  json parts = json::array();
+  for (auto& v : env.node.replication()) {
+    json followers = json::array();
+    for (auto& f : v.followers) {
+      json one{{"node", f.node},
+               {"synced_end", f.synced_end},
+               {"lag", v.log_end > f.synced_end ? v.log_end - f.synced_end : 0}};
+      if (f.last_fetch_us != 0)
+        one["last_fetch"] = actors::format_time(f.last_fetch_us);
+      followers.push_back(std::move(one));
+    }
+    json p{{"topic", v.topic},   {"partition", v.partition}, {"epoch", v.epoch},
+           {"leader", v.leader}, {"replicas", v.replicas},   {"in_sync", v.in_sync}};
+    if (!v.role.empty()) {
+      p["role"] = v.role;
+      p["high_watermark"] = v.high_watermark;
+      p["log_end"] = v.log_end;
+    }
+    if (v.role == "leader")
+      p["followers"] = std::move(followers);
+    parts.push_back(std::move(p));
+  }
+  json body{{"node_id", env.node.node_id()},
+            {"replicated", env.cfg.cluster.replicated()},
+            {"replication_factor", env.cfg.cluster.replication_factor},
+            {"min_insync", env.cfg.cluster.min_insync},
+            {"partitions", std::move(parts)}};
+  respond(json_response(200, body.dump(-1, ' ', false, json::error_handler_t::replace)));
+}
+
 } // namespace nerve::http

@@ -117,5 +117,7 @@ void prometheus(const api_env& env, responder& respond);
 void bus_stats(const api_env& env, responder& respond);
 void storage_health(const api_env& env, responder& respond);
 void cluster(const api_env& env, responder& respond);
+/// GET /v1/cluster/partitions: leaders, in-sync sets, high watermarks, lag.
+void cluster_partitions(const api_env& env, responder& respond);
 
 } // namespace nerve::http

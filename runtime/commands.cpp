@@ -435,6 +435,41 @@ int cluster_status(const client_options& client) {
   });
 }
 
+int cluster_partitions(const client_options& client) {
+  auto res = call_api(client, "GET", "/v1/cluster/partitions");
+  if (!res)
+    return res.error();
+  if (res->status != 200)
+    return report_failure(client, "cluster partitions", *res);
+  return print_answer(client, "cluster partitions", *res, [](const json& j) {
+    if (!j.value("replicated", false)) {
+      std::cout << "partitions are not replicated (cluster.replication_factor is 1): each has "
+                   "one owner; see nerve cluster status\n";
+      return;
+    }
+    auto join = [](const json& list) {
+      std::string out;
+      if (list.is_array())
+        for (auto& v : list)
+          if (v.is_string())
+            out += (out.empty() ? "" : ",") + v.get<std::string>();
+      return out;
+    };
+    table t{
+      {"TOPIC", "PARTITION", "EPOCH", "LEADER", "REPLICAS", "IN_SYNC", "HIGH_WATERMARK", "LAG"}};
+    for (auto& p : items_of(j, "partitions")) {
+      std::string lag;
+      for (auto& f : items_of(p, "followers"))
+        lag += (lag.empty() ? "" : ",") + str(f, "node") + "=" + str(f, "lag");
+      auto leader = str(p, "leader");
+      t.add({str(p, "topic"), str(p, "partition"), str(p, "epoch"),
+             leader.empty() ? "(none)" : leader, join(p.value("replicas", json::array())),
+             join(p.value("in_sync", json::array())), str(p, "high_watermark"), lag});
+    }
+    t.print(std::cout);
+  });
+}
+
 namespace {
 
 void print_replay(const json& answer) {

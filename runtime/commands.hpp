@@ -90,6 +90,8 @@ int storage_health(const client_options& client);
 
 /// `nerve cluster status`: the nodes of the cluster.
 int cluster_status(const client_options& client);
+/// nerve cluster partitions: leaders, epochs, in-sync sets, high watermarks, lag.
+int cluster_partitions(const client_options& client);
 
 struct replay_options {
   std::string action; ///< start | status | cancel | list | history

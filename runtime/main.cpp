@@ -184,6 +184,8 @@ int main(int argc, char** argv) {
   cluster_cmd->require_subcommand(1);
   auto* cluster_status_cmd
     = cluster_cmd->add_subcommand("status", "nodes: id, address, state, partitions owned");
+  auto* cluster_partitions_cmd = cluster_cmd->add_subcommand(
+    "partitions", "replicated partitions: leader, epoch, in-sync copies, high watermark, lag");
   add_client_flags(cluster_cmd, client);
 
   replay_options replay_opts;
@@ -276,6 +278,8 @@ int main(int argc, char** argv) {
     return storage_health(client);
   if (cluster_status_cmd->parsed())
     return cluster_status(client);
+  if (cluster_partitions_cmd->parsed())
+    return cluster_partitions(client);
   if (replay_cmd->parsed()) {
     replay_opts.action = "start";
     for (auto* sub : replay_cmd->get_subcommands())

@@ -40,15 +40,6 @@ int run_server(const config::flag_overrides& flags) {
     print_error("config: " + cfg.error());
     return exit_usage;
   }
-  if (cfg->cluster.replicated()) {
-    // The settings parse and are checked, but the replicated data path is
-    // not in this build: refuse rather than run with one copy silently.
-    print_error("config: cluster.replication_factor: "
-                + std::to_string(cfg->cluster.replication_factor)
-                + " is not available in this version yet (replication, cluster step 2, is being "
-                  "built); run with replication_factor 1");
-    return exit_usage;
-  }
   setup_logging(cfg->log);
   auto started = std::chrono::steady_clock::now();
   auto node = actors::start_node(*cfg);

@@ -438,9 +438,9 @@ if __name__ == "__main__":
 
 
 class ReplicationSettingsTest(ConfigTestCase):
-    """Cluster step 2's settings are checked at start-up; until the
-    replicated data path lands, replication_factor > 1 is refused, never run
-    with one copy."""
+    """Cluster step 2's settings are checked at start-up: a replicated
+    cluster that could not keep its promise (no etcd, an in-sync minimum
+    above the copies) is refused, never run with fewer copies."""
 
     def cluster(self, extra):
         return self.write("nerve.yaml", (
@@ -452,10 +452,11 @@ class ReplicationSettingsTest(ConfigTestCase):
         line = self.refused(self.base_args() + ["--config", path])
         self.assertIn("cluster.replication_factor: 3 needs cluster.etcd", line)
 
-    def test_replication_is_refused_until_it_is_built(self):
-        path = self.cluster("  replication_factor: 3\n  etcd: [http://127.0.0.1:2379]\n")
+    def test_min_insync_above_the_copies_is_refused(self):
+        path = self.cluster("  replication_factor: 2\n  min_insync: 3\n"
+                            "  etcd: [http://127.0.0.1:2379]\n")
         line = self.refused(self.base_args() + ["--config", path])
-        self.assertIn("cluster.replication_factor: 3 is not available", line)
+        self.assertIn("cluster.min_insync", line)
 
     def test_a_bad_etcd_url_is_named(self):
         path = self.cluster("  etcd: [localhost:2379]\n")
