@@ -155,8 +155,16 @@ class Nodes:
         """member id -> "up" / "down" as `node_id` sees them."""
         return {m["id"]: m["state"] for m in self.view(node_id)["nodes"]}
 
+    def partitions(self, node_id, topic):
+        """partition -> its entry of GET /v1/cluster/partitions (cluster step 2: epoch,
+        leader ("" while none), replicas, in_sync, high_watermark, log_end, followers), for
+        `topic`, as `node_id` sees it."""
+        view = get_json(self.endpoint(node_id), "/v1/cluster/partitions", self.token)
+        return {e["partition"]: e for e in view["partitions"] if e["topic"] == topic}
+
     def owners(self, node_id, topic):
-        """partition -> owner id of `topic`, as `node_id` sees it."""
+        """partition -> owner id of `topic` (with replication: its leader), as `node_id`
+        sees it in GET /v1/cluster."""
         out = {}
         for m in self.view(node_id)["nodes"]:
             for p in m["partitions"]:
@@ -404,9 +412,12 @@ class Prober:
 # -- after the run ---------------------------------------------------------------------
 
 
-def run_checker(cluster, directory, history_path, faults_path):
+def run_checker(cluster, directory, history_path, faults_path, placement_path=None,
+                min_insync=None):
     """Dumps every (stopped) node into `directory` and runs checker.py over the dumps, the
-    history and the faults; returns the Report."""
+    history and the faults; returns the Report. With `placement_path` (GET
+    /v1/cluster/partitions saved before the nodes stopped) the checker runs in its
+    replicated mode (cluster step 2)."""
     dumps = {}
     for arg in cluster.dump_all(directory):
         node, _, path = arg.partition("=")
@@ -416,7 +427,11 @@ def run_checker(cluster, directory, history_path, faults_path):
         attempts = checker.parse_history(f, history_path)
     with open(faults_path, encoding="utf-8") as f:
         faults = checker.parse_faults(f, faults_path)
-    return checker.check(dumps, attempts, False, faults)
+    if placement_path is None:
+        return checker.check(dumps, attempts, False, faults)
+    with open(placement_path, encoding="utf-8") as f:
+        placement = checker.parse_placement(f.read(), placement_path)
+    return checker.check(dumps, attempts, True, faults, placement, min_insync)
 
 
 def wait_until(fn, timeout_s, what, pause_s=0.05):
@@ -443,6 +458,74 @@ def all_linked(nodes, running):
                 return f"{n} sees {states}"
         return True
     return check
+
+
+# -- replication (cluster step 2) -------------------------------------------------------
+
+
+def replicas_ready(nodes, topic, partitions, on, in_sync=3, exclude=()):
+    """A check for wait_until: through every node in `on`, every partition of `topic` has a
+    leader (not in `exclude`) and at least `in_sync` replicas in sync, and every node names
+    the same leader and epoch. Returns {partition: entry} (as the first node of `on` sees
+    it) once true, else a string saying what is missing."""
+    def check():
+        first = None
+        for n in on:
+            view = nodes.partitions(n, topic)
+            if sorted(view) != list(range(partitions)):
+                return f"{n} lists partitions {sorted(view)} of {topic}"
+            for p, e in sorted(view.items()):
+                if not e.get("leader") or e["leader"] in exclude:
+                    return f"{n}: {topic}/{p} has leader {e.get('leader')!r}"
+                if len(e.get("in_sync", [])) < in_sync:
+                    return f"{n}: {topic}/{p} in sync {e.get('in_sync')}"
+            if first is None:
+                first = view
+            else:
+                for p in range(partitions):
+                    a, b = first[p], view[p]
+                    if (a["leader"], a["epoch"]) != (b["leader"], b["epoch"]):
+                        return (f"{topic}/{p}: {on[0]} says leader {a['leader']} epoch "
+                                f"{a['epoch']}, {n} says {b['leader']} epoch {b['epoch']}")
+        return first
+    return check
+
+
+def caught_up(nodes, topic, partitions, node_id, replicas=3):
+    """A check for wait_until: as `node_id` sees it, every partition of `topic` has a
+    leader and all `replicas` copies in sync, the high watermark is the log end, and every
+    follower has synced up to it (lag 0). Returns {partition: entry} once true."""
+    def check():
+        view = nodes.partitions(node_id, topic)
+        if sorted(view) != list(range(partitions)):
+            return f"{node_id} lists partitions {sorted(view)} of {topic}"
+        for p, e in sorted(view.items()):
+            if not e.get("leader") or len(e.get("in_sync", [])) < replicas:
+                return f"{topic}/{p}: leader {e.get('leader')!r}, in sync {e.get('in_sync')}"
+            if e["high_watermark"] != e["log_end"]:
+                return f"{topic}/{p}: high watermark {e['high_watermark']} < end {e['log_end']}"
+            followers = e.get("followers", [])
+            if len(followers) < replicas - 1:
+                return f"{topic}/{p}: followers {followers}"
+            for f in followers:
+                if f.get("lag") != 0 or f.get("synced_end") != e["log_end"]:
+                    return f"{topic}/{p}: follower {f} behind end {e['log_end']}"
+        return view
+    return check
+
+
+def leading_counts(view, node_ids):
+    """node id -> how many partitions of a replicas view ({p: entry}) it leads."""
+    return {n: sum(1 for e in view.values() if e["leader"] == n) for n in node_ids}
+
+
+def placement_file(path, nodes, node_id):
+    """Writes GET /v1/cluster/partitions of `node_id` to `path` (the checker's
+    --partitions) and returns it."""
+    view = get_json(nodes.endpoint(node_id), "/v1/cluster/partitions", nodes.token)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(view, f)
+    return path
 
 
 def summarize(requests):
@@ -536,10 +619,12 @@ class ScenarioTestCase(unittest.TestCase):
             with open(os.path.join(self.workdir, f"{node_id}.stderr"), "w") as f:
                 f.write(srv.stderr_text() + "\n")
 
-    def check_logs(self, cluster, hist_path, faults):
-        """Writes the faults, runs the checker, fails with its report unless valid."""
+    def check_logs(self, cluster, hist_path, faults, placement_path=None, min_insync=None):
+        """Writes the faults, runs the checker, fails with its report unless valid (with a
+        placement: in its replicated mode)."""
         faults_path = history_mod.write_faults(os.path.join(self.workdir, "faults.jsonl"), faults)
-        report = run_checker(cluster, self.workdir, hist_path, faults_path)
+        report = run_checker(cluster, self.workdir, hist_path, faults_path, placement_path,
+                             min_insync)
         text = report.text()
         self.log("checker:\n" + text)
         self.result["checker"] = {c.name: c.violations for c in report.checks}
