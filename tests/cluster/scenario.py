@@ -528,6 +528,27 @@ def placement_file(path, nodes, node_id):
     return path
 
 
+def until_each(prober, pairs, want, timeout_s, pause_s=0.1):
+    """Probes every (node, partition) of `pairs` at once, each in its own thread, until it
+    answers a status in `want` or `timeout_s` passes. Returns {(node, partition): (the last
+    Request, every Request sent)}: each pair's first success is timed on its own, not
+    after the pairs probed before it."""
+    out = {}
+    lock = threading.Lock()
+
+    def run(node_id, p):
+        r, tried = prober.until(node_id, p, want, timeout_s, pause_s)
+        with lock:
+            out[(node_id, p)] = (r, tried)
+
+    threads = [threading.Thread(target=run, args=pair, daemon=True) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 2 * REQUEST_TIMEOUT_S)
+    return out
+
+
 def summarize(requests):
     """status -> count; a 503 whose forward was lost counts as "503-indeterminate"."""
     out = {}
@@ -611,6 +632,80 @@ class ScenarioTestCase(unittest.TestCase):
         most = max(counts.values())
         victim = self.rng.choice(sorted(n for n, c in counts.items() if c == most))
         return hist_path, hist, sender, prober, owners, victim
+
+    # -- cluster step 2 -------------------------------------------------------------------
+
+    def start_replicated(self, partitions, replication=None, etcd=None, cluster_cls=None,
+                         **kw):
+        """Starts etcd and a 3-node ReplicatedCluster (cluster_harness) in the work dir
+        with topics of `partitions` partitions; waits until every node is linked. Returns
+        (cluster, Nodes)."""
+        import cluster_harness
+        cls = cluster_cls or cluster_harness.ReplicatedCluster
+        cluster = cls(3, workdir=self.workdir, replication=replication, etcd=etcd,
+                      config={"topics": {"defaults": {"partitions": partitions}}}, **kw)
+        self.addCleanup(cluster.cleanup)
+        self.cluster = cluster
+        cluster.start()
+        nodes = Nodes(cluster.nodes, getattr(cluster, "token", None))
+        wait_until(all_linked(nodes, nodes.ids()), 30, "all nodes linked")
+        return cluster, nodes
+
+    def probe_replicated(self, nodes, topic, partitions, within_s=20.0):
+        """Opens the history; probes each partition through each node until it answers 201
+        (the topic is created in etcd and its partitions elect leaders on first use: 503
+        meanwhile), within `within_s`; waits until every partition has 3 in-sync replicas
+        and one leader every node agrees on. Returns (history path, history, sender,
+        prober, {partition: entry of /v1/cluster/partitions})."""
+        hist_path = os.path.join(self.workdir, "history.jsonl")
+        hist = history_mod.History(hist_path)
+        self.addCleanup(hist.close)
+        sender = Sender(nodes, topic, partitions, hist)
+        prober = Prober(sender)
+        t0 = time.monotonic()
+        for node_id in nodes.ids():
+            for p in range(partitions):
+                left = max(1.0, within_s - (time.monotonic() - t0))
+                r, tried = prober.until(node_id, p, {201}, left, pause_s=0.2)
+                self.assertEqual(r.status, 201, f"{topic}/{p} through {node_id}: {tried[-3:]}")
+        view = wait_until(replicas_ready(nodes, topic, partitions, nodes.ids(), in_sync=3),
+                          15, "every partition with a leader and 3 in-sync replicas")
+        self.log(f"every partition took writes through every node and has 3 in-sync "
+                 f"replicas after {time.monotonic() - t0:.1f} s")
+        return hist_path, hist, sender, prober, view
+
+    def pick_busiest_leader(self, view, node_ids):
+        """A node leading the most partitions (seeded on a tie)."""
+        counts = leading_counts(view, node_ids)
+        most = max(counts.values())
+        return self.rng.choice(sorted(n for n, c in counts.items() if c == most))
+
+    def drain_and_check(self, cluster, nodes, topic, partitions, hist, hist_path, sender, load,
+                        faults, min_insync=2, caught_up_s=30.0):
+        """Stops the load (retrying what is indeterminate), waits until every follower has
+        caught up, saves the placement, stops the nodes (all must exit 0) and runs the
+        checker in its replicated mode over every node's dump. Returns the load's
+        unresolved ids."""
+        unresolved = load.stop(drain_s=20.0)
+        hist.close()
+        requests = sender.requests
+        self.result.update(requests=len(requests), statuses=summarize(requests),
+                           events=dict(hist.counts), unresolved=len(unresolved))
+        self.log(f"{len(requests)} requests {summarize(requests)}; events {hist.counts}; "
+                 f"{len(unresolved)} ids still indeterminate")
+        self.assertEqual(load.unexpected, [], "requests refused with a 4xx")
+        t0 = time.monotonic()
+        for node_id in nodes.ids():
+            wait_until(caught_up(nodes, topic, partitions, node_id),
+                       max(1.0, caught_up_s - (time.monotonic() - t0)),
+                       f"every follower caught up (lag 0), as {node_id} sees it", pause_s=0.2)
+        self.result["caught_up_s"] = round(time.monotonic() - t0, 1)
+        placement = placement_file(os.path.join(self.workdir, "partitions.json"), nodes,
+                                   nodes.ids()[0])
+        codes = cluster.stop_all()
+        self.assertEqual(codes, {n: 0 for n in nodes.ids()}, cluster.stderr_text()[-3000:])
+        self.check_logs(cluster, hist_path, faults, placement, min_insync)
+        return unresolved
 
     def save_logs(self):
         """Writes every node's stderr into the work dir (nI.stderr)."""
