@@ -37,6 +37,28 @@ FIRST_WRITE_WITHIN_S = 20.0  # topic creation in etcd and the first elections
 SETTLE_WITHIN_S = 15.0
 
 
+def table_rows(text):
+    """The rows of an aligned CLI table as {HEADER: cell}: each cell starts where its
+    header starts (runtime/table.cpp), the last one runs to the end of the line."""
+    lines = [line for line in text.rstrip("\n").split("\n") if line.strip()]
+    if not lines:
+        return []
+    header = lines[0].split()
+    starts = []
+    for h in header:
+        starts.append(lines[0].index(h, starts[-1] + 1 if starts else 0))
+    rows = []
+    for line in lines[1:]:
+        if line.startswith("warning:"):
+            continue
+        cells = {}
+        for i, (h, start) in enumerate(zip(header, starts)):
+            end = starts[i + 1] if i + 1 < len(starts) else len(line)
+            cells[h.upper()] = line[start:end].strip()
+        rows.append(cells)
+    return rows
+
+
 class ReplicatedBasicTest(cluster_harness.ClusterTestCase):
 
     def setUp(self):
@@ -141,14 +163,13 @@ class ReplicatedBasicTest(cluster_harness.ClusterTestCase):
         url = cluster["n2"].url
         res = run_nerve(["cluster", "partitions", "--server", url])
         self.assertEqual(res.returncode, 0, res)
-        lines = res.stdout.splitlines()
-        self.assertIn("LEADER", lines[0].upper(), res.stdout)
+        rows = table_rows(res.stdout)
+        self.assertTrue(rows and {"TOPIC", "PARTITION", "LEADER"} <= set(rows[0]),
+                        f"the table needs TOPIC, PARTITION and LEADER columns:\n{res.stdout}")
         for p, leader in leaders.items():
-            rows = [line.split() for line in lines[1:]]
-            match = [r for r in rows if topic in r and str(p) in r[r.index(topic) + 1:]]
+            match = [r for r in rows if r["TOPIC"] == topic and r["PARTITION"] == str(p)]
             self.assertEqual(len(match), 1, f"{topic}/{p} in:\n{res.stdout}")
-            self.assertIn(leader, match[0], f"{topic}/{p} should name leader {leader}:\n"
-                                            f"{res.stdout}")
+            self.assertEqual(match[0]["LEADER"], leader, f"{topic}/{p}:\n{res.stdout}")
         res = run_nerve(["cluster", "partitions", "--server", url, "--json"])
         self.assertEqual(res.returncode, 0, res)
         self.assertEqual(json.loads(res.stdout),
