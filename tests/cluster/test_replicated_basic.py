@@ -6,6 +6,8 @@ A topic of 8 partitions gets events for every partition through every node. Then
 - every partition has a leader, all three nodes as replicas and all three in sync, and
   every node reports the same leader and epoch (GET /v1/cluster/partitions);
 - GET /v1/cluster lists, per node, the partitions it leads;
+- etcd holds what the API says: a registration per node, the topic's record, and per
+  partition a state record (leader, epoch, replicas, in sync) and a leader key;
 - once every follower's lag is 0, the high watermark is the log end and equals the
   number of events acknowledged in the partition; every node reads every partition in
   full;
@@ -144,6 +146,8 @@ class ReplicatedBasicTest(cluster_harness.ClusterTestCase):
                              f"GET /v1/cluster on {node}: partitions per node are not the "
                              f"partitions each leads")
 
+        self.check_etcd(cluster, topic, view)
+
         for node in NODES:
             caught = scenario.wait_until(
                 scenario.caught_up(nodes, topic, TOPIC_PARTITIONS, node), SETTLE_WITHIN_S,
@@ -204,6 +208,30 @@ class ReplicatedBasicTest(cluster_harness.ClusterTestCase):
                                           os.path.join(self.dir, "faults.jsonl"), []),
                                       placement, min_insync=2)
         self.assertTrue(report.valid, report.text())
+
+    def check_etcd(self, cluster, topic, view):
+        """What etcd holds under /nerve/<cluster.name>/ (actors/control_keys.hpp) agrees
+        with the API: a registration per node, the topic's record, and per partition a
+        state record with the leader, epoch, replicas and in-sync set the API reports and
+        a leader key naming the leader."""
+        keys = cluster.etcd.range_prefix(f"/nerve/{cluster.name}/")
+        root = f"/nerve/{cluster.name}/"
+        registered = sorted(k[len(root + "nodes/"):] for k in keys
+                            if k.startswith(root + "nodes/"))
+        self.assertEqual(registered, list(NODES), sorted(keys))
+        record = keys.get(root + "topics/" + topic)
+        self.assertIsNotNone(record, f"no topic record for {topic} in {sorted(keys)}")
+        topic_id = json.loads(record)["id"]
+        for p, e in sorted(view.items()):
+            state = keys.get(f"{root}parts/{topic_id}/{p}/state")
+            self.assertIsNotNone(state, f"no state record for {topic}/{p} (id {topic_id})")
+            state = json.loads(state)
+            self.assertEqual((state["leader"], state["epoch"], sorted(state["replicas"]),
+                              sorted(state["in_sync"])),
+                             (e["leader"], e["epoch"], sorted(e["replicas"]),
+                              sorted(e["in_sync"])), f"{topic}/{p}: etcd {state}, API {e}")
+            self.assertEqual(keys.get(f"{root}parts/{topic_id}/{p}/leader"), e["leader"],
+                             f"{topic}/{p}: the leader key")
 
 
 if __name__ == "__main__":
