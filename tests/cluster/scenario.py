@@ -546,6 +546,9 @@ def until_each(prober, pairs, want, timeout_s, pause_s=0.1):
         t.start()
     for t in threads:
         t.join(timeout_s + 2 * REQUEST_TIMEOUT_S)
+    missing = sorted(set(pairs) - set(out))
+    if missing:
+        raise AssertionError(f"probes of {missing} never ended")
     return out
 
 
