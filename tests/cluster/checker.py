@@ -32,7 +32,8 @@ Checks, each reported on its own with examples:
   land where the first attempt did).
 - single_owner: a partition's events are on one node only (cluster step 1: one owner per
   partition); with --replicas, replicas_agree instead: the nodes holding a partition
-  store the same events (id and sha1) at every offset they all hold.
+  store the same events (id and sha1) at every offset they all hold (a lagging replica
+  is a prefix of the others).
 - acked_present (needs --history): every acknowledged id is stored at the partition and
   offset it was acknowledged with, and was not acknowledged at two places.
 - failed_absent (needs --history): an id whose every attempt on a topic was refused
@@ -48,6 +49,25 @@ Checks, each reported on its own with examples:
   acknowledged for a partition it owns; while a node was cut off from its peers, no such
   attempt sent through another node was acknowledged (through the node itself it may be;
   attempts without `node` are not judged for isolation).
+
+Replicated mode (cluster step 2, --replicas; CLUSTER.md section 3(c)): each partition
+lives on R replicas, not on one owner. Give `--partitions FILE`, the JSON of `GET
+/v1/cluster/partitions` taken after the load drained (it implies --replicas), and the
+checks get stricter:
+
+- replicas_agree: only a partition's `replicas` store it; its `in_sync` replicas hold
+  every offset below its `high_watermark` and agree at every offset they all hold; a
+  replica out of the in-sync set must agree with them below the high watermark (above
+  it, it may hold an unacknowledged tail that it will truncate).
+- acked_present: an acknowledged id is at its offset on every in-sync replica, not only
+  on one node.
+- no_ok_below_min_insync (needs --history and --faults; instead of no_ok_while_owner_out,
+  whose one-owner rule does not hold once leaders fail over): no attempt sent and
+  answered while fewer than `--min-insync` of a partition's replicas were reachable was
+  acknowledged. A killed replica is out from its kill to its restart; an isolated one is
+  out for requests through the other nodes, and through the isolated node itself every
+  other replica is out (it can reach none of them, so with --min-insync 2 or more it
+  must acknowledge nothing).
 
 `info` ids may be stored or not; the report counts both. Exit status: 0 when every check
 holds, 1 when one does not (a readable report, or a summary with --json), 2 when an input
@@ -110,6 +130,19 @@ class Fault:
     t1: float
     partitions: Optional[frozenset] = None
     line: int = 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One partition of GET /v1/cluster/partitions (cluster step 2)."""
+    topic: str
+    partition: int
+    leader: str
+    replicas: tuple
+    in_sync: tuple
+    high_watermark: Optional[int] = None
+    log_end: Optional[int] = None
+    epoch: Optional[int] = None
 
 
 # -- reading the inputs ----------------------------------------------------------------
@@ -233,6 +266,45 @@ def parse_faults(lines, source="<faults>"):
                 raise InputError(f"{where}: 'partitions' must be a list of `topic/partition`")
             partitions = frozenset(_partition_name(p, where) for p in partitions)
         out.append(Fault(r["kind"], r["node"], t0, t1, partitions, n))
+    return out
+
+
+def parse_placement(text, source="<partitions>"):
+    """{(topic, p): Placement} of a GET /v1/cluster/partitions answer: {"partitions":
+    [...]} or the bare list."""
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise InputError(f"{source}: not JSON: {e}") from None
+    items = doc.get("partitions") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        raise InputError(f"{source}: expected {{\"partitions\": [...]}}")
+    out = {}
+    for n, e in enumerate(items):
+        where = f"{source}: partitions[{n}]"
+        if not isinstance(e, dict):
+            raise InputError(f"{where}: not a JSON object")
+        topic = e.get("topic")
+        if not isinstance(topic, str) or not topic:
+            raise InputError(f"{where}: 'topic' must be a non-empty string")
+        partition = _optional_uint(e, "partition", where)
+        if partition is None:
+            raise InputError(f"{where}: 'partition' is missing")
+        lists = {}
+        for name in ("replicas", "in_sync"):
+            v = e.get(name)
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                raise InputError(f"{where}: {name!r} must be a list of node ids")
+            lists[name] = tuple(v)
+        leader = e.get("leader") or ""
+        if not isinstance(leader, str):
+            raise InputError(f"{where}: 'leader' must be a string")
+        if (topic, partition) in out:
+            raise InputError(f"{where}: {topic}/{partition} is listed twice")
+        out[(topic, partition)] = Placement(
+            topic, partition, leader, lists["replicas"], lists["in_sync"],
+            _optional_uint(e, "high_watermark", where), _optional_uint(e, "log_end", where),
+            _optional_uint(e, "epoch", where))
     return out
 
 
@@ -385,21 +457,42 @@ def check_single_owner(logs):
     return c
 
 
-def check_replicas_agree(logs):
+def check_replicas_agree(logs, placement=None):
     c = Check("replicas_agree",
-              "replicas of a partition store the same event at every offset they all hold")
+              "replicas of a partition store the same event at every offset they all hold"
+              + ("; only its replicas store it, and its in-sync ones hold everything below "
+                 "its high watermark" if placement else ""))
+    placement = placement or {}
     for (topic, p), copies in sorted(logs.by_partition.items()):
+        place = placement.get((topic, p))
+        held = {node: {e.offset: e for e in reversed(entries)} for node, entries in copies.items()}
+        if place is not None:
+            strangers = sorted(set(copies) - set(place.replicas))
+            if strangers:
+                c.fail(f"{_tp(topic, p)} is stored on {', '.join(strangers)}, not among its "
+                       f"replicas {', '.join(place.replicas)}")
+            hw = place.high_watermark
+            for node in place.in_sync:
+                by = held.get(node, {})
+                missing = [o for o in range(hw or 0) if o not in by]
+                if missing:
+                    c.fail(f"{_tp(topic, p)}: in-sync replica {node} lacks offsets "
+                           f"{_ranges(missing)} below the high watermark {hw}")
         if len(copies) < 2:
             continue
-        held = {node: {e.offset: e for e in reversed(entries)} for node, entries in copies.items()}
-        common = min(max(offsets) + 1 for offsets in held.values())
+        common = max(max(offsets) + 1 for offsets in held.values())
         for offset in range(common):
-            seen = {node: (by[offset].id, by[offset].sha1) if offset in by else None
-                    for node, by in held.items()}
+            # Without a placement every holder is compared; with one, a replica out of the
+            # in-sync set only below the high watermark (above it, it may hold an
+            # unacknowledged tail it has yet to truncate).
+            judged = {node: by for node, by in held.items() if offset in by}
+            if place is not None and place.high_watermark is not None \
+                    and offset >= place.high_watermark:
+                judged = {node: by for node, by in judged.items() if node in place.in_sync}
+            seen = {node: (by[offset].id, by[offset].sha1) for node, by in judged.items()}
             if len(set(seen.values())) > 1:
                 c.fail(f"{_tp(topic, p)} offset {offset}: " + "; ".join(
-                    f"{node} " + (f"{v[0]} sha1 {v[1][:12]}" if v else "nothing")
-                    for node, v in sorted(seen.items())))
+                    f"{node} {v[0]} sha1 {v[1][:12]}" for node, v in sorted(seen.items())))
                 break  # one line per partition: past the first difference they all differ
     return c
 
@@ -421,8 +514,10 @@ class History:
                 if any(a.outcome == "ok" for a in atts)}
 
 
-def check_acked_present(logs, history):
-    c = Check("acked_present", "every acknowledged id is stored where it was acknowledged")
+def check_acked_present(logs, history, placement=None):
+    c = Check("acked_present", "every acknowledged id is stored where it was acknowledged"
+              + (", on every in-sync replica" if placement else ""))
+    placement = placement or {}
     for event_id, oks in sorted(history.acked().items()):
         places = sorted({(a.topic, a.partition, a.offset) for a in oks})
         if len(places) > 1:
@@ -448,6 +543,13 @@ def check_acked_present(logs, history):
                              for node, by in sorted(copies.items()))
             c.fail(f"id {event_id} acknowledged at {_tp(topic, p)} offset {offset}: lost "
                    f"(stored: {ends})")
+            continue
+        place = placement.get((topic, p))
+        for node in (place.in_sync if place is not None else ()):
+            if offset not in copies.get(node, {}):
+                c.fail(f"id {event_id} acknowledged at {_tp(topic, p)} offset {offset}: "
+                       f"in-sync replica {node} does not hold that offset (found on "
+                       f"{', '.join(found) or 'no node'})")
     return c
 
 
@@ -577,8 +679,45 @@ def check_no_ok_while_owner_out(logs, history, faults):
     return c
 
 
+def check_no_ok_below_min_insync(logs, history, faults, placement, min_insync):
+    c = Check("no_ok_below_min_insync",
+              f"no acknowledgement, sent and answered while fewer than {min_insync} of a "
+              f"partition's replicas were reachable")
+    placement = placement or {}
+    for a in history.attempts:
+        if a.outcome != "ok":
+            continue
+        place = placement.get((a.topic, a.partition))
+        replicas = set(place.replicas) if place is not None else \
+            set(logs.by_partition.get((a.topic, a.partition), {}))
+        out = set()
+        why = []
+        for f in faults:
+            if a.t0 < f.t0 or a.t1 > f.t1:
+                continue  # not wholly inside the fault
+            if f.kind == "kill":
+                gone = {f.node} & replicas
+            elif a.node is None:
+                continue  # an isolation is judged by the node the request went through
+            elif a.node == f.node:
+                gone = replicas - {f.node}  # the isolated node reaches none of the others
+            else:
+                gone = {f.node} & replicas
+            if gone - out:
+                out |= gone
+                why.append(f"{f.kind} {f.node} {f.t0}..{f.t1}")
+        reachable = len(replicas - out)
+        if reachable < min_insync:
+            via = f" through {a.node}" if a.node else ""
+            c.fail(f"id {a.id} acknowledged at {_tp(a.topic, a.partition)} offset {a.offset}"
+                   f"{via} (sent {a.t0}, answered {a.t1}) with {reachable} of its replicas "
+                   f"{', '.join(sorted(replicas))} reachable ({'; '.join(why)})")
+    return c
+
+
 class Report:
-    def __init__(self, logs, history, checks, replicas, faults=None):
+    def __init__(self, logs, history, checks, replicas, faults=None, placement=None):
+        self.placement = placement
         self.logs = logs
         self.history = history
         self.checks = checks
@@ -615,6 +754,8 @@ class Report:
         if self.faults is not None:
             out["faults"] = [{"kind": f.kind, "node": f.node, "t0": f.t0, "t1": f.t1}
                              for f in self.faults]
+        if self.placement is not None:
+            out["placement"] = len(self.placement)
         return out
 
     def text(self):
@@ -624,6 +765,11 @@ class Report:
         if self.history is not None:
             counts = ", ".join(f"{self.history.counts.get(o, 0)} {o}" for o in OUTCOMES)
             lines.append(f"history: {len(self.history.attempts)} attempts ({counts})")
+        if self.placement is not None:
+            under = sum(1 for pl in self.placement.values()
+                        if len(pl.in_sync) < len(pl.replicas))
+            lines.append(f"replicated: placement of {len(self.placement)} partitions, "
+                         f"{under} with fewer in sync than replicas")
         for f in self.faults or []:
             lines.append(f"fault: {f.kind} {f.node} from {f.t0} to {f.t1} "
                          f"({f.t1 - f.t0:.1f} s)")
@@ -649,15 +795,18 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-def check(dumps, attempts=None, replicas=False, faults=None):
+def check(dumps, attempts=None, replicas=False, faults=None, placement=None, min_insync=None):
     """Runs every check on {node: [Entry]}, the attempts (None: no history) and the
-    faults (None: none recorded)."""
+    faults (None: none recorded). `replicas` (or a `placement`, {(topic, p): Placement},
+    which implies it) is the replicated mode of cluster step 2; `min_insync` its
+    cluster.min_insync."""
+    replicas = replicas or placement is not None
     logs = Logs(dumps)
     history = None if attempts is None else History(attempts)
     checks = [check_offsets_dense(logs), check_one_id_per_offset(logs),
               check_no_duplicate_ids(logs), check_id_in_one_partition(logs),
-              check_replicas_agree(logs) if replicas else check_single_owner(logs)]
-    history_checks = [("acked_present", lambda: check_acked_present(logs, history)),
+              check_replicas_agree(logs, placement) if replicas else check_single_owner(logs)]
+    history_checks = [("acked_present", lambda: check_acked_present(logs, history, placement)),
                       ("failed_absent", lambda: check_failed_absent(logs, history)),
                       ("stored_were_published", lambda: check_stored_were_published(logs, history)),
                       ("per_key_order", lambda: check_per_key_order(history))]
@@ -668,13 +817,21 @@ def check(dumps, attempts=None, replicas=False, faults=None):
             checks.append(skipped)
         else:
             checks.append(run())
+    fault_check = "no_ok_below_min_insync" if replicas else "no_ok_while_owner_out"
     if history is None or faults is None:
-        skipped = Check("no_ok_while_owner_out", "")
+        skipped = Check(fault_check, "")
         skipped.skipped = "needs --history and --faults"
         checks.append(skipped)
-    else:
+    elif not replicas:
         checks.append(check_no_ok_while_owner_out(logs, history, faults))
-    return Report(logs, history, checks, replicas, faults)
+    elif min_insync is None:
+        skipped = Check(fault_check, "")
+        skipped.skipped = "needs --min-insync"
+        checks.append(skipped)
+    else:
+        checks.append(check_no_ok_below_min_insync(logs, history, faults, placement,
+                                                   min_insync))
+    return Report(logs, history, checks, replicas, faults, placement)
 
 
 # -- command line --------------------------------------------------------------------------
@@ -711,6 +868,12 @@ def main(argv=None):
     parser.add_argument("--replicas", action="store_true",
                         help="partitions are replicated: nodes holding one must agree on "
                              "the offsets they all hold (default: one owner per partition)")
+    parser.add_argument("--partitions", metavar="FILE",
+                        help="GET /v1/cluster/partitions saved after the drain: replicated "
+                             "mode (implies --replicas) with the replicas, in-sync sets and "
+                             "high watermarks")
+    parser.add_argument("--min-insync", type=int, metavar="N",
+                        help="cluster.min_insync, for no_ok_below_min_insync (replicated)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     args = parser.parse_args(argv)
     try:
@@ -726,10 +889,13 @@ def main(argv=None):
         faults = None
         if args.faults:
             faults = parse_faults(_read_lines(args.faults), args.faults)
+        placement = None
+        if args.partitions:
+            placement = parse_placement("".join(_read_lines(args.partitions)), args.partitions)
     except InputError as e:
         print(f"checker: {e}", file=sys.stderr)
         return 2
-    report = check(dumps, attempts, args.replicas, faults)
+    report = check(dumps, attempts, args.replicas, faults, placement, args.min_insync)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

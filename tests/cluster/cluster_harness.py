@@ -12,6 +12,12 @@ with -9 and restarted comes back on the same data directory and the same address
 `dump_all()` writes `nerve __dump-log` of every node's data directory for
 tests/cluster/checker.py; stop the nodes first (or kill them: a dump is of a stopped
 node's directory).
+
+`ReplicatedCluster` is cluster step 2 (CLUSTER.md section 3(c), CONTRACT.md section 9):
+the same nodes plus an etcd cluster of their own (etcd_harness.py) and, in every node's
+config, `cluster.etcd` (every member's client URL), a `cluster.name` unique to the run (so
+two runs never share etcd keys), `replication_factor`, `min_insync`, `replica_lag` and
+`lease_ttl`. It starts etcd before the nodes and removes both at the end.
 """
 
 import os
@@ -20,6 +26,7 @@ import signal
 import socket
 import sys
 import tempfile
+import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "blackbox"))
 
@@ -141,11 +148,87 @@ class Cluster:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def merged(base, extra):
+    """A copy of dict `base` with dict `extra` merged in, nested dicts merged key by key."""
+    out = dict(base or {})
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merged(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# The replication settings of the step-2 tests: three copies, two of which must be in sync
+# to acknowledge; a follower silent for 2 s leaves the in-sync set; a dead leader's etcd
+# lease lapses after 3 s (CONTRACT.md section 9: a new leader within 10 s).
+REPLICATION = {"replication_factor": 3, "min_insync": 2, "replica_lag": "2s",
+               "lease_ttl": "3s"}
+
+
+def cluster_name(prefix="t"):
+    """A cluster.name no other run shares (its etcd keys live under /nerve/<name>/)."""
+    return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def replication_config(etcd_endpoints, name, **settings):
+    """The `cluster` section of a replicated node's config: REPLICATION, overridden by
+    `settings`, with `etcd` and `name`."""
+    return dict(REPLICATION, **settings, etcd=list(etcd_endpoints), name=name)
+
+
+class ReplicatedCluster(Cluster):
+    """A Cluster with replication on, over an etcd cluster of its own (`self.etcd`).
+
+    `replication` overrides REPLICATION (e.g. {"min_insync": 2}); `config` is the rest of
+    every node's config (a dict). `etcd_size` members are started by start(), before the
+    nodes; `etcd` may instead be an etcd_harness.EtcdCluster made (and cleaned up) by the
+    caller, started or not.
+    """
+
+    def __init__(self, size=3, config=None, replication=None, etcd=None, etcd_size=3,
+                 workdir=None, **kw):
+        import etcd_harness  # here: a step-1 test never needs it
+        own_workdir = workdir is None
+        workdir = workdir or tempfile.mkdtemp(prefix="nerve-repl-")
+        self._own_etcd = etcd is None
+        self.etcd = etcd or etcd_harness.EtcdCluster(
+            etcd_size, workdir=os.path.join(workdir, "etcd"))
+        self.name = cluster_name()
+        cluster = replication_config(self.etcd.endpoints(), self.name, **(replication or {}))
+        super().__init__(size, config=merged(config, {"cluster": cluster}), workdir=workdir,
+                         **kw)
+        self._own_workdir = own_workdir
+
+    def start(self, wait=True):
+        if self._own_etcd:
+            self.etcd.start()
+        return super().start(wait)
+
+    def cleanup(self):
+        try:
+            for srv in self.nodes.values():
+                srv.kill()
+        finally:
+            try:
+                if self._own_etcd:
+                    self.etcd.cleanup()
+            finally:
+                super().cleanup()
+
+
 class ClusterTestCase(ServerTestCase):
     """ServerTestCase with a cluster of its own per test."""
 
     def new_cluster(self, size=3, start=True, **kw):
         cluster = Cluster(size, **kw)
+        self.addCleanup(cluster.cleanup)
+        if start:
+            cluster.start()
+        return cluster
+
+    def new_replicated_cluster(self, size=3, start=True, **kw):
+        cluster = ReplicatedCluster(size, **kw)
         self.addCleanup(cluster.cleanup)
         if start:
             cluster.start()

@@ -155,8 +155,16 @@ class Nodes:
         """member id -> "up" / "down" as `node_id` sees them."""
         return {m["id"]: m["state"] for m in self.view(node_id)["nodes"]}
 
+    def partitions(self, node_id, topic):
+        """partition -> its entry of GET /v1/cluster/partitions (cluster step 2: epoch,
+        leader ("" while none), replicas, in_sync, high_watermark, log_end, followers), for
+        `topic`, as `node_id` sees it."""
+        view = get_json(self.endpoint(node_id), "/v1/cluster/partitions", self.token)
+        return {e["partition"]: e for e in view["partitions"] if e["topic"] == topic}
+
     def owners(self, node_id, topic):
-        """partition -> owner id of `topic`, as `node_id` sees it."""
+        """partition -> owner id of `topic` (with replication: its leader), as `node_id`
+        sees it in GET /v1/cluster."""
         out = {}
         for m in self.view(node_id)["nodes"]:
             for p in m["partitions"]:
@@ -404,9 +412,12 @@ class Prober:
 # -- after the run ---------------------------------------------------------------------
 
 
-def run_checker(cluster, directory, history_path, faults_path):
+def run_checker(cluster, directory, history_path, faults_path, placement_path=None,
+                min_insync=None):
     """Dumps every (stopped) node into `directory` and runs checker.py over the dumps, the
-    history and the faults; returns the Report."""
+    history and the faults; returns the Report. With `placement_path` (GET
+    /v1/cluster/partitions saved before the nodes stopped) the checker runs in its
+    replicated mode (cluster step 2)."""
     dumps = {}
     for arg in cluster.dump_all(directory):
         node, _, path = arg.partition("=")
@@ -416,7 +427,11 @@ def run_checker(cluster, directory, history_path, faults_path):
         attempts = checker.parse_history(f, history_path)
     with open(faults_path, encoding="utf-8") as f:
         faults = checker.parse_faults(f, faults_path)
-    return checker.check(dumps, attempts, False, faults)
+    if placement_path is None:
+        return checker.check(dumps, attempts, False, faults)
+    with open(placement_path, encoding="utf-8") as f:
+        placement = checker.parse_placement(f.read(), placement_path)
+    return checker.check(dumps, attempts, True, faults, placement, min_insync)
 
 
 def wait_until(fn, timeout_s, what, pause_s=0.05):
@@ -443,6 +458,98 @@ def all_linked(nodes, running):
                 return f"{n} sees {states}"
         return True
     return check
+
+
+# -- replication (cluster step 2) -------------------------------------------------------
+
+
+def replicas_ready(nodes, topic, partitions, on, in_sync=3, exclude=()):
+    """A check for wait_until: through every node in `on`, every partition of `topic` has a
+    leader (not in `exclude`) and at least `in_sync` replicas in sync, and every node names
+    the same leader and epoch. Returns {partition: entry} (as the first node of `on` sees
+    it) once true, else a string saying what is missing."""
+    def check():
+        first = None
+        for n in on:
+            view = nodes.partitions(n, topic)
+            if sorted(view) != list(range(partitions)):
+                return f"{n} lists partitions {sorted(view)} of {topic}"
+            for p, e in sorted(view.items()):
+                if not e.get("leader") or e["leader"] in exclude:
+                    return f"{n}: {topic}/{p} has leader {e.get('leader')!r}"
+                if len(e.get("in_sync", [])) < in_sync:
+                    return f"{n}: {topic}/{p} in sync {e.get('in_sync')}"
+            if first is None:
+                first = view
+            else:
+                for p in range(partitions):
+                    a, b = first[p], view[p]
+                    if (a["leader"], a["epoch"]) != (b["leader"], b["epoch"]):
+                        return (f"{topic}/{p}: {on[0]} says leader {a['leader']} epoch "
+                                f"{a['epoch']}, {n} says {b['leader']} epoch {b['epoch']}")
+        return first
+    return check
+
+
+def caught_up(nodes, topic, partitions, node_id, replicas=3):
+    """A check for wait_until: as `node_id` sees it, every partition of `topic` has a
+    leader and all `replicas` copies in sync, the high watermark is the log end, and every
+    follower has synced up to it (lag 0). Returns {partition: entry} once true."""
+    def check():
+        view = nodes.partitions(node_id, topic)
+        if sorted(view) != list(range(partitions)):
+            return f"{node_id} lists partitions {sorted(view)} of {topic}"
+        for p, e in sorted(view.items()):
+            if not e.get("leader") or len(e.get("in_sync", [])) < replicas:
+                return f"{topic}/{p}: leader {e.get('leader')!r}, in sync {e.get('in_sync')}"
+            if e["high_watermark"] != e["log_end"]:
+                return f"{topic}/{p}: high watermark {e['high_watermark']} < end {e['log_end']}"
+            followers = e.get("followers", [])
+            if len(followers) < replicas - 1:
+                return f"{topic}/{p}: followers {followers}"
+            for f in followers:
+                if f.get("lag") != 0 or f.get("synced_end") != e["log_end"]:
+                    return f"{topic}/{p}: follower {f} behind end {e['log_end']}"
+        return view
+    return check
+
+
+def leading_counts(view, node_ids):
+    """node id -> how many partitions of a replicas view ({p: entry}) it leads."""
+    return {n: sum(1 for e in view.values() if e["leader"] == n) for n in node_ids}
+
+
+def placement_file(path, nodes, node_id):
+    """Writes GET /v1/cluster/partitions of `node_id` to `path` (the checker's
+    --partitions) and returns it."""
+    view = get_json(nodes.endpoint(node_id), "/v1/cluster/partitions", nodes.token)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(view, f)
+    return path
+
+
+def until_each(prober, pairs, want, timeout_s, pause_s=0.1):
+    """Probes every (node, partition) of `pairs` at once, each in its own thread, until it
+    answers a status in `want` or `timeout_s` passes. Returns {(node, partition): (the last
+    Request, every Request sent)}: each pair's first success is timed on its own, not
+    after the pairs probed before it."""
+    out = {}
+    lock = threading.Lock()
+
+    def run(node_id, p):
+        r, tried = prober.until(node_id, p, want, timeout_s, pause_s)
+        with lock:
+            out[(node_id, p)] = (r, tried)
+
+    threads = [threading.Thread(target=run, args=pair, daemon=True) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 2 * REQUEST_TIMEOUT_S)
+    missing = sorted(set(pairs) - set(out))
+    if missing:
+        raise AssertionError(f"probes of {missing} never ended")
+    return out
 
 
 def summarize(requests):
@@ -529,6 +636,78 @@ class ScenarioTestCase(unittest.TestCase):
         victim = self.rng.choice(sorted(n for n, c in counts.items() if c == most))
         return hist_path, hist, sender, prober, owners, victim
 
+    # -- cluster step 2 -------------------------------------------------------------------
+
+    def start_replicated(self, partitions, replication=None, etcd=None, cluster_cls=None,
+                         **kw):
+        """Starts etcd and a 3-node ReplicatedCluster (cluster_harness) in the work dir
+        with topics of `partitions` partitions; waits until every node is linked. Returns
+        (cluster, Nodes)."""
+        import cluster_harness
+        cls = cluster_cls or cluster_harness.ReplicatedCluster
+        cluster = cls(3, workdir=self.workdir, replication=replication, etcd=etcd,
+                      config={"topics": {"defaults": {"partitions": partitions}}}, **kw)
+        self.addCleanup(cluster.cleanup)
+        self.cluster = cluster
+        cluster.start()
+        nodes = Nodes(cluster.nodes, getattr(cluster, "token", None))
+        wait_until(all_linked(nodes, nodes.ids()), 30, "all nodes linked")
+        return cluster, nodes
+
+    def probe_replicated(self, nodes, topic, partitions, within_s=20.0):
+        """Opens the history; probes each partition through each node until it answers 201
+        (the topic is created in etcd and its partitions elect leaders on first use: 503
+        meanwhile), within `within_s`; waits until every partition has 3 in-sync replicas
+        and one leader every node agrees on. Returns (history path, history, sender,
+        prober, {partition: entry of /v1/cluster/partitions})."""
+        hist_path = os.path.join(self.workdir, "history.jsonl")
+        hist = history_mod.History(hist_path)
+        self.addCleanup(hist.close)
+        sender = Sender(nodes, topic, partitions, hist)
+        prober = Prober(sender)
+        t0 = time.monotonic()
+        for node_id in nodes.ids():
+            for p in range(partitions):
+                left = max(1.0, within_s - (time.monotonic() - t0))
+                r, tried = prober.until(node_id, p, {201}, left, pause_s=0.2)
+                self.assertEqual(r.status, 201, f"{topic}/{p} through {node_id}: {tried[-3:]}")
+        view = wait_until(replicas_ready(nodes, topic, partitions, nodes.ids(), in_sync=3),
+                          15, "every partition with a leader and 3 in-sync replicas")
+        self.log(f"every partition took writes through every node and has 3 in-sync "
+                 f"replicas after {time.monotonic() - t0:.1f} s")
+        return hist_path, hist, sender, prober, view
+
+    def pick_busiest_leader(self, view, node_ids):
+        """A node leading the most partitions (seeded on a tie)."""
+        counts = leading_counts(view, node_ids)
+        most = max(counts.values())
+        return self.rng.choice(sorted(n for n, c in counts.items() if c == most))
+
+    def drain_and_check(self, cluster, nodes, topic, partitions, hist, hist_path, sender, load,
+                        faults, min_insync=2, caught_up_s=30.0):
+        """Stops the load (retrying what is indeterminate), waits until every follower has
+        caught up, saves the placement, stops the nodes (all must exit 0) and runs the
+        checker in its replicated mode over every node's dump. Returns the load's
+        unresolved ids."""
+        unresolved = load.stop(drain_s=20.0)
+        hist.close()
+        requests = sender.requests
+        self.result.update(requests=len(requests), statuses=summarize(requests),
+                           events=dict(hist.counts), unresolved=len(unresolved))
+        self.log(f"{len(requests)} requests {summarize(requests)}; events {hist.counts}; "
+                 f"{len(unresolved)} ids still indeterminate")
+        self.assertEqual(load.unexpected, [], "requests refused with a 4xx")
+        t0 = time.monotonic()
+        wait_until(caught_up(nodes, topic, partitions, nodes.ids()[0]), caught_up_s,
+                   "every follower caught up (lag 0)", pause_s=0.2)
+        self.result["caught_up_s"] = round(time.monotonic() - t0, 1)
+        placement = placement_file(os.path.join(self.workdir, "partitions.json"), nodes,
+                                   nodes.ids()[0])
+        codes = cluster.stop_all()
+        self.assertEqual(codes, {n: 0 for n in nodes.ids()}, cluster.stderr_text()[-3000:])
+        self.check_logs(cluster, hist_path, faults, placement, min_insync)
+        return unresolved
+
     def save_logs(self):
         """Writes every node's stderr into the work dir (nI.stderr)."""
         cluster = getattr(self, "cluster", None)
@@ -536,10 +715,12 @@ class ScenarioTestCase(unittest.TestCase):
             with open(os.path.join(self.workdir, f"{node_id}.stderr"), "w") as f:
                 f.write(srv.stderr_text() + "\n")
 
-    def check_logs(self, cluster, hist_path, faults):
-        """Writes the faults, runs the checker, fails with its report unless valid."""
+    def check_logs(self, cluster, hist_path, faults, placement_path=None, min_insync=None):
+        """Writes the faults, runs the checker, fails with its report unless valid (with a
+        placement: in its replicated mode)."""
         faults_path = history_mod.write_faults(os.path.join(self.workdir, "faults.jsonl"), faults)
-        report = run_checker(cluster, self.workdir, hist_path, faults_path)
+        report = run_checker(cluster, self.workdir, hist_path, faults_path, placement_path,
+                             min_insync)
         text = report.text()
         self.log("checker:\n" + text)
         self.result["checker"] = {c.name: c.violations for c in report.checks}

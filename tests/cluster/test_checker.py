@@ -14,7 +14,7 @@ import tempfile
 import unittest
 
 import checker
-from checker import Attempt, Entry, Fault
+from checker import Attempt, Entry, Fault, Placement
 
 CHECKS = ("offsets_dense", "one_id_per_offset", "no_duplicate_ids", "id_in_one_partition",
           "single_owner", "acked_present", "failed_absent", "stored_were_published",
@@ -77,9 +77,9 @@ class Scenario:
         for node in self.entries:
             self.entries[node] = [e for e in self.entries[node] if e.id != event_id]
 
-    def report(self, replicas=False, history=True, faults=()):
+    def report(self, replicas=False, history=True, faults=(), placement=None, min_insync=None):
         return checker.check(self.entries, self.attempts if history else None, replicas,
-                             list(faults))
+                             list(faults), placement, min_insync)
 
 
 def healthy():
@@ -112,7 +112,7 @@ def failed(report):
     return {c.name for c in report.checks if not c.ok}
 
 
-class CheckerTest(unittest.TestCase):
+class Asserts(unittest.TestCase):
 
     def assertFailsOnly(self, report, *names):
         self.assertEqual(failed(report), set(names), report.text())
@@ -120,6 +120,9 @@ class CheckerTest(unittest.TestCase):
         for name in names:
             check = next(c for c in report.checks if c.name == name)
             self.assertTrue(check.examples, name)
+
+
+class CheckerTest(Asserts):
 
     # -- passing --------------------------------------------------------------------------
 
@@ -338,6 +341,148 @@ class CheckerTest(unittest.TestCase):
         self.assertFailsOnly(s.report(replicas=True), "replicas_agree")
 
 
+REPLICATED_CHECKS = tuple("replicas_agree" if c == "single_owner" else c for c in CHECKS
+                          if c != "no_ok_while_owner_out")
+
+
+def replicated():
+    """healthy() as cluster step 2 stores it: every partition on all three nodes (the
+    replicas), every copy identical; and the placement GET /v1/cluster/partitions gives
+    after the drain: all in sync, high watermark at the end."""
+    s = healthy()
+    every = [e for entries in s.entries.values() for e in entries]
+    for node in s.entries:
+        s.entries[node] = [Entry(node, e.topic, e.partition, e.offset, e.id, e.time_us, e.sha1)
+                           for e in every]
+    placement = {tp: Placement(tp[0], tp[1], owner, ("n1", "n2", "n3"), ("n1", "n2", "n3"),
+                               s.next_offset[tp], s.next_offset[tp], 1)
+                 for tp, owner in s.OWNERS.items()}
+    return s, placement
+
+
+def with_placement(placement, topic, partition, **changes):
+    """A copy of `placement` with one partition's fields changed."""
+    out = dict(placement)
+    pl = out[(topic, partition)]
+    out[(topic, partition)] = Placement(**{**pl.__dict__, **changes})
+    return out
+
+
+def truncate(s, node, topic, partition, keep):
+    """Leaves `node` with the first `keep` offsets of a partition."""
+    s.entries[node] = [e for e in s.entries[node]
+                       if (e.topic, e.partition) != (topic, partition) or e.offset < keep]
+
+
+class ReplicatedCheckerTest(Asserts):
+    """The replicated mode (cluster step 2): each partition on three replicas."""
+
+    def test_identical_replicas_pass_every_check(self):
+        s, placement = replicated()
+        report = s.report(placement=placement, faults=[], min_insync=2)
+        self.assertTrue(report.valid, report.text())
+        names = [c.name for c in report.checks]
+        self.assertEqual(names, list(REPLICATED_CHECKS) + ["no_ok_below_min_insync"])
+        self.assertIn("replicated: placement of 5 partitions, 0 with fewer in sync", report.text())
+
+    def test_without_min_insync_the_quorum_check_is_skipped(self):
+        s, placement = replicated()
+        report = s.report(placement=placement, faults=[])
+        check = next(c for c in report.checks if c.name == "no_ok_below_min_insync")
+        self.assertEqual(check.skipped, "needs --min-insync")
+        self.assertTrue(report.valid, report.text())
+
+    def test_an_in_sync_replica_missing_an_ack_fails(self):
+        s, placement = replicated()
+        truncate(s, "n2", "t", 1, 2)  # w1-after was acknowledged at t/1 offset 2
+        report = s.report(placement=placement)
+        self.assertFailsOnly(report, "acked_present", "replicas_agree")
+        self.assertIn("id w1-after acknowledged at t/1 offset 2: in-sync replica n2 does not "
+                      "hold that offset", report.text())
+        self.assertIn("t/1: in-sync replica n2 lacks offsets 2 below the high watermark 3",
+                      report.text())
+        # Without a placement a lagging copy is only a prefix: fine.
+        self.assertTrue(s.report(replicas=True).valid)
+
+    def test_a_lagging_replica_out_of_the_in_sync_set_may_be_a_prefix(self):
+        s, placement = replicated()
+        truncate(s, "n2", "t", 1, 1)
+        placement = with_placement(placement, "t", 1, in_sync=("n1", "n3"))
+        report = s.report(placement=placement)
+        self.assertTrue(report.valid, report.text())
+
+    def test_an_unacknowledged_tail_above_the_high_watermark_on_an_out_of_sync_replica(self):
+        # n2, a deposed leader out of the in-sync set, holds at offset 3 of t/1 an event the
+        # others hold another one at, both above the high watermark (3): n2 will truncate
+        # it, so this passes. The same difference on an in-sync replica, or below the high
+        # watermark, fails.
+        s, placement = replicated()
+        s.attempt("w2-maybe3", "t", "x", "info")
+        s.attempt("w1-next", "t", "x", "info")
+        for node, event_id in (("n1", "w1-next"), ("n2", "w2-maybe3"), ("n3", "w1-next")):
+            s.entries[node].append(entry(node, "t", 1, 3, event_id))
+        out = with_placement(placement, "t", 1, in_sync=("n1", "n3"))
+        self.assertTrue(s.report(placement=out).valid, s.report(placement=out).text())
+        self.assertFailsOnly(s.report(placement=placement), "replicas_agree")
+        below = with_placement(out, "t", 1, high_watermark=4)
+        report = s.report(placement=below)
+        self.assertFailsOnly(report, "replicas_agree")
+        self.assertIn("t/1 offset 3: n1 w1-next", report.text())
+
+    def test_a_partition_stored_outside_its_replicas_fails_replicas_agree(self):
+        s, placement = replicated()
+        placement = with_placement(placement, "t", 3, replicas=("n1", "n3"),
+                                   in_sync=("n1", "n3"))
+        report = s.report(placement=placement)
+        self.assertFailsOnly(report, "replicas_agree")
+        self.assertIn("t/3 is stored on n2, not among its replicas n1, n3", report.text())
+
+    def test_differing_replicas_fail_replicas_agree(self):
+        s, placement = replicated()
+        at = next(i for i, e in enumerate(s.entries["n3"]) if (e.topic, e.partition) == ("t", 0))
+        e = s.entries["n3"][at]
+        s.entries["n3"][at] = Entry(e.node, e.topic, e.partition, e.offset, e.id, e.time_us,
+                                    "0" * 40)
+        self.assertFailsOnly(s.report(placement=placement), "replicas_agree")
+
+    # -- no acknowledgement without min_insync reachable replicas --------------------------
+
+    def quorum(self, faults, via="n1"):
+        """replicated(); then, at time 150 (inside faults from 100 to 200), an event of t/3
+        acknowledged through `via`; the report with min_insync 2."""
+        s, placement = replicated()
+        s.clock = 150.0
+        s.ok("during", "t", 3, "c", node=via)
+        for node in ("n1", "n2"):  # ok() stores on the owner only; replicas hold it too
+            e = s.entries["n3"][-1]
+            s.entries[node].append(Entry(node, e.topic, e.partition, e.offset, e.id,
+                                         e.time_us, e.sha1))
+        placement = with_placement(placement, "t", 3, high_watermark=s.next_offset[("t", 3)],
+                                   log_end=s.next_offset[("t", 3)])
+        return s.report(placement=placement, faults=faults, min_insync=2)
+
+    def test_one_replica_killed_leaves_a_quorum(self):
+        report = self.quorum([Fault("kill", "n3", 100.0, 200.0)])
+        self.assertTrue(report.valid, report.text())
+
+    def test_two_replicas_killed_leave_none(self):
+        faults = [Fault("kill", "n3", 100.0, 200.0), Fault("kill", "n2", 120.0, 180.0)]
+        report = self.quorum(faults)
+        self.assertFailsOnly(report, "no_ok_below_min_insync")
+        self.assertIn("with 1 of its replicas n1, n2, n3 reachable (kill n3 100.0..200.0; "
+                      "kill n2 120.0..180.0)", report.text())
+        # The second kill ended before the request was sent: a quorum again.
+        faults[1] = Fault("kill", "n2", 120.0, 140.0)
+        self.assertTrue(self.quorum(faults).valid)
+
+    def test_nothing_acknowledged_through_an_isolated_replica(self):
+        isolate = [Fault("isolate", "n3", 100.0, 200.0)]
+        self.assertFailsOnly(self.quorum(isolate, via="n3"), "no_ok_below_min_insync")
+        self.assertIn("through n3", self.quorum(isolate, via="n3").text())
+        # Through the majority side: n1 and n2 are a quorum.
+        self.assertTrue(self.quorum(isolate, via="n2").valid)
+
+
 class CommandLineTest(unittest.TestCase):
 
     def setUp(self):
@@ -424,6 +569,32 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(set(by_name), set(CHECKS))
         self.assertEqual(by_name["failed_absent"]["violations"], 1)
         self.assertTrue(by_name["acked_present"]["ok"])
+
+    def test_replicated_mode_with_a_partitions_file(self):
+        s, placement = replicated()
+        truncate(s, "n2", "t", 1, 2)
+        dumps, history = self.write_scenario(s)
+        view = {"partitions": [{"topic": p.topic, "partition": p.partition, "epoch": p.epoch,
+                                "leader": p.leader, "replicas": list(p.replicas),
+                                "in_sync": list(p.in_sync), "high_watermark": p.high_watermark,
+                                "log_end": p.log_end, "followers": []}
+                               for p in placement.values()]}
+        partitions = self.write("partitions.json", [json.dumps(view)])
+        faults = self.write("faults.jsonl", [])
+        code, out, _ = self.run_main(dumps + ["--history", history, "--partitions", partitions,
+                                              "--faults", faults, "--min-insync", "2"])
+        self.assertEqual(code, 1, out)
+        self.assertIn("FAIL  acked_present", out)
+        self.assertIn("in-sync replica n2 does not hold that offset", out)
+        self.assertIn("ok    no_ok_below_min_insync", out)
+        code, out, _ = self.run_main(dumps + ["--history", history, "--replicas", "--json"])
+        self.assertEqual(code, 0, out)
+        self.assertTrue(json.loads(out)["replicas"])
+        bad = self.write("bad-partitions.json", ['{"partitions": [{"topic": "t", '
+                                                 '"partition": 0, "replicas": "n1"}]}'])
+        code, _, err = self.run_main(dumps + ["--partitions", bad])
+        self.assertEqual(code, 2)
+        self.assertIn("'replicas' must be a list of node ids", err)
 
     def test_unreadable_inputs_exit_2(self):
         good = self.write("n1.dump", ["t 0 0 e0 1 " + "a" * 40])

@@ -172,7 +172,8 @@ class NamespacedServer(Server):
 
 class NamespacedCluster(cluster_harness.Cluster):
     """cluster_harness.Cluster with node nI in namespace I at 10.88.0.I, with TLS and a
-    token (non-loopback addresses need both)."""
+    token (non-loopback addresses need both). A `cluster` section in `config` (the
+    replicated variant's etcd and replication settings) is kept, TLS added to it."""
 
     def __init__(self, workdir, token, size=3, config=None):  # noqa: super().__init__ not run
         self._own_workdir = False
@@ -188,7 +189,8 @@ class NamespacedCluster(cluster_harness.Cluster):
             cert, key = certs[node_id]
             node_config = dict(config or {})
             node_config["http"] = {"token": token}
-            node_config["cluster"] = {"tls": {"cert": cert, "key": key, "ca": ca}}
+            node_config["cluster"] = dict(node_config.get("cluster") or {},
+                                          tls={"cert": cert, "key": key, "ca": ca})
             flags = ["--node-id", node_id, "--cluster-listen", f"{address(i)}:{CLUSTER_PORT}",
                      "--cluster-members", members]
             self.nodes[node_id] = NamespacedServer(namespace(i), workdir=node_dir,
