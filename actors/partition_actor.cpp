@@ -77,6 +77,7 @@ struct partition_state {
   /// Leader: appended batches waiting for the high watermark to pass them.
   struct awaiting {
     std::uint64_t end = 0;
+    std::chrono::steady_clock::time_point since;
     std::shared_ptr<std::vector<job_ptr>> jobs;
     std::shared_ptr<std::vector<persistence::append_result>> results;
     std::shared_ptr<std::vector<std::string>> followed;
@@ -554,6 +555,8 @@ constexpr auto fetch_park = std::chrono::milliseconds{500};
 constexpr auto fetch_timeout = std::chrono::seconds{5};
 /// Delivery-state changes kept per follower that is not fetching.
 constexpr std::size_t max_shipped_state = 100000;
+/// How long an appended batch may wait for the high watermark.
+constexpr auto ack_timeout = std::chrono::seconds{8};
 
 std::string where(const partition_state& st) {
   return st.route->info.name + "/" + std::to_string(st.partition);
@@ -904,18 +907,50 @@ void send_fetch(partition_actor_t self) {
           [self](caf::error&) { self->state.fetching = false; });
 }
 
+/// Answers the first `n` batches waiting for the high watermark as
+/// indeterminate: they are appended here and may be on followers, so a
+/// later leader may or may not keep them.
+void give_up_acks(partition_state& st, std::size_t n, const std::string& why) {
+  for (; n > 0 && !st.acks.empty(); --n) {
+    for (auto& job : *st.acks.front().jobs)
+      job->finish(tl::make_unexpected(persistence::error{
+        persistence::errc::io_error,
+        "indeterminate: partition " + where(st) + " appended the events but did not have them "
+          + "on its in-sync copies: " + why + "; they may or may not be kept: retry with the "
+          + "same id"}));
+    st.acks.pop_front();
+  }
+}
+
+/// The leader's periodic check of what waits for the high watermark: with
+/// fewer in-sync copies than min_insync nothing will pass it, and nothing
+/// waits longer than ack_timeout (the publisher retries with its ids).
+void check_acks(partition_state& st) {
+  if (st.acks.empty())
+    return;
+  auto& hooks = *st.ctx->replication;
+  if (st.role->in_sync.size() < hooks.min_insync)
+    return give_up_acks(st, st.acks.size(),
+                        "its in-sync set shrank below cluster.min_insync ("
+                          + std::to_string(hooks.min_insync) + ")");
+  auto now = std::chrono::steady_clock::now();
+  std::size_t old = 0;
+  while (old < st.acks.size() && now - st.acks[old].since > ack_timeout)
+    ++old;
+  if (old > 0)
+    give_up_acks(
+      st, old,
+      "its followers did not confirm them within "
+        + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(ack_timeout).count())
+        + " s");
+}
+
 /// Ends this actor for its successor in the partition's new role: a leader
 /// that is deposed answers what it appended but did not acknowledge as
 /// indeterminate (the next leader may or may not keep it).
 void step_down(partition_actor_t self, const std::string& why) {
   auto& st = self->state;
-  for (auto& a : st.acks)
-    for (auto& job : *a.jobs)
-      job->finish(tl::make_unexpected(persistence::error{
-        persistence::errc::io_error,
-        "indeterminate: partition " + where(st) + " changed leader before its in-sync copies "
-          + "had the events (" + why + "); they may or may not be kept: retry with the same id"}));
-  st.acks.clear();
+  give_up_acks(st, st.acks.size(), "it changed leader (" + why + ")");
   for (auto& job : st.batch)
     job->finish(tl::make_unexpected(not_led(st)));
   st.batch.clear();
@@ -954,9 +989,10 @@ void on_role(partition_actor_t self) {
   }
   st.role = std::move(next);
   if (leads(st)) {
+    // A shrunken set may let the watermark pass what waited for a follower,
+    // or leave too few copies for anything to pass it.
     advance_high_watermark(self);
-    // A shrunken set may let the watermark pass what waited for a follower.
-    finish_acks(self);
+    check_acks(st);
   }
 }
 
@@ -1005,7 +1041,8 @@ void flush_replicated(partition_actor_t self) {
       auto end = st.writer->next_offset();
       st.slot->log_end = end;
       st.acks.push_back(
-        {end, std::make_shared<std::vector<job_ptr>>(std::move(st.batch)),
+        {end, std::chrono::steady_clock::now(),
+         std::make_shared<std::vector<job_ptr>>(std::move(st.batch)),
          std::make_shared<std::vector<persistence::append_result>>(std::move(*appended)),
          std::move(followed)});
       st.ctx->log->after_durable(
@@ -1270,9 +1307,10 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     [=](timeout_atom, std::uint64_t token) { answer_parked(self->state, true, token); },
     [=](tick_atom) {
       auto& st = self->state;
-      if (leads(st))
+      if (leads(st)) {
         check_in_sync(self);
-      else
+        check_acks(st);
+      } else
         send_fetch(self);
       self->delayed_send(self, std::chrono::milliseconds{250}, tick_atom::value);
     },
