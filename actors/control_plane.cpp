@@ -92,9 +92,8 @@ public:
 
   void ensure_topic(const std::string& topic, std::uint32_t partitions,
                     callback<std::pair<std::uint32_t, std::uint32_t>> done) override {
-    post([this, topic, partitions, done = std::move(done)] {
-      done(create_topic(topic, partitions));
-    });
+    post(
+      [this, topic, partitions, done = std::move(done)] { done(create_topic(topic, partitions)); });
   }
 
   void change_in_sync(const std::string& topic, std::uint32_t p, std::uint32_t epoch,
@@ -345,8 +344,10 @@ private:
   /// Reads one partition's state and leader keys again (after a failed
   /// compare-and-swap).
   void reread(std::uint32_t tid, std::uint32_t p) {
-    auto r = call([&] { return client_.prefix(keys_.partitions() + std::to_string(tid) + "/"
-                                                + std::to_string(p) + "/"); });
+    auto r = call([&] {
+      return client_.prefix(keys_.partitions() + std::to_string(tid) + "/" + std::to_string(p)
+                            + "/");
+    });
     if (!r)
       return;
     part_key k{tid, p};
@@ -399,7 +400,8 @@ private:
       // The first partitions' states ride in the same txn; reconcile() adds
       // any that did not fit.
       for (std::uint32_t p = 0; p < partitions && ops.size() < txn_ops_max; ++p)
-        ops.push_back(etcd::op::put(keys_.state(t.id, p), control::encode(initial_state(topic, p))));
+        ops.push_back(
+          etcd::op::put(keys_.state(t.id, p), control::encode(initial_state(topic, p))));
       auto r = call([&] { return client_.txn(cmp, ops); });
       if (!r)
         return unavailable(r.error().message);
@@ -425,8 +427,7 @@ private:
 
   /// Takes the leader key of a partition without a leader, with the next
   /// epoch, in one txn that fails if anyone else changed its state first.
-  void elect(const std::string& topic, std::uint32_t tid, std::uint32_t p,
-             const cached_state& c) {
+  void elect(const std::string& topic, std::uint32_t tid, std::uint32_t p, const cached_state& c) {
     auto next = c.state;
     next.epoch = c.state.epoch + 1;
     if (!c.state.leader.empty() && c.state.leader != self_) {
@@ -469,7 +470,8 @@ private:
     // Only copies of the partition, and always the leader.
     std::vector<std::string> isr{self_};
     for (auto& n : in_sync)
-      if (n != self_ && std::find(next.replicas.begin(), next.replicas.end(), n) != next.replicas.end()
+      if (n != self_
+          && std::find(next.replicas.begin(), next.replicas.end(), n) != next.replicas.end()
           && std::find(isr.begin(), isr.end(), n) == isr.end())
         isr.push_back(n);
     std::sort(isr.begin(), isr.end());
@@ -540,8 +542,7 @@ private:
           leaders_view[name][p] = holder;
         view.push_back({name, t.id, p, s, holder});
         if (route && p < route->slots.size())
-          give_role(*route->slots[p], s, holder,
-                    lit == leaders_.end() ? 0 : lit->second.lease);
+          give_role(*route->slots[p], s, holder, lit == leaders_.end() ? 0 : lit->second.lease);
       }
     }
     std::unique_lock<std::shared_mutex> guard{view_mutex_};
@@ -587,9 +588,8 @@ private:
     {
       std::lock_guard<std::mutex> guard{slot.role_mutex};
       auto& old = slot.role;
-      if (old && old->role == role->role && old->epoch == role->epoch
-          && old->leader == role->leader && old->in_sync == role->in_sync
-          && old->replicas == role->replicas)
+      if (old && old->role == role->role && old->epoch == role->epoch && old->leader == role->leader
+          && old->in_sync == role->in_sync && old->replicas == role->replicas)
         return;
       slot.role = role;
     }

@@ -36,9 +36,9 @@ struct control_stats {
   std::atomic<std::uint64_t> etcd_errors{0};
   std::atomic<std::uint64_t> leader_changes{0}; ///< elections this node won
   detail::latency_histogram etcd_latency;
-  std::atomic<bool> etcd_ok{false};    ///< the last etcd call succeeded
-  std::atomic<bool> lease_ok{false};   ///< this node's lease is alive (as far as it knows)
-  std::atomic<bool> watching{false};   ///< the watch is running
+  std::atomic<bool> etcd_ok{false};  ///< the last etcd call succeeded
+  std::atomic<bool> lease_ok{false}; ///< this node's lease is alive (as far as it knows)
+  std::atomic<bool> watching{false}; ///< the watch is running
 };
 
 class control_plane {
