@@ -92,8 +92,14 @@ public:
 
   void ensure_topic(const std::string& topic, std::uint32_t partitions,
                     callback<std::pair<std::uint32_t, std::uint32_t>> done) override {
-    post(
-      [this, topic, partitions, done = std::move(done)] { done(create_topic(topic, partitions)); });
+    post([this, topic, partitions, done = std::move(done)] {
+      auto r = create_topic(topic, partitions);
+      if (!r)
+        return done(std::move(r));
+      // Answered once every partition has a leader (or after a moment), so
+      // that the first publish to a new topic finds its leaders.
+      waiters_.push_back({topic, clock_type::now() + 3s, std::move(done), *r});
+    });
   }
 
   void change_in_sync(const std::string& topic, std::uint32_t p, std::uint32_t epoch,
@@ -181,6 +187,7 @@ private:
         job();
       if (loaded_)
         reconcile();
+      answer_waiters();
     }
     watch_.reset();
     if (lease_ != 0) {
@@ -550,6 +557,26 @@ private:
     partitions_view_ = std::move(view);
   }
 
+  void answer_waiters() {
+    auto now = clock_type::now();
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      bool led = false;
+      {
+        std::shared_lock<std::shared_mutex> guard{view_mutex_};
+        auto v = leaders_view_.find(it->topic);
+        led = v != leaders_view_.end()
+              && std::all_of(v->second.begin(), v->second.end(),
+                             [](const std::string& l) { return !l.empty(); });
+      }
+      if (!led && now < it->deadline) {
+        ++it;
+        continue;
+      }
+      it->done(it->answer);
+      it = waiters_.erase(it);
+    }
+  }
+
   /// The in-sync copies try in the order of the partition's replicas (its
   /// placement), each a little after the one before: leaders spread over
   /// the nodes as placement does, and a dead first choice delays an
@@ -650,6 +677,13 @@ private:
   std::map<std::string, bool> creating_;
   std::map<std::string, bool> id_conflict_logged_;
   std::unique_ptr<etcd::watch_handle> watch_;
+  struct waiter {
+    std::string topic;
+    clock_type::time_point deadline;
+    callback<std::pair<std::uint32_t, std::uint32_t>> done;
+    std::pair<std::uint32_t, std::uint32_t> answer;
+  };
+  std::vector<waiter> waiters_;
 
   // Shared with other threads:
   mutable std::shared_mutex view_mutex_;

@@ -23,6 +23,7 @@
 #include "actors/control_plane.hpp"
 #include "actors/dlq_service.hpp"
 #include "actors/health_service.hpp"
+#include "actors/histogram_sum.hpp"
 #include "actors/publish_service.hpp"
 #include "actors/query_pool.hpp"
 #include "actors/query_service.hpp"
@@ -233,7 +234,38 @@ public:
 
   void storage(callback<storage_report> done) override { health_.storage(std::move(done)); }
 
-  metrics_snapshot scrape() const override { return health_.scrape(); }
+  metrics_snapshot scrape() const override {
+    auto s = health_.scrape();
+    if (!control_)
+      return s;
+    s.replicated = true;
+    auto& stats = control_->stats();
+    s.leader_elections = stats.leader_changes.load();
+    s.etcd_requests = stats.etcd_requests.load();
+    s.etcd_errors = stats.etcd_errors.load();
+    s.etcd_up = stats.etcd_ok.load();
+    histogram_sum sum;
+    sum.add(stats.etcd_latency);
+    s.etcd_latency = sum.view();
+    for (auto& v : replication()) {
+      if (v.role.empty() || v.role == "none"
+          || std::find(v.replicas.begin(), v.replicas.end(), cfg_.node_id) == v.replicas.end())
+        continue;
+      metrics_snapshot::replica_row r;
+      r.topic = v.topic;
+      r.partition = v.partition;
+      r.leads = v.role == "leader";
+      r.in_sync = static_cast<std::uint32_t>(v.in_sync.size());
+      r.replicas = static_cast<std::uint32_t>(v.replicas.size());
+      r.high_watermark = v.high_watermark;
+      r.log_end = v.log_end;
+      for (auto& f : v.followers)
+        r.follower_lag.emplace_back(f.node,
+                                    v.log_end > f.synced_end ? v.log_end - f.synced_end : 0);
+      s.replicas.push_back(std::move(r));
+    }
+    return s;
+  }
 
   bool healthy_now() const override { return health_.healthy_now(); }
 
@@ -299,6 +331,11 @@ public:
     cluster_report out;
     out.node_id = log_->node_id();
     out.clustered = cluster_ != nullptr;
+    if (control_) {
+      out.replicated = true;
+      out.etcd_up = control_->stats().etcd_ok.load();
+      out.lease_alive = control_->stats().lease_ok.load();
+    }
     if (!cluster_) {
       out.members.push_back({out.node_id, cfg_.http.listen, true, true, {}, 0, {}, {}});
       for (auto& a : cfg_.agents)

@@ -221,6 +221,24 @@ struct metrics_snapshot {
   std::uint64_t dlq_entries = 0;
   latency_view storage_write; ///< event group commits, since start-up
   latency_view storage_sync;  ///< WAL fsyncs, since start-up
+  /// Replication (cluster step 2); empty and zero without it.
+  bool replicated = false;
+  struct replica_row {
+    std::string topic;
+    std::uint32_t partition = 0;
+    bool leads = false; ///< this node leads it
+    std::uint32_t in_sync = 0;
+    std::uint32_t replicas = 0;
+    std::uint64_t high_watermark = 0;
+    std::uint64_t log_end = 0;
+    std::vector<std::pair<std::string, std::uint64_t>> follower_lag; ///< when it leads
+  };
+  std::vector<replica_row> replicas;  ///< the partitions this node holds a copy of
+  std::uint64_t leader_elections = 0; ///< won by this node, since start-up
+  std::uint64_t etcd_requests = 0;
+  std::uint64_t etcd_errors = 0;
+  bool etcd_up = false;
+  latency_view etcd_latency;
 };
 
 /// What to replay: a time window (or a list of event ids), narrowed to
@@ -334,6 +352,9 @@ struct replication_view {
 
 struct cluster_report {
   bool clustered = false;
+  bool replicated = false;  ///< partitions have leaders and in-sync copies (step 2)
+  bool etcd_up = false;     ///< with replication: etcd answered the last call
+  bool lease_alive = false; ///< with replication: this node's lease is kept alive
   std::string node_id;
   std::vector<member_view> members;
   /// What an operator should fix: agents that run on some members only.

@@ -84,7 +84,10 @@ struct partition_state {
   };
   std::deque<awaiting> acks;
   std::uint64_t next_token = 1;
-  bool fetching = false; ///< follower: a fetch is out, or its records are syncing
+  bool fetching = false;              ///< follower: a fetch is out, or its records are syncing
+  std::uint64_t fetch_generation = 0; ///< bumped by each role change
+  /// Publishes held while the partition has no leader (an election).
+  std::chrono::steady_clock::time_point held_since{};
   static inline const char* name = "partition";
 };
 
@@ -555,6 +558,8 @@ constexpr auto fetch_park = std::chrono::milliseconds{500};
 constexpr auto fetch_timeout = std::chrono::seconds{5};
 /// Delivery-state changes kept per follower that is not fetching.
 constexpr std::size_t max_shipped_state = 100000;
+/// How long publishes wait for a partition without a leader to get one.
+constexpr auto hold_for_leader = std::chrono::milliseconds{2000};
 /// How long an appended batch may wait for the high watermark.
 constexpr auto ack_timeout = std::chrono::seconds{8};
 
@@ -882,13 +887,13 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
     return send_fetch(self);
   // Fetched again once synced: the next fetch's offset acknowledges them.
   st.fetching = true;
-  st.ctx->log->after_durable(
-    [me = caf::actor_cast<caf::actor>(self), end](std::optional<persistence::error> failure) {
-      if (failure)
-        caf::anon_send_exit(me, caf::exit_reason::unhandled_exception);
-      else
-        caf::anon_send(me, synced_atom::value, end);
-    });
+  st.ctx->log->after_durable([me = caf::actor_cast<caf::actor>(self), gen = st.fetch_generation](
+                               std::optional<persistence::error> failure) {
+    if (failure)
+      caf::anon_send_exit(me, caf::exit_reason::unhandled_exception);
+    else
+      caf::anon_send(me, synced_atom::value, gen);
+  });
 }
 
 void send_fetch(partition_actor_t self) {
@@ -903,8 +908,15 @@ void send_fetch(partition_actor_t self) {
                     st.role->epoch,          st.writer->next_offset(),
                     st.writer->last_epoch(), st.ctx->replication->self};
   self->request(caf::actor_cast<peer_actor>(peer), fetch_timeout, fetch_atom::value, req)
-    .then([self](fetch_response& r) { on_fetched(self, r); },
-          [self](caf::error&) { self->state.fetching = false; });
+    .then(
+      [self, gen = st.fetch_generation](fetch_response& r) {
+        if (gen == self->state.fetch_generation)
+          on_fetched(self, r);
+      },
+      [self, gen = st.fetch_generation](caf::error&) {
+        if (gen == self->state.fetch_generation)
+          self->state.fetching = false;
+      });
 }
 
 /// Answers the first `n` batches waiting for the high watermark as
@@ -972,6 +984,41 @@ void step_down(partition_actor_t self, const std::string& why) {
 
 /// The control plane changed the partition's role: the same leadership
 /// carries on with its new in-sync set; anything else restarts the actor.
+/// Takes role `next` in place: a partition that does not lead keeps no
+/// delivery state, so it starts to follow or lead as it would on start-up.
+void become(partition_actor_t self, std::shared_ptr<const replica_role> next) {
+  auto& st = self->state;
+  st.role = std::move(next);
+  ++st.fetch_generation; // an answer to an earlier fetch is not applied
+  st.fetching = false;
+  st.followers.clear();
+  if (leads(st)) {
+    if (auto ok = st.writer->begin_epoch(st.role->epoch); !ok) {
+      spdlog::error("topic={} partition={}: cannot lead in epoch {}: {}", st.route->info.name,
+                    st.partition, st.role->epoch, ok.error().message);
+      st.role = std::make_shared<const replica_role>();
+      return;
+    }
+    st.led_since = std::chrono::steady_clock::now();
+    st.durable_end = std::min(st.writer->next_offset(), st.slot->high_watermark.load());
+    spdlog::info("topic={} partition={}: leading in epoch {} from offset {} (in sync: {})",
+                 st.route->info.name, st.partition, st.role->epoch, st.writer->next_offset(),
+                 fmt::join(st.role->in_sync, ","));
+    // Counted as synced here once what was written before is synced.
+    st.ctx->log->after_durable(
+      [me = caf::actor_cast<caf::actor>(self),
+       end = st.writer->next_offset()](std::optional<persistence::error> failure) {
+        if (!failure)
+          caf::anon_send(me, durable_atom::value, end);
+      });
+  } else if (st.role->role == role_kind::follower) {
+    send_fetch(self);
+  }
+  show_followers(st);
+  if (!st.batch.empty())
+    schedule_flush(self); // publishes held while there was no leader
+}
+
 void on_role(partition_actor_t self) {
   auto& st = self->state;
   auto next = st.slot->current_role();
@@ -979,6 +1026,8 @@ void on_role(partition_actor_t self) {
     return;
   bool same = next->role == st.role->role && next->epoch == st.role->epoch
               && next->leader == st.role->leader;
+  if (!same && !leads(st))
+    return become(self, std::move(next));
   if (!same) {
     std::string why = next->role == role_kind::leader
                         ? "this node leads it now, in epoch " + std::to_string(next->epoch)
@@ -1002,6 +1051,16 @@ void on_role(partition_actor_t self) {
 void flush_replicated(partition_actor_t self) {
   auto& st = self->state;
   auto& hooks = *st.ctx->replication;
+  auto now = std::chrono::steady_clock::now();
+  if (st.role->role == role_kind::none
+      && (st.held_since == decltype(now){} || now - st.held_since < hold_for_leader)) {
+    // No leader yet (a new topic, an election): held for a moment, since
+    // this node may be the one elected; the tick flushes again.
+    if (st.held_since == decltype(now){})
+      st.held_since = now;
+    return;
+  }
+  st.held_since = {};
   if (!leads(st)) {
     for (auto& job : st.batch)
       job->finish(tl::make_unexpected(not_led(st)));
@@ -1164,33 +1223,14 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
   st.durable_end = st.writer->next_offset();
   if (ctx->replication) {
-    st.role = st.slot->current_role();
-    if (!st.role)
-      st.role = std::make_shared<const replica_role>();
+    st.role = std::make_shared<const replica_role>();
     st.groups_ready = false;
     st.slot->log_end = st.durable_end;
     // Offsets below the high watermark are on every in-sync copy; the rest
     // of this log may never have been acknowledged.
     st.durable_end = std::min(st.durable_end, st.slot->high_watermark.load());
-    if (leads(st)) {
-      if (auto ok = st.writer->begin_epoch(st.role->epoch); !ok) {
-        spdlog::error("topic={} partition={}: cannot lead in epoch {}: {}", route->info.name, p,
-                      st.role->epoch, ok.error().message);
-        st.role = std::make_shared<const replica_role>();
-      } else {
-        st.led_since = std::chrono::steady_clock::now();
-        spdlog::info("topic={} partition={}: leading in epoch {} from offset {} (in sync: {})",
-                     route->info.name, p, st.role->epoch, st.writer->next_offset(),
-                     fmt::join(st.role->in_sync, ","));
-        // Synced here once what an earlier actor wrote is synced.
-        ctx->log->after_durable(
-          [me = caf::actor_cast<caf::actor>(self),
-           end = st.writer->next_offset()](std::optional<persistence::error> failure) {
-            if (!failure)
-              caf::anon_send(me, durable_atom::value, end);
-          });
-      }
-    }
+    if (auto role = st.slot->current_role())
+      become(self, std::move(role));
   } else {
     raise_to(st.slot->durable_end, st.durable_end);
   }
@@ -1299,7 +1339,9 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](fetch_atom, const fetch_request& req) { return on_fetch(self, req); },
     [=](fetched_atom, fetch_response& r) { on_fetched(self, r); },
-    [=](synced_atom, std::uint64_t) {
+    [=](synced_atom, std::uint64_t gen) {
+      if (gen != self->state.fetch_generation)
+        return;
       self->state.fetching = false;
       send_fetch(self);
     },
@@ -1307,6 +1349,8 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     [=](timeout_atom, std::uint64_t token) { answer_parked(self->state, true, token); },
     [=](tick_atom) {
       auto& st = self->state;
+      if (!st.batch.empty())
+        flush(self); // publishes held for a leader
       if (leads(st)) {
         check_in_sync(self);
         check_acks(st);

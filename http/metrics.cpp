@@ -196,6 +196,79 @@ void add_node(prometheus::Registry& reg, const actors::metrics_snapshot& s) {
                {}, s.storage_sync);
 }
 
+/// Replication (cluster step 2): this node's copies, its elections, etcd.
+void add_replication(prometheus::Registry& reg, const actors::metrics_snapshot& s) {
+  if (!s.replicated)
+    return;
+  auto& in_sync = prometheus::BuildGauge()
+                    .Name("nerve_partition_in_sync_replicas")
+                    .Help("In-sync copies of a partition this node leads (leader included)")
+                    .Register(reg);
+  auto& under = prometheus::BuildGauge()
+                  .Name("nerve_partition_under_replicated")
+                  .Help("1 when a partition this node leads has fewer in-sync copies than "
+                        "replicas")
+                  .Register(reg);
+  auto& hw = prometheus::BuildGauge()
+               .Name("nerve_partition_high_watermark")
+               .Help("Offsets below this are on every in-sync copy (as this copy knows)")
+               .Register(reg);
+  auto& end = prometheus::BuildGauge()
+                .Name("nerve_partition_log_end")
+                .Help("The next offset of this node's copy of a partition")
+                .Register(reg);
+  auto& leader = prometheus::BuildGauge()
+                   .Name("nerve_partition_leader")
+                   .Help("1 when this node leads the partition, 0 when it follows")
+                   .Register(reg);
+  auto& lag = prometheus::BuildGauge()
+                .Name("nerve_replication_lag_events")
+                .Help("Events a follower's synced copy is behind its leader's log end")
+                .Register(reg);
+  for (auto& r : s.replicas) {
+    Labels labels{{"topic", r.topic}, {"partition", std::to_string(r.partition)}};
+    end.Add(labels).Set(static_cast<double>(r.log_end));
+    hw.Add(labels).Set(static_cast<double>(r.high_watermark));
+    leader.Add(labels).Set(r.leads ? 1 : 0);
+    if (!r.leads)
+      continue;
+    in_sync.Add(labels).Set(r.in_sync);
+    under.Add(labels).Set(r.in_sync < r.replicas ? 1 : 0);
+    for (auto& [node, n] : r.follower_lag)
+      lag.Add({{"topic", r.topic}, {"partition", std::to_string(r.partition)}, {"follower", node}})
+        .Set(static_cast<double>(n));
+  }
+  prometheus::BuildCounter()
+    .Name("nerve_leader_elections_total")
+    .Help("Partition leaderships this node won, since start-up")
+    .Register(reg)
+    .Add({})
+    .Increment(static_cast<double>(s.leader_elections));
+  prometheus::BuildCounter()
+    .Name("nerve_etcd_requests_total")
+    .Help("Calls to etcd, since start-up")
+    .Register(reg)
+    .Add({})
+    .Increment(static_cast<double>(s.etcd_requests));
+  prometheus::BuildCounter()
+    .Name("nerve_etcd_errors_total")
+    .Help("Calls to etcd that failed, since start-up")
+    .Register(reg)
+    .Add({})
+    .Increment(static_cast<double>(s.etcd_errors));
+  prometheus::BuildGauge()
+    .Name("nerve_etcd_up")
+    .Help("1 when the last call to etcd succeeded")
+    .Register(reg)
+    .Add({})
+    .Set(s.etcd_up ? 1 : 0);
+  observe_view(prometheus::BuildHistogram()
+                 .Name("nerve_etcd_request_seconds")
+                 .Help("Time of one call to etcd")
+                 .Register(reg),
+               {}, s.etcd_latency);
+}
+
 } // namespace
 
 struct metrics::route_series {
@@ -273,6 +346,7 @@ void metrics::observe(route_series& s, unsigned status, std::chrono::steady_cloc
 std::string metrics::render(const actors::metrics_snapshot& snapshot) const {
   prometheus::Registry now;
   add_node(now, snapshot);
+  add_replication(now, snapshot);
   add_deliveries(now, snapshot);
   add_groups(now, snapshot);
   add_process(now);

@@ -14,6 +14,56 @@ using json = nlohmann::json;
 
 namespace {
 
+/// With replication (CONTRACT section 9): degraded while a partition has
+/// fewer in-sync copies than replicas; unhealthy while one has no leader or
+/// fewer in-sync copies than min_insync (it refuses writes), or etcd is out
+/// of reach (leaders step down when their lease lapses).
+json replication_indicator(const actors::cluster_report& c,
+                           const std::vector<actors::replication_view>& parts,
+                           const config::cluster_config& cfg) {
+  std::size_t up = 0;
+  for (auto& m : c.members)
+    up += m.up ? 1 : 0;
+  std::size_t leaderless = 0;
+  std::size_t below_min = 0;
+  std::size_t under = 0;
+  auto reachable = [&c](const std::string& node) {
+    for (auto& m : c.members)
+      if (m.id == node)
+        return m.up;
+    return false;
+  };
+  for (auto& p : parts) {
+    if (p.leader.empty() || !reachable(p.leader))
+      ++leaderless;
+    if (p.in_sync.size() < cfg.min_insync)
+      ++below_min;
+    else if (p.in_sync.size() < p.replicas.size())
+      ++under;
+  }
+  auto message = std::to_string(up) + " of " + std::to_string(c.members.size()) + " nodes up; "
+                 + std::to_string(parts.size()) + " partitions";
+  std::string status = up < c.members.size() || under > 0 ? "degraded" : "healthy";
+  if (!c.etcd_up || !c.lease_alive) {
+    status = "unhealthy";
+    message += c.etcd_up ? "; this node's etcd lease lapsed: it leads nothing"
+                         : "; etcd is out of reach: this node leads nothing once its lease lapses";
+  }
+  if (leaderless > 0) {
+    status = "unhealthy";
+    message += "; " + std::to_string(leaderless)
+               + " without a reachable leader (writes refused until one is elected)";
+  }
+  if (below_min > 0) {
+    status = "unhealthy";
+    message += "; " + std::to_string(below_min) + " with fewer than cluster.min_insync ("
+               + std::to_string(cfg.min_insync) + ") copies in sync (writes refused)";
+  }
+  if (under > 0)
+    message += "; " + std::to_string(under) + " under-replicated";
+  return json{{"name", "cluster"}, {"status", status}, {"message", message}};
+}
+
 /// "N of M nodes up": degraded while a member is down, unhealthy while a
 /// partition this node knows has its owner down (it refuses writes).
 json cluster_indicator(const actors::cluster_report& c) {
@@ -96,7 +146,9 @@ void detailed(const api_env& env, responder& respond) {
          {"status", h.dlq_size > limits.dlq_degraded ? "degraded" : "healthy"},
          {"message", std::to_string(h.dlq_size) + " in DLQ"}});
     add(agents_indicator(h));
-    add(cluster_indicator(env.node.cluster()));
+    auto report = env.node.cluster();
+    add(report.replicated ? replication_indicator(report, env.node.replication(), env.cfg.cluster)
+                          : cluster_indicator(report));
     std::string state;
     if (!h.storage_ok && !h.bus_ok)
       state = "DOWN";
