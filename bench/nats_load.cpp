@@ -176,8 +176,8 @@ private:
         std::size_t hdr = 0;
         if (headers) {
           auto prev = line.rfind(' ', last - 1);
-          hdr = std::strtoull(std::string{line.substr(prev + 1, last - prev - 1)}.c_str(),
-                              nullptr, 10);
+          hdr = std::strtoull(std::string{line.substr(prev + 1, last - prev - 1)}.c_str(), nullptr,
+                              10);
         }
         if (inbox_buf_.size() < eol + 2 + total + 2)
           break; // the payload is not all here yet
