@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <thread>
 
@@ -72,11 +73,19 @@ struct cached_leader {
   std::int64_t lease = 0;
 };
 
+/// A call to etcd may take a third of the lease's TTL: a keepalive that
+/// hangs on a member cut off from its quorum leaves time for one to another
+/// member before the lease lapses.
+std::chrono::milliseconds call_timeout(const config::config& cfg) {
+  return std::clamp<std::chrono::milliseconds>(cfg.cluster.lease_ttl / 3, 500ms, 2000ms);
+}
+
 class control_impl final : public control_plane {
 public:
   explicit control_impl(control_deps deps)
     : deps_(std::move(deps)), keys_(deps_.cfg->cluster.name), self_(deps_.cfg->node_id),
-      client_(etcd::client::options{deps_.cfg->cluster.etcd, 2000ms, 1000ms}) {
+      client_(etcd::client::options{deps_.cfg->cluster.etcd, call_timeout(*deps_.cfg),
+                                    call_timeout(*deps_.cfg) / 2}) {
     thread_ = std::thread([this] { run(); });
   }
 
@@ -183,6 +192,8 @@ private:
       keep_lease();
       if (!loaded_)
         load();
+      else
+        resync();
       for (auto& job : jobs)
         job();
       if (loaded_)
@@ -214,6 +225,11 @@ private:
     if (lease_ != 0) {
       auto sent = clock_type::now();
       auto r = call([&] { return client_.keepalive(lease_); });
+      if (!r && r.error().code != etcd::errc::rejected) {
+        // Once more, on the next member (the client moved on).
+        sent = clock_type::now();
+        r = call([&] { return client_.keepalive(lease_); });
+      }
       if (r) {
         lease_until_ = sent + std::chrono::seconds{*r};
       } else if (r.error().code == etcd::errc::rejected) {
@@ -263,14 +279,22 @@ private:
     if (clock_type::now() < next_load_)
       return;
     next_load_ = clock_type::now() + 500ms;
-    auto all = call([&] { return client_.prefix(keys_.root()); });
+    auto all = read_all();
     if (!all)
       return;
-    topics_.clear();
-    states_.clear();
-    leaders_.clear();
-    for (auto& kv : all->kvs)
-      take(kv, false);
+    if (deps_.fresh && !first_load_done_) {
+      // A lost disk must not come back as an in-sync copy: it is one again
+      // once it has caught up with its leader.
+      for (auto& [k, c] : states_)
+        if (c.state.epoch > 0 && c.state.is_in_sync(self_))
+          not_caught_up_.insert(k);
+      if (!not_caught_up_.empty())
+        spdlog::warn("cluster: this node's data directory was empty at start-up; its copies of "
+                     "{} partitions are not electable until they catch up with their leaders",
+                     not_caught_up_.size());
+    }
+    first_load_done_ = true;
+    next_resync_ = clock_type::now() + 1s;
     loaded_ = true;
     {
       std::lock_guard<std::mutex> guard{mutex_};
@@ -302,11 +326,37 @@ private:
     stats_.watching = true;
   }
 
+  /// Reads every key again once a second, whatever the watch says: a watch
+  /// on a member cut off from its quorum stays open and silent for seconds,
+  /// and an election must not wait for it.
+  void resync() {
+    auto now = clock_type::now();
+    if (now < next_resync_)
+      return;
+    next_resync_ = now + 1s;
+    (void)read_all();
+  }
+
+  /// Replaces the cache with every key as etcd has it now.
+  etcd::result<etcd::range_result> read_all() {
+    auto all = call([&] { return client_.prefix(keys_.root()); });
+    if (!all)
+      return all;
+    topics_.clear();
+    states_.clear();
+    leaders_.clear();
+    for (auto& kv : all->kvs)
+      take(kv, false);
+    resynced_at_ = all->revision;
+    return all;
+  }
+
   void take_events(const std::vector<etcd::watch_event>& events) {
     if (!loaded_)
       return;
     for (auto& e : events)
-      take(e.current, e.type == etcd::watch_event::kind::del);
+      if (e.current.mod_revision > resynced_at_) // not older than the last full read
+        take(e.current, e.type == etcd::watch_event::kind::del);
   }
 
   /// Takes in one key as read or watched; a record older than the cached
@@ -538,9 +588,12 @@ private:
         auto lit = leaders_.find(k);
         bool mine = std::find(c.state.replicas.begin(), c.state.replicas.end(), self_)
                     != c.state.replicas.end();
+        if (route && p < route->slots.size() && route->slots[p]->caught_up)
+          not_caught_up_.erase(k);
         if (lit != leaders_.end())
           absent_since_.erase(k);
-        else if (mine && c.state.is_in_sync(self_) && lease_alive() && my_turn(k, c.state))
+        else if (mine && c.state.is_in_sync(self_) && lease_alive() && my_turn(k, c.state)
+                 && not_caught_up_.count(k) == 0)
           elect(name, t.id, p, c);
         lit = leaders_.find(k);
         const auto& s = states_[k].state;
@@ -674,6 +727,10 @@ private:
   std::map<part_key, cached_state> states_;
   std::map<part_key, cached_leader> leaders_;
   std::map<part_key, clock_type::time_point> absent_since_; ///< seen without a leader since
+  std::set<part_key> not_caught_up_; ///< with an empty data directory: not electable yet
+  bool first_load_done_ = false;
+  clock_type::time_point next_resync_{};
+  std::int64_t resynced_at_ = 0; ///< the revision of the last full read
   std::map<std::string, bool> creating_;
   std::map<std::string, bool> id_conflict_logged_;
   std::unique_ptr<etcd::watch_handle> watch_;

@@ -74,6 +74,10 @@ struct control_deps {
   detail::node_context* ctx = nullptr;
   const config::config* cfg = nullptr;
   placement where;
+  /// The data directory was empty at start-up (a new node, or a lost disk):
+  /// this node's copies of partitions that already had a leader are not
+  /// electable until they caught up once, whatever their in-sync set says.
+  bool fresh = false;
   /// Creates a topic on this node with the cluster's id (through the runner).
   std::function<void(detail::create_ptr)> create_local;
 };

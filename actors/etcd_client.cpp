@@ -450,9 +450,13 @@ struct client::impl {
         why += (why.empty() ? "" : "; ") + ex.message;
         continue;
       }
-      if (ex.what == exchange::state::lost)
+      if (ex.what == exchange::state::lost) {
+        // The next call starts elsewhere: a member cut off from its peers
+        // takes requests and never answers them.
+        preferred = (e + 1) % endpoints.size();
         return tl::make_unexpected(make_error(errc::timeout, std::string{path} + ": " + ex.message
                                                                + ": the outcome is unknown"));
+      }
       auto answer = json::parse(ex.body, nullptr, false);
       if (answer.is_discarded() || !answer.is_object())
         return tl::make_unexpected(

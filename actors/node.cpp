@@ -125,6 +125,7 @@ public:
     if (cfg_.cluster.enabled())
       if (auto err = start_cluster_link())
         return err;
+    fresh_ = log_->topics().empty();
     if (cfg_.cluster.replicated())
       set_up_replication();
     sender_.set_runner(spawn_runner(system_, &ctx_));
@@ -494,6 +495,7 @@ private:
     deps.ctx = &ctx_;
     deps.cfg = &cfg_;
     deps.where = cluster_->where();
+    deps.fresh = fresh_;
     deps.create_local = [this](create_ptr req) { sender_.create_topic(std::move(req)); };
     control_ = start_control_plane(std::move(deps));
     cluster_->set_leaders([c = control_.get()](const std::string& topic, std::uint32_t p) {
@@ -561,6 +563,7 @@ private:
   health_service health_;
   std::unique_ptr<cluster_service> cluster_;
   std::unique_ptr<control_plane> control_; ///< with replication only
+  bool fresh_ = false;                     ///< the log held no topic at start-up
   std::mutex peer_mutex_;
   std::shared_ptr<peer_handler> peer_handler_;
   std::string runner_id_;

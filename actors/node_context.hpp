@@ -184,7 +184,9 @@ struct partition_slot {
   std::shared_ptr<const replica_role> role;     ///< guarded by role_mutex; set by the control plane
   std::atomic<std::uint64_t> high_watermark{0}; ///< below: on every in-sync copy
   std::atomic<std::uint64_t> log_end{0};        ///< this copy's next offset
-  std::vector<follower_view> followers;         ///< guarded by role_mutex; leader only
+  /// A follower's copy reached its leader's high watermark (at least once).
+  std::atomic<bool> caught_up{false};
+  std::vector<follower_view> followers; ///< guarded by role_mutex; leader only
 
   [[nodiscard]] std::shared_ptr<const replica_role> current_role() const {
     std::lock_guard<std::mutex> guard{role_mutex};

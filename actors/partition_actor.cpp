@@ -745,13 +745,17 @@ caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request
   }
   // Divergence: the follower's records past where its last epoch ends in
   // this leader's history were never acknowledged; it truncates them.
+  // The leader's history may not know the follower's last epoch at all (a
+  // leader that appended and lost its leadership): then the follower's
+  // records of that epoch are past `end` or differ, and it truncates to the
+  // end of `epoch` in its own history too (KIP-101).
   auto [epoch, end] = st.writer->end_of_epoch(req.last_epoch);
-  (void)epoch;
-  if (req.from > end) {
+  if (req.from > end || epoch != req.last_epoch) {
     fetch_response r;
     r.status = fetch_status::diverged;
     r.epoch = st.role->epoch;
     r.position = end;
+    r.position_epoch = epoch;
     return r;
   }
   auto first = st.ctx->log->stats(st.route->info, st.partition).first_offset;
@@ -834,15 +838,17 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
       spdlog::debug("topic={} partition={}: fetch refused: {}", st.route->info.name, st.partition,
                     r.error);
       return; // the control plane's next role, or the tick, fetches again
-    case fetch_status::diverged:
-      spdlog::warn("topic={} partition={}: truncating to offset {} (the end of epoch {} on "
+    case fetch_status::diverged: {
+      auto to = std::min(r.position, st.writer->end_of_epoch(r.position_epoch).second);
+      spdlog::warn("topic={} partition={}: truncating to offset {} (epoch {} ends at {} on "
                    "leader {}); offsets from there were never acknowledged",
-                   st.route->info.name, st.partition, r.position, st.writer->last_epoch(),
+                   st.route->info.name, st.partition, to, r.position_epoch, r.position,
                    st.role->leader);
-      if (auto ok = st.writer->truncate_to(r.position); !ok)
+      if (auto ok = st.writer->truncate_to(to); !ok)
         return fail("truncating", ok.error().message);
       st.slot->log_end = st.writer->next_offset();
       return send_fetch(self);
+    }
     case fetch_status::reset:
       spdlog::warn("topic={} partition={}: leader {} keeps offsets from {} only; starting there",
                    st.route->info.name, st.partition, st.role->leader, r.position);
@@ -881,6 +887,8 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
   auto end = st.writer->next_offset();
   st.slot->log_end = end;
   auto hw = std::min(r.high_watermark, end);
+  if (end >= r.high_watermark)
+    st.slot->caught_up = true;
   raise_to(st.slot->high_watermark, hw);
   raise_to(st.slot->durable_end, hw);
   if (!applied)
@@ -1012,7 +1020,13 @@ void become(partition_actor_t self, std::shared_ptr<const replica_role> next) {
           caf::anon_send(me, durable_atom::value, end);
       });
   } else if (st.role->role == role_kind::follower) {
-    send_fetch(self);
+    // Its first fetch says its end is synced: so it is, first.
+    st.fetching = true;
+    st.ctx->log->after_durable([me = caf::actor_cast<caf::actor>(self), gen = st.fetch_generation](
+                                 std::optional<persistence::error> failure) {
+      if (!failure)
+        caf::anon_send(me, synced_atom::value, gen);
+    });
   }
   show_followers(st);
   if (!st.batch.empty())

@@ -405,6 +405,33 @@ struct run_errors {
   }
 };
 
+/// A closed-loop run's answers: counted in all phases, timed inside the
+/// measured window only.
+struct answer_counts : run_errors {
+  std::chrono::steady_clock::time_point window_begin, window_end;
+  std::uint64_t ok_total = 0;  ///< successes in all phases
+  std::uint64_t ok_window = 0; ///< successes answered inside the window
+  std::uint64_t errors = 0;    ///< failed answers (wrong status, error reply)
+  std::uint64_t sampled = 0;   ///< answers checked in full
+  std::uint64_t sample_failures = 0;
+  std::vector<std::uint32_t> latencies_us; ///< window only
+
+  /// One answer to the request sent at `sent_at`.
+  void answered(bool good, std::chrono::steady_clock::time_point sent_at) {
+    auto now = std::chrono::steady_clock::now();
+    if (!good) {
+      ++errors;
+      return;
+    }
+    ++ok_total;
+    if (now >= window_begin && now < window_end) {
+      ++ok_window;
+      latencies_us.push_back(static_cast<std::uint32_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(now - sent_at).count()));
+    }
+  }
+};
+
 /// Runs f() when the timer expires (not when it is cancelled).
 template <class F>
 void on_expiry(net::steady_timer& t, F f) {

@@ -79,15 +79,8 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-struct run_state : run_errors {
+struct run_state : answer_counts {
   options opt;
-  clock_type::time_point window_begin, window_end;
-  std::uint64_t ok_total = 0;
-  std::uint64_t ok_window = 0;
-  std::uint64_t errors = 0;
-  std::uint64_t sampled = 0;
-  std::uint64_t sample_failures = 0;
-  std::vector<std::uint32_t> latencies_us;
   unsigned ready_clients = 0;
   unsigned open_clients = 0;
   std::function<void()> all_ready;
@@ -245,19 +238,7 @@ private:
     write(pub_head_ + std::to_string(seq_++) + pub_tail_);
   }
 
-  void answered(bool good) {
-    auto now = clock_type::now();
-    if (!good) {
-      ++st_.errors;
-      return;
-    }
-    ++st_.ok_total;
-    if (now >= st_.window_begin && now < st_.window_end) {
-      ++st_.ok_window;
-      st_.latencies_us.push_back(static_cast<std::uint32_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(now - sent_at_).count()));
-    }
-  }
+  void answered(bool good) { st_.answered(good, sent_at_); }
 
   void fail(const std::string& why) {
     if (!done_)

@@ -75,16 +75,10 @@ bool valid_stream_id(std::string_view id) {
 
 // -- the shared run state -----------------------------------------------------
 
-struct run_state : run_errors {
+struct run_state : answer_counts {
   options opt;
-  clock_type::time_point start, window_begin, window_end;
-  std::uint64_t ok_total = 0;  ///< successes in all phases
-  std::uint64_t ok_window = 0; ///< successes answered inside the window
-  std::uint64_t errors = 0;    ///< failed answers (wrong status, error reply)
-  std::uint64_t sampled = 0;   ///< answers checked in full
-  std::uint64_t sample_failures = 0;
-  std::vector<std::uint32_t> latencies_us; ///< window only
-  std::vector<std::string> sample_ids;     ///< ids read back after the run
+  clock_type::time_point start;
+  std::vector<std::string> sample_ids; ///< ids read back after the run
   unsigned open_clients = 0;
   std::function<void()> all_done; ///< called when the last connection finished
 };
@@ -177,19 +171,7 @@ private:
     return ok;
   }
 
-  void answered(bool good) {
-    auto now = clock_type::now();
-    if (!good) {
-      ++st_.errors;
-      return;
-    }
-    ++st_.ok_total;
-    if (now >= st_.window_begin && now < st_.window_end) {
-      ++st_.ok_window;
-      st_.latencies_us.push_back(static_cast<std::uint32_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(now - sent_at_).count()));
-    }
-  }
+  void answered(bool good) { st_.answered(good, sent_at_); }
 
   void fail(const std::string& why) {
     st_.io_failure(why);
