@@ -86,6 +86,9 @@ struct partition_state {
   std::uint64_t next_token = 1;
   bool fetching = false;              ///< follower: a fetch is out, or its records are syncing
   std::uint64_t fetch_generation = 0; ///< bumped by each role change
+  /// Leader: its latest appends in this epoch, so a fetch reads no disk.
+  std::deque<repl_record> recent;
+  std::size_t recent_bytes = 0;
   /// Publishes held while the partition has no leader (an election).
   std::chrono::steady_clock::time_point held_since{};
   static inline const char* name = "partition";
@@ -612,13 +615,56 @@ std::vector<repl_chunk> read_chunks(partition_state& st, std::uint64_t from) {
   return out;
 }
 
+/// Records from `from` on out of what this leader appended in its epoch
+/// (kept in memory): nothing when `from` is older than that.
+std::vector<repl_chunk> recent_chunks(partition_state& st, std::uint64_t from) {
+  std::vector<repl_chunk> out;
+  if (st.recent.empty() || from < st.recent.front().offset)
+    return out;
+  auto& chunk = out.emplace_back();
+  chunk.epoch = st.role->epoch;
+  std::size_t bytes = 0;
+  for (auto i = from - st.recent.front().offset;
+       i < st.recent.size() && chunk.records.size() < fetch_max_events && bytes < fetch_max_bytes;
+       ++i) {
+    bytes += st.recent[i].json.size();
+    chunk.records.push_back(st.recent[i]);
+  }
+  return out;
+}
+
+/// Remembers the records just appended, for the followers' next fetches.
+void keep_recent(partition_state& st, const std::vector<persistence::append_result>& appended) {
+  for (auto& r : appended) {
+    if (r.status != persistence::append_status::appended)
+      continue;
+    st.recent_bytes += r.json.size();
+    st.recent.push_back({r.where.offset, r.where.time_us, r.id, r.json});
+  }
+  while (!st.recent.empty()
+         && (st.recent.size() > fetch_max_events * 4 || st.recent_bytes > fetch_max_bytes * 4)) {
+    st.recent_bytes -= st.recent.front().json.size();
+    st.recent.pop_front();
+  }
+}
+
 fetch_response answer_for(partition_state& st, partition_state::follower& f, std::uint64_t from) {
   fetch_response r;
   r.status = fetch_status::ok;
   r.epoch = st.role->epoch;
   r.high_watermark = st.durable_end;
-  if (from < st.writer->next_offset())
-    r.chunks = read_chunks(st, from);
+  if (from < st.writer->next_offset()) {
+    r.chunks = recent_chunks(st, from);
+    if (r.chunks.empty())
+      r.chunks = read_chunks(st, from);
+    if (r.chunks.empty() || r.chunks.front().records.front().offset != from) {
+      // Retention removed `from`: the follower starts again at the oldest.
+      r.chunks.clear();
+      r.status = fetch_status::reset;
+      r.position = st.ctx->log->stats(st.route->info, st.partition).first_offset;
+      return r;
+    }
+  }
   r.state = std::move(f.state);
   f.state.clear();
   return r;
@@ -756,14 +802,6 @@ caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request
     r.epoch = st.role->epoch;
     r.position = end;
     r.position_epoch = epoch;
-    return r;
-  }
-  auto first = st.ctx->log->stats(st.route->info, st.partition).first_offset;
-  if (req.from < first) {
-    fetch_response r;
-    r.status = fetch_status::reset;
-    r.epoch = st.role->epoch;
-    r.position = first;
     return r;
   }
   auto& f = st.followers[req.node];
@@ -1000,6 +1038,8 @@ void become(partition_actor_t self, std::shared_ptr<const replica_role> next) {
   ++st.fetch_generation; // an answer to an earlier fetch is not applied
   st.fetching = false;
   st.followers.clear();
+  st.recent.clear();
+  st.recent_bytes = 0;
   if (leads(st)) {
     if (auto ok = st.writer->begin_epoch(st.role->epoch); !ok) {
       spdlog::error("topic={} partition={}: cannot lead in epoch {}: {}", st.route->info.name,
@@ -1111,6 +1151,7 @@ void flush_replicated(partition_actor_t self) {
         }
         at += n;
       }
+      keep_recent(st, *appended);
       auto end = st.writer->next_offset();
       st.slot->log_end = end;
       st.acks.push_back(

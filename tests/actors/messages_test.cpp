@@ -133,3 +133,27 @@ TEST_CASE("every node error survives the trip through caf::error", "[unit]") {
   auto theirs = from_caf_error(caf::make_error(caf::sec::request_timeout));
   CHECK(theirs.code == errc::unavailable);
 }
+
+TEST_CASE("replication fetches and their answers round-trip through the binary serializer",
+          "[unit]") {
+  two_nodes nodes;
+  fetch_request req{"omni:orders", 5, 7, 1ULL << 33, 6, "n2"};
+  CHECK(round_trip(nodes, req) == req);
+  fetch_response r;
+  r.status = fetch_status::diverged;
+  r.epoch = 7;
+  r.high_watermark = 1234;
+  r.position = 1200;
+  r.position_epoch = 5;
+  r.error = "none";
+  r.chunks = {repl_chunk{5, {repl_record{1200, 1733140000123456, "id-1", R"({"id":"id-1"})"}}},
+              repl_chunk{7,
+                         {repl_record{1201, 1733140000123457, "id-2", "{}"},
+                          repl_record{1202, 1733140000123458, "id-3", std::string(70000, 'x')}}}};
+  r.state = {repl_state_op{0, false, "cursor-key", std::string("\0\1\2", 3)},
+             repl_state_op{1, true, "pending-key", ""}};
+  auto back = round_trip(nodes, r);
+  CHECK(back == r);
+  CHECK(back.status == fetch_status::diverged);
+  CHECK(back.chunks[1].records[1].json.size() == 70000);
+}
