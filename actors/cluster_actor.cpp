@@ -512,6 +512,13 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
       return self->delegate(caf::actor_cast<partition_actor>(partition), fetch_atom::value,
                             std::move(req));
     },
+    [self](synced_atom, fetch_request& req) {
+      auto& st = self->state;
+      if (st.stopping || !st.ops.partition)
+        return;
+      if (auto partition = st.ops.partition(req.topic, req.partition))
+        self->send(caf::actor_cast<partition_actor>(partition), synced_atom::value, std::move(req));
+    },
     [self](stop_atom) {
       self->state.stopping = true;
       for (auto& [token, rp] : self->state.pending)

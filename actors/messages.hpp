@@ -522,8 +522,9 @@ typename Inspector::result_type inspect(Inspector& f, repl_state_op& x) {
   return f(caf::meta::type_name("nerve.repl_state_op"), x.family, x.del, x.key, x.value);
 }
 
-/// A follower asks its leader for the records from `from` on. `from` is the
-/// follower's synced end: it tells the leader how far this copy is on disk.
+/// A follower asks its leader for the records from `from` on (its log's
+/// end) and says how far its copy is on disk (`synced`). The same record
+/// alone (synced_atom) tells the leader of a sync between fetches.
 struct fetch_request {
   std::string topic;
   std::uint32_t partition = 0;
@@ -531,17 +532,23 @@ struct fetch_request {
   std::uint64_t from = 0;
   std::uint32_t last_epoch = 0; ///< the newest epoch in the follower's checkpoint
   std::string node;             ///< the follower
+  /// The follower's synced end (at most `from`): offsets below are on its disk.
+  std::uint64_t synced = 0;
+  /// Changes when the follower's log changed under it (a truncation, a new
+  /// role): its earlier synced ends no longer count.
+  std::uint64_t session = 0;
 
   friend bool operator==(const fetch_request& a, const fetch_request& b) {
     return a.topic == b.topic && a.partition == b.partition && a.epoch == b.epoch
-           && a.from == b.from && a.last_epoch == b.last_epoch && a.node == b.node;
+           && a.from == b.from && a.last_epoch == b.last_epoch && a.node == b.node
+           && a.synced == b.synced && a.session == b.session;
   }
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, fetch_request& x) {
   return f(caf::meta::type_name("nerve.fetch_request"), x.topic, x.partition, x.epoch, x.from,
-           x.last_epoch, x.node);
+           x.last_epoch, x.node, x.synced, x.session);
 }
 
 /// What a fetch gets back.
@@ -614,8 +621,11 @@ using partition_actor = caf::typed_actor<
   caf::replies_to<redeliver_atom, std::string, std::uint64_t, std::string>::with<std::string>,
   /// Replication: a follower's fetch (answered by the leader, maybe after a wait).
   caf::replies_to<fetch_atom, fetch_request>::with<fetch_response>,
-  /// Internal (follower): the answer of its fetch; its applied records are synced up to n.
-  caf::reacts_to<fetched_atom, fetch_response>, caf::reacts_to<synced_atom, std::uint64_t>,
+  /// Internal (follower): the answer of its fetch; its log of generation g is synced up to n.
+  caf::reacts_to<fetched_atom, fetch_response>,
+  caf::reacts_to<synced_atom, std::uint64_t, std::uint64_t>,
+  /// Replication (leader): a follower's copy is synced up to `synced`.
+  caf::reacts_to<synced_atom, fetch_request>,
   /// The control plane changed the partition's role (read it from the slot).
   caf::reacts_to<role_atom>,
   /// Internal: a parked fetch's wait (token) ended; the periodic in-sync check.
@@ -695,8 +705,10 @@ using peer_actor = caf::typed_actor<
   caf::reacts_to<forwarded_atom, std::uint64_t, caf::error>,
   /// Internal: API request `token` is answered here.
   caf::reacts_to<answered_atom, std::uint64_t, api_response>,
-  /// A follower's fetch for a partition this node leads (cluster step 2).
-  caf::replies_to<fetch_atom, fetch_request>::with<fetch_response>, caf::reacts_to<stop_atom>>;
+  /// A follower's fetch for a partition this node leads (cluster step 2),
+  /// and its word that its copy is synced further.
+  caf::replies_to<fetch_atom, fetch_request>::with<fetch_response>,
+  caf::reacts_to<synced_atom, fetch_request>, caf::reacts_to<stop_atom>>;
 
 /// A remote tail's receiving end: batches of events (stored JSON) of a
 /// topic, each acknowledged to the sending node's cluster actor.

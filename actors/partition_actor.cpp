@@ -61,6 +61,8 @@ struct partition_state {
   struct follower {
     bool heard = false;             ///< it fetched in this epoch
     std::uint64_t synced = 0;       ///< its synced end (the `from` of its last fetch)
+    std::uint64_t session = 0;      ///< of its last fetch
+    std::uint64_t shipped_end = 0;  ///< the end of what it was sent (or had) in this session
     std::uint64_t end_at_fetch = 0; ///< this log's end at its previous fetch
     std::chrono::steady_clock::time_point caught_up_at{};
     std::int64_t last_fetch_us = 0;
@@ -86,6 +88,8 @@ struct partition_state {
   std::uint64_t next_token = 1;
   bool fetching = false;              ///< follower: a fetch is out, or its records are syncing
   std::uint64_t fetch_generation = 0; ///< bumped by each role change
+  std::uint64_t synced_end = 0;       ///< follower: its log is on disk below this
+  std::uint64_t session = 0;          ///< follower: bumped when its log changes under it
   /// Leader: its latest appends in this epoch, so a fetch reads no disk.
   std::deque<repl_record> recent;
   std::size_t recent_bytes = 0;
@@ -665,6 +669,9 @@ fetch_response answer_for(partition_state& st, partition_state::follower& f, std
       return r;
     }
   }
+  for (auto& chunk : r.chunks)
+    if (!chunk.records.empty())
+      f.shipped_end = std::max(f.shipped_end, chunk.records.back().offset + 1);
   r.state = std::move(f.state);
   f.state.clear();
   return r;
@@ -812,8 +819,16 @@ caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request
   auto now = std::chrono::steady_clock::now();
   if (!f.heard || req.from >= f.end_at_fetch)
     f.caught_up_at = now;
+  // Below `from` its log agrees with this one (checked above); what it says
+  // is synced counts up to there, and up to what it is sent from now on.
+  auto synced = std::min(req.synced, req.from);
+  if (!f.heard || f.session != req.session)
+    f.synced = synced;
+  else
+    f.synced = std::max(f.synced, synced);
   f.heard = true;
-  f.synced = req.from;
+  f.session = req.session;
+  f.shipped_end = req.from;
   f.end_at_fetch = st.writer->next_offset();
   f.last_fetch_us = persistence::system_clock_us();
   show_followers(st);
@@ -831,6 +846,22 @@ caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request
   f.park_token = st.next_token++;
   self->delayed_send(self, fetch_park, timeout_atom::value, f.park_token);
   return rp;
+}
+
+/// A follower synced what it was sent: the high watermark may move.
+void on_follower_synced(partition_actor_t self, const fetch_request& req) {
+  auto& st = self->state;
+  if (!leads(st) || req.epoch != st.role->epoch)
+    return;
+  auto it = st.followers.find(req.node);
+  if (it == st.followers.end() || !it->second.heard || it->second.session != req.session)
+    return; // from before its log was checked: the next fetch says it again
+  auto& f = it->second;
+  auto synced = std::min(req.synced, f.shipped_end);
+  if (synced <= f.synced)
+    return;
+  f.synced = synced;
+  advance_high_watermark(self);
 }
 
 /// The leader's periodic check: a follower of the in-sync set that has not
@@ -862,6 +893,28 @@ void check_in_sync(partition_actor_t self) {
 
 void send_fetch(partition_actor_t self);
 
+/// The follower's log changed under what it told its leader (a truncation,
+/// a new role): what it said was synced no longer counts.
+void log_changed(partition_state& st) {
+  ++st.session;
+  ++st.fetch_generation; // a sync registered before speaks of the old log
+  st.synced_end = std::min(st.synced_end, st.writer->next_offset());
+  st.slot->log_end = st.writer->next_offset();
+}
+
+/// After the next WAL sync, the follower tells its leader how far it is synced.
+void sync_then_tell(partition_actor_t self) {
+  auto& st = self->state;
+  st.ctx->log->after_durable(
+    [me = caf::actor_cast<caf::actor>(self), gen = st.fetch_generation,
+     end = st.writer->next_offset()](std::optional<persistence::error> failure) {
+      if (failure)
+        caf::anon_send_exit(me, caf::exit_reason::unhandled_exception);
+      else
+        caf::anon_send(me, synced_atom::value, gen, end);
+    });
+}
+
 void on_fetched(partition_actor_t self, fetch_response& r) {
   auto& st = self->state;
   st.fetching = false;
@@ -884,7 +937,7 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
                    st.role->leader);
       if (auto ok = st.writer->truncate_to(to); !ok)
         return fail("truncating", ok.error().message);
-      st.slot->log_end = st.writer->next_offset();
+      log_changed(st);
       return send_fetch(self);
     }
     case fetch_status::reset:
@@ -892,7 +945,8 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
                    st.route->info.name, st.partition, st.role->leader, r.position);
       if (auto ok = st.writer->reset_to(r.position); !ok)
         return fail("moving to the leader's oldest offset", ok.error().message);
-      st.slot->log_end = st.writer->next_offset();
+      log_changed(st);
+      st.synced_end = st.writer->next_offset(); // reset_to syncs
       return send_fetch(self);
     case fetch_status::ok:
       break;
@@ -929,17 +983,21 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
     st.slot->caught_up = true;
   raise_to(st.slot->high_watermark, hw);
   raise_to(st.slot->durable_end, hw);
-  if (!applied)
-    return send_fetch(self);
-  // Fetched again once synced: the next fetch's offset acknowledges them.
-  st.fetching = true;
-  st.ctx->log->after_durable([me = caf::actor_cast<caf::actor>(self), gen = st.fetch_generation](
-                               std::optional<persistence::error> failure) {
-    if (failure)
-      caf::anon_send_exit(me, caf::exit_reason::unhandled_exception);
-    else
-      caf::anon_send(me, synced_atom::value, gen);
-  });
+  if (applied)
+    sync_then_tell(self);
+  // The next fetch goes out now; the leader hears of the sync on its own.
+  send_fetch(self);
+}
+
+/// This follower's position for its leader: the end of its log, how far it
+/// is synced, and in which session.
+fetch_request position_of(const partition_state& st) {
+  fetch_request req{st.route->info.name,     st.partition,
+                    st.role->epoch,          st.writer->next_offset(),
+                    st.writer->last_epoch(), st.ctx->replication->self};
+  req.synced = std::min(st.synced_end, req.from);
+  req.session = st.session;
+  return req;
 }
 
 void send_fetch(partition_actor_t self) {
@@ -950,9 +1008,7 @@ void send_fetch(partition_actor_t self) {
   if (!peer)
     return; // the link is down: the tick tries again
   st.fetching = true;
-  fetch_request req{st.route->info.name,     st.partition,
-                    st.role->epoch,          st.writer->next_offset(),
-                    st.writer->last_epoch(), st.ctx->replication->self};
+  auto req = position_of(st);
   self->request(caf::actor_cast<peer_actor>(peer), fetch_timeout, fetch_atom::value, req)
     .then(
       [self, gen = st.fetch_generation](fetch_response& r) {
@@ -1060,13 +1116,12 @@ void become(partition_actor_t self, std::shared_ptr<const replica_role> next) {
           caf::anon_send(me, durable_atom::value, end);
       });
   } else if (st.role->role == role_kind::follower) {
-    // Its first fetch says its end is synced: so it is, first.
-    st.fetching = true;
-    st.ctx->log->after_durable([me = caf::actor_cast<caf::actor>(self), gen = st.fetch_generation](
-                                 std::optional<persistence::error> failure) {
-      if (!failure)
-        caf::anon_send(me, synced_atom::value, gen);
-    });
+    // A new session with this leader: nothing is known synced until the
+    // next WAL sync says so.
+    ++st.session;
+    st.synced_end = 0;
+    sync_then_tell(self);
+    send_fetch(self);
   }
   show_followers(st);
   if (!st.batch.empty())
@@ -1394,12 +1449,16 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](fetch_atom, const fetch_request& req) { return on_fetch(self, req); },
     [=](fetched_atom, fetch_response& r) { on_fetched(self, r); },
-    [=](synced_atom, std::uint64_t gen) {
-      if (gen != self->state.fetch_generation)
+    [=](synced_atom, std::uint64_t gen, std::uint64_t end) {
+      // This follower's own sync: its leader hears of it.
+      auto& st = self->state;
+      if (gen != st.fetch_generation || !st.role || st.role->role != role_kind::follower)
         return;
-      self->state.fetching = false;
-      send_fetch(self);
+      st.synced_end = std::max(st.synced_end, std::min(end, st.writer->next_offset()));
+      if (auto peer = st.ctx->replication->peer(st.role->leader))
+        caf::anon_send(caf::actor_cast<peer_actor>(peer), synced_atom::value, position_of(st));
     },
+    [=](synced_atom, const fetch_request& req) { on_follower_synced(self, req); },
     [=](role_atom) { on_role(self); },
     [=](timeout_atom, std::uint64_t token) { answer_parked(self->state, true, token); },
     [=](tick_atom) {
