@@ -567,21 +567,23 @@ struct fetch_response {
   /// With diverged: the epoch of the leader's history that `position` ends
   /// (the largest it has up to the follower's last epoch).
   std::uint32_t position_epoch = 0;
-  std::string error; ///< with stale: why
+  std::uint64_t log_end = 0; ///< the leader's log end when it answered
+  std::string error;         ///< with stale: why
   std::vector<repl_chunk> chunks;
   std::vector<repl_state_op> state;
 
   friend bool operator==(const fetch_response& a, const fetch_response& b) {
     return a.status == b.status && a.epoch == b.epoch && a.high_watermark == b.high_watermark
-           && a.position == b.position && a.position_epoch == b.position_epoch && a.error == b.error
-           && a.chunks == b.chunks && a.state == b.state;
+           && a.position == b.position && a.position_epoch == b.position_epoch
+           && a.log_end == b.log_end && a.error == b.error && a.chunks == b.chunks
+           && a.state == b.state;
   }
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, fetch_response& x) {
   return f(caf::meta::type_name("nerve.fetch_response"), x.status, x.epoch, x.high_watermark,
-           x.position, x.position_epoch, x.error, x.chunks, x.state);
+           x.position, x.position_epoch, x.log_end, x.error, x.chunks, x.state);
 }
 
 // -- interfaces ----------------------------------------------------------------

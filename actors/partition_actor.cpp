@@ -657,6 +657,7 @@ fetch_response answer_for(partition_state& st, partition_state::follower& f, std
   r.status = fetch_status::ok;
   r.epoch = st.role->epoch;
   r.high_watermark = st.durable_end;
+  r.log_end = st.writer->next_offset();
   if (from < st.writer->next_offset()) {
     r.chunks = recent_chunks(st, from);
     if (r.chunks.empty())
@@ -983,10 +984,14 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
     st.slot->caught_up = true;
   raise_to(st.slot->high_watermark, hw);
   raise_to(st.slot->durable_end, hw);
-  if (applied)
-    sync_then_tell(self);
-  // The next fetch goes out now; the leader hears of the sync on its own.
-  send_fetch(self);
+  if (!applied)
+    return send_fetch(self);
+  sync_then_tell(self);
+  // With more waiting at the leader, the next fetch goes out now and the
+  // leader hears of the sync on its own; otherwise the fetch after the sync
+  // says it (one message fewer per round when the follower keeps up).
+  if (r.log_end > end)
+    send_fetch(self);
 }
 
 /// This follower's position for its leader: the end of its log, how far it
@@ -1455,6 +1460,8 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       if (gen != st.fetch_generation || !st.role || st.role->role != role_kind::follower)
         return;
       st.synced_end = std::max(st.synced_end, std::min(end, st.writer->next_offset()));
+      if (!st.fetching)
+        return send_fetch(self); // its position says it
       if (auto peer = st.ctx->replication->peer(st.role->leader))
         caf::anon_send(caf::actor_cast<peer_actor>(peer), synced_atom::value, position_of(st));
     },
