@@ -59,11 +59,12 @@ struct partition_state {
   std::shared_ptr<const replica_role> role;
   /// A follower as the leader tracks it in this epoch.
   struct follower {
-    bool heard = false;             ///< it fetched in this epoch
-    std::uint64_t synced = 0;       ///< its synced end (the `from` of its last fetch)
-    std::uint64_t session = 0;      ///< of its last fetch
-    std::uint64_t shipped_end = 0;  ///< the end of what it was sent (or had) in this session
-    std::uint64_t end_at_fetch = 0; ///< this log's end at its previous fetch
+    bool heard = false;            ///< it fetched in this epoch
+    std::uint64_t synced = 0;      ///< its synced end (the `from` of its last fetch)
+    std::uint64_t session = 0;     ///< of its last fetch
+    std::uint64_t shipped_end = 0; ///< the end of what it was sent (or had) in this session
+    std::chrono::steady_clock::time_point synced_at{}; ///< when `synced` last grew
+    std::uint64_t end_at_fetch = 0;                    ///< this log's end at its previous fetch
     std::chrono::steady_clock::time_point caught_up_at{};
     std::int64_t last_fetch_us = 0;
     std::vector<repl_state_op> state; ///< delivery-state changes not yet shipped
@@ -823,6 +824,8 @@ caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request
   // Below `from` its log agrees with this one (checked above); what it says
   // is synced counts up to there, and up to what it is sent from now on.
   auto synced = std::min(req.synced, req.from);
+  if (!f.heard || synced > f.synced)
+    f.synced_at = now;
   if (!f.heard || f.session != req.session)
     f.synced = synced;
   else
@@ -862,6 +865,7 @@ void on_follower_synced(partition_actor_t self, const fetch_request& req) {
   if (synced <= f.synced)
     return;
   f.synced = synced;
+  f.synced_at = std::chrono::steady_clock::now();
   advance_high_watermark(self);
 }
 
@@ -880,6 +884,11 @@ void check_in_sync(partition_actor_t self) {
       auto it = st.followers.find(node);
       auto since
         = it == st.followers.end() || !it->second.heard ? st.led_since : it->second.caught_up_at;
+      // One that fetches but whose disk does not sync (a hung fsync) holds
+      // every acknowledgement: its synced end must move too.
+      if (it != st.followers.end() && it->second.heard
+          && it->second.synced < st.writer->next_offset())
+        since = std::min(since, it->second.synced_at);
       if (now - since > hooks.replica_lag) {
         dropped += (dropped.empty() ? "" : ", ") + node;
         continue;
