@@ -75,6 +75,26 @@ class ReplicatedBasicTest(cluster_harness.ClusterTestCase):
         self.hist.publish_answered(self.topic, events, t0, batch, r.status, body, node=node)
         return r
 
+    def check_health_and_metrics(self, cluster, topic, leaders):
+        """All copies in sync: the cluster indicator is healthy on every node, and each
+        node's /metrics says which partitions it leads, with 3 in sync and no lag."""
+        for node in NODES:
+            health = cluster[node].get("/health/detailed").json()
+            ind = [i for i in health["indicators"] if i["name"] == "cluster"]
+            self.assertEqual(len(ind), 1, health)
+            self.assertEqual(ind[0]["status"], "healthy", f"{node}: {ind[0]}")
+            text = cluster[node].get("/metrics").body.decode()
+            for name in ("nerve_etcd_up 1", "nerve_leader_elections_total",
+                         "nerve_etcd_request_seconds_bucket"):
+                self.assertIn(name, text, f"{node} /metrics")
+            for p, leader in leaders.items():
+                labels = f'partition="{p}",topic="{topic}"'
+                self.assertIn(f"nerve_partition_leader{{{labels}}} "
+                              f"{1 if leader == node else 0}", text, f"{node} {topic}/{p}")
+                if leader == node:
+                    self.assertIn(f"nerve_partition_in_sync_replicas{{{labels}}} 3", text)
+                    self.assertIn(f"nerve_partition_under_replicated{{{labels}}} 0", text)
+
     def test_every_partition_on_three_in_sync_replicas_with_identical_logs(self):
         cluster = self.new_replicated_cluster(
             3, config={"topics": {"defaults": {"partitions": TOPIC_PARTITIONS}}})
@@ -147,6 +167,7 @@ class ReplicatedBasicTest(cluster_harness.ClusterTestCase):
                              f"partitions each leads")
 
         self.check_etcd(cluster, topic, view)
+        self.check_health_and_metrics(cluster, topic, leaders)
 
         for node in NODES:
             caught = scenario.wait_until(

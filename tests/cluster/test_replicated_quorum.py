@@ -96,6 +96,11 @@ class ReplicatedQuorumTest(scenario.ScenarioTestCase):
                 self.assertLess(r.t1 - r.t0, PROMPT_503_S,
                                 f"a 503 that took {r.t1 - r.t0:.2f} s: {r}")
             self.result["probes_503"] = sum(1 for _, r in probes if r.status == 503)
+            # The survivor says why it refuses writes (CONTRACT section 9).
+            health = cluster[survivor].get("/health/detailed").json()
+            ind = [i for i in health["indicators"] if i["name"] == "cluster"]
+            self.assertEqual([i["status"] for i in ind], ["unhealthy"], health)
+            self.assertIn("1 of 3 nodes up", ind[0]["message"], ind)
             first_prompt = min((r.t1 - t_kill for p, r in probes
                                 if r.status == 503 and r.t1 - r.t0 < PROMPT_503_S), default=None)
             self.log(f"{len(probes)} probes through {survivor} while {victims} were dead: "
