@@ -249,8 +249,7 @@ public:
     sum.add(stats.etcd_latency);
     s.etcd_latency = sum.view();
     for (auto& v : replication()) {
-      if (v.role.empty() || v.role == "none"
-          || std::find(v.replicas.begin(), v.replicas.end(), cfg_.node_id) == v.replicas.end())
+      if (v.role.empty() || v.role == "none") // no copy here, or not one in use
         continue;
       metrics_snapshot::replica_row r;
       r.topic = v.topic;
@@ -261,8 +260,7 @@ public:
       r.high_watermark = v.high_watermark;
       r.log_end = v.log_end;
       for (auto& f : v.followers)
-        r.follower_lag.emplace_back(f.node,
-                                    v.log_end > f.synced_end ? v.log_end - f.synced_end : 0);
+        r.follower_lag.emplace_back(f.node, v.lag_of(f));
       s.replicas.push_back(std::move(r));
     }
     return s;

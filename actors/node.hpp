@@ -348,6 +348,11 @@ struct replication_view {
     std::int64_t last_fetch_us = 0;
   };
   std::vector<follower> followers; ///< when this node leads
+
+  /// Events `f`'s synced copy is behind this (the leader's) log end.
+  [[nodiscard]] std::uint64_t lag_of(const follower& f) const {
+    return log_end > f.synced_end ? log_end - f.synced_end : 0;
+  }
 };
 
 struct cluster_report {

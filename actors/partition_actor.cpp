@@ -553,6 +553,53 @@ std::optional<std::vector<persistence::append_result>> append_batch(partition_st
   return std::move(*appended);
 }
 
+/// Keeps the batch's appended events for what reads them next: the tail
+/// cache the consumer groups feed from, and (returned, null without
+/// followers) the live tails. `keep_json` leaves the results' texts in place
+/// for a caller that still needs them; otherwise the tail cache takes them.
+std::shared_ptr<std::vector<std::string>>
+cache_appended(partition_state& st, std::vector<persistence::append_result>& appended,
+               bool keep_json) {
+  std::shared_ptr<std::vector<std::string>> followed;
+  if (st.ctx->tails.active.load(std::memory_order_relaxed) > 0)
+    followed = std::make_shared<std::vector<std::string>>();
+  std::size_t at = 0;
+  for (auto& job : st.batch) {
+    auto n = job->events.size();
+    for (std::size_t k = 0; k < n; ++k) {
+      auto& r = appended[at + k];
+      if (r.status != persistence::append_status::appended)
+        continue;
+      if (followed)
+        followed->push_back(r.json);
+      if (st.groups.empty())
+        continue;
+      auto& e = job->events[k];
+      st.tail.push_back(
+        {r.where.offset, r.where.time_us,
+         std::make_shared<const std::string>(keep_json ? r.json : std::move(r.json)), e.id, e.key,
+         e.type, e.source});
+      if (st.tail.size() > tail_cache_events)
+        st.tail.pop_front();
+    }
+    at += n;
+  }
+  return followed;
+}
+
+/// Answers each job with its share of `results`, in batch order.
+void answer_jobs(const std::vector<job_ptr>& jobs,
+                 std::vector<persistence::append_result>& results) {
+  std::size_t at = 0;
+  for (auto& job : jobs) {
+    auto n = job->events.size();
+    job->finish(std::vector<persistence::append_result>(
+      std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(at)),
+      std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(at + n))));
+    at += n;
+  }
+}
+
 // -- replication (cluster step 2, docs/architecture.md "Clustering") -----------------
 
 using role_kind = replica_role::kind;
@@ -718,14 +765,7 @@ void finish_acks(partition_actor_t self) {
   while (!st.acks.empty() && st.acks.front().end <= st.durable_end) {
     auto a = std::move(st.acks.front());
     st.acks.pop_front();
-    std::size_t at = 0;
-    for (auto& job : *a.jobs) {
-      auto n = job->events.size();
-      job->finish(std::vector<persistence::append_result>(
-        std::make_move_iterator(a.results->begin() + static_cast<std::ptrdiff_t>(at)),
-        std::make_move_iterator(a.results->begin() + static_cast<std::ptrdiff_t>(at + n))));
-      at += n;
-    }
+    answer_jobs(*a.jobs, *a.results);
     if (a.followed && !a.followed->empty())
       st.ctx->tails.deliver(st.route->info.name, *a.followed);
   }
@@ -1197,29 +1237,7 @@ void flush_replicated(partition_actor_t self) {
           + "): not enough in-sync replicas; retry shortly"}));
   } else {
     if (auto appended = append_batch(st)) {
-      std::shared_ptr<std::vector<std::string>> followed;
-      if (st.ctx->tails.active.load(std::memory_order_relaxed) > 0)
-        followed = std::make_shared<std::vector<std::string>>();
-      std::size_t at = 0;
-      for (auto& job : st.batch) {
-        auto n = job->events.size();
-        for (std::size_t k = 0; k < n; ++k) {
-          auto& r = (*appended)[at + k];
-          if (r.status != persistence::append_status::appended)
-            continue;
-          if (followed)
-            followed->push_back(r.json);
-          if (st.groups.empty())
-            continue;
-          auto& e = job->events[k];
-          st.tail.push_back({r.where.offset, r.where.time_us,
-                             std::make_shared<const std::string>(r.json), e.id, e.key, e.type,
-                             e.source});
-          if (st.tail.size() > tail_cache_events)
-            st.tail.pop_front();
-        }
-        at += n;
-      }
+      auto followed = cache_appended(st, *appended, true); // the followers get the texts too
       keep_recent(st, *appended);
       auto end = st.writer->next_offset();
       st.slot->log_end = end;
@@ -1254,29 +1272,7 @@ void flush(partition_actor_t self) {
   } else if (!st.batch.empty()) {
     if (auto appended = append_batch(st)) {
       // Followers of the topic get the events once durable, like publishers.
-      std::shared_ptr<std::vector<std::string>> followed;
-      if (st.ctx->tails.active.load(std::memory_order_relaxed) > 0) {
-        followed = std::make_shared<std::vector<std::string>>();
-        for (auto& r : *appended)
-          if (r.status == persistence::append_status::appended)
-            followed->push_back(r.json);
-      }
-      std::size_t at = 0;
-      for (auto& job : st.batch) {
-        auto n = job->events.size();
-        for (std::size_t k = 0; k < n && !st.groups.empty(); ++k) {
-          auto& r = (*appended)[at + k];
-          if (r.status != persistence::append_status::appended)
-            continue;
-          auto& e = job->events[k];
-          st.tail.push_back({r.where.offset, r.where.time_us,
-                             std::make_shared<const std::string>(std::move(r.json)), e.id, e.key,
-                             e.type, e.source});
-          if (st.tail.size() > tail_cache_events)
-            st.tail.pop_front();
-        }
-        at += n;
-      }
+      auto followed = cache_appended(st, *appended, false);
       // Publishers are answered, and agents see the events, once they are
       // durable; meanwhile this partition goes on with its next batch.
       auto jobs = std::make_shared<std::vector<job_ptr>>(std::move(st.batch));
@@ -1289,17 +1285,11 @@ void flush(partition_actor_t self) {
           // Counted before the publishers hear of it, so metrics never lag a 201.
           if (!failure)
             raise_to(slot->durable_end, end);
-          std::size_t at = 0;
-          for (auto& job : *jobs) {
-            auto n = job->events.size();
-            if (failure)
+          if (failure)
+            for (auto& job : *jobs)
               job->finish(tl::make_unexpected(*failure));
-            else
-              job->finish(std::vector<persistence::append_result>(
-                std::make_move_iterator(results->begin() + static_cast<std::ptrdiff_t>(at)),
-                std::make_move_iterator(results->begin() + static_cast<std::ptrdiff_t>(at + n))));
-            at += n;
-          }
+          else
+            answer_jobs(*jobs, *results);
           if (!failure)
             caf::anon_send(me, durable_atom::value, end);
           if (!failure && followed && !followed->empty())

@@ -277,9 +277,7 @@ void cluster_partitions(const api_env& env, responder& respond) {
   for (auto& v : env.node.replication()) {
     json followers = json::array();
     for (auto& f : v.followers) {
-      json one{{"node", f.node},
-               {"synced_end", f.synced_end},
-               {"lag", v.log_end > f.synced_end ? v.log_end - f.synced_end : 0}};
+      json one{{"node", f.node}, {"synced_end", f.synced_end}, {"lag", v.lag_of(f)}};
       if (f.last_fetch_us != 0)
         one["last_fetch"] = actors::format_time(f.last_fetch_us);
       followers.push_back(std::move(one));
