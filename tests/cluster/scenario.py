@@ -683,6 +683,28 @@ class ScenarioTestCase(unittest.TestCase):
         most = max(counts.values())
         return self.rng.choice(sorted(n for n, c in counts.items() if c == most))
 
+    def pick_victim(self, view, node_ids):
+        """The busiest leader as the victim, logged and in the result: returns it, the
+        partitions it leads and the other nodes."""
+        victim = self.pick_busiest_leader(view, node_ids)
+        led = sorted(p for p, e in view.items() if e["leader"] == victim)
+        self.log(f"leaders {dict((p, e['leader']) for p, e in sorted(view.items()))}; "
+                 f"victim {victim} leads {led}")
+        self.result.update(victim=victim, victim_partitions=len(led))
+        return victim, led, [n for n in node_ids if n != victim]
+
+    def first_writes(self, prober, topic, pairs, t0, timeout_s, after, pause_s=0.1):
+        """Probes every (node, partition) of `pairs` until each answers 201 (all must,
+        within `timeout_s`): {(node, partition): seconds from `t0` to that 201}. `after`
+        names the fault in the failure message."""
+        firsts = until_each(prober, pairs, {201}, timeout_s, pause_s)
+        took = {}
+        for (node_id, p), (r, tried) in sorted(firsts.items()):
+            self.assertEqual(r.status, 201,
+                             f"{topic}/{p} through {node_id} after {after}: {tried[-3:]}")
+            took[(node_id, p)] = r.t1 - t0
+        return took
+
     def drain_and_check(self, cluster, nodes, topic, partitions, hist, hist_path, sender, load,
                         faults, min_insync=2, caught_up_s=30.0):
         """Stops the load (retrying what is indeterminate), waits until every follower has
