@@ -58,9 +58,9 @@ public:
   virtual void set_leaders(std::function<std::string(const std::string&, std::uint32_t)> leader)
     = 0;
 
-  /// The cluster actor of member `id` while its link is up (a follower
-  /// fetches from its leader's); none otherwise.
-  [[nodiscard]] virtual caf::actor link_of(const std::string& id) const = 0;
+  /// Queues a link frame (messages.hpp, link_op) for member `id`, in order
+  /// with the ones before; false while there is no link to it. Thread-safe.
+  virtual bool send_data(const std::string& id, std::string frame) = 0;
 
   /// Appends `batches` of `topic` (`partitions` in all) on `owner`, which
   /// owns each batch's partition; answered after the owner's fsync.

@@ -61,8 +61,67 @@ struct peer_entry {
   bool known = false;
 };
 
+/// Forwards sent over a link and not answered yet. Any thread.
+struct forward_table {
+  struct entry {
+    std::string owner;
+    std::string topic;
+    std::vector<std::size_t> sizes; ///< events per batch, to split the answer
+    std::function<void(result<forward_answer>)> answer;
+    std::chrono::steady_clock::time_point deadline;
+  };
+
+  std::uint64_t add(entry e) {
+    std::lock_guard<std::mutex> guard{mutex_};
+    auto token = next_++;
+    pending_.emplace(token, std::move(e));
+    return token;
+  }
+
+  /// The entry of `token` if it is still waiting for `owner`.
+  std::optional<entry> take(std::uint64_t token, const std::string& owner) {
+    std::lock_guard<std::mutex> guard{mutex_};
+    auto it = pending_.find(token);
+    if (it == pending_.end() || it->second.owner != owner)
+      return std::nullopt;
+    auto e = std::move(it->second);
+    pending_.erase(it);
+    return e;
+  }
+
+  /// Takes every entry `pred` holds for, to be answered outside the lock.
+  template <class Pred>
+  std::vector<entry> take_if(Pred pred) {
+    std::vector<entry> out;
+    std::lock_guard<std::mutex> guard{mutex_};
+    for (auto it = pending_.begin(); it != pending_.end();)
+      if (pred(it->second)) {
+        out.push_back(std::move(it->second));
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    return out;
+  }
+
+private:
+  std::mutex mutex_;
+  std::uint64_t next_ = 1;
+  std::unordered_map<std::uint64_t, entry> pending_;
+};
+
+/// A forward that got no answer: its events may or may not be appended.
+void fail_forwards(std::vector<forward_table::entry> lost, const std::string& why) {
+  for (auto& e : lost)
+    e.answer(tl::make_unexpected(
+      error{errc::unavailable, "indeterminate: node " + e.owner + " did not answer the forward of "
+                                 + e.topic + " events (" + why
+                                 + "); they may or may not be appended: retry with the same id"}));
+}
+
 struct peer_table {
   placement where;
+  forward_table forwards;
   std::vector<std::string> agents; ///< this node's
   std::vector<std::unique_ptr<peer_entry>> peers;
   mutable std::shared_mutex mutex;
@@ -122,7 +181,6 @@ struct cluster_state {
   caf::actor basp; ///< CAF's BASP broker
   std::unordered_map<std::string, restart_policy> backoff;
   std::unordered_map<std::string, bool> dialing;
-  std::unordered_map<std::uint64_t, caf::typed_response_promise<std::vector<appended>>> pending;
   std::unordered_map<std::uint64_t, caf::typed_response_promise<api_response>> pending_api;
   std::uint64_t next_token = 1;
   bool stopping = false;
@@ -195,6 +253,8 @@ void set_down(cluster_actor_t self, peer_entry& p, const std::string& why) {
       p.handle = peer_actor{};
     }
   }
+  fail_forwards(st.table->forwards.take_if([&](auto& e) { return e.owner == p.member.id; }),
+                "the link to it dropped: " + why);
   if (was_up)
     spdlog::warn("cluster: node {} ({}) is down: {}", p.member.id, p.member.address(), why);
   else if (previous != why)
@@ -256,7 +316,7 @@ void dial(cluster_actor_t self, const std::string& id) {
   st.dialing[id] = true;
   // The gate connects without blocking; CAF's own connect would block its
   // middleman (and every other connect) for minutes on a black-holed address.
-  st.gate->dial(p->member.host, p->member.port,
+  st.gate->dial(id, p->member.host, p->member.port,
                 [me = caf::actor_cast<peer_actor>(self), table = st.table, p,
                  id](tl::expected<int, std::string> r) {
                   bool ok = r.has_value();
@@ -323,50 +383,6 @@ caf::result<hello> on_hello(cluster_actor_t self, const hello& theirs) {
     return make_caf_error(errc::invalid, "a hello without a sender");
   set_up(self, *p, peer, theirs.agents);
   return my_hello(*st.table);
-}
-
-caf::result<std::vector<appended>> on_forward(cluster_actor_t self, const std::string& topic,
-                                              std::uint32_t partitions,
-                                              std::vector<append_request>& reqs) {
-  auto& st = self->state;
-  if (st.stopping)
-    return make_caf_error(errc::unavailable,
-                          "node " + st.table->where.self() + " is shutting down");
-  if (auto n = bytes_of(reqs); n > max_forward_bytes)
-    return make_caf_error(errc::invalid, "a forward of " + std::to_string(n)
-                                           + " bytes exceeds the cluster frame limit");
-  auto rp = self->make_response_promise<std::vector<appended>>();
-  auto token = st.next_token++;
-  st.pending.emplace(token, rp);
-  auto me = caf::actor_cast<peer_actor>(self);
-  st.ops.append(topic, partitions, from_wire(reqs), [me, token](result<forward_answer> r) {
-    if (!r)
-      return caf::anon_send(me, forwarded_atom::value, token,
-                            make_caf_error(r.error().code, r.error().message));
-    std::vector<appended> out;
-    for (auto& batch : *r)
-      for (auto& a : batch) {
-        if (a.status == persistence::append_status::conflict)
-          return caf::anon_send(
-            me, forwarded_atom::value, token,
-            make_caf_error(errc::conflict, "event id " + a.id + " is already used on topic "
-                                             + a.topic + "; ids are unique across topics"));
-        out.push_back({a.id, a.where.partition, a.where.offset, a.where.time_us,
-                       a.status == persistence::append_status::duplicate});
-      }
-    caf::anon_send(me, forwarded_atom::value, token, std::move(out));
-  });
-  return rp;
-}
-
-template <class T>
-void answer_forward(cluster_actor_t self, std::uint64_t token, T&& x) {
-  auto& pending = self->state.pending;
-  auto it = pending.find(token);
-  if (it == pending.end())
-    return;
-  it->second.deliver(std::forward<T>(x));
-  pending.erase(it);
 }
 
 caf::result<api_response> on_api(cluster_actor_t self, api_request& req) {
@@ -443,6 +459,7 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
   st.ops = std::move(ops);
   st.gate = std::move(gate);
   st.basp = std::move(basp);
+  self->send(self, tick_atom::value);
   for (auto& p : st.table->peers) {
     st.backoff.emplace(p->member.id, restart_policy{{true, 200ms, 2s, 10s, std::nullopt}});
     if (p->dials)
@@ -464,8 +481,6 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
   });
   return {
     [self](const hello& theirs) { return on_hello(self, theirs); },
-    [self](forward_atom, const std::string& topic, std::uint32_t partitions,
-           std::vector<append_request>& reqs) { return on_forward(self, topic, partitions, reqs); },
     [self](topic_atom, const std::string& topic) { return on_topic(self, topic); },
     [self](api_atom, api_request& req) { return on_api(self, req); },
     [self](tail_atom, const std::string& topic, const caf::actor& subscriber) {
@@ -491,39 +506,21 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
     },
     [self](dial_atom, const std::string& id) { dial(self, id); },
     [self](probed_atom, const std::string& id, bool) { probed(self, id); },
-    [self](forwarded_atom, std::uint64_t token, std::vector<appended>& out) {
-      answer_forward(self, token, std::move(out));
-    },
-    [self](forwarded_atom, std::uint64_t token, caf::error& e) {
-      answer_forward(self, token, std::move(e));
-    },
-    [self](fetch_atom, fetch_request& req) -> caf::result<fetch_response> {
-      auto& st = self->state;
-      auto partition = st.stopping || !st.ops.partition
-                         ? caf::actor{}
-                         : st.ops.partition(req.topic, req.partition);
-      if (!partition) {
-        fetch_response r;
-        r.status = fetch_status::stale;
-        r.error = "node " + st.table->where.self() + " has no partition " + req.topic + "/"
-                  + std::to_string(req.partition) + " running";
-        return r;
-      }
-      return self->delegate(caf::actor_cast<partition_actor>(partition), fetch_atom::value,
-                            std::move(req));
-    },
-    [self](synced_atom, fetch_request& req) {
-      auto& st = self->state;
-      if (st.stopping || !st.ops.partition)
-        return;
-      if (auto partition = st.ops.partition(req.topic, req.partition))
-        self->send(caf::actor_cast<partition_actor>(partition), synced_atom::value, std::move(req));
+    [self](tick_atom) {
+      // Forwards unanswered for forward_timeout (the link is up, the owner silent).
+      auto now = std::chrono::steady_clock::now();
+      fail_forwards(self->state.table->forwards.take_if([&](auto& e) { return e.deadline < now; }),
+                    "no answer within "
+                      + std::to_string(
+                        std::chrono::duration_cast<std::chrono::seconds>(forward_timeout).count())
+                      + " s");
+      if (!self->state.stopping)
+        self->delayed_send(self, 1s, tick_atom::value);
     },
     [self](stop_atom) {
       self->state.stopping = true;
-      for (auto& [token, rp] : self->state.pending)
-        rp.deliver(make_caf_error(errc::unavailable, "the node is shutting down"));
-      self->state.pending.clear();
+      fail_forwards(self->state.table->forwards.take_if([](auto&) { return true; }),
+                    "this node is shutting down");
       for (auto& [token, rp] : self->state.pending_api)
         rp.deliver(make_caf_error(errc::unavailable, "the node is shutting down"));
       self->state.pending_api.clear();
@@ -534,18 +531,6 @@ peer_actor::behavior_type cluster_actor(cluster_actor_t self, std::shared_ptr<pe
 }
 
 // -- the client ------------------------------------------------------------------
-
-/// A forward's wire error as the publisher sees it: a nerve error from the
-/// owner is definite; anything else came after sending, so the events may
-/// or may not be appended.
-error forward_error(const caf::error& e, const std::string& owner, const std::string& topic,
-                    caf::actor_system& sys) {
-  if (e.category() == error_category)
-    return from_caf_error(e);
-  return error{errc::unavailable, "indeterminate: node " + owner + " did not answer the forward of "
-                                    + topic + " events (" + sys.render(e)
-                                    + "); they may or may not be appended: retry with the same id"};
-}
 
 /// Calls `lost` and ends `self` when `peer` goes down before `self` is
 /// done: the link to its node dropped (heartbeats), or it quit. A request to
@@ -590,8 +575,8 @@ public:
     leaders_ = std::move(leader);
   }
 
-  caf::actor link_of(const std::string& id) const override {
-    return caf::actor_cast<caf::actor>(handle_of(id));
+  bool send_data(const std::string& id, std::string frame) override {
+    return gate_->send_data(id, std::move(frame));
   }
 
   std::vector<peer_status> peers() const override {
@@ -628,50 +613,17 @@ public:
       sizes.push_back(b.events.size());
     auto wire = to_wire(topic, std::move(batches));
     // Answered once: by the owner, by the timeout, or when the link drops.
-    auto answer = [p, bytes, once = std::make_shared<callback<forward_answer>>(std::move(done))](
-                    result<forward_answer> r) {
-      if (!*once)
-        return;
+    auto answer = [p, bytes, done = std::move(done)](result<forward_answer> r) {
       p->in_flight_bytes.fetch_sub(bytes);
-      auto done = std::move(*once);
-      *once = nullptr;
       done(std::move(r));
     };
-    sys_.spawn([dest, owner, topic, partitions, wire = std::move(wire), sizes,
-                answer](caf::event_based_actor* self) mutable {
-      on_link_lost(self, dest, [=](const caf::error& reason) {
-        answer(tl::make_unexpected(forward_error(reason, owner, topic, self->system())));
-      });
-      self->request(dest, forward_timeout, forward_atom::value, topic, partitions, std::move(wire))
-        .then(
-          [=](std::vector<appended>& out) {
-            forward_answer batches;
-            std::size_t k = 0;
-            for (auto n : sizes) {
-              auto& batch = batches.emplace_back();
-              for (std::size_t i = 0; i < n && k < out.size(); ++i, ++k) {
-                auto& a = out[k];
-                persistence::append_result r;
-                r.status = a.duplicate ? persistence::append_status::duplicate
-                                       : persistence::append_status::appended;
-                r.id = std::move(a.id);
-                r.topic = topic;
-                r.where.partition = a.partition;
-                r.where.offset = a.offset;
-                r.where.time_us = a.time_us;
-                batch.push_back(std::move(r));
-              }
-            }
-            if (k != out.size() || batches.empty() || k == 0)
-              return answer(tl::make_unexpected(error{
-                errc::storage, "node " + owner + " answered a forward with "
-                                 + std::to_string(out.size()) + " events for another count"}));
-            answer(std::move(batches));
-          },
-          [=](caf::error& e) {
-            answer(tl::make_unexpected(forward_error(e, owner, topic, self->system())));
-          });
-    });
+    auto token = table_->forwards.add({owner, topic, std::move(sizes), std::move(answer),
+                                       std::chrono::steady_clock::now() + forward_timeout});
+    if (!gate_->send_data(owner, link_forward(token, topic, partitions, wire)))
+      if (auto e = table_->forwards.take(token, owner))
+        e->answer(
+          tl::make_unexpected(error{errc::unavailable, "node " + owner + " owns partitions of "
+                                                         + topic + " and is down; retry shortly"}));
   }
 
   void call(const std::string& id, peer_request req, callback<peer_response> done) override {
@@ -784,6 +736,138 @@ void set_checked(caf::actor_system_config& cfg, const char* key, T value) {
 
 } // namespace
 
+namespace {
+
+/// What a link frame may need on the gate's thread.
+struct link_deps {
+  std::weak_ptr<cluster_gate> gate;
+  std::shared_ptr<peer_table> table;
+  std::string self;
+  std::function<caf::actor(const std::string&, std::uint32_t)> partition;
+  std::function<void(const std::string&, std::uint32_t, std::vector<forward_batch>,
+                     callback<forward_answer>)>
+    append;
+};
+
+/// The owner's answer to a forward, split into its batches.
+result<forward_answer> split_answer(const forward_table::entry& e, std::vector<appended>& out) {
+  forward_answer batches;
+  std::size_t k = 0;
+  for (auto n : e.sizes) {
+    auto& batch = batches.emplace_back();
+    for (std::size_t i = 0; i < n && k < out.size(); ++i, ++k) {
+      auto& a = out[k];
+      persistence::append_result r;
+      r.status = a.duplicate ? persistence::append_status::duplicate
+                             : persistence::append_status::appended;
+      r.id = std::move(a.id);
+      r.topic = e.topic;
+      r.where.partition = a.partition;
+      r.where.offset = a.offset;
+      r.where.time_us = a.time_us;
+      batch.push_back(std::move(r));
+    }
+  }
+  if (k != out.size() || batches.empty() || k == 0)
+    return tl::make_unexpected(error{errc::storage, "node " + e.owner + " answered a forward with "
+                                                      + std::to_string(out.size())
+                                                      + " events for another count"});
+  return batches;
+}
+
+/// A peer's forward: appended here, answered over the link once durable.
+void on_forward_frame(const link_deps& deps, const std::string& peer, link_frame& f) {
+  auto reply = [gate = deps.gate, peer, token = f.token](
+                 std::uint8_t code, const std::string& detail, const std::vector<appended>& out) {
+    if (auto g = gate.lock())
+      g->send_data(peer, link_forward_answer(token, code, detail, out));
+  };
+  auto failed = [&reply](errc code, const std::string& why) {
+    reply(static_cast<std::uint8_t>(static_cast<std::uint8_t>(code) + 1), why, {});
+  };
+  if (auto n = bytes_of(f.events); n > max_forward_bytes)
+    return failed(errc::invalid,
+                  "a forward of " + std::to_string(n) + " bytes exceeds the cluster frame limit");
+  if (!deps.append)
+    return failed(errc::unavailable, "node " + deps.self + " is starting");
+  deps.append(f.topic, f.partitions, from_wire(f.events), [reply](result<forward_answer> r) {
+    auto failed_with = [&reply](errc code, const std::string& why) {
+      reply(static_cast<std::uint8_t>(static_cast<std::uint8_t>(code) + 1), why, {});
+    };
+    if (!r)
+      return failed_with(r.error().code, r.error().message);
+    std::vector<appended> out;
+    for (auto& batch : *r)
+      for (auto& a : batch) {
+        if (a.status == persistence::append_status::conflict)
+          return failed_with(errc::conflict, "event id " + a.id + " is already used on topic "
+                                               + a.topic + "; ids are unique across topics");
+        out.push_back({a.id, a.where.partition, a.where.offset, a.where.time_us,
+                       a.status == persistence::append_status::duplicate});
+      }
+    reply(0, {}, out);
+  });
+}
+
+/// A data frame from member `peer`, on the gate's thread: forwards go to
+/// the publish path, the replication data plane straight to the partition
+/// actor it is for.
+void on_link_frame(const link_deps& deps, const std::string& peer, const std::string& payload) {
+  auto frame = read_link_frame(payload);
+  if (!frame) {
+    spdlog::warn("cluster: dropped a data frame from node {}: {}", peer, frame.error());
+    return;
+  }
+  auto& f = *frame;
+  if (f.op == link_op::forward)
+    return on_forward_frame(deps, peer, f);
+  if (f.op == link_op::forward_answer) {
+    auto e = deps.table->forwards.take(f.token, peer);
+    if (!e)
+      return; // answered already (timed out)
+    if (f.code != 0)
+      return e->answer(
+        tl::make_unexpected(error{static_cast<errc>(f.code - 1), std::move(f.detail)}));
+    return e->answer(split_answer(*e, f.out));
+  }
+  bool from_follower = f.op == link_op::fetch || f.op == link_op::synced;
+  if (from_follower && f.request.node != peer) {
+    spdlog::warn("cluster: dropped a fetch for node {} on the link of node {}", f.request.node,
+                 peer);
+    return;
+  }
+  const auto& topic = from_follower ? f.request.topic : f.topic;
+  auto p = from_follower ? f.request.partition : f.partition;
+  auto actor = deps.partition ? deps.partition(topic, p) : caf::actor{};
+  if (!actor) {
+    if (f.op == link_op::fetch) {
+      fetch_response r;
+      r.status = fetch_status::stale;
+      r.error
+        = "node " + deps.self + " has no partition " + topic + "/" + std::to_string(p) + " running";
+      if (auto g = deps.gate.lock())
+        g->send_data(peer, link_fetch_answer(topic, p, f.token, r));
+    }
+    return;
+  }
+  auto to = caf::actor_cast<partition_actor>(actor);
+  switch (f.op) {
+    case link_op::fetch:
+      caf::anon_send(to, fetch_atom::value, std::move(f.request), f.token);
+      break;
+    case link_op::fetch_answer:
+      caf::anon_send(to, fetched_atom::value, f.token, std::move(f.response));
+      break;
+    case link_op::synced:
+      caf::anon_send(to, synced_atom::value, std::move(f.request));
+      break;
+    default:
+      break;
+  }
+}
+
+} // namespace
+
 void configure_cluster(caf::actor_system_config& cfg, const config::config&) {
   // No openssl module: the gate does cluster.tls (see cluster_gate.hpp).
   cfg.load<caf::io::middleman>();
@@ -815,9 +899,13 @@ start_cluster(caf::actor_system& sys, const config::config& cfg, cluster_ops ops
   std::optional<gate_tls_files> tls;
   if (cfg.cluster.tls())
     tls = gate_tls_files{cfg.cluster.tls_cert, cfg.cluster.tls_key, cfg.cluster.tls_ca};
-  auto gate = cluster_gate::start(hp.first, hp.second, std::move(tls), gate_limits{});
+  auto gate = cluster_gate::start(hp.first, hp.second, std::move(tls), gate_limits{}, cfg.node_id);
   if (!gate)
     return tl::make_unexpected(gate.error());
+  link_deps deps{*gate, table, cfg.node_id, ops.partition, ops.append};
+  (*gate)->on_data([deps = std::move(deps)](const std::string& peer, std::string payload) {
+    on_link_frame(deps, peer, payload);
+  });
   auto basp = sys.middleman().named_broker<caf::io::basp_broker>(caf::atom("BASP"));
   auto actor = sys.spawn(cluster_actor, table, std::move(ops), *gate, basp);
   // An accepted link reaches the broker as CAF's own tests publish an actor

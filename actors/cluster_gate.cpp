@@ -6,10 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <string_view>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include <boost/asio.hpp>
@@ -115,14 +119,61 @@ namespace {
 
 constexpr std::size_t buffer_bytes = 64 * 1024;
 
+// A member link's frames (cluster wire 3): a kind byte and a big-endian
+// payload length, then the payload. The dialer's first frame is a hello
+// naming it; then CAF's BASP bytes (in chunks of any size) and nerve's data
+// frames interleave.
+constexpr std::uint32_t link_wire = 3;
+constexpr std::size_t gate_header_bytes = 5;
+constexpr std::uint8_t kind_basp = 0;
+constexpr std::uint8_t kind_data = 1;
+constexpr std::uint8_t kind_hello = 2;
+constexpr std::uint32_t basp_chunk_bytes_max = 1U << 20;
+constexpr std::uint32_t hello_bytes_max = 512;
+constexpr std::string_view hello_magic = "nerve-link/3 ";
+/// CAF's end is not read while this much waits for the peer.
+constexpr std::size_t local_pause_bytes = 4U << 20;
+
 enum class side { accepted, dialed };
 
-/// What the gate's connections share; only touched on the gate's thread.
+class gate_conn_base {
+public:
+  virtual ~gate_conn_base() = default;
+  virtual void close() = 0;
+  /// Queues a data frame for the peer; false once the link closed. Thread-safe.
+  virtual bool queue_data(std::string payload) = 0;
+};
+
+/// What the gate's connections share; only touched on the gate's thread,
+/// but for `links` (under its mutex).
 struct gate_shared {
   gate_limits limits;
   std::optional<ssl::context> tls;
+  std::string self; ///< this node's id, said in the hello of every dial
   cluster_gate::accepted_fn accepted;
+  cluster_gate::data_fn on_data;
   std::size_t live = 0; ///< accepted connections open
+  /// The open link to each member that said who it is (dialed, or its hello came).
+  std::mutex links_mutex;
+  std::unordered_map<std::string, std::weak_ptr<gate_conn_base>> links;
+
+  void link(const std::string& peer, const std::shared_ptr<gate_conn_base>& conn) {
+    std::lock_guard<std::mutex> guard{links_mutex};
+    links[peer] = conn;
+  }
+  void unlink(const std::string& peer, const gate_conn_base* conn) {
+    std::lock_guard<std::mutex> guard{links_mutex};
+    if (auto it = links.find(peer); it != links.end()) {
+      auto now = it->second.lock();
+      if (!now || now.get() == conn)
+        links.erase(it);
+    }
+  }
+  std::shared_ptr<gate_conn_base> link_of(const std::string& peer) {
+    std::lock_guard<std::mutex> guard{links_mutex};
+    auto it = links.find(peer);
+    return it == links.end() ? nullptr : it->second.lock();
+  }
   // Refusals are logged at most once a second: a flood must not flood the log.
   std::chrono::steady_clock::time_point last_refusal_log{};
   std::size_t refusals_unlogged = 0;
@@ -144,12 +195,6 @@ struct gate_shared {
   }
 };
 
-class gate_conn_base {
-public:
-  virtual ~gate_conn_base() = default;
-  virtual void close() = 0;
-};
-
 tcp::socket& lowest(tcp::socket& s) {
   return s;
 }
@@ -158,19 +203,21 @@ tcp::socket& lowest(ssl::stream<tcp::socket>& s) {
 }
 
 /// One connection, accepted or dialed: TCP, TLS with cluster.tls, then
-/// checked bytes from the peer to CAF and CAF's bytes back, until either
-/// side ends.
+/// nerve's frames both ways until either side ends: the dialer's hello
+/// first, then CAF's BASP bytes (checked on the way in) and nerve's data
+/// frames, interleaved.
 template <class Stream>
 class gate_conn final : public gate_conn_base,
                         public std::enable_shared_from_this<gate_conn<Stream>> {
 public:
   static constexpr bool tls = !std::is_same_v<Stream, tcp::socket>;
 
-  gate_conn(std::shared_ptr<gate_shared> shared, Stream remote, std::string who, side s)
+  gate_conn(std::shared_ptr<gate_shared> shared, Stream remote, std::string who, side s,
+            std::string peer = {})
     : shared_(std::move(shared)), remote_(std::move(remote)),
       local_(lowest(remote_).get_executor()), timer_(lowest(remote_).get_executor()),
       resolver_(lowest(remote_).get_executor()), who_(std::move(who)), side_(s),
-      check_(shared_->limits.frame_bytes_max, s == side::accepted) {
+      check_(shared_->limits.frame_bytes_max, s == side::accepted), peer_(std::move(peer)) {
     if (side_ == side::accepted)
       ++shared_->live;
   }
@@ -211,10 +258,20 @@ public:
                             });
   }
 
+  bool queue_data(std::string payload) override {
+    if (!open_.load())
+      return false;
+    queue_frame(kind_data, payload.data(), payload.size());
+    return true;
+  }
+
   void close() override {
     if (closed_)
       return;
     closed_ = true;
+    open_ = false;
+    if (!peer_.empty())
+      shared_->unlink(peer_, this);
     error_code ignored;
     timer_.cancel();
     resolver_.cancel();
@@ -301,6 +358,12 @@ private:
       ::close(fds[1]);
       return fail("no socketpair for CAF: " + ec.message());
     }
+    open_ = true;
+    if (side_ == side::dialed) {
+      auto hello = std::string{hello_magic} + shared_->self;
+      queue_frame(kind_hello, hello.data(), hello.size());
+      shared_->link(peer_, this->shared_from_this());
+    }
     read_remote();
     read_local();
     if (side_ == side::accepted)
@@ -328,22 +391,172 @@ private:
                             then([](gate_conn& c, std::size_t n) { c.pass_in(n); }));
   }
 
+  /// Splits what came from the peer into frames: BASP bytes go (checked)
+  /// to CAF, data frames to the node, the hello names the peer.
   void pass_in(std::size_t n) {
-    auto frames = check_.frames();
-    if (auto bad = check_.feed(in_.data(), n))
-      return fail(*bad);
-    if (check_.frames() != frames)
-      arm_timer();
-    net::async_write(local_, net::buffer(in_.data(), n),
-                     then([](gate_conn& c, std::size_t) { c.read_remote(); }));
+    const auto* at = in_.data();
+    const auto* end = at + n;
+    while (at < end) {
+      if (head_have_ < gate_header_bytes) {
+        auto k = std::min<std::size_t>(gate_header_bytes - head_have_, end - at);
+        std::memcpy(head_.data() + head_have_, at, k);
+        head_have_ += k;
+        at += k;
+        if (head_have_ < gate_header_bytes)
+          break;
+        if (auto bad = check_frame_head())
+          return fail(*bad);
+        kind_ = head_[0];
+        left_ = read_be32(head_.data() + 1);
+        if (left_ == 0 && !frame_done())
+          return;
+        continue;
+      }
+      auto k = static_cast<std::size_t>(std::min<std::uint64_t>(left_, end - at));
+      if (kind_ == kind_basp) {
+        if (auto bad = check_.feed(at, k))
+          return fail(*bad);
+        to_local_.append(reinterpret_cast<const char*>(at), k);
+      } else {
+        frame_.append(reinterpret_cast<const char*>(at), k);
+      }
+      at += k;
+      left_ -= k;
+      if (left_ == 0 && !frame_done())
+        return;
+    }
+    if (to_local_.empty())
+      return read_remote();
+    net::async_write(local_, net::buffer(to_local_), then([](gate_conn& c, std::size_t) {
+                       c.to_local_.clear();
+                       c.read_remote();
+                     }));
+  }
+
+  /// Why a frame header just read ends the link, if it does.
+  [[nodiscard]] std::optional<std::string> check_frame_head() const {
+    auto kind = head_[0];
+    auto len = read_be32(head_.data() + 1);
+    bool first = frames_in_ == 0;
+    if (first && side_ == side::accepted && kind != kind_hello) {
+      if (kind == tls_handshake_record)
+        return "its first byte, 22, is no nerve link frame (it looks like a TLS handshake: this "
+               "node runs without cluster.tls)";
+      return "its first frame is no nerve hello (kind " + std::to_string(kind)
+             + "): not a nerve node of cluster wire " + std::to_string(link_wire) + "?";
+    }
+    if (kind == kind_hello && (!first || side_ == side::dialed))
+      return std::string{"a hello frame where none is due"};
+    if (kind > kind_hello)
+      return "a frame of the unknown kind " + std::to_string(kind);
+    auto max = kind == kind_hello  ? hello_bytes_max
+               : kind == kind_basp ? basp_chunk_bytes_max
+                                   : shared_->limits.frame_bytes_max;
+    if (len > max)
+      return "a frame announces " + std::to_string(len) + " payload bytes, more than the limit of "
+             + std::to_string(max);
+    return std::nullopt;
+  }
+
+  /// A frame is complete; false when it ended the link.
+  bool frame_done() {
+    head_have_ = 0;
+    ++frames_in_;
+    arm_timer();
+    if (kind_ == kind_hello) {
+      if (frame_.compare(0, hello_magic.size(), hello_magic) != 0
+          || frame_.size() == hello_magic.size()) {
+        fail("its hello is not a nerve node's (" + std::to_string(frame_.size()) + " bytes)");
+        return false;
+      }
+      peer_ = frame_.substr(hello_magic.size());
+      frame_.clear();
+      shared_->link(peer_, this->shared_from_this());
+      return true;
+    }
+    if (kind_ == kind_data) {
+      if (shared_->on_data)
+        shared_->on_data(peer_, std::move(frame_));
+      frame_.clear();
+    }
+    return true;
   }
 
   void read_local() {
     local_.async_read_some(net::buffer(out_), then([](gate_conn& c, std::size_t n) {
-                             net::async_write(
-                               c.remote_, net::buffer(c.out_.data(), n),
-                               c.then([](gate_conn& c, std::size_t) { c.read_local(); }));
+                             c.queue_frame(kind_basp, c.out_.data(), n);
+                             // CAF writes faster than the peer reads: wait for the queue.
+                             bool pause = false;
+                             {
+                               std::lock_guard<std::mutex> guard{c.out_mutex_};
+                               pause = c.queued_bytes_ > local_pause_bytes;
+                               c.local_paused_ = pause;
+                             }
+                             if (!pause)
+                               c.read_local();
                            }));
+  }
+
+  /// Queues one frame for the peer and makes sure a write is underway.
+  /// Any thread.
+  void queue_frame(std::uint8_t kind, const void* data, std::size_t n) {
+    std::string f;
+    f.reserve(gate_header_bytes + n);
+    f.push_back(static_cast<char>(kind));
+    for (int i = 0; i < 4; ++i)
+      f.push_back(static_cast<char>(static_cast<std::uint32_t>(n) >> (24 - 8 * i)));
+    f.append(static_cast<const char*>(data), n);
+    bool kick = false;
+    {
+      std::lock_guard<std::mutex> guard{out_mutex_};
+      queued_bytes_ += f.size();
+      outbox_.push_back(std::move(f));
+      kick = !writing_;
+      writing_ = true;
+    }
+    if (kick)
+      net::post(lowest(remote_).get_executor(), [self = this->shared_from_this()] {
+        if (!self->closed_)
+          self->write_next();
+      });
+  }
+
+  /// Writes everything queued in one go, then what came meanwhile.
+  void write_next() {
+    bool resume = false;
+    {
+      std::lock_guard<std::mutex> guard{out_mutex_};
+      sending_.clear();
+      if (outbox_.empty()) {
+        writing_ = false;
+        queued_bytes_ = 0;
+        resume = local_paused_;
+        local_paused_ = false;
+      } else {
+        sending_.swap(outbox_);
+        queued_bytes_ = 0;
+      }
+    }
+    if (sending_.empty()) {
+      if (resume)
+        read_local();
+      return;
+    }
+    buffers_.clear();
+    for (auto& f : sending_)
+      buffers_.emplace_back(f.data(), f.size());
+    net::async_write(remote_, buffers_, then([](gate_conn& c, std::size_t) {
+                       bool resume = false;
+                       {
+                         std::lock_guard<std::mutex> guard{c.out_mutex_};
+                         resume = c.local_paused_ && c.queued_bytes_ <= local_pause_bytes;
+                         if (resume)
+                           c.local_paused_ = false;
+                       }
+                       if (resume)
+                         c.read_local();
+                       c.write_next();
+                     }));
   }
 
   std::shared_ptr<gate_shared> shared_;
@@ -355,9 +568,27 @@ private:
   side side_;
   basp_frame_check check_;
   cluster_gate::dialed_fn done_;
+  std::string peer_; ///< the member at the other end, once known
   bool connecting_ = false;
   bool handshaken_ = false;
   bool closed_ = false;
+  std::atomic<bool> open_{false}; ///< frames may be queued (read on any thread)
+  // Inbound: the frame being read.
+  std::array<std::uint8_t, gate_header_bytes> head_{};
+  std::size_t head_have_ = 0;
+  std::uint8_t kind_ = 0;
+  std::uint64_t left_ = 0;
+  std::uint64_t frames_in_ = 0;
+  std::string frame_;    ///< a data or hello frame's payload so far
+  std::string to_local_; ///< BASP bytes on their way to CAF
+  // Outbound: frames queued by any thread, written by the gate's.
+  std::mutex out_mutex_;
+  std::vector<std::string> outbox_; ///< guarded by out_mutex_
+  std::size_t queued_bytes_ = 0;    ///< guarded by out_mutex_
+  bool writing_ = false;            ///< a write is underway or posted; guarded by out_mutex_
+  bool local_paused_ = false;       ///< CAF's end is not read; guarded by out_mutex_
+  std::vector<std::string> sending_;
+  std::vector<net::const_buffer> buffers_;
   // Not zeroed: memory is touched only as bytes flow.
   std::array<std::uint8_t, buffer_bytes> in_;
   std::array<std::uint8_t, buffer_bytes> out_;
@@ -407,18 +638,27 @@ public:
     });
   }
 
-  void dial(const std::string& host, std::uint16_t port, dialed_fn done) override {
-    net::post(io_, [this, host, port, done = std::move(done)]() mutable {
+  void dial(const std::string& peer, const std::string& host, std::uint16_t port,
+            dialed_fn done) override {
+    net::post(io_, [this, peer, host, port, done = std::move(done)]() mutable {
       auto who = host + ":" + std::to_string(port);
       if (shared_->tls)
-        start_dial(std::make_shared<gate_conn<ssl::stream<tcp::socket>>>(
-                     shared_, ssl::stream<tcp::socket>{io_, *shared_->tls}, who, side::dialed),
-                   host, port, std::move(done));
-      else
         start_dial(
-          std::make_shared<gate_conn<tcp::socket>>(shared_, tcp::socket{io_}, who, side::dialed),
+          std::make_shared<gate_conn<ssl::stream<tcp::socket>>>(
+            shared_, ssl::stream<tcp::socket>{io_, *shared_->tls}, who, side::dialed, peer),
           host, port, std::move(done));
+      else
+        start_dial(std::make_shared<gate_conn<tcp::socket>>(shared_, tcp::socket{io_}, who,
+                                                            side::dialed, peer),
+                   host, port, std::move(done));
     });
+  }
+
+  void on_data(data_fn fn) override { shared_->on_data = std::move(fn); }
+
+  bool send_data(const std::string& peer, std::string payload) override {
+    auto conn = shared_->link_of(peer);
+    return conn && conn->queue_data(std::move(payload));
   }
 
   std::uint16_t port() const override { return port_; }
@@ -540,9 +780,10 @@ tl::expected<ssl::context, std::string> make_tls(const gate_tls_files& files) {
 
 tl::expected<std::shared_ptr<cluster_gate>, std::string>
 cluster_gate::start(const std::string& host, std::uint16_t port, std::optional<gate_tls_files> tls,
-                    gate_limits limits) {
+                    gate_limits limits, std::string self) {
   auto shared = std::make_shared<gate_shared>();
   shared->limits = limits;
+  shared->self = std::move(self);
   if (tls) {
     auto made = make_tls(*tls);
     if (!made)

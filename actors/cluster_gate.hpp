@@ -9,6 +9,11 @@
 // does TLS (cluster.tls), checks every BASP frame header a peer sends
 // before CAF sees it, and pumps the checked bytes to and from CAF over a
 // socketpair. CAF speaks BASP on its end and opens no socket of its own.
+// Beside BASP, a link carries nerve's own data frames (the publish forwards
+// and the replication data plane), which the gate hands to the node
+// directly: the wire is framed (kind, length, payload) and starts with the
+// dialer's hello naming it (docs/operations.md, "What the cluster port lets
+// through").
 #pragma once
 
 #include <array>
@@ -87,22 +92,38 @@ public:
   /// A dial's outcome: CAF's end of the socketpair (the callee owns it), or
   /// why there is no link. Called once, on the gate's thread.
   using dialed_fn = std::function<void(tl::expected<int, std::string>)>;
+  /// A data frame from member `peer` (nerve's own messages beside BASP on
+  /// the same link: the replication data plane). Called on the gate's
+  /// thread: it must not block.
+  using data_fn = std::function<void(const std::string& peer, std::string payload)>;
 
   virtual ~cluster_gate() = default;
 
   /// Binds host:port (`host` "0.0.0.0" or "::": every interface) and loads
   /// the TLS files; accepts nothing before `accept`. Error: why the port or
   /// a TLS file cannot be used.
+  /// `self`: this node's id, which every dial says first.
   [[nodiscard]] static tl::expected<std::shared_ptr<cluster_gate>, std::string>
   start(const std::string& host, std::uint16_t port, std::optional<gate_tls_files> tls,
-        gate_limits limits);
+        gate_limits limits, std::string self = "gate");
 
   /// Starts accepting on a thread of its own.
   virtual void accept(accepted_fn accepted) = 0;
 
-  /// Connects to a peer: TCP, then TLS with cluster.tls (the peer's
-  /// certificate must be signed by the CA). Thread-safe.
-  virtual void dial(const std::string& host, std::uint16_t port, dialed_fn done) = 0;
+  /// Connects to member `peer`: TCP, then TLS with cluster.tls (the peer's
+  /// certificate must be signed by the CA), then a hello saying who dials.
+  /// Thread-safe.
+  virtual void dial(const std::string& peer, const std::string& host, std::uint16_t port,
+                    dialed_fn done)
+    = 0;
+
+  /// Where data frames go; set before accept and dial.
+  virtual void on_data(data_fn fn) = 0;
+
+  /// Queues a data frame for member `peer`'s link, in order with the ones
+  /// before; false when there is no open link to it (a frame queued when
+  /// the link drops is lost). Thread-safe; never blocks.
+  virtual bool send_data(const std::string& peer, std::string payload) = 0;
 
   /// The port listened on (the one asked for, or the one picked for 0).
   [[nodiscard]] virtual std::uint16_t port() const = 0;

@@ -2,8 +2,11 @@
 #include "actors/messages.hpp"
 
 #include <array>
+#include <stdexcept>
 #include <utility>
 
+#include <caf/binary_deserializer.hpp>
+#include <caf/binary_serializer.hpp>
 #include <caf/message.hpp>
 #include <caf/sec.hpp>
 
@@ -109,6 +112,81 @@ void register_messages(caf::actor_system_config& cfg) {
     .add_message_type<repl_state_op>("nerve.repl_state_op")
     .add_message_type<fetch_request>("nerve.fetch_request")
     .add_message_type<fetch_response>("nerve.fetch_response");
+}
+
+namespace {
+
+template <class... Ts>
+std::string encode_link(link_op op, Ts&... xs) {
+  std::vector<char> buf;
+  buf.push_back(static_cast<char>(op));
+  caf::binary_serializer sink{static_cast<caf::execution_unit*>(nullptr), buf};
+  if (auto err = sink(xs...))
+    throw std::logic_error("a link frame does not serialize");
+  return {buf.begin(), buf.end()};
+}
+
+} // namespace
+
+std::string link_fetch(std::uint64_t token, const fetch_request& req) {
+  return encode_link(link_op::fetch, token, const_cast<fetch_request&>(req));
+}
+
+std::string link_fetch_answer(const std::string& topic, std::uint32_t partition,
+                              std::uint64_t token, const fetch_response& r) {
+  return encode_link(link_op::fetch_answer, const_cast<std::string&>(topic), partition, token,
+                     const_cast<fetch_response&>(r));
+}
+
+std::string link_synced(const fetch_request& req) {
+  return encode_link(link_op::synced, const_cast<fetch_request&>(req));
+}
+
+std::string link_forward(std::uint64_t token, const std::string& topic, std::uint32_t partitions,
+                         const std::vector<append_request>& reqs) {
+  return encode_link(link_op::forward, token, const_cast<std::string&>(topic), partitions,
+                     const_cast<std::vector<append_request>&>(reqs));
+}
+
+std::string link_forward_answer(std::uint64_t token, std::uint8_t code, const std::string& detail,
+                                const std::vector<appended>& out) {
+  return encode_link(link_op::forward_answer, token, code, const_cast<std::string&>(detail),
+                     const_cast<std::vector<appended>&>(out));
+}
+
+tl::expected<link_frame, std::string> read_link_frame(std::string_view frame) {
+  if (frame.empty())
+    return tl::make_unexpected(std::string{"an empty frame"});
+  link_frame out;
+  out.op = static_cast<link_op>(frame[0]);
+  caf::binary_deserializer source{static_cast<caf::execution_unit*>(nullptr), frame.data() + 1,
+                                  frame.size() - 1};
+  caf::error err;
+  switch (out.op) {
+    case link_op::fetch:
+      err = source(out.token, out.request);
+      break;
+    case link_op::fetch_answer:
+      err = source(out.topic, out.partition, out.token, out.response);
+      break;
+    case link_op::synced:
+      err = source(out.request);
+      break;
+    case link_op::forward:
+      err = source(out.token, out.topic, out.partitions, out.events);
+      break;
+    case link_op::forward_answer:
+      err = source(out.token, out.code, out.detail, out.out);
+      break;
+    default:
+      return tl::make_unexpected("the unknown op " + std::to_string(frame[0]));
+  }
+  if (err)
+    return tl::make_unexpected("a malformed op " + std::to_string(frame[0]) + " frame");
+  if (source.remaining() != 0)
+    return tl::make_unexpected("an op " + std::to_string(frame[0]) + " frame with "
+                               + std::to_string(source.remaining()) + " bytes too many");
+  return out;
 }
 
 } // namespace nerve::actors

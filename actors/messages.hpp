@@ -26,7 +26,7 @@
 namespace nerve::actors {
 
 /// Version of the wire protocol; a peer speaking another one is refused.
-inline constexpr std::uint32_t wire_version = 2;
+inline constexpr std::uint32_t wire_version = 3;
 
 // -- enums (stored and sent as their underlying integer) ----------------------
 
@@ -93,11 +93,9 @@ using http_atom = caf::atom_constant<caf::atom("http")>;
 using restart_child_atom = caf::atom_constant<caf::atom("rst_child")>;
 
 // Between nodes (the cluster actor):
-using forward_atom = caf::atom_constant<caf::atom("forward")>;
 using topic_atom = caf::atom_constant<caf::atom("topic")>;
 using dial_atom = caf::atom_constant<caf::atom("dial")>;
 using probed_atom = caf::atom_constant<caf::atom("probed")>;
-using forwarded_atom = caf::atom_constant<caf::atom("forwarded")>;
 using api_atom = caf::atom_constant<caf::atom("api")>;
 using answered_atom = caf::atom_constant<caf::atom("answered")>;
 using tail_atom = caf::atom_constant<caf::atom("tail")>;
@@ -586,6 +584,51 @@ typename Inspector::result_type inspect(Inspector& f, fetch_response& x) {
            x.position, x.position_epoch, x.log_end, x.error, x.chunks, x.state);
 }
 
+// -- link frames -----------------------------------------------------------------
+
+/// The replication data plane's messages travel as the cluster gate's data
+/// frames (cluster_gate.hpp), not as CAF messages: one thread hand-off on
+/// each side instead of three. A frame is one op byte, then its fields in
+/// CAF's binary format.
+enum class link_op : std::uint8_t {
+  fetch = 1,        ///< token, fetch_request: a follower to its leader
+  fetch_answer = 2, ///< topic, partition, token, fetch_response: the leader's answer
+  synced = 3,       ///< fetch_request: a follower's sync between fetches
+  /// token, topic, partition count, append_requests: events for partitions led there.
+  forward = 4,
+  /// token, code (0: ok, else errc + 1), detail, appended: the forward's outcome.
+  forward_answer = 5,
+};
+
+[[nodiscard]] std::string link_fetch(std::uint64_t token, const fetch_request& req);
+[[nodiscard]] std::string link_fetch_answer(const std::string& topic, std::uint32_t partition,
+                                            std::uint64_t token, const fetch_response& r);
+[[nodiscard]] std::string link_synced(const fetch_request& req);
+[[nodiscard]] std::string link_forward(std::uint64_t token, const std::string& topic,
+                                       std::uint32_t partitions,
+                                       const std::vector<append_request>& reqs);
+[[nodiscard]] std::string link_forward_answer(std::uint64_t token, std::uint8_t code,
+                                              const std::string& detail,
+                                              const std::vector<appended>& out);
+
+/// One decoded link frame: which op, and the fields it carries.
+struct link_frame {
+  link_op op = link_op::fetch;
+  std::uint64_t token = 0;
+  std::string topic;
+  std::uint32_t partition = 0;
+  fetch_request request;              ///< fetch, synced
+  fetch_response response;            ///< fetch_answer
+  std::uint32_t partitions = 0;       ///< forward: the topic's partition count
+  std::vector<append_request> events; ///< forward
+  std::uint8_t code = 0;              ///< forward_answer: 0 ok, else errc + 1
+  std::string detail;                 ///< forward_answer: the error's message
+  std::vector<appended> out;          ///< forward_answer
+};
+
+/// Decodes a data frame; an error says why it is none of ours.
+[[nodiscard]] tl::expected<link_frame, std::string> read_link_frame(std::string_view frame);
+
 // -- interfaces ----------------------------------------------------------------
 
 namespace detail {
@@ -621,10 +664,11 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<handoff_atom, std::uint64_t, dead_letter>,
   /// A DLQ retry of (agent, offset, dlq id): empty once queued and written, else why not.
   caf::replies_to<redeliver_atom, std::string, std::uint64_t, std::string>::with<std::string>,
-  /// Replication: a follower's fetch (answered by the leader, maybe after a wait).
-  caf::replies_to<fetch_atom, fetch_request>::with<fetch_response>,
-  /// Internal (follower): the answer of its fetch; its log of generation g is synced up to n.
-  caf::reacts_to<fetched_atom, fetch_response>,
+  /// Replication: a follower's fetch (token): the leader answers over the
+  /// link, maybe after a wait.
+  caf::reacts_to<fetch_atom, fetch_request, std::uint64_t>,
+  /// Follower: the answer of its fetch (token); its log of generation g is synced up to n.
+  caf::reacts_to<fetched_atom, std::uint64_t, fetch_response>,
   caf::reacts_to<synced_atom, std::uint64_t, std::uint64_t>,
   /// Replication (leader): a follower's copy is synced up to `synced`.
   caf::reacts_to<synced_atom, fetch_request>,
@@ -686,10 +730,6 @@ using runner_actor = caf::typed_actor<
 using peer_actor = caf::typed_actor<
   /// A dialing peer introduces itself; answered with this node's hello.
   caf::replies_to<hello>::with<hello>,
-  /// Appends batches of `topic` (`n` partitions) on partitions this node
-  /// owns; answered once durable, one entry per event in batch order.
-  caf::replies_to<forward_atom, std::string, std::uint32_t,
-                  std::vector<append_request>>::with<std::vector<appended>>,
   /// The partition count of a topic whose home is this node (created on
   /// first ask).
   caf::replies_to<topic_atom, std::string>::with<std::uint32_t>,
@@ -702,15 +742,10 @@ using peer_actor = caf::typed_actor<
   caf::reacts_to<tail_ack_atom, caf::actor_addr>,
   /// Internal: time to dial member `id`; the gate's dial of `id` ended (linked or not).
   caf::reacts_to<dial_atom, std::string>, caf::reacts_to<probed_atom, std::string, bool>,
-  /// Internal: forward `token` is durable here, or failed.
-  caf::reacts_to<forwarded_atom, std::uint64_t, std::vector<appended>>,
-  caf::reacts_to<forwarded_atom, std::uint64_t, caf::error>,
+  /// Internal: the once-a-second check of forwards waiting for their owner.
+  caf::reacts_to<tick_atom>,
   /// Internal: API request `token` is answered here.
-  caf::reacts_to<answered_atom, std::uint64_t, api_response>,
-  /// A follower's fetch for a partition this node leads (cluster step 2),
-  /// and its word that its copy is synced further.
-  caf::replies_to<fetch_atom, fetch_request>::with<fetch_response>,
-  caf::reacts_to<synced_atom, fetch_request>, caf::reacts_to<stop_atom>>;
+  caf::reacts_to<answered_atom, std::uint64_t, api_response>, caf::reacts_to<stop_atom>>;
 
 /// A remote tail's receiving end: batches of events (stored JSON) of a
 /// topic, each acknowledged to the sending node's cluster actor.

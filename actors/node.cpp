@@ -482,8 +482,8 @@ private:
       if (control_)
         control_->change_in_sync(topic, p, epoch, std::move(in_sync));
     };
-    hooks->peer = [this](const std::string& node) {
-      return cluster_ ? cluster_->link_of(node) : caf::actor{};
+    hooks->send = [this](const std::string& node, std::string frame) {
+      return cluster_ && cluster_->send_data(node, std::move(frame));
     };
     ctx_.replication = std::move(hooks);
   }

@@ -243,8 +243,9 @@ struct replication_hooks {
   std::function<void(const std::string& topic, std::uint32_t p, std::uint32_t epoch,
                      std::vector<std::string> in_sync)>
     change_in_sync;
-  /// The cluster actor of member `node` (a peer_actor), or none while it is down.
-  std::function<caf::actor(const std::string& node)> peer;
+  /// Sends a link frame (messages.hpp, link_op) to member `node`; false
+  /// while there is no link to it.
+  std::function<bool(const std::string& node, std::string frame)> send;
 };
 
 /// What the actors of one node share. Owned by the node; outlives the actors.

@@ -68,7 +68,8 @@ struct partition_state {
     std::chrono::steady_clock::time_point caught_up_at{};
     std::int64_t last_fetch_us = 0;
     std::vector<repl_state_op> state; ///< delivery-state changes not yet shipped
-    std::optional<caf::typed_response_promise<fetch_response>> parked;
+    bool parked = false;              ///< a fetch of its waits for records
+    std::uint64_t parked_for = 0;     ///< the follower's token of that fetch
     fetch_request parked_req;
     std::uint64_t park_token = 0;
   };
@@ -87,7 +88,8 @@ struct partition_state {
   };
   std::deque<awaiting> acks;
   std::uint64_t next_token = 1;
-  bool fetching = false;              ///< follower: a fetch is out, or its records are syncing
+  bool fetching = false;              ///< follower: a fetch is out
+  std::uint64_t fetch_token = 0;      ///< follower: the token of the fetch out
   std::uint64_t fetch_generation = 0; ///< bumped by each role change
   std::uint64_t synced_end = 0;       ///< follower: its log is on disk below this
   std::uint64_t session = 0;          ///< follower: bumped when its log changes under it
@@ -609,8 +611,9 @@ constexpr std::size_t fetch_max_events = 2000;
 constexpr std::size_t fetch_max_bytes = 4U << 20;
 /// How long a leader holds a fetch that finds nothing new.
 constexpr auto fetch_park = std::chrono::milliseconds{500};
-/// How long a follower waits for a fetch's answer.
-constexpr auto fetch_timeout = std::chrono::seconds{5};
+/// How long a follower waits for a fetch's answer (3x the longest park):
+/// after that it takes the answer for lost with its link and fetches again.
+constexpr auto fetch_timeout = std::chrono::milliseconds{1500};
 /// Delivery-state changes kept per follower that is not fetching.
 constexpr std::size_t max_shipped_state = 100000;
 /// How long publishes wait for a partition without a leader to get one.
@@ -726,13 +729,19 @@ fetch_response answer_for(partition_state& st, partition_state::follower& f, std
   return r;
 }
 
+/// Sends follower `node` the answer to its fetch `token` over the link.
+void reply_fetch(const partition_state& st, const std::string& node, std::uint64_t token,
+                 const fetch_response& r) {
+  st.ctx->replication->send(node, link_fetch_answer(st.route->info.name, st.partition, token, r));
+}
+
 /// Answers the fetches that waited for records, now that there are some.
 void answer_parked(partition_state& st, bool timed_out_only, std::uint64_t token = 0) {
   for (auto& [node, f] : st.followers) {
     if (!f.parked || (timed_out_only && f.park_token != token))
       continue;
-    f.parked->deliver(answer_for(st, f, f.parked_req.from));
-    f.parked.reset();
+    f.parked = false;
+    reply_fetch(st, node, f.parked_for, answer_for(st, f, f.parked_req.from));
   }
 }
 
@@ -823,7 +832,9 @@ void ask_in_sync(partition_state& st, std::vector<std::string> in_sync, const st
                                       std::move(in_sync));
 }
 
-caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request& req) {
+/// A follower's fetch `token`: answered over the link now, or parked until
+/// there are records (at most fetch_park).
+void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t token) {
   auto& st = self->state;
   fetch_response stale;
   stale.status = fetch_status::stale;
@@ -831,12 +842,12 @@ caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request
     stale.epoch = st.role ? st.role->epoch : 0;
     stale.error = "node " + st.ctx->replication->self + " does not lead " + where(st) + " in epoch "
                   + std::to_string(req.epoch);
-    return stale;
+    return reply_fetch(st, req.node, token, stale);
   }
   if (std::find(st.role->replicas.begin(), st.role->replicas.end(), req.node)
       == st.role->replicas.end()) {
     stale.error = "node " + req.node + " holds no copy of " + where(st);
-    return stale;
+    return reply_fetch(st, req.node, token, stale);
   }
   // Divergence: the follower's records past where its last epoch ends in
   // this leader's history were never acknowledged; it truncates them.
@@ -851,12 +862,12 @@ caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request
     r.epoch = st.role->epoch;
     r.position = end;
     r.position_epoch = epoch;
-    return r;
+    return reply_fetch(st, req.node, token, r);
   }
   auto& f = st.followers[req.node];
   if (f.parked) { // an earlier fetch of its, lost on the way back: superseded
-    f.parked->deliver(answer_for(st, f, f.parked_req.from));
-    f.parked.reset();
+    f.parked = false;
+    reply_fetch(st, req.node, f.parked_for, answer_for(st, f, f.parked_req.from));
   }
   auto now = std::chrono::steady_clock::now();
   if (!f.heard || req.from >= f.end_at_fetch)
@@ -883,13 +894,12 @@ caf::result<fetch_response> on_fetch(partition_actor_t self, const fetch_request
     ask_in_sync(st, std::move(in_sync), "node " + req.node + " caught up");
   }
   if (req.from < st.writer->next_offset() || !f.state.empty())
-    return answer_for(st, f, req.from);
-  auto rp = self->make_response_promise<fetch_response>();
-  f.parked = rp;
+    return reply_fetch(st, req.node, token, answer_for(st, f, req.from));
+  f.parked = true;
+  f.parked_for = token;
   f.parked_req = req;
   f.park_token = st.next_token++;
   self->delayed_send(self, fetch_park, timeout_atom::value, f.park_token);
-  return rp;
 }
 
 /// A follower synced what it was sent: the high watermark may move.
@@ -1058,21 +1068,13 @@ void send_fetch(partition_actor_t self) {
   auto& st = self->state;
   if (st.fetching || !st.role || st.role->role != role_kind::follower)
     return;
-  auto peer = st.ctx->replication->peer(st.role->leader);
-  if (!peer)
+  auto token = st.next_token++;
+  if (!st.ctx->replication->send(st.role->leader, link_fetch(token, position_of(st))))
     return; // the link is down: the tick tries again
   st.fetching = true;
-  auto req = position_of(st);
-  self->request(caf::actor_cast<peer_actor>(peer), fetch_timeout, fetch_atom::value, req)
-    .then(
-      [self, gen = st.fetch_generation](fetch_response& r) {
-        if (gen == self->state.fetch_generation)
-          on_fetched(self, r);
-      },
-      [self, gen = st.fetch_generation](caf::error&) {
-        if (gen == self->state.fetch_generation)
-          self->state.fetching = false;
-      });
+  st.fetch_token = token;
+  // An answer lost with its link: the timeout lets the tick fetch again.
+  self->delayed_send(self, fetch_timeout, timeout_atom::value, token);
 }
 
 /// Answers the first `n` batches waiting for the high watermark as
@@ -1127,8 +1129,8 @@ void step_down(partition_actor_t self, const std::string& why) {
       fetch_response r;
       r.status = fetch_status::stale;
       r.error = why;
-      f.parked->deliver(std::move(r));
-      f.parked.reset();
+      f.parked = false;
+      reply_fetch(st, node, f.parked_for, r);
     }
   spdlog::info("topic={} partition={}: {}; restarting in the new role", st.route->info.name,
                st.partition, why);
@@ -1451,8 +1453,12 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       }
       return "agent " + agent + " does not consume " + st.route->info.name;
     },
-    [=](fetch_atom, const fetch_request& req) { return on_fetch(self, req); },
-    [=](fetched_atom, fetch_response& r) { on_fetched(self, r); },
+    [=](fetch_atom, const fetch_request& req, std::uint64_t token) { on_fetch(self, req, token); },
+    [=](fetched_atom, std::uint64_t token, fetch_response& r) {
+      // An answer to a fetch of an earlier role or log, or one given up, is dropped.
+      if (self->state.fetching && token == self->state.fetch_token)
+        on_fetched(self, r);
+    },
     [=](synced_atom, std::uint64_t gen, std::uint64_t end) {
       // This follower's own sync: its leader hears of it.
       auto& st = self->state;
@@ -1461,12 +1467,16 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       st.synced_end = std::max(st.synced_end, std::min(end, st.writer->next_offset()));
       if (!st.fetching)
         return send_fetch(self); // its position says it
-      if (auto peer = st.ctx->replication->peer(st.role->leader))
-        caf::anon_send(caf::actor_cast<peer_actor>(peer), synced_atom::value, position_of(st));
+      st.ctx->replication->send(st.role->leader, link_synced(position_of(st)));
     },
     [=](synced_atom, const fetch_request& req) { on_follower_synced(self, req); },
     [=](role_atom) { on_role(self); },
-    [=](timeout_atom, std::uint64_t token) { answer_parked(self->state, true, token); },
+    [=](timeout_atom, std::uint64_t token) {
+      auto& st = self->state;
+      answer_parked(st, true, token);
+      if (st.fetching && token == st.fetch_token)
+        st.fetching = false;
+    },
     [=](tick_atom) {
       auto& st = self->state;
       if (!st.batch.empty())

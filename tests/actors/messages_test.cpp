@@ -157,3 +157,62 @@ TEST_CASE("replication fetches and their answers round-trip through the binary s
   CHECK(back.status == fetch_status::diverged);
   CHECK(back.chunks[1].records[1].json.size() == 70000);
 }
+
+TEST_CASE("link frames carry fetches, answers, syncs and forwards, and refuse garbage", "[unit]") {
+  fetch_request req{"omni:orders", 5, 7, 1ULL << 33, 6, "n2"};
+  req.synced = 12;
+  req.session = 3;
+  auto f = read_link_frame(link_fetch(42, req));
+  REQUIRE(f);
+  CHECK(f->op == link_op::fetch);
+  CHECK(f->token == 42);
+  CHECK(f->request == req);
+
+  fetch_response r;
+  r.status = fetch_status::ok;
+  r.epoch = 7;
+  r.chunks = {repl_chunk{7, {repl_record{1201, 1733140000123457, "id-2", "{}"}}}};
+  r.state = {repl_state_op{0, false, "cursor-key", std::string("\0\1\2", 3)}};
+  auto a = read_link_frame(link_fetch_answer("omni:orders", 5, 43, r));
+  REQUIRE(a);
+  CHECK(a->op == link_op::fetch_answer);
+  CHECK((a->topic == "omni:orders" && a->partition == 5 && a->token == 43));
+  CHECK(a->response == r);
+
+  auto s = read_link_frame(link_synced(req));
+  REQUIRE(s);
+  CHECK(s->op == link_op::synced);
+  CHECK(s->request == req);
+
+  std::vector<append_request> events{{"orders", 1, {sample_event(1), sample_event(2)}},
+                                     {"orders", 3, {sample_event(3)}}};
+  auto fw = read_link_frame(link_forward(44, "orders", 4, events));
+  REQUIRE(fw);
+  CHECK(fw->op == link_op::forward);
+  CHECK((fw->token == 44 && fw->topic == "orders" && fw->partitions == 4));
+  CHECK(fw->events == events);
+
+  std::vector<appended> out{{"id-1", 1, 10, 1733140000123456, false},
+                            {"id-2", 1, 11, 1733140000123457, true}};
+  auto fa = read_link_frame(link_forward_answer(45, 0, "", out));
+  REQUIRE(fa);
+  CHECK(fa->op == link_op::forward_answer);
+  CHECK((fa->token == 45 && fa->code == 0 && fa->out == out));
+  auto failed = read_link_frame(link_forward_answer(46, 4, "not led here", {}));
+  REQUIRE(failed);
+  CHECK((failed->code == 4 && failed->detail == "not led here" && failed->out.empty()));
+
+  // Garbage: an empty frame, an unknown op, a truncated one, trailing bytes,
+  // a sequence length far beyond the bytes (read, never allocated up front).
+  CHECK_FALSE(read_link_frame(""));
+  CHECK_THAT(read_link_frame("\x7f").error(), Catch::Contains("unknown op"));
+  auto whole = link_fetch(42, req);
+  CHECK_FALSE(read_link_frame(std::string_view{whole}.substr(0, whole.size() - 3)));
+  CHECK_THAT(read_link_frame(whole + "xy").error(), Catch::Contains("2 bytes too many"));
+  std::string huge{"\x04"};
+  huge += std::string(8, '\0');                   // token
+  huge += std::string{"\x06orders", 7};           // topic
+  huge += std::string(4, '\0');                   // partitions
+  huge += std::string{"\xff\xff\xff\xff\x0f", 5}; // 4 Gi append requests
+  CHECK_FALSE(read_link_frame(huge));
+}

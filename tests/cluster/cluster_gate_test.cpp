@@ -13,6 +13,8 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include "actors/cluster_gate.hpp"
@@ -51,6 +53,41 @@ bytes concat(std::initializer_list<bytes> parts) {
   bytes out;
   for (auto& p : parts)
     out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+// A member link's frames (cluster_gate.cpp): kind, big-endian length, payload.
+constexpr std::uint8_t kind_basp = 0, kind_data = 1, kind_hello = 2;
+
+bytes link_frame(std::uint8_t kind, const bytes& payload) {
+  bytes f{kind};
+  for (int i = 0; i < 4; ++i)
+    f.push_back(static_cast<std::uint8_t>(payload.size() >> (24 - 8 * i)));
+  f.insert(f.end(), payload.begin(), payload.end());
+  return f;
+}
+
+/// BASP bytes as a dialing peer's gate sends them: its hello first.
+bytes as_peer(const bytes& basp, bool hello = true) {
+  std::string h = "nerve-link/3 n9";
+  auto out = hello ? link_frame(kind_hello, bytes(h.begin(), h.end())) : bytes{};
+  auto f = link_frame(kind_basp, basp);
+  out.insert(out.end(), f.begin(), f.end());
+  return out;
+}
+
+/// The BASP bytes in a gate's frames (data frames are skipped).
+bytes unframe(const bytes& framed) {
+  bytes out;
+  std::size_t at = 0;
+  while (at + 5 <= framed.size()) {
+    std::size_t len = (std::size_t{framed[at + 1]} << 24) | (std::size_t{framed[at + 2]} << 16)
+                      | (std::size_t{framed[at + 3]} << 8) | framed[at + 4];
+    if (framed[at] == kind_basp)
+      out.insert(out.end(), framed.begin() + static_cast<std::ptrdiff_t>(at + 5),
+                 framed.begin() + static_cast<std::ptrdiff_t>(at + 5 + len));
+    at += 5 + len;
+  }
   return out;
 }
 
@@ -218,9 +255,9 @@ TEST_CASE("the gate pumps an accepted connection to CAF's end and back", "[unit]
   // CAF speaks first, then the peer's frames pass unchanged.
   auto hello = frame(server_handshake, 100);
   send_all(link.mine, hello);
-  CHECK(receive(link.peer, hello.size()).first == hello);
+  CHECK(unframe(receive(link.peer, hello.size() + 5).first) == hello);
   auto frames = concat({frame(client_handshake, 30), frame(direct_message, 200000)});
-  send_all(link.peer, frames);
+  send_all(link.peer, as_peer(frames));
   CHECK(receive(link.mine, frames.size()).first == frames);
   // The peer leaves: CAF's end closes.
   ::shutdown(link.peer, SHUT_RDWR);
@@ -230,13 +267,32 @@ TEST_CASE("the gate pumps an accepted connection to CAF's end and back", "[unit]
 TEST_CASE("the gate closes a connection announcing 3.9 GiB before CAF sees the header", "[unit]") {
   one_link link;
   auto first = frame(client_handshake, 30);
-  send_all(link.peer, first);
+  send_all(link.peer, as_peer(first));
   REQUIRE(receive(link.mine, first.size()).first == first);
-  send_all(link.peer, header(direct_message, 0xF0000000U, 7));
+  send_all(link.peer, as_peer(header(direct_message, 0xF0000000U, 7), false));
   auto [got, closed] = receive(link.mine, SIZE_MAX);
   CHECK(closed);
   CHECK(got.size() < 32); // never the whole header
   CHECK(closes(link.peer));
+}
+
+TEST_CASE("the gate closes a link whose frame announces more than its limit", "[unit]") {
+  one_link link;
+  bytes huge{kind_data, 0xF0, 0, 0, 0};
+  send_all(link.peer, concat({as_peer(frame(client_handshake, 30)), huge}));
+  CHECK(closes(link.peer));
+  CHECK(closes(link.mine));
+}
+
+TEST_CASE("the gate closes a link that does not start with a nerve hello", "[unit]") {
+  for (auto first : {frame(client_handshake, 30), as_peer(frame(client_handshake, 30), false),
+                     link_frame(kind_data, bytes(10, 1))}) {
+    one_link link;
+    send_all(link.peer, first);
+    auto [got, closed] = receive(link.mine, SIZE_MAX);
+    CHECK(closed);
+    CHECK(got.empty());
+  }
 }
 
 TEST_CASE("the gate closes connections over its limit at once", "[unit]") {
@@ -272,8 +328,8 @@ TEST_CASE("the gate closes a connection that sends no frame in time", "[unit]") 
   gate_limits limits;
   limits.frame_timeout = 300ms;
   one_link link{limits};
-  auto half = frame(client_handshake, 30);
-  half.resize(40);
+  auto half = as_peer(frame(client_handshake, 30));
+  half.resize(half.size() - 10);
   send_all(link.peer, half);
   auto started = std::chrono::steady_clock::now();
   CHECK(closes(link.peer, 3s));
@@ -300,7 +356,7 @@ TEST_CASE("a dial reaches a gate, and a dial to a closed port fails", "[unit]") 
     results.erase(results.begin());
     return r;
   };
-  client->dial("127.0.0.1", server->port(), done);
+  client->dial("srv", "127.0.0.1", server->port(), done);
   auto dialed = wait_result();
   REQUIRE(dialed);
   int accepted = caf.next();
@@ -321,8 +377,85 @@ TEST_CASE("a dial reaches a gate, and a dial to a closed port fails", "[unit]") 
     auto spare = plain_gate();
     closed_port = spare->port();
   }
-  client->dial("127.0.0.1", closed_port, done);
+  client->dial("spare", "127.0.0.1", closed_port, done);
   auto refused = wait_result();
   REQUIRE_FALSE(refused);
   CHECK_THAT(refused.error(), Catch::Contains("cannot connect"));
+}
+
+TEST_CASE("data frames cross a dialed link both ways, in order, beside BASP", "[unit]") {
+  struct inbox {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::vector<std::pair<std::string, std::string>> got;
+    cluster_gate::data_fn fn() {
+      return [this](const std::string& peer, std::string payload) {
+        std::lock_guard<std::mutex> guard{mutex};
+        got.emplace_back(peer, std::move(payload));
+        cv.notify_all();
+      };
+    }
+    std::vector<std::pair<std::string, std::string>> wait(std::size_t n) {
+      std::unique_lock<std::mutex> guard{mutex};
+      cv.wait_for(guard, 5s, [&] { return got.size() >= n; });
+      return got;
+    }
+  };
+  inbox at_server, at_client;
+  handed caf;
+  auto server = *cluster_gate::start("127.0.0.1", 0, std::nullopt, {}, "srv");
+  server->on_data(at_server.fn());
+  server->accept(caf.fn());
+  auto client = *cluster_gate::start("127.0.0.1", 0, std::nullopt, {}, "cli");
+  client->on_data(at_client.fn());
+  CHECK_FALSE(client->send_data("srv", "too early"));
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::optional<tl::expected<int, std::string>> dialed;
+  client->dial("srv", "127.0.0.1", server->port(), [&](tl::expected<int, std::string> r) {
+    std::lock_guard<std::mutex> guard{mutex};
+    dialed = std::move(r);
+    cv.notify_all();
+  });
+  {
+    std::unique_lock<std::mutex> guard{mutex};
+    REQUIRE(cv.wait_for(guard, 5s, [&] { return dialed.has_value(); }));
+  }
+  REQUIRE(*dialed);
+  int accepted = caf.next();
+  REQUIRE(accepted >= 0);
+  // BASP through both gates, then data frames, both ways.
+  auto hello = frame(server_handshake, 489);
+  send_all(accepted, hello);
+  CHECK(receive(**dialed, hello.size()).first == hello);
+  std::string big(3 << 20, 'x');
+  for (int i = 0; i < 100; ++i)
+    REQUIRE(client->send_data("srv", "c" + std::to_string(i)));
+  REQUIRE(client->send_data("srv", big));
+  // The server learnt who dialed from the hello.
+  for (int attempt = 0; attempt < 100 && !server->send_data("cli", "s0"); ++attempt)
+    std::this_thread::sleep_for(10ms);
+  auto from_client = at_server.wait(101);
+  REQUIRE(from_client.size() == 101);
+  for (int i = 0; i < 100; ++i)
+    CHECK(from_client[static_cast<std::size_t>(i)]
+          == std::make_pair(std::string{"cli"}, "c" + std::to_string(i)));
+  CHECK(from_client[100].second == big);
+  auto from_server = at_client.wait(1);
+  REQUIRE(from_server.size() == 1);
+  CHECK(from_server[0] == std::make_pair(std::string{"srv"}, std::string{"s0"}));
+  auto answer = frame(client_handshake, 30);
+  send_all(**dialed, answer);
+  CHECK(receive(accepted, answer.size()).first == answer);
+  CHECK_FALSE(server->send_data("nobody", "x"));
+  // The link ends: no more frames for it.
+  ::close(**dialed);
+  CHECK(closes(accepted));
+  bool refused = false;
+  for (int attempt = 0; attempt < 100 && !refused; ++attempt) {
+    refused = !client->send_data("srv", "late");
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(refused);
+  ::close(accepted);
 }

@@ -31,6 +31,20 @@ def basp_header(op, payload_len, operation_data=0, source=0, dest=0, flags=0):
     return struct.pack(">BBBBIQQQ", op, 0, 0, flags, payload_len, operation_data, source, dest)
 
 
+KIND_BASP, KIND_DATA, KIND_HELLO = 0, 1, 2
+
+
+def link_frame(kind, payload):
+    """A frame of nerve's member link (actors/cluster_gate.cpp): kind, big-endian length."""
+    return struct.pack(">BI", kind, len(payload)) + payload
+
+
+def as_peer(basp, hello=True):
+    """BASP bytes as a dialing member's gate sends them: a hello first, then BASP frames."""
+    first = link_frame(KIND_HELLO, b"nerve-link/3 n9") if hello else b""
+    return first + link_frame(KIND_BASP, basp)
+
+
 def atom(text):
     """A CAF 0.17 atom_value: 6 bits per character after a 0xF start [caf/detail/atom_val.hpp]."""
     alphabet = " 0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
@@ -130,30 +144,42 @@ class PlaintextPortTest(HostileTestCase):
 
     def test_a_header_announcing_3_9_gib_is_refused(self):
         def huge_handshake(s):
-            s.sendall(basp_header(CLIENT_HANDSHAKE, HUGE))
+            s.sendall(as_peer(basp_header(CLIENT_HANDSHAKE, HUGE)))
 
         def huge_message_after_a_handshake(s):
+            s.sendall(link_frame(KIND_HELLO, b"nerve-link/3 n9"))
             s.recv(65536)  # the node's server handshake
-            s.sendall(client_handshake())
+            s.sendall(link_frame(KIND_BASP, client_handshake()))
             time.sleep(0.1)
-            s.sendall(basp_header(DIRECT_MESSAGE, HUGE, dest=1))
+            s.sendall(link_frame(KIND_BASP, basp_header(DIRECT_MESSAGE, HUGE, dest=1)))
 
-        for send in (huge_handshake, huge_message_after_a_handshake):
+        def huge_link_frame(s):
+            s.sendall(link_frame(KIND_HELLO, b"nerve-link/3 n9")
+                      + struct.pack(">BI", KIND_DATA, HUGE))
+
+        def raw_basp(s):  # a peer of an older wire, or CAF itself
+            s.sendall(basp_header(CLIENT_HANDSHAKE, HUGE))
+
+        for send in (huge_handshake, huge_message_after_a_handshake, huge_link_frame, raw_basp):
+            if send is raw_basp:
+                time.sleep(1.1)  # refusals are logged once a second
             for s in self.attack(self.cluster, "n1", send, connections=4):
                 self.assertTrue(closed_by_peer(s), f"{send.__name__} was not refused")
         # CAF alone zero-filled 3.75 GiB per such connection (about 1 s each).
         time.sleep(1.0)
         self.assert_healthy(self.cluster, "n1", self.baseline)
-        self.assertIn("payload bytes, more than", self.cluster["n1"].stderr_text())
+        log = self.cluster["n1"].stderr_text()
+        self.assertIn("payload bytes, more than", log)
+        self.assertIn("its first frame is no nerve hello", log)
 
     def test_a_handshake_header_without_payload_is_refused(self):
         # 32 bytes that made CAF 0.17.6 dereference a null payload (SIGSEGV).
         for s in self.attack(self.cluster, "n1",
-                             lambda s: s.sendall(basp_header(CLIENT_HANDSHAKE, 0)),
+                             lambda s: s.sendall(as_peer(basp_header(CLIENT_HANDSHAKE, 0))),
                              connections=2):
             self.assertTrue(closed_by_peer(s))
         for s in self.attack(self.cluster, "n1",
-                             lambda s: s.sendall(basp_header(SERVER_HANDSHAKE, 0, 3)),
+                             lambda s: s.sendall(as_peer(basp_header(SERVER_HANDSHAKE, 0, 3))),
                              connections=2):
             self.assertTrue(closed_by_peer(s))
         time.sleep(0.5)
