@@ -2,6 +2,7 @@
 // cluster.tls, on a thread of its own.
 #include "actors/cluster_gate.hpp"
 
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -627,7 +628,10 @@ public:
     if (ec)
       return "cannot listen on cluster.listen " + host + ":" + std::to_string(port) + ": "
              + ec.message();
-    thread_ = std::thread{[this] { io_.run(); }};
+    thread_ = std::thread{[this] {
+      ::pthread_setname_np(::pthread_self(), "nerve.gate");
+      io_.run();
+    }};
     return std::nullopt;
   }
 

@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <pthread.h>
 #include <set>
 #include <shared_mutex>
 #include <thread>
@@ -86,7 +87,10 @@ public:
     : deps_(std::move(deps)), keys_(deps_.cfg->cluster.name), self_(deps_.cfg->node_id),
       client_(etcd::client::options{deps_.cfg->cluster.etcd, call_timeout(*deps_.cfg),
                                     call_timeout(*deps_.cfg) / 2}) {
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this] {
+      ::pthread_setname_np(::pthread_self(), "nerve.control");
+      run();
+    });
   }
 
   ~control_impl() override { stop(); }

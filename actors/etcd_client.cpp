@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <charconv>
 #include <mutex>
+#include <pthread.h>
 #include <stdexcept>
 #include <thread>
 
@@ -884,7 +885,10 @@ private:
 class watch_thread final : public watch_handle {
 public:
   explicit watch_thread(std::shared_ptr<watch_state> state) : state_(std::move(state)) {
-    thread_ = std::thread([s = state_] { s->run(); });
+    thread_ = std::thread([s = state_] {
+      ::pthread_setname_np(::pthread_self(), "nerve.etcd");
+      s->run();
+    });
   }
 
   ~watch_thread() override {

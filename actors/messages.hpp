@@ -674,9 +674,8 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<synced_atom, fetch_request>,
   /// The control plane changed the partition's role (read it from the slot).
   caf::reacts_to<role_atom>,
-  /// Internal: a parked fetch's wait (token) ended; the periodic in-sync check.
-  caf::reacts_to<timeout_atom, std::uint64_t>, caf::reacts_to<tick_atom>,
-  caf::reacts_to<stop_atom>>;
+  /// Internal: the periodic check of fetches, the in-sync set and acks.
+  caf::reacts_to<tick_atom>, caf::reacts_to<stop_atom>>;
 
 /// An agent instance: runs the handler of each delivery it is sent and
 /// answers the sender.

@@ -71,7 +71,7 @@ struct partition_state {
     bool parked = false;              ///< a fetch of its waits for records
     std::uint64_t parked_for = 0;     ///< the follower's token of that fetch
     fetch_request parked_req;
-    std::uint64_t park_token = 0;
+    std::chrono::steady_clock::time_point parked_at{};
   };
   std::map<std::string, follower> followers;
   std::chrono::steady_clock::time_point led_since{};
@@ -88,11 +88,12 @@ struct partition_state {
   };
   std::deque<awaiting> acks;
   std::uint64_t next_token = 1;
-  bool fetching = false;              ///< follower: a fetch is out
-  std::uint64_t fetch_token = 0;      ///< follower: the token of the fetch out
-  std::uint64_t fetch_generation = 0; ///< bumped by each role change
-  std::uint64_t synced_end = 0;       ///< follower: its log is on disk below this
-  std::uint64_t session = 0;          ///< follower: bumped when its log changes under it
+  bool fetching = false;                                 ///< follower: a fetch is out
+  std::uint64_t fetch_token = 0;                         ///< follower: the token of the fetch out
+  std::chrono::steady_clock::time_point fetch_sent_at{}; ///< follower: when it went out
+  std::uint64_t fetch_generation = 0;                    ///< bumped by each role change
+  std::uint64_t synced_end = 0; ///< follower: its log is on disk below this
+  std::uint64_t session = 0;    ///< follower: bumped when its log changes under it
   /// Leader: its latest appends in this epoch, so a fetch reads no disk.
   std::deque<repl_record> recent;
   std::size_t recent_bytes = 0;
@@ -735,10 +736,12 @@ void reply_fetch(const partition_state& st, const std::string& node, std::uint64
   st.ctx->replication->send(node, link_fetch_answer(st.route->info.name, st.partition, token, r));
 }
 
-/// Answers the fetches that waited for records, now that there are some.
-void answer_parked(partition_state& st, bool timed_out_only, std::uint64_t token = 0) {
+/// Answers the fetches that waited for records, now that there are some
+/// (or, `expired_only`, those that waited fetch_park).
+void answer_parked(partition_state& st, bool expired_only) {
+  auto now = std::chrono::steady_clock::now();
   for (auto& [node, f] : st.followers) {
-    if (!f.parked || (timed_out_only && f.park_token != token))
+    if (!f.parked || (expired_only && now - f.parked_at < fetch_park))
       continue;
     f.parked = false;
     reply_fetch(st, node, f.parked_for, answer_for(st, f, f.parked_req.from));
@@ -898,8 +901,9 @@ void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t to
   f.parked = true;
   f.parked_for = token;
   f.parked_req = req;
-  f.park_token = st.next_token++;
-  self->delayed_send(self, fetch_park, timeout_atom::value, f.park_token);
+  // The tick answers it once it waited fetch_park (a timer per fetch would
+  // wake CAF's clock thread for each).
+  f.parked_at = std::chrono::steady_clock::now();
 }
 
 /// A follower synced what it was sent: the high watermark may move.
@@ -1073,8 +1077,7 @@ void send_fetch(partition_actor_t self) {
     return; // the link is down: the tick tries again
   st.fetching = true;
   st.fetch_token = token;
-  // An answer lost with its link: the timeout lets the tick fetch again.
-  self->delayed_send(self, fetch_timeout, timeout_atom::value, token);
+  st.fetch_sent_at = std::chrono::steady_clock::now(); // the tick gives it up after fetch_timeout
 }
 
 /// Answers the first `n` batches waiting for the high watermark as
@@ -1471,21 +1474,20 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](synced_atom, const fetch_request& req) { on_follower_synced(self, req); },
     [=](role_atom) { on_role(self); },
-    [=](timeout_atom, std::uint64_t token) {
-      auto& st = self->state;
-      answer_parked(st, true, token);
-      if (st.fetching && token == st.fetch_token)
-        st.fetching = false;
-    },
     [=](tick_atom) {
       auto& st = self->state;
       if (!st.batch.empty())
         flush(self); // publishes held for a leader
       if (leads(st)) {
+        answer_parked(st, true);
         check_in_sync(self);
         check_acks(st);
-      } else
+      } else {
+        // An answer lost with its link: fetch again.
+        if (st.fetching && std::chrono::steady_clock::now() - st.fetch_sent_at > fetch_timeout)
+          st.fetching = false;
         send_fetch(self);
+      }
       self->delayed_send(self, std::chrono::milliseconds{250}, tick_atom::value);
     },
     [=](stop_atom) {

@@ -9,6 +9,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <pthread.h>
 #include <thread>
 
 #include <boost/asio.hpp>
@@ -463,7 +464,10 @@ tl::expected<void, std::string> server::start() {
     impl_->work.push_back(net::make_work_guard(*loop));
   impl_->accept();
   for (auto& loop : impl_->loops)
-    impl_->threads.emplace_back([l = loop.get()] { l->run(); });
+    impl_->threads.emplace_back([l = loop.get()] {
+      ::pthread_setname_np(::pthread_self(), "nerve.http");
+      l->run();
+    });
   return {};
 }
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <pthread.h>
 
 #include <nlohmann/json.hpp>
 #include <rocksdb/compaction_filter.h>
@@ -366,9 +367,15 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   if (auto err = log->init_meta())
     return tl::make_unexpected(*err);
   if (opts.fsync == config::fsync_policy::interval)
-    log->fsync_thread_ = std::thread{[p = log.get()] { p->fsync_loop(); }};
+    log->fsync_thread_ = std::thread{[p = log.get()] {
+      ::pthread_setname_np(::pthread_self(), "nerve.sync");
+      p->fsync_loop();
+    }};
   else if (opts.fsync == config::fsync_policy::always)
-    log->fsync_thread_ = std::thread{[p = log.get()] { p->sync_loop(); }};
+    log->fsync_thread_ = std::thread{[p = log.get()] {
+      ::pthread_setname_np(::pthread_self(), "nerve.sync");
+      p->sync_loop();
+    }};
   return log;
 }
 
