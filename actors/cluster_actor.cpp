@@ -809,14 +809,34 @@ void on_forward_frame(const link_deps& deps, const std::string& peer, link_frame
   });
 }
 
+/// Logs a frame dropped from `peer`, at most once a second (a broken or
+/// hostile peer must not flood the log); the count of the ones not logged
+/// goes with the next line.
+void dropped_frame(const std::string& peer, const std::string& why) {
+  static std::chrono::steady_clock::time_point last{};
+  static std::uint64_t unlogged = 0;
+  auto now = std::chrono::steady_clock::now(); // only the gate's thread calls this
+  if (now - last < 1s) {
+    ++unlogged;
+    return;
+  }
+  if (unlogged > 0)
+    spdlog::warn("cluster: dropped a data frame from node {}: {} ({} more dropped since the last "
+                 "such line)",
+                 peer, why, unlogged);
+  else
+    spdlog::warn("cluster: dropped a data frame from node {}: {}", peer, why);
+  last = now;
+  unlogged = 0;
+}
+
 /// A data frame from member `peer`, on the gate's thread: forwards go to
 /// the publish path, the replication data plane straight to the partition
 /// actor it is for.
 void on_link_frame(const link_deps& deps, const std::string& peer, const std::string& payload) {
   auto frame = read_link_frame(payload);
   if (!frame) {
-    spdlog::warn("cluster: dropped a data frame from node {}: {}", peer, frame.error());
-    return;
+    return dropped_frame(peer, frame.error());
   }
   auto& f = *frame;
   if (f.op == link_op::forward)
@@ -832,9 +852,7 @@ void on_link_frame(const link_deps& deps, const std::string& peer, const std::st
   }
   bool from_follower = f.op == link_op::fetch || f.op == link_op::synced;
   if (from_follower && f.request.node != peer) {
-    spdlog::warn("cluster: dropped a fetch for node {} on the link of node {}", f.request.node,
-                 peer);
-    return;
+    return dropped_frame(peer, "a fetch of node " + f.request.node + " on its link");
   }
   const auto& topic = from_follower ? f.request.topic : f.topic;
   auto p = from_follower ? f.request.partition : f.partition;

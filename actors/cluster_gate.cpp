@@ -158,6 +158,9 @@ struct gate_shared {
   std::mutex links_mutex;
   std::unordered_map<std::string, std::weak_ptr<gate_conn_base>> links;
 
+  /// The newest link to a member takes its frames: a member that dials
+  /// again found its previous link dead (a half-open one is closed by CAF's
+  /// heartbeat timeout later, and unlink leaves the newer in place).
   void link(const std::string& peer, const std::shared_ptr<gate_conn_base>& conn) {
     std::lock_guard<std::mutex> guard{links_mutex};
     links[peer] = conn;

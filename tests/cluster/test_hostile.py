@@ -185,6 +185,25 @@ class PlaintextPortTest(HostileTestCase):
         time.sleep(0.5)
         self.assert_healthy(self.cluster, "n1", self.baseline)
 
+    def test_garbage_data_frames_are_dropped(self):
+        # A hello naming a stranger, then data frames that are no nerve message, one
+        # claiming a member's fetch, and a frame cut short by the close.
+        rng = random.Random(SEED)
+        frames = [link_frame(KIND_DATA, rng.randbytes(rng.randrange(1, 4096)))
+                  for _ in range(200)]
+        fetch_of_n2 = link_frame(KIND_DATA, b"\x01" + bytes(8) + b"\x06orders" + bytes(40))
+        for s in self.attack(self.cluster, "n1",
+                             lambda s: s.sendall(link_frame(KIND_HELLO, b"nerve-link/3 n9")
+                                                 + b"".join(frames) + fetch_of_n2
+                                                 + struct.pack(">BI", KIND_DATA, 100) + b"x"),
+                             connections=3):
+            s.close()
+        time.sleep(1.0)
+        self.assert_healthy(self.cluster, "n1", self.baseline)
+        self.assertIn("dropped a data frame from node n9", self.cluster["n1"].stderr_text())
+        # The links still carry forwards.
+        self.assertEqual(self.publish_everywhere(), {201})
+
     def test_hundreds_of_connections_at_once(self):
         socks = self.attack(self.cluster, "n1", lambda s: None, connections=400)
         # Over the limit (64 at once) the gate closes them as they come.
