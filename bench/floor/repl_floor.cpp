@@ -11,7 +11,13 @@
 // server, a measure of what the hardware allows. bench/replication runs it
 // as the "floor R=3" setup beside nerve and JetStream.
 //
+// With --nodes 1 it is the single-node floor (issue 14): a POST, or an XADD
+// over RESP (--resp PORT, parsed by hiredis' reader), is appended and
+// answered once its group's fdatasync returned. bench/publish runs it beside
+// nerve and Redis.
+//
 //   repl_floor --id I --http PORT --cluster P0,P1,P2 --data FILE [--prezero MIB]
+//   repl_floor --nodes 1 --http PORT [--resp PORT] --data FILE [--prezero MIB]
 //
 // On SIGTERM it prints "events N" (the events in its file) and exits.
 #include <arpa/inet.h>
@@ -22,6 +28,8 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <hiredis/hiredis.h>
 
 #include <algorithm>
 #include <array>
@@ -40,7 +48,7 @@
 
 namespace {
 
-constexpr int nodes = 3;
+constexpr int max_nodes = 3;
 constexpr std::uint8_t msg_forward = 1; // u64 token, event bytes
 constexpr std::uint8_t msg_answer = 2;  // u64 token, u64 offset
 constexpr std::uint8_t msg_records = 3; // (u32 length, bytes)*
@@ -120,7 +128,8 @@ struct syncer {
 struct conn {
   int fd = -1;
   bool http = false;
-  int peer = -1; ///< cluster link: the node at the other end
+  redisReader* resp = nullptr; ///< a RESP client's reader (hiredis)
+  int peer = -1;               ///< cluster link: the node at the other end
   std::string in, out;
   std::uint64_t gen = 0;
   bool wants_out = false; ///< EPOLLOUT is on
@@ -128,9 +137,9 @@ struct conn {
 
 class floor_node {
 public:
-  floor_node(int id, int http_port, std::vector<int> cluster, const std::string& data,
-             std::size_t prezero_mib)
-    : id_(id), cluster_(std::move(cluster)) {
+  floor_node(int nodes, int id, int http_port, int resp_port, std::vector<int> cluster,
+             const std::string& data, std::size_t prezero_mib)
+    : nodes_(nodes), id_(id), cluster_(std::move(cluster)) {
     file_ = ::open(data.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (file_ < 0)
       die("open " + data);
@@ -145,13 +154,19 @@ public:
     sync_.start();
     ep_ = ::epoll_create1(EPOLL_CLOEXEC);
     http_ = listen_on(http_port);
-    link_ = listen_on(cluster_[id_]);
     watch(http_, EPOLLIN);
-    watch(link_, EPOLLIN);
+    if (resp_port > 0) {
+      resp_ = listen_on(resp_port);
+      watch(resp_, EPOLLIN);
+    }
     watch(sync_.wake, EPOLLIN);
-    for (int j = 0; j < nodes; ++j)
-      if (j != id_)
-        dial(j);
+    if (nodes_ > 1) {
+      link_ = listen_on(cluster_[id_]);
+      watch(link_, EPOLLIN);
+      for (int j = 0; j < nodes_; ++j)
+        if (j != id_)
+          dial(j);
+    }
   }
 
   std::uint64_t run() {
@@ -160,7 +175,7 @@ public:
       int n = ::epoll_wait(ep_, evs.data(), static_cast<int>(evs.size()), 200);
       for (int i = 0; i < n; ++i) {
         int fd = evs[i].data.fd;
-        if (fd == http_ || fd == link_)
+        if (fd == http_ || fd == link_ || fd == resp_)
           accept_all(fd);
         else if (fd == sync_.wake)
           on_synced();
@@ -222,6 +237,8 @@ private:
       c = conn{};
       c.fd = fd;
       c.http = lfd == http_;
+      if (lfd == resp_)
+        c.resp = redisReaderCreate();
       c.gen = ++gen_;
       watch(fd, EPOLLIN);
     }
@@ -236,6 +253,8 @@ private:
         continue;
       }
       if (n == 0 || errno != EAGAIN) {
+        if (c.resp != nullptr)
+          redisReaderFree(c.resp);
         ::close(c.fd);
         conns_.erase(c.fd);
         return;
@@ -244,8 +263,42 @@ private:
     }
     if (c.http)
       parse_http(c);
+    else if (c.resp != nullptr)
+      parse_resp(c);
     else
       parse_link(c);
+  }
+
+  /// RESP commands (single node): XADD key id field value... is appended
+  /// (its field-value bytes are the event); anything else gets an error.
+  void parse_resp(conn& c) {
+    redisReaderFeed(c.resp, c.in.data(), c.in.size());
+    c.in.clear();
+    for (;;) {
+      void* got = nullptr;
+      if (redisReaderGetReply(c.resp, &got) != REDIS_OK) {
+        c.out += "-ERR protocol error\r\n";
+        flush(c);
+        return;
+      }
+      if (got == nullptr)
+        return;
+      auto* r = static_cast<redisReply*>(got);
+      bool xadd = r->type == REDIS_REPLY_ARRAY && r->elements >= 5
+                  && r->element[0]->type == REDIS_REPLY_STRING
+                  && (std::string{r->element[0]->str} == "XADD"
+                      || std::string{r->element[0]->str} == "xadd");
+      if (xadd) {
+        std::string event;
+        for (std::size_t i = 3; i < r->elements; ++i)
+          event.append(r->element[i]->str, r->element[i]->len);
+        append(std::move(event), -1, (c.gen << 20) | static_cast<std::uint64_t>(c.fd));
+      } else {
+        c.out += "-ERR the floor takes XADD only\r\n";
+        flush(c);
+      }
+      freeReplyObject(r);
+    }
   }
 
   void parse_http(conn& c) {
@@ -352,14 +405,16 @@ private:
         die("pwrite");
       pos_ += wbuf_.size();
       if (id_ == 0)
-        for (int j = 1; j < nodes; ++j)
+        for (int j = 1; j < nodes_; ++j)
           send(out_[j], msg_records, wbuf_);
       wbuf_.clear();
       sync_.ask(events_);
     }
     if (id_ != 0)
       return;
-    auto hw = std::min({synced_[0], synced_[1], synced_[2]});
+    auto hw = synced_[0];
+    for (int j = 1; j < nodes_; ++j)
+      hw = std::min(hw, synced_[j]);
     while (!waiting_.empty() && waiting_.front().offset < hw) {
       auto w = waiting_.front();
       waiting_.pop_front();
@@ -383,6 +438,11 @@ private:
                 + R"(","partition":0,"offset":)" + std::to_string(offset)
                 + R"(,"time":"2026-12-03T00:00:00.000000Z","duplicate":false}]})";
     auto& c = it->second;
+    if (c.resp != nullptr) { // a stream entry id, as Redis answers XADD
+      auto id = std::to_string(1764720000000ULL + offset) + "-0";
+      c.out += "$" + std::to_string(id.size()) + "\r\n" + id + "\r\n";
+      return flush(c);
+    }
     c.out += "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: "
              + std::to_string(body.size()) + "\r\n\r\n" + body;
     flush(c);
@@ -422,13 +482,14 @@ private:
     std::uint64_t token;
   };
 
+  int nodes_;
   int id_;
   std::vector<int> cluster_;
-  int file_ = -1, ep_ = -1, http_ = -1, link_ = -1;
+  int file_ = -1, ep_ = -1, http_ = -1, link_ = -1, resp_ = -1;
   syncer sync_;
   std::unordered_map<int, conn> conns_;
-  std::array<int, nodes> out_{-1, -1, -1};
-  std::array<std::uint64_t, nodes> synced_{0, 0, 0};
+  std::array<int, max_nodes> out_{-1, -1, -1};
+  std::array<std::uint64_t, max_nodes> synced_{0, 0, 0};
   std::deque<waiting> waiting_;
   std::string wbuf_, topic_;
   std::uint64_t events_ = 0, pos_ = 0, gen_ = 0;
@@ -437,7 +498,7 @@ private:
 } // namespace
 
 int main(int argc, char** argv) {
-  int id = -1, http = 0;
+  int nodes = max_nodes, id = -1, http = 0, resp = 0;
   std::size_t prezero = 0;
   std::vector<int> cluster;
   std::string data;
@@ -445,6 +506,10 @@ int main(int argc, char** argv) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--id")
       id = std::stoi(v);
+    else if (k == "--nodes")
+      nodes = std::stoi(v);
+    else if (k == "--resp")
+      resp = std::stoi(v);
     else if (k == "--http")
       http = std::stoi(v);
     else if (k == "--data")
@@ -458,14 +523,20 @@ int main(int argc, char** argv) {
         at = comma == std::string::npos ? v.size() : comma + 1;
       }
   }
-  if (id < 0 || id >= nodes || http <= 0 || cluster.size() != nodes || data.empty()) {
+  if (nodes == 1 && id < 0)
+    id = 0;
+  bool ok = (nodes == 1 || (nodes == max_nodes && cluster.size() == max_nodes && resp == 0))
+            && id >= 0 && id < nodes && http > 0 && !data.empty();
+  if (!ok) {
     std::fprintf(stderr, "usage: repl_floor --id 0|1|2 --http PORT --cluster P0,P1,P2 --data FILE "
+                         "[--prezero MIB]\n"
+                         "       repl_floor --nodes 1 --http PORT [--resp PORT] --data FILE "
                          "[--prezero MIB]\n");
     return 2;
   }
   std::signal(SIGTERM, [](int) { stopping = true; });
   std::signal(SIGINT, [](int) { stopping = true; });
-  floor_node node{id, http, cluster, data, prezero};
+  floor_node node{nodes, id, http, resp, cluster, data, prezero};
   std::fprintf(stderr, "repl_floor: node %d ready on http %d\n", id, http);
   auto n = node.run();
   std::printf("events %llu\n", static_cast<unsigned long long>(n));
