@@ -117,6 +117,25 @@ tl::expected<std::uint64_t, error> read_only_log::visit(const stored_event_visit
   return visited;
 }
 
+tl::expected<std::vector<epoch_entry>, error> read_only_log::epochs(const topic_info& topic,
+                                                                    std::uint32_t partition) const {
+  const auto prefix = layout::epoch_prefix(topic.id, partition);
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, meta_)};
+  std::vector<epoch_entry> out;
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto k = it->key().ToStringView();
+    auto v = it->value().ToStringView();
+    if (k.size() != prefix.size() + 4 || v.size() != 8)
+      return tl::make_unexpected(error{errc::io_error, "a corrupt epoch checkpoint entry of "
+                                                         + topic.name + "/"
+                                                         + std::to_string(partition)});
+    out.push_back({keys::get_u32(k, prefix.size()), keys::get_u64(v, 0)});
+  }
+  if (!it->status().ok())
+    return tl::make_unexpected(io_error("reading the epochs of " + topic.name, it->status()));
+  return out;
+}
+
 tl::expected<std::uint64_t, error>
 read_only_log::visit_topic(const topic_info& topic, const stored_event_visitor& fn) const {
   // Every key of the topic id, also of partitions past `partitions`: those

@@ -49,6 +49,11 @@ public:
   /// (after visiting the others), so no stored event goes unseen.
   [[nodiscard]] tl::expected<std::uint64_t, error> visit(const stored_event_visitor& fn) const;
 
+  /// A replicated partition's leader-epoch checkpoint, by ascending epoch
+  /// (empty for a partition that never was replicated).
+  [[nodiscard]] tl::expected<std::vector<epoch_entry>, error> epochs(const topic_info& topic,
+                                                                     std::uint32_t partition) const;
+
 private:
   read_only_log() = default;
   [[nodiscard]] tl::expected<std::uint64_t, error>

@@ -96,4 +96,29 @@ int dump_log(const std::string& data_dir) {
   return bad == 0 ? exit_ok : exit_failed;
 }
 
+int dump_epochs(const std::string& data_dir) {
+  setup_logging(config::log_config{});
+  auto log = persistence::read_only_log::open(data_dir);
+  if (!log) {
+    print_error("__dump-log: " + log.error().message);
+    return exit_failed;
+  }
+  for (const auto& topic : (*log)->topics())
+    for (std::uint32_t p = 0; p < topic.partitions; ++p) {
+      auto epochs = (*log)->epochs(topic, p);
+      if (!epochs) {
+        print_error("__dump-log: " + epochs.error().message);
+        return exit_failed;
+      }
+      for (const auto& e : *epochs)
+        std::printf("%s %u %u %llu\n", topic.name.c_str(), p, e.epoch,
+                    static_cast<unsigned long long>(e.start_offset));
+    }
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    print_error("__dump-log: cannot write the dump to stdout");
+    return exit_failed;
+  }
+  return exit_ok;
+}
+
 } // namespace nerve::runtime

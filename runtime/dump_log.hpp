@@ -13,4 +13,9 @@ namespace nerve::runtime {
 /// cannot be opened or an event cannot be read.
 int dump_log(const std::string& data_dir);
 
+/// The same directory's leader-epoch checkpoints: `topic partition epoch
+/// start_offset` per entry, sorted by topic, partition and epoch (replicated
+/// partitions only; the replicas of a partition agree on them).
+int dump_epochs(const std::string& data_dir);
+
 } // namespace nerve::runtime

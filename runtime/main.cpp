@@ -233,6 +233,10 @@ int main(int argc, char** argv) {
   dump_log_cmd->group("");
   dump_log_cmd->add_option("--data-dir", dump_data_dir, "the (stopped) node's data directory")
     ->required();
+  bool dump_epochs_only = false;
+  dump_log_cmd->add_flag("--epochs", dump_epochs_only,
+                         "print the leader-epoch checkpoints instead: topic partition epoch "
+                         "start_offset");
 
   try {
     app.parse(argc, argv);
@@ -291,6 +295,6 @@ int main(int argc, char** argv) {
     return publish(client, pub);
   }
   if (dump_log_cmd->parsed())
-    return dump_log(dump_data_dir);
+    return dump_epochs_only ? dump_epochs(dump_data_dir) : dump_log(dump_data_dir);
   return exit_usage;
 }

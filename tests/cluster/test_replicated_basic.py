@@ -224,11 +224,35 @@ class ReplicatedBasicTest(cluster_harness.ClusterTestCase):
             for n in ("n2", "n3"):
                 self.assertEqual(copies[n], copies["n1"],
                                  f"{topic}/{p}: {n}'s log differs from n1's")
+        self.check_epochs(cluster, topic, view, {p: len(acked[p]) for p in acked})
         report = scenario.run_checker(cluster, self.dir, self.hist.path,
                                       history_mod.write_faults(
                                           os.path.join(self.dir, "faults.jsonl"), []),
                                       placement, min_insync=2)
         self.assertTrue(report.valid, report.text())
+
+    def check_epochs(self, cluster, topic, view, ends):
+        """`nerve __dump-log --epochs`: every copy of a partition has the same leader-epoch
+        checkpoint over its records (an epoch a leader began without appending shows on
+        the leader only), and the last of them is the epoch the API reports."""
+        copies = {}
+        for node, srv in cluster.nodes.items():
+            r = run_nerve(["__dump-log", "--epochs", "--data-dir", srv.data_dir], timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            for line in r.stdout.splitlines():
+                name, part, epoch, start = line.split()
+                if name == topic:
+                    copies.setdefault(int(part), {}).setdefault(node, []).append(
+                        (int(epoch), int(start)))
+        for p, end in sorted(ends.items()):
+            def with_records(entries):
+                return [(e, s) for i, (e, s) in enumerate(entries)
+                        if s < (entries[i + 1][1] if i + 1 < len(entries) else end)]
+            got = {n: with_records(copies.get(p, {}).get(n, [])) for n in NODES}
+            self.assertTrue(got["n1"], f"{topic}/{p}: no epoch checkpoint on n1: {copies}")
+            for n in ("n2", "n3"):
+                self.assertEqual(got[n], got["n1"], f"{topic}/{p}: {n}'s epochs differ from n1's")
+            self.assertEqual(got["n1"][-1][0], view[p]["epoch"], f"{topic}/{p}: {got}")
 
     def check_etcd(self, cluster, topic, view):
         """What etcd holds under /nerve/<cluster.name>/ (actors/control_keys.hpp) agrees
