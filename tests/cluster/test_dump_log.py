@@ -122,6 +122,10 @@ class DumpLogTest(ServerTestCase):
 
         report = checker.check({"n1": entries}, attempts)
         self.assertTrue(report.valid, report.text())
+        # A single node replicates nothing: no epochs, and the directory stays as it was.
+        r = run_nerve(["__dump-log", "--epochs", "--data-dir", srv.data_dir])
+        self.assertEqual((r.returncode, r.stdout), (0, ""), r)
+        self.assertEqual(tree_state(srv.data_dir), before, "__dump-log --epochs changed it")
 
     def test_a_missing_directory_is_a_one_line_error_and_is_not_created(self):
         missing = os.path.join(tempfile.mkdtemp(prefix="nerve-dump-"), "nope")
@@ -133,6 +137,9 @@ class DumpLogTest(ServerTestCase):
         self.assertIn(missing, r.stderr)
         self.assertIn("does not exist", r.stderr)
         self.assertFalse(os.path.exists(missing))
+        r = run_nerve(["__dump-log", "--epochs", "--data-dir", missing])
+        self.assertEqual((r.returncode, r.stdout), (1, ""), r)
+        self.assertIn("does not exist", r.stderr)
 
     def test_a_directory_without_a_log_is_an_error_and_stays_empty(self):
         empty = tempfile.mkdtemp(prefix="nerve-dump-")
