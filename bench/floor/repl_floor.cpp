@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -96,6 +97,7 @@ struct syncer {
   void start() {
     wake = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     t = std::thread{[this] {
+      ::pthread_setname_np(::pthread_self(), "floor.sync");
       std::unique_lock<std::mutex> g{m};
       for (;;) {
         cv.wait(g, [this] { return stopping || want_events > done_events; });
