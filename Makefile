@@ -46,3 +46,10 @@ clean:
 .PHONY: bench-replay
 bench-replay: build
 	./bench/replay
+
+.PHONY: bench-cluster bench-replication
+bench-cluster: build
+	./bench/cluster
+
+bench-replication: build
+	./bench/replication
