@@ -14,6 +14,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -189,6 +190,25 @@ struct one_link {
   ~one_link() {
     ::close(peer);
     ::close(mine);
+  }
+};
+
+/// The data frames a gate handed to its node.
+struct inbox {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<std::pair<std::string, std::string>> got;
+  cluster_gate::data_fn fn() {
+    return [this](const std::string& peer, std::string payload) {
+      std::lock_guard<std::mutex> guard{mutex};
+      got.emplace_back(peer, std::move(payload));
+      cv.notify_all();
+    };
+  }
+  std::vector<std::pair<std::string, std::string>> wait(std::size_t n) {
+    std::unique_lock<std::mutex> guard{mutex};
+    cv.wait_for(guard, 5s, [&] { return got.size() >= n; });
+    return got;
   }
 };
 
@@ -384,23 +404,6 @@ TEST_CASE("a dial reaches a gate, and a dial to a closed port fails", "[unit]") 
 }
 
 TEST_CASE("data frames cross a dialed link both ways, in order, beside BASP", "[unit]") {
-  struct inbox {
-    std::mutex mutex;
-    std::condition_variable cv;
-    std::vector<std::pair<std::string, std::string>> got;
-    cluster_gate::data_fn fn() {
-      return [this](const std::string& peer, std::string payload) {
-        std::lock_guard<std::mutex> guard{mutex};
-        got.emplace_back(peer, std::move(payload));
-        cv.notify_all();
-      };
-    }
-    std::vector<std::pair<std::string, std::string>> wait(std::size_t n) {
-      std::unique_lock<std::mutex> guard{mutex};
-      cv.wait_for(guard, 5s, [&] { return got.size() >= n; });
-      return got;
-    }
-  };
   inbox at_server, at_client;
   handed caf;
   auto server = *cluster_gate::start("127.0.0.1", 0, std::nullopt, {}, "srv");
@@ -458,4 +461,53 @@ TEST_CASE("data frames cross a dialed link both ways, in order, beside BASP", "[
   }
   CHECK(refused);
   ::close(accepted);
+}
+
+TEST_CASE("a peer's frames, split anywhere, reach CAF and the node intact and in order", "[unit]") {
+  inbox at_node;
+  handed caf;
+  auto gate = *cluster_gate::start("127.0.0.1", 0, std::nullopt, {}, "me");
+  gate->on_data(at_node.fn());
+  gate->accept(caf.fn());
+  int peer = connect_to(gate->port());
+  int mine = caf.next();
+  REQUIRE(mine >= 0);
+  // BASP frames cut into chunks of any size, a data frame of any size after each.
+  std::mt19937 rng{20261203};
+  std::string hello = "nerve-link/3 n7";
+  auto stream = link_frame(kind_hello, bytes(hello.begin(), hello.end()));
+  auto basp = concat({frame(client_handshake, 30), frame(direct_message, 100000),
+                      frame(heartbeat, 0), frame(direct_message, 7)});
+  std::vector<std::string> sent;
+  for (std::size_t at = 0; at < basp.size();) {
+    auto n = std::min<std::size_t>(basp.size() - at, 1 + rng() % 5000);
+    auto chunk = link_frame(kind_basp, bytes(basp.begin() + static_cast<std::ptrdiff_t>(at),
+                                             basp.begin() + static_cast<std::ptrdiff_t>(at + n)));
+    stream.insert(stream.end(), chunk.begin(), chunk.end());
+    at += n;
+    std::string d(rng() % 3000, static_cast<char>('a' + sent.size() % 26));
+    d += std::to_string(sent.size());
+    auto data = link_frame(kind_data, bytes(d.begin(), d.end()));
+    stream.insert(stream.end(), data.begin(), data.end());
+    sent.push_back(std::move(d));
+  }
+  // The bytes go out in pieces that cut headers and payloads anywhere.
+  for (std::size_t at = 0; at < stream.size();) {
+    auto n = std::min<std::size_t>(stream.size() - at, 1 + rng() % 700);
+    send_all(peer, bytes(stream.begin() + static_cast<std::ptrdiff_t>(at),
+                         stream.begin() + static_cast<std::ptrdiff_t>(at + n)));
+    at += n;
+  }
+  CHECK(receive(mine, basp.size()).first == basp);
+  auto got = at_node.wait(sent.size());
+  REQUIRE(got.size() == sent.size());
+  for (std::size_t i = 0; i < sent.size(); ++i)
+    CHECK(got[i] == std::make_pair(std::string{"n7"}, sent[i]));
+  // The hello named the peer: frames for n7 go back on this link.
+  REQUIRE(gate->send_data("n7", "back"));
+  auto back = receive(peer, 9).first;
+  CHECK(back == link_frame(kind_data, bytes{'b', 'a', 'c', 'k'}));
+  ::close(peer);
+  CHECK(closes(mine));
+  ::close(mine);
 }
