@@ -600,6 +600,11 @@ private:
                  && not_caught_up_.count(k) == 0)
           elect(name, t.id, p, c);
         lit = leaders_.find(k);
+        if (lit != leaders_.end() && lit->second.node == self_
+            && hand_over_due(k, states_[k].state)) {
+          hand_over(name, k, states_[k].state);
+          lit = leaders_.find(k);
+        }
         const auto& s = states_[k].state;
         std::string holder = lit == leaders_.end() ? std::string{} : lit->second.node;
         if (!holder.empty() && holder == s.leader)
@@ -612,6 +617,41 @@ private:
     std::unique_lock<std::shared_mutex> guard{view_mutex_};
     leaders_view_ = std::move(leaders_view);
     partitions_view_ = std::move(view);
+  }
+
+  /// Leaders drift away from placement as nodes fail (the survivors take
+  /// over) and never come back by themselves; like Kafka's preferred
+  /// leader election, a leader hands a partition to its preferred replica
+  /// (the first in placement order) once that one has been in sync for
+  /// cluster.leader_rebalance, one partition per period per node.
+  bool hand_over_due(const part_key& k, const control::partition_state& s) {
+    auto period = deps_.cfg->cluster.leader_rebalance;
+    if (period.count() == 0 || s.replicas.empty() || s.leader != self_
+        || s.replicas.front() == self_ || !s.is_in_sync(s.replicas.front())) {
+      preferred_since_.erase(k);
+      return false;
+    }
+    auto now = clock_type::now();
+    auto since = preferred_since_.try_emplace(k, now).first->second;
+    return now - since >= period && now - last_handover_ >= period;
+  }
+
+  /// Gives up the leader key of `k`: the partition here steps down (what it
+  /// appended but did not acknowledge is answered as indeterminate), and the
+  /// preferred replica, ranked first, is elected.
+  void hand_over(const std::string& topic, const part_key& k, const control::partition_state& s) {
+    auto r = call([&] {
+      return client_.txn({etcd::compare::lease_is(keys_.leader(k.first, k.second), lease_)},
+                         {etcd::op::del(keys_.leader(k.first, k.second))});
+    });
+    last_handover_ = clock_type::now();
+    preferred_since_.erase(k);
+    if (!r || !r->succeeded)
+      return;
+    spdlog::info("cluster: node {} hands {}/{} (epoch {}) back to its preferred leader {}", self_,
+                 topic, k.second, s.epoch, s.replicas.front());
+    leaders_.erase(k);
+    absent_since_[k] = clock_type::now(); // this node's own turn waits its rank
   }
 
   void answer_waiters() {
@@ -731,6 +771,9 @@ private:
   std::map<part_key, cached_state> states_;
   std::map<part_key, cached_leader> leaders_;
   std::map<part_key, clock_type::time_point> absent_since_; ///< seen without a leader since
+  /// Led here while its preferred replica is in sync, since.
+  std::map<part_key, clock_type::time_point> preferred_since_;
+  clock_type::time_point last_handover_{};
   std::set<part_key> not_caught_up_; ///< with an empty data directory: not electable yet
   bool first_load_done_ = false;
   clock_type::time_point next_resync_{};

@@ -226,6 +226,8 @@ const std::vector<setting>& settings() {
      duration_in(millis{100}, [](config& c, millis d) { c.cluster.replica_lag = d; })},
     {"cluster.lease_ttl",
      duration_in(millis{1000}, [](config& c, millis d) { c.cluster.lease_ttl = d; })},
+    {"cluster.leader_rebalance",
+     duration_in(millis{0}, [](config& c, millis d) { c.cluster.leader_rebalance = d; })},
     {"log.level", one_of({"trace", "debug", "info", "warn", "error", "off"},
                          [](config& c, const std::string& v) { c.log.level = v; })},
     {"log.format",

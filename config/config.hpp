@@ -105,6 +105,9 @@ struct cluster_config {
   /// TTL of this node's etcd lease: a dead leader's partitions are taken over
   /// about this long after it died.
   millis lease_ttl{3000};
+  /// A leader hands a partition back to its preferred replica (the first in
+  /// placement order) once that one has been in sync this long; 0: never.
+  millis leader_rebalance{300000};
 
   [[nodiscard]] bool enabled() const { return !listen.empty(); }
   [[nodiscard]] bool replicated() const { return replication_factor > 1; }
