@@ -749,3 +749,12 @@ class ScenarioTestCase(unittest.TestCase):
         self.result["info_ids"] = report.info
         self.assertTrue(report.valid, text)
         return report
+
+
+class ReplicatedScenarioTestCase(ScenarioTestCase):
+    """A cluster step-2 scenario: skips itself, saying why, without etcd."""
+
+    def setUp(self):
+        import etcd_harness  # here: a step-1 scenario never needs it
+        etcd_harness.etcd_binary()
+        super().setUp()

@@ -30,7 +30,6 @@ many times (`repeat.sh repl-kill`). Skips itself when etcd is not installed.
 import time
 import unittest
 
-import etcd_harness
 import scenario
 
 TOPIC_PARTITIONS = 8
@@ -40,12 +39,8 @@ FAILOVER_WITHIN_S = 10.0  # CONTRACT.md section 9
 REJOIN_WITHIN_S = 30.0
 
 
-class ReplicatedKillTest(scenario.ScenarioTestCase):
+class ReplicatedKillTest(scenario.ReplicatedScenarioTestCase):
     scenario = "repl-kill"
-
-    def setUp(self):
-        etcd_harness.etcd_binary()  # SkipTest, saying why, without etcd
-        super().setUp()
 
     def test_kill_9_of_the_busiest_leader_under_load(self):
         with self.seeded():

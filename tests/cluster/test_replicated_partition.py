@@ -54,7 +54,7 @@ def in_namespace(i, argv):
     return ["ip", "netns", "exec", step1.namespace(i + 1)] + argv
 
 
-class ReplicatedPartitionTest(scenario.ScenarioTestCase):
+class ReplicatedPartitionTest(scenario.ReplicatedScenarioTestCase):
     scenario = "repl-partition"
 
     def setUp(self):
@@ -62,8 +62,7 @@ class ReplicatedPartitionTest(scenario.ScenarioTestCase):
         why = self.net.why_not()
         if why:
             self.skipTest(f"the replicated network-partition scenario {why}")
-        etcd_harness.etcd_binary()  # SkipTest, saying why, without etcd
-        super().setUp()
+        super().setUp()  # SkipTest, saying why, without etcd
 
     def test_the_busiest_leader_cut_off_from_its_peers_and_their_etcd(self):
         net = self.net

@@ -25,7 +25,6 @@ installed.
 import time
 import unittest
 
-import etcd_harness
 import scenario
 
 TOPIC_PARTITIONS = 4
@@ -40,12 +39,8 @@ RESUME_WITHIN_S = 20.0
 OUTAGE_S = (12.0, 14.0)
 
 
-class ReplicatedQuorumTest(scenario.ScenarioTestCase):
+class ReplicatedQuorumTest(scenario.ReplicatedScenarioTestCase):
     scenario = "repl-quorum"
-
-    def setUp(self):
-        etcd_harness.etcd_binary()  # SkipTest, saying why, without etcd
-        super().setUp()
 
     def test_two_of_three_killed_nothing_acknowledged_then_writes_resume(self):
         with self.seeded():

@@ -18,7 +18,6 @@ Skips itself when etcd is not installed.
 import collections
 import unittest
 
-import etcd_harness
 import scenario
 
 TOPIC_PARTITIONS = 4
@@ -45,12 +44,8 @@ def led_by(nodes, topic, want, exclude=()):
     return check
 
 
-class LeaderRebalanceTest(scenario.ScenarioTestCase):
+class LeaderRebalanceTest(scenario.ReplicatedScenarioTestCase):
     scenario = "repl-rebalance"
-
-    def setUp(self):
-        etcd_harness.etcd_binary()  # SkipTest, saying why, without etcd
-        super().setUp()
 
     def test_a_restarted_node_leads_its_preferred_partitions_again(self):
         with self.seeded():
