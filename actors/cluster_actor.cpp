@@ -782,7 +782,8 @@ void on_forward_frame(const link_deps& deps, const std::string& peer, link_frame
     if (auto g = gate.lock())
       g->send_data(peer, link_forward_answer(token, code, detail, out));
   };
-  auto failed = [&reply](errc code, const std::string& why) {
+  // On the wire an error's code is its errc + 1 (0: appended).
+  auto failed = [reply](errc code, const std::string& why) {
     reply(static_cast<std::uint8_t>(static_cast<std::uint8_t>(code) + 1), why, {});
   };
   if (auto n = bytes_of(f.events); n > max_forward_bytes)
@@ -790,23 +791,21 @@ void on_forward_frame(const link_deps& deps, const std::string& peer, link_frame
                   "a forward of " + std::to_string(n) + " bytes exceeds the cluster frame limit");
   if (!deps.append)
     return failed(errc::unavailable, "node " + deps.self + " is starting");
-  deps.append(f.topic, f.partitions, from_wire(f.events), [reply](result<forward_answer> r) {
-    auto failed_with = [&reply](errc code, const std::string& why) {
-      reply(static_cast<std::uint8_t>(static_cast<std::uint8_t>(code) + 1), why, {});
-    };
-    if (!r)
-      return failed_with(r.error().code, r.error().message);
-    std::vector<appended> out;
-    for (auto& batch : *r)
-      for (auto& a : batch) {
-        if (a.status == persistence::append_status::conflict)
-          return failed_with(errc::conflict, "event id " + a.id + " is already used on topic "
-                                               + a.topic + "; ids are unique across topics");
-        out.push_back({a.id, a.where.partition, a.where.offset, a.where.time_us,
-                       a.status == persistence::append_status::duplicate});
-      }
-    reply(0, {}, out);
-  });
+  deps.append(
+    f.topic, f.partitions, from_wire(f.events), [reply, failed](result<forward_answer> r) {
+      if (!r)
+        return failed(r.error().code, r.error().message);
+      std::vector<appended> out;
+      for (auto& batch : *r)
+        for (auto& a : batch) {
+          if (a.status == persistence::append_status::conflict)
+            return failed(errc::conflict, "event id " + a.id + " is already used on topic "
+                                            + a.topic + "; ids are unique across topics");
+          out.push_back({a.id, a.where.partition, a.where.offset, a.where.time_us,
+                         a.status == persistence::append_status::duplicate});
+        }
+      reply(0, {}, out);
+    });
 }
 
 /// Logs a frame dropped from `peer`, at most once a second (a broken or

@@ -736,16 +736,20 @@ void reply_fetch(const partition_state& st, const std::string& node, std::uint64
   st.ctx->replication->send(node, link_fetch_answer(st.route->info.name, st.partition, token, r));
 }
 
+/// Answers follower `node`'s parked fetch with what there is for it now.
+void answer_parked_fetch(partition_state& st, const std::string& node,
+                         partition_state::follower& f) {
+  f.parked = false;
+  reply_fetch(st, node, f.parked_for, answer_for(st, f, f.parked_req.from));
+}
+
 /// Answers the fetches that waited for records, now that there are some
 /// (or, `expired_only`, those that waited fetch_park).
 void answer_parked(partition_state& st, bool expired_only) {
   auto now = std::chrono::steady_clock::now();
-  for (auto& [node, f] : st.followers) {
-    if (!f.parked || (expired_only && now - f.parked_at < fetch_park))
-      continue;
-    f.parked = false;
-    reply_fetch(st, node, f.parked_for, answer_for(st, f, f.parked_req.from));
-  }
+  for (auto& [node, f] : st.followers)
+    if (f.parked && (!expired_only || now - f.parked_at >= fetch_park))
+      answer_parked_fetch(st, node, f);
 }
 
 /// Gives every follower the delivery-state changes staged for this commit:
@@ -868,10 +872,8 @@ void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t to
     return reply_fetch(st, req.node, token, r);
   }
   auto& f = st.followers[req.node];
-  if (f.parked) { // an earlier fetch of its, lost on the way back: superseded
-    f.parked = false;
-    reply_fetch(st, req.node, f.parked_for, answer_for(st, f, f.parked_req.from));
-  }
+  if (f.parked) // an earlier fetch of its, lost on the way back: superseded
+    answer_parked_fetch(st, req.node, f);
   auto now = std::chrono::steady_clock::now();
   if (!f.heard || req.from >= f.end_at_fetch)
     f.caught_up_at = now;

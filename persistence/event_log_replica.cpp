@@ -71,11 +71,10 @@ void partition_writer::load_epochs() {
   const auto prefix = layout::epoch_prefix(topic_.id, partition_);
   std::unique_ptr<rocksdb::Iterator> it{log_.db_->NewIterator(rocksdb::ReadOptions{}, log_.meta_)};
   for (it->Seek(prefix); it->Valid() && detail::starts_with(it->key(), prefix); it->Next()) {
-    auto k = it->key().ToStringView();
-    auto v = it->value().ToStringView();
-    NERVE_ASSERT(k.size() == prefix.size() + 4 && v.size() == 8,
-                 "an epoch checkpoint entry is an epoch and an offset");
-    epoch_entry e{keys::get_u32(k, prefix.size()), keys::get_u64(v, 0)};
+    auto parsed = layout::parse_epoch_record(it->key().ToStringView(), it->value().ToStringView(),
+                                             prefix.size());
+    NERVE_ASSERT(parsed, "an epoch checkpoint entry is an epoch and an offset");
+    auto e = *parsed;
     NERVE_ASSERT(epochs_.empty() || epochs_.back().start_offset <= e.start_offset,
                  "later epochs start at or after earlier ones");
     NERVE_ASSERT(e.start_offset <= next_offset_, "an epoch starts within its partition");

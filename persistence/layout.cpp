@@ -43,6 +43,13 @@ std::string epoch_prefix(std::uint32_t topic_id, std::uint32_t partition) {
   return "epoch/" + keys::partition_prefix(topic_id, partition);
 }
 
+std::optional<epoch_entry> parse_epoch_record(std::string_view key, std::string_view value,
+                                              std::size_t prefix_bytes) {
+  if (key.size() != prefix_bytes + 4 || value.size() != 8)
+    return std::nullopt;
+  return epoch_entry{keys::get_u32(key, prefix_bytes), keys::get_u64(value, 0)};
+}
+
 std::string epoch_key(std::uint32_t topic_id, std::uint32_t partition, std::uint32_t epoch) {
   auto k = epoch_prefix(topic_id, partition);
   keys::put_u32(k, epoch);

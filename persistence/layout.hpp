@@ -42,6 +42,10 @@ inline const std::string topic_meta_prefix = "topic/";
 /// offset the epoch's first event has or gets (u64). A prefix scan reads the
 /// entries in epoch order.
 [[nodiscard]] std::string epoch_prefix(std::uint32_t topic_id, std::uint32_t partition);
+/// A checkpoint entry from its meta key (epoch_prefix, then the epoch) and
+/// value (the start offset); none when either has another size.
+[[nodiscard]] std::optional<epoch_entry>
+parse_epoch_record(std::string_view key, std::string_view value, std::size_t prefix_bytes);
 [[nodiscard]] std::string epoch_key(std::uint32_t topic_id, std::uint32_t partition,
                                     std::uint32_t epoch);
 

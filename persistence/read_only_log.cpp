@@ -123,13 +123,13 @@ tl::expected<std::vector<epoch_entry>, error> read_only_log::epochs(const topic_
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, meta_)};
   std::vector<epoch_entry> out;
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    auto k = it->key().ToStringView();
-    auto v = it->value().ToStringView();
-    if (k.size() != prefix.size() + 4 || v.size() != 8)
+    auto e = layout::parse_epoch_record(it->key().ToStringView(), it->value().ToStringView(),
+                                        prefix.size());
+    if (!e)
       return tl::make_unexpected(error{errc::io_error, "a corrupt epoch checkpoint entry of "
                                                          + topic.name + "/"
                                                          + std::to_string(partition)});
-    out.push_back({keys::get_u32(k, prefix.size()), keys::get_u64(v, 0)});
+    out.push_back(*e);
   }
   if (!it->status().ok())
     return tl::make_unexpected(io_error("reading the epochs of " + topic.name, it->status()));

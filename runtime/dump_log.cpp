@@ -48,46 +48,59 @@ tl::expected<std::string, std::string> checked_id(std::string_view json, const s
   return id->get<std::string>();
 }
 
-} // namespace
-
-int dump_log(const std::string& data_dir) {
+/// The directory opened read-only, or nothing (said on stderr).
+std::unique_ptr<persistence::read_only_log> open_log(const std::string& data_dir) {
   setup_logging(config::log_config{}); // RocksDB's warnings to stderr: stdout is the dump
   auto log = persistence::read_only_log::open(data_dir);
   if (!log) {
     print_error("__dump-log: " + log.error().message);
-    return exit_failed;
+    return nullptr;
   }
+  return std::move(*log);
+}
+
+/// Whether everything printed reached stdout (else said on stderr).
+bool flushed() {
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout))
+    return true;
+  print_error("__dump-log: cannot write the dump to stdout");
+  return false;
+}
+
+} // namespace
+
+int dump_log(const std::string& data_dir) {
+  auto log = open_log(data_dir);
+  if (!log)
+    return exit_failed;
   std::uint64_t bad = 0;
   std::string line;
-  auto visited
-    = (*log)->visit([&](const persistence::topic_info& topic, std::uint32_t partition,
-                        std::uint64_t offset, std::int64_t time_us, std::string_view json) {
-        auto id = checked_id(json, topic.name, partition, offset);
-        if (!id) {
-          ++bad;
-          print_error("__dump-log: corrupt event " + topic.name + "/" + std::to_string(partition)
-                      + "/" + std::to_string(offset) + ": " + id.error());
-          return;
-        }
-        line.clear();
-        line += topic.name;
-        line += ' ';
-        line += std::to_string(partition);
-        line += ' ';
-        line += std::to_string(offset);
-        line += ' ';
-        line += *id;
-        line += ' ';
-        line += std::to_string(time_us);
-        line += ' ';
-        line += sha1_hex(json);
-        line += '\n';
-        std::fwrite(line.data(), 1, line.size(), stdout);
-      });
-  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
-    print_error("__dump-log: cannot write the dump to stdout");
+  auto visited = log->visit([&](const persistence::topic_info& topic, std::uint32_t partition,
+                                std::uint64_t offset, std::int64_t time_us, std::string_view json) {
+    auto id = checked_id(json, topic.name, partition, offset);
+    if (!id) {
+      ++bad;
+      print_error("__dump-log: corrupt event " + topic.name + "/" + std::to_string(partition) + "/"
+                  + std::to_string(offset) + ": " + id.error());
+      return;
+    }
+    line.clear();
+    line += topic.name;
+    line += ' ';
+    line += std::to_string(partition);
+    line += ' ';
+    line += std::to_string(offset);
+    line += ' ';
+    line += *id;
+    line += ' ';
+    line += std::to_string(time_us);
+    line += ' ';
+    line += sha1_hex(json);
+    line += '\n';
+    std::fwrite(line.data(), 1, line.size(), stdout);
+  });
+  if (!flushed())
     return exit_failed;
-  }
   if (!visited) {
     print_error("__dump-log: the dump of " + data_dir
                 + " is incomplete: " + visited.error().message);
@@ -97,15 +110,12 @@ int dump_log(const std::string& data_dir) {
 }
 
 int dump_epochs(const std::string& data_dir) {
-  setup_logging(config::log_config{});
-  auto log = persistence::read_only_log::open(data_dir);
-  if (!log) {
-    print_error("__dump-log: " + log.error().message);
+  auto log = open_log(data_dir);
+  if (!log)
     return exit_failed;
-  }
-  for (const auto& topic : (*log)->topics())
+  for (const auto& topic : log->topics())
     for (std::uint32_t p = 0; p < topic.partitions; ++p) {
-      auto epochs = (*log)->epochs(topic, p);
+      auto epochs = log->epochs(topic, p);
       if (!epochs) {
         print_error("__dump-log: " + epochs.error().message);
         return exit_failed;
@@ -114,11 +124,7 @@ int dump_epochs(const std::string& data_dir) {
         std::printf("%s %u %u %llu\n", topic.name.c_str(), p, e.epoch,
                     static_cast<unsigned long long>(e.start_offset));
     }
-  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
-    print_error("__dump-log: cannot write the dump to stdout");
-    return exit_failed;
-  }
-  return exit_ok;
+  return flushed() ? exit_ok : exit_failed;
 }
 
 } // namespace nerve::runtime
