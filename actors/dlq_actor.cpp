@@ -7,6 +7,7 @@
 
 #include <map>
 #include <optional>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -67,11 +68,14 @@ struct long_op {
 
 struct dlq_state {
   dlq_deps deps;
-  /// Entries per (agent, topic): what list counts with filters, without a scan.
-  std::map<std::pair<std::string, std::string>, std::uint64_t> counts;
-  std::uint64_t total = 0;
+  /// (agent, topic, partition) of a stored entry.
+  using where = std::tuple<std::string, std::string, std::uint32_t>;
+  /// Every stored entry's id, and its entry count per place: what list
+  /// counts with filters, without a scan.
+  std::unordered_map<std::string, where> index;
+  std::map<where, std::uint64_t> counts;
   /// Ids with a retry or delete in flight: a second operation on one of them
-  /// is refused, so an entry is never removed (and uncounted) twice.
+  /// is refused, so an entry is never retried twice.
   std::unordered_set<std::string> busy;
   std::unordered_map<std::uint64_t, long_op> ops;
   /// Answers waiting for the sync that covers their write.
@@ -79,29 +83,46 @@ struct dlq_state {
   std::uint64_t next_token = 1;
   static inline const char* name = "dlq";
 
-  void add(const dead_letter& d) {
-    ++counts[{d.agent, d.topic}];
-    ++total;
-    deps.size_gauge->store(total);
+  [[nodiscard]] bool replicated() const { return static_cast<bool>(deps.lead_of); }
+
+  /// Whether this node lists and changes the entries of (topic, p).
+  [[nodiscard]] bool here(const std::string& topic, std::uint32_t p) const {
+    return !replicated() || deps.lead_of(topic, p).here;
   }
 
-  void remove(const dead_letter& d) {
-    auto it = counts.find({d.agent, d.topic});
-    NERVE_ASSERT(it != counts.end() && it->second > 0 && total > 0,
-                 "a DLQ entry is removed only once, and only when counted");
-    if (--it->second == 0)
-      counts.erase(it);
-    --total;
-    deps.size_gauge->store(total);
+  /// Counts `d` unless it is counted; answers whether it was new.
+  bool add(const dead_letter& d) {
+    where w{d.agent, d.topic, d.at.partition};
+    if (!index.emplace(d.id, w).second)
+      return false;
+    ++counts[w];
+    return true;
+  }
+
+  void remove(const std::string& id) {
+    auto it = index.find(id);
+    if (it == index.end())
+      return;
+    auto c = counts.find(it->second);
+    NERVE_ASSERT(c != counts.end() && c->second > 0, "an indexed entry is counted");
+    if (--c->second == 0)
+      counts.erase(c);
+    index.erase(it);
   }
 
   [[nodiscard]] std::uint64_t count_of(const dlq_query& q) const {
     std::uint64_t n = 0;
-    for (auto& [key, c] : counts)
-      if ((q.agent.empty() || key.first == q.agent) && (q.topic.empty() || key.second == q.topic))
+    for (auto& [w, c] : counts) {
+      auto& [agent, topic, p] = w;
+      if ((q.agent.empty() || agent == q.agent) && (q.topic.empty() || topic == q.topic)
+          && here(topic, p))
         n += c;
+    }
     return n;
   }
+
+  /// The gauge: the entries this node answers for (after each change).
+  void show() { deps.size_gauge->store(count_of({})); }
 };
 
 using self_ptr = dlq_actor::stateful_pointer<dlq_state>;
@@ -114,11 +135,12 @@ void recount(dlq_state& st) {
     if (!page)
       throw std::runtime_error("counting the DLQ: " + page.error().message);
     for (auto& e : *page)
-      st.add(letter_of(e));
+      (void)st.add(letter_of(e));
     if (page->size() < 1000)
       break;
     after = page->back().id;
   }
+  st.show();
 }
 
 /// Runs `done` once what the actor wrote so far is durable (at once unless
@@ -142,8 +164,27 @@ std::optional<caf::error> delete_entries(dlq_state& st, const std::vector<dead_l
   if (auto ok = st.deps.store->commit(b, false); !ok)
     return storage_error(ok.error());
   for (auto& d : gone)
-    st.remove(d);
+    st.remove(d.id);
+  st.show();
   return std::nullopt;
+}
+
+/// Why this node does not answer for entry `d`: another node leads its
+/// partition (404 here, so the cluster asks the next node), or none does now.
+std::optional<caf::error> kept_elsewhere(const dlq_state& st, const dead_letter& d) {
+  if (!st.replicated())
+    return std::nullopt;
+  auto lead = st.deps.lead_of(d.topic, d.at.partition);
+  if (lead.here)
+    return std::nullopt;
+  auto part = d.topic + "/" + std::to_string(d.at.partition);
+  if (!lead.leader.empty())
+    return make_caf_error(errc::not_found, "no DLQ entry " + d.id + " on this node (node "
+                                             + lead.leader + " leads partition " + part
+                                             + " and keeps its entries)");
+  return make_caf_error(errc::unavailable, "DLQ entry " + d.id + ": partition " + part
+                                             + " has no leader now (an election is under way); "
+                                               "retry shortly");
 }
 
 /// The stored entry `id`, or the error to answer.
@@ -153,7 +194,10 @@ caf::expected<dead_letter> load(dlq_state& st, const std::string& id) {
     return storage_error(e.error());
   if (!*e)
     return make_caf_error(errc::not_found, "no DLQ entry " + id);
-  return letter_of(**e);
+  auto d = letter_of(**e);
+  if (auto other = kept_elsewhere(st, d))
+    return *other;
+  return d;
 }
 
 /// The stored entry `id` when no other operation has it, or the error.
@@ -173,34 +217,44 @@ void answer_after_sync(self_ptr self, caf::typed_response_promise<dead_letter> r
   });
 }
 
-/// Asks the entry's partition to deliver it again; `done` gets "" once the
-/// partition queued it (the entry is then deleted), else why not.
-void redeliver(self_ptr self, const dead_letter& d, std::function<void(std::string)> done) {
+/// Asks the entry's partition for `xs`; `done` gets "" once the partition
+/// did it, else why not. The entry is busy meanwhile.
+template <class... Ts>
+void ask_partition(self_ptr self, const dead_letter& d, std::function<void(std::string)> done,
+                   Ts... xs) {
   auto& st = self->state;
+  auto part = d.topic + "/" + std::to_string(d.at.partition);
   auto target = st.deps.find_partition(d.topic, d.at.partition);
   if (!target)
-    return done("partition " + d.topic + "/" + std::to_string(d.at.partition)
-                + " is not open or is restarting");
+    return done("partition " + part + " is not open or is restarting");
   st.busy.insert(d.id);
-  self
-    ->request(target, st.deps.redeliver_timeout, redeliver_atom::value, d.agent, d.at.offset, d.id)
+  self->request(target, st.deps.redeliver_timeout, xs...)
     .then(
-      [self, d, done](const std::string& refused) {
-        auto& st = self->state;
-        st.busy.erase(d.id);
-        if (!refused.empty())
-          return done(refused);
-        // The partition wrote its pending record first: a crash from here
-        // on redelivers the event and may keep the entry, never loses both.
-        if (auto failed = delete_entries(st, {d}))
-          return done(from_caf_error(*failed).message);
-        done({});
+      [self, id = d.id, done](const std::string& refused) {
+        self->state.busy.erase(id);
+        done(refused);
       },
-      [self, d, done](caf::error& e) {
-        self->state.busy.erase(d.id);
-        done("partition " + d.topic + "/" + std::to_string(d.at.partition)
-             + " did not answer: " + caf::to_string(e));
+      [self, id = d.id, part, done](caf::error& e) {
+        self->state.busy.erase(id);
+        done("partition " + part + " did not answer: " + caf::to_string(e));
       });
+}
+
+/// Asks the entry's partition to deliver it again; `done` gets "" once the
+/// partition queued it, wrote its pending record and deleted the entry (one
+/// batch: a crash keeps the entry or the redelivery, never neither).
+void redeliver(self_ptr self, const dead_letter& d, std::function<void(std::string)> done) {
+  ask_partition(self, d, std::move(done), redeliver_atom::value, d.agent, d.at.offset, d.id);
+}
+
+/// Deletes entry `d`: through its partition when replicated (the followers
+/// delete their copies), else here. `done` gets "" once it is gone.
+void drop(self_ptr self, const dead_letter& d, std::function<void(std::string)> done) {
+  if (self->state.replicated())
+    return ask_partition(self, d, std::move(done), dlq_delete_atom::value, d.id);
+  if (auto failed = delete_entries(self->state, {d}))
+    return done(from_caf_error(*failed).message);
+  done({});
 }
 
 void step(self_ptr self, std::uint64_t token);
@@ -241,9 +295,10 @@ void step(self_ptr self, std::uint64_t token) {
     op.query.cursor = page->back().id;
   std::vector<dead_letter> todo;
   for (auto& e : *page)
-    if (st.busy.count(e.id) == 0) // another operation has it
+    if (st.busy.count(e.id) == 0 // another operation has it
+        && st.here(e.topic, e.partition))
       todo.push_back(letter_of(e));
-  if (op.what == long_op::kind::purge) {
+  if (op.what == long_op::kind::purge && !st.replicated()) {
     if (auto failed = delete_entries(st, todo)) {
       op.promise.deliver(*failed);
       st.ops.erase(token);
@@ -257,14 +312,19 @@ void step(self_ptr self, std::uint64_t token) {
     return page_done(self, token);
   // The last answer ends the page, even when every one comes at once.
   op.in_flight = static_cast<std::uint32_t>(todo.size());
-  for (auto& d : todo)
-    redeliver(self, d, [self, token](const std::string& refused) {
-      auto& op = self->state.ops.at(token);
-      --op.in_flight;
-      if (refused.empty())
-        ++op.done;
-      page_done(self, token);
-    });
+  auto counted = [self, token](const std::string& refused) {
+    auto& op = self->state.ops.at(token);
+    --op.in_flight;
+    if (refused.empty())
+      ++op.done;
+    page_done(self, token);
+  };
+  for (auto& d : todo) {
+    if (op.what == long_op::kind::purge)
+      drop(self, d, counted);
+    else
+      redeliver(self, d, counted);
+  }
 }
 
 /// Starts a long operation; its answer comes from its last page.
@@ -279,20 +339,78 @@ caf::result<std::uint64_t> start_op(self_ptr self, long_op::kind what, dlq_query
   return op.promise;
 }
 
-/// Stores `d`; answers whether it is a new entry.
-caf::expected<bool> put(dlq_state& st, const dead_letter& d) {
-  auto had = st.deps.store->dlq_get(d.id);
-  if (!had)
-    return storage_error(had.error());
+/// Stores `d` here; answers whether it is a new entry.
+caf::expected<bool> put_here(dlq_state& st, const dead_letter& d) {
   persistence::state_batch b;
   b.put_dlq(entry_of(d));
-  // Not synced here: the consumer group marks the delivery done only after
-  // this answer, so the WAL holds the entry before the cursor moves past it.
+  // Not synced here: the replay marks the delivery done only after this
+  // answer, so the WAL holds the entry before its outcome.
   if (auto ok = st.deps.store->commit(b, false); !ok)
     return storage_error(ok.error());
-  if (!*had)
-    st.add(d);
-  return !*had;
+  bool fresh = st.add(d);
+  st.show();
+  return fresh;
+}
+
+/// Stores a replay's dead letter: through its partition when replicated and
+/// led here (the followers get it), else on this node only.
+caf::result<bool> put(self_ptr self, const dead_letter& d) {
+  auto& st = self->state;
+  bool fresh = st.index.count(d.id) == 0;
+  if (st.replicated() && st.here(d.topic, d.at.partition)) {
+    auto rp = self->make_response_promise<bool>();
+    ask_partition(
+      self, d,
+      [self, rp, d, fresh](const std::string& refused) mutable {
+        if (refused.empty()) {
+          rp.deliver(fresh);
+          return;
+        }
+        // Led elsewhere since: kept here rather than lost.
+        auto kept = put_here(self->state, d);
+        if (kept)
+          rp.deliver(*kept);
+        else
+          rp.deliver(kept.error());
+      },
+      dlq_put_atom::value, d);
+    return rp;
+  }
+  if (st.replicated())
+    spdlog::warn("dlq={} agent={} topic={} partition={}: this node does not lead the partition; "
+                 "the entry is kept on this node only",
+                 d.id, d.agent, d.topic, d.at.partition);
+  auto added = put_here(st, d);
+  if (!added)
+    return added.error();
+  return *added;
+}
+
+/// The page of entries after `q.cursor` this node answers for.
+caf::expected<dead_letter_page> list(dlq_state& st, const dlq_query& q) {
+  dead_letter_page page;
+  page.count = st.count_of(q);
+  auto want = q.limit + 1ULL; // one more: is there a next page?
+  std::vector<dead_letter> got;
+  for (auto after = q.cursor; got.size() < want;) {
+    auto some = st.deps.store->dlq_list(q.agent, q.topic, after, want);
+    if (!some)
+      return storage_error(some.error());
+    for (auto& e : *some)
+      if (got.size() < want && st.here(e.topic, e.partition))
+        got.push_back(letter_of(e));
+    if (some->size() < want)
+      break;
+    after = some->back().id;
+  }
+  for (auto& d : got) {
+    if (page.entries.size() == q.limit) {
+      page.next_cursor = page.entries.empty() ? std::string{} : page.entries.back().id;
+      break;
+    }
+    page.entries.push_back(std::move(d));
+  }
+  return page;
 }
 
 dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
@@ -301,28 +419,15 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
   recount(self->state);
   if (self->state.deps.counted != nullptr)
     self->state.deps.counted->store(true);
+  if (self->state.replicated())
+    self->send(self, tick_atom::value);
   return {
-    [self](dlq_put_atom, const dead_letter& d) -> caf::result<bool> {
-      auto added = put(self->state, d);
-      if (!added)
-        return added.error();
-      return *added;
-    },
+    [self](dlq_put_atom, const dead_letter& d) { return put(self, d); },
     [self](dlq_list_atom, const dlq_query& q) -> caf::result<dead_letter_page> {
-      auto& st = self->state;
-      auto got = st.deps.store->dlq_list(q.agent, q.topic, q.cursor, q.limit + 1ULL);
-      if (!got)
-        return storage_error(got.error());
-      dead_letter_page page;
-      page.count = st.count_of(q);
-      for (auto& e : *got) {
-        if (page.entries.size() == q.limit) {
-          page.next_cursor = page.entries.empty() ? std::string{} : page.entries.back().id;
-          break;
-        }
-        page.entries.push_back(letter_of(e));
-      }
-      return page;
+      auto page = list(self->state, q);
+      if (!page)
+        return page.error();
+      return std::move(*page);
     },
     [self](dlq_get_atom, const std::string& id) -> caf::result<dead_letter> {
       auto d = load(self->state, id);
@@ -351,16 +456,21 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
       auto d = load_free(self->state, id);
       if (!d)
         return d.error();
-      if (auto failed = delete_entries(self->state, {*d}))
-        return *failed;
       auto rp = self->make_response_promise<dead_letter>();
-      answer_after_sync(self, rp, *d);
+      drop(self, *d, [self, rp, d = *d](const std::string& refused) mutable {
+        if (!refused.empty()) {
+          rp.deliver(
+            make_caf_error(self->state.replicated() ? errc::unavailable : errc::storage, refused));
+          return;
+        }
+        answer_after_sync(self, rp, d);
+      });
       return rp;
     },
     [self](dlq_purge_atom, const std::string& agent) {
       return start_op(self, long_op::kind::purge, dlq_query{agent, {}, {}, 0});
     },
-    [self](dlq_count_atom) { return self->state.total; },
+    [self](dlq_count_atom) { return self->state.count_of({}); },
     [self](dlq_step_atom, std::uint64_t token) {
       if (self->state.ops.count(token) > 0)
         step(self, token);
@@ -373,6 +483,19 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
       auto done = std::move(it->second);
       st.syncs.erase(it);
       done(failure);
+    },
+    [self](dlq_noted_atom, const dead_letter& d) {
+      (void)self->state.add(d);
+      self->state.show();
+    },
+    [self](dlq_noted_atom, const std::string& id) {
+      self->state.remove(id);
+      self->state.show();
+    },
+    [self](tick_atom) {
+      // Leadership moves without telling this actor: the gauge follows it.
+      self->state.show();
+      self->delayed_send(self, std::chrono::seconds{1}, tick_atom::value);
     },
   };
 }

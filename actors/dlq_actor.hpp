@@ -42,7 +42,12 @@ using dlq_actor = caf::typed_actor<
   /// Internal: the next page of a long operation.
   caf::reacts_to<dlq_step_atom, std::uint64_t>,
   /// Internal: the sync covering operation `token`'s write finished.
-  caf::reacts_to<dlq_synced_atom, std::uint64_t, std::string>>;
+  caf::reacts_to<dlq_synced_atom, std::uint64_t, std::string>,
+  /// A partition committed a DLQ entry (a dead letter, or a copy its leader
+  /// shipped) / the delete of entry `id`: the actor counts what is stored.
+  caf::reacts_to<dlq_noted_atom, dead_letter>, caf::reacts_to<dlq_noted_atom, std::string>,
+  /// Internal: the entry count of the partitions this node leads, again.
+  caf::reacts_to<tick_atom>>;
 
 /// A stored DLQ entry as the protocol carries it, and back.
 [[nodiscard]] dead_letter letter_of(const persistence::dlq_entry& e);
@@ -54,11 +59,22 @@ using dlq_actor = caf::typed_actor<
 /// delivery is queued and its pending record written, or with why not.
 using partition_finder = std::function<caf::actor(const std::string& topic, std::uint32_t p)>;
 
+/// Who writes a partition's delivery state, DLQ entries included.
+struct dlq_lead {
+  bool here = true;   ///< this node: it leads the partition, or it is not replicated
+  std::string leader; ///< else the node that leads it; empty: none now (an election)
+};
+
 /// What the DLQ actor works with; all of it outlives the actor.
 struct dlq_deps {
   persistence::event_log* log = nullptr;
   persistence::delivery_store* store = nullptr;
   partition_finder find_partition;
+  /// Set when partitions are replicated (cluster step 2): every copy of a
+  /// partition stores its entries, and a node lists, counts, retries and
+  /// deletes those of the partitions it leads, through their actors, so the
+  /// followers get the changes. Unset: this node writes every entry it has.
+  std::function<dlq_lead(const std::string& topic, std::uint32_t p)> lead_of;
   /// The entry count, for readers that must not wait for an actor (health,
   /// /metrics). Only the DLQ actor writes it.
   std::atomic<std::uint64_t>* size_gauge = nullptr;

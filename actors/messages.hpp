@@ -62,6 +62,7 @@ using dlq_purge_atom = caf::atom_constant<caf::atom("dlq_purge")>;
 using dlq_count_atom = caf::atom_constant<caf::atom("dlq_count")>;
 using dlq_step_atom = caf::atom_constant<caf::atom("dlq_step")>;
 using dlq_synced_atom = caf::atom_constant<caf::atom("dlq_synced")>;
+using dlq_noted_atom = caf::atom_constant<caf::atom("dlq_noted")>;
 using redeliver_atom = caf::atom_constant<caf::atom("redeliver")>;
 
 using ready_atom = caf::atom_constant<caf::atom("ready")>;
@@ -85,7 +86,6 @@ using emitted_atom = caf::atom_constant<caf::atom("emitted")>;
 using retry_atom = caf::atom_constant<caf::atom("retry")>;
 using wake_atom = caf::atom_constant<caf::atom("wake")>;
 using requeue_atom = caf::atom_constant<caf::atom("requeue")>;
-using handoff_atom = caf::atom_constant<caf::atom("handoff")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 using child_atom = caf::atom_constant<caf::atom("child")>;
 using exited_atom = caf::atom_constant<caf::atom("exited")>;
@@ -660,10 +660,14 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<wake_atom>,
   /// Instance (agent index, instance) died: its deliveries go out again.
   caf::reacts_to<requeue_atom, std::uint64_t, std::uint64_t>,
-  /// Try handing group's dead letter to the DLQ again.
-  caf::reacts_to<handoff_atom, std::uint64_t, dead_letter>,
-  /// A DLQ retry of (agent, offset, dlq id): empty once queued and written, else why not.
+  /// A DLQ retry of (agent, offset, dlq id): empty once queued, its pending
+  /// record written and the entry deleted (one batch), else why not.
   caf::replies_to<redeliver_atom, std::string, std::uint64_t, std::string>::with<std::string>,
+  /// Stores a dead letter of this partition (a replay's) / deletes DLQ entry
+  /// `id`, in the partition's delivery state (replicated with it): empty
+  /// once written, else why not (this node does not lead the partition).
+  caf::replies_to<dlq_put_atom, dead_letter>::with<std::string>,
+  caf::replies_to<dlq_delete_atom, std::string>::with<std::string>,
   /// Replication: a follower's fetch (token): the leader answers over the
   /// link, maybe after a wait.
   caf::reacts_to<fetch_atom, fetch_request, std::uint64_t>,

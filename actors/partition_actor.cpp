@@ -50,6 +50,8 @@ struct partition_state {
   std::uint64_t durable_end = 0; ///< offsets below are on disk: deliverable
   std::vector<group> groups;
   persistence::state_batch state;
+  /// What `state` does to the DLQ, for the DLQ actor once it is committed.
+  std::vector<persistence::dlq_change> dlq_notes;
   group_effects fx;              ///< what the engine last asked for
   std::vector<caf::actor> taken; ///< the instance of each credit in `fx.deliveries`
   std::chrono::steady_clock::time_point counters_written{};
@@ -151,38 +153,54 @@ struct change_writer {
   void operator()(const put_attempts& a) const {
     st.state.put_attempts(agent, st.route->info.id, st.partition, a.offset, a.attempts, a.at_us);
   }
-  void operator()(const dlq_handoff&) const {} // the DLQ actor writes those (see hand_off)
+  /// In the same batch as the group's next changes: the cursor never
+  /// passes a dead letter the DLQ does not hold.
+  void operator()(const dlq_handoff& d) const {
+    st.state.put_dlq(d);
+    st.dlq_notes.push_back({d.id, d});
+  }
 };
 
-void apply(partition_actor_t self, std::size_t gi);
+/// Whether this node writes the partition's delivery state: it leads it,
+/// or the partition is not replicated.
+bool writes_state(const partition_state& st) {
+  return !st.role || st.role->role == replica_role::kind::leader;
+}
 
-/// Hands group `gi`'s dead letter to the DLQ actor; once it is stored, the
-/// group passes the event. Tried again every second while the DLQ actor
-/// restarts or fails to store it.
-void hand_off(partition_actor_t self, std::uint64_t gi, const dead_letter& d) {
-  auto retry_later = [self, gi, d](const std::string& why) {
-    spdlog::warn("agent={} topic={} partition={} event={}: the DLQ did not take the event ({}); "
-                 "trying again in 1 s",
-                 d.agent, d.topic, d.at.partition, d.event_id, why);
-    self->delayed_send(self, std::chrono::seconds{1}, handoff_atom::value, gi, d);
-  };
-  auto dlq = self->state.ctx->dlq_actor();
-  if (!dlq)
-    return retry_later("the DLQ actor is restarting");
-  self->request(dlq, std::chrono::seconds{30}, dlq_put_atom::value, d)
-    .then(
-      [self, gi, d](bool) {
-        auto& st = self->state;
-        if (gi >= st.groups.size()
-            || !st.groups[gi].engine->dead_lettered(d.at.offset, d.attempts, st.fx))
-          return;
-        spdlog::warn("agent={} topic={} partition={} event={} dlq={}: moved to the DLQ after {} "
-                     "attempts: {}",
-                     d.agent, d.topic, d.at.partition, d.event_id, d.id, d.attempts, d.error);
-        apply(self, gi);
-        schedule_flush(self);
-      },
-      [retry_later](caf::error& e) { retry_later(from_caf_error(e).message); });
+/// Tells the DLQ actor what the commit just made did to the DLQ (it counts
+/// and indexes entries; the partitions write them).
+void tell_dlq(partition_state& st) {
+  if (st.dlq_notes.empty())
+    return;
+  if (auto dlq = st.ctx->dlq_actor())
+    for (auto& n : st.dlq_notes) {
+      if (n.put)
+        caf::anon_send(dlq, dlq_noted_atom::value, letter_of(*n.put));
+      else
+        caf::anon_send(dlq, dlq_noted_atom::value, n.id);
+    }
+  // A DLQ actor that is restarting counts the stored entries when it starts.
+  st.dlq_notes.clear();
+}
+
+void ship_state(partition_state& st);
+
+/// Commits the staged delivery state (shipped to the followers first when
+/// this node leads a replicated partition). On failure, memory runs ahead
+/// of the log: the actor quits to start again from the log.
+bool commit_state(partition_actor_t self) {
+  auto& st = self->state;
+  if (st.role && !st.state.empty())
+    ship_state(st);
+  if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
+    spdlog::error("topic={} partition={}: {}; restarting", st.route->info.name, st.partition,
+                  ok.error().message);
+    st.dlq_notes.clear();
+    self->quit(caf::sec::runtime_error);
+    return false;
+  }
+  tell_dlq(st);
+  return true;
 }
 
 /// Stores `v` unless it is there already: the HTTP side reads these lines,
@@ -227,10 +245,11 @@ void apply(partition_actor_t self, std::size_t gi) {
   }
   st.taken.clear();
   change_writer write{st, g.agent->cfg.name};
+  std::vector<dlq_handoff> dead;
   for (auto& c : fx.changes) {
     std::visit(write, c);
-    if (auto* dead = std::get_if<dlq_handoff>(&c))
-      hand_off(self, gi, letter_of(*dead));
+    if (auto* d = std::get_if<dlq_handoff>(&c))
+      dead.push_back(*d);
   }
   if (!fx.timers.empty()) {
     auto now = now_us(st);
@@ -247,6 +266,15 @@ void apply(partition_actor_t self, std::size_t gi) {
   }
   fx.clear();
   publish_stats(g);
+  // The entries are staged: the group passes the events (their deletes of
+  // pending records follow in the same batch).
+  for (auto& d : dead)
+    if (g.engine->dead_lettered(d.offset, d.attempts, fx)) {
+      spdlog::warn("agent={} topic={} partition={} event={} dlq={}: moved to the DLQ after {} "
+                   "attempts: {}",
+                   d.agent, d.topic, d.partition, d.event_id, d.id, d.attempts, d.error);
+      apply(self, gi);
+    }
 }
 
 /// Feeds the group the events after its read position, up to its window:
@@ -1001,9 +1029,18 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
                    "leader {}); offsets from there were never acknowledged",
                    st.route->info.name, st.partition, to, r.position_epoch, r.position,
                    st.role->leader);
+      auto before = std::pair{st.writer->next_offset(), st.writer->last_epoch()};
       if (auto ok = st.writer->truncate_to(to); !ok)
         return fail("truncating", ok.error().message);
       log_changed(st);
+      // A truncation that changed nothing would meet the same answer: the
+      // tick fetches again instead of a loop at full speed.
+      if (before == std::pair{st.writer->next_offset(), st.writer->last_epoch()}) {
+        spdlog::error("topic={} partition={}: truncating to offset {} changed nothing; fetching "
+                      "again on the tick",
+                      st.route->info.name, st.partition, to);
+        return;
+      }
       return send_fetch(self);
     }
     case fetch_status::reset:
@@ -1032,14 +1069,21 @@ void on_fetched(partition_actor_t self, fetch_response& r) {
   if (!r.state.empty()) {
     std::vector<persistence::state_op> ops;
     ops.reserve(r.state.size());
-    for (auto& op : r.state)
+    for (auto& op : r.state) {
       ops.push_back({op.family, op.del, std::move(op.key), std::move(op.value)});
+      if (auto change = persistence::dlq_change_of(ops.back()))
+        st.dlq_notes.push_back(std::move(*change));
+    }
     auto batch = persistence::state_batch::from_ops(std::move(ops));
-    if (!batch)
+    if (!batch) {
+      st.dlq_notes.clear();
       spdlog::error("topic={} partition={}: the leader's delivery state: {}", st.route->info.name,
                     st.partition, batch.error().message);
-    else if (auto ok = st.ctx->store->commit(*batch, false); !ok)
+    } else if (auto ok = st.ctx->store->commit(*batch, false); !ok) {
+      st.dlq_notes.clear();
       return fail("storing the leader's delivery state", ok.error().message);
+    }
+    tell_dlq(st); // this copy's DLQ entries are counted, not listed, while it follows
     applied = true;
   }
   auto end = st.writer->next_offset();
@@ -1323,14 +1367,7 @@ void flush(partition_actor_t self) {
       }
     }
   }
-  if (st.role && !st.state.empty())
-    ship_state(st);
-  if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
-    // Memory now runs ahead of the log: start again from the log.
-    spdlog::error("topic={} partition={}: {}; restarting", st.route->info.name, st.partition,
-                  ok.error().message);
-    self->quit(caf::sec::runtime_error);
-  }
+  commit_state(self);
 }
 
 partition_actor::behavior_type partition_behavior(partition_actor_t self, node_context* ctx,
@@ -1434,29 +1471,52 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         }
       schedule_flush(self);
     },
-    [=](handoff_atom, std::uint64_t gi, const dead_letter& d) { hand_off(self, gi, d); },
     [=](redeliver_atom, const std::string& agent, std::uint64_t offset,
         const std::string& dlq_id) -> std::string {
-      // A DLQ retry. The pending record is written before the answer, so the
-      // DLQ actor deletes its entry only once the delivery is in the log.
+      // A DLQ retry: the pending record and the entry's delete are one batch,
+      // so a crash keeps either the entry or the redelivery, never neither.
       auto& st = self->state;
+      if (!writes_state(st))
+        return not_led(st).message;
+      if (!st.groups_ready) // a new leader's groups recover once the watermark is known
+        return "the consumer groups of partition " + where(st) + " are starting; retry shortly";
       for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
         if (st.groups[gi].agent->cfg.name != agent)
           continue;
         if (st.groups[gi].engine->redeliver(offset, st.fx) == redeliver_result::busy)
           return "the event is being delivered already";
         apply(self, gi);
-        if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
-          // Memory now runs ahead of the log: start again from the log.
-          self->quit(caf::sec::runtime_error);
-          return "storing the redelivery: " + ok.error().message;
-        }
+        st.state.delete_dlq(dlq_id);
+        st.dlq_notes.push_back({dlq_id, std::nullopt});
+        if (!commit_state(self))
+          return "storing the redelivery failed; the partition restarts";
         schedule_flush(self);
         spdlog::info("agent={} topic={} partition={} offset={} dlq={}: delivering again", agent,
                      st.route->info.name, st.partition, offset, dlq_id);
         return {};
       }
       return "agent " + agent + " does not consume " + st.route->info.name;
+    },
+    [=](dlq_put_atom, const dead_letter& d) -> std::string {
+      auto& st = self->state;
+      if (!writes_state(st))
+        return not_led(st).message;
+      auto e = entry_of(d);
+      st.state.put_dlq(e);
+      st.dlq_notes.push_back({e.id, std::move(e)});
+      if (!commit_state(self))
+        return "storing the dead letter failed; the partition restarts";
+      return {};
+    },
+    [=](dlq_delete_atom, const std::string& id) -> std::string {
+      auto& st = self->state;
+      if (!writes_state(st))
+        return not_led(st).message;
+      st.state.delete_dlq(id);
+      st.dlq_notes.push_back({id, std::nullopt});
+      if (!commit_state(self))
+        return "deleting the entry failed; the partition restarts";
+      return {};
     },
     [=](fetch_atom, const fetch_request& req, std::uint64_t token) { on_fetch(self, req, token); },
     [=](fetched_atom, std::uint64_t token, fetch_response& r) {

@@ -258,6 +258,29 @@ result<replay_record> plan_replay(const node_context& ctx, const replay_request&
   auto window = select_window(*ctx.log, req, topics);
   if (!window)
     return tl::make_unexpected(window.error());
+  if (ctx.replication) {
+    // Every copy holds the window: each node replays the partitions it
+    // leads, so each event goes out once (its leader's agents deliver it).
+    std::vector<range> led;
+    for (auto& r : *window) {
+      auto route = ctx.routes.find(r.topic);
+      auto role = route && r.partition < route->slots.size()
+                    ? route->slots[r.partition]->current_role()
+                    : nullptr;
+      if (role && role->role == replica_role::kind::leader) {
+        led.push_back(r);
+        continue;
+      }
+      bool holds = role
+                   && std::find(role->replicas.begin(), role->replicas.end(), ctx.replication->self)
+                        != role->replicas.end();
+      if (holds && role->leader.empty())
+        return tl::make_unexpected(error{
+          errc::unavailable, "partition " + r.topic + "/" + std::to_string(r.partition)
+                               + " has no leader now (an election is under way); retry shortly"});
+    }
+    *window = std::move(led);
+  }
   std::set<std::string> named(req.agents.begin(), req.agents.end());
   replay_record record;
   for (auto& agent : ctx.agents) {

@@ -92,6 +92,14 @@ void start_dlq(runner_actor_t self) {
       return caf::actor{};
     return ctx->routes.actor_of(*route, p);
   };
+  if (st.ctx->replication)
+    deps.lead_of = [ctx = st.ctx](const std::string& topic, std::uint32_t p) -> dlq_lead {
+      auto route = ctx->routes.find(topic);
+      auto role = route && p < route->slots.size() ? route->slots[p]->current_role() : nullptr;
+      if (!role)
+        return {false, {}}; // not known here yet: no leader known either
+      return {role->role == replica_role::kind::leader, role->leader};
+    };
   auto a = caf::actor_cast<caf::actor>(spawn_dlq(self, std::move(deps)));
   child_ref ref;
   ref.dlq = true;

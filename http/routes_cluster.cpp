@@ -106,13 +106,29 @@ void ask_until_found(const api_env& env, const request& req, const local_fn& loc
     std::size_t next = 0;
     std::optional<response> not_found;
     std::vector<std::string> unreachable;
+    std::vector<std::string> leaders; ///< named by copies that do not lead (see below)
+    bool not_found_from_copy = false;
   };
   auto st = std::make_shared<state>();
   auto step = std::make_shared<std::function<void()>>();
-  *step = [&env, req, local, respond, members, st, step]() {
+  auto replicas = env.cfg.cluster.replication_factor;
+  *step = [&env, req, local, respond, members, st, step, replicas]() {
     if (st->next == members->size()) {
       auto done = std::move(*step);
-      if (st->unreachable.empty())
+      // A copy that does not lead its partition answers 404 naming the
+      // leader (the DLQ actor's "(node L leads partition …"): if L could
+      // not be asked, the entry exists and is out of reach now.
+      for (auto& l : st->leaders)
+        if (std::find(st->unreachable.begin(), st->unreachable.end(), l) != st->unreachable.end())
+          return respond(
+            error_response({actors::errc::unavailable,
+                            "node " + l
+                              + ", which leads the partition of this entry, could not be asked; "
+                                "retry shortly"}));
+      // Fewer nodes out of reach than copies: every partition has a copy that
+      // answered (its leader's answer, or a leader named above), so not
+      // found is the answer.
+      if (st->unreachable.empty() || st->unreachable.size() < replicas)
         return respond(std::move(*st->not_found));
       std::string names;
       for (auto& n : st->unreachable)
@@ -128,8 +144,22 @@ void ask_until_found(const api_env& env, const request& req, const local_fn& loc
       } else if (a.res.status != 404) {
         *step = nullptr;
         return respond(std::move(a.res));
-      } else if (!st->not_found) {
-        st->not_found = std::move(a.res);
+      } else {
+        static const std::string marker = "(node ";
+        bool names_leader = false;
+        if (auto at = a.res.body.find(marker); at != std::string::npos) {
+          auto from = at + marker.size();
+          auto end = a.res.body.find(" leads partition ", from);
+          if (end != std::string::npos) {
+            st->leaders.push_back(a.res.body.substr(from, end - from));
+            names_leader = true;
+          }
+        }
+        // The answer is a leader's "no such entry" rather than a copy's.
+        if (!st->not_found || (st->not_found_from_copy && !names_leader)) {
+          st->not_found = std::move(a.res);
+          st->not_found_from_copy = names_leader;
+        }
       }
       (*step)();
     });

@@ -157,6 +157,17 @@ std::optional<dlq_entry> dlq_from(const std::string& text) {
 
 } // namespace
 
+std::optional<dlq_change> dlq_change_of(const state_op& op) {
+  if (op.family != dlq_family)
+    return std::nullopt;
+  if (op.del)
+    return dlq_change{op.key, std::nullopt};
+  auto e = dlq_from(op.value);
+  if (!e)
+    return std::nullopt;
+  return dlq_change{op.key, std::move(e)};
+}
+
 struct state_batch::impl {
   // Staged against handles resolved at commit; records what to write.
   std::vector<state_op> ops;

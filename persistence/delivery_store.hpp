@@ -59,6 +59,16 @@ struct state_op {
   std::string value;
 };
 
+/// What one shipped op does to the DLQ: `put` holds the entry it stores;
+/// without it, the op deletes entry `id`.
+struct dlq_change {
+  std::string id;
+  std::optional<dlq_entry> put;
+};
+
+/// The DLQ change of `op`; nothing when it is no DLQ op (or an unreadable one).
+[[nodiscard]] std::optional<dlq_change> dlq_change_of(const state_op& op);
+
 /// Changes to delivery state, committed atomically.
 class state_batch {
 public:

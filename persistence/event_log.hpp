@@ -213,7 +213,8 @@ public:
   /// checkpoint entries starting at or after `end`; the head becomes `end`,
   /// also after a restart. Synced. Works down from the newest event in
   /// batches that each leave a shorter but whole partition, so a crash in
-  /// between keeps a prefix. A no-op when `end` >= next_offset().
+  /// between keeps a prefix. With `end` >= next_offset() only checkpoint
+  /// entries starting at or after `end` go (epochs without a record).
   [[nodiscard]] tl::expected<void, error> truncate_to(std::uint64_t end);
 
   /// For a follower whose log ends before the leader's oldest stored event

@@ -188,9 +188,25 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
 // -- partition_writer: truncation ---------------------------------------------
 
 tl::expected<void, error> partition_writer::truncate_to(std::uint64_t end) {
-  if (end >= next_offset_)
+  if (end < next_offset_)
+    return remove_from(end, end);
+  // No record to remove, but maybe epochs that begin at `end` and hold none
+  // (a leadership that appended nothing): the leader's history does not
+  // know them, so they go too, or the next fetch would diverge again.
+  rocksdb::WriteBatch batch;
+  auto kept = epochs_.size();
+  while (kept > 0 && epochs_[kept - 1].start_offset >= end)
+    batch.Delete(log_.meta_, layout::epoch_key(topic_.id, partition_, epochs_[--kept].epoch));
+  if (kept == epochs_.size())
     return {};
-  return remove_from(end, end);
+  auto s = write(batch, true);
+  if (!s.ok()) {
+    log_.note_write_error("truncate epochs: " + s.ToString(), s);
+    return tl::make_unexpected(io_error(
+      "removing empty leader epochs of " + topic_.name + "/" + std::to_string(partition_), s));
+  }
+  epochs_.resize(kept);
+  return {};
 }
 
 tl::expected<void, error> partition_writer::reset_to(std::uint64_t offset) {

@@ -23,18 +23,50 @@ enum class answer { accept, refuse, silent };
 struct partition_script {
   answer how = answer::accept;
   std::vector<redelivery> seen;
+  std::vector<std::string> deleted; ///< dlq_delete asks
+  std::vector<std::string> stored;  ///< dlq_put asks
+  persistence::delivery_store* store = nullptr;
 };
 
+/// Does to the DLQ what the real partition does with its delivery state:
+/// writes the change, then tells the DLQ actor (the asker).
+void write_and_note(caf::event_based_actor* self, partition_script* script, const std::string& id,
+                    const dead_letter* put) {
+  persistence::state_batch b;
+  if (put != nullptr)
+    b.put_dlq(entry_of(*put));
+  else
+    b.delete_dlq(id);
+  REQUIRE(script->store->commit(b, false));
+  auto dlq = caf::actor_cast<caf::actor>(self->current_sender());
+  if (put != nullptr)
+    caf::anon_send(dlq, dlq_noted_atom::value, *put);
+  else
+    caf::anon_send(dlq, dlq_noted_atom::value, id);
+}
+
 /// A partition as the DLQ actor sees it: it answers redeliveries as scripted
-/// and records them. (The real partition's side is covered by the black-box
-/// DLQ tests; here the DLQ actor's own rules are under test.)
+/// and records them; an accepted one deletes the entry, as the real one does
+/// in the batch of its pending record. (The real partition's side is covered
+/// by the black-box DLQ tests; here the DLQ actor's own rules are under test.)
 caf::behavior scripted_partition(caf::event_based_actor* self, partition_script* script) {
   return {
+    [self, script](dlq_delete_atom, const std::string& id) -> std::string {
+      script->deleted.push_back(id);
+      write_and_note(self, script, id, nullptr);
+      return {};
+    },
+    [self, script](dlq_put_atom, const dead_letter& d) -> std::string {
+      script->stored.push_back(d.id);
+      write_and_note(self, script, d.id, &d);
+      return {};
+    },
     [self, script](redeliver_atom, const std::string& agent, std::uint64_t offset,
                    const std::string& dlq_id) -> caf::result<std::string> {
       script->seen.push_back({agent, offset, dlq_id});
       switch (script->how) {
         case answer::accept:
+          write_and_note(self, script, dlq_id, nullptr);
           return std::string{};
         case answer::refuse:
           return std::string{"the event is being delivered already"};
@@ -61,11 +93,20 @@ struct fixture {
     o.fsync = config::fsync_policy::never; // syncs answer inline: no sync thread
     log = std::move(*persistence::event_log::open(o));
     store = std::make_unique<persistence::delivery_store>(*log);
+    script.store = store.get();
     partition = det.sys().spawn(scripted_partition, &script);
   }
 
-  dlq_actor spawn_dlq(std::uint32_t page_entries = 256) {
+  /// Replicated when `leads` is set: partition p of every topic is led by
+  /// (*leads)[p] ("me": this node; "": none).
+  dlq_actor spawn_dlq(std::uint32_t page_entries = 256,
+                      const std::map<std::uint32_t, std::string>* leads = nullptr) {
     dlq_deps deps;
+    if (leads != nullptr)
+      deps.lead_of = [leads](const std::string&, std::uint32_t p) {
+        auto who = leads->at(p);
+        return who == "me" ? dlq_lead{true, {}} : dlq_lead{false, who};
+      };
     deps.log = log.get();
     deps.store = store.get();
     deps.size_gauge = &gauge;
@@ -80,12 +121,12 @@ struct fixture {
   }
 
   static dead_letter letter(const std::string& agent, const std::string& topic,
-                            std::uint64_t offset) {
+                            std::uint64_t offset, std::uint32_t partition = 0) {
     dead_letter d;
     d.agent = agent;
     d.topic = topic;
-    d.at = {1, 0, offset};
-    d.id = persistence::delivery_store::dlq_id(agent, 1, 0, offset);
+    d.at = {1, partition, offset};
+    d.id = persistence::delivery_store::dlq_id(agent, 1, partition, offset);
     d.event_id = "ev-" + std::to_string(offset);
     d.event = R"({"id":"ev-)" + std::to_string(offset) + R"("})";
     d.error = "boom";
@@ -279,4 +320,78 @@ TEST_CASE_METHOD(fixture, "a restarted DLQ actor counts what is stored", "[unit]
   auto page = det.ask<dead_letter_page>(second, dlq_list_atom::value, dlq_query{"", "", "", 1});
   REQUIRE(page);
   CHECK(page->count == 1205);
+}
+
+TEST_CASE_METHOD(fixture,
+                 "replicated: a node answers for the entries of the partitions it leads and "
+                 "changes them through the partition",
+                 "[unit][dlq]") {
+  // Copies as a follower's partitions commit them: partition 0 is led here,
+  // 1 by node n2, 2 by nobody (an election).
+  std::map<std::uint32_t, std::string> leads{{0, "me"}, {1, "n2"}, {2, ""}};
+  std::vector<dead_letter> mine, theirs, orphan;
+  persistence::state_batch b;
+  for (std::uint64_t i = 0; i < 6; ++i) {
+    auto p = static_cast<std::uint32_t>(i < 3 ? 0 : i < 5 ? 1 : 2);
+    auto d = letter("a", "orders", i, p);
+    (p == 0 ? mine : p == 1 ? theirs : orphan).push_back(d);
+    b.put_dlq(entry_of(d));
+  }
+  REQUIRE(store->commit(b, false));
+  auto dlq = spawn_dlq(256, &leads);
+  CHECK(count(dlq) == 3);
+  CHECK(gauge.load() == 3);
+  auto page = det.ask<dead_letter_page>(dlq, dlq_list_atom::value, dlq_query{"", "", "", 2});
+  REQUIRE(page);
+  CHECK(page->count == 3);
+  REQUIRE(page->entries.size() == 2);
+  CHECK_FALSE(page->next_cursor.empty());
+  for (auto& e : page->entries)
+    CHECK(e.at.partition == 0);
+  auto rest
+    = det.ask<dead_letter_page>(dlq, dlq_list_atom::value, dlq_query{"", "", page->next_cursor, 2});
+  REQUIRE(rest);
+  REQUIRE(rest->entries.size() == 1);
+  CHECK(rest->entries[0].at.partition == 0);
+  CHECK(rest->next_cursor.empty());
+
+  // Led elsewhere: "not here" (the cluster asks the leader next), naming it.
+  auto other = det.ask<dead_letter>(dlq, dlq_get_atom::value, theirs[0].id);
+  REQUIRE_FALSE(other);
+  CHECK(code_of(other.error()) == errc::not_found);
+  CHECK(from_caf_error(other.error()).message.find("node n2") != std::string::npos);
+  auto none = det.ask<dead_letter>(dlq, dlq_retry_atom::value, orphan[0].id);
+  REQUIRE_FALSE(none);
+  CHECK(code_of(none.error()) == errc::unavailable);
+  CHECK(script.seen.empty());
+
+  // Changes go through the partition, which writes them (and ships them).
+  auto del = det.ask<dead_letter>(dlq, dlq_delete_atom::value, mine[0].id);
+  REQUIRE(del);
+  CHECK(script.deleted == std::vector<std::string>{mine[0].id});
+  auto retried = det.ask<dead_letter>(dlq, dlq_retry_atom::value, mine[1].id);
+  REQUIRE(retried);
+  CHECK(count(dlq) == 1);
+  auto purged = det.ask<std::uint64_t>(dlq, dlq_purge_atom::value, std::string{});
+  REQUIRE(purged);
+  CHECK(*purged == 1);
+  CHECK(script.deleted.size() == 2);
+  CHECK(count(dlq) == 0);
+  auto kept = store->dlq_get(theirs[0].id);
+  REQUIRE(kept);
+  CHECK(kept->has_value()); // n2's to change
+
+  // A replay's dead letter of a partition led here goes through it.
+  auto replayed = letter("a", "orders", 40, 0);
+  CHECK(put(dlq, replayed));
+  CHECK(script.stored == std::vector<std::string>{replayed.id});
+  CHECK(count(dlq) == 1);
+
+  // Leadership moves without a message: counts follow, the gauge by the tick.
+  leads[1] = "me";
+  CHECK(count(dlq) == 3);
+  det.advance(std::chrono::seconds{1});
+  CHECK(gauge.load() == 3);
+  caf::anon_send_exit(dlq, caf::exit_reason::kill); // its tick would run forever
+  det.run();
 }

@@ -8,7 +8,8 @@
 #
 # SCENARIO       step 1: kill (T2), partition (T3); step 2, replicated over etcd:
 #                repl-kill (T2), repl-partition (T3), repl-quorum (T4), repl-rebalance
-#                (preferred leaders come back). Default: kill
+#                (preferred leaders come back), repl-dlq (dead letters replicated,
+#                listed once, through a failover). Default: kill
 #                partition.
 # -n RUNS        runs per scenario (default 10)
 # -s FIRST_SEED  seeds FIRST_SEED, FIRST_SEED+1, ... (default: random ones); a failed
@@ -39,14 +40,14 @@ scenarios=("$@")
 module_of() {
   case "$1" in
     kill|partition) echo "test_${1}_scenario" ;;
-    repl-kill|repl-partition|repl-quorum|repl-rebalance) echo "test_replicated_${1#repl-}" ;;
+    repl-kill|repl-partition|repl-quorum|repl-rebalance|repl-dlq) echo "test_replicated_${1#repl-}" ;;
     *) echo "" ;;
   esac
 }
 for s in "${scenarios[@]}"; do
   m="$(module_of "$s")"
   [ -n "$m" ] && [ -f "$here/$m.py" ] || {
-    echo "repeat.sh: no scenario '$s' (kill, partition, repl-kill, repl-partition, repl-quorum, repl-rebalance)" >&2
+    echo "repeat.sh: no scenario '$s' (kill, partition, repl-kill, repl-partition, repl-quorum, repl-rebalance, repl-dlq)" >&2
     exit 2
   }
 done

@@ -639,14 +639,15 @@ class ScenarioTestCase(unittest.TestCase):
     # -- cluster step 2 -------------------------------------------------------------------
 
     def start_replicated(self, partitions, replication=None, etcd=None, cluster_cls=None,
-                         **kw):
+                         config=None, **kw):
         """Starts etcd and a 3-node ReplicatedCluster (cluster_harness) in the work dir
-        with topics of `partitions` partitions; waits until every node is linked. Returns
-        (cluster, Nodes)."""
+        with topics of `partitions` partitions (and the rest of `config`); waits until
+        every node is linked. Returns (cluster, Nodes)."""
         import cluster_harness
         cls = cluster_cls or cluster_harness.ReplicatedCluster
+        config = dict(config or {}, topics={"defaults": {"partitions": partitions}})
         cluster = cls(3, workdir=self.workdir, replication=replication, etcd=etcd,
-                      config={"topics": {"defaults": {"partitions": partitions}}}, **kw)
+                      config=config, **kw)
         self.addCleanup(cluster.cleanup)
         self.cluster = cluster
         cluster.start()

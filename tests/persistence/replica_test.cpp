@@ -613,6 +613,38 @@ TEST_CASE("a returning replica truncates to where its last epoch ends in the lea
     CHECK(a_raw[family] == b_raw[family]);
 }
 
+TEST_CASE("a leadership that appended nothing is truncated away, so the next fetch matches",
+          "[unit][persistence]") {
+  two_logs logs{12, 1};
+  {
+    auto& [dir, a_log, b_log, at, bt] = logs;
+    partition_writer a{*a_log, at, 0};
+    partition_writer b{*b_log, bt, 0};
+    // Epoch 1: B leads, A follows all of it.
+    REQUIRE(b.begin_epoch(1));
+    append_each(b, {"e0", "e1", "e2"});
+    REQUIRE(a.apply(1, b_log->read_records(bt, 0, 0, 100, 1 << 20).value()));
+    // Epoch 2: A leads (B is down) and appends nothing; epoch 3: B leads again.
+    REQUIRE(a.begin_epoch(2));
+    REQUIRE(b.begin_epoch(3));
+    using answer = std::pair<std::uint32_t, std::uint64_t>;
+    auto [epoch, end] = b.end_of_epoch(a.last_epoch());
+    CHECK(answer{epoch, end} == answer{1, 3});
+    REQUIRE(a.truncate_to(std::min(end, a.end_of_epoch(epoch).second)));
+    CHECK(a.next_offset() == 3);
+    CHECK(a.epochs() == std::vector<epoch_entry>{{1, 0}});
+    // Now its last epoch is one the leader knows, ending where A's log ends.
+    CHECK(b.end_of_epoch(a.last_epoch()) == answer{1, 3});
+    append_each(b, {"b3"});
+    REQUIRE(a.apply(3, b_log->read_records(bt, 0, 3, 100, 1 << 20).value()));
+    CHECK(a.epochs() == b.epochs());
+  }
+  logs.a_log.reset(); // closed before it opens again
+  logs.a_log = open_log(logs.dir.sub("a"));
+  partition_writer again{*logs.a_log, logs.at, 0};
+  CHECK(again.epochs() == std::vector<epoch_entry>{{1, 0}, {3, 3}});
+}
+
 TEST_CASE("reset_to empties a follower that is behind the leader's oldest event",
           "[unit][persistence]") {
   one_log db{2, 1};
