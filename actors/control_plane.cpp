@@ -600,13 +600,23 @@ private:
                  && not_caught_up_.count(k) == 0)
           elect(name, t.id, p, c);
         lit = leaders_.find(k);
+        auto* slot = route && p < route->slots.size() ? route->slots[p].get() : nullptr;
         if (lit != leaders_.end() && lit->second.node == self_
             && hand_over_due(k, states_[k].state)) {
-          hand_over(name, k, states_[k].state);
+          if (drained(k, slot)) {
+            draining_.erase(k);
+            if (!hand_over(name, k, states_[k].state) && slot != nullptr)
+              stop_draining(*slot); // still the leader: it appends again
+          }
           lit = leaders_.find(k);
+        } else if (draining_.erase(k) > 0 && slot != nullptr) {
+          stop_draining(*slot); // no longer due (the preferred replica fell behind)
         }
         const auto& s = states_[k].state;
         std::string holder = lit == leaders_.end() ? std::string{} : lit->second.node;
+        // Handed over: a later leadership here starts undrained.
+        if (slot != nullptr && holder != self_ && draining_.count(k) == 0 && slot->draining.load())
+          slot->draining = false;
         if (!holder.empty() && holder == s.leader)
           leaders_view[name][p] = holder;
         view.push_back({name, t.id, p, s, holder});
@@ -633,13 +643,48 @@ private:
     }
     auto now = clock_type::now();
     auto since = preferred_since_.try_emplace(k, now).first->second;
+    if (!draining_.empty() && draining_.count(k) == 0)
+      return false; // one hand-over at a time
     return now - since >= period && now - last_handover_ >= period;
   }
 
-  /// Gives up the leader key of `k`: the partition here steps down (what it
-  /// appended but did not acknowledge is answered as indeterminate), and the
-  /// preferred replica, ranked first, is elected.
-  void hand_over(const std::string& topic, const part_key& k, const control::partition_state& s) {
+  /// Drains the leader of `k` before its hand-over (partition_slot::draining):
+  /// true once nothing it appended waits for acknowledgement, or after
+  /// drain_limit (then what still waits is answered "indeterminate").
+  bool drained(const part_key& k, detail::partition_slot* slot) {
+    if (slot == nullptr)
+      return true;
+    auto now = clock_type::now();
+    auto [it, fresh] = draining_.try_emplace(k, now);
+    if (fresh) {
+      slot->drained = false;
+      slot->draining = true;
+      poke(*slot);
+      return false;
+    }
+    return slot->drained.load() || now - it->second >= drain_limit;
+  }
+
+  void stop_draining(detail::partition_slot& slot) {
+    slot.draining = false;
+    poke(slot); // the publishes it held go out
+  }
+
+  /// Has the partition actor look at its slot (a flush).
+  void poke(detail::partition_slot& slot) {
+    caf::actor actor;
+    {
+      std::shared_lock<std::shared_mutex> guard{deps_.ctx->routes.mutex};
+      actor = slot.actor;
+    }
+    if (actor && slot.alive)
+      caf::anon_send(actor, flush_atom::value);
+  }
+
+  /// Gives up the leader key of `k`: the partition here steps down (it
+  /// drained first: see drained()), and the preferred replica, ranked
+  /// first, is elected. False when the key could not be given up.
+  bool hand_over(const std::string& topic, const part_key& k, const control::partition_state& s) {
     auto r = call([&] {
       return client_.txn({etcd::compare::lease_is(keys_.leader(k.first, k.second), lease_)},
                          {etcd::op::del(keys_.leader(k.first, k.second))});
@@ -647,11 +692,12 @@ private:
     last_handover_ = clock_type::now();
     preferred_since_.erase(k);
     if (!r || !r->succeeded)
-      return;
+      return false;
     spdlog::info("cluster: node {} hands {}/{} (epoch {}) back to its preferred leader {}", self_,
                  topic, k.second, s.epoch, s.replicas.front());
     leaders_.erase(k);
     absent_since_[k] = clock_type::now(); // this node's own turn waits its rank
+    return true;
   }
 
   void answer_waiters() {
@@ -773,6 +819,10 @@ private:
   std::map<part_key, clock_type::time_point> absent_since_; ///< seen without a leader since
   /// Led here while its preferred replica is in sync, since.
   std::map<part_key, clock_type::time_point> preferred_since_;
+  /// Partitions whose leader here drains before its hand-over, since when.
+  std::map<part_key, clock_type::time_point> draining_;
+  /// How long a hand-over waits for the leader to drain.
+  static constexpr auto drain_limit = std::chrono::seconds{2};
   clock_type::time_point last_handover_{};
   std::set<part_key> not_caught_up_; ///< with an empty data directory: not electable yet
   bool first_load_done_ = false;

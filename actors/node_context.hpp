@@ -186,6 +186,12 @@ struct partition_slot {
   std::atomic<std::uint64_t> log_end{0};        ///< this copy's next offset
   /// A follower's copy reached its leader's high watermark (at least once).
   std::atomic<bool> caught_up{false};
+  /// A leader handing the partition to its preferred replica: it appends
+  /// nothing new (publishes wait for the next leader) and sets `drained`
+  /// once every append it made is acknowledged, so the hand-over answers
+  /// nothing "indeterminate".
+  std::atomic<bool> draining{false};
+  std::atomic<bool> drained{false};
   std::vector<follower_view> followers; ///< guarded by role_mutex; leader only
 
   [[nodiscard]] std::shared_ptr<const replica_role> current_role() const {

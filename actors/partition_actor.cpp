@@ -804,6 +804,13 @@ void ship_state(partition_state& st) {
 
 /// The leader finished `acks` up to the high watermark and lets the groups
 /// deliver below it.
+/// A draining leader tells the control plane once nothing it appended
+/// waits for the high watermark.
+void note_drained(partition_state& st) {
+  if (st.acks.empty() && st.slot->draining.load() && !st.slot->drained.load())
+    st.slot->drained = true;
+}
+
 void finish_acks(partition_actor_t self) {
   auto& st = self->state;
   while (!st.acks.empty() && st.acks.front().end <= st.durable_end) {
@@ -813,6 +820,7 @@ void finish_acks(partition_actor_t self) {
     if (a.followed && !a.followed->empty())
       st.ctx->tails.deliver(st.route->info.name, *a.followed);
   }
+  note_drained(st);
 }
 
 /// The high watermark: the least synced end over the in-sync set, this
@@ -1275,6 +1283,12 @@ void flush_replicated(partition_actor_t self) {
     return;
   }
   st.held_since = {};
+  if (leads(st) && st.slot->draining.load()) {
+    // Handing over: nothing new is appended; the publishes wait for the
+    // next leader (they are answered "retry" when the role changes).
+    note_drained(st);
+    return;
+  }
   if (!leads(st)) {
     for (auto& job : st.batch)
       job->finish(tl::make_unexpected(not_led(st)));
@@ -1318,6 +1332,8 @@ void flush_replicated(partition_actor_t self) {
 void flush(partition_actor_t self) {
   auto& st = self->state;
   st.flush_scheduled = false;
+  if (leads(st))
+    note_drained(st); // the control plane pokes a draining leader with a flush
   if (!st.batch.empty() && st.role) {
     flush_replicated(self);
   } else if (!st.batch.empty()) {

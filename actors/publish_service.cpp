@@ -354,8 +354,18 @@ void publish_service::append_local(const std::string& topic, std::uint32_t parti
                              + std::to_string(partitions) + " as the forwarding node says"}));
   std::vector<job_ptr> jobs(partitions);
   for (auto& b : batches) {
+    auto owner = b.partition < partitions ? cluster_->owner(topic, b.partition) : std::string{};
+    if (control_ != nullptr && b.partition < partitions && !jobs[b.partition] && !b.events.empty()
+        && !cluster_->where().is_self(owner))
+      // Replicated: leadership moved between the forwarder's look and ours.
+      return done(tl::make_unexpected(error{
+        errc::unavailable, "partition " + topic + "/" + std::to_string(b.partition)
+                             + " is not led by node " + cluster_->where().self() + " now ("
+                             + (owner.empty() ? std::string{"no leader: an election is under way"}
+                                              : "node " + owner + " leads it")
+                             + "); retry shortly"}));
     if (b.partition >= partitions || jobs[b.partition] || b.events.empty()
-        || !cluster_->where().is_self(cluster_->owner(topic, b.partition)))
+        || !cluster_->where().is_self(owner))
       return done(tl::make_unexpected(
         error{errc::invalid, "partition " + topic + "/" + std::to_string(b.partition)
                                + " is not this node's to append (" + cluster_->where().self()

@@ -772,7 +772,7 @@ json merge_partitions(const api_env& env, std::vector<std::pair<std::string, jso
 
 bool cluster_route(const api_env& env, const std::string& method, const std::string& label,
                    request& req, const params& p, responder& respond, const local_fn& local) {
-  if (req.local || !env.node.cluster().clustered)
+  if (req.local || !env.cfg.cluster.enabled()) // the config, not the report: per request
     return false;
   auto limit_of = [&req]() -> std::size_t {
     std::map<std::string, std::string> q;

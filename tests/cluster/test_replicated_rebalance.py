@@ -16,6 +16,7 @@ Skips itself when etcd is not installed.
 """
 
 import collections
+import time
 import unittest
 
 import scenario
@@ -24,6 +25,8 @@ TOPIC_PARTITIONS = 4
 REBALANCE_S = 2
 FAILOVER_WITHIN_S = 20.0
 BACK_WITHIN_S = 45.0
+WRITERS = 4
+RATE_PER_WRITER = 100.0
 
 
 def led_by(nodes, topic, want, exclude=()):
@@ -55,7 +58,8 @@ class LeaderRebalanceTest(scenario.ReplicatedScenarioTestCase):
         topic = f"repl-rebalance.s{self.seed}"
         cluster, nodes = self.start_replicated(
             TOPIC_PARTITIONS, replication={"leader_rebalance": f"{REBALANCE_S}s"})
-        _, hist, sender, prober, view = self.probe_replicated(nodes, topic, TOPIC_PARTITIONS)
+        hist_path, hist, sender, prober, view = self.probe_replicated(nodes, topic,
+                                                                      TOPIC_PARTITIONS)
         preferred = {p: e["replicas"][0] for p, e in view.items()}
         self.log(f"preferred leaders {preferred}")
         scenario.wait_until(led_by(nodes, topic, preferred), BACK_WITHIN_S,
@@ -65,19 +69,39 @@ class LeaderRebalanceTest(scenario.ReplicatedScenarioTestCase):
         self.result.update(victim=victim, victim_partitions=counts[victim])
 
         cluster.kill(victim)
+        t_kill = hist.now()
         scenario.wait_until(led_by(nodes, topic, preferred, exclude=(victim,)),
                             FAILOVER_WITHIN_S, f"leaders other than {victim}")
         self.log(f"{victim} killed; its partitions failed over")
         cluster.restart(victim)
-        scenario.wait_until(led_by(nodes, topic, preferred), BACK_WITHIN_S,
-                            f"{victim} leading its preferred partitions again")
-        self.log(f"{victim} leads its preferred partitions again")
-        self.assertIn("back to its preferred leader " + victim, cluster.stderr_text())
-
-        for node in nodes.ids():
-            for p in range(TOPIC_PARTITIONS):
-                r, tried = prober.until(node, p, {201}, 10.0, pause_s=0.2)
-                self.assertEqual(r.status, 201, f"{topic}/{p} through {node}: {tried[-3:]}")
+        # Writers publish while the partitions are handed back: a leader drains before
+        # it gives a partition up, so no publish is answered "indeterminate".
+        t_back = hist.now()
+        load = scenario.Load(sender, self.seed, WRITERS, RATE_PER_WRITER).start()
+        try:
+            scenario.wait_until(led_by(nodes, topic, preferred), BACK_WITHIN_S,
+                                f"{victim} leading its preferred partitions again")
+            self.log(f"{victim} leads its preferred partitions again")
+            self.assertIn("back to its preferred leader " + victim, cluster.stderr_text())
+            time.sleep(1.0)
+            for node in nodes.ids():
+                for p in range(TOPIC_PARTITIONS):
+                    r, tried = prober.until(node, p, {201}, 10.0, pause_s=0.2)
+                    self.assertEqual(r.status, 201, f"{topic}/{p} through {node}: {tried[-3:]}")
+        except BaseException:
+            load.stopping.set()
+            load.drain_deadline = 0
+            raise
+        during = [r for r in sender.requests if r.t0 >= t_back]
+        indeterminate = [r for r in during if r.status == 503
+                         and r.detail.startswith("indeterminate")]
+        self.result["handback_statuses"] = scenario.summarize(during)
+        why = collections.Counter(r.detail[:70] for r in during if r.status == 503)
+        self.log(f"requests during the hand-back: {scenario.summarize(during)}; 503s: {why}")
+        self.drain_and_check(cluster, nodes, topic, TOPIC_PARTITIONS, hist, hist_path, sender,
+                             load, [{"kind": "kill", "node": victim, "t0": t_kill,
+                                     "t1": t_back}])
+        self.assertEqual(indeterminate, [], "publishes answered indeterminate by a hand-over")
         self.result["outcome"] = "pass"
 
 
