@@ -614,9 +614,9 @@ private:
         }
         const auto& s = states_[k].state;
         std::string holder = lit == leaders_.end() ? std::string{} : lit->second.node;
-        // Handed over: a later leadership here starts undrained.
-        if (slot != nullptr && holder != self_ && draining_.count(k) == 0 && slot->draining.load())
-          slot->draining = false;
+        // After a hand-over the flag stays set until a leadership here begins
+        // (the partition clears it then): clearing it now would let the old
+        // leader append in the moment before it hears of its new role.
         if (!holder.empty() && holder == s.leader)
           leaders_view[name][p] = holder;
         view.push_back({name, t.id, p, s, holder});

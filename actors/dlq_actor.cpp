@@ -485,8 +485,16 @@ dlq_actor::behavior_type dlq_behavior(self_ptr self, dlq_deps deps) {
       done(failure);
     },
     [self](dlq_noted_atom, const dead_letter& d) {
-      (void)self->state.add(d);
-      self->state.show();
+      // A purge may have deleted it between the partition's commit and this
+      // note: only what is stored is counted.
+      auto& st = self->state;
+      if (st.index.count(d.id) > 0)
+        return;
+      auto stored = st.deps.store->dlq_get(d.id);
+      if (stored && *stored) {
+        (void)st.add(d);
+        st.show();
+      }
     },
     [self](dlq_noted_atom, const std::string& id) {
       self->state.remove(id);

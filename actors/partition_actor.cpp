@@ -101,6 +101,9 @@ struct partition_state {
   std::size_t recent_bytes = 0;
   /// Publishes held while the partition has no leader (an election).
   std::chrono::steady_clock::time_point held_since{};
+  /// Leader: when it first saw the slot draining (zero: not draining).
+  std::chrono::steady_clock::time_point drain_seen_at{};
+  bool drain_overdue_logged = false;
   static inline const char* name = "partition";
 };
 
@@ -649,6 +652,9 @@ constexpr std::size_t max_shipped_state = 100000;
 constexpr auto hold_for_leader = std::chrono::milliseconds{2000};
 /// How long an appended batch may wait for the high watermark.
 constexpr auto ack_timeout = std::chrono::seconds{8};
+/// How long a leader holds publishes for a hand-over (the control plane
+/// hands over after at most 2 s of draining).
+constexpr auto hold_for_handover = std::chrono::seconds{3};
 
 std::string where(const partition_state& st) {
   return st.route->info.name + "/" + std::to_string(st.partition);
@@ -805,10 +811,38 @@ void ship_state(partition_state& st) {
 /// The leader finished `acks` up to the high watermark and lets the groups
 /// deliver below it.
 /// A draining leader tells the control plane once nothing it appended
-/// waits for the high watermark.
+/// waits for the high watermark and its followers have every delivery-state
+/// change it staged (a DLQ delete answered now is not undone by the next
+/// leader).
 void note_drained(partition_state& st) {
-  if (st.acks.empty() && st.slot->draining.load() && !st.slot->drained.load())
-    st.slot->drained = true;
+  if (!st.acks.empty() || !st.slot->draining.load() || st.slot->drained.load())
+    return;
+  for (auto& [node, f] : st.followers)
+    if (!f.state.empty() && st.role->in_sync_has(node))
+      return;
+  st.slot->drained = true;
+}
+
+/// Whether a flush holds its publishes for a hand-over: while the slot says
+/// so, for at most hold_for_handover (a control plane that lost etcd in the
+/// middle never finishes it, and the partition then goes on appending).
+bool holds_for_handover(partition_state& st) {
+  if (!st.slot->draining.load()) {
+    st.drain_seen_at = {};
+    return false;
+  }
+  auto now = std::chrono::steady_clock::now();
+  if (st.drain_seen_at == decltype(now){})
+    st.drain_seen_at = now;
+  if (now - st.drain_seen_at < hold_for_handover)
+    return true;
+  if (!st.drain_overdue_logged)
+    spdlog::warn("topic={} partition={}: the hand-over to the preferred leader did not happen "
+                 "within {} ms; appending again",
+                 st.route->info.name, st.partition,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(hold_for_handover).count());
+  st.drain_overdue_logged = true;
+  return false;
 }
 
 void finish_acks(partition_actor_t self) {
@@ -1192,8 +1226,8 @@ void step_down(partition_actor_t self, const std::string& why) {
   spdlog::info("topic={} partition={}: {}; restarting in the new role", st.route->info.name,
                st.partition, why);
   write_counters(st, true);
-  if (!st.state.empty())
-    (void)st.ctx->store->commit(st.state, false);
+  if (!st.state.empty() && st.ctx->store->commit(st.state, false))
+    tell_dlq(st);
   self->quit(caf::exit_reason::user_shutdown);
 }
 
@@ -1217,6 +1251,12 @@ void become(partition_actor_t self, std::shared_ptr<const replica_role> next) {
       return;
     }
     st.led_since = std::chrono::steady_clock::now();
+    // A leadership starts undrained, whatever an earlier hand-over of this
+    // partition left in the slot (the control plane drains it again if due).
+    st.slot->draining = false;
+    st.slot->drained = false;
+    st.drain_seen_at = {};
+    st.drain_overdue_logged = false;
     st.durable_end = std::min(st.writer->next_offset(), st.slot->high_watermark.load());
     spdlog::info("topic={} partition={}: leading in epoch {} from offset {} (in sync: {})",
                  st.route->info.name, st.partition, st.role->epoch, st.writer->next_offset(),
@@ -1283,7 +1323,7 @@ void flush_replicated(partition_actor_t self) {
     return;
   }
   st.held_since = {};
-  if (leads(st) && st.slot->draining.load()) {
+  if (leads(st) && holds_for_handover(st)) {
     // Handing over: nothing new is appended; the publishes wait for the
     // next leader (they are answered "retry" when the role changes).
     note_drained(st);

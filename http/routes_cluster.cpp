@@ -111,8 +111,10 @@ void ask_until_found(const api_env& env, const request& req, const local_fn& loc
   };
   auto st = std::make_shared<state>();
   auto step = std::make_shared<std::function<void()>>();
-  auto replicas = env.cfg.cluster.replication_factor;
-  *step = [&env, req, local, respond, members, st, step, replicas]() {
+  // An acknowledged event is on every in-sync copy, at least min_insync of
+  // them (1 without replication).
+  auto copies = env.cfg.cluster.replicated() ? env.cfg.cluster.min_insync : 1U;
+  *step = [&env, req, local, respond, members, st, step, copies]() {
     if (st->next == members->size()) {
       auto done = std::move(*step);
       // A copy that does not lead its partition answers 404 naming the
@@ -125,10 +127,10 @@ void ask_until_found(const api_env& env, const request& req, const local_fn& loc
                             "node " + l
                               + ", which leads the partition of this entry, could not be asked; "
                                 "retry shortly"}));
-      // Fewer nodes out of reach than copies: every partition has a copy that
-      // answered (its leader's answer, or a leader named above), so not
-      // found is the answer.
-      if (st->unreachable.empty() || st->unreachable.size() < replicas)
+      // Fewer nodes out of reach than the copies an acknowledged event (or a
+      // DLQ entry shipped with it) has: one of them answered, so not found
+      // is the answer.
+      if (st->unreachable.empty() || st->unreachable.size() < copies)
         return respond(std::move(*st->not_found));
       std::string names;
       for (auto& n : st->unreachable)

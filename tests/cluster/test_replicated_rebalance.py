@@ -92,15 +92,16 @@ class LeaderRebalanceTest(scenario.ReplicatedScenarioTestCase):
             load.stopping.set()
             load.drain_deadline = 0
             raise
+        self.drain_and_check(cluster, nodes, topic, TOPIC_PARTITIONS, hist, hist_path, sender,
+                             load, [{"kind": "kill", "node": victim, "t0": t_kill,
+                                     "t1": t_back}])
+        # Every answer since the restart, the drained writers' last ones included.
         during = [r for r in sender.requests if r.t0 >= t_back]
         indeterminate = [r for r in during if r.status == 503
                          and r.detail.startswith("indeterminate")]
         self.result["handback_statuses"] = scenario.summarize(during)
         why = collections.Counter(r.detail[:70] for r in during if r.status == 503)
         self.log(f"requests during the hand-back: {scenario.summarize(during)}; 503s: {why}")
-        self.drain_and_check(cluster, nodes, topic, TOPIC_PARTITIONS, hist, hist_path, sender,
-                             load, [{"kind": "kill", "node": victim, "t0": t_kill,
-                                     "t1": t_back}])
         self.assertEqual(indeterminate, [], "publishes answered indeterminate by a hand-over")
         self.result["outcome"] = "pass"
 
