@@ -177,8 +177,12 @@ void tell_dlq(partition_state& st) {
     return;
   if (auto dlq = st.ctx->dlq_actor())
     for (auto& n : st.dlq_notes) {
-      if (n.put)
-        caf::anon_send(dlq, dlq_noted_atom::value, letter_of(*n.put));
+      if (n.put) {
+        auto d = letter_of(*n.put);
+        d.event.clear(); // the index needs where it is, not the event
+        d.error.clear();
+        caf::anon_send(dlq, dlq_noted_atom::value, std::move(d));
+      }
       else
         caf::anon_send(dlq, dlq_noted_atom::value, n.id);
     }
