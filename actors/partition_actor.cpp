@@ -182,8 +182,7 @@ void tell_dlq(partition_state& st) {
         d.event.clear(); // the index needs where it is, not the event
         d.error.clear();
         caf::anon_send(dlq, dlq_noted_atom::value, std::move(d));
-      }
-      else
+      } else
         caf::anon_send(dlq, dlq_noted_atom::value, n.id);
     }
   // A DLQ actor that is restarting counts the stored entries when it starts.
