@@ -603,7 +603,7 @@ private:
         auto* slot = route && p < route->slots.size() ? route->slots[p].get() : nullptr;
         if (lit != leaders_.end() && lit->second.node == self_
             && hand_over_due(k, states_[k].state)) {
-          if (drained(k, slot)) {
+          if (drained(k, slot, states_[k].state.epoch)) {
             draining_.erase(k);
             if (!hand_over(name, k, states_[k].state) && slot != nullptr)
               stop_draining(*slot); // still the leader: it appends again
@@ -614,9 +614,9 @@ private:
         }
         const auto& s = states_[k].state;
         std::string holder = lit == leaders_.end() ? std::string{} : lit->second.node;
-        // After a hand-over the flag stays set until a leadership here begins
-        // (the partition clears it then): clearing it now would let the old
-        // leader append in the moment before it hears of its new role.
+        // After a hand-over the flag stays set (clearing it now would let the
+        // old leader append in the moment before it hears of its new role); a
+        // later leadership has another epoch, so it does not count for that.
         if (!holder.empty() && holder == s.leader)
           leaders_view[name][p] = holder;
         view.push_back({name, t.id, p, s, holder});
@@ -651,13 +651,14 @@ private:
   /// Drains the leader of `k` before its hand-over (partition_slot::draining):
   /// true once nothing it appended waits for acknowledgement, or after
   /// drain_limit (then what still waits is answered "indeterminate").
-  bool drained(const part_key& k, detail::partition_slot* slot) {
+  bool drained(const part_key& k, detail::partition_slot* slot, std::uint32_t epoch) {
     if (slot == nullptr)
       return true;
     auto now = clock_type::now();
     auto [it, fresh] = draining_.try_emplace(k, now);
     if (fresh) {
       slot->drained = false;
+      slot->drain_epoch = epoch;
       slot->draining = true;
       poke(*slot);
       return false;

@@ -192,6 +192,9 @@ struct partition_slot {
   /// nothing "indeterminate".
   std::atomic<bool> draining{false};
   std::atomic<bool> drained{false};
+  /// The leader epoch the drain is for: a flag left from an earlier
+  /// leadership is not this one's.
+  std::atomic<std::uint32_t> drain_epoch{0};
   std::vector<follower_view> followers; ///< guarded by role_mutex; leader only
 
   [[nodiscard]] std::shared_ptr<const replica_role> current_role() const {

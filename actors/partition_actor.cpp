@@ -817,8 +817,13 @@ void ship_state(partition_state& st) {
 /// waits for the high watermark and its followers have every delivery-state
 /// change it staged (a DLQ delete answered now is not undone by the next
 /// leader).
+/// Whether the control plane asks this leadership to drain.
+bool drain_asked(const partition_state& st) {
+  return st.slot->draining.load() && st.role && st.slot->drain_epoch.load() == st.role->epoch;
+}
+
 void note_drained(partition_state& st) {
-  if (!st.acks.empty() || !st.slot->draining.load() || st.slot->drained.load())
+  if (!st.acks.empty() || !drain_asked(st) || st.slot->drained.load())
     return;
   for (auto& [node, f] : st.followers)
     if (!f.state.empty() && st.role->in_sync_has(node))
@@ -830,7 +835,7 @@ void note_drained(partition_state& st) {
 /// so, for at most hold_for_handover (a control plane that lost etcd in the
 /// middle never finishes it, and the partition then goes on appending).
 bool holds_for_handover(partition_state& st) {
-  if (!st.slot->draining.load()) {
+  if (!drain_asked(st)) {
     st.drain_seen_at = {};
     return false;
   }
@@ -1254,10 +1259,9 @@ void become(partition_actor_t self, std::shared_ptr<const replica_role> next) {
       return;
     }
     st.led_since = std::chrono::steady_clock::now();
-    // A leadership starts undrained, whatever an earlier hand-over of this
-    // partition left in the slot (the control plane drains it again if due).
-    st.slot->draining = false;
-    st.slot->drained = false;
+    // A drain of an earlier leadership left in the slot is not this one's
+    // (drain_epoch); one of this epoch (this actor restarted while it
+    // drained) goes on.
     st.drain_seen_at = {};
     st.drain_overdue_logged = false;
     st.durable_end = std::min(st.writer->next_offset(), st.slot->high_watermark.load());
