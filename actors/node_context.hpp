@@ -216,6 +216,10 @@ struct routing {
   [[nodiscard]] std::shared_ptr<topic_route> find(const std::string& name) const;
   /// A copy of the current actor of one partition.
   [[nodiscard]] caf::actor actor_of(const topic_route& route, std::uint32_t partition) const;
+  /// The replicated role of (topic, p) as the control plane last gave it;
+  /// null when the partition is not known here (or not replicated).
+  [[nodiscard]] std::shared_ptr<const replica_role> role_of(const std::string& topic,
+                                                            std::uint32_t p) const;
 };
 
 /// Answers a request made of an actor: empty on success, else the error.

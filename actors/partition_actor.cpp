@@ -141,6 +141,18 @@ void schedule_flush(partition_actor_t self) {
   }
 }
 
+/// Stages a DLQ entry in the next commit, and its note for the DLQ actor.
+void stage_dlq_put(partition_state& st, persistence::dlq_entry e) {
+  st.state.put_dlq(e);
+  st.dlq_notes.push_back({e.id, std::move(e)});
+}
+
+/// Stages the delete of DLQ entry `id` in the next commit, and its note.
+void stage_dlq_delete(partition_state& st, const std::string& id) {
+  st.state.delete_dlq(id);
+  st.dlq_notes.push_back({id, std::nullopt});
+}
+
 /// Stages the engine's state changes in the partition's next commit.
 struct change_writer {
   partition_state& st;
@@ -158,10 +170,7 @@ struct change_writer {
   }
   /// In the same batch as the group's next changes: the cursor never
   /// passes a dead letter the DLQ does not hold.
-  void operator()(const dlq_handoff& d) const {
-    st.state.put_dlq(d);
-    st.dlq_notes.push_back({d.id, d});
-  }
+  void operator()(const dlq_handoff& d) const { stage_dlq_put(st, d); }
 };
 
 /// Whether this node writes the partition's delivery state: it leads it,
@@ -811,17 +820,15 @@ void ship_state(partition_state& st) {
   answer_parked(st, false);
 }
 
-/// The leader finished `acks` up to the high watermark and lets the groups
-/// deliver below it.
-/// A draining leader tells the control plane once nothing it appended
-/// waits for the high watermark and its followers have every delivery-state
-/// change it staged (a DLQ delete answered now is not undone by the next
-/// leader).
 /// Whether the control plane asks this leadership to drain.
 bool drain_asked(const partition_state& st) {
   return st.slot->draining.load() && st.role && st.slot->drain_epoch.load() == st.role->epoch;
 }
 
+/// A draining leader tells the control plane once nothing it appended
+/// waits for the high watermark and its followers have every delivery-state
+/// change it staged (a DLQ delete answered now is not undone by the next
+/// leader).
 void note_drained(partition_state& st) {
   if (!st.acks.empty() || !drain_asked(st) || st.slot->drained.load())
     return;
@@ -853,6 +860,8 @@ bool holds_for_handover(partition_state& st) {
   return false;
 }
 
+/// The leader finished `acks` up to the high watermark and lets the groups
+/// deliver below it.
 void finish_acks(partition_actor_t self) {
   auto& st = self->state;
   while (!st.acks.empty() && st.acks.front().end <= st.durable_end) {
@@ -1332,8 +1341,8 @@ void flush_replicated(partition_actor_t self) {
   st.held_since = {};
   if (leads(st) && holds_for_handover(st)) {
     // Handing over: nothing new is appended; the publishes wait for the
-    // next leader (they are answered "retry" when the role changes).
-    note_drained(st);
+    // next leader (they are answered "retry" when the role changes). flush()
+    // told the control plane already if the drain is done.
     return;
   }
   if (!leads(st)) {
@@ -1549,8 +1558,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         if (st.groups[gi].engine->redeliver(offset, st.fx) == redeliver_result::busy)
           return "the event is being delivered already";
         apply(self, gi);
-        st.state.delete_dlq(dlq_id);
-        st.dlq_notes.push_back({dlq_id, std::nullopt});
+        stage_dlq_delete(st, dlq_id);
         if (!commit_state(self))
           return "storing the redelivery failed; the partition restarts";
         schedule_flush(self);
@@ -1564,9 +1572,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       auto& st = self->state;
       if (!writes_state(st))
         return not_led(st).message;
-      auto e = entry_of(d);
-      st.state.put_dlq(e);
-      st.dlq_notes.push_back({e.id, std::move(e)});
+      stage_dlq_put(st, entry_of(d));
       if (!commit_state(self))
         return "storing the dead letter failed; the partition restarts";
       return {};
@@ -1575,8 +1581,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       auto& st = self->state;
       if (!writes_state(st))
         return not_led(st).message;
-      st.state.delete_dlq(id);
-      st.dlq_notes.push_back({id, std::nullopt});
+      stage_dlq_delete(st, id);
       if (!commit_state(self))
         return "deleting the entry failed; the partition restarts";
       return {};

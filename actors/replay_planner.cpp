@@ -263,10 +263,7 @@ result<replay_record> plan_replay(const node_context& ctx, const replay_request&
     // leads, so each event goes out once (its leader's agents deliver it).
     std::vector<range> led;
     for (auto& r : *window) {
-      auto route = ctx.routes.find(r.topic);
-      auto role = route && r.partition < route->slots.size()
-                    ? route->slots[r.partition]->current_role()
-                    : nullptr;
+      auto role = ctx.routes.role_of(r.topic, r.partition);
       if (role && role->role == replica_role::kind::leader) {
         led.push_back(r);
         continue;

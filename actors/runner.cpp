@@ -94,8 +94,7 @@ void start_dlq(runner_actor_t self) {
   };
   if (st.ctx->replication)
     deps.lead_of = [ctx = st.ctx](const std::string& topic, std::uint32_t p) -> dlq_lead {
-      auto route = ctx->routes.find(topic);
-      auto role = route && p < route->slots.size() ? route->slots[p]->current_role() : nullptr;
+      auto role = ctx->routes.role_of(topic, p);
       if (!role)
         return {false, {}}; // not known here yet: no leader known either
       return {role->role == replica_role::kind::leader, role->leader};

@@ -203,6 +203,12 @@ caf::actor routing::actor_of(const topic_route& route, std::uint32_t partition) 
   return route.slots[partition]->actor;
 }
 
+std::shared_ptr<const replica_role> routing::role_of(const std::string& topic,
+                                                     std::uint32_t p) const {
+  auto route = find(topic);
+  return route && p < route->slots.size() ? route->slots[p]->current_role() : nullptr;
+}
+
 std::shared_ptr<tail_hub::entry> tail_hub::add(const std::string& topic, tail_sink sink) {
   // The entry unregisters itself when the follower lets go of it.
   auto* hub = this;

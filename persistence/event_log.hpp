@@ -250,6 +250,10 @@ private:
   /// Deletes the events from `from` on, newest first, and the checkpoint
   /// entries starting at or after `from`; then sets the head to `head`.
   [[nodiscard]] tl::expected<void, error> remove_from(std::uint64_t from, std::uint64_t head);
+  /// Stages the deletes of the checkpoint entries starting at or after
+  /// `from`; answers how many entries stay (for epochs_.resize once written).
+  [[nodiscard]] std::size_t stage_epoch_deletes(rocksdb::WriteBatch& batch,
+                                                std::uint64_t from) const;
 
   event_log& log_;
   topic_info topic_;

@@ -194,9 +194,7 @@ tl::expected<void, error> partition_writer::truncate_to(std::uint64_t end) {
   // (a leadership that appended nothing): the leader's history does not
   // know them, so they go too, or the next fetch would diverge again.
   rocksdb::WriteBatch batch;
-  auto kept = epochs_.size();
-  while (kept > 0 && epochs_[kept - 1].start_offset >= end)
-    batch.Delete(log_.meta_, layout::epoch_key(topic_.id, partition_, epochs_[--kept].epoch));
+  auto kept = stage_epoch_deletes(batch, end);
   if (kept == epochs_.size())
     return {};
   auto s = write(batch, true);
@@ -219,6 +217,14 @@ tl::expected<void, error> partition_writer::reset_to(std::uint64_t offset) {
                              + ": it is below its next offset " + std::to_string(next_offset_)
                              + " (truncate_to() removes a tail)"});
   return remove_from(0, offset);
+}
+
+std::size_t partition_writer::stage_epoch_deletes(rocksdb::WriteBatch& batch,
+                                                  std::uint64_t from) const {
+  auto kept = epochs_.size();
+  while (kept > 0 && epochs_[kept - 1].start_offset >= from)
+    batch.Delete(log_.meta_, layout::epoch_key(topic_.id, partition_, epochs_[--kept].epoch));
+  return kept;
 }
 
 tl::expected<void, error> partition_writer::remove_from(std::uint64_t from, std::uint64_t head) {
@@ -275,9 +281,7 @@ tl::expected<void, error> partition_writer::remove_from(std::uint64_t from, std:
     const auto cut = more ? lowest : from;
     const auto new_head = more ? lowest : head;
     stage_head(new_head, batch);
-    auto kept = epochs_.size();
-    while (kept > 0 && epochs_[kept - 1].start_offset >= cut)
-      batch.Delete(log_.meta_, layout::epoch_key(topic_.id, partition_, epochs_[--kept].epoch));
+    auto kept = stage_epoch_deletes(batch, cut);
     // Only the last batch is synced: the WAL keeps writes in order, so it
     // makes the earlier ones durable too.
     auto s = write(batch, !more);
