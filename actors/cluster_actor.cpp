@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <shared_mutex>
@@ -52,6 +53,9 @@ struct peer_entry {
   bool dials = false; ///< this node dials it (its id sorts after ours)
   std::atomic<bool> up{false};
   std::atomic<std::uint64_t> in_flight_bytes{0};
+  /// Forwards waiting for the gate's thread to send them in one frame.
+  std::mutex outbox_mutex;
+  std::vector<forward_item> outbox;
   // Guarded by peer_table::mutex:
   std::optional<tl::expected<int, std::string>> dialed; ///< the gate's last dial, until taken
   peer_actor handle;
@@ -546,6 +550,39 @@ void on_link_lost(caf::event_based_actor* self, const peer_actor& peer, Fn lost)
   });
 }
 
+/// Sends the forwards queued for peer `p` (on the gate's thread), as few
+/// frames as the frame limit allows.
+void send_forwards(peer_table& table, cluster_gate& gate, peer_entry& p) {
+  std::vector<forward_item> items;
+  {
+    std::lock_guard<std::mutex> guard{p.outbox_mutex};
+    items.swap(p.outbox);
+  }
+  const auto& owner = p.member.id;
+  std::vector<forward_item> frame;
+  std::uint64_t bytes = 0;
+  auto send = [&] {
+    if (frame.empty())
+      return;
+    if (!gate.send_data(owner, link_forward(frame)))
+      for (auto& f : frame)
+        if (auto e = table.forwards.take(f.token, owner))
+          e->answer(tl::make_unexpected(
+            error{errc::unavailable, "node " + owner + " owns partitions of " + f.topic
+                                       + " and is down; retry shortly"}));
+    frame.clear();
+    bytes = 0;
+  };
+  for (auto& item : items) {
+    auto n = bytes_of(item.events);
+    if (bytes + n > max_forward_bytes)
+      send();
+    bytes += n;
+    frame.push_back(std::move(item));
+  }
+  send();
+}
+
 class cluster_impl final : public cluster_service {
 public:
   cluster_impl(caf::actor_system& sys, std::shared_ptr<peer_table> table, peer_actor actor,
@@ -619,11 +656,20 @@ public:
     };
     auto token = table_->forwards.add({owner, topic, std::move(sizes), std::move(answer),
                                        std::chrono::steady_clock::now() + forward_timeout});
-    if (!gate_->send_data(owner, link_forward(token, topic, partitions, wire)))
-      if (auto e = table_->forwards.take(token, owner))
-        e->answer(
-          tl::make_unexpected(error{errc::unavailable, "node " + owner + " owns partitions of "
-                                                         + topic + " and is down; retry shortly"}));
+    // The forwards queued until the gate's thread gets to them leave as one
+    // frame, and the owner appends them together: one frame, one append and
+    // one answer for a burst of publishes instead of one each.
+    bool first = false;
+    {
+      std::lock_guard<std::mutex> guard{p->outbox_mutex};
+      first = p->outbox.empty();
+      p->outbox.push_back({token, topic, partitions, std::move(wire)});
+    }
+    if (first)
+      gate_->run([table = table_, gate = std::weak_ptr<cluster_gate>{gate_}, p] {
+        if (auto g = gate.lock())
+          send_forwards(*table, *g, *p);
+      });
   }
 
   void call(const std::string& id, peer_request req, callback<peer_response> done) override {
@@ -775,37 +821,112 @@ result<forward_answer> split_answer(const forward_table::entry& e, std::vector<a
   return batches;
 }
 
-/// A peer's forward: appended here, answered over the link once durable.
-void on_forward_frame(const link_deps& deps, const std::string& peer, link_frame& f) {
-  auto reply = [gate = deps.gate, peer, token = f.token](
-                 std::uint8_t code, const std::string& detail, const std::vector<appended>& out) {
-    if (auto g = gate.lock())
-      g->send_data(peer, link_forward_answer(token, code, detail, out));
+/// On the wire an error's code is its errc + 1 (0: appended).
+std::uint8_t wire_code(errc code) {
+  return static_cast<std::uint8_t>(static_cast<std::uint8_t>(code) + 1);
+}
+
+/// The forwards of one topic in a frame, appended together: per forward,
+/// where each of its batches landed in the merged ones.
+struct merged_forwards {
+  struct slice {
+    std::size_t batch = 0; ///< in the merged batches
+    std::size_t start = 0;
+    std::size_t count = 0;
   };
-  // On the wire an error's code is its errc + 1 (0: appended).
-  auto failed = [reply](errc code, const std::string& why) {
-    reply(static_cast<std::uint8_t>(static_cast<std::uint8_t>(code) + 1), why, {});
-  };
-  if (auto n = bytes_of(f.events); n > max_forward_bytes)
-    return failed(errc::invalid,
-                  "a forward of " + std::to_string(n) + " bytes exceeds the cluster frame limit");
-  if (!deps.append)
-    return failed(errc::unavailable, "node " + deps.self + " is starting");
-  deps.append(
-    f.topic, f.partitions, from_wire(f.events), [reply, failed](result<forward_answer> r) {
-      if (!r)
-        return failed(r.error().code, r.error().message);
-      std::vector<appended> out;
-      for (auto& batch : *r)
-        for (auto& a : batch) {
-          if (a.status == persistence::append_status::conflict)
-            return failed(errc::conflict, "event id " + a.id + " is already used on topic "
-                                            + a.topic + "; ids are unique across topics");
-          out.push_back({a.id, a.where.partition, a.where.offset, a.where.time_us,
-                         a.status == persistence::append_status::duplicate});
+  std::vector<std::uint64_t> tokens;
+  std::vector<std::vector<slice>> slices; ///< per token
+};
+
+/// Each forward's reply out of the merged append's answer.
+std::vector<forward_reply> replies_of(const merged_forwards& m, const result<forward_answer>& r) {
+  std::vector<forward_reply> out;
+  out.reserve(m.tokens.size());
+  for (std::size_t k = 0; k < m.tokens.size(); ++k) {
+    auto& reply = out.emplace_back();
+    reply.token = m.tokens[k];
+    if (!r) {
+      reply.code = wire_code(r.error().code);
+      reply.detail = r.error().message;
+      continue;
+    }
+    for (auto& s : m.slices[k]) {
+      if (s.batch >= r->size() || (*r)[s.batch].size() < s.start + s.count) {
+        reply = {m.tokens[k], wire_code(errc::storage), "an append answered fewer events", {}};
+        break;
+      }
+      for (std::size_t i = s.start; i < s.start + s.count; ++i) {
+        auto& a = (*r)[s.batch][i];
+        if (a.status == persistence::append_status::conflict) {
+          reply = {m.tokens[k],
+                   wire_code(errc::conflict),
+                   "event id " + a.id + " is already used on topic " + a.topic
+                     + "; ids are unique across topics",
+                   {}};
+          break;
         }
-      reply(0, {}, out);
-    });
+        reply.out.push_back({a.id, a.where.partition, a.where.offset, a.where.time_us,
+                             a.status == persistence::append_status::duplicate});
+      }
+      if (reply.code != 0)
+        break;
+    }
+  }
+  return out;
+}
+
+/// A peer's forwards: appended here (those of one topic together, one
+/// batch per partition), answered over the link once durable.
+void on_forward_frame(const link_deps& deps, const std::string& peer, link_frame& f) {
+  auto send = [gate = deps.gate, peer](const std::vector<forward_reply>& replies) {
+    if (auto g = gate.lock())
+      g->send_data(peer, link_forward_answer(replies));
+  };
+  auto fail_all = [&](errc code, const std::string& why) {
+    std::vector<forward_reply> replies;
+    for (auto& item : f.forwards)
+      replies.push_back({item.token, wire_code(code), why, {}});
+    send(replies);
+  };
+  std::uint64_t bytes = 0;
+  for (auto& item : f.forwards)
+    bytes += bytes_of(item.events);
+  if (bytes > max_forward_bytes)
+    return fail_all(errc::invalid, "a forward of " + std::to_string(bytes)
+                                     + " bytes exceeds the cluster frame limit");
+  if (!deps.append)
+    return fail_all(errc::unavailable, "node " + deps.self + " is starting");
+  // One append per topic (and partition count, as the forwarder saw it),
+  // in the order the topics first appear.
+  std::vector<std::pair<std::string, std::uint32_t>> order;
+  std::map<std::pair<std::string, std::uint32_t>,
+           std::pair<std::shared_ptr<merged_forwards>, std::vector<forward_batch>>>
+    groups;
+  for (auto& item : f.forwards) {
+    auto key = std::pair{item.topic, item.partitions};
+    auto [it, fresh] = groups.try_emplace(key);
+    if (fresh) {
+      order.push_back(key);
+      it->second.first = std::make_shared<merged_forwards>();
+    }
+    auto& [m, batches] = it->second;
+    m->tokens.push_back(item.token);
+    auto& slices = m->slices.emplace_back();
+    for (auto& b : from_wire(item.events)) {
+      auto at = std::find_if(batches.begin(), batches.end(),
+                             [&](const forward_batch& x) { return x.partition == b.partition; });
+      if (at == batches.end())
+        at = batches.insert(batches.end(), forward_batch{b.partition, {}});
+      slices.push_back(
+        {static_cast<std::size_t>(at - batches.begin()), at->events.size(), b.events.size()});
+      std::move(b.events.begin(), b.events.end(), std::back_inserter(at->events));
+    }
+  }
+  for (auto& key : order) {
+    auto& [m, batches] = groups[key];
+    deps.append(key.first, key.second, std::move(batches),
+                [send, m = m](result<forward_answer> r) { send(replies_of(*m, r)); });
+  }
 }
 
 /// Logs a frame dropped from `peer`, at most once a second (a broken or
@@ -841,13 +962,17 @@ void on_link_frame(const link_deps& deps, const std::string& peer, const std::st
   if (f.op == link_op::forward)
     return on_forward_frame(deps, peer, f);
   if (f.op == link_op::forward_answer) {
-    auto e = deps.table->forwards.take(f.token, peer);
-    if (!e)
-      return; // answered already (timed out)
-    if (f.code != 0)
-      return e->answer(
-        tl::make_unexpected(error{static_cast<errc>(f.code - 1), std::move(f.detail)}));
-    return e->answer(split_answer(*e, f.out));
+    for (auto& reply : f.replies) {
+      auto e = deps.table->forwards.take(reply.token, peer);
+      if (!e)
+        continue; // answered already (timed out)
+      if (reply.code != 0)
+        e->answer(
+          tl::make_unexpected(error{static_cast<errc>(reply.code - 1), std::move(reply.detail)}));
+      else
+        e->answer(split_answer(*e, reply.out));
+    }
+    return;
   }
   bool from_follower = f.op == link_op::fetch || f.op == link_op::synced;
   if (from_follower && f.request.node != peer) {

@@ -668,6 +668,8 @@ public:
     return conn && conn->queue_data(std::move(payload));
   }
 
+  void run(std::function<void()> fn) override { net::post(io_, std::move(fn)); }
+
   std::uint16_t port() const override { return port_; }
 
   void stop() override {

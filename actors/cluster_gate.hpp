@@ -125,6 +125,11 @@ public:
   /// the link drops is lost). Thread-safe; never blocks.
   virtual bool send_data(const std::string& peer, std::string payload) = 0;
 
+  /// Runs `fn` on the gate's thread after what is queued there (a sender
+  /// that gathers frames sends them from there). Thread-safe; dropped once
+  /// the gate stopped.
+  virtual void run(std::function<void()> fn) = 0;
+
   /// The port listened on (the one asked for, or the one picked for 0).
   [[nodiscard]] virtual std::uint16_t port() const = 0;
 

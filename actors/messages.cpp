@@ -142,16 +142,12 @@ std::string link_synced(const fetch_request& req) {
   return encode_link(link_op::synced, const_cast<fetch_request&>(req));
 }
 
-std::string link_forward(std::uint64_t token, const std::string& topic, std::uint32_t partitions,
-                         const std::vector<append_request>& reqs) {
-  return encode_link(link_op::forward, token, const_cast<std::string&>(topic), partitions,
-                     const_cast<std::vector<append_request>&>(reqs));
+std::string link_forward(const std::vector<forward_item>& items) {
+  return encode_link(link_op::forward, const_cast<std::vector<forward_item>&>(items));
 }
 
-std::string link_forward_answer(std::uint64_t token, std::uint8_t code, const std::string& detail,
-                                const std::vector<appended>& out) {
-  return encode_link(link_op::forward_answer, token, code, const_cast<std::string&>(detail),
-                     const_cast<std::vector<appended>&>(out));
+std::string link_forward_answer(const std::vector<forward_reply>& replies) {
+  return encode_link(link_op::forward_answer, const_cast<std::vector<forward_reply>&>(replies));
 }
 
 tl::expected<link_frame, std::string> read_link_frame(std::string_view frame) {
@@ -173,10 +169,10 @@ tl::expected<link_frame, std::string> read_link_frame(std::string_view frame) {
       err = source(out.request);
       break;
     case link_op::forward:
-      err = source(out.token, out.topic, out.partitions, out.events);
+      err = source(out.forwards);
       break;
     case link_op::forward_answer:
-      err = source(out.token, out.code, out.detail, out.out);
+      err = source(out.replies);
       break;
     default:
       return tl::make_unexpected("the unknown op " + std::to_string(frame[0]));

@@ -26,7 +26,7 @@
 namespace nerve::actors {
 
 /// Version of the wire protocol; a peer speaking another one is refused.
-inline constexpr std::uint32_t wire_version = 3;
+inline constexpr std::uint32_t wire_version = 4;
 
 // -- enums (stored and sent as their underlying integer) ----------------------
 
@@ -594,22 +594,54 @@ enum class link_op : std::uint8_t {
   fetch = 1,        ///< token, fetch_request: a follower to its leader
   fetch_answer = 2, ///< topic, partition, token, fetch_response: the leader's answer
   synced = 3,       ///< fetch_request: a follower's sync between fetches
-  /// token, topic, partition count, append_requests: events for partitions led there.
+  /// forward_items: publishes' events for partitions led there, every forward
+  /// queued for the peer since the last such frame.
   forward = 4,
-  /// token, code (0: ok, else errc + 1), detail, appended: the forward's outcome.
+  /// forward_replies: the outcomes of forwards, those appended together in one.
   forward_answer = 5,
 };
+
+/// One publish's events forwarded to the node leading their partitions.
+struct forward_item {
+  std::uint64_t token = 0; ///< the forwarder's, answered in its forward_reply
+  std::string topic;
+  std::uint32_t partitions = 0; ///< the topic's partition count, as the forwarder knows it
+  std::vector<append_request> events;
+
+  friend bool operator==(const forward_item& a, const forward_item& b) {
+    return a.token == b.token && a.topic == b.topic && a.partitions == b.partitions
+           && a.events == b.events;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, forward_item& x) {
+  return f(caf::meta::type_name("nerve.forward_item"), x.token, x.topic, x.partitions, x.events);
+}
+
+/// The outcome of one forward_item.
+struct forward_reply {
+  std::uint64_t token = 0;
+  std::uint8_t code = 0;     ///< 0: appended, else errc + 1
+  std::string detail;        ///< with an error: its message
+  std::vector<appended> out; ///< appended: where each event lives, in the forward's order
+
+  friend bool operator==(const forward_reply& a, const forward_reply& b) {
+    return a.token == b.token && a.code == b.code && a.detail == b.detail && a.out == b.out;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, forward_reply& x) {
+  return f(caf::meta::type_name("nerve.forward_reply"), x.token, x.code, x.detail, x.out);
+}
 
 [[nodiscard]] std::string link_fetch(std::uint64_t token, const fetch_request& req);
 [[nodiscard]] std::string link_fetch_answer(const std::string& topic, std::uint32_t partition,
                                             std::uint64_t token, const fetch_response& r);
 [[nodiscard]] std::string link_synced(const fetch_request& req);
-[[nodiscard]] std::string link_forward(std::uint64_t token, const std::string& topic,
-                                       std::uint32_t partitions,
-                                       const std::vector<append_request>& reqs);
-[[nodiscard]] std::string link_forward_answer(std::uint64_t token, std::uint8_t code,
-                                              const std::string& detail,
-                                              const std::vector<appended>& out);
+[[nodiscard]] std::string link_forward(const std::vector<forward_item>& items);
+[[nodiscard]] std::string link_forward_answer(const std::vector<forward_reply>& replies);
 
 /// One decoded link frame: which op, and the fields it carries.
 struct link_frame {
@@ -619,11 +651,8 @@ struct link_frame {
   std::uint32_t partition = 0;
   fetch_request request;              ///< fetch, synced
   fetch_response response;            ///< fetch_answer
-  std::uint32_t partitions = 0;       ///< forward: the topic's partition count
-  std::vector<append_request> events; ///< forward
-  std::uint8_t code = 0;              ///< forward_answer: 0 ok, else errc + 1
-  std::string detail;                 ///< forward_answer: the error's message
-  std::vector<appended> out;          ///< forward_answer
+  std::vector<forward_item> forwards; ///< forward
+  std::vector<forward_reply> replies; ///< forward_answer
 };
 
 /// Decodes a data frame; an error says why it is none of ours.

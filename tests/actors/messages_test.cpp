@@ -186,21 +186,22 @@ TEST_CASE("link frames carry fetches, answers, syncs and forwards, and refuse ga
 
   std::vector<append_request> events{{"orders", 1, {sample_event(1), sample_event(2)}},
                                      {"orders", 3, {sample_event(3)}}};
-  auto fw = read_link_frame(link_forward(44, "orders", 4, events));
+  std::vector<forward_item> forwards{{44, "orders", 4, events},
+                                     {47, "omni:audit", 1, {{"omni:audit", 0, {sample_event(4)}}}}};
+  auto fw = read_link_frame(link_forward(forwards));
   REQUIRE(fw);
   CHECK(fw->op == link_op::forward);
-  CHECK((fw->token == 44 && fw->topic == "orders" && fw->partitions == 4));
-  CHECK(fw->events == events);
+  CHECK(fw->forwards == forwards);
 
   std::vector<appended> out{{"id-1", 1, 10, 1733140000123456, false},
                             {"id-2", 1, 11, 1733140000123457, true}};
-  auto fa = read_link_frame(link_forward_answer(45, 0, "", out));
+  std::vector<forward_reply> replies{{45, 0, "", out}, {46, 4, "not led here", {}}};
+  auto fa = read_link_frame(link_forward_answer(replies));
   REQUIRE(fa);
   CHECK(fa->op == link_op::forward_answer);
-  CHECK((fa->token == 45 && fa->code == 0 && fa->out == out));
-  auto failed = read_link_frame(link_forward_answer(46, 4, "not led here", {}));
-  REQUIRE(failed);
-  CHECK((failed->code == 4 && failed->detail == "not led here" && failed->out.empty()));
+  CHECK(fa->replies == replies);
+  CHECK((fa->replies[1].code == 4 && fa->replies[1].detail == "not led here"
+         && fa->replies[1].out.empty()));
 
   // Garbage: an empty frame, an unknown op, a truncated one, trailing bytes,
   // a sequence length far beyond the bytes (read, never allocated up front).
@@ -209,7 +210,7 @@ TEST_CASE("link frames carry fetches, answers, syncs and forwards, and refuse ga
   auto whole = link_fetch(42, req);
   CHECK_FALSE(read_link_frame(std::string_view{whole}.substr(0, whole.size() - 3)));
   CHECK_THAT(read_link_frame(whole + "xy").error(), Catch::Contains("2 bytes too many"));
-  std::string huge{"\x04"};
+  std::string huge{"\x04\x01", 2};                // one forward
   huge += std::string(8, '\0');                   // token
   huge += std::string{"\x06orders", 7};           // topic
   huge += std::string(4, '\0');                   // partitions
