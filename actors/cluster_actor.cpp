@@ -19,6 +19,7 @@
 
 #include "actors/cluster_gate.hpp"
 #include "actors/messages.hpp"
+#include "actors/repl_sessions.hpp"
 #include "actors/restart_policy.hpp"
 #include "persistence/ids.hpp"
 
@@ -793,6 +794,7 @@ struct link_deps {
   std::function<void(const std::string&, std::uint32_t, std::vector<forward_batch>,
                      callback<forward_answer>)>
     append;
+  std::shared_ptr<repl_sessions> sessions;
 };
 
 /// The owner's answer to a forward, split into its batches.
@@ -950,6 +952,31 @@ void dropped_frame(const std::string& peer, const std::string& why) {
   unlogged = 0;
 }
 
+/// A follower's fetch session round: each fetch to its partition's actor,
+/// answered together in one frame (repl_sessions.hpp).
+void on_fetch_frame(const link_deps& deps, const std::string& peer, link_frame& f) {
+  for (auto& item : f.fetches)
+    if (item.request.node != peer)
+      return dropped_frame(peer, "a fetch of node " + item.request.node + " on its link");
+  if (!deps.sessions || f.fetches.empty())
+    return; // not replicated here: the follower's fetches time out
+  auto round = deps.sessions->begin(peer, f.fetches.size());
+  for (auto& item : f.fetches) {
+    auto& req = item.request;
+    auto actor = deps.partition ? deps.partition(req.topic, req.partition) : caf::actor{};
+    if (actor) {
+      caf::anon_send(caf::actor_cast<partition_actor>(actor), fetch_atom::value, std::move(req),
+                     item.token, round);
+      continue;
+    }
+    fetch_response r;
+    r.status = fetch_status::stale;
+    r.error = "node " + deps.self + " has no partition " + req.topic + "/"
+              + std::to_string(req.partition) + " running";
+    deps.sessions->answer(round, {req.topic, req.partition, item.token, std::move(r)});
+  }
+}
+
 /// A data frame from member `peer`, on the gate's thread: forwards go to
 /// the publish path, the replication data plane straight to the partition
 /// actor it is for.
@@ -974,37 +1001,27 @@ void on_link_frame(const link_deps& deps, const std::string& peer, const std::st
     }
     return;
   }
-  bool from_follower = f.op == link_op::fetch || f.op == link_op::synced;
-  if (from_follower && f.request.node != peer) {
-    return dropped_frame(peer, "a fetch of node " + f.request.node + " on its link");
-  }
-  const auto& topic = from_follower ? f.request.topic : f.topic;
-  auto p = from_follower ? f.request.partition : f.partition;
-  auto actor = deps.partition ? deps.partition(topic, p) : caf::actor{};
-  if (!actor) {
-    if (f.op == link_op::fetch) {
-      fetch_response r;
-      r.status = fetch_status::stale;
-      r.error
-        = "node " + deps.self + " has no partition " + topic + "/" + std::to_string(p) + " running";
-      if (auto g = deps.gate.lock())
-        g->send_data(peer, link_fetch_answer(topic, p, f.token, r));
+  if (f.op == link_op::fetch)
+    return on_fetch_frame(deps, peer, f);
+  if (f.op == link_op::fetch_answer) {
+    if (deps.sessions)
+      deps.sessions->answered(peer);
+    for (auto& a : f.answers) {
+      if (auto actor = deps.partition ? deps.partition(a.topic, a.partition) : caf::actor{})
+        caf::anon_send(caf::actor_cast<partition_actor>(actor), fetched_atom::value, a.token,
+                       std::move(a.response));
+      else if (deps.sessions) // stopped meanwhile: the session goes on without it
+        deps.sessions->forget(peer, {a.topic, a.partition});
     }
     return;
   }
-  auto to = caf::actor_cast<partition_actor>(actor);
-  switch (f.op) {
-    case link_op::fetch:
-      caf::anon_send(to, fetch_atom::value, std::move(f.request), f.token);
-      break;
-    case link_op::fetch_answer:
-      caf::anon_send(to, fetched_atom::value, f.token, std::move(f.response));
-      break;
-    case link_op::synced:
-      caf::anon_send(to, synced_atom::value, std::move(f.request));
-      break;
-    default:
-      break;
+  if (f.op == link_op::synced) {
+    if (f.request.node != peer)
+      return dropped_frame(peer, "a sync of node " + f.request.node + " on its link");
+    if (auto actor
+        = deps.partition ? deps.partition(f.request.topic, f.request.partition) : caf::actor{})
+      caf::anon_send(caf::actor_cast<partition_actor>(actor), synced_atom::value,
+                     std::move(f.request));
   }
 }
 
@@ -1044,7 +1061,7 @@ start_cluster(caf::actor_system& sys, const config::config& cfg, cluster_ops ops
   auto gate = cluster_gate::start(hp.first, hp.second, std::move(tls), gate_limits{}, cfg.node_id);
   if (!gate)
     return tl::make_unexpected(gate.error());
-  link_deps deps{*gate, table, cfg.node_id, ops.partition, ops.append};
+  link_deps deps{*gate, table, cfg.node_id, ops.partition, ops.append, ops.sessions};
   (*gate)->on_data([deps = std::move(deps)](const std::string& peer, std::string payload) {
     on_link_frame(deps, peer, payload);
   });

@@ -21,6 +21,8 @@
 
 namespace nerve::actors {
 
+class repl_sessions;
+
 /// What the cluster actor asks of its node.
 struct cluster_ops {
   /// A peer's forward: append on this node's partitions.
@@ -35,6 +37,8 @@ struct cluster_ops {
   std::function<tail_handle(const std::string& topic, tail_sink sink)> tail;
   /// The actor of a local partition (a partition_actor), for a follower's fetch.
   std::function<caf::actor(const std::string& topic, std::uint32_t p)> partition;
+  /// The node's fetch sessions (with replication; else null).
+  std::shared_ptr<repl_sessions> sessions;
 };
 
 /// The cluster as the node's services use it, and its lifecycle.

@@ -128,14 +128,12 @@ std::string encode_link(link_op op, Ts&... xs) {
 
 } // namespace
 
-std::string link_fetch(std::uint64_t token, const fetch_request& req) {
-  return encode_link(link_op::fetch, token, const_cast<fetch_request&>(req));
+std::string link_fetch(const std::vector<fetch_item>& fetches) {
+  return encode_link(link_op::fetch, const_cast<std::vector<fetch_item>&>(fetches));
 }
 
-std::string link_fetch_answer(const std::string& topic, std::uint32_t partition,
-                              std::uint64_t token, const fetch_response& r) {
-  return encode_link(link_op::fetch_answer, const_cast<std::string&>(topic), partition, token,
-                     const_cast<fetch_response&>(r));
+std::string link_fetch_answer(const std::vector<fetch_answer_item>& answers) {
+  return encode_link(link_op::fetch_answer, const_cast<std::vector<fetch_answer_item>&>(answers));
 }
 
 std::string link_synced(const fetch_request& req) {
@@ -160,10 +158,10 @@ tl::expected<link_frame, std::string> read_link_frame(std::string_view frame) {
   caf::error err;
   switch (out.op) {
     case link_op::fetch:
-      err = source(out.token, out.request);
+      err = source(out.fetches);
       break;
     case link_op::fetch_answer:
-      err = source(out.topic, out.partition, out.token, out.response);
+      err = source(out.answers);
       break;
     case link_op::synced:
       err = source(out.request);

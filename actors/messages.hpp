@@ -26,7 +26,7 @@
 namespace nerve::actors {
 
 /// Version of the wire protocol; a peer speaking another one is refused.
-inline constexpr std::uint32_t wire_version = 4;
+inline constexpr std::uint32_t wire_version = 5;
 
 // -- enums (stored and sent as their underlying integer) ----------------------
 
@@ -105,6 +105,7 @@ using tail_ack_atom = caf::atom_constant<caf::atom("tail_ack")>;
 using fetch_atom = caf::atom_constant<caf::atom("fetch")>;
 using fetched_atom = caf::atom_constant<caf::atom("fetched")>;
 using synced_atom = caf::atom_constant<caf::atom("synced")>;
+using unpark_atom = caf::atom_constant<caf::atom("unpark")>;
 using role_atom = caf::atom_constant<caf::atom("role")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 
@@ -591,8 +592,10 @@ typename Inspector::result_type inspect(Inspector& f, fetch_response& x) {
 /// each side instead of three. A frame is one op byte, then its fields in
 /// CAF's binary format.
 enum class link_op : std::uint8_t {
-  fetch = 1,        ///< token, fetch_request: a follower to its leader
-  fetch_answer = 2, ///< topic, partition, token, fetch_response: the leader's answer
+  /// fetch_items: a follower node's fetches of every partition it follows
+  /// from the receiver (one fetch session round, repl_sessions.hpp).
+  fetch = 1,
+  fetch_answer = 2, ///< fetch_answer_items: the leader's answers to one fetch frame
   synced = 3,       ///< fetch_request: a follower's sync between fetches
   /// forward_items: publishes' events for partitions led there, every forward
   /// queued for the peer since the last such frame.
@@ -600,6 +603,40 @@ enum class link_op : std::uint8_t {
   /// forward_replies: the outcomes of forwards, those appended together in one.
   forward_answer = 5,
 };
+
+/// One partition's fetch in a fetch frame.
+struct fetch_item {
+  std::uint64_t token = 0; ///< the follower partition's, to match the answer
+  fetch_request request;
+
+  friend bool operator==(const fetch_item& a, const fetch_item& b) {
+    return a.token == b.token && a.request == b.request;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, fetch_item& x) {
+  return f(caf::meta::type_name("nerve.fetch_item"), x.token, x.request);
+}
+
+/// One partition's answer in a fetch answer frame.
+struct fetch_answer_item {
+  std::string topic;
+  std::uint32_t partition = 0;
+  std::uint64_t token = 0; ///< of the fetch it answers
+  fetch_response response;
+
+  friend bool operator==(const fetch_answer_item& a, const fetch_answer_item& b) {
+    return a.topic == b.topic && a.partition == b.partition && a.token == b.token
+           && a.response == b.response;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, fetch_answer_item& x) {
+  return f(caf::meta::type_name("nerve.fetch_answer_item"), x.topic, x.partition, x.token,
+           x.response);
+}
 
 /// One publish's events forwarded to the node leading their partitions.
 struct forward_item {
@@ -636,9 +673,8 @@ typename Inspector::result_type inspect(Inspector& f, forward_reply& x) {
   return f(caf::meta::type_name("nerve.forward_reply"), x.token, x.code, x.detail, x.out);
 }
 
-[[nodiscard]] std::string link_fetch(std::uint64_t token, const fetch_request& req);
-[[nodiscard]] std::string link_fetch_answer(const std::string& topic, std::uint32_t partition,
-                                            std::uint64_t token, const fetch_response& r);
+[[nodiscard]] std::string link_fetch(const std::vector<fetch_item>& fetches);
+[[nodiscard]] std::string link_fetch_answer(const std::vector<fetch_answer_item>& answers);
 [[nodiscard]] std::string link_synced(const fetch_request& req);
 [[nodiscard]] std::string link_forward(const std::vector<forward_item>& items);
 [[nodiscard]] std::string link_forward_answer(const std::vector<forward_reply>& replies);
@@ -646,13 +682,11 @@ typename Inspector::result_type inspect(Inspector& f, forward_reply& x) {
 /// One decoded link frame: which op, and the fields it carries.
 struct link_frame {
   link_op op = link_op::fetch;
-  std::uint64_t token = 0;
-  std::string topic;
-  std::uint32_t partition = 0;
-  fetch_request request;              ///< fetch, synced
-  fetch_response response;            ///< fetch_answer
-  std::vector<forward_item> forwards; ///< forward
-  std::vector<forward_reply> replies; ///< forward_answer
+  std::vector<fetch_item> fetches;        ///< fetch
+  std::vector<fetch_answer_item> answers; ///< fetch_answer
+  fetch_request request;                  ///< synced
+  std::vector<forward_item> forwards;     ///< forward
+  std::vector<forward_reply> replies;     ///< forward_answer
 };
 
 /// Decodes a data frame; an error says why it is none of ours.
@@ -699,7 +733,9 @@ using partition_actor = caf::typed_actor<
   caf::replies_to<dlq_delete_atom, std::string>::with<std::string>,
   /// Replication: a follower's fetch (token): the leader answers over the
   /// link, maybe after a wait.
-  caf::reacts_to<fetch_atom, fetch_request, std::uint64_t>,
+  caf::reacts_to<fetch_atom, fetch_request, std::uint64_t, std::uint64_t>,
+  /// Leader: answer follower node's fetch parked in fetch session round r now.
+  caf::reacts_to<unpark_atom, std::string, std::uint64_t>,
   /// Follower: the answer of its fetch (token); its log of generation g is synced up to n.
   caf::reacts_to<fetched_atom, std::uint64_t, fetch_response>,
   caf::reacts_to<synced_atom, std::uint64_t, std::uint64_t>,

@@ -27,6 +27,7 @@
 #include "actors/publish_service.hpp"
 #include "actors/query_pool.hpp"
 #include "actors/query_service.hpp"
+#include "actors/repl_sessions.hpp"
 #include "actors/replay_service.hpp"
 #include "actors/runner.hpp"
 #include "actors/runtime.hpp"
@@ -423,6 +424,14 @@ public:
 
 private:
   /// Publishes the cluster actor and routes publishes through it.
+  /// The actor of local partition (topic, p) now; invalid when none runs.
+  caf::actor partition_actor_of(const std::string& topic, std::uint32_t p) {
+    auto route = ctx_.routes.find(topic);
+    if (!route || p >= route->slots.size() || !route->slots[p]->alive)
+      return caf::actor{};
+    return ctx_.routes.actor_of(*route, p);
+  }
+
   [[nodiscard]] std::optional<std::string> start_cluster_link() {
     cluster_ops ops;
     ops.append = [this](const std::string& topic, std::uint32_t partitions,
@@ -456,12 +465,20 @@ private:
     ops.tail = [this](const std::string& topic, tail_sink sink) {
       return ctx_.tails.add(topic, std::move(sink));
     };
-    ops.partition = [this](const std::string& topic, std::uint32_t p) {
-      auto route = ctx_.routes.find(topic);
-      if (!route || p >= route->slots.size() || !route->slots[p]->alive)
-        return caf::actor{};
-      return ctx_.routes.actor_of(*route, p);
-    };
+    ops.partition
+      = [this](const std::string& topic, std::uint32_t p) { return partition_actor_of(topic, p); };
+    if (cfg_.cluster.replicated()) {
+      sessions_ = std::make_shared<repl_sessions>(
+        [this](const std::string& node, std::string frame) {
+          return cluster_ && cluster_->send_data(node, std::move(frame));
+        },
+        [this](const std::string& node, std::uint64_t round, const partition_key& p) {
+          if (auto actor = partition_actor_of(p.first, p.second))
+            caf::anon_send(caf::actor_cast<partition_actor>(actor), unpark_atom::value, node,
+                           round);
+        });
+      ops.sessions = sessions_;
+    }
     auto link = start_cluster(system_, cfg_, std::move(ops));
     if (!link)
       return link.error();
@@ -485,6 +502,7 @@ private:
     hooks->send = [this](const std::string& node, std::string frame) {
       return cluster_ && cluster_->send_data(node, std::move(frame));
     };
+    hooks->sessions = sessions_;
     ctx_.replication = std::move(hooks);
   }
 
@@ -560,8 +578,9 @@ private:
   replay_service replays_;
   health_service health_;
   std::unique_ptr<cluster_service> cluster_;
-  std::unique_ptr<control_plane> control_; ///< with replication only
-  bool fresh_ = false;                     ///< the log held no topic at start-up
+  std::unique_ptr<control_plane> control_;  ///< with replication only
+  std::shared_ptr<repl_sessions> sessions_; ///< with replication only
+  bool fresh_ = false;                      ///< the log held no topic at start-up
   std::mutex peer_mutex_;
   std::shared_ptr<peer_handler> peer_handler_;
   std::string runner_id_;

@@ -28,6 +28,10 @@
 #include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
 
+namespace nerve::actors {
+class repl_sessions;
+} // namespace nerve::actors
+
 namespace nerve::actors::detail {
 
 using append_outcome = tl::expected<std::vector<persistence::append_result>, persistence::error>;
@@ -259,6 +263,8 @@ struct replication_hooks {
   /// Sends a link frame (messages.hpp, link_op) to member `node`; false
   /// while there is no link to it.
   std::function<bool(const std::string& node, std::string frame)> send;
+  /// Fetches and their answers go through the node's fetch sessions.
+  std::shared_ptr<repl_sessions> sessions;
 };
 
 /// What the actors of one node share. Owned by the node; outlives the actors.

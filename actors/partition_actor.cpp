@@ -14,6 +14,7 @@
 #include "actors/consumer_group.hpp"
 #include "actors/dlq_actor.hpp"
 #include "actors/event_input.hpp"
+#include "actors/repl_sessions.hpp"
 #include "actors/runtime.hpp"
 #include "config/assert.hpp"
 #include "persistence/ids.hpp"
@@ -72,6 +73,7 @@ struct partition_state {
     std::vector<repl_state_op> state; ///< delivery-state changes not yet shipped
     bool parked = false;              ///< a fetch of its waits for records
     std::uint64_t parked_for = 0;     ///< the follower's token of that fetch
+    std::uint64_t parked_round = 0;   ///< the fetch session round it is part of
     fetch_request parked_req;
     std::chrono::steady_clock::time_point parked_at{};
   };
@@ -776,17 +778,18 @@ fetch_response answer_for(partition_state& st, partition_state::follower& f, std
   return r;
 }
 
-/// Sends follower `node` the answer to its fetch `token` over the link.
-void reply_fetch(const partition_state& st, const std::string& node, std::uint64_t token,
-                 const fetch_response& r) {
-  st.ctx->replication->send(node, link_fetch_answer(st.route->info.name, st.partition, token, r));
+/// Answers follower `node`'s fetch `token` of fetch session round `round`
+/// (the round's frame goes out with its last answer).
+void reply_fetch(const partition_state& st, std::uint64_t round, std::uint64_t token,
+                 fetch_response r) {
+  st.ctx->replication->sessions->answer(
+    round, fetch_answer_item{st.route->info.name, st.partition, token, std::move(r)});
 }
 
 /// Answers follower `node`'s parked fetch with what there is for it now.
-void answer_parked_fetch(partition_state& st, const std::string& node,
-                         partition_state::follower& f) {
+void answer_parked_fetch(partition_state& st, partition_state::follower& f) {
   f.parked = false;
-  reply_fetch(st, node, f.parked_for, answer_for(st, f, f.parked_req.from));
+  reply_fetch(st, f.parked_round, f.parked_for, answer_for(st, f, f.parked_req.from));
 }
 
 /// Answers the fetches that waited for records, now that there are some
@@ -795,7 +798,7 @@ void answer_parked(partition_state& st, bool expired_only) {
   auto now = std::chrono::steady_clock::now();
   for (auto& [node, f] : st.followers)
     if (f.parked && (!expired_only || now - f.parked_at >= fetch_park))
-      answer_parked_fetch(st, node, f);
+      answer_parked_fetch(st, f);
 }
 
 /// Gives every follower the delivery-state changes staged for this commit:
@@ -928,7 +931,8 @@ void ask_in_sync(partition_state& st, std::vector<std::string> in_sync, const st
 
 /// A follower's fetch `token`: answered over the link now, or parked until
 /// there are records (at most fetch_park).
-void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t token) {
+void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t token,
+              std::uint64_t round) {
   auto& st = self->state;
   fetch_response stale;
   stale.status = fetch_status::stale;
@@ -936,12 +940,12 @@ void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t to
     stale.epoch = st.role ? st.role->epoch : 0;
     stale.error = "node " + st.ctx->replication->self + " does not lead " + where(st) + " in epoch "
                   + std::to_string(req.epoch);
-    return reply_fetch(st, req.node, token, stale);
+    return reply_fetch(st, round, token, stale);
   }
   if (std::find(st.role->replicas.begin(), st.role->replicas.end(), req.node)
       == st.role->replicas.end()) {
     stale.error = "node " + req.node + " holds no copy of " + where(st);
-    return reply_fetch(st, req.node, token, stale);
+    return reply_fetch(st, round, token, stale);
   }
   // Divergence: the follower's records past where its last epoch ends in
   // this leader's history were never acknowledged; it truncates them.
@@ -956,11 +960,11 @@ void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t to
     r.epoch = st.role->epoch;
     r.position = end;
     r.position_epoch = epoch;
-    return reply_fetch(st, req.node, token, r);
+    return reply_fetch(st, round, token, r);
   }
   auto& f = st.followers[req.node];
   if (f.parked) // an earlier fetch of its, lost on the way back: superseded
-    answer_parked_fetch(st, req.node, f);
+    answer_parked_fetch(st, f);
   auto now = std::chrono::steady_clock::now();
   if (!f.heard || req.from >= f.end_at_fetch)
     f.caught_up_at = now;
@@ -985,10 +989,12 @@ void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t to
     in_sync.push_back(req.node);
     ask_in_sync(st, std::move(in_sync), "node " + req.node + " caught up");
   }
-  if (req.from < st.writer->next_offset() || !f.state.empty())
-    return reply_fetch(st, req.node, token, answer_for(st, f, req.from));
+  if (req.from < st.writer->next_offset() || !f.state.empty()
+      || !st.ctx->replication->sessions->may_park(round, {st.route->info.name, st.partition}))
+    return reply_fetch(st, round, token, answer_for(st, f, req.from));
   f.parked = true;
   f.parked_for = token;
+  f.parked_round = round;
   f.parked_req = req;
   // The tick answers it once it waited fetch_park (a timer per fetch would
   // wake CAF's clock thread for each).
@@ -1178,7 +1184,7 @@ void send_fetch(partition_actor_t self) {
   if (st.fetching || !st.role || st.role->role != role_kind::follower)
     return;
   auto token = st.next_token++;
-  if (!st.ctx->replication->send(st.role->leader, link_fetch(token, position_of(st))))
+  if (!st.ctx->replication->sessions->fetch(st.role->leader, token, position_of(st)))
     return; // the link is down: the tick tries again
   st.fetching = true;
   st.fetch_token = token;
@@ -1238,7 +1244,7 @@ void step_down(partition_actor_t self, const std::string& why) {
       r.status = fetch_status::stale;
       r.error = why;
       f.parked = false;
-      reply_fetch(st, node, f.parked_for, r);
+      reply_fetch(st, f.parked_round, f.parked_for, r);
     }
   spdlog::info("topic={} partition={}: {}; restarting in the new role", st.route->info.name,
                st.partition, why);
@@ -1254,6 +1260,10 @@ void step_down(partition_actor_t self, const std::string& why) {
 /// delivery state, so it starts to follow or lead as it would on start-up.
 void become(partition_actor_t self, std::shared_ptr<const replica_role> next) {
   auto& st = self->state;
+  if (st.role && st.role->role == role_kind::follower
+      && (next->role != role_kind::follower || next->leader != st.role->leader))
+    // Its leader's fetch session does not wait for it any more.
+    st.ctx->replication->sessions->forget(st.role->leader, {st.route->info.name, st.partition});
   st.role = std::move(next);
   ++st.fetch_generation; // an answer to an earlier fetch is not applied
   st.fetching = false;
@@ -1586,7 +1596,17 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         return "deleting the entry failed; the partition restarts";
       return {};
     },
-    [=](fetch_atom, const fetch_request& req, std::uint64_t token) { on_fetch(self, req, token); },
+    [=](fetch_atom, const fetch_request& req, std::uint64_t token, std::uint64_t round) {
+      on_fetch(self, req, token, round);
+    },
+    [=](unpark_atom, const std::string& node, std::uint64_t round) {
+      // Its fetch session round has records of other partitions to send.
+      auto& st = self->state;
+      auto it = st.followers.find(node);
+      if (leads(st) && it != st.followers.end() && it->second.parked
+          && it->second.parked_round == round)
+        answer_parked_fetch(st, it->second);
+    },
     [=](fetched_atom, std::uint64_t token, fetch_response& r) {
       // An answer to a fetch of an earlier role or log, or one given up, is dropped.
       if (self->state.fetching && token == self->state.fetch_token)

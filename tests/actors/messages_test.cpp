@@ -162,22 +162,24 @@ TEST_CASE("link frames carry fetches, answers, syncs and forwards, and refuse ga
   fetch_request req{"omni:orders", 5, 7, 1ULL << 33, 6, "n2"};
   req.synced = 12;
   req.session = 3;
-  auto f = read_link_frame(link_fetch(42, req));
+  auto req2 = req;
+  req2.topic = "omni:audit";
+  std::vector<fetch_item> fetches{{42, req}, {7, req2}};
+  auto f = read_link_frame(link_fetch(fetches));
   REQUIRE(f);
   CHECK(f->op == link_op::fetch);
-  CHECK(f->token == 42);
-  CHECK(f->request == req);
+  CHECK(f->fetches == fetches);
 
   fetch_response r;
   r.status = fetch_status::ok;
   r.epoch = 7;
   r.chunks = {repl_chunk{7, {repl_record{1201, 1733140000123457, "id-2", "{}"}}}};
   r.state = {repl_state_op{0, false, "cursor-key", std::string("\0\1\2", 3)}};
-  auto a = read_link_frame(link_fetch_answer("omni:orders", 5, 43, r));
+  std::vector<fetch_answer_item> answers{{"omni:orders", 5, 43, r}, {"audit", 0, 8, {}}};
+  auto a = read_link_frame(link_fetch_answer(answers));
   REQUIRE(a);
   CHECK(a->op == link_op::fetch_answer);
-  CHECK((a->topic == "omni:orders" && a->partition == 5 && a->token == 43));
-  CHECK(a->response == r);
+  CHECK(a->answers == answers);
 
   auto s = read_link_frame(link_synced(req));
   REQUIRE(s);
@@ -207,7 +209,7 @@ TEST_CASE("link frames carry fetches, answers, syncs and forwards, and refuse ga
   // a sequence length far beyond the bytes (read, never allocated up front).
   CHECK_FALSE(read_link_frame(""));
   CHECK_THAT(read_link_frame("\x7f").error(), Catch::Contains("unknown op"));
-  auto whole = link_fetch(42, req);
+  auto whole = link_fetch(fetches);
   CHECK_FALSE(read_link_frame(std::string_view{whole}.substr(0, whole.size() - 3)));
   CHECK_THAT(read_link_frame(whole + "xy").error(), Catch::Contains("2 bytes too many"));
   std::string huge{"\x04\x01", 2};                // one forward
