@@ -142,15 +142,17 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
   auto time_us = last_time_us_;
   for (std::size_t i = 0; i < records.size(); ++i) {
     const auto& r = records[i];
-    const auto at = "record " + std::to_string(i) + " (offset " + std::to_string(r.offset) + ")";
+    auto at = [&] { // built only for a refusal: apply runs for every replicated batch
+      return "record " + std::to_string(i) + " (offset " + std::to_string(r.offset) + ")";
+    };
     if (r.offset != next_offset_ + i)
-      return refuse(at + ": expected offset " + std::to_string(next_offset_ + i)
+      return refuse(at() + ": expected offset " + std::to_string(next_offset_ + i)
                     + "; records continue the partition at its next offset without gaps");
     if (r.time_us < time_us)
-      return refuse(at + ": append time " + std::to_string(r.time_us) + " us is before "
+      return refuse(at() + ": append time " + std::to_string(r.time_us) + " us is before "
                     + std::to_string(time_us) + " us; append times never decrease");
     if (r.id.empty() || layout::stored_id(r.json) != r.id)
-      return refuse(at + ": its JSON does not start with its id \"" + r.id + "\"");
+      return refuse(at() + ": its JSON does not start with its id \"" + r.id + "\"");
     time_us = r.time_us;
   }
 
