@@ -106,6 +106,7 @@ using fetch_atom = caf::atom_constant<caf::atom("fetch")>;
 using fetched_atom = caf::atom_constant<caf::atom("fetched")>;
 using synced_atom = caf::atom_constant<caf::atom("synced")>;
 using unpark_atom = caf::atom_constant<caf::atom("unpark")>;
+using sync_atom = caf::atom_constant<caf::atom("sync")>;
 using role_atom = caf::atom_constant<caf::atom("role")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 

@@ -126,6 +126,14 @@ public:
     if (cfg_.cluster.enabled())
       if (auto err = start_cluster_link())
         return err;
+    // Partitions pace their syncs: a WAL sync starts once CAF's scheduler
+    // got through what was queued when the first write of a burst asked for
+    // it (the pacer's message comes after it), so the partitions' appends
+    // and a fetch round's applies share one sync instead of the first
+    // starting alone (docs/architecture.md, "Group commit").
+    sync_pacer_ = system_.spawn(
+      [log = log_.get()]() -> caf::behavior { return {[log](sync_atom) { log->start_syncs(); }}; });
+    log_->set_sync_pacer([pacer = sync_pacer_] { caf::anon_send(pacer, sync_atom::value); });
     fresh_ = log_->topics().empty();
     if (cfg_.cluster.replicated())
       set_up_replication();
@@ -394,6 +402,10 @@ public:
       self->receive([](const caf::down_msg&) {});
       sender_.set_runner(runner_actor{});
     }
+    // Syncs start at once from here on; the pacer ends with the others.
+    log_->set_sync_pacer(nullptr);
+    caf::anon_send_exit(sync_pacer_, caf::exit_reason::user_shutdown);
+    sync_pacer_ = caf::actor{};
     // Detached actors end only when no handle to them is left.
     {
       std::unique_lock<std::shared_mutex> guard{ctx_.routes.mutex};
@@ -580,6 +592,7 @@ private:
   std::unique_ptr<cluster_service> cluster_;
   std::unique_ptr<control_plane> control_;  ///< with replication only
   std::shared_ptr<repl_sessions> sessions_; ///< with replication only
+  caf::actor sync_pacer_;                   ///< event_log::set_sync_pacer
   bool fresh_ = false;                      ///< the log held no topic at start-up
   std::mutex peer_mutex_;
   std::shared_ptr<peer_handler> peer_handler_;

@@ -673,7 +673,7 @@ void event_log::note_error(const std::string& what) {
   last_error_ = what;
 }
 
-void event_log::after_durable(std::function<void(std::optional<error>)> done) {
+void event_log::after_durable(std::function<void(std::optional<error>)> done, bool paced) {
   if (opts_.fsync != config::fsync_policy::always) {
     done(std::nullopt);
     return;
@@ -681,14 +681,45 @@ void event_log::after_durable(std::function<void(std::optional<error>)> done) {
   // Always the sync thread's work: the callers are partition actors on
   // CAF's scheduler, which must not wait for a disk. What arrives during a
   // round waits for the next one, which starts as soon as it ends.
+  std::function<void()> ask;
+  {
+    std::lock_guard<std::mutex> guard{fsync_mutex_};
+    durable_waiters_.push_back(std::move(done));
+    if (!paced || !pacer_)
+      unpaced_ = true;
+    else if (!start_asked_ && !may_start_) {
+      start_asked_ = true;
+      ask = pacer_;
+    }
+    if (!syncing_ && (unpaced_ || may_start_))
+      fsync_cv_.notify_one();
+  }
+  if (ask)
+    ask();
+}
+
+void event_log::start_syncs() {
   std::lock_guard<std::mutex> guard{fsync_mutex_};
-  durable_waiters_.push_back(std::move(done));
-  if (!syncing_)
+  start_asked_ = false;
+  may_start_ = true;
+  if (!syncing_ && !durable_waiters_.empty())
     fsync_cv_.notify_one();
+}
+
+void event_log::set_sync_pacer(std::function<void()> pacer) {
+  std::lock_guard<std::mutex> guard{fsync_mutex_};
+  pacer_ = std::move(pacer);
+  if (!pacer_) { // what waits for the one removed syncs now
+    may_start_ = true;
+    if (!syncing_ && !durable_waiters_.empty())
+      fsync_cv_.notify_one();
+  }
 }
 
 void event_log::sync_round(std::unique_lock<std::mutex>& guard) {
   syncing_ = true;
+  unpaced_ = false;
+  may_start_ = false;
   auto batch = std::move(durable_waiters_);
   durable_waiters_.clear();
   guard.unlock();
@@ -724,7 +755,9 @@ rocksdb::Status event_log::sync_wal() {
 void event_log::sync_loop() {
   std::unique_lock<std::mutex> guard{fsync_mutex_};
   for (;;) {
-    fsync_cv_.wait(guard, [this] { return !syncing_ && (stopping_ || !durable_waiters_.empty()); });
+    fsync_cv_.wait(guard, [this] {
+      return !syncing_ && (stopping_ || (!durable_waiters_.empty() && (unpaced_ || may_start_)));
+    });
     if (durable_waiters_.empty())
       return; // stopping, nothing left
     sync_round(guard);

@@ -347,7 +347,18 @@ public:
   /// Runs `done` once a WAL sync that began after this call has finished:
   /// every write completed before the call is then on disk. Concurrent
   /// callers share one fsync (the group commit across partitions).
-  void after_durable(std::function<void(std::optional<error>)> done);
+  /// `paced`: the sync waits for the next start_syncs(), which the pacer
+  /// (set_sync_pacer) is asked for, so the writes of one burst of work
+  /// share it instead of the first starting one alone; without a pacer it
+  /// starts at once.
+  void after_durable(std::function<void(std::optional<error>)> done, bool paced = false);
+
+  /// Lets the paced waiters' sync start. Any thread.
+  void start_syncs();
+
+  /// Called (on the caller's thread, no lock held) when a paced waiter
+  /// needs a start_syncs(). Set before the first paced after_durable().
+  void set_sync_pacer(std::function<void()> pacer);
 
   /// A real write-then-read round trip through the database.
   [[nodiscard]] tl::expected<std::chrono::microseconds, error> probe();
@@ -448,6 +459,11 @@ private:
   std::thread fsync_thread_;
   std::vector<std::function<void(std::optional<error>)>> durable_waiters_; ///< fsync_mutex_
   bool syncing_ = false; ///< a thread is in a sync round (fsync_mutex_)
+  // fsync_mutex_:
+  std::function<void()> pacer_;
+  bool unpaced_ = false;     ///< a waiter wants a sync at once
+  bool start_asked_ = false; ///< the pacer was asked for a start_syncs()
+  bool may_start_ = false;   ///< start_syncs() came since the last round began
   /// One sync round: takes the waiters, syncs the WAL without the lock held,
   /// answers them; `guard` holds fsync_mutex_ before and after.
   void sync_round(std::unique_lock<std::mutex>& guard);
