@@ -179,9 +179,10 @@ std::optional<caf::error> kept_elsewhere(const dlq_state& st, const dead_letter&
     return std::nullopt;
   auto part = d.topic + "/" + std::to_string(d.at.partition);
   if (!lead.leader.empty())
-    return make_caf_error(errc::not_found, "no DLQ entry " + d.id + " on this node (node "
-                                             + lead.leader + " leads partition " + part
-                                             + " and keeps its entries)");
+    return make_caf_error(errc::not_found,
+                          "no DLQ entry " + d.id + " on this node (node " + lead.leader
+                            + " leads partition " + part + " and keeps its entries)",
+                          lead.leader);
   return make_caf_error(errc::unavailable, "DLQ entry " + d.id + ": partition " + part
                                              + " has no leader now (an election is under way); "
                                                "retry shortly");

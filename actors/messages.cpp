@@ -76,12 +76,22 @@ caf::error make_caf_error(errc code, std::string message) {
                     caf::make_message(std::move(message))};
 }
 
+caf::error make_caf_error(errc code, std::string message, std::string leader) {
+  return caf::error{static_cast<std::uint8_t>(static_cast<int>(code) + 1), error_category,
+                    caf::make_message(std::move(message), std::move(leader))};
+}
+
 error from_caf_error(const caf::error& x) {
   if (x.category() == error_category) {
     std::string message;
-    if (x.context().match_elements<std::string>())
+    std::string leader;
+    if (x.context().match_elements<std::string>()) {
       message = x.context().get_as<std::string>(0);
-    return error{static_cast<errc>(x.code() - 1), std::move(message)};
+    } else if (x.context().match_elements<std::string, std::string>()) {
+      message = x.context().get_as<std::string>(0);
+      leader = x.context().get_as<std::string>(1);
+    }
+    return error{static_cast<errc>(x.code() - 1), std::move(message), std::move(leader)};
   }
   // CAF's own: the peer died, the request timed out, the message was lost.
   return error{errc::unavailable, caf::to_string(x)};

@@ -117,6 +117,8 @@ inline constexpr caf::atom_value error_category = caf::atom("nerve");
 
 /// An actor's answer that failed, as CAF carries it: `code` and a message.
 [[nodiscard]] caf::error make_caf_error(errc code, std::string message);
+/// The same, naming the node that leads what was asked for (error::leader).
+[[nodiscard]] caf::error make_caf_error(errc code, std::string message, std::string leader);
 /// The node error a caf::error stands for; CAF's own errors (a request that
 /// timed out, an actor that died) are `unavailable`.
 [[nodiscard]] error from_caf_error(const caf::error& x);

@@ -31,6 +31,9 @@ enum class errc {
 struct error {
   errc code;
   std::string message;
+  /// With not_found from a copy that does not lead the partition the thing
+  /// lives in: the node that leads it (problem+json member "leader").
+  std::string leader{};
 };
 
 template <class T>

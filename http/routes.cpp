@@ -20,18 +20,29 @@ namespace nerve::http {
 
 using json = nlohmann::json;
 
-response problem(unsigned status, const std::string& slug, const std::string& title,
-                 const std::string& detail) {
+namespace {
+
+json problem_body(unsigned status, const std::string& slug, const std::string& title,
+                  const std::string& detail) {
+  return json{{"type", "https://nerve.dev/problems/" + slug},
+              {"title", title},
+              {"status", status},
+              {"detail", detail}};
+}
+
+response problem_response(unsigned status, const json& body) {
   response r;
   r.status = status;
   r.content_type = "application/problem+json";
-  r.body = json{
-    {"type", "https://nerve.dev/problems/" + slug},
-    {"title", title},
-    {"status", status},
-    {"detail",
-     detail}}.dump(-1, ' ', false, json::error_handler_t::replace);
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
   return r;
+}
+
+} // namespace
+
+response problem(unsigned status, const std::string& slug, const std::string& title,
+                 const std::string& detail) {
+  return problem_response(status, problem_body(status, slug, title, detail));
 }
 
 double api_env::uptime_s() const {
@@ -110,8 +121,14 @@ response json_response(unsigned status, std::string body) {
 
 response error_response(const actors::error& e) {
   switch (e.code) {
-    case actors::errc::not_found:
-      return problem(404, "not-found", "Not Found", e.message);
+    case actors::errc::not_found: {
+      if (e.leader.empty())
+        return problem(404, "not-found", "Not Found", e.message);
+      // A copy that does not lead says which node does (an extension member).
+      auto body = problem_body(404, "not-found", "Not Found", e.message);
+      body["leader"] = e.leader;
+      return problem_response(404, body);
+    }
     case actors::errc::conflict:
       return problem(409, "conflict", "Conflict", e.message);
     case actors::errc::invalid:

@@ -118,7 +118,7 @@ void ask_until_found(const api_env& env, const request& req, const local_fn& loc
     if (st->next == members->size()) {
       auto done = std::move(*step);
       // A copy that does not lead its partition answers 404 naming the
-      // leader (the DLQ actor's "(node L leads partition …"): if L could
+      // leader (problem+json member "leader", from the DLQ actor): if L could
       // not be asked, the entry exists and is out of reach now.
       for (auto& l : st->leaders)
         if (std::find(st->unreachable.begin(), st->unreachable.end(), l) != st->unreachable.end())
@@ -147,15 +147,12 @@ void ask_until_found(const api_env& env, const request& req, const local_fn& loc
         *step = nullptr;
         return respond(std::move(a.res));
       } else {
-        static const std::string marker = "(node ";
+        // A copy that does not lead names the node that does.
         bool names_leader = false;
-        if (auto at = a.res.body.find(marker); at != std::string::npos) {
-          auto from = at + marker.size();
-          auto end = a.res.body.find(" leads partition ", from);
-          if (end != std::string::npos) {
-            st->leaders.push_back(a.res.body.substr(from, end - from));
-            names_leader = true;
-          }
+        auto body = json::parse(a.res.body, nullptr, false);
+        if (body.is_object() && body.contains("leader") && body["leader"].is_string()) {
+          st->leaders.push_back(body["leader"].get<std::string>());
+          names_leader = true;
         }
         // The answer is a leader's "no such entry" rather than a copy's.
         if (!st->not_found || (st->not_found_from_copy && !names_leader)) {

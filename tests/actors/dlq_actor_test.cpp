@@ -360,6 +360,7 @@ TEST_CASE_METHOD(fixture,
   REQUIRE_FALSE(other);
   CHECK(code_of(other.error()) == errc::not_found);
   CHECK(from_caf_error(other.error()).message.find("node n2") != std::string::npos);
+  CHECK(from_caf_error(other.error()).leader == "n2"); // problem+json "leader"
   auto none = det.ask<dead_letter>(dlq, dlq_retry_atom::value, orphan[0].id);
   REQUIRE_FALSE(none);
   CHECK(code_of(none.error()) == errc::unavailable);

@@ -132,6 +132,10 @@ TEST_CASE("every node error survives the trip through caf::error", "[unit]") {
   }
   auto theirs = from_caf_error(caf::make_error(caf::sec::request_timeout));
   CHECK(theirs.code == errc::unavailable);
+  auto elsewhere = from_caf_error(make_caf_error(errc::not_found, "not on this copy", "n3"));
+  CHECK((elsewhere.code == errc::not_found && elsewhere.message == "not on this copy"
+         && elsewhere.leader == "n3"));
+  CHECK(from_caf_error(make_caf_error(errc::not_found, "gone")).leader.empty());
 }
 
 TEST_CASE("replication fetches and their answers round-trip through the binary serializer",
