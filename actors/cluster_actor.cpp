@@ -551,6 +551,12 @@ void on_link_lost(caf::event_based_actor* self, const peer_actor& peer, Fn lost)
   });
 }
 
+/// Why a forward to `owner` cannot go: it is down.
+error owner_down(const std::string& owner, const std::string& topic) {
+  return error{errc::unavailable,
+               "node " + owner + " owns partitions of " + topic + " and is down; retry shortly"};
+}
+
 /// Sends the forwards queued for peer `p` (on the gate's thread), as few
 /// frames as the frame limit allows.
 void send_forwards(peer_table& table, cluster_gate& gate, peer_entry& p) {
@@ -568,9 +574,7 @@ void send_forwards(peer_table& table, cluster_gate& gate, peer_entry& p) {
     if (!gate.send_data(owner, link_forward(frame)))
       for (auto& f : frame)
         if (auto e = table.forwards.take(f.token, owner))
-          e->answer(tl::make_unexpected(
-            error{errc::unavailable, "node " + owner + " owns partitions of " + f.topic
-                                       + " and is down; retry shortly"}));
+          e->answer(tl::make_unexpected(owner_down(owner, f.topic)));
     frame.clear();
     bytes = 0;
   };
@@ -631,9 +635,7 @@ public:
     auto* p = table_->find(owner);
     auto dest = handle_of(owner);
     if (!dest)
-      return done(
-        tl::make_unexpected(error{errc::unavailable, "node " + owner + " owns partitions of "
-                                                       + topic + " and is down; retry shortly"}));
+      return done(tl::make_unexpected(owner_down(owner, topic)));
     auto bytes = bytes_of(batches);
     if (bytes > max_forward_bytes)
       return done(tl::make_unexpected(
@@ -796,6 +798,11 @@ struct link_deps {
     append;
   std::shared_ptr<repl_sessions> sessions;
 };
+
+/// The actor of local partition (topic, p); invalid when none runs.
+caf::actor local_partition(const link_deps& deps, const std::string& topic, std::uint32_t p) {
+  return deps.partition ? deps.partition(topic, p) : caf::actor{};
+}
 
 /// The owner's answer to a forward, split into its batches.
 result<forward_answer> split_answer(const forward_table::entry& e, std::vector<appended>& out) {
@@ -963,8 +970,7 @@ void on_fetch_frame(const link_deps& deps, const std::string& peer, link_frame& 
   auto round = deps.sessions->begin(peer, f.fetches.size());
   for (auto& item : f.fetches) {
     auto& req = item.request;
-    auto actor = deps.partition ? deps.partition(req.topic, req.partition) : caf::actor{};
-    if (actor) {
+    if (auto actor = local_partition(deps, req.topic, req.partition)) {
       caf::anon_send(caf::actor_cast<partition_actor>(actor), fetch_atom::value, std::move(req),
                      item.token, round);
       continue;
@@ -1007,7 +1013,7 @@ void on_link_frame(const link_deps& deps, const std::string& peer, const std::st
     if (deps.sessions)
       deps.sessions->answered(peer);
     for (auto& a : f.answers) {
-      if (auto actor = deps.partition ? deps.partition(a.topic, a.partition) : caf::actor{})
+      if (auto actor = local_partition(deps, a.topic, a.partition))
         caf::anon_send(caf::actor_cast<partition_actor>(actor), fetched_atom::value, a.token,
                        std::move(a.response));
       else if (deps.sessions) // stopped meanwhile: the session goes on without it
@@ -1018,8 +1024,7 @@ void on_link_frame(const link_deps& deps, const std::string& peer, const std::st
   if (f.op == link_op::synced) {
     if (f.request.node != peer)
       return dropped_frame(peer, "a sync of node " + f.request.node + " on its link");
-    if (auto actor
-        = deps.partition ? deps.partition(f.request.topic, f.request.partition) : caf::actor{})
+    if (auto actor = local_partition(deps, f.request.topic, f.request.partition))
       caf::anon_send(caf::actor_cast<partition_actor>(actor), synced_atom::value,
                      std::move(f.request));
   }

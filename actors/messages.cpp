@@ -70,27 +70,34 @@ std::optional<replay_mode> replay_mode_of(std::string_view text) {
   return value_of(replay_modes, text);
 }
 
-caf::error make_caf_error(errc code, std::string message) {
+namespace {
+
+caf::error nerve_error(errc code, caf::message context) {
   // CAF reads code 0 as "no error": the codes start at 1.
   return caf::error{static_cast<std::uint8_t>(static_cast<int>(code) + 1), error_category,
-                    caf::make_message(std::move(message))};
+                    std::move(context)};
+}
+
+} // namespace
+
+caf::error make_caf_error(errc code, std::string message) {
+  return nerve_error(code, caf::make_message(std::move(message)));
 }
 
 caf::error make_caf_error(errc code, std::string message, std::string leader) {
-  return caf::error{static_cast<std::uint8_t>(static_cast<int>(code) + 1), error_category,
-                    caf::make_message(std::move(message), std::move(leader))};
+  return nerve_error(code, caf::make_message(std::move(message), std::move(leader)));
 }
 
 error from_caf_error(const caf::error& x) {
   if (x.category() == error_category) {
+    const auto& context = x.context();
     std::string message;
     std::string leader;
-    if (x.context().match_elements<std::string>()) {
-      message = x.context().get_as<std::string>(0);
-    } else if (x.context().match_elements<std::string, std::string>()) {
-      message = x.context().get_as<std::string>(0);
-      leader = x.context().get_as<std::string>(1);
-    }
+    bool with_leader = context.match_elements<std::string, std::string>();
+    if (with_leader || context.match_elements<std::string>())
+      message = context.get_as<std::string>(0);
+    if (with_leader)
+      leader = context.get_as<std::string>(1);
     return error{static_cast<errc>(x.code() - 1), std::move(message), std::move(leader)};
   }
   // CAF's own: the peer died, the request timed out, the message was lost.

@@ -126,14 +126,17 @@ public:
     if (cfg_.cluster.enabled())
       if (auto err = start_cluster_link())
         return err;
-    // Partitions pace their syncs: a WAL sync starts once CAF's scheduler
-    // got through what was queued when the first write of a burst asked for
-    // it (the pacer's message comes after it), so the partitions' appends
-    // and a fetch round's applies share one sync instead of the first
-    // starting alone (docs/architecture.md, "Group commit").
-    sync_pacer_ = system_.spawn(
-      [log = log_.get()]() -> caf::behavior { return {[log](sync_atom) { log->start_syncs(); }}; });
-    log_->set_sync_pacer([pacer = sync_pacer_] { caf::anon_send(pacer, sync_atom::value); });
+    // Replicated partitions pace their syncs: a WAL sync starts once CAF's
+    // scheduler got through what was queued when the first write of a burst
+    // asked for it (the pacer's message comes after it), so the partitions'
+    // appends and a fetch round's applies share one sync instead of the
+    // first starting alone (docs/architecture.md, "Group commit").
+    if (cfg_.cluster.replicated()) {
+      sync_pacer_ = system_.spawn([log = log_.get()]() -> caf::behavior {
+        return {[log](sync_atom) { log->start_syncs(); }};
+      });
+      log_->set_sync_pacer([pacer = sync_pacer_] { caf::anon_send(pacer, sync_atom::value); });
+    }
     fresh_ = log_->topics().empty();
     if (cfg_.cluster.replicated())
       set_up_replication();
@@ -403,9 +406,11 @@ public:
       sender_.set_runner(runner_actor{});
     }
     // Syncs start at once from here on; the pacer ends with the others.
-    log_->set_sync_pacer(nullptr);
-    caf::anon_send_exit(sync_pacer_, caf::exit_reason::user_shutdown);
-    sync_pacer_ = caf::actor{};
+    if (sync_pacer_) {
+      log_->set_sync_pacer(nullptr);
+      caf::anon_send_exit(sync_pacer_, caf::exit_reason::user_shutdown);
+      sync_pacer_ = caf::actor{};
+    }
     // Detached actors end only when no handle to them is left.
     {
       std::unique_lock<std::shared_mutex> guard{ctx_.routes.mutex};
@@ -435,7 +440,6 @@ public:
   }
 
 private:
-  /// Publishes the cluster actor and routes publishes through it.
   /// The actor of local partition (topic, p) now; invalid when none runs.
   caf::actor partition_actor_of(const std::string& topic, std::uint32_t p) {
     auto route = ctx_.routes.find(topic);
@@ -444,6 +448,12 @@ private:
     return ctx_.routes.actor_of(*route, p);
   }
 
+  /// Sends a link frame to member `node`; false while there is no link.
+  bool send_link(const std::string& node, std::string frame) {
+    return cluster_ && cluster_->send_data(node, std::move(frame));
+  }
+
+  /// Publishes the cluster actor and routes publishes through it.
   [[nodiscard]] std::optional<std::string> start_cluster_link() {
     cluster_ops ops;
     ops.append = [this](const std::string& topic, std::uint32_t partitions,
@@ -482,7 +492,7 @@ private:
     if (cfg_.cluster.replicated()) {
       sessions_ = std::make_shared<repl_sessions>(
         [this](const std::string& node, std::string frame) {
-          return cluster_ && cluster_->send_data(node, std::move(frame));
+          return send_link(node, std::move(frame));
         },
         [this](const std::string& node, std::uint64_t round, const partition_key& p) {
           if (auto actor = partition_actor_of(p.first, p.second))
@@ -512,7 +522,7 @@ private:
         control_->change_in_sync(topic, p, epoch, std::move(in_sync));
     };
     hooks->send = [this](const std::string& node, std::string frame) {
-      return cluster_ && cluster_->send_data(node, std::move(frame));
+      return send_link(node, std::move(frame));
     };
     hooks->sessions = sessions_;
     ctx_.replication = std::move(hooks);

@@ -778,15 +778,15 @@ fetch_response answer_for(partition_state& st, partition_state::follower& f, std
   return r;
 }
 
-/// Answers follower `node`'s fetch `token` of fetch session round `round`
-/// (the round's frame goes out with its last answer).
+/// Answers a follower's fetch `token` of fetch session round `round` (the
+/// round's frame goes out with its last answer).
 void reply_fetch(const partition_state& st, std::uint64_t round, std::uint64_t token,
                  fetch_response r) {
   st.ctx->replication->sessions->answer(
     round, fetch_answer_item{st.route->info.name, st.partition, token, std::move(r)});
 }
 
-/// Answers follower `node`'s parked fetch with what there is for it now.
+/// Answers follower `f`'s parked fetch with what there is for it now.
 void answer_parked_fetch(partition_state& st, partition_state::follower& f) {
   f.parked = false;
   reply_fetch(st, f.parked_round, f.parked_for, answer_for(st, f, f.parked_req.from));
@@ -929,8 +929,9 @@ void ask_in_sync(partition_state& st, std::vector<std::string> in_sync, const st
                                       std::move(in_sync));
 }
 
-/// A follower's fetch `token`: answered over the link now, or parked until
-/// there are records (at most fetch_park).
+/// A follower's fetch `token` in fetch session round `round`: answered now,
+/// or parked until there are records (at most fetch_park, or until another
+/// partition of the round has some: unpark_atom).
 void on_fetch(partition_actor_t self, const fetch_request& req, std::uint64_t token,
               std::uint64_t round) {
   auto& st = self->state;

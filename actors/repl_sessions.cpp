@@ -50,45 +50,40 @@ bool repl_sessions::send_round(const std::string& leader, const std::vector<fetc
   return false;
 }
 
-bool repl_sessions::fetch(const std::string& leader, std::uint64_t token,
-                          const fetch_request& req) {
-  std::vector<fetch_item> frame;
-  {
-    std::lock_guard<std::mutex> guard{mutex_};
-    auto& s = follow_[leader];
-    partition_key key{req.topic, req.partition};
-    s.in_flight.erase(key);
-    s.pending[key] = fetch_item{token, req};
-    frame = take_round(s, clock::now());
-  }
-  return send_round(leader, frame);
-}
-
-void repl_sessions::answered(const std::string& leader) {
+template <class Change>
+bool repl_sessions::update(const std::string& leader, Change change) {
   std::vector<fetch_item> frame;
   {
     std::lock_guard<std::mutex> guard{mutex_};
     auto& s = follow_[leader];
     auto now = clock::now();
-    s.outstanding = false;
-    s.answered_at = now;
+    change(s, now);
     frame = take_round(s, now);
   }
-  send_round(leader, frame);
+  return send_round(leader, frame);
+}
+
+bool repl_sessions::fetch(const std::string& leader, std::uint64_t token,
+                          const fetch_request& req) {
+  return update(leader, [&](session& s, clock::time_point) {
+    partition_key key{req.topic, req.partition};
+    s.in_flight.erase(key);
+    s.pending[key] = fetch_item{token, req};
+  });
+}
+
+void repl_sessions::answered(const std::string& leader) {
+  update(leader, [](session& s, clock::time_point now) {
+    s.outstanding = false;
+    s.answered_at = now;
+  });
 }
 
 void repl_sessions::forget(const std::string& leader, const partition_key& p) {
-  std::vector<fetch_item> frame;
-  {
-    std::lock_guard<std::mutex> guard{mutex_};
-    auto it = follow_.find(leader);
-    if (it == follow_.end())
-      return;
-    it->second.in_flight.erase(p);
-    it->second.pending.erase(p);
-    frame = take_round(it->second, clock::now());
-  }
-  send_round(leader, frame);
+  update(leader, [&](session& s, clock::time_point) {
+    s.in_flight.erase(p);
+    s.pending.erase(p);
+  });
 }
 
 std::uint64_t repl_sessions::begin(const std::string& node, std::size_t n) {

@@ -87,6 +87,10 @@ private:
     clock::time_point begun{};
   };
 
+  /// Changes the session for `leader`, then sends its next round if it may
+  /// go now; false when that send found no link.
+  template <class Change>
+  bool update(const std::string& leader, Change change);
   /// The frame of the next round for `s`, when it may go now.
   std::vector<fetch_item> take_round(session& s, clock::time_point now);
   /// Sends a round's frame; on failure the session waits for its
