@@ -625,7 +625,7 @@ cache_appended(partition_state& st, std::vector<persistence::append_result>& app
       auto& e = job->events[k];
       st.tail.push_back(
         {r.where.offset, r.where.time_us,
-         std::make_shared<const std::string>(keep_json ? r.json : std::move(r.json)), e.id, e.key,
+         std::make_shared<const std::string>(keep_json ? r.json : std::move(r.json)), r.id, e.key,
          e.type, e.source});
       if (st.tail.size() > tail_cache_events)
         st.tail.pop_front();

@@ -119,7 +119,6 @@ std::uint32_t keyless_partition(topic_route& route, const cluster_client* cluste
 
 partitioned split_by_partition(topic_route& route, std::vector<publish_item>& items,
                                const cluster_client* cluster) {
-  auto now = persistence::system_clock_us();
   const auto partitions = route.info.partitions;
   // Keyless events of one request stay together, on the next partition in turn.
   const auto keyless = keyless_partition(route, cluster);
@@ -139,9 +138,8 @@ partitioned split_by_partition(topic_route& route, std::vector<publish_item>& it
     auto& job = out.jobs[p];
     if (!job)
       job = std::make_shared<partition_job>();
+    // Without an id the writer gives the event one that says where it is.
     bool generated = it.id.empty();
-    if (generated)
-      it.id = persistence::new_uuid_v7(now);
     job->events.push_back({std::move(it.id), std::move(it.key), std::move(it.fragment),
                            std::move(it.type), std::move(it.source), generated});
     out.index[p].push_back(i);

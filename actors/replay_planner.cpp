@@ -69,8 +69,9 @@ std::uint64_t where_of(std::uint32_t tid, std::uint32_t p) {
 }
 
 /// The span of each wanted partition in the window [from, to): by_time from
-/// both ends of the window: going forward, the first key of a partition is
-/// its first offset in the window; going backward, its last. A small window
+/// both ends of the window: going forward, the first run of a partition
+/// starts at its first offset in the window; going backward, the first run
+/// seen ends at its last. A small window
 /// is walked whole. Each walk stops once it has seen every partition, or
 /// after a budget; a partition it did not reach (quiet in the window, or
 /// busy only in its middle) has its bounds found by binary search on append
@@ -90,12 +91,12 @@ tl::expected<span_map, error> window_spans(persistence::event_log& log, const re
     return log.scan_time(
       req.from_us, req.to_us,
       [&, visited = std::uint64_t{0}](std::int64_t, std::uint32_t tid, std::uint32_t p,
-                                      std::uint64_t offset) mutable {
+                                      std::uint64_t lo, std::uint64_t hi) mutable {
         auto where = where_of(tid, p);
         if (all.count(where) > 0) {
-          seen.try_emplace(where, offset);
+          seen.try_emplace(where, backward ? hi : lo);
           if (!backward)
-            last[where] = offset; // exact if the walk ends at `to`
+            last[where] = hi; // exact if the walk ends at `to`
         }
         if (++visited < budget && seen.size() < all.size())
           return true;

@@ -123,6 +123,25 @@ std::int64_t partition_writer::recover_last_time() const {
   return 0;
 }
 
+partition_writer::run_start partition_writer::open_run(std::int64_t time_us) const {
+  if (next_offset_ == 0 || time_us != last_time_us_)
+    return {next_offset_, false};
+  if (last_run_)
+    return *last_run_;
+  // After a restart or a truncation: the run at that time that holds the
+  // last event (none when retention removed it: a new run then).
+  run_start found{next_offset_, false};
+  detail::for_each_run_at(*log_.db_, log_.by_time_, time_us, topic_.id, partition_,
+                          [&](const rocksdb::Slice&, const layout::time_run& run) {
+                            if (!run.legacy_id.empty() || run.last + 1 != next_offset_)
+                              return true;
+                            found = {run.first, run.indexed};
+                            return false;
+                          })
+    .PermitUncheckedError(); // unreadable: a new run, which reads the same
+  return found;
+}
+
 std::optional<error> partition_writer::fault_before_append() const {
   if (!log_.fails_at(fault_point::before_append, {topic_.name, partition_}))
     return std::nullopt;
@@ -154,14 +173,27 @@ std::optional<error> partition_writer::resolve(const std::vector<new_event>& eve
   std::lock_guard<std::mutex> guard{log_.ids_mutex_};
   std::vector<rocksdb::Slice> lookup;
   std::vector<std::size_t> lookup_index;
+  // A publisher's id found where it says it is stored (an id nerve made,
+  // published again): the index of its event and where it is.
+  std::unordered_map<std::size_t, coords> located;
   for (std::size_t i = 0; i < events.size(); ++i) {
     if (events[i].generated)
       continue;
     auto it = log_.reserved_ids_.find(events[i].id);
     if (it != log_.reserved_ids_.end())
       continue; // resolved below, once this batch's offsets are assigned
-    lookup.emplace_back(events[i].id);
-    lookup_index.push_back(i);
+    auto here = log_.stored_at(events[i].id);
+    if (!here) {
+      for (auto& id : reserved)
+        log_.reserved_ids_.erase(id);
+      return here.error();
+    }
+    if (*here)
+      located.emplace(i, **here);
+    else {
+      lookup.emplace_back(events[i].id);
+      lookup_index.push_back(i);
+    }
     // Reserve now so a repeat of this id later in the same batch is found.
     append_result mine;
     mine.status = append_status::appended;
@@ -176,13 +208,32 @@ std::optional<error> partition_writer::resolve(const std::vector<new_event>& eve
   if (!lookup.empty())
     log_.db_->MultiGet(rocksdb::ReadOptions{}, log_.by_id_, lookup.size(), lookup.data(),
                        values.data(), statuses.data());
+  auto stored = [&](std::size_t i, const coords& c) {
+    results[i].id = events[i].id;
+    results[i].where = c;
+    results[i].status
+      = c.topic_id == topic_.id ? append_status::duplicate : append_status::conflict;
+    {
+      std::shared_lock<std::shared_mutex> names{log_.topics_mutex_};
+      auto name = log_.topic_names_.find(c.topic_id);
+      results[i].topic = name != log_.topic_names_.end() ? name->second : std::string{};
+    }
+    log_.reserved_ids_[events[i].id] = results[i];
+  };
   std::size_t li = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
     if (events[i].generated) {
+      const auto offset = next_offset_++;
       results[i].status = append_status::appended;
-      results[i].id = events[i].id;
+      // Its place is its id; beyond what an id can say, a random one.
+      results[i].id
+        = located_uuid_v7(now, topic_.id, partition_, offset).value_or(new_uuid_v7(now));
       results[i].topic = topic_.name;
-      results[i].where = {topic_.id, partition_, next_offset_++, now};
+      results[i].where = {topic_.id, partition_, offset, now};
+      continue;
+    }
+    if (auto at = located.find(i); at != located.end()) {
+      stored(i, at->second);
       continue;
     }
     if (li < lookup_index.size() && lookup_index[li] == i) {
@@ -190,18 +241,8 @@ std::optional<error> partition_writer::resolve(const std::vector<new_event>& eve
       auto val = values[li].ToStringView();
       ++li;
       if (st.ok() && val.size() >= 24) {
-        coords c{keys::get_u32(val, 0), keys::get_u32(val, 4), keys::get_u64(val, 8),
-                 static_cast<std::int64_t>(keys::get_u64(val, 16))};
-        results[i].id = events[i].id;
-        results[i].where = c;
-        results[i].status
-          = c.topic_id == topic_.id ? append_status::duplicate : append_status::conflict;
-        {
-          std::shared_lock<std::shared_mutex> names{log_.topics_mutex_};
-          auto name = log_.topic_names_.find(c.topic_id);
-          results[i].topic = name != log_.topic_names_.end() ? name->second : std::string{};
-        }
-        log_.reserved_ids_[events[i].id] = results[i];
+        stored(i, coords{keys::get_u32(val, 0), keys::get_u32(val, 4), keys::get_u64(val, 8),
+                         static_cast<std::int64_t>(keys::get_u64(val, 16))});
         continue;
       }
       if (!st.ok() && !st.IsNotFound()) {
@@ -224,10 +265,11 @@ std::optional<error> partition_writer::resolve(const std::vector<new_event>& eve
   return std::nullopt;
 }
 
-void partition_writer::stage(const std::vector<new_event>& events, std::int64_t now,
-                             std::vector<append_result>& results,
-                             rocksdb::WriteBatch& batch) const {
+std::size_t partition_writer::stage(const std::vector<new_event>& events, std::int64_t now,
+                                    std::vector<append_result>& results,
+                                    rocksdb::WriteBatch& batch) const {
   std::string json;
+  std::size_t indexed = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto& r = results[i];
     if (r.status != append_status::appended)
@@ -237,7 +279,7 @@ void partition_writer::stage(const std::vector<new_event>& events, std::int64_t 
     json.clear();
     keys::put_u64(json, static_cast<std::uint64_t>(now));
     json += "{\"id\":";
-    json += nlohmann::json(e.id).dump();
+    json += nlohmann::json(r.id).dump();
     json += ",\"topic\":\"";
     json += topic_.name;
     json += "\",\"partition\":";
@@ -258,9 +300,12 @@ void partition_writer::stage(const std::vector<new_event>& events, std::int64_t 
     json += '}';
     batch.Put(log_.events_, key, json);
     r.json.assign(json, value_header_bytes, std::string::npos);
-    batch.Put(log_.by_time_, keys::time_key(now, topic_.id, partition_, r.where.offset), e.id);
-    batch.Put(log_.by_id_, e.id, keys::id_value(topic_.id, partition_, r.where.offset, now));
+    if (!layout::located_at(r.id, topic_.id, partition_, r.where.offset)) {
+      batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.where.offset, now));
+      ++indexed;
+    }
   }
+  return indexed;
 }
 
 tl::expected<std::vector<append_result>, error>
@@ -272,18 +317,22 @@ partition_writer::append(const std::vector<new_event>& events) {
   reserved.reserve(events.size());
   auto now = std::max(log_.opts_.clock(), last_time_us_);
   const std::uint64_t first_offset = next_offset_;
+  const auto run = open_run(now); // before offsets are assigned
 
   if (auto failed = resolve(events, now, results, reserved)) {
     next_offset_ = first_offset; // offsets stay dense: none of them was written
     return tl::make_unexpected(*failed);
   }
   rocksdb::WriteBatch batch;
-  stage(events, now, results, batch);
+  const auto indexed = stage(events, now, results, batch);
 
   rocksdb::Status s;
   if (batch.Count() > 0) {
-    // The high-water mark outlives retention: offsets are never reused, even
-    // when every event of the partition has expired.
+    // The batch's events share one append time: one by_time run says where
+    // they are. The high-water mark outlives retention: offsets are never
+    // reused, even when every event of the partition has expired.
+    batch.Put(log_.by_time_, keys::time_key(now, topic_.id, partition_, run.first),
+              layout::time_run_value(next_offset_ - 1, run.indexed || indexed > 0));
     stage_head(next_offset_, batch);
     // Not synced here: under fsync always the caller waits for
     // after_durable(), which shares one fsync among every partition's writes.
@@ -300,12 +349,16 @@ partition_writer::append(const std::vector<new_event>& events) {
     return tl::make_unexpected(
       io_error("appending to " + topic_.name + "/" + std::to_string(partition_), s));
   }
-  // Offsets stay dense: every appended event took exactly the next one, and
-  // wrote three records; the batch also carries the partition's head.
+  // Offsets stay dense: every appended event took exactly the next one and
+  // wrote one record (two when its id needs by_id); the batch also carries
+  // the run and the partition's head.
   const auto appended = next_offset_ - first_offset;
-  NERVE_ASSERT(batch.Count() == (appended == 0 ? 0 : 3 * appended + 1),
-               "each appended event takes the next offset and writes three records");
-  last_time_us_ = now;
+  NERVE_ASSERT(batch.Count() == (appended == 0 ? 0 : appended + indexed + 2),
+               "each appended event takes the next offset and writes one record");
+  if (appended > 0) {
+    last_time_us_ = now;
+    last_run_ = run_start{run.first, run.indexed || indexed > 0};
+  }
   log_.failed_.store(false, std::memory_order_relaxed);
   return results;
 }
@@ -400,6 +453,27 @@ event_log::~event_log() {
 
 std::optional<error> event_log::init_meta() {
   rocksdb::ReadOptions ro;
+  std::string format;
+  auto f = db_->Get(ro, meta_, layout::format_key, &format);
+  if (!f.ok() && !f.IsNotFound())
+    return io_error("reading the data directory format", f);
+  if (f.ok() && format != std::to_string(layout::format_version)) {
+    // Newer (or unknown): this nerve would misread what it does not know.
+    return error{errc::invalid, "the data directory " + opts_.path + " has format " + format
+                                  + "; this nerve reads formats 1 and "
+                                  + std::to_string(layout::format_version)
+                                  + " (a newer nerve wrote it)"};
+  }
+  if (f.IsNotFound()) {
+    // New, or format 1: from now on written as format 2, which reads both.
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    f = db_->Put(wo, meta_, layout::format_key, std::to_string(layout::format_version));
+    if (!f.ok()) {
+      note_write_error("storing the format: " + f.ToString(), f);
+      return io_error("storing the data directory format", f);
+    }
+  }
   std::string stored_id;
   auto s = db_->Get(ro, meta_, "node_id", &stored_id);
   if (!s.ok() && !s.IsNotFound())
@@ -558,13 +632,37 @@ tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
   std::size_t n = 0;
   std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, by_time_)};
   for (it->SeekToFirst(); it->Valid() && n < max_events; it->Next()) {
-    auto k = it->key().ToStringView();
-    if (k.size() != 24 || static_cast<std::int64_t>(keys::get_u64(k, 0)) >= cutoff_us)
+    auto run = layout::parse_time_run(it->key().ToStringView(), it->value().ToStringView());
+    if (!run)
+      return tl::make_unexpected(error{errc::io_error, "retention: a corrupt by_time entry"});
+    if (run->time_us >= cutoff_us)
       break;
-    batch.Delete(events_, rocksdb::Slice{k.data() + 8, 16});
-    batch.Delete(by_id_, it->value());
+    if (!run->legacy_id.empty()) {
+      batch.Delete(by_id_, run->legacy_id);
+    } else if (run->indexed) {
+      // Some ids of the run are in by_id: read them from the events.
+      auto lower = keys::event_key(run->topic_id, run->partition, run->first);
+      auto upper = keys::event_key(run->topic_id, run->partition, run->last + 1);
+      rocksdb::Slice upper_slice{upper};
+      rocksdb::ReadOptions ro;
+      ro.iterate_upper_bound = &upper_slice;
+      ro.fill_cache = false;
+      std::unique_ptr<rocksdb::Iterator> ev{db_->NewIterator(ro, events_)};
+      for (ev->Seek(lower); ev->Valid(); ev->Next()) {
+        auto v = ev->value().ToStringView();
+        auto id = v.size() > value_header_bytes ? layout::stored_id(v.substr(value_header_bytes))
+                                                : std::nullopt;
+        auto offset = keys::get_u64(ev->key().ToStringView(), 8);
+        if (id && !layout::located_at(*id, run->topic_id, run->partition, offset))
+          batch.Delete(by_id_, *id);
+      }
+      if (!ev->status().ok())
+        return tl::make_unexpected(io_error("retention scan", ev->status()));
+    }
+    for (auto offset = run->first; offset <= run->last; ++offset)
+      batch.Delete(events_, keys::event_key(run->topic_id, run->partition, offset));
     batch.Delete(by_time_, it->key());
-    ++n;
+    n += run->last - run->first + 1;
   }
   if (!it->status().ok())
     return tl::make_unexpected(io_error("retention scan", it->status()));

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -118,12 +119,14 @@ struct coords {
 
 /// An event as a publisher gave it, already validated.
 struct new_event {
-  std::string id;       ///< never empty: generated when the publisher gave none
+  std::string id;       ///< empty when `generated`
   std::string key;      ///< may be empty
   std::string fragment; ///< JSON members after the assigned ones: "type":..,"data":..
   std::string type;     ///< also in the fragment; kept for agent filters
   std::string source;
-  bool generated = false; ///< a fresh UUIDv7 nerve made: no duplicate check needed
+  /// No id from the publisher: the writer gives it one that says where it is
+  /// stored (ids.hpp), so no duplicate check and no by_id entry are needed.
+  bool generated = false;
 };
 
 /// One stored event of a partition as its leader shipped it to a follower.
@@ -225,16 +228,23 @@ public:
   [[nodiscard]] tl::expected<void, error> reset_to(std::uint64_t offset);
 
 private:
+  /// Where a by_time run starts, and whether it has events in by_id.
+  struct run_start {
+    std::uint64_t first = 0;
+    bool indexed = false;
+  };
+
   /// Decides duplicates and assigns offsets under the node-wide id lock, so
   /// two partitions never both append one id; the ids this call reserved go
   /// to `reserved` (released after the write).
   [[nodiscard]] std::optional<error> resolve(const std::vector<new_event>& events, std::int64_t now,
                                              std::vector<append_result>& results,
                                              std::vector<std::string>& reserved);
-  /// Puts each appended event (events, by_time, by_id) into `batch` and its
-  /// stored text into its result.
-  void stage(const std::vector<new_event>& events, std::int64_t now,
-             std::vector<append_result>& results, rocksdb::WriteBatch& batch) const;
+  /// Puts each appended event into `batch` (and into by_id when its id does
+  /// not say where it is) and its stored text into its result; answers how
+  /// many went into by_id.
+  std::size_t stage(const std::vector<new_event>& events, std::int64_t now,
+                    std::vector<append_result>& results, rocksdb::WriteBatch& batch) const;
   /// The error of an injected fault at before_append, if the hook fails it.
   [[nodiscard]] std::optional<error> fault_before_append() const;
   /// Writes `batch`, timed for options::observe_io.
@@ -250,6 +260,17 @@ private:
   /// Deletes the events from `from` on, newest first, and the checkpoint
   /// entries starting at or after `from`; then sets the head to `head`.
   [[nodiscard]] tl::expected<void, error> remove_from(std::uint64_t from, std::uint64_t head);
+  /// Where the by_time run of an event appended next at `time_us` starts:
+  /// the run of the event before it when that has the same time (runs are
+  /// the longest stretches of one append time, whoever wrote them, so a
+  /// follower's indexes equal its leader's), else a new one.
+  [[nodiscard]] run_start open_run(std::int64_t time_us) const;
+  /// Stages the by_time changes of removing the events from `cut` on, which
+  /// were appended at `times`: runs from `cut` on go, runs across it end
+  /// before it.
+  [[nodiscard]] std::optional<error> stage_run_cuts(const std::set<std::int64_t>& times,
+                                                    std::uint64_t cut,
+                                                    rocksdb::WriteBatch& batch) const;
   /// Stages the deletes of the checkpoint entries starting at or after
   /// `from`; answers how many entries stay (for epochs_.resize once written).
   [[nodiscard]] std::size_t stage_epoch_deletes(rocksdb::WriteBatch& batch,
@@ -260,6 +281,8 @@ private:
   std::uint32_t partition_;
   std::uint64_t next_offset_;
   std::int64_t last_time_us_ = 0;
+  /// The by_time run holding the event before next_offset_, when known.
+  std::optional<run_start> last_run_;
   std::vector<epoch_entry> epochs_; ///< ascending; mirrors meta's "epoch/" records
 };
 
@@ -322,14 +345,16 @@ public:
   time_span(const topic_info& topic, std::uint32_t partition, std::int64_t from_us,
             std::int64_t to_us) const;
 
-  /// Calls `fn(time_us, topic_id, partition, offset)` for every event appended
-  /// in [from_us, to_us), in by_time order (from the end when `backward`),
-  /// reading only the by_time index; stops early when `fn` returns false.
-  /// Answers how many were visited.
-  [[nodiscard]] tl::expected<std::uint64_t, error> scan_time(
-    std::int64_t from_us, std::int64_t to_us,
-    const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>& fn,
-    bool backward = false) const;
+  /// Calls `fn(time_us, topic_id, partition, first, last)` for every run of
+  /// events of one partition appended at one time in [from_us, to_us) (the
+  /// events at offsets first..last), in by_time order (from the end when
+  /// `backward`), reading only the by_time index; stops early when `fn`
+  /// returns false. Answers how many runs were visited.
+  [[nodiscard]] tl::expected<std::uint64_t, error>
+  scan_time(std::int64_t from_us, std::int64_t to_us,
+            const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t,
+                                     std::uint64_t)>& fn,
+            bool backward = false) const;
 
   /// The stored event with this id, if any.
   [[nodiscard]] tl::expected<std::optional<std::string>, error>
@@ -386,6 +411,12 @@ public:
 private:
   friend class partition_writer;
   friend class delivery_store;
+
+  /// Where the event with this id is stored, when the id says so (ids.hpp)
+  /// and the event there has it (its text into `json` when given); nothing
+  /// otherwise (look in by_id).
+  [[nodiscard]] tl::expected<std::optional<coords>, error>
+  stored_at(const std::string& id, std::string* json = nullptr) const;
   explicit event_log(options opts);
 
   [[nodiscard]] std::optional<error> init_meta();

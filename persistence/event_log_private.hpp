@@ -1,15 +1,20 @@
 // What event_log.cpp and event_log_reads.cpp share and nothing else sees:
-// RocksDB's errors as the log's, and a key prefix test. (The on-disk layout
+// RocksDB's errors as the log's, a key prefix test, and a walk over a
+// partition's by_time runs of one time. (The on-disk layout
 // they share is layout.hpp.)
 #pragma once
 
 #include <cstring>
+#include <memory>
 #include <string>
 
+#include <rocksdb/db.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/status.h>
 
 #include "persistence/event_log.hpp"
+#include "persistence/keys.hpp"
+#include "persistence/layout.hpp"
 
 namespace nerve::persistence::detail {
 
@@ -19,6 +24,29 @@ namespace nerve::persistence::detail {
 
 [[nodiscard]] inline bool starts_with(const rocksdb::Slice& s, const std::string& prefix) {
   return s.size() >= prefix.size() && std::memcmp(s.data(), prefix.data(), prefix.size()) == 0;
+}
+
+/// Calls `fn(key, run)` for each by_time run of one partition appended at
+/// `time_us`, in offset order, until it returns false. A run it cannot read
+/// ends the walk with Status::Corruption.
+template <class Fn>
+[[nodiscard]] rocksdb::Status for_each_run_at(rocksdb::DB& db, rocksdb::ColumnFamilyHandle* by_time,
+                                              std::int64_t time_us, std::uint32_t topic_id,
+                                              std::uint32_t partition, Fn&& fn) {
+  const auto lower = keys::time_key(time_us, topic_id, partition, 0);
+  const auto upper = keys::time_key(time_us, topic_id, partition + 1, 0);
+  const rocksdb::Slice upper_slice{upper};
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it{db.NewIterator(ro, by_time)};
+  for (it->Seek(lower); it->Valid(); it->Next()) {
+    auto run = layout::parse_time_run(it->key().ToStringView(), it->value().ToStringView());
+    if (!run)
+      return rocksdb::Status::Corruption("a by_time entry that is no run");
+    if (!fn(it->key(), *run))
+      return rocksdb::Status::OK();
+  }
+  return it->status();
 }
 
 } // namespace nerve::persistence::detail

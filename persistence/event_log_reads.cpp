@@ -10,6 +10,7 @@
 #include <rocksdb/db.h>
 
 #include "persistence/event_log_private.hpp"
+#include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
 #include "persistence/layout.hpp"
 
@@ -38,10 +39,11 @@ tl::expected<std::vector<std::string>, error> event_log::read(const topic_info& 
   return out;
 }
 
-tl::expected<std::uint64_t, error> event_log::scan_time(
-  std::int64_t from_us, std::int64_t to_us,
-  const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t)>& fn,
-  bool backward) const {
+tl::expected<std::uint64_t, error>
+event_log::scan_time(std::int64_t from_us, std::int64_t to_us,
+                     const std::function<bool(std::int64_t, std::uint32_t, std::uint32_t,
+                                              std::uint64_t, std::uint64_t)>& fn,
+                     bool backward) const {
   if (to_us <= from_us)
     return 0;
   auto lower = keys::time_key(std::max<std::int64_t>(from_us, 0), 0, 0, 0);
@@ -59,13 +61,11 @@ tl::expected<std::uint64_t, error> event_log::scan_time(
     it->Seek(lower);
   std::uint64_t n = 0;
   for (; it->Valid(); backward ? it->Prev() : it->Next()) {
-    auto k = it->key();
-    if (k.size() != 24)
-      return tl::make_unexpected(error{errc::io_error, "corrupt by_time key"});
-    std::string_view v{k.data(), k.size()};
+    auto run = layout::parse_time_run(it->key().ToStringView(), it->value().ToStringView());
+    if (!run)
+      return tl::make_unexpected(error{errc::io_error, "corrupt by_time entry"});
     ++n;
-    if (!fn(static_cast<std::int64_t>(keys::get_u64(v, 0)), keys::get_u32(v, 8),
-            keys::get_u32(v, 12), keys::get_u64(v, 16)))
+    if (!fn(run->time_us, run->topic_id, run->partition, run->first, run->last))
       break;
   }
   if (!it->status().ok())
@@ -213,14 +213,45 @@ tl::expected<std::size_t, error> event_log::visit_until(
   return n;
 }
 
+tl::expected<std::optional<coords>, error> event_log::stored_at(const std::string& id,
+                                                                std::string* json) const {
+  auto at = locate_id(id);
+  if (!at)
+    return std::optional<coords>{};
+  {
+    std::shared_lock<std::shared_mutex> guard{topics_mutex_};
+    if (topic_names_.count(at->topic_id) == 0)
+      return std::optional<coords>{};
+  }
+  rocksdb::PinnableSlice value;
+  auto s = db_->Get(rocksdb::ReadOptions{}, events_,
+                    keys::event_key(at->topic_id, at->partition, at->offset), &value);
+  if (s.IsNotFound())
+    return std::optional<coords>{};
+  if (!s.ok())
+    return tl::make_unexpected(io_error("looking up event " + id, s));
+  auto v = value.ToStringView();
+  if (v.size() <= value_header_bytes || layout::stored_id(v.substr(value_header_bytes)) != id)
+    return std::optional<coords>{}; // another event took that place (a truncated tail)
+  if (json != nullptr)
+    json->assign(v.substr(value_header_bytes));
+  return std::optional<coords>{coords{at->topic_id, at->partition, at->offset,
+                                      static_cast<std::int64_t>(keys::get_u64(v, 0))}};
+}
+
 tl::expected<std::optional<std::string>, error> event_log::get_by_id(const std::string& id) const {
+  std::string value;
+  auto here = stored_at(id, &value);
+  if (!here)
+    return tl::make_unexpected(here.error());
+  if (*here)
+    return std::optional<std::string>{std::move(value)};
   std::string where;
   auto s = db_->Get(rocksdb::ReadOptions{}, by_id_, id, &where);
   if (s.IsNotFound())
     return std::optional<std::string>{};
   if (!s.ok())
     return tl::make_unexpected(io_error("looking up event " + id, s));
-  std::string value;
   s = db_->Get(rocksdb::ReadOptions{}, events_, rocksdb::Slice{where.data(), 16}, &value);
   if (s.IsNotFound())
     return std::optional<std::string>{};
@@ -231,23 +262,41 @@ tl::expected<std::optional<std::string>, error> event_log::get_by_id(const std::
 
 tl::expected<std::vector<std::optional<std::string>>, error>
 event_log::topics_of(const std::vector<std::string>& ids) const {
-  std::vector<rocksdb::Slice> lookup(ids.begin(), ids.end());
-  std::vector<rocksdb::PinnableSlice> values(ids.size());
-  std::vector<rocksdb::Status> statuses(ids.size());
-  if (!ids.empty())
-    db_->MultiGet(rocksdb::ReadOptions{}, by_id_, ids.size(), lookup.data(), values.data(),
-                  statuses.data());
   std::vector<std::optional<std::string>> out(ids.size());
-  std::shared_lock<std::shared_mutex> guard{topics_mutex_};
+  std::vector<rocksdb::Slice> lookup;
+  std::vector<std::size_t> index;
+  std::vector<std::uint32_t> found(ids.size(), 0);
+  std::vector<bool> known(ids.size(), false);
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    if (statuses[i].IsNotFound())
+    auto here = stored_at(ids[i]);
+    if (!here)
+      return tl::make_unexpected(here.error());
+    if (*here) {
+      found[i] = (*here)->topic_id;
+      known[i] = true;
       continue;
-    if (!statuses[i].ok() || values[i].size() < 4)
-      return tl::make_unexpected(io_error("looking up event ids", statuses[i]));
-    auto tid = keys::get_u32(values[i].ToStringView(), 0);
-    if (auto it = topic_names_.find(tid); it != topic_names_.end())
-      out[i] = it->second;
+    }
+    lookup.emplace_back(ids[i]);
+    index.push_back(i);
   }
+  std::vector<rocksdb::PinnableSlice> values(lookup.size());
+  std::vector<rocksdb::Status> statuses(lookup.size());
+  if (!lookup.empty())
+    db_->MultiGet(rocksdb::ReadOptions{}, by_id_, lookup.size(), lookup.data(), values.data(),
+                  statuses.data());
+  for (std::size_t k = 0; k < lookup.size(); ++k) {
+    if (statuses[k].IsNotFound())
+      continue;
+    if (!statuses[k].ok() || values[k].size() < 4)
+      return tl::make_unexpected(io_error("looking up event ids", statuses[k]));
+    found[index[k]] = keys::get_u32(values[k].ToStringView(), 0);
+    known[index[k]] = true;
+  }
+  std::shared_lock<std::shared_mutex> guard{topics_mutex_};
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (known[i])
+      if (auto it = topic_names_.find(found[i]); it != topic_names_.end())
+        out[i] = it->second;
   return out;
 }
 

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <iterator>
 
+#include <set>
+
 #include <rocksdb/db.h>
 #include <rocksdb/write_batch.h>
 
@@ -158,13 +160,30 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
 
   rocksdb::WriteBatch batch;
   std::string value;
-  for (const auto& r : records) {
+  std::size_t indexed = 0;
+  std::size_t runs = 0;
+  // One by_time run per stretch of records with one append time, as the
+  // leader's batches wrote them.
+  // The first continues the last stored run when it has its time.
+  auto run = open_run(records.front().time_us);
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    const auto& r = records[i];
     value.clear();
     keys::put_u64(value, static_cast<std::uint64_t>(r.time_us));
     value += r.json;
     batch.Put(log_.events_, keys::event_key(topic_.id, partition_, r.offset), value);
-    batch.Put(log_.by_time_, keys::time_key(r.time_us, topic_.id, partition_, r.offset), r.id);
-    batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.offset, r.time_us));
+    if (!layout::located_at(r.id, topic_.id, partition_, r.offset)) {
+      batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.offset, r.time_us));
+      ++indexed;
+      run.indexed = true;
+    }
+    if (i + 1 == records.size() || records[i + 1].time_us != r.time_us) {
+      batch.Put(log_.by_time_, keys::time_key(r.time_us, topic_.id, partition_, run.first),
+                layout::time_run_value(r.offset, run.indexed));
+      ++runs;
+      if (i + 1 < records.size())
+        run = {r.offset + 1, false};
+    }
   }
   const auto next = next_offset_ + records.size();
   stage_head(next, batch);
@@ -172,8 +191,9 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
   if (new_epoch)
     batch.Put(log_.meta_, layout::epoch_key(topic_.id, partition_, epoch),
               u64_value(records.front().offset));
-  NERVE_ASSERT(batch.Count() == 3 * records.size() + 1 + (new_epoch ? 1 : 0),
-               "each applied record writes three records; the batch adds the head");
+  NERVE_ASSERT(batch.Count() == records.size() + indexed + runs + 1 + (new_epoch ? 1 : 0),
+               "each applied record writes one record (two when its id needs by_id); the "
+               "batch adds a run per append time and the head");
   auto s = write(batch, false); // durable via after_durable(), as append()
   if (!s.ok()) {
     log_.note_write_error("apply: " + s.ToString(), s);
@@ -183,6 +203,7 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
     epochs_.push_back({epoch, records.front().offset});
   next_offset_ = next;
   last_time_us_ = time_us;
+  last_run_ = run;
   log_.failed_.store(false, std::memory_order_relaxed);
   return {};
 }
@@ -229,6 +250,25 @@ std::size_t partition_writer::stage_epoch_deletes(rocksdb::WriteBatch& batch,
   return kept;
 }
 
+std::optional<error> partition_writer::stage_run_cuts(const std::set<std::int64_t>& times,
+                                                      std::uint64_t cut,
+                                                      rocksdb::WriteBatch& batch) const {
+  for (auto time_us : times) {
+    auto s = detail::for_each_run_at(*log_.db_, log_.by_time_, time_us, topic_.id, partition_,
+                                     [&](const rocksdb::Slice& key, const layout::time_run& run) {
+                                       if (run.first >= cut)
+                                         batch.Delete(log_.by_time_, key);
+                                       else if (run.last >= cut)
+                                         batch.Put(log_.by_time_, key,
+                                                   layout::time_run_value(cut - 1, run.indexed));
+                                       return true;
+                                     });
+    if (!s.ok())
+      return io_error("truncating " + topic_.name + "/" + std::to_string(partition_), s);
+  }
+  return std::nullopt;
+}
+
 tl::expected<void, error> partition_writer::remove_from(std::uint64_t from, std::uint64_t head) {
   const auto where = topic_.name + "/" + std::to_string(partition_);
   const auto lower = keys::event_key(topic_.id, partition_, from);
@@ -243,6 +283,7 @@ tl::expected<void, error> partition_writer::remove_from(std::uint64_t from, std:
     rocksdb::WriteBatch batch;
     std::vector<std::string> ids;
     std::vector<std::string> removed; // the event keys of `ids`
+    std::set<std::int64_t> times;     // the append times of the removed events
     // Newest first, so that each batch leaves a whole, shorter partition.
     std::uint64_t lowest = from;
     for (it->SeekToLast(); it->Valid() && removed.size() < remove_batch_events_max; it->Prev()) {
@@ -256,15 +297,18 @@ tl::expected<void, error> partition_writer::remove_from(std::uint64_t from, std:
                             + (k.size() == 16 ? " at offset " + std::to_string(keys::get_u64(k, 8))
                                               : std::string{})});
       lowest = keys::get_u64(k, 8);
-      const auto time_us = static_cast<std::int64_t>(keys::get_u64(v, 0));
+      times.insert(static_cast<std::int64_t>(keys::get_u64(v, 0)));
       batch.Delete(log_.events_, it->key());
-      batch.Delete(log_.by_time_, keys::time_key(time_us, topic_.id, partition_, lowest));
-      ids.push_back(std::move(*id));
-      removed.emplace_back(k);
+      if (!layout::located_at(*id, topic_.id, partition_, lowest)) {
+        ids.push_back(std::move(*id));
+        removed.emplace_back(k);
+      }
     }
     if (!it->status().ok())
       return tl::make_unexpected(io_error("truncating " + where, it->status()));
     more = it->Valid();
+    if (auto failed = stage_run_cuts(times, more ? lowest : from, batch))
+      return tl::make_unexpected(*failed);
     // An id now stored elsewhere (applied again at another offset or on
     // another partition) keeps its by_id entry: only those pointing at a
     // removed event go.
@@ -295,6 +339,7 @@ tl::expected<void, error> partition_writer::remove_from(std::uint64_t from, std:
     next_offset_ = new_head;
   }
   last_time_us_ = recover_last_time();
+  last_run_.reset();
   return {};
 }
 

@@ -1,4 +1,5 @@
-// Random identifiers from a per-thread generator seeded by the OS.
+// Identifiers: random ones from a per-thread generator seeded by the OS, and
+// event ids that say where their event is stored.
 #include "persistence/ids.hpp"
 
 #include <array>
@@ -22,24 +23,90 @@ void append_hex(std::string& out, std::uint64_t v, int digits) {
     out.push_back(hex[(v >> (i * 4)) & 0xf]);
 }
 
-} // namespace
+constexpr unsigned located_tag = 0xa;
+constexpr unsigned topic_bits = 18;
+constexpr unsigned partition_bits = 10;
+constexpr unsigned offset_bits = 42;
+using u128 = unsigned __int128;
 
-std::string new_uuid_v7(std::int64_t time_us) {
-  auto ms = static_cast<std::uint64_t>(time_us / 1000) & 0xffffffffffffULL;
-  auto r1 = rng()();
-  auto r2 = rng()();
+/// The UUID text of 48 time bits, version 7, 12 bits, variant 10, 62 bits.
+std::string uuid_v7_text(std::uint64_t ms, std::uint64_t rand_a, std::uint64_t rand_b) {
   std::string s;
   s.reserve(36);
   append_hex(s, ms >> 16, 8);
   s += '-';
   append_hex(s, ms & 0xffff, 4);
   s += '-';
-  append_hex(s, 0x7000 | (r1 & 0x0fff), 4); // version 7
+  append_hex(s, 0x7000 | (rand_a & 0x0fff), 4); // version 7
   s += '-';
-  append_hex(s, 0x8000 | ((r1 >> 12) & 0x3fff), 4); // variant 10
+  append_hex(s, 0x8000 | ((rand_b >> 48) & 0x3fff), 4); // variant 10
   s += '-';
-  append_hex(s, r2 & 0xffffffffffffULL, 12);
+  append_hex(s, rand_b & 0xffffffffffffULL, 12);
   return s;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  return -1;
+}
+
+} // namespace
+
+std::string new_uuid_v7(std::int64_t time_us) {
+  auto ms = static_cast<std::uint64_t>(time_us / 1000) & 0xffffffffffffULL;
+  auto r1 = rng()();
+  auto r2 = rng()();
+  // Random bits never carry the located tag: such an id is never looked for
+  // at a place.
+  if (((r1 >> 8) & 0xf) == located_tag)
+    r1 ^= 0x100;
+  return uuid_v7_text(ms, r1, ((r1 >> 12) & 0x3fff) << 48 | (r2 & 0xffffffffffffULL));
+}
+
+std::optional<std::string> located_uuid_v7(std::int64_t time_us, std::uint32_t topic_id,
+                                           std::uint32_t partition, std::uint64_t offset) {
+  if (topic_id >= (1U << topic_bits) || partition >= (1U << partition_bits)
+      || offset >= (std::uint64_t{1} << offset_bits))
+    return std::nullopt;
+  u128 bits = located_tag;
+  bits = (bits << topic_bits) | topic_id;
+  bits = (bits << partition_bits) | partition;
+  bits = (bits << offset_bits) | offset;
+  auto ms = static_cast<std::uint64_t>(time_us / 1000) & 0xffffffffffffULL;
+  return uuid_v7_text(ms, static_cast<std::uint64_t>(bits >> 62),
+                      static_cast<std::uint64_t>(bits) & 0x3fffffffffffffffULL);
+}
+
+std::optional<id_location> locate_id(std::string_view id) {
+  if (id.size() != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-'
+      || id[14] != '7')
+    return std::nullopt;
+  u128 all = 0;
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    if (i == 8 || i == 13 || i == 18 || i == 23)
+      continue;
+    auto v = hex_value(id[i]);
+    if (v < 0)
+      return std::nullopt;
+    all = (all << 4) | static_cast<unsigned>(v);
+  }
+  auto hi = static_cast<std::uint64_t>(all >> 64);
+  auto lo = static_cast<std::uint64_t>(all);
+  if ((lo >> 62) != 0x2) // variant 10
+    return std::nullopt;
+  u128 bits = (u128{hi & 0xfff} << 62) | (lo & 0x3fffffffffffffffULL);
+  if (static_cast<unsigned>(bits >> (topic_bits + partition_bits + offset_bits)) != located_tag)
+    return std::nullopt;
+  id_location at;
+  at.offset = static_cast<std::uint64_t>(bits) & ((std::uint64_t{1} << offset_bits) - 1);
+  bits >>= offset_bits;
+  at.partition = static_cast<std::uint32_t>(bits) & ((1U << partition_bits) - 1);
+  bits >>= partition_bits;
+  at.topic_id = static_cast<std::uint32_t>(bits) & ((1U << topic_bits) - 1);
+  return at;
 }
 
 std::string new_trace_id() {

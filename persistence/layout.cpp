@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
 
 namespace nerve::persistence::layout {
@@ -35,6 +36,43 @@ std::optional<std::string> stored_id(std::string_view json) {
   return std::nullopt;
 }
 
+std::string time_run_value(std::uint64_t last, bool indexed) {
+  std::string v(1, indexed ? '\1' : '\0');
+  keys::put_u64(v, last);
+  return v;
+}
+
+std::optional<time_run> parse_time_run(std::string_view key, std::string_view value) {
+  if (key.size() != 24 || value.empty())
+    return std::nullopt;
+  time_run run{static_cast<std::int64_t>(keys::get_u64(key, 0)),
+               keys::get_u32(key, 8),
+               keys::get_u32(key, 12),
+               keys::get_u64(key, 16),
+               0,
+               false,
+               {}};
+  if (value[0] != '\0' && value[0] != '\1') {
+    run.last = run.first; // format 1: one event, the value is its id
+    run.indexed = true;
+    run.legacy_id = value;
+    return run;
+  }
+  if (value.size() != 9)
+    return std::nullopt;
+  run.last = keys::get_u64(value, 1);
+  run.indexed = value[0] == '\1';
+  if (run.last < run.first)
+    return std::nullopt;
+  return run;
+}
+
+bool located_at(std::string_view id, std::uint32_t topic_id, std::uint32_t partition,
+                std::uint64_t offset) {
+  auto at = locate_id(id);
+  return at && at->topic_id == topic_id && at->partition == partition && at->offset == offset;
+}
+
 std::string head_key(std::uint32_t topic_id, std::uint32_t partition) {
   return "head/" + keys::partition_prefix(topic_id, partition);
 }
@@ -61,7 +99,7 @@ bool is_log_record(std::string_view meta_key) {
        {std::string_view{topic_meta_prefix}, std::string_view{"head/"}, std::string_view{"epoch/"}})
     if (meta_key.substr(0, prefix.size()) == prefix)
       return true;
-  return meta_key == "node_id";
+  return meta_key == "node_id" || meta_key == format_key;
 }
 
 std::optional<topic_info> parse_topic_record(std::string_view key, std::string_view value) {

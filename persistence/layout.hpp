@@ -31,6 +31,39 @@ inline const std::string topic_meta_prefix = "topic/";
 /// Nothing when the text does not start so (a corrupt event).
 [[nodiscard]] std::optional<std::string> stored_id(std::string_view json);
 
+/// The data directory format this nerve writes, in meta under "format".
+/// 1 (no record): one by_time entry per event (its value the event's id) and
+/// one by_id entry per event. 2: by_time entries are runs (below) and by_id
+/// holds only ids that do not say where their event is (ids.hpp,
+/// locate_id()). A format-1 directory opens as format 2: the reads take
+/// entries of both shapes, and new writes are format 2.
+inline constexpr int format_version = 2;
+inline constexpr const char* format_key = "format";
+
+/// A by_time entry: the events of one partition appended at one time, at
+/// offsets [first, last]. Key keys::time_key(time, topic, partition, first);
+/// value a flag byte (0: no event of the run has a by_id entry, 1: some may)
+/// and `last` (big-endian u64). A format-1 entry (one event; its value the
+/// event id, which never starts with a control byte) reads as first == last
+/// with that id indexed. Append times never decrease within a partition, so
+/// the runs of a window [from, to) hold exactly its events.
+struct time_run {
+  std::int64_t time_us = 0;
+  std::uint32_t topic_id = 0;
+  std::uint32_t partition = 0;
+  std::uint64_t first = 0;
+  std::uint64_t last = 0;
+  bool indexed = false;  ///< some of its events may have by_id entries
+  std::string legacy_id; ///< a format-1 entry's event id
+};
+[[nodiscard]] std::string time_run_value(std::uint64_t last, bool indexed);
+/// Nothing when the key or value has another shape (corrupt).
+[[nodiscard]] std::optional<time_run> parse_time_run(std::string_view key, std::string_view value);
+/// Whether the event stored at this place has an id that says so, and
+/// therefore no by_id entry.
+[[nodiscard]] bool located_at(std::string_view id, std::uint32_t topic_id, std::uint32_t partition,
+                              std::uint64_t offset);
+
 /// meta key of a partition's head (the offset its next event gets):
 /// "head/" · topic id · partition (big-endian u32s) → u64. It never goes
 /// down, also when retention removed every event, but for
@@ -50,7 +83,7 @@ parse_epoch_record(std::string_view key, std::string_view value, std::size_t pre
                                     std::uint32_t epoch);
 
 /// Whether a meta key is one of the log's own records (topics, heads,
-/// epoch checkpoints, node id), which shipped delivery state must never
+/// epoch checkpoints, node id, format), which shipped delivery state must never
 /// write.
 [[nodiscard]] bool is_log_record(std::string_view meta_key);
 
