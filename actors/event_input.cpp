@@ -6,7 +6,10 @@
 #include <cmath>
 #include <ctime>
 #include <iomanip>
+#include <iterator>
 #include <locale>
+#include <map>
+#include <optional>
 #include <sstream>
 
 #include "config/config.hpp"
@@ -69,11 +72,6 @@ private:
   std::string error_;
 };
 
-bool is_string_of(const json& v, std::size_t lo, std::size_t hi) {
-  return v.is_string() && v.get_ref<const std::string&>().size() >= lo
-         && v.get_ref<const std::string&>().size() <= hi;
-}
-
 bool valid_trace_id(const std::string& s) {
   if (s.size() != 32 || s == std::string(32, '0'))
     return false;
@@ -83,14 +81,73 @@ bool valid_trace_id(const std::string& s) {
   return true;
 }
 
-void append_member(std::string& out, const char* name, const json& value) {
+} // namespace
+
+namespace {
+
+const std::string kind_of_data_missing = "\"data\" is missing; an event carries its payload in "
+                                         "\"data\" (any JSON value)";
+
+/// What is wrong with member `name` of an event (not headers, not data), its
+/// value given as a string (null: not a string); nothing when it is valid.
+std::optional<std::string> member_problem(const std::string& name, const std::string* str,
+                                          const std::string& topic) {
+  auto sized = [str](std::size_t lo, std::size_t hi) {
+    return str != nullptr && str->size() >= lo && str->size() <= hi;
+  };
+  if (name == "topic") {
+    if (str == nullptr || *str != topic)
+      return std::string{"\"topic\" differs from the topic in the URL"};
+  } else if (name == "id") {
+    if (str == nullptr || !valid_event_id(*str))
+      return std::string{"\"id\" must be 1 to 128 characters of A-Z a-z 0-9 - _ . : ~ @ + ="};
+  } else if (name == "key") {
+    if (!sized(1, 1024))
+      return std::string{"\"key\" must be a string of 1 to 1024 bytes"};
+  } else if (name == "type" || name == "source") {
+    if (!sized(1, 255))
+      return "\"" + name + "\" must be a string of 1 to 255 bytes";
+  } else if (name == "correlation_id" || name == "causation_id") {
+    if (!sized(1, 128))
+      return "\"" + name + "\" must be a string of 1 to 128 bytes";
+  } else if (name == "trace_id") {
+    if (str == nullptr || !valid_trace_id(*str))
+      return std::string{"\"trace_id\" must be 32 lowercase hex digits, not all zero"};
+  } else {
+    return "unknown field \"" + name.substr(0, 128)
+           + "\"; allowed: id, key, type, source, correlation_id, causation_id, trace_id, "
+             "headers, data";
+  }
+  return std::nullopt;
+}
+
+const std::string headers_shape = "\"headers\" must be an object of at most 64 strings";
+
+/// What is wrong with one header (its value null when not a string).
+std::optional<std::string> header_problem(const std::string& name, const std::string* value) {
+  if (name.empty() || name.size() > 128 || value == nullptr || value->size() > 4096)
+    return "header \"" + name.substr(0, 128)
+           + "\" must have a name of 1 to 128 bytes and a string value of at most 4096 bytes";
+  return std::nullopt;
+}
+
+/// Appends ,"name":text to a fragment (no comma first).
+void append_member_text(std::string& out, std::string_view name, std::string_view text) {
   if (!out.empty())
     out += ',';
   out += '"';
   out += name;
   out += "\":";
-  out += value.dump();
+  out += text;
 }
+
+void append_member(std::string& out, const char* name, const json& value) {
+  append_member_text(out, name, value.dump());
+}
+
+/// The envelope members in the order events show them (trace_id, headers
+/// and data follow).
+constexpr const char* shown_first[] = {"type", "source", "correlation_id", "causation_id"};
 
 } // namespace
 
@@ -100,52 +157,32 @@ tl::expected<publish_item, std::string> event_from_json(const json& e, const std
     return tl::make_unexpected(where + "must be a JSON object with a \"data\" member");
   publish_item item;
   for (auto& [name, value] : e.items()) {
-    if (name == "topic") {
-      if (value != topic)
-        return tl::make_unexpected(where + "\"topic\" differs from the topic in the URL");
-    } else if (name == "id") {
-      if (!value.is_string() || !valid_event_id(value.get_ref<const std::string&>()))
-        return tl::make_unexpected(
-          where + "\"id\" must be 1 to 128 characters of A-Z a-z 0-9 - _ . : ~ @ + =");
-      item.id = value.get<std::string>();
-    } else if (name == "key") {
-      if (!is_string_of(value, 1, 1024))
-        return tl::make_unexpected(where + "\"key\" must be a string of 1 to 1024 bytes");
-      item.key = value.get<std::string>();
-    } else if (name == "type" || name == "source") {
-      if (!is_string_of(value, 1, 255))
-        return tl::make_unexpected(where + "\"" + name + "\" must be a string of 1 to 255 bytes");
-    } else if (name == "correlation_id" || name == "causation_id") {
-      if (!is_string_of(value, 1, 128))
-        return tl::make_unexpected(where + "\"" + name + "\" must be a string of 1 to 128 bytes");
-    } else if (name == "trace_id") {
-      if (!value.is_string() || !valid_trace_id(value.get_ref<const std::string&>()))
-        return tl::make_unexpected(where
-                                   + "\"trace_id\" must be 32 lowercase hex digits, not all zero");
-    } else if (name == "headers") {
+    if (name == "data")
+      continue;
+    if (name == "headers") {
       if (!value.is_object() || value.size() > 64)
-        return tl::make_unexpected(where + "\"headers\" must be an object of at most 64 strings");
+        return tl::make_unexpected(where + headers_shape);
       for (auto& [hname, hvalue] : value.items())
-        if (hname.empty() || hname.size() > 128 || !is_string_of(hvalue, 0, 4096))
-          return tl::make_unexpected(where + "header \"" + hname.substr(0, 128)
-                                     + "\" must have a name of 1 to 128 bytes and a string "
-                                       "value of at most 4096 bytes");
-    } else if (name != "data") {
-      return tl::make_unexpected(where + "unknown field \"" + name.substr(0, 128)
-                                 + "\"; allowed: id, key, type, source, correlation_id, "
-                                   "causation_id, trace_id, headers, data");
+        if (auto bad = header_problem(
+              hname, hvalue.is_string() ? &hvalue.get_ref<const std::string&>() : nullptr))
+          return tl::make_unexpected(where + *bad);
+      continue;
     }
+    if (auto bad = member_problem(
+          name, value.is_string() ? &value.get_ref<const std::string&>() : nullptr, topic))
+      return tl::make_unexpected(where + *bad);
+    if (name == "id")
+      item.id = value.get<std::string>();
+    else if (name == "key")
+      item.key = value.get<std::string>();
+    else if (name == "type")
+      item.type = value.get<std::string>();
+    else if (name == "source")
+      item.source = value.get<std::string>();
   }
-  if (auto it = e.find("type"); it != e.end())
-    item.type = it->get<std::string>();
-  if (auto it = e.find("source"); it != e.end())
-    item.source = it->get<std::string>();
   if (!e.contains("data"))
-    return tl::make_unexpected(where
-                               + "\"data\" is missing; an event carries its payload in "
-                                 "\"data\" (any JSON value)");
-  // Members in the order events are shown.
-  for (const char* name : {"type", "source", "correlation_id", "causation_id"})
+    return tl::make_unexpected(where + kind_of_data_missing);
+  for (const char* name : shown_first)
     if (auto it = e.find(name); it != e.end())
       append_member(item.fragment, name, *it);
   if (auto it = e.find("trace_id"); it != e.end())
@@ -170,6 +207,395 @@ tl::expected<json, std::string> parse_json(std::string_view text, std::size_t ma
   if (!ok || sax.is_errored())
     return tl::make_unexpected(sax.error().empty() ? std::string{"invalid JSON"} : sax.error());
   return root;
+}
+
+namespace {
+
+/// A char iterator for nlohmann's parser that tells its owner how far the
+/// parser has read: what the SAX handler needs to find a value's bytes.
+struct tracked_iterator {
+  using iterator_category = std::forward_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = const char&;
+
+  const char* at = nullptr;
+  const char** seen = nullptr;
+
+  reference operator*() const { return *at; }
+  tracked_iterator& operator++() {
+    *seen = ++at;
+    return *this;
+  }
+  tracked_iterator operator++(int) {
+    auto before = *this;
+    ++*this;
+    return before;
+  }
+  friend bool operator==(const tracked_iterator& a, const tracked_iterator& b) {
+    return a.at == b.at;
+  }
+  friend bool operator!=(const tracked_iterator& a, const tracked_iterator& b) {
+    return a.at != b.at;
+  }
+};
+
+bool json_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/// `text` (valid JSON) without the line breaks and other white space
+/// between its tokens.
+std::string without_space(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size())
+        out += text[++i];
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+      out += c;
+    } else if (!json_space(c)) {
+      out += c;
+    }
+  }
+  return out;
+}
+
+/// Validates a publish body as nlohmann parses it, event by event, and
+/// builds the items without a DOM. See events_from_text().
+class publish_sax {
+public:
+  using number_integer_t = json::number_integer_t;
+  using number_unsigned_t = json::number_unsigned_t;
+  using number_float_t = json::number_float_t;
+  using string_t = json::string_t;
+  using binary_t = json::binary_t;
+
+  publish_sax(std::string_view text, const char* const* seen, const std::string& topic,
+              std::size_t max_depth)
+    : text_(text), seen_(seen), topic_(topic), max_depth_(max_depth) {}
+
+  bool null() { return scalar(value_kind::other, nullptr); }
+  bool boolean(bool) { return scalar(value_kind::other, nullptr); }
+  bool number_integer(number_integer_t) { return scalar(value_kind::number, nullptr); }
+  bool number_unsigned(number_unsigned_t) { return scalar(value_kind::number, nullptr); }
+  bool number_float(number_float_t v, const string_t& s) {
+    if (!std::isfinite(v))
+      return fail_json("the number " + s + " is out of range");
+    return scalar(value_kind::number, nullptr);
+  }
+  bool string(string_t& s) { return scalar(value_kind::string, &s); }
+  bool binary(binary_t&) { return scalar(value_kind::other, nullptr); }
+
+  bool start_object(std::size_t) { return open(true); }
+  bool start_array(std::size_t) { return open(false); }
+  bool end_object() { return close(); }
+  bool end_array() { return close(); }
+
+  bool key(string_t& k) {
+    if (depth_ == event_depth_ && in_event_) {
+      key_ = k;
+      key_end_ = pos();
+    } else if (in_headers_ && depth_ == event_depth_ + 1) {
+      header_key_ = k;
+    }
+    return true;
+  }
+
+  template <class Exception>
+  bool parse_error(std::size_t, const std::string&, const Exception& ex) {
+    std::string what = ex.what();
+    auto at = what.find("] ");
+    return fail_json(at == std::string::npos ? what : what.substr(at + 2));
+  }
+
+  /// The items, or why not, once sax_parse() returned `parsed`.
+  tl::expected<std::vector<publish_item>, body_error> finish(bool parsed, std::size_t max_events) {
+    if (!parsed || !json_error_.empty())
+      return tl::make_unexpected(
+        body_error{true, json_error_.empty() ? std::string{"invalid JSON"} : json_error_});
+    if (top_ != top_kind::object && top_ != top_kind::array)
+      return tl::make_unexpected(
+        body_error{false, "the body must be an event object or an array of event objects"});
+    if (top_ == top_kind::array && elements_ == 0)
+      return tl::make_unexpected(body_error{false, "the array of events is empty"});
+    if (top_ == top_kind::array && elements_ > max_events)
+      return tl::make_unexpected(
+        body_error{false, "the array holds " + std::to_string(elements_) + " events; at most "
+                            + std::to_string(max_events) + " are allowed per request"});
+    if (!event_error_.empty())
+      return tl::make_unexpected(body_error{false, event_error_});
+    return std::move(items_);
+  }
+
+private:
+  enum class value_kind { string, number, other, container };
+  enum class top_kind { none, object, array, scalar };
+
+  /// An event member's last value: its bytes, and for strings the text.
+  struct member {
+    std::size_t begin = 0;
+    std::size_t end = 0;
+    bool seen = false;
+  };
+
+  [[nodiscard]] std::size_t pos() const { return static_cast<std::size_t>(*seen_ - text_.data()); }
+
+  bool fail_json(std::string why) {
+    if (json_error_.empty())
+      json_error_ = std::move(why);
+    return false;
+  }
+
+  /// Where the value after the key that ended at `key_end` begins.
+  [[nodiscard]] std::size_t value_begin(std::size_t key_end) const {
+    auto at = key_end;
+    while (at < text_.size() && (json_space(text_[at]) || text_[at] == ':'))
+      ++at;
+    return at;
+  }
+
+  /// A number's end: the parser reads one character past it.
+  [[nodiscard]] std::size_t number_end(std::size_t begin, std::size_t end) const {
+    while (end > begin
+           && std::string_view{"0123456789+-.eE"}.find(text_[end - 1]) == std::string_view::npos)
+      --end;
+    return end;
+  }
+
+  void begin_event() {
+    in_event_ = true;
+    item_ = publish_item{};
+    for (auto& m : members_)
+      m = member{};
+    field_errors_.clear();
+    headers_.clear();
+  }
+
+  bool scalar(value_kind kind, const std::string* str) {
+    if (depth_ == 0) {
+      top_ = top_kind::scalar;
+      return true;
+    }
+    if (top_ == top_kind::array && depth_ == 1) {
+      ++elements_;
+      note_event_error(event_prefix(elements_ - 1)
+                       + "must be a JSON object with a \"data\" member");
+      return true;
+    }
+    if (in_event_ && depth_ == event_depth_) {
+      auto begin = value_begin(key_end_);
+      auto end = kind == value_kind::number ? number_end(begin, pos()) : pos();
+      field(kind, str, begin, end);
+    } else if (in_headers_ && depth_ == event_depth_ + 1) {
+      headers_[header_key_] = str != nullptr ? std::optional<std::string>{*str} : std::nullopt;
+    }
+    return true;
+  }
+
+  bool open(bool object) {
+    if (++depth_ > max_depth_)
+      return fail_json("nesting deeper than " + std::to_string(max_depth_) + " levels");
+    if (depth_ == 1) {
+      top_ = object ? top_kind::object : top_kind::array;
+      if (object) {
+        event_depth_ = 1;
+        begin_event();
+      }
+      return true;
+    }
+    if (top_ == top_kind::array && depth_ == 2) {
+      ++elements_;
+      if (object) {
+        event_depth_ = 2;
+        begin_event();
+      } else {
+        note_event_error(event_prefix(elements_ - 1)
+                         + "must be a JSON object with a \"data\" member");
+      }
+      return true;
+    }
+    if (in_event_ && depth_ == event_depth_ + 1) {
+      // A member's value that is an object or array.
+      container_key_ = key_;
+      container_begin_ = pos() - 1;
+      in_headers_ = object && key_ == "headers";
+      if (in_headers_)
+        headers_.clear();
+      else if (key_ == "headers")
+        headers_bad_shape_ = true;
+      return true;
+    }
+    if (in_headers_ && depth_ == event_depth_ + 2)
+      headers_[header_key_] = std::nullopt; // a header value that is no string
+    return true;
+  }
+
+  bool close() {
+    if (in_event_ && depth_ == event_depth_ + 1) {
+      auto end = pos();
+      in_headers_ = false;
+      key_ = container_key_;
+      field(value_kind::container, nullptr, container_begin_, end);
+    } else if (in_event_ && depth_ == event_depth_) {
+      end_event();
+    }
+    --depth_;
+    return true;
+  }
+
+  [[nodiscard]] std::string event_prefix(std::size_t index) const {
+    return top_ == top_kind::array ? "event " + std::to_string(index) + ": " : std::string{};
+  }
+
+  void note_event_error(std::string why) {
+    if (event_error_.empty())
+      event_error_ = std::move(why);
+  }
+
+  /// The slot of a member that goes into the fragment, or -1.
+  static int slot_of(const std::string& name) {
+    static const std::string names[]
+      = {"type", "source", "correlation_id", "causation_id", "trace_id", "headers", "data"};
+    for (int i = 0; i < 7; ++i)
+      if (name == names[i])
+        return i;
+    return -1;
+  }
+
+  /// Member key_ took a value: checked as the DOM checks it, the last value
+  /// of a repeated member counting.
+  void field(value_kind kind, const std::string* str, std::size_t begin, std::size_t end) {
+    if (!event_error_.empty())
+      return; // an earlier event failed: only the JSON itself is checked on
+    auto slot = slot_of(key_);
+    if (slot >= 0) {
+      members_[static_cast<std::size_t>(slot)] = member{begin, end, true};
+    }
+    std::optional<std::string> bad;
+    if (key_ == "data") {
+      // any value
+    } else if (key_ == "headers") {
+      bad = headers_problem(kind);
+    } else {
+      bad = member_problem(key_, str, topic_);
+      if (!bad && str != nullptr) {
+        if (key_ == "id")
+          item_.id = *str;
+        else if (key_ == "key")
+          item_.key = *str;
+        else if (key_ == "type")
+          item_.type = *str;
+        else if (key_ == "source")
+          item_.source = *str;
+      }
+    }
+    if (bad)
+      field_errors_[key_] = std::move(*bad);
+    else
+      field_errors_.erase(key_);
+  }
+
+  std::optional<std::string> headers_problem(value_kind kind) {
+    bool shape_ok = kind == value_kind::container && !headers_bad_shape_;
+    headers_bad_shape_ = false;
+    if (!shape_ok || headers_.size() > 64)
+      return headers_shape;
+    for (auto& [name, value] : headers_)
+      if (auto bad = header_problem(name, value ? &*value : nullptr))
+        return bad;
+    json headers = json::object();
+    for (auto& [name, value] : headers_)
+      headers[name] = *value;
+    headers_text_ = headers.dump(); // as the DOM wrote it: names sorted, each once
+    return std::nullopt;
+  }
+
+  void end_event() {
+    in_event_ = false;
+    if (!event_error_.empty())
+      return;
+    const auto prefix = event_prefix(elements_ == 0 ? 0 : elements_ - 1);
+    if (!field_errors_.empty())
+      return note_event_error(prefix + field_errors_.begin()->second);
+    if (!members_[6].seen)
+      return note_event_error(prefix + kind_of_data_missing);
+    auto& fragment = item_.fragment;
+    for (std::size_t i = 0; i < 4; ++i)
+      if (members_[i].seen)
+        append_member_text(fragment, shown_first[i], string_text(members_[i]));
+    if (members_[4].seen)
+      append_member_text(fragment, "trace_id", string_text(members_[4]));
+    else
+      append_member_text(fragment, "trace_id", "\"" + new_trace_id() + "\"");
+    if (members_[5].seen)
+      append_member_text(fragment, "headers", headers_text_);
+    auto data = text_.substr(members_[6].begin, members_[6].end - members_[6].begin);
+    if (data.find_first_of("\r\n") == std::string_view::npos)
+      append_member_text(fragment, "data", data);
+    else
+      append_member_text(fragment, "data", without_space(data));
+    items_.push_back(std::move(item_));
+  }
+
+  /// A valid string member as stored: its bytes when they hold no escape
+  /// (then they are what nlohmann would write), else re-escaped.
+  [[nodiscard]] std::string string_text(const member& m) const {
+    auto raw = text_.substr(m.begin, m.end - m.begin);
+    if (raw.find('\\') == std::string_view::npos)
+      return std::string{raw};
+    return json::parse(raw, nullptr, false).dump();
+  }
+
+  std::string_view text_;
+  const char* const* seen_;
+  const std::string& topic_;
+  std::size_t max_depth_;
+  std::size_t depth_ = 0;
+  top_kind top_ = top_kind::none;
+  std::size_t elements_ = 0;    // of a top-level array
+  std::size_t event_depth_ = 1; // the depth inside an event object
+  bool in_event_ = false;
+  std::string key_;
+  std::size_t key_end_ = 0;
+  std::string container_key_;
+  std::size_t container_begin_ = 0;
+  bool in_headers_ = false;
+  bool headers_bad_shape_ = false;
+  std::string header_key_;
+  std::map<std::string, std::optional<std::string>> headers_;
+  std::string headers_text_;
+  publish_item item_;
+  member members_[7];
+  std::map<std::string, std::string> field_errors_;
+  std::string json_error_;
+  std::string event_error_;
+  std::vector<publish_item> items_;
+};
+
+} // namespace
+
+tl::expected<std::vector<publish_item>, body_error> events_from_text(std::string_view text,
+                                                                     const std::string& topic,
+                                                                     std::size_t max_events,
+                                                                     std::size_t max_depth) {
+  if (auto nul = text.find('\0'); nul != std::string_view::npos)
+    return tl::make_unexpected(body_error{true, "a NUL byte at offset " + std::to_string(nul)
+                                                  + " (raw control characters are not JSON)"});
+  const char* seen = text.data();
+  publish_sax sax{text, &seen, topic, max_depth};
+  tracked_iterator first{text.data(), &seen};
+  tracked_iterator last{text.data() + text.size(), &seen};
+  bool parsed = json::sax_parse(first, last, &sax, json::input_format_t::json, true);
+  return sax.finish(parsed, max_events);
 }
 
 bool valid_topic(std::string_view t) {

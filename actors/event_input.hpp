@@ -37,6 +37,23 @@ event_from_json(const nlohmann::json& e, const std::string& topic, const std::st
 [[nodiscard]] tl::expected<std::vector<publish_item>, std::string>
 events_from_body(const nlohmann::json& body, const std::string& topic, std::size_t max_events);
 
+/// Why a publish body was refused: not JSON (`json`), or JSON that is not
+/// one event or an array of events.
+struct body_error {
+  bool json = false;
+  std::string message;
+};
+
+/// parse_json() and events_from_body() in one pass without a DOM: the same
+/// items and the same errors (a JSON error first, then the body's shape,
+/// then the first invalid event, its fields in name order as the DOM saw
+/// them, a repeated member's last value counting), except that `data` is
+/// stored as the publisher wrote it (its bytes, not re-serialized; line
+/// breaks between tokens are removed so an event stays one line).
+[[nodiscard]] tl::expected<std::vector<publish_item>, body_error>
+events_from_text(std::string_view text, const std::string& topic, std::size_t max_events,
+                 std::size_t max_depth = max_json_depth);
+
 /// A point in time as replays take it: RFC 3339 ("2026-11-22T10:00:00Z",
 /// with optional fraction and a Z or +hh:mm offset) or relative to `now_us`
 /// ("now", "-15m", "-2h", "-90s", "-1d", "-500ms"). Microseconds since the

@@ -54,13 +54,13 @@ void publish(const api_env& env, request& req, const std::string& topic, respond
                            "topic \"" + topic.substr(0, 300)
                              + "\" is not valid: use [A-Za-z0-9_-]+ tokens joined by '.', "
                                "at most 255 bytes"));
-  auto body = actors::parse_json(req.body);
-  if (!body)
-    return respond(
-      problem(400, "invalid-json", "Bad Request", "the body is not valid JSON: " + body.error()));
-  auto items = actors::events_from_body(*body, topic, env.cfg.http.max_events_per_request);
+  // One pass, no DOM: the hot path.
+  auto items = actors::events_from_text(req.body, topic, env.cfg.http.max_events_per_request);
+  if (!items && items.error().json)
+    return respond(problem(400, "invalid-json", "Bad Request",
+                           "the body is not valid JSON: " + items.error().message));
   if (!items)
-    return respond(problem(400, "invalid-event", "Bad Request", items.error()));
+    return respond(problem(400, "invalid-event", "Bad Request", items.error().message));
   env.node.publish(topic, std::move(*items),
                    [respond](actors::result<std::vector<actors::published>> r) {
                      if (!r)

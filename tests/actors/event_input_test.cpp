@@ -1,6 +1,11 @@
 // Untrusted JSON: the depth limit, number range, and publish validation.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
 #include "actors/event_input.hpp"
 
 using namespace nerve::actors;
@@ -74,4 +79,158 @@ TEST_CASE("topic names and ids follow the contract", "[unit][actors]") {
   CHECK(valid_event_id("0193a8c2-7c1e-7000-8000-000000000000"));
   CHECK_FALSE(valid_event_id("a/b"));
   CHECK_FALSE(valid_event_id(std::string(129, 'a')));
+}
+
+namespace {
+
+/// The DOM path the streaming parser replaces: parse_json, then
+/// events_from_body; the error says which step refused.
+tl::expected<std::vector<publish_item>, body_error> through_dom(const std::string& text,
+                                                                std::size_t max_events) {
+  auto body = parse_json(text);
+  if (!body)
+    return tl::make_unexpected(body_error{true, body.error()});
+  auto items = events_from_body(*body, "orders", max_events);
+  if (!items)
+    return tl::make_unexpected(body_error{false, items.error()});
+  return std::move(*items);
+}
+
+/// An item's fragment as JSON, without the trace id when it was generated.
+nlohmann::json fragment_json(const publish_item& item, bool keep_trace) {
+  auto j = nlohmann::json::parse("{" + item.fragment + "}", nullptr, false);
+  REQUIRE_FALSE(j.is_discarded());
+  if (!keep_trace)
+    j.erase("trace_id");
+  return j;
+}
+
+/// events_from_text answers `text` as the DOM path does: the same error,
+/// or the same items with a fragment that reads as the same JSON.
+void same_as_dom(const std::string& text, std::size_t max_events = 3) {
+  INFO(text.substr(0, 300));
+  auto dom = through_dom(text, max_events);
+  auto sax = events_from_text(text, "orders", max_events);
+  REQUIRE(static_cast<bool>(dom) == static_cast<bool>(sax));
+  if (!dom) {
+    CHECK(sax.error().json == dom.error().json);
+    CHECK(sax.error().message == dom.error().message);
+    return;
+  }
+  REQUIRE(sax->size() == dom->size());
+  const bool keep_trace = text.find("trace_id") != std::string::npos;
+  for (std::size_t i = 0; i < dom->size(); ++i) {
+    CHECK((*sax)[i].id == (*dom)[i].id);
+    CHECK((*sax)[i].key == (*dom)[i].key);
+    CHECK((*sax)[i].type == (*dom)[i].type);
+    CHECK((*sax)[i].source == (*dom)[i].source);
+    CHECK(fragment_json((*sax)[i], keep_trace) == fragment_json((*dom)[i], keep_trace));
+    CHECK((*sax)[i].fragment.find('\n') == std::string::npos);
+    CHECK((*sax)[i].fragment.find('\r') == std::string::npos);
+  }
+}
+
+} // namespace
+
+TEST_CASE("publish bodies parsed in one pass answer as the DOM path does", "[unit][actors]") {
+  for (
+    const char* text : {
+      R"({"data":1})",
+      R"({"data":{"b":1,"a":[1,2,{"c":null}]},"id":"x-1","key":"k","type":"t"})",
+      R"({"type":"caf\u00e9","source":"s\"q","data":"x","correlation_id":"c","causation_id":"d"})",
+      R"({"trace_id":"0123456789abcdef0123456789abcdef","data":[true,false,null]})",
+      R"({"headers":{"b":"2","a":"1","a":"3"},"data":{}})",
+      R"({"data":1,"data":2})",
+      R"({"data" : 12 , "id" : "spaced" })",
+      "{\"data\":\n{\n \"a\" :\t1,\r\n\"s\": \"x y\\n\"}\n}",
+      R"({"data":-0.5e-3})",
+      R"({"data":123456789012345678901234567890})",
+      R"({"data":"\ud83d\ude00"})",
+      R"([{"data":1},{"data":2,"key":"k2"},{"id":"i3","data":[[]]}])",
+      R"({"topic":"orders","data":1})",
+      // refused, each for the first reason the DOM path gives
+      R"({})",
+      R"({"data":1,"extra":2,"id":"has space"})",
+      R"({"id":"ok","id":"has space","data":1})",
+      R"({"id":"has space","id":"ok","data":1})",
+      R"({"data":1,"key":""})",
+      R"({"data":1,"key":{"a":1}})",
+      R"({"data":1,"type":["t"]})",
+      R"({"data":1,"trace_id":"XYZ"})",
+      R"({"data":1,"trace_id":"00000000000000000000000000000000"})",
+      R"({"data":1,"headers":{"a":1}})",
+      R"({"data":1,"headers":{"a":{"b":"c"}}})",
+      R"({"data":1,"headers":["a"]})",
+      R"({"data":1,"headers":"a"})",
+      R"({"data":1,"headers":{"":"x"}})",
+      R"({"data":1,"topic":"elsewhere"})",
+      R"({"data":1,"topic":5})",
+      R"([])",
+      R"([{"data":1},{"data":2},{"data":3},{"data":4}])",
+      R"([{"data":1},{"data":2},{"data":3},{"bad":4}])",
+      R"([{"data":1},5])",
+      R"([{"data":1},[{"data":2}]])",
+      R"([{"data":1},{"id":"","data":2}])",
+      R"([{"x":1},{"data":2}] x)",
+      R"(42)",
+      R"("text")",
+      R"(null)",
+      R"({"data":1e999})",
+      R"({"data":1,)",
+      "{\"data\":\"a\0b\"}",
+      "",
+      "   ",
+    }) {
+    same_as_dom(std::string{text, std::char_traits<char>::length(text)});
+  }
+  same_as_dom(std::string{"{\"data\":\"a\0b\"}", 13});
+  // Headers: 64 distinct names pass, 65 do not; repeats count once.
+  std::string many = R"({"data":1,"headers":{)";
+  for (int i = 0; i < 65; ++i)
+    many += (i ? "," : "") + ("\"h" + std::to_string(i % 64) + "\":\"v\"");
+  same_as_dom(many + "}}");
+  std::string too_many = R"({"data":1,"headers":{)";
+  for (int i = 0; i < 65; ++i)
+    too_many += (i ? "," : "") + ("\"h" + std::to_string(i) + "\":\"v\"");
+  same_as_dom(too_many + "}}");
+  // Deep data: the limit counts the event's own levels.
+  same_as_dom(R"({"data":)" + std::string(63, '[') + std::string(63, ']') + "}");
+  same_as_dom(R"({"data":)" + std::string(64, '[') + std::string(64, ']') + "}");
+}
+
+TEST_CASE("the data member is stored as the publisher wrote it, on one line", "[unit][actors]") {
+  auto r = events_from_text(R"({"data": {"b": 1.50, "a": "\u00e9"}})", "orders", 10);
+  REQUIRE(r);
+  auto& f = (*r)[0].fragment;
+  CHECK(f.substr(f.find("\"data\":")) == R"("data":{"b": 1.50, "a": "\u00e9"})");
+  r = events_from_text("{\"data\":\n[1,\n \"a b\\n\"]\r\n}", "orders", 10);
+  REQUIRE(r);
+  f = (*r)[0].fragment;
+  CHECK(f.substr(f.find("\"data\":")) == R"("data":[1,"a b\n"])");
+  r = events_from_text(R"({"data": 7 })", "orders", 10);
+  REQUIRE(r);
+  f = (*r)[0].fragment;
+  CHECK(f.substr(f.find("\"data\":")) == R"("data":7)");
+}
+
+TEST_CASE("every JSONTestSuite file, as a body and as data, answers as the DOM path does",
+          "[unit][actors]") {
+  const char* env = std::getenv("NERVE_TESTDATA");
+  std::filesystem::path suite = env != nullptr ? env : NERVE_SOURCE_DIR "/../shared/testdata";
+  suite /= "JSONTestSuite/test_parsing";
+  if (!std::filesystem::is_directory(suite)) {
+    WARN("JSONTestSuite not found at " << suite << "; set NERVE_TESTDATA");
+    return;
+  }
+  std::size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator{suite}) {
+    std::ifstream in{entry.path(), std::ios::binary};
+    std::string text{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
+    INFO(entry.path().filename().string());
+    same_as_dom(text);
+    same_as_dom(R"({"id":"a","data":)" + text + "}");
+    same_as_dom("[" + std::string{R"({"data":)"} + text + "}]");
+    ++files;
+  }
+  CHECK(files > 300);
 }
