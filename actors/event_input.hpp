@@ -48,8 +48,9 @@ struct body_error {
 /// items and the same errors (a JSON error first, then the body's shape,
 /// then the first invalid event, its fields in name order as the DOM saw
 /// them, a repeated member's last value counting), except that `data` is
-/// stored as the publisher wrote it (its bytes, not re-serialized; line
-/// breaks between tokens are removed so an event stays one line).
+/// stored as the publisher wrote it (its bytes, not re-serialized; when it
+/// has line breaks, the white space between its tokens goes, so that an
+/// event stays one line).
 [[nodiscard]] tl::expected<std::vector<publish_item>, body_error>
 events_from_text(std::string_view text, const std::string& topic, std::size_t max_events,
                  std::size_t max_depth = max_json_depth);

@@ -1,5 +1,6 @@
 """Black-box tests of nerve's HTTP API (CONTRACT.md sections 4, 6 and 8)."""
 
+import datetime
 import http.client
 import json
 import re
@@ -147,6 +148,38 @@ class PublishTest(SharedServerTest):
         # UUIDv7 carries the creation time in ms: close to now.
         ms = int(pub["id"].replace("-", "")[:12], 16)
         self.assertLess(abs(ms / 1000 - time.time()), 300)
+
+    def test_data_is_stored_as_written_on_one_line(self):
+        topic = new_topic()
+        body = (b'{\n  "type" : "caf\\u00e9",\r\n  "data": {"b": 1.50, "a": "x\\ny",\n'
+                b'    "c": [1, 2]}\n}\n')
+        r = self.srv.publish(topic, body, headers={"Content-Type": "application/json"})
+        self.assertEqual(r.status, 201, r)
+        [pub] = r.json()["events"]
+        raw = self.srv.get(f"/v1/events/{pub['id']}").body
+        self.assertNotIn(b"\n", raw)
+        self.assertNotIn(b"\r", raw)
+        # The data's bytes as written; with line breaks, without the white
+        # space between tokens.
+        self.assertIn(b'"data":{"b":1.50,"a":"x\\ny","c":[1,2]}', raw)
+        event = json.loads(raw)["event"]
+        self.assertEqual(event["type"], "caf\u00e9")
+        self.assertEqual(event["data"], {"b": 1.5, "a": "x\ny", "c": [1, 2]})
+        [stored] = self.srv.read_partition(topic, pub["partition"])
+        self.assertEqual(stored["data"], event["data"])
+
+    def test_generated_id_carries_the_append_time_and_dedupes_when_sent_again(self):
+        topic = new_topic()
+        [pub] = self.publish_ok(topic, {"data": 1})
+        ms = int(pub["id"].replace("-", "")[:12], 16)
+        t = datetime.datetime.strptime(pub["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc)
+        self.assertEqual(ms, (int(t.timestamp()) * 1000) + t.microsecond // 1000)
+        [again] = self.publish_ok(topic, {"id": pub["id"], "data": 2})
+        self.assertTrue(again["duplicate"])
+        self.assertEqual((again["partition"], again["offset"]), (pub["partition"], pub["offset"]))
+        r = self.srv.publish(new_topic(), {"id": pub["id"], "data": 3})
+        self.assertEqual(r.status, 409, r)
 
     def test_publish_array_keeps_request_order_in_the_answer(self):
         topic = new_topic()
