@@ -381,6 +381,10 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   db_opts.max_background_jobs = 2;
   db_opts.max_total_wal_size = opts.max_wal_bytes;
   db_opts.enable_pipelined_write = true;
+  // Recovery replays the WAL into memtables and leaves them there (the WAL
+  // files stay until those flush as usual): a restart does not wait for
+  // level-0 files to be written.
+  db_opts.avoid_flush_during_recovery = true;
   db_opts.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_opts.info_log = make_rocksdb_logger();
   if (opts.file_system) {

@@ -85,8 +85,10 @@ struct options {
   /// memtables that keep the oldest WAL alive, so that WAL can go. Without a
   /// cap, the small families (cursors, meta) hold every WAL alive up to
   /// RocksDB's default of 4x all write buffers (GBs of redundant disk, and as
-  /// much to replay after a crash).
-  std::uint64_t max_wal_bytes = 256ULL << 20;
+  /// much to replay after a crash). Recovery replays the live WAL at about
+  /// 4 ms per MiB here, so this cap also bounds a restart after kill -9 to
+  /// about half a second (bench/restart).
+  std::uint64_t max_wal_bytes = 128ULL << 20;
 };
 
 struct topic_info {
