@@ -265,9 +265,30 @@ std::optional<error> partition_writer::resolve(const std::vector<new_event>& eve
   return std::nullopt;
 }
 
+namespace {
+
+/// `s` as a JSON string: its bytes between quotes when none needs an escape
+/// (ids always, keys nearly always), else as nlohmann writes it.
+void append_json_string(std::string& out, const std::string& s) {
+  for (unsigned char c : s)
+    if (c == '"' || c == '\\' || c < 0x20) {
+      out += nlohmann::json(s).dump();
+      return;
+    }
+  out += '"';
+  out += s;
+  out += '"';
+}
+
+} // namespace
+
 std::size_t partition_writer::stage(const std::vector<new_event>& events, std::int64_t now,
                                     std::vector<append_result>& results,
                                     rocksdb::WriteBatch& batch) const {
+  // What every event of the batch shares, formatted once.
+  const std::string shared = ",\"topic\":\"" + topic_.name
+                             + "\",\"partition\":" + std::to_string(partition_) + ",\"offset\":";
+  const std::string time_text = ",\"time\":\"" + format_time_us(now) + '"';
   std::string json;
   std::size_t indexed = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
@@ -279,19 +300,13 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
     json.clear();
     keys::put_u64(json, static_cast<std::uint64_t>(now));
     json += "{\"id\":";
-    json += nlohmann::json(r.id).dump();
-    json += ",\"topic\":\"";
-    json += topic_.name;
-    json += "\",\"partition\":";
-    json += std::to_string(partition_);
-    json += ",\"offset\":";
+    append_json_string(json, r.id);
+    json += shared;
     json += std::to_string(r.where.offset);
-    json += ",\"time\":\"";
-    json += format_time_us(now);
-    json += '"';
+    json += time_text;
     if (!e.key.empty()) {
       json += ",\"key\":";
-      json += nlohmann::json(e.key).dump();
+      append_json_string(json, e.key);
     }
     if (!e.fragment.empty()) {
       json += ',';

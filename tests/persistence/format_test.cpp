@@ -7,6 +7,7 @@
 #include <atomic>
 #include <map>
 
+#include <nlohmann/json.hpp>
 #include <rocksdb/db.h>
 
 #include "persistence/event_log.hpp"
@@ -291,4 +292,27 @@ TEST_CASE("a data directory of a newer format is refused, and left as it is",
   REQUIRE_FALSE(log);
   CHECK(log.error().message.find("has format 3") != std::string::npos);
   CHECK(family(dir.sub("db"), "meta")["format"] == "3");
+}
+
+TEST_CASE("ids and keys that need escapes are stored as valid JSON", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = open_log(dir.sub("db"));
+  auto t = *log->create_topic("esc", 1);
+  partition_writer w{*log, t, 0};
+  new_event e = with_id("q\"b\\s\tc");
+  e.key = "k\"\n\xc3\xa9/";
+  auto r = w.append({e, without_id()});
+  REQUIRE(r);
+  for (const auto& one : *r) {
+    auto j = nlohmann::json::parse(one.json, nullptr, false);
+    REQUIRE_FALSE(j.is_discarded());
+    CHECK(j["id"] == one.id);
+    CHECK(j["topic"] == "esc");
+    CHECK(j["offset"] == one.where.offset);
+  }
+  auto first = nlohmann::json::parse((*r)[0].json);
+  CHECK(first["key"] == "k\"\n\xc3\xa9/");
+  CHECK((*r)[0].json.find(R"("key":"k\"\n)") != std::string::npos);
+  CHECK((*r)[1].json.find("\"key\"") == std::string::npos);
+  CHECK(*log->get_by_id("q\"b\\s\tc") == (*r)[0].json);
 }
