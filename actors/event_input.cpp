@@ -145,9 +145,12 @@ void append_member(std::string& out, const char* name, const json& value) {
   append_member_text(out, name, value.dump());
 }
 
-/// The envelope members in the order events show them (trace_id, headers
-/// and data follow).
-constexpr const char* shown_first[] = {"type", "source", "correlation_id", "causation_id"};
+/// The members of an event's fragment, in the order events show them.
+constexpr const char* fragment_members[]
+  = {"type", "source", "correlation_id", "causation_id", "trace_id", "headers", "data"};
+constexpr std::size_t trace_slot = 4; ///< the members before it are strings shown as given
+constexpr std::size_t headers_slot = 5;
+constexpr std::size_t data_slot = 6;
 
 } // namespace
 
@@ -182,9 +185,9 @@ tl::expected<publish_item, std::string> event_from_json(const json& e, const std
   }
   if (!e.contains("data"))
     return tl::make_unexpected(where + kind_of_data_missing);
-  for (const char* name : shown_first)
-    if (auto it = e.find(name); it != e.end())
-      append_member(item.fragment, name, *it);
+  for (std::size_t i = 0; i < trace_slot; ++i)
+    if (auto it = e.find(fragment_members[i]); it != e.end())
+      append_member(item.fragment, fragment_members[i], *it);
   if (auto it = e.find("trace_id"); it != e.end())
     append_member(item.fragment, "trace_id", *it);
   else
@@ -283,8 +286,8 @@ public:
               std::size_t max_depth)
     : text_(text), seen_(seen), topic_(topic), max_depth_(max_depth) {}
 
-  bool null() { return scalar(value_kind::other, nullptr); }
-  bool boolean(bool) { return scalar(value_kind::other, nullptr); }
+  bool null() { return scalar(value_kind::literal, nullptr); }
+  bool boolean(bool) { return scalar(value_kind::literal, nullptr); }
   bool number_integer(number_integer_t) { return scalar(value_kind::number, nullptr); }
   bool number_unsigned(number_unsigned_t) { return scalar(value_kind::number, nullptr); }
   bool number_float(number_float_t v, const string_t& s) {
@@ -293,12 +296,12 @@ public:
     return scalar(value_kind::number, nullptr);
   }
   bool string(string_t& s) { return scalar(value_kind::string, &s); }
-  bool binary(binary_t&) { return scalar(value_kind::other, nullptr); }
+  bool binary(binary_t&) { return scalar(value_kind::literal, nullptr); }
 
   bool start_object(std::size_t) { return open(true); }
   bool start_array(std::size_t) { return open(false); }
-  bool end_object() { return close(); }
-  bool end_array() { return close(); }
+  bool end_object() { return close(value_kind::object); }
+  bool end_array() { return close(value_kind::array); }
 
   bool key(string_t& k) {
     if (depth_ == event_depth_ && in_event_) {
@@ -337,7 +340,7 @@ public:
   }
 
 private:
-  enum class value_kind { string, number, other, container };
+  enum class value_kind { string, number, literal, object, array };
   enum class top_kind { none, object, array, scalar };
 
   /// An event member's last value: its bytes, and for strings the text.
@@ -424,14 +427,12 @@ private:
       return true;
     }
     if (in_event_ && depth_ == event_depth_ + 1) {
-      // A member's value that is an object or array.
-      container_key_ = key_;
+      // A member's value that is an object or array (key_ stays its name:
+      // only keys at the event's own depth change it).
       container_begin_ = pos() - 1;
       in_headers_ = object && key_ == "headers";
       if (in_headers_)
         headers_.clear();
-      else if (key_ == "headers")
-        headers_bad_shape_ = true;
       return true;
     }
     if (in_headers_ && depth_ == event_depth_ + 2)
@@ -439,12 +440,10 @@ private:
     return true;
   }
 
-  bool close() {
+  bool close(value_kind kind) {
     if (in_event_ && depth_ == event_depth_ + 1) {
-      auto end = pos();
       in_headers_ = false;
-      key_ = container_key_;
-      field(value_kind::container, nullptr, container_begin_, end);
+      field(kind, nullptr, container_begin_, pos());
     } else if (in_event_ && depth_ == event_depth_) {
       end_event();
     }
@@ -463,11 +462,9 @@ private:
 
   /// The slot of a member that goes into the fragment, or -1.
   static int slot_of(const std::string& name) {
-    static const std::string names[]
-      = {"type", "source", "correlation_id", "causation_id", "trace_id", "headers", "data"};
-    for (int i = 0; i < 7; ++i)
-      if (name == names[i])
-        return i;
+    for (std::size_t i = 0; i < std::size(fragment_members); ++i)
+      if (name == fragment_members[i])
+        return static_cast<int>(i);
     return -1;
   }
 
@@ -505,9 +502,7 @@ private:
   }
 
   std::optional<std::string> headers_problem(value_kind kind) {
-    bool shape_ok = kind == value_kind::container && !headers_bad_shape_;
-    headers_bad_shape_ = false;
-    if (!shape_ok || headers_.size() > 64)
+    if (kind != value_kind::object || headers_.size() > 64)
       return headers_shape;
     for (auto& [name, value] : headers_)
       if (auto bad = header_problem(name, value ? &*value : nullptr))
@@ -526,19 +521,18 @@ private:
     const auto prefix = event_prefix(elements_ == 0 ? 0 : elements_ - 1);
     if (!field_errors_.empty())
       return note_event_error(prefix + field_errors_.begin()->second);
-    if (!members_[6].seen)
+    if (!members_[data_slot].seen)
       return note_event_error(prefix + kind_of_data_missing);
     auto& fragment = item_.fragment;
-    for (std::size_t i = 0; i < 4; ++i)
+    for (std::size_t i = 0; i <= trace_slot; ++i)
       if (members_[i].seen)
-        append_member_text(fragment, shown_first[i], string_text(members_[i]));
-    if (members_[4].seen)
-      append_member_text(fragment, "trace_id", string_text(members_[4]));
-    else
+        append_member_text(fragment, fragment_members[i], string_text(members_[i]));
+    if (!members_[trace_slot].seen)
       append_member_text(fragment, "trace_id", "\"" + new_trace_id() + "\"");
-    if (members_[5].seen)
+    if (members_[headers_slot].seen)
       append_member_text(fragment, "headers", headers_text_);
-    auto data = text_.substr(members_[6].begin, members_[6].end - members_[6].begin);
+    const auto& d = members_[data_slot];
+    auto data = text_.substr(d.begin, d.end - d.begin);
     if (data.find_first_of("\r\n") == std::string_view::npos)
       append_member_text(fragment, "data", data);
     else
@@ -566,15 +560,13 @@ private:
   bool in_event_ = false;
   std::string key_;
   std::size_t key_end_ = 0;
-  std::string container_key_;
   std::size_t container_begin_ = 0;
   bool in_headers_ = false;
-  bool headers_bad_shape_ = false;
   std::string header_key_;
   std::map<std::string, std::optional<std::string>> headers_;
   std::string headers_text_;
   publish_item item_;
-  member members_[7];
+  member members_[std::size(fragment_members)];
   std::map<std::string, std::string> field_errors_;
   std::string json_error_;
   std::string event_error_;
