@@ -46,13 +46,8 @@ new_event without_id() {
 /// {key: value} of one column family, read after the log is closed.
 std::map<std::string, std::string> family(const std::string& path, const std::string& name) {
   nerve::test::raw_rocksdb raw{path, true};
-  std::map<std::string, std::string> out;
-  std::unique_ptr<rocksdb::Iterator> it{
-    raw.db().NewIterator(rocksdb::ReadOptions{}, raw.family(name))};
-  for (it->SeekToFirst(); it->Valid(); it->Next())
-    out[it->key().ToString()] = it->value().ToString();
-  REQUIRE(it->status().ok());
-  return out;
+  auto records = raw.records(name);
+  return {records.begin(), records.end()};
 }
 
 /// scan_time's runs as (first, last) pairs.

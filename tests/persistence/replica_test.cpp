@@ -120,15 +120,9 @@ raw_db raw_records(const std::string& path) {
   raw_db out;
   for (const auto& name : raw.names()) {
     auto& records = out[name];
-    std::unique_ptr<rocksdb::Iterator> it{
-      raw.db().NewIterator(rocksdb::ReadOptions{}, raw.family(name))};
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      auto k = it->key().ToString();
-      if (name == "meta" && (k == "node_id" || k == "probe"))
-        continue;
-      records.emplace_back(k, it->value().ToString());
-    }
-    REQUIRE(it->status().ok());
+    for (auto& record : raw.records(name))
+      if (name != "meta" || (record.first != "node_id" && record.first != "probe"))
+        records.push_back(std::move(record));
   }
   return out;
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -41,6 +42,16 @@ public:
     auto at = std::find(names_.begin(), names_.end(), name);
     REQUIRE(at != names_.end());
     return handles_[static_cast<std::size_t>(at - names_.begin())];
+  }
+
+  /// Every (key, value) of family `name`, in key order.
+  [[nodiscard]] std::vector<std::pair<std::string, std::string>> records(const std::string& name) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, family(name))};
+    for (it->SeekToFirst(); it->Valid(); it->Next())
+      out.emplace_back(it->key().ToString(), it->value().ToString());
+    REQUIRE(it->status().ok());
+    return out;
   }
 
 private:
