@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <iterator>
-
 #include <set>
 
 #include <rocksdb/db.h>
@@ -162,9 +161,8 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
   std::string value;
   std::size_t indexed = 0;
   std::size_t runs = 0;
-  // One by_time run per stretch of records with one append time, as the
-  // leader's batches wrote them.
-  // The first continues the last stored run when it has its time.
+  // One by_time run per stretch of records with one append time; the first
+  // continues the last stored run when it has its time.
   auto run = open_run(records.front().time_us);
   for (std::size_t i = 0; i < records.size(); ++i) {
     const auto& r = records[i];
