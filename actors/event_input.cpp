@@ -145,6 +145,16 @@ void append_member(std::string& out, const char* name, const json& value) {
   append_member_text(out, name, value.dump());
 }
 
+// Refusals the DOM and the one-pass paths share.
+const std::string not_an_object = "must be a JSON object with a \"data\" member";
+const std::string body_shape = "the body must be an event object or an array of event objects";
+const std::string empty_array = "the array of events is empty";
+
+std::string too_many(std::size_t n, std::size_t max_events) {
+  return "the array holds " + std::to_string(n) + " events; at most " + std::to_string(max_events)
+         + " are allowed per request";
+}
+
 /// The members of an event's fragment, in the order events show them.
 constexpr const char* fragment_members[]
   = {"type", "source", "correlation_id", "causation_id", "trace_id", "headers", "data"};
@@ -157,7 +167,7 @@ constexpr std::size_t data_slot = 6;
 tl::expected<publish_item, std::string> event_from_json(const json& e, const std::string& topic,
                                                         const std::string& where) {
   if (!e.is_object())
-    return tl::make_unexpected(where + "must be a JSON object with a \"data\" member");
+    return tl::make_unexpected(where + not_an_object);
   publish_item item;
   for (auto& [name, value] : e.items()) {
     if (name == "data")
@@ -326,14 +336,11 @@ public:
       return tl::make_unexpected(
         body_error{true, json_error_.empty() ? std::string{"invalid JSON"} : json_error_});
     if (top_ != top_kind::object && top_ != top_kind::array)
-      return tl::make_unexpected(
-        body_error{false, "the body must be an event object or an array of event objects"});
+      return tl::make_unexpected(body_error{false, body_shape});
     if (top_ == top_kind::array && elements_ == 0)
-      return tl::make_unexpected(body_error{false, "the array of events is empty"});
+      return tl::make_unexpected(body_error{false, empty_array});
     if (top_ == top_kind::array && elements_ > max_events)
-      return tl::make_unexpected(
-        body_error{false, "the array holds " + std::to_string(elements_) + " events; at most "
-                            + std::to_string(max_events) + " are allowed per request"});
+      return tl::make_unexpected(body_error{false, too_many(elements_, max_events)});
     if (!event_error_.empty())
       return tl::make_unexpected(body_error{false, event_error_});
     return std::move(items_);
@@ -390,8 +397,7 @@ private:
     }
     if (top_ == top_kind::array && depth_ == 1) {
       ++elements_;
-      note_event_error(event_prefix(elements_ - 1)
-                       + "must be a JSON object with a \"data\" member");
+      note_event_error(event_prefix(elements_ - 1) + not_an_object);
       return true;
     }
     if (in_event_ && depth_ == event_depth_) {
@@ -421,8 +427,7 @@ private:
         event_depth_ = 2;
         begin_event();
       } else {
-        note_event_error(event_prefix(elements_ - 1)
-                         + "must be a JSON object with a \"data\" member");
+        note_event_error(event_prefix(elements_ - 1) + not_an_object);
       }
       return true;
     }
@@ -615,14 +620,11 @@ events_from_body(const json& body, const std::string& topic, std::size_t max_eve
     return items;
   }
   if (!body.is_array())
-    return tl::make_unexpected(std::string{"the body must be an event object or an array of "
-                                           "event objects"});
+    return tl::make_unexpected(body_shape);
   if (body.empty())
-    return tl::make_unexpected(std::string{"the array of events is empty"});
+    return tl::make_unexpected(empty_array);
   if (body.size() > max_events)
-    return tl::make_unexpected("the array holds " + std::to_string(body.size())
-                               + " events; at most " + std::to_string(max_events)
-                               + " are allowed per request");
+    return tl::make_unexpected(too_many(body.size(), max_events));
   items.reserve(body.size());
   for (std::size_t i = 0; i < body.size(); ++i) {
     auto item = event_from_json(body[i], topic, "event " + std::to_string(i) + ": ");
