@@ -3,7 +3,9 @@
 // The delivery logic is consumer_group's (actors/consumer_group.hpp); this
 // shell reads the events it wants, takes credits, and turns its effects into
 // messages, timers and state writes. Its state is rebuilt from the log on start.
+#include <algorithm>
 #include <deque>
+#include <limits>
 #include <map>
 #include <random>
 
@@ -81,7 +83,9 @@ struct partition_state {
   std::chrono::steady_clock::time_point led_since{};
   std::chrono::steady_clock::time_point isr_asked{}; ///< the last in-sync change asked for
   std::uint64_t local_durable = 0;                   ///< leader: offsets below are synced here
-  bool groups_ready = true; ///< leader: groups wait for the first high watermark
+  std::uint64_t sync_asked_end = 0; ///< leader: a WAL sync was asked for the offsets below this
+  caf::actor_addr me;               ///< this actor, for the sync callbacks
+  bool groups_ready = true;         ///< leader: groups wait for the first high watermark
   /// Leader: appended batches waiting for the high watermark to pass them.
   struct awaiting {
     std::uint64_t end = 0;
@@ -752,6 +756,54 @@ void keep_recent(partition_state& st, const std::vector<persistence::append_resu
   }
 }
 
+/// Leader: asks for a WAL sync of everything appended so far (one asked
+/// since the last append covers it). The leader's copy is synced once its
+/// records are shipped to every other in-sync copy, not when they are
+/// appended: the high watermark cannot pass them before that anyway, and
+/// the appends made while a round is away share one sync
+/// (docs/architecture.md, "When each copy syncs").
+void sync_leader(partition_state& st) {
+  auto end = st.writer->next_offset();
+  if (end <= st.sync_asked_end)
+    return;
+  st.sync_asked_end = end;
+  st.ctx->log->after_durable(
+    [me = caf::actor_cast<caf::actor>(st.me), end](std::optional<persistence::error> failure) {
+      if (!me)
+        return;
+      // The partition starts again from its log; its publishers hear
+      // "stopped" (their events may be on the followers).
+      if (failure)
+        caf::anon_send_exit(me, caf::exit_reason::unhandled_exception);
+      else
+        caf::anon_send(me, durable_atom::value, end);
+    },
+    true);
+}
+
+/// Whether the leader's copy alone decides the high watermark: no other
+/// in-sync copy ships, so the leader syncs what it appends at once.
+bool syncs_alone(const partition_state& st) {
+  const auto& self = st.ctx->replication->self;
+  return std::all_of(st.role->in_sync.begin(), st.role->in_sync.end(),
+                     [&](const std::string& node) { return node == self; });
+}
+
+/// Leader: the least end shipped to the other in-sync copies, which bounds
+/// the high watermark (0 while one of them has not fetched in this epoch).
+std::uint64_t shipped_to_all(const partition_state& st) {
+  const auto& self = st.ctx->replication->self;
+  auto least = std::numeric_limits<std::uint64_t>::max();
+  for (const auto& node : st.role->in_sync) {
+    if (node == self)
+      continue;
+    auto it = st.followers.find(node);
+    least
+      = std::min(least, it == st.followers.end() || !it->second.heard ? 0 : it->second.shipped_end);
+  }
+  return least;
+}
+
 fetch_response answer_for(partition_state& st, partition_state::follower& f, std::uint64_t from) {
   fetch_response r;
   r.status = fetch_status::ok;
@@ -773,6 +825,8 @@ fetch_response answer_for(partition_state& st, partition_state::follower& f, std
   for (auto& chunk : r.chunks)
     if (!chunk.records.empty())
       f.shipped_end = std::max(f.shipped_end, chunk.records.back().offset + 1);
+  if (!r.chunks.empty() && shipped_to_all(st) > st.sync_asked_end)
+    sync_leader(st);
   r.state = std::move(f.state);
   f.state.clear();
   return r;
@@ -1293,13 +1347,8 @@ void become(partition_actor_t self, std::shared_ptr<const replica_role> next) {
                  st.route->info.name, st.partition, st.role->epoch, st.writer->next_offset(),
                  fmt::join(st.role->in_sync, ","));
     // Counted as synced here once what was written before is synced.
-    st.ctx->log->after_durable(
-      [me = caf::actor_cast<caf::actor>(self),
-       end = st.writer->next_offset()](std::optional<persistence::error> failure) {
-        if (!failure)
-          caf::anon_send(me, durable_atom::value, end);
-      },
-      true);
+    st.sync_asked_end = 0;
+    sync_leader(st);
   } else if (st.role->role == role_kind::follower) {
     // A new session with this leader: nothing is known synced until the
     // next WAL sync says so.
@@ -1333,7 +1382,10 @@ void on_role(partition_actor_t self) {
   st.role = std::move(next);
   if (leads(st)) {
     // A shrunken set may let the watermark pass what waited for a follower,
-    // or leave too few copies for anything to pass it.
+    // or leave too few copies for anything to pass it; a set of this copy
+    // alone waits for its sync, which no ship asks for now.
+    if (syncs_alone(st))
+      sync_leader(st);
     advance_high_watermark(self);
     check_acks(st);
   }
@@ -1383,17 +1435,9 @@ void flush_replicated(partition_actor_t self) {
          std::make_shared<std::vector<job_ptr>>(std::move(st.batch)),
          std::make_shared<std::vector<persistence::append_result>>(std::move(*appended)),
          std::move(followed)});
-      st.ctx->log->after_durable(
-        [me = caf::actor_cast<caf::actor>(self), end](std::optional<persistence::error> failure) {
-          // The partition starts again from its log; its publishers hear
-          // "stopped" (their events may be on the followers).
-          if (failure)
-            caf::anon_send_exit(me, caf::exit_reason::unhandled_exception);
-          else
-            caf::anon_send(me, durable_atom::value, end);
-        },
-        true);
-      answer_parked(st, false);
+      answer_parked(st, false); // ships them, which syncs them here too
+      if (syncs_alone(st))
+        sync_leader(st);
       // Events already acknowledged (duplicates only) need no watermark.
       finish_acks(self);
     }
@@ -1464,6 +1508,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
                                                   std::uint32_t p) {
   auto& st = self->state;
   st.ctx = ctx;
+  st.me = self->address();
   st.route = route;
   st.slot = route->slots[p].get();
   st.partition = p;
@@ -1636,6 +1681,10 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       if (!st.batch.empty())
         flush(self); // publishes held for a leader
       if (leads(st)) {
+        // What no ship asked to sync (a follower away): synced now, so the
+        // leader's own figure never holds the watermark.
+        if (st.local_durable < st.writer->next_offset())
+          sync_leader(st);
         answer_parked(st, true);
         check_in_sync(self);
         check_acks(st);
