@@ -24,6 +24,7 @@
 #include "actors/dlq_service.hpp"
 #include "actors/health_service.hpp"
 #include "actors/histogram_sum.hpp"
+#include "actors/lean_sharing.hpp"
 #include "actors/publish_service.hpp"
 #include "actors/query_pool.hpp"
 #include "actors/query_service.hpp"
@@ -555,6 +556,10 @@ private:
     // variable.
     c.set("scheduler.max-threads", static_cast<size_t>(1));
     c.set("scheduler.policy", caf::atom("sharing"));
+    // Work sharing without a wake-up under the queue's lock (lean_sharing.hpp).
+    c.module_factories.push_back([](caf::actor_system& sys) -> caf::actor_system::module* {
+      return new caf::scheduler::coordinator<lean_sharing>(sys);
+    });
     c.set("logger.console", caf::atom("none"));
     c.set("logger.file-verbosity", caf::atom("quiet"));
     register_messages(c);

@@ -798,7 +798,10 @@ void event_log::after_durable(std::function<void(std::optional<error>)> done, bo
   // Always the sync thread's work: the callers are partition actors on
   // CAF's scheduler, which must not wait for a disk. What arrives during a
   // round waits for the next one, which starts as soon as it ends.
+  // The sync thread is woken after the lock is released: woken under it,
+  // it would block on the lock at once (a second context switch).
   std::function<void()> ask;
+  bool wake = false;
   {
     std::lock_guard<std::mutex> guard{fsync_mutex_};
     durable_waiters_.push_back(std::move(done));
@@ -808,18 +811,23 @@ void event_log::after_durable(std::function<void(std::optional<error>)> done, bo
       start_asked_ = true;
       ask = pacer_;
     }
-    if (!syncing_ && (unpaced_ || may_start_))
-      fsync_cv_.notify_one();
+    wake = !syncing_ && (unpaced_ || may_start_);
   }
+  if (wake)
+    fsync_cv_.notify_one();
   if (ask)
     ask();
 }
 
 void event_log::start_syncs() {
-  std::lock_guard<std::mutex> guard{fsync_mutex_};
-  start_asked_ = false;
-  may_start_ = true;
-  if (!syncing_ && !durable_waiters_.empty())
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> guard{fsync_mutex_};
+    start_asked_ = false;
+    may_start_ = true;
+    wake = !syncing_ && !durable_waiters_.empty();
+  }
+  if (wake)
     fsync_cv_.notify_one();
 }
 
