@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <pthread.h>
+#include <sstream>
 #include <thread>
 
 #include <boost/asio.hpp>
@@ -285,8 +286,129 @@ private:
     state_->in_flight.fetch_add(1);
     stream_.expires_never();
     auto self = shared_from_this();
+    // A keep-alive request without an upgrade is answered by the thread
+    // that has the answer (answer_direct); this thread learns of the next
+    // request when its bytes arrive.
+    direct_ = keep_alive_ && !req.websocket;
+    if (direct_) {
+      std::lock_guard<std::mutex> guard{out_mutex_};
+      answering_ = true;
+      readable_ = false;
+    }
     auto once = std::make_shared<answer_once>(self);
     state_->handle(std::move(req), [once](response r) { once->send(std::move(r)); });
+    if (direct_)
+      await_next();
+  }
+
+  // -- Answers sent by the thread that has them ------------------------------------
+  //
+  // Posting every answer to this connection's event loop woke its thread once
+  // per request (and the post contended for the loop's mutex). Instead, while
+  // a request is handled, the loop waits for the socket to become readable
+  // (no read is underway, so no other operation touches the socket), and the
+  // answer is written with a non-blocking send on the answering thread, under
+  // out_mutex_, which close() takes too. When the next request's first bytes
+  // arrive, the loop reads it as before. An idle timer closes a connection
+  // that sends nothing for http.read_timeout after its answer, as the read of
+  // the next request did. An answer the socket does not take at once goes
+  // through the loop.
+
+  void await_next() {
+    stream_.socket().async_wait(
+      tcp::socket::wait_read,
+      [self = shared_from_this()](beast::error_code ec) { self->on_readable(ec); });
+    arm_idle(state_->opts.read_timeout);
+  }
+
+  void arm_idle(std::chrono::steady_clock::duration after) {
+    idle_.expires_after(after);
+    idle_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec)
+        return;
+      std::unique_lock<std::mutex> guard{self->out_mutex_};
+      if (self->readable_ || !self->open_)
+        return; // the next request is read (with its own timeout), or closed
+      auto limit = self->state_->opts.read_timeout;
+      if (self->answering_) { // still handled: not idle
+        guard.unlock();
+        return self->arm_idle(limit);
+      }
+      auto idle = std::chrono::steady_clock::now() - self->answered_at_;
+      if (idle < limit) {
+        guard.unlock();
+        return self->arm_idle(limit - idle);
+      }
+      guard.unlock();
+      self->close();
+    });
+  }
+
+  void on_readable(beast::error_code ec) {
+    if (ec == net::error::operation_aborted)
+      return;
+    {
+      std::lock_guard<std::mutex> guard{out_mutex_};
+      readable_ = true;
+      if (answering_)
+        return; // a pipelined request: read once the answer is out
+    }
+    next_request();
+  }
+
+  /// Reads the next request (on the loop), once the answer is out and bytes came.
+  void next_request() {
+    idle_.cancel();
+    head_ = false;
+    read_header();
+  }
+
+  /// Sends the answer from the calling thread; false: the loop must write it.
+  bool answer_direct(response& r) {
+    auto res = make_response(r, keep_alive_);
+    std::ostringstream os;
+    os << *res;
+    auto bytes = std::move(os).str();
+    bool read_now = false;
+    {
+      std::lock_guard<std::mutex> guard{out_mutex_};
+      if (!open_) {
+        state_->request_done(); // closed meanwhile: nobody to answer
+        return true;
+      }
+      auto sent = ::send(stream_.socket().native_handle(), bytes.data(), bytes.size(),
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (sent != static_cast<ssize_t>(bytes.size())) {
+        rest_ = sent > 0 ? bytes.substr(static_cast<std::size_t>(sent)) : std::move(bytes);
+        return false;
+      }
+      answering_ = false;
+      answered_at_ = std::chrono::steady_clock::now();
+      read_now = readable_;
+    }
+    state_->request_done();
+    if (read_now)
+      net::post(stream_.get_executor(), [s = shared_from_this()] { s->next_request(); });
+    return true;
+  }
+
+  /// On the loop: writes what answer_direct could not send.
+  void finish_direct() {
+    net::async_write(stream_.socket(), net::buffer(rest_),
+                     [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                       self->state_->request_done();
+                       if (ec)
+                         return self->close();
+                       bool read_now = false;
+                       {
+                         std::lock_guard<std::mutex> guard{self->out_mutex_};
+                         self->answering_ = false;
+                         self->answered_at_ = std::chrono::steady_clock::now();
+                         read_now = self->readable_;
+                       }
+                       if (read_now)
+                         self->next_request();
+                     });
   }
 
   /// Answers a request exactly once: with the handler's response, or with a
@@ -301,6 +423,11 @@ private:
     void send(response r) {
       if (done.exchange(true))
         return;
+      if (self->direct_ && !r.websocket) {
+        if (!self->answer_direct(r))
+          net::post(self->stream_.get_executor(), [s = self] { s->finish_direct(); });
+        return;
+      }
       net::post(self->stream_.get_executor(), [s = self, r = std::move(r)]() mutable {
         s->write(std::move(r), s->keep_alive_, true);
       });
@@ -330,6 +457,22 @@ private:
       return;
     }
     upgrade_.reset();
+    auto res = make_response(r, keep_alive);
+    stream_.expires_after(state_->opts.read_timeout);
+    bhttp::async_write(
+      stream_, *res,
+      [self = shared_from_this(), res, keep_alive, counted](beast::error_code ec, std::size_t) {
+        if (counted)
+          self->state_->request_done();
+        if (ec || !keep_alive)
+          return self->close();
+        self->head_ = false;
+        self->read_header();
+      });
+  }
+
+  std::shared_ptr<bhttp::response<bhttp::string_body>> make_response(response& r,
+                                                                     bool keep_alive) const {
     auto res = std::make_shared<bhttp::response<bhttp::string_body>>();
     res->result(r.status);
     res->version(11);
@@ -345,17 +488,7 @@ private:
       res->body() = std::move(r.body);
       res->prepare_payload();
     }
-    stream_.expires_after(state_->opts.read_timeout);
-    bhttp::async_write(
-      stream_, *res,
-      [self = shared_from_this(), res, keep_alive, counted](beast::error_code ec, std::size_t) {
-        if (counted)
-          self->state_->request_done();
-        if (ec || !keep_alive)
-          return self->close();
-        self->head_ = false;
-        self->read_header();
-      });
+    return res;
   }
 
   /// After refusing a request: stop sending, then read and discard what the
@@ -380,12 +513,25 @@ private:
   }
 
   void close() {
+    std::lock_guard<std::mutex> guard{out_mutex_}; // no answer_direct() from here on
+    open_ = false;
+    idle_.cancel();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     stream_.socket().close(ec);
   }
 
   beast::tcp_stream stream_;
+  net::steady_timer idle_{stream_.get_executor()};
+  /// The current request is answered by answer_direct (set on the loop
+  /// before the handler runs; read by the answering thread after).
+  bool direct_ = false;
+  std::mutex out_mutex_;
+  bool open_ = true;       ///< the socket is not closed; guarded by out_mutex_
+  bool answering_ = false; ///< a direct answer is due; guarded by out_mutex_
+  bool readable_ = false;  ///< the next request's bytes came; guarded by out_mutex_
+  std::chrono::steady_clock::time_point answered_at_{}; ///< guarded by out_mutex_
+  std::string rest_; ///< what the socket did not take of a direct answer
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::optional<bhttp::request<bhttp::string_body>> upgrade_; ///< a WebSocket handshake
