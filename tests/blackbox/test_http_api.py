@@ -863,6 +863,94 @@ class LimitsTest(ServerTestCase):
             conn.close()
 
 
+    # A keep-alive answer is sent by the thread that has it (the sync thread for a
+    # publish) while the connection's loop only waits for the next bytes
+    # (docs/architecture.md, the publish path): these hold that path to HTTP/1.1.
+
+    def read_answers(self, sock, n, timeout=5.0):
+        """Reads `n` complete responses from `sock`; returns them in order."""
+        data, answers = b"", []
+        deadline = time.monotonic() + timeout
+        while len(answers) < n:
+            while True:
+                head, sep, rest = data.partition(b"\r\n\r\n")
+                if not sep:
+                    break
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                if len(rest) < length:
+                    break
+                answers.append(parse_raw_response(data[:len(head) + 4 + length]))
+                data = rest[length:]
+            if len(answers) >= n:
+                break
+            left = deadline - time.monotonic()
+            self.assertGreater(left, 0, f"{len(answers)} of {n} answers within {timeout} s")
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            self.assertTrue(chunk, f"closed after {len(answers)} of {n} answers")
+            data += chunk
+        self.assertEqual(data, b"", "bytes after the last answer")
+        return answers
+
+    def test_pipelined_requests_are_answered_in_order(self):
+        topic, a, b = new_topic(), new_id(), new_id()
+
+        def post(event_id):
+            body = json.dumps({"id": event_id, "data": {"n": event_id}}).encode()
+            return (f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                    ).encode() + body
+
+        get = lambda path: f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()  # noqa: E731
+        s = self.srv.connect()
+        try:
+            # All in one write: each answer must wait for the one before.
+            s.sendall(post(a) + get("/health") + post(b) + get(f"/v1/events/{a}"))
+            first = self.read_answers(s, 4)
+            # Then a request sent while the one before is being handled.
+            s.sendall(post(new_id()))
+            s.sendall(get(f"/v1/events/{b}"))
+            second = self.read_answers(s, 2)
+        finally:
+            s.close()
+        self.assertEqual([r.status for r in first + second], [201, 200, 201, 200, 201, 200])
+        self.assertEqual(first[0].json()["events"][0]["id"], a)
+        self.assertEqual(first[1].json(), {"status": "healthy"})
+        self.assertEqual(first[2].json()["events"][0]["id"], b)
+        self.assertEqual(first[3].json()["event"]["id"], a)
+        self.assertEqual(second[1].json()["event"]["id"], b)
+
+    def test_connection_idle_after_an_answer_is_closed(self):
+        s = self.srv.connect()
+        try:
+            body = b'{"data":1}'
+            s.sendall((f"POST /v1/topics/{new_topic()}/events HTTP/1.1\r\nHost: x\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+            self.assertEqual(self.read_answers(s, 1)[0].status, 201)
+            start = time.monotonic()
+            got, how = read_until_closed(s, 6)
+        finally:
+            s.close()
+        elapsed = time.monotonic() - start
+        self.assertEqual((got, how), (b"", "eof"), f"after {elapsed:.1f} s")
+        self.assertGreater(elapsed, 0.8, "closed before the read timeout")
+
+    def test_many_publishes_on_one_keep_alive_connection(self):
+        topic = new_topic()
+        conn = http.client.HTTPConnection(self.srv.host, self.srv.port, timeout=5)
+        try:
+            for i in range(200):
+                conn.request("POST", f"/v1/topics/{topic}/events", json.dumps({"data": i}),
+                             {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                body = r.read()
+                self.assertEqual(r.status, 201, body)
+                self.assertEqual(len(json.loads(body)["events"]), 1, body)
+        finally:
+            conn.close()
+        self.assertEqual(self.srv.topics()[topic]["events"], 200)
+
+
 class ConnectionCapTest(ServerTestCase):
 
     def test_connection_over_the_cap_gets_503_with_retry_after(self):
