@@ -382,14 +382,20 @@ private:
         rest_ = sent > 0 ? bytes.substr(static_cast<std::size_t>(sent)) : std::move(bytes);
         return false;
       }
-      answering_ = false;
-      answered_at_ = std::chrono::steady_clock::now();
-      read_now = readable_;
+      read_now = answered_locked();
     }
     state_->request_done();
     if (read_now)
       net::post(stream_.get_executor(), [s = shared_from_this()] { s->next_request(); });
     return true;
+  }
+
+  /// The answer is out (out_mutex_ held): the idle time counts from now.
+  /// True when the next request's bytes came meanwhile, so it is read now.
+  bool answered_locked() {
+    answering_ = false;
+    answered_at_ = std::chrono::steady_clock::now();
+    return readable_;
   }
 
   /// On the loop: writes what answer_direct could not send.
@@ -402,9 +408,7 @@ private:
                        bool read_now = false;
                        {
                          std::lock_guard<std::mutex> guard{self->out_mutex_};
-                         self->answering_ = false;
-                         self->answered_at_ = std::chrono::steady_clock::now();
-                         read_now = self->readable_;
+                         read_now = self->answered_locked();
                        }
                        if (read_now)
                          self->next_request();
