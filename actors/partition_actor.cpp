@@ -1435,7 +1435,9 @@ void flush_replicated(partition_actor_t self) {
          std::make_shared<std::vector<job_ptr>>(std::move(st.batch)),
          std::make_shared<std::vector<persistence::append_result>>(std::move(*appended)),
          std::move(followed)});
-      answer_parked(st, false); // ships them, which syncs them here too
+      // Parked fetches take them now; once every in-sync follower has them,
+      // answer_for asks for this copy's sync.
+      answer_parked(st, false);
       if (syncs_alone(st))
         sync_leader(st);
       // Events already acknowledged (duplicates only) need no watermark.
