@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -305,20 +306,29 @@ private:
   //
   // Posting every answer to this connection's event loop woke its thread once
   // per request (and the post contended for the loop's mutex). Instead, while
-  // a request is handled, the loop waits for the socket to become readable
-  // (no read is underway, so no other operation touches the socket), and the
-  // answer is written with a non-blocking send on the answering thread, under
-  // out_mutex_, which close() takes too. When the next request's first bytes
-  // arrive, the loop reads it as before. An idle timer closes a connection
-  // that sends nothing for http.read_timeout after its answer, as the read of
-  // the next request did. An answer the socket does not take at once goes
-  // through the loop.
+  // a request is handled, the loop reads whatever bytes come next into the
+  // buffer without parsing them (no other operation touches the socket or the
+  // buffer meanwhile), and the answer is written with a non-blocking send on
+  // the answering thread, under out_mutex_, which close() takes too. Once the
+  // answer is out and bytes of the next request are in the buffer (they may
+  // have come with this request, pipelined), the loop parses it as before. A
+  // read rather than asio's wait for readability: asio re-arms epoll with an
+  // epoll_ctl for every wait, while a read after one that emptied the socket
+  // just waits for the edge. An idle timer closes a connection that sends
+  // nothing for http.read_timeout after its answer, as the read of the next
+  // request did. An answer the socket does not take at once goes through the
+  // loop.
 
   void await_next() {
-    stream_.socket().async_wait(
-      tcp::socket::wait_read,
-      [self = shared_from_this()](beast::error_code ec) { self->on_readable(ec); });
     arm_idle(state_->opts.read_timeout);
+    if (buffer_.size() > 0) // the next request came with this one
+      return on_readable({});
+    auto space = buffer_.prepare(beast::read_size_or_throw(buffer_, 65536));
+    stream_.socket().async_read_some(
+      space, [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+        self->buffer_.commit(n);
+        self->on_readable(ec);
+      });
   }
 
   void arm_idle(std::chrono::steady_clock::duration after) {
@@ -344,14 +354,17 @@ private:
     });
   }
 
+  /// Bytes of the next request are in the buffer, or the read failed (EOF,
+  /// reset: said by the next request's read once the answer is out).
   void on_readable(beast::error_code ec) {
     if (ec == net::error::operation_aborted)
       return;
+    read_error_ = ec;
     {
       std::lock_guard<std::mutex> guard{out_mutex_};
       readable_ = true;
       if (answering_)
-        return; // a pipelined request: read once the answer is out
+        return; // read once the answer is out
     }
     next_request();
   }
@@ -360,6 +373,8 @@ private:
   void next_request() {
     idle_.cancel();
     head_ = false;
+    if (auto ec = std::exchange(read_error_, {}))
+      return on_error(ec);
     read_header();
   }
 
@@ -535,7 +550,8 @@ private:
   bool answering_ = false; ///< a direct answer is due; guarded by out_mutex_
   bool readable_ = false;  ///< the next request's bytes came; guarded by out_mutex_
   std::chrono::steady_clock::time_point answered_at_{}; ///< guarded by out_mutex_
-  std::string rest_; ///< what the socket did not take of a direct answer
+  std::string rest_;             ///< what the socket did not take of a direct answer
+  beast::error_code read_error_; ///< of the read after a direct request (the loop's)
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::optional<bhttp::request<bhttp::string_body>> upgrade_; ///< a WebSocket handshake

@@ -920,6 +920,28 @@ class LimitsTest(ServerTestCase):
         self.assertEqual(first[3].json()["event"]["id"], a)
         self.assertEqual(second[1].json()["event"]["id"], b)
 
+    def test_pipelined_requests_read_in_one_go_are_all_answered(self):
+        # Small requests in one write arrive in one read: every one after the
+        # first is already buffered when the first is answered (a server that
+        # then waits for the socket to become readable again waits forever).
+        topic = new_topic()
+        get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        posts = b"".join(
+            (f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\n"
+             f"Content-Length: {len(b)}\r\n\r\n").encode() + b
+            for b in (json.dumps({"data": n}).encode() for n in range(12)))
+        for data, n in ((get * 3, 3), (posts + get, 13)):
+            s = self.srv.connect()
+            try:
+                s.sendall(data)
+                answers = self.read_answers(s, n, timeout=3)
+            finally:
+                s.close()
+            self.assertEqual([r.status for r in answers][-1], 200)
+        self.assertEqual([r.status for r in answers[:12]], [201] * 12)
+        stored = [e["data"] for p in range(4) for e in self.srv.read_partition(topic, p)]
+        self.assertEqual(sorted(stored), list(range(12)))
+
     def test_connection_idle_after_an_answer_is_closed(self):
         s = self.srv.connect()
         try:
