@@ -184,14 +184,13 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
     }
   }
   const auto next = next_offset_ + records.size();
-  stage_head(next, batch);
   const bool new_epoch = epoch > last_epoch();
   if (new_epoch)
     batch.Put(log_.meta_, layout::epoch_key(topic_.id, partition_, epoch),
               u64_value(records.front().offset));
-  NERVE_ASSERT(batch.Count() == records.size() + indexed + runs + 1 + (new_epoch ? 1 : 0),
+  NERVE_ASSERT(batch.Count() == records.size() + indexed + runs + (new_epoch ? 1 : 0),
                "each applied record writes one record (two when its id needs by_id); the "
-               "batch adds a run per append time and the head");
+               "batch adds a run per append time");
   auto s = write(batch, false); // durable via after_durable(), as append()
   if (!s.ok()) {
     log_.note_write_error("apply: " + s.ToString(), s);
