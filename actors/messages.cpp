@@ -6,9 +6,9 @@
 #include <utility>
 
 #include <caf/binary_deserializer.hpp>
-#include <caf/binary_serializer.hpp>
 #include <caf/message.hpp>
 #include <caf/sec.hpp>
+#include <caf/serializer_impl.hpp>
 
 namespace nerve::actors {
 
@@ -133,14 +133,19 @@ void register_messages(caf::actor_system_config& cfg) {
 
 namespace {
 
+/// CAF's binary format written straight into the frame's string (the
+/// vector<char> of caf::binary_serializer had to be copied into one).
+using frame_serializer = caf::serializer_impl<std::string>;
+
 template <class... Ts>
 std::string encode_link(link_op op, Ts&... xs) {
-  std::vector<char> buf;
+  std::string buf;
+  buf.reserve(256);
   buf.push_back(static_cast<char>(op));
-  caf::binary_serializer sink{static_cast<caf::execution_unit*>(nullptr), buf};
+  frame_serializer sink{static_cast<caf::execution_unit*>(nullptr), buf};
   if (auto err = sink(xs...))
     throw std::logic_error("a link frame does not serialize");
-  return {buf.begin(), buf.end()};
+  return buf;
 }
 
 } // namespace
