@@ -2,7 +2,6 @@
 // SIGTERM/SIGINT/SIGHUP, then shuts down gracefully.
 #include <csignal>
 #include <iostream>
-#include <malloc.h>
 
 #include <spdlog/spdlog.h>
 
@@ -29,11 +28,9 @@ int run_server(const config::flag_overrides& flags) {
   sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
-  // History pages and batch answers are buffers of up to a few MiB, made and
-  // freed many times a second. glibc would map and unmap each one (a page
-  // fault per 4 KiB every time); kept in the heap they are reused.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  // The allocator is tcmalloc (runtime/CMakeLists.txt): history pages and
+  // batch answers, buffers of up to a few MiB made and freed many times a
+  // second, are reused from its page heap, not mapped and unmapped each time.
 
   auto cfg = config::load(flags);
   if (!cfg) {
