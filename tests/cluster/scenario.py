@@ -179,9 +179,10 @@ class Nodes:
 
 class Request:
     """One request as the scenario saw it, for the assertions beyond the checker."""
-    __slots__ = ("who", "node", "t0", "t1", "status", "detail", "partitions", "retry")
+    __slots__ = ("who", "node", "t0", "t1", "status", "detail", "partitions", "retry",
+                 "duplicate")
 
-    def __init__(self, who, node, t0, t1, status, detail, partitions, retry):
+    def __init__(self, who, node, t0, t1, status, detail, partitions, retry, duplicate=False):
         self.who = who  # "w1", "probe"
         self.node = node
         self.t0 = t0
@@ -190,6 +191,7 @@ class Request:
         self.detail = detail
         self.partitions = partitions  # frozenset of the partitions the events hash to
         self.retry = retry
+        self.duplicate = duplicate  # a 2xx whose every event was stored before (a retry)
 
     def __repr__(self):
         return (f"<{self.who} via {self.node} {self.status} partitions "
@@ -211,7 +213,7 @@ class Sender:
         """Returns (outcome, Request)."""
         t0, batch = self.history.begin()
         parts = frozenset(partition_of(e, self.partitions) for e in events)
-        status, detail = None, ""
+        status, detail, duplicate = None, "", False
         try:
             ans = self.nodes.publish(node_id, self.topic, events)
         except Refused as e:
@@ -226,9 +228,12 @@ class Sender:
                                                     body if ans.status < 300 else None,
                                                     node=node_id)
             status, detail = ans.status, "" if ans.status < 300 else ans.detail()
+            if ans.status < 300 and body.get("events"):
+                duplicate = all(e.get("duplicate") for e in body["events"])
             if ans.status == 503 and "retry-after" not in ans.headers:
                 detail = "NO Retry-After: " + detail
-        r = Request(who, node_id, t0, self.history.now(), status, detail, parts, retry)
+        r = Request(who, node_id, t0, self.history.now(), status, detail, parts, retry,
+                    duplicate)
         with self._lock:
             self.requests.append(r)
         return outcome, r
