@@ -170,9 +170,7 @@ rocksdb::Status partition_writer::write(rocksdb::WriteBatch& batch, bool sync) c
 }
 
 void partition_writer::stage_head(std::uint64_t next, rocksdb::WriteBatch& batch) const {
-  std::string value;
-  keys::put_u64(value, next);
-  batch.Put(log_.meta_, head_key(topic_.id, partition_), value);
+  log_.stage_head(topic_.id, partition_, next, batch);
 }
 
 std::optional<error> partition_writer::resolve(const std::vector<new_event>& events,
@@ -555,6 +553,13 @@ std::uint64_t event_log::recover_next_offset(std::uint32_t topic_id,
   return next;
 }
 
+void event_log::stage_head(std::uint32_t topic_id, std::uint32_t partition, std::uint64_t next,
+                           rocksdb::WriteBatch& batch) const {
+  std::string value;
+  keys::put_u64(value, next);
+  batch.Put(meta_, head_key(topic_id, partition), value);
+}
+
 tl::expected<topic_info, error> event_log::create_topic(const std::string& name,
                                                         std::uint32_t partitions,
                                                         std::optional<std::uint32_t> id) {
@@ -699,11 +704,8 @@ tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
   }
   if (!it->status().ok())
     return tl::make_unexpected(io_error("retention scan", it->status()));
-  for (auto& [where, head] : heads) {
-    std::string value;
-    keys::put_u64(value, head);
-    batch.Put(meta_, head_key(where.first, where.second), value);
-  }
+  for (auto& [where, head] : heads)
+    stage_head(where.first, where.second, head, batch);
   if (n > 0) {
     auto s = db_->Write(rocksdb::WriteOptions{}, &batch);
     if (!s.ok()) {

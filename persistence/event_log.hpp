@@ -251,7 +251,7 @@ private:
   [[nodiscard]] std::optional<error> fault_before_append() const;
   /// Writes `batch`, timed for options::observe_io.
   [[nodiscard]] rocksdb::Status write(rocksdb::WriteBatch& batch, bool sync) const;
-  /// Puts the partition's head `next` into `batch`.
+  /// Puts the partition's head `next` into `batch` (event_log::stage_head).
   void stage_head(std::uint64_t next, rocksdb::WriteBatch& batch) const;
   /// The append time of the stored event before next_offset(); 0 when it is
   /// gone (retention) or there is none.
@@ -435,6 +435,10 @@ private:
   [[nodiscard]] tl::expected<topic_info, error> add_topic(const topic_info& t);
   [[nodiscard]] std::uint64_t recover_next_offset(std::uint32_t topic_id,
                                                   std::uint32_t partition) const;
+  /// Puts a partition's head record, a floor of its next offset, into
+  /// `batch`: written by retention and truncation, not by appends.
+  void stage_head(std::uint32_t topic_id, std::uint32_t partition, std::uint64_t next,
+                  rocksdb::WriteBatch& batch) const;
   void note_error(const std::string& what);
   /// note_error() for a failed write; an I/O error also marks the WAL broken.
   void note_write_error(const std::string& what, const rocksdb::Status& s);
