@@ -127,6 +127,16 @@ raw_db raw_records(const std::string& path) {
   return out;
 }
 
+/// `records` without those whose key `skip` picks.
+template <class Skip>
+raw_db::mapped_type records_except(const raw_db::mapped_type& records, Skip skip) {
+  raw_db::mapped_type out;
+  for (const auto& record : records)
+    if (!skip(record.first))
+      out.push_back(record);
+  return out;
+}
+
 std::vector<std::tuple<std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t>>
 by_time(const event_log& log) {
   std::vector<std::tuple<std::int64_t, std::uint32_t, std::uint32_t, std::uint64_t>> out;
@@ -293,14 +303,8 @@ TEST_CASE("a follower that applies the leader's records stores the same bytes",
   auto fraw = raw_records(dir.sub("follower"));
   for (const char* family : {"events", "by_time", "by_id"})
     CHECK(fraw[family] == lraw[family]);
-  auto meta_of = [](const raw_db::mapped_type& records) {
-    raw_db::mapped_type out;
-    for (const auto& record : records)
-      if (record.first != "topic/local")
-        out.push_back(record);
-    return out;
-  };
-  CHECK(meta_of(fraw["meta"]) == lraw["meta"]);
+  auto own_topic = [](const std::string& key) { return key == "topic/local"; };
+  CHECK(records_except(fraw["meta"], own_topic) == lraw["meta"]);
   CHECK(lraw["meta"].size() == 3); // the format, the topic and one epoch (appends write no head)
 
   // A promoted follower appends after the records it applied.
@@ -609,14 +613,8 @@ TEST_CASE("a returning replica truncates to where its last epoch ends in the lea
     CHECK(a_raw[family] == b_raw[family]);
   // The meta records too, but for A's head: a floor of its own that the
   // truncation wrote where it cut (appends write none).
-  auto without_head = [](const raw_db::mapped_type& records) {
-    raw_db::mapped_type out;
-    for (const auto& record : records)
-      if (record.first.rfind("head/", 0) != 0)
-        out.push_back(record);
-    return out;
-  };
-  CHECK(without_head(a_raw["meta"]) == b_raw["meta"]);
+  auto head = [](const std::string& key) { return key.rfind("head/", 0) == 0; };
+  CHECK(records_except(a_raw["meta"], head) == b_raw["meta"]);
   CHECK(a_raw["meta"].size() == b_raw["meta"].size() + 1);
 }
 
