@@ -319,9 +319,9 @@ private:
   // loop.
 
   void await_next() {
-    arm_idle(state_->opts.read_timeout);
-    if (buffer_.size() > 0) // the next request came with this one
+    if (buffer_.size() > 0) // the next request came with this one: nothing to wait for
       return on_readable({});
+    arm_idle(state_->opts.read_timeout);
     auto space = buffer_.prepare(beast::read_size_or_throw(buffer_, 65536));
     stream_.socket().async_read_some(
       space, [self = shared_from_this()](beast::error_code ec, std::size_t n) {
