@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <ctime>
 #include <iomanip>
 #include <iterator>
@@ -11,6 +12,9 @@
 #include <map>
 #include <optional>
 #include <sstream>
+
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
 
 #include "config/config.hpp"
 
@@ -305,7 +309,9 @@ public:
       return fail_json("the number " + s + " is out of range");
     return scalar(value_kind::number, nullptr);
   }
-  bool string(string_t& s) { return scalar(value_kind::string, &s); }
+  bool string(string_t& s) { return text_value(s); }
+  /// A string value (rapidjson's handler passes its bytes without a copy).
+  bool text_value(std::string_view s) { return scalar(value_kind::string, &s); }
   bool binary(binary_t&) { return scalar(value_kind::literal, nullptr); }
 
   bool start_object(std::size_t) { return open(true); }
@@ -313,7 +319,8 @@ public:
   bool end_object() { return close(value_kind::object); }
   bool end_array() { return close(value_kind::array); }
 
-  bool key(string_t& k) {
+  bool key(string_t& k) { return key_text(k); }
+  bool key_text(std::string_view k) {
     if (depth_ == event_depth_ && in_event_) {
       key_ = k;
       key_end_ = pos();
@@ -390,7 +397,7 @@ private:
     headers_.clear();
   }
 
-  bool scalar(value_kind kind, const std::string* str) {
+  bool scalar(value_kind kind, const std::string_view* str) {
     if (depth_ == 0) {
       top_ = top_kind::scalar;
       return true;
@@ -405,7 +412,8 @@ private:
       auto end = kind == value_kind::number ? number_end(begin, pos()) : pos();
       field(kind, str, begin, end);
     } else if (in_headers_ && depth_ == event_depth_ + 1) {
-      headers_[header_key_] = str != nullptr ? std::optional<std::string>{*str} : std::nullopt;
+      headers_[header_key_]
+        = str != nullptr ? std::optional<std::string>{std::string{*str}} : std::nullopt;
     }
     return true;
   }
@@ -475,7 +483,7 @@ private:
 
   /// Member key_ took a value: checked as the DOM checks it, the last value
   /// of a repeated member counting.
-  void field(value_kind kind, const std::string* str, std::size_t begin, std::size_t end) {
+  void field(value_kind kind, const std::string_view* str, std::size_t begin, std::size_t end) {
     if (!event_error_.empty())
       return; // an earlier event failed: only the JSON itself is checked on
     auto slot = slot_of(key_);
@@ -488,16 +496,17 @@ private:
     } else if (key_ == "headers") {
       bad = headers_problem(kind);
     } else {
-      bad = member_problem(key_, str, topic_);
+      std::string text{str != nullptr ? *str : std::string_view{}};
+      bad = member_problem(key_, str != nullptr ? &text : nullptr, topic_);
       if (!bad && str != nullptr) {
         if (key_ == "id")
-          item_.id = *str;
+          item_.id = std::move(text);
         else if (key_ == "key")
-          item_.key = *str;
+          item_.key = std::move(text);
         else if (key_ == "type")
-          item_.type = *str;
+          item_.type = std::move(text);
         else if (key_ == "source")
-          item_.source = *str;
+          item_.source = std::move(text);
       }
     }
     if (bad)
@@ -579,6 +588,58 @@ private:
   std::vector<publish_item> items_;
 };
 
+/// Whether `text` is all ASCII (then it needs no UTF-8 validation).
+bool ascii(std::string_view text) {
+  unsigned char any = 0;
+  for (char c : text)
+    any |= static_cast<unsigned char>(c);
+  return any < 0x80;
+}
+
+/// rapidjson's SAX calls, given to publish_sax with the position read so far.
+struct rapid_handler {
+  publish_sax& sax;
+  const char** seen;
+  const char* base;
+  rapidjson::MemoryStream& in;
+
+  void at() const { *seen = base + in.Tell(); }
+
+  /// A decoded string holding a UTF-16 surrogate: rapidjson encodes a lone
+  /// low surrogate escape (nlohmann refuses it) as the bytes ED B0..BF.
+  static bool surrogate(const char* s, rapidjson::SizeType n) {
+    for (const void* hit = std::memchr(s, '\xED', n); hit != nullptr;) {
+      auto i = static_cast<std::size_t>(static_cast<const char*>(hit) - s);
+      if (i + 1 < n && static_cast<unsigned char>(s[i + 1]) >= 0xA0)
+        return true;
+      hit = std::memchr(s + i + 1, '\xED', n - i - 1);
+    }
+    return false;
+  }
+
+  bool Null() { return at(), sax.null(); }
+  bool Bool(bool b) { return at(), sax.boolean(b); }
+  bool Int(int) { return number(); }
+  bool Uint(unsigned) { return number(); }
+  bool Int64(std::int64_t) { return number(); }
+  bool Uint64(std::uint64_t) { return number(); }
+  bool Double(double) { return number(); } // finite: rapidjson refuses a number too big
+  bool RawNumber(const char*, rapidjson::SizeType, bool) { return number(); }
+  bool String(const char* s, rapidjson::SizeType n, bool) {
+    return at(), !surrogate(s, n) && sax.text_value({s, n});
+  }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    return at(), !surrogate(s, n) && sax.key_text({s, n});
+  }
+  bool StartObject() { return at(), sax.start_object(0); }
+  bool EndObject(rapidjson::SizeType) { return at(), sax.end_object(); }
+  bool StartArray() { return at(), sax.start_array(0); }
+  bool EndArray(rapidjson::SizeType) { return at(), sax.end_array(); }
+
+private:
+  bool number() { return at(), sax.number_unsigned(0); }
+};
+
 } // namespace
 
 tl::expected<std::vector<publish_item>, body_error> events_from_text(std::string_view text,
@@ -588,6 +649,22 @@ tl::expected<std::vector<publish_item>, body_error> events_from_text(std::string
   if (auto nul = text.find('\0'); nul != std::string_view::npos)
     return tl::make_unexpected(body_error{true, "a NUL byte at offset " + std::to_string(nul)
                                                   + " (raw control characters are not JSON)"});
+  {
+    // rapidjson's reader validates a body several times faster than
+    // nlohmann's lexer (docs/architecture.md, "Why these libraries"). What it
+    // accepts, nlohmann accepts too (the JSONTestSuite test compares them);
+    // a body it refuses is parsed again below, for nlohmann's error text.
+    const char* seen = text.data();
+    publish_sax sax{text, &seen, topic, max_depth};
+    rapidjson::MemoryStream in{text.data(), text.size()};
+    rapid_handler handler{sax, &seen, text.data(), in};
+    rapidjson::Reader reader;
+    // ASCII needs no UTF-8 validation, which costs as much as the rest.
+    auto result = ascii(text) ? reader.Parse<rapidjson::kParseNoFlags>(in, handler)
+                              : reader.Parse<rapidjson::kParseValidateEncodingFlag>(in, handler);
+    if (!result.IsError())
+      return sax.finish(true, max_events);
+  }
   const char* seen = text.data();
   publish_sax sax{text, &seen, topic, max_depth};
   tracked_iterator first{text.data(), &seen};
