@@ -233,8 +233,8 @@ std::optional<error> partition_writer::resolve(const std::vector<new_event>& eve
       const auto offset = next_offset_++;
       results[i].status = append_status::appended;
       // Its place is its id; beyond what an id can say, a random one.
-      results[i].id
-        = located_uuid_v7(now, topic_.id, partition_, offset).value_or(new_uuid_v7(now));
+      auto located = located_uuid_v7(now, topic_.id, partition_, offset);
+      results[i].id = located ? std::move(*located) : new_uuid_v7(now);
       results[i].topic = topic_.name;
       results[i].where = {topic_.id, partition_, offset, now};
       continue;

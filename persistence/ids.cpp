@@ -17,10 +17,13 @@ std::mt19937_64& rng() {
   return gen;
 }
 
-void append_hex(std::string& out, std::uint64_t v, int digits) {
+/// Writes `digits` lowercase hex digits of `v` at `out` (no allocation: an id
+/// is made for every published event).
+char* put_hex(char* out, std::uint64_t v, int digits) {
   static constexpr char hex[] = "0123456789abcdef";
   for (int i = digits - 1; i >= 0; --i)
-    out.push_back(hex[(v >> (i * 4)) & 0xf]);
+    out[i] = hex[v & 0xf], v >>= 4;
+  return out + digits;
 }
 
 constexpr unsigned located_tag = 0xa;
@@ -31,18 +34,17 @@ using u128 = unsigned __int128;
 
 /// The UUID text of 48 time bits, version 7, 12 bits, variant 10, 62 bits.
 std::string uuid_v7_text(std::uint64_t ms, std::uint64_t rand_a, std::uint64_t rand_b) {
-  std::string s;
-  s.reserve(36);
-  append_hex(s, ms >> 16, 8);
-  s += '-';
-  append_hex(s, ms & 0xffff, 4);
-  s += '-';
-  append_hex(s, 0x7000 | (rand_a & 0x0fff), 4); // version 7
-  s += '-';
-  append_hex(s, 0x8000 | ((rand_b >> 48) & 0x3fff), 4); // variant 10
-  s += '-';
-  append_hex(s, rand_b & 0xffffffffffffULL, 12);
-  return s;
+  std::array<char, 36> s{};
+  char* at = put_hex(s.data(), ms >> 16, 8);
+  *at++ = '-';
+  at = put_hex(at, ms & 0xffff, 4);
+  *at++ = '-';
+  at = put_hex(at, 0x7000 | (rand_a & 0x0fff), 4); // version 7
+  *at++ = '-';
+  at = put_hex(at, 0x8000 | ((rand_b >> 48) & 0x3fff), 4); // variant 10
+  *at++ = '-';
+  put_hex(at, rand_b & 0xffffffffffffULL, 12);
+  return {s.data(), s.size()};
 }
 
 int hex_value(char c) {
@@ -84,17 +86,21 @@ std::optional<id_location> locate_id(std::string_view id) {
   if (id.size() != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-'
       || id[14] != '7')
     return std::nullopt;
-  u128 all = 0;
+  // The 32 digits as two 64-bit halves (a 128-bit shift per digit cost
+  // more than the rest of the lookup).
+  std::uint64_t half[2] = {0, 0};
+  std::size_t digit = 0;
   for (std::size_t i = 0; i < id.size(); ++i) {
     if (i == 8 || i == 13 || i == 18 || i == 23)
       continue;
     auto v = hex_value(id[i]);
     if (v < 0)
       return std::nullopt;
-    all = (all << 4) | static_cast<unsigned>(v);
+    auto& h = half[digit++ / 16];
+    h = (h << 4) | static_cast<unsigned>(v);
   }
-  auto hi = static_cast<std::uint64_t>(all >> 64);
-  auto lo = static_cast<std::uint64_t>(all);
+  auto hi = half[0];
+  auto lo = half[1];
   if ((lo >> 62) != 0x2) // variant 10
     return std::nullopt;
   u128 bits = (u128{hi & 0xfff} << 62) | (lo & 0x3fffffffffffffffULL);
@@ -116,17 +122,15 @@ std::string new_trace_id() {
     hi = rng()();
     lo = rng()();
   }
-  std::string s;
-  s.reserve(32);
-  append_hex(s, hi, 16);
-  append_hex(s, lo, 16);
-  return s;
+  std::array<char, 32> s{};
+  put_hex(put_hex(s.data(), hi, 16), lo, 16);
+  return {s.data(), s.size()};
 }
 
 std::string new_node_id() {
-  std::string s = "node-";
-  append_hex(s, rng()() & 0xffffffffffffULL, 12);
-  return s;
+  std::array<char, 12> s{};
+  put_hex(s.data(), rng()() & 0xffffffffffffULL, 12);
+  return "node-" + std::string{s.data(), s.size()};
 }
 
 } // namespace nerve::persistence
