@@ -13,6 +13,9 @@
 #include <optional>
 #include <sstream>
 
+#if defined(__SSE2__) && !defined(RAPIDJSON_SSE2)
+#  define RAPIDJSON_SSE2 // part of x86-64: rapidjson scans strings 16 bytes at a time
+#endif
 #include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
 
@@ -597,13 +600,49 @@ bool ascii(std::string_view text) {
 }
 
 /// rapidjson's SAX calls, given to publish_sax with the position read so far.
+/// A StringStream is copied while rapidjson reads a string or a number, and
+/// the original moves past it only after the call: the position is then the
+/// value's first byte, and its end is found here where publish_sax uses it
+/// (an event's own members: depth 1, or 2 in an array of events).
+template <class Stream>
 struct rapid_handler {
   publish_sax& sax;
   const char** seen;
-  const char* base;
-  rapidjson::MemoryStream& in;
+  std::string_view text;
+  Stream& in;
+  std::size_t depth = 0;
 
-  void at() const { *seen = base + in.Tell(); }
+  static constexpr bool copied = rapidjson::StreamTraits<Stream>::copyOptimization != 0;
+
+  void at() const { *seen = text.data() + in.Tell(); }
+
+  /// The position after the string (`string`) or number read last.
+  void after_token(bool string) {
+    auto i = in.Tell();
+    if (copied && depth <= 2)
+      i = string ? string_end(i) : number_end(i);
+    *seen = text.data() + i;
+  }
+
+  /// Past the closing quote of the (valid) string whose opening quote is at
+  /// `i`: the first quote not escaped by an odd number of backslashes.
+  [[nodiscard]] std::size_t string_end(std::size_t i) const {
+    for (auto j = text.find('"', i + 1); j != std::string_view::npos; j = text.find('"', j + 1)) {
+      std::size_t slashes = 0;
+      while (text[j - 1 - slashes] == '\\')
+        ++slashes;
+      if (slashes % 2 == 0)
+        return j + 1;
+    }
+    return text.size();
+  }
+
+  [[nodiscard]] std::size_t number_end(std::size_t i) const {
+    while (i < text.size()
+           && std::string_view{"0123456789+-.eE"}.find(text[i]) != std::string_view::npos)
+      ++i;
+    return i;
+  }
 
   /// A decoded string holding a UTF-16 surrogate: rapidjson encodes a lone
   /// low surrogate escape (nlohmann refuses it) as the bytes ED B0..BF.
@@ -626,23 +665,25 @@ struct rapid_handler {
   bool Double(double) { return number(); } // finite: rapidjson refuses a number too big
   bool RawNumber(const char*, rapidjson::SizeType, bool) { return number(); }
   bool String(const char* s, rapidjson::SizeType n, bool) {
-    return at(), !surrogate(s, n) && sax.text_value({s, n});
+    after_token(true);
+    return !surrogate(s, n) && sax.text_value({s, n});
   }
   bool Key(const char* s, rapidjson::SizeType n, bool) {
-    return at(), !surrogate(s, n) && sax.key_text({s, n});
+    after_token(true);
+    return !surrogate(s, n) && sax.key_text({s, n});
   }
-  bool StartObject() { return at(), sax.start_object(0); }
-  bool EndObject(rapidjson::SizeType) { return at(), sax.end_object(); }
-  bool StartArray() { return at(), sax.start_array(0); }
-  bool EndArray(rapidjson::SizeType) { return at(), sax.end_array(); }
+  bool StartObject() { return ++depth, at(), sax.start_object(0); }
+  bool EndObject(rapidjson::SizeType) { return --depth, at(), sax.end_object(); }
+  bool StartArray() { return ++depth, at(), sax.start_array(0); }
+  bool EndArray(rapidjson::SizeType) { return --depth, at(), sax.end_array(); }
 
 private:
-  bool number() { return at(), sax.number_unsigned(0); }
+  bool number() { return after_token(false), sax.number_unsigned(0); }
 };
 
 } // namespace
 
-tl::expected<std::vector<publish_item>, body_error> events_from_text(std::string_view text,
+tl::expected<std::vector<publish_item>, body_error> events_from_text(const std::string& text,
                                                                      const std::string& topic,
                                                                      std::size_t max_events,
                                                                      std::size_t max_depth) {
@@ -656,12 +697,19 @@ tl::expected<std::vector<publish_item>, body_error> events_from_text(std::string
     // a body it refuses is parsed again below, for nlohmann's error text.
     const char* seen = text.data();
     publish_sax sax{text, &seen, topic, max_depth};
-    rapidjson::MemoryStream in{text.data(), text.size()};
-    rapid_handler handler{sax, &seen, text.data(), in};
     rapidjson::Reader reader;
-    // ASCII needs no UTF-8 validation, which costs as much as the rest.
-    auto result = ascii(text) ? reader.Parse<rapidjson::kParseNoFlags>(in, handler)
-                              : reader.Parse<rapidjson::kParseValidateEncodingFlag>(in, handler);
+    rapidjson::ParseResult result;
+    if (ascii(text)) {
+      // No UTF-8 to validate (as costly as the rest): strings are scanned
+      // 16 bytes at a time. A StringStream ends at a NUL; text has none.
+      rapidjson::StringStream in{text.c_str()};
+      rapid_handler<rapidjson::StringStream> handler{sax, &seen, text, in};
+      result = reader.Parse<rapidjson::kParseNoFlags>(in, handler);
+    } else {
+      rapidjson::MemoryStream in{text.data(), text.size()};
+      rapid_handler<rapidjson::MemoryStream> handler{sax, &seen, text, in};
+      result = reader.Parse<rapidjson::kParseValidateEncodingFlag>(in, handler);
+    }
     if (!result.IsError())
       return sax.finish(true, max_events);
   }

@@ -52,7 +52,7 @@ struct body_error {
 /// has line breaks, the white space between its tokens goes, so that an
 /// event stays one line).
 [[nodiscard]] tl::expected<std::vector<publish_item>, body_error>
-events_from_text(std::string_view text, const std::string& topic, std::size_t max_events,
+events_from_text(const std::string& text, const std::string& topic, std::size_t max_events,
                  std::size_t max_depth = max_json_depth);
 
 /// A point in time as replays take it: RFC 3339 ("2026-11-22T10:00:00Z",

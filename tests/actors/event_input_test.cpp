@@ -161,6 +161,12 @@ TEST_CASE("publish bodies parsed in one pass answer as the DOM path does", "[uni
       R"({"data":-1e400})",
       R"({"data":[1,2,]})",
       R"({"data":01})",
+      // values whose ends the fast path finds itself (escaped quotes, backslashes)
+      R"({"type":"a\\","source":"b\\\"c\\\\","data":"x\\\"y\\"})",
+      R"({"data":"\\"})",
+      R"({ "data" : "\"" , "key" : "k\\" })",
+      R"([ {"data":-1.5E+3 } , {"data":"\"\\","id":"i"} ])",
+      R"({"data":{"a":"\""},"type":"t"})",
       // refused, each for the first reason the DOM path gives
       R"({})",
       R"({"data":1,"extra":2,"id":"has space"})",
