@@ -137,10 +137,12 @@ namespace {
 /// vector<char> of caf::binary_serializer had to be copied into one).
 using frame_serializer = caf::serializer_impl<std::string>;
 
+/// `bytes`: about what the frame takes (a fetch answer or a forward carries
+/// events; grown by appends, its string was reallocated several times).
 template <class... Ts>
-std::string encode_link(link_op op, Ts&... xs) {
+std::string encode_link(link_op op, std::size_t bytes, Ts&... xs) {
   std::string buf;
-  buf.reserve(256);
+  buf.reserve(bytes);
   buf.push_back(static_cast<char>(op));
   frame_serializer sink{static_cast<caf::execution_unit*>(nullptr), buf};
   if (auto err = sink(xs...))
@@ -151,23 +153,46 @@ std::string encode_link(link_op op, Ts&... xs) {
 } // namespace
 
 std::string link_fetch(const std::vector<fetch_item>& fetches) {
-  return encode_link(link_op::fetch, const_cast<std::vector<fetch_item>&>(fetches));
+  return encode_link(link_op::fetch, 64 + 64 * fetches.size(),
+                     const_cast<std::vector<fetch_item>&>(fetches));
 }
 
 std::string link_fetch_answer(const std::vector<fetch_answer_item>& answers) {
-  return encode_link(link_op::fetch_answer, const_cast<std::vector<fetch_answer_item>&>(answers));
+  std::size_t bytes = 64;
+  for (const auto& a : answers) {
+    bytes += 128;
+    for (const auto& chunk : a.response.chunks)
+      for (const auto& r : chunk.records)
+        bytes += r.id.size() + r.json.size() + 32;
+    for (const auto& op : a.response.state)
+      bytes += op.key.size() + op.value.size() + 16;
+  }
+  return encode_link(link_op::fetch_answer, bytes,
+                     const_cast<std::vector<fetch_answer_item>&>(answers));
 }
 
 std::string link_synced(const fetch_request& req) {
-  return encode_link(link_op::synced, const_cast<fetch_request&>(req));
+  return encode_link(link_op::synced, 128, const_cast<fetch_request&>(req));
 }
 
 std::string link_forward(const std::vector<forward_item>& items) {
-  return encode_link(link_op::forward, const_cast<std::vector<forward_item>&>(items));
+  std::size_t bytes = 64;
+  for (const auto& item : items) {
+    bytes += item.topic.size() + 32;
+    for (const auto& request : item.events)
+      for (const auto& e : request.events)
+        bytes
+          += e.id.size() + e.key.size() + e.fragment.size() + e.type.size() + e.source.size() + 32;
+  }
+  return encode_link(link_op::forward, bytes, const_cast<std::vector<forward_item>&>(items));
 }
 
 std::string link_forward_answer(const std::vector<forward_reply>& replies) {
-  return encode_link(link_op::forward_answer, const_cast<std::vector<forward_reply>&>(replies));
+  std::size_t bytes = 64;
+  for (const auto& reply : replies)
+    bytes += reply.detail.size() + 32 + 72 * reply.out.size();
+  return encode_link(link_op::forward_answer, bytes,
+                     const_cast<std::vector<forward_reply>&>(replies));
 }
 
 tl::expected<link_frame, std::string> read_link_frame(std::string_view frame) {

@@ -345,7 +345,12 @@ partition_writer::append(const std::vector<new_event>& events) {
     next_offset_ = first_offset; // offsets stay dense: none of them was written
     return tl::make_unexpected(*failed);
   }
-  rocksdb::WriteBatch batch;
+  // Sized up front: grown by appends, the batch was reallocated and copied
+  // several times per group commit.
+  std::size_t bytes = 64;
+  for (const auto& e : events)
+    bytes += e.fragment.size() + e.id.size() + e.key.size() + 256;
+  rocksdb::WriteBatch batch{bytes};
   const auto indexed = stage(events, now, results, batch);
 
   rocksdb::Status s;

@@ -157,7 +157,10 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
     time_us = r.time_us;
   }
 
-  rocksdb::WriteBatch batch;
+  std::size_t bytes = 64; // sized up front, as append() does
+  for (const auto& r : records)
+    bytes += r.json.size() + 64;
+  rocksdb::WriteBatch batch{bytes};
   std::string value;
   std::size_t indexed = 0;
   std::size_t runs = 0;
