@@ -51,6 +51,10 @@ double api_env::uptime_s() const {
 }
 
 std::string percent_decode(const std::string& s, bool& ok, bool query) {
+  if (s.find('%') == std::string::npos && (!query || s.find('+') == std::string::npos)) {
+    ok = true;
+    return s; // nothing to decode: every request's path segments
+  }
   std::string out;
   out.reserve(s.size());
   ok = true;
@@ -265,6 +269,7 @@ public:
   void operator()(request&& req, responder respond) {
     auto segments = split_path(req.path);
     std::vector<std::string> decoded;
+    decoded.reserve(segments.size());
     bool path_ok = true;
     for (auto& s : segments) {
       decoded.push_back(percent_decode(s, path_ok));
