@@ -593,10 +593,17 @@ private:
 
 /// Whether `text` is all ASCII (then it needs no UTF-8 validation).
 bool ascii(std::string_view text) {
-  unsigned char any = 0;
-  for (char c : text)
-    any |= static_cast<unsigned char>(c);
-  return any < 0x80;
+  // Eight bytes at a time (a byte at a time was ~4 instructions a byte).
+  std::uint64_t any = 0;
+  std::size_t i = 0;
+  for (; i + 8 <= text.size(); i += 8) {
+    std::uint64_t word = 0;
+    std::memcpy(&word, text.data() + i, 8);
+    any |= word;
+  }
+  for (; i < text.size(); ++i)
+    any |= static_cast<unsigned char>(text[i]);
+  return (any & 0x8080808080808080ULL) == 0;
 }
 
 /// rapidjson's SAX calls, given to publish_sax with the position read so far.
