@@ -402,22 +402,31 @@ private:
     return true;
   }
 
-  /// The answer's bytes, by Beast's serializer (not through an ostream:
-  /// its sentry and virtual writes cost more than the serializing).
-  static std::string serialize(bhttp::response<bhttp::string_body>& res) {
+  /// The answer's bytes as Beast's serializer writes a string body (the
+  /// start line, the fields in their order, a blank line, the body), from
+  /// the fields Beast holds: its serializer's buffer sequences cost ~3.5k
+  /// instructions an answer (callgrind), the text itself a few hundred.
+  static std::string serialize(const bhttp::response<bhttp::string_body>& res) {
+    auto reason = res.reason();
+    if (reason.empty())
+      reason = bhttp::obsolete_reason(res.result());
     std::string out;
     out.reserve(res.body().size() + 256);
-    bhttp::serializer<false, bhttp::string_body> sr{res};
-    beast::error_code ec;
-    while (!ec && !sr.is_done())
-      sr.next(ec, [&](beast::error_code&, const auto& buffers) {
-        std::size_t n = 0;
-        for (auto b : beast::buffers_range_ref(buffers)) {
-          out.append(static_cast<const char*>(b.data()), b.size());
-          n += b.size();
-        }
-        sr.consume(n);
-      });
+    out += res.version() == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+    out += std::to_string(res.result_int());
+    out += ' ';
+    out.append(reason.data(), reason.size());
+    out += "\r\n";
+    for (const auto& field : res) {
+      auto name = field.name_string();
+      auto value = field.value();
+      out.append(name.data(), name.size());
+      out += ": ";
+      out.append(value.data(), value.size());
+      out += "\r\n";
+    }
+    out += "\r\n";
+    out += res.body();
     return out;
   }
 
