@@ -11,6 +11,7 @@ import atexit
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -44,6 +45,36 @@ def _kill_leftovers():
 
 
 atexit.register(_kill_leftovers)
+
+
+def listen_ports(n, host="127.0.0.1"):
+    """`n` distinct TCP ports free on `host` now, for listeners that must be named before
+    they start (cluster members). Drawn below the kernel's ephemeral range: a port the
+    kernel hands out itself can go to another process's outgoing connection (a node
+    dialling members not yet up) between this check and the listener's bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low = max(1024, min(20000, ephemeral_low - 4000))
+    rng = random.Random()
+    ports = []
+    for _ in range(1000):
+        if len(ports) == n:
+            return ports
+        port = rng.randrange(low, ephemeral_low)
+        if port in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+    if len(ports) == n:
+        return ports
+    raise AssertionError(f"no {n} free ports on {host} in {low}-{ephemeral_low - 1}")
 
 
 def nerve_bin():

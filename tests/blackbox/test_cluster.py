@@ -7,30 +7,27 @@ the member list is the same on all three (CONTRACT.md section 9).
 import json
 import os
 import signal
-import socket
 import tempfile
 import time
 import unittest
 
 import websocket
 
-from harness import Server, ServerTestCase
+from harness import Server, ServerTestCase, listen_ports
 
 TOPIC = "orders"
 PARTITIONS = 4
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return listen_ports(1)[0]
 
 
 class ClusterTestCase(ServerTestCase):
     """Starts n1..n3 with one member list."""
 
     def start_cluster(self, n=3, config=None, configs=None):
-        ports = [free_port() for _ in range(n)]
+        ports = listen_ports(n)
         members = ",".join(f"n{i + 1}@127.0.0.1:{p}" for i, p in enumerate(ports))
         self.nodes = {}
         for i, port in enumerate(ports):
@@ -301,7 +298,7 @@ class ClusterReplayCancelTest(ClusterTestCase):
 class MemberListMismatchTest(ClusterTestCase):
 
     def test_a_node_with_another_member_list_is_refused(self):
-        ports = [free_port() for _ in range(3)]
+        ports = listen_ports(3)
         good = ",".join(f"n{i + 1}@127.0.0.1:{p}" for i, p in enumerate(ports))
         # n3 lists a fourth member: it would place partitions elsewhere.
         bad = good + f",n4@127.0.0.1:{free_port()}"

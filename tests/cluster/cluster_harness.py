@@ -23,28 +23,18 @@ two runs never share etcd keys), `replication_factor`, `min_insync`, `replica_la
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "blackbox"))
 
-from harness import Server, ServerTestCase, run_nerve  # noqa: E402
+from harness import Server, ServerTestCase, listen_ports, run_nerve  # noqa: E402
 
 
 def free_ports(n, host="127.0.0.1"):
-    """`n` distinct TCP ports free on `host` now: all bound at once, so none repeats."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """`n` distinct TCP ports free on `host` now (below the ephemeral range: harness.py)."""
+    return listen_ports(n, host)
 
 
 def members_flag(ports, host="127.0.0.1"):
