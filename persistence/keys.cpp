@@ -42,10 +42,8 @@ std::string partition_prefix(std::uint32_t topic_id, std::uint32_t partition) {
 }
 
 std::string event_key(std::uint32_t topic_id, std::uint32_t partition, std::uint64_t offset) {
-  std::string k;
-  k.reserve(16);
-  put_u32(k, topic_id);
-  put_u32(k, partition);
+  std::string k = partition_prefix(topic_id, partition);
+  k.reserve(16); // one allocation: the prefix alone fits the string's own buffer
   put_u64(k, offset);
   return k;
 }
