@@ -11,12 +11,20 @@
 // server, a measure of what the hardware allows. bench/replication runs it
 // as the "floor R=3" setup beside nerve and JetStream.
 //
+// With --partitions P (cluster only) the events are spread over P
+// partitions as nerve spreads keyless events (each node takes the next in
+// turn), partition p led by node p % 3 (nerve's default topic has its
+// leaders on different nodes): every node leads some partitions, follows
+// the others, and still keeps one file and one sync thread for all of them,
+// as nerve keeps one WAL. That is the floor of nerve's multi-partition row.
+//
 // With --nodes 1 it is the single-node floor (issue 14): a POST, or an XADD
 // over RESP (--resp PORT, parsed by hiredis' reader), is appended and
 // answered once its group's fdatasync returned. bench/publish runs it beside
 // nerve and Redis.
 //
 //   repl_floor --id I --http PORT --cluster P0,P1,P2 --data FILE [--prezero MIB]
+//              [--partitions P]
 //   repl_floor --nodes 1 --http PORT [--resp PORT] --data FILE [--prezero MIB]
 //
 // On SIGTERM it prints "events N" (the events in its file) and exits.
@@ -50,10 +58,11 @@
 namespace {
 
 constexpr int max_nodes = 3;
-constexpr std::uint8_t msg_forward = 1; // u64 token, event bytes
-constexpr std::uint8_t msg_answer = 2;  // u64 token, u64 offset
-constexpr std::uint8_t msg_records = 3; // (u32 length, bytes)*
-constexpr std::uint8_t msg_synced = 4;  // u64 events synced
+constexpr std::uint32_t max_partitions = 64;
+constexpr std::uint8_t msg_forward = 1; // u64 token, u32 partition, event bytes
+constexpr std::uint8_t msg_answer = 2;  // u64 token, u64 offset, u32 partition
+constexpr std::uint8_t msg_records = 3; // (u32 partition, u32 length, bytes)*
+constexpr std::uint8_t msg_synced = 4;  // u64 events synced, one per partition
 
 std::atomic<bool> stopping{false};
 
@@ -64,6 +73,14 @@ void die(const std::string& why) {
 
 void put64(std::string& s, std::uint64_t v) {
   s.append(reinterpret_cast<const char*>(&v), 8);
+}
+void put32(std::string& s, std::uint32_t v) {
+  s.append(reinterpret_cast<const char*>(&v), 4);
+}
+std::uint32_t get32(const char* p) {
+  std::uint32_t v = 0;
+  std::memcpy(&v, p, 4);
+  return v;
 }
 std::uint64_t get64(const char* p) {
   std::uint64_t v = 0;
@@ -84,14 +101,17 @@ int listen_on(int port) {
   return fd;
 }
 
-/// Group commit: the loop asks for "synced up to (bytes, events)", the
-/// thread fdatasyncs and reports the events now on disk through an eventfd.
+/// Group commit: the loop asks for "synced up to these ends" (events per
+/// partition), the thread fdatasyncs and reports the ends now on disk
+/// through an eventfd.
 struct syncer {
+  using ends = std::vector<std::uint64_t>;
   int file = -1;
   int wake = -1;
   std::mutex m;
   std::condition_variable cv;
-  std::uint64_t want_events = 0, done_events = 0;
+  ends want, done;
+  std::uint64_t want_seq = 0, done_seq = 0;
   std::thread t;
 
   void start() {
@@ -100,30 +120,31 @@ struct syncer {
       ::pthread_setname_np(::pthread_self(), "floor.sync");
       std::unique_lock<std::mutex> g{m};
       for (;;) {
-        cv.wait(g, [this] { return stopping || want_events > done_events; });
+        cv.wait(g, [this] { return stopping || want_seq > done_seq; });
         if (stopping)
           return;
-        auto target = want_events; // everything written before the ask
+        auto target = want; // everything written before the ask
+        auto seq = want_seq;
         g.unlock();
         if (::fdatasync(file) != 0)
           die("fdatasync");
         g.lock();
-        done_events = target;
+        done = std::move(target);
+        done_seq = seq;
         std::uint64_t one = 1;
         (void)::write(wake, &one, 8);
       }
     }};
   }
-  void ask(std::uint64_t events) {
+  void ask(const ends& written) {
     std::lock_guard<std::mutex> g{m};
-    if (events > want_events) {
-      want_events = events;
-      cv.notify_one();
-    }
+    want = written;
+    ++want_seq;
+    cv.notify_one();
   }
-  std::uint64_t synced() {
+  ends synced() {
     std::lock_guard<std::mutex> g{m};
-    return done_events;
+    return done;
   }
 };
 
@@ -139,9 +160,12 @@ struct conn {
 
 class floor_node {
 public:
-  floor_node(int nodes, int id, int http_port, int resp_port, std::vector<int> cluster,
-             const std::string& data, std::size_t prezero_mib)
-    : nodes_(nodes), id_(id), cluster_(std::move(cluster)) {
+  floor_node(int nodes, int id, std::uint32_t partitions, int http_port, int resp_port,
+             std::vector<int> cluster, const std::string& data, std::size_t prezero_mib)
+    : nodes_(nodes), id_(id), partitions_(partitions), cluster_(std::move(cluster)),
+      events_(partitions), waiting_(partitions) {
+    for (auto& s : synced_)
+      s.assign(partitions, 0);
     file_ = ::open(data.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (file_ < 0)
       die("open " + data);
@@ -190,10 +214,15 @@ public:
       }
       end_of_pass();
     }
-    return events_;
+    std::uint64_t all = 0;
+    for (auto n : events_)
+      all += n;
+    return all;
   }
 
 private:
+  int leader_of(std::uint32_t p) const { return static_cast<int>(p % nodes_); }
+
   void watch(int fd, std::uint32_t what) {
     epoll_event e{};
     e.events = what;
@@ -294,7 +323,7 @@ private:
         std::string event;
         for (std::size_t i = 3; i < r->elements; ++i)
           event.append(r->element[i]->str, r->element[i]->len);
-        append(std::move(event), -1, (c.gen << 20) | static_cast<std::uint64_t>(c.fd));
+        append(0, std::move(event), -1, (c.gen << 20) | static_cast<std::uint64_t>(c.fd));
       } else {
         c.out += "-ERR the floor takes XADD only\r\n";
         flush(c);
@@ -326,13 +355,15 @@ private:
       std::string event = c.in.substr(end + 4, length);
       c.in.erase(0, end + 4 + length);
       auto token = (c.gen << 20) | static_cast<std::uint64_t>(c.fd);
-      if (id_ == 0) {
-        append(std::move(event), -1, token);
+      auto p = static_cast<std::uint32_t>(next_++ % partitions_);
+      if (leader_of(p) == id_) {
+        append(p, std::move(event), -1, token);
       } else {
         std::string m;
         put64(m, token);
+        put32(m, p);
         m += event;
-        send(out_[0], msg_forward, m);
+        send(out_[leader_of(p)], msg_forward, m);
       }
     }
   }
@@ -351,37 +382,40 @@ private:
       auto type = static_cast<std::uint8_t>(c.in[at]);
       const char* p = c.in.data() + at + 5;
       if (type == msg_forward)
-        append(std::string{p + 8, len - 8}, c.peer, get64(p));
+        append(get32(p + 8), std::string{p + 12, len - 12}, c.peer, get64(p));
       else if (type == msg_answer)
-        answer(get64(p), get64(p + 8));
+        answer(get64(p), get64(p + 8), get32(p + 16));
       else if (type == msg_records)
         apply(p, len);
       else if (type == msg_synced)
-        synced_[c.peer] = std::max(synced_[c.peer], get64(p));
+        for (std::uint32_t q = 0; q < partitions_; ++q)
+          synced_[c.peer][q] = std::max(synced_[c.peer][q], get64(p + 8 * q));
       at += 5 + len;
     }
     c.in.erase(0, at);
   }
 
-  // Leader: the event takes the next offset; it is written, shipped and
-  // answered once below the least synced end (end_of_pass).
-  void append(std::string event, int origin, std::uint64_t token) {
-    auto offset = events_++;
-    std::uint32_t len = static_cast<std::uint32_t>(event.size());
-    wbuf_.append(reinterpret_cast<const char*>(&len), 4);
+  // Leader of `p`: the event takes p's next offset; it is written, shipped
+  // and answered once below p's least synced end (end_of_pass).
+  void append(std::uint32_t p, std::string event, int origin, std::uint64_t token) {
+    auto offset = events_[p]++;
+    auto at = wbuf_.size();
+    put32(wbuf_, p);
+    put32(wbuf_, static_cast<std::uint32_t>(event.size()));
     wbuf_ += event;
-    waiting_.push_back({offset, origin, token});
+    ship_.append(wbuf_, at, std::string::npos);
+    waiting_[p].push_back({offset, origin, token});
   }
 
   // Follower: the leader's records, appended as they are.
   void apply(const char* p, std::uint32_t len) {
     const char* end = p + len;
     while (p < end) {
-      std::uint32_t n = 0;
-      std::memcpy(&n, p, 4);
-      wbuf_.append(p, 4 + n);
-      p += 4 + n;
-      ++events_;
+      auto q = get32(p);
+      auto n = get32(p + 4);
+      wbuf_.append(p, 8 + n);
+      p += 8 + n;
+      ++events_[q];
     }
   }
 
@@ -389,13 +423,19 @@ private:
     std::uint64_t v = 0;
     (void)::read(sync_.wake, &v, 8);
     auto done = sync_.synced();
-    if (id_ == 0) {
-      synced_[0] = done;
-    } else {
-      std::string m;
-      put64(m, done);
-      send(out_[0], msg_synced, m);
-    }
+    if (done.empty())
+      return;
+    synced_[id_] = done;
+    std::string m;
+    for (auto end : done)
+      put64(m, end);
+    for (int j = 0; j < nodes_; ++j)
+      if (j != id_ && leads_any(j))
+        send(out_[j], msg_synced, m);
+  }
+
+  bool leads_any(int node) const {
+    return static_cast<std::uint32_t>(node) < std::min<std::uint32_t>(partitions_, nodes_);
   }
 
   /// What this pass of the loop wrote goes to the file (and, on the leader,
@@ -406,38 +446,45 @@ private:
           != static_cast<ssize_t>(wbuf_.size()))
         die("pwrite");
       pos_ += wbuf_.size();
-      if (id_ == 0)
-        for (int j = 1; j < nodes_; ++j)
-          send(out_[j], msg_records, wbuf_);
+      if (!ship_.empty())
+        for (int j = 0; j < nodes_; ++j)
+          if (j != id_)
+            send(out_[j], msg_records, ship_);
       wbuf_.clear();
+      ship_.clear();
       sync_.ask(events_);
     }
-    if (id_ != 0)
-      return;
-    auto hw = synced_[0];
-    for (int j = 1; j < nodes_; ++j)
-      hw = std::min(hw, synced_[j]);
-    while (!waiting_.empty() && waiting_.front().offset < hw) {
-      auto w = waiting_.front();
-      waiting_.pop_front();
-      if (w.origin < 0) {
-        answer(w.token, w.offset);
-      } else {
-        std::string m;
-        put64(m, w.token);
-        put64(m, w.offset);
-        send(out_[w.origin], msg_answer, m);
+    for (std::uint32_t p = 0; p < partitions_; ++p) {
+      if (leader_of(p) != id_)
+        continue;
+      auto hw = synced_[0][p];
+      for (int j = 1; j < nodes_; ++j)
+        hw = std::min(hw, synced_[j][p]);
+      auto& queue = waiting_[p];
+      while (!queue.empty() && queue.front().offset < hw) {
+        auto w = queue.front();
+        queue.pop_front();
+        if (w.origin < 0) {
+          answer(w.token, w.offset, p);
+        } else {
+          std::string m;
+          put64(m, w.token);
+          put64(m, w.offset);
+          put32(m, p);
+          send(out_[w.origin], msg_answer, m);
+        }
       }
     }
   }
 
-  void answer(std::uint64_t token, std::uint64_t offset) {
+  void answer(std::uint64_t token, std::uint64_t offset, std::uint32_t partition) {
     int fd = static_cast<int>(token & 0xFFFFF);
     auto it = conns_.find(fd);
     if (it == conns_.end() || it->second.gen != token >> 20)
       return;
     auto body = R"({"events":[{"id":"floor-)" + std::to_string(offset) + R"(","topic":")" + topic_
-                + R"(","partition":0,"offset":)" + std::to_string(offset)
+                + R"(","partition":)" + std::to_string(partition) + R"(,"offset":)"
+                + std::to_string(offset)
                 + R"(,"time":"2026-12-03T00:00:00.000000Z","duplicate":false}]})";
     auto& c = it->second;
     if (c.resp != nullptr) { // a stream entry id, as Redis answers XADD
@@ -486,21 +533,24 @@ private:
 
   int nodes_;
   int id_;
+  std::uint32_t partitions_;
   std::vector<int> cluster_;
   int file_ = -1, ep_ = -1, http_ = -1, link_ = -1, resp_ = -1;
   syncer sync_;
   std::unordered_map<int, conn> conns_;
   std::array<int, max_nodes> out_{-1, -1, -1};
-  std::array<std::uint64_t, max_nodes> synced_{0, 0, 0};
-  std::deque<waiting> waiting_;
-  std::string wbuf_, topic_;
-  std::uint64_t events_ = 0, pos_ = 0, gen_ = 0;
+  std::vector<std::uint64_t> events_;                        ///< records per partition here
+  std::array<std::vector<std::uint64_t>, max_nodes> synced_; ///< per node, per partition
+  std::vector<std::deque<waiting>> waiting_;                 ///< per partition led here
+  std::string wbuf_, ship_, topic_; ///< this pass's file bytes; its own records
+  std::uint64_t pos_ = 0, gen_ = 0, next_ = 0;
 };
 
 } // namespace
 
 int main(int argc, char** argv) {
   int nodes = max_nodes, id = -1, http = 0, resp = 0;
+  std::uint32_t partitions = 1;
   std::size_t prezero = 0;
   std::vector<int> cluster;
   std::string data;
@@ -516,6 +566,8 @@ int main(int argc, char** argv) {
       http = std::stoi(v);
     else if (k == "--data")
       data = v;
+    else if (k == "--partitions")
+      partitions = static_cast<std::uint32_t>(std::stoul(v));
     else if (k == "--prezero")
       prezero = std::stoul(v);
     else if (k == "--cluster")
@@ -528,17 +580,18 @@ int main(int argc, char** argv) {
   if (nodes == 1 && id < 0)
     id = 0;
   bool ok = (nodes == 1 || (nodes == max_nodes && cluster.size() == max_nodes && resp == 0))
-            && id >= 0 && id < nodes && http > 0 && !data.empty();
+            && id >= 0 && id < nodes && http > 0 && !data.empty() && partitions >= 1
+            && partitions <= max_partitions && (nodes > 1 || partitions == 1);
   if (!ok) {
     std::fprintf(stderr, "usage: repl_floor --id 0|1|2 --http PORT --cluster P0,P1,P2 --data FILE "
-                         "[--prezero MIB]\n"
+                         "[--prezero MIB] [--partitions P]\n"
                          "       repl_floor --nodes 1 --http PORT [--resp PORT] --data FILE "
                          "[--prezero MIB]\n");
     return 2;
   }
   std::signal(SIGTERM, [](int) { stopping = true; });
   std::signal(SIGINT, [](int) { stopping = true; });
-  floor_node node{nodes, id, http, resp, cluster, data, prezero};
+  floor_node node{nodes, id, partitions, http, resp, cluster, data, prezero};
   std::fprintf(stderr, "repl_floor: node %d ready on http %d\n", id, http);
   auto n = node.run();
   std::printf("events %llu\n", static_cast<unsigned long long>(n));
