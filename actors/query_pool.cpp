@@ -4,6 +4,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include "persistence/event_log.hpp"
+
 namespace nerve::actors::detail {
 
 struct query_pool::impl {
@@ -21,7 +23,10 @@ query_pool::~query_pool() {
 void query_pool::post(std::function<void()> job) {
   std::lock_guard<std::mutex> guard{mutex_};
   if (!closed_)
-    boost::asio::post(impl_->pool, std::move(job));
+    boost::asio::post(impl_->pool, [job = std::move(job)] {
+      persistence::quiet_perf_counters(); // the pool's reads (histories, replays, DLQ pages)
+      job();
+    });
 }
 
 void query_pool::close() {

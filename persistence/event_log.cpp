@@ -86,6 +86,11 @@ std::int64_t system_clock_us() {
     .count();
 }
 
+void quiet_perf_counters() {
+  thread_local const bool quiet = (rocksdb::SetPerfLevel(rocksdb::PerfLevel::kDisable), true);
+  (void)quiet;
+}
+
 std::string format_time_us(std::int64_t time_us) {
   // The date and time of day change once a second; formatting them is the
   // costly part, so each thread keeps the last second's text.
@@ -161,10 +166,7 @@ std::optional<error> partition_writer::fault_before_append() const {
 }
 
 rocksdb::Status partition_writer::write(rocksdb::WriteBatch& batch, bool sync) const {
-  // RocksDB counts every key comparison in a thread-local perf context unless
-  // the thread says not to (nerve reads none of it): per writing thread, once.
-  thread_local const bool quiet = (rocksdb::SetPerfLevel(rocksdb::PerfLevel::kDisable), true);
-  (void)quiet;
+  quiet_perf_counters();
   rocksdb::WriteOptions wo;
   wo.sync = sync && !log_.wal_broken_.load(); // see event_log::wal_broken_
   auto started = std::chrono::steady_clock::now();

@@ -53,6 +53,13 @@ using clock_fn = std::function<std::int64_t()>;
 /// The wall clock in microseconds.
 std::int64_t system_clock_us();
 
+/// Turns RocksDB's perf counters off for the calling thread (once per
+/// thread; cheap after that). Its default level counts every key comparison
+/// and block read in a thread-local context, reached through
+/// `__tls_get_addr` since librocksdb is a shared library; nerve reads none
+/// of it. Called by every thread that writes or reads the log in bulk.
+void quiet_perf_counters();
+
 /// Disk operations whose durations are reported to `options::observe_io`.
 enum class io_op {
   write, ///< one group commit of events (a RocksDB WriteBatch)
