@@ -2,8 +2,9 @@
 //
 // Drives either nerve (POST /v1/topics/{topic}/events over keep-alive
 // HTTP/1.1) or redis-server (XADD stream * p <payload>) with the same model:
-// N client connections, each sending one event per request and waiting for
-// the answer before sending the next, all on ONE thread running one Asio
+// N client connections, each sending one event per request (or, with
+// --batch B, B events: one JSON array per POST, B pipelined XADDs per write)
+// and waiting for the answer(s) before sending the next, all on ONE thread running one Asio
 // event loop (the generator shares the machine's cores with the server, so
 // it must cost as little CPU as possible: no thread per connection, requests
 // pre-built once per connection, answers split by Beast's HTTP parser and only
@@ -39,18 +40,22 @@ struct options : common_options {
   static constexpr const char* description = "the closed-loop load generator of bench/publish";
   static constexpr std::size_t min_payload_bytes = 16;
   unsigned clients = 16;
+  unsigned batch = 1; ///< events per request
   unsigned verify_samples = 32;
 
   options() { prog = "publish_load"; }
 
   void add_own(CLI::App& app) {
     app.add_option("--clients", clients, "concurrent connections");
+    app.add_option("--batch", batch,
+                   "events per request: a JSON array of that many per POST (nerve), that "
+                   "many XADDs pipelined per write (redis)");
     app.add_option("--verify-samples", verify_samples, "events read back after the run");
   }
 
   void check_own() const {
-    if (clients == 0 || duration_s <= 0 || warmup_s < 0)
-      usage(*this, "--clients must be >= 1, --duration > 0, --warmup >= 0");
+    if (clients == 0 || duration_s <= 0 || warmup_s < 0 || batch == 0 || batch > 10000)
+      usage(*this, "--clients must be >= 1, --batch 1..10000, --duration > 0, --warmup >= 0");
   }
 };
 
@@ -103,11 +108,19 @@ private:
 
   void build_request() {
     auto& o = st_.opt;
-    if (o.target == "nerve")
-      request_ = http_request(o, "POST", "/v1/topics/" + o.name + "/events",
-                              "{\"data\":" + nerve_data(o.payload_bytes) + "}");
-    else
-      request_ = xadd_command(o, filler(o.payload_bytes));
+    auto event = "{\"data\":" + nerve_data(o.payload_bytes) + "}";
+    if (o.target == "nerve" && o.batch == 1) {
+      request_ = http_request(o, "POST", "/v1/topics/" + o.name + "/events", event);
+    } else if (o.target == "nerve") {
+      std::string body = "[";
+      for (unsigned i = 0; i < o.batch; ++i)
+        body += (i == 0 ? "" : ",") + event;
+      request_ = http_request(o, "POST", "/v1/topics/" + o.name + "/events", body + "]");
+    } else {
+      auto one = xadd_command(o, filler(o.payload_bytes));
+      for (unsigned i = 0; i < o.batch; ++i)
+        request_ += one;
+    }
   }
 
   void send_request() {
@@ -119,12 +132,15 @@ private:
     bool good = a.status == 201;
     if (good && a.body.rfind("{\"events\":[{", 0) != 0)
       good = false;
+    if (good && st_.opt.batch > 1 && ids_in(a.body) != st_.opt.batch)
+      good = false;
     if (good && should_sample())
       good = check_nerve_answer(a.body);
     if (!good)
       st_.note_error("HTTP " + std::to_string(a.status) + ": "
                      + std::string{a.body.substr(0, 300)});
-    answered(good);
+    for (unsigned i = 0; i < st_.opt.batch; ++i)
+      answered(good);
     if (a.close)
       return fail("the server closed the connection");
     next();
@@ -142,20 +158,37 @@ private:
         st_.sample_ids.emplace_back(reply_str(reply));
     }
     answered(good);
+    if (++replies_ < st_.opt.batch)
+      return true; // more replies of this write to come
+    replies_ = 0;
     next();
-    return false; // one request outstanding: its reply was the last
+    return false; // the last reply of the write
+  }
+
+  /// Events in a nerve answer: each has exactly one "id" member.
+  static unsigned ids_in(std::string_view body) {
+    unsigned n = 0;
+    for (auto at = body.find("\"id\":"); at != std::string_view::npos;
+         at = body.find("\"id\":", at + 5))
+      ++n;
+    return n;
   }
 
   /// The first answer of every connection, then about one in 1000.
   bool should_sample() { return answers_++ == 0 || (answers_ + index_) % 1000 == 0; }
 
   /// Full check of one answer: {"events":[{"id":..,"topic":..,"partition":..,
-  /// "offset":..,"time":..,"duplicate":false}]}.
+  /// "offset":..,"time":..,"duplicate":false}]} (with --batch, of its first event,
+  /// the others counted by on_http).
   bool check_nerve_answer(std::string_view body) {
     ++st_.sampled;
     auto& o = st_.opt;
     auto j = json::parse(body, nullptr, false);
-    const json* e = single_event(j);
+    const json* e = o.batch == 1 ? single_event(j)
+                    : j.is_object() && j.contains("events") && j["events"].is_array()
+                        && j["events"].size() == o.batch
+                      ? &j["events"][0]
+                      : nullptr;
     bool ok = e != nullptr;
     if (ok) {
       ok = e->value("id", json()).is_string() && !(*e)["id"].get<std::string>().empty()
@@ -197,6 +230,7 @@ private:
   std::string request_;
   clock_type::time_point sent_at_;
   std::uint64_t answers_ = 0;
+  unsigned replies_ = 0; ///< replies of the current write so far (redis)
 };
 
 // -- after the run: read back and count ----------------------------------------
@@ -339,16 +373,17 @@ int main(int argc, char** argv) {
     note = "the server holds " + (v.stored ? std::to_string(*v.stored) : std::string{"?"})
            + " events under " + o.name + ", " + std::to_string(st.ok_total) + " were acknowledged";
   std::string escaped = json_escape(note);
-  std::printf("{\"target\":\"%s\",\"clients\":%u,\"duration_s\":%.3f,\"warmup_s\":%.3f,"
-              "\"payload_bytes\":%zu,\"events_per_s\":%.1f,\"ok_in_window\":%" PRIu64
-              ",\"ok_total\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64
-              ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"client_cpu\":%.3f,\"sampled_answers\":%" PRIu64
-              ",\"read_back\":%" PRIu64 ",\"read_back_failed\":%" PRIu64
-              ",\"stored\":%s,\"verified\":%s,\"note\":\"%s\"}\n",
-              o.target.c_str(), o.clients, o.duration_s, o.warmup_s, o.payload_bytes, eps,
-              st.ok_window, st.ok_total, st.errors, st.io_errors, p50, p99, cpu, st.sampled,
-              v.checked, v.failed, v.stored ? std::to_string(*v.stored).c_str() : "null",
-              verified ? "true" : "false", escaped.c_str());
+  std::printf(
+    "{\"target\":\"%s\",\"clients\":%u,\"batch\":%u,\"duration_s\":%.3f,\"warmup_s\":%.3f,"
+    "\"payload_bytes\":%zu,\"events_per_s\":%.1f,\"ok_in_window\":%" PRIu64 ",\"ok_total\":%" PRIu64
+    ",\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64
+    ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"client_cpu\":%.3f,\"sampled_answers\":%" PRIu64
+    ",\"read_back\":%" PRIu64 ",\"read_back_failed\":%" PRIu64
+    ",\"stored\":%s,\"verified\":%s,\"note\":\"%s\"}\n",
+    o.target.c_str(), o.clients, o.batch, o.duration_s, o.warmup_s, o.payload_bytes, eps,
+    st.ok_window, st.ok_total, st.errors, st.io_errors, p50, p99, cpu, st.sampled, v.checked,
+    v.failed, v.stored ? std::to_string(*v.stored).c_str() : "null", verified ? "true" : "false",
+    escaped.c_str());
   std::fprintf(stderr,
                "publish_load %s clients=%u: %.0f events/s, p50 %.2f ms, p99 %.2f ms, client cpu "
                "%.0f%%, %s%s%s\n",
