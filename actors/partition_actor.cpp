@@ -591,11 +591,13 @@ void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
 std::optional<std::vector<persistence::append_result>> append_batch(partition_state& st) {
   if (st.ctx->hooks->before_append)
     st.ctx->hooks->before_append(st.route->info.name, st.partition);
+  // The event's text and id move into the write; the job keeps what the
+  // consumer groups read afterwards (key, type, source: cache_appended).
   std::vector<persistence::new_event> all;
   all.reserve(st.batch_events);
   for (auto& job : st.batch)
     for (auto& e : job->events)
-      all.push_back(e);
+      all.push_back({std::move(e.id), e.key, std::move(e.fragment), e.type, e.source, e.generated});
   auto appended = st.writer->append(all);
   if (!appended) {
     for (auto& job : st.batch)
