@@ -303,8 +303,6 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
   const std::string shared = ",\"topic\":\"" + topic_.name
                              + "\",\"partition\":" + std::to_string(partition_) + ",\"offset\":";
   const std::string time_text = ",\"time\":\"" + format_time_us(now) + '"';
-  std::string header; // the stored value's first bytes: the append time
-  keys::put_u64(header, static_cast<std::uint64_t>(now));
   std::size_t indexed = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto& r = results[i];
@@ -312,8 +310,7 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
       continue;
     auto& e = events[i];
     auto key = keys::event_key(topic_.id, partition_, r.where.offset);
-    // The event's text is built once, where the caller keeps it (r.json);
-    // the stored value is the header and that text, joined by the batch.
+    // The event's text is built once, where the caller keeps it (r.json).
     auto& json = r.json;
     json.clear();
     json.reserve(e.fragment.size() + e.key.size() + r.id.size() + shared.size() + time_text.size()
@@ -332,9 +329,7 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
       json += e.fragment;
     }
     json += '}';
-    const rocksdb::Slice key_part{key};
-    const rocksdb::Slice value_parts[] = {rocksdb::Slice{header}, rocksdb::Slice{json}};
-    batch.Put(log_.events_, rocksdb::SliceParts{&key_part, 1}, rocksdb::SliceParts{value_parts, 2});
+    detail::put_event(batch, log_.events_, key, now, json);
     if (!layout::located_at(r.id, topic_.id, partition_, r.where.offset)) {
       batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.where.offset, now));
       ++indexed;

@@ -11,6 +11,7 @@
 #include <rocksdb/db.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/status.h>
+#include <rocksdb/write_batch.h>
 
 #include "persistence/event_log.hpp"
 #include "persistence/keys.hpp"
@@ -47,6 +48,18 @@ template <class Fn>
       return rocksdb::Status::OK();
   }
   return it->status();
+}
+
+/// Stages an event's stored value under `key`: its append time
+/// (layout::value_header_bytes) and then its text, joined by the batch, so
+/// the text is not copied into a value string first.
+inline void put_event(rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* events,
+                      const std::string& key, std::int64_t time_us, const std::string& json) {
+  std::string header;
+  keys::put_u64(header, static_cast<std::uint64_t>(time_us));
+  const rocksdb::Slice key_part{key};
+  const rocksdb::Slice value_parts[] = {rocksdb::Slice{header}, rocksdb::Slice{json}};
+  batch.Put(events, rocksdb::SliceParts{&key_part, 1}, rocksdb::SliceParts{value_parts, 2});
 }
 
 } // namespace nerve::persistence::detail

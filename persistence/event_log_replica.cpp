@@ -161,7 +161,6 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
   for (const auto& r : records)
     bytes += r.json.size() + 64;
   rocksdb::WriteBatch batch{bytes};
-  std::string value;
   std::size_t indexed = 0;
   std::size_t runs = 0;
   // One by_time run per stretch of records with one append time; the first
@@ -169,10 +168,8 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
   auto run = open_run(records.front().time_us);
   for (std::size_t i = 0; i < records.size(); ++i) {
     const auto& r = records[i];
-    value.clear();
-    keys::put_u64(value, static_cast<std::uint64_t>(r.time_us));
-    value += r.json;
-    batch.Put(log_.events_, keys::event_key(topic_.id, partition_, r.offset), value);
+    detail::put_event(batch, log_.events_, keys::event_key(topic_.id, partition_, r.offset),
+                      r.time_us, r.json);
     if (!layout::located_at(r.id, topic_.id, partition_, r.offset)) {
       batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.offset, r.time_us));
       ++indexed;
