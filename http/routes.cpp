@@ -180,6 +180,7 @@ struct route {
   std::vector<std::string> pattern; ///< "{name}" matches one segment
   route_fn fn;
   metrics::route_series* series = nullptr;
+  cluster_fn cluster; ///< answers it across the members; empty: node-local
 };
 
 std::vector<std::string> split_path(std::string_view path) {
@@ -338,14 +339,16 @@ private:
       res.headers.emplace_back("WWW-Authenticate", "Bearer");
       return respond(std::move(res));
     }
-    if (cluster_route(env_, r.method, r.label, req, p, respond, local_))
-      return;
+    if (r.cluster && !req.local)
+      return r.cluster(req, p, respond, local_);
     r.fn(req, p, respond);
   }
 
   void add(std::string method, const std::string& path, route_fn fn) {
     auto& series = env_.stats.series(method, path);
-    routes_.push_back({std::move(method), path, split_path(path), std::move(fn), &series});
+    auto cluster = cluster_handler(env_, method, path);
+    routes_.push_back(
+      {std::move(method), path, split_path(path), std::move(fn), &series, std::move(cluster)});
   }
 
   /// A parameter does not match a segment that another route spells out at

@@ -769,67 +769,87 @@ json merge_partitions(const api_env& env, std::vector<std::pair<std::string, jso
   return mine;
 }
 
-bool cluster_route(const api_env& env, const std::string& method, const std::string& label,
-                   request& req, const params& p, responder& respond, const local_fn& local) {
-  if (req.local || !env.cfg.cluster.enabled()) // the config, not the report: per request
-    return false;
-  // Publishes, the hot route, go to the node, which forwards them (building
-  // the key below cost ~2k instructions a request).
-  if (method == "POST" && label == "/v1/topics/{topic}/events")
-    return false;
-  auto limit_of = [&req]() -> std::size_t {
-    std::map<std::string, std::string> q;
-    std::optional<std::uint64_t> limit;
-    if (parse_query(req.query, {"agent", "topic", "cursor", "limit"}, q)
-        || query_uint(q, "limit", 1000, limit, 1))
-      return 100;
-    return limit.value_or(100);
-  };
-  auto key = method + " " + label;
+cluster_fn cluster_handler(const api_env& env, const std::string& method,
+                           const std::string& label) {
+  if (!env.cfg.cluster.enabled()) // the configuration, not the report
+    return {};
+  const auto key = method + " " + label;
+  const api_env* e = &env;
   if (key == "GET /v1/topics")
-    merged(env, req, local, respond, [&env](auto& parts) { return merge_topics(env, parts); });
-  else if (key == "GET /v1/topics/{topic}/events")
-    read_events(env, req, p[0], local, respond);
-  else if (key == "GET /v1/events/{id}" || key == "GET /v1/dlq/{id}" || key == "DELETE /v1/dlq/{id}"
-           || key == "POST /v1/dlq/{id}/retry")
-    ask_until_found(env, req, local, respond);
-  else if (key == "GET /v1/agents")
-    merged(env, req, local, respond, [](auto& parts) { return merge_agents(parts); });
-  else if (key == "GET /v1/agents/{name}" || key == "POST /v1/agents/{name}/pause"
-           || key == "POST /v1/agents/{name}/resume")
-    merged(env, req, local, respond, [](auto& parts) {
-      json one;
-      for (auto& [node, body] : parts)
-        merge_agent(one, body, node);
-      return one;
-    });
-  else if (key == "GET /v1/metrics")
-    merged(env, req, local, respond, [](auto& parts) { return merge_metrics(parts); });
-  else if (key == "GET /v1/topics/{topic}/groups")
-    merged(env, req, local, respond,
-           [&env, topic = p[0]](auto& parts) { return merge_groups(env, topic, parts); });
-  else if (key == "GET /v1/dlq")
-    merged(env, req, local, respond,
-           [limit = limit_of()](auto& parts) { return merge_dlq(limit, parts); });
-  else if (key == "POST /v1/dlq/retry-all" || key == "POST /v1/dlq/purge")
-    merged(env, req, local, respond, [](auto& parts) { return merge_sums(parts, {}); });
-  else if (key == "POST /v1/replays")
-    create_replay(env, req, local, respond);
-  else if (key == "GET /v1/replays")
-    merged(env, req, local, respond, [](auto& parts) { return merge_replays(parts); });
-  else if (key == "GET /v1/replays/{id}" || key == "DELETE /v1/replays/{id}")
-    one_replay(env, req, local, respond);
-  else if (key == "GET /v1/replays/{id}/history")
-    replay_history(env, req, p[0], local, respond);
-  else if (key == "GET /v1/cluster/partitions" && env.cfg.cluster.replicated())
-    merged(env, req, local, respond, [&env](auto& parts) { return merge_partitions(env, parts); });
-  else if (key == "GET /v1/bus/stats")
-    merged(env, req, local, respond, [](auto& parts) {
-      return merge_sums(parts, {"topics", "partitions", "agents", "uptime_s"});
-    });
-  else
-    return false;
-  return true;
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      merged(*e, req, local, respond, [e](auto& parts) { return merge_topics(*e, parts); });
+    };
+  if (key == "GET /v1/topics/{topic}/events")
+    return [e](auto& req, auto& p, auto& respond, auto& local) {
+      read_events(*e, req, p[0], local, respond);
+    };
+  if (key == "GET /v1/events/{id}" || key == "GET /v1/dlq/{id}" || key == "DELETE /v1/dlq/{id}"
+      || key == "POST /v1/dlq/{id}/retry")
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      ask_until_found(*e, req, local, respond);
+    };
+  if (key == "GET /v1/agents")
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      merged(*e, req, local, respond, [](auto& parts) { return merge_agents(parts); });
+    };
+  if (key == "GET /v1/agents/{name}" || key == "POST /v1/agents/{name}/pause"
+      || key == "POST /v1/agents/{name}/resume")
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      merged(*e, req, local, respond, [](auto& parts) {
+        json one;
+        for (auto& [node, body] : parts)
+          merge_agent(one, body, node);
+        return one;
+      });
+    };
+  if (key == "GET /v1/metrics")
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      merged(*e, req, local, respond, [](auto& parts) { return merge_metrics(parts); });
+    };
+  if (key == "GET /v1/topics/{topic}/groups")
+    return [e](auto& req, auto& p, auto& respond, auto& local) {
+      merged(*e, req, local, respond,
+             [e, topic = p[0]](auto& parts) { return merge_groups(*e, topic, parts); });
+    };
+  if (key == "GET /v1/dlq")
+    return [e](request& req, auto&, auto& respond, auto& local) {
+      std::size_t limit = 100;
+      std::map<std::string, std::string> q;
+      std::optional<std::uint64_t> asked;
+      if (!parse_query(req.query, {"agent", "topic", "cursor", "limit"}, q)
+          && !query_uint(q, "limit", 1000, asked, 1))
+        limit = asked.value_or(100);
+      merged(*e, req, local, respond, [limit](auto& parts) { return merge_dlq(limit, parts); });
+    };
+  if (key == "POST /v1/dlq/retry-all" || key == "POST /v1/dlq/purge")
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      merged(*e, req, local, respond, [](auto& parts) { return merge_sums(parts, {}); });
+    };
+  if (key == "POST /v1/replays")
+    return
+      [e](auto& req, auto&, auto& respond, auto& local) { create_replay(*e, req, local, respond); };
+  if (key == "GET /v1/replays")
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      merged(*e, req, local, respond, [](auto& parts) { return merge_replays(parts); });
+    };
+  if (key == "GET /v1/replays/{id}" || key == "DELETE /v1/replays/{id}")
+    return
+      [e](auto& req, auto&, auto& respond, auto& local) { one_replay(*e, req, local, respond); };
+  if (key == "GET /v1/replays/{id}/history")
+    return [e](auto& req, auto& p, auto& respond, auto& local) {
+      replay_history(*e, req, p[0], local, respond);
+    };
+  if (key == "GET /v1/cluster/partitions" && env.cfg.cluster.replicated())
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      merged(*e, req, local, respond, [e](auto& parts) { return merge_partitions(*e, parts); });
+    };
+  if (key == "GET /v1/bus/stats")
+    return [e](auto& req, auto&, auto& respond, auto& local) {
+      merged(*e, req, local, respond, [](auto& parts) {
+        return merge_sums(parts, {"topics", "partitions", "agents", "uptime_s"});
+      });
+    };
+  return {}; // node-local: publishes (forwarded by the node), health, ...
 }
 
 } // namespace nerve::http

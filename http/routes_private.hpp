@@ -42,11 +42,16 @@ struct api_env {
 /// check: a peer asks, or the fan-out asks this node for its share).
 using local_fn = std::function<void(request, responder)>;
 
-/// In a cluster, answers a cluster-wide route (routes_cluster.cpp) by asking
-/// the members and merging; false when the route is node-local or this node
-/// runs alone.
-bool cluster_route(const api_env& env, const std::string& method, const std::string& label,
-                   request& req, const params& p, responder& respond, const local_fn& local);
+/// Answers a cluster-wide route's request by asking the members and merging.
+using cluster_fn
+  = std::function<void(request& req, const params& p, responder& respond, const local_fn& local)>;
+
+/// In a cluster, what answers route (method, label) across the members
+/// (routes_cluster.cpp); empty when the route is node-local or this node
+/// runs alone. Decided once per route, from the configuration (`env` must
+/// outlive the function). A request a member asks for its share
+/// (`req.local`) is never fanned out again: the caller checks that.
+cluster_fn cluster_handler(const api_env& env, const std::string& method, const std::string& label);
 
 // -- request and answer helpers (routes.cpp) ------------------------------------
 
