@@ -145,7 +145,7 @@ std::uint64_t bytes_of(const std::vector<Batch>& batches) {
   std::uint64_t n = 0;
   for (auto& b : batches)
     for (auto& e : b.events)
-      n += e.id.size() + e.key.size() + e.fragment.size() + e.type.size() + e.source.size() + 16;
+      n += text_bytes(e) + 16;
   return n;
 }
 

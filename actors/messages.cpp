@@ -181,8 +181,7 @@ std::string link_forward(const std::vector<forward_item>& items) {
     bytes += item.topic.size() + 32;
     for (const auto& request : item.events)
       for (const auto& e : request.events)
-        bytes
-          += e.id.size() + e.key.size() + e.fragment.size() + e.type.size() + e.source.size() + 32;
+        bytes += text_bytes(e) + 32;
   }
   return encode_link(link_op::forward, bytes, const_cast<std::vector<forward_item>&>(items));
 }

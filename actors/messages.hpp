@@ -141,6 +141,13 @@ typename Inspector::result_type inspect(Inspector& f, event_position& x) {
   return f(caf::meta::type_name("nerve.event_position"), x.topic_id, x.partition, x.offset);
 }
 
+/// The bytes of an event's own texts (a wire_event or a persistence::new_event,
+/// which carry the same fields): what sizes its frames and credits.
+template <class Event>
+std::size_t text_bytes(const Event& e) {
+  return e.id.size() + e.key.size() + e.fragment.size() + e.type.size() + e.source.size();
+}
+
 /// One event to append, validated by the node that took the request.
 struct wire_event {
   std::string id;       ///< never empty: generated where the request arrived
