@@ -190,16 +190,9 @@ void answer(instance_actor_t self, const std::string& id, bool ok, std::string r
 // must answer at once and never block (no I/O, no sleeps); slow work belongs
 // in a process or http agent.
 
-void run_builtin(instance_actor_t self, const delivery& d) {
-  auto& handler = self->state.agent->cfg.handler;
-  if (handler == "fail")
-    return answer(self, d.delivery_id, false, {}, {}, "the fail handler always fails");
-  if (handler == "echo") {
-    auto e = json::parse(d.event, nullptr, false);
-    auto data = e.is_object() && e.contains("data") ? e["data"] : json(nullptr);
-    return answer(self, d.delivery_id, true, data.dump(), {}, {});
-  }
-  answer(self, d.delivery_id, true, {}, {}, {}); // noop
+void answer_builtin(instance_actor_t self, const delivery& d) {
+  auto a = detail::run_builtin(self->state.agent->cfg.handler, d.event);
+  answer(self, d.delivery_id, a.ok, std::move(a.result), {}, std::move(a.error));
 }
 
 // -- process agents -----------------------------------------------------------
@@ -435,7 +428,7 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
            std::chrono::steady_clock::now()};
       const auto& d = f.d;
       if (st.agent->cfg.kind == config::agent_kind::builtin) {
-        run_builtin(self, d);
+        answer_builtin(self, d);
         return;
       }
       self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
@@ -496,6 +489,17 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
 }
 
 } // namespace
+
+builtin_answer run_builtin(const std::string& handler, const std::string& event) {
+  if (handler == "fail")
+    return {false, {}, "the fail handler always fails"};
+  if (handler == "echo") {
+    auto e = nlohmann::json::parse(event, nullptr, false);
+    auto data = e.is_object() && e.contains("data") ? e["data"] : nlohmann::json(nullptr);
+    return {true, data.dump(), {}};
+  }
+  return {}; // noop
+}
 
 caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr agent,
                           std::size_t i) {

@@ -79,6 +79,7 @@ using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using publish_atom = caf::atom_constant<caf::atom("publish")>;
 using flush_atom = caf::atom_constant<caf::atom("flush")>;
 using counters_atom = caf::atom_constant<caf::atom("counters")>;
+using commit_atom = caf::atom_constant<caf::atom("commit")>;
 using durable_atom = caf::atom_constant<caf::atom("durable")>;
 using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
 using outcome_atom = caf::atom_constant<caf::atom("outcome")>;
@@ -722,6 +723,8 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<flush_atom>,
   /// The held-back counter snapshot is due.
   caf::reacts_to<counters_atom>,
+  /// Delivery state held back for the next append is due.
+  caf::reacts_to<commit_atom>,
   /// Offsets below this are on disk.
   caf::reacts_to<durable_atom, std::uint64_t>, caf::reacts_to<outcome_atom, outcome>,
   /// The follow-ups of (group, offset, attempt) are published; result, error.

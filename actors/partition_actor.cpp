@@ -32,6 +32,9 @@ using json = nlohmann::json;
 constexpr std::size_t tail_cache_events = 4096;
 /// Counter snapshots are written at most this often.
 constexpr auto counters_every = std::chrono::seconds{1};
+/// How long progress (cursors, counters) waits for an append to carry it
+/// before it is written on its own.
+constexpr auto state_delay = std::chrono::milliseconds{5};
 
 struct group {
   agent_ptr agent;
@@ -49,6 +52,7 @@ struct partition_state {
   std::vector<job_ptr> batch;
   std::size_t batch_events = 0;
   bool flush_scheduled = false;
+  bool state_timer = false; ///< a commit_atom for held-back state is on its way
   std::deque<group_event> tail;
   std::uint64_t durable_end = 0; ///< offsets below are on disk: deliverable
   std::vector<group> groups;
@@ -57,6 +61,8 @@ struct partition_state {
   std::vector<persistence::dlq_change> dlq_notes;
   group_effects fx;              ///< what the engine last asked for
   std::vector<caf::actor> taken; ///< the instance of each credit in `fx.deliveries`
+  std::vector<outcome> answered; ///< builtin answers, handled by the next flush
+  std::vector<outcome> handling; ///< the answers flush() handles now
   std::chrono::steady_clock::time_point counters_written{};
   bool counters_due = false;   ///< a snapshot was held back by the once-a-second limit
   bool counters_timer = false; ///< a flush for it is scheduled
@@ -206,6 +212,16 @@ void tell_dlq(partition_state& st) {
 
 void ship_state(partition_state& st);
 
+/// Restarts the actor after delivery state it made was not written: memory
+/// runs ahead of the log, so it starts again from the log.
+void restart_for_state(partition_actor_t self, const persistence::error& e) {
+  auto& st = self->state;
+  spdlog::error("topic={} partition={}: {}; restarting", st.route->info.name, st.partition,
+                e.message);
+  st.dlq_notes.clear();
+  self->quit(caf::sec::runtime_error);
+}
+
 /// Commits the staged delivery state (shipped to the followers first when
 /// this node leads a replicated partition). On failure, memory runs ahead
 /// of the log: the actor quits to start again from the log.
@@ -214,10 +230,7 @@ bool commit_state(partition_actor_t self) {
   if (st.role && !st.state.empty())
     ship_state(st);
   if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
-    spdlog::error("topic={} partition={}: {}; restarting", st.route->info.name, st.partition,
-                  ok.error().message);
-    st.dlq_notes.clear();
-    self->quit(caf::sec::runtime_error);
+    restart_for_state(self, ok.error());
     return false;
   }
   tell_dlq(st);
@@ -259,11 +272,31 @@ void apply(partition_actor_t self, std::size_t gi) {
   auto& g = st.groups[gi];
   auto& fx = st.fx;
   NERVE_ASSERT(fx.deliveries.size() == st.taken.size(), "one credit per delivery");
+  bool inline_builtin = g.agent->cfg.kind == config::agent_kind::builtin;
   for (std::size_t k = 0; k < fx.deliveries.size(); ++k) {
-    auto offset = fx.deliveries[k].offset;
+    auto& d = fx.deliveries[k];
+    if (inline_builtin) {
+      // A builtin handler is a function call: it runs here, its answer is
+      // handled with the next flush, and the credit comes back at once (no
+      // message to the instance and back, no copy of the event).
+      auto a = run_builtin(g.agent->cfg.handler, *d.event);
+      outcome o;
+      o.group = static_cast<std::uint32_t>(gi);
+      o.instance = static_cast<std::uint32_t>(d.instance);
+      o.offset = d.offset;
+      o.attempt = d.attempt;
+      o.ok = a.ok;
+      o.result = std::move(a.result);
+      o.error = std::move(a.error);
+      st.answered.push_back(std::move(o));
+      g.agent->return_credit(d.instance);
+      continue;
+    }
     self->send(caf::actor_cast<instance_actor>(st.taken[k]), deliver_atom::value,
-               make_delivery(gi, std::move(fx.deliveries[k]), offset));
+               make_delivery(gi, std::move(d), d.offset));
   }
+  if (inline_builtin && !fx.deliveries.empty())
+    schedule_flush(self);
   st.taken.clear();
   change_writer write{st, g.agent->cfg.name};
   std::vector<dlq_handoff> dead;
@@ -587,8 +620,11 @@ void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
 }
 
 /// Appends the batch's events as one write; when that fails, answers its
-/// jobs with the error and returns nothing.
-std::optional<std::vector<persistence::append_result>> append_batch(partition_state& st) {
+/// jobs with the error and returns nothing. With `state_lost`, the staged
+/// delivery state goes into the same write (delivery_store::append_with_state
+/// says when it is lost).
+std::optional<std::vector<persistence::append_result>>
+append_batch(partition_state& st, std::optional<persistence::error>* state_lost = nullptr) {
   if (st.ctx->hooks->before_append)
     st.ctx->hooks->before_append(st.route->info.name, st.partition);
   // The event's text and id move into the write; the job keeps what the
@@ -598,7 +634,9 @@ std::optional<std::vector<persistence::append_result>> append_batch(partition_st
   for (auto& job : st.batch)
     for (auto& e : job->events)
       all.push_back({std::move(e.id), e.key, std::move(e.fragment), e.type, e.source, e.generated});
-  auto appended = st.writer->append(all);
+  auto appended = state_lost != nullptr
+                    ? st.ctx->store->append_with_state(*st.writer, all, st.state, *state_lost)
+                    : st.writer->append(all);
   if (!appended) {
     for (auto& job : st.batch)
       job->finish(tl::make_unexpected(appended.error()));
@@ -1450,44 +1488,67 @@ void flush_replicated(partition_actor_t self) {
   st.batch_events = 0;
 }
 
+/// Appends the batch of a partition that is not replicated, with the
+/// delivery state staged so far in the same write, and answers its
+/// publishers once it is durable. False when the actor restarts.
+bool append_local(partition_actor_t self) {
+  auto& st = self->state;
+  std::optional<persistence::error> state_lost;
+  if (auto appended = append_batch(st, &state_lost)) {
+    // Followers of the topic get the events once durable, like publishers.
+    auto followed = cache_appended(st, *appended, false);
+    // Publishers are answered, and agents see the events, once they are
+    // durable; meanwhile this partition goes on with its next batch.
+    auto jobs = std::make_shared<std::vector<job_ptr>>(std::move(st.batch));
+    auto results = std::make_shared<std::vector<persistence::append_result>>(std::move(*appended));
+    st.ctx->log->after_durable(
+      [jobs, results, me = caf::actor_cast<caf::actor>(self), slot = st.slot,
+       end = st.writer->next_offset(), followed, ctx = st.ctx,
+       topic = st.route->info.name](std::optional<persistence::error> failure) {
+        // Counted before the publishers hear of it, so metrics never lag a 201.
+        if (!failure)
+          raise_to(slot->durable_end, end);
+        if (failure)
+          for (auto& job : *jobs)
+            job->finish(tl::make_unexpected(*failure));
+        else
+          answer_jobs(*jobs, *results);
+        if (!failure)
+          caf::anon_send(me, durable_atom::value, end);
+        if (!failure && followed && !followed->empty())
+          ctx->tails.deliver(topic, *followed);
+      });
+  }
+  st.batch.clear();
+  st.batch_events = 0;
+  if (state_lost) {
+    restart_for_state(self, *state_lost);
+    return false;
+  }
+  return true;
+}
+
 void flush(partition_actor_t self) {
   auto& st = self->state;
   st.flush_scheduled = false;
   if (leads(st))
     note_drained(st); // the control plane pokes a draining leader with a flush
-  if (!st.batch.empty() && st.role) {
+  if (!st.batch.empty() && st.role)
     flush_replicated(self);
-  } else if (!st.batch.empty()) {
-    if (auto appended = append_batch(st)) {
-      // Followers of the topic get the events once durable, like publishers.
-      auto followed = cache_appended(st, *appended, false);
-      // Publishers are answered, and agents see the events, once they are
-      // durable; meanwhile this partition goes on with its next batch.
-      auto jobs = std::make_shared<std::vector<job_ptr>>(std::move(st.batch));
-      auto results
-        = std::make_shared<std::vector<persistence::append_result>>(std::move(*appended));
-      st.ctx->log->after_durable(
-        [jobs, results, me = caf::actor_cast<caf::actor>(self), slot = st.slot,
-         end = st.writer->next_offset(), followed, ctx = st.ctx,
-         topic = st.route->info.name](std::optional<persistence::error> failure) {
-          // Counted before the publishers hear of it, so metrics never lag a 201.
-          if (!failure)
-            raise_to(slot->durable_end, end);
-          if (failure)
-            for (auto& job : *jobs)
-              job->finish(tl::make_unexpected(*failure));
-          else
-            answer_jobs(*jobs, *results);
-          if (!failure)
-            caf::anon_send(me, durable_atom::value, end);
-          if (!failure && followed && !followed->empty())
-            ctx->tails.deliver(topic, *followed);
-        });
-    }
-    st.batch.clear();
-    st.batch_events = 0;
-  }
+  // Deliveries before this flush's appends (which are not durable yet, so
+  // nothing delivered here is among them): what they change, cursors and
+  // builtin acks, goes into the same write as the events.
   pump(self);
+  // Builtin answers are handled here, so an event's delivery and its ack
+  // share a flush and its commit; acks make room for the next deliveries.
+  // A few rounds at most: what is left waits for the flush apply() asked for.
+  for (int round = 0; round < 4 && !st.answered.empty(); ++round) {
+    st.handling.swap(st.answered);
+    for (auto& o : st.handling)
+      on_outcome(self, o);
+    st.handling.clear();
+    pump(self);
+  }
   for (auto& g : st.groups)
     if (auto cursor = g.engine->take_cursor())
       st.state.put_cursor(g.agent->cfg.name, st.route->info.id, st.partition, *cursor);
@@ -1504,7 +1565,23 @@ void flush(partition_actor_t self) {
       }
     }
   }
-  commit_state(self);
+  if (!st.role && !st.batch.empty() && !append_local(self))
+    return;
+  if (st.state.empty())
+    return tell_dlq(st);
+  if (!st.role && st.state.progress_only()) {
+    // Progress alone (cursors, counters) waits for the next append to carry
+    // it, at most state_delay: a write of its own per flush cost as much as
+    // the delivery itself. Unsynced, it was never safe from a power cut
+    // before the next sync; a kill -9 within the delay delivers those
+    // events again, as at-least-once allows.
+    if (!st.state_timer) {
+      st.state_timer = true;
+      self->delayed_send(self, state_delay, commit_atom::value);
+    }
+    return;
+  }
+  commit_state(self); // what no append carried
 }
 
 partition_actor::behavior_type partition_behavior(partition_actor_t self, node_context* ctx,
@@ -1561,6 +1638,12 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         schedule_flush(self); // after everything already in the mailbox: the group commit
     },
     [=](flush_atom) { flush(self); },
+    [=](commit_atom) { // the held-back delivery state is due
+      auto& st = self->state;
+      st.state_timer = false;
+      if (!st.state.empty())
+        commit_state(self);
+    },
     [=](counters_atom) { // the counters timer
       self->state.counters_timer = false;
       flush(self);
@@ -1706,6 +1789,8 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         return step_down(self, "the node is shutting down");
       write_counters(st, true);
       flush(self);
+      if (!st.state.empty())
+        commit_state(self);
       self->quit();
     },
   };

@@ -44,6 +44,17 @@ private:
 [[nodiscard]] delivery make_delivery(std::size_t group, outgoing_delivery&& out,
                                      std::uint64_t offset);
 
+/// What a builtin handler answers for one delivery of `event`.
+struct builtin_answer {
+  bool ok = true;
+  std::string result; ///< JSON text; empty: none
+  std::string error;
+};
+
+/// Runs builtin handler `handler` (noop, echo, fail) on `event`: a function
+/// call that never blocks, so partitions run it where they dispatch.
+[[nodiscard]] builtin_answer run_builtin(const std::string& handler, const std::string& event);
+
 /// Spawns the partition actor of `route`'s partition `p` as a monitored,
 /// detached child of `parent`.
 caf::actor spawn_partition(caf::local_actor* parent, node_context* ctx,

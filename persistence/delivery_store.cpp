@@ -237,6 +237,13 @@ bool state_batch::empty() const {
   return impl_->ops.empty();
 }
 
+bool state_batch::progress_only() const {
+  for (auto& op : impl_->ops)
+    if (op.del || (op.family != cursors_family && op.family != meta_family))
+      return false;
+  return true;
+}
+
 std::size_t state_batch::count() const {
   return impl_->ops.size();
 }
@@ -263,17 +270,17 @@ tl::expected<state_batch, error> state_batch::from_ops(std::vector<state_op> ops
   return batch;
 }
 
-tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) {
-  if (batch.empty())
-    return {};
-  if (log_.fails_at(fault_point::before_cursor_commit, batch.impl_->where)) {
-    batch.impl_->ops.clear();
-    log_.note_error("delivery state: injected fault");
-    return tl::make_unexpected(error{errc::io_error, "writing delivery state: injected fault"});
-  }
+bool delivery_store::fails(state_batch& batch) const {
+  if (!log_.fails_at(fault_point::before_cursor_commit, batch.impl_->where))
+    return false;
+  batch.impl_->ops.clear();
+  log_.note_error("delivery state: injected fault");
+  return true;
+}
+
+void delivery_store::stage(state_batch& batch, rocksdb::WriteBatch& wb) const {
   rocksdb::ColumnFamilyHandle* families[family_count]
     = {log_.cursors_, log_.pending_, log_.results_, log_.dlq_, log_.meta_};
-  rocksdb::WriteBatch wb;
   for (auto& op : batch.impl_->ops) {
     auto* cf = families[op.family];
     if (op.del)
@@ -281,15 +288,43 @@ tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) 
     else
       wb.Put(cf, op.key, op.value);
   }
+  batch.impl_->ops.clear();
+}
+
+tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) {
+  if (batch.empty())
+    return {};
+  if (fails(batch))
+    return tl::make_unexpected(error{errc::io_error, "writing delivery state: injected fault"});
+  rocksdb::WriteBatch wb;
+  stage(batch, wb);
   rocksdb::WriteOptions wo;
   wo.sync = sync && !log_.wal_broken_.load(); // see event_log::wal_broken_
   auto s = log_.db_->Write(wo, &wb);
-  batch.impl_->ops.clear();
   if (!s.ok()) {
     log_.note_write_error("delivery state: " + s.ToString(), s);
     return tl::make_unexpected(io("writing delivery state", s));
   }
   return {};
+}
+
+tl::expected<std::vector<append_result>, error>
+delivery_store::append_with_state(partition_writer& writer, const std::vector<new_event>& events,
+                                  state_batch& state, std::optional<error>& state_error) {
+  if (state.empty())
+    return writer.append(events);
+  if (fails(state)) {
+    state_error = error{errc::io_error, "writing delivery state: injected fault"};
+    return writer.append(events);
+  }
+  bool staged = false;
+  auto appended = writer.append(events, [&](rocksdb::WriteBatch& wb) {
+    stage(state, wb);
+    staged = true;
+  });
+  if (!appended && staged)
+    state_error = appended.error(); // lost with the events
+  return appended;
 }
 
 tl::expected<std::optional<std::uint64_t>, error>

@@ -94,6 +94,9 @@ public:
   void put_meta(const std::string& key, const std::string& value);
 
   [[nodiscard]] bool empty() const;
+  /// Whether the batch holds only cursor and meta (counter) puts: progress
+  /// a crash may lose without losing an event (it is delivered again).
+  [[nodiscard]] bool progress_only() const;
   [[nodiscard]] std::size_t count() const;
 
   /// The staged changes in order, byte for byte what commit() writes.
@@ -116,6 +119,16 @@ public:
 
   /// Writes the batch; synced when `sync`.
   [[nodiscard]] tl::expected<void, error> commit(state_batch& batch, bool sync);
+
+  /// `writer.append(events)` with `state`'s changes in the same write: one
+  /// write (and memtable batch) where a flush would make two. `state_error`
+  /// is set when the changes were not written and are gone (a failed write
+  /// that carried them, or a fault injected at before_cursor_commit):
+  /// memory is then ahead of the log. When the append fails before it
+  /// writes, the changes stay in `state` for the next commit.
+  [[nodiscard]] tl::expected<std::vector<append_result>, error>
+  append_with_state(partition_writer& writer, const std::vector<new_event>& events,
+                    state_batch& state, std::optional<error>& state_error);
 
   [[nodiscard]] tl::expected<std::optional<std::uint64_t>, error>
   cursor(const std::string& agent, std::uint32_t topic_id, std::uint32_t partition) const;
@@ -165,6 +178,11 @@ public:
                                           std::uint32_t partition, std::uint64_t offset);
 
 private:
+  /// Whether an injected fault fails the batch's commit (then it is cleared).
+  [[nodiscard]] bool fails(state_batch& batch) const;
+  /// Puts the batch's changes into `wb` and clears it.
+  void stage(state_batch& batch, rocksdb::WriteBatch& wb) const;
+
   event_log& log_;
 };
 

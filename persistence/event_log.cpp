@@ -340,6 +340,12 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
 
 tl::expected<std::vector<append_result>, error>
 partition_writer::append(const std::vector<new_event>& events) {
+  return append(events, {});
+}
+
+tl::expected<std::vector<append_result>, error>
+partition_writer::append(const std::vector<new_event>& events,
+                         const std::function<void(rocksdb::WriteBatch&)>& also) {
   if (auto fault = fault_before_append())
     return tl::make_unexpected(*fault);
   std::vector<append_result> results(events.size());
@@ -362,16 +368,19 @@ partition_writer::append(const std::vector<new_event>& events) {
   const auto indexed = stage(events, now, results, batch);
 
   rocksdb::Status s;
-  if (batch.Count() > 0) {
+  const auto records = batch.Count();
+  if (records > 0)
     // The batch's events share one append time: one by_time run says where
     // they are. No head record: the last event says where the log ends
     // (retention and truncation write the head, recover_next_offset).
     batch.Put(log_.by_time_, keys::time_key(now, topic_.id, partition_, run.first),
               layout::time_run_value(next_offset_ - 1, run.indexed || indexed > 0));
+  if (also)
+    also(batch);
+  if (batch.Count() > 0)
     // Not synced here: under fsync always the caller waits for
     // after_durable(), which shares one fsync among every partition's writes.
     s = write(batch, false);
-  }
   {
     std::lock_guard<std::mutex> guard{log_.ids_mutex_};
     for (auto& id : reserved)
@@ -387,7 +396,7 @@ partition_writer::append(const std::vector<new_event>& events) {
   // wrote one record (two when its id needs by_id); the batch also carries
   // the run.
   const auto appended = next_offset_ - first_offset;
-  NERVE_ASSERT(batch.Count() == (appended == 0 ? 0 : appended + indexed + 1),
+  NERVE_ASSERT(records == appended + indexed,
                "each appended event takes the next offset and writes one record");
   if (appended > 0) {
     last_time_us_ = now;

@@ -186,6 +186,11 @@ public:
   /// when this returns. Ids already stored come back as duplicates.
   [[nodiscard]] tl::expected<std::vector<append_result>, error>
   append(const std::vector<new_event>& events);
+  /// append(), with `also` adding its own records to the same write batch
+  /// (delivery_store::append_with_state): one write for both, all or nothing.
+  [[nodiscard]] tl::expected<std::vector<append_result>, error>
+  append(const std::vector<new_event>& events,
+         const std::function<void(rocksdb::WriteBatch&)>& also);
 
   [[nodiscard]] std::uint64_t next_offset() const { return next_offset_; }
 

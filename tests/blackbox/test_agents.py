@@ -1009,6 +1009,40 @@ class RestartTest(AgentTestCase):
         with open(log) as f:
             self.assertEqual(len(f.read().split()), 6)
 
+    def test_acked_progress_survives_kill_9_without_redelivery(self):
+        # Progress (the cursor) waits a few milliseconds for an append to
+        # carry it; with no publish after the acks it is written on its own,
+        # so a kill -9 a moment later delivers nothing again.
+        t = topic("progress")
+        srv = self.agent_server([], start=False)
+        # Acks without a result: a result would be written at once, and the
+        # cursors with it.
+        command, log = self.script_agent(srv, ORDERED_AGENT.replace(
+            ',\n                                 "result": ev["data"]}', '}'), "logger")
+        srv.write_config({"agents": [builtin("n", [t], "noop"), process("logger", [t], command)]})
+        srv.start()
+        pub = self.publish_ok(srv, t, [{"data": {"seq": i}, "key": f"k{i}"} for i in range(8)])
+        ids = [p["id"] for p in pub]
+        # The groups show the cursors in memory (an event's view reads the
+        # stored ones): wait until both have passed every event.
+        before = self.wait_for(
+            lambda: (lambda g: g if all(x["lag"] == 0 for x in g.values()) else None)(
+                {a: self.group(srv, t, a) for a in ("n", "logger")}),
+            15.0, "both agents acked every event")
+        time.sleep(0.2)
+        srv.kill()
+        srv.start()
+        time.sleep(0.5)  # room for a wrong redelivery to show
+        for agent, b in before.items():
+            g = self.group(srv, t, agent)
+            self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+            self.assertEqual([p["cursor"] for p in g["partitions"]],
+                             [p["cursor"] for p in b["partitions"]], g)
+        with open(log) as f:
+            self.assertEqual(sorted(f.read().split()), sorted(f"k{i},{i}" for i in range(8)))
+        for i in ids:
+            self.assertEqual(self.deliveries(srv, i)["n"]["state"], "acked")
+
     # BUG: after a restart GET /v1/topics/{t}/groups reports last_delivered_offset null
     # (group and partitions) although the cursors are restored: the value lives only in
     # an in-memory atomic (actors/runtime.hpp:96, set at actors/partition_actor.cpp:274)

@@ -73,8 +73,8 @@ std::ostream& operator<<(std::ostream& os, const cut_plan& p) {
 /// One publisher: publishes until power is cut or its share is done, and
 /// certifies acks. A cursor read before publish A to partition p is durable
 /// once A and a later publish B to p (sent after A's answer) both succeed:
-/// the partition commits delivery state at the end of the flush that wrote
-/// A, and B's flush comes after it, so B's sync covers that commit.
+/// the partition writes a cursor no later than with its next append (A's,
+/// whose sync covers it; the rule checked here, with B, is the looser one).
 void publish_until_cut(actors::node& n, test::faulty_fs& fs, test::acknowledged& acked,
                        std::uint64_t seed, int who, int cycle, int publishes) {
   std::mt19937_64 rng{seed * 31 + static_cast<std::uint64_t>(who)};
