@@ -187,6 +187,23 @@ public:
     queries_.groups(topic, std::move(done));
   }
 
+  std::optional<std::uint64_t> group_progress(const std::string& topic) const override {
+    auto route = ctx_.routes.find(topic);
+    if (!route)
+      return std::nullopt;
+    return route->progress.load(std::memory_order_acquire);
+  }
+
+  void when_groups_move(const std::string& topic, std::uint64_t index,
+                        std::chrono::milliseconds wait, std::function<void()> then) override {
+    auto route = ctx_.routes.find(topic);
+    if (!route)
+      return then();
+    ctx_.progress.add(
+      [route, index] { return route->progress.load(std::memory_order_acquire) != index; },
+      std::chrono::steady_clock::now() + wait, std::move(then));
+  }
+
   void dlq_list(const std::string& agent, const std::string& topic, const std::string& cursor,
                 std::size_t limit, callback<dlq_page> done) override {
     dlq_.list(agent, topic, cursor, limit, std::move(done));
@@ -397,7 +414,9 @@ public:
     if (control_)
       control_->stop();
     // Queries in progress finish and answer while the HTTP server is still
-    // there to send the answers; none starts after this.
+    // there to send the answers; none starts after this. Waiting group
+    // reads answer now.
+    ctx_.progress.stop();
     pool_.close();
     if (auto runner = sender_.runner()) {
       caf::scoped_actor self{system_};

@@ -400,6 +400,18 @@ public:
   /// Consumer groups on a topic.
   virtual void groups(const std::string& topic, callback<std::vector<group_view>> done) = 0;
 
+  /// How often the topic's consumer-group cursors moved since this node
+  /// started (read it before groups(): what they show is at least as new);
+  /// nothing when the topic does not exist.
+  [[nodiscard]] virtual std::optional<std::uint64_t>
+  group_progress(const std::string& topic) const = 0;
+
+  /// Calls `then` (on a thread of the node's) once group_progress(topic) is
+  /// no longer `index`, or after `wait`, or at shutdown.
+  virtual void when_groups_move(const std::string& topic, std::uint64_t index,
+                                std::chrono::milliseconds wait, std::function<void()> then)
+    = 0;
+
   virtual void dlq_list(const std::string& agent, const std::string& topic,
                         const std::string& cursor, std::size_t limit, callback<dlq_page> done)
     = 0;

@@ -24,6 +24,7 @@
 
 #include "actors/credit_pool.hpp"
 #include "actors/node.hpp"
+#include "actors/progress_waiters.hpp"
 #include "config/config.hpp"
 #include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
@@ -211,6 +212,9 @@ struct topic_route {
   persistence::topic_info info;
   std::vector<std::unique_ptr<partition_slot>> slots;
   std::atomic<std::uint64_t> round_robin{0};
+  /// Counts the moves of the topic's consumer-group cursors (this process's
+  /// life): the `index` of GET /v1/topics/{t}/groups.
+  std::atomic<std::uint64_t> progress{0};
 };
 
 struct routing {
@@ -292,6 +296,8 @@ struct node_context {
     return dlq;
   }
   tail_hub tails;
+  /// Requests waiting for a cursor to move (GET groups with wait_ms).
+  progress_waiters progress;
   /// Set when partitions are replicated (cluster.replication_factor > 1).
   std::shared_ptr<replication_hooks> replication;
   std::mutex replays_mutex;

@@ -240,13 +240,15 @@ bool commit_state(partition_actor_t self) {
 /// Stores `v` unless it is there already: the HTTP side reads these lines,
 /// so an unchanged value is not written again.
 template <class T, class U>
-void show(std::atomic<T>& a, U v) {
-  if (a.load(std::memory_order_relaxed) != static_cast<T>(v))
-    a.store(static_cast<T>(v), std::memory_order_relaxed);
+bool show(std::atomic<T>& a, U v) {
+  if (a.load(std::memory_order_relaxed) == static_cast<T>(v))
+    return false;
+  a.store(static_cast<T>(v), std::memory_order_relaxed);
+  return true;
 }
 
-/// Shows the engine's counts to the HTTP side.
-void publish_stats(group& g) {
+/// Shows the engine's counts to the HTTP side; answers whether the cursor moved.
+bool publish_stats(group& g) {
   auto& e = *g.engine;
   auto& s = *g.stats;
   auto t = e.take_totals();
@@ -258,11 +260,12 @@ void publish_stats(group& g) {
                           {&s.totals.dead_lettered, t.dead_lettered}})
     if (n > 0)
       total->fetch_add(n, std::memory_order_relaxed);
-  show(s.cursor, e.cursor());
+  bool moved = show(s.cursor, e.cursor());
   show(s.in_flight, e.in_flight());
   show(s.waiting_retry, e.waiting_retry());
   show(s.redelivering, e.redelivering());
   show(s.last_delivered, e.last_delivered());
+  return moved;
 }
 
 /// Carries out what group `gi`'s engine asked for: sends its deliveries,
@@ -319,7 +322,10 @@ void apply(partition_actor_t self, std::size_t gi) {
     }
   }
   fx.clear();
-  publish_stats(g);
+  if (publish_stats(g)) {
+    st.route->progress.fetch_add(1, std::memory_order_release);
+    st.ctx->progress.notify();
+  }
   // The entries are staged: the group passes the events (their deletes of
   // pending records follow in the same batch).
   for (auto& d : dead)

@@ -6,11 +6,14 @@
 //  - nerve: N publisher connections POST /v1/topics/{topic}/events; an agent
 //    configured in the server (builtin noop or a process agent) consumes and
 //    acks. The ack is observed from outside through the agent's committed
-//    cursor: one more connection polls GET /v1/topics/{topic}/groups every
-//    --poll-ms; an event at (partition, offset) counts as acked at the answer
-//    of the first poll whose cursor for that partition is above its offset.
-//    That is an upper bound on the ack time (late by at most one poll period
-//    plus the poll's round trip), and the cursor only passes an offset when
+//    cursor: one more connection long-polls GET /v1/topics/{topic}/groups
+//    (`?index=<last answer's index>&wait_ms=200`: answered as soon as a cursor
+//    moves; --watch poll polls every --poll-ms instead, for servers without
+//    it); an event at (partition, offset) counts as acked at the answer of the
+//    first request whose cursor for that partition is above its offset. That
+//    is an upper bound on the ack time (late by the server's notice of the
+//    move plus the answer's trip; polling: by up to one poll period plus the
+//    round trip), and the cursor only passes an offset when
 //    every earlier offset of the partition is acked too ("acked through", as a
 //    Kafka commit); the lower bound (the send time of the poll before) is
 //    reported too.
@@ -72,11 +75,12 @@ struct options : common_options {
   unsigned consumers = 4;    ///< redis consumers (nerve: the agent's instances, in the server)
   double rate = 0;           ///< events/s over all connections; 0 = closed loop
   double drain_s = 10;
-  std::string agent = "sink"; ///< nerve agent whose cursor is watched
-  std::string group = "sink"; ///< redis consumer group
-  unsigned count = 16;        ///< XREADGROUP COUNT
-  unsigned block_ms = 100;    ///< XREADGROUP BLOCK
-  double poll_ms = 1;         ///< nerve cursor poll period
+  std::string agent = "sink";      ///< nerve agent whose cursor is watched
+  std::string group = "sink";      ///< redis consumer group
+  unsigned count = 16;             ///< XREADGROUP COUNT
+  unsigned block_ms = 100;         ///< XREADGROUP BLOCK
+  double poll_ms = 1;              ///< nerve cursor poll period (--watch poll)
+  std::string watch = "long-poll"; ///< how the nerve cursor is watched
 
   options() {
     prog = "deliver_load";
@@ -94,7 +98,9 @@ struct options : common_options {
     app.add_option("--group", group, "Redis consumer group");
     app.add_option("--count", count, "XREADGROUP COUNT");
     app.add_option("--block-ms", block_ms, "XREADGROUP BLOCK");
-    app.add_option("--poll-ms", poll_ms, "nerve: period of the cursor poll");
+    app.add_option("--poll-ms", poll_ms, "nerve: period of the cursor poll (--watch poll)");
+    app.add_option("--watch", watch, "nerve: long-poll (answered when a cursor moves) or poll")
+      ->check(CLI::IsMember({"long-poll", "poll"}));
   }
 
   void check_own() const {
@@ -324,7 +330,8 @@ class cursor_watch : public connection<cursor_watch> {
 public:
   cursor_watch(net::io_context& ioc, run_state& st)
     : connection(ioc, st.opt, false, "poll ", "", "poll"), timer_(ioc), st_(st) {
-    request_ = http_request(st.opt, "GET", "/v1/topics/" + st.opt.name + "/groups", "");
+    path_ = "/v1/topics/" + st.opt.name + "/groups";
+    long_poll_ = st.opt.watch == "long-poll";
   }
 
   void start() { poll(); }
@@ -383,7 +390,11 @@ private:
 
   void poll() {
     sent_ns_ = now_ns();
-    send(request_);
+    if (long_poll_ && index_)
+      send(http_request(st_.opt, "GET",
+                        path_ + "?index=" + std::to_string(*index_) + "&wait_ms=200", ""));
+    else
+      send(http_request(st_.opt, "GET", path_, ""));
   }
 
   void on_http(const http_answer& a) {
@@ -404,6 +415,8 @@ private:
       st_.check_done();
     if (stopped_)
       return;
+    if (long_poll_ && index_)
+      return poll(); // the server holds it until a cursor moves
     auto next = sent_ns_ + static_cast<std::int64_t>(st_.opt.poll_ms * 1e6);
     timer_.expires_after(std::chrono::nanoseconds(std::max<std::int64_t>(0, next - at)));
     timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
@@ -420,6 +433,11 @@ private:
     auto j = json::parse(body, nullptr, false);
     if (!j.is_object() || !j.contains("groups") || !j["groups"].is_array())
       return st_.note_error("groups: unexpected answer " + body.substr(0, 200));
+    if (long_poll_) {
+      if (!j.value("index", json()).is_number_unsigned())
+        return st_.note_error("groups: no index in the answer (use --watch poll)");
+      index_ = j["index"].get<std::uint64_t>();
+    }
     for (auto& g : j["groups"]) {
       if (!g.is_object() || g.value("agent", json()) != st_.opt.agent || !g.contains("partitions"))
         continue;
@@ -452,7 +470,9 @@ private:
 
   net::steady_timer timer_;
   run_state& st_;
-  std::string request_;
+  std::string path_;
+  bool long_poll_ = true;
+  std::optional<std::uint64_t> index_; ///< of the last answer
   std::vector<partition> parts_;
   std::int64_t sent_ns_ = 0;
   std::int64_t prev_sent_ns_ = 0;

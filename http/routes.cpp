@@ -238,7 +238,7 @@ public:
     add("POST", "/v1/agents/{name}/resume",
         [this](auto&, auto& p, auto& respond) { pause_agent(env_, p[0], false, respond); });
     add("GET", "/v1/topics/{topic}/groups",
-        [this](auto&, auto& p, auto& respond) { groups(env_, p[0], respond); });
+        [this](auto& req, auto& p, auto& respond) { groups(env_, req, p[0], respond); });
     add("GET", "/v1/dlq",
         [this](auto& req, auto&, auto& respond) { dlq_list(env_, req, respond); });
     add("POST", "/v1/dlq/retry-all",

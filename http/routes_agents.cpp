@@ -1,6 +1,8 @@
 // Routes of agents: list, get, pause and resume, their consumer groups and
 // their delivery counters.
+#include <chrono>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include <nlohmann/json.hpp>
@@ -54,8 +56,18 @@ void pause_agent(const api_env& env, const std::string& name, bool paused, respo
   });
 }
 
-void groups(const api_env& env, const std::string& topic, responder& respond) {
-  env.node.groups(topic, [respond, topic](actors::result<std::vector<actors::group_view>> r) {
+namespace {
+
+/// Longest wait a GET groups may ask for.
+constexpr std::uint64_t max_group_wait_ms = 60000;
+
+/// Answers GET groups with what the groups show now.
+void answer_groups(const api_env& env, const std::string& topic, const responder& respond) {
+  // Read before the groups: they show at least this much progress, so a
+  // wait on this index never misses a move.
+  auto index = env.node.group_progress(topic);
+  env.node.groups(topic, [respond, topic,
+                          index](actors::result<std::vector<actors::group_view>> r) {
     if (!r)
       return respond(error_response(r.error()));
     json list = json::array();
@@ -79,8 +91,36 @@ void groups(const api_env& env, const std::string& topic, responder& respond) {
                        g.last_delivered_offset ? json(*g.last_delivered_offset) : json(nullptr)},
                       {"partitions", std::move(parts)}});
     }
-    respond(json_response(200, json{{"topic", topic}, {"groups", std::move(list)}}.dump()));
+    json body{{"topic", topic}, {"groups", std::move(list)}};
+    if (index)
+      body["index"] = *index;
+    auto out = json_response(200, body.dump());
+    if (index)
+      out.headers.emplace_back("X-Nerve-Index", std::to_string(*index));
+    respond(std::move(out));
   });
+}
+
+} // namespace
+
+void groups(const api_env& env, request& req, const std::string& topic, responder& respond) {
+  std::map<std::string, std::string> q;
+  std::optional<std::uint64_t> index;
+  std::optional<std::uint64_t> wait_ms;
+  if (auto err = parse_query(req.query, {"index", "wait_ms"}, q))
+    return respond(std::move(*err));
+  if (auto err = query_uint(q, "index", std::numeric_limits<std::uint64_t>::max(), index))
+    return respond(std::move(*err));
+  if (auto err = query_uint(q, "wait_ms", max_group_wait_ms, wait_ms))
+    return respond(std::move(*err));
+  if (wait_ms && !index)
+    return respond(problem(400, "invalid-parameter", "Bad Request",
+                           "wait_ms needs index: the index of an earlier answer to wait past"));
+  if (!wait_ms || *wait_ms == 0)
+    return answer_groups(env, topic, respond);
+  // A long poll: answered once the cursors move past `index`, or after wait_ms.
+  env.node.when_groups_move(topic, *index, std::chrono::milliseconds{*wait_ms},
+                            [&env, topic, respond] { answer_groups(env, topic, respond); });
 }
 
 void agent_metrics(const api_env& env, request& req, responder& respond) {

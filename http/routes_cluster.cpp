@@ -808,6 +808,15 @@ cluster_fn cluster_handler(const api_env& env, const std::string& method,
     };
   if (key == "GET /v1/topics/{topic}/groups")
     return [e](auto& req, auto& p, auto& respond, auto& local) {
+      std::map<std::string, std::string> q;
+      if (auto err = parse_query(req.query, {"index", "wait_ms"}, q))
+        return respond(std::move(*err));
+      if (q.count("wait_ms") > 0 || q.count("index") > 0)
+        // Each member counts its own partitions' moves: no index stands for
+        // the cluster's groups.
+        return respond(problem(400, "invalid-parameter", "Bad Request",
+                               "index and wait_ms are answered by a node running alone; in a "
+                               "cluster, poll GET /v1/topics/{topic}/groups without them"));
       merged(*e, req, local, respond,
              [e, topic = p[0]](auto& parts) { return merge_groups(*e, topic, parts); });
     };

@@ -92,7 +92,9 @@ void tail(const api_env& env, request& req, const std::string& topic, responder&
 void list_agents(const api_env& env, responder& respond);
 void get_agent(const api_env& env, const std::string& name, responder& respond);
 void pause_agent(const api_env& env, const std::string& name, bool paused, responder& respond);
-void groups(const api_env& env, const std::string& topic, responder& respond);
+/// GET /v1/topics/{topic}/groups; with `index` and `wait_ms`, a long poll
+/// answered once the cursors moved past that index.
+void groups(const api_env& env, request& req, const std::string& topic, responder& respond);
 /// GET /v1/metrics: counters per agent and topic.
 void agent_metrics(const api_env& env, request& req, responder& respond);
 

@@ -882,6 +882,73 @@ class PauseTest(AgentTestCase):
 
 # 7 -----------------------------------------------------------------------------
 
+class GroupLongPollTest(AgentTestCase):
+    """GET /v1/topics/{t}/groups?index=&wait_ms=: answered once a cursor moves past the
+    index of an earlier answer, or after wait_ms (docs/api.md)."""
+
+    def test_a_wait_ends_when_a_cursor_moves_or_the_time_is_up(self):
+        t = topic("longpoll")
+        srv = self.agent_server([builtin("n", [t], "noop")])
+        self.publish_ok(srv, t, [{"data": 1}])
+        def acked(n):
+            r = srv.get(f"/v1/topics/{t}/groups")
+            return r if sum(p["cursor"] for p in r.json()["groups"][0]["partitions"]) == n else None
+        first = self.wait_for(lambda: acked(1), 15.0, "the first ack")
+        index = first.json()["index"]
+        self.assertEqual(first.headers.get("x-nerve-index"), str(index))
+        self.assertGreaterEqual(index, 1)
+        def wait(idx, wait_ms):
+            started = time.monotonic()
+            r = srv.get(f"/v1/topics/{t}/groups?index={idx}&wait_ms={wait_ms}")
+            self.assertEqual(r.status, 200, r)
+            return r.json(), time.monotonic() - started
+
+        # Nothing moves: answered after the wait, with the same index.
+        body, waited = wait(index, 400)
+        self.assertEqual(body["index"], index)
+        self.assertTrue(0.35 <= waited < 5.0, waited)
+        # An index that is not the current one answers at once.
+        body, waited = wait(index + 1000, 10000)
+        self.assertEqual(body["index"], index)
+        self.assertLess(waited, 2.0)
+        # A publish during the wait ends it with the new cursor.
+        threading.Timer(0.3, lambda: srv.publish(t, [{"data": 2}])).start()
+        body, waited = wait(index, 20000)
+        self.assertGreater(body["index"], index)
+        self.assertTrue(0.25 <= waited < 10.0, waited)
+        self.assertEqual(sum(p["cursor"] for p in body["groups"][0]["partitions"]), 2, body)
+
+    def test_bad_waits_are_refused(self):
+        t = topic("longpoll")
+        srv = self.agent_server([builtin("n", [t], "noop")])
+        self.publish_ok(srv, t, [{"data": 1}])
+        for query, part in [("wait_ms=100", "needs index"),
+                            ("index=1&wait_ms=60001", "wait_ms=60001"),
+                            ("index=-1&wait_ms=10", "index=-1"),
+                            ("index=1&wait=10", "wait")]:
+            self.assertProblem(srv.get(f"/v1/topics/{t}/groups?{query}"), 400, part)
+        self.assertProblem(srv.get("/v1/topics/none-such/groups?index=0&wait_ms=5000"), 404)
+
+    def test_shutdown_answers_a_waiting_request(self):
+        t = topic("longpoll")
+        srv = self.agent_server([builtin("n", [t], "noop")])
+        self.publish_ok(srv, t, [{"data": 1}])
+        index = srv.get(f"/v1/topics/{t}/groups").json()["index"]
+        got = {}
+
+        def wait():
+            got["r"] = srv.get(f"/v1/topics/{t}/groups?index={index}&wait_ms=60000", timeout=30)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        self.assertEqual(srv.stop(), 0)
+        self.assertLess(time.monotonic() - started, 10.0)
+        waiter.join(30)
+        self.assertEqual(got["r"].status, 200, got)
+
+
 class OrderedByKeyTest(AgentTestCase):
 
     def test_per_key_order_with_four_instances(self):

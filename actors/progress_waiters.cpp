@@ -1,0 +1,87 @@
+#include "actors/progress_waiters.hpp"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <utility>
+
+namespace nerve::actors {
+
+progress_waiters::~progress_waiters() {
+  stop();
+}
+
+void progress_waiters::add(std::function<bool()> moved, clock::time_point deadline,
+                           std::function<void()> fire) {
+  {
+    std::lock_guard<std::mutex> guard{mutex_};
+    if (!stopped_) {
+      waiters_.push_back({std::move(moved), deadline, std::move(fire)});
+      waiting_.store(waiters_.size());
+      dirty_ = true; // it may have moved already
+      if (!thread_.joinable())
+        thread_ = std::thread{[this] {
+          ::pthread_setname_np(::pthread_self(), "nerve.waiters");
+          run();
+        }};
+      wake_.notify_one();
+      return;
+    }
+  }
+  fire();
+}
+
+void progress_waiters::stop() {
+  {
+    std::lock_guard<std::mutex> guard{mutex_};
+    if (stopped_)
+      return;
+    stopped_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable())
+    thread_.join();
+}
+
+void progress_waiters::run() {
+  std::unique_lock<std::mutex> lock{mutex_};
+  std::vector<waiter> due;
+  for (;;) {
+    auto now = clock::now();
+    // Checked under the lock: a notify() that comes meanwhile sets dirty_
+    // again, so no move is missed.
+    bool check = dirty_ || stopped_;
+    dirty_ = false;
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (stopped_ || it->deadline <= now || (check && it->moved())) {
+        due.push_back(std::move(*it));
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    waiting_.store(waiters_.size());
+    if (!due.empty()) {
+      lock.unlock();
+      for (auto& w : due)
+        w.fire(); // answers outside the lock: fire() may add a waiter
+      due.clear();
+      lock.lock();
+      continue;
+    }
+    if (stopped_)
+      return;
+    if (dirty_)
+      continue;
+    if (waiters_.empty()) {
+      wake_.wait(lock, [this] { return dirty_ || stopped_; });
+    } else {
+      auto next = std::min_element(waiters_.begin(), waiters_.end(), [](auto& a, auto& b) {
+                    return a.deadline < b.deadline;
+                  })->deadline;
+      wake_.wait_until(lock, next, [this] { return dirty_ || stopped_; });
+    }
+  }
+}
+
+} // namespace nerve::actors

@@ -1,0 +1,68 @@
+// progress_waiters: requests that wait for something to move (a consumer
+// group's cursor: GET /v1/topics/{t}/groups?index=&wait_ms=), answered on a
+// thread of their own once it moved or their wait is over. Partitions call
+// notify() whenever a cursor moves; with nobody waiting that is one atomic
+// load. The thread starts with the first waiter.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace nerve::actors {
+
+class progress_waiters {
+public:
+  using clock = std::chrono::steady_clock;
+
+  progress_waiters() = default;
+  progress_waiters(const progress_waiters&) = delete;
+  progress_waiters& operator=(const progress_waiters&) = delete;
+  ~progress_waiters();
+
+  /// Calls `fire` once, on the waiters' thread: when `moved()` holds (checked
+  /// now, and after each notify()) or at `deadline`, whichever comes first;
+  /// at once when the waiters are stopped.
+  void add(std::function<bool()> moved, clock::time_point deadline, std::function<void()> fire);
+
+  /// Something moved: the waiters check again.
+  void notify() {
+    if (waiting_.load(std::memory_order_relaxed) == 0)
+      return;
+    {
+      std::lock_guard<std::mutex> guard{mutex_};
+      dirty_ = true;
+    }
+    wake_.notify_one();
+  }
+
+  /// Answers every waiter and ends the thread; later add()s fire at once.
+  void stop();
+
+  /// Waiters now.
+  [[nodiscard]] std::size_t waiting() const { return waiting_.load(); }
+
+private:
+  struct waiter {
+    std::function<bool()> moved;
+    clock::time_point deadline;
+    std::function<void()> fire;
+  };
+
+  void run();
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<waiter> waiters_;
+  bool dirty_ = false;
+  bool stopped_ = false;
+  std::atomic<std::size_t> waiting_{0};
+  std::thread thread_;
+};
+
+} // namespace nerve::actors
