@@ -67,6 +67,19 @@ public:
     wake_all(to_wake);
   }
 
+  /// give_back() for a credit taken and returned by its taker at once (a
+  /// builtin handler run inline): if reset() voided it meanwhile (the
+  /// instance died), there is nothing left to give back.
+  void give_back_unless_reset(std::size_t instance, std::vector<Waiter>& to_wake) {
+    NERVE_ASSERT(instance < used_.size());
+    auto& used = *used_[instance];
+    auto cur = used.load();
+    while (cur > 0 && !used.compare_exchange_weak(cur, cur - 1)) {
+    }
+    if (cur > 0)
+      wake_all(to_wake);
+  }
+
   /// An instance died: the credits of its deliveries in flight are void (the
   /// senders send those deliveries again). Call once the instance is down.
   void reset(std::size_t instance) {

@@ -200,7 +200,7 @@ public:
     if (!route)
       return then();
     ctx_.progress.add(
-      [route, index] { return route->progress.load(std::memory_order_acquire) != index; },
+      [route, index] { return route->progress.load(std::memory_order_seq_cst) != index; },
       std::chrono::steady_clock::now() + wait, std::move(then));
   }
 

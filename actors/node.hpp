@@ -400,9 +400,9 @@ public:
   /// Consumer groups on a topic.
   virtual void groups(const std::string& topic, callback<std::vector<group_view>> done) = 0;
 
-  /// How often the topic's consumer-group cursors moved since this node
-  /// started (read it before groups(): what they show is at least as new);
-  /// nothing when the topic does not exist.
+  /// How often the topic's consumer groups progressed (cursor moves, settled
+  /// deliveries) since this node started (read it before groups(): what they show is at
+  /// least as new); nothing when the topic does not exist.
   [[nodiscard]] virtual std::optional<std::uint64_t>
   group_progress(const std::string& topic) const = 0;
 

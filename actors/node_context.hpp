@@ -140,6 +140,9 @@ struct agent_runtime {
   take_credit(std::size_t& rr, const caf::actor& partition);
   /// Gives a credit back and wakes the partitions that waited for one.
   void return_credit(std::size_t instance);
+  /// return_credit() for a builtin delivery answered inline, which races
+  /// with a reset of the instance's credits (credit_pool::give_back_unless_reset).
+  void return_inline_credit(std::size_t instance);
   /// Wakes the partitions that waited for a credit (an instance came up).
   void wake_all();
   /// Deliveries of `instance` in flight.
@@ -212,8 +215,9 @@ struct topic_route {
   persistence::topic_info info;
   std::vector<std::unique_ptr<partition_slot>> slots;
   std::atomic<std::uint64_t> round_robin{0};
-  /// Counts the moves of the topic's consumer-group cursors (this process's
-  /// life): the `index` of GET /v1/topics/{t}/groups.
+  /// Counts the progress of the topic's consumer groups (cursor moves,
+  /// settled deliveries; this process's life): the `index` of
+  /// GET /v1/topics/{t}/groups.
   std::atomic<std::uint64_t> progress{0};
 };
 

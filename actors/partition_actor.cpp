@@ -247,7 +247,10 @@ bool show(std::atomic<T>& a, U v) {
   return true;
 }
 
-/// Shows the engine's counts to the HTTP side; answers whether the cursor moved.
+/// Shows the engine's counts to the HTTP side; answers whether the group
+/// progressed: its cursor moved or deliveries were settled (fewer in flight,
+/// a retry or redelivery count changed). New deliveries alone are not
+/// progress (the index of GET groups would move twice per event).
 bool publish_stats(group& g) {
   auto& e = *g.engine;
   auto& s = *g.stats;
@@ -261,9 +264,10 @@ bool publish_stats(group& g) {
     if (n > 0)
       total->fetch_add(n, std::memory_order_relaxed);
   bool moved = show(s.cursor, e.cursor());
-  show(s.in_flight, e.in_flight());
-  show(s.waiting_retry, e.waiting_retry());
-  show(s.redelivering, e.redelivering());
+  auto in_flight = s.in_flight.load(std::memory_order_relaxed);
+  moved |= show(s.in_flight, e.in_flight()) && e.in_flight() < in_flight;
+  moved |= show(s.waiting_retry, e.waiting_retry());
+  moved |= show(s.redelivering, e.redelivering());
   show(s.last_delivered, e.last_delivered());
   return moved;
 }
@@ -292,7 +296,7 @@ void apply(partition_actor_t self, std::size_t gi) {
       o.result = std::move(a.result);
       o.error = std::move(a.error);
       st.answered.push_back(std::move(o));
-      g.agent->return_credit(d.instance);
+      g.agent->return_inline_credit(d.instance);
       continue;
     }
     self->send(caf::actor_cast<instance_actor>(st.taken[k]), deliver_atom::value,
@@ -323,7 +327,9 @@ void apply(partition_actor_t self, std::size_t gi) {
   }
   fx.clear();
   if (publish_stats(g)) {
-    st.route->progress.fetch_add(1, std::memory_order_release);
+    // seq_cst, with notify()'s load of its waiters: a waiter that came
+    // meanwhile either sees the new index or is told.
+    st.route->progress.fetch_add(1, std::memory_order_seq_cst);
     st.ctx->progress.notify();
   }
   // The entries are staged: the group passes the events (their deletes of
@@ -1541,9 +1547,10 @@ void flush(partition_actor_t self) {
     note_drained(st); // the control plane pokes a draining leader with a flush
   if (!st.batch.empty() && st.role)
     flush_replicated(self);
-  // Deliveries before this flush's appends (which are not durable yet, so
-  // nothing delivered here is among them): what they change, cursors and
-  // builtin acks, goes into the same write as the events.
+  // The batch first, so its write and sync start at once; it carries the
+  // delivery state staged so far (the progress earlier flushes held back).
+  if (!st.role && !st.batch.empty() && !append_local(self))
+    return;
   pump(self);
   // Builtin answers are handled here, so an event's delivery and its ack
   // share a flush and its commit; acks make room for the next deliveries.
@@ -1571,16 +1578,14 @@ void flush(partition_actor_t self) {
       }
     }
   }
-  if (!st.role && !st.batch.empty() && !append_local(self))
-    return;
   if (st.state.empty())
     return tell_dlq(st);
   if (!st.role && st.state.progress_only()) {
     // Progress alone (cursors, counters) waits for the next append to carry
     // it, at most state_delay: a write of its own per flush cost as much as
-    // the delivery itself. Unsynced, it was never safe from a power cut
-    // before the next sync; a kill -9 within the delay delivers those
-    // events again, as at-least-once allows.
+    // the delivery itself, and under load the next flush appends at once. Unsynced, it was never
+    // safe from a power cut before the next sync; a kill -9 within the delay delivers those events
+    // again, as at-least-once allows.
     if (!st.state_timer) {
       st.state_timer = true;
       self->delayed_send(self, state_delay, commit_atom::value);

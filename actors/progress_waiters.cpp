@@ -18,7 +18,7 @@ void progress_waiters::add(std::function<bool()> moved, clock::time_point deadli
     if (!stopped_) {
       waiters_.push_back({std::move(moved), deadline, std::move(fire)});
       waiting_.store(waiters_.size());
-      dirty_ = true; // it may have moved already
+      dirty_.store(true); // it may have moved already
       if (!thread_.joinable())
         thread_ = std::thread{[this] {
           ::pthread_setname_np(::pthread_self(), "nerve.waiters");
@@ -50,8 +50,7 @@ void progress_waiters::run() {
     auto now = clock::now();
     // Checked under the lock: a notify() that comes meanwhile sets dirty_
     // again, so no move is missed.
-    bool check = dirty_ || stopped_;
-    dirty_ = false;
+    bool check = dirty_.exchange(false) || stopped_;
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (stopped_ || it->deadline <= now || (check && it->moved())) {
         due.push_back(std::move(*it));
@@ -71,15 +70,15 @@ void progress_waiters::run() {
     }
     if (stopped_)
       return;
-    if (dirty_)
+    if (dirty_.load())
       continue;
     if (waiters_.empty()) {
-      wake_.wait(lock, [this] { return dirty_ || stopped_; });
+      wake_.wait(lock, [this] { return dirty_.load() || stopped_; });
     } else {
       auto next = std::min_element(waiters_.begin(), waiters_.end(), [](auto& a, auto& b) {
                     return a.deadline < b.deadline;
                   })->deadline;
-      wake_.wait_until(lock, next, [this] { return dirty_ || stopped_; });
+      wake_.wait_until(lock, next, [this] { return dirty_.load() || stopped_; });
     }
   }
 }

@@ -30,13 +30,15 @@ public:
   /// at once when the waiters are stopped.
   void add(std::function<bool()> moved, clock::time_point deadline, std::function<void()> fire);
 
-  /// Something moved: the waiters check again.
+  /// Something moved: the waiters check again. One atomic load when nobody
+  /// waits; one lock and wake-up per round of the waiters' thread otherwise.
   void notify() {
-    if (waiting_.load(std::memory_order_relaxed) == 0)
+    if (waiting_.load(std::memory_order_seq_cst) == 0 || dirty_.exchange(true))
       return;
     {
+      // Empty, but ordered against the thread's check of dirty_: it either
+      // saw the flag or sleeps by now and gets the wake-up.
       std::lock_guard<std::mutex> guard{mutex_};
-      dirty_ = true;
     }
     wake_.notify_one();
   }
@@ -59,7 +61,7 @@ private:
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<waiter> waiters_;
-  bool dirty_ = false;
+  std::atomic<bool> dirty_{false}; ///< set by notify(), cleared by the thread under mutex_
   bool stopped_ = false;
   std::atomic<std::size_t> waiting_{0};
   std::thread thread_;

@@ -186,6 +186,12 @@ void agent_runtime::return_credit(std::size_t instance) {
   wake(to_wake);
 }
 
+void agent_runtime::return_inline_credit(std::size_t instance) {
+  std::vector<caf::actor> to_wake;
+  credits.give_back_unless_reset(instance, to_wake);
+  wake(to_wake);
+}
+
 void agent_runtime::wake_all() {
   std::vector<caf::actor> to_wake;
   credits.wake_all(to_wake);

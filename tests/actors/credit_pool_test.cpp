@@ -89,6 +89,22 @@ TEST_CASE("a reset voids the credits of an instance that died", "[unit][credits]
   CHECK(p.in_flight(1) == 1);
 }
 
+TEST_CASE("a credit returned at once after a reset of its instance gives nothing back",
+          "[unit][credits]") {
+  pool p{1, 2};
+  std::size_t rr = 0;
+  std::vector<int> wake;
+  REQUIRE(p.take(rr, all_open, 1, wake));
+  REQUIRE(p.take(rr, all_open, 1, wake));
+  p.give_back_unless_reset(0, wake); // taken and answered inline
+  CHECK(p.in_flight(0) == 1);
+  p.reset(0); // the instance died meanwhile
+  p.give_back_unless_reset(0, wake);
+  CHECK(p.in_flight(0) == 0);
+  REQUIRE(p.take(rr, all_open, 1, wake));
+  CHECK(p.in_flight(0) == 1);
+}
+
 TEST_CASE("under contention no instance ever holds more than max_in_flight credits",
           "[unit][credits]") {
   constexpr std::uint32_t max = 3;
