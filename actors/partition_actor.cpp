@@ -53,6 +53,7 @@ struct partition_state {
   std::size_t batch_events = 0;
   bool flush_scheduled = false;
   bool state_timer = false; ///< a commit_atom for held-back state is on its way
+  bool answering = false;   ///< flush() delivers and handles builtin answers now
   std::deque<group_event> tail;
   std::uint64_t durable_end = 0; ///< offsets below are on disk: deliverable
   std::vector<group> groups;
@@ -302,8 +303,8 @@ void apply(partition_actor_t self, std::size_t gi) {
     self->send(caf::actor_cast<instance_actor>(st.taken[k]), deliver_atom::value,
                make_delivery(gi, std::move(d), d.offset));
   }
-  if (inline_builtin && !fx.deliveries.empty())
-    schedule_flush(self);
+  if (inline_builtin && !fx.deliveries.empty() && !st.answering)
+    schedule_flush(self); // flush() handles what it delivered itself
   st.taken.clear();
   change_writer write{st, g.agent->cfg.name};
   std::vector<dlq_handoff> dead;
@@ -1551,10 +1552,11 @@ void flush(partition_actor_t self) {
   // delivery state staged so far (the progress earlier flushes held back).
   if (!st.role && !st.batch.empty() && !append_local(self))
     return;
-  pump(self);
   // Builtin answers are handled here, so an event's delivery and its ack
   // share a flush and its commit; acks make room for the next deliveries.
-  // A few rounds at most: what is left waits for the flush apply() asked for.
+  // A few rounds at most: what is left waits for the next flush.
+  st.answering = true;
+  pump(self);
   for (int round = 0; round < 4 && !st.answered.empty(); ++round) {
     st.handling.swap(st.answered);
     for (auto& o : st.handling)
@@ -1562,6 +1564,9 @@ void flush(partition_actor_t self) {
     st.handling.clear();
     pump(self);
   }
+  st.answering = false;
+  if (!st.answered.empty())
+    schedule_flush(self);
   for (auto& g : st.groups)
     if (auto cursor = g.engine->take_cursor())
       st.state.put_cursor(g.agent->cfg.name, st.route->info.id, st.partition, *cursor);
@@ -1583,9 +1588,10 @@ void flush(partition_actor_t self) {
   if (!st.role && st.state.progress_only()) {
     // Progress alone (cursors, counters) waits for the next append to carry
     // it, at most state_delay: a write of its own per flush cost as much as
-    // the delivery itself, and under load the next flush appends at once. Unsynced, it was never
-    // safe from a power cut before the next sync; a kill -9 within the delay delivers those events
-    // again, as at-least-once allows.
+    // the delivery itself, and under load the next flush appends at once.
+    // Unsynced, it was never safe from a power cut before the next sync; a
+    // kill -9 within the delay delivers those events again, as at-least-once
+    // allows.
     if (!st.state_timer) {
       st.state_timer = true;
       self->delayed_send(self, state_delay, commit_atom::value);

@@ -270,12 +270,12 @@ tl::expected<state_batch, error> state_batch::from_ops(std::vector<state_op> ops
   return batch;
 }
 
-bool delivery_store::fails(state_batch& batch) const {
+std::optional<error> delivery_store::injected_fault(state_batch& batch) const {
   if (!log_.fails_at(fault_point::before_cursor_commit, batch.impl_->where))
-    return false;
+    return std::nullopt;
   batch.impl_->ops.clear();
   log_.note_error("delivery state: injected fault");
-  return true;
+  return error{errc::io_error, "writing delivery state: injected fault"};
 }
 
 void delivery_store::stage(state_batch& batch, rocksdb::WriteBatch& wb) const {
@@ -294,8 +294,8 @@ void delivery_store::stage(state_batch& batch, rocksdb::WriteBatch& wb) const {
 tl::expected<void, error> delivery_store::commit(state_batch& batch, bool sync) {
   if (batch.empty())
     return {};
-  if (fails(batch))
-    return tl::make_unexpected(error{errc::io_error, "writing delivery state: injected fault"});
+  if (auto fault = injected_fault(batch))
+    return tl::make_unexpected(std::move(*fault));
   rocksdb::WriteBatch wb;
   stage(batch, wb);
   rocksdb::WriteOptions wo;
@@ -313,10 +313,8 @@ delivery_store::append_with_state(partition_writer& writer, const std::vector<ne
                                   state_batch& state, std::optional<error>& state_error) {
   if (state.empty())
     return writer.append(events);
-  if (fails(state)) {
-    state_error = error{errc::io_error, "writing delivery state: injected fault"};
+  if ((state_error = injected_fault(state)))
     return writer.append(events);
-  }
   bool staged = false;
   auto appended = writer.append(events, [&](rocksdb::WriteBatch& wb) {
     stage(state, wb);

@@ -178,8 +178,9 @@ public:
                                           std::uint32_t partition, std::uint64_t offset);
 
 private:
-  /// Whether an injected fault fails the batch's commit (then it is cleared).
-  [[nodiscard]] bool fails(state_batch& batch) const;
+  /// The error of a fault injected at before_cursor_commit for the batch's
+  /// commit (the batch is then cleared); nothing when none is.
+  [[nodiscard]] std::optional<error> injected_fault(state_batch& batch) const;
   /// Puts the batch's changes into `wb` and clears it.
   void stage(state_batch& batch, rocksdb::WriteBatch& wb) const;
 

@@ -77,6 +77,15 @@ class AgentTestCase(ServerTestCase):
         self.assertEqual(r.status, 200, r)
         return r.json()
 
+    def assert_groups_kept(self, srv, topic_name, before):
+        """Each agent's group (of {agent: group before}) has nothing pending or lagging
+        and the cursors it had before."""
+        for agent, b in before.items():
+            g = self.group(srv, topic_name, agent)
+            self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+            self.assertEqual([p["cursor"] for p in g["partitions"]],
+                             [p["cursor"] for p in b["partitions"]], g)
+
     def group(self, srv, topic_name, agent):
         r = srv.get(f"/v1/topics/{topic_name}/groups")
         self.assertEqual(r.status, 200, r)
@@ -1058,11 +1067,7 @@ class RestartTest(AgentTestCase):
             self.assertEqual((d["bad"]["state"], d["bad"]["attempts"], d["bad"]["error"]),
                              ("dead_lettered", 3, FAIL_ERROR), d)
             self.assertEqual(d["logger"]["state"], "acked", d)
-        for agent, before in groups_before.items():
-            g = self.group(srv, t, agent)
-            self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
-            self.assertEqual([p["cursor"] for p in g["partitions"]],
-                             [p["cursor"] for p in before["partitions"]], g)
+        self.assert_groups_kept(srv, t, groups_before)
         # The process agent handled each event exactly once across the restart.
         with open(log) as f:
             self.assertEqual(sorted(f.read().split()), sorted(f"k{i},{i}" for i in range(5)))
@@ -1084,27 +1089,26 @@ class RestartTest(AgentTestCase):
         srv = self.agent_server([], start=False)
         # Acks without a result: a result would be written at once, and the
         # cursors with it.
-        command, log = self.script_agent(srv, ORDERED_AGENT.replace(
-            ',\n                                 "result": ev["data"]}', '}'), "logger")
+        source = ORDERED_AGENT.replace(',\n                                 "result": ev["data"]}',
+                                       '}')
+        self.assertNotIn('"result"', source)
+        command, log = self.script_agent(srv, source, "logger")
         srv.write_config({"agents": [builtin("n", [t], "noop"), process("logger", [t], command)]})
         srv.start()
         pub = self.publish_ok(srv, t, [{"data": {"seq": i}, "key": f"k{i}"} for i in range(8)])
         ids = [p["id"] for p in pub]
+
         # The groups show the cursors in memory (an event's view reads the
         # stored ones): wait until both have passed every event.
-        before = self.wait_for(
-            lambda: (lambda g: g if all(x["lag"] == 0 for x in g.values()) else None)(
-                {a: self.group(srv, t, a) for a in ("n", "logger")}),
-            15.0, "both agents acked every event")
+        def all_acked():
+            groups = {a: self.group(srv, t, a) for a in ("n", "logger")}
+            return groups if all(g["lag"] == 0 for g in groups.values()) else None
+        before = self.wait_for(all_acked, 15.0, "both agents acked every event")
         time.sleep(0.2)
         srv.kill()
         srv.start()
         time.sleep(0.5)  # room for a wrong redelivery to show
-        for agent, b in before.items():
-            g = self.group(srv, t, agent)
-            self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
-            self.assertEqual([p["cursor"] for p in g["partitions"]],
-                             [p["cursor"] for p in b["partitions"]], g)
+        self.assert_groups_kept(srv, t, before)
         with open(log) as f:
             self.assertEqual(sorted(f.read().split()), sorted(f"k{i},{i}" for i in range(8)))
         for i in ids:
