@@ -1,6 +1,7 @@
 // Agent instance actors: one per instance of an agent, wrapping its handler.
 // `builtin` handlers run in the actor; `process` agents are supervised child
 // processes speaking JSON Lines on stdin/stdout (CONTRACT.md section 5).
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <csignal>
@@ -13,6 +14,7 @@
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -45,6 +47,17 @@ struct in_flight {
   delivery d;
   outcome_sink reply_to; ///< the partition or replay that sent it
   std::chrono::steady_clock::time_point started;
+  // pull agents
+  bool fetched = false; ///< a worker has it (else it waits in `ready`)
+  std::string consumer; ///< the worker that fetched it
+};
+
+/// A pull agent's fetch waiting for deliveries.
+struct fetch_waiter {
+  std::uint64_t id = 0;
+  std::string consumer;
+  std::uint32_t max = 0;
+  caf::typed_response_promise<std::vector<delivery>> promise;
 };
 
 /// Asked before each line written to a child (the child_io fault point);
@@ -150,6 +163,10 @@ struct instance_actor_state {
   bool stopping = false;
   // http agents
   std::unique_ptr<agents::http_poster> poster;
+  // pull agents
+  std::deque<std::string> ready; ///< delivery ids not yet fetched, oldest first
+  std::deque<fetch_waiter> waiters;
+  std::uint64_t next_waiter = 0;
   static inline const char* name = "agent";
 };
 
@@ -400,6 +417,62 @@ void on_http_answer(instance_actor_t self, const std::string& id, std::uint32_t 
   answer(self, id, true, j.dump(), std::move(emit), {});
 }
 
+// -- pull agents --------------------------------------------------------------
+// Deliveries wait in `ready` (holding their credits) until a worker fetches
+// them; the timeout runs from the fetch.
+
+/// Hands out at most `max` waiting deliveries to `consumer`.
+std::vector<delivery> hand_out(instance_actor_t self, const std::string& consumer,
+                               std::uint32_t max) {
+  auto& st = self->state;
+  std::vector<delivery> out;
+  if (st.agent->paused.load())
+    return out;
+  auto now = std::chrono::steady_clock::now();
+  while (out.size() < max && !st.ready.empty()) {
+    auto id = std::move(st.ready.front());
+    st.ready.pop_front();
+    auto it = st.inflight.find(id);
+    if (it == st.inflight.end() || it->second.fetched)
+      continue;
+    auto& f = it->second;
+    f.fetched = true;
+    f.consumer = consumer;
+    f.started = now;
+    self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
+    out.push_back(f.d);
+  }
+  return out;
+}
+
+/// Serves waiting fetches, oldest first, while deliveries wait.
+void serve_waiters(instance_actor_t self) {
+  auto& st = self->state;
+  while (!st.waiters.empty() && !st.ready.empty() && !st.agent->paused.load()) {
+    auto w = std::move(st.waiters.front());
+    st.waiters.pop_front();
+    w.promise.deliver(hand_out(self, w.consumer, w.max));
+  }
+}
+
+/// Workers' acks and nacks: all known and fetched, or none taken.
+std::vector<std::string> take_pull_answers(instance_actor_t self,
+                                           std::vector<pull_answer>& answers) {
+  auto& st = self->state;
+  std::vector<std::string> unknown;
+  std::unordered_set<std::string> seen;
+  for (auto& a : answers) {
+    auto it = st.inflight.find(a.delivery_id);
+    if (it == st.inflight.end() || !it->second.fetched || !seen.insert(a.delivery_id).second)
+      unknown.push_back(a.delivery_id);
+  }
+  if (!unknown.empty())
+    return unknown;
+  for (auto& a : answers)
+    answer(self, a.delivery_id, a.ok, std::move(a.result), std::move(a.emit), std::move(a.error));
+  return unknown;
+}
+
 instance_actor::behavior_type instance_behavior(instance_actor_t self, node_context* ctx,
                                                 const agent_ptr& agent, std::size_t index) {
   auto& st = self->state;
@@ -424,11 +497,19 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       auto& st = self->state;
       auto id = msg.delivery_id;
       auto& f = st.inflight[id];
-      f = {std::move(msg), caf::actor_cast<outcome_sink>(self->current_sender()),
-           std::chrono::steady_clock::now()};
+      f = {std::move(msg),
+           caf::actor_cast<outcome_sink>(self->current_sender()),
+           std::chrono::steady_clock::now(),
+           false,
+           {}};
       const auto& d = f.d;
       if (st.agent->cfg.kind == config::agent_kind::builtin) {
         answer_builtin(self, d);
+        return;
+      }
+      if (st.agent->cfg.kind == config::agent_kind::pull) {
+        st.ready.push_back(id);
+        serve_waiters(self);
         return;
       }
       self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
@@ -477,10 +558,37 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       if (!self->state.stopping)
         start_child(self);
     },
+    [=](pull_atom, const std::string& consumer, std::uint32_t max,
+        std::uint32_t wait_ms) -> caf::result<std::vector<delivery>> {
+      auto& st = self->state;
+      auto got = hand_out(self, consumer, max);
+      if (!got.empty() || wait_ms == 0 || st.stopping)
+        return got;
+      auto id = ++st.next_waiter;
+      st.waiters.push_back(
+        {id, consumer, max, self->make_response_promise<std::vector<delivery>>()});
+      self->delayed_send(self, std::chrono::milliseconds{wait_ms}, pull_wait_atom::value, id);
+      return st.waiters.back().promise;
+    },
+    [=](pull_wait_atom, std::uint64_t id) {
+      auto& ws = self->state.waiters;
+      auto it = std::find_if(ws.begin(), ws.end(), [id](auto& w) { return w.id == id; });
+      if (it == ws.end())
+        return;
+      // Paused meanwhile, or nothing came: what waits now, if anything.
+      it->promise.deliver(hand_out(self, it->consumer, it->max));
+      ws.erase(it);
+    },
+    [=](pull_answer_atom, std::vector<pull_answer>& answers) -> std::vector<std::string> {
+      return take_pull_answers(self, answers);
+    },
     [=](stop_atom) {
       auto& st = self->state;
       st.stopping = true;
       st.slot->state = instance_state::stopped;
+      for (auto& w : st.waiters) // shutting down: nothing for them
+        w.promise.deliver(std::vector<delivery>{});
+      st.waiters.clear();
       stop_child(st);
       st.poster.reset();
       self->quit();
@@ -503,10 +611,11 @@ builtin_answer run_builtin(const std::string& handler, const std::string& event)
 
 caf::actor spawn_instance(caf::local_actor* parent, node_context* ctx, agent_ptr agent,
                           std::size_t i) {
-  // A builtin handler is a function call: it shares the scheduler with the
-  // partitions. Process and http instances block (pipe writes, child
-  // reaping), so they keep a thread each.
-  if (agent->cfg.kind == config::agent_kind::builtin || !ctx->detach_blocking)
+  // A builtin handler is a function call and a pull agent's queue never
+  // blocks: they share the scheduler with the partitions. Process and http instances block (pipe
+  // writes, child reaping), so they keep a thread each.
+  if (agent->cfg.kind == config::agent_kind::builtin || agent->cfg.kind == config::agent_kind::pull
+      || !ctx->detach_blocking)
     return caf::actor_cast<caf::actor>(
       parent->spawn<caf::monitored>(instance_behavior, ctx, std::move(agent), i));
   return caf::actor_cast<caf::actor>(

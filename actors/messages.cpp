@@ -17,8 +17,10 @@ namespace {
 template <class E, std::size_t N>
 using names = std::array<std::pair<E, std::string_view>, N>;
 
-constexpr names<agent_kind, 3> agent_kinds{
-  {{agent_kind::builtin, "builtin"}, {agent_kind::process, "process"}, {agent_kind::http, "http"}}};
+constexpr names<agent_kind, 4> agent_kinds{{{agent_kind::builtin, "builtin"},
+                                            {agent_kind::process, "process"},
+                                            {agent_kind::http, "http"},
+                                            {agent_kind::pull, "pull"}}};
 constexpr names<ordering, 2> orderings{{{ordering::none, ""}, {ordering::key, "key"}}};
 constexpr names<start_position, 2> start_positions{
   {{start_position::latest, "latest"}, {start_position::earliest, "earliest"}}};
@@ -113,6 +115,9 @@ void register_messages(caf::actor_system_config& cfg) {
     .add_message_type<appended>("nerve.appended")
     .add_message_type<delivery>("nerve.delivery")
     .add_message_type<outcome>("nerve.outcome")
+    .add_message_type<std::vector<delivery>>("nerve.delivery_list")
+    .add_message_type<pull_answer>("nerve.pull_answer")
+    .add_message_type<std::vector<pull_answer>>("nerve.pull_answer_list")
     .add_message_type<credit_grant>("nerve.credit_grant")
     .add_message_type<dead_letter>("nerve.dead_letter")
     .add_message_type<redelivery>("nerve.redelivery")

@@ -92,6 +92,9 @@ using child_atom = caf::atom_constant<caf::atom("child")>;
 using exited_atom = caf::atom_constant<caf::atom("exited")>;
 using http_atom = caf::atom_constant<caf::atom("http")>;
 using restart_child_atom = caf::atom_constant<caf::atom("rst_child")>;
+using pull_atom = caf::atom_constant<caf::atom("pull")>;
+using pull_answer_atom = caf::atom_constant<caf::atom("pull_ans")>;
+using pull_wait_atom = caf::atom_constant<caf::atom("pull_wait")>;
 
 // Between nodes (the cluster actor):
 using topic_atom = caf::atom_constant<caf::atom("topic")>;
@@ -229,6 +232,26 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, delivery& x) {
   return f(caf::meta::type_name("nerve.delivery"), x.group, x.instance, x.offset, x.attempt,
            x.delivery_id, x.event_id, x.event);
+}
+
+/// A pull agent's worker answers one delivery it fetched (HTTP ack or nack).
+struct pull_answer {
+  std::string delivery_id;
+  bool ok = false;
+  std::string result; ///< JSON text; empty: none
+  std::string emit;   ///< JSON array text of follow-up events; empty: none
+  std::string error;
+
+  friend bool operator==(const pull_answer& a, const pull_answer& b) {
+    return a.delivery_id == b.delivery_id && a.ok == b.ok && a.result == b.result
+           && a.emit == b.emit && a.error == b.error;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pull_answer& x) {
+  return f(caf::meta::type_name("nerve.pull_answer"), x.delivery_id, x.ok, x.result, x.emit,
+           x.error);
 }
 
 /// The answer to a delivery attempt, agent instance → consumer group.
@@ -761,16 +784,25 @@ using partition_actor = caf::typed_actor<
 
 /// An agent instance: runs the handler of each delivery it is sent and
 /// answers the sender.
-using instance_actor
-  = caf::typed_actor<caf::reacts_to<deliver_atom, delivery>,
-                     /// Internal: a delivery (by id) was not answered in time.
-                     caf::reacts_to<timeout_atom, std::string>,
-                     /// Internal: an http agent's answer (delivery id, status, body or error).
-                     caf::reacts_to<http_atom, std::string, std::uint32_t, std::string>,
-                     /// Internal: a line from the child of generation n; the child exited.
-                     caf::reacts_to<child_atom, std::uint64_t, std::string>,
-                     caf::reacts_to<exited_atom, std::uint64_t, int>,
-                     caf::reacts_to<restart_child_atom>, caf::reacts_to<stop_atom>>;
+using instance_actor = caf::typed_actor<
+  caf::reacts_to<deliver_atom, delivery>,
+  /// Internal: a delivery (by id) was not answered in time.
+  caf::reacts_to<timeout_atom, std::string>,
+  /// Internal: an http agent's answer (delivery id, status, body or error).
+  caf::reacts_to<http_atom, std::string, std::uint32_t, std::string>,
+  /// Internal: a line from the child of generation n; the child exited.
+  caf::reacts_to<child_atom, std::uint64_t, std::string>,
+  caf::reacts_to<exited_atom, std::uint64_t, int>, caf::reacts_to<restart_child_atom>,
+  /// Pull agents: a worker (consumer) fetches at most `max`
+  /// deliveries, waiting up to `wait_ms` for the first.
+  caf::replies_to<pull_atom, std::string, std::uint32_t,
+                  std::uint32_t>::with<std::vector<delivery>>,
+  /// Pull agents: workers' acks and nacks, all or none: answers the
+  /// delivery ids that are not fetched and unanswered here (then
+  /// nothing was taken).
+  caf::replies_to<pull_answer_atom, std::vector<pull_answer>>::with<std::vector<std::string>>,
+  /// Internal: fetch `n` waited long enough.
+  caf::reacts_to<pull_wait_atom, std::uint64_t>, caf::reacts_to<stop_atom>>;
 
 /// A running replay: redelivers its plan's histories.
 using replay_actor

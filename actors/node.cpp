@@ -174,6 +174,43 @@ public:
 
   std::vector<agent_view> agents() const override { return queries_.agents(); }
 
+  void pull_fetch(const std::string& name, const std::string& consumer, std::size_t max,
+                  std::chrono::milliseconds wait,
+                  callback<std::vector<pulled_delivery>> done) override {
+    auto queue = pull_queue(name);
+    if (!queue)
+      return done(tl::make_unexpected(queue.error()));
+    using list = std::vector<delivery>;
+    ask<list>(system_, *queue, wait + std::chrono::seconds{10}, "agent " + name,
+              std::function<void(result<list>)>{[done](result<list> r) {
+                if (!r)
+                  return done(tl::make_unexpected(r.error()));
+                std::vector<pulled_delivery> out;
+                out.reserve(r->size());
+                for (auto& d : *r)
+                  out.push_back({std::move(d.delivery_id), d.attempt, std::move(d.event)});
+                done(std::move(out));
+              }},
+              pull_atom::value, consumer, static_cast<std::uint32_t>(max),
+              static_cast<std::uint32_t>(wait.count()));
+  }
+
+  void pull_answer(const std::string& name, std::vector<pull_reply> replies,
+                   callback<std::vector<std::string>> done) override {
+    auto queue = pull_queue(name);
+    if (!queue)
+      return done(tl::make_unexpected(queue.error()));
+    std::vector<actors::pull_answer> answers;
+    answers.reserve(replies.size());
+    for (auto& r : replies)
+      answers.push_back(
+        {std::move(r.delivery), r.ok, std::move(r.result), std::move(r.emit), std::move(r.error)});
+    using ids = std::vector<std::string>;
+    ask<ids>(system_, *queue, std::chrono::seconds{10}, "agent " + name,
+             std::function<void(result<ids>)>{std::move(done)}, pull_answer_atom::value,
+             std::move(answers));
+  }
+
   void set_paused(const std::string& name, bool paused, callback<agent_view> done) override {
     queries_.set_paused(name, paused, std::move(done));
   }
@@ -460,6 +497,22 @@ public:
   }
 
 private:
+  /// The queue actor of pull agent `name`.
+  result<instance_actor> pull_queue(const std::string& name) const {
+    auto agent = find_agent(ctx_, name);
+    if (!agent)
+      return tl::make_unexpected(error{errc::not_found, "no agent named " + name});
+    if (agent->cfg.kind != config::agent_kind::pull)
+      return tl::make_unexpected(
+        error{errc::invalid, "agent " + name + " is a " + config::to_string(agent->cfg.kind)
+                               + " agent; only pull agents are fetched from"});
+    std::lock_guard<std::mutex> guard{agent->mutex};
+    auto actor = agent->instances.at(0)->actor;
+    if (!actor)
+      return tl::make_unexpected(error{errc::unavailable, "agent " + name + " is restarting"});
+    return caf::actor_cast<instance_actor>(actor);
+  }
+
   /// The actor of local partition (topic, p) now; invalid when none runs.
   caf::actor partition_actor_of(const std::string& topic, std::uint32_t p) {
     auto route = ctx_.routes.find(topic);

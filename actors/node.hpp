@@ -113,6 +113,22 @@ struct agent_view {
   std::string config_json; ///< the agent's settings as JSON
 };
 
+/// A delivery a pull agent's worker fetched.
+struct pulled_delivery {
+  std::string delivery; ///< the id to ack or nack
+  std::uint32_t attempt = 1;
+  std::string event; ///< the stored event JSON
+};
+
+/// A worker's ack (ok) or nack of one delivery it fetched.
+struct pull_reply {
+  std::string delivery;
+  bool ok = true;
+  std::string result; ///< JSON text; empty: none
+  std::string emit;   ///< JSON array text of follow-up events; empty: none
+  std::string error;  ///< of a nack
+};
+
 /// One agent's consumer group on one topic.
 struct group_view {
   std::string agent;
@@ -392,6 +408,20 @@ public:
 
   /// Agents and their instances (no I/O).
   [[nodiscard]] virtual std::vector<agent_view> agents() const = 0;
+  /// Pull agents: at most `max` deliveries of `agent` for worker `consumer`,
+  /// waiting up to `wait` for the first; empty after the wait. Errors:
+  /// not_found (no such agent), invalid (not a pull agent).
+  virtual void pull_fetch(const std::string& agent, const std::string& consumer, std::size_t max,
+                          std::chrono::milliseconds wait,
+                          callback<std::vector<pulled_delivery>> done)
+    = 0;
+  /// Pull agents: acks and nacks, taken all or none. Answers the delivery
+  /// ids that are not fetched and unanswered on this node (unknown, answered
+  /// already, or timed out); when there are any, nothing was taken.
+  virtual void pull_answer(const std::string& agent, std::vector<pull_reply> replies,
+                           callback<std::vector<std::string>> done)
+    = 0;
+
   /// Pauses or resumes delivery to an agent; answers its new view.
   virtual void set_paused(const std::string& agent, bool paused, callback<agent_view> done) = 0;
   /// Counters per agent and topic, filtered when the names are not empty.

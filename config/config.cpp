@@ -107,6 +107,16 @@ bool valid_node_id(const std::string& v) {
   });
 }
 
+} // namespace
+
+bool valid_agent_name(std::string_view v) {
+  return !v.empty() && v.size() <= 128 && std::all_of(v.begin(), v.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == ':';
+  });
+}
+
+namespace {
+
 const std::vector<setting>& settings() {
   static const std::vector<setting> table = {
     {"node_id",
@@ -397,6 +407,7 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
     return base + ": expected a map";
   agent_config a;
   bool kind_given = false;
+  bool max_in_flight_given = false;
   for (auto it : node) {
     auto key = it.first.Scalar();
     auto path = base + "." + key;
@@ -424,8 +435,8 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
     };
     result err;
     if (key == "name") {
-      if (!(err = need_scalar()) && !valid_node_id(text))
-        err = bad_value(path, text, "1 to 64 characters of A-Z a-z 0-9 . _ -");
+      if (!(err = need_scalar()) && !valid_agent_name(text))
+        err = bad_value(path, text, "1 to 128 characters of A-Z a-z 0-9 . _ - :");
       a.name = text;
     } else if (key == "topics") {
       if (!(err = agent_string_list(v, path, a.topics)))
@@ -451,10 +462,12 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
           return path + "." + fk + ": unknown key (allowed: type, source, key)";
       }
     } else if (key == "kind") {
-      if (!(err = need_scalar()) && text != "process" && text != "http" && text != "builtin")
-        err = bad_value(path, text, "one of: process, http, builtin");
+      if (!(err = need_scalar()) && text != "process" && text != "http" && text != "builtin"
+          && text != "pull")
+        err = bad_value(path, text, "one of: process, http, builtin, pull");
       a.kind = text == "process" ? agent_kind::process
                : text == "http"  ? agent_kind::http
+               : text == "pull"  ? agent_kind::pull
                                  : agent_kind::builtin;
       kind_given = true;
     } else if (key == "command") {
@@ -471,6 +484,7 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
       err = uint_field(a.instances, 1, 256);
     } else if (key == "max_in_flight") {
       err = uint_field(a.max_in_flight, 1, 65536);
+      max_in_flight_given = true;
     } else if (key == "ordered_by") {
       if (!(err = need_scalar()) && text != "key")
         err = bad_value(path, text, "key");
@@ -509,13 +523,19 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
   if (a.topics.empty())
     return base + ".topics: missing; every agent needs at least one topic pattern";
   if (!kind_given)
-    return base + ".kind: missing; expected one of: process, http, builtin";
+    return base + ".kind: missing; expected one of: process, http, builtin, pull";
   if (a.kind == agent_kind::process && a.command.empty())
     return base + ".command: missing; a process agent needs a command";
   if (a.kind == agent_kind::http && a.url.empty())
     return base + ".url: missing; an http agent needs a url";
   if (a.kind == agent_kind::builtin && a.handler.empty())
     return base + ".handler: missing; expected one of: echo, noop, fail";
+  if (a.kind == agent_kind::pull && a.instances != 1)
+    return base
+           + ".instances: a pull agent is one queue that any number of workers fetch "
+             "from; leave instances at 1 and run more workers";
+  if (a.kind == agent_kind::pull && !max_in_flight_given)
+    a.max_in_flight = pull_max_in_flight;
   if (a.backoff_initial > a.backoff_max)
     return base + ".backoff: initial must not exceed max";
   for (auto& other : cfg.agents)
@@ -646,6 +666,8 @@ const char* to_string(agent_kind kind) {
       return "process";
     case agent_kind::http:
       return "http";
+    case agent_kind::pull:
+      return "pull";
   }
   return "unknown";
 }

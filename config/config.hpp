@@ -44,7 +44,11 @@ struct topic_config {
 };
 
 /// How an agent's handler runs.
-enum class agent_kind : std::uint8_t { builtin, process, http };
+enum class agent_kind : std::uint8_t { builtin, process, http, pull };
+
+/// max_in_flight of a pull agent that does not set it: deliveries waiting
+/// to be fetched plus those fetched and not yet answered.
+inline constexpr std::uint32_t pull_max_in_flight = 256;
 /// `ordered_by` of an agent: none, or one delivery in flight per event key.
 enum class ordering : std::uint8_t { none, key };
 /// Where a new consumer group starts on a partition.
@@ -171,6 +175,10 @@ split_host_port(const std::string& text);
 
 /// True for a topic name: [A-Za-z0-9_-]+ tokens joined by '.', at most 255 bytes.
 [[nodiscard]] bool valid_topic_name(std::string_view topic);
+
+/// True for an agent name: 1 to 128 of [A-Za-z0-9._:-] (so Redis group names
+/// such as group:orders:summarizer are agent names).
+[[nodiscard]] bool valid_agent_name(std::string_view name);
 
 /// True for 127.0.0.0/8, ::1 and "localhost".
 [[nodiscard]] bool is_loopback_host(const std::string& host);

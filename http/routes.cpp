@@ -237,6 +237,12 @@ public:
         [this](auto&, auto& p, auto& respond) { pause_agent(env_, p[0], true, respond); });
     add("POST", "/v1/agents/{name}/resume",
         [this](auto&, auto& p, auto& respond) { pause_agent(env_, p[0], false, respond); });
+    add("POST", "/v1/agents/{name}/fetch",
+        [this](auto& req, auto& p, auto& respond) { pull_fetch(env_, req, p[0], respond); });
+    add("POST", "/v1/agents/{name}/ack",
+        [this](auto& req, auto& p, auto& respond) { pull_ack(env_, req, p[0], respond); });
+    add("POST", "/v1/agents/{name}/nack",
+        [this](auto& req, auto& p, auto& respond) { pull_nack(env_, req, p[0], respond); });
     add("GET", "/v1/topics/{topic}/groups",
         [this](auto& req, auto& p, auto& respond) { groups(env_, req, p[0], respond); });
     add("GET", "/v1/dlq",

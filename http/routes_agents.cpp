@@ -4,9 +4,11 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
+#include "actors/event_input.hpp"
 #include "http/problem.hpp"
 #include "http/routes_private.hpp"
 
@@ -121,6 +123,216 @@ void groups(const api_env& env, request& req, const std::string& topic, responde
   // A long poll: answered once the cursors move past `index`, or after wait_ms.
   env.node.when_groups_move(topic, *index, std::chrono::milliseconds{*wait_ms},
                             [&env, topic, respond] { answer_groups(env, topic, respond); });
+}
+
+namespace {
+
+/// Most deliveries one fetch may ask for, and longest wait.
+constexpr std::uint64_t max_fetch = 1000;
+constexpr std::uint64_t max_fetch_wait_ms = 60000;
+
+/// The body of a pull route as a JSON object; else answers 400 and nothing.
+std::optional<json> pull_body(const request& req, const std::string& expected,
+                              const responder& respond, bool empty_ok = false) {
+  if (empty_ok && req.body.find_first_not_of(" \t\r\n") == std::string::npos)
+    return json::object();
+  auto body = actors::parse_json(req.body);
+  if (!body) {
+    respond(
+      problem(400, "invalid-json", "Bad Request", "the body is not valid JSON: " + body.error()));
+    return std::nullopt;
+  }
+  if (!body->is_object()) {
+    respond(
+      problem(400, "invalid-request", "Bad Request", "the body must be an object: " + expected));
+    return std::nullopt;
+  }
+  return std::move(*body);
+}
+
+/// A JSON value's text for a pull reply's `result`; `emit` must be an array.
+std::optional<std::string> emit_text(const json& v) {
+  if (!v.is_array())
+    return std::nullopt;
+  return v.dump();
+}
+
+/// Answers the node's verdict on acks or nacks.
+actors::callback<std::vector<std::string>> pull_verdict(const responder& respond,
+                                                        const char* counted, std::size_t n) {
+  return [respond, counted, n](actors::result<std::vector<std::string>> r) {
+    if (!r)
+      return respond(error_response(r.error()));
+    if (!r->empty()) {
+      auto out = problem(409, "not-in-flight", "Conflict",
+                         std::to_string(r->size()) + " of " + std::to_string(n)
+                           + " deliveries are not fetched and unanswered on this node "
+                             "(unknown, answered already, or timed out and redelivered "
+                             "under a new id); none of the request was taken");
+      auto body = json::parse(out.body);
+      body["deliveries"] = *r; // which ones, so a worker can drop them and send the rest
+      out.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+      return respond(std::move(out));
+    }
+    respond(json_response(200, json{{counted, n}}.dump()));
+  };
+}
+
+} // namespace
+
+void pull_fetch(const api_env& env, request& req, const std::string& agent, responder& respond) {
+  static const std::string shape = R"({"consumer": "name", "max": 1-1000, "wait_ms": 0-60000})";
+  auto body = pull_body(req, shape, respond, true);
+  if (!body)
+    return;
+  std::string consumer = "default";
+  std::uint64_t max = 1;
+  std::uint64_t wait_ms = 0;
+  auto invalid = [&respond](const std::string& detail) {
+    respond(problem(400, "invalid-request", "Bad Request", detail));
+  };
+  for (auto& [k, v] : body->items()) {
+    if (k == "consumer") {
+      if (!v.is_string() || v.get_ref<const std::string&>().empty()
+          || v.get_ref<const std::string&>().size() > 128)
+        return invalid("\"consumer\" must be a string of 1 to 128 bytes");
+      consumer = v.get<std::string>();
+    } else if (k == "max" || k == "wait_ms") {
+      auto hi = k == "max" ? max_fetch : max_fetch_wait_ms;
+      std::uint64_t lo = k == "max" ? 1 : 0;
+      if (!v.is_number_unsigned() || v.get<std::uint64_t>() < lo || v.get<std::uint64_t>() > hi)
+        return invalid("\"" + k + "\" must be an integer from " + std::to_string(lo) + " to "
+                       + std::to_string(hi));
+      (k == "max" ? max : wait_ms) = v.get<std::uint64_t>();
+    } else {
+      return invalid("unknown field \"" + k.substr(0, 64) + "\"; allowed: consumer, max, wait_ms");
+    }
+  }
+  env.node.pull_fetch(agent, consumer, max, std::chrono::milliseconds{wait_ms},
+                      [respond](actors::result<std::vector<actors::pulled_delivery>> r) {
+                        if (!r)
+                          return respond(error_response(r.error()));
+                        std::string out = R"({"deliveries":[)";
+                        bool first = true;
+                        for (auto& d : *r) {
+                          out += first ? "{" : ",{";
+                          first = false;
+                          out += R"("delivery":)" + json(d.delivery).dump() + R"(,"attempt":)"
+                                 + std::to_string(d.attempt) + R"(,"event":)" + d.event + "}";
+                        }
+                        out += "]}";
+                        respond(json_response(200, std::move(out)));
+                      });
+}
+
+void pull_ack(const api_env& env, request& req, const std::string& agent, responder& respond) {
+  static const std::string shape
+    = R"({"deliveries": ["<id>" or {"delivery", "result", "emit"}, ...], "result", "emit"})";
+  auto body = pull_body(req, shape, respond);
+  if (!body)
+    return;
+  auto invalid = [&respond](const std::string& detail) {
+    respond(problem(400, "invalid-request", "Bad Request", detail));
+  };
+  const json* list = nullptr;
+  std::string result;
+  std::string emit;
+  for (auto& [k, v] : body->items()) {
+    if (k == "deliveries") {
+      list = &v;
+    } else if (k == "result") {
+      result = v.dump();
+    } else if (k == "emit") {
+      auto e = emit_text(v);
+      if (!e)
+        return invalid("\"emit\" must be an array of events");
+      emit = std::move(*e);
+    } else {
+      return invalid("unknown field \"" + k.substr(0, 64)
+                     + "\"; allowed: deliveries, result, emit");
+    }
+  }
+  auto most = env.cfg.http.max_events_per_request;
+  if (list == nullptr || !list->is_array() || list->empty() || list->size() > most)
+    return invalid("\"deliveries\" must be a non-empty array of at most " + std::to_string(most)
+                   + " delivery ids (or {\"delivery\", \"result\", \"emit\"} objects)");
+  std::vector<actors::pull_reply> replies;
+  replies.reserve(list->size());
+  for (auto& d : *list) {
+    actors::pull_reply r;
+    r.result = result;
+    r.emit = emit;
+    if (d.is_string()) {
+      r.delivery = d.get<std::string>();
+    } else if (d.is_object() && d.contains("delivery") && d["delivery"].is_string()) {
+      for (auto& [k, v] : d.items()) {
+        if (k == "delivery") {
+          r.delivery = v.get<std::string>();
+        } else if (k == "result") {
+          r.result = v.dump();
+        } else if (k == "emit") {
+          auto e = emit_text(v);
+          if (!e)
+            return invalid("\"emit\" must be an array of events");
+          r.emit = std::move(*e);
+        } else {
+          return invalid("unknown field \"" + k.substr(0, 64)
+                         + "\" in a delivery; allowed: delivery, result, emit");
+        }
+      }
+    } else {
+      return invalid("each of \"deliveries\" must be a delivery id or an object with one");
+    }
+    if (r.delivery.empty())
+      return invalid("a delivery id must not be empty");
+    replies.push_back(std::move(r));
+  }
+  auto n = replies.size();
+  env.node.pull_answer(agent, std::move(replies), pull_verdict(respond, "acked", n));
+}
+
+void pull_nack(const api_env& env, request& req, const std::string& agent, responder& respond) {
+  static const std::string shape = R"({"delivery": "<id>", "error": "why"})";
+  auto body = pull_body(req, shape, respond);
+  if (!body)
+    return;
+  auto invalid = [&respond](const std::string& detail) {
+    respond(problem(400, "invalid-request", "Bad Request", detail));
+  };
+  std::vector<std::string> ids;
+  std::string error = "nack";
+  auto most = env.cfg.http.max_events_per_request;
+  for (auto& [k, v] : body->items()) {
+    if (k == "delivery") {
+      if (!v.is_string() || v.get_ref<const std::string&>().empty())
+        return invalid("\"delivery\" must be a delivery id");
+      ids.push_back(v.get<std::string>());
+    } else if (k == "deliveries") {
+      if (!v.is_array() || v.empty() || v.size() > most)
+        return invalid("\"deliveries\" must be a non-empty array of at most " + std::to_string(most)
+                       + " delivery ids");
+      for (auto& d : v) {
+        if (!d.is_string() || d.get_ref<const std::string&>().empty())
+          return invalid("each of \"deliveries\" must be a delivery id");
+        ids.push_back(d.get<std::string>());
+      }
+    } else if (k == "error") {
+      if (!v.is_string())
+        return invalid("\"error\" must be a string");
+      error = v.get<std::string>().substr(0, 4096);
+    } else {
+      return invalid("unknown field \"" + k.substr(0, 64)
+                     + "\"; allowed: delivery (or deliveries), error");
+    }
+  }
+  if (ids.empty())
+    return invalid("give \"delivery\": the id of the delivery that failed");
+  std::vector<actors::pull_reply> replies;
+  replies.reserve(ids.size());
+  for (auto& id : ids)
+    replies.push_back({std::move(id), false, {}, {}, error});
+  auto n = replies.size();
+  env.node.pull_answer(agent, std::move(replies), pull_verdict(respond, "nacked", n));
 }
 
 void agent_metrics(const api_env& env, request& req, responder& respond) {

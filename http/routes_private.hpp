@@ -95,6 +95,10 @@ void pause_agent(const api_env& env, const std::string& name, bool paused, respo
 /// GET /v1/topics/{topic}/groups; with `index` and `wait_ms`, a long poll
 /// answered once the cursors moved past that index.
 void groups(const api_env& env, request& req, const std::string& topic, responder& respond);
+/// POST /v1/agents/{name}/fetch, .../ack, .../nack: pull agents' workers.
+void pull_fetch(const api_env& env, request& req, const std::string& agent, responder& respond);
+void pull_ack(const api_env& env, request& req, const std::string& agent, responder& respond);
+void pull_nack(const api_env& env, request& req, const std::string& agent, responder& respond);
 /// GET /v1/metrics: counters per agent and topic.
 void agent_metrics(const api_env& env, request& req, responder& respond);
 

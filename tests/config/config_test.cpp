@@ -126,6 +126,19 @@ TEST_CASE("unknown keys and bad values name the key, the value and what is allow
   REQUIRE_FALSE(dup);
   CHECK(dup.error().find("agents[1].name") == 0);
 
+  auto pull = parse_yaml("agents: [ { name: 'group:orders:sum', topics: [x], kind: pull },"
+                         " { name: p2, topics: [y], kind: pull, max_in_flight: 8 } ]");
+  REQUIRE(pull);
+  CHECK(pull->agents[0].kind == agent_kind::pull);
+  CHECK(pull->agents[0].name == "group:orders:sum");
+  CHECK(pull->agents[0].max_in_flight == nerve::config::pull_max_in_flight);
+  CHECK(pull->agents[1].max_in_flight == 8);
+  auto pull_instances
+    = parse_yaml("agents: [ { name: a, topics: [x], kind: pull, instances: 2 } ]");
+  REQUIRE_FALSE(pull_instances);
+  CHECK(pull_instances.error().find("agents[0].instances: a pull agent is one queue") == 0);
+  CHECK_FALSE(parse_yaml("agents: [ { name: 'a b', topics: [x], kind: pull } ]"));
+
   auto syntax = parse_yaml("http: [unclosed");
   REQUIRE_FALSE(syntax);
   CHECK(syntax.error().find("invalid YAML at line") == 0);
