@@ -9,10 +9,12 @@
 #include <deque>
 #include <fcntl.h>
 #include <functional>
+#include <map>
 #include <poll.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <thread>
+#include <tuple>
 #include <unistd.h>
 #include <unordered_set>
 
@@ -20,6 +22,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/agents/http_poster.hpp"
+#include "actors/event_input.hpp"
 #include "actors/node.hpp"
 #include "actors/restart_policy.hpp"
 #include "actors/runtime.hpp"
@@ -49,16 +52,31 @@ struct in_flight {
   std::chrono::steady_clock::time_point started;
   // pull agents
   bool fetched = false; ///< a worker has it (else it waits in `ready`)
-  std::string consumer; ///< the worker that fetched it
+  std::string consumer; ///< the worker that has it
+  std::string topic;    ///< where the event is (read from it once)
+  std::uint32_t partition = 0;
+  std::int64_t time_us = 0;
+  std::uint32_t count = 0;                      ///< times handed out: fetches and claims
+  std::uint32_t handout = 0;                    ///< which hand-out the running timeout is for
+  std::chrono::steady_clock::time_point handed; ///< the last hand-out
 };
 
 /// A pull agent's fetch waiting for deliveries.
 struct fetch_waiter {
   std::uint64_t id = 0;
-  std::string consumer;
-  std::uint32_t max = 0;
+  pull_request req;
   caf::typed_response_promise<std::vector<delivery>> promise;
 };
+
+/// A pull agent's worker (a Redis consumer).
+struct consumer_info {
+  std::chrono::steady_clock::time_point seen;   ///< last fetch, claim or ack
+  std::chrono::steady_clock::time_point active; ///< last fetch that got something
+  bool ever_active = false;
+};
+
+/// An event's place: topic, partition, offset.
+using position = std::tuple<std::string, std::uint32_t, std::uint64_t>;
 
 /// Asked before each line written to a child (the child_io fault point);
 /// true fails the write as a broken pipe would.
@@ -167,6 +185,8 @@ struct instance_actor_state {
   std::deque<std::string> ready; ///< delivery ids not yet fetched, oldest first
   std::deque<fetch_waiter> waiters;
   std::uint64_t next_waiter = 0;
+  std::map<position, std::vector<std::string>> at; ///< delivery ids of each event
+  std::map<std::string, consumer_info> consumers;
   static inline const char* name = "agent";
 };
 
@@ -198,6 +218,15 @@ void answer(instance_actor_t self, const std::string& id, bool ok, std::string r
   o.error = std::move(error);
   o.elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
   self->send(it->second.reply_to, outcome_atom::value, std::move(o));
+  if (st.agent->cfg.kind == config::agent_kind::pull) {
+    auto where = st.at.find({it->second.topic, it->second.partition, d.offset});
+    if (where != st.at.end()) {
+      auto& ids = where->second;
+      ids.erase(std::remove(ids.begin(), ids.end(), id), ids.end());
+      if (ids.empty())
+        st.at.erase(where);
+    }
+  }
   st.inflight.erase(it);
   st.agent->return_credit(st.index);
 }
@@ -421,38 +450,165 @@ void on_http_answer(instance_actor_t self, const std::string& id, std::uint32_t 
 // Deliveries wait in `ready` (holding their credits) until a worker fetches
 // them; the timeout runs from the fetch.
 
-/// Hands out at most `max` waiting deliveries to `consumer`.
-std::vector<delivery> hand_out(instance_actor_t self, const std::string& consumer,
-                               std::uint32_t max) {
+/// Reads topic, partition and time from a delivery's event, once.
+void locate(in_flight& f) {
+  auto e = nlohmann::json::parse(f.d.event, nullptr, false);
+  if (!e.is_object())
+    return;
+  if (auto t = e.find("topic"); t != e.end() && t->is_string())
+    f.topic = t->get<std::string>();
+  if (auto p = e.find("partition"); p != e.end() && p->is_number_unsigned())
+    f.partition = p->get<std::uint32_t>();
+  if (auto t = e.find("time"); t != e.end() && t->is_string())
+    if (auto us = parse_time_arg(t->get<std::string>(), 0))
+      f.time_us = *us;
+}
+
+/// Gives fetched delivery `id` to `consumer` now: its timeout starts again.
+void hand_to(instance_actor_t self, const std::string& id, in_flight& f,
+             const std::string& consumer, bool counts) {
+  auto& st = self->state;
+  auto now = std::chrono::steady_clock::now();
+  if (!f.fetched)
+    f.started = now; // processing time runs from the first fetch
+  f.fetched = true;
+  f.consumer = consumer;
+  f.handed = now;
+  if (counts)
+    f.count = std::max(f.count + 1, f.d.attempt);
+  self->delayed_send(self, st.agent->cfg.timeout, pull_expire_atom::value, id, ++f.handout);
+  auto& c = st.consumers[consumer];
+  c.seen = c.active = now;
+  c.ever_active = true;
+}
+
+bool wants(const pull_request& req, const std::string& topic) {
+  return req.topics.empty()
+         || std::find(req.topics.begin(), req.topics.end(), topic) != req.topics.end();
+}
+
+/// Hands out at most `req.max` waiting deliveries of the topics asked for.
+std::vector<delivery> hand_out(instance_actor_t self, const pull_request& req) {
   auto& st = self->state;
   std::vector<delivery> out;
+  st.consumers[req.consumer].seen = std::chrono::steady_clock::now();
   if (st.agent->paused.load())
     return out;
-  auto now = std::chrono::steady_clock::now();
-  while (out.size() < max && !st.ready.empty()) {
-    auto id = std::move(st.ready.front());
-    st.ready.pop_front();
-    auto it = st.inflight.find(id);
-    if (it == st.inflight.end() || it->second.fetched)
+  std::vector<std::string> noack;
+  for (auto i = st.ready.begin(); i != st.ready.end() && out.size() < req.max;) {
+    auto it = st.inflight.find(*i);
+    if (it == st.inflight.end() || it->second.fetched) { // answered or claimed meanwhile
+      i = st.ready.erase(i);
       continue;
-    auto& f = it->second;
-    f.fetched = true;
-    f.consumer = consumer;
-    f.started = now;
-    self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
-    out.push_back(f.d);
+    }
+    if (!wants(req, it->second.topic)) {
+      ++i;
+      continue;
+    }
+    hand_to(self, *i, it->second, req.consumer, true);
+    out.push_back(it->second.d);
+    if (req.noack)
+      noack.push_back(*i);
+    i = st.ready.erase(i);
+  }
+  for (auto& id : noack)
+    answer(self, id, true, {}, {}, {});
+  return out;
+}
+
+/// Serves waiting fetches, oldest first, while deliveries they want wait.
+void serve_waiters(instance_actor_t self) {
+  auto& st = self->state;
+  for (auto w = st.waiters.begin(); w != st.waiters.end() && !st.ready.empty();) {
+    auto got = hand_out(self, w->req);
+    if (got.empty()) {
+      ++w;
+      continue;
+    }
+    w->promise.deliver(std::move(got));
+    w = st.waiters.erase(w);
+  }
+}
+
+/// A fetched delivery as a pending entry.
+pending_entry entry_of(const std::string& id, const in_flight& f, bool with_event,
+                       std::chrono::steady_clock::time_point now) {
+  pending_entry e;
+  e.delivery_id = id;
+  e.topic = f.topic;
+  e.partition = f.partition;
+  e.offset = f.d.offset;
+  e.time_us = f.time_us;
+  e.consumer = f.consumer;
+  e.idle_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - f.handed).count();
+  e.count = f.count;
+  e.attempt = f.d.attempt;
+  if (with_event)
+    e.event = f.d.event;
+  return e;
+}
+
+/// Hands the pending entries `c` names to its consumer.
+std::vector<pending_entry> claim(instance_actor_t self, const pull_claim& c) {
+  auto& st = self->state;
+  std::vector<pending_entry> out;
+  auto now = std::chrono::steady_clock::now();
+  st.consumers[c.consumer].seen = now;
+  for (auto& e : c.entries) {
+    auto where = st.at.find({c.topic, e.partition, e.offset});
+    if (where == st.at.end())
+      continue;
+    for (auto& id : where->second) {
+      auto it = st.inflight.find(id);
+      if (it == st.inflight.end() || !it->second.fetched)
+        continue;
+      auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(now - it->second.handed);
+      if (idle.count() < c.min_idle_ms)
+        continue;
+      hand_to(self, id, it->second, c.consumer, !c.justid);
+      out.push_back(entry_of(id, it->second, !c.justid, now));
+    }
   }
   return out;
 }
 
-/// Serves waiting fetches, oldest first, while deliveries wait.
-void serve_waiters(instance_actor_t self) {
-  auto& st = self->state;
-  while (!st.waiters.empty() && !st.ready.empty() && !st.agent->paused.load()) {
-    auto w = std::move(st.waiters.front());
-    st.waiters.pop_front();
-    w.promise.deliver(hand_out(self, w.consumer, w.max));
+/// The consumers with their pending count in `topic`.
+std::vector<consumer_view> consumers_of(const instance_actor_state& st, const std::string& topic) {
+  auto now = std::chrono::steady_clock::now();
+  std::map<std::string, std::uint64_t> pending;
+  for (auto& [id, f] : st.inflight)
+    if (f.fetched && f.topic == topic)
+      ++pending[f.consumer];
+  std::vector<consumer_view> out;
+  for (auto& [name, c] : st.consumers) {
+    consumer_view v;
+    v.name = name;
+    auto p = pending.find(name);
+    v.pending = p == pending.end() ? 0 : p->second;
+    v.idle_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - c.seen).count();
+    if (c.ever_active)
+      v.inactive_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - c.active).count();
+    out.push_back(std::move(v));
   }
+  return out;
+}
+
+/// Forgets consumer `name`: its pending entries wait to be fetched again.
+void drop_consumer(instance_actor_t self, const std::string& name) {
+  auto& st = self->state;
+  std::vector<std::pair<std::uint64_t, std::string>> back; // in delivery order
+  for (auto& [id, f] : st.inflight)
+    if (f.fetched && f.consumer == name) {
+      f.fetched = false;
+      f.consumer.clear();
+      ++f.handout; // its timeout is off
+      back.emplace_back(f.d.offset, id);
+    }
+  std::sort(back.rbegin(), back.rend());
+  for (auto& b : back)
+    st.ready.push_front(b.second);
+  st.consumers.erase(name);
+  serve_waiters(self);
 }
 
 /// Workers' acks and nacks: all known and fetched, or none taken.
@@ -497,17 +653,18 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       auto& st = self->state;
       auto id = msg.delivery_id;
       auto& f = st.inflight[id];
-      f = {std::move(msg),
-           caf::actor_cast<outcome_sink>(self->current_sender()),
-           std::chrono::steady_clock::now(),
-           false,
-           {}};
+      f = in_flight{};
+      f.d = std::move(msg);
+      f.reply_to = caf::actor_cast<outcome_sink>(self->current_sender());
+      f.started = std::chrono::steady_clock::now();
       const auto& d = f.d;
       if (st.agent->cfg.kind == config::agent_kind::builtin) {
         answer_builtin(self, d);
         return;
       }
       if (st.agent->cfg.kind == config::agent_kind::pull) {
+        locate(f);
+        st.at[{f.topic, f.partition, f.d.offset}].push_back(id);
         st.ready.push_back(id);
         serve_waiters(self);
         return;
@@ -558,16 +715,16 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       if (!self->state.stopping)
         start_child(self);
     },
-    [=](pull_atom, const std::string& consumer, std::uint32_t max,
-        std::uint32_t wait_ms) -> caf::result<std::vector<delivery>> {
+    [=](pull_atom, pull_request& req) -> caf::result<std::vector<delivery>> {
       auto& st = self->state;
-      auto got = hand_out(self, consumer, max);
-      if (!got.empty() || wait_ms == 0 || st.stopping)
+      auto got = hand_out(self, req);
+      if (!got.empty() || req.wait_ms == 0 || st.stopping)
         return got;
       auto id = ++st.next_waiter;
+      auto wait = std::chrono::milliseconds{req.wait_ms};
       st.waiters.push_back(
-        {id, consumer, max, self->make_response_promise<std::vector<delivery>>()});
-      self->delayed_send(self, std::chrono::milliseconds{wait_ms}, pull_wait_atom::value, id);
+        {id, std::move(req), self->make_response_promise<std::vector<delivery>>()});
+      self->delayed_send(self, wait, pull_wait_atom::value, id);
       return st.waiters.back().promise;
     },
     [=](pull_wait_atom, std::uint64_t id) {
@@ -576,8 +733,53 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       if (it == ws.end())
         return;
       // Paused meanwhile, or nothing came: what waits now, if anything.
-      it->promise.deliver(hand_out(self, it->consumer, it->max));
+      it->promise.deliver(hand_out(self, it->req));
       ws.erase(it);
+    },
+    [=](pull_expire_atom, const std::string& id, std::uint32_t handout) {
+      auto& st = self->state;
+      auto it = st.inflight.find(id);
+      if (it == st.inflight.end() || !it->second.fetched || it->second.handout != handout)
+        return; // answered, claimed or given back since
+      answer(self, id, false, {}, {},
+             "timed out after " + std::to_string(st.agent->cfg.timeout.count()) + " ms", true);
+    },
+    [=](pull_pending_atom, const std::string& topic, bool with_events) {
+      auto& st = self->state;
+      auto now = std::chrono::steady_clock::now();
+      std::vector<pending_entry> out;
+      for (auto& [id, f] : st.inflight)
+        if (f.fetched && f.topic == topic)
+          out.push_back(entry_of(id, f, with_events, now));
+      return out;
+    },
+    [=](pull_claim_atom, const pull_claim& c) { return claim(self, c); },
+    [=](pull_ack_at_atom, const std::string& topic, const std::vector<entry_at>& entries) {
+      auto& st = self->state;
+      std::uint64_t acked = 0;
+      for (auto& e : entries) {
+        auto where = st.at.find({topic, e.partition, e.offset});
+        if (where == st.at.end())
+          continue;
+        auto ids = where->second; // answer() edits the index
+        for (auto& id : ids) {
+          auto it = st.inflight.find(id);
+          if (it == st.inflight.end() || !it->second.fetched)
+            continue;
+          answer(self, id, true, {}, {}, {});
+          ++acked;
+        }
+      }
+      return acked;
+    },
+    [=](pull_consumer_atom, const std::string& topic, const std::string& name, std::int32_t op) {
+      auto& st = self->state;
+      if (op > 0 && !name.empty())
+        st.consumers.try_emplace(name, consumer_info{std::chrono::steady_clock::now(), {}, false});
+      auto out = consumers_of(st, topic); // before a delete: what the consumer had
+      if (op < 0 && !name.empty())
+        drop_consumer(self, name);
+      return out;
     },
     [=](pull_answer_atom, std::vector<pull_answer>& answers) -> std::vector<std::string> {
       return take_pull_answers(self, answers);

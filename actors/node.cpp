@@ -191,8 +191,12 @@ public:
                   out.push_back({std::move(d.delivery_id), d.attempt, std::move(d.event)});
                 done(std::move(out));
               }},
-              pull_atom::value, consumer, static_cast<std::uint32_t>(max),
-              static_cast<std::uint32_t>(wait.count()));
+              pull_atom::value,
+              pull_request{consumer,
+                           {},
+                           static_cast<std::uint32_t>(max),
+                           static_cast<std::uint32_t>(wait.count()),
+                           false});
   }
 
   void pull_answer(const std::string& name, std::vector<pull_reply> replies,
