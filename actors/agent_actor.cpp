@@ -549,7 +549,7 @@ pending_entry entry_of(const std::string& id, const in_flight& f, bool with_even
 }
 
 /// Hands the pending entries `c` names to its consumer.
-std::vector<pending_entry> claim(instance_actor_t self, const pull_claim& c) {
+std::vector<pending_entry> claim(instance_actor_t self, const claim_request& c) {
   auto& st = self->state;
   std::vector<pending_entry> out;
   auto now = std::chrono::steady_clock::now();
@@ -753,7 +753,7 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
           out.push_back(entry_of(id, f, with_events, now));
       return out;
     },
-    [=](pull_claim_atom, const pull_claim& c) { return claim(self, c); },
+    [=](pull_claim_atom, const claim_request& c) { return claim(self, c); },
     [=](pull_ack_at_atom, const std::string& topic, const std::vector<entry_at>& entries) {
       auto& st = self->state;
       std::uint64_t acked = 0;

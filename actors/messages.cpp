@@ -123,7 +123,7 @@ void register_messages(caf::actor_system_config& cfg) {
     .add_message_type<std::vector<entry_at>>("nerve.entry_at_list")
     .add_message_type<pending_entry>("nerve.pending_entry")
     .add_message_type<std::vector<pending_entry>>("nerve.pending_entry_list")
-    .add_message_type<pull_claim>("nerve.pull_claim")
+    .add_message_type<claim_request>("nerve.claim_request")
     .add_message_type<consumer_view>("nerve.consumer_view")
     .add_message_type<std::vector<consumer_view>>("nerve.consumer_view_list")
     .add_message_type<credit_grant>("nerve.credit_grant")

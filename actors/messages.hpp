@@ -259,62 +259,16 @@ typename Inspector::result_type inspect(Inspector& f, pull_answer& x) {
            x.error);
 }
 
-/// A worker's fetch from a pull agent's queue.
-struct pull_request {
-  std::string consumer;
-  std::vector<std::string> topics; ///< only deliveries of these topics; empty: any
-  std::uint32_t max = 1;
-  std::uint32_t wait_ms = 0; ///< for the first delivery
-  bool noack = false;        ///< acked as handed out (XREADGROUP NOACK)
-
-  friend bool operator==(const pull_request& a, const pull_request& b) {
-    return a.consumer == b.consumer && a.topics == b.topics && a.max == b.max
-           && a.wait_ms == b.wait_ms && a.noack == b.noack;
-  }
-};
-
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pull_request& x) {
   return f(caf::meta::type_name("nerve.pull_request"), x.consumer, x.topics, x.max, x.wait_ms,
            x.noack);
 }
 
-/// Where an event of a topic is: partition and offset.
-struct entry_at {
-  std::uint32_t partition = 0;
-  std::uint64_t offset = 0;
-
-  friend bool operator==(const entry_at& a, const entry_at& b) {
-    return a.partition == b.partition && a.offset == b.offset;
-  }
-};
-
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, entry_at& x) {
   return f(caf::meta::type_name("nerve.entry_at"), x.partition, x.offset);
 }
-
-/// A delivery of a pull agent fetched and not answered: one entry of its
-/// pending list as the Redis side shows it.
-struct pending_entry {
-  std::string delivery_id;
-  std::string topic;
-  std::uint32_t partition = 0;
-  std::uint64_t offset = 0;
-  std::int64_t time_us = 0; ///< the event's append time
-  std::string consumer;
-  std::int64_t idle_ms = 0;  ///< since it was last handed out
-  std::uint32_t count = 0;   ///< times handed out: fetches (attempts) and claims
-  std::uint32_t attempt = 0; ///< the delivery attempt
-  std::string event;         ///< the stored event JSON, when asked for
-
-  friend bool operator==(const pending_entry& a, const pending_entry& b) {
-    return a.delivery_id == b.delivery_id && a.topic == b.topic && a.partition == b.partition
-           && a.offset == b.offset && a.time_us == b.time_us && a.consumer == b.consumer
-           && a.idle_ms == b.idle_ms && a.count == b.count && a.attempt == b.attempt
-           && a.event == b.event;
-  }
-};
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pending_entry& x) {
@@ -322,40 +276,11 @@ typename Inspector::result_type inspect(Inspector& f, pending_entry& x) {
            x.offset, x.time_us, x.consumer, x.idle_ms, x.count, x.attempt, x.event);
 }
 
-/// Pending entries of one topic to hand to `consumer` (XCLAIM), those idle
-/// at least `min_idle_ms`; empty `entries`: any, at most `max` (XAUTOCLAIM).
-struct pull_claim {
-  std::string topic;
-  std::string consumer;
-  std::vector<entry_at> entries;
-  std::int64_t min_idle_ms = 0;
-  std::uint32_t max = 0;
-  bool justid = false; ///< the count does not grow (XCLAIM JUSTID)
-
-  friend bool operator==(const pull_claim& a, const pull_claim& b) {
-    return a.topic == b.topic && a.consumer == b.consumer && a.entries == b.entries
-           && a.min_idle_ms == b.min_idle_ms && a.max == b.max && a.justid == b.justid;
-  }
-};
-
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, pull_claim& x) {
-  return f(caf::meta::type_name("nerve.pull_claim"), x.topic, x.consumer, x.entries, x.min_idle_ms,
-           x.max, x.justid);
+typename Inspector::result_type inspect(Inspector& f, claim_request& x) {
+  return f(caf::meta::type_name("nerve.claim_request"), x.topic, x.consumer, x.entries,
+           x.min_idle_ms, x.max, x.justid);
 }
-
-/// A worker of a pull agent as the queue knows it.
-struct consumer_view {
-  std::string name;
-  std::uint64_t pending = 0;     ///< of the topic asked about
-  std::int64_t idle_ms = 0;      ///< since its last fetch, claim or ack
-  std::int64_t inactive_ms = -1; ///< since its last fetch that got something; -1: never
-
-  friend bool operator==(const consumer_view& a, const consumer_view& b) {
-    return a.name == b.name && a.pending == b.pending && a.idle_ms == b.idle_ms
-           && a.inactive_ms == b.inactive_ms;
-  }
-};
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, consumer_view& x) {
@@ -908,7 +833,7 @@ using instance_actor = caf::typed_actor<
   /// with their events if asked.
   caf::replies_to<pull_pending_atom, std::string, bool>::with<std::vector<pending_entry>>,
   /// Pull agents: hands pending entries to another consumer.
-  caf::replies_to<pull_claim_atom, pull_claim>::with<std::vector<pending_entry>>,
+  caf::replies_to<pull_claim_atom, claim_request>::with<std::vector<pending_entry>>,
   /// Pull agents: acks the fetched deliveries of these entries of a topic;
   /// answers how many.
   caf::replies_to<pull_ack_at_atom, std::string, std::vector<entry_at>>::with<std::uint64_t>,

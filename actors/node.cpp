@@ -174,13 +174,13 @@ public:
 
   std::vector<agent_view> agents() const override { return queries_.agents(); }
 
-  void pull_fetch(const std::string& name, const std::string& consumer, std::size_t max,
-                  std::chrono::milliseconds wait,
+  void pull_fetch(const std::string& name, pull_request req,
                   callback<std::vector<pulled_delivery>> done) override {
     auto queue = pull_queue(name);
     if (!queue)
       return done(tl::make_unexpected(queue.error()));
     using list = std::vector<delivery>;
+    auto wait = std::chrono::milliseconds{req.wait_ms};
     ask<list>(system_, *queue, wait + std::chrono::seconds{10}, "agent " + name,
               std::function<void(result<list>)>{[done](result<list> r) {
                 if (!r)
@@ -191,12 +191,31 @@ public:
                   out.push_back({std::move(d.delivery_id), d.attempt, std::move(d.event)});
                 done(std::move(out));
               }},
-              pull_atom::value,
-              pull_request{consumer,
-                           {},
-                           static_cast<std::uint32_t>(max),
-                           static_cast<std::uint32_t>(wait.count()),
-                           false});
+              pull_atom::value, std::move(req));
+  }
+
+  void pull_pending(const std::string& name, const std::string& topic, bool with_events,
+                    callback<std::vector<pending_entry>> done) override {
+    ask_queue<std::vector<pending_entry>>(name, std::move(done), pull_pending_atom::value, topic,
+                                          with_events);
+  }
+
+  void pull_claim(const std::string& name, claim_request req,
+                  callback<std::vector<pending_entry>> done) override {
+    ask_queue<std::vector<pending_entry>>(name, std::move(done), pull_claim_atom::value,
+                                          std::move(req));
+  }
+
+  void pull_ack_at(const std::string& name, const std::string& topic, std::vector<entry_at> entries,
+                   callback<std::uint64_t> done) override {
+    ask_queue<std::uint64_t>(name, std::move(done), pull_ack_at_atom::value, topic,
+                             std::move(entries));
+  }
+
+  void pull_consumers(const std::string& name, const std::string& topic, const std::string& who,
+                      int op, callback<std::vector<consumer_view>> done) override {
+    ask_queue<std::vector<consumer_view>>(name, std::move(done), pull_consumer_atom::value, topic,
+                                          who, static_cast<std::int32_t>(op));
   }
 
   void pull_answer(const std::string& name, std::vector<pull_reply> replies,
@@ -501,6 +520,16 @@ public:
   }
 
 private:
+  /// Asks pull agent `name`'s queue actor; answers its reply.
+  template <class R, class... Ts>
+  void ask_queue(const std::string& name, callback<R> done, Ts... xs) {
+    auto queue = pull_queue(name);
+    if (!queue)
+      return done(tl::make_unexpected(queue.error()));
+    ask<R>(system_, *queue, std::chrono::seconds{10}, "agent " + name,
+           std::function<void(result<R>)>{std::move(done)}, std::move(xs)...);
+  }
+
   /// The queue actor of pull agent `name`.
   result<instance_actor> pull_queue(const std::string& name) const {
     auto agent = find_agent(ctx_, name);

@@ -129,6 +129,81 @@ struct pull_reply {
   std::string error;  ///< of a nack
 };
 
+/// A worker's fetch from a pull agent's queue.
+struct pull_request {
+  std::string consumer;
+  std::vector<std::string> topics; ///< only deliveries of these topics; empty: any
+  std::uint32_t max = 1;
+  std::uint32_t wait_ms = 0; ///< for the first delivery
+  bool noack = false;        ///< acked as handed out (XREADGROUP NOACK)
+
+  friend bool operator==(const pull_request& a, const pull_request& b) {
+    return a.consumer == b.consumer && a.topics == b.topics && a.max == b.max
+           && a.wait_ms == b.wait_ms && a.noack == b.noack;
+  }
+};
+
+/// Where an event of a topic is: partition and offset.
+struct entry_at {
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
+
+  friend bool operator==(const entry_at& a, const entry_at& b) {
+    return a.partition == b.partition && a.offset == b.offset;
+  }
+};
+
+/// A delivery of a pull agent fetched and not answered: one entry of its
+/// pending list as the Redis side shows it.
+struct pending_entry {
+  std::string delivery_id;
+  std::string topic;
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
+  std::int64_t time_us = 0; ///< the event's append time
+  std::string consumer;
+  std::int64_t idle_ms = 0;  ///< since it was last handed out
+  std::uint32_t count = 0;   ///< times handed out: fetches (attempts) and claims
+  std::uint32_t attempt = 0; ///< the delivery attempt
+  std::string event;         ///< the stored event JSON, when asked for
+
+  friend bool operator==(const pending_entry& a, const pending_entry& b) {
+    return a.delivery_id == b.delivery_id && a.topic == b.topic && a.partition == b.partition
+           && a.offset == b.offset && a.time_us == b.time_us && a.consumer == b.consumer
+           && a.idle_ms == b.idle_ms && a.count == b.count && a.attempt == b.attempt
+           && a.event == b.event;
+  }
+};
+
+/// Pending entries of one topic to hand to `consumer` (XCLAIM), those idle
+/// at least `min_idle_ms`; empty `entries`: any, at most `max` (XAUTOCLAIM).
+struct claim_request {
+  std::string topic;
+  std::string consumer;
+  std::vector<entry_at> entries;
+  std::int64_t min_idle_ms = 0;
+  std::uint32_t max = 0;
+  bool justid = false; ///< the count does not grow (XCLAIM JUSTID)
+
+  friend bool operator==(const claim_request& a, const claim_request& b) {
+    return a.topic == b.topic && a.consumer == b.consumer && a.entries == b.entries
+           && a.min_idle_ms == b.min_idle_ms && a.max == b.max && a.justid == b.justid;
+  }
+};
+
+/// A worker of a pull agent as the queue knows it.
+struct consumer_view {
+  std::string name;
+  std::uint64_t pending = 0;     ///< of the topic asked about
+  std::int64_t idle_ms = 0;      ///< since its last fetch, claim or ack
+  std::int64_t inactive_ms = -1; ///< since its last fetch that got something; -1: never
+
+  friend bool operator==(const consumer_view& a, const consumer_view& b) {
+    return a.name == b.name && a.pending == b.pending && a.idle_ms == b.idle_ms
+           && a.inactive_ms == b.inactive_ms;
+  }
+};
+
 /// One agent's consumer group on one topic.
 struct group_view {
   std::string agent;
@@ -411,9 +486,28 @@ public:
   /// Pull agents: at most `max` deliveries of `agent` for worker `consumer`,
   /// waiting up to `wait` for the first; empty after the wait. Errors:
   /// not_found (no such agent), invalid (not a pull agent).
-  virtual void pull_fetch(const std::string& agent, const std::string& consumer, std::size_t max,
-                          std::chrono::milliseconds wait,
+  virtual void pull_fetch(const std::string& agent, pull_request req,
                           callback<std::vector<pulled_delivery>> done)
+    = 0;
+  /// Pull agents, what the Redis side needs: the pending entries of a topic
+  /// (fetched, not answered), with their events if asked; ...
+  virtual void pull_pending(const std::string& agent, const std::string& topic, bool with_events,
+                            callback<std::vector<pending_entry>> done)
+    = 0;
+  /// ... hands pending entries to another consumer (XCLAIM); ...
+  virtual void pull_claim(const std::string& agent, claim_request req,
+                          callback<std::vector<pending_entry>> done)
+    = 0;
+  /// ... acks the fetched deliveries of these events of a topic; answers how many; ...
+  virtual void pull_ack_at(const std::string& agent, const std::string& topic,
+                           std::vector<entry_at> entries, callback<std::uint64_t> done)
+    = 0;
+  /// ... the consumers with their pending count in `topic`: after creating
+  /// consumer `name` (op 1), or before deleting it (op -1, its pending
+  /// entries wait to be fetched again), or just listed (op 0).
+  virtual void pull_consumers(const std::string& agent, const std::string& topic,
+                              const std::string& name, int op,
+                              callback<std::vector<consumer_view>> done)
     = 0;
   /// Pull agents: acks and nacks, taken all or none. Answers the delivery
   /// ids that are not fetched and unanswered on this node (unknown, answered

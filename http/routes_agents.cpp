@@ -208,7 +208,9 @@ void pull_fetch(const api_env& env, request& req, const std::string& agent, resp
       return invalid("unknown field \"" + k.substr(0, 64) + "\"; allowed: consumer, max, wait_ms");
     }
   }
-  env.node.pull_fetch(agent, consumer, max, std::chrono::milliseconds{wait_ms},
+  actors::pull_request pr{
+    consumer, {}, static_cast<std::uint32_t>(max), static_cast<std::uint32_t>(wait_ms), false};
+  env.node.pull_fetch(agent, std::move(pr),
                       [respond](actors::result<std::vector<actors::pulled_delivery>> r) {
                         if (!r)
                           return respond(error_response(r.error()));
