@@ -7,7 +7,10 @@
 #include <string_view>
 #include <vector>
 
+#include "persistence/event_log.hpp"
 #include "persistence/glob.hpp"
+#include "persistence/keyspace.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using namespace nerve::persistence;
 using namespace std::string_view_literals;
@@ -275,6 +278,28 @@ TEST_CASE("the glob matcher agrees with redis-server on every case of the table"
       INFO("pattern '" << c.pattern << "', key '" << key << "'");
       CHECK(glob_match(c.pattern, key) == redis);
     }
+  }
+}
+
+TEST_CASE("KEYS answers the table's patterns as redis-server does",
+          "[unit][persistence][keyspace]") {
+  nerve::test::temp_dir dir;
+  options o;
+  o.path = dir.sub("db");
+  o.fsync = nerve::config::fsync_policy::never;
+  auto log = event_log::open(o);
+  REQUIRE(log);
+  keyspace ks{**log};
+  for (auto key : table_keys)
+    REQUIRE(ks.hset(key, {{"f", "v"}}));
+  for (const auto& c : redis_table) {
+    INFO("pattern '" << c.pattern << "'");
+    auto got = ks.keys(c.pattern);
+    REQUIRE(got);
+    std::vector<std::string> want(c.matches.begin(), c.matches.end());
+    std::sort(want.begin(), want.end());
+    std::sort(got->begin(), got->end());
+    CHECK(*got == want);
   }
 }
 
