@@ -428,6 +428,8 @@ error keyspace::too_many_fields(std::uint64_t fields) const {
 
 tl::expected<std::int64_t, error> keyspace::hset(std::string_view key,
                                                  const std::vector<field_value>& fields) {
+  if (fields.empty()) // else a new key would hold no field
+    return tl::make_unexpected(command_error("wrong number of arguments for 'hset' command"));
   if (auto e = check_sizes(key, fields))
     return tl::make_unexpected(*e);
   return write_hash<std::int64_t>(

@@ -115,7 +115,8 @@ public:
   keyspace& operator=(const keyspace&) = delete;
 
   /// HSET: sets the fields (a field given twice takes its last value);
-  /// answers how many were new. The key's expiry stays.
+  /// answers how many were new. The key's expiry stays. No field: Redis'
+  /// arity error.
   [[nodiscard]] tl::expected<std::int64_t, error> hset(std::string_view key,
                                                        const std::vector<field_value>& fields);
   /// HGET: nothing for a missing field or key.

@@ -132,6 +132,8 @@ TEST_CASE("HSET counts new fields and HGET reads them back", "[unit][persistence
   CHECK(ok(ks.hget("h", "b")) == "20");
   CHECK_FALSE(ok(ks.hget("h", "nope")));
   CHECK_FALSE(ok(ks.hget("missing", "a")));
+  CHECK(err(ks.hset("none", {})) == "ERR wrong number of arguments for 'hset' command");
+  CHECK(ok(ks.exists({"none"})) == 0);
   CHECK(ok(ks.hlen("h")) == 3);
   CHECK(ok(ks.hlen("missing")) == 0);
 
