@@ -44,7 +44,7 @@ using layout::value_header_bytes;
 rocksdb::ColumnFamilyOptions family_options(std::string_view name) {
   rocksdb::ColumnFamilyOptions cf;
   rocksdb::BlockBasedTableOptions table;
-  if (name == "by_id" || name == "results" || name == "meta" || name == "cursors")
+  if (name == "by_id" || name == "results" || name == "meta" || name == "cursors" || name == "kv")
     table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   // Memtable inserts with a hint per partition: its events come in offset
@@ -464,6 +464,7 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   log->dlq_ = log->handles_[6];
   log->results_ = log->handles_[7];
   log->meta_ = log->handles_[8];
+  log->kv_ = log->handles_[9];
   if (auto err = log->init_meta())
     return tl::make_unexpected(*err);
   if (opts.fsync == config::fsync_policy::interval)

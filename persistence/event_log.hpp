@@ -425,6 +425,7 @@ public:
 private:
   friend class partition_writer;
   friend class delivery_store;
+  friend class keyspace;
 
   /// Where the event with this id is stored, when the id says so (ids.hpp)
   /// and the event there has it (its text into `json` when given); nothing
@@ -482,6 +483,7 @@ private:
   rocksdb::ColumnFamilyHandle* pending_ = nullptr;
   rocksdb::ColumnFamilyHandle* dlq_ = nullptr;
   rocksdb::ColumnFamilyHandle* results_ = nullptr;
+  rocksdb::ColumnFamilyHandle* kv_ = nullptr; ///< the keyspace's (keyspace.cpp)
 
   mutable std::shared_mutex topics_mutex_;
   std::unordered_map<std::string, topic_info> topics_;

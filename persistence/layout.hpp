@@ -16,9 +16,10 @@
 namespace nerve::persistence::layout {
 
 /// Every column family after RocksDB's default one, in the order the writer
-/// opens them (event_log's handles follow it).
+/// opens them (event_log's handles follow it). `kv` holds the keyspace
+/// (keyspace.hpp); a directory made before it gets it at its next open.
 inline constexpr const char* family_names[]
-  = {"events", "by_time", "by_id", "cursors", "pending", "dlq", "results", "meta"};
+  = {"events", "by_time", "by_id", "cursors", "pending", "dlq", "results", "meta", "kv"};
 
 /// Stored event values start with the append time, then the event JSON.
 inline constexpr std::size_t value_header_bytes = 8;
