@@ -533,6 +533,52 @@ class XaddTest(RespTestCase):
         for entry_id in out[0::2]:
             self.assertRegex(entry_id, rb"^\d+-\d+$")
 
+    def test_long_pipelines_pause_and_resume(self):
+        # 5000 commands in one write: past 1024 outstanding nerve stops reading,
+        # answers, and reads on; every reply comes, in order.
+        n = 5000
+        out, closed = exchange(self.port, b"".join(b"ECHO %d\r\n" % i for i in range(n)),
+                               quiet=3.0, timeout=60)
+        self.assertFalse(closed)
+        self.assertEqual(parse_all(out), [str(i).encode() for i in range(n)])
+
+    def test_a_client_that_does_not_read_its_replies(self):
+        # 40 MiB of replies asked for while reading none: nerve stops reading at
+        # 4 MiB of replies waiting, stays healthy, and the replies arrive in full
+        # once the client reads.
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        value = b"v" * 100000
+        one = b"*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n" % (len(value), value)
+        sent = threading.Event()
+
+        def send():
+            try:
+                sock.sendall(one * 400)
+            except OSError:
+                pass
+            sent.set()
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        time.sleep(1.0)
+        self.assertFalse(sent.is_set(), "nerve read 40 MB of commands whose replies wait")
+        self.assertHealthy(self.srv)
+        expected = b"$%d\r\n%s\r\n" % (len(value), value)
+        got = 0
+        buf = b""
+        while got < 400:
+            chunk = sock.recv(1 << 20)
+            self.assertTrue(chunk, f"closed after {got} replies")
+            buf += chunk
+            while len(buf) >= len(expected):
+                self.assertEqual(buf[:len(expected)], expected)
+                buf = buf[len(expected):]
+                got += 1
+        sender.join(30)
+        self.assertTrue(sent.is_set())
+
     def test_closing_with_xadds_in_flight_is_harmless(self):
         topic = f"gone.{uuid.uuid4().hex[:8]}"
         for _ in range(5):
