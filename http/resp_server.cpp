@@ -455,9 +455,10 @@ public:
   void complete(const std::shared_ptr<slot>& s, std::string bytes, bool close_after) {
     if (closed_)
       return;
+    std::function<void()> unused; // destroyed outside the lock: it may hold responders
     {
       std::lock_guard<std::mutex> guard{gate_->mutex};
-      s->cancel = nullptr;
+      unused = std::move(s->cancel);
     }
     s->bytes = std::move(bytes);
     s->ready = true;
@@ -964,7 +965,8 @@ void responder::on_close(std::function<void()> cancel) const {
     if (p_->answered.load())
       return;
     if (p_->gate_->open) {
-      p_->s->cancel = std::move(cancel);
+      // The one it replaces is destroyed outside the lock: it may hold responders.
+      std::swap(p_->s->cancel, cancel);
       return;
     }
   }

@@ -414,6 +414,21 @@ class StartupTest(RespTestCase):
         self.addCleanup(r.close)
         self.assertTrue(r.ping())
 
+    def test_sigterm_with_clients_connected_stops_cleanly(self):
+        srv, port = self.resp_server()
+        idle = redis.Redis(port=port, socket_timeout=10)
+        self.addCleanup(idle.close)
+        self.assertTrue(idle.ping())
+        busy = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(busy.close)
+        busy.sendall(b"*2\r\n$4\r\nECHO\r\n$100\r\n")  # a command half sent
+        topic = f"stop.{uuid.uuid4().hex[:8]}"
+        self.assertRegex(idle.xadd(topic, {"a": "1"}), rb"^\d+-\d+$")
+        start = time.monotonic()
+        self.stop_ok(srv)
+        self.assertLess(time.monotonic() - start, 10)
+        self.assertIn("stopped cleanly", srv.stderr_text())
+
     def test_the_listener_is_off_by_default(self):
         srv = self.new_server()
         self.assertNotRegex(srv.stderr_text(), RESP_RE)
