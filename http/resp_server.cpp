@@ -583,10 +583,11 @@ private:
         return close();
       // The client sent all it will: answer what it asked, then close
       // (within read_timeout, so a command that never answers cannot keep
-      // the connection).
+      // the connection). A command waiting with a cancel hook (a blocking
+      // read) means a client that left, as Redis takes it: close now.
       closing_ = true;
       eof_ = true;
-      if (outstanding_ == 0)
+      if (outstanding_ == 0 || waiting_with_cancel())
         return close();
       partial_since_ = steady::now();
       arm_partial_timer();
@@ -594,6 +595,12 @@ private:
     }
     in_.append(rbuf_.data(), n);
     parse();
+  }
+
+  [[nodiscard]] bool waiting_with_cancel() {
+    std::lock_guard<std::mutex> guard{gate_->mutex};
+    return std::any_of(slots_.begin(), slots_.end(),
+                       [](const std::shared_ptr<slot>& s) { return !s->ready && s->cancel; });
   }
 
   /// Runs every complete command in the input, in order, unless the
@@ -919,11 +926,11 @@ private:
 };
 
 void pending::deliver(std::string bytes, bool close_after) {
-  if (answered.exchange(true))
-    return;
   {
     std::lock_guard<std::mutex> guard{gate_->mutex};
-    if (!gate_->open)
+    // Nothing reaches a closed connection; what closed it ran the cancel
+    // hook or will, as the command counts as not answered.
+    if (!gate_->open || answered.exchange(true))
       return;
     if (!exec.running_in_this_thread()) {
       net::post(exec, [weak = conn, s = s, bytes = std::move(bytes), close_after]() mutable {

@@ -149,7 +149,10 @@ public:
   /// answered: on the connection's I/O thread, or at once on this thread
   /// when it is already closed. A blocking command (XREAD BLOCK) registers
   /// here what stops its wait; one registration per command (a second
-  /// replaces the first).
+  /// replaces the first). A client that closes its side while such a
+  /// command waits is taken as gone and the connection closed at once, as
+  /// Redis does (without one, the replies to what it sent are written
+  /// first, within read_timeout).
   void on_close(std::function<void()> cancel) const;
 
 private:
