@@ -165,7 +165,7 @@ TEST_CASE("a parked command holds back later replies until it is answered", "[un
   CHECK(f.cancelled == 0);
 }
 
-TEST_CASE("closing the connection cancels a parked command; its late answer is harmless",
+TEST_CASE("closing the connection cancels a parked command and makes its late answer harmless",
           "[unit][http]") {
   fixture f;
   {
