@@ -176,7 +176,7 @@ public:
 
   void pull_fetch(const std::string& name, pull_request req,
                   callback<std::vector<pulled_delivery>> done) override {
-    auto queue = pull_queue(name);
+    auto queue = pull_queue(name, req.topics);
     if (!queue)
       return done(tl::make_unexpected(queue.error()));
     using list = std::vector<delivery>;
@@ -196,26 +196,27 @@ public:
 
   void pull_pending(const std::string& name, const std::string& topic, bool with_events,
                     callback<std::vector<pending_entry>> done) override {
-    ask_queue<std::vector<pending_entry>>(name, std::move(done), pull_pending_atom::value, topic,
-                                          with_events);
+    ask_queue<std::vector<pending_entry>>(name, topic, std::move(done), pull_pending_atom::value,
+                                          topic, with_events);
   }
 
   void pull_claim(const std::string& name, claim_request req,
                   callback<std::vector<pending_entry>> done) override {
-    ask_queue<std::vector<pending_entry>>(name, std::move(done), pull_claim_atom::value,
+    auto topic = req.topic;
+    ask_queue<std::vector<pending_entry>>(name, topic, std::move(done), pull_claim_atom::value,
                                           std::move(req));
   }
 
   void pull_ack_at(const std::string& name, const std::string& topic, std::vector<entry_at> entries,
                    callback<std::uint64_t> done) override {
-    ask_queue<std::uint64_t>(name, std::move(done), pull_ack_at_atom::value, topic,
+    ask_queue<std::uint64_t>(name, topic, std::move(done), pull_ack_at_atom::value, topic,
                              std::move(entries));
   }
 
   void pull_consumers(const std::string& name, const std::string& topic, const std::string& who,
                       int op, callback<std::vector<consumer_view>> done) override {
-    ask_queue<std::vector<consumer_view>>(name, std::move(done), pull_consumer_atom::value, topic,
-                                          who, static_cast<std::int32_t>(op));
+    ask_queue<std::vector<consumer_view>>(name, topic, std::move(done), pull_consumer_atom::value,
+                                          topic, who, static_cast<std::int32_t>(op));
   }
 
   void pull_answer(const std::string& name, std::vector<pull_reply> replies,
@@ -522,17 +523,22 @@ public:
 private:
   /// Asks pull agent `name`'s queue actor; answers its reply.
   template <class R, class... Ts>
-  void ask_queue(const std::string& name, callback<R> done, Ts... xs) {
-    auto queue = pull_queue(name);
+  void ask_queue(const std::string& name, const std::string& topic, callback<R> done, Ts... xs) {
+    auto queue = pull_queue(name, {topic});
     if (!queue)
       return done(tl::make_unexpected(queue.error()));
     ask<R>(system_, *queue, std::chrono::seconds{10}, "agent " + name,
            std::function<void(result<R>)>{std::move(done)}, std::move(xs)...);
   }
 
-  /// The queue actor of pull agent `name`.
-  result<instance_actor> pull_queue(const std::string& name) const {
+  /// The queue actor of pull agent `name`, which must read every topic of `topics`.
+  result<instance_actor> pull_queue(const std::string& name,
+                                    const std::vector<std::string>& topics = {}) const {
     auto agent = find_agent(ctx_, name);
+    for (auto& t : topics)
+      if (agent && !agent->subscribes(t))
+        return tl::make_unexpected(
+          error{errc::not_found, "agent " + name + " does not read topic " + t});
     if (!agent)
       return tl::make_unexpected(error{errc::not_found, "no agent named " + name});
     if (agent->cfg.kind != config::agent_kind::pull)

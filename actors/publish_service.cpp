@@ -260,22 +260,59 @@ void publish_service::precheck_then_publish(const std::string& topic,
 }
 
 void publish_service::route_items(const std::string& topic, std::vector<publish_item> items,
-                                  callback<std::vector<published>> done, bool may_create) {
+                                  callback<std::vector<published>> done, bool may_create,
+                                  bool queued) {
   if (draining_.load())
     return done(tl::make_unexpected(error{errc::unavailable, "the node is shutting down"}));
   auto route = routes_.find(topic);
-  if (!route) {
-    if (!may_create)
-      return done(
-        tl::make_unexpected(error{errc::storage, "topic " + topic + " could not be created"}));
-    create_then(topic, 0,
-                [this, topic, items = std::move(items), done](std::optional<error> err) mutable {
-                  if (err)
-                    return done(tl::make_unexpected(*err));
-                  route_items(topic, std::move(items), std::move(done), false);
-                });
-    return;
+  if (!queued && (!route || creations_.load(std::memory_order_acquire) != 0)) {
+    std::unique_lock<std::mutex> guard{creating_mutex_};
+    if (auto waiting = creating_.find(topic); waiting != creating_.end()) {
+      // Behind the publishes that wait for the topic's creation.
+      waiting->second.push_back(
+        [this, topic, items = std::move(items), done = std::move(done), may_create]() mutable {
+          route_items(topic, std::move(items), std::move(done), may_create, true);
+        });
+      return;
+    }
+    route = routes_.find(topic);
+    if (!route) {
+      if (!may_create)
+        return done(
+          tl::make_unexpected(error{errc::storage, "topic " + topic + " could not be created"}));
+      creating_[topic];
+      creations_.fetch_add(1, std::memory_order_release);
+      guard.unlock();
+      create_then(topic, 0,
+                  [this, topic, items = std::move(items), done](std::optional<error> err) mutable {
+                    if (err)
+                      done(tl::make_unexpected(*err));
+                    else
+                      route_items(topic, std::move(items), std::move(done), false, true);
+                    // Then those that came meanwhile, in order (more may join while
+                    // they run: they go in the next round).
+                    for (;;) {
+                      std::vector<std::function<void()>> next;
+                      {
+                        std::lock_guard<std::mutex> g{creating_mutex_};
+                        auto it = creating_.find(topic);
+                        next.swap(it->second);
+                        if (next.empty()) {
+                          creating_.erase(it);
+                          creations_.fetch_sub(1, std::memory_order_release);
+                          return;
+                        }
+                      }
+                      for (auto& f : next)
+                        f();
+                    }
+                  });
+      return;
+    }
   }
+  if (!route)
+    return done(
+      tl::make_unexpected(error{errc::storage, "topic " + topic + " could not be created"}));
   auto parts = split_by_partition(*route, items, cluster_);
   // Partitions owned by another member leave as one forward per owner.
   std::map<std::string,

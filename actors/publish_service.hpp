@@ -54,8 +54,9 @@ private:
                    std::function<void(std::optional<error>)> next);
   void precheck_then_publish(const std::string& topic, std::vector<publish_item> items,
                              callback<std::vector<published>> done);
+  /// `queued`: it waited behind the topic's creation and goes now.
   void route_items(const std::string& topic, std::vector<publish_item> items,
-                   callback<std::vector<published>> done, bool may_create);
+                   callback<std::vector<published>> done, bool may_create, bool queued = false);
 
   const config::storage_config& storage_;
   persistence::event_log& log_;
@@ -65,6 +66,11 @@ private:
   actor_sender& sender_;
   cluster_client* cluster_ = nullptr;
   control_plane* control_ = nullptr;
+  /// Publishes to topics being created wait here, in arrival order, so that
+  /// one client's pipelined publishes to a new topic keep their order.
+  std::mutex creating_mutex_;
+  std::map<std::string, std::vector<std::function<void()>>> creating_;
+  std::atomic<std::size_t> creations_{0}; ///< creating_.size(): skips the lock when 0
 };
 
 } // namespace nerve::actors::detail

@@ -30,17 +30,6 @@ bool is(std::string_view arg, std::string_view word) {
             });
 }
 
-/// A whole decimal integer, as Redis' string2ll takes it (no spaces, no '+').
-std::optional<long long> parse_integer(std::string_view text) {
-  long long v = 0;
-  if (text.empty() || text.front() == '+')
-    return std::nullopt;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc{} || end != text.data() + text.size())
-    return std::nullopt;
-  return v;
-}
-
 void send_error(const responder& r, const std::string& text) {
   r.send(r.make().error(text));
 }
@@ -649,6 +638,17 @@ void xadd(actors::node& node, context&, args&& a, responder r) {
 
 } // namespace
 
+/// A whole decimal integer, as Redis' string2ll takes it (no spaces, no '+').
+std::optional<long long> parse_integer(std::string_view text) {
+  long long v = 0;
+  if (text.empty() || text.front() == '+')
+    return std::nullopt;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc{} || end != text.data() + text.size())
+    return std::nullopt;
+  return v;
+}
+
 std::string error_text(const actors::error& e) {
   switch (e.code) {
     case actors::errc::overloaded:
@@ -715,6 +715,7 @@ command_table make_commands(actors::node& node, steady::time_point started) {
              1,
              [&node](context& ctx, args&& a, responder r) { xadd(node, ctx, std::move(a), r); },
              {}});
+  add_stream_commands(table, node);
   return table;
 }
 

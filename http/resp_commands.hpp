@@ -4,6 +4,8 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
+#include <string_view>
 
 #include "actors/node.hpp"
 #include "config/config.hpp"
@@ -22,6 +24,13 @@ inline constexpr const char* redis_compatible_version = "7.0.0";
 /// table's handlers). `started` is when the node started (INFO's uptime).
 [[nodiscard]] command_table make_commands(actors::node& node,
                                           std::chrono::steady_clock::time_point started);
+
+/// Adds XLEN, XRANGE, XREVRANGE, XREAD, XREADGROUP, XACK, XPENDING, XCLAIM,
+/// XAUTOCLAIM, XGROUP and XINFO (resp_streams.cpp) on `node`.
+void add_stream_commands(command_table& table, actors::node& node);
+
+/// A whole decimal integer, as Redis' string2ll takes it (no spaces, no '+').
+[[nodiscard]] std::optional<long long> parse_integer(std::string_view text);
 
 /// A node error as a RESP error text: "TRYAGAIN ..." for what a retry may
 /// cure (overloaded, unavailable), "ERR ..." for the rest.

@@ -1,0 +1,224 @@
+"""Black-box tests of stream reads and consumer groups over the Redis protocol (CONTRACT.md
+section 10, docs/redis.md): XLEN, XRANGE, XREVRANGE, XREAD (BLOCK), and a pull agent read
+as a Redis consumer group by redis-py: XGROUP, XREADGROUP (new and pending), XACK,
+XPENDING, XCLAIM, XAUTOCLAIM, XINFO; a worker that never acks ends in the DLQ. The same
+worker code runs against a real redis-server where the behaviour is shared."""
+
+import threading
+import time
+import unittest
+
+import redis
+
+from harness import topic
+from test_resp import RespTestCase, decode_id, redis_or_skip
+
+GROUP = "group:orders:workers"
+
+
+def pull(name, topics, **kw):
+    return dict({"name": name, "topics": topics, "kind": "pull"}, **kw)
+
+
+def worker_round(r, stream, group, consumer, n):
+    """What a Redis Streams worker does: create the group (BUSYGROUP is fine), read new
+    entries, ack them. Answers the fields of the entries it handled, in order."""
+    try:
+        r.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as e:
+        assert str(e).startswith("BUSYGROUP"), e
+    done = []
+    deadline = time.monotonic() + 20
+    while len(done) < n and time.monotonic() < deadline:
+        got = r.xreadgroup(group, consumer, {stream: ">"}, count=10, block=500)
+        for _, entries in got or []:
+            for entry_id, fields in entries:
+                done.append(fields)
+                assert r.xack(stream, group, entry_id) == 1
+    return done
+
+
+class StreamReadTest(RespTestCase):
+
+    def test_xlen_xrange_xrevrange_on_one_and_four_partitions(self):
+        one, four = topic("one"), topic("four")
+        srv, port = self.resp_server(config={"topics": {one: {"partitions": 1},
+                                                        four: {"partitions": 4}}})
+        r = redis.Redis(port=port, decode_responses=True)
+        for t in (one, four):
+            ids = [r.xadd(t, {"n": str(i)}) for i in range(20)]
+            self.assertEqual(r.xlen(t), 20)
+            entries = r.xrange(t)
+            self.assertEqual(sorted(ids, key=lambda i: tuple(map(int, i.split("-")))),
+                             [e[0] for e in entries])
+            keys = [tuple(map(int, e[0].split("-"))) for e in entries]
+            self.assertEqual(keys, sorted(keys))
+            self.assertEqual(len(set(keys)), 20)
+            rev = r.xrevrange(t, count=5)
+            self.assertEqual([e[0] for e in rev], [e[0] for e in entries[::-1][:5]])
+            mid = entries[7][0]
+            self.assertEqual(r.xrange(t, min=mid, count=3), entries[7:10])
+            self.assertEqual(r.xrange(t, min="(" + mid, count=3), entries[8:11])
+            self.assertEqual(r.xrevrange(t, max=mid, min="-", count=2), entries[6:8][::-1])
+        # On one partition ids follow the publish order exactly.
+        self.assertEqual([e[1]["n"] for e in r.xrange(one)], [str(i) for i in range(20)])
+        self.assertEqual(r.xlen("no.such.stream"), 0)
+        self.assertEqual(r.xrange("no.such.stream"), [])
+
+    def test_pipelined_xadds_to_a_new_topic_keep_their_order(self):
+        # Each XADD reaches the node before the topic exists; they wait behind its
+        # creation instead of racing to create it.
+        srv, port = self.resp_server()
+        r = redis.Redis(port=port, decode_responses=True)
+        for trial in range(5):
+            t = topic(f"fresh{trial}")
+            p = r.pipeline(transaction=False)
+            for i in range(200):
+                p.xadd(t, {"i": str(i)})
+            ids = p.execute()
+            self.assertEqual(len(ids), 200)
+            by_partition = {}
+            for i, entry_id in enumerate(ids):
+                _, part, offset = decode_id(entry_id, 4)
+                by_partition.setdefault(part, []).append((offset, i))
+            for part, rows in by_partition.items():
+                self.assertEqual(sorted(rows), sorted(rows, key=lambda x: x[1]),
+                                 f"trial {trial}: partition {part} out of command order")
+
+    def test_xread_returns_entries_after_an_id_and_blocks_for_new_ones(self):
+        t = topic("read")
+        srv, port = self.resp_server(config={"topics": {t: {"partitions": 1}}})
+        r = redis.Redis(port=port, decode_responses=True)
+        first = r.xadd(t, {"a": "1"})
+        second = r.xadd(t, {"a": "2"})
+        got = r.xread({t: "0"})
+        self.assertEqual([e[0] for e in got[0][1]], [first, second])
+        self.assertEqual([e[0] for e in r.xread({t: first})[0][1]], [second])
+        self.assertEqual(r.xread({t: second}), [])
+        started = time.monotonic()
+        self.assertEqual(r.xread({t: "$"}, block=300), [])
+        self.assertGreaterEqual(time.monotonic() - started, 0.28)
+        other = redis.Redis(port=port, decode_responses=True)
+        timer = threading.Timer(0.3, lambda: other.xadd(t, {"late": "yes"}))
+        timer.start()
+        started = time.monotonic()
+        got = r.xread({t: "$"}, block=10000)
+        timer.join()
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(got[0][1][0][1], {"late": "yes"})
+        self.assertAlive(srv, port)
+
+
+class GroupTest(RespTestCase):
+
+    def group_server(self, **agent):
+        t = topic("orders")
+        srv, port = self.resp_server(config={"topics": {t: {"partitions": 1}},
+                                             "agents": [pull(GROUP, [t], **agent)]})
+        return srv, port, t
+
+    def test_a_redis_streams_worker_runs_unchanged(self):
+        srv, port, t = self.group_server()
+        r = redis.Redis(port=port, decode_responses=True)
+        for i in range(30):
+            r.xadd(t, {"order": str(i)})
+        done = worker_round(r, t, GROUP, "w1", 30)
+        self.assertEqual([f["order"] for f in done], [str(i) for i in range(30)])
+        self.assertEqual(r.xpending(t, GROUP)["pending"], 0)
+
+        def caught_up():
+            g = srv.get(f"/v1/topics/{t}/groups").json()["groups"][0]
+            return g if (g["lag"], g["pending"]) == (0, 0) else None
+        self.wait_for(caught_up, what="the group caught up")
+        # The same worker against Redis itself does the same.
+        real = redis_or_skip(self)
+        rr = redis.Redis(port=real.port, decode_responses=True)
+        for i in range(30):
+            rr.xadd(t, {"order": str(i)})
+        self.assertEqual(worker_round(rr, t, GROUP, "w1", 30), done)
+
+    def test_pending_claims_and_consumers(self):
+        srv, port, t = self.group_server()
+        r = redis.Redis(port=port, decode_responses=True)
+        ids = [r.xadd(t, {"n": str(i)}) for i in range(4)]
+        got = r.xreadgroup(GROUP, "alice", {t: ">"}, count=3)
+        self.assertEqual([e[0] for e in got[0][1]], ids[:3])
+        summary = r.xpending(t, GROUP)
+        self.assertEqual((summary["pending"], summary["min"], summary["max"]),
+                         (3, ids[0], ids[2]))
+        self.assertEqual(summary["consumers"], [{"name": "alice", "pending": 3}])
+        ext = r.xpending_range(t, GROUP, min="-", max="+", count=10)
+        self.assertEqual([p["message_id"] for p in ext], ids[:3])
+        self.assertTrue(all(p["consumer"] == "alice" and p["times_delivered"] == 1
+                            for p in ext), ext)
+        # alice's own pending list (id 0), then a claim by bob.
+        mine = r.xreadgroup(GROUP, "alice", {t: "0"})
+        self.assertEqual([e[0] for e in mine[0][1]], ids[:3])
+        time.sleep(0.05)
+        claimed = r.xclaim(t, GROUP, "bob", 20, [ids[0]])
+        self.assertEqual([e[0] for e in claimed], [ids[0]])
+        self.assertEqual(claimed[0][1], {"n": "0"})
+        ext = {p["message_id"]: p for p in r.xpending_range(t, GROUP, "-", "+", 10)}
+        self.assertEqual((ext[ids[0]]["consumer"], ext[ids[0]]["times_delivered"]), ("bob", 2))
+        self.assertEqual(r.xclaim(t, GROUP, "bob", 60000, [ids[1]]), [])  # not idle enough
+        time.sleep(0.05)
+        # redis-py answers only the claimed ids for JUSTID.
+        auto = r.xautoclaim(t, GROUP, "carol", 20, start_id="0-0", count=10, justid=True)
+        self.assertEqual(sorted(auto), sorted(ids[:3]))
+        self.assertEqual(r.xack(t, GROUP, *ids[:3]), 3)
+        self.assertEqual(r.xack(t, GROUP, *ids[:3]), 0)  # acked already: nothing counted
+        consumers = {c["name"]: c for c in r.xinfo_consumers(t, GROUP)}
+        self.assertEqual(set(consumers), {"alice", "bob", "carol"})
+        self.assertEqual(r.xgroup_createconsumer(t, GROUP, "dave"), 1)
+        self.assertEqual(r.xgroup_createconsumer(t, GROUP, "dave"), 0)
+        got = r.xreadgroup(GROUP, "dave", {t: ">"})
+        self.assertEqual([e[0] for e in got[0][1]], [ids[3]])
+        # Deleting a consumer gives its entry back to the group, delivered again.
+        self.assertEqual(r.xgroup_delconsumer(t, GROUP, "dave"), 1)
+        again = r.xreadgroup(GROUP, "erin", {t: ">"})
+        self.assertEqual([e[0] for e in again[0][1]], [ids[3]])
+        groups = r.xinfo_groups(t)
+        self.assertEqual([g["name"] for g in groups], [GROUP])
+        info = r.xinfo_stream(t)
+        self.assertEqual((info["length"], info["last-generated-id"]), (4, ids[3]))
+
+    def test_unknown_groups_and_bad_ids(self):
+        srv, port, t = self.group_server()
+        r = redis.Redis(port=port, decode_responses=True)
+        r.xadd(t, {"a": "1"})
+        with self.assertRaisesRegex(redis.ResponseError, "^NOGROUP No such key"):
+            r.xreadgroup("nope", "c", {t: ">"})
+        self.assertEqual(r.xack(t, "nope", "1-0"), 0)
+        with self.assertRaisesRegex(redis.ResponseError, "Invalid stream ID"):
+            r.xrange(t, min="abc")
+        with self.assertRaisesRegex(redis.ResponseError, "not a pull agent"):
+            r.xgroup_create(t, "undeclared", id="$")
+        with self.assertRaisesRegex(redis.ResponseError, "^BUSYGROUP"):
+            r.xgroup_create(t, GROUP, id="$")
+        self.assertAlive(srv, port)
+
+    def test_a_worker_that_never_acks_ends_in_the_dlq(self):
+        srv, port, t = self.group_server(timeout="300ms", max_retries=1,
+                                         backoff={"initial": "20ms", "max": "50ms"})
+        r = redis.Redis(port=port, decode_responses=True)
+        entry = r.xadd(t, {"job": "poison"})
+        counts = []
+        deadline = time.monotonic() + 15
+        while len(counts) < 2 and time.monotonic() < deadline:
+            got = r.xreadgroup(GROUP, "lazy", {t: ">"}, count=1, block=500)
+            for _, entries in got or []:
+                self.assertEqual(entries[0][0], entry)  # the same entry id each time
+                counts.append(r.xpending_range(t, GROUP, "-", "+", 1)[0]["times_delivered"])
+        self.assertEqual(counts, [1, 2])
+
+        def dead():
+            es = srv.get("/v1/dlq").json()["entries"]
+            return es if es else None
+        es = self.wait_for(dead, what="the DLQ entry")
+        self.assertEqual(es[0]["agent"], GROUP)
+        self.assertEqual(es[0]["event"]["data"], {"job": "poison"})
+        self.assertEqual(r.xpending(t, GROUP)["pending"], 0)  # it left the pending list
+
+
+if __name__ == "__main__":
+    unittest.main()
