@@ -21,7 +21,7 @@ inline constexpr std::size_t max_json_depth = 64;
 [[nodiscard]] tl::expected<nlohmann::json, std::string>
 parse_json(std::string_view text, std::size_t max_depth = max_json_depth);
 
-/// True for tokens of [A-Za-z0-9_-] joined by '.', at most 255 bytes.
+/// True for tokens of [A-Za-z0-9_:-] joined by '.', at most 255 bytes.
 [[nodiscard]] bool valid_topic(std::string_view topic);
 
 /// True for 1-128 characters of [A-Za-z0-9] and - _ . : ~ @ + =.

@@ -59,6 +59,7 @@ struct published {
   std::uint64_t offset = 0;
   std::int64_t time_us = 0;
   bool duplicate = false;
+  std::uint32_t partitions = 0; ///< of the topic (Redis entry ids: http/resp_ids.hpp)
 };
 
 struct partition_view {

@@ -48,6 +48,8 @@ struct join_base {
 
 /// Joins the per-partition answers of one publish request.
 struct publish_join : join_base<std::vector<published>> {
+  std::uint32_t partitions = 0; ///< of the topic, told in every answer
+
   void fail(error e) {
     std::lock_guard<std::mutex> guard{mutex};
     // A conflict says more than a storage error about what the caller did.
@@ -74,7 +76,8 @@ struct publish_join : join_base<std::vector<published>> {
         }
         out[index[k]] = published{
           a.id,           a.topic,         a.where.partition,
-          a.where.offset, a.where.time_us, a.status == persistence::append_status::duplicate};
+          a.where.offset, a.where.time_us, a.status == persistence::append_status::duplicate,
+          partitions};
       }
     }
   }
@@ -304,6 +307,7 @@ void publish_service::route_items(const std::string& topic, std::vector<publish_
     return done(tl::make_unexpected(admitted.error()));
   auto join = std::make_shared<publish_join>();
   join->out.resize(items.size());
+  join->partitions = route->info.partitions;
   join->remaining = admitted->size() + remote.size();
   join->done = std::move(done);
   for (auto p : *admitted) {

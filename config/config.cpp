@@ -238,6 +238,12 @@ const std::vector<setting>& settings() {
      duration_in(millis{1000}, [](config& c, millis d) { c.cluster.lease_ttl = d; })},
     {"cluster.leader_rebalance",
      duration_in(millis{0}, [](config& c, millis d) { c.cluster.leader_rebalance = d; })},
+    {"resp.listen", host_port([](config& c, const std::string& v) { c.resp.listen = v; }, true)},
+    {"resp.max_connections",
+     uint_in(1, 1000000, [](config& c, std::uint64_t n) { c.resp.max_connections = n; })},
+    {"resp.max_request_bytes",
+     uint_in(1024, 1ULL << 30, [](config& c, std::uint64_t n) { c.resp.max_request_bytes = n; })},
+    {"resp.threads", uint_in(1, 64, [](config& c, std::uint64_t n) { c.resp.threads = n; })},
     {"log.level", one_of({"trace", "debug", "info", "warn", "error", "off"},
                          [](config& c, const std::string& v) { c.log.level = v; })},
     {"log.format",
@@ -367,7 +373,7 @@ result apply_topics(config& cfg, const YAML::Node& node) {
     }
     if (!valid_topic_name(name))
       return bad_value("topics." + name, name,
-                       "a topic name: [A-Za-z0-9_-]+ tokens joined by '.', at most 255 bytes");
+                       "a topic name: [A-Za-z0-9_:-]+ tokens joined by '.', at most 255 bytes");
     if (!it.second.IsMap())
       return "topics." + name + ": expected a map";
     topic_config tc = cfg.topic_defaults;
@@ -443,7 +449,7 @@ result apply_agent(config& cfg, const YAML::Node& node, std::size_t index) {
         for (auto& p : a.topics)
           if (!valid_topic_pattern(p))
             return bad_value(path, p,
-                             "topic patterns: tokens of [A-Za-z0-9_-] joined by '.', "
+                             "topic patterns: tokens of [A-Za-z0-9_:-] joined by '.', "
                              "'*' for one token, '>' for the rest");
     } else if (key == "filter") {
       if (!v.IsMap())
@@ -602,7 +608,8 @@ bool valid_topic_name(std::string_view t) {
   for (char c : t) {
     if (c == '.' && prev == '.')
       return false;
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == ':'
+          || c == '.'))
       return false;
     prev = c;
   }
@@ -848,7 +855,8 @@ tl::expected<config, std::string> load(const flag_overrides& flags, env_lookup e
                    apply_flag(cfg, "http.listen", "--http", flags.http_listen),
                    apply_flag(cfg, "node_id", "--node-id", flags.node_id),
                    apply_flag(cfg, "cluster.listen", "--cluster-listen", flags.cluster_listen),
-                   apply_flag(cfg, "cluster.members", "--cluster-members", flags.cluster_members)})
+                   apply_flag(cfg, "cluster.members", "--cluster-members", flags.cluster_members),
+                   apply_flag(cfg, "resp.listen", "--resp", flags.resp_listen)})
     if (err)
       return tl::make_unexpected(*err);
   if (auto err = check_cluster(cfg))
@@ -858,6 +866,12 @@ tl::expected<config, std::string> load(const flag_overrides& flags, env_lookup e
     return tl::make_unexpected("http.listen: " + quote(cfg.http.listen)
                                + " is not a loopback address; set http.token "
                                  "(NERVE_HTTP_TOKEN) to expose nerve beyond this host");
+  if (cfg.resp.enabled() && !is_loopback_host(split_host_port(cfg.resp.listen)->first)
+      && cfg.http.token.empty())
+    return tl::make_unexpected("resp.listen: " + quote(cfg.resp.listen)
+                               + " is not a loopback address; set http.token "
+                                 "(NERVE_HTTP_TOKEN), which Redis clients then give to AUTH, "
+                                 "to expose the Redis protocol beyond this host");
   return cfg;
 }
 

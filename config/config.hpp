@@ -118,6 +118,16 @@ struct cluster_config {
   [[nodiscard]] bool tls() const { return !tls_cert.empty(); }
 };
 
+/// The Redis protocol listener (CONTRACT.md section 10; docs/redis.md).
+struct resp_config {
+  std::string listen;                      ///< HOST:PORT; empty: off
+  std::size_t max_connections = 1024;      ///< beyond it: "-ERR max number of clients reached"
+  std::size_t max_request_bytes = 1048576; ///< one command, its arguments and framing
+  std::size_t threads = 1;                 ///< I/O threads of the listener
+
+  [[nodiscard]] bool enabled() const { return !listen.empty(); }
+};
+
 struct log_config {
   std::string level = "info";  ///< trace | debug | info | warn | error | off
   std::string format = "text"; ///< text | json
@@ -134,6 +144,7 @@ struct config {
   std::vector<agent_config> agents;
   health_config health;
   cluster_config cluster;
+  resp_config resp;
   log_config log;
 
   /// Partitions for a new topic: its own entry, else the defaults.
@@ -148,6 +159,7 @@ struct flag_overrides {
   std::optional<std::string> node_id;
   std::optional<std::string> cluster_listen;
   std::optional<std::string> cluster_members;
+  std::optional<std::string> resp_listen;
 };
 
 /// Where the environment comes from (injected so tests need not touch the
@@ -173,7 +185,7 @@ std::optional<std::string> process_env(const char* name);
 [[nodiscard]] std::optional<std::pair<std::string, std::uint16_t>>
 split_host_port(const std::string& text);
 
-/// True for a topic name: [A-Za-z0-9_-]+ tokens joined by '.', at most 255 bytes.
+/// True for a topic name: [A-Za-z0-9_:-]+ tokens joined by '.', at most 255 bytes.
 [[nodiscard]] bool valid_topic_name(std::string_view topic);
 
 /// True for an agent name: 1 to 128 of [A-Za-z0-9._:-] (so Redis group names

@@ -52,7 +52,7 @@ void publish(const api_env& env, request& req, const std::string& topic, respond
   if (!actors::valid_topic(topic))
     return respond(problem(400, "invalid-topic", "Bad Request",
                            "topic \"" + topic.substr(0, 300)
-                             + "\" is not valid: use [A-Za-z0-9_-]+ tokens joined by '.', "
+                             + "\" is not valid: use [A-Za-z0-9_:-]+ tokens joined by '.', "
                                "at most 255 bytes"));
   // One pass, no DOM: the hot path.
   auto items = actors::events_from_text(req.body, topic, env.cfg.http.max_events_per_request);

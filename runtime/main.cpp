@@ -65,6 +65,8 @@ int main(int argc, char** argv) {
   run->add_option("--cluster-listen", flags.cluster_listen, "cluster listen HOST:PORT");
   run->add_option("--cluster-members", flags.cluster_members,
                   "cluster members, the same list on every node: ID@HOST:PORT,...");
+  run->add_option("--resp", flags.resp_listen,
+                  "Redis protocol listen HOST:PORT (default: off; docs/redis.md)");
 
   client_options client;
   client.server = env_or("NERVE_SERVER", "http://127.0.0.1:8000");

@@ -2,10 +2,13 @@
 // SIGTERM/SIGINT/SIGHUP, then shuts down gracefully.
 #include <csignal>
 #include <iostream>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
 #include "actors/node.hpp"
+#include "http/resp_commands.hpp"
+#include "http/resp_server.hpp"
 #include "http/routes.hpp"
 #include "http/server.hpp"
 #include "runtime/commands.hpp"
@@ -61,6 +64,19 @@ int run_server(const config::flag_overrides& flags) {
     (*node)->shutdown();
     return exit_failed;
   }
+  // The Redis protocol listener, when resp.listen is set (docs/redis.md).
+  std::optional<http::resp::server> resp;
+  if (cfg->resp.enabled()) {
+    resp.emplace(http::resp::options_from(*cfg), http::resp::make_commands(**node, started));
+    if (auto bound = resp->start(); !bound) {
+      spdlog::critical("cannot start: {}", bound.error());
+      server.stop();
+      (*node)->shutdown();
+      return exit_failed;
+    }
+    spdlog::info("RESP (Redis protocol) listening on {}:{}",
+                 config::split_host_port(cfg->resp.listen)->first, resp->port());
+  }
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now()
                                                                   - started)
               .count();
@@ -80,10 +96,17 @@ int run_server(const config::flag_overrides& flags) {
       .count();
   };
   server.stop_accepting();
+  if (resp)
+    resp->stop_accepting();
   (*node)->shutdown(); // answers every queued publish, then stops the actors
   spdlog::info("actors stopped after {} ms", ms_since());
   if (!server.wait_idle(std::chrono::seconds{10}))
     spdlog::warn("requests still in flight after 10 s; closing their connections");
+  // Before the node goes: the XADDs the shutdown answered are written first.
+  if (resp && !resp->wait_idle(std::chrono::seconds{2}))
+    spdlog::warn("Redis protocol commands still in flight after 2 s; closing their connections");
+  if (resp)
+    resp->stop();
   server.stop();
   spdlog::info("stopped cleanly in {} ms", ms_since());
   return exit_ok;

@@ -71,6 +71,9 @@ TEST_CASE("bad events are refused with the field named", "[unit][actors]") {
 TEST_CASE("topic names and ids follow the contract", "[unit][actors]") {
   CHECK(valid_topic("orders.created"));
   CHECK(valid_topic("a-b_c.D9"));
+  CHECK(valid_topic("group:orders:summarizer")); // ':' inside tokens (Redis-style names)
+  CHECK(valid_topic("a:.b:c"));
+  CHECK_FALSE(valid_topic("a:b c"));
   CHECK_FALSE(valid_topic(""));
   CHECK_FALSE(valid_topic(".a"));
   CHECK_FALSE(valid_topic("a..b"));

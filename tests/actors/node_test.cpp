@@ -156,3 +156,21 @@ TEST_CASE("scrape counts durable events per topic, duplicates excluded, across r
   CHECK(published(s, "b") == 1);
   (*n)->shutdown();
 }
+
+TEST_CASE("a publish answer tells the topic's partition count", "[unit][actors]") {
+  test::temp_dir dir;
+  auto cfg = config_for(dir);
+  cfg.topics["three"] = config::topic_config{3};
+  auto n = actors::start_node(cfg);
+  REQUIRE(n);
+  for (auto [topic, partitions] : {std::pair{"three", 3u}, std::pair{"one", 1u}}) {
+    auto first = publish_sync(**n, topic, {item(), item()}); // creates the topic
+    auto again = publish_sync(**n, topic, {item()});         // finds it
+    REQUIRE(first);
+    REQUIRE(again);
+    for (auto& p : *first)
+      CHECK(p.partitions == partitions);
+    CHECK(again->front().partitions == partitions);
+  }
+  (*n)->shutdown();
+}

@@ -48,6 +48,11 @@ TEST_CASE("defaults match the contract", "[unit][config]") {
   CHECK(cfg->results_ttl == 24h);
   CHECK(cfg->health.dlq_degraded == 100);
   CHECK(cfg->log.level == "info");
+  CHECK(cfg->resp.listen.empty());
+  CHECK_FALSE(cfg->resp.enabled());
+  CHECK(cfg->resp.max_connections == 1024);
+  CHECK(cfg->resp.max_request_bytes == 1048576);
+  CHECK(cfg->resp.threads == 1);
 }
 
 TEST_CASE("a YAML file sets keys, topics and agents", "[unit][config]") {
@@ -192,6 +197,66 @@ TEST_CASE("a non-loopback listen address needs a token", "[unit][config]") {
   fake_env = {{"NERVE_HTTP_TOKEN", "s3cret"}};
   CHECK(load(flags, lookup));
   fake_env.clear();
+}
+
+TEST_CASE("the resp section comes from the file, the environment and --resp", "[unit][config]") {
+  nerve::test::temp_dir dir;
+  flag_overrides flags;
+  flags.config_file = write_file(
+    dir, "resp: { listen: 127.0.0.1:6380, max_connections: 10, max_request_bytes: 4096 }\n");
+  fake_env = {{"NERVE_RESP_MAX_CONNECTIONS", "20"}, {"NERVE_RESP_THREADS", "2"}};
+  auto cfg = load(flags, lookup);
+  REQUIRE(cfg);
+  CHECK(cfg->resp.listen == "127.0.0.1:6380");
+  CHECK(cfg->resp.max_connections == 20);
+  CHECK(cfg->resp.max_request_bytes == 4096);
+  CHECK(cfg->resp.threads == 2);
+  fake_env = {{"NERVE_RESP_LISTEN", "127.0.0.1:6381"}};
+  CHECK(load(flags, lookup)->resp.listen == "127.0.0.1:6381");
+  flags.resp_listen = "127.0.0.1:0";
+  CHECK(load(flags, lookup)->resp.listen == "127.0.0.1:0");
+  flags.resp_listen = "6380";
+  auto bad_flag = load(flags, lookup);
+  REQUIRE_FALSE(bad_flag);
+  CHECK(bad_flag.error().find("--resp: \"6380\"") == 0);
+  flags.resp_listen.reset();
+  fake_env = {{"NERVE_RESP_MAX_REQUEST_BYTES", "10"}};
+  auto small = load(flags, lookup);
+  REQUIRE_FALSE(small);
+  CHECK(small.error()
+        == "NERVE_RESP_MAX_REQUEST_BYTES: \"10\" is not allowed; expected an integer from 1024 "
+           "to 1073741824");
+  fake_env.clear();
+}
+
+TEST_CASE("a non-loopback resp.listen needs http.token", "[unit][config]") {
+  nerve::test::temp_dir dir;
+  flag_overrides flags;
+  flags.config_file = write_file(dir, "");
+  flags.resp_listen = "0.0.0.0:6380";
+  fake_env.clear();
+  auto refused = load(flags, lookup);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().find("resp.listen: \"0.0.0.0:6380\" is not a loopback address; set "
+                             "http.token")
+        == 0);
+  CHECK(refused.error().find('\n') == std::string::npos);
+  fake_env = {{"NERVE_HTTP_TOKEN", "s3cret"}};
+  CHECK(load(flags, lookup));
+  flags.resp_listen = "127.0.0.1:6380";
+  fake_env.clear();
+  CHECK(load(flags, lookup));
+}
+
+TEST_CASE("topic names may hold ':' inside their tokens", "[unit][config]") {
+  CHECK(valid_topic_name("group:orders:summarizer"));
+  CHECK(valid_topic_name("orders.eu:west"));
+  CHECK_FALSE(valid_topic_name("a;b"));
+  auto parsed = parse_yaml("topics: { 'jobs:high': { partitions: 1 } }\n"
+                           "agents: [ { name: a, topics: ['jobs:high', 'x:y.*'], kind: builtin, "
+                           "handler: noop } ]");
+  REQUIRE(parsed);
+  CHECK(parsed->partitions_for("jobs:high") == 1);
 }
 
 TEST_CASE("a missing explicit config file is an error, a missing default is not",
