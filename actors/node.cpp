@@ -2,11 +2,13 @@
 // interface the HTTP layer calls, and runs its lifecycle (start-up with
 // recovery, graceful shutdown). The services do the work: publish_service,
 // query_service, dlq_service, replay_service, health_service; the runner
-// supervises the actors.
+// supervises the actors. It also owns the keyspace (the Redis hashes beside
+// the topics), its threads and its sweeper.
 #include "actors/node.hpp"
 #include "actors/messages.hpp"
 
 #include <algorithm>
+#include <condition_variable>
 #include <csignal>
 #include <future>
 #include <map>
@@ -35,12 +37,27 @@
 #include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
 #include "persistence/ids.hpp"
+#include "persistence/keyspace.hpp"
 
 namespace nerve::actors {
 
 namespace {
 
 using namespace detail;
+
+/// Threads that run keyspace jobs (run_keyspace). Each call waits for an
+/// fsync, which the calls waiting at the same time share, so more threads
+/// than cores: 8 concurrent clients' writes cost about one fsync.
+constexpr std::size_t keyspace_threads = 8;
+/// Keyspace jobs queued or running, at most; past it, `overloaded`. The
+/// Redis listener runs one job per connection at a time, so its
+/// max_connections (1024 by default) stays below this.
+constexpr std::size_t keyspace_jobs_max = 4096;
+/// How often expired keys are swept, and how many records one sweep may
+/// delete (it holds the keyspace's write lock meanwhile): at most 100,000
+/// records a second, a few ms of the lock in each 100.
+constexpr auto keyspace_sweep_interval = std::chrono::milliseconds{100};
+constexpr std::size_t keyspace_sweep_records_max = 10'000;
 
 /// The services' messages, sent through CAF to the node's actors.
 class caf_sender final : public actor_sender {
@@ -150,8 +167,10 @@ public:
       .receive([](bool) {}, [&](caf::error& e) { err = "recovery failed: " + system_.render(e); });
     if (!err && !await_recovery(std::chrono::seconds{60}))
       err = "recovery failed: partitions and the DLQ did not rebuild their state within 60 s";
-    if (!err)
+    if (!err) {
+      open_keyspace();
       flags_.ready.store(true);
+    }
     return err;
   }
 
@@ -299,6 +318,23 @@ public:
     auto remote = cluster_->tail(topic, std::move(sink));
     return std::make_shared<std::pair<tail_handle, tail_handle>>(std::move(local),
                                                                  std::move(remote));
+  }
+
+  void run_keyspace(callback<persistence::keyspace*> job) override {
+    if (flags_.draining.load())
+      return job(tl::make_unexpected(error{errc::unavailable, "the node is shutting down"}));
+    if (keyspace_jobs_.fetch_add(1) >= keyspace_jobs_max) {
+      --keyspace_jobs_;
+      return job(tl::make_unexpected(
+        error{errc::overloaded, std::to_string(keyspace_jobs_max)
+                                  + " keyspace commands are waiting already; retry later"}));
+    }
+    // Dropped unrun when shutdown closed the pool meanwhile: the job's
+    // callbacks then answer as they are destroyed.
+    keyspace_pool_.post([this, job = std::move(job)] {
+      job(keyspace_.get());
+      --keyspace_jobs_;
+    });
   }
 
   void replay_create(replay_request req, callback<replay_view> done) override {
@@ -479,6 +515,7 @@ public:
     // reads answer now.
     ctx_.progress.stop();
     pool_.close();
+    close_keyspace();
     if (auto runner = sender_.runner()) {
       caf::scoped_actor self{system_};
       self->monitor(runner);
@@ -521,6 +558,50 @@ public:
   }
 
 private:
+  /// The keyspace over the recovered log, seeing its topics as streams
+  /// (also those created from now on), and the sweeper of its expired keys.
+  void open_keyspace() {
+    persistence::keyspace_options opts;
+    opts.streams = persistence::topics_as_streams(*log_);
+    keyspace_ = std::make_unique<persistence::keyspace>(*log_, std::move(opts));
+    sweeper_ = std::thread{[this] { sweep_loop(); }};
+  }
+
+  /// Sweeps expired keys every keyspace_sweep_interval, on a thread of its
+  /// own (a sweep blocks on RocksDB), until close_keyspace().
+  void sweep_loop() {
+    std::string failing; // the last error, logged once until the sweep works again
+    std::unique_lock<std::mutex> lock{sweeper_mutex_};
+    while (
+      !sweeper_wake_.wait_for(lock, keyspace_sweep_interval, [this] { return sweeper_stop_; })) {
+      lock.unlock();
+      auto swept = keyspace_->sweep(keyspace_sweep_records_max);
+      if (!swept && swept.error().message != failing) {
+        failing = swept.error().message;
+        spdlog::warn("keyspace: sweeping expired keys failed ({}); retrying every {} ms", failing,
+                     keyspace_sweep_interval.count());
+      } else if (swept && !failing.empty()) {
+        failing.clear();
+        spdlog::info("keyspace: sweeping expired keys works again");
+      }
+      lock.lock();
+    }
+  }
+
+  /// Lets the keyspace commands queued or running finish and answer, stops
+  /// the sweeper, and destroys the keyspace, before the log closes.
+  void close_keyspace() {
+    keyspace_pool_.close();
+    {
+      std::lock_guard<std::mutex> guard{sweeper_mutex_};
+      sweeper_stop_ = true;
+    }
+    sweeper_wake_.notify_all();
+    if (sweeper_.joinable())
+      sweeper_.join();
+    keyspace_.reset();
+  }
+
   /// Asks pull agent `name`'s queue actor; answers its reply.
   template <class R, class... Ts>
   void ask_queue(const std::string& name, const std::string& topic, callback<R> done, Ts... xs) {
@@ -715,6 +796,16 @@ private:
   dlq_service dlq_;
   replay_service replays_;
   health_service health_;
+  /// Set by start(), reset by shutdown() once no job or sweep uses it.
+  std::unique_ptr<persistence::keyspace> keyspace_;
+  /// The keyspace's own threads, not the query pool's two: its calls wait
+  /// for fsyncs and must not hold up health probes and HTTP reads.
+  query_pool keyspace_pool_{keyspace_threads};
+  std::atomic<std::size_t> keyspace_jobs_{0}; ///< queued or running
+  std::thread sweeper_;
+  std::mutex sweeper_mutex_;
+  std::condition_variable sweeper_wake_;
+  bool sweeper_stop_ = false; ///< sweeper_mutex_
   std::unique_ptr<cluster_service> cluster_;
   std::unique_ptr<control_plane> control_;  ///< with replication only
   std::shared_ptr<repl_sessions> sessions_; ///< with replication only

@@ -16,6 +16,10 @@
 #include "config/config.hpp"
 #include "persistence/faults.hpp"
 
+namespace nerve::persistence {
+class keyspace;
+} // namespace nerve::persistence
+
 namespace nerve::actors {
 
 /// Errors a caller of the node can react to (each maps to one HTTP status).
@@ -563,6 +567,15 @@ public:
     = 0;
   /// Stops a running replay; answers its view.
   virtual void replay_cancel(const std::string& id, callback<replay_view> done) = 0;
+
+  /// Runs `job` with the node's keyspace (persistence/keyspace.hpp: the
+  /// Redis hashes beside the topics) on one of the node's keyspace threads,
+  /// where it may block: every keyspace call waits for about one fsync.
+  /// The keyspace outlives every job; jobs may run concurrently (a caller
+  /// that needs an order runs its next job after the last one answered).
+  /// Errors, given at once on the caller's thread: `unavailable` while
+  /// shutting down, `overloaded` when too many jobs wait.
+  virtual void run_keyspace(callback<persistence::keyspace*> job) = 0;
 
   /// Follows `topic` (which may not exist yet) from now on.
   [[nodiscard]] virtual tail_handle tail(const std::string& topic, tail_sink sink) = 0;

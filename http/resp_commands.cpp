@@ -1,6 +1,7 @@
 // The commands of the Redis protocol listener: replies and error texts as
 // Redis 7.0 gives them (checked against redis-server by
-// tests/blackbox/test_resp.py), and XADD publishing through the node.
+// tests/blackbox/test_resp.py), and XADD publishing through the node (the
+// keyspace commands are in resp_keyspace.cpp).
 #include "http/resp_commands.hpp"
 
 #include <algorithm>
@@ -585,28 +586,57 @@ std::optional<std::string> xadd_fragment(const args& a, std::size_t from) {
   return "\"trace_id\":\"" + actors::new_trace_id() + "\",\"data\":" + data.dump();
 }
 
+void answer_xadd(const responder& r, const actors::result<std::vector<actors::published>>& res) {
+  if (!res)
+    return send_error(r, error_text(res.error()));
+  if (res->size() != 1)
+    return send_error(r, "ERR the publish was answered for " + std::to_string(res->size())
+                           + " events instead of 1");
+  const auto& p = res->front();
+  auto ms = static_cast<std::uint64_t>(std::max<std::int64_t>(0, p.time_us / 1000));
+  auto id = encode_id(ms, p.partition, p.offset, p.partitions);
+  if (!id)
+    return send_error(r, "ERR the event was appended to " + p.topic + "/"
+                           + std::to_string(p.partition) + " at offset " + std::to_string(p.offset)
+                           + ", a place no stream entry id encodes");
+  r.send(r.make().bulk(format_id(*id)));
+}
+
+/// Publishes; `then` runs once answered.
 void publish_xadd(actors::node& node, const std::string& topic, actors::publish_item item,
-                  const responder& r) {
+                  const responder& r, const std::function<void()>& then) {
   std::vector<actors::publish_item> items;
   items.push_back(std::move(item));
-  node.publish(topic, std::move(items), [r](actors::result<std::vector<actors::published>> res) {
-    if (!res)
-      return send_error(r, error_text(res.error()));
-    if (res->size() != 1)
-      return send_error(r, "ERR the publish was answered for " + std::to_string(res->size())
-                             + " events instead of 1");
-    const auto& p = res->front();
-    auto ms = static_cast<std::uint64_t>(std::max<std::int64_t>(0, p.time_us / 1000));
-    auto id = encode_id(ms, p.partition, p.offset, p.partitions);
-    if (!id)
-      return send_error(r, "ERR the event was appended to " + p.topic + "/"
-                             + std::to_string(p.partition) + " at offset "
-                             + std::to_string(p.offset) + ", a place no stream entry id encodes");
-    r.send(r.make().bulk(format_id(*id)));
+  node.publish(topic, std::move(items),
+               [r, then](actors::result<std::vector<actors::published>> res) {
+                 answer_xadd(r, res);
+                 then();
+               });
+}
+
+/// Publishes, or with NOMKSTREAM answers nil, as Redis does, when the stream
+/// does not exist; `then` runs once answered.
+void add_entry(actors::node& node, const std::string& topic, bool nomkstream,
+               actors::publish_item item, const responder& r, std::function<void()> then) {
+  if (!nomkstream)
+    return publish_xadd(node, topic, std::move(item), r, then);
+  node.topics([&node, topic, item = std::move(item), r, then = std::move(then)](
+                actors::result<std::vector<actors::topic_view>> topics) mutable {
+    if (!topics) {
+      send_error(r, error_text(topics.error()));
+      return then();
+    }
+    bool exists = std::any_of(topics->begin(), topics->end(),
+                              [&](const actors::topic_view& t) { return t.name == topic; });
+    if (!exists) {
+      r.send(r.make().null());
+      return then();
+    }
+    publish_xadd(node, topic, std::move(item), r, then);
   });
 }
 
-void xadd(actors::node& node, context&, args&& a, responder r) {
+void xadd(actors::node& node, const xadd_gate& gate, context& ctx, args&& a, responder r) {
   xadd_request req;
   if (auto err = parse_xadd(a, req))
     return send_error(r, *err);
@@ -621,19 +651,10 @@ void xadd(actors::node& node, context&, args&& a, responder r) {
                          "values must be valid UTF-8");
   actors::publish_item item;
   item.fragment = std::move(*fragment);
-  if (!req.nomkstream)
-    return publish_xadd(node, topic, std::move(item), r);
-  // NOMKSTREAM: nil, as Redis answers, when the stream does not exist.
-  node.topics([&node, topic, item = std::move(item),
-               r](actors::result<std::vector<actors::topic_view>> topics) mutable {
-    if (!topics)
-      return send_error(r, error_text(topics.error()));
-    bool exists = std::any_of(topics->begin(), topics->end(),
-                              [&](const actors::topic_view& t) { return t.name == topic; });
-    if (!exists)
-      return r.send(r.make().null());
-    publish_xadd(node, topic, std::move(item), r);
-  });
+  // WRONGTYPE, as Redis answers, when the name holds a hash.
+  gate(ctx, topic, r,
+       [&node, topic, nomkstream = req.nomkstream, item = std::move(item),
+        r](std::function<void()> then) { add_entry(node, topic, nomkstream, item, r, then); });
 }
 
 } // namespace
@@ -706,6 +727,9 @@ command_table make_commands(actors::node& node, steady::time_point started) {
                r.send(r.make().verbatim(info_text(ctx, node_id, started, sections)));
              },
              {}});
+  auto keyspace = make_keyspace_commands(node);
+  for (auto& c : keyspace.commands)
+    table.add(std::move(c));
   table.add({"xadd",
              -5,
              false,
@@ -713,7 +737,9 @@ command_table make_commands(actors::node& node, steady::time_point started) {
              1,
              1,
              1,
-             [&node](context& ctx, args&& a, responder r) { xadd(node, ctx, std::move(a), r); },
+             [&node, gate = std::move(keyspace.gate)](context& ctx, args&& a, responder r) {
+               xadd(node, gate, ctx, std::move(a), r);
+             },
              {}});
   add_stream_commands(table, node);
   return table;

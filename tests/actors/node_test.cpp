@@ -1,6 +1,6 @@
 // The actor node through its narrow interface: group commit, supervision of
-// partition actors, graceful shutdown answering queued publishes, and the
-// metrics snapshot.
+// partition actors, graceful shutdown answering queued publishes, the
+// metrics snapshot, and the keyspace it owns.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/node.hpp"
+#include "persistence/keyspace.hpp"
 #include "tests/support/temp_dir.hpp"
 
 using namespace nerve;
@@ -35,6 +36,23 @@ publish_sync(actors::node& n, const std::string& topic, std::vector<actors::publ
 
 actors::publish_item item(std::string id = "") {
   return {std::move(id), "", "\"data\":1", {}, {}};
+}
+
+/// What `fn(keyspace)` returns, run on the node's keyspace threads; the
+/// node's error when it runs no job.
+template <class Fn>
+auto with_keyspace(actors::node& n, Fn fn)
+  -> actors::result<decltype(fn(std::declval<persistence::keyspace&>()))> {
+  using value = decltype(fn(std::declval<persistence::keyspace&>()));
+  std::promise<actors::result<value>> p;
+  auto f = p.get_future();
+  n.run_keyspace([&p, &fn](actors::result<persistence::keyspace*> ks) {
+    if (!ks)
+      return p.set_value(tl::make_unexpected(ks.error()));
+    p.set_value(fn(**ks));
+  });
+  REQUIRE(f.wait_for(30s) == std::future_status::ready);
+  return f.get();
 }
 
 } // namespace
@@ -173,4 +191,41 @@ TEST_CASE("a publish answer tells the topic's partition count", "[unit][actors]"
     CHECK(again->front().partitions == partitions);
   }
   (*n)->shutdown();
+}
+
+TEST_CASE("the node's keyspace sees topics made at runtime as streams and sweeps expired keys",
+          "[unit][actors]") {
+  test::temp_dir dir;
+  auto n = actors::start_node(config_for(dir));
+  REQUIRE(n);
+  auto type_of = [&](const std::string& key) {
+    auto t = with_keyspace(**n, [&](persistence::keyspace& ks) { return ks.type(key); });
+    REQUIRE(t);
+    REQUIRE(*t);
+    return **t;
+  };
+  CHECK(type_of("made.later") == persistence::key_type::none);
+  REQUIRE(publish_sync(**n, "made.later", {item()})); // the topic is made now
+  CHECK(type_of("made.later") == persistence::key_type::stream);
+
+  auto set = with_keyspace(**n, [](persistence::keyspace& ks) {
+    return ks.hset("h", {{"f", "v"}});
+  });
+  REQUIRE(set);
+  CHECK(*set == 1);
+  auto expiring = with_keyspace(**n, [](persistence::keyspace& ks) { return ks.expire("h", 1); });
+  REQUIRE(expiring);
+  CHECK(*expiring == true);
+  std::this_thread::sleep_for(1500ms); // expired after 1 s, swept within 100 ms of it
+  CHECK(type_of("h") == persistence::key_type::none);
+  // The node's sweeper deleted it: a sweep of our own finds nothing left.
+  auto swept = with_keyspace(**n, [](persistence::keyspace& ks) { return ks.sweep(1000); });
+  REQUIRE(swept);
+  REQUIRE(*swept);
+  CHECK((*swept)->keys == 0);
+
+  (*n)->shutdown();
+  auto late = with_keyspace(**n, [](persistence::keyspace& ks) { return ks.type("h"); });
+  REQUIRE_FALSE(late);
+  CHECK(late.error().code == actors::errc::unavailable);
 }
