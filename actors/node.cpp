@@ -267,6 +267,13 @@ public:
     queries_.groups(topic, std::move(done));
   }
 
+  std::optional<std::uint32_t> partition_count(const std::string& topic) const override {
+    auto route = ctx_.routes.find(topic);
+    if (!route)
+      return std::nullopt;
+    return route->info.partitions;
+  }
+
   std::optional<std::uint64_t> group_progress(const std::string& topic) const override {
     auto route = ctx_.routes.find(topic);
     if (!route)

@@ -535,6 +535,11 @@ public:
   [[nodiscard]] virtual std::optional<std::uint64_t>
   group_progress(const std::string& topic) const = 0;
 
+  /// The partition count of `topic` (it never changes), without I/O; nothing
+  /// when the topic does not exist here.
+  [[nodiscard]] virtual std::optional<std::uint32_t>
+  partition_count(const std::string& topic) const = 0;
+
   /// Calls `then` (on a thread of the node's) once group_progress(topic) is
   /// no longer `index`, or after `wait`, or at shutdown.
   virtual void when_groups_move(const std::string& topic, std::uint64_t index,

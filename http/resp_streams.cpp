@@ -581,14 +581,11 @@ std::string group_error(const actors::error& e, const std::string& key, const st
   return error_text(e);
 }
 
-/// The partition count of `topic` (0 when it does not exist), then `then`.
-void with_partitions(actors::node& node, const std::string& topic, const responder& r,
-                     std::function<void(std::uint32_t)> then) {
-  find_topic(node, topic, [r, then](auto t) {
-    if (!t)
-      return send_error(r, error_text(t.error()));
-    then(*t ? (*t)->partitions : 0);
-  });
+/// The partition count of `topic` (0 when it does not exist), then `then`
+/// (no I/O: the count is known in memory and never changes).
+void with_partitions(actors::node& node, const std::string& topic, const responder&,
+                     const std::function<void(std::uint32_t)>& then) {
+  then(node.partition_count(topic).value_or(0));
 }
 
 void xreadgroup(actors::node& node, context&, args&& a, responder r) {
@@ -600,15 +597,14 @@ void xreadgroup(actors::node& node, context&, args&& a, responder r) {
   if (!fresh && !history)
     return send_error(r, "ERR nerve reads either new entries ('>') or pending ones (an id) of "
                          "every stream of one XREADGROUP, not both");
-  node.topics([&node, ra, r, fresh](actors::result<std::vector<actors::topic_view>> ts) {
-    if (!ts)
-      return send_error(r, error_text(ts.error()));
+  {
     auto parts = std::make_shared<std::map<std::string, std::uint32_t>>();
-    for (auto& t : *ts)
-      (*parts)[t.name] = t.partitions;
-    for (auto& k : ra.keys)
-      if (!parts->count(k))
+    for (auto& k : ra.keys) {
+      auto n = node.partition_count(k);
+      if (!n)
         return send_error(r, nogroup(k, ra.group, "XREADGROUP"));
+      (*parts)[k] = *n;
+    }
     if (fresh) {
       actors::pull_request req;
       req.consumer = ra.consumer;
@@ -691,7 +687,7 @@ void xreadgroup(actors::node& node, context&, args&& a, responder r) {
                           r.send(std::move(out));
                         });
     }
-  });
+  }
 }
 
 /// Parses ids into places in a topic of `partitions` partitions.
