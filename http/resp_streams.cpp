@@ -50,7 +50,9 @@ struct entry {
 /// holding its JSON.
 std::optional<entry> entry_of(const std::string& text, std::uint32_t partitions) {
   auto e = json::parse(text, nullptr, false);
-  if (!e.is_object() || !e.contains("partition") || !e.contains("offset") || !e.contains("time"))
+  if (!e.is_object() || !e.contains("partition") || !e["partition"].is_number_unsigned()
+      || !e.contains("offset") || !e["offset"].is_number_unsigned() || !e.contains("time")
+      || !e["time"].is_string())
     return std::nullopt;
   auto us = actors::parse_time_arg(e["time"].get<std::string>(), 0);
   if (!us)
@@ -433,16 +435,20 @@ struct xread_wait : std::enable_shared_from_this<xread_wait> {
 
   explicit xread_wait(responder rr) : r(std::move(rr)) {}
 
+  /// Answers once with what was found; later finds are ignored (every
+  /// writer of `got` checks `done` under the lock).
   void finish() {
     std::vector<actors::tail_handle> drop;
+    std::vector<std::pair<std::string, std::vector<entry>>> answer;
     {
       std::lock_guard<std::mutex> g{mutex};
       if (done)
         return;
       done = true;
       drop.swap(tails);
+      answer.swap(got);
     }
-    send_streams(r, got);
+    send_streams(r, answer);
   }
   void cancel() {
     std::vector<actors::tail_handle> drop;
@@ -495,13 +501,19 @@ void xread(actors::node& node, context&, args&& a, responder r) {
           auto w = weak.lock();
           if (!w)
             return;
-          auto parts = w->partitions[k];
+          std::uint32_t parts = 0;
+          {
+            std::lock_guard<std::mutex> g{w->mutex};
+            parts = w->partitions[k];
+          }
           if (parts == 0) { // created after the read began
             find_topic(node, key, [weak, k, events](auto t) {
               auto w = weak.lock();
               if (!w || !t || !*t)
                 return;
               std::unique_lock<std::mutex> g{w->mutex};
+              if (w->done)
+                return;
               w->partitions[k] = (*t)->partitions;
               for (auto& text : events)
                 if (auto e = entry_of(text, w->partitions[k]); e && w->starts[k].second < e->id)
@@ -545,6 +557,8 @@ void xread(actors::node& node, context&, args&& a, responder r) {
           if (any || !block) {
             {
               std::lock_guard<std::mutex> g{w->mutex};
+              if (w->done)
+                return;
               for (std::size_t i = 0; i < found->size(); ++i)
                 w->got[i].second = std::move((*found)[i]);
             }
