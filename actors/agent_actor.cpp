@@ -3,6 +3,7 @@
 // processes speaking JSON Lines on stdin/stdout (CONTRACT.md section 5).
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <condition_variable>
 #include <csignal>
 #include <cstring>
@@ -452,7 +453,32 @@ void on_http_answer(instance_actor_t self, const std::string& id, std::uint32_t 
 
 /// Reads topic, partition and time from a delivery's event, once.
 void locate(in_flight& f) {
-  auto e = nlohmann::json::parse(f.d.event, nullptr, false);
+  // Stored events begin with the members nerve writes, in this order and
+  // before `data`: {"id":"..","topic":"..","partition":N,"offset":N,"time":"..",
+  // and ids and topic names hold no quotes or backslashes. Read them there;
+  // anything else takes the full parse.
+  const std::string& ev = f.d.event;
+  auto member = [&ev](std::string_view name, std::size_t from) -> std::size_t {
+    auto at = ev.find(name, from);
+    return at == std::string::npos ? at : at + name.size();
+  };
+  auto topic = member(R"(,"topic":")", 0);
+  auto topic_end = topic == std::string::npos ? topic : ev.find('"', topic);
+  auto part = topic_end == std::string::npos ? topic_end : member(R"(,"partition":)", topic_end);
+  auto time = part == std::string::npos ? part : member(R"(,"time":")", part);
+  auto time_end = time == std::string::npos ? time : ev.find('"', time);
+  if (time_end != std::string::npos) {
+    std::uint32_t p = 0;
+    auto [end, ec] = std::from_chars(ev.data() + part, ev.data() + ev.size(), p);
+    auto us = parse_time_arg(ev.substr(time, time_end - time), 0);
+    if (ec == std::errc{} && *end == ',' && us) {
+      f.topic = ev.substr(topic, topic_end - topic);
+      f.partition = p;
+      f.time_us = *us;
+      return;
+    }
+  }
+  auto e = nlohmann::json::parse(ev, nullptr, false);
   if (!e.is_object())
     return;
   if (auto t = e.find("topic"); t != e.end() && t->is_string())
