@@ -2,9 +2,9 @@
 BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_ARGS ?=
-# Two tests at a time: the tiers take 6 minutes that way on 2 cores (10 one by one);
-# `make test CTEST_ARGS=` runs them one by one.
-CTEST_ARGS ?= --parallel 2
+# One test at a time: `make test CTEST_ARGS=--parallel 2` halves the time, but two
+# timing-sensitive tests flaked once each that way on CI (tests/README.md).
+CTEST_ARGS ?=
 
 .PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean
 

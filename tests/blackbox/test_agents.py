@@ -1104,7 +1104,7 @@ class RestartTest(AgentTestCase):
             groups = {a: self.group(srv, t, a) for a in ("n", "logger")}
             return groups if all(g["lag"] == 0 for g in groups.values()) else None
         before = self.wait_for(all_acked, 15.0, "both agents acked every event")
-        time.sleep(0.2)
+        time.sleep(1.0)  # the progress waits up to 5 ms for an append; far more on a busy CI
         srv.kill()
         srv.start()
         time.sleep(0.5)  # room for a wrong redelivery to show
