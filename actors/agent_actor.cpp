@@ -502,7 +502,11 @@ void hand_to(instance_actor_t self, const std::string& id, in_flight& f,
   f.handed = now;
   if (counts)
     f.count = std::max(f.count + 1, f.d.attempt);
-  self->delayed_send(self, st.agent->cfg.timeout, pull_expire_atom::value, id, ++f.handout);
+  ++f.handout;
+  // A group made by XGROUP CREATE keeps Redis' semantics: the delivery
+  // stays with its consumer until acked or claimed.
+  if (!st.agent->cfg.redis_group)
+    self->delayed_send(self, st.agent->cfg.timeout, pull_expire_atom::value, id, f.handout);
   auto& c = st.consumers[consumer];
   c.seen = c.active = now;
   c.ever_active = true;

@@ -67,7 +67,7 @@ metrics_snapshot health_service::scrape() const {
   s.dlq_entries = ctx_.dlq_size.load();
   s.storage_write = view_of(io_.write);
   s.storage_sync = view_of(io_.sync);
-  for (auto& agent : ctx_.agents) {
+  for (auto& agent : ctx_.agents.all()) {
     metrics_snapshot::agent_row a{agent->cfg.name, 0};
     for (auto& inst : agent->instances)
       a.restarts += inst->restarts.load();
@@ -79,7 +79,7 @@ metrics_snapshot health_service::scrape() const {
     for (auto& slot : route->slots)
       t.published += slot->durable_end.load();
     s.topics.push_back(std::move(t));
-    for (auto& agent : ctx_.agents)
+    for (auto& agent : ctx_.agents.all())
       if (agent->subscribes(name)) {
         auto g = group_of(*route, *agent);
         s.groups.push_back({g.agent, name, g.pending, g.lag});
@@ -89,7 +89,7 @@ metrics_snapshot health_service::scrape() const {
 }
 
 void health_service::count_children(health_report& r) const {
-  for (auto& agent : ctx_.agents)
+  for (auto& agent : ctx_.agents.all())
     for (auto& inst : agent->instances)
       switch (inst->state.load()) {
         case instance_state::running:

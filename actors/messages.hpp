@@ -67,6 +67,8 @@ using redeliver_atom = caf::atom_constant<caf::atom("redeliver")>;
 
 using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using create_topic_atom = caf::atom_constant<caf::atom("topic_new")>;
+using create_group_atom = caf::atom_constant<caf::atom("group_new")>;
+using join_group_atom = caf::atom_constant<caf::atom("group_join")>;
 using restart_partition_atom = caf::atom_constant<caf::atom("rst_part")>;
 using restart_instance_atom = caf::atom_constant<caf::atom("rst_inst")>;
 using restart_dlq_atom = caf::atom_constant<caf::atom("rst_dlq")>;
@@ -778,6 +780,9 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<publish_atom, publish_job>,
   /// Commits the batch and the delivery state, and delivers.
   caf::reacts_to<flush_atom>,
+  /// XGROUP CREATE: the group (agent) now reads this partition, from its
+  /// start (true) or its end.
+  caf::reacts_to<join_group_atom, std::string, bool>,
   /// The held-back counter snapshot is due.
   caf::reacts_to<counters_atom>,
   /// Delivery state held back for the next append is due.
@@ -872,6 +877,10 @@ using runner_actor = caf::typed_actor<
   /// cluster's); answers its partition count.
   caf::replies_to<create_topic_atom, std::string, std::uint32_t,
                   std::uint32_t>::with<std::uint32_t>,
+  /// XGROUP CREATE group (agent) on stream (topic) from its start (true) or
+  /// end, creating the stream first when asked (MKSTREAM); answers false
+  /// when the group reads the stream already (BUSYGROUP).
+  caf::replies_to<create_group_atom, std::string, std::string, bool, bool>::with<bool>,
   /// Internal: restarts after a child's restart_policy wait.
   caf::reacts_to<restart_partition_atom, std::string, std::uint32_t>,
   caf::reacts_to<restart_instance_atom, std::string, std::uint32_t>,

@@ -127,7 +127,7 @@ public:
     ctx_.cfg = &cfg_;
     ctx_.hooks = &hooks_;
     for (std::size_t i = 0; i < cfg_.agents.size(); ++i) {
-      ctx_.agents.push_back(std::make_shared<agent_runtime>(cfg_.agents[i], i));
+      ctx_.agents.add(std::make_shared<agent_runtime>(cfg_.agents[i], i));
     }
     ctx_.publish = [this](const std::string& topic, std::vector<publish_item> items,
                           callback<std::vector<published>> done) {
@@ -156,6 +156,11 @@ public:
       log_->set_sync_pacer([pacer = sync_pacer_] { caf::anon_send(pacer, sync_atom::value); });
     }
     fresh_ = log_->topics().empty();
+    // The groups XGROUP CREATE made join the config's agents (a cluster's
+    // groups are all in its config).
+    if (!cfg_.cluster.enabled())
+      if (auto loaded = load_redis_groups(ctx_); !loaded)
+        return "reading the groups XGROUP CREATE made: " + loaded.error().message;
     if (cfg_.cluster.replicated())
       set_up_replication();
     sender_.set_runner(spawn_runner(system_, &ctx_));
@@ -256,6 +261,13 @@ public:
 
   void set_paused(const std::string& name, bool paused, callback<agent_view> done) override {
     queries_.set_paused(name, paused, std::move(done));
+  }
+
+  void create_group(const std::string& group, const std::string& topic, bool earliest,
+                    bool mkstream, callback<bool> done) override {
+    ask<bool>(system_, sender_.runner(), std::chrono::seconds{30}, "the runner",
+              std::function<void(result<bool>)>{std::move(done)}, create_group_atom::value, group,
+              topic, earliest, mkstream);
   }
 
   std::vector<metrics_row> metrics(const std::string& topic,
@@ -543,7 +555,7 @@ public:
         for (auto& slot : route->slots)
           slot->actor = nullptr;
     }
-    for (auto& agent : ctx_.agents) {
+    for (auto& agent : ctx_.agents.all()) {
       std::lock_guard<std::mutex> guard{agent->mutex};
       agent->credits.clear_waiters();
       for (auto& inst : agent->instances)

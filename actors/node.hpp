@@ -523,6 +523,13 @@ public:
 
   /// Pauses or resumes delivery to an agent; answers its new view.
   virtual void set_paused(const std::string& agent, bool paused, callback<agent_view> done) = 0;
+  /// XGROUP CREATE: consumer group `group` (a pull agent, made when there
+  /// is none) reads stream `topic` from its start (`earliest`) or its end;
+  /// `mkstream` creates a missing stream (else not_found). Answers false
+  /// when the group reads the stream already.
+  virtual void create_group(const std::string& group, const std::string& topic, bool earliest,
+                            bool mkstream, callback<bool> done)
+    = 0;
   /// Counters per agent and topic, filtered when the names are not empty.
   [[nodiscard]] virtual std::vector<metrics_row> metrics(const std::string& topic,
                                                          const std::string& agent) const = 0;

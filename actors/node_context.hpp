@@ -128,11 +128,18 @@ struct agent_runtime {
   std::vector<std::unique_ptr<instance_slot>> instances;
   std::atomic<bool> paused{false};
   std::mutex mutex; ///< guards instance actor handles
+  mutable std::mutex topics_mutex;
+  std::vector<std::string> added_topics; ///< guarded by topics_mutex (XGROUP CREATE)
   /// Deliveries in flight per instance, within max_in_flight.
   basic_credit_pool<caf::actor> credits;
 
   /// Whether `topic` matches one of the agent's patterns.
   [[nodiscard]] bool subscribes(const std::string& topic) const;
+  /// The agent's topic patterns now: cfg.topics, and for a group made by
+  /// XGROUP CREATE the streams added to it since.
+  [[nodiscard]] std::vector<std::string> topics() const;
+  /// Adds a stream to a group made by XGROUP CREATE.
+  void add_topic(const std::string& topic);
   /// Takes one credit from the next instance with room, round-robin from
   /// `rr`; returns the instance index and actor, or nothing when all are full
   /// (then `partition` is woken when one frees up).
@@ -152,6 +159,41 @@ struct agent_runtime {
 };
 
 using agent_ptr = std::shared_ptr<agent_runtime>;
+
+/// The node's agents: those of the config, then the groups XGROUP CREATE
+/// made (which join while the node runs). Readers take a snapshot; an
+/// agent's index is its place in the list and never changes.
+class agent_list {
+public:
+  /// The list at one moment; it stays valid while held (a range-for over
+  /// all() holds it for the loop).
+  struct snapshot {
+    std::shared_ptr<const std::vector<agent_ptr>> list;
+    [[nodiscard]] auto begin() const { return list->begin(); }
+    [[nodiscard]] auto end() const { return list->end(); }
+    [[nodiscard]] std::size_t size() const { return list->size(); }
+    [[nodiscard]] const agent_ptr& operator[](std::size_t i) const { return (*list)[i]; }
+  };
+
+  [[nodiscard]] snapshot all() const {
+    std::lock_guard<std::mutex> guard{mutex_};
+    return {list_};
+  }
+  [[nodiscard]] agent_ptr at(std::size_t index) const { return all()[index]; }
+  [[nodiscard]] std::size_t size() const { return all().size(); }
+  /// Appends `a`, whose index must be size().
+  void add(agent_ptr a) {
+    std::lock_guard<std::mutex> guard{mutex_};
+    auto next = std::make_shared<std::vector<agent_ptr>>(*list_);
+    next->push_back(std::move(a));
+    list_ = std::move(next);
+  }
+
+private:
+  mutable std::mutex mutex_;
+  std::shared_ptr<const std::vector<agent_ptr>> list_
+    = std::make_shared<const std::vector<agent_ptr>>();
+};
 
 /// A replicated partition's place in its replica set, as the control plane
 /// last read it from etcd (actors/control_plane.hpp).
@@ -186,7 +228,20 @@ struct partition_slot {
   std::atomic<std::uint64_t> durable_end{0}; ///< offsets below are appended and durable
   std::atomic<bool> alive{false};
   std::atomic<bool> recovered{false}; ///< its first actor rebuilt its state from the log
-  std::vector<std::unique_ptr<group_stats>> groups; ///< one per subscribed agent
+  /// One per subscribed agent; XGROUP CREATE adds to it (never removes),
+  /// so read it with group_list().
+  std::vector<std::unique_ptr<group_stats>> groups; ///< guarded by groups_mutex
+  mutable std::mutex groups_mutex;
+
+  /// The groups now (they live as long as the slot).
+  [[nodiscard]] std::vector<group_stats*> group_list() const {
+    std::lock_guard<std::mutex> guard{groups_mutex};
+    std::vector<group_stats*> out;
+    out.reserve(groups.size());
+    for (auto& g : groups)
+      out.push_back(g.get());
+    return out;
+  }
   // Replication (cluster step 2); `role` stays null on a partition that is not replicated.
   mutable std::mutex role_mutex;
   std::shared_ptr<const replica_role> role;     ///< guarded by role_mutex; set by the control plane
@@ -285,7 +340,7 @@ struct node_context {
   persistence::delivery_store* store = nullptr;
   const config::config* cfg = nullptr;
   const node_hooks* hooks = nullptr;
-  std::vector<agent_ptr> agents;
+  agent_list agents;
   routing routes;
   publish_fn publish;
   /// DLQ entries; written only by the DLQ actor (no I/O to read it).
@@ -325,9 +380,25 @@ group_start(const node_context& ctx, const std::string& agent, std::uint32_t top
   return {errc::storage, e.message};
 }
 
+/// The config of a consumer group XGROUP CREATE makes: a pull agent with
+/// Redis' semantics (config::agent_config::redis_group), from the start of
+/// its first stream or its end.
+[[nodiscard]] config::agent_config redis_group_config(const std::string& name, bool earliest);
+
+/// Stores the definition of group `a` (made by XGROUP CREATE) with its
+/// streams `topics`, synced: the group is there again after a restart.
+[[nodiscard]] tl::expected<void, persistence::error>
+store_redis_group(persistence::delivery_store& store, const agent_runtime& a,
+                  const std::vector<std::string>& topics);
+
+/// Appends the stored groups of XGROUP CREATE to `ctx.agents` (after the
+/// config's agents); one named like an agent of the config is left out,
+/// with a warning: the config wins.
+[[nodiscard]] tl::expected<void, persistence::error> load_redis_groups(node_context& ctx);
+
 /// The agent named `name`, or nothing.
 [[nodiscard]] inline agent_ptr find_agent(const node_context& ctx, const std::string& name) {
-  for (auto& a : ctx.agents)
+  for (auto& a : ctx.agents.all())
     if (a->cfg.name == name)
       return a;
   return nullptr;

@@ -41,6 +41,9 @@ struct group {
   group_stats* stats = nullptr;
   std::unique_ptr<consumer_group> engine;
   std::size_t rr = 0; ///< round-robin position over the agent's instances
+  /// Where a group with no stored cursor starts (the agent's `start`, or
+  /// what XGROUP CREATE asked for on this stream).
+  config::start_position start = config::start_position::latest;
 };
 
 struct partition_state {
@@ -401,6 +404,14 @@ void load_events(partition_actor_t self, group& g) {
   }
 }
 
+/// Raises `a` to `v` unless it is higher already: an earlier incarnation of
+/// the partition actor may still report a lower offset.
+void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
+  auto cur = a.load();
+  while (cur < v && !a.compare_exchange_weak(cur, v)) {
+  }
+}
+
 void pump(partition_actor_t self) {
   auto& st = self->state;
   if (!st.groups_ready)
@@ -408,7 +419,10 @@ void pump(partition_actor_t self) {
   auto end = std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
     auto& g = st.groups[gi];
-    g.stats->end = end;
+    if (st.role)
+      g.stats->end = end;
+    else
+      raise_to(g.stats->end, end); // the durable callback may have shown more already
     g.engine->set_end(end);
     fill(self, g);
     load_events(self, g);
@@ -578,7 +592,7 @@ void recover_group(partition_actor_t self, std::size_t gi) {
     cursor = **stored;
   } else {
     // A new consumer group: from the end, or from the oldest stored event.
-    cursor = g.agent->cfg.start == config::start_position::earliest
+    cursor = g.start == config::start_position::earliest
                ? st.ctx->log->stats(st.route->info, st.partition).first_offset
              : st.role ? st.durable_end
                        : st.writer->next_offset();
@@ -622,14 +636,6 @@ bool write_counters(partition_state& st, bool force) {
     st.state.put_meta(counters_key(g.agent->cfg.name, st.route->info.id, st.partition),
                       g.stats->totals.to_json());
   return true;
-}
-
-/// Raises `a` to `v` unless it is higher already: an earlier incarnation of
-/// the partition actor may still report a lower offset.
-void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
-  auto cur = a.load();
-  while (cur < v && !a.compare_exchange_weak(cur, v)) {
-  }
 }
 
 /// Appends the batch's events as one write; when that fails, answers its
@@ -1518,9 +1524,14 @@ bool append_local(partition_actor_t self) {
       [jobs, results, me = caf::actor_cast<caf::actor>(self), slot = st.slot,
        end = st.writer->next_offset(), followed, ctx = st.ctx,
        topic = st.route->info.name](std::optional<persistence::error> failure) {
-        // Counted before the publishers hear of it, so metrics never lag a 201.
-        if (!failure)
+        // Counted before the publishers hear of it, so metrics and each
+        // group's lag never lag a 201.
+        if (!failure) {
           raise_to(slot->durable_end, end);
+          std::lock_guard<std::mutex> guard{slot->groups_mutex};
+          for (auto& g : slot->groups)
+            raise_to(g->end, end);
+        }
         if (failure)
           for (auto& job : *jobs)
             job->finish(tl::make_unexpected(*failure));
@@ -1601,6 +1612,40 @@ void flush(partition_actor_t self) {
   commit_state(self); // what no append carried
 }
 
+/// Adds the consumer group `gs` stands for (not recovered yet); `start`
+/// overrides the agent's for a group with no stored cursor.
+void add_group(partition_state& st, group_stats* gs, std::optional<config::start_position> start) {
+  group g;
+  g.agent = st.ctx->agents.at(gs->agent_index);
+  g.stats = gs;
+  g.start = start.value_or(g.agent->cfg.start);
+  g.engine = std::make_unique<consumer_group>(
+    g.agent->cfg, group_identity{st.route->info.name, st.route->info.id, st.partition, {}, {}},
+    std::random_device{}());
+  st.groups.push_back(std::move(g));
+}
+
+/// XGROUP CREATE made group `agent` read this partition: it starts now
+/// (once the groups are, on a replicated partition) from `start`.
+void join_group(partition_actor_t self, const std::string& agent, bool earliest) {
+  auto& st = self->state;
+  for (auto& g : st.groups)
+    if (g.agent->cfg.name == agent)
+      return; // this actor started after the group was added to the slot
+  for (auto* gs : st.slot->group_list()) {
+    if (gs->agent != agent)
+      continue;
+    add_group(st, gs, earliest ? config::start_position::earliest : config::start_position::latest);
+    if (st.groups_ready) {
+      auto gi = st.groups.size() - 1;
+      recover_group(self, gi);
+      st.groups[gi].stats->end = st.durable_end;
+      schedule_flush(self);
+    }
+    return;
+  }
+}
+
 partition_actor::behavior_type partition_behavior(partition_actor_t self, node_context* ctx,
                                                   const std::shared_ptr<topic_route>& route,
                                                   std::uint32_t p) {
@@ -1624,15 +1669,8 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
   } else {
     raise_to(st.slot->durable_end, st.durable_end);
   }
-  std::random_device seeds;
-  for (auto& gs : st.slot->groups) {
-    group g;
-    g.agent = ctx->agents[gs->agent_index];
-    g.stats = gs.get();
-    g.engine = std::make_unique<consumer_group>(
-      g.agent->cfg, group_identity{route->info.name, route->info.id, p, {}, {}}, seeds());
-    st.groups.push_back(std::move(g));
-  }
+  for (auto* gs : st.slot->group_list())
+    add_group(st, gs, std::nullopt);
   if (st.groups_ready)
     for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
       recover_group(self, gi);
@@ -1655,6 +1693,9 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         schedule_flush(self); // after everything already in the mailbox: the group commit
     },
     [=](flush_atom) { flush(self); },
+    [=](join_group_atom, const std::string& agent, bool earliest) {
+      join_group(self, agent, earliest);
+    },
     [=](commit_atom) { // the held-back delivery state is due
       auto& st = self->state;
       st.state_timer = false;

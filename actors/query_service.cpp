@@ -19,7 +19,7 @@ agent_view view_of(agent_runtime& a) {
   agent_view v;
   v.name = a.cfg.name;
   v.kind = config::to_string(a.cfg.kind);
-  v.topics = a.cfg.topics;
+  v.topics = a.topics();
   bool any_running = false;
   bool any_restarting = false;
   for (std::size_t i = 0; i < a.instances.size(); ++i) {
@@ -42,6 +42,12 @@ agent_view view_of(agent_runtime& a) {
     {"backoff",
      {{"initial_ms", a.cfg.backoff_initial.count()}, {"max_ms", a.cfg.backoff_max.count()}}},
     {"start", config::to_string(a.cfg.start)}};
+  if (a.cfg.redis_group) {
+    // Made by XGROUP CREATE: Redis' semantics, nothing times out or retries.
+    c["made_by"] = "XGROUP CREATE";
+    c["timeout_ms"] = nullptr;
+    c["max_retries"] = nullptr;
+  }
   if (a.cfg.ordered_by == config::ordering::key)
     c["ordered_by"] = config::to_string(a.cfg.ordered_by);
   if (a.cfg.kind == config::agent_kind::process)
@@ -72,7 +78,7 @@ group_view group_of(const topic_route& route, const agent_runtime& agent) {
   g.agent = agent.cfg.name;
   g.instances = static_cast<std::uint32_t>(agent.instances.size());
   for (std::uint32_t p = 0; p < route.slots.size(); ++p)
-    for (auto& gs : route.slots[p]->groups) {
+    for (auto* gs : route.slots[p]->group_list()) {
       if (gs->agent_index != agent.index)
         continue;
       group_view::part part;
@@ -172,7 +178,7 @@ result<event_view> query_service::event_of(const std::string& id, std::string te
     return v;
   auto p = e.value("partition", 0U);
   auto offset = e.value("offset", 0ULL);
-  for (auto& agent : ctx_.agents) {
+  for (auto& agent : ctx_.agents.all()) {
     if (!agent->subscribes(topic))
       continue;
     delivery_view d;
@@ -201,7 +207,7 @@ result<event_view> query_service::event_of(const std::string& id, std::string te
 }
 std::vector<agent_view> query_service::agents() const {
   std::vector<agent_view> out;
-  for (auto& a : ctx_.agents)
+  for (auto& a : ctx_.agents.all())
     out.push_back(view_of(*a));
   return out;
 }
@@ -234,7 +240,7 @@ std::vector<metrics_row> query_service::metrics(const std::string& topic,
     if (!topic.empty() && name != topic)
       continue;
     auto& route = ctx_.routes.topics.at(name);
-    for (auto& a : ctx_.agents) {
+    for (auto& a : ctx_.agents.all()) {
       if ((!agent.empty() && a->cfg.name != agent) || !a->subscribes(name))
         continue;
       metrics_row m;
@@ -243,7 +249,7 @@ std::vector<metrics_row> query_service::metrics(const std::string& topic,
       histogram_sum processing;
       histogram_sum delivery;
       for (auto& slot : route->slots)
-        for (auto& gs : slot->groups) {
+        for (auto* gs : slot->group_list()) {
           if (gs->agent_index != a->index)
             continue;
           auto& c = gs->totals;
@@ -275,7 +281,7 @@ void query_service::groups(const std::string& topic, callback<std::vector<group_
   if (!route)
     return done(tl::make_unexpected(error{errc::not_found, "topic " + topic + " does not exist"}));
   std::vector<group_view> out;
-  for (auto& agent : ctx_.agents)
+  for (auto& agent : ctx_.agents.all())
     if (agent->subscribes(topic))
       out.push_back(group_of(*route, *agent));
   done(std::move(out));

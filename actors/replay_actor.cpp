@@ -364,7 +364,7 @@ void on_answer(replay_actor_t self, const open_attempt& a, const outcome* o,
 /// The agent's replay, resumed at its stored position.
 replay_agent agent_of(const node_context& ctx, const std::string& id, const replay_plan& p) {
   replay_agent ra;
-  for (auto& a : ctx.agents)
+  for (auto& a : ctx.agents.all())
     if (a->cfg.name == p.agent)
       ra.agent = a;
   if (!ra.agent)

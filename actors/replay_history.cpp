@@ -368,7 +368,7 @@ std::optional<std::string> history_cursor_after(const node_context& ctx,
   const replay_plan* plan_agent = plan_of(record, agent_name);
   if (plan_agent == nullptr || limit == 0)
     return std::nullopt;
-  for (auto& a : ctx.agents)
+  for (auto& a : ctx.agents.all())
     if (a->cfg.name == agent_name && has_filter(a->cfg.filter))
       return std::nullopt;
   std::size_t ri = 0;

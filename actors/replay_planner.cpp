@@ -281,7 +281,7 @@ result<replay_record> plan_replay(const node_context& ctx, const replay_request&
   }
   std::set<std::string> named(req.agents.begin(), req.agents.end());
   replay_record record;
-  for (auto& agent : ctx.agents) {
+  for (auto& agent : ctx.agents.all()) {
     bool is_named = named.count(agent->cfg.name) > 0;
     if (!named.empty() && !is_named)
       continue;

@@ -216,7 +216,7 @@ std::shared_ptr<topic_route> open_topic(runner_actor_t self, const persistence::
   route->info = t;
   for (std::uint32_t p = 0; p < t.partitions; ++p) {
     auto slot = std::make_unique<partition_slot>();
-    for (auto& agent : ctx.agents)
+    for (auto& agent : ctx.agents.all())
       if (agent->subscribes(t.name)) {
         auto gs = std::make_unique<group_stats>();
         gs->agent = agent->cfg.name;
@@ -331,21 +331,93 @@ void on_child_down(runner_actor_t self, caf::down_msg& msg) {
                      static_cast<std::uint32_t>(ref.instance));
 }
 
-caf::result<std::uint32_t> create_topic(runner_actor_t self, const std::string& topic,
-                                        std::uint32_t partitions, std::uint32_t id) {
+/// The route of `topic`, created first when there is none (with `n`
+/// partitions, 0: as configured, and id `id`, 0: the log picks).
+result<std::shared_ptr<topic_route>> open_or_create(runner_actor_t self, const std::string& topic,
+                                                    std::uint32_t partitions, std::uint32_t id) {
   auto& st = self->state;
   if (st.stopping)
-    return make_caf_error(errc::unavailable, "the node is shutting down");
+    return tl::make_unexpected(error{errc::unavailable, "the node is shutting down"});
   if (auto route = st.ctx->routes.find(topic))
-    return route->info.partitions;
+    return route;
   auto created = st.ctx->log->create_topic(
     topic, partitions != 0 ? partitions : st.ctx->cfg->partitions_for(topic),
     id != 0 ? std::optional<std::uint32_t>{id} : std::nullopt);
   if (!created)
-    return make_caf_error(errc::storage, created.error().message);
-  open_topic(self, *created);
+    return tl::make_unexpected(error{errc::storage, created.error().message});
+  auto route = open_topic(self, *created);
   spdlog::info("topic={}: created with {} partitions", created->name, created->partitions);
-  return created->partitions;
+  return route;
+}
+
+caf::result<std::uint32_t> create_topic(runner_actor_t self, const std::string& topic,
+                                        std::uint32_t partitions, std::uint32_t id) {
+  auto route = open_or_create(self, topic, partitions, id);
+  if (!route)
+    return make_caf_error(route.error().code, route.error().message);
+  return (*route)->info.partitions;
+}
+
+/// XGROUP CREATE: group `name` reads `topic` from now on, from its start
+/// (`earliest`) or its end; a new group is a pull agent with Redis'
+/// semantics, stored so that it is back after a restart. False when the
+/// group reads the stream already (BUSYGROUP).
+caf::result<bool> create_group(runner_actor_t self, const std::string& name,
+                               const std::string& topic, bool earliest, bool mkstream) {
+  auto& st = self->state;
+  auto& ctx = *st.ctx;
+  if (ctx.cfg->cluster.enabled())
+    return make_caf_error(errc::invalid,
+                          "a cluster's consumer groups are pull agents of the config (XGROUP "
+                          "CREATE makes them on a single node)");
+  if (!config::valid_agent_name(name))
+    return make_caf_error(errc::invalid, "'" + name + "' is not a valid group name");
+  auto route = ctx.routes.find(topic);
+  if (!route && !mkstream)
+    return make_caf_error(errc::not_found, "no stream '" + topic + "'");
+  auto agent = find_agent(ctx, name);
+  if (agent && agent->subscribes(topic))
+    return false;
+  if (agent && !agent->cfg.redis_group)
+    return make_caf_error(errc::invalid, "group '" + name
+                                           + "' is an agent of the config that does not read '"
+                                           + topic + "'; add the stream to its topics there");
+  if (!route) {
+    if (!config::valid_topic_name(topic))
+      return make_caf_error(errc::invalid, "'" + topic + "' is not a valid stream name");
+    auto made = open_or_create(self, topic, 0, 0);
+    if (!made)
+      return make_caf_error(made.error().code, made.error().message);
+    route = *made;
+  }
+  bool fresh = !agent;
+  if (fresh)
+    agent = std::make_shared<agent_runtime>(redis_group_config(name, earliest), ctx.agents.size());
+  auto topics = agent->topics();
+  topics.push_back(topic);
+  if (auto stored = store_redis_group(*ctx.store, *agent, topics); !stored)
+    return make_caf_error(errc::storage, stored.error().message);
+  agent->add_topic(topic);
+  if (fresh) {
+    ctx.agents.add(agent);
+    start_instance(self, agent, 0);
+  }
+  // Each partition's actor starts the group; one that restarts meanwhile
+  // finds it in its slot.
+  for (std::uint32_t p = 0; p < route->slots.size(); ++p) {
+    auto gs = std::make_unique<group_stats>();
+    gs->agent = name;
+    gs->agent_index = agent->index;
+    {
+      std::lock_guard<std::mutex> guard{route->slots[p]->groups_mutex};
+      route->slots[p]->groups.push_back(std::move(gs));
+    }
+    if (auto actor = ctx.routes.actor_of(*route, p))
+      caf::anon_send(actor, join_group_atom::value, name, earliest);
+  }
+  spdlog::info("group={} topic={}: made by XGROUP CREATE, from the stream's {}", name, topic,
+               earliest ? "start" : "end");
+  return true;
 }
 
 /// Retention: removes events older than storage.retention, a chunk at a
@@ -392,7 +464,7 @@ void stop(runner_actor_t self) {
     for (auto& [id, actor] : st.ctx->replays)
       caf::anon_send(actor, stop_atom::value);
   }
-  for (auto& agent : st.ctx->agents) {
+  for (auto& agent : st.ctx->agents.all()) {
     std::lock_guard<std::mutex> guard{agent->mutex};
     for (auto& inst : agent->instances)
       if (inst->actor)
@@ -404,7 +476,7 @@ runner_actor::behavior_type runner_behavior(runner_actor_t self, node_context* c
   auto& st = self->state;
   st.ctx = ctx;
   start_dlq(self); // first: partitions hand it their dead letters
-  for (auto& agent : ctx->agents)
+  for (auto& agent : ctx->agents.all())
     for (std::size_t i = 0; i < agent->instances.size(); ++i)
       start_instance(self, agent, i);
   for (auto& t : ctx->log->topics())
@@ -418,6 +490,8 @@ runner_actor::behavior_type runner_behavior(runner_actor_t self, node_context* c
     [=](create_topic_atom, const std::string& topic, std::uint32_t partitions, std::uint32_t id) {
       return create_topic(self, topic, partitions, id);
     },
+    [=](create_group_atom, const std::string& name, const std::string& topic, bool earliest,
+        bool mkstream) { return create_group(self, name, topic, earliest, mkstream); },
     [=](restart_partition_atom, const std::string& topic, std::uint32_t p) {
       auto& st = self->state;
       if (st.stopping)
@@ -429,7 +503,7 @@ runner_actor::behavior_type runner_behavior(runner_actor_t self, node_context* c
       auto& st = self->state;
       if (st.stopping)
         return;
-      for (auto& a : st.ctx->agents)
+      for (auto& a : st.ctx->agents.all())
         if (a->cfg.name == agent && i < a->instances.size())
           start_instance(self, a, i);
     },

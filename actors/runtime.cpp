@@ -7,7 +7,9 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
+#include "persistence/delivery_store.hpp"
 #include "persistence/keys.hpp"
 
 namespace nerve::actors::detail {
@@ -126,7 +128,81 @@ bool agent_runtime::subscribes(const std::string& topic) const {
   for (auto& p : cfg.topics)
     if (pattern_matches(p, topic))
       return true;
+  if (!cfg.redis_group)
+    return false;
+  std::lock_guard<std::mutex> guard{topics_mutex};
+  for (auto& t : added_topics)
+    if (t == topic)
+      return true;
   return false;
+}
+
+std::vector<std::string> agent_runtime::topics() const {
+  auto out = cfg.topics;
+  std::lock_guard<std::mutex> guard{topics_mutex};
+  out.insert(out.end(), added_topics.begin(), added_topics.end());
+  return out;
+}
+
+void agent_runtime::add_topic(const std::string& topic) {
+  std::lock_guard<std::mutex> guard{topics_mutex};
+  added_topics.push_back(topic);
+}
+
+namespace {
+
+/// meta keys of the groups XGROUP CREATE made: group/<name>.
+constexpr std::string_view redis_group_prefix = "group/";
+
+} // namespace
+
+config::agent_config redis_group_config(const std::string& name, bool earliest) {
+  config::agent_config c;
+  c.name = name;
+  c.kind = config::agent_kind::pull;
+  c.redis_group = true;
+  c.instances = 1;
+  c.max_in_flight = config::redis_group_max_in_flight;
+  c.start = earliest ? config::start_position::earliest : config::start_position::latest;
+  return c;
+}
+
+tl::expected<void, persistence::error> store_redis_group(persistence::delivery_store& store,
+                                                         const agent_runtime& a,
+                                                         const std::vector<std::string>& topics) {
+  nlohmann::json j{
+    {"topics", topics},
+    {"start", a.cfg.start == config::start_position::earliest ? "earliest" : "latest"}};
+  persistence::state_batch b;
+  b.put_meta(std::string{redis_group_prefix} + a.cfg.name, j.dump());
+  return store.commit(b, true);
+}
+
+tl::expected<void, persistence::error> load_redis_groups(node_context& ctx) {
+  auto stored = ctx.store->meta_prefix(std::string{redis_group_prefix});
+  if (!stored)
+    return tl::make_unexpected(stored.error());
+  for (auto& [key, value] : *stored) {
+    auto name = key.substr(redis_group_prefix.size());
+    if (find_agent(ctx, name)) {
+      spdlog::warn("group={}: made by XGROUP CREATE, and an agent of the config has its name; "
+                   "the config's is used",
+                   name);
+      continue;
+    }
+    auto j = nlohmann::json::parse(value, nullptr, false);
+    if (j.is_discarded() || !j.contains("topics") || !j["topics"].is_array()) {
+      spdlog::error("group={}: its stored definition is not readable; left out", name);
+      continue;
+    }
+    auto agent = std::make_shared<agent_runtime>(
+      redis_group_config(name, j.value("start", "latest") == "earliest"), ctx.agents.size());
+    for (auto& t : j["topics"])
+      if (t.is_string())
+        agent->add_topic(t.get<std::string>());
+    ctx.agents.add(std::move(agent));
+  }
+  return {};
 }
 
 agent_runtime::agent_runtime(config::agent_config c, std::size_t i)

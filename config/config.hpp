@@ -49,6 +49,9 @@ enum class agent_kind : std::uint8_t { builtin, process, http, pull };
 /// max_in_flight of a pull agent that does not set it: deliveries waiting
 /// to be fetched plus those fetched and not yet answered.
 inline constexpr std::uint32_t pull_max_in_flight = 256;
+/// max_in_flight of a group made by XGROUP CREATE: its pending entries stay
+/// until acked or claimed, as on Redis, so it holds more before `>` waits.
+inline constexpr std::uint32_t redis_group_max_in_flight = 4096;
 /// `ordered_by` of an agent: none, or one delivery in flight per event key.
 enum class ordering : std::uint8_t { none, key };
 /// Where a new consumer group starts on a partition.
@@ -76,6 +79,9 @@ struct agent_config {
   millis backoff_initial{200};
   millis backoff_max{30000};
   start_position start = start_position::latest;
+  /// Made by XGROUP CREATE, not the config: Redis' semantics (a delivery
+  /// stays pending with its consumer until acked or claimed; no timeout).
+  bool redis_group = false;
 };
 
 struct health_config {

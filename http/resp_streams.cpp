@@ -948,8 +948,7 @@ void xautoclaim(actors::node& node, context&, args&& a, responder r) {
   });
 }
 
-/// Whether pull agent `group` reads `topic`: answers through `then` or
-/// sends the error.
+/// The agent named `group` among `agents`, or null.
 const actors::agent_view* find_group(const std::vector<actors::agent_view>& agents,
                                      const std::string& group) {
   for (auto& v : agents)
@@ -960,19 +959,32 @@ const actors::agent_view* find_group(const std::vector<actors::agent_view>& agen
 
 void xgroup_create(actors::node& node, context&, args&& a, responder r) {
   // XGROUP CREATE key group id|$ [MKSTREAM] [ENTRIESREAD n]
-  auto agents = node.agents();
-  auto g = find_group(agents, a[3]);
-  if (g == nullptr || g->kind != "pull")
-    return send_error(r, "ERR nerve: consumer group '" + a[3]
-                           + "' is not a pull agent; declare it in the config (agents: - name: "
-                           + a[3] + ", kind: pull, topics: [" + a[2]
-                           + "]) and restart (creating groups at run time is not supported yet)");
-  // It exists: Redis' answer to creating it again, which workers expect and ignore.
-  node.pull_consumers(a[3], a[2], "", 0, [r, a](auto v) {
-    if (!v)
-      return send_error(r, "ERR nerve: pull agent '" + a[3] + "' does not read stream '" + a[2]
-                             + "'; add it to the agent's topics in the config");
-    send_error(r, "BUSYGROUP Consumer Group name already exists");
+  bool mkstream = false;
+  for (std::size_t i = 5; i < a.size(); ++i) {
+    if (is(a[i], "MKSTREAM"))
+      mkstream = true;
+    else if (is(a[i], "ENTRIESREAD") && i + 1 < a.size())
+      ++i; // Redis' lag hint; nerve counts the lag itself
+    else
+      return send_error(r, "ERR syntax error");
+  }
+  bool earliest = a[4] == "0" || a[4] == "0-0";
+  if (!earliest && a[4] != "$") {
+    if (!parse_id(a[4]))
+      return send_error(r, invalid_id);
+    return send_error(r, "ERR nerve: XGROUP CREATE starts a group at $ (new entries) or 0 (every "
+                         "entry); other ids are not supported");
+  }
+  node.create_group(a[3], a[2], earliest, mkstream, [r](actors::result<bool> made) {
+    if (!made && made.error().code == actors::errc::not_found)
+      return send_error(r, "ERR The XGROUP subcommand requires the key to exist. Note that for "
+                           "CREATE you may want to use the MKSTREAM option to create an empty "
+                           "stream automatically.");
+    if (!made)
+      return send_error(r, "ERR nerve: " + made.error().message);
+    if (!*made) // Redis' answer to creating it again, which workers expect and ignore
+      return send_error(r, "BUSYGROUP Consumer Group name already exists");
+    r.send(r.make().simple("OK"));
   });
 }
 

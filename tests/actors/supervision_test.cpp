@@ -58,7 +58,7 @@ struct supervised_node {
     ctx.cfg = &cfg;
     ctx.hooks = &hooks;
     for (std::size_t i = 0; i < cfg.agents.size(); ++i) {
-      ctx.agents.push_back(std::make_shared<detail::agent_runtime>(cfg.agents[i], i));
+      ctx.agents.add(std::make_shared<detail::agent_runtime>(cfg.agents[i], i));
     }
     ctx.publish
       = [](const std::string&, std::vector<publish_item>, callback<std::vector<published>> done) {
@@ -112,11 +112,11 @@ struct supervised_node {
   caf::actor partition() { return ctx.routes.actor_of(*ctx.routes.find(topic_name), 0); }
 
   detail::instance_slot& instance(std::size_t agent = 0) {
-    return *ctx.agents[agent]->instances[0];
+    return *ctx.agents.at(agent)->instances[0];
   }
 
   caf::actor instance_actor(std::size_t agent = 0) {
-    std::lock_guard<std::mutex> guard{ctx.agents[agent]->mutex};
+    std::lock_guard<std::mutex> guard{ctx.agents.at(agent)->mutex};
     return instance(agent).actor;
   }
 

@@ -38,9 +38,10 @@ TOKEN = "s3cret-token"
 # -- helpers ----------------------------------------------------------------------------
 
 def resp_port(srv):
-    m = RESP_RE.search(srv.stderr_text())
-    assert m, "no RESP listening line in the log:\n" + srv.stderr_text()
-    return int(m.group(2))
+    """The RESP port the server listens on now (the last start's, after a restart)."""
+    ms = list(RESP_RE.finditer(srv.stderr_text()))
+    assert ms, "no RESP listening line in the log:\n" + srv.stderr_text()
+    return int(ms[-1].group(2))
 
 
 def exchange(port, data, quiet=0.4, timeout=10.0):

@@ -11,7 +11,7 @@ import unittest
 import redis
 
 from harness import topic
-from test_resp import RespTestCase, decode_id, redis_or_skip
+from test_resp import RespTestCase, decode_id, redis_or_skip, resp_port
 
 GROUP = "group:orders:workers"
 
@@ -191,10 +191,13 @@ class GroupTest(RespTestCase):
         self.assertEqual(r.xack(t, "nope", "1-0"), 0)
         with self.assertRaisesRegex(redis.ResponseError, "Invalid stream ID"):
             r.xrange(t, min="abc")
-        with self.assertRaisesRegex(redis.ResponseError, "not a pull agent"):
-            r.xgroup_create(t, "undeclared", id="$")
         with self.assertRaisesRegex(redis.ResponseError, "^BUSYGROUP"):
             r.xgroup_create(t, GROUP, id="$")
+        # A group of the config reads only the streams the config gives it.
+        other = topic("other")
+        r.xadd(other, {"a": "1"})
+        with self.assertRaisesRegex(redis.ResponseError, "agent of the config that does not read"):
+            r.xgroup_create(other, GROUP, id="$")
         self.assertAlive(srv, port)
 
     def test_a_worker_that_never_acks_ends_in_the_dlq(self):
@@ -218,6 +221,120 @@ class GroupTest(RespTestCase):
         self.assertEqual(es[0]["agent"], GROUP)
         self.assertEqual(es[0]["event"]["data"], {"job": "poison"})
         self.assertEqual(r.xpending(t, GROUP)["pending"], 0)  # it left the pending list
+
+
+def group_lifecycle(r, stream, group):
+    """What a Redis Streams producer and worker see while they set a group up: answers
+    (replies and error texts, entries read) that Redis and nerve must share."""
+    out = []
+
+    def attempt(f):
+        try:
+            out.append(f())
+        except redis.ResponseError as e:
+            out.append("error: " + str(e))
+    attempt(lambda: r.xgroup_create(stream, group, id="$"))  # no stream, no MKSTREAM
+    attempt(lambda: r.xgroup_create(stream, group, id="abc", mkstream=True))
+    attempt(lambda: r.xgroup_create(stream, group, id="$", mkstream=True))
+    attempt(lambda: r.xgroup_create(stream, group, id="$", mkstream=True))  # BUSYGROUP
+    r.xadd(stream, {"n": "1"})
+    attempt(lambda: r.xgroup_create(stream, group + "-all", id="0"))
+    attempt(lambda: r.xgroup_create(stream, group + "-new", id="$"))
+    r.xadd(stream, {"n": "2"})
+    # '$' reads what comes after the group is made; '0' reads everything.
+    for g in (group, group + "-all", group + "-new"):
+        got = r.xreadgroup(g, "c1", {stream: ">"}, count=10)
+        out.append([f for _, entries in got for _, f in entries])
+    return out
+
+
+class RedisGroupTest(RespTestCase):
+    """Groups made by XGROUP CREATE: pull agents with Redis' semantics, stored."""
+
+    def test_xgroup_create_answers_as_redis_does(self):
+        srv, port = self.resp_server()
+        s = topic("made")
+        ours = group_lifecycle(redis.Redis(port=port, decode_responses=True), s, "g:made")
+        self.assertEqual(ours[2:4], [True, "error: BUSYGROUP Consumer Group name already exists"])
+        self.assertEqual(ours[-3:], [[{"n": "1"}, {"n": "2"}], [{"n": "1"}, {"n": "2"}],
+                                     [{"n": "2"}]])
+        real = redis_or_skip(self)
+        theirs = group_lifecycle(redis.Redis(port=real.port, decode_responses=True), s, "g:made")
+        self.assertEqual(ours, theirs)
+
+    def test_a_made_group_keeps_pending_entries_and_survives_a_restart(self):
+        srv, port = self.resp_server()
+        s1, s2 = topic("jobs"), topic("mail")
+        r = redis.Redis(port=port, decode_responses=True)
+        self.assertTrue(r.xgroup_create(s1, "workers", id="0", mkstream=True))
+        ids = [r.xadd(s1, {"n": str(i)}) for i in range(5)]
+        got = r.xreadgroup("workers", "w1", {s1: ">"}, count=3)
+        self.assertEqual([e[0] for e in got[0][1]], ids[:3])
+        # The group is a pull agent, seen by the HTTP API like any other.
+        agents = {a["name"]: a for a in srv.get("/v1/agents").json()["agents"]}
+        self.assertEqual((agents["workers"]["kind"], agents["workers"]["topics"]), ("pull", [s1]))
+        cfg = agents["workers"]["config"]
+        self.assertEqual((cfg["made_by"], cfg["timeout_ms"], cfg["max_retries"]),
+                         ("XGROUP CREATE", None, None))
+        # Redis' semantics: no timeout; the entries stay with w1 until acked or claimed.
+        time.sleep(1.5)
+        ext = r.xpending_range(s1, "workers", "-", "+", 10)
+        self.assertEqual([(p["message_id"], p["consumer"], p["times_delivered"]) for p in ext],
+                         [(i, "w1", 1) for i in ids[:3]])
+        self.assertEqual(r.xreadgroup("workers", "w2", {s1: ">"}, count=10)[0][1],
+                         [(ids[3], {"n": "3"}), (ids[4], {"n": "4"})])
+        claimed = r.xclaim(s1, "workers", "w2", 0, [ids[0]])
+        self.assertEqual([e[0] for e in claimed], [ids[0]])
+        self.assertEqual(r.xpending_range(s1, "workers", ids[0], ids[0], 1)[0]["times_delivered"],
+                         2)
+        self.assertEqual(r.xack(s1, "workers", *ids[:4]), 4)
+        # A second stream joins the group; reads stay per stream.
+        r.xadd(s2, {"m": "early"})
+        self.assertTrue(r.xgroup_create(s2, "workers", id="$"))
+        r.xadd(s2, {"m": "late"})
+        got = r.xreadgroup("workers", "w1", {s2: ">"}, count=10)
+        self.assertEqual([f for _, f in got[0][1]], [{"m": "late"}])
+        late = got[0][1][0][0]
+        self.assertEqual(r.xack(s2, "workers", late), 1)
+        agents = {a["name"]: a for a in srv.get("/v1/agents").json()["agents"]}
+        self.assertEqual(agents["workers"]["topics"], [s1, s2])
+
+        def settled():
+            g = [g for g in srv.get(f"/v1/topics/{s1}/groups").json()["groups"]
+                 if g["agent"] == "workers"]
+            return g if g and g[0]["pending"] == 1 else None
+        self.wait_for(settled, what="four of five acked")
+        time.sleep(1.0)  # the progress waits up to 5 ms for an append to carry it
+
+        # kill -9: the group, both streams and what was acked are kept.
+        srv.kill()
+        srv.start()
+        port = resp_port(srv)
+        r = redis.Redis(port=port, decode_responses=True)
+        with self.assertRaisesRegex(redis.ResponseError, "^BUSYGROUP"):
+            r.xgroup_create(s1, "workers", id="$")
+        with self.assertRaisesRegex(redis.ResponseError, "^BUSYGROUP"):
+            r.xgroup_create(s2, "workers", id="$")
+        # The entry never acked comes back; nothing acked does.
+        got = r.xreadgroup("workers", "w3", {s1: ">", s2: ">"}, count=10, block=2000)
+        self.assertEqual([[e[0] for e in entries] for _, entries in got], [[ids[4]]])
+        new = r.xadd(s2, {"m": "after"})
+        got = r.xreadgroup("workers", "w3", {s2: ">"}, count=10, block=2000)
+        self.assertEqual([e[0] for e in got[0][1]], [new])
+        self.assertEqual(r.xack(s1, "workers", ids[4]) + r.xack(s2, "workers", new), 2)
+        self.assertAlive(srv, port)
+
+    def test_bad_group_names_and_streams_are_refused(self):
+        srv, port = self.resp_server()
+        r = redis.Redis(port=port, decode_responses=True)
+        with self.assertRaisesRegex(redis.ResponseError, "not a valid group name"):
+            r.xgroup_create(topic("x"), "bad name", id="$", mkstream=True)
+        with self.assertRaisesRegex(redis.ResponseError, "not a valid stream name"):
+            r.xgroup_create("bad stream!", "g", id="$", mkstream=True)
+        with self.assertRaisesRegex(redis.ResponseError, "other ids are not supported"):
+            r.xgroup_create(topic("x"), "g", id="5-0", mkstream=True)
+        self.assertEqual(srv.get("/v1/agents").json()["agents"], [])
+        self.assertAlive(srv, port)
 
 
 if __name__ == "__main__":
