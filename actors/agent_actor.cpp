@@ -641,6 +641,19 @@ void drop_consumer(instance_actor_t self, const std::string& name) {
   serve_waiters(self);
 }
 
+/// XGROUP DESTROY: forgets every delivery of `topic`, fetched or not (the
+/// partitions dropped the group first, so their answers change nothing
+/// there); their credits come back.
+void drop_topic(instance_actor_t self, const std::string& topic) {
+  auto& st = self->state;
+  std::vector<std::string> ids;
+  for (auto& [id, f] : st.inflight)
+    if (f.topic == topic)
+      ids.push_back(id);
+  for (auto& id : ids)
+    answer(self, id, true, {}, {}, {});
+}
+
 /// Workers' acks and nacks: all known and fetched, or none taken.
 std::vector<std::string> take_pull_answers(instance_actor_t self,
                                            std::vector<pull_answer>& answers) {
@@ -807,8 +820,10 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       if (op > 0 && !name.empty())
         st.consumers.try_emplace(name, consumer_info{std::chrono::steady_clock::now(), {}, false});
       auto out = consumers_of(st, topic); // before a delete: what the consumer had
-      if (op < 0 && !name.empty())
+      if (op == -1 && !name.empty())
         drop_consumer(self, name);
+      if (op == -2)
+        drop_topic(self, topic);
       return out;
     },
     [=](pull_answer_atom, std::vector<pull_answer>& answers) -> std::vector<std::string> {

@@ -69,6 +69,8 @@ using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using create_topic_atom = caf::atom_constant<caf::atom("topic_new")>;
 using create_group_atom = caf::atom_constant<caf::atom("group_new")>;
 using join_group_atom = caf::atom_constant<caf::atom("group_join")>;
+using leave_group_atom = caf::atom_constant<caf::atom("group_left")>;
+using destroy_group_atom = caf::atom_constant<caf::atom("group_del")>;
 using restart_partition_atom = caf::atom_constant<caf::atom("rst_part")>;
 using restart_instance_atom = caf::atom_constant<caf::atom("rst_inst")>;
 using restart_dlq_atom = caf::atom_constant<caf::atom("rst_dlq")>;
@@ -783,6 +785,8 @@ using partition_actor = caf::typed_actor<
   /// XGROUP CREATE: the group (agent) now reads this partition, from its
   /// start (true) or its end.
   caf::reacts_to<join_group_atom, std::string, bool>,
+  /// XGROUP DESTROY: the group (agent) no longer reads this partition.
+  caf::reacts_to<leave_group_atom, std::string>,
   /// The held-back counter snapshot is due.
   caf::reacts_to<counters_atom>,
   /// Delivery state held back for the next append is due.
@@ -844,7 +848,8 @@ using instance_actor = caf::typed_actor<
   caf::replies_to<pull_ack_at_atom, std::string, std::vector<entry_at>>::with<std::uint64_t>,
   /// Pull agents: the consumers with their pending count in topic t; with
   /// a name and op 1 creates it first, with op -1 deletes it first (its
-  /// pending entries go back to the queue), op 0 just lists.
+  /// pending entries go back to the queue), op 0 just lists; op -2 drops
+  /// every delivery of the topic after listing (XGROUP DESTROY).
   caf::replies_to<pull_consumer_atom, std::string, std::string,
                   std::int32_t>::with<std::vector<consumer_view>>,
   /// Internal: fetched delivery (id, hand-out n) was not answered in time.
@@ -881,6 +886,9 @@ using runner_actor = caf::typed_actor<
   /// end, creating the stream first when asked (MKSTREAM); answers false
   /// when the group reads the stream already (BUSYGROUP).
   caf::replies_to<create_group_atom, std::string, std::string, bool, bool>::with<bool>,
+  /// XGROUP DESTROY group (agent) on stream (topic): answers false when the
+  /// group does not read the stream.
+  caf::replies_to<destroy_group_atom, std::string, std::string>::with<bool>,
   /// Internal: restarts after a child's restart_policy wait.
   caf::reacts_to<restart_partition_atom, std::string, std::uint32_t>,
   caf::reacts_to<restart_instance_atom, std::string, std::uint32_t>,

@@ -270,6 +270,13 @@ public:
               topic, earliest, mkstream);
   }
 
+  void destroy_group(const std::string& group, const std::string& topic,
+                     callback<bool> done) override {
+    ask<bool>(system_, sender_.runner(), std::chrono::seconds{30}, "the runner",
+              std::function<void(result<bool>)>{std::move(done)}, destroy_group_atom::value, group,
+              topic);
+  }
+
   std::vector<metrics_row> metrics(const std::string& topic,
                                    const std::string& agent) const override {
     return queries_.metrics(topic, agent);

@@ -530,6 +530,11 @@ public:
   virtual void create_group(const std::string& group, const std::string& topic, bool earliest,
                             bool mkstream, callback<bool> done)
     = 0;
+  /// XGROUP DESTROY: group `group` (made by XGROUP CREATE) stops reading
+  /// `topic`; answers false when it does not read it.
+  virtual void destroy_group(const std::string& group, const std::string& topic,
+                             callback<bool> done)
+    = 0;
   /// Counters per agent and topic, filtered when the names are not empty.
   [[nodiscard]] virtual std::vector<metrics_row> metrics(const std::string& topic,
                                                          const std::string& agent) const = 0;

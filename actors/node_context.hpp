@@ -104,6 +104,9 @@ struct group_stats {
   std::atomic<std::uint64_t> redelivering{0};
   std::atomic<std::int64_t> last_delivered{-1}; ///< offset, -1 before the first
   counters totals;
+  /// XGROUP DESTROY took the stream from the group: a partition actor that
+  /// starts leaves it out (until XGROUP CREATE makes it again).
+  std::atomic<bool> retired{false};
 };
 
 enum class instance_state : int { starting, running, restarting, crashed, stopped };
@@ -140,6 +143,8 @@ struct agent_runtime {
   [[nodiscard]] std::vector<std::string> topics() const;
   /// Adds a stream to a group made by XGROUP CREATE.
   void add_topic(const std::string& topic);
+  /// Takes a stream from a group made by XGROUP CREATE.
+  void remove_topic(const std::string& topic);
   /// Takes one credit from the next instance with room, round-robin from
   /// `rr`; returns the instance index and actor, or nothing when all are full
   /// (then `partition` is woken when one frees up).

@@ -40,7 +40,8 @@ struct group {
   agent_ptr agent;
   group_stats* stats = nullptr;
   std::unique_ptr<consumer_group> engine;
-  std::size_t rr = 0; ///< round-robin position over the agent's instances
+  std::size_t rr = 0;   ///< round-robin position over the agent's instances
+  bool retired = false; ///< XGROUP DESTROY: it reads nothing until made again
   /// Where a group with no stored cursor starts (the agent's `start`, or
   /// what XGROUP CREATE asked for on this stream).
   config::start_position start = config::start_position::latest;
@@ -419,6 +420,8 @@ void pump(partition_actor_t self) {
   auto end = std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
     auto& g = st.groups[gi];
+    if (g.retired)
+      continue;
     if (st.role)
       g.stats->end = end;
     else
@@ -579,7 +582,10 @@ void on_emitted(partition_actor_t self, std::uint64_t gi, std::uint64_t offset,
     ack(self, gi, offset, result);
 }
 
-void recover_group(partition_actor_t self, std::size_t gi) {
+/// Rebuilds group `gi` from its stored cursor and pending records; a
+/// `fresh` group (XGROUP CREATE) starts over from its `start` whatever an
+/// earlier group of its name left.
+void recover_group(partition_actor_t self, std::size_t gi, bool fresh = false) {
   auto& st = self->state;
   auto& g = st.groups[gi];
   auto& name = g.agent->cfg.name;
@@ -588,7 +594,7 @@ void recover_group(partition_actor_t self, std::size_t gi) {
   if (!stored)
     throw std::runtime_error("reading cursor of " + name + ": " + stored.error().message);
   std::uint64_t cursor = 0;
-  if (*stored) {
+  if (*stored && !fresh) {
     cursor = **stored;
   } else {
     // A new consumer group: from the end, or from the oldest stored event.
@@ -601,6 +607,13 @@ void recover_group(partition_actor_t self, std::size_t gi) {
     std::string start;
     persistence::keys::put_u64(start, cursor);
     b.put_meta(group_start_key(name, tid, st.partition), start);
+    if (fresh) {
+      auto old = st.ctx->store->pending(name, tid, st.partition);
+      if (!old)
+        throw std::runtime_error("reading pending of " + name + ": " + old.error().message);
+      for (auto& rec : *old)
+        b.delete_pending(name, tid, st.partition, rec.offset);
+    }
     if (auto ok = st.ctx->store->commit(b, false); !ok)
       throw std::runtime_error("storing cursor of " + name + ": " + ok.error().message);
   }
@@ -1612,6 +1625,13 @@ void flush(partition_actor_t self) {
   commit_state(self); // what no append carried
 }
 
+/// A consumer group engine for group `g` of this partition.
+std::unique_ptr<consumer_group> new_engine(const partition_state& st, const group& g) {
+  return std::make_unique<consumer_group>(
+    g.agent->cfg, group_identity{st.route->info.name, st.route->info.id, st.partition, {}, {}},
+    std::random_device{}());
+}
+
 /// Adds the consumer group `gs` stands for (not recovered yet); `start`
 /// overrides the agent's for a group with no stored cursor.
 void add_group(partition_state& st, group_stats* gs, std::optional<config::start_position> start) {
@@ -1619,31 +1639,56 @@ void add_group(partition_state& st, group_stats* gs, std::optional<config::start
   g.agent = st.ctx->agents.at(gs->agent_index);
   g.stats = gs;
   g.start = start.value_or(g.agent->cfg.start);
-  g.engine = std::make_unique<consumer_group>(
-    g.agent->cfg, group_identity{st.route->info.name, st.route->info.id, st.partition, {}, {}},
-    std::random_device{}());
+  g.engine = new_engine(st, g);
   st.groups.push_back(std::move(g));
 }
 
 /// XGROUP CREATE made group `agent` read this partition: it starts now
-/// (once the groups are, on a replicated partition) from `start`.
+/// (once the groups are, on a replicated partition) from its start or end,
+/// afresh (what a destroyed group of that name left is dropped).
 void join_group(partition_actor_t self, const std::string& agent, bool earliest) {
   auto& st = self->state;
-  for (auto& g : st.groups)
-    if (g.agent->cfg.name == agent)
-      return; // this actor started after the group was added to the slot
-  for (auto* gs : st.slot->group_list()) {
-    if (gs->agent != agent)
-      continue;
-    add_group(st, gs, earliest ? config::start_position::earliest : config::start_position::latest);
-    if (st.groups_ready) {
-      auto gi = st.groups.size() - 1;
-      recover_group(self, gi);
-      st.groups[gi].stats->end = st.durable_end;
-      schedule_flush(self);
+  auto start = earliest ? config::start_position::earliest : config::start_position::latest;
+  std::optional<std::size_t> at;
+  for (std::size_t gi = 0; gi < st.groups.size(); ++gi)
+    if (st.groups[gi].agent->cfg.name == agent) {
+      if (!st.groups[gi].retired)
+        return; // this actor started after the group was added to the slot
+      at = gi;
     }
-    return;
+  if (at) {
+    auto& g = st.groups[*at];
+    g.retired = false;
+    g.start = start;
+    g.engine = new_engine(st, g);
+  } else {
+    for (auto* gs : st.slot->group_list())
+      if (gs->agent == agent)
+        add_group(st, gs, start);
+    if (st.groups.empty() || st.groups.back().agent->cfg.name != agent)
+      return;
+    at = st.groups.size() - 1;
   }
+  if (st.groups_ready) {
+    recover_group(self, *at, true);
+    st.groups[*at].stats->end = st.durable_end;
+    schedule_flush(self);
+  }
+}
+
+/// XGROUP DESTROY: group `agent` stops reading this partition. Its engine
+/// becomes an idle one at the end, so late answers and timers of its old
+/// deliveries find nothing; what it stored stays until an XGROUP CREATE of
+/// its name starts it afresh.
+void leave_group(partition_actor_t self, const std::string& agent) {
+  auto& st = self->state;
+  for (auto& g : st.groups)
+    if (g.agent->cfg.name == agent && !g.retired) {
+      g.retired = true;
+      g.engine = new_engine(st, g);
+      g.engine->recover(st.durable_end, {}, st.durable_end, -1, now_us(st), st.fx);
+      st.fx.clear();
+    }
 }
 
 partition_actor::behavior_type partition_behavior(partition_actor_t self, node_context* ctx,
@@ -1670,7 +1715,8 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     raise_to(st.slot->durable_end, st.durable_end);
   }
   for (auto* gs : st.slot->group_list())
-    add_group(st, gs, std::nullopt);
+    if (!gs->retired)
+      add_group(st, gs, std::nullopt);
   if (st.groups_ready)
     for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
       recover_group(self, gi);
@@ -1696,6 +1742,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     [=](join_group_atom, const std::string& agent, bool earliest) {
       join_group(self, agent, earliest);
     },
+    [=](leave_group_atom, const std::string& agent) { leave_group(self, agent); },
     [=](commit_atom) { // the held-back delivery state is due
       auto& st = self->state;
       st.state_timer = false;

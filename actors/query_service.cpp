@@ -208,7 +208,8 @@ result<event_view> query_service::event_of(const std::string& id, std::string te
 std::vector<agent_view> query_service::agents() const {
   std::vector<agent_view> out;
   for (auto& a : ctx_.agents.all())
-    out.push_back(view_of(*a));
+    if (!a->cfg.redis_group || !a->topics().empty()) // XGROUP DESTROY took its last stream
+      out.push_back(view_of(*a));
   return out;
 }
 

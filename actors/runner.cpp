@@ -235,6 +235,46 @@ std::shared_ptr<topic_route> open_topic(runner_actor_t self, const persistence::
   return route;
 }
 
+/// XGROUP DESTROY: group `name` (made by XGROUP CREATE) stops reading
+/// `topic`: its partitions drop it, then its queue forgets the stream's
+/// deliveries. False when the group does not read the stream.
+caf::result<bool> destroy_group(runner_actor_t self, const std::string& name,
+                                const std::string& topic) {
+  auto& ctx = *self->state.ctx;
+  auto route = ctx.routes.find(topic);
+  if (!route)
+    return make_caf_error(errc::not_found, "no stream '" + topic + "'");
+  auto agent = find_agent(ctx, name);
+  if (!agent || !agent->subscribes(topic))
+    return false;
+  if (!agent->cfg.redis_group)
+    return make_caf_error(errc::invalid,
+                          "group '" + name + "' is an agent of the config; remove it there");
+  auto topics = agent->topics();
+  topics.erase(std::remove(topics.begin(), topics.end(), topic), topics.end());
+  if (auto stored = store_redis_group(*ctx.store, *agent, topics); !stored)
+    return make_caf_error(errc::storage, stored.error().message);
+  agent->remove_topic(topic);
+  for (std::uint32_t p = 0; p < route->slots.size(); ++p) {
+    for (auto* gs : route->slots[p]->group_list())
+      if (gs->agent == name)
+        gs->retired = true;
+    if (auto actor = ctx.routes.actor_of(*route, p))
+      caf::anon_send(actor, leave_group_atom::value, name);
+  }
+  // After the partitions' messages: the answers this sends find the group
+  // gone there.
+  caf::actor queue;
+  {
+    std::lock_guard<std::mutex> guard{agent->mutex};
+    queue = agent->instances[0]->actor;
+  }
+  if (queue)
+    caf::anon_send(queue, pull_consumer_atom::value, topic, std::string{}, std::int32_t{-2});
+  spdlog::info("group={} topic={}: destroyed by XGROUP DESTROY", name, topic);
+  return true;
+}
+
 /// How often a log that refuses writes is asked to recover.
 constexpr auto storage_resume_every = std::chrono::seconds{1};
 
@@ -403,14 +443,22 @@ caf::result<bool> create_group(runner_actor_t self, const std::string& name,
     start_instance(self, agent, 0);
   }
   // Each partition's actor starts the group; one that restarts meanwhile
-  // finds it in its slot.
+  // finds it in its slot. A group destroyed on this stream before has its
+  // counters there still.
   for (std::uint32_t p = 0; p < route->slots.size(); ++p) {
-    auto gs = std::make_unique<group_stats>();
-    gs->agent = name;
-    gs->agent_index = agent->index;
     {
-      std::lock_guard<std::mutex> guard{route->slots[p]->groups_mutex};
-      route->slots[p]->groups.push_back(std::move(gs));
+      auto& slot = *route->slots[p];
+      std::lock_guard<std::mutex> guard{slot.groups_mutex};
+      auto it = std::find_if(slot.groups.begin(), slot.groups.end(),
+                             [&](auto& gs) { return gs->agent == name; });
+      if (it != slot.groups.end()) {
+        (*it)->retired = false;
+      } else {
+        auto gs = std::make_unique<group_stats>();
+        gs->agent = name;
+        gs->agent_index = agent->index;
+        slot.groups.push_back(std::move(gs));
+      }
     }
     if (auto actor = ctx.routes.actor_of(*route, p))
       caf::anon_send(actor, join_group_atom::value, name, earliest);
@@ -492,6 +540,9 @@ runner_actor::behavior_type runner_behavior(runner_actor_t self, node_context* c
     },
     [=](create_group_atom, const std::string& name, const std::string& topic, bool earliest,
         bool mkstream) { return create_group(self, name, topic, earliest, mkstream); },
+    [=](destroy_group_atom, const std::string& name, const std::string& topic) {
+      return destroy_group(self, name, topic);
+    },
     [=](restart_partition_atom, const std::string& topic, std::uint32_t p) {
       auto& st = self->state;
       if (st.stopping)

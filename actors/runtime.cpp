@@ -149,6 +149,12 @@ void agent_runtime::add_topic(const std::string& topic) {
   added_topics.push_back(topic);
 }
 
+void agent_runtime::remove_topic(const std::string& topic) {
+  std::lock_guard<std::mutex> guard{topics_mutex};
+  added_topics.erase(std::remove(added_topics.begin(), added_topics.end(), topic),
+                     added_topics.end());
+}
+
 namespace {
 
 /// meta keys of the groups XGROUP CREATE made: group/<name>.
@@ -174,6 +180,8 @@ tl::expected<void, persistence::error> store_redis_group(persistence::delivery_s
     {"topics", topics},
     {"start", a.cfg.start == config::start_position::earliest ? "earliest" : "latest"}};
   persistence::state_batch b;
+  // A group with no stream left is kept, without topics, and not loaded
+  // again: XGROUP CREATE of its name makes it afresh.
   b.put_meta(std::string{redis_group_prefix} + a.cfg.name, j.dump());
   return store.commit(b, true);
 }
@@ -195,6 +203,8 @@ tl::expected<void, persistence::error> load_redis_groups(node_context& ctx) {
       spdlog::error("group={}: its stored definition is not readable; left out", name);
       continue;
     }
+    if (j["topics"].empty())
+      continue; // XGROUP DESTROY took its last stream
     auto agent = std::make_shared<agent_runtime>(
       redis_group_config(name, j.value("start", "latest") == "earliest"), ctx.agents.size());
     for (auto& t : j["topics"])

@@ -30,6 +30,9 @@ constexpr std::size_t max_read_count = 10000;
 constexpr std::uint32_t max_wait_ms = 60000;
 
 const char* const invalid_id = "ERR Invalid stream ID specified as stream command argument";
+const char* const no_key_for_xgroup
+  = "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to "
+    "use the MKSTREAM option to create an empty stream automatically.";
 
 bool is(std::string_view arg, std::string_view word) {
   return upper(arg) == word;
@@ -977,14 +980,23 @@ void xgroup_create(actors::node& node, context&, args&& a, responder r) {
   }
   node.create_group(a[3], a[2], earliest, mkstream, [r](actors::result<bool> made) {
     if (!made && made.error().code == actors::errc::not_found)
-      return send_error(r, "ERR The XGROUP subcommand requires the key to exist. Note that for "
-                           "CREATE you may want to use the MKSTREAM option to create an empty "
-                           "stream automatically.");
+      return send_error(r, no_key_for_xgroup);
     if (!made)
       return send_error(r, "ERR nerve: " + made.error().message);
     if (!*made) // Redis' answer to creating it again, which workers expect and ignore
       return send_error(r, "BUSYGROUP Consumer Group name already exists");
     r.send(r.make().simple("OK"));
+  });
+}
+
+void xgroup_destroy(actors::node& node, args&& a, responder r) {
+  // XGROUP DESTROY key group
+  node.destroy_group(a[3], a[2], [r](actors::result<bool> gone) {
+    if (!gone && gone.error().code == actors::errc::not_found)
+      return send_error(r, no_key_for_xgroup);
+    if (!gone)
+      return send_error(r, "ERR nerve: " + gone.error().message);
+    r.send(r.make().integer(*gone ? 1 : 0));
   });
 }
 
@@ -1176,11 +1188,8 @@ void add_stream_commands(command_table& table, actors::node& node) {
       xgroup_consumer(*n, std::move(a), std::move(r), -1);
     }));
   group.subcommands.push_back(
-    cmd("xgroup|destroy", 4, {"write"}, 2, 2, 1, [](context&, args&& a, responder r) {
-      send_error(r, "ERR nerve: consumer group '" + a[3]
-                      + "' is a pull agent of the config; remove it there (its state stays "
-                        "until retention)");
-    }));
+    cmd("xgroup|destroy", 4, {"write"}, 2, 2, 1,
+        [n](context&, args&& a, responder r) { xgroup_destroy(*n, std::move(a), std::move(r)); }));
   group.subcommands.push_back(
     cmd("xgroup|setid", -5, {"write"}, 2, 2, 1, [](context&, args&&, responder r) {
       send_error(r, "ERR nerve: a group's position moves by acks or a replay "

@@ -276,3 +276,32 @@ TEST_CASE("a crashed replay actor resumes after 1 s, five times, then the replay
   CHECK_FALSE(running());
   CHECK(state() == replay_state::failed);
 }
+
+TEST_CASE("groups made by XGROUP CREATE are stored and come back after the config's agents",
+          "[supervision][groups]") {
+  supervised_node n{{builtin_agent("a", "noop")}};
+  auto made = [&](const std::string& name, std::vector<std::string> topics, bool earliest) {
+    detail::agent_runtime agent{detail::redis_group_config(name, earliest), 9};
+    REQUIRE(detail::store_redis_group(*n.store, agent, topics));
+  };
+  made("group:orders:w", {"orders", "omni-stream:mail"}, true);
+  made("a", {"orders"}, false); // a config agent has this name: the config wins
+  made("gone", {}, false);      // XGROUP DESTROY took its last stream
+  made("group:orders:w", {"orders", "omni-stream:mail"}, true); // stored again: one record
+  REQUIRE(detail::load_redis_groups(n.ctx));
+  auto all = n.ctx.agents.all();
+  REQUIRE(all.size() == 2);
+  CHECK(all[0]->cfg.kind == config::agent_kind::builtin);
+  auto& g = *all[1];
+  CHECK(g.index == 1);
+  CHECK(g.cfg.name == "group:orders:w");
+  CHECK(g.cfg.kind == config::agent_kind::pull);
+  CHECK(g.cfg.redis_group);
+  CHECK(g.cfg.start == config::start_position::earliest);
+  CHECK(g.cfg.max_in_flight == config::redis_group_max_in_flight);
+  CHECK(g.topics() == std::vector<std::string>{"orders", "omni-stream:mail"});
+  CHECK(g.subscribes("omni-stream:mail"));
+  CHECK_FALSE(g.subscribes("omni-stream"));
+  g.remove_topic("orders");
+  CHECK_FALSE(g.subscribes("orders"));
+}

@@ -245,6 +245,15 @@ def group_lifecycle(r, stream, group):
     for g in (group, group + "-all", group + "-new"):
         got = r.xreadgroup(g, "c1", {stream: ">"}, count=10)
         out.append([f for _, entries in got for _, f in entries])
+    # DESTROY; the same name made again starts afresh (c1's pending entries are gone).
+    attempt(lambda: r.xgroup_destroy(stream, group))
+    attempt(lambda: r.xgroup_destroy(stream, group))
+    attempt(lambda: r.xreadgroup(group, "c1", {stream: ">"}))
+    attempt(lambda: r.xgroup_destroy(stream + "-missing", group))
+    attempt(lambda: r.xgroup_create(stream, group, id="0"))
+    attempt(lambda: r.xpending(stream, group)["pending"])
+    got = r.xreadgroup(group, "c2", {stream: ">"}, count=10)
+    out.append([f for _, entries in got for _, f in entries])
     return out
 
 
@@ -256,8 +265,10 @@ class RedisGroupTest(RespTestCase):
         s = topic("made")
         ours = group_lifecycle(redis.Redis(port=port, decode_responses=True), s, "g:made")
         self.assertEqual(ours[2:4], [True, "error: BUSYGROUP Consumer Group name already exists"])
-        self.assertEqual(ours[-3:], [[{"n": "1"}, {"n": "2"}], [{"n": "1"}, {"n": "2"}],
+        self.assertEqual(ours[6:9], [[{"n": "1"}, {"n": "2"}], [{"n": "1"}, {"n": "2"}],
                                      [{"n": "2"}]])
+        self.assertEqual(ours[9:11], [1, 0])
+        self.assertEqual(ours[-3:], [True, 0, [{"n": "1"}, {"n": "2"}]])
         real = redis_or_skip(self)
         theirs = group_lifecycle(redis.Redis(port=real.port, decode_responses=True), s, "g:made")
         self.assertEqual(ours, theirs)
@@ -322,6 +333,23 @@ class RedisGroupTest(RespTestCase):
         got = r.xreadgroup("workers", "w3", {s2: ">"}, count=10, block=2000)
         self.assertEqual([e[0] for e in got[0][1]], [new])
         self.assertEqual(r.xack(s1, "workers", ids[4]) + r.xack(s2, "workers", new), 2)
+
+        # XGROUP DESTROY takes a stream from the group; with the last one the group goes.
+        self.assertEqual(r.xgroup_destroy(s2, "workers"), 1)
+        agents = {a["name"]: a for a in srv.get("/v1/agents").json()["agents"]}
+        self.assertEqual(agents["workers"]["topics"], [s1])
+        r.xadd(s2, {"m": "unread"})
+        self.assertEqual(r.xgroup_destroy(s1, "workers"), 1)
+        self.assertNotIn("workers", [a["name"] for a in srv.get("/v1/agents").json()["agents"]])
+        srv.stop()
+        srv.start()
+        port = resp_port(srv)
+        r = redis.Redis(port=port, decode_responses=True)
+        self.assertEqual(srv.get("/v1/agents").json()["agents"], [])
+        self.assertTrue(r.xgroup_create(s2, "workers", id="$"))
+        last = r.xadd(s2, {"m": "new"})
+        got = r.xreadgroup("workers", "w1", {s2: ">"}, count=10, block=2000)
+        self.assertEqual([e[0] for e in got[0][1]], [last])
         self.assertAlive(srv, port)
 
     def test_bad_group_names_and_streams_are_refused(self):
