@@ -141,6 +141,8 @@ const std::vector<setting>& settings() {
      uint_in(1024, 1ULL << 20, [](config& c, std::uint64_t n) { c.http.max_header_bytes = n; })},
     {"http.max_connections",
      uint_in(1, 1000000, [](config& c, std::uint64_t n) { c.http.max_connections = n; })},
+    {"http.probe_connections",
+     uint_in(0, 10000, [](config& c, std::uint64_t n) { c.http.probe_connections = n; })},
     {"http.read_timeout",
      duration_in(millis{1}, [](config& c, millis d) { c.http.read_timeout = d; })},
     {"http.max_events_per_request",

@@ -26,6 +26,11 @@ struct http_config {
   std::size_t max_body_bytes = 1048576;
   std::size_t max_header_bytes = 8192;
   std::size_t max_connections = 1024;
+  /// Connections over max_connections whose request is still read, so that
+  /// probes among them (/livez, /readyz, /health, /health/detailed,
+  /// /metrics) are answered; anything else on them gets the cap's 503, and
+  /// connections beyond both get it at once.
+  std::size_t probe_connections = 1024;
   millis read_timeout{10000};
   std::size_t max_events_per_request = 1000;
   std::size_t threads = 2; ///< I/O threads of the HTTP server

@@ -31,6 +31,9 @@ using tcp = net::ip::tcp;
 
 namespace {
 
+/// How long a connection in a probe slot may take to send its request.
+constexpr std::chrono::seconds probe_read_timeout{2};
+
 /// Lets threads outside the server send to a WebSocket until it closes (or
 /// the server stops), without touching a session that is gone.
 struct ws_gate {
@@ -188,22 +191,47 @@ public:
 
   /// Answers 503 and closes: the node is at its connection cap.
   void refuse() {
+    // On the connection's own event loop, like everything else it does.
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()]() mutable {
+      self->write(self->over_cap(), false, false);
+    });
+  }
+
+  /// Serves one probe and closes: a connection over the cap, in the slots
+  /// kept for probes (server_options::probe_connections).
+  void run_probe_only() {
+    probe_only_ = true;
+    run();
+  }
+
+private:
+  /// The connection cap's answer.
+  response over_cap() const {
     auto r = problem(503, "too-many-connections", "Service Unavailable",
                      "the server is at its limit of " + std::to_string(state_->opts.max_connections)
                        + " connections; retry shortly");
     r.headers.emplace_back("Retry-After", "1");
-    // On the connection's own event loop, like everything else it does.
-    net::dispatch(stream_.get_executor(), [self = shared_from_this(), r = std::move(r)]() mutable {
-      self->write(std::move(r), false, false);
-    });
+    return r;
   }
 
-private:
+  /// What a connection over the cap may still ask.
+  static bool is_probe(const request& req) {
+    if (req.method != "GET" || req.websocket)
+      return false;
+    for (const char* p : {"/livez", "/readyz", "/health", "/health/detailed", "/metrics"})
+      if (req.path == p)
+        return true;
+    return false;
+  }
+
   void read_header() {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(state_->opts.max_header_bytes));
-    parser_->body_limit(state_->opts.max_body_bytes);
-    stream_.expires_after(state_->opts.read_timeout);
+    // A probe has no body; a probe slot is not held by a slow one.
+    parser_->body_limit(probe_only_ ? 0 : state_->opts.max_body_bytes);
+    stream_.expires_after(probe_only_ ? std::min<std::chrono::steady_clock::duration>(
+                            probe_read_timeout, state_->opts.read_timeout)
+                                      : state_->opts.read_timeout);
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              beast::bind_front_handler(&session::on_header, shared_from_this()));
   }
@@ -239,6 +267,10 @@ private:
     if (ec == bhttp::error::end_of_stream || ec == net::error::eof
         || ec == net::error::connection_reset || ec == net::error::operation_aborted)
       return close();
+    // A connection in a probe slot that asks anything else (a body says so
+    // at once) or takes too long hears of the cap.
+    if (probe_only_ && (ec == bhttp::error::body_limit || ec == beast::error::timeout))
+      return parser_ && parser_->got_some() ? write(over_cap(), false, false) : close();
     if (ec == beast::error::timeout) {
       // Only a client that started a request hears why it is closed.
       if (parser_ && parser_->got_some())
@@ -282,6 +314,11 @@ private:
     if (ws::is_upgrade(msg)) {
       req.websocket = true;
       upgrade_.emplace(std::move(msg));
+    }
+    if (probe_only_) {
+      keep_alive_ = false;
+      if (!is_probe(req))
+        return write(over_cap(), false, false);
     }
     state_->in_flight.fetch_add(1);
     stream_.expires_never();
@@ -570,6 +607,7 @@ private:
   /// The current request is answered by answer_direct (set on the loop
   /// before the handler runs; read by the answering thread after).
   bool direct_ = false;
+  bool probe_only_ = false; ///< over the connection cap: probes only
   std::mutex out_mutex_;
   bool open_ = true;       ///< the socket is not closed; guarded by out_mutex_
   bool answering_ = false; ///< a direct answer is due; guarded by out_mutex_
@@ -608,10 +646,13 @@ struct server::impl {
         return;
       if (!ec) {
         auto sess = std::make_shared<session>(std::move(s), state);
-        if (state->connections.load() > state->opts.max_connections)
-          sess->refuse();
-        else
+        auto n = state->connections.load();
+        if (n <= state->opts.max_connections)
           sess->run();
+        else if (n <= state->opts.max_connections + state->opts.probe_connections)
+          sess->run_probe_only();
+        else
+          sess->refuse();
       } else if (ec != net::error::operation_aborted) {
         spdlog::warn("accept failed: {}", ec.message());
       }

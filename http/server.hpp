@@ -50,6 +50,11 @@ struct server_options {
   std::size_t max_body_bytes = 1048576;
   std::size_t max_header_bytes = 8192;
   std::size_t max_connections = 1024;
+  /// Connections beyond max_connections whose request is still read (for
+  /// 2 s at most, no body): it is served only when it is GET (or HEAD) of
+  /// /livez, /readyz, /health, /health/detailed or /metrics, else it gets
+  /// the cap's 503; the connection closes after it.
+  std::size_t probe_connections = 1024;
   std::chrono::milliseconds read_timeout{10000};
   std::size_t threads = 2;
   /// Told the status of every answer the server sends on its own, before

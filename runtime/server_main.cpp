@@ -54,6 +54,7 @@ int run_server(const config::flag_overrides& flags) {
   opts.max_body_bytes = cfg->http.max_body_bytes;
   opts.max_header_bytes = cfg->http.max_header_bytes;
   opts.max_connections = cfg->http.max_connections;
+  opts.probe_connections = cfg->http.probe_connections;
   opts.read_timeout = cfg->http.read_timeout;
   opts.threads = cfg->http.threads;
   std::function<void(unsigned)> own_answers;

@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import threading
+import socket
 import time
 import unittest
 import uuid
@@ -976,8 +977,12 @@ class LimitsTest(ServerTestCase):
 
 class ConnectionCapTest(ServerTestCase):
 
-    def test_connection_over_the_cap_gets_503_with_retry_after(self):
-        srv = self.new_server(config={"http": {"max_connections": 3}})
+    def under_cap(self, srv):
+        """A route that is not a probe answers 200 only below the cap."""
+        return srv.get("/v1/topics").status == 200
+
+    def test_connection_over_the_cap_gets_503_but_probes_still_answer(self):
+        srv = self.new_server(config={"http": {"max_connections": 3, "probe_connections": 2}})
         conns = []
 
         def hold(n):
@@ -996,33 +1001,41 @@ class ConnectionCapTest(ServerTestCase):
         try:
             # The server frees a slot only once it sees the client's close
             # (e.g. of the readiness probe), so allow it a moment to settle.
-            deadline = time.monotonic() + 5
-            while not hold(3):
-                self.assertLess(time.monotonic(), deadline,
-                                "3 connections never fit under a cap of 3")
-                time.sleep(0.05)
-            r = srv.get("/health")
+            self.wait_for(lambda: hold(3), 5.0, "3 connections fit under a cap of 3")
+            # Over the cap: anything but a probe gets 503 with Retry-After...
+            r = srv.get("/v1/topics")
             self.assertProblem(r, 503)
             self.assertEqual(r.headers.get("retry-after"), "1")
+            r = srv.post("/v1/topics/capped/events", {"data": 1})
+            self.assertProblem(r, 503)
+            self.assertEqual(srv.get("/v1/topics/capped/events").status, 503)
+            # ... while the probes answer, once per connection.
+            for path in ("/livez", "/readyz", "/health", "/health/detailed", "/metrics"):
+                r = srv.get(path)
+                self.assertEqual(r.status, 200, path)
+                self.assertEqual(r.headers.get("connection", "").lower(), "close", path)
+            # With the probe slots taken too (2 connections that send nothing),
+            # the next connection is refused at once, probe or not.
+            idle = [socket.create_connection((srv.host, srv.port), timeout=5) for _ in range(2)]
+            try:
+                time.sleep(0.2)
+                self.assertProblem(srv.get("/health"), 503)
+            finally:
+                for sock in idle:
+                    sock.close()
             # The held connections keep working.
             for c in conns:
                 c.request("GET", "/livez")
                 self.assertEqual(c.getresponse().status, 200)
             conns.pop().close()
-            deadline = time.monotonic() + 5
-            while True:
-                r = srv.get("/health")
-                if r.status == 200 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            self.assertEqual(r.status, 200, "a freed slot was not reused")
+            self.wait_for(lambda: self.under_cap(srv), 5.0, "a freed slot reused")
         finally:
             for c in conns:
                 c.close()
         # As above, the slots come back once the server has seen the closes: on a busy
         # machine (tests two at a time) that can take a moment.
-        self.wait_for(lambda: srv.get("/health").status == 200, 5.0,
-                      "the closed connections' slots freed")
+        self.wait_for(lambda: self.under_cap(srv), 5.0, "the closed connections' slots freed")
+        self.assertEqual(srv.get("/v1/topics/capped/events").status, 404)  # nothing published
         self.assertHealthy(srv)
 
 
@@ -1106,6 +1119,85 @@ class OverloadTest(ServerTestCase):
                                         for _, s, _, _, b in results if s == 201]}
         stored = {e["id"] for e in srv.read_partition("hot", p)}
         self.assertEqual(stored, acked, "a shed publish was stored, or an acked one lost")
+        self.assertHealthy(srv)
+
+    def test_probes_answer_while_publishes_are_shed(self):
+        # Past both limits at once: more publishing connections than the cap
+        # (the rest get the cap's 503) and a partition queue bound of 2 (the
+        # admitted ones are shed too). Liveness and health must keep answering.
+        srv = self.new_server(config={"http": {"max_connections": 12},
+                                      "storage": {"max_queued_events": 2},
+                                      "topics": {"load": {"partitions": 1}}})
+        stop = threading.Event()
+        lock = threading.Lock()
+        acked, statuses, probes = set(), {}, []
+
+        def publisher(t):
+            conn, n = None, 0
+            while not stop.is_set():
+                n += 1
+                eid = f"l-{t}-{n}"
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection(srv.host, srv.port, timeout=20)
+                    conn.request("POST", "/v1/topics/load/events",
+                                 json.dumps({"id": eid, "data": n}),
+                                 {"Content-Type": "application/json"})
+                    res = conn.getresponse()
+                    res.read()
+                    with lock:
+                        statuses[res.status] = statuses.get(res.status, 0) + 1
+                        if res.status == 201:
+                            acked.add(eid)
+                        else:
+                            self.assertEqual((res.status, res.getheader("Retry-After")),
+                                             (503, "1"))
+                    if res.getheader("Connection", "").lower() == "close":
+                        conn.close()
+                        conn = None
+                except (OSError, http.client.HTTPException):
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+            if conn is not None:
+                conn.close()
+
+        def prober():
+            while not stop.is_set():
+                for path in ("/livez", "/health"):
+                    start = time.monotonic()
+                    try:
+                        conn = http.client.HTTPConnection(srv.host, srv.port, timeout=5)
+                        conn.request("GET", path)
+                        status = conn.getresponse().status
+                        conn.close()
+                    except (OSError, http.client.HTTPException) as e:
+                        status = repr(e)
+                    with lock:
+                        probes.append((path, status, time.monotonic() - start))
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=publisher, args=(t,)) for t in range(24)]
+        threads.append(threading.Thread(target=prober))
+        for th in threads:
+            th.start()
+        time.sleep(4)
+        stop.set()
+        for th in threads:
+            th.join(30)
+        self.assertIn(503, statuses, f"nothing was shed: {statuses}")
+        self.assertIn(201, statuses, f"nothing was acknowledged: {statuses}")
+        self.assertGreater(len(probes), 20)
+        failed = [p for p in probes if p[1] != 200]
+        self.assertEqual(failed, [], f"probes failed under load ({statuses})")
+        # Probe latency is measured in bench/, not asserted here; a probe
+        # must not wait behind the load (each is one fresh connection).
+        slow = sorted(p[2] for p in probes)[len(probes) * 9 // 10]
+        print(f"probes under load: {len(probes)}, 90th percentile {slow * 1000:.1f} ms; "
+              f"publishes {statuses}")
+        self.assertLess(slow, 1.0, f"the 90th percentile probe took {slow:.3f} s")
+        stored = {e["id"] for e in srv.read_partition("load", 0)}
+        self.assertEqual(acked - stored, set(), "an acknowledged event is missing")
         self.assertHealthy(srv)
 
 
