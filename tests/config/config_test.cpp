@@ -104,7 +104,7 @@ TEST_CASE("unknown keys and bad values name the key, the value and what is allow
   REQUIRE_FALSE(unknown);
   CHECK(unknown.error()
         == "http.listn: unknown key (value \"1.2.3.4:80\"); allowed here: listen, token, "
-           "max_body_bytes, max_header_bytes, max_connections, read_timeout, "
+           "max_body_bytes, max_header_bytes, max_connections, probe_connections, read_timeout, "
            "max_events_per_request, threads");
 
   auto bad = parse_yaml("storage: { fsync: sometimes }");
