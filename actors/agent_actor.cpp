@@ -38,6 +38,8 @@ using json = nlohmann::json;
 
 /// Longest line a process agent may write; longer lines are cut and fail.
 constexpr std::size_t max_line_bytes = 16u << 20;
+/// What read_lines hands on for a line over max_line_bytes (no JSON starts so).
+constexpr std::string_view too_long_line = "\x01too long";
 /// How long a process agent gets to exit after SIGTERM before SIGKILL.
 constexpr auto stop_grace = std::chrono::seconds{5};
 
@@ -163,6 +165,74 @@ private:
   std::thread thread_;
 };
 
+/// Lines read from a child's stdout and not yet handled by its instance
+/// actor, at most `max_pending_lines`: a child that floods stdout waits
+/// in its write, not in nerve's memory.
+class line_gate {
+public:
+  /// Waits for room for one more line; false once closed.
+  bool enter() {
+    std::unique_lock<std::mutex> guard{mutex_};
+    cv_.wait(guard, [this] { return closed_ || pending_ < max_pending_lines; });
+    if (closed_)
+      return false;
+    ++pending_;
+    return true;
+  }
+  /// A line was handled.
+  void leave() {
+    std::lock_guard<std::mutex> guard{mutex_};
+    --pending_;
+    cv_.notify_one();
+  }
+  /// The child is being replaced: its reader stops waiting.
+  void close() {
+    std::lock_guard<std::mutex> guard{mutex_};
+    closed_ = true;
+    cv_.notify_one();
+  }
+
+private:
+  static constexpr std::size_t max_pending_lines = 1024;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::size_t pending_ = 0;
+  bool closed_ = false;
+};
+
+/// At most `per_second` log lines of one kind a second; the rest are
+/// counted and told with the next one logged.
+class log_budget {
+public:
+  explicit log_budget(std::uint32_t per_second) : per_second_(per_second) {}
+
+  /// Whether to log one more line now; `dropped` is how many were not
+  /// logged since the last one that was.
+  bool take(std::uint64_t& dropped) {
+    auto now = std::chrono::steady_clock::now();
+    if (now - window_ >= std::chrono::seconds{1}) {
+      window_ = now;
+      used_ = 0;
+    }
+    if (used_ >= per_second_) {
+      ++dropped_;
+      return false;
+    }
+    ++used_;
+    dropped = std::exchange(dropped_, 0);
+    return true;
+  }
+
+  /// Lines not logged since the last one that was (and forgets them).
+  std::uint64_t take_dropped() { return std::exchange(dropped_, 0); }
+
+private:
+  std::uint32_t per_second_;
+  std::chrono::steady_clock::time_point window_{};
+  std::uint32_t used_ = 0;
+  std::uint64_t dropped_ = 0;
+};
+
 struct instance_actor_state {
   node_context* ctx = nullptr;
   agent_ptr agent;
@@ -175,6 +245,11 @@ struct instance_actor_state {
   std::uint64_t generation = 0;
   std::thread out_reader;
   std::thread err_reader;
+  std::shared_ptr<line_gate> out_gate; ///< the running child's stdout lines
+  /// The child's last line on stdout (or its start): a child that says
+  /// nothing while its deliveries time out is hung.
+  std::chrono::steady_clock::time_point last_heard{};
+  log_budget ignored_lines{10}; ///< warnings about lines that are no answer
   /// A child that exits is restarted after 100 ms, doubling to 10 s while
   /// it keeps exiting within 30 s of its start.
   restart_policy child_restarts{{false, std::chrono::milliseconds{100}, std::chrono::seconds{10},
@@ -265,7 +340,7 @@ void read_lines(int fd, F on_line) {
       } else if (!dropping) {
         buf.push_back(chunk[i]);
         if (buf.size() > max_line_bytes) {
-          on_line(std::string{"\x01too long"});
+          on_line(std::string{too_long_line});
           buf.clear();
           dropping = true;
         }
@@ -367,16 +442,32 @@ void start_child(instance_actor_t self) {
     st.out_reader.join();
   if (st.err_reader.joinable())
     st.err_reader.join();
-  st.out_reader = std::thread{[me, gen, pid, fd = out[0]] {
-    read_lines(
-      fd, [&](std::string line) { caf::anon_send(me, child_atom::value, gen, std::move(line)); });
+  st.out_gate = std::make_shared<line_gate>();
+  st.last_heard = std::chrono::steady_clock::now();
+  st.out_reader = std::thread{[me, gen, pid, fd = out[0], gate = st.out_gate] {
+    bool open = true;
+    read_lines(fd, [&](std::string line) {
+      if (open && (open = gate->enter()))
+        caf::anon_send(me, child_atom::value, gen, std::move(line));
+    });
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     caf::anon_send(me, exited_atom::value, gen, status);
   }};
   st.err_reader = std::thread{[name, fd = err[0]] {
-    read_lines(fd, [&](std::string line) { spdlog::info("{} stderr: {}", name, line); });
+    // A child that floods stderr fills no disk: 100 lines a second are logged.
+    log_budget budget{100};
+    read_lines(fd, [&](std::string line) {
+      std::uint64_t dropped = 0;
+      if (!budget.take(dropped))
+        return;
+      if (dropped > 0)
+        spdlog::warn("{}: {} lines of stderr not logged (over 100 a second)", name, dropped);
+      spdlog::info("{} stderr: {}", name, line);
+    });
+    if (auto dropped = budget.take_dropped(); dropped > 0)
+      spdlog::warn("{}: {} lines of stderr not logged (over 100 a second)", name, dropped);
   }};
   for (auto& [id, f] : st.inflight)
     send_to_child(self, f.d); // redelivered at once to the new child
@@ -389,6 +480,8 @@ void stop_child(instance_actor_state& st) {
   // Deliveries not yet written are not needed: they go out again after a
   // restart. Closing stdin tells a well-behaved agent to finish.
   st.writer.reset();
+  if (st.out_gate)
+    st.out_gate->close(); // its reader may wait for room that never comes
   if (st.pid > 0) {
     ::kill(st.pid, SIGTERM);
     auto deadline = std::chrono::steady_clock::now() + stop_grace;
@@ -407,10 +500,18 @@ void stop_child(instance_actor_state& st) {
 
 void on_child_line(instance_actor_t self, const std::string& line) {
   auto& st = self->state;
+  st.last_heard = std::chrono::steady_clock::now();
+  if (line == too_long_line) { // rare, and worth each warning
+    spdlog::warn("{}: ignoring a line that is too long (over {} bytes)", label(st), max_line_bytes);
+    return;
+  }
   auto msg = json::parse(line, nullptr, false);
   if (!msg.is_object() || !msg.contains("delivery") || !msg["delivery"].is_string()) {
-    spdlog::warn("{}: ignoring a line that is not an ack or nack: {}", label(st),
-                 line.substr(0, 200));
+    std::uint64_t dropped = 0;
+    if (st.ignored_lines.take(dropped))
+      spdlog::warn("{}: ignoring a line that is not an ack or nack{}: {}", label(st),
+                   dropped > 0 ? " (and " + std::to_string(dropped) + " more not logged)" : "",
+                   line.substr(0, 200));
     return;
   }
   auto id = msg["delivery"].get<std::string>();
@@ -726,16 +827,32 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       send_to_child(self, d);
     },
     [=](timeout_atom, const std::string& id) {
-      auto& cfg = self->state.agent->cfg;
+      auto& st = self->state;
+      auto& cfg = st.agent->cfg;
+      if (st.inflight.count(id) == 0)
+        return; // answered in time
       answer(self, id, false, {}, {},
              "timed out after " + std::to_string(cfg.timeout.count()) + " ms", true);
+      // A child that said nothing for a whole timeout while a delivery ran
+      // out is hung (stopped, deadlocked, stuck in a read): it is replaced,
+      // and its deliveries in flight go to the new one, as after a crash.
+      auto silent = std::chrono::steady_clock::now() - st.last_heard;
+      if (cfg.kind == config::agent_kind::process && st.pid > 0 && silent >= cfg.timeout) {
+        spdlog::warn("{}: pid {} said nothing for {} ms while deliveries timed out; killing it",
+                     label(st), st.pid,
+                     std::chrono::duration_cast<std::chrono::milliseconds>(silent).count());
+        ::kill(st.pid, SIGKILL);
+      }
     },
     [=](http_atom, const std::string& id, std::uint32_t status, const std::string& body) {
       on_http_answer(self, id, status, body);
     },
     [=](child_atom, std::uint64_t gen, const std::string& line) {
-      if (gen == self->state.generation)
-        on_child_line(self, line);
+      auto& st = self->state;
+      if (gen != st.generation)
+        return; // an earlier child's: its gate is closed
+      st.out_gate->leave();
+      on_child_line(self, line);
     },
     [=](exited_atom, std::uint64_t gen, int status) {
       auto& st = self->state;

@@ -109,6 +109,35 @@ class AgentTestCase(ServerTestCase):
         return [sys.executable, script, path], path
 
 
+FLOOD_AGENT = r"""
+import json, sys, threading
+def stderr_flood():
+    sys.stderr.write("noise on stderr\n" * 200000)
+    sys.stderr.flush()
+threading.Thread(target=stderr_flood, daemon=True).start()
+# A million lines that are no answer, then one line of 20 MB without an end
+# for a while, then answers as usual.
+sys.stdout.write("garbage, not json\n" * 1000000)
+sys.stdout.write("x" * (20 << 20))
+sys.stdout.write("\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("type") == "event":
+        sys.stdout.write(json.dumps({"type": "ack", "delivery": msg["delivery"]}) + "\n")
+        sys.stdout.flush()
+        sys.stderr.write("handled one\n")
+        sys.stderr.flush()
+"""
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
 # 1 -----------------------------------------------------------------------------
 
 class FanOutTest(AgentTestCase):
@@ -403,6 +432,64 @@ class ProcessAgentTest(AgentTestCase):
         self.assertEqual(self.dlq(self.srv, agent="py")["count"], 0)
         g = self.group(self.srv, self.t, "py")
         self.assertEqual((g["instances"], g["pending"], g["lag"]), (2, 0, 0), g)
+
+    def test_a_stopped_child_is_replaced_and_nothing_is_lost(self):
+        # SIGSTOP: the child neither reads nor answers. Its deliveries time
+        # out; as it said nothing for a whole timeout, nerve kills it and the
+        # new child gets every event.
+        t = topic("stopped")
+        srv = self.agent_server([process("s", [t], [sys.executable, ECHO_AGENT],
+                                         timeout="500ms", max_retries=10, backoff=FAST)])
+        [first] = self.publish_ok(srv, t, [{"data": {"n": 0}}])
+        self.wait_state(srv, [first["id"]], "s", "acked")
+        pid = self.agent(srv, "s")["instances"][0]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        pub = self.publish_ok(srv, t, [{"data": {"n": i}} for i in range(1, 6)])
+        acked = self.wait_state(srv, [p["id"] for p in pub], "s", "acked", 20.0)
+        self.assertEqual(sorted(d["result"]["n"] for d in acked.values()), [1, 2, 3, 4, 5])
+        inst = self.agent(srv, "s")["instances"][0]
+        self.assertNotEqual(inst["pid"], pid)
+        self.assertGreaterEqual(inst["restarts"], 1)
+        self.assertIn(f"pid {pid} said nothing for", srv.stderr_text())
+        self.assertEqual(self.dlq(srv)["count"], 0)
+        with self.assertRaises(ProcessLookupError):  # killed and reaped, not left stopped
+            os.kill(pid, 0)
+
+    def test_a_child_flooding_stdout_and_stderr_stays_bounded(self):
+        t = topic("flood")
+        srv = self.agent_server([], start=False)
+        command, _ = self.script_agent(srv, FLOOD_AGENT, "flood")
+        srv.write_config({"agents": [process("f", [t], command, timeout="60s")]})
+        srv.start()
+        base = rss_kb(srv.proc.pid)
+        peak = base
+        pub = self.publish_ok(srv, t, [{"data": {"n": i}} for i in range(3)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            peak = max(peak, rss_kb(srv.proc.pid))
+            if all(self.deliveries(srv, p["id"])["f"]["state"] == "acked" for p in pub):
+                break
+            time.sleep(0.1)
+        for p in pub:
+            self.assertEqual(self.deliveries(srv, p["id"])["f"]["state"], "acked")
+        # A stderr line in a later second tells how many were not logged.
+        time.sleep(1.1)
+        [last] = self.publish_ok(srv, t, [{"data": {"n": 3}}])
+        self.wait_state(srv, [last["id"]], "f", "acked")
+        self.wait_for(lambda: "lines of stderr not logged" in srv.stderr_text(), 5.0,
+                      "the count of stderr lines not logged")
+        # Bounded: the lines wait in the child's pipe, not in nerve's mailbox;
+        # the 20 MB line is dropped past 16 MiB (measured: +48 MB at the peak).
+        self.assertLess(peak - base, 100 * 1024, f"RSS grew from {base} to {peak} kB")
+        log = srv.stderr_text()
+        ignored = log.count("ignoring a line that is not an ack or nack")
+        self.assertGreater(ignored, 0)
+        self.assertLess(ignored, 1000, "every garbage line was logged")
+        self.assertIn("more not logged", log)
+        self.assertIn("too long", log)
+        self.assertLess(log.count("noise on stderr"), 10000, "every stderr line was logged")
+        self.assertIn("lines of stderr not logged", log)
+        self.assertHealthy(srv)
 
     def test_nacked_event_goes_to_dlq_with_agent_error(self):
         [p] = self.publish_ok(self.srv, self.t, [{"data": {"fail": True}}])
