@@ -137,7 +137,9 @@ struct http_poster::impl {
       a.status = 0;
       a.timed_out = result == beast::error::timeout;
       a.error = a.timed_out ? "timed out after " + std::to_string(timeout.count()) + " ms"
-                            : result.message();
+                : result == bhttp::error::body_limit
+                  ? "the answer's body exceeds " + std::to_string(max_answer_bytes) + " bytes"
+                  : result.message();
       return a;
     }
     auto res = parser.release();

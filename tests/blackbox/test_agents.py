@@ -764,6 +764,21 @@ class HttpAgentTest(AgentTestCase):
                 elif isinstance(data, dict) and data.get("sleep"):
                     time.sleep(data["sleep"])
                     body, status = b"{}", 200
+                elif isinstance(data, dict) and (data.get("huge_mb") or data.get("drip_mb")):
+                    # A body of N MB: at once, or 1 KiB every 20 ms.
+                    size = (data.get("huge_mb") or data.get("drip_mb")) << 20
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    chunk = b"x" * (1 << 20 if data.get("huge_mb") else 1024)
+                    try:
+                        for _ in range(size // len(chunk)):
+                            self.wfile.write(chunk)
+                            if data.get("drip_mb"):
+                                time.sleep(0.02)
+                    except OSError:
+                        pass  # nerve gave up on it
+                    return
                 else:
                     reply = {"seen": ev["id"]}
                     if isinstance(data, dict) and data.get("emit_to"):
@@ -782,6 +797,30 @@ class HttpAgentTest(AgentTestCase):
         self.addCleanup(hook.server_close)
         self.addCleanup(hook.shutdown)
         return f"http://127.0.0.1:{hook.server_address[1]}/hook", seen
+
+    def test_huge_and_slow_answers_are_bounded(self):
+        url, seen = self.hook_server()
+        t = topic("bighook")
+        srv = self.agent_server([{"name": "hook", "topics": [t], "kind": "http", "url": url,
+                                  "max_retries": 1, "timeout": "2s",
+                                  "backoff": {"initial": "20ms", "max": "50ms"}}])
+        base = rss_kb(srv.proc.pid)
+        huge, drip = self.publish_ok(srv, t, [{"data": {"huge_mb": 200}},
+                                              {"data": {"drip_mb": 10}}])
+        peak = base
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            peak = max(peak, rss_kb(srv.proc.pid))
+            states = [self.deliveries(srv, e["id"])["hook"]["state"] for e in (huge, drip)]
+            if states == ["dead_lettered"] * 2:
+                break
+            time.sleep(0.05)
+        dead = self.wait_state(srv, [huge["id"], drip["id"]], "hook", "dead_lettered")
+        self.assertEqual(dead[huge["id"]]["error"], "the answer's body exceeds 16777216 bytes")
+        self.assertEqual(dead[drip["id"]]["error"], "timed out after 2000 ms")
+        # At most 16 MiB of a body is kept per answer (two attempts each).
+        self.assertLess(peak - base, 80 * 1024, f"RSS grew from {base} to {peak} kB")
+        self.assertHealthy(srv)
 
     def test_2xx_acks_with_the_body_as_result_and_errors_go_to_the_dlq(self):
         url, seen = self.hook_server()
