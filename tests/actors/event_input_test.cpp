@@ -298,7 +298,7 @@ TEST_CASE("mutated publish bodies answer as the DOM path does (RapidJSON against
 TEST_CASE("every JSONTestSuite file, as a body and as data, answers as the DOM path does",
           "[unit][actors]") {
   const char* env = std::getenv("NERVE_TESTDATA");
-  std::filesystem::path suite = env != nullptr ? env : NERVE_SOURCE_DIR "/../shared/testdata";
+  std::filesystem::path suite = env != nullptr ? env : NERVE_SOURCE_DIR "/tests/data";
   suite /= "JSONTestSuite/test_parsing";
   if (!std::filesystem::is_directory(suite)) {
     WARN("JSONTestSuite not found at " << suite << "; set NERVE_TESTDATA");
