@@ -26,6 +26,7 @@ run: build
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
+	$(MAKE) fuzz-smoke
 
 unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -L unit
@@ -55,3 +56,18 @@ bench-cluster: build
 
 bench-replication: build
 	./bench/replication
+
+# libFuzzer harnesses (tests/fuzz/README.md), built with clang in their own tree.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 600
+FUZZERS = event_body config agent_line
+.PHONY: fuzz-build fuzz fuzz-smoke
+fuzz-build: deps
+	CXX=clang++ cmake -S tests/fuzz -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(FUZZ_BUILD)
+
+fuzz: fuzz-build
+	tests/fuzz/run $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZERS)
+
+fuzz-smoke: fuzz-build
+	tests/fuzz/run $(FUZZ_BUILD) 10 $(FUZZERS)

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/agent_line.hpp"
 #include "actors/agents/http_poster.hpp"
 #include "actors/event_input.hpp"
 #include "actors/node.hpp"
@@ -505,28 +506,25 @@ void on_child_line(instance_actor_t self, const std::string& line) {
     spdlog::warn("{}: ignoring a line that is too long (over {} bytes)", label(st), max_line_bytes);
     return;
   }
-  auto msg = json::parse(line, nullptr, false);
-  if (!msg.is_object() || !msg.contains("delivery") || !msg["delivery"].is_string()) {
-    std::uint64_t dropped = 0;
-    if (st.ignored_lines.take(dropped))
-      spdlog::warn("{}: ignoring a line that is not an ack or nack{}: {}", label(st),
-                   dropped > 0 ? " (and " + std::to_string(dropped) + " more not logged)" : "",
-                   line.substr(0, 200));
-    return;
+  auto reply = parse_agent_line(line);
+  switch (reply.what) {
+    case agent_reply::kind::ack:
+      answer(self, reply.delivery, true, std::move(reply.result), std::move(reply.emit), {});
+      return;
+    case agent_reply::kind::nack:
+      answer(self, reply.delivery, false, {}, {}, std::move(reply.error));
+      return;
+    case agent_reply::kind::unknown_type:
+      spdlog::warn("{}: unknown message type {}", label(st), reply.type);
+      return;
+    case agent_reply::kind::not_a_reply:
+      break;
   }
-  auto id = msg["delivery"].get<std::string>();
-  auto type = msg.value("type", "");
-  if (type == "ack") {
-    std::string result = msg.contains("result") ? msg["result"].dump() : std::string{};
-    std::string emit = msg.contains("emit") ? msg["emit"].dump() : std::string{};
-    answer(self, id, true, std::move(result), std::move(emit), {});
-  } else if (type == "nack") {
-    auto error = msg.contains("error") && msg["error"].is_string() ? msg["error"].get<std::string>()
-                                                                   : std::string{"nack"};
-    answer(self, id, false, {}, {}, std::move(error));
-  } else {
-    spdlog::warn("{}: unknown message type {}", label(st), type);
-  }
+  std::uint64_t dropped = 0;
+  if (st.ignored_lines.take(dropped))
+    spdlog::warn("{}: ignoring a line that is not an ack or nack{}: {}", label(st),
+                 dropped > 0 ? " (and " + std::to_string(dropped) + " more not logged)" : "",
+                 line.substr(0, 200));
 }
 
 /// An http agent's answer: status 0 when none came (`body` is the error).

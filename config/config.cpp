@@ -722,7 +722,31 @@ std::optional<std::string> duplicate_key(const YAML::Node& node, const std::stri
   return std::nullopt;
 }
 
-tl::expected<config, std::string> parse_yaml(const std::string& text, config base) {
+namespace {
+
+/// `text` on one line: control bytes a YAML error or a quoted value carried
+/// (a raw newline, say) written as escapes, as a terminal and a log expect.
+std::string one_line(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (unsigned char c : text) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      static const char* hex = "0123456789abcdef";
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+tl::expected<config, std::string> parse_yaml_text(const std::string& text, config base) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -744,6 +768,15 @@ tl::expected<config, std::string> parse_yaml(const std::string& text, config bas
                                + e.msg);
   }
   return base;
+}
+
+} // namespace
+
+tl::expected<config, std::string> parse_yaml(const std::string& text, config base) {
+  auto c = parse_yaml_text(text, std::move(base));
+  if (!c)
+    return tl::make_unexpected(one_line(c.error()));
+  return c;
 }
 
 namespace {
