@@ -722,11 +722,8 @@ std::optional<std::string> duplicate_key(const YAML::Node& node, const std::stri
   return std::nullopt;
 }
 
-namespace {
-
-/// `text` on one line: control bytes a YAML error or a quoted value carried
-/// (a raw newline, say) written as escapes, as a terminal and a log expect.
-std::string one_line(const std::string& text) {
+std::string one_line(std::string_view text) {
+  static constexpr char hex[] = "0123456789abcdef";
   std::string out;
   out.reserve(text.size());
   for (unsigned char c : text) {
@@ -734,17 +731,20 @@ std::string one_line(const std::string& text) {
       out += "\\n";
     } else if (c == '\t') {
       out += "\\t";
+    } else if (c == '\r') {
+      out += "\\r";
     } else if (c < 0x20 || c == 0x7f) {
-      static const char* hex = "0123456789abcdef";
-      out += "\\x";
+      out += "\\u00";
       out += hex[c >> 4];
-      out += hex[c & 15];
+      out += hex[c & 0xf];
     } else {
       out += static_cast<char>(c);
     }
   }
   return out;
 }
+
+namespace {
 
 tl::expected<config, std::string> parse_yaml_text(const std::string& text, config base) {
   YAML::Node root;

@@ -189,6 +189,11 @@ std::optional<std::string> process_env(const char* name);
 [[nodiscard]] tl::expected<config, std::string> parse_yaml(const std::string& text,
                                                            config base = {});
 
+/// `text` on one line and harmless to a terminal: control bytes written as
+/// escapes (\n, \t, \r, \u001b). Config errors, and the CLI's table cells
+/// (which come from publishers), go through it.
+[[nodiscard]] std::string one_line(std::string_view text);
+
 /// Parses "250ms", "30s", "15m", "24h", "7d" (a bare number is seconds).
 [[nodiscard]] std::optional<millis> parse_duration(const std::string& text);
 

@@ -4,39 +4,12 @@
 #include <algorithm>
 #include <ostream>
 
+#include "config/config.hpp"
+
 namespace nerve::runtime {
 
 table::table(std::vector<std::string> headers) : headers_(std::move(headers)) {
 }
-
-namespace {
-
-/// Cells come from publishers (an event's key or type): a control character
-/// must neither move the cursor or recolour the terminal nor start a fake
-/// row, so each is shown escaped (\n, \u001b).
-std::string printable(const std::string& cell) {
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(cell.size());
-  for (unsigned char c : cell) {
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c < 0x20 || c == 0x7f) {
-      out += "\\u00";
-      out += hex[c >> 4];
-      out += hex[c & 0xf];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
-} // namespace
 
 std::size_t utf8_length(const std::string& s) {
   return static_cast<std::size_t>(std::count_if(s.begin(), s.end(), [](char c) {
@@ -55,7 +28,7 @@ std::string utf8_prefix(const std::string& s, std::size_t n) {
 void table::add(std::vector<std::string> row) {
   row.resize(headers_.size());
   for (auto& cell : row)
-    cell = printable(cell);
+    cell = config::one_line(cell);
   rows_.push_back(std::move(row));
 }
 
