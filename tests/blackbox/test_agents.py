@@ -805,17 +805,17 @@ class HttpAgentTest(AgentTestCase):
                                   "max_retries": 1, "timeout": "2s",
                                   "backoff": {"initial": "20ms", "max": "50ms"}}])
         base = rss_kb(srv.proc.pid)
-        huge, drip = self.publish_ok(srv, t, [{"data": {"huge_mb": 200}},
+        huge, drip = self.publish_ok(srv, t, [{"data": {"huge_mb": 40}},
                                               {"data": {"drip_mb": 10}}])
         peak = base
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             peak = max(peak, rss_kb(srv.proc.pid))
             states = [self.deliveries(srv, e["id"])["hook"]["state"] for e in (huge, drip)]
             if states == ["dead_lettered"] * 2:
                 break
             time.sleep(0.05)
-        dead = self.wait_state(srv, [huge["id"], drip["id"]], "hook", "dead_lettered")
+        dead = self.wait_state(srv, [huge["id"], drip["id"]], "hook", "dead_lettered", 30.0)
         self.assertEqual(dead[huge["id"]]["error"], "the answer's body exceeds 16777216 bytes")
         self.assertEqual(dead[drip["id"]]["error"], "timed out after 2000 ms")
         # At most 16 MiB of a body is kept per answer (two attempts each).
