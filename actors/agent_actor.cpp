@@ -69,6 +69,13 @@ struct fetch_waiter {
   caf::typed_response_promise<std::vector<delivery>> promise;
 };
 
+/// When a hand-out of a pull agent's delivery times out.
+struct expiry {
+  std::chrono::steady_clock::time_point due;
+  std::string id;
+  std::uint32_t handout = 0; ///< the hand-out it is for (later ones replace it)
+};
+
 /// A pull agent's worker (a Redis consumer).
 struct consumer_info {
   std::chrono::steady_clock::time_point seen;   ///< last fetch, claim or ack
@@ -188,6 +195,13 @@ struct instance_actor_state {
   std::uint64_t next_waiter = 0;
   std::map<position, std::vector<std::string>> at; ///< delivery ids of each event
   std::map<std::string, consumer_info> consumers;
+  /// Hand-outs' timeouts in hand-out order, which is their order of expiry
+  /// (one timeout for all): one timer message at a time runs over them, as a
+  /// delayed message per hand-out cost a lock and a wake of CAF's clock
+  /// thread each (a third of a drain's samples). Answered or re-handed
+  /// entries stay until swept (at most twice the deliveries in flight).
+  std::deque<expiry> expiries;
+  bool expiry_timer = false; ///< a pull_expire_atom is on its way
   static inline const char* name = "agent";
 };
 
@@ -490,6 +504,39 @@ void locate(in_flight& f) {
       f.time_us = *us;
 }
 
+/// Whether `e` is the running timeout of a fetched delivery.
+bool live(const instance_actor_state& st, const expiry& e) {
+  auto it = st.inflight.find(e.id);
+  return it != st.inflight.end() && it->second.fetched && it->second.handout == e.handout;
+}
+
+/// Drops the timeouts of deliveries answered, handed out again or given back.
+void sweep_expiries(instance_actor_state& st) {
+  st.expiries.erase(std::remove_if(st.expiries.begin(), st.expiries.end(),
+                                   [&st](const expiry& e) { return !live(st, e); }),
+                    st.expiries.end());
+}
+
+/// Times out the hand-outs that are due, then waits for the next one.
+void expire_due(instance_actor_t self) {
+  auto& st = self->state;
+  st.expiry_timer = false;
+  auto now = std::chrono::steady_clock::now();
+  while (!st.expiries.empty()
+         && (st.expiries.front().due <= now || !live(st, st.expiries.front()))) {
+    auto e = std::move(st.expiries.front());
+    st.expiries.pop_front();
+    if (live(st, e))
+      answer(self, e.id, false, {}, {},
+             "timed out after " + std::to_string(st.agent->cfg.timeout.count()) + " ms", true);
+  }
+  if (st.expiries.empty())
+    return;
+  st.expiry_timer = true;
+  auto wait = std::chrono::ceil<std::chrono::milliseconds>(st.expiries.front().due - now);
+  self->delayed_send(self, std::max(wait, std::chrono::milliseconds{1}), pull_expire_atom::value);
+}
+
 /// Gives fetched delivery `id` to `consumer` now: its timeout starts again.
 void hand_to(instance_actor_t self, const std::string& id, in_flight& f,
              const std::string& consumer, bool counts) {
@@ -502,7 +549,13 @@ void hand_to(instance_actor_t self, const std::string& id, in_flight& f,
   f.handed = now;
   if (counts)
     f.count = std::max(f.count + 1, f.d.attempt);
-  self->delayed_send(self, st.agent->cfg.timeout, pull_expire_atom::value, id, ++f.handout);
+  st.expiries.push_back({now + st.agent->cfg.timeout, id, ++f.handout});
+  if (!st.expiry_timer) {
+    st.expiry_timer = true;
+    self->delayed_send(self, st.agent->cfg.timeout, pull_expire_atom::value);
+  }
+  if (st.expiries.size() > 2 * st.inflight.size() + 1024)
+    sweep_expiries(st);
   auto& c = st.consumers[consumer];
   c.seen = c.active = now;
   c.ever_active = true;
@@ -762,14 +815,7 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       it->promise.deliver(hand_out(self, it->req));
       ws.erase(it);
     },
-    [=](pull_expire_atom, const std::string& id, std::uint32_t handout) {
-      auto& st = self->state;
-      auto it = st.inflight.find(id);
-      if (it == st.inflight.end() || !it->second.fetched || it->second.handout != handout)
-        return; // answered, claimed or given back since
-      answer(self, id, false, {}, {},
-             "timed out after " + std::to_string(st.agent->cfg.timeout.count()) + " ms", true);
-    },
+    [=](pull_expire_atom) { expire_due(self); },
     [=](pull_pending_atom, const std::string& topic, bool with_events) {
       auto& st = self->state;
       auto now = std::chrono::steady_clock::now();

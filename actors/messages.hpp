@@ -843,7 +843,7 @@ using instance_actor = caf::typed_actor<
   caf::replies_to<pull_consumer_atom, std::string, std::string,
                   std::int32_t>::with<std::vector<consumer_view>>,
   /// Internal: fetched delivery (id, hand-out n) was not answered in time.
-  caf::reacts_to<pull_expire_atom, std::string, std::uint32_t>,
+  caf::reacts_to<pull_expire_atom>,
   /// Pull agents: workers' acks and nacks, all or none: answers the
   /// delivery ids that are not fetched and unanswered here (then
   /// nothing was taken).
