@@ -2,6 +2,7 @@
 #include "actors/stored_event.hpp"
 
 #include <charconv>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -11,10 +12,21 @@ namespace {
 
 /// One past the closing quote of the string whose opening quote is at `at`.
 std::size_t skip_string(std::string_view text, std::size_t at) {
-  for (++at; at < text.size();) {
-    if (text[at] == '"')
-      return at + 1;
-    at += text[at] == '\\' ? 2 : 1; // an escaped byte never ends it
+  // memchr to each quote (event bodies are mostly long strings; a loop over
+  // their bytes was a fifth of a drain's time), then a look back for
+  // backslashes: an odd number of them escapes it.
+  const char* first = text.data() + at + 1;
+  const char* end = text.data() + text.size();
+  for (const char* p = first; p < end;) {
+    auto q = static_cast<const char*>(std::memchr(p, '"', static_cast<std::size_t>(end - p)));
+    if (q == nullptr)
+      break;
+    std::size_t slashes = 0;
+    for (auto b = q; b > first && b[-1] == '\\'; --b)
+      ++slashes;
+    if (slashes % 2 == 0)
+      return static_cast<std::size_t>(q - text.data()) + 1;
+    p = q + 1;
   }
   return std::string_view::npos;
 }
