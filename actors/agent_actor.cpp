@@ -66,7 +66,7 @@ struct in_flight {
 struct fetch_waiter {
   std::uint64_t id = 0;
   pull_request req;
-  caf::typed_response_promise<std::vector<delivery>> promise;
+  fetch_answer reply;
 };
 
 /// When a hand-out of a pull agent's delivery times out.
@@ -604,7 +604,7 @@ void serve_waiters(instance_actor_t self) {
       ++w;
       continue;
     }
-    w->promise.deliver(std::move(got));
+    w->reply(std::move(got));
     w = st.waiters.erase(w);
   }
 }
@@ -794,17 +794,15 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       if (!self->state.stopping)
         start_child(self);
     },
-    [=](pull_atom, pull_request& req) -> caf::result<std::vector<delivery>> {
+    [=](pull_atom, pull_request& req, const fetch_answer& reply) {
       auto& st = self->state;
       auto got = hand_out(self, req);
       if (!got.empty() || req.wait_ms == 0 || st.stopping)
-        return got;
+        return reply(std::move(got));
       auto id = ++st.next_waiter;
       auto wait = std::chrono::milliseconds{req.wait_ms};
-      st.waiters.push_back(
-        {id, std::move(req), self->make_response_promise<std::vector<delivery>>()});
+      st.waiters.push_back({id, std::move(req), reply});
       self->delayed_send(self, wait, pull_wait_atom::value, id);
-      return st.waiters.back().promise;
     },
     [=](pull_wait_atom, std::uint64_t id) {
       auto& ws = self->state.waiters;
@@ -812,7 +810,7 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       if (it == ws.end())
         return;
       // Paused meanwhile, or nothing came: what waits now, if anything.
-      it->promise.deliver(hand_out(self, it->req));
+      it->reply(hand_out(self, it->req));
       ws.erase(it);
     },
     [=](pull_expire_atom) { expire_due(self); },
@@ -826,7 +824,8 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       return out;
     },
     [=](pull_claim_atom, const claim_request& c) { return claim(self, c); },
-    [=](pull_ack_at_atom, const std::string& topic, const std::vector<entry_at>& entries) {
+    [=](pull_ack_at_atom, const std::string& topic, const std::vector<entry_at>& entries,
+        const count_answer& reply) {
       auto& st = self->state;
       std::uint64_t acked = 0;
       for (auto& e : entries) {
@@ -842,7 +841,7 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
           ++acked;
         }
       }
-      return acked;
+      reply(acked);
     },
     [=](pull_consumer_atom, const std::string& topic, const std::string& name, std::int32_t op) {
       auto& st = self->state;
@@ -861,7 +860,7 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       st.stopping = true;
       st.slot->state = instance_state::stopped;
       for (auto& w : st.waiters) // shutting down: nothing for them
-        w.promise.deliver(std::vector<delivery>{});
+        w.reply(std::vector<delivery>{});
       st.waiters.clear();
       stop_child(st);
       st.poster.reset();

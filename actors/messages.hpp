@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <caf/actor_system_config.hpp>
+#include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
 #include <caf/error.hpp>
 #include <caf/meta/type_name.hpp>
@@ -238,6 +239,47 @@ typename Inspector::result_type inspect(Inspector& f, delivery& x) {
   return f(caf::meta::type_name("nerve.delivery"), x.group, x.instance, x.offset, x.attempt,
            x.delivery_id, x.event_id, x.event);
 }
+
+/// Where an actor sends its answer to a node method, carried in the message
+/// instead of making a request: no one-shot actor and no request timeout
+/// (a wake of CAF's clock thread) per call. Runs once, on the actor's
+/// thread; dropped unanswered (the actor stopped with the message in its
+/// mailbox or held), it answers `unavailable`, as a failed request did.
+template <class T>
+class answer_to {
+public:
+  answer_to() = default;
+  answer_to(callback<T> done, std::string what)
+    : state_(std::make_shared<state>(std::move(done), std::move(what))) {}
+
+  void operator()(T x) const {
+    if (state_)
+      state_->answer(std::move(x));
+  }
+
+private:
+  struct state {
+    state(callback<T> d, std::string w) : done(std::move(d)), what(std::move(w)) {}
+    state(const state&) = delete;
+    state& operator=(const state&) = delete;
+    ~state() {
+      if (done)
+        done(tl::make_unexpected(error{errc::unavailable, what + " stopped before answering"}));
+    }
+    void answer(result<T> r) {
+      auto once = std::move(done);
+      done = nullptr;
+      if (once)
+        once(std::move(r));
+    }
+    callback<T> done;
+    std::string what;
+  };
+  std::shared_ptr<state> state_;
+};
+
+using fetch_answer = answer_to<std::vector<delivery>>;
+using count_answer = answer_to<std::uint64_t>;
 
 /// A pull agent's worker answers one delivery it fetched (HTTP ack or nack).
 struct pull_answer {
@@ -828,7 +870,7 @@ using instance_actor = caf::typed_actor<
   caf::reacts_to<child_atom, std::uint64_t, std::string>,
   caf::reacts_to<exited_atom, std::uint64_t, int>, caf::reacts_to<restart_child_atom>,
   /// Pull agents: a worker fetches deliveries, waiting for the first.
-  caf::replies_to<pull_atom, pull_request>::with<std::vector<delivery>>,
+  caf::reacts_to<pull_atom, pull_request, fetch_answer>,
   /// Pull agents: the pending entries of a topic (fetched, not answered),
   /// with their events if asked.
   caf::replies_to<pull_pending_atom, std::string, bool>::with<std::vector<pending_entry>>,
@@ -836,13 +878,13 @@ using instance_actor = caf::typed_actor<
   caf::replies_to<pull_claim_atom, claim_request>::with<std::vector<pending_entry>>,
   /// Pull agents: acks the fetched deliveries of these entries of a topic;
   /// answers how many.
-  caf::replies_to<pull_ack_at_atom, std::string, std::vector<entry_at>>::with<std::uint64_t>,
+  caf::reacts_to<pull_ack_at_atom, std::string, std::vector<entry_at>, count_answer>,
   /// Pull agents: the consumers with their pending count in topic t; with
   /// a name and op 1 creates it first, with op -1 deletes it first (its
   /// pending entries go back to the queue), op 0 just lists.
   caf::replies_to<pull_consumer_atom, std::string, std::string,
                   std::int32_t>::with<std::vector<consumer_view>>,
-  /// Internal: fetched delivery (id, hand-out n) was not answered in time.
+  /// Internal: the earliest hand-outs' timeouts are due.
   caf::reacts_to<pull_expire_atom>,
   /// Pull agents: workers' acks and nacks, all or none: answers the
   /// delivery ids that are not fetched and unanswered here (then
@@ -916,3 +958,7 @@ using tail_actor = caf::typed_actor<caf::reacts_to<tail_events_atom, std::vector
 void register_messages(caf::actor_system_config& cfg);
 
 } // namespace nerve::actors
+
+// Node-local answers: a callback never crosses nodes.
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::fetch_answer)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::count_answer)
