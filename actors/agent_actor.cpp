@@ -202,6 +202,9 @@ struct instance_actor_state {
   /// entries stay until swept (at most twice the deliveries in flight).
   std::deque<expiry> expiries;
   bool expiry_timer = false; ///< a pull_expire_atom is on its way
+  /// Outcomes answer() holds back while `batching`, sent by send_batched().
+  std::vector<std::pair<outcome_sink, outcome>> outbox;
+  bool batching = false;
   static inline const char* name = "agent";
 };
 
@@ -232,7 +235,10 @@ void answer(instance_actor_t self, const std::string& id, bool ok, std::string r
   o.emit = std::move(emit);
   o.error = std::move(error);
   o.elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
-  self->send(it->second.reply_to, outcome_atom::value, std::move(o));
+  if (st.batching)
+    st.outbox.emplace_back(it->second.reply_to, std::move(o));
+  else
+    self->send(it->second.reply_to, outcome_atom::value, std::move(o));
   if (st.agent->cfg.kind == config::agent_kind::pull) {
     auto where = st.at.find({it->second.topic, it->second.partition, d.offset});
     if (where != st.at.end()) {
@@ -244,6 +250,28 @@ void answer(instance_actor_t self, const std::string& id, bool ok, std::string r
   }
   st.inflight.erase(it);
   st.agent->return_credit(st.index);
+}
+
+/// Runs `f`, then sends the outcomes its answers made in one message per
+/// sink: one XACK of 100 entries was 100 messages to its partition, each
+/// dispatched and handled on its own.
+template <class F>
+void batched(instance_actor_t self, F f) {
+  auto& st = self->state;
+  st.batching = true;
+  f();
+  st.batching = false;
+  while (!st.outbox.empty()) {
+    auto to = st.outbox.front().first;
+    auto mine = std::stable_partition(st.outbox.begin(), st.outbox.end(),
+                                      [&to](auto& x) { return x.first == to; });
+    std::vector<outcome> os;
+    os.reserve(static_cast<std::size_t>(mine - st.outbox.begin()));
+    for (auto i = st.outbox.begin(); i != mine; ++i)
+      os.push_back(std::move(i->second));
+    st.outbox.erase(st.outbox.begin(), mine);
+    self->send(to, outcome_atom::value, std::move(os));
+  }
 }
 
 // -- builtin handlers ---------------------------------------------------------
@@ -708,6 +736,39 @@ std::vector<std::string> take_pull_answers(instance_actor_t self,
   return unknown;
 }
 
+/// Takes delivery `msg` from the partition or replay that sent it; a pull
+/// agent's waits in `ready` (the caller serves waiting fetches).
+void take_delivery(instance_actor_t self, delivery&& msg) {
+  auto& st = self->state;
+  auto id = msg.delivery_id;
+  auto& f = st.inflight[id];
+  f = in_flight{};
+  f.d = std::move(msg);
+  f.reply_to = caf::actor_cast<outcome_sink>(self->current_sender());
+  f.started = std::chrono::steady_clock::now();
+  const auto& d = f.d;
+  if (st.agent->cfg.kind == config::agent_kind::builtin)
+    return answer_builtin(self, d);
+  if (st.agent->cfg.kind == config::agent_kind::pull) {
+    locate(f);
+    st.at[{f.topic, f.partition, f.d.offset}].push_back(id);
+    st.ready.push_back(std::move(id));
+    return;
+  }
+  self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
+  if (st.poster) {
+    auto me = caf::actor_cast<caf::actor>(self);
+    st.poster->post(d.event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
+      if (a.timed_out)
+        return caf::anon_send(me, timeout_atom::value, id);
+      caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
+                     a.status == 0 ? a.error : a.body);
+    });
+    return;
+  }
+  send_to_child(self, d);
+}
+
 instance_actor::behavior_type instance_behavior(instance_actor_t self, node_context* ctx,
                                                 const agent_ptr& agent, std::size_t index) {
   auto& st = self->state;
@@ -729,37 +790,15 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
   agent->wake_all();
   return {
     [=](deliver_atom, delivery& msg) {
-      auto& st = self->state;
-      auto id = msg.delivery_id;
-      auto& f = st.inflight[id];
-      f = in_flight{};
-      f.d = std::move(msg);
-      f.reply_to = caf::actor_cast<outcome_sink>(self->current_sender());
-      f.started = std::chrono::steady_clock::now();
-      const auto& d = f.d;
-      if (st.agent->cfg.kind == config::agent_kind::builtin) {
-        answer_builtin(self, d);
-        return;
-      }
-      if (st.agent->cfg.kind == config::agent_kind::pull) {
-        locate(f);
-        st.at[{f.topic, f.partition, f.d.offset}].push_back(id);
-        st.ready.push_back(id);
+      take_delivery(self, std::move(msg));
+      if (self->state.agent->cfg.kind == config::agent_kind::pull)
         serve_waiters(self);
-        return;
-      }
-      self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
-      if (st.poster) {
-        auto me = caf::actor_cast<caf::actor>(self);
-        st.poster->post(d.event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
-          if (a.timed_out)
-            return caf::anon_send(me, timeout_atom::value, id);
-          caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
-                         a.status == 0 ? a.error : a.body);
-        });
-        return;
-      }
-      send_to_child(self, d);
+    },
+    [=](deliver_atom, std::vector<delivery>& msgs) {
+      for (auto& msg : msgs)
+        take_delivery(self, std::move(msg));
+      if (self->state.agent->cfg.kind == config::agent_kind::pull)
+        serve_waiters(self); // once for the lot: a waiting fetch gets all it asked for
     },
     [=](timeout_atom, const std::string& id) {
       auto& cfg = self->state.agent->cfg;
@@ -828,19 +867,21 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
         const count_answer& reply) {
       auto& st = self->state;
       std::uint64_t acked = 0;
-      for (auto& e : entries) {
-        auto where = st.at.find({topic, e.partition, e.offset});
-        if (where == st.at.end())
-          continue;
-        auto ids = where->second; // answer() edits the index
-        for (auto& id : ids) {
-          auto it = st.inflight.find(id);
-          if (it == st.inflight.end() || !it->second.fetched)
+      batched(self, [&] {
+        for (auto& e : entries) {
+          auto where = st.at.find({topic, e.partition, e.offset});
+          if (where == st.at.end())
             continue;
-          answer(self, id, true, {}, {}, {});
-          ++acked;
+          auto ids = where->second; // answer() edits the index
+          for (auto& id : ids) {
+            auto it = st.inflight.find(id);
+            if (it == st.inflight.end() || !it->second.fetched)
+              continue;
+            answer(self, id, true, {}, {}, {});
+            ++acked;
+          }
         }
-      }
+      });
       reply(acked);
     },
     [=](pull_consumer_atom, const std::string& topic, const std::string& name, std::int32_t op) {
@@ -853,7 +894,9 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       return out;
     },
     [=](pull_answer_atom, std::vector<pull_answer>& answers) -> std::vector<std::string> {
-      return take_pull_answers(self, answers);
+      std::vector<std::string> unknown;
+      batched(self, [&] { unknown = take_pull_answers(self, answers); });
+      return unknown;
     },
     [=](stop_atom) {
       auto& st = self->state;

@@ -812,8 +812,10 @@ struct partition_job;
 /// it carries; node-local, never sent between nodes (append_request is).
 using publish_job = std::shared_ptr<detail::partition_job>;
 
-/// Whoever answers deliveries is told the outcome: a partition or a replay.
-using outcome_sink = caf::typed_actor<caf::reacts_to<outcome_atom, outcome>>;
+/// Whoever answers deliveries is told the outcome: a partition or a replay;
+/// a pull queue sends an XACK's outcomes in one message.
+using outcome_sink = caf::typed_actor<caf::reacts_to<outcome_atom, outcome>,
+                                      caf::reacts_to<outcome_atom, std::vector<outcome>>>;
 
 /// A topic partition: its group commit and its consumer groups.
 using partition_actor = caf::typed_actor<
@@ -826,6 +828,7 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<commit_atom>,
   /// Offsets below this are on disk.
   caf::reacts_to<durable_atom, std::uint64_t>, caf::reacts_to<outcome_atom, outcome>,
+  caf::reacts_to<outcome_atom, std::vector<outcome>>,
   /// The follow-ups of (group, offset, attempt) are published; result, error.
   caf::reacts_to<emitted_atom, std::uint64_t, std::uint64_t, std::uint32_t, std::string,
                  std::string>,
@@ -862,6 +865,8 @@ using partition_actor = caf::typed_actor<
 /// answers the sender.
 using instance_actor = caf::typed_actor<
   caf::reacts_to<deliver_atom, delivery>,
+  /// Deliveries of one partition flush, in order, in one message.
+  caf::reacts_to<deliver_atom, std::vector<delivery>>,
   /// Internal: a delivery (by id) was not answered in time.
   caf::reacts_to<timeout_atom, std::string>,
   /// Internal: an http agent's answer (delivery id, status, body or error).
@@ -898,6 +903,7 @@ using replay_actor
   = caf::typed_actor<caf::reacts_to<wake_atom>,
                      /// Internal: persist the progress, look for work.
                      caf::reacts_to<sweep_atom>, caf::reacts_to<outcome_atom, outcome>,
+                     caf::reacts_to<outcome_atom, std::vector<outcome>>,
                      /// Internal: attempt `token` was not answered (its instance died).
                      caf::reacts_to<timeout_atom, std::uint64_t>,
                      /// Internal: a retry of (agent, range, offset) is due.

@@ -310,6 +310,9 @@ void apply(partition_actor_t self, std::size_t gi) {
   auto& fx = st.fx;
   NERVE_ASSERT(fx.deliveries.size() == st.taken.size(), "one credit per delivery");
   bool inline_builtin = g.agent->cfg.kind == config::agent_kind::builtin;
+  // Consecutive deliveries to one instance go in one message: a message per
+  // delivery, each dispatched on its own, was a pull queue's main cost.
+  std::vector<std::pair<caf::actor, std::vector<delivery>>> out;
   for (std::size_t k = 0; k < fx.deliveries.size(); ++k) {
     auto& d = fx.deliveries[k];
     if (inline_builtin) {
@@ -329,8 +332,15 @@ void apply(partition_actor_t self, std::size_t gi) {
       g.agent->return_inline_credit(d.instance);
       continue;
     }
-    self->send(caf::actor_cast<instance_actor>(st.taken[k]), deliver_atom::value,
-               make_delivery(gi, std::move(d), d.offset));
+    if (out.empty() || out.back().first != st.taken[k])
+      out.emplace_back(st.taken[k], std::vector<delivery>{});
+    out.back().second.push_back(make_delivery(gi, std::move(d), d.offset));
+  }
+  for (auto& [to, ds] : out) {
+    if (ds.size() == 1)
+      self->send(caf::actor_cast<instance_actor>(to), deliver_atom::value, std::move(ds.front()));
+    else
+      self->send(caf::actor_cast<instance_actor>(to), deliver_atom::value, std::move(ds));
   }
   if (inline_builtin && !fx.deliveries.empty() && !st.answering)
     schedule_flush(self); // flush() handles what it delivered itself
@@ -1709,6 +1719,11 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](outcome_atom, const outcome& o) {
       on_outcome(self, o);
+      schedule_flush(self);
+    },
+    [=](outcome_atom, const std::vector<outcome>& os) {
+      for (auto& o : os)
+        on_outcome(self, o);
       schedule_flush(self);
     },
     [=](emitted_atom, std::uint64_t gi, std::uint64_t offset, std::uint32_t attempt,
