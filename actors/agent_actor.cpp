@@ -216,12 +216,14 @@ std::string label(const instance_actor_state& st) {
   return "agent=" + st.agent->cfg.name + " instance=" + std::to_string(st.index);
 }
 
-void answer(instance_actor_t self, const std::string& id, bool ok, std::string result,
-            std::string emit, std::string error, bool timed_out = false) {
+using inflight_pos = std::unordered_map<std::string, in_flight>::iterator;
+
+/// Answers the delivery at `it` to its sender and forgets it; `indexed`:
+/// it is still in `at` (the caller took it out otherwise).
+void answer_at(instance_actor_t self, inflight_pos it, bool ok, std::string result,
+               std::string emit, std::string error, bool timed_out, bool indexed) {
   auto& st = self->state;
-  auto it = st.inflight.find(id);
-  if (it == st.inflight.end())
-    return; // answered already (timed out)
+  auto& id = it->first;
   auto& d = it->second.d;
   auto elapsed = std::chrono::steady_clock::now() - it->second.started;
   outcome o;
@@ -239,7 +241,7 @@ void answer(instance_actor_t self, const std::string& id, bool ok, std::string r
     st.outbox.emplace_back(it->second.reply_to, std::move(o));
   else
     self->send(it->second.reply_to, outcome_atom::value, std::move(o));
-  if (st.agent->cfg.kind == config::agent_kind::pull) {
+  if (indexed && st.agent->cfg.kind == config::agent_kind::pull) {
     auto where = st.at.find({it->second.topic, it->second.partition, d.offset});
     if (where != st.at.end()) {
       auto& ids = where->second;
@@ -250,6 +252,14 @@ void answer(instance_actor_t self, const std::string& id, bool ok, std::string r
   }
   st.inflight.erase(it);
   st.agent->return_credit(st.index);
+}
+
+void answer(instance_actor_t self, const std::string& id, bool ok, std::string result,
+            std::string emit, std::string error, bool timed_out = false) {
+  auto it = self->state.inflight.find(id);
+  if (it == self->state.inflight.end())
+    return; // answered already (timed out)
+  answer_at(self, it, ok, std::move(result), std::move(emit), std::move(error), timed_out, true);
 }
 
 /// Runs `f`, then sends the outcomes its answers made in one message per
@@ -872,14 +882,23 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
           auto where = st.at.find({topic, e.partition, e.offset});
           if (where == st.at.end())
             continue;
-          auto ids = where->second; // answer() edits the index
+          // Out of the index while answered (one lookup per entry, not three);
+          // what is not fetched goes back.
+          auto key = where->first;
+          auto ids = std::move(where->second);
+          st.at.erase(where);
+          std::vector<std::string> waiting;
           for (auto& id : ids) {
             auto it = st.inflight.find(id);
-            if (it == st.inflight.end() || !it->second.fetched)
+            if (it == st.inflight.end() || !it->second.fetched) {
+              waiting.push_back(std::move(id));
               continue;
-            answer(self, id, true, {}, {}, {});
+            }
+            answer_at(self, it, true, {}, {}, {}, false, false);
             ++acked;
           }
+          if (!waiting.empty())
+            st.at.emplace(std::move(key), std::move(waiting));
         }
       });
       reply(acked);
