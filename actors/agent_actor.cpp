@@ -86,6 +86,17 @@ struct consumer_info {
 /// An event's place: topic, partition, offset.
 using position = std::tuple<std::string, std::uint32_t, std::uint64_t>;
 
+/// Hashes a position: the `at` index is only ever looked up by one, and a
+/// tree's comparisons (the topic name first, equal for nearly all) cost a
+/// lookup per level.
+struct position_hash {
+  std::size_t operator()(const position& p) const {
+    auto h = std::hash<std::string>{}(std::get<0>(p));
+    h ^= std::get<2>(p) * 0x9e3779b97f4a7c15ULL + std::get<1>(p) + (h << 6) + (h >> 2);
+    return h;
+  }
+};
+
 /// Asked before each line written to a child (the child_io fault point);
 /// true fails the write as a broken pipe would.
 using io_fault = std::function<bool()>;
@@ -193,7 +204,8 @@ struct instance_actor_state {
   std::deque<std::string> ready; ///< delivery ids not yet fetched, oldest first
   std::deque<fetch_waiter> waiters;
   std::uint64_t next_waiter = 0;
-  std::map<position, std::vector<std::string>> at; ///< delivery ids of each event
+  std::unordered_map<position, std::vector<std::string>, position_hash>
+    at; ///< delivery ids of each event
   std::map<std::string, consumer_info> consumers;
   /// Hand-outs' timeouts in hand-out order, which is their order of expiry
   /// (one timeout for all): one timer message at a time runs over them, as a
