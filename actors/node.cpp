@@ -212,6 +212,17 @@ public:
                          done(std::move(out));
                        },
                        "agent " + name};
+    if (req.wait_ms == 0) {
+      // A fetch that does not wait takes one trip through the scheduler
+      // first, as a request through a one-shot actor did: a delivery its
+      // partition is about to send (an XADD answered a moment ago) is in
+      // the queue before it. A waiting fetch gets such a delivery anyway.
+      system_.spawn([queue = *queue, req = std::move(req),
+                     reply = std::move(reply)](caf::event_based_actor*) mutable {
+        caf::anon_send(queue, pull_atom::value, std::move(req), std::move(reply));
+      });
+      return;
+    }
     caf::anon_send(*queue, pull_atom::value, std::move(req), std::move(reply));
   }
 
