@@ -69,7 +69,14 @@ struct in_flight {
 struct fetch_waiter {
   std::uint64_t id = 0;
   pull_request req;
-  caf::typed_response_promise<std::vector<delivery>> promise;
+  fetch_answer reply;
+};
+
+/// When a hand-out of a pull agent's delivery times out.
+struct expiry {
+  std::chrono::steady_clock::time_point due;
+  std::string id;
+  std::uint32_t handout = 0; ///< the hand-out it is for (later ones replace it)
 };
 
 /// A pull agent's worker (a Redis consumer).
@@ -81,6 +88,17 @@ struct consumer_info {
 
 /// An event's place: topic, partition, offset.
 using position = std::tuple<std::string, std::uint32_t, std::uint64_t>;
+
+/// Hashes a position: the `at` index is only ever looked up by one, and a
+/// tree's comparisons (the topic name first, equal for nearly all) cost a
+/// lookup per level.
+struct position_hash {
+  std::size_t operator()(const position& p) const {
+    auto h = std::hash<std::string>{}(std::get<0>(p));
+    h ^= std::get<2>(p) * 0x9e3779b97f4a7c15ULL + std::get<1>(p) + (h << 6) + (h >> 2);
+    return h;
+  }
+};
 
 /// Asked before each line written to a child (the child_io fault point);
 /// true fails the write as a broken pipe would.
@@ -262,8 +280,19 @@ struct instance_actor_state {
   std::deque<std::string> ready; ///< delivery ids not yet fetched, oldest first
   std::deque<fetch_waiter> waiters;
   std::uint64_t next_waiter = 0;
-  std::map<position, std::vector<std::string>> at; ///< delivery ids of each event
+  std::unordered_map<position, std::vector<std::string>, position_hash>
+    at; ///< delivery ids of each event
   std::map<std::string, consumer_info> consumers;
+  /// Hand-outs' timeouts in hand-out order, which is their order of expiry
+  /// (one timeout for all): one timer message at a time runs over them, as a
+  /// delayed message per hand-out cost a lock and a wake of CAF's clock
+  /// thread each (a third of a drain's samples). Answered or re-handed
+  /// entries stay until swept (at most twice the deliveries in flight).
+  std::deque<expiry> expiries;
+  bool expiry_timer = false; ///< a pull_expire_atom is on its way
+  /// Outcomes answer() holds back while `batching`, sent by send_batched().
+  std::vector<std::pair<outcome_sink, outcome>> outbox;
+  bool batching = false;
   static inline const char* name = "agent";
 };
 
@@ -275,12 +304,14 @@ std::string label(const instance_actor_state& st) {
   return "agent=" + st.agent->cfg.name + " instance=" + std::to_string(st.index);
 }
 
-void answer(instance_actor_t self, const std::string& id, bool ok, std::string result,
-            std::string emit, std::string error, bool timed_out = false) {
+using inflight_pos = std::unordered_map<std::string, in_flight>::iterator;
+
+/// Answers the delivery at `it` to its sender and forgets it; `indexed`:
+/// it is still in `at` (the caller took it out otherwise).
+void answer_at(instance_actor_t self, inflight_pos it, bool ok, std::string result,
+               std::string emit, std::string error, bool timed_out, bool indexed) {
   auto& st = self->state;
-  auto it = st.inflight.find(id);
-  if (it == st.inflight.end())
-    return; // answered already (timed out)
+  auto& id = it->first;
   auto& d = it->second.d;
   auto elapsed = std::chrono::steady_clock::now() - it->second.started;
   outcome o;
@@ -294,8 +325,11 @@ void answer(instance_actor_t self, const std::string& id, bool ok, std::string r
   o.emit = std::move(emit);
   o.error = std::move(error);
   o.elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
-  self->send(it->second.reply_to, outcome_atom::value, std::move(o));
-  if (st.agent->cfg.kind == config::agent_kind::pull) {
+  if (st.batching)
+    st.outbox.emplace_back(it->second.reply_to, std::move(o));
+  else
+    self->send(it->second.reply_to, outcome_atom::value, std::move(o));
+  if (indexed && st.agent->cfg.kind == config::agent_kind::pull) {
     auto where = st.at.find({it->second.topic, it->second.partition, d.offset});
     if (where != st.at.end()) {
       auto& ids = where->second;
@@ -306,6 +340,36 @@ void answer(instance_actor_t self, const std::string& id, bool ok, std::string r
   }
   st.inflight.erase(it);
   st.agent->return_credit(st.index);
+}
+
+void answer(instance_actor_t self, const std::string& id, bool ok, std::string result,
+            std::string emit, std::string error, bool timed_out = false) {
+  auto it = self->state.inflight.find(id);
+  if (it == self->state.inflight.end())
+    return; // answered already (timed out)
+  answer_at(self, it, ok, std::move(result), std::move(emit), std::move(error), timed_out, true);
+}
+
+/// Runs `f`, then sends the outcomes its answers made in one message per
+/// sink: one XACK of 100 entries was 100 messages to its partition, each
+/// dispatched and handled on its own.
+template <class F>
+void batched(instance_actor_t self, F f) {
+  auto& st = self->state;
+  st.batching = true;
+  f();
+  st.batching = false;
+  while (!st.outbox.empty()) {
+    auto to = st.outbox.front().first;
+    auto mine = std::stable_partition(st.outbox.begin(), st.outbox.end(),
+                                      [&to](auto& x) { return x.first == to; });
+    std::vector<outcome> os;
+    os.reserve(static_cast<std::size_t>(mine - st.outbox.begin()));
+    for (auto i = st.outbox.begin(); i != mine; ++i)
+      os.push_back(std::move(i->second));
+    st.outbox.erase(st.outbox.begin(), mine);
+    self->send(to, outcome_atom::value, std::move(os));
+  }
 }
 
 // -- builtin handlers ---------------------------------------------------------
@@ -589,6 +653,39 @@ void locate(in_flight& f) {
       f.time_us = *us;
 }
 
+/// Whether `e` is the running timeout of a fetched delivery.
+bool live(const instance_actor_state& st, const expiry& e) {
+  auto it = st.inflight.find(e.id);
+  return it != st.inflight.end() && it->second.fetched && it->second.handout == e.handout;
+}
+
+/// Drops the timeouts of deliveries answered, handed out again or given back.
+void sweep_expiries(instance_actor_state& st) {
+  st.expiries.erase(std::remove_if(st.expiries.begin(), st.expiries.end(),
+                                   [&st](const expiry& e) { return !live(st, e); }),
+                    st.expiries.end());
+}
+
+/// Times out the hand-outs that are due, then waits for the next one.
+void expire_due(instance_actor_t self) {
+  auto& st = self->state;
+  st.expiry_timer = false;
+  auto now = std::chrono::steady_clock::now();
+  while (!st.expiries.empty()
+         && (st.expiries.front().due <= now || !live(st, st.expiries.front()))) {
+    auto e = std::move(st.expiries.front());
+    st.expiries.pop_front();
+    if (live(st, e))
+      answer(self, e.id, false, {}, {},
+             "timed out after " + std::to_string(st.agent->cfg.timeout.count()) + " ms", true);
+  }
+  if (st.expiries.empty())
+    return;
+  st.expiry_timer = true;
+  auto wait = std::chrono::ceil<std::chrono::milliseconds>(st.expiries.front().due - now);
+  self->delayed_send(self, std::max(wait, std::chrono::milliseconds{1}), pull_expire_atom::value);
+}
+
 /// Gives fetched delivery `id` to `consumer` now: its timeout starts again.
 void hand_to(instance_actor_t self, const std::string& id, in_flight& f,
              const std::string& consumer, bool counts) {
@@ -604,8 +701,15 @@ void hand_to(instance_actor_t self, const std::string& id, in_flight& f,
   ++f.handout;
   // A group made by XGROUP CREATE keeps Redis' semantics: the delivery
   // stays with its consumer until acked or claimed.
-  if (!st.agent->cfg.redis_group)
-    self->delayed_send(self, st.agent->cfg.timeout, pull_expire_atom::value, id, f.handout);
+  if (!st.agent->cfg.redis_group) {
+    st.expiries.push_back({now + st.agent->cfg.timeout, id, f.handout});
+    if (!st.expiry_timer) {
+      st.expiry_timer = true;
+      self->delayed_send(self, st.agent->cfg.timeout, pull_expire_atom::value);
+    }
+    if (st.expiries.size() > 2 * st.inflight.size() + 1024)
+      sweep_expiries(st);
+  }
   auto& c = st.consumers[consumer];
   c.seen = c.active = now;
   c.ever_active = true;
@@ -654,7 +758,7 @@ void serve_waiters(instance_actor_t self) {
       ++w;
       continue;
     }
-    w->promise.deliver(std::move(got));
+    w->reply(std::move(got));
     w = st.waiters.erase(w);
   }
 }
@@ -771,6 +875,39 @@ std::vector<std::string> take_pull_answers(instance_actor_t self,
   return unknown;
 }
 
+/// Takes delivery `msg` from the partition or replay that sent it; a pull
+/// agent's waits in `ready` (the caller serves waiting fetches).
+void take_delivery(instance_actor_t self, delivery&& msg) {
+  auto& st = self->state;
+  auto id = msg.delivery_id;
+  auto& f = st.inflight[id];
+  f = in_flight{};
+  f.d = std::move(msg);
+  f.reply_to = caf::actor_cast<outcome_sink>(self->current_sender());
+  f.started = std::chrono::steady_clock::now();
+  const auto& d = f.d;
+  if (st.agent->cfg.kind == config::agent_kind::builtin)
+    return answer_builtin(self, d);
+  if (st.agent->cfg.kind == config::agent_kind::pull) {
+    locate(f);
+    st.at[{f.topic, f.partition, f.d.offset}].push_back(id);
+    st.ready.push_back(std::move(id));
+    return;
+  }
+  self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
+  if (st.poster) {
+    auto me = caf::actor_cast<caf::actor>(self);
+    st.poster->post(d.event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
+      if (a.timed_out)
+        return caf::anon_send(me, timeout_atom::value, id);
+      caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
+                     a.status == 0 ? a.error : a.body);
+    });
+    return;
+  }
+  send_to_child(self, d);
+}
+
 instance_actor::behavior_type instance_behavior(instance_actor_t self, node_context* ctx,
                                                 const agent_ptr& agent, std::size_t index) {
   auto& st = self->state;
@@ -792,37 +929,15 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
   agent->wake_all();
   return {
     [=](deliver_atom, delivery& msg) {
-      auto& st = self->state;
-      auto id = msg.delivery_id;
-      auto& f = st.inflight[id];
-      f = in_flight{};
-      f.d = std::move(msg);
-      f.reply_to = caf::actor_cast<outcome_sink>(self->current_sender());
-      f.started = std::chrono::steady_clock::now();
-      const auto& d = f.d;
-      if (st.agent->cfg.kind == config::agent_kind::builtin) {
-        answer_builtin(self, d);
-        return;
-      }
-      if (st.agent->cfg.kind == config::agent_kind::pull) {
-        locate(f);
-        st.at[{f.topic, f.partition, f.d.offset}].push_back(id);
-        st.ready.push_back(id);
+      take_delivery(self, std::move(msg));
+      if (self->state.agent->cfg.kind == config::agent_kind::pull)
         serve_waiters(self);
-        return;
-      }
-      self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
-      if (st.poster) {
-        auto me = caf::actor_cast<caf::actor>(self);
-        st.poster->post(d.event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
-          if (a.timed_out)
-            return caf::anon_send(me, timeout_atom::value, id);
-          caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
-                         a.status == 0 ? a.error : a.body);
-        });
-        return;
-      }
-      send_to_child(self, d);
+    },
+    [=](deliver_atom, std::vector<delivery>& msgs) {
+      for (auto& msg : msgs)
+        take_delivery(self, std::move(msg));
+      if (self->state.agent->cfg.kind == config::agent_kind::pull)
+        serve_waiters(self); // once for the lot: a waiting fetch gets all it asked for
     },
     [=](timeout_atom, const std::string& id) {
       auto& st = self->state;
@@ -873,17 +988,15 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       if (!self->state.stopping)
         start_child(self);
     },
-    [=](pull_atom, pull_request& req) -> caf::result<std::vector<delivery>> {
+    [=](pull_atom, pull_request& req, const fetch_answer& reply) {
       auto& st = self->state;
       auto got = hand_out(self, req);
       if (!got.empty() || req.wait_ms == 0 || st.stopping)
-        return got;
+        return reply(std::move(got));
       auto id = ++st.next_waiter;
       auto wait = std::chrono::milliseconds{req.wait_ms};
-      st.waiters.push_back(
-        {id, std::move(req), self->make_response_promise<std::vector<delivery>>()});
+      st.waiters.push_back({id, std::move(req), reply});
       self->delayed_send(self, wait, pull_wait_atom::value, id);
-      return st.waiters.back().promise;
     },
     [=](pull_wait_atom, std::uint64_t id) {
       auto& ws = self->state.waiters;
@@ -891,17 +1004,10 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       if (it == ws.end())
         return;
       // Paused meanwhile, or nothing came: what waits now, if anything.
-      it->promise.deliver(hand_out(self, it->req));
+      it->reply(hand_out(self, it->req));
       ws.erase(it);
     },
-    [=](pull_expire_atom, const std::string& id, std::uint32_t handout) {
-      auto& st = self->state;
-      auto it = st.inflight.find(id);
-      if (it == st.inflight.end() || !it->second.fetched || it->second.handout != handout)
-        return; // answered, claimed or given back since
-      answer(self, id, false, {}, {},
-             "timed out after " + std::to_string(st.agent->cfg.timeout.count()) + " ms", true);
-    },
+    [=](pull_expire_atom) { expire_due(self); },
     [=](pull_pending_atom, const std::string& topic, bool with_events) {
       auto& st = self->state;
       auto now = std::chrono::steady_clock::now();
@@ -912,23 +1018,35 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       return out;
     },
     [=](pull_claim_atom, const claim_request& c) { return claim(self, c); },
-    [=](pull_ack_at_atom, const std::string& topic, const std::vector<entry_at>& entries) {
+    [=](pull_ack_at_atom, const std::string& topic, const std::vector<entry_at>& entries,
+        const count_answer& reply) {
       auto& st = self->state;
       std::uint64_t acked = 0;
-      for (auto& e : entries) {
-        auto where = st.at.find({topic, e.partition, e.offset});
-        if (where == st.at.end())
-          continue;
-        auto ids = where->second; // answer() edits the index
-        for (auto& id : ids) {
-          auto it = st.inflight.find(id);
-          if (it == st.inflight.end() || !it->second.fetched)
+      batched(self, [&] {
+        for (auto& e : entries) {
+          auto where = st.at.find({topic, e.partition, e.offset});
+          if (where == st.at.end())
             continue;
-          answer(self, id, true, {}, {}, {});
-          ++acked;
+          // Out of the index while answered (one lookup per entry, not three);
+          // what is not fetched goes back.
+          auto key = where->first;
+          auto ids = std::move(where->second);
+          st.at.erase(where);
+          std::vector<std::string> waiting;
+          for (auto& id : ids) {
+            auto it = st.inflight.find(id);
+            if (it == st.inflight.end() || !it->second.fetched) {
+              waiting.push_back(std::move(id));
+              continue;
+            }
+            answer_at(self, it, true, {}, {}, {}, false, false);
+            ++acked;
+          }
+          if (!waiting.empty())
+            st.at.emplace(std::move(key), std::move(waiting));
         }
-      }
-      return acked;
+      });
+      reply(acked);
     },
     [=](pull_consumer_atom, const std::string& topic, const std::string& name, std::int32_t op) {
       auto& st = self->state;
@@ -942,14 +1060,16 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       return out;
     },
     [=](pull_answer_atom, std::vector<pull_answer>& answers) -> std::vector<std::string> {
-      return take_pull_answers(self, answers);
+      std::vector<std::string> unknown;
+      batched(self, [&] { unknown = take_pull_answers(self, answers); });
+      return unknown;
     },
     [=](stop_atom) {
       auto& st = self->state;
       st.stopping = true;
       st.slot->state = instance_state::stopped;
       for (auto& w : st.waiters) // shutting down: nothing for them
-        w.promise.deliver(std::vector<delivery>{});
+        w.reply(std::vector<delivery>{});
       st.waiters.clear();
       stop_child(st);
       st.poster.reset();

@@ -791,6 +791,37 @@ events_from_body(const json& body, const std::string& topic, std::size_t max_eve
   return items;
 }
 
+namespace {
+
+/// Reads "YYYY-MM-DDTHH:MM:SS" at the start of `text` into `tm` (ranges are
+/// checked by the caller, as for get_time's); false when the text is laid
+/// out otherwise. Every stored event's time is read this way on the delivery
+/// paths, where an istringstream and get_time were a tenth of a drain's time.
+bool canonical_date_time(const std::string& text, std::tm& tm) {
+  static constexpr std::string_view layout = "dddd-dd-ddTdd:dd:dd";
+  if (text.size() < layout.size())
+    return false;
+  for (std::size_t i = 0; i < layout.size(); ++i)
+    if (layout[i] == 'd' ? !std::isdigit(static_cast<unsigned char>(text[i]))
+                         : text[i] != layout[i])
+      return false;
+  auto number = [&text](std::size_t at, std::size_t digits) {
+    int n = 0;
+    for (std::size_t i = at; i < at + digits; ++i)
+      n = n * 10 + (text[i] - '0');
+    return n;
+  };
+  tm.tm_year = number(0, 4) - 1900;
+  tm.tm_mon = number(5, 2) - 1;
+  tm.tm_mday = number(8, 2);
+  tm.tm_hour = number(11, 2);
+  tm.tm_min = number(14, 2);
+  tm.tm_sec = number(17, 2);
+  return true;
+}
+
+} // namespace
+
 tl::expected<std::int64_t, std::string> parse_time_arg(const std::string& text,
                                                        std::int64_t now_us) {
   auto bad = [&text]() {
@@ -810,10 +841,14 @@ tl::expected<std::int64_t, std::string> parse_time_arg(const std::string& text,
     return text[0] == '-' ? std::max<std::int64_t>(0, now_us - us) : now_us + us;
   }
   std::tm tm{};
-  std::istringstream in{text};
-  in.imbue(std::locale::classic());
-  in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
-  if (in.fail() || text.size() < 20 || text.size() > 40)
+  if (!canonical_date_time(text, tm)) {
+    std::istringstream in{text};
+    in.imbue(std::locale::classic());
+    in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
+    if (in.fail())
+      return bad();
+  }
+  if (text.size() < 20 || text.size() > 40)
     return bad();
   std::int64_t frac_us = 0;
   auto rest = text.substr(19);

@@ -115,6 +115,7 @@ void register_messages(caf::actor_system_config& cfg) {
     .add_message_type<appended>("nerve.appended")
     .add_message_type<delivery>("nerve.delivery")
     .add_message_type<outcome>("nerve.outcome")
+    .add_message_type<std::vector<outcome>>("nerve.outcome_list")
     .add_message_type<std::vector<delivery>>("nerve.delivery_list")
     .add_message_type<pull_answer>("nerve.pull_answer")
     .add_message_type<std::vector<pull_answer>>("nerve.pull_answer_list")

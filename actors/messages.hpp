@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <caf/actor_system_config.hpp>
+#include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
 #include <caf/error.hpp>
 #include <caf/meta/type_name.hpp>
@@ -242,6 +243,47 @@ typename Inspector::result_type inspect(Inspector& f, delivery& x) {
   return f(caf::meta::type_name("nerve.delivery"), x.group, x.instance, x.offset, x.attempt,
            x.delivery_id, x.event_id, x.event);
 }
+
+/// Where an actor sends its answer to a node method, carried in the message
+/// instead of making a request: no one-shot actor and no request timeout
+/// (a wake of CAF's clock thread) per call. Runs once, on the actor's
+/// thread; dropped unanswered (the actor stopped with the message in its
+/// mailbox or held), it answers `unavailable`, as a failed request did.
+template <class T>
+class answer_to {
+public:
+  answer_to() = default;
+  answer_to(callback<T> done, std::string what)
+    : state_(std::make_shared<state>(std::move(done), std::move(what))) {}
+
+  void operator()(T x) const {
+    if (state_)
+      state_->answer(std::move(x));
+  }
+
+private:
+  struct state {
+    state(callback<T> d, std::string w) : done(std::move(d)), what(std::move(w)) {}
+    state(const state&) = delete;
+    state& operator=(const state&) = delete;
+    ~state() {
+      if (done)
+        done(tl::make_unexpected(error{errc::unavailable, what + " stopped before answering"}));
+    }
+    void answer(result<T> r) {
+      auto once = std::move(done);
+      done = nullptr;
+      if (once)
+        once(std::move(r));
+    }
+    callback<T> done;
+    std::string what;
+  };
+  std::shared_ptr<state> state_;
+};
+
+using fetch_answer = answer_to<std::vector<delivery>>;
+using count_answer = answer_to<std::uint64_t>;
 
 /// A pull agent's worker answers one delivery it fetched (HTTP ack or nack).
 struct pull_answer {
@@ -774,8 +816,10 @@ struct partition_job;
 /// it carries; node-local, never sent between nodes (append_request is).
 using publish_job = std::shared_ptr<detail::partition_job>;
 
-/// Whoever answers deliveries is told the outcome: a partition or a replay.
-using outcome_sink = caf::typed_actor<caf::reacts_to<outcome_atom, outcome>>;
+/// Whoever answers deliveries is told the outcome: a partition or a replay;
+/// a pull queue sends an XACK's outcomes in one message.
+using outcome_sink = caf::typed_actor<caf::reacts_to<outcome_atom, outcome>,
+                                      caf::reacts_to<outcome_atom, std::vector<outcome>>>;
 
 /// A topic partition: its group commit and its consumer groups.
 using partition_actor = caf::typed_actor<
@@ -793,6 +837,7 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<commit_atom>,
   /// Offsets below this are on disk.
   caf::reacts_to<durable_atom, std::uint64_t>, caf::reacts_to<outcome_atom, outcome>,
+  caf::reacts_to<outcome_atom, std::vector<outcome>>,
   /// The follow-ups of (group, offset, attempt) are published; result, error.
   caf::reacts_to<emitted_atom, std::uint64_t, std::uint64_t, std::uint32_t, std::string,
                  std::string>,
@@ -829,6 +874,8 @@ using partition_actor = caf::typed_actor<
 /// answers the sender.
 using instance_actor = caf::typed_actor<
   caf::reacts_to<deliver_atom, delivery>,
+  /// Deliveries of one partition flush, in order, in one message.
+  caf::reacts_to<deliver_atom, std::vector<delivery>>,
   /// Internal: a delivery (by id) was not answered in time.
   caf::reacts_to<timeout_atom, std::string>,
   /// Internal: an http agent's answer (delivery id, status, body or error).
@@ -837,7 +884,7 @@ using instance_actor = caf::typed_actor<
   caf::reacts_to<child_atom, std::uint64_t, std::string>,
   caf::reacts_to<exited_atom, std::uint64_t, int>, caf::reacts_to<restart_child_atom>,
   /// Pull agents: a worker fetches deliveries, waiting for the first.
-  caf::replies_to<pull_atom, pull_request>::with<std::vector<delivery>>,
+  caf::reacts_to<pull_atom, pull_request, fetch_answer>,
   /// Pull agents: the pending entries of a topic (fetched, not answered),
   /// with their events if asked.
   caf::replies_to<pull_pending_atom, std::string, bool>::with<std::vector<pending_entry>>,
@@ -845,15 +892,15 @@ using instance_actor = caf::typed_actor<
   caf::replies_to<pull_claim_atom, claim_request>::with<std::vector<pending_entry>>,
   /// Pull agents: acks the fetched deliveries of these entries of a topic;
   /// answers how many.
-  caf::replies_to<pull_ack_at_atom, std::string, std::vector<entry_at>>::with<std::uint64_t>,
+  caf::reacts_to<pull_ack_at_atom, std::string, std::vector<entry_at>, count_answer>,
   /// Pull agents: the consumers with their pending count in topic t; with
   /// a name and op 1 creates it first, with op -1 deletes it first (its
   /// pending entries go back to the queue), op 0 just lists; op -2 drops
   /// every delivery of the topic after listing (XGROUP DESTROY).
   caf::replies_to<pull_consumer_atom, std::string, std::string,
                   std::int32_t>::with<std::vector<consumer_view>>,
-  /// Internal: fetched delivery (id, hand-out n) was not answered in time.
-  caf::reacts_to<pull_expire_atom, std::string, std::uint32_t>,
+  /// Internal: the earliest hand-outs' timeouts are due.
+  caf::reacts_to<pull_expire_atom>,
   /// Pull agents: workers' acks and nacks, all or none: answers the
   /// delivery ids that are not fetched and unanswered here (then
   /// nothing was taken).
@@ -866,6 +913,7 @@ using replay_actor
   = caf::typed_actor<caf::reacts_to<wake_atom>,
                      /// Internal: persist the progress, look for work.
                      caf::reacts_to<sweep_atom>, caf::reacts_to<outcome_atom, outcome>,
+                     caf::reacts_to<outcome_atom, std::vector<outcome>>,
                      /// Internal: attempt `token` was not answered (its instance died).
                      caf::reacts_to<timeout_atom, std::uint64_t>,
                      /// Internal: a retry of (agent, range, offset) is due.
@@ -933,3 +981,7 @@ using tail_actor = caf::typed_actor<caf::reacts_to<tail_events_atom, std::vector
 void register_messages(caf::actor_system_config& cfg);
 
 } // namespace nerve::actors
+
+// Node-local answers: a callback never crosses nodes.
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::fetch_answer)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nerve::actors::count_answer)

@@ -203,19 +203,32 @@ public:
     auto queue = pull_queue(name, req.topics);
     if (!queue)
       return done(tl::make_unexpected(queue.error()));
+    // A message with its answer, not a request: the queue always answers
+    // (at once, when the wait ends, or as it stops), and each fetch through
+    // a one-shot actor with a timeout cost more than the fetch itself.
     using list = std::vector<delivery>;
-    auto wait = std::chrono::milliseconds{req.wait_ms};
-    ask<list>(system_, *queue, wait + std::chrono::seconds{10}, "agent " + name,
-              std::function<void(result<list>)>{[done](result<list> r) {
-                if (!r)
-                  return done(tl::make_unexpected(r.error()));
-                std::vector<pulled_delivery> out;
-                out.reserve(r->size());
-                for (auto& d : *r)
-                  out.push_back({std::move(d.delivery_id), d.attempt, std::move(d.event)});
-                done(std::move(out));
-              }},
-              pull_atom::value, std::move(req));
+    fetch_answer reply{[done](result<list> r) {
+                         if (!r)
+                           return done(tl::make_unexpected(r.error()));
+                         std::vector<pulled_delivery> out;
+                         out.reserve(r->size());
+                         for (auto& d : *r)
+                           out.push_back({std::move(d.delivery_id), d.attempt, std::move(d.event)});
+                         done(std::move(out));
+                       },
+                       "agent " + name};
+    if (req.wait_ms == 0) {
+      // A fetch that does not wait takes one trip through the scheduler
+      // first, as a request through a one-shot actor did: a delivery its
+      // partition is about to send (an XADD answered a moment ago) is in
+      // the queue before it. A waiting fetch gets such a delivery anyway.
+      system_.spawn([queue = *queue, req = std::move(req),
+                     reply = std::move(reply)](caf::event_based_actor*) mutable {
+        caf::anon_send(queue, pull_atom::value, std::move(req), std::move(reply));
+      });
+      return;
+    }
+    caf::anon_send(*queue, pull_atom::value, std::move(req), std::move(reply));
   }
 
   void pull_pending(const std::string& name, const std::string& topic, bool with_events,
@@ -233,8 +246,12 @@ public:
 
   void pull_ack_at(const std::string& name, const std::string& topic, std::vector<entry_at> entries,
                    callback<std::uint64_t> done) override {
-    ask_queue<std::uint64_t>(name, topic, std::move(done), pull_ack_at_atom::value, topic,
-                             std::move(entries));
+    auto queue = pull_queue(name, {topic});
+    if (!queue)
+      return done(tl::make_unexpected(queue.error()));
+    // As pull_fetch: a message carrying its answer, not a one-shot request.
+    caf::anon_send(*queue, pull_ack_at_atom::value, topic, std::move(entries),
+                   count_answer{std::move(done), "agent " + name});
   }
 
   void pull_consumers(const std::string& name, const std::string& topic, const std::string& who,

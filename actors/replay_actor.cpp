@@ -425,6 +425,11 @@ replay_actor::behavior_type replay_behavior(replay_actor_t self, node_context* c
       if (auto a = close_attempt(self, o.offset))
         on_answer(self, *a, &o, o.error);
     },
+    [=](outcome_atom, const std::vector<outcome>& os) {
+      for (auto& o : os)
+        if (auto a = close_attempt(self, o.offset))
+          on_answer(self, *a, &o, o.error);
+    },
     [=](timeout_atom, std::uint64_t token) {
       // No credit to give back: the runner reset the dead instance's credits.
       if (auto a = close_attempt(self, token))

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/event_input.hpp"
+#include "actors/stored_event.hpp"
 #include "http/resp_commands.hpp"
 #include "http/resp_ids.hpp"
 
@@ -48,10 +49,75 @@ struct entry {
   std::vector<std::pair<std::string, std::string>> fields;
 };
 
+/// The text of a member name for_each_member() found (escapes kept).
+std::optional<std::string> name_text(std::string_view name) {
+  return actors::stored::string_value({name.data() - 1, name.size() + 2});
+}
+
+/// `data`'s members as fields, by name as nlohmann's objects hold them (a
+/// repeated name's last value); nullopt unless `data` is an object of strings.
+std::optional<std::vector<std::pair<std::string, std::string>>>
+string_fields(std::string_view data) {
+  std::vector<std::pair<std::string, std::string>> fields;
+  bool strings = actors::stored::for_each_member(data, [&](auto name, auto value) {
+    auto k = name_text(name);
+    auto v = actors::stored::string_value(value);
+    if (k && v)
+      fields.emplace_back(std::move(*k), std::move(*v));
+    return k && v;
+  });
+  if (!strings)
+    return std::nullopt;
+  std::stable_sort(fields.begin(), fields.end(),
+                   [](auto& x, auto& y) { return x.first < y.first; });
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(fields.size());
+  for (std::size_t i = 0; i < fields.size(); ++i)
+    if (i + 1 == fields.size() || fields[i + 1].first != fields[i].first)
+      out.push_back(std::move(fields[i]));
+  return out;
+}
+
+/// entry_of() by a scan of the stored event, without a DOM (most of a
+/// reply's time was nlohmann's parse of each entry); nullopt when the event
+/// or its data is not what the scan takes, for entry_of() to parse.
+std::optional<entry> scanned_entry(const std::string& text, std::uint32_t partitions) {
+  std::string_view partition, offset, time, data;
+  bool object = actors::stored::for_each_member(text, [&](auto name, auto value) {
+    if (name == "partition")
+      partition = value;
+    else if (name == "offset")
+      offset = value;
+    else if (name == "time")
+      time = value;
+    else if (name == "data")
+      data = value;
+    return true;
+  });
+  if (!object || data.empty() || data.front() != '{')
+    return std::nullopt;
+  auto p = actors::stored::unsigned_value(partition);
+  auto o = actors::stored::unsigned_value(offset);
+  auto t = actors::stored::string_value(time);
+  if (!p || !o || !t || *p > UINT32_MAX)
+    return std::nullopt;
+  auto us = actors::parse_time_arg(*t, 0);
+  auto fields = string_fields(data);
+  if (!us || !fields)
+    return std::nullopt;
+  auto id = encode_id(static_cast<std::uint64_t>(std::max<std::int64_t>(0, *us / 1000)),
+                      static_cast<std::uint32_t>(*p), *o, partitions);
+  if (!id)
+    return std::nullopt;
+  return entry{*id, std::move(*fields)};
+}
+
 /// The entry of stored event `text` in a topic of `partitions` partitions:
 /// `data` as fields when it is an object of strings, else one field `data`
 /// holding its JSON.
 std::optional<entry> entry_of(const std::string& text, std::uint32_t partitions) {
+  if (auto scanned = scanned_entry(text, partitions))
+    return scanned;
   auto e = json::parse(text, nullptr, false);
   if (!e.is_object() || !e.contains("partition") || !e["partition"].is_number_unsigned()
       || !e.contains("offset") || !e["offset"].is_number_unsigned() || !e.contains("time")

@@ -316,3 +316,17 @@ TEST_CASE("every JSONTestSuite file, as a body and as data, answers as the DOM p
   }
   CHECK(files > 300);
 }
+
+TEST_CASE("times read back as RFC 3339 and refuse dates that do not exist", "[unit][actors]") {
+  CHECK(parse_time_arg("1970-01-01T00:00:00Z", 0) == 0);
+  CHECK(parse_time_arg("2026-12-05T05:00:00.000001Z", 0) == 1796446800000001);
+  CHECK(parse_time_arg("2026-12-05T06:00:00.5+01:00", 0) == 1796446800500000);
+  CHECK(parse_time_arg("2024-02-29T23:59:59Z", 0) == 1709251199000000);
+  for (std::string bad : {"2026-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "2026-00-10T00:00:00Z",
+                          "2026-12-05T24:00:00Z", "2026-12-05T05:60:00Z", "2026-12-05T05:00:00",
+                          "2026-12-05T05:00:00.Z", "2026-12-05 05:00:00Z", "2026-12-5T05:00:00Z",
+                          "2026-12-05T05:00:00Q"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_time_arg(bad, 0));
+  }
+}

@@ -67,6 +67,7 @@ TEST_CASE("deliveries, outcomes and credits round-trip through the binary serial
   CHECK(round_trip(nodes, d) == d);
   outcome o{1, 2, 42, 3, false, true, R"({"ok":1})", R"([{"topic":"t"}])", "boom", 1234};
   CHECK(round_trip(nodes, o) == o);
+  CHECK(round_trip(nodes, std::vector<outcome>{o, o}) == std::vector<outcome>{o, o});
   credit_grant c{4, 1, -16};
   CHECK(round_trip(nodes, c) == c);
 }
@@ -222,4 +223,25 @@ TEST_CASE("link frames carry fetches, answers, syncs and forwards, and refuse ga
   huge += std::string(4, '\0');                   // partitions
   huge += std::string{"\xff\xff\xff\xff\x0f", 5}; // 4 Gi append requests
   CHECK_FALSE(read_link_frame(huge));
+}
+
+TEST_CASE("an answer carried in a message runs once, and unavailable when it is dropped",
+          "[unit]") {
+  std::vector<result<std::uint64_t>> got;
+  {
+    count_answer reply{[&got](result<std::uint64_t> r) { got.push_back(std::move(r)); }, "agent a"};
+    auto copy = reply; // as a message and a waiting fetch share it
+    copy(3);
+    reply(4);
+  }
+  REQUIRE(got.size() == 1);
+  CHECK(got[0] == 3u);
+  {
+    count_answer reply{[&got](result<std::uint64_t> r) { got.push_back(std::move(r)); }, "agent a"};
+    auto msg = caf::make_message(reply); // the actor stops with it in its mailbox
+  }
+  REQUIRE(got.size() == 2);
+  REQUIRE_FALSE(got[1]);
+  CHECK(got[1].error().code == errc::unavailable);
+  CHECK(got[1].error().message == "agent a stopped before answering");
 }
