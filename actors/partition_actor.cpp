@@ -621,9 +621,9 @@ void on_emitted(partition_actor_t self, std::uint64_t gi, std::uint64_t offset,
     ack(self, gi, offset, result);
 }
 
-/// Rebuilds group `gi` from its stored cursor and pending records; a
-/// `fresh` group (XGROUP CREATE) starts over from its `start` whatever an
-/// earlier group of its name left.
+/// Rebuilds group `gi` from its stored cursor and pending records, its end
+/// the partition's durable end; a `fresh` group (XGROUP CREATE) starts over
+/// from its `start` whatever an earlier group of its name left.
 void recover_group(partition_actor_t self, std::size_t gi, bool fresh = false) {
   auto& st = self->state;
   auto& g = st.groups[gi];
@@ -674,6 +674,7 @@ void recover_group(partition_actor_t self, std::size_t gi, bool fresh = false) {
   auto snapshot = st.ctx->store->meta(counters_key(name, tid, st.partition));
   if (snapshot && *snapshot)
     g.stats->totals.load_json(**snapshot);
+  g.stats->end = st.durable_end;
 }
 
 /// Stages the counter snapshots; at most once per `counters_every` unless
@@ -1070,10 +1071,8 @@ void advance_high_watermark(partition_actor_t self) {
     // The groups start once the high watermark is known: their cursors,
     // written by an earlier leader, are below it.
     st.groups_ready = true;
-    for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
+    for (std::size_t gi = 0; gi < st.groups.size(); ++gi)
       recover_group(self, gi);
-      st.groups[gi].stats->end = st.durable_end;
-    }
   }
   finish_acks(self);
   answer_parked(st, false);
@@ -1710,7 +1709,6 @@ void join_group(partition_actor_t self, const std::string& agent, bool earliest)
   }
   if (st.groups_ready) {
     recover_group(self, *at, true);
-    st.groups[*at].stats->end = st.durable_end;
     schedule_flush(self);
   }
 }
@@ -1757,10 +1755,8 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     if (!gs->retired)
       add_group(st, gs, std::nullopt);
   if (st.groups_ready)
-    for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
+    for (std::size_t gi = 0; gi < st.groups.size(); ++gi)
       recover_group(self, gi);
-      st.groups[gi].stats->end = st.durable_end;
-    }
   st.slot->recovered = true; // the node is ready once every partition is
   schedule_flush(self);      // deliver the backlog
   if (st.role) {
