@@ -414,8 +414,14 @@ struct client::impl {
       }
       bhttp::response_parser<bhttp::string_body> parser;
       parser.body_limit(max_answer_bytes);
-      if (auto ec = ch->run(
-            [&](auto h) { bhttp::async_read(*ch->stream, ch->buffer, parser, std::move(h)); })) {
+      // The header alone first (Beast 1.74 reads past a body limit otherwise:
+      // actors/agents/http_poster.cpp).
+      auto ec = ch->run(
+        [&](auto h) { bhttp::async_read_header(*ch->stream, ch->buffer, parser, std::move(h)); });
+      if (!ec)
+        ec = ch->run(
+          [&](auto h) { bhttp::async_read(*ch->stream, ch->buffer, parser, std::move(h)); });
+      if (ec) {
         out.what = exchange::state::lost;
         out.message
           = ec == beast::error::timeout

@@ -53,6 +53,7 @@ call(const std::string& server, const std::string& method, const std::string& ta
     beast::flat_buffer buffer;
     bhttp::response_parser<bhttp::string_body> parser;
     parser.body_limit(1ULL << 30);
+    bhttp::read_header(stream, buffer, parser); // then the body: see http_poster.cpp
     bhttp::read(stream, buffer, parser);
     auto res = parser.release();
     beast::error_code ec;
