@@ -311,6 +311,10 @@ private:
       req.query = target.substr(q + 1);
     req.body = std::move(msg.body());
     req.authorization = std::string{msg[bhttp::field::authorization]};
+    req.traceparent = std::string{msg["traceparent"]};
+    req.received_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
     if (ws::is_upgrade(msg)) {
       req.websocket = true;
       upgrade_.emplace(std::move(msg));
