@@ -260,6 +260,12 @@ void* create_string(const redisReadTask* task, char* bytes, std::size_t len) {
   auto& ps = state_of(task);
   if (task->parent == nullptr || task->type != REDIS_REPLY_STRING)
     return refuse_item(task, task->type == REDIS_REPLY_ERROR ? '-' : '+');
+  // Checked here too: a command whose bytes came in one read is never
+  // seen incomplete (read_array's check).
+  if (ps.bytes + len + per_argument_bytes > ps.max_bytes) {
+    ps.error = ps.unauthenticated ? "unauthenticated bulk length" : "too big request";
+    return nullptr;
+  }
   ps.argv.emplace_back(bytes, len);
   ps.bytes += len + per_argument_bytes;
   return &ps;
