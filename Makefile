@@ -6,7 +6,8 @@ CMAKE_ARGS ?=
 # timing-sensitive tests flaked once each that way on CI (tests/README.md).
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean
+.PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean \
+	package
 
 all: build
 
@@ -27,6 +28,11 @@ run: build
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
 	$(MAKE) fuzz-smoke
+
+# The Debian package in $(BUILD) (packaging/README.md): only what it holds is built.
+package: configure
+	cmake --build $(BUILD) --target nerve nerve_package_files
+	cd $(BUILD) && cpack -G DEB
 
 unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -L unit
