@@ -7,7 +7,7 @@ CMAKE_ARGS ?=
 CTEST_ARGS ?=
 
 .PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean \
-	package
+	package test-package
 
 all: build
 
@@ -33,6 +33,13 @@ test: build
 package: configure
 	cmake --build $(BUILD) --target nerve nerve_package_files
 	cd $(BUILD) && cpack -G DEB
+
+# Builds, lints, installs, runs, removes and purges the package on this machine
+# (tests/package/run; root). CI runs it after `make test`. The build first, so
+# that ctest knows the test in a build dir configured before it existed.
+test-package: configure
+	cmake --build $(BUILD) --target nerve_package_files
+	NERVE_PACKAGE_TEST=1 ctest --test-dir $(BUILD) --output-on-failure -L package
 
 unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -L unit
