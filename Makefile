@@ -6,7 +6,8 @@ CMAKE_ARGS ?=
 # timing-sensitive tests flaked once each that way on CI (tests/README.md).
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean
+.PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean \
+	package test-package
 
 all: build
 
@@ -27,6 +28,18 @@ run: build
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
 	$(MAKE) fuzz-smoke
+
+# The Debian package in $(BUILD) (packaging/README.md): only what it holds is built.
+package: configure
+	cmake --build $(BUILD) --target nerve nerve_package_files
+	cd $(BUILD) && cpack -G DEB
+
+# Builds, lints, installs, runs, removes and purges the package on this machine
+# (tests/package/run; root). CI runs it after `make test`. The build first, so
+# that ctest knows the test in a build dir configured before it existed.
+test-package: configure
+	cmake --build $(BUILD) --target nerve_package_files
+	NERVE_PACKAGE_TEST=1 ctest --test-dir $(BUILD) --output-on-failure -L package
 
 unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -L unit
