@@ -73,7 +73,7 @@ bench-replication: build
 # libFuzzer harnesses (tests/fuzz/README.md), built with clang in their own tree.
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 600
-FUZZERS = event_body config agent_line http_request resp_request
+FUZZERS = event_body config agent_line http_request resp_request link_frame
 .PHONY: fuzz-build fuzz fuzz-smoke
 fuzz-build: deps
 	CXX=clang++ cmake -S tests/fuzz -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
