@@ -84,3 +84,10 @@ fuzz: fuzz-build
 
 fuzz-smoke: fuzz-build
 	tests/fuzz/run $(FUZZ_BUILD) 10 $(FUZZERS)
+
+# bench/soak: an hour at half the measured capacity, watched for leaks (docs/benchmarks.md,
+# "soak"); SOAK_ARGS=--minutes 3 for the quick check. Not part of CI.
+SOAK_ARGS ?=
+.PHONY: soak
+soak: build
+	./bench/soak $(SOAK_ARGS)
