@@ -6,7 +6,8 @@ CMAKE_ARGS ?=
 # timing-sensitive tests flaked once each that way on CI (tests/README.md).
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean
+.PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean \
+	package test-package
 
 all: build
 
@@ -27,6 +28,18 @@ run: build
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
 	$(MAKE) fuzz-smoke
+
+# The Debian package in $(BUILD) (packaging/README.md): only what it holds is built.
+package: configure
+	cmake --build $(BUILD) --target nerve nerve_package_files
+	cd $(BUILD) && cpack -G DEB
+
+# Builds, lints, installs, runs, removes and purges the package on this machine
+# (tests/package/run; root). CI runs it after `make test`. The build first, so
+# that ctest knows the test in a build dir configured before it existed.
+test-package: configure
+	cmake --build $(BUILD) --target nerve_package_files
+	NERVE_PACKAGE_TEST=1 ctest --test-dir $(BUILD) --output-on-failure -L package
 
 unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -L unit
@@ -60,7 +73,7 @@ bench-replication: build
 # libFuzzer harnesses (tests/fuzz/README.md), built with clang in their own tree.
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 600
-FUZZERS = event_body config agent_line
+FUZZERS = event_body config agent_line http_request resp_request link_frame
 .PHONY: fuzz-build fuzz fuzz-smoke
 fuzz-build: deps
 	CXX=clang++ cmake -S tests/fuzz -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -90,3 +103,10 @@ test-tsan: deps
 	cmake --preset tsan
 	cmake --build build-tsan --target nerve_unit_tests
 	ctest --test-dir build-tsan --output-on-failure -L unit
+
+# bench/soak: an hour at half the measured capacity, watched for leaks (docs/benchmarks.md,
+# "soak"); SOAK_ARGS=--minutes 3 for the quick check. Not part of CI.
+SOAK_ARGS ?=
+.PHONY: soak
+soak: build
+	./bench/soak $(SOAK_ARGS)

@@ -28,6 +28,7 @@
 #include "actors/node.hpp"
 #include "actors/restart_policy.hpp"
 #include "actors/runtime.hpp"
+#include "actors/tracing.hpp"
 
 extern char** environ;
 
@@ -308,12 +309,38 @@ using inflight_pos = std::unordered_map<std::string, in_flight>::iterator;
 
 /// Answers the delivery at `it` to its sender and forgets it; `indexed`:
 /// it is still in `at` (the caller took it out otherwise).
+/// The traceparent a delivery attempt carries to its agent, when tracing is
+/// on: the event's trace, the attempt's span as parent.
+std::string traceparent_of(const instance_actor_state& st, const delivery& d) {
+  if (!st.ctx->tracing)
+    return {};
+  auto trace = find_trace_id(d.event);
+  if (trace.empty())
+    return {};
+  return traceparent(trace, delivery_span_id(d.delivery_id), st.ctx->tracing->sampled(trace));
+}
+
 void answer_at(instance_actor_t self, inflight_pos it, bool ok, std::string result,
                std::string emit, std::string error, bool timed_out, bool indexed) {
   auto& st = self->state;
   auto& id = it->first;
   auto& d = it->second.d;
   auto elapsed = std::chrono::steady_clock::now() - it->second.started;
+  if (st.ctx->tracing) {
+    attempt_trace a;
+    a.event = d.event;
+    a.event_id = d.event_id;
+    a.delivery_id = d.delivery_id;
+    a.agent = &st.agent->cfg;
+    a.instance = st.index;
+    a.attempt = d.attempt;
+    a.end_ns = unix_ns_now();
+    a.start_ns = a.end_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count();
+    a.ok = ok;
+    a.timed_out = timed_out;
+    a.error = error;
+    record_attempt(*st.ctx->tracing, a);
+  }
   outcome o;
   o.group = d.group;
   o.instance = d.instance;
@@ -432,8 +459,10 @@ void send_to_child(instance_actor_t self, const delivery& d) {
   if (!st.writer)
     return; // sent when the child is back
   std::string line = R"({"type":"event","delivery":)" + json(d.delivery_id).dump()
-                     + R"(,"attempt":)" + std::to_string(d.attempt) + R"(,"event":)" + d.event
-                     + "}\n";
+                     + R"(,"attempt":)" + std::to_string(d.attempt);
+  if (auto parent = traceparent_of(st, d); !parent.empty())
+    line += R"(,"traceparent":")" + parent + "\"";
+  line += R"(,"event":)" + d.event + "}\n";
   st.writer->push(std::move(line));
 }
 
@@ -897,12 +926,18 @@ void take_delivery(instance_actor_t self, delivery&& msg) {
   self->delayed_send(self, st.agent->cfg.timeout, timeout_atom::value, id);
   if (st.poster) {
     auto me = caf::actor_cast<caf::actor>(self);
-    st.poster->post(d.event, st.agent->cfg.timeout, [me, id](const agents::http_answer& a) {
-      if (a.timed_out)
-        return caf::anon_send(me, timeout_atom::value, id);
-      caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
-                     a.status == 0 ? a.error : a.body);
-    });
+    std::vector<std::pair<std::string, std::string>> headers;
+    if (auto parent = traceparent_of(st, d); !parent.empty())
+      headers.emplace_back("traceparent", std::move(parent));
+    st.poster->post(
+      d.event, st.agent->cfg.timeout,
+      [me, id](const agents::http_answer& a) {
+        if (a.timed_out)
+          return caf::anon_send(me, timeout_atom::value, id);
+        caf::anon_send(me, http_atom::value, id, static_cast<std::uint32_t>(a.status),
+                       a.status == 0 ? a.error : a.body);
+      },
+      std::move(headers));
     return;
   }
   send_to_child(self, d);

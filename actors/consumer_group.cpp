@@ -250,6 +250,15 @@ void consumer_group::dispatch(credit_source& credits, group_effects& fx) {
     ready_.push_front(*it);
 }
 
+std::string consumer_group::delivery_id(const std::string& event_id, std::uint32_t attempt) const {
+  auto number = std::to_string(attempt);
+  const auto& tag = where_.delivery_tag.empty() ? agent_.name : where_.delivery_tag;
+  std::string id;
+  id.reserve(event_id.size() + tag.size() + number.size() + 2);
+  id.append(event_id).append(":").append(tag).append(":").append(number);
+  return id;
+}
+
 void consumer_group::send(std::uint64_t offset, record& r, std::size_t instance,
                           group_effects& fx) {
   NERVE_ASSERT(instance < in_flight_by_instance_.size(), "credits name a configured instance");
@@ -264,12 +273,8 @@ void consumer_group::send(std::uint64_t offset, record& r, std::size_t instance,
   // for a moment the old and the new incarnation's deliveries both count.
   // The credit source bounds what is really in flight.
   ++in_flight_by_instance_[instance];
-  auto attempt = std::to_string(r.attempts);
-  auto& tag = where_.delivery_tag.empty() ? agent_.name : where_.delivery_tag;
-  std::string id;
-  id.reserve(r.event_id.size() + tag.size() + attempt.size() + 2);
-  id.append(r.event_id).append(":").append(tag).append(":").append(attempt);
-  fx.deliveries.push_back({instance, offset, r.attempts, std::move(id), r.event_id, r.event});
+  fx.deliveries.push_back(
+    {instance, offset, r.attempts, delivery_id(r.event_id, r.attempts), r.event_id, r.event});
   ++totals_.received;
   ++in_flight_;
   last_delivered_ = std::max(last_delivered_, static_cast<std::int64_t>(offset));

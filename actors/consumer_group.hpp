@@ -178,6 +178,9 @@ public:
   /// shell then calls `ack`, `fail` or `hold_for_emit`.
   [[nodiscard]] const std::shared_ptr<const std::string>* answer(std::uint64_t offset,
                                                                  std::uint32_t attempt);
+  /// The id of attempt `attempt` of the delivery of event `event_id`:
+  /// `<event id>:<agent or delivery tag>:<attempt>`.
+  [[nodiscard]] std::string delivery_id(const std::string& event_id, std::uint32_t attempt) const;
   /// The agent handled `offset`; `result` is JSON text or empty. Answers the
   /// latency from append to ack for an event delivered live.
   std::optional<std::int64_t> ack(std::uint64_t offset, const std::string& result,

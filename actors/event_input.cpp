@@ -304,8 +304,8 @@ public:
   using binary_t = json::binary_t;
 
   publish_sax(std::string_view text, const char* const* seen, const std::string& topic,
-              std::size_t max_depth)
-    : text_(text), seen_(seen), topic_(topic), max_depth_(max_depth) {}
+              std::size_t max_depth, std::string_view trace_id)
+    : text_(text), seen_(seen), topic_(topic), max_depth_(max_depth), trace_id_(trace_id) {}
 
   bool null() { return scalar(value_kind::literal, nullptr); }
   bool boolean(bool) { return scalar(value_kind::literal, nullptr); }
@@ -556,7 +556,9 @@ private:
       if (members_[i].seen)
         append_member_text(fragment, fragment_members[i], string_text(members_[i]));
     if (!members_[trace_slot].seen)
-      append_member_text(fragment, "trace_id", "\"" + new_trace_id() + "\"");
+      append_member_text(fragment, "trace_id",
+                         "\"" + (trace_id_.empty() ? new_trace_id() : std::string{trace_id_})
+                           + "\"");
     if (members_[headers_slot].seen)
       append_member_text(fragment, "headers", headers_text_);
     const auto& d = members_[data_slot];
@@ -582,6 +584,7 @@ private:
   const char* const* seen_;
   const std::string& topic_;
   std::size_t max_depth_;
+  std::string_view trace_id_; ///< for events without one; empty: a new one each
   std::size_t depth_ = 0;
   top_kind top_ = top_kind::none;
   std::size_t elements_ = 0;    // of a top-level array
@@ -713,10 +716,9 @@ private:
 
 } // namespace
 
-tl::expected<std::vector<publish_item>, body_error> events_from_text(const std::string& text,
-                                                                     const std::string& topic,
-                                                                     std::size_t max_events,
-                                                                     std::size_t max_depth) {
+tl::expected<std::vector<publish_item>, body_error>
+events_from_text(const std::string& text, const std::string& topic, std::size_t max_events,
+                 std::size_t max_depth, std::string_view trace_id) {
   if (auto nul = text.find('\0'); nul != std::string_view::npos)
     return tl::make_unexpected(body_error{true, "a NUL byte at offset " + std::to_string(nul)
                                                   + " (raw control characters are not JSON)"});
@@ -726,7 +728,7 @@ tl::expected<std::vector<publish_item>, body_error> events_from_text(const std::
     // accepts, nlohmann accepts too (the JSONTestSuite test compares them);
     // a body it refuses is parsed again below, for nlohmann's error text.
     const char* seen = text.data();
-    publish_sax sax{text, &seen, topic, max_depth};
+    publish_sax sax{text, &seen, topic, max_depth, trace_id};
     rapidjson::Reader reader;
     rapidjson::ParseResult result;
     if (fast_scannable(text)) {
@@ -744,7 +746,7 @@ tl::expected<std::vector<publish_item>, body_error> events_from_text(const std::
       return sax.finish(true, max_events);
   }
   const char* seen = text.data();
-  publish_sax sax{text, &seen, topic, max_depth};
+  publish_sax sax{text, &seen, topic, max_depth, trace_id};
   tracked_iterator first{text.data(), &seen};
   tracked_iterator last{text.data() + text.size(), &seen};
   bool parsed = json::sax_parse(first, last, &sax, json::input_format_t::json, true);

@@ -50,10 +50,11 @@ struct body_error {
 /// them, a repeated member's last value counting), except that `data` is
 /// stored as the publisher wrote it (its bytes, not re-serialized; when it
 /// has line breaks, the white space between its tokens goes, so that an
-/// event stays one line).
+/// event stays one line). Events without a `trace_id` get `trace_id` (a
+/// request's traceparent), or a new one when it is empty.
 [[nodiscard]] tl::expected<std::vector<publish_item>, body_error>
 events_from_text(const std::string& text, const std::string& topic, std::size_t max_events,
-                 std::size_t max_depth = max_json_depth);
+                 std::size_t max_depth = max_json_depth, std::string_view trace_id = {});
 
 /// A point in time as replays take it: RFC 3339 ("2026-11-22T10:00:00Z",
 /// with optional fraction and a Z or +hh:mm offset) or relative to `now_us`

@@ -126,6 +126,8 @@ public:
     ctx_.store = &store_;
     ctx_.cfg = &cfg_;
     ctx_.hooks = &hooks_;
+    if (cfg_.tracing.enabled())
+      ctx_.tracing = std::make_shared<tracer>(cfg_.tracing);
     for (std::size_t i = 0; i < cfg_.agents.size(); ++i) {
       ctx_.agents.add(std::make_shared<agent_runtime>(cfg_.agents[i], i));
     }
@@ -405,8 +407,18 @@ public:
 
   void storage(callback<storage_report> done) override { health_.storage(std::move(done)); }
 
+  [[nodiscard]] tracer* tracing() const override { return ctx_.tracing.get(); }
+
   metrics_snapshot scrape() const override {
     auto s = health_.scrape();
+    if (ctx_.tracing) {
+      auto t = ctx_.tracing->stats();
+      s.tracing = true;
+      s.spans_exported = t.exported;
+      s.spans_dropped = t.dropped;
+      s.spans_failed = t.failed;
+      s.spans_queued = t.queued;
+    }
     if (!control_)
       return s;
     s.replicated = true;

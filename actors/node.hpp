@@ -40,6 +40,8 @@ struct error {
   std::string leader{};
 };
 
+class tracer; // actors/tracing.hpp
+
 template <class T>
 using result = tl::expected<T, error>;
 
@@ -318,6 +320,9 @@ struct metrics_snapshot {
   std::vector<group_row> groups;
   std::vector<agent_row> agents;
   std::uint64_t dlq_entries = 0;
+  /// OTLP export counters (tracing on only).
+  bool tracing = false;
+  std::uint64_t spans_exported = 0, spans_dropped = 0, spans_failed = 0, spans_queued = 0;
   latency_view storage_write; ///< event group commits, since start-up
   latency_view storage_sync;  ///< WAL fsyncs, since start-up
   /// Replication (cluster step 2); empty and zero without it.
@@ -602,6 +607,9 @@ public:
 
   /// Storage usage and state (reads the data directory, runs the probe).
   virtual void storage(callback<storage_report> done) = 0;
+
+  /// The trace exporter; null when tracing is off.
+  [[nodiscard]] virtual tracer* tracing() const = 0;
 
   /// The counters and gauges of GET /metrics (no I/O).
   [[nodiscard]] virtual metrics_snapshot scrape() const = 0;

@@ -25,6 +25,7 @@
 #include "actors/credit_pool.hpp"
 #include "actors/node.hpp"
 #include "actors/progress_waiters.hpp"
+#include "actors/tracing.hpp"
 #include "config/config.hpp"
 #include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
@@ -366,6 +367,8 @@ struct node_context {
   std::shared_ptr<replication_hooks> replication;
   std::mutex replays_mutex;
   std::unordered_map<std::string, caf::actor> replays; ///< running replay actors by id
+  /// OTLP trace export; null when tracing is off (config tracing.otlp.endpoint).
+  std::shared_ptr<tracer> tracing;
 };
 
 /// meta key of the offset a consumer group started at (its first cursor).

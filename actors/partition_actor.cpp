@@ -19,6 +19,7 @@
 #include "actors/repl_sessions.hpp"
 #include "actors/runtime.hpp"
 #include "actors/stored_event.hpp"
+#include "actors/tracing.hpp"
 #include "config/assert.hpp"
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
@@ -323,7 +324,22 @@ void apply(partition_actor_t self, std::size_t gi) {
       // A builtin handler is a function call: it runs here, its answer is
       // handled with the next flush, and the credit comes back at once (no
       // message to the instance and back, no copy of the event).
+      auto started_ns = st.ctx->tracing ? unix_ns_now() : 0;
       auto a = run_builtin(g.agent->cfg.handler, *d.event);
+      if (st.ctx->tracing) {
+        attempt_trace t;
+        t.event = *d.event;
+        t.event_id = d.event_id;
+        t.delivery_id = d.delivery_id;
+        t.agent = &g.agent->cfg;
+        t.instance = d.instance;
+        t.attempt = d.attempt;
+        t.start_ns = started_ns;
+        t.end_ns = unix_ns_now();
+        t.ok = a.ok;
+        t.error = a.error;
+        record_attempt(*st.ctx->tracing, t);
+      }
       outcome o;
       o.group = static_cast<std::uint32_t>(gi);
       o.instance = static_cast<std::uint32_t>(d.instance);
@@ -583,6 +599,17 @@ void on_outcome(partition_actor_t self, const outcome& o) {
     ack(self, gi, o.offset, o.result);
     return;
   }
+  // Traced follow-ups hang under the span of the attempt that emitted them.
+  std::uint64_t emitter_span = 0;
+  if (st.ctx->tracing) {
+    std::string parent_id;
+    (void)stored::for_each_member(**event, [&parent_id](std::string_view name, std::string_view v) {
+      if (name == "id")
+        parent_id = stored::string_value(v).value_or("");
+      return false; // the id comes first
+    });
+    emitter_span = delivery_span_id(g.engine->delivery_id(parent_id, o.attempt));
+  }
   g.engine->hold_for_emit(o.offset);
   // Publish every topic's share, then ack once all are durable.
   struct join {
@@ -597,9 +624,14 @@ void on_outcome(partition_actor_t self, const outcome& o) {
   auto offset = o.offset;
   auto attempt = o.attempt;
   auto res = o.result;
-  for (auto& [topic, items] : *emits)
+  for (auto& [topic, items] : *emits) {
+    auto trace
+      = trace_publish(st.ctx->tracing.get(), items, topic, emitter_span, "emit", unix_ns_now());
     st.ctx->publish(topic, std::move(items),
-                    [j, me, gid, offset, attempt, res](actors::result<std::vector<published>> r) {
+                    [j, me, gid, offset, attempt, res, trace,
+                     tracer = st.ctx->tracing](actors::result<std::vector<published>> r) {
+                      if (trace && r)
+                        record_publish(*tracer, *trace, *r);
                       if (!r) {
                         std::lock_guard<std::mutex> guard{j->mutex};
                         j->error = "emit failed: " + r.error().message;
@@ -608,6 +640,7 @@ void on_outcome(partition_actor_t self, const outcome& o) {
                         caf::anon_send(me, emitted_atom::value, gid, offset, attempt, res,
                                        j->error);
                     });
+  }
 }
 
 void on_emitted(partition_actor_t self, std::uint64_t gi, std::uint64_t offset,

@@ -16,6 +16,7 @@
 #include "actors/replay_plan.hpp"
 #include "actors/replay_storage.hpp"
 #include "actors/runtime.hpp"
+#include "actors/tracing.hpp"
 #include "config/assert.hpp"
 
 namespace nerve::actors::detail {
@@ -105,11 +106,46 @@ void persist(replay_actor_t self, bool sync) {
   st.dirty = false;
 }
 
+/// The span of a finished replay: a trace of its own (its deliveries are
+/// spans in their events' traces, their delivery ids naming the replay).
+void trace_replay(const replay_record& r, tracer& t) {
+  auto trace = new_trace_id();
+  if (!t.sampled(trace))
+    return;
+  auto join = [](const std::vector<std::string>& names) {
+    std::string out;
+    for (auto& n : names)
+      out += (out.empty() ? "" : ",") + n;
+    return out;
+  };
+  span s;
+  s.trace_id = trace;
+  s.span_id = span_id_of("replay/" + r.id);
+  s.name = "replay";
+  s.start_ns = r.created_us * 1000;
+  s.end_ns = r.finished_us * 1000;
+  s.attributes = {{"nerve.replay.id", r.id},
+                  {"nerve.replay.mode", std::string{to_string(r.mode)}},
+                  {"nerve.replay.state", std::string{to_string(r.state)}},
+                  {"nerve.replay.from", format_time(r.from_us)},
+                  {"nerve.replay.to", format_time(r.to_us)},
+                  {"nerve.replay.agents", join(r.agents)},
+                  {"nerve.replay.topics", join(r.topics)},
+                  {"nerve.replay.deliveries", static_cast<std::int64_t>(r.events_total)},
+                  {"nerve.replay.acked", static_cast<std::int64_t>(r.acked)},
+                  {"nerve.replay.dead_lettered", static_cast<std::int64_t>(r.dead_lettered)}};
+  s.error = r.state == replay_state::failed;
+  s.message = r.error;
+  t.record(std::move(s));
+}
+
 void finish(replay_actor_t self, replay_state state) {
   auto& st = self->state;
   st.record.state = state;
   st.record.finished_us = clock_us(st);
   persist(self, true);
+  if (st.ctx->tracing)
+    trace_replay(st.record, *st.ctx->tracing);
   spdlog::info("replay {} {}: {} of {} deliveries done, {} acked, {} dead-lettered", st.id,
                to_string(state), st.record.events_done, st.record.events_total, st.record.acked,
                st.record.dead_lettered);

@@ -1,4 +1,5 @@
-// publish_load: the closed-loop load generator of bench/publish.
+// publish_load: the load generator of bench/publish (closed loop) and bench/soak
+// (open loop, --rate, with a report every --report-every seconds).
 //
 // Drives either nerve (POST /v1/topics/{topic}/events over keep-alive
 // HTTP/1.1) or redis-server (XADD stream * p <payload>) with the same model:
@@ -9,6 +10,17 @@
 // it must cost as little CPU as possible: no thread per connection, requests
 // pre-built once per connection, answers split by Beast's HTTP parser and only
 // a sample of their JSON parsed fully; arguments by CLI11).
+//
+// Open loop (--rate R > 0, one event per request): the send times are fixed in
+// advance as in deliver_load (slot k of connection i at start + (i + k * N) / R);
+// a slot whose time came while the answer before it is still missing is sent as
+// soon as that answer arrives, and every latency is measured from the slot's
+// SCHEDULED time, so a stalled server cannot hide its stalls by slowing the sender
+// down. --rate 0 (the default) is closed loop: latency from the actual send.
+//
+// --report-every S prints, every S seconds from the start (warm-up included), one
+// JSON line {"report":..} with the successes answered in those S seconds, the
+// failures, and the p50/p99/p99.9 of their latencies: a long run's time series.
 //
 // Phases: connect all clients, warm up for --warmup seconds, then measure
 // for --duration seconds. Only answers that arrive inside the measured
@@ -37,11 +49,14 @@ namespace {
 // -- options ------------------------------------------------------------------
 
 struct options : common_options {
-  static constexpr const char* description = "the closed-loop load generator of bench/publish";
+  static constexpr const char* description
+    = "the load generator of bench/publish (closed loop) and bench/soak (open loop)";
   static constexpr std::size_t min_payload_bytes = 16;
   unsigned clients = 16;
   unsigned batch = 1; ///< events per request
   unsigned verify_samples = 32;
+  double rate = 0;            ///< events/s over all clients; 0 = closed loop
+  double report_every_s = 0;  ///< a JSON report line this often; 0 = none
 
   options() { prog = "publish_load"; }
 
@@ -51,11 +66,19 @@ struct options : common_options {
                    "events per request: a JSON array of that many per POST (nerve), that "
                    "many XADDs pipelined per write (redis)");
     app.add_option("--verify-samples", verify_samples, "events read back after the run");
+    app.add_option("--rate", rate,
+                   "open loop: events/s over all clients, latency from the scheduled send "
+                   "time; 0 = closed loop");
+    app.add_option("--report-every", report_every_s,
+                   "print a JSON line with the last N seconds' successes, failures and "
+                   "latency percentiles every N seconds; 0 = only the final result");
   }
 
   void check_own() const {
     if (clients == 0 || duration_s <= 0 || warmup_s < 0 || batch == 0 || batch > 10000)
       usage(*this, "--clients must be >= 1, --batch 1..10000, --duration > 0, --warmup >= 0");
+    if (rate < 0 || report_every_s < 0 || (rate > 0 && batch != 1))
+      usage(*this, "--rate and --report-every must be >= 0; --rate needs --batch 1");
   }
 };
 
@@ -86,6 +109,9 @@ struct run_state : answer_counts {
   std::vector<std::string> sample_ids; ///< ids read back after the run
   unsigned open_clients = 0;
   std::function<void()> all_done; ///< called when the last connection finished
+  // Since the last report (--report-every): successes' latencies and failures.
+  std::vector<std::uint32_t> report_us;
+  std::uint64_t report_errors = 0;
 };
 
 // -- one client connection ----------------------------------------------------
@@ -93,7 +119,7 @@ struct run_state : answer_counts {
 class client : public connection<client> {
 public:
   client(net::io_context& ioc, run_state& st, unsigned index)
-    : connection(ioc, st.opt, st.opt.target == "redis", "", "redis", "HTTP"), st_(st),
+    : connection(ioc, st.opt, st.opt.target == "redis", "", "redis", "HTTP"), timer_(ioc), st_(st),
       index_(index) {
     build_request();
   }
@@ -123,9 +149,35 @@ private:
     }
   }
 
+  /// Closed loop: sends now. Open loop: sends the next slot if it is due, else
+  /// waits for it; finishes at the first slot past the window.
   void send_request() {
-    sent_at_ = clock_type::now();
+    if (st_.opt.rate <= 0) {
+      sent_at_ = clock_type::now();
+      return send(request_);
+    }
+    auto sched = slot_time(slot_);
+    if (sched >= st_.window_end)
+      return finish();
+    if (sched > clock_type::now()) {
+      timer_.expires_at(sched);
+      timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        if (!ec)
+          self->send_request();
+      });
+      return;
+    }
+    ++slot_;
+    sent_at_ = sched;
     send(request_);
+  }
+
+  /// The scheduled time of slot k of this connection (open loop).
+  [[nodiscard]] clock_type::time_point slot_time(std::uint64_t k) const {
+    double s = (static_cast<double>(index_) + static_cast<double>(k) * st_.opt.clients)
+               / st_.opt.rate;
+    return st_.start
+           + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(s));
   }
 
   void on_http(const http_answer& a) {
@@ -204,7 +256,17 @@ private:
     return ok;
   }
 
-  void answered(bool good) { st_.answered(good, sent_at_); }
+  void answered(bool good) {
+    st_.answered(good, sent_at_);
+    if (st_.opt.report_every_s <= 0)
+      return;
+    if (!good)
+      ++st_.report_errors;
+    else
+      st_.report_us.push_back(static_cast<std::uint32_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - sent_at_)
+          .count()));
+  }
 
   void fail(const std::string& why) {
     st_.io_failure(why);
@@ -212,12 +274,13 @@ private:
   }
 
   void next() {
-    if (clock_type::now() >= st_.window_end)
+    if (st_.opt.rate <= 0 && clock_type::now() >= st_.window_end)
       return finish();
     send_request();
   }
 
   void on_finish() {
+    timer_.cancel();
     if (--st_.open_clients == 0 && st_.all_done)
       st_.all_done();
     boost::system::error_code ec;
@@ -225,10 +288,12 @@ private:
     close_socket();
   }
 
+  net::steady_timer timer_; ///< waits for the next slot (open loop)
   run_state& st_;
   unsigned index_;
   std::string request_;
-  clock_type::time_point sent_at_;
+  clock_type::time_point sent_at_; ///< the actual (closed) or scheduled (open loop) send time
+  std::uint64_t slot_ = 0;         ///< the next slot to send (open loop)
   std::uint64_t answers_ = 0;
   unsigned replies_ = 0; ///< replies of the current write so far (redis)
 };
@@ -308,6 +373,62 @@ verification verify_redis(const run_state& st) {
   return v;
 }
 
+/// Prints one --report-every line: the successes answered since the last one,
+/// the failures, and their latency percentiles (ms); then starts the next.
+void print_report(run_state& st, double t_s) {
+  auto& v = st.report_us;
+  std::printf("{\"report\":{\"t_s\":%.3f,\"ok\":%zu,\"errors\":%" PRIu64
+              ",\"io_errors\":%" PRIu64 ",\"p50_ms\":%s,\"p99_ms\":%s,\"p999_ms\":%s}}\n",
+              t_s, v.size(), st.report_errors, st.io_errors,
+              v.empty() ? "null" : num(percentile_ms(v, 0.50)).c_str(),
+              v.empty() ? "null" : num(percentile_ms(v, 0.99)).c_str(),
+              v.empty() ? "null" : num(percentile_ms(v, 0.999)).c_str());
+  std::fflush(stdout);
+  v.clear();
+  st.report_errors = 0;
+}
+
+/// Reports every --report-every seconds from `st.start` until stopped.
+class reporter {
+public:
+  reporter(net::io_context& ioc, run_state& st) : timer_(ioc), st_(st) {}
+
+  void start() {
+    if (st_.opt.report_every_s > 0)
+      arm();
+  }
+
+  /// The last, partial, interval; no more reports.
+  void stop() {
+    if (st_.opt.report_every_s <= 0 || stopped_)
+      return;
+    stopped_ = true;
+    timer_.cancel();
+    print_report(st_, seconds_since_start());
+  }
+
+private:
+  void arm() {
+    ++ticks_;
+    timer_.expires_at(st_.start
+                      + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(
+                        st_.opt.report_every_s * static_cast<double>(ticks_))));
+    on_expiry(timer_, [this] {
+      print_report(st_, seconds_since_start());
+      arm();
+    });
+  }
+
+  [[nodiscard]] double seconds_since_start() const {
+    return std::chrono::duration<double>(clock_type::now() - st_.start).count();
+  }
+
+  net::steady_timer timer_;
+  run_state& st_;
+  std::uint64_t ticks_ = 0;
+  bool stopped_ = false;
+};
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -333,6 +454,8 @@ int main(int argc, char** argv) {
   for (auto& c : clients)
     c->start();
   clients.clear(); // the connections keep themselves alive
+  reporter reports{ioc, st};
+  reports.start();
 
   // CPU use of this process during the measured window only.
   cpu_window cpu_use;
@@ -344,9 +467,11 @@ int main(int argc, char** argv) {
   net::steady_timer deadline{ioc, st.window_end + std::chrono::seconds{30}};
   on_expiry(deadline, [&] {
     st.note_error("requests still unanswered 30 s after the end; stopping");
+    reports.stop();
     ioc.stop();
   });
   st.all_done = [&] {
+    reports.stop();
     cpu_use.end();
     deadline.cancel();
     begin_timer.cancel();
@@ -361,6 +486,7 @@ int main(int argc, char** argv) {
   auto lat = st.latencies_us;
   double p50 = percentile_ms(lat, 0.50);
   double p99 = percentile_ms(lat, 0.99);
+  double p999 = percentile_ms(lat, 0.999);
   double eps = static_cast<double>(st.ok_window) / o.duration_s;
   double cpu = cpu_use.share(o.duration_s);
   bool verified = st.errors == 0 && st.io_errors == 0 && stuck == 0 && st.sample_failures == 0
@@ -374,14 +500,14 @@ int main(int argc, char** argv) {
            + " events under " + o.name + ", " + std::to_string(st.ok_total) + " were acknowledged";
   std::string escaped = json_escape(note);
   std::printf(
-    "{\"target\":\"%s\",\"clients\":%u,\"batch\":%u,\"duration_s\":%.3f,\"warmup_s\":%.3f,"
-    "\"payload_bytes\":%zu,\"events_per_s\":%.1f,\"ok_in_window\":%" PRIu64 ",\"ok_total\":%" PRIu64
-    ",\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64
-    ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"client_cpu\":%.3f,\"sampled_answers\":%" PRIu64
+    "{\"target\":\"%s\",\"clients\":%u,\"batch\":%u,\"rate\":%.1f,\"duration_s\":%.3f,"
+    "\"warmup_s\":%.3f,\"payload_bytes\":%zu,\"events_per_s\":%.1f,\"ok_in_window\":%" PRIu64
+    ",\"ok_total\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64
+    ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"client_cpu\":%.3f,\"sampled_answers\":%" PRIu64
     ",\"read_back\":%" PRIu64 ",\"read_back_failed\":%" PRIu64
     ",\"stored\":%s,\"verified\":%s,\"note\":\"%s\"}\n",
-    o.target.c_str(), o.clients, o.batch, o.duration_s, o.warmup_s, o.payload_bytes, eps,
-    st.ok_window, st.ok_total, st.errors, st.io_errors, p50, p99, cpu, st.sampled, v.checked,
+    o.target.c_str(), o.clients, o.batch, o.rate, o.duration_s, o.warmup_s, o.payload_bytes, eps,
+    st.ok_window, st.ok_total, st.errors, st.io_errors, p50, p99, p999, cpu, st.sampled, v.checked,
     v.failed, v.stored ? std::to_string(*v.stored).c_str() : "null", verified ? "true" : "false",
     escaped.c_str());
   std::fprintf(stderr,

@@ -246,6 +246,46 @@ const std::vector<setting>& settings() {
     {"resp.max_request_bytes",
      uint_in(1024, 1ULL << 30, [](config& c, std::uint64_t n) { c.resp.max_request_bytes = n; })},
     {"resp.threads", uint_in(1, 64, [](config& c, std::uint64_t n) { c.resp.threads = n; })},
+    {"tracing.otlp.endpoint",
+     [](config& c, const std::string& v)
+       -> std::
+         optional<std::string> {
+           auto rest = v.rfind("http://", 0) == 0 ? v.substr(7) : std::string{};
+           auto hp = split_host_port(rest.substr(0, rest.find('/')));
+           if (!v.empty() && (!hp || hp->second == 0))
+             return "an OTLP/HTTP URL http://HOST:PORT or http://HOST:PORT/PATH (or empty to turn "
+                    "tracing off)";
+           c.tracing.otlp_endpoint = v;
+           return std::nullopt;
+         }},
+    {"tracing.service_name",
+     [](config& c, const std::string& v) -> std::
+                                           optional<std::string> {
+                                             if (v.empty() || v.size() > 255)
+                                               return "1 to 255 characters";
+                                             c.tracing.service_name = v;
+                                             return std::nullopt;
+                                           }},
+    {"tracing.sample_ratio",
+     [](config& c, const std::string& v) -> std::
+                                           optional<std::string> {
+                                             char* end = nullptr;
+                                             double r
+                                               = v.empty() ? -1 : std::strtod(v.c_str(), &end);
+                                             if (v.empty() || end != v.c_str() + v.size()
+                                                 || !(r >= 0.0 && r <= 1.0))
+                                               return "a number from 0 to 1";
+                                             c.tracing.sample_ratio = r;
+                                             return std::nullopt;
+                                           }},
+    {"tracing.otlp.max_queue",
+     uint_in(1, 1000000, [](config& c, std::uint64_t n) { c.tracing.max_queue = n; })},
+    {"tracing.otlp.max_batch",
+     uint_in(1, 100000, [](config& c, std::uint64_t n) { c.tracing.max_batch = n; })},
+    {"tracing.otlp.interval",
+     duration_in(millis{10}, [](config& c, millis d) { c.tracing.interval = d; })},
+    {"tracing.otlp.timeout",
+     duration_in(millis{10}, [](config& c, millis d) { c.tracing.timeout = d; })},
     {"log.level", one_of({"trace", "debug", "info", "warn", "error", "off"},
                          [](config& c, const std::string& v) { c.log.level = v; })},
     {"log.format",

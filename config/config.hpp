@@ -139,6 +139,21 @@ struct resp_config {
   [[nodiscard]] bool enabled() const { return !listen.empty(); }
 };
 
+/// OTLP trace export (docs/operations.md, "Traces"); off while the endpoint is empty.
+struct tracing_config {
+  /// Where spans go: OTLP/HTTP with JSON, http://HOST:PORT (then /v1/traces)
+  /// or http://HOST:PORT/PATH, used as given.
+  std::string otlp_endpoint;
+  std::string service_name = "nerve";
+  double sample_ratio = 1.0;    ///< of traces, decided by trace id (whole traces)
+  std::size_t max_queue = 2048; ///< spans waiting for export; beyond: dropped, counted
+  std::size_t max_batch = 512;  ///< spans per export request
+  millis interval{1000};        ///< an export at least this often while spans wait
+  millis timeout{5000};         ///< of one export request
+
+  [[nodiscard]] bool enabled() const { return !otlp_endpoint.empty(); }
+};
+
 struct log_config {
   std::string level = "info";  ///< trace | debug | info | warn | error | off
   std::string format = "text"; ///< text | json
@@ -156,6 +171,7 @@ struct config {
   health_config health;
   cluster_config cluster;
   resp_config resp;
+  tracing_config tracing;
   log_config log;
 
   /// Partitions for a new topic: its own entry, else the defaults.

@@ -194,6 +194,22 @@ void add_node(prometheus::Registry& reg, const actors::metrics_snapshot& s) {
                  .Help("Time of one fsync of the RocksDB write-ahead log")
                  .Register(reg),
                {}, s.storage_sync);
+  if (!s.tracing)
+    return;
+  auto& spans = prometheus::BuildCounter()
+                  .Name("nerve_tracing_spans_total")
+                  .Help("Spans by fate: exported (the collector took them), dropped (the export "
+                        "queue was full), failed (the collector refused or never answered)")
+                  .Register(reg);
+  spans.Add({{"outcome", "exported"}}).Increment(static_cast<double>(s.spans_exported));
+  spans.Add({{"outcome", "dropped"}}).Increment(static_cast<double>(s.spans_dropped));
+  spans.Add({{"outcome", "failed"}}).Increment(static_cast<double>(s.spans_failed));
+  prometheus::BuildGauge()
+    .Name("nerve_tracing_queue_spans")
+    .Help("Spans waiting for export")
+    .Register(reg)
+    .Add({})
+    .Set(static_cast<double>(s.spans_queued));
 }
 
 /// Replication (cluster step 2): this node's copies, its elections, etcd.

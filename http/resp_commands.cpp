@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/event_input.hpp"
+#include "actors/tracing.hpp"
 #include "http/resp_ids.hpp"
 
 namespace nerve::http::resp {
@@ -607,11 +608,16 @@ void publish_xadd(actors::node& node, const std::string& topic, actors::publish_
                   const responder& r, const std::function<void()>& then) {
   std::vector<actors::publish_item> items;
   items.push_back(std::move(item));
-  node.publish(topic, std::move(items),
-               [r, then](actors::result<std::vector<actors::published>> res) {
-                 answer_xadd(r, res);
-                 then();
-               });
+  auto trace
+    = actors::trace_publish(node.tracing(), items, topic, 0, "resp", actors::unix_ns_now());
+  node.publish(
+    topic, std::move(items),
+    [r, then, trace, tracer = node.tracing()](actors::result<std::vector<actors::published>> res) {
+      if (trace && res)
+        actors::record_publish(*tracer, *trace, *res);
+      answer_xadd(r, res);
+      then();
+    });
 }
 
 /// Publishes, or with NOMKSTREAM answers nil, as Redis does, when the stream

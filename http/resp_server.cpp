@@ -1,8 +1,9 @@
-// The Redis protocol listener: Asio connections, requests parsed by hiredis'
-// reader (arrays of bulk strings) or split on white space (inline commands),
-// the command table, the reply encoder, and replies written in command order
-// however late their handlers answer. The only translation unit of the
-// listener that includes Asio and hiredis.
+// The Redis protocol listener: Asio connections, each splitting its bytes
+// into commands with a request_reader (resp_reader.hpp), running them from
+// the command table, and writing replies in command order however late
+// their handlers answer. The only translation unit of the listener that
+// includes Asio; the reader, the table and the reply encoder are in
+// resp_protocol.cpp.
 #include "http/resp_server.hpp"
 
 #include <algorithm>
@@ -22,8 +23,9 @@
 #include <utility>
 
 #include <boost/asio.hpp>
-#include <hiredis/read.h>
 #include <spdlog/spdlog.h>
+
+#include "http/resp_reader.hpp"
 
 namespace nerve::http::resp {
 
@@ -31,177 +33,6 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using error_code = boost::system::error_code;
 using steady = std::chrono::steady_clock;
-
-// -- reply ------------------------------------------------------------------------
-
-namespace {
-
-void header(std::string& out, char type, std::size_t n) {
-  out += type;
-  out += std::to_string(n);
-  out += "\r\n";
-}
-
-/// Redis' text of a double: "inf", "-inf", "nan", else 17 significant digits.
-std::string double_text(double v) {
-  if (std::isinf(v))
-    return v > 0 ? "inf" : "-inf";
-  if (std::isnan(v))
-    return "nan";
-  char buf[64];
-  auto n = std::snprintf(buf, sizeof buf, "%.17g", v);
-  return std::string(buf, static_cast<std::size_t>(n));
-}
-
-} // namespace
-
-reply& reply::simple(std::string_view text) {
-  out_ += '+';
-  out_.append(text);
-  out_ += "\r\n";
-  return *this;
-}
-
-reply& reply::error(std::string_view text) {
-  out_ += '-';
-  for (char c : text)
-    out_ += c == '\r' || c == '\n' ? ' ' : c;
-  out_ += "\r\n";
-  return *this;
-}
-
-reply& reply::integer(std::int64_t value) {
-  out_ += ':';
-  out_ += std::to_string(value);
-  out_ += "\r\n";
-  return *this;
-}
-
-reply& reply::bulk(std::string_view bytes) {
-  header(out_, '$', bytes.size());
-  out_.append(bytes);
-  out_ += "\r\n";
-  return *this;
-}
-
-reply& reply::verbatim(std::string_view text) {
-  if (proto_ == protocol::resp2)
-    return bulk(text);
-  header(out_, '=', text.size() + 4);
-  out_ += "txt:";
-  out_.append(text);
-  out_ += "\r\n";
-  return *this;
-}
-
-reply& reply::null() {
-  out_ += proto_ == protocol::resp3 ? "_\r\n" : "$-1\r\n";
-  return *this;
-}
-
-reply& reply::null_array() {
-  out_ += proto_ == protocol::resp3 ? "_\r\n" : "*-1\r\n";
-  return *this;
-}
-
-reply& reply::array(std::size_t elements) {
-  header(out_, '*', elements);
-  return *this;
-}
-
-reply& reply::map(std::size_t pairs) {
-  if (proto_ == protocol::resp3)
-    header(out_, '%', pairs);
-  else
-    header(out_, '*', pairs * 2);
-  return *this;
-}
-
-reply& reply::set(std::size_t elements) {
-  header(out_, proto_ == protocol::resp3 ? '~' : '*', elements);
-  return *this;
-}
-
-reply& reply::real(double value) {
-  auto text = double_text(value);
-  if (proto_ == protocol::resp2)
-    return bulk(text);
-  out_ += ',';
-  out_ += text;
-  out_ += "\r\n";
-  return *this;
-}
-
-reply& reply::boolean(bool value) {
-  if (proto_ == protocol::resp2)
-    return integer(value ? 1 : 0);
-  out_ += value ? "#t\r\n" : "#f\r\n";
-  return *this;
-}
-
-// -- the command table -----------------------------------------------------------
-
-std::string upper(std::string_view word) {
-  std::string out{word};
-  for (auto& c : out)
-    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return out;
-}
-
-namespace {
-
-std::string lower(std::string_view word) {
-  std::string out{word};
-  for (auto& c : out)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-bool arity_ok(int arity, std::size_t words) {
-  auto n = static_cast<long long>(words);
-  return arity >= 0 ? n == arity : n >= -arity;
-}
-
-/// The subcommand of `parent` that `word` names, any case.
-const command* find_subcommand(const command& parent, std::string_view word) {
-  auto wanted = lower(word);
-  for (auto& sub : parent.subcommands) {
-    auto bar = sub.name.find('|');
-    if (sub.name.compare(bar == std::string::npos ? 0 : bar + 1, std::string::npos, wanted) == 0)
-      return &sub;
-  }
-  return nullptr;
-}
-
-} // namespace
-
-void command_table::add(command c) {
-  auto key = lower(c.name);
-  commands_.insert_or_assign(std::move(key), std::move(c));
-}
-
-const command* command_table::find(std::string_view name) const {
-  auto it = commands_.find(lower(name));
-  return it == commands_.end() ? nullptr : &it->second;
-}
-
-std::string unknown_command_error(const args& argv) {
-  // As Redis 7 words it: each argument quoted and followed by a space, at
-  // most 128 bytes of them in all; the name cut at 128 bytes.
-  std::string listed;
-  for (std::size_t j = 1; j < argv.size() && listed.size() < 128; ++j) {
-    auto room = 128 - listed.size();
-    listed += '\'';
-    listed += argv[j].substr(0, room);
-    listed += "' ";
-  }
-  auto name = argv.empty() ? std::string{} : argv[0].substr(0, 128);
-  return "ERR unknown command '" + name + "', with args beginning with: " + listed;
-}
-
-std::string arity_error(std::string_view name) {
-  return "ERR wrong number of arguments for '" + std::string{name} + "' command";
-}
 
 // -- connections -----------------------------------------------------------------
 
@@ -272,103 +103,6 @@ struct shared_state {
   }
 };
 
-/// The command hiredis' reader is building, through the object functions
-/// below: the reader only ever holds one array of bulk strings.
-struct parse_state {
-  args argv;
-  std::size_t bytes = 0;        ///< the arguments' lengths, plus per_argument_bytes each
-  std::size_t max_bytes = 0;    ///< the limit for this command
-  bool unauthenticated = false; ///< read before AUTH, when a token is set
-  std::string error;            ///< why an object function refused
-};
-
-/// Each argument counts this much beyond its length against the request
-/// limit: about its framing on the wire and what its parsed copy costs, so
-/// that many tiny arguments cannot take more memory than the limit says.
-constexpr std::size_t per_argument_bytes = 32;
-/// Arrays before AUTH hold at most this many words (Redis' own limit).
-constexpr int unauthenticated_words_max = 10;
-
-parse_state& state_of(const redisReadTask* task) {
-  return *static_cast<parse_state*>(task->privdata);
-}
-
-void* refuse_item(const redisReadTask* task, char type) {
-  auto& ps = state_of(task);
-  ps.error = std::string{"expected '$', got '"} + type + "'";
-  return nullptr;
-}
-
-void* create_array(const redisReadTask* task, int elements) {
-  auto& ps = state_of(task);
-  if (task->parent != nullptr)
-    return refuse_item(task, '*');
-  if (ps.unauthenticated && elements > unauthenticated_words_max) {
-    ps.error = "unauthenticated multibulk length";
-    return nullptr;
-  }
-  if (static_cast<std::size_t>(elements) > ps.max_bytes / per_argument_bytes) {
-    ps.error = ps.unauthenticated ? "unauthenticated bulk length" : "too big request";
-    return nullptr;
-  }
-  ps.argv.clear();
-  ps.argv.reserve(std::min(elements, 64));
-  ps.bytes = 0;
-  return &ps;
-}
-
-void* create_string(const redisReadTask* task, char* bytes, std::size_t len) {
-  auto& ps = state_of(task);
-  if (task->parent == nullptr || task->type != REDIS_REPLY_STRING)
-    return refuse_item(task, task->type == REDIS_REPLY_ERROR ? '-' : '+');
-  ps.argv.emplace_back(bytes, len);
-  ps.bytes += len + per_argument_bytes;
-  return &ps;
-}
-
-void* create_integer(const redisReadTask* task, long long) {
-  return refuse_item(task, ':');
-}
-
-void* create_nil(const redisReadTask* task) {
-  auto& ps = state_of(task);
-  if (task->parent != nullptr) {
-    ps.error = "invalid bulk length";
-    return nullptr;
-  }
-  ps.argv.clear(); // "*-1": an empty command, ignored as Redis does
-  return &ps;
-}
-
-void free_object(void*) {
-  // Objects are the connection's parse_state: nothing to free.
-}
-
-redisReplyObjectFunctions object_functions
-  = {create_string, create_array, create_integer, create_nil, free_object};
-
-/// A protocol error of hiredis' reader in Redis' words, where Redis has some.
-std::string protocol_error_text(const redisReader& r, const parse_state& ps) {
-  if (!ps.error.empty())
-    return ps.error;
-  std::string_view why{r.errstr};
-  if (why == "Bad multi-bulk length" || why == "Multi-bulk length out of range")
-    return "invalid multibulk length";
-  if (why == "Bad bulk string length" || why == "Bulk string length out of range")
-    return "invalid bulk length";
-  // "Protocol error, got "X" as reply type byte": an array element that is not '$'.
-  constexpr std::string_view type_byte = "Protocol error, got \"";
-  if (why.substr(0, type_byte.size()) == type_byte && why.size() > type_byte.size() + 1
-      && why[type_byte.size() + 1] == '"')
-    return std::string{"expected '$', got '"} + why[type_byte.size()] + "'";
-  return lower(why);
-}
-
-struct reader_deleter {
-  void operator()(redisReader* r) const { redisReaderFree(r); }
-};
-using reader_ptr = std::unique_ptr<redisReader, reader_deleter>;
-
 std::string endpoint_text(const tcp::endpoint& ep) {
   auto addr = ep.address();
   auto host = addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string();
@@ -382,8 +116,7 @@ std::int64_t seconds_since(steady::time_point t) {
 class connection : public std::enable_shared_from_this<connection>, public context {
 public:
   connection(tcp::socket socket, std::shared_ptr<shared_state> state, net::io_context& loop)
-    : socket_(std::move(socket)), state_(std::move(state)), loop_(loop.get_executor()),
-      reader_(new_reader()) {
+    : socket_(std::move(socket)), state_(std::move(state)), loop_(loop.get_executor()) {
     info_.id = state_->next_id.fetch_add(1);
     error_code ec;
     if (auto ep = socket_.remote_endpoint(ec); !ec)
@@ -543,14 +276,6 @@ private:
     protocol proto = protocol::resp2;
   };
 
-  reader_ptr new_reader() {
-    reader_ptr r{redisReaderCreateWithFunctions(&object_functions)};
-    if (!r)
-      throw std::bad_alloc{};
-    r->privdata = &ps_;
-    return r;
-  }
-
   // -- reading --------------------------------------------------------------------
 
   [[nodiscard]] bool paused() const {
@@ -593,7 +318,7 @@ private:
       arm_partial_timer();
       return;
     }
-    in_.append(rbuf_.data(), n);
+    reader_.feed(rbuf_.data(), n);
     parse();
   }
 
@@ -609,114 +334,27 @@ private:
     parsing_ = true;
     bool completed = false;
     while (!closing_ && !paused()) {
-      if (!in_resp_) {
-        if (in_pos_ == in_.size())
-          break;
-        if (in_[in_pos_] != '*') {
-          if (!parse_inline())
-            break;
-          completed = true;
-          continue;
-        }
-        // An array: hiredis' reader takes it from here.
-        in_resp_ = true;
-        redisReaderFeed(reader_.get(), in_.data() + in_pos_, in_.size() - in_pos_);
-        in_.clear();
-        in_pos_ = 0;
-      } else if (in_pos_ < in_.size()) {
-        redisReaderFeed(reader_.get(), in_.data() + in_pos_, in_.size() - in_pos_);
-        in_.clear();
-        in_pos_ = 0;
-      }
-      if (!read_array())
+      auto got = reader_.next(limits());
+      if (got.what == request_reader::status::error)
+        protocol_error(got.error);
+      if (got.what != request_reader::status::command)
         break;
       completed = true;
+      if (!got.argv.empty())
+        dispatch(std::move(got.argv));
     }
     parsing_ = false;
-    if (in_pos_ > 0) {
-      in_.erase(0, in_pos_);
-      in_pos_ = 0;
-    }
     track_partial(completed);
     flush();
     read();
   }
 
-  /// The byte limit of the command being read.
-  [[nodiscard]] std::size_t request_limit() const {
-    return authenticated_
-             ? state_->opts.max_request_bytes
-             : std::min(state_->opts.max_request_bytes, state_->opts.unauthenticated_request_bytes);
-  }
-
-  /// Reads one array from hiredis' reader and dispatches it; false when it
-  /// is incomplete or the input is refused.
-  bool read_array() {
-    auto* r = reader_.get();
-    ps_.max_bytes = request_limit();
-    ps_.unauthenticated = !authenticated_;
-    void* done = nullptr;
-    if (redisReaderGetReply(r, &done) != REDIS_OK) {
-      protocol_error(protocol_error_text(*r, ps_));
-      return false;
-    }
-    if (done == nullptr) {
-      if (ps_.bytes + (r->len - r->pos) > ps_.max_bytes)
-        protocol_error(ps_.unauthenticated ? "unauthenticated bulk length" : "too big request");
-      return false;
-    }
-    auto argv = std::move(ps_.argv);
-    ps_.argv.clear();
-    ps_.bytes = 0;
-    if (r->pos == r->len) {
-      in_resp_ = false; // the next bytes may be an inline command
-    } else if (r->buf[r->pos] != '*') {
-      // An inline command (or garbage) follows: take the rest back.
-      in_.assign(r->buf + r->pos, r->len - r->pos);
-      in_pos_ = 0;
-      reader_ = new_reader();
-      in_resp_ = false;
-    }
-    if (!argv.empty())
-      dispatch(std::move(argv));
-    return true;
-  }
-
-  /// One inline command (words on a line, as typed in telnet): split on
-  /// spaces and tabs only; quotes are not interpreted (docs/redis.md).
-  /// False when the line is incomplete or refused.
-  bool parse_inline() {
-    const char* start = in_.data() + in_pos_;
-    auto avail = in_.size() - in_pos_;
-    const auto* nl = static_cast<const char*>(std::memchr(start, '\n', avail));
-    auto limit = std::min(state_->opts.max_inline_bytes, request_limit());
-    if (nl == nullptr) {
-      if (avail > limit)
-        protocol_error("too big inline request");
-      return false;
-    }
-    std::string_view line{start, static_cast<std::size_t>(nl - start)};
-    in_pos_ += line.size() + 1;
-    if (line.size() > limit) {
-      protocol_error("too big inline request");
-      return false;
-    }
-    if (!line.empty() && line.back() == '\r')
-      line.remove_suffix(1);
-    args argv;
-    std::size_t i = 0;
-    while (i < line.size()) {
-      while (i < line.size() && (line[i] == ' ' || line[i] == '\t'))
-        ++i;
-      auto begin = i;
-      while (i < line.size() && line[i] != ' ' && line[i] != '\t')
-        ++i;
-      if (i > begin)
-        argv.emplace_back(line.substr(begin, i - begin));
-    }
-    if (!argv.empty())
-      dispatch(std::move(argv));
-    return true;
+  /// The limits of the command being read (the byte limit is lower before AUTH).
+  [[nodiscard]] read_limits limits() const {
+    auto bytes = authenticated_ ? state_->opts.max_request_bytes
+                                : std::min(state_->opts.max_request_bytes,
+                                           state_->opts.unauthenticated_request_bytes);
+    return {bytes, state_->opts.max_inline_bytes, !authenticated_};
   }
 
   /// Answers "-ERR Protocol error: <why>" after the replies before it, then
@@ -736,7 +374,7 @@ private:
   /// A command begun and not complete must complete within read_timeout;
   /// between commands a connection may idle as long as it likes.
   void track_partial(bool completed) {
-    bool partial = in_resp_ || in_pos_ < in_.size();
+    bool partial = reader_.partial();
     if (eof_)
       return;
     if (!partial || closing_ || paused()) {
@@ -785,25 +423,10 @@ private:
   }
 
   void run_command(args&& argv, const responder& r) {
-    auto error = [&r](std::string text) { r.send(r.make().error(text)); };
-    const command* cmd = state_->commands.find(argv[0]);
-    if (cmd == nullptr)
-      return error(unknown_command_error(argv));
-    if (!arity_ok(cmd->arity, argv.size()))
-      return error(arity_error(cmd->name));
-    if (!authenticated_ && !cmd->no_auth)
-      return error("NOAUTH Authentication required.");
-    if (!cmd->subcommands.empty() && (argv.size() >= 2 || !cmd->run)) {
-      if (argv.size() < 2)
-        return error(arity_error(cmd->name));
-      const command* sub = find_subcommand(*cmd, argv[1]);
-      if (sub == nullptr)
-        return error("ERR unknown subcommand '" + argv[1].substr(0, 128) + "'. Try "
-                     + upper(cmd->name) + " HELP.");
-      if (!arity_ok(sub->arity, argv.size()))
-        return error(arity_error(sub->name));
-      cmd = sub;
-    }
+    auto found = state_->commands.resolve(argv, authenticated_);
+    if (!found)
+      return r.send(r.make().error(found.error()));
+    const command* cmd = *found;
     {
       std::lock_guard<std::mutex> guard{info_mutex_};
       info_.last_command = cmd->name;
@@ -892,14 +515,10 @@ private:
   std::shared_ptr<shared_state> state_;
   net::io_context::executor_type loop_; ///< the event loop this connection lives on
   std::shared_ptr<gate> gate_ = std::make_shared<gate>();
-  parse_state ps_;
-  reader_ptr reader_;
+  request_reader reader_;
   net::steady_timer partial_timer_{socket_.get_executor()};
   net::steady_timer linger_timer_{socket_.get_executor()};
   std::array<char, 16384> rbuf_{};
-  std::string in_;                          ///< bytes not yet handed to a parser
-  std::size_t in_pos_ = 0;                  ///< of in_, what inline parsing consumed
-  bool in_resp_ = false;                    ///< hiredis' reader holds the start of the input
   std::deque<std::shared_ptr<slot>> slots_; ///< commands read, replies not yet out
   std::string out_;                         ///< replies ready, not yet written
   std::string wbuf_;                        ///< replies being written

@@ -1,7 +1,7 @@
 // The Redis protocol listener (CONTRACT.md section 10, docs/redis.md): RESP2
 // and RESP3 over TCP, requests parsed by hiredis' reader, commands looked up
 // in a table of handlers that answer from any thread, replies written in
-// command order. Asio and hiredis stay in resp_server.cpp.
+// command order. Asio stays in resp_server.cpp, hiredis in resp_protocol.cpp.
 #pragma once
 
 #include <chrono>
@@ -191,6 +191,11 @@ public:
   /// Adds `c`, replacing a command of the same name.
   void add(command c);
   [[nodiscard]] const command* find(std::string_view name) const;
+  /// The command `argv` asks for (its subcommand, for a command that has
+  /// some), or the error to answer instead: an unknown command or
+  /// subcommand, a wrong number of words, or NOAUTH before AUTH.
+  [[nodiscard]] tl::expected<const command*, std::string> resolve(const args& argv,
+                                                                  bool authenticated) const;
   /// In name order.
   [[nodiscard]] const std::map<std::string, command>& all() const { return commands_; }
 

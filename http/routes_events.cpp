@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/event_input.hpp"
+#include "actors/tracing.hpp"
 #include "http/problem.hpp"
 #include "http/routes_private.hpp"
 
@@ -54,17 +55,29 @@ void publish(const api_env& env, request& req, const std::string& topic, respond
                            "topic \"" + topic.substr(0, 300)
                              + "\" is not valid: use [A-Za-z0-9_:-]+ tokens joined by '.', "
                                "at most 255 bytes"));
+  // A caller's trace context: its trace for events without their own, its
+  // span as the publish spans' parent (docs/operations.md, "Traces").
+  std::optional<actors::trace_context> caller;
+  if (!req.traceparent.empty())
+    caller = actors::parse_traceparent(req.traceparent);
   // One pass, no DOM: the hot path.
-  auto items = actors::events_from_text(req.body, topic, env.cfg.http.max_events_per_request);
+  auto items = actors::events_from_text(req.body, topic, env.cfg.http.max_events_per_request,
+                                        actors::max_json_depth,
+                                        caller ? caller->trace_id : std::string_view{});
   if (!items && items.error().json)
     return respond(problem(400, "invalid-json", "Bad Request",
                            "the body is not valid JSON: " + items.error().message));
   if (!items)
     return respond(problem(400, "invalid-event", "Bad Request", items.error().message));
+  auto trace = actors::trace_publish(env.node.tracing(), *items, topic,
+                                     caller ? caller->parent_id : 0, "http", req.received_ns);
   env.node.publish(topic, std::move(*items),
-                   [respond](actors::result<std::vector<actors::published>> r) {
+                   [respond, trace,
+                    tracer = env.node.tracing()](actors::result<std::vector<actors::published>> r) {
                      if (!r)
                        return respond(error_response(r.error()));
+                     if (trace)
+                       actors::record_publish(*tracer, *trace, *r);
                      // Built by hand: this is the hot path, and every value
                      // but the (validated) id and topic is a number or a time.
                      std::string body = "{\"events\":[";

@@ -17,14 +17,12 @@
 
 #include "actors/node.hpp"
 #include "config/config.hpp"
+#include "http/route_table.hpp"
 #include "http/server.hpp"
 
 namespace nerve::http {
 
 class metrics;
-
-/// The path parameters of a matched route, in order.
-using params = std::vector<std::string>;
 
 /// What every handler may use; owned by the API, so it outlives every
 /// answer it sends.
@@ -54,22 +52,6 @@ using cluster_fn
 cluster_fn cluster_handler(const api_env& env, const std::string& method, const std::string& label);
 
 // -- request and answer helpers (routes.cpp) ------------------------------------
-
-/// Decodes %XX; in a query (not a path) '+' is a space as well.
-[[nodiscard]] std::string percent_decode(const std::string& s, bool& ok, bool query = false);
-
-/// Parses a query string into `out`. A malformed escape or a parameter the
-/// route does not take is a 400: on a bulk action (DLQ retry-all), a typo
-/// must never widen the filter to everything.
-[[nodiscard]] std::optional<response> parse_query(const std::string& q,
-                                                  std::initializer_list<std::string_view> allowed,
-                                                  std::map<std::string, std::string>& out);
-
-/// Parses an unsigned query parameter from `min` to `max` into `out`.
-[[nodiscard]] std::optional<response> query_uint(const std::map<std::string, std::string>& q,
-                                                 const std::string& name, std::uint64_t max,
-                                                 std::optional<std::uint64_t>& out,
-                                                 std::uint64_t min = 0);
 
 [[nodiscard]] response json_response(unsigned status, std::string body);
 

@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "http/problem.hpp"
+#include "http/server_request.hpp"
 
 namespace nerve::http {
 
@@ -226,9 +227,8 @@ private:
 
   void read_header() {
     parser_.emplace();
-    parser_->header_limit(static_cast<std::uint32_t>(state_->opts.max_header_bytes));
     // A probe has no body; a probe slot is not held by a slow one.
-    parser_->body_limit(probe_only_ ? 0 : state_->opts.max_body_bytes);
+    limit_parser(*parser_, state_->opts, probe_only_);
     stream_.expires_after(probe_only_ ? std::min<std::chrono::steady_clock::duration>(
                             probe_read_timeout, state_->opts.read_timeout)
                                       : state_->opts.read_timeout);
@@ -240,10 +240,10 @@ private:
     if (ec)
       return on_error(ec);
     auto& req = parser_->get();
+    // Refuse early what would be refused after the upload anyway.
+    if (refuse_before_continue(*parser_, state_->opts))
+      return on_error(bhttp::error::body_limit);
     if (req[bhttp::field::expect] == "100-continue") {
-      // Refuse early what would be refused after the upload anyway.
-      if (auto len = parser_->content_length(); len && *len > state_->opts.max_body_bytes)
-        return on_error(bhttp::error::body_limit);
       auto cont = std::make_shared<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_,
                                                                        req.version());
       bhttp::async_write(stream_, *cont,
@@ -302,19 +302,9 @@ private:
     // While draining, each connection gets its answer and is then closed.
     keep_alive_ = msg.keep_alive() && !state_->draining.load();
     head_ = msg.method() == bhttp::verb::head;
-    request req;
-    req.method = head_ ? std::string{"GET"} : std::string{msg.method_string()};
-    auto target = std::string{msg.target()};
-    auto q = target.find('?');
-    req.path = target.substr(0, q);
-    if (q != std::string::npos)
-      req.query = target.substr(q + 1);
-    req.body = std::move(msg.body());
-    req.authorization = std::string{msg[bhttp::field::authorization]};
-    if (ws::is_upgrade(msg)) {
-      req.websocket = true;
+    auto req = to_request(msg);
+    if (req.websocket)
       upgrade_.emplace(std::move(msg));
-    }
     if (probe_only_) {
       keep_alive_ = false;
       if (!is_probe(req))

@@ -21,7 +21,9 @@ struct request {
   std::string query;  ///< after '?', still percent-encoded
   std::string body;
   std::string authorization;
-  bool websocket = false; ///< a WebSocket upgrade request
+  std::string traceparent;      ///< W3C trace context of the caller, if it sent one
+  std::int64_t received_ns = 0; ///< Unix time the request was read whole
+  bool websocket = false;       ///< a WebSocket upgrade request
   /// Asked by a peer or by this node's own fan-out: answer from this node's
   /// data alone, without a token (never set from the network's HTTP side).
   bool local = false;

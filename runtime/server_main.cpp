@@ -13,6 +13,7 @@
 #include "http/server.hpp"
 #include "runtime/commands.hpp"
 #include "runtime/logging.hpp"
+#include "runtime/systemd_notify.hpp"
 
 namespace nerve::runtime {
 
@@ -31,6 +32,8 @@ int run_server(const config::flag_overrides& flags) {
   sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+  // Before any agent starts: they must not inherit $NOTIFY_SOCKET.
+  auto systemd = systemd_notifier::from_env();
   // The allocator is tcmalloc (runtime/CMakeLists.txt): history pages and
   // batch answers, buffers of up to a few MiB made and freed many times a
   // second, are reused from its page heap, not mapped and unmapped each time.
@@ -84,12 +87,16 @@ int run_server(const config::flag_overrides& flags) {
   spdlog::info("nerve {} node {} ready in {} ms: http://{}:{} data {} fsync {}", NERVE_VERSION,
                (*node)->node_id(), ms, hp.first, server.port(), cfg->data_dir,
                config::to_string(cfg->storage.fsync));
+  // Type=notify (packaging/nerve.service): started means recovered and
+  // listening, as /readyz answers 200 from here on.
+  systemd.notify(fmt::format("READY=1\nSTATUS=serving http://{}:{}", hp.first, server.port()));
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
   spdlog::info("{} received: draining", sig == SIGINT   ? "SIGINT"
                                         : sig == SIGHUP ? "SIGHUP"
                                                         : "SIGTERM");
+  systemd.notify("STOPPING=1\nSTATUS=draining");
   auto drain_start = std::chrono::steady_clock::now();
   auto ms_since = [&drain_start] {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now()

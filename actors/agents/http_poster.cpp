@@ -56,6 +56,7 @@ struct http_poster::impl {
     std::string body;
     std::chrono::milliseconds timeout;
     std::function<void(http_answer)> done;
+    std::vector<std::pair<std::string, std::string>> headers;
   };
   std::deque<job> jobs;
   bool stopping = false;
@@ -74,12 +75,13 @@ struct http_poster::impl {
         j = std::move(jobs.front());
         jobs.pop_front();
       }
-      j.done(send(ioc, j.body, j.timeout));
+      j.done(send(ioc, j));
     }
   }
 
-  http_answer send(net::io_context& ioc, const std::string& body,
-                   std::chrono::milliseconds timeout) {
+  http_answer send(net::io_context& ioc, const job& j) {
+    const auto& body = j.body;
+    auto timeout = j.timeout;
     http_answer a;
     // Asynchronous operations run to completion on this worker's own loop:
     // the stream's expiry bounds only those, and it bounds the whole request
@@ -90,6 +92,8 @@ struct http_poster::impl {
     req.set(bhttp::field::host, where.host);
     req.set(bhttp::field::user_agent, "nerve/" NERVE_VERSION);
     req.set(bhttp::field::content_type, "application/json");
+    for (auto& [name, value] : j.headers)
+      req.set(name, value);
     req.body() = body;
     req.prepare_payload();
     beast::flat_buffer buffer;
@@ -185,10 +189,11 @@ http_poster::~http_poster() {
 }
 
 void http_poster::post(std::string body, std::chrono::milliseconds timeout,
-                       std::function<void(http_answer)> done) {
+                       std::function<void(http_answer)> done,
+                       std::vector<std::pair<std::string, std::string>> headers) {
   {
     std::lock_guard<std::mutex> guard{impl_->mutex};
-    impl_->jobs.push_back({std::move(body), timeout, std::move(done)});
+    impl_->jobs.push_back({std::move(body), timeout, std::move(done), std::move(headers)});
   }
   impl_->cv.notify_one();
 }

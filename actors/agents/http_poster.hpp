@@ -6,6 +6,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace nerve::actors::agents {
 
@@ -24,9 +26,11 @@ public:
   http_poster(const http_poster&) = delete;
   http_poster& operator=(const http_poster&) = delete;
 
-  /// Queues a POST of `body`; `done` runs on a worker thread.
+  /// Queues a POST of `body` (JSON) with `headers` besides nerve's own;
+  /// `done` runs on a worker thread.
   void post(std::string body, std::chrono::milliseconds timeout,
-            std::function<void(http_answer)> done);
+            std::function<void(http_answer)> done,
+            std::vector<std::pair<std::string, std::string>> headers = {});
 
 private:
   struct impl;

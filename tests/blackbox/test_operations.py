@@ -1,10 +1,12 @@
 """Black-box tests of the operator surface (CONTRACT.md section 6): GET /metrics in the
 Prometheus text format (checked by promtool), the measured indicators of
 /health/detailed, GET /v1/bus/stats and GET /v1/storage/health, which routes need the
-token, and the refusal of a non-loopback address without one."""
+token, the refusal of a non-loopback address without one, and the systemd notifications
+of packaging/nerve.service (Type=notify)."""
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -394,6 +396,32 @@ class AuthTest(OperationsTestCase):
         self.assertEqual(len(lines), 1, p)
         self.assertIn("http.token", lines[0])
         self.assertFalse(os.path.exists(os.path.join(data, "d")), "nothing is created")
+
+
+class SystemdNotifyTest(OperationsTestCase):
+    """`nerve run` speaks sd_notify(3) to $NOTIFY_SOCKET, as systemd sets it for Type=notify."""
+
+    def test_ready_once_readyz_answers_stopping_on_sigterm_and_agents_do_not_inherit_it(self):
+        workdir = tempfile.mkdtemp(prefix="nerve-bb-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        path = os.path.join(workdir, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(path)
+        sock.settimeout(30)
+        srv = self.new_server(workdir=workdir, env={"NOTIFY_SOCKET": path}, config={"agents": [
+            process("envdump", [topic("envdump")],
+                    ["sh", "-c", "env > agent.env; exec cat > /dev/null"])]})
+        ready = sock.recv(4096).decode()
+        self.assertEqual(ready, f"READY=1\nSTATUS=serving http://127.0.0.1:{srv.port}")
+        self.assertEqual(srv.get("/readyz").status, 200)
+        env_file = os.path.join(workdir, "agent.env")
+        self.wait_for(lambda: os.path.exists(env_file) and os.path.getsize(env_file) > 0,
+                      what="the agent's environment")
+        with open(env_file) as f:
+            self.assertNotIn("NOTIFY_SOCKET=", f.read())
+        self.assertEqual(srv.stop(), 0)
+        self.assertEqual(sock.recv(4096).decode(), "STOPPING=1\nSTATUS=draining")
 
 
 if __name__ == "__main__":

@@ -205,3 +205,28 @@ TEST_CASE("stopping the server cancels parked commands and drops late answers", 
   f.srv.reset();
   r.send(r.make().integer(2)); // after the server is gone: harmless too
 }
+
+// Found by fuzz_resp_request (tests/fuzz/corpus/resp_request/crash-complete-over-limit):
+// the limit was checked only while a command was incomplete, so one whose
+// bytes came in a single read ran whatever its size.
+TEST_CASE("a command over the request limit is refused when it comes in one read", "[unit][http]") {
+  command_table table;
+  table.add({"ping",
+             -1,
+             false,
+             {},
+             0,
+             0,
+             0,
+             [](context&, args&&, responder r) { r.send(r.make().simple("PONG")); },
+             {}});
+  server_options opts;
+  opts.port = 0;
+  opts.max_request_bytes = 1024;
+  server srv{opts, std::move(table)};
+  REQUIRE(srv.start());
+  client c{srv.port()};
+  c.send("*2\r\n$4\r\nPING\r\n$1100\r\n" + std::string(1100, 'a') + "\r\n");
+  std::string refused = "-ERR Protocol error: too big request\r\n";
+  CHECK(c.read(refused.size()) == refused);
+}
