@@ -85,6 +85,25 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	tests/fuzz/run $(FUZZ_BUILD) 10 $(FUZZERS)
 
+# Sanitizer runs (tests/README.md, "Sanitizers"): not part of `make test`, too slow
+# for CI's budget. Each builds its own tree without tcmalloc; tests/sanitize/check-reports
+# fails a test on any report of any process it started.
+# test-sanitize: ASan+UBSan (LeakSanitizer at exit), the unit and black-box tiers.
+# SANITIZE_CTEST_ARGS picks others, e.g. SANITIZE_CTEST_ARGS="-L faults".
+SANITIZE_CTEST_ARGS ?= -L 'unit|blackbox'
+.PHONY: test-sanitize test-tsan
+test-sanitize: deps
+	cmake --preset asan
+	cmake --build build-asan
+	ctest --test-dir build-asan --output-on-failure $(SANITIZE_CTEST_ARGS)
+
+# test-tsan: ThreadSanitizer, the unit tier (actors on CAF's deterministic scheduler,
+# the engine, the log on RocksDB, the etcd client, the RESP listener, the cluster gate).
+test-tsan: deps
+	cmake --preset tsan
+	cmake --build build-tsan --target nerve_unit_tests
+	ctest --test-dir build-tsan --output-on-failure -L unit
+
 # bench/soak: an hour at half the measured capacity, watched for leaks (docs/benchmarks.md,
 # "soak"); SOAK_ARGS=--minutes 3 for the quick check. Not part of CI.
 SOAK_ARGS ?=

@@ -24,11 +24,16 @@ void ask(caf::actor_system& sys, const Handle& dest, std::chrono::milliseconds t
          const std::string& what, std::function<void(result<R>)> done, Ts... xs) {
   if (!dest)
     return done(tl::make_unexpected(error{errc::unavailable, what + " is not running"}));
-  sys.spawn([dest, timeout, done = std::move(done), xs...](caf::event_based_actor* self) {
-    self->request(dest, timeout, xs...)
-      .then([done](R& r) { done(std::move(r)); },
-            [done](caf::error& e) { done(tl::make_unexpected(from_caf_error(e))); });
-  });
+  // Every function-based actor nerve spawns takes at least one argument: CAF 0.17
+  // dereferences a null std::shared_ptr<std::tuple<>> for one spawned without any
+  // (init_fun_factory.hpp), undefined behaviour that the sanitizer build reports.
+  sys.spawn(
+    [timeout, done = std::move(done), xs...](caf::event_based_actor* self, const Handle& dest) {
+      self->request(dest, timeout, xs...)
+        .then([done](R& r) { done(std::move(r)); },
+              [done](caf::error& e) { done(tl::make_unexpected(from_caf_error(e))); });
+    },
+    dest);
 }
 
 } // namespace nerve::actors

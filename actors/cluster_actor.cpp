@@ -680,24 +680,27 @@ public:
     if (!dest)
       return done(tl::make_unexpected(
         error{errc::unavailable, "node " + id + " is down or unreachable; retry shortly"}));
-    sys_.spawn([dest, id, req = std::move(req),
-                done = std::move(done)](caf::event_based_actor* self) mutable {
-      self
-        ->request(dest, forward_timeout, api_atom::value,
-                  api_request{std::move(req.method), std::move(req.path), std::move(req.query),
-                              std::move(req.body)})
-        .then(
-          [done](api_response& r) {
-            done(peer_response{r.status, std::move(r.content_type), std::move(r.body)});
-          },
-          [self, done, id](caf::error& e) {
-            done(tl::make_unexpected(e.category() == error_category
-                                       ? from_caf_error(e)
-                                       : error{errc::unavailable, "node " + id + " did not answer ("
-                                                                    + self->system().render(e)
-                                                                    + "); retry shortly"}));
-          });
-    });
+    // dest as an argument, not a capture: actors/ask.hpp says why.
+    sys_.spawn(
+      [id, req = std::move(req), done = std::move(done)](caf::event_based_actor* self,
+                                                         const peer_actor& dest) mutable {
+        self
+          ->request(dest, forward_timeout, api_atom::value,
+                    api_request{std::move(req.method), std::move(req.path), std::move(req.query),
+                                std::move(req.body)})
+          .then(
+            [done](api_response& r) {
+              done(peer_response{r.status, std::move(r.content_type), std::move(r.body)});
+            },
+            [self, done, id](caf::error& e) {
+              done(tl::make_unexpected(
+                e.category() == error_category
+                  ? from_caf_error(e)
+                  : error{errc::unavailable, "node " + id + " did not answer ("
+                                               + self->system().render(e) + "); retry shortly"}));
+            });
+      },
+      dest);
   }
 
   tail_handle tail(const std::string& topic, tail_sink sink) override {
@@ -710,14 +713,15 @@ public:
     }
     // One receiving actor for every peer; each batch is acknowledged to the
     // node that sent it. It lives until the handle is dropped.
-    auto receiver
-      = sys_.spawn([sink = std::move(sink)](tail_actor::pointer self) -> tail_actor::behavior_type {
-          return {[self, sink](tail_events_atom, const std::vector<std::string>& events) {
-            if (auto from = caf::actor_cast<peer_actor>(self->current_sender()))
-              self->send(from, tail_ack_atom::value, self->address());
-            sink(events);
-          }};
-        });
+    auto receiver = sys_.spawn(
+      [](tail_actor::pointer self, const tail_sink& sink) -> tail_actor::behavior_type {
+        return {[self, sink](tail_events_atom, const std::vector<std::string>& events) {
+          if (auto from = caf::actor_cast<peer_actor>(self->current_sender()))
+            self->send(from, tail_ack_atom::value, self->address());
+          sink(events);
+        }};
+      },
+      std::move(sink));
     for (auto& p : peers)
       caf::anon_send(p, tail_atom::value, topic, caf::actor_cast<caf::actor>(receiver));
     return std::shared_ptr<void>(nullptr, [receiver](void*) {
@@ -732,19 +736,21 @@ public:
       return done(
         tl::make_unexpected(error{errc::unavailable, "node " + home + ", the home of " + topic
                                                        + ", is down; retry shortly"}));
-    sys_.spawn([dest, home, topic, done = std::move(done)](caf::event_based_actor* self) {
-      auto failed = [self, done, home, topic](const caf::error& e) {
-        done(tl::make_unexpected(
-          e.category() == error_category
-            ? from_caf_error(e)
-            : error{errc::unavailable, "node " + home + " did not say how many partitions " + topic
-                                         + " has (" + self->system().render(e)
-                                         + "); retry shortly"}));
-      };
-      on_link_lost(self, dest, failed);
-      self->request(dest, 10s, topic_atom::value, topic)
-        .then([done](std::uint32_t n) { done(n); }, [failed](caf::error& e) { failed(e); });
-    });
+    sys_.spawn(
+      [home, topic, done = std::move(done)](caf::event_based_actor* self, const peer_actor& dest) {
+        auto failed = [self, done, home, topic](const caf::error& e) {
+          done(tl::make_unexpected(
+            e.category() == error_category
+              ? from_caf_error(e)
+              : error{errc::unavailable, "node " + home + " did not say how many partitions "
+                                           + topic + " has (" + self->system().render(e)
+                                           + "); retry shortly"}));
+        };
+        on_link_lost(self, dest, failed);
+        self->request(dest, 10s, topic_atom::value, topic)
+          .then([done](std::uint32_t n) { done(n); }, [failed](caf::error& e) { failed(e); });
+      },
+      dest);
   }
 
   void stop() override {

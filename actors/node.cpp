@@ -99,7 +99,9 @@ public:
   }
 
   void run_detached(std::function<void()> job) override {
-    system_.spawn<caf::detached>(std::move(job));
+    // With the job as an argument, not as the actor's function (ask.hpp says why).
+    system_.spawn<caf::detached>([](caf::blocking_actor*, const std::function<void()>& f) { f(); },
+                                 std::move(job));
   }
 
   [[nodiscard]] const runner_actor& runner() const { return runner_; }
@@ -152,9 +154,11 @@ public:
     // appends and a fetch round's applies share one sync instead of the
     // first starting alone (docs/architecture.md, "Group commit").
     if (cfg_.cluster.replicated()) {
-      sync_pacer_ = system_.spawn([log = log_.get()]() -> caf::behavior {
-        return {[log](sync_atom) { log->start_syncs(); }};
-      });
+      sync_pacer_ = system_.spawn(
+        [](caf::event_based_actor*, persistence::event_log* log) -> caf::behavior {
+          return {[log](sync_atom) { log->start_syncs(); }};
+        },
+        log_.get());
       log_->set_sync_pacer([pacer = sync_pacer_] { caf::anon_send(pacer, sync_atom::value); });
     }
     fresh_ = log_->topics().empty();
@@ -224,10 +228,12 @@ public:
       // first, as a request through a one-shot actor did: a delivery its
       // partition is about to send (an XADD answered a moment ago) is in
       // the queue before it. A waiting fetch gets such a delivery anyway.
-      system_.spawn([queue = *queue, req = std::move(req),
-                     reply = std::move(reply)](caf::event_based_actor*) mutable {
-        caf::anon_send(queue, pull_atom::value, std::move(req), std::move(reply));
-      });
+      system_.spawn(
+        [req = std::move(req), reply = std::move(reply)](caf::event_based_actor*,
+                                                         const instance_actor& queue) mutable {
+          caf::anon_send(queue, pull_atom::value, std::move(req), std::move(reply));
+        },
+        *queue);
       return;
     }
     caf::anon_send(*queue, pull_atom::value, std::move(req), std::move(reply));

@@ -393,14 +393,27 @@ public:
     cv_.notify_one();
   }
 
+  // Stopped and joined when the process exits (the static's destructor): a
+  // detached thread went on reading due_ after the exit handlers freed it (an
+  // AddressSanitizer report at shutdown). Callbacks still due are dropped.
+  ~timers() {
+    {
+      std::lock_guard<std::mutex> g{mutex_};
+      stopping_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  timers(const timers&) = delete;
+  timers& operator=(const timers&) = delete;
+
 private:
   timers() {
     thread_ = std::thread{[this] { run(); }};
-    thread_.detach(); // lives as long as the process; callbacks are guarded by their owners
   }
   void run() {
     std::unique_lock<std::mutex> g{mutex_};
-    for (;;) {
+    while (!stopping_) {
       if (due_.empty()) {
         cv_.wait(g);
         continue;
@@ -420,6 +433,7 @@ private:
   std::mutex mutex_;
   std::condition_variable cv_;
   std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> due_;
+  bool stopping_ = false;
   std::thread thread_;
 };
 

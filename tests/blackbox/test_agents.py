@@ -10,7 +10,7 @@ import threading
 import time
 import unittest
 
-from harness import ServerTestCase, builtin, process, run_nerve, topic
+from harness import RSS_BOUNDS_CHECKED, ServerTestCase, builtin, process, run_nerve, topic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ECHO_AGENT = os.path.abspath(os.path.join(HERE, "..", "..", "docs", "examples", "echo_agent.py"))
@@ -480,7 +480,8 @@ class ProcessAgentTest(AgentTestCase):
                       "the count of stderr lines not logged")
         # Bounded: the lines wait in the child's pipe, not in nerve's mailbox;
         # the 20 MB line is dropped past 16 MiB (measured: +48 MB at the peak).
-        self.assertLess(peak - base, 100 * 1024, f"RSS grew from {base} to {peak} kB")
+        if RSS_BOUNDS_CHECKED:
+            self.assertLess(peak - base, 100 * 1024, f"RSS grew from {base} to {peak} kB")
         log = srv.stderr_text()
         ignored = log.count("ignoring a line that is not an ack or nack")
         self.assertGreater(ignored, 0)
@@ -821,7 +822,8 @@ class HttpAgentTest(AgentTestCase):
         # At most 16 MiB of a body is kept per answer (two attempts each).
         # Beast 1.74 read a 40 MB answer whole when its first bytes came with
         # the header, and it was acked (3 runs in 10): the header is read alone.
-        self.assertLess(peak - base, 80 * 1024, f"RSS grew from {base} to {peak} kB")
+        if RSS_BOUNDS_CHECKED:
+            self.assertLess(peak - base, 80 * 1024, f"RSS grew from {base} to {peak} kB")
         self.assertHealthy(srv)
 
     def test_2xx_acks_with_the_body_as_result_and_errors_go_to_the_dlq(self):
