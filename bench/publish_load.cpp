@@ -55,8 +55,8 @@ struct options : common_options {
   unsigned clients = 16;
   unsigned batch = 1; ///< events per request
   unsigned verify_samples = 32;
-  double rate = 0;            ///< events/s over all clients; 0 = closed loop
-  double report_every_s = 0;  ///< a JSON report line this often; 0 = none
+  double rate = 0;           ///< events/s over all clients; 0 = closed loop
+  double report_every_s = 0; ///< a JSON report line this often; 0 = none
 
   options() { prog = "publish_load"; }
 
@@ -174,8 +174,8 @@ private:
 
   /// The scheduled time of slot k of this connection (open loop).
   [[nodiscard]] clock_type::time_point slot_time(std::uint64_t k) const {
-    double s = (static_cast<double>(index_) + static_cast<double>(k) * st_.opt.clients)
-               / st_.opt.rate;
+    double s
+      = (static_cast<double>(index_) + static_cast<double>(k) * st_.opt.clients) / st_.opt.rate;
     return st_.start
            + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(s));
   }
@@ -377,8 +377,8 @@ verification verify_redis(const run_state& st) {
 /// the failures, and their latency percentiles (ms); then starts the next.
 void print_report(run_state& st, double t_s) {
   auto& v = st.report_us;
-  std::printf("{\"report\":{\"t_s\":%.3f,\"ok\":%zu,\"errors\":%" PRIu64
-              ",\"io_errors\":%" PRIu64 ",\"p50_ms\":%s,\"p99_ms\":%s,\"p999_ms\":%s}}\n",
+  std::printf("{\"report\":{\"t_s\":%.3f,\"ok\":%zu,\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64
+              ",\"p50_ms\":%s,\"p99_ms\":%s,\"p999_ms\":%s}}\n",
               t_s, v.size(), st.report_errors, st.io_errors,
               v.empty() ? "null" : num(percentile_ms(v, 0.50)).c_str(),
               v.empty() ? "null" : num(percentile_ms(v, 0.99)).c_str(),
@@ -410,9 +410,10 @@ public:
 private:
   void arm() {
     ++ticks_;
-    timer_.expires_at(st_.start
-                      + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(
-                        st_.opt.report_every_s * static_cast<double>(ticks_))));
+    timer_.expires_at(
+      st_.start
+      + std::chrono::duration_cast<clock_type::duration>(
+        std::chrono::duration<double>(st_.opt.report_every_s * static_cast<double>(ticks_))));
     on_expiry(timer_, [this] {
       print_report(st_, seconds_since_start());
       arm();
@@ -503,8 +504,8 @@ int main(int argc, char** argv) {
     "{\"target\":\"%s\",\"clients\":%u,\"batch\":%u,\"rate\":%.1f,\"duration_s\":%.3f,"
     "\"warmup_s\":%.3f,\"payload_bytes\":%zu,\"events_per_s\":%.1f,\"ok_in_window\":%" PRIu64
     ",\"ok_total\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64
-    ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"client_cpu\":%.3f,\"sampled_answers\":%" PRIu64
-    ",\"read_back\":%" PRIu64 ",\"read_back_failed\":%" PRIu64
+    ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"client_cpu\":%.3f,\"sampled_answers\":"
+    "%" PRIu64 ",\"read_back\":%" PRIu64 ",\"read_back_failed\":%" PRIu64
     ",\"stored\":%s,\"verified\":%s,\"note\":\"%s\"}\n",
     o.target.c_str(), o.clients, o.batch, o.rate, o.duration_s, o.warmup_s, o.payload_bytes, eps,
     st.ok_window, st.ok_total, st.errors, st.io_errors, p50, p99, p999, cpu, st.sampled, v.checked,
