@@ -83,7 +83,7 @@ fuzz: fuzz-build
 	tests/fuzz/run $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZERS)
 
 fuzz-smoke: fuzz-build
-	tests/fuzz/run $(FUZZ_BUILD) 10 $(FUZZERS)
+	tests/fuzz/run $(FUZZ_BUILD) 5 $(FUZZERS)
 
 # Sanitizer runs (tests/README.md, "Sanitizers"): not part of `make test`, too slow
 # for CI's budget. Each builds its own tree without tcmalloc; tests/sanitize/check-reports
