@@ -521,6 +521,10 @@ std::optional<std::string> parse_read(const args& a, bool grouped, read_args& ou
 struct xread_wait : std::enable_shared_from_this<xread_wait> {
   responder r;
   std::vector<std::pair<std::string, entry_id>> starts; ///< per key: entries after this
+  /// Per key read from `$`: each partition's next offset when the command came.
+  /// An entry below it was there before (an XADD answered in the same
+  /// millisecond has an id after the clock's bound), so it is not new.
+  std::vector<std::vector<std::uint64_t>> from_offsets;
   std::vector<std::uint32_t> partitions;
   std::size_t count = 0;
   std::mutex mutex;
@@ -529,6 +533,17 @@ struct xread_wait : std::enable_shared_from_this<xread_wait> {
   std::vector<std::pair<std::string, std::vector<entry>>> got;
 
   explicit xread_wait(responder rr) : r(std::move(rr)) {}
+
+  /// Whether `e`, of key `k` in a topic of `parts` partitions, is one to answer.
+  [[nodiscard]] bool is_new(std::size_t k, const entry& e, std::uint32_t parts) const {
+    if (!(starts[k].second < e.id))
+      return false;
+    const auto& from = from_offsets[k];
+    if (from.empty())
+      return true;
+    auto at = decode_id(e.id, parts);
+    return at && (at->partition >= from.size() || at->offset >= from[at->partition]);
+  }
 
   /// Answers once with what was found; later finds are ignored (every
   /// writer of `got` checks `done` under the lock).
@@ -569,7 +584,14 @@ void xread(actors::node& node, context&, args&& a, responder r) {
         if (v.name == ra.keys[k])
           t = &v;
       entry_id start{0, 0};
+      std::vector<std::uint64_t> from;
       if (ra.ids[k] == "$") {
+        if (t)
+          for (auto& p : t->partition_stats) {
+            if (p.partition >= from.size())
+              from.resize(p.partition + 1, 0);
+            from[p.partition] = p.next_offset;
+          }
         // Everything now is before the start: new entries only.
         auto now_ms
           = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -584,6 +606,7 @@ void xread(actors::node& node, context&, args&& a, responder r) {
         return send_error(r, invalid_id);
       }
       w->starts.emplace_back(ra.keys[k], start);
+      w->from_offsets.push_back(std::move(from));
       w->partitions.push_back(t ? t->partitions : 0);
       w->got.emplace_back(ra.keys[k], std::vector<entry>{});
     }
@@ -611,7 +634,8 @@ void xread(actors::node& node, context&, args&& a, responder r) {
                 return;
               w->partitions[k] = (*t)->partitions;
               for (auto& text : events)
-                if (auto e = entry_of(text, w->partitions[k]); e && w->starts[k].second < e->id)
+                if (auto e = entry_of(text, w->partitions[k]);
+                    e && w->is_new(k, *e, w->partitions[k]))
                   w->got[k].second.push_back(std::move(*e));
               bool any = !w->got[k].second.empty();
               g.unlock();
@@ -624,7 +648,7 @@ void xread(actors::node& node, context&, args&& a, responder r) {
           if (w->done)
             return;
           for (auto& text : events)
-            if (auto e = entry_of(text, parts); e && w->starts[k].second < e->id)
+            if (auto e = entry_of(text, parts); e && w->is_new(k, *e, parts))
               if (w->got[k].second.size() < w->count)
                 w->got[k].second.push_back(std::move(*e));
           bool any = !w->got[k].second.empty();
@@ -644,8 +668,15 @@ void xread(actors::node& node, context&, args&& a, responder r) {
       read_range(
         node, w->starts[k].first, lo, hi, w->count, false,
         [w, k, left, found, block = ra.block_ms](auto es) {
-          if (es)
-            (*found)[k] = std::move(*es);
+          if (es) {
+            auto& mine = (*found)[k];
+            mine = std::move(*es);
+            std::lock_guard<std::mutex> g{w->mutex};
+            auto parts = w->partitions[k];
+            mine.erase(std::remove_if(mine.begin(), mine.end(),
+                                      [&](const entry& e) { return !w->is_new(k, e, parts); }),
+                       mine.end());
+          }
           if (--*left != 0)
             return;
           bool any = std::any_of(found->begin(), found->end(), [](auto& v) { return !v.empty(); });
