@@ -236,8 +236,7 @@ private:
 
   /// The scheduled time of slot k of this connection (open loop).
   [[nodiscard]] std::int64_t slot_ns(std::uint64_t k) const {
-    double n = st_.opt.connections;
-    double s = (static_cast<double>(index_) + static_cast<double>(k) * n) / st_.opt.rate;
+    double s = slot_seconds(index_, k, st_.opt.connections, st_.opt.rate);
     return st_.start_ns + static_cast<std::int64_t>(s * 1e9);
   }
 

@@ -121,6 +121,12 @@ inline std::int64_t now_ns() {
     .count();
 }
 
+/// Open loop: seconds from the start to slot k of connection `index` of
+/// `connections`, `rate` events/s over all of them (deliver_load, publish_load).
+inline double slot_seconds(unsigned index, std::uint64_t k, unsigned connections, double rate) {
+  return (static_cast<double>(index) + static_cast<double>(k) * connections) / rate;
+}
+
 // -- HTTP ---------------------------------------------------------------------
 
 /// One HTTP/1.1 response split off the front of a byte buffer.
