@@ -120,6 +120,7 @@ using fetch_atom = caf::atom_constant<caf::atom("fetch")>;
 using fetched_atom = caf::atom_constant<caf::atom("fetched")>;
 using synced_atom = caf::atom_constant<caf::atom("synced")>;
 using unpark_atom = caf::atom_constant<caf::atom("unpark")>;
+using barrier_atom = caf::atom_constant<caf::atom("barrier")>;
 using sync_atom = caf::atom_constant<caf::atom("sync")>;
 using role_atom = caf::atom_constant<caf::atom("role")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
@@ -860,6 +861,9 @@ using partition_actor = caf::typed_actor<
   caf::reacts_to<fetch_atom, fetch_request, std::uint64_t, std::uint64_t>,
   /// Leader: answer follower node's fetch parked in fetch session round r now.
   caf::reacts_to<unpark_atom, std::string, std::uint64_t>,
+  /// Hands the groups what is durable now, then answers: a pull agent's
+  /// fetch that does not wait sees every entry acknowledged before it.
+  caf::replies_to<barrier_atom>::with<bool>,
   /// Follower: the answer of its fetch (token); its log of generation g is synced up to n.
   caf::reacts_to<fetched_atom, std::uint64_t, fetch_response>,
   caf::reacts_to<synced_atom, std::uint64_t, std::uint64_t>,

@@ -59,6 +59,28 @@ constexpr std::size_t keyspace_jobs_max = 4096;
 constexpr auto keyspace_sweep_interval = std::chrono::milliseconds{100};
 constexpr std::size_t keyspace_sweep_records_max = 10'000;
 
+/// Asks each of `parts` (partition actors) to hand its groups what is
+/// durable (barrier_atom), then runs `then`, on an actor thread: what they
+/// sent meanwhile is in each receiver's mailbox before anything `then`
+/// sends. A partition that does not answer within half a second is passed.
+void after_barrier(caf::actor_system& sys, std::vector<caf::actor> parts,
+                   std::function<void()> then) {
+  sys.spawn(
+    [then = std::move(then)](caf::event_based_actor* self, const std::vector<caf::actor>& parts) {
+      auto left = std::make_shared<std::size_t>(parts.size());
+      auto one = [left, then] {
+        if (--*left == 0)
+          then();
+      };
+      for (auto& p : parts)
+        self
+          ->request(caf::actor_cast<partition_actor>(p), std::chrono::milliseconds{500},
+                    barrier_atom::value)
+          .then([one](bool) { one(); }, [one](caf::error&) { one(); });
+    },
+    std::move(parts));
+}
+
 /// The services' messages, sent through CAF to the node's actors.
 class caf_sender final : public actor_sender {
 public:
@@ -224,16 +246,25 @@ public:
                        },
                        "agent " + name};
     if (req.wait_ms == 0) {
-      // A fetch that does not wait takes one trip through the scheduler
-      // first, as a request through a one-shot actor did: a delivery its
-      // partition is about to send (an XADD answered a moment ago) is in
-      // the queue before it. A waiting fetch gets such a delivery anyway.
-      system_.spawn(
-        [req = std::move(req), reply = std::move(reply)](caf::event_based_actor*,
-                                                         const instance_actor& queue) mutable {
-          caf::anon_send(queue, pull_atom::value, std::move(req), std::move(reply));
+      // A fetch that does not wait must see every entry acknowledged before
+      // it (Redis does), but the partitions hand a durable entry to the
+      // queue a moment after its publisher heard. When the queue answers
+      // nothing, the partitions are asked to hand out what is durable
+      // (barrier_atom) and the queue is asked again.
+      auto parts = fetch_partitions(name, req.topics);
+      auto& sys = system_;
+      fetch_answer first{
+        [&sys, parts = std::move(parts), queue = *queue, req, reply](result<list> r) mutable {
+          if (!r)
+            return; // the queue stopped: `reply`, dropped, says so
+          if (!r->empty() || parts.empty())
+            return reply(std::move(*r));
+          after_barrier(sys, std::move(parts), [queue, req, reply] {
+            caf::anon_send(queue, pull_atom::value, req, reply);
+          });
         },
-        *queue);
+        "agent " + name};
+      caf::anon_send(*queue, pull_atom::value, std::move(req), std::move(first));
       return;
     }
     caf::anon_send(*queue, pull_atom::value, std::move(req), std::move(reply));
@@ -692,6 +723,38 @@ private:
     if (!actor)
       return tl::make_unexpected(error{errc::unavailable, "agent " + name + " is restarting"});
     return caf::actor_cast<instance_actor>(actor);
+  }
+
+  /// The actors of the partitions running here of the topics a fetch from
+  /// pull agent `name` reads (`topics`, or all it subscribes to).
+  std::vector<caf::actor> fetch_partitions(const std::string& name,
+                                           const std::vector<std::string>& topics) const {
+    auto names = topics;
+    if (names.empty()) {
+      auto agent = find_agent(ctx_, name);
+      if (!agent)
+        return {};
+      std::vector<std::string> all;
+      {
+        std::shared_lock<std::shared_mutex> guard{ctx_.routes.mutex};
+        for (auto& entry : ctx_.routes.topics)
+          all.push_back(entry.first);
+      }
+      for (auto& t : all)
+        if (agent->subscribes(t))
+          names.push_back(t);
+    }
+    std::vector<caf::actor> out;
+    for (auto& t : names) {
+      auto route = ctx_.routes.find(t);
+      if (!route)
+        continue;
+      for (std::uint32_t p = 0; p < route->slots.size(); ++p)
+        if (route->slots[p]->alive)
+          if (auto actor = ctx_.routes.actor_of(*route, p))
+            out.push_back(std::move(actor));
+    }
+    return out;
   }
 
   /// The actor of local partition (topic, p) now; invalid when none runs.

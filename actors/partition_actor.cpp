@@ -1616,13 +1616,15 @@ bool append_local(partition_actor_t self) {
           for (auto& g : slot->groups)
             raise_to(g->end, end);
         }
+        // The actor hears of it before any publisher does: a fetch that
+        // follows a 201 or +OK (barrier_atom) finds the events handed out.
+        if (!failure)
+          caf::anon_send(me, durable_atom::value, end);
         if (failure)
           for (auto& job : *jobs)
             job->finish(tl::make_unexpected(*failure));
         else
           answer_jobs(*jobs, *results);
-        if (!failure)
-          caf::anon_send(me, durable_atom::value, end);
         if (!failure && followed && !followed->empty())
           ctx->tails.deliver(topic, *followed);
       });
@@ -1807,6 +1809,13 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         schedule_flush(self); // after everything already in the mailbox: the group commit
     },
     [=](flush_atom) { flush(self); },
+    [=](barrier_atom) {
+      // Whatever was durable when it was asked (its durable_atom came
+      // first) goes to the groups now: their deliveries are sent before the
+      // answer, so a fetch sent after it finds them in the queue.
+      flush(self);
+      return true;
+    },
     [=](join_group_atom, const std::string& agent, bool earliest) {
       join_group(self, agent, earliest);
     },
