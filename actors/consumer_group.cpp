@@ -303,15 +303,25 @@ void consumer_group::finish(std::uint64_t offset, record& r, group_effects& fx) 
     redeliveries_.erase(offset);
     return;
   }
-  if (offset != cursor_) {
-    // Out of order: remembered until the cursor passes it.
+  if (offset != cursor_)
+    held_acks_.push_back(offset); // out of order: remembered until the cursor passes it
+}
+
+void consumer_group::stage_acks(group_effects& fx) {
+  for (auto offset : held_acks_) {
+    if (offset < cursor_)
+      continue; // passed meanwhile: nothing to remember
+    auto it = recs_.find(offset);
+    if (it == recs_.end() || it->second.state != rec_state::done)
+      continue; // (a record stored before, a retry's say, is replaced)
     put_pending p;
     p.offset = offset;
-    p.attempts = r.attempts;
+    p.attempts = it->second.attempts;
     p.acked = true;
     fx.changes.emplace_back(std::move(p));
-    r.persisted = true;
+    it->second.persisted = true;
   }
+  held_acks_.clear();
 }
 
 std::optional<std::int64_t> consumer_group::ack(std::uint64_t offset, const std::string& result,

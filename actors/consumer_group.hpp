@@ -210,6 +210,14 @@ public:
   [[nodiscard]] std::uint64_t end() const { return end_; }
   /// The cursor if it moved since the last call (to be stored), else nothing.
   [[nodiscard]] std::optional<std::uint64_t> take_cursor();
+  /// Whether acks made out of order wait to be stored (`stage_acks`).
+  [[nodiscard]] bool holds_acks() const { return !held_acks_.empty(); }
+  /// Stages the records of the acks made out of order that the cursor has
+  /// not passed yet. They are progress, like the cursor: held back until the
+  /// shell commits progress, most are passed by then and never written (a
+  /// record and its delete per event were a drain's main write); one lost
+  /// in a crash delivers its event again, as at-least-once allows.
+  void stage_acks(group_effects& fx);
   /// The counts since the last call.
   [[nodiscard]] group_totals take_totals();
   [[nodiscard]] std::uint64_t in_flight() const { return in_flight_; }
@@ -274,6 +282,7 @@ private:
   std::deque<std::uint64_t> ready_;
   std::deque<std::uint64_t> held_; ///< scratch of `dispatch`: ready, key busy
   std::vector<std::uint64_t> unloaded_;
+  std::vector<std::uint64_t> held_acks_; ///< done out of order, not staged (stage_acks)
   /// Ordered groups: the offset holding each key (in flight or waiting to retry).
   std::unordered_map<std::string, std::uint64_t> busy_keys_;
   /// Recovered retries that found their key held, in offset order: each gets

@@ -262,6 +262,17 @@ void restart_for_state(partition_actor_t self, const persistence::error& e) {
 /// of the log: the actor quits to start again from the log.
 bool commit_state(partition_actor_t self) {
   auto& st = self->state;
+  // The acks made out of order that the cursors have not passed yet go
+  // with it (consumer_group::stage_acks).
+  for (auto& g : st.groups) {
+    if (!g.engine || !g.engine->holds_acks())
+      continue;
+    group_effects fx;
+    g.engine->stage_acks(fx);
+    change_writer write{st, g.agent->cfg.name};
+    for (auto& c : fx.changes)
+      std::visit(write, c);
+  }
   if (st.role && !st.state.empty())
     ship_state(st);
   if (auto ok = st.ctx->store->commit(st.state, false); !ok) {
@@ -1680,9 +1691,11 @@ void flush(partition_actor_t self) {
       }
     }
   }
-  if (st.state.empty())
+  bool acks_held = std::any_of(st.groups.begin(), st.groups.end(),
+                               [](const group& g) { return g.engine && g.engine->holds_acks(); });
+  if (st.state.empty() && !acks_held)
     return tell_dlq(st);
-  if (!st.role && st.state.progress_only()) {
+  if (!st.role && (st.state.empty() || st.state.progress_only())) {
     // Progress alone (cursors, counters) waits for the next append to carry
     // it, at most state_delay: a write of its own per flush cost as much as
     // the delivery itself, and under load the next flush appends at once.
@@ -1823,8 +1836,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     [=](commit_atom) { // the held-back delivery state is due
       auto& st = self->state;
       st.state_timer = false;
-      if (!st.state.empty())
-        commit_state(self);
+      commit_state(self);
     },
     [=](counters_atom) { // the counters timer
       self->state.counters_timer = false;
@@ -1976,8 +1988,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         return step_down(self, "the node is shutting down");
       write_counters(st, true);
       flush(self);
-      if (!st.state.empty())
-        commit_state(self);
+      commit_state(self);
       self->quit();
     },
   };

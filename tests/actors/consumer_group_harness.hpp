@@ -176,6 +176,13 @@ struct harness {
       store.cursor = *c;
   }
 
+  /// The shell commits progress (its timer, a stop): the acks made out of
+  /// order are staged and stored.
+  void commit() {
+    g->stage_acks(fx);
+    drain();
+  }
+
   /// The DLQ answers the dead letters held back.
   void confirm_dead_letters() {
     auto held = std::move(unconfirmed);

@@ -212,6 +212,7 @@ private:
   /// A new engine from what the store holds; answers to the old one are lost.
   void restart() {
     h_.confirm_dead_letters(); // restarts come where all state is stored
+    h_.commit();
     flights_.clear();
     emitting_.clear();
     std::fill(h_.credits.used.begin(), h_.credits.used.end(), 0);

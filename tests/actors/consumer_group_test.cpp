@@ -32,6 +32,9 @@ TEST_CASE("out-of-order acks keep the cursor at the first unsettled offset", "[u
   REQUIRE(h.ack(2));
   REQUIRE(h.ack(1));
   CHECK(h.g->cursor() == 0);
+  CHECK(h.g->holds_acks());
+  CHECK(h.store.pending.empty()); // progress: held until the shell commits
+  h.commit();
   CHECK(h.store.pending.count(1) == 1);
   CHECK(h.store.pending.at(2).acked);
   REQUIRE(h.ack(0));
@@ -39,6 +42,39 @@ TEST_CASE("out-of-order acks keep the cursor at the first unsettled offset", "[u
   CHECK(h.store.pending.empty()); // passed: forgotten
   REQUIRE(h.ack(3));
   CHECK(h.store.cursor == 4U);
+}
+
+TEST_CASE("acks out of order that the cursor passes before a commit are never written", "[unit]") {
+  harness h{agent_cfg()};
+  h.append(4);
+  h.pump();
+  REQUIRE(h.ack(3));
+  REQUIRE(h.ack(1));
+  REQUIRE(h.ack(0));
+  CHECK(h.g->cursor() == 2);
+  h.commit(); // 1 was passed: only 3 is stored
+  REQUIRE(h.store.pending.size() == 1);
+  CHECK(h.store.pending.at(3).acked);
+  CHECK(!h.g->holds_acks());
+  // A restart from the store delivers nothing acked again, and 2 once more.
+  h.start(9);
+  h.pump();
+  REQUIRE(h.ack(2, 1));
+  CHECK(h.store.cursor == 4U);
+  CHECK(h.store.pending.empty());
+}
+
+TEST_CASE("an ack out of order lost before its commit delivers its event again", "[unit]") {
+  harness h{agent_cfg()};
+  h.append(3);
+  h.pump();
+  REQUIRE(h.ack(2));
+  // kill -9: the held ack was never stored; at-least-once sends 2 again.
+  auto before = h.sent.size();
+  h.start(9);
+  h.pump();
+  REQUIRE(h.sent.size() == before + 3);
+  CHECK(h.sent.back().offset == 2);
 }
 
 TEST_CASE("an ack stores the agent's result, and the attempts when it took more than one",
