@@ -56,9 +56,9 @@ struct in_flight {
   outcome_sink reply_to; ///< the partition or replay that sent it
   std::chrono::steady_clock::time_point started;
   // pull agents
-  bool fetched = false; ///< a worker has it (else it waits in `ready`)
-  std::string consumer; ///< the worker that has it
-  std::string topic;    ///< where the event is (read from it once)
+  bool fetched = false;    ///< a worker has it (else it waits in `ready`)
+  std::string consumer;    ///< the worker that has it
+  std::uint32_t topic = 0; ///< where the event is (read from it once): topic_names' index
   std::uint32_t partition = 0;
   std::int64_t time_us = 0;
   std::uint32_t count = 0;                      ///< times handed out: fetches and claims
@@ -87,17 +87,23 @@ struct consumer_info {
   bool ever_active = false;
 };
 
-/// An event's place: topic, partition, offset.
-using position = std::tuple<std::string, std::uint32_t, std::uint64_t>;
+/// An event's place: topic (its index in the queue's topic_names),
+/// partition, offset. Numbers only: hashing and comparing the topic's name
+/// per lookup was a tenth of a drain's samples.
+struct position {
+  std::uint32_t topic = 0;
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
 
-/// Hashes a position: the `at` index is only ever looked up by one, and a
-/// tree's comparisons (the topic name first, equal for nearly all) cost a
-/// lookup per level.
+  friend bool operator==(const position& a, const position& b) {
+    return a.offset == b.offset && a.partition == b.partition && a.topic == b.topic;
+  }
+};
+
 struct position_hash {
   std::size_t operator()(const position& p) const {
-    auto h = std::hash<std::string>{}(std::get<0>(p));
-    h ^= std::get<2>(p) * 0x9e3779b97f4a7c15ULL + std::get<1>(p) + (h << 6) + (h >> 2);
-    return h;
+    auto h = p.offset * 0x9e3779b97f4a7c15ULL;
+    return h ^ ((std::uint64_t{p.topic} << 32 | p.partition) * 0xc2b2ae3d27d4eb4fULL);
   }
 };
 
@@ -282,7 +288,10 @@ struct instance_actor_state {
   std::deque<fetch_waiter> waiters;
   std::uint64_t next_waiter = 0;
   std::unordered_map<position, std::vector<std::string>, position_hash>
-    at; ///< delivery ids of each event
+    at;                                 ///< delivery ids of each event
+  std::vector<std::string> topic_names; ///< the topics of its deliveries, by index (position)
+  std::unordered_map<std::string, std::uint32_t> topic_ids; ///< topic_names' inverse
+  std::uint32_t last_topic = 0;                             ///< topic_index's last answer
   std::map<std::string, consumer_info> consumers;
   /// Hand-outs' timeouts in hand-out order, which is their order of expiry
   /// (one timeout for all): one timer message at a time runs over them, as a
@@ -643,8 +652,29 @@ void on_http_answer(instance_actor_t self, const std::string& id, std::uint32_t 
 // Deliveries wait in `ready` (holding their credits) until a worker fetches
 // them; the timeout runs from the fetch.
 
+/// The index of topic `name` in the queue's topic_names, added if new.
+std::uint32_t topic_index(instance_actor_state& st, std::string_view name) {
+  // The last one first: deliveries come in runs of one topic.
+  if (st.last_topic < st.topic_names.size() && st.topic_names[st.last_topic] == name)
+    return st.last_topic;
+  auto [it, added] = st.topic_ids.try_emplace(std::string{name},
+                                              static_cast<std::uint32_t>(st.topic_names.size()));
+  if (added)
+    st.topic_names.emplace_back(name);
+  st.last_topic = it->second;
+  return it->second;
+}
+
+/// The index of topic `name` if the queue has had a delivery of it.
+std::optional<std::uint32_t> known_topic(const instance_actor_state& st, const std::string& name) {
+  auto it = st.topic_ids.find(name);
+  if (it == st.topic_ids.end())
+    return std::nullopt;
+  return it->second;
+}
+
 /// Reads topic, partition and time from a delivery's event, once.
-void locate(in_flight& f) {
+void locate(instance_actor_state& st, in_flight& f) {
   // Stored events begin with the members nerve writes, in this order and
   // before `data`: {"id":"..","topic":"..","partition":N,"offset":N,"time":"..",
   // and ids and topic names hold no quotes or backslashes. Read them there;
@@ -664,17 +694,18 @@ void locate(in_flight& f) {
     auto [end, ec] = std::from_chars(ev.data() + part, ev.data() + ev.size(), p);
     auto us = parse_time_arg(ev.substr(time, time_end - time), 0);
     if (ec == std::errc{} && *end == ',' && us) {
-      f.topic = ev.substr(topic, topic_end - topic);
+      f.topic = topic_index(st, std::string_view{ev}.substr(topic, topic_end - topic));
       f.partition = p;
       f.time_us = *us;
       return;
     }
   }
+  f.topic = topic_index(st, ""); // unless it says
   auto e = nlohmann::json::parse(ev, nullptr, false);
   if (!e.is_object())
     return;
   if (auto t = e.find("topic"); t != e.end() && t->is_string())
-    f.topic = t->get<std::string>();
+    f.topic = topic_index(st, t->get<std::string>());
   if (auto p = e.find("partition"); p != e.end() && p->is_number_unsigned())
     f.partition = p->get<std::uint32_t>();
   if (auto t = e.find("time"); t != e.end() && t->is_string())
@@ -715,9 +746,10 @@ void expire_due(instance_actor_t self) {
   self->delayed_send(self, std::max(wait, std::chrono::milliseconds{1}), pull_expire_atom::value);
 }
 
-/// Gives fetched delivery `id` to `consumer` now: its timeout starts again.
+/// Gives fetched delivery `id` to `consumer` (whose record is `c`) now:
+/// its timeout starts again.
 void hand_to(instance_actor_t self, const std::string& id, in_flight& f,
-             const std::string& consumer, bool counts) {
+             const std::string& consumer, consumer_info& c, bool counts) {
   auto& st = self->state;
   auto now = std::chrono::steady_clock::now();
   if (!f.fetched)
@@ -739,23 +771,28 @@ void hand_to(instance_actor_t self, const std::string& id, in_flight& f,
     if (st.expiries.size() > 2 * st.inflight.size() + 1024)
       sweep_expiries(st);
   }
-  auto& c = st.consumers[consumer];
   c.seen = c.active = now;
   c.ever_active = true;
-}
-
-bool wants(const pull_request& req, const std::string& topic) {
-  return req.topics.empty()
-         || std::find(req.topics.begin(), req.topics.end(), topic) != req.topics.end();
 }
 
 /// Hands out at most `req.max` waiting deliveries of the topics asked for.
 std::vector<delivery> hand_out(instance_actor_t self, const pull_request& req) {
   auto& st = self->state;
   std::vector<delivery> out;
-  st.consumers[req.consumer].seen = std::chrono::steady_clock::now();
+  auto& who = st.consumers[req.consumer];
+  who.seen = std::chrono::steady_clock::now();
   if (st.agent->paused.load())
     return out;
+  // The topics asked for, as indexes (none asked: any).
+  std::vector<std::uint32_t> wanted;
+  for (auto& t : req.topics)
+    if (auto idx = known_topic(st, t))
+      wanted.push_back(*idx);
+  if (!req.topics.empty() && wanted.empty())
+    return out; // nothing of those topics came yet
+  auto wants = [&](std::uint32_t topic) {
+    return req.topics.empty() || std::find(wanted.begin(), wanted.end(), topic) != wanted.end();
+  };
   std::vector<std::string> noack;
   for (auto i = st.ready.begin(); i != st.ready.end() && out.size() < req.max;) {
     auto it = st.inflight.find(*i);
@@ -763,11 +800,11 @@ std::vector<delivery> hand_out(instance_actor_t self, const pull_request& req) {
       i = st.ready.erase(i);
       continue;
     }
-    if (!wants(req, it->second.topic)) {
+    if (!wants(it->second.topic)) {
       ++i;
       continue;
     }
-    hand_to(self, *i, it->second, req.consumer, true);
+    hand_to(self, *i, it->second, req.consumer, who, true);
     out.push_back(it->second.d);
     if (req.noack)
       noack.push_back(*i);
@@ -793,11 +830,11 @@ void serve_waiters(instance_actor_t self) {
 }
 
 /// A fetched delivery as a pending entry.
-pending_entry entry_of(const std::string& id, const in_flight& f, bool with_event,
-                       std::chrono::steady_clock::time_point now) {
+pending_entry entry_of(const instance_actor_state& st, const std::string& id, const in_flight& f,
+                       bool with_event, std::chrono::steady_clock::time_point now) {
   pending_entry e;
   e.delivery_id = id;
-  e.topic = f.topic;
+  e.topic = st.topic_names.at(f.topic);
   e.partition = f.partition;
   e.offset = f.d.offset;
   e.time_us = f.time_us;
@@ -815,9 +852,13 @@ std::vector<pending_entry> claim(instance_actor_t self, const claim_request& c) 
   auto& st = self->state;
   std::vector<pending_entry> out;
   auto now = std::chrono::steady_clock::now();
-  st.consumers[c.consumer].seen = now;
+  auto& who = st.consumers[c.consumer];
+  who.seen = now;
+  auto topic = known_topic(st, c.topic);
+  if (!topic)
+    return out;
   for (auto& e : c.entries) {
-    auto where = st.at.find({c.topic, e.partition, e.offset});
+    auto where = st.at.find({*topic, e.partition, e.offset});
     if (where == st.at.end())
       continue;
     for (auto& id : where->second) {
@@ -827,8 +868,8 @@ std::vector<pending_entry> claim(instance_actor_t self, const claim_request& c) 
       auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(now - it->second.handed);
       if (idle.count() < c.min_idle_ms)
         continue;
-      hand_to(self, id, it->second, c.consumer, !c.justid);
-      out.push_back(entry_of(id, it->second, !c.justid, now));
+      hand_to(self, id, it->second, c.consumer, who, !c.justid);
+      out.push_back(entry_of(st, id, it->second, !c.justid, now));
     }
   }
   return out;
@@ -838,9 +879,10 @@ std::vector<pending_entry> claim(instance_actor_t self, const claim_request& c) 
 std::vector<consumer_view> consumers_of(const instance_actor_state& st, const std::string& topic) {
   auto now = std::chrono::steady_clock::now();
   std::map<std::string, std::uint64_t> pending;
-  for (auto& [id, f] : st.inflight)
-    if (f.fetched && f.topic == topic)
-      ++pending[f.consumer];
+  if (auto idx = known_topic(st, topic))
+    for (auto& [id, f] : st.inflight)
+      if (f.fetched && f.topic == *idx)
+        ++pending[f.consumer];
   std::vector<consumer_view> out;
   for (auto& [name, c] : st.consumers) {
     consumer_view v;
@@ -878,9 +920,12 @@ void drop_consumer(instance_actor_t self, const std::string& name) {
 /// there); their credits come back.
 void drop_topic(instance_actor_t self, const std::string& topic) {
   auto& st = self->state;
+  auto idx = known_topic(st, topic);
+  if (!idx)
+    return;
   std::vector<std::string> ids;
   for (auto& [id, f] : st.inflight)
-    if (f.topic == topic)
+    if (f.topic == *idx)
       ids.push_back(id);
   for (auto& id : ids)
     answer(self, id, true, {}, {}, {});
@@ -918,7 +963,7 @@ void take_delivery(instance_actor_t self, delivery&& msg) {
   if (st.agent->cfg.kind == config::agent_kind::builtin)
     return answer_builtin(self, d);
   if (st.agent->cfg.kind == config::agent_kind::pull) {
-    locate(f);
+    locate(st, f);
     st.at[{f.topic, f.partition, f.d.offset}].push_back(id);
     st.ready.push_back(std::move(id));
     return;
@@ -1047,9 +1092,10 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
       auto& st = self->state;
       auto now = std::chrono::steady_clock::now();
       std::vector<pending_entry> out;
-      for (auto& [id, f] : st.inflight)
-        if (f.fetched && f.topic == topic)
-          out.push_back(entry_of(id, f, with_events, now));
+      if (auto idx = known_topic(st, topic))
+        for (auto& [id, f] : st.inflight)
+          if (f.fetched && f.topic == *idx)
+            out.push_back(entry_of(st, id, f, with_events, now));
       return out;
     },
     [=](pull_claim_atom, const claim_request& c) { return claim(self, c); },
@@ -1057,9 +1103,12 @@ instance_actor::behavior_type instance_behavior(instance_actor_t self, node_cont
         const count_answer& reply) {
       auto& st = self->state;
       std::uint64_t acked = 0;
+      auto idx = known_topic(st, topic);
       batched(self, [&] {
         for (auto& e : entries) {
-          auto where = st.at.find({topic, e.partition, e.offset});
+          if (!idx)
+            break;
+          auto where = st.at.find({*idx, e.partition, e.offset});
           if (where == st.at.end())
             continue;
           // Out of the index while answered (one lookup per entry, not three);
