@@ -822,6 +822,32 @@ bool canonical_date_time(const std::string& text, std::tm& tm) {
   return true;
 }
 
+/// Seconds since the epoch of the UTC date and time in `tm` (years 1970 to
+/// 9999); nothing when it does not exist. Arithmetic, not timegm: glibc's
+/// takes its time zone lock and converts back, and every pulled entry's time
+/// is read this way (a queue's and a reply's, a few % of a drain).
+std::optional<std::int64_t> utc_seconds(const std::tm& tm) {
+  auto year = tm.tm_year + 1900;
+  auto month = tm.tm_mon + 1;
+  if (year < 1970 || year > 9999 || month < 1 || month > 12 || tm.tm_mday < 1 || tm.tm_hour > 23
+      || tm.tm_min > 59 || tm.tm_sec > 59 || tm.tm_hour < 0 || tm.tm_min < 0 || tm.tm_sec < 0)
+    return std::nullopt;
+  bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+  static constexpr int days_in[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (tm.tm_mday > days_in[month - 1] + (month == 2 && leap ? 1 : 0))
+    return std::nullopt;
+  // Days since 1970-01-01 of the civil date (years counted from March, so
+  // the leap day ends a year).
+  std::int64_t y = year - (month <= 2 ? 1 : 0);
+  auto era = y / 400;
+  auto yoe = y - era * 400;
+  auto mp = (month + 9) % 12; // March 0 .. February 11
+  auto doy = (153 * mp + 2) / 5 + tm.tm_mday - 1;
+  auto doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  auto days = era * 146097 + doe - 719468;
+  return days * 86400 + tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec;
+}
+
 } // namespace
 
 tl::expected<std::int64_t, std::string> parse_time_arg(const std::string& text,
@@ -885,15 +911,10 @@ tl::expected<std::int64_t, std::string> parse_time_arg(const std::string& text,
   } else {
     return bad();
   }
-  auto asked = tm;
-  auto secs = timegm(&tm);
-  // timegm normalizes (February 30 becomes March 2): a date that does not
-  // come back unchanged does not exist.
-  if (secs < 0 || tm.tm_year != asked.tm_year || tm.tm_mon != asked.tm_mon
-      || tm.tm_mday != asked.tm_mday || tm.tm_hour != asked.tm_hour || tm.tm_min != asked.tm_min
-      || tm.tm_sec != asked.tm_sec || tm.tm_year + 1900 > 9999)
-    return bad();
-  return (static_cast<std::int64_t>(secs) - offset_s) * 1000000 + frac_us;
+  auto secs = utc_seconds(tm);
+  if (!secs)
+    return bad(); // no such date or time (February 30, 24:00, before 1970)
+  return (*secs - offset_s) * 1000000 + frac_us;
 }
 
 } // namespace nerve::actors

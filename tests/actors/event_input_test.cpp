@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -329,4 +330,23 @@ TEST_CASE("times read back as RFC 3339 and refuse dates that do not exist", "[un
     INFO(bad);
     CHECK_FALSE(parse_time_arg(bad, 0));
   }
+}
+
+TEST_CASE("times agree with timegm on every day from 1970 to 2400, and 9999 is the last year",
+          "[unit][actors]") {
+  std::size_t days = 0;
+  for (std::time_t t = 0; t < 13'569'465'600; t += 86'400 + 3'661) { // a day and 1:01:01
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char text[32];
+    std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    INFO(text);
+    REQUIRE(parse_time_arg(text, 0) == static_cast<std::int64_t>(timegm(&tm)) * 1000000);
+    ++days;
+  }
+  CHECK(days > 140'000);
+  CHECK(parse_time_arg("9999-12-31T23:59:59Z", 0) == 253402300799000000);
+  CHECK_FALSE(parse_time_arg("1969-12-31T23:59:59Z", 0));
+  CHECK_FALSE(parse_time_arg("2100-02-29T00:00:00Z", 0)); // not a leap year
+  CHECK(parse_time_arg("2000-02-29T00:00:00Z", 0));       // a leap year
 }
