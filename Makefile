@@ -98,8 +98,10 @@ test-sanitize: deps
 	ctest --test-dir build-asan --output-on-failure $(SANITIZE_CTEST_ARGS)
 
 # test-tsan: ThreadSanitizer, the unit tier (actors on CAF's deterministic scheduler,
-# the engine, the log on RocksDB, the etcd client, the RESP listener, the cluster gate).
+# the engine, the log on RocksDB, the etcd client, the RESP listener, the cluster gate),
+# linked with CAF and RocksDB built instrumented by tests/sanitize/tsan-deps (once, ~35 min).
 test-tsan: deps
+	tests/sanitize/tsan-deps
 	cmake --preset tsan
 	cmake --build build-tsan --target nerve_unit_tests
 	ctest --test-dir build-tsan --output-on-failure -L unit
