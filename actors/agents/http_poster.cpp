@@ -63,8 +63,18 @@ struct http_poster::impl {
   std::vector<int> active; ///< sockets of requests in progress (mutex)
   std::vector<std::thread> threads;
 
+  /// A worker's connection, kept open between requests while the agent's
+  /// endpoint keeps it alive (a connection per delivery cost a handshake, a
+  /// TIME_WAIT socket and most of the worker's CPU at low rates).
+  struct connection {
+    explicit connection(net::io_context& ioc) : stream(ioc) {}
+    beast::tcp_stream stream;
+    beast::flat_buffer buffer;
+  };
+
   void run() {
     net::io_context ioc;
+    std::unique_ptr<connection> conn;
     for (;;) {
       job j;
       {
@@ -75,78 +85,110 @@ struct http_poster::impl {
         j = std::move(jobs.front());
         jobs.pop_front();
       }
-      j.done(send(ioc, j));
+      j.done(send(ioc, conn, j));
     }
   }
 
-  http_answer send(net::io_context& ioc, const job& j) {
-    const auto& body = j.body;
-    auto timeout = j.timeout;
-    http_answer a;
-    // Asynchronous operations run to completion on this worker's own loop:
-    // the stream's expiry bounds only those, and it bounds the whole request
-    // (connect, write, read), so an agent that never answers cannot hold a
-    // worker beyond `timeout`.
-    beast::tcp_stream stream{ioc};
+  /// Registers the socket of a request in progress, so that a stop cuts it
+  /// short instead of waiting; false when stopping.
+  bool enter(int fd) {
+    std::lock_guard<std::mutex> guard{mutex};
+    if (stopping)
+      return false;
+    active.push_back(fd);
+    return true;
+  }
+  void leave(int fd) {
+    std::lock_guard<std::mutex> guard{mutex};
+    active.erase(std::remove(active.begin(), active.end(), fd), active.end());
+  }
+
+  http_answer send(net::io_context& ioc, std::unique_ptr<connection>& conn, const job& j) {
     bhttp::request<bhttp::string_body> req{bhttp::verb::post, where.path, 11};
     req.set(bhttp::field::host, where.host);
     req.set(bhttp::field::user_agent, "nerve/" NERVE_VERSION);
     req.set(bhttp::field::content_type, "application/json");
     for (auto& [name, value] : j.headers)
       req.set(name, value);
-    req.body() = body;
+    req.body() = j.body;
     req.prepare_payload();
-    beast::flat_buffer buffer;
+    bool reused = conn != nullptr;
+    bool retry = false;
+    auto a = exchange(ioc, conn, req, j.timeout, reused, retry);
+    if (retry) {
+      // The endpoint closed the kept connection while it was idle (its keep-alive
+      // timeout) and no byte of an answer came: it goes again on a new one. Were it
+      // read after all, the agent sees it twice, as at-least-once allows.
+      a = exchange(ioc, conn, req, j.timeout, false, retry);
+    }
+    return a;
+  }
+
+  /// One request and its answer on `conn`, connecting first unless `reuse`;
+  /// `conn` is reset unless the connection may carry the next request.
+  http_answer exchange(net::io_context& ioc, std::unique_ptr<connection>& conn,
+                       bhttp::request<bhttp::string_body>& req, std::chrono::milliseconds timeout,
+                       bool reuse, bool& retry) {
+    retry = false;
+    http_answer a;
+    if (!reuse)
+      conn = std::make_unique<connection>(ioc);
+    auto& stream = conn->stream;
+    auto& buffer = conn->buffer;
+    // Asynchronous operations run to completion on this worker's own loop:
+    // the stream's expiry bounds only those, and it bounds the whole request
+    // (connect, write, read), so an agent that never answers cannot hold a
+    // worker beyond `timeout`.
     bhttp::response_parser<bhttp::string_body> parser;
     parser.body_limit(max_answer_bytes);
     beast::error_code result;
     bool registered = false;
-    net::ip::tcp::resolver resolver{ioc};
-    auto endpoints = resolver.resolve(where.host, where.port, result);
-    if (!result) {
-      stream.expires_after(timeout);
-      stream.async_connect(endpoints, [&](beast::error_code ec, const auto&) {
+    bool answered = false; ///< a byte of the answer came (no retry then)
+    auto exchange_on_stream = [&] {
+      if (!enter(stream.socket().native_handle())) {
+        result = net::error::operation_aborted;
+        return;
+      }
+      registered = true;
+      bhttp::async_write(stream, req, [&](beast::error_code ec, std::size_t) {
         if (ec) {
           result = ec;
           return;
         }
-        {
-          // Registered so that a stop cuts it short instead of waiting.
-          std::lock_guard<std::mutex> guard{mutex};
-          if (stopping) {
-            result = net::error::operation_aborted;
-            return;
-          }
-          active.push_back(stream.socket().native_handle());
-          registered = true;
-        }
-        bhttp::async_write(stream, req, [&](beast::error_code ec, std::size_t) {
+        // The header alone first: Beast 1.74's eager read parses on past
+        // a Content-Length over the body limit when body bytes came in the
+        // same read (its put() drops finish_header's error), so a 40 MB
+        // answer was read whole and acked, sometimes.
+        bhttp::async_read_header(stream, buffer, parser, [&](beast::error_code ec, std::size_t) {
           if (ec) {
             result = ec;
             return;
           }
-          // The header alone first: Beast 1.74's eager read parses on past
-          // a Content-Length over the body limit when body bytes came in the
-          // same read (its put() drops finish_header's error), so a 40 MB
-          // answer was read whole and acked, sometimes.
-          bhttp::async_read_header(stream, buffer, parser, [&](beast::error_code ec, std::size_t) {
-            if (ec) {
-              result = ec;
-              return;
-            }
-            bhttp::async_read(stream, buffer, parser,
-                              [&](beast::error_code ec, std::size_t) { result = ec; });
-          });
+          answered = true;
+          bhttp::async_read(stream, buffer, parser,
+                            [&](beast::error_code ec, std::size_t) { result = ec; });
         });
       });
-      ioc.restart();
-      ioc.run();
+    };
+    stream.expires_after(timeout);
+    if (reuse) {
+      exchange_on_stream();
+    } else {
+      net::ip::tcp::resolver resolver{ioc};
+      auto endpoints = resolver.resolve(where.host, where.port, result);
+      if (!result)
+        stream.async_connect(endpoints, [&](beast::error_code ec, const auto&) {
+          if (ec) {
+            result = ec;
+            return;
+          }
+          exchange_on_stream();
+        });
     }
-    if (registered) {
-      std::lock_guard<std::mutex> guard{mutex};
-      active.erase(std::remove(active.begin(), active.end(), stream.socket().native_handle()),
-                   active.end());
-    }
+    ioc.restart();
+    ioc.run();
+    if (registered)
+      leave(stream.socket().native_handle());
     if (result) {
       a.status = 0;
       a.timed_out = result == beast::error::timeout;
@@ -154,13 +196,22 @@ struct http_poster::impl {
                 : result == bhttp::error::body_limit
                   ? "the answer's body exceeds " + std::to_string(max_answer_bytes) + " bytes"
                   : result.message();
+      // A kept connection that failed before any answer may be tried once
+      // more (send()); after a failure no connection is in a known state.
+      retry = reuse && !answered && !a.timed_out && result != net::error::operation_aborted;
+      conn.reset();
       return a;
     }
     auto res = parser.release();
     a.status = res.result_int();
     a.body = std::move(res.body());
-    beast::error_code ignored;
-    stream.socket().shutdown(net::ip::tcp::socket::shutdown_both, ignored);
+    if (!res.keep_alive()) {
+      beast::error_code ignored;
+      stream.socket().shutdown(net::ip::tcp::socket::shutdown_both, ignored);
+      conn.reset();
+    } else {
+      stream.expires_never();
+    }
     return a;
   }
 };

@@ -751,14 +751,25 @@ class HttpAgentTest(AgentTestCase):
     """An http agent POSTs each event to its URL: 2xx acks (the JSON body is the
     result and may emit), anything else or a timeout fails the attempt."""
 
-    def hook_server(self):
+    def hook_server(self, keep_alive=False, close_every=0, connections=None):
+        """The agent's endpoint. keep_alive: HTTP/1.1 connections stay open; close_every:
+        it then drops every n-th connection after an answer without saying so (an idle
+        timeout as servers have); connections: a set that gets each client port."""
         import http.server
         seen = []
+        answered = [0]
 
         class Hook(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_POST(self):
+                if connections is not None:
+                    connections.add(self.client_address[1])
                 ev = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 seen.append(ev["id"])
+                answered[0] += 1
+                if close_every and answered[0] % close_every == 0:
+                    self.close_connection = True  # no "Connection: close": the client learns later
                 data = ev.get("data")
                 if isinstance(data, dict) and data.get("status"):
                     body, status = b"refused", data["status"]
@@ -798,6 +809,37 @@ class HttpAgentTest(AgentTestCase):
         self.addCleanup(hook.server_close)
         self.addCleanup(hook.shutdown)
         return f"http://127.0.0.1:{hook.server_address[1]}/hook", seen
+
+    def test_connections_are_kept_and_an_idle_close_loses_nothing(self):
+        # An endpoint that keeps connections alive gets one per request worker, not
+        # one per delivery; one that drops a kept connection between requests (an
+        # idle timeout) costs no attempt: the request goes again on a new connection.
+        ports = set()
+        url, seen = self.hook_server(keep_alive=True, connections=ports)
+        t = topic("keep")
+        srv = self.agent_server([{"name": "hook", "topics": [t], "kind": "http", "url": url,
+                                  "max_in_flight": 1, "max_retries": 0}])
+        evs = self.publish_ok(srv, t, [{"data": {"n": i}} for i in range(30)])
+        self.wait_state(srv, [e["id"] for e in evs], "hook", "acked")
+        self.assertEqual(len(ports), 1, ports)
+        self.assertEqual(sorted(seen), sorted(e["id"] for e in evs))
+
+        ports2 = set()
+        url2, seen2 = self.hook_server(keep_alive=True, close_every=3, connections=ports2)
+        t2 = topic("dropped")
+        srv2 = self.agent_server([{"name": "hook", "topics": [t2], "kind": "http", "url": url2,
+                                   "max_in_flight": 1, "max_retries": 0}])
+        evs2 = []
+        for i in range(12):  # one at a time, so each finds the connection the last one left
+            evs2 += self.publish_ok(srv2, t2, [{"data": {"n": i}}])
+            self.wait_state(srv2, [evs2[-1]["id"]], "hook", "acked")
+            time.sleep(0.02)
+        states = self.wait_state(srv2, [e["id"] for e in evs2], "hook", "acked")
+        # max_retries 0: a failed attempt would have dead-lettered it; none took two
+        self.assertTrue(all(states[e["id"]]["attempts"] <= 1 for e in evs2), states)
+        self.assertEqual(sorted(seen2), sorted(e["id"] for e in evs2))  # each once
+        self.assertEqual(len(ports2), 4, ports2)  # a new connection after each drop
+        self.assertEqual(self.dlq(srv2, agent="hook")["count"], 0)
 
     def test_huge_and_slow_answers_are_bounded(self):
         url, seen = self.hook_server()

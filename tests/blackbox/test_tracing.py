@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -126,8 +127,15 @@ class Collector:
         self.started_ns = time.time_ns() - 10**9
         collector = self
 
+        self.connections = []
+
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                with collector.lock:
+                    collector.connections.append(self.connection)
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -161,8 +169,15 @@ class Collector:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
+        """As a collector that dies: its kept connections end too (nerve keeps them)."""
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def find(self, **attrs):
         with self.lock:
