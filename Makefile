@@ -2,8 +2,9 @@
 BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_ARGS ?=
-# One test at a time: `make test CTEST_ARGS=--parallel 2` halves the time, but two
-# timing-sensitive tests flaked once each that way on CI (tests/README.md).
+# The unit tier two at a time, the others one at a time: `make test CTEST_ARGS=--parallel 2`
+# halves the time, but two timing-sensitive black-box tests flaked once each that way on
+# CI (tests/README.md).
 CTEST_ARGS ?=
 
 .PHONY: all deps configure build run test unit blackbox bench bench-deliver format clean \
@@ -26,7 +27,8 @@ run: build
 	./$(BUILD)/runtime/nerve run
 
 test: build
-	ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
+	ctest --test-dir $(BUILD) --output-on-failure -L unit --parallel 2 $(CTEST_ARGS)
+	ctest --test-dir $(BUILD) --output-on-failure -LE unit $(CTEST_ARGS)
 	$(MAKE) fuzz-smoke
 
 # The Debian package in $(BUILD) (packaging/README.md): only what it holds is built.

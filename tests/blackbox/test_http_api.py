@@ -1018,7 +1018,10 @@ class ConnectionCapTest(ServerTestCase):
             # the next connection is refused at once, probe or not.
             idle = [socket.create_connection((srv.host, srv.port), timeout=5) for _ in range(2)]
             try:
-                time.sleep(0.2)
+                # Once the server has accepted both (a busy machine may take longer
+                # than a fixed pause; it failed once at 0.2 s in a full `make test`).
+                self.wait_for(lambda: srv.get("/health").status == 503 or None, 10.0,
+                              "the probe slots taken")
                 self.assertProblem(srv.get("/health"), 503)
             finally:
                 for sock in idle:
