@@ -143,6 +143,23 @@ class FetchAckTest(PullTestCase):
         self.assertLess(waited, 5.0)  # answered by the event, not the wait
         self.assertEqual(got[0]["attempt"], 1)
 
+    def test_a_fetch_that_does_not_wait_sees_the_event_published_just_before(self):
+        # The partitions hand an event to the queue a moment after its 201; a fetch
+        # with wait_ms 0 that finds the queue empty has them hand out what is durable
+        # first (docs/api.md). 200 rounds over 4 partitions.
+        t = topic("next")
+        srv = self.new_server(config={"topics": {t: {"partitions": 4}},
+                                      "agents": [pull(AGENT, [t])]})
+        wrong = []
+        for i in range(200):
+            [ev] = self.publish_ok(srv, t, [{"data": i}])
+            got = self.fetch(srv, max=10, wait_ms=0)
+            if [d["event"]["id"] for d in got] != [ev["id"]]:
+                wrong.append((i, ev["id"], [d["event"]["id"] for d in got]))
+            if got:
+                self.assertEqual(self.ack(srv, [d["delivery"] for d in got]).status, 200)
+        self.assertEqual(wrong, [])
+
     def test_ack_result_and_emit_publish_a_follow_up(self):
         t, out = topic("in"), topic("out")
         srv = self.pull_server([pull(AGENT, [t]), builtin("sink", [out], "noop")])
