@@ -251,19 +251,20 @@ public:
       // queue a moment after its publisher heard. When the queue answers
       // nothing, the partitions are asked to hand out what is durable
       // (barrier_atom) and the queue is asked again.
-      auto parts = fetch_partitions(name, req.topics);
-      auto& sys = system_;
-      fetch_answer first{
-        [&sys, parts = std::move(parts), queue = *queue, req, reply](result<list> r) mutable {
-          if (!r)
-            return; // the queue stopped: `reply`, dropped, says so
-          if (!r->empty() || parts.empty())
-            return reply(std::move(*r));
-          after_barrier(sys, std::move(parts), [queue, req, reply] {
-            caf::anon_send(queue, pull_atom::value, req, reply);
-          });
-        },
-        "agent " + name};
+      // The partitions are looked up only then: a fetch that finds deliveries
+      // (a busy worker's) pays nothing for it.
+      fetch_answer first{[this, name, queue = *queue, req, reply](result<list> r) mutable {
+                           if (!r)
+                             return; // the queue stopped: `reply`, dropped, says so
+                           auto parts = r->empty() ? fetch_partitions(name, req.topics)
+                                                   : std::vector<caf::actor>{};
+                           if (parts.empty())
+                             return reply(std::move(*r));
+                           after_barrier(system_, std::move(parts), [queue, req, reply] {
+                             caf::anon_send(queue, pull_atom::value, req, reply);
+                           });
+                         },
+                         "agent " + name};
       caf::anon_send(*queue, pull_atom::value, std::move(req), std::move(first));
       return;
     }
@@ -728,7 +729,7 @@ private:
   /// The actors of the partitions running here of the topics a fetch from
   /// pull agent `name` reads (`topics`, or all it subscribes to).
   std::vector<caf::actor> fetch_partitions(const std::string& name,
-                                           const std::vector<std::string>& topics) const {
+                                           const std::vector<std::string>& topics) {
     auto names = topics;
     if (names.empty()) {
       auto agent = find_agent(ctx_, name);
@@ -747,12 +748,9 @@ private:
     std::vector<caf::actor> out;
     for (auto& t : names) {
       auto route = ctx_.routes.find(t);
-      if (!route)
-        continue;
-      for (std::uint32_t p = 0; p < route->slots.size(); ++p)
-        if (route->slots[p]->alive)
-          if (auto actor = ctx_.routes.actor_of(*route, p))
-            out.push_back(std::move(actor));
+      for (std::uint32_t p = 0; route && p < route->slots.size(); ++p)
+        if (auto actor = partition_actor_of(t, p))
+          out.push_back(std::move(actor));
     }
     return out;
   }

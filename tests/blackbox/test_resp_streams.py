@@ -268,7 +268,8 @@ def read_right_after_add(r, stream, group, n):
         ids = [e[0] for _, entries in got or [] for e in entries]
         if ids != [entry_id]:
             wrong.append((i, entry_id, ids))
-        r.xack(stream, group, *ids) if ids else None
+        if ids:
+            r.xack(stream, group, *ids)
     return wrong
 
 
