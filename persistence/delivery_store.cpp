@@ -477,7 +477,7 @@ tl::expected<std::optional<std::string>, error>
 delivery_store::event_at(std::uint32_t topic_id, std::uint32_t partition,
                          std::uint64_t offset) const {
   std::string v;
-  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.events_,
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.events_of(topic_id, partition),
                          keys::event_key(topic_id, partition, offset), &v);
   if (s.IsNotFound())
     return std::optional<std::string>{};

@@ -57,6 +57,10 @@ rocksdb::ColumnFamilyOptions family_options(std::string_view name) {
   return cf;
 }
 
+std::uint64_t family_key(std::uint32_t topic_id, std::uint32_t partition) {
+  return (static_cast<std::uint64_t>(topic_id) << 32) | partition;
+}
+
 /// Drops results older than the TTL when RocksDB compacts them.
 class results_ttl_filter final : public rocksdb::CompactionFilter {
 public:
@@ -121,7 +125,8 @@ std::string format_time_us(std::int64_t time_us) {
 // -- partition_writer ---------------------------------------------------------
 
 partition_writer::partition_writer(event_log& log, topic_info topic, std::uint32_t partition)
-  : log_(log), topic_(std::move(topic)), partition_(partition) {
+  : log_(log), topic_(std::move(topic)), partition_(partition),
+    events_(log_.events_of(topic_.id, partition)) {
   next_offset_ = log_.recover_next_offset(topic_.id, partition_);
   last_time_us_ = recover_last_time();
   load_epochs();
@@ -131,7 +136,7 @@ std::int64_t partition_writer::recover_last_time() const {
   if (next_offset_ == 0)
     return 0;
   std::string value;
-  auto s = log_.db_->Get(rocksdb::ReadOptions{}, log_.events_,
+  auto s = log_.db_->Get(rocksdb::ReadOptions{}, events_,
                          keys::event_key(topic_.id, partition_, next_offset_ - 1), &value);
   if (s.ok() && value.size() >= value_header_bytes)
     return static_cast<std::int64_t>(keys::get_u64(value, 0));
@@ -329,7 +334,7 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
       json += e.fragment;
     }
     json += '}';
-    detail::put_event(batch, log_.events_, key, now, json);
+    detail::put_event(batch, events_, key, now, json);
     if (!layout::located_at(r.id, topic_.id, partition_, r.where.offset)) {
       batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.where.offset, now));
       ++indexed;
@@ -423,6 +428,9 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   db_opts.create_missing_column_families = true;
   db_opts.max_background_jobs = 2;
   db_opts.max_total_wal_size = opts.max_wal_bytes;
+  // Every partition has a memtable of its own (format 3): their sum is
+  // capped, as one shared events family's was by its two 64 MiB memtables.
+  db_opts.db_write_buffer_size = 256ull << 20;
   db_opts.enable_pipelined_write = true;
   // Recovery replays the WAL into memtables and leaves them there (the WAL
   // files stay until those flush as usual): a restart does not wait for
@@ -446,6 +454,12 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
     if (n == "results")
       families.back().options.compaction_filter = log->results_filter_.get();
   }
+  // Each partition's events family (format 3) must be named to open.
+  std::vector<std::string> existing;
+  if (rocksdb::DB::ListColumnFamilies(db_opts, opts.path, &existing).ok())
+    for (const auto& name : existing)
+      if (layout::parse_partition_family(name))
+        families.emplace_back(name, family_options("events"));
   rocksdb::DB* raw = nullptr;
   auto s = rocksdb::DB::Open(db_opts, opts.path, families, &log->handles_, &raw);
   if (!s.ok()) {
@@ -465,6 +479,12 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   log->results_ = log->handles_[7];
   log->meta_ = log->handles_[8];
   log->kv_ = log->handles_[9];
+  constexpr std::size_t fixed_families = std::size(family_names) + 1;
+  for (std::size_t i = fixed_families; i < log->handles_.size(); ++i) {
+    auto where = layout::parse_partition_family(families[i].name);
+    NERVE_ASSERT(where.has_value(), "the families past the fixed ones are partitions' events");
+    log->partition_families_[family_key(where->first, where->second)] = log->handles_[i];
+  }
   if (auto err = log->init_meta())
     return tl::make_unexpected(*err);
   if (opts.fsync == config::fsync_policy::interval)
@@ -491,9 +511,15 @@ event_log::~event_log() {
   if (db_) {
     if (opts_.fsync != config::fsync_policy::never && !wal_broken_.load())
       db_->SyncWAL().PermitUncheckedError();
-    for (auto* h : handles_)
+    // handles_ holds the partitions' families opened with the database;
+    // those created since are only in partition_families_.
+    std::set<rocksdb::ColumnFamilyHandle*> handles{handles_.begin(), handles_.end()};
+    for (auto& [where, h] : partition_families_)
+      handles.insert(h);
+    for (auto* h : handles)
       db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
     handles_.clear();
+    partition_families_.clear();
     db_->Close().PermitUncheckedError();
     db_.reset();
   }
@@ -505,22 +531,12 @@ std::optional<error> event_log::init_meta() {
   auto f = db_->Get(ro, meta_, layout::format_key, &format);
   if (!f.ok() && !f.IsNotFound())
     return io_error("reading the data directory format", f);
-  if (f.ok() && format != std::to_string(layout::format_version)) {
+  const auto current = std::to_string(layout::format_version);
+  if (f.ok() && format != "2" && format != current) {
     // Newer (or unknown): this nerve would misread what it does not know.
     return error{errc::invalid, "the data directory " + opts_.path + " has format " + format
-                                  + "; this nerve reads formats 1 and "
-                                  + std::to_string(layout::format_version)
+                                  + "; this nerve reads formats 1 to " + current
                                   + " (a newer nerve wrote it)"};
-  }
-  if (f.IsNotFound()) {
-    // New, or format 1: from now on written as format 2, which reads both.
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    f = db_->Put(wo, meta_, layout::format_key, std::to_string(layout::format_version));
-    if (!f.ok()) {
-      note_write_error("storing the format: " + f.ToString(), f);
-      return io_error("storing the data directory format", f);
-    }
   }
   std::string stored_id;
   auto s = db_->Get(ro, meta_, "node_id", &stored_id);
@@ -551,6 +567,110 @@ std::optional<error> event_log::init_meta() {
   }
   if (!it->status().ok())
     return io_error("reading topics", it->status());
+  for (const auto& [name, t] : topics_)
+    if (auto err = ensure_families(t))
+      return err;
+  if (format != current) {
+    // New, or format 1 or 2: its events move to their partitions' families
+    // first; the format record, synced, says they all did.
+    if (auto err = migrate_events())
+      return err;
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    f = db_->Put(wo, meta_, layout::format_key, current);
+    if (!f.ok()) {
+      note_write_error("storing the format: " + f.ToString(), f);
+      return io_error("storing the data directory format", f);
+    }
+  }
+  return std::nullopt;
+}
+
+rocksdb::ColumnFamilyHandle* event_log::events_of(std::uint32_t topic_id,
+                                                  std::uint32_t partition) const {
+  std::shared_lock<std::shared_mutex> guard{families_mutex_};
+  auto it = partition_families_.find(family_key(topic_id, partition));
+  return it != partition_families_.end() ? it->second : events_;
+}
+
+std::optional<error> event_log::ensure_families(const topic_info& t) {
+  std::unique_lock<std::shared_mutex> guard{families_mutex_};
+  std::vector<std::string> names;
+  std::vector<std::uint32_t> missing;
+  for (std::uint32_t p = 0; p < t.partitions; ++p)
+    if (partition_families_.count(family_key(t.id, p)) == 0) {
+      names.push_back(layout::partition_family_name(t.id, p));
+      missing.push_back(p);
+    }
+  if (names.empty())
+    return std::nullopt;
+  // In one call: RocksDB rewrites its OPTIONS file (every family's options)
+  // after each creation, so one at a time costs the square of the count.
+  std::vector<rocksdb::ColumnFamilyHandle*> created;
+  auto s = db_->CreateColumnFamilies(family_options("events"), names, &created);
+  // On failure the handles of those that were created are still given.
+  for (std::size_t i = 0; i < created.size(); ++i)
+    partition_families_[family_key(t.id, missing[i])] = created[i];
+  if (!s.ok()) {
+    note_write_error("creating partitions' families: " + s.ToString(), s);
+    return io_error("creating the events families of " + t.name, s);
+  }
+  return std::nullopt;
+}
+
+std::optional<error> event_log::migrate_events() {
+  // Batch by batch, each moving what it copies (a put in the partition's
+  // family and a delete in the shared one, atomically), so a crash in
+  // between leaves every event in exactly one place and the next open goes
+  // on where this one stopped.
+  constexpr std::size_t batch_bytes_max = 8u << 20;
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_)};
+  rocksdb::WriteBatch batch;
+  std::uint64_t moved = 0;
+  std::uint64_t left = 0;
+  auto flush = [&]() -> std::optional<error> {
+    if (batch.Count() == 0)
+      return std::nullopt;
+    auto s = db_->Write(rocksdb::WriteOptions{}, &batch);
+    batch.Clear();
+    if (!s.ok()) {
+      note_write_error("migrating events: " + s.ToString(), s);
+      return io_error("moving events to their partitions' families", s);
+    }
+    return std::nullopt;
+  };
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    auto k = it->key().ToStringView();
+    auto* family = k.size() == 16 ? events_of(keys::get_u32(k, 0), keys::get_u32(k, 4)) : events_;
+    if (family == events_) {
+      ++left; // of no known topic, or no event key: `nerve dump` shows it
+      continue;
+    }
+    if (moved == 0)
+      spdlog::info("moving the stored events to one column family per partition (data "
+                   "directory format {})",
+                   layout::format_version);
+    batch.Put(family, it->key(), it->value());
+    batch.Delete(events_, it->key());
+    ++moved;
+    if (batch.GetDataSize() >= batch_bytes_max)
+      if (auto err = flush())
+        return err;
+  }
+  if (!it->status().ok())
+    return io_error("reading events to migrate", it->status());
+  if (auto err = flush())
+    return err;
+  it.reset();
+  if (moved > 0) {
+    // The shared family now holds only deletes: compact them away.
+    auto s = db_->CompactRange(rocksdb::CompactRangeOptions{}, events_, nullptr, nullptr);
+    if (!s.ok())
+      spdlog::warn("compacting the emptied events family: {}", s.ToString());
+    spdlog::info("moved {} events; {} left in the shared family", moved, left);
+  }
   return std::nullopt;
 }
 
@@ -564,7 +684,8 @@ std::uint64_t event_log::recover_next_offset(std::uint32_t topic_id,
     next = keys::get_u64(head, 0);
   auto prefix = keys::partition_prefix(topic_id, partition);
   auto upper = keys::event_key(topic_id, partition, ~0ULL);
-  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
+  std::unique_ptr<rocksdb::Iterator> it{
+    db_->NewIterator(rocksdb::ReadOptions{}, events_of(topic_id, partition))};
   it->SeekForPrev(upper);
   if (it->Valid() && starts_with(it->key(), prefix)) {
     // The head is a floor: appends do not rewrite it (the last event says
@@ -627,6 +748,10 @@ tl::expected<topic_info, error> event_log::create_topic_with_id(const std::strin
 }
 
 tl::expected<topic_info, error> event_log::add_topic(const topic_info& t) {
+  // The families first: a topic record always has its partitions' families
+  // (an open also creates any that are missing).
+  if (auto err = ensure_families(t))
+    return tl::make_unexpected(*err);
   nlohmann::json j{{"id", t.id}, {"partitions", t.partitions}};
   rocksdb::WriteOptions wo;
   wo.sync = true;
@@ -664,7 +789,8 @@ partition_stats event_log::stats(const topic_info& topic, std::uint32_t partitio
   st.partition = partition;
   st.next_offset = recover_next_offset(topic.id, partition);
   auto prefix = keys::partition_prefix(topic.id, partition);
-  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
+  auto* family = events_of(topic.id, partition);
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, family)};
   it->Seek(prefix);
   st.first_offset = it->Valid() && starts_with(it->key(), prefix)
                       ? keys::get_u64(it->key().ToStringView(), 8)
@@ -676,7 +802,7 @@ partition_stats event_log::stats(const topic_info& topic, std::uint32_t partitio
   sao.include_memtables = true;
   sao.include_files = true;
   std::uint64_t size = 0;
-  db_->GetApproximateSizes(sao, events_, &range, 1, &size).PermitUncheckedError();
+  db_->GetApproximateSizes(sao, family, &range, 1, &size).PermitUncheckedError();
   st.bytes = size;
   return st;
 }
@@ -696,6 +822,7 @@ tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
       return tl::make_unexpected(error{errc::io_error, "retention: a corrupt by_time entry"});
     if (run->time_us >= cutoff_us)
       break;
+    auto* family = events_of(run->topic_id, run->partition);
     if (!run->legacy_id.empty()) {
       batch.Delete(by_id_, run->legacy_id);
     } else if (run->indexed) {
@@ -706,7 +833,7 @@ tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
       rocksdb::ReadOptions ro;
       ro.iterate_upper_bound = &upper_slice;
       ro.fill_cache = false;
-      std::unique_ptr<rocksdb::Iterator> ev{db_->NewIterator(ro, events_)};
+      std::unique_ptr<rocksdb::Iterator> ev{db_->NewIterator(ro, family)};
       for (ev->Seek(lower); ev->Valid(); ev->Next()) {
         auto v = ev->value().ToStringView();
         auto id = v.size() > value_header_bytes ? layout::stored_id(v.substr(value_header_bytes))
@@ -719,7 +846,7 @@ tl::expected<std::size_t, error> event_log::sweep_before(std::int64_t cutoff_us,
         return tl::make_unexpected(io_error("retention scan", ev->status()));
     }
     for (auto offset = run->first; offset <= run->last; ++offset)
-      batch.Delete(events_, keys::event_key(run->topic_id, run->partition, offset));
+      batch.Delete(family, keys::event_key(run->topic_id, run->partition, offset));
     batch.Delete(by_time_, it->key());
     n += run->last - run->first + 1;
     auto& head = heads[{run->topic_id, run->partition}];

@@ -293,6 +293,7 @@ private:
   event_log& log_;
   topic_info topic_;
   std::uint32_t partition_;
+  rocksdb::ColumnFamilyHandle* events_; ///< this partition's events family
   std::uint64_t next_offset_;
   std::int64_t last_time_us_ = 0;
   /// The by_time run holding the event before next_offset_, when known.
@@ -435,6 +436,17 @@ private:
   explicit event_log(options opts);
 
   [[nodiscard]] std::optional<error> init_meta();
+  /// The column family of one partition's events (layout.hpp, format 3).
+  /// For a partition of no known topic, which has none and stores nothing,
+  /// the shared "events" family (empty once migrated): reads there find
+  /// nothing.
+  [[nodiscard]] rocksdb::ColumnFamilyHandle* events_of(std::uint32_t topic_id,
+                                                       std::uint32_t partition) const;
+  /// Creates the families of `t`'s partitions that do not exist yet.
+  [[nodiscard]] std::optional<error> ensure_families(const topic_info& t);
+  /// Moves a format-1/2 directory's events from the shared family to their
+  /// partitions' (layout.hpp); events of no known topic stay where they are.
+  [[nodiscard]] std::optional<error> migrate_events();
   /// visit_stored(), stopping early when `fn` returns false.
   [[nodiscard]] tl::expected<std::size_t, error>
   visit_until(const topic_info& topic, std::uint32_t partition, std::uint64_t from_offset,
@@ -475,7 +487,12 @@ private:
   std::unique_ptr<rocksdb::CompactionFilter> results_filter_; ///< outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  /// The shared events family of formats 1 and 2; empty once migrated.
   rocksdb::ColumnFamilyHandle* events_ = nullptr;
+  /// Each partition's events family by topic id (high 32 bits) and
+  /// partition; entries are only added (topics are never removed).
+  mutable std::shared_mutex families_mutex_;
+  std::unordered_map<std::uint64_t, rocksdb::ColumnFamilyHandle*> partition_families_;
   rocksdb::ColumnFamilyHandle* by_time_ = nullptr;
   rocksdb::ColumnFamilyHandle* by_id_ = nullptr;
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;

@@ -26,7 +26,8 @@ tl::expected<std::vector<std::string>, error> event_log::read(const topic_info& 
                                                               std::size_t limit) const {
   std::vector<std::string> out;
   auto prefix = keys::partition_prefix(topic.id, partition);
-  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
+  std::unique_ptr<rocksdb::Iterator> it{
+    db_->NewIterator(rocksdb::ReadOptions{}, events_of(topic.id, partition))};
   for (it->Seek(keys::event_key(topic.id, partition, from_offset));
        it->Valid() && starts_with(it->key(), prefix) && out.size() < limit; it->Next()) {
     auto v = it->value();
@@ -84,7 +85,7 @@ event_log::time_span(const topic_info& topic, std::uint32_t partition, std::int6
   rocksdb::Slice upper_slice{upper};
   rocksdb::ReadOptions ro;
   ro.iterate_upper_bound = &upper_slice;
-  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_)};
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_of(topic.id, partition))};
   auto offset_of = [&] { return keys::get_u64(std::string_view{it->key().data(), 16}, 8); };
   auto time_of = [&] {
     return static_cast<std::int64_t>(
@@ -194,7 +195,7 @@ tl::expected<std::size_t, error> event_log::visit_until(
   // the hot tail out of the block cache.
   ro.readahead_size = limit >= 64 ? std::min<std::size_t>(limit * 512, 1U << 20) : 0;
   ro.fill_cache = false;
-  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_)};
+  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_of(topic.id, partition))};
   std::size_t n = 0;
   for (it->Seek(keys::event_key(topic.id, partition, from_offset)); it->Valid() && n < limit;
        it->Next()) {
@@ -224,7 +225,7 @@ tl::expected<std::optional<coords>, error> event_log::stored_at(const std::strin
       return std::optional<coords>{};
   }
   rocksdb::PinnableSlice value;
-  auto s = db_->Get(rocksdb::ReadOptions{}, events_,
+  auto s = db_->Get(rocksdb::ReadOptions{}, events_of(at->topic_id, at->partition),
                     keys::event_key(at->topic_id, at->partition, at->offset), &value);
   if (s.IsNotFound())
     return std::optional<coords>{};
@@ -252,7 +253,10 @@ tl::expected<std::optional<std::string>, error> event_log::get_by_id(const std::
     return std::optional<std::string>{};
   if (!s.ok())
     return tl::make_unexpected(io_error("looking up event " + id, s));
-  s = db_->Get(rocksdb::ReadOptions{}, events_, rocksdb::Slice{where.data(), 16}, &value);
+  if (where.size() < 16)
+    return tl::make_unexpected(error{errc::io_error, "a corrupt by_id entry of event " + id});
+  s = db_->Get(rocksdb::ReadOptions{}, events_of(keys::get_u32(where, 0), keys::get_u32(where, 4)),
+               rocksdb::Slice{where.data(), 16}, &value);
   if (s.IsNotFound())
     return std::optional<std::string>{};
   if (!s.ok() || value.size() <= value_header_bytes)

@@ -168,8 +168,8 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
   auto run = open_run(records.front().time_us);
   for (std::size_t i = 0; i < records.size(); ++i) {
     const auto& r = records[i];
-    detail::put_event(batch, log_.events_, keys::event_key(topic_.id, partition_, r.offset),
-                      r.time_us, r.json);
+    detail::put_event(batch, events_, keys::event_key(topic_.id, partition_, r.offset), r.time_us,
+                      r.json);
     if (!layout::located_at(r.id, topic_.id, partition_, r.offset)) {
       batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.offset, r.time_us));
       ++indexed;
@@ -276,7 +276,7 @@ tl::expected<void, error> partition_writer::remove_from(std::uint64_t from, std:
     rocksdb::ReadOptions ro;
     ro.iterate_lower_bound = &lower_slice;
     ro.iterate_upper_bound = &upper_slice;
-    std::unique_ptr<rocksdb::Iterator> it{log_.db_->NewIterator(ro, log_.events_)};
+    std::unique_ptr<rocksdb::Iterator> it{log_.db_->NewIterator(ro, events_)};
     rocksdb::WriteBatch batch;
     std::vector<std::string> ids;
     std::vector<std::string> removed; // the event keys of `ids`
@@ -295,7 +295,7 @@ tl::expected<void, error> partition_writer::remove_from(std::uint64_t from, std:
                                               : std::string{})});
       lowest = keys::get_u64(k, 8);
       times.insert(static_cast<std::int64_t>(keys::get_u64(v, 0)));
-      batch.Delete(log_.events_, it->key());
+      batch.Delete(events_, it->key());
       if (!layout::located_at(*id, topic_.id, partition_, lowest)) {
         ids.push_back(std::move(*id));
         removed.emplace_back(k);

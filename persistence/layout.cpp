@@ -2,6 +2,8 @@
 // log's own records in `meta` (topics, heads, leader-epoch checkpoints).
 #include "persistence/layout.hpp"
 
+#include <charconv>
+
 #include <nlohmann/json.hpp>
 
 #include "persistence/ids.hpp"
@@ -71,6 +73,34 @@ bool located_at(std::string_view id, std::uint32_t topic_id, std::uint32_t parti
                 std::uint64_t offset) {
   auto at = locate_id(id);
   return at && at->topic_id == topic_id && at->partition == partition && at->offset == offset;
+}
+
+std::string partition_family_name(std::uint32_t topic_id, std::uint32_t partition) {
+  return "events." + std::to_string(topic_id) + "." + std::to_string(partition);
+}
+
+std::optional<std::pair<std::uint32_t, std::uint32_t>>
+parse_partition_family(std::string_view name) {
+  constexpr std::string_view prefix = "events.";
+  if (name.substr(0, prefix.size()) != prefix)
+    return std::nullopt;
+  name.remove_prefix(prefix.size());
+  auto dot = name.find('.');
+  if (dot == std::string_view::npos)
+    return std::nullopt;
+  auto number = [](std::string_view text) -> std::optional<std::uint32_t> {
+    std::uint32_t v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (text.empty() || ec != std::errc{} || end != text.data() + text.size()
+        || (text.size() > 1 && text[0] == '0'))
+      return std::nullopt;
+    return v;
+  };
+  auto topic = number(name.substr(0, dot));
+  auto partition = number(name.substr(dot + 1));
+  if (!topic || !partition)
+    return std::nullopt;
+  return std::pair{*topic, *partition};
 }
 
 std::string head_key(std::uint32_t topic_id, std::uint32_t partition) {

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "persistence/event_log.hpp"
 
@@ -36,9 +37,17 @@ inline const std::string topic_meta_prefix = "topic/";
 /// 1 (no record): one by_time entry per event (its value the event's id) and
 /// one by_id entry per event. 2: by_time entries are runs (below) and by_id
 /// holds only ids that do not say where their event is (ids.hpp,
-/// locate_id()). A format-1 directory opens as format 2: the reads take
-/// entries of both shapes, and new writes are format 2.
-inline constexpr int format_version = 2;
+/// locate_id()). 3: as 2, but each partition's events are in a column
+/// family of its own (partition_family_name) instead of the shared
+/// "events" family, so every flush of a partition lies after all of its
+/// stored data and RocksDB moves it down the levels without rewriting
+/// (interleaved partitions made each level-0 compaction rewrite most of
+/// level 1). A format-1 or -2 directory is migrated when it opens: its
+/// events move to their partitions' families, batch by batch, each batch
+/// deleting what it copied, and the format becomes 3 when none is left.
+/// The "events" family stays, empty (a read-only reader still looks there
+/// for a directory it cannot migrate).
+inline constexpr int format_version = 3;
 inline constexpr const char* format_key = "format";
 
 /// A by_time entry: the events of one partition appended at one time, at
@@ -64,6 +73,14 @@ struct time_run {
 /// therefore no by_id entry.
 [[nodiscard]] bool located_at(std::string_view id, std::uint32_t topic_id, std::uint32_t partition,
                               std::uint64_t offset);
+
+/// The column family of one partition's events (format 3):
+/// "events." + topic id + "." + partition, in decimal.
+[[nodiscard]] std::string partition_family_name(std::uint32_t topic_id, std::uint32_t partition);
+/// The topic id and partition of a family with such a name; nothing for any
+/// other name.
+[[nodiscard]] std::optional<std::pair<std::uint32_t, std::uint32_t>>
+parse_partition_family(std::string_view name);
 
 /// meta key of a partition's head (the offset its next event gets):
 /// "head/" · topic id · partition (big-endian u32s) → u64. It never goes

@@ -58,12 +58,18 @@ tl::expected<std::unique_ptr<read_only_log>, error> read_only_log::open(const st
   rocksdb::DBOptions db_opts;
   db_opts.create_if_missing = false;
   db_opts.info_log = log->logger_;
-  // A read-only instance may open a subset of the families; these two hold
-  // the events and the topics.
+  // A read-only instance may open a subset of the families: the shared
+  // events family (formats 1 and 2, or events of no known topic), the
+  // topics, and each partition's events family (format 3).
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   families.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions{});
   families.emplace_back("events", rocksdb::ColumnFamilyOptions{});
   families.emplace_back("meta", rocksdb::ColumnFamilyOptions{});
+  std::vector<std::string> existing;
+  if (rocksdb::DB::ListColumnFamilies(db_opts, path, &existing).ok())
+    for (const auto& name : existing)
+      if (layout::parse_partition_family(name))
+        families.emplace_back(name, rocksdb::ColumnFamilyOptions{});
   rocksdb::DB* raw = nullptr;
   auto s = rocksdb::DB::OpenForReadOnly(db_opts, path, families, &log->handles_, &raw);
   if (!s.ok())
@@ -71,6 +77,8 @@ tl::expected<std::unique_ptr<read_only_log>, error> read_only_log::open(const st
   log->db_.reset(raw);
   log->events_ = log->handles_[1];
   log->meta_ = log->handles_[2];
+  for (std::size_t i = 3; i < log->handles_.size(); ++i)
+    log->partition_families_[*layout::parse_partition_family(families[i].name)] = log->handles_[i];
 
   std::unique_ptr<rocksdb::Iterator> it{log->db_->NewIterator(rocksdb::ReadOptions{}, log->meta_)};
   const auto& prefix = layout::topic_meta_prefix;
@@ -138,39 +146,77 @@ tl::expected<std::vector<epoch_entry>, error> read_only_log::epochs(const topic_
 
 tl::expected<std::uint64_t, error>
 read_only_log::visit_topic(const topic_info& topic, const stored_event_visitor& fn) const {
-  // Every key of the topic id, also of partitions past `partitions`: those
-  // would be events no reader of the log ever sees.
-  std::string lower;
-  keys::put_u32(lower, topic.id);
-  std::string upper;
-  keys::put_u32(upper, topic.id + 1);
-  rocksdb::Slice upper_slice{upper};
-  rocksdb::ReadOptions ro;
-  ro.iterate_upper_bound = topic.id == UINT32_MAX ? nullptr : &upper_slice;
-  ro.fill_cache = false;
-  std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, events_)};
   std::uint64_t visited = 0;
   problems found;
-  for (it->Seek(lower); it->Valid(); it->Next()) {
-    auto k = it->key().ToStringView();
-    auto v = it->value().ToStringView();
-    const auto where = topic.name + ": " + describe_key(k);
-    if (k.size() != 16 || v.size() <= layout::value_header_bytes) {
-      found.add("corrupt event (" + where + ")");
-      continue;
+  // One partition's keys in one family, in offset order; any other key
+  // there is a problem.
+  auto visit_range = [&](rocksdb::ColumnFamilyHandle* family, std::uint32_t partition,
+                         bool whole_family) -> std::optional<error> {
+    const auto lower = keys::partition_prefix(topic.id, partition);
+    const auto upper = keys::event_key(topic.id, partition, ~0ULL);
+    const rocksdb::Slice upper_slice{upper};
+    rocksdb::ReadOptions ro;
+    ro.fill_cache = false;
+    if (!whole_family)
+      ro.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, family)};
+    if (whole_family)
+      it->SeekToFirst();
+    else
+      it->Seek(lower);
+    for (; it->Valid(); it->Next()) {
+      auto k = it->key().ToStringView();
+      auto v = it->value().ToStringView();
+      const auto where = topic.name + ": " + describe_key(k);
+      if (k.size() != 16 || v.size() <= layout::value_header_bytes) {
+        found.add("corrupt event (" + where + ")");
+        continue;
+      }
+      if (k.substr(0, 8) != lower) {
+        found.add("an event in the family of " + topic.name + "/" + std::to_string(partition)
+                  + " that is not of that partition (" + where + ")");
+        continue;
+      }
+      fn(topic, partition, keys::get_u64(k, 8), static_cast<std::int64_t>(keys::get_u64(v, 0)),
+         v.substr(layout::value_header_bytes));
+      ++visited;
     }
-    const auto partition = keys::get_u32(k, 4);
-    if (partition >= topic.partitions) {
-      found.add("an event past the topic's " + std::to_string(topic.partitions) + " partitions ("
-                + where + ")");
-      continue;
-    }
-    fn(topic, partition, keys::get_u64(k, 8), static_cast<std::int64_t>(keys::get_u64(v, 0)),
-       v.substr(layout::value_header_bytes));
-    ++visited;
+    if (!it->status().ok())
+      return io_error("reading events of " + topic.name, it->status());
+    return std::nullopt;
+  };
+  for (std::uint32_t p = 0; p < topic.partitions; ++p) {
+    // A partition's own family first: a directory whose migration stopped
+    // half way has the lower offsets there and the rest still shared.
+    if (auto f = partition_families_.find({topic.id, p}); f != partition_families_.end())
+      if (auto err = visit_range(f->second, p, true))
+        return tl::make_unexpected(*err);
+    if (auto err = visit_range(events_, p, false))
+      return tl::make_unexpected(*err);
   }
-  if (!it->status().ok())
-    return tl::make_unexpected(io_error("reading events of " + topic.name, it->status()));
+  // Families and shared keys of the topic id past its partitions: events
+  // no reader of the log ever sees.
+  for (auto f = partition_families_.lower_bound({topic.id, topic.partitions});
+       f != partition_families_.end() && f->first.first == topic.id; ++f) {
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, f->second)};
+    it->SeekToFirst();
+    if (it->Valid())
+      found.add("an event past the topic's " + std::to_string(topic.partitions)
+                + " partitions, in the family of partition " + std::to_string(f->first.second)
+                + " (" + topic.name + ": " + describe_key(it->key().ToStringView()) + ")");
+    if (!it->status().ok())
+      return tl::make_unexpected(io_error("reading events of " + topic.name, it->status()));
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{}, events_)};
+    it->Seek(keys::partition_prefix(topic.id, topic.partitions));
+    if (it->Valid() && it->key().size() >= 4
+        && keys::get_u32(it->key().ToStringView(), 0) == topic.id)
+      found.add("an event past the topic's " + std::to_string(topic.partitions) + " partitions ("
+                + topic.name + ": " + describe_key(it->key().ToStringView()) + ")");
+    if (!it->status().ok())
+      return tl::make_unexpected(io_error("reading events of " + topic.name, it->status()));
+  }
   if (found.count > 0)
     return tl::make_unexpected(
       error{errc::io_error,
@@ -200,6 +246,18 @@ tl::expected<std::optional<std::string>, error> read_only_log::find_stray() cons
       return std::optional<std::string>{std::string{k}};
     return std::optional<std::string>{};
   };
+  for (const auto& [where, family] : partition_families_) {
+    auto t = std::find_if(topics_.begin(), topics_.end(),
+                          [&](const topic_info& k) { return k.id == where.first; });
+    if (t != topics_.end())
+      continue; // visit_topic() looks at every family of its topic id
+    std::unique_ptr<rocksdb::Iterator> f{db_->NewIterator(rocksdb::ReadOptions{}, family)};
+    f->SeekToFirst();
+    if (f->Valid())
+      return std::optional<std::string>{f->key().ToString()};
+    if (!f->status().ok())
+      return tl::make_unexpected(io_error("reading events", f->status()));
+  }
   std::string from;
   for (auto id : ids) {
     auto stray = first_before(from, id);

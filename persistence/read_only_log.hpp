@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,8 +65,11 @@ private:
   std::shared_ptr<rocksdb::Logger> logger_; ///< outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
-  rocksdb::ColumnFamilyHandle* events_ = nullptr;
+  rocksdb::ColumnFamilyHandle* events_ = nullptr; ///< shared (formats 1, 2)
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;
+  /// Each partition's events family (format 3) by topic id and partition.
+  std::map<std::pair<std::uint32_t, std::uint32_t>, rocksdb::ColumnFamilyHandle*>
+    partition_families_;
   std::vector<topic_info> topics_;
 };
 

@@ -1,11 +1,13 @@
-// The data directory format 2 on a real RocksDB in a temp dir: ids that say
+// The data directory format on a real RocksDB in a temp dir: ids that say
 // where their event is (no by_id entry), by_time runs (one entry per append
-// time), and format-1 directories (an entry per event in both indexes)
-// opened, read, swept and truncated.
+// time), each partition's events in a family of its own (format 3), and
+// format-1 and -2 directories (an entry per event in both indexes; every
+// event in one shared family) migrated, read, swept and truncated.
 #include <catch2/catch.hpp>
 
 #include <atomic>
 #include <map>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 #include <rocksdb/db.h>
@@ -13,6 +15,7 @@
 #include "persistence/event_log.hpp"
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
+#include "persistence/layout.hpp"
 #include "tests/support/raw_rocksdb.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -159,7 +162,7 @@ TEST_CASE("an event appended without an id is found by the id it got, with no by
   CHECK(by_id.count("mine") == 1);
   CHECK(by_id.count(first_id) == 0);
   auto meta = family(dir.sub("db"), "meta");
-  CHECK(meta["format"] == "2");
+  CHECK(meta["format"] == "3");
 }
 
 TEST_CASE("by_time holds one run per append time, exact for windows and truncation",
@@ -272,7 +275,109 @@ TEST_CASE("a format-1 directory opens, reads, sweeps and truncates its per-event
   auto by_id = family(dir.sub("db"), "by_id");
   CHECK(by_id.size() == 1);
   CHECK(by_id.count("b") == 1);
-  CHECK(family(dir.sub("db"), "meta")["format"] == "2");
+  CHECK(family(dir.sub("db"), "meta")["format"] == "3");
+  // Migrated: the one event left is in the partition's own family.
+  CHECK(family(dir.sub("db"), "events").empty());
+  auto own = family(dir.sub("db"), layout::partition_family_name(t.id, 0));
+  REQUIRE(own.size() == 1);
+  CHECK(own.begin()->first == keys::event_key(t.id, 0, 1));
+}
+
+namespace {
+
+/// Moves every event of the closed log at `path` from its partition's
+/// family back into the shared one and sets the format to 2: what a
+/// format-2 nerve left. With `keep_first` > 0, that many of the lowest keys
+/// of each partition stay in the partition's family (a migration that
+/// stopped half way, format still 2).
+void back_to_format_2(const std::string& path, std::size_t keep_first = 0) {
+  nerve::test::raw_rocksdb raw{path, false};
+  rocksdb::WriteBatch batch;
+  for (const auto& name : raw.names()) {
+    if (!layout::parse_partition_family(name))
+      continue;
+    std::size_t seen = 0;
+    for (auto& [key, value] : raw.records(name)) {
+      if (seen++ < keep_first)
+        continue;
+      batch.Put(raw.family("events"), key, value);
+      batch.Delete(raw.family(name), key);
+    }
+  }
+  batch.Put(raw.family("meta"), "format", "2");
+  REQUIRE(raw.db().Write(rocksdb::WriteOptions{}, &batch).ok());
+}
+
+/// Every stored event of the log, as (topic, partition, offset, text).
+std::vector<std::tuple<std::string, std::uint32_t, std::uint64_t, std::string>>
+all_events(const event_log& log) {
+  std::vector<std::tuple<std::string, std::uint32_t, std::uint64_t, std::string>> out;
+  for (const auto& t : log.topics())
+    for (std::uint32_t p = 0; p < t.partitions; ++p) {
+      auto events = log.read(t, p, 0, 1000);
+      REQUIRE(events);
+      std::uint64_t offset = log.stats(t, p).first_offset;
+      for (auto& e : *events)
+        out.emplace_back(t.name, p, offset++, e);
+    }
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("a format-2 directory's events move to their partitions' families, also after a "
+          "migration that stopped half way",
+          "[unit][persistence]") {
+  for (std::size_t keep_first : {0, 2}) {
+    CAPTURE(keep_first);
+    nerve::test::temp_dir dir;
+    std::vector<std::tuple<std::string, std::uint32_t, std::uint64_t, std::string>> before;
+    std::string stray = keys::event_key(999, 0, 7);
+    std::vector<std::string> ids;
+    {
+      auto log = open_log(dir.sub("db"));
+      auto a = *log->create_topic("a", 3);
+      auto b = *log->create_topic("b", 2);
+      for (std::uint32_t p = 0; p < 3; ++p) {
+        partition_writer w{*log, a, p};
+        for (int round = 0; round < 3; ++round) {
+          auto r = w.append(
+            {without_id(), with_id("a" + std::to_string(p) + "-" + std::to_string(round))});
+          REQUIRE(r);
+          ids.push_back((*r)[0].id);
+        }
+      }
+      partition_writer w{*log, b, 1};
+      REQUIRE(w.append({without_id(), without_id(), without_id()}));
+      before = all_events(*log);
+      REQUIRE(before.size() == 21);
+    }
+    back_to_format_2(dir.sub("db"), keep_first);
+    {
+      // An event of no known topic, in the shared family: left there.
+      nerve::test::raw_rocksdb raw{dir.sub("db"), false};
+      REQUIRE(raw.db().Put(rocksdb::WriteOptions{}, raw.family("events"), stray, "x").ok());
+      CHECK(raw.records("events").size() == (keep_first == 0 ? 22 : 22 - 2 * 4));
+    }
+    {
+      auto log = open_log(dir.sub("db"));
+      CHECK(all_events(*log) == before);
+      for (const auto& id : ids)
+        CHECK(*log->get_by_id(id));
+      // Appends go on after the moved events.
+      auto a = *log->find_topic("a");
+      partition_writer w{*log, a, 2};
+      CHECK(w.next_offset() == 6);
+      auto r = w.append({without_id()});
+      REQUIRE(r);
+      CHECK((*r)[0].where.offset == 6);
+    }
+    CHECK(family(dir.sub("db"), "meta")["format"] == "3");
+    auto shared = family(dir.sub("db"), "events");
+    REQUIRE(shared.size() == 1);
+    CHECK(shared.begin()->first == stray);
+    CHECK(family(dir.sub("db"), layout::partition_family_name(1, 2)).size() == 7);
+  }
 }
 
 TEST_CASE("a data directory of a newer format is refused, and left as it is",
@@ -281,12 +386,12 @@ TEST_CASE("a data directory of a newer format is refused, and left as it is",
   open_log(dir.sub("db"));
   {
     nerve::test::raw_rocksdb raw{dir.sub("db"), false};
-    REQUIRE(raw.db().Put(rocksdb::WriteOptions{}, raw.family("meta"), "format", "3").ok());
+    REQUIRE(raw.db().Put(rocksdb::WriteOptions{}, raw.family("meta"), "format", "4").ok());
   }
   auto log = event_log::open(opts_at(dir.sub("db")));
   REQUIRE_FALSE(log);
-  CHECK(log.error().message.find("has format 3") != std::string::npos);
-  CHECK(family(dir.sub("db"), "meta")["format"] == "3");
+  CHECK(log.error().message.find("has format 4") != std::string::npos);
+  CHECK(family(dir.sub("db"), "meta")["format"] == "4");
 }
 
 TEST_CASE("ids and keys that need escapes are stored as valid JSON", "[unit][persistence]") {

@@ -3,6 +3,7 @@
 // events the topics in `meta` do not account for reported, not skipped.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -10,6 +11,7 @@
 #include <tuple>
 
 #include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
 
 #include "persistence/event_log.hpp"
 #include "persistence/keys.hpp"
@@ -76,6 +78,25 @@ void put_raw_events(const std::string& path,
   nerve::test::raw_rocksdb raw{path, false};
   for (auto& [key, value] : records)
     REQUIRE(raw.db().Put(rocksdb::WriteOptions{}, raw.family("events"), key, value).ok());
+}
+
+/// Puts raw records into a partition's events family, creating the family
+/// when the log has none of that name.
+void put_raw_family_events(const std::string& path, const std::string& family,
+                           const std::vector<std::pair<std::string, std::string>>& records) {
+  bool exists = false;
+  {
+    nerve::test::raw_rocksdb raw{path, false};
+    exists = std::find(raw.names().begin(), raw.names().end(), family) != raw.names().end();
+    if (!exists) {
+      rocksdb::ColumnFamilyHandle* h = nullptr;
+      REQUIRE(raw.db().CreateColumnFamily(rocksdb::ColumnFamilyOptions{}, family, &h).ok());
+      REQUIRE(raw.db().DestroyColumnFamilyHandle(h).ok());
+    }
+  }
+  nerve::test::raw_rocksdb raw{path, false};
+  for (auto& [key, value] : records)
+    REQUIRE(raw.db().Put(rocksdb::WriteOptions{}, raw.family(family), key, value).ok());
 }
 
 } // namespace
@@ -172,8 +193,51 @@ TEST_CASE("events outside the known topics and partitions fail the visit after t
     put_raw_events(path, {{keys::event_key(9, 3, 7), value}});
     check_reported("an event of no known topic: topic id 9 partition 3 offset 7");
   }
+  SECTION("a family of a partition past the topic's count") {
+    put_raw_family_events(path, "events.1.5", {{keys::event_key(1, 5, 0), value}});
+    check_reported("past the topic's 2 partitions, in the family of partition 5");
+  }
+  SECTION("a family of no known topic") {
+    put_raw_family_events(path, "events.9.0", {{keys::event_key(9, 0, 4), value}});
+    check_reported("an event of no known topic: topic id 9 partition 0 offset 4");
+  }
+  SECTION("a key of another partition in a partition's family") {
+    put_raw_family_events(path, "events.2.1", {{keys::event_key(2, 0, 5), value}});
+    check_reported("an event in the family of alpha/1 that is not of that partition");
+  }
   SECTION("a value too short to be an event") {
     put_raw_events(path, {{keys::event_key(2, 1, 0), std::string(8, '\0')}});
     check_reported("corrupt event (alpha: topic id 2 partition 1 offset 0)");
   }
+}
+
+TEST_CASE("a read-only log visits a directory whose migration stopped half way in order",
+          "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto path = dir.sub("db");
+  write_log(path);
+  auto whole = [&path] {
+    auto log = read_only_log::open(path);
+    REQUIRE(log);
+    tl::expected<std::uint64_t, error> result = 0;
+    auto seen = visit_all(**log, &result);
+    REQUIRE(result);
+    return seen;
+  };
+  auto before = whole();
+  REQUIRE(before.size() == 6);
+  {
+    // alpha (id 2) partition 0: offsets 1 and 2 back in the shared family,
+    // as a format-2 directory whose move stopped after offset 0.
+    nerve::test::raw_rocksdb raw{path, false};
+    rocksdb::WriteBatch batch;
+    for (auto& [key, value] : raw.records("events.2.0"))
+      if (keys::get_u64(key, 8) > 0) {
+        batch.Put(raw.family("events"), key, value);
+        batch.Delete(raw.family("events.2.0"), key);
+      }
+    REQUIRE(raw.db().Write(rocksdb::WriteOptions{}, &batch).ok());
+    CHECK(raw.records("events").size() == 2);
+  }
+  CHECK(whole() == before);
 }
