@@ -23,6 +23,7 @@
 #include <spdlog/spdlog.h>
 
 #include "config/assert.hpp"
+#include "persistence/crc32c.hpp"
 #include "persistence/event_log_private.hpp"
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
@@ -485,6 +486,9 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
     NERVE_ASSERT(where.has_value(), "the families past the fixed ones are partitions' events");
     log->partition_families_[family_key(where->first, where->second)] = log->handles_[i];
   }
+  spdlog::debug("RocksDB's CRC32C (WAL records) {}", crc32c_in_hardware()
+                                                       ? "on the CPU's crc32 instruction"
+                                                       : "in RocksDB's own (software) code");
   if (auto err = log->init_meta())
     return tl::make_unexpected(*err);
   if (opts.fsync == config::fsync_policy::interval)
