@@ -139,8 +139,15 @@ partitioned split_by_partition(topic_route& route, std::vector<publish_item>& it
     if (!it.id.empty())
       p = first_partition.emplace(it.id, p).first->second;
     auto& job = out.jobs[p];
-    if (!job)
+    if (!job) {
       job = std::make_shared<partition_job>();
+      // Keyless events all go here: room for the rest at once (a batch of
+      // 100 grew the vectors 8 times, 2.5 % of the HTTP threads' samples).
+      if (p == keyless) {
+        job->events.reserve(items.size() - i);
+        out.index[p].reserve(items.size() - i);
+      }
+    }
     // Without an id the writer gives the event one that says where it is.
     bool generated = it.id.empty();
     job->events.push_back({std::move(it.id), std::move(it.key), std::move(it.fragment),

@@ -336,7 +336,12 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
     }
     json += '}';
     detail::put_event(batch, events_, key, now, json);
-    if (!layout::located_at(r.id, topic_.id, partition_, r.where.offset)) {
+    // An id resolve() made says where it is exactly when the place fits one
+    // (no need to decode the text); a publisher's may say so too.
+    const bool by_place = e.generated
+                            ? place_fits_id(topic_.id, partition_, r.where.offset)
+                            : layout::located_at(r.id, topic_.id, partition_, r.where.offset);
+    if (!by_place) {
       batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.where.offset, now));
       ++indexed;
     }

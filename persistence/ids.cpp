@@ -68,10 +68,14 @@ std::string new_uuid_v7(std::int64_t time_us) {
   return uuid_v7_text(ms, r1, ((r1 >> 12) & 0x3fff) << 48 | (r2 & 0xffffffffffffULL));
 }
 
+bool place_fits_id(std::uint32_t topic_id, std::uint32_t partition, std::uint64_t offset) {
+  return topic_id < (1U << topic_bits) && partition < (1U << partition_bits)
+         && offset < (std::uint64_t{1} << offset_bits);
+}
+
 std::optional<std::string> located_uuid_v7(std::int64_t time_us, std::uint32_t topic_id,
                                            std::uint32_t partition, std::uint64_t offset) {
-  if (topic_id >= (1U << topic_bits) || partition >= (1U << partition_bits)
-      || offset >= (std::uint64_t{1} << offset_bits))
+  if (!place_fits_id(topic_id, partition, offset))
     return std::nullopt;
   u128 bits = located_tag;
   bits = (bits << topic_bits) | topic_id;

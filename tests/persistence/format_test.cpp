@@ -416,3 +416,34 @@ TEST_CASE("ids and keys that need escapes are stored as valid JSON", "[unit][per
   CHECK((*r)[1].json.find("\"key\"") == std::string::npos);
   CHECK(*log->get_by_id("q\"b\\s\tc") == (*r)[0].json);
 }
+
+TEST_CASE("an event whose place does not fit an id gets a random one, indexed in by_id",
+          "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  std::string fits_id;
+  std::string beyond_id;
+  {
+    auto log = open_log(dir.sub("db"));
+    // Topic ids take 18 bits of a located id: 262,143 fits, 262,144 does not.
+    auto fits = *log->create_topic("fits", 1, 262'143);
+    auto beyond = *log->create_topic("beyond", 1, 262'144);
+    partition_writer wf{*log, fits, 0};
+    partition_writer wb{*log, beyond, 0};
+    auto rf = wf.append({without_id()});
+    auto rb = wb.append({without_id()});
+    REQUIRE(rf);
+    REQUIRE(rb);
+    fits_id = (*rf)[0].id;
+    beyond_id = (*rb)[0].id;
+    CHECK(locate_id(fits_id));
+    CHECK_FALSE(locate_id(beyond_id));
+    auto back = log->get_by_id(beyond_id);
+    REQUIRE(back);
+    REQUIRE(*back);
+    CHECK((*back)->find("\"topic\":\"beyond\"") != std::string::npos);
+    CHECK(*log->get_by_id(fits_id));
+  }
+  auto by_id = family(dir.sub("db"), "by_id");
+  CHECK(by_id.size() == 1);
+  CHECK(by_id.count(beyond_id) == 1);
+}
