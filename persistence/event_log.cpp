@@ -461,11 +461,8 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
       families.back().options.compaction_filter = log->results_filter_.get();
   }
   // Each partition's events family (format 3) must be named to open.
-  std::vector<std::string> existing;
-  if (rocksdb::DB::ListColumnFamilies(db_opts, opts.path, &existing).ok())
-    for (const auto& name : existing)
-      if (layout::parse_partition_family(name))
-        families.emplace_back(name, family_options("events"));
+  for (const auto& name : layout::stored_partition_families(db_opts, opts.path))
+    families.emplace_back(name, family_options("events"));
   rocksdb::DB* raw = nullptr;
   auto s = rocksdb::DB::Open(db_opts, opts.path, families, &log->handles_, &raw);
   if (!s.ok()) {

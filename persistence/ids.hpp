@@ -19,6 +19,10 @@ struct id_location {
   std::uint64_t offset = 0;
 };
 
+/// Whether located_uuid_v7() gives an id for this place (it fits the bits).
+[[nodiscard]] bool place_fits_id(std::uint32_t topic_id, std::uint32_t partition,
+                                 std::uint64_t offset);
+
 /// The id nerve gives an event it appends without one: a UUIDv7 whose 48
 /// time bits are the append time's milliseconds and whose 74 other bits,
 /// instead of random ones, say where the event is stored (a 4-bit tag, the
@@ -26,9 +30,6 @@ struct id_location {
 /// because the place is, and found without an index. Nothing when the place
 /// does not fit (topic id >= 2^18, partition >= 2^10, offset >= 2^42): the
 /// caller then uses new_uuid_v7() and indexes it.
-/// Whether located_uuid_v7() gives an id for this place (it fits the bits).
-[[nodiscard]] bool place_fits_id(std::uint32_t topic_id, std::uint32_t partition,
-                                 std::uint64_t offset);
 [[nodiscard]] std::optional<std::string> located_uuid_v7(std::int64_t time_us,
                                                          std::uint32_t topic_id,
                                                          std::uint32_t partition,

@@ -5,6 +5,7 @@
 #include <charconv>
 
 #include <nlohmann/json.hpp>
+#include <rocksdb/db.h>
 
 #include "persistence/ids.hpp"
 #include "persistence/keys.hpp"
@@ -101,6 +102,17 @@ parse_partition_family(std::string_view name) {
   if (!topic || !partition)
     return std::nullopt;
   return std::pair{*topic, *partition};
+}
+
+std::vector<std::string> stored_partition_families(const rocksdb::DBOptions& opts,
+                                                   const std::string& path) {
+  std::vector<std::string> names;
+  std::vector<std::string> out;
+  if (rocksdb::DB::ListColumnFamilies(opts, path, &names).ok())
+    for (auto& name : names)
+      if (parse_partition_family(name))
+        out.push_back(std::move(name));
+  return out;
 }
 
 std::string head_key(std::uint32_t topic_id, std::uint32_t partition) {

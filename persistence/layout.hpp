@@ -11,6 +11,9 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
+
+#include <rocksdb/options.h>
 
 #include "persistence/event_log.hpp"
 
@@ -81,6 +84,11 @@ struct time_run {
 /// other name.
 [[nodiscard]] std::optional<std::pair<std::uint32_t, std::uint32_t>>
 parse_partition_family(std::string_view name);
+/// The partitions' events families of the database at `path`, in the
+/// order RocksDB lists them; none when it holds no database yet. Each must
+/// be named to open it.
+[[nodiscard]] std::vector<std::string> stored_partition_families(const rocksdb::DBOptions& opts,
+                                                                 const std::string& path);
 
 /// meta key of a partition's head (the offset its next event gets):
 /// "head/" · topic id · partition (big-endian u32s) → u64. It never goes

@@ -65,11 +65,8 @@ tl::expected<std::unique_ptr<read_only_log>, error> read_only_log::open(const st
   families.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions{});
   families.emplace_back("events", rocksdb::ColumnFamilyOptions{});
   families.emplace_back("meta", rocksdb::ColumnFamilyOptions{});
-  std::vector<std::string> existing;
-  if (rocksdb::DB::ListColumnFamilies(db_opts, path, &existing).ok())
-    for (const auto& name : existing)
-      if (layout::parse_partition_family(name))
-        families.emplace_back(name, rocksdb::ColumnFamilyOptions{});
+  for (const auto& name : layout::stored_partition_families(db_opts, path))
+    families.emplace_back(name, rocksdb::ColumnFamilyOptions{});
   rocksdb::DB* raw = nullptr;
   auto s = rocksdb::DB::OpenForReadOnly(db_opts, path, families, &log->handles_, &raw);
   if (!s.ok())
