@@ -229,11 +229,61 @@ private:
     parser_.emplace();
     // A probe has no body; a probe slot is not held by a slow one.
     limit_parser(*parser_, state_->opts, probe_only_);
+    if (buffer_.size() > 0 && parse_buffered())
+      return;
     stream_.expires_after(probe_only_ ? std::min<std::chrono::steady_clock::duration>(
                             probe_read_timeout, state_->opts.read_timeout)
                                       : state_->opts.read_timeout);
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              beast::bind_front_handler(&session::on_header, shared_from_this()));
+  }
+
+  /// Parses the bytes already in the buffer (a keep-alive client's next
+  /// request, read while the previous one was answered) with the parser
+  /// read_header() set up. True when that settled the request: whole and
+  /// handled, malformed and answered, or its header done and the rest left
+  /// to read_body(); false when the header needs more bytes (read_header()
+  /// reads on from where the parser is). Beast's composed reads post their
+  /// completion through the event loop even when the buffer holds the whole
+  /// request, once for the header and once for the body: two trips through
+  /// the loop's queue per request, which cost more than the parse.
+  bool parse_buffered() {
+    beast::error_code ec;
+    buffer_.consume(parser_->put(buffer_.data(), ec));
+    if (ec == bhttp::error::need_more)
+      return false;
+    if (ec) {
+      on_error(ec);
+      return true;
+    }
+    if (!parser_->is_header_done())
+      return false;
+    auto& req = parser_->get();
+    if (refuse_before_continue(*parser_, state_->opts) || req.count(bhttp::field::expect) > 0) {
+      on_header({}, 0); // refused, or 100 Continue first: as a read header is
+      return true;
+    }
+    // The body, element by element (a chunked one has several), as far as
+    // the buffer goes.
+    while (!parser_->is_done() && buffer_.size() > 0) {
+      auto n = parser_->put(buffer_.data(), ec);
+      buffer_.consume(n);
+      if (ec == bhttp::error::need_more) {
+        ec = {};
+        break;
+      }
+      if (ec) {
+        on_error(ec);
+        return true;
+      }
+      if (n == 0)
+        break;
+    }
+    if (parser_->is_done())
+      on_read({}, 0);
+    else
+      read_body();
+    return true;
   }
 
   void on_header(beast::error_code ec, std::size_t) {
@@ -406,8 +456,7 @@ private:
 
   /// Sends the answer from the calling thread; false: the loop must write it.
   bool answer_direct(response& r) {
-    auto res = make_response(r, keep_alive_);
-    auto bytes = serialize(*res);
+    auto bytes = plain(r) ? serialize_plain(r) : serialize(*make_response(r, keep_alive_));
     bool read_now = false;
     {
       std::lock_guard<std::mutex> guard{out_mutex_};
@@ -454,6 +503,61 @@ private:
     }
     out += "\r\n";
     out += res.body();
+    return out;
+  }
+
+  /// Whether serialize_plain() writes what make_response() and serialize()
+  /// would: a keep-alive answer with a body to a request that is not HEAD,
+  /// none of whose own fields is one make_response() sets (a field set
+  /// twice keeps its last value there), with no value Beast would trim.
+  bool plain(const response& r) const {
+    if (head_ || !keep_alive_ || (r.status != 200 && r.status != 201 && r.status != 202)
+        || !untrimmed(r.content_type))
+      return false;
+    for (std::size_t i = 0; i < r.headers.size(); ++i) {
+      const auto& name = r.headers[i].first;
+      if (!untrimmed(r.headers[i].second))
+        return false;
+      for (const char* set : {"server", "content-type", "content-length", "connection"})
+        if (beast::iequals(name, set))
+          return false;
+      for (std::size_t j = 0; j < i; ++j)
+        if (beast::iequals(name, r.headers[j].first))
+          return false;
+    }
+    return true;
+  }
+
+  static bool untrimmed(const std::string& value) {
+    auto white = [](char c) { return c == ' ' || c == '\t'; };
+    return value.empty() || (!white(value.front()) && !white(value.back()));
+  }
+
+  /// The text of a plain() answer, written directly: the fields in
+  /// make_response()'s order, as Beast prints them.
+  /// Building Beast's message first cost an allocation per field on the
+  /// thread that answers every request of a sync round.
+  static std::string serialize_plain(response& r) {
+    auto reason = bhttp::obsolete_reason(static_cast<bhttp::status>(r.status));
+    std::string out;
+    out.reserve(r.body.size() + 160);
+    out += "HTTP/1.1 ";
+    out += std::to_string(r.status);
+    out += ' ';
+    out.append(reason.data(), reason.size());
+    out += "\r\nServer: nerve/" NERVE_VERSION "\r\nContent-Type: ";
+    out += r.content_type;
+    out += "\r\n";
+    for (const auto& [name, value] : r.headers) {
+      out += name;
+      out += ": ";
+      out += value;
+      out += "\r\n";
+    }
+    out += "Content-Length: ";
+    out += std::to_string(r.body.size());
+    out += "\r\n\r\n";
+    out += r.body;
     return out;
   }
 

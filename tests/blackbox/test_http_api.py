@@ -339,6 +339,113 @@ class PublishTest(SharedServerTest):
         self.assertEqual(r.json()["event"]["id"], eid)
 
 
+class AnswerTextTest(SharedServerTest):
+    """A keep-alive answer is written as text directly (no Beast message);
+    it must be what Beast writes for the same answer on a closing
+    connection, but for that one's Connection field."""
+
+    def answer_text(self, request, close):
+        """The bytes of the answer to `request` (bytes without the blank line
+        ending the head), on a keep-alive connection that first had another
+        request answered (so the second is read from the buffer), or on a
+        closing one."""
+        head, _, body = request.partition(b"\r\n\r\n")
+        if close:
+            data, how = exchange_closing(self.srv, head + b"\r\nConnection: close\r\n\r\n" + body)
+            self.assertEqual(how, "eof")
+            return data
+        s = self.srv.connect()
+        try:
+            s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n" + request)
+            data = b""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                data += s.recv(65536)
+                first_end = data.find(b"\r\n\r\n")
+                if first_end < 0:
+                    continue
+                n = int(re.search(rb"Content-Length: (\d+)", data[:first_end]).group(1))
+                second = data[first_end + 4 + n:]
+                end = second.find(b"\r\n\r\n")
+                if end >= 0:
+                    m = int(re.search(rb"Content-Length: (\d+)", second[:end]).group(1))
+                    if len(second) >= end + 4 + m:
+                        self.assertEqual(len(second), end + 4 + m, "bytes after the answer")
+                        return second
+        finally:
+            s.close()
+        self.fail("no second answer within 5 s")
+
+    def assertSameAnswer(self, request, same_body=True):
+        kept = self.answer_text(request, close=False)
+        closed = self.answer_text(request, close=True)
+        kept_head, _, kept_body = kept.partition(b"\r\n\r\n")
+        closed_head, _, closed_body = closed.partition(b"\r\n\r\n")
+        closed_lines = [line for line in closed_head.split(b"\r\n") if line != b"Connection: close"]
+        self.assertEqual(len(closed_lines) + 1, len(closed_head.split(b"\r\n")), closed_head)
+        if same_body:
+            self.assertEqual(kept_head.split(b"\r\n"), closed_lines)
+            self.assertEqual(kept_body, closed_body)
+        else:  # the same fields in the same order; the values may differ
+            names = lambda lines: [line.split(b":")[0] for line in lines]  # noqa: E731
+            self.assertEqual(names(kept_head.split(b"\r\n")), names(closed_lines))
+            self.assertEqual(kept_head.split(b"\r\n")[0], closed_lines[0])
+        return kept
+
+    def test_publish_answer(self):
+        body = b'{"data":{"n":1},"type":"t.x"}'
+        kept = self.assertSameAnswer(
+            (f"POST /v1/topics/{new_topic()}/events HTTP/1.1\r\nHost: x\r\n"
+             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            + body, same_body=False)
+        self.assertTrue(kept.startswith(b"HTTP/1.1 201 Created\r\nServer: nerve/"), kept)
+
+    def test_answers_with_fields_of_their_own_and_problems(self):
+        topic = new_topic()
+        self.publish_ok(topic, {"data": 1})
+        for request in (
+                # 200 with X-Nerve-Index (a field of the route's own)
+                f"GET /v1/topics/{topic}/groups HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                # problems (not written directly): 404, 405 with Allow
+                "GET /v1/events/no-such-event HTTP/1.1\r\nHost: x\r\n\r\n",
+                "DELETE /health HTTP/1.1\r\nHost: x\r\n\r\n"):
+            with self.subTest(request=request.split("\r\n")[0]):
+                self.assertSameAnswer(request.encode())
+
+    def test_head_answer_has_no_body(self):
+        # Beast's message answers a HEAD: its length, no body; the next answer
+        # follows the head at once.
+        s = self.srv.connect()
+        try:
+            s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\nHEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            deadline = time.monotonic() + 5
+            while data.count(b"HTTP/1.1 200 OK") < 3 or not data.endswith(b'"healthy"}'):
+                self.assertLess(time.monotonic(), deadline, data)
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                data += s.recv(65536)
+        finally:
+            s.close()
+        answers = data.split(b"HTTP/1.1 200 OK\r\n")[1:]
+        self.assertEqual(len(answers), 3, data)
+        length = int(re.search(rb"Content-Length: (\d+)", answers[1]).group(1))
+        self.assertEqual(length, len(b'{"status":"healthy"}'))
+        self.assertTrue(answers[1].endswith(b"\r\n\r\n"), answers[1])
+        self.assertTrue(answers[2].endswith(b'\r\n\r\n{"status":"healthy"}'), answers[2])
+
+
+def exchange_closing(srv, data, timeout=5):
+    s = srv.connect()
+    try:
+        s.sendall(data)
+        return read_until_closed(s, timeout)
+    finally:
+        s.close()
+
+
 class IdempotencyTest(SharedServerTest):
 
     def test_same_id_again_is_a_duplicate_with_the_original_coordinates(self):
