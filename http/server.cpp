@@ -268,16 +268,12 @@ private:
     while (!parser_->is_done() && buffer_.size() > 0) {
       auto n = parser_->put(buffer_.data(), ec);
       buffer_.consume(n);
-      if (ec == bhttp::error::need_more) {
-        ec = {};
+      if (ec == bhttp::error::need_more || (!ec && n == 0))
         break;
-      }
       if (ec) {
         on_error(ec);
         return true;
       }
-      if (n == 0)
-        break;
     }
     if (parser_->is_done())
       on_read({}, 0);
@@ -483,27 +479,33 @@ private:
   /// the fields Beast holds: its serializer's buffer sequences cost ~3.5k
   /// instructions an answer (callgrind), the text itself a few hundred.
   static std::string serialize(const bhttp::response<bhttp::string_body>& res) {
-    auto reason = res.reason();
-    if (reason.empty())
-      reason = bhttp::obsolete_reason(res.result());
     std::string out;
     out.reserve(res.body().size() + 256);
-    out += res.version() == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
-    out += std::to_string(res.result_int());
-    out += ' ';
-    out.append(reason.data(), reason.size());
-    out += "\r\n";
-    for (const auto& field : res) {
-      auto name = field.name_string();
-      auto value = field.value();
-      out.append(name.data(), name.size());
-      out += ": ";
-      out.append(value.data(), value.size());
-      out += "\r\n";
-    }
+    start_text(out, res.version(), res.result_int(), res.reason());
+    for (const auto& field : res)
+      add_field(out, field.name_string(), field.value());
     out += "\r\n";
     out += res.body();
     return out;
+  }
+
+  /// An answer's start line (`reason` empty: Beast's wording of `status`).
+  static void start_text(std::string& out, unsigned version, unsigned status,
+                         beast::string_view reason) {
+    if (reason.empty())
+      reason = bhttp::obsolete_reason(bhttp::int_to_status(status));
+    out += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+    out += std::to_string(status);
+    out += ' ';
+    out.append(reason.data(), reason.size());
+    out += "\r\n";
+  }
+
+  static void add_field(std::string& out, beast::string_view name, beast::string_view value) {
+    out.append(name.data(), name.size());
+    out += ": ";
+    out.append(value.data(), value.size());
+    out += "\r\n";
   }
 
   /// Whether serialize_plain() writes what make_response() and serialize()
@@ -537,26 +539,16 @@ private:
   /// make_response()'s order, as Beast prints them.
   /// Building Beast's message first cost an allocation per field on the
   /// thread that answers every request of a sync round.
-  static std::string serialize_plain(response& r) {
-    auto reason = bhttp::obsolete_reason(static_cast<bhttp::status>(r.status));
+  static std::string serialize_plain(const response& r) {
     std::string out;
     out.reserve(r.body.size() + 160);
-    out += "HTTP/1.1 ";
-    out += std::to_string(r.status);
-    out += ' ';
-    out.append(reason.data(), reason.size());
-    out += "\r\nServer: nerve/" NERVE_VERSION "\r\nContent-Type: ";
-    out += r.content_type;
+    start_text(out, 11, r.status, {});
+    add_field(out, "Server", "nerve/" NERVE_VERSION);
+    add_field(out, "Content-Type", r.content_type);
+    for (const auto& [name, value] : r.headers)
+      add_field(out, name, value);
+    add_field(out, "Content-Length", std::to_string(r.body.size()));
     out += "\r\n";
-    for (const auto& [name, value] : r.headers) {
-      out += name;
-      out += ": ";
-      out += value;
-      out += "\r\n";
-    }
-    out += "Content-Length: ";
-    out += std::to_string(r.body.size());
-    out += "\r\n\r\n";
     out += r.body;
     return out;
   }

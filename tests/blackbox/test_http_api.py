@@ -351,7 +351,12 @@ class AnswerTextTest(SharedServerTest):
         closing one."""
         head, _, body = request.partition(b"\r\n\r\n")
         if close:
-            data, how = exchange_closing(self.srv, head + b"\r\nConnection: close\r\n\r\n" + body)
+            s = self.srv.connect()
+            try:
+                s.sendall(head + b"\r\nConnection: close\r\n\r\n" + body)
+                data, how = read_until_closed(s, 5)
+            finally:
+                s.close()
             self.assertEqual(how, "eof")
             return data
         s = self.srv.connect()
@@ -435,15 +440,6 @@ class AnswerTextTest(SharedServerTest):
         self.assertEqual(length, len(b'{"status":"healthy"}'))
         self.assertTrue(answers[1].endswith(b"\r\n\r\n"), answers[1])
         self.assertTrue(answers[2].endswith(b'\r\n\r\n{"status":"healthy"}'), answers[2])
-
-
-def exchange_closing(srv, data, timeout=5):
-    s = srv.connect()
-    try:
-        s.sendall(data)
-        return read_until_closed(s, timeout)
-    finally:
-        s.close()
 
 
 class IdempotencyTest(SharedServerTest):
