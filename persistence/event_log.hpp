@@ -31,6 +31,7 @@ class DB;
 class ColumnFamilyHandle;
 class Env;
 class FileSystem;
+class WalFilter;
 } // namespace rocksdb
 
 namespace nerve::persistence {
@@ -484,6 +485,8 @@ private:
 
   options opts_;
   std::unique_ptr<rocksdb::Env> env_; ///< over options::file_system; outlives db_
+  /// Replays WALs up to a gap (wal_files.hpp); outlives db_.
+  std::unique_ptr<rocksdb::WalFilter> wal_filter_;
   std::unique_ptr<rocksdb::CompactionFilter> results_filter_; ///< outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;

@@ -12,6 +12,7 @@
 #include "persistence/keys.hpp"
 #include "persistence/layout.hpp"
 #include "persistence/rocksdb_logger.hpp"
+#include "persistence/wal_files.hpp"
 
 namespace nerve::persistence {
 
@@ -58,6 +59,9 @@ tl::expected<std::unique_ptr<read_only_log>, error> read_only_log::open(const st
   rocksdb::DBOptions db_opts;
   db_opts.create_if_missing = false;
   db_opts.info_log = log->logger_;
+  // The live WAL may end in zeroes written ahead of it (wal_files.hpp).
+  log->wal_filter_ = std::make_unique<wal_gap_filter>();
+  db_opts.wal_filter = log->wal_filter_.get();
   // A read-only instance may open a subset of the families: the shared
   // events family (formats 1 and 2, or events of no known topic), the
   // topics, and each partition's events family (format 3).
