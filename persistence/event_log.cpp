@@ -497,6 +497,15 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
     NERVE_ASSERT(where.has_value(), "the families past the fixed ones are partitions' events");
     log->partition_families_[family_key(where->first, where->second)] = log->handles_[i];
   }
+  // Batches dropped at a gap stay in their WAL, which recovery keeps alive
+  // (avoid_flush_during_recovery) and would filter again at every start:
+  // flushing everything recovered makes it obsolete.
+  if (static_cast<wal_gap_filter&>(*log->wal_filter_).dropped() > 0) {
+    rocksdb::FlushOptions wait;
+    wait.wait = true;
+    if (auto f = log->db_->Flush(wait, log->handles_); !f.ok())
+      spdlog::warn("recovery: flushing after a WAL gap: {}", f.ToString());
+  }
   spdlog::debug("RocksDB's CRC32C (WAL records) {}", crc32c_in_hardware()
                                                        ? "on the CPU's crc32 instruction"
                                                        : "in RocksDB's own (software) code");

@@ -67,12 +67,21 @@ bool write_at(int fd, const char* data, std::size_t size, std::uint64_t offset) 
 
 /// One WAL file: what RocksDB wrote and what is zeroed ahead of it.
 struct wal_state {
-  wal_state(int descriptor, std::string file) : fd(descriptor), path(std::move(file)) {}
+  wal_state(int descriptor, int zeroer_descriptor, std::string file)
+    : fd(descriptor), zero_fd(zeroer_descriptor), path(std::move(file)) {}
   wal_state(const wal_state&) = delete;
   wal_state& operator=(const wal_state&) = delete;
-  ~wal_state() { ::close(fd); }
+  ~wal_state() {
+    ::close(fd);
+    ::close(zero_fd);
+  }
 
-  const int fd;
+  const int fd; ///< RocksDB's writes and syncs
+  /// The zeroer's own: Linux reports a failed writeback once per open file
+  /// description, and the zeroer's fdatasync also writes back RocksDB's
+  /// pages; on a shared descriptor a failure could reach the zeroer only and
+  /// RocksDB's next sync would succeed over data that never reached the disk.
+  const int zero_fd;
   const std::string path;
   std::mutex mutex;
   std::condition_variable changed;
@@ -81,6 +90,10 @@ struct wal_state {
   bool zeroing = false;    ///< a step writes [zero_from, ahead) now
   std::uint64_t zero_from = 0;
   bool stopped = false; ///< closed, or a step failed: no more steps
+  bool started = false; ///< a first step was queued (after the first sync)
+  /// A step's sync failed: the file may have lost writes (errno), and every
+  /// later write and sync of it fails.
+  int failed_errno = 0;
   // Since the last step (or the decision to skip one):
   std::uint64_t window_start = 0; ///< `end` then
   std::uint64_t syncs = 0;        ///< syncs since
@@ -135,23 +148,38 @@ private:
         to = w->ahead;
       }
       struct statvfs space {};
-      bool ok = ::fstatvfs(w->fd, &space) == 0
-                && static_cast<std::uint64_t>(space.f_bavail) * space.f_frsize
-                     >= min_free_bytes_ + (to - from);
-      for (auto at = from; ok && at < to; at += zeroes.size())
-        ok = write_at(w->fd, zeroes.data(), std::min<std::uint64_t>(zeroes.size(), to - at), at);
-      ok = ok && ::fdatasync(w->fd) == 0;
+      bool room = ::fstatvfs(w->zero_fd, &space) == 0
+                  && static_cast<std::uint64_t>(space.f_bavail) * space.f_frsize
+                       >= min_free_bytes_ + (to - from);
+      bool written = room;
+      for (auto at = from; written && at < to; at += zeroes.size())
+        written = write_at(w->zero_fd, zeroes.data(),
+                           std::min<std::uint64_t>(zeroes.size(), to - at), at);
+      auto write_errno = written ? 0 : errno;
+      int sync_errno = 0;
+      if (room && ::fdatasync(w->zero_fd) != 0) // also after a failed write: what it wrote
+        sync_errno = errno;
+      auto ok = written && sync_errno == 0;
       {
         std::lock_guard<std::mutex> guard{w->mutex};
         w->zeroing = false;
+        if (sync_errno != 0)
+          w->failed_errno = sync_errno; // RocksDB's pages may be lost too
         if (!ok) {
           // The file grows as it is written from here on; zeroes a failed
           // step wrote go (RocksDB writes below `from` only, meanwhile).
           w->stopped = true;
           w->ahead = from;
-          (void)::ftruncate(w->fd, static_cast<off_t>(from));
+          (void)::ftruncate(w->zero_fd, static_cast<off_t>(from));
         }
       }
+      if (sync_errno != 0)
+        spdlog::error("storage: syncing the zeroes ahead of WAL {} failed ({}): the WAL takes "
+                      "no more writes",
+                      w->path, std::strerror(sync_errno));
+      else if (!ok)
+        spdlog::info("storage: no zeroes ahead of WAL {} any more ({})", w->path,
+                     room ? std::strerror(write_errno) : "too little free space");
       w->changed.notify_all();
     }
   }
@@ -170,10 +198,7 @@ class zeroed_wal final : public rocksdb::FSWritableFile {
 public:
   zeroed_wal(std::shared_ptr<wal_state> state, std::shared_ptr<zeroer> zero,
              const zeroed_wal_limits& limits)
-    : state_(std::move(state)), zero_(std::move(zero)), limits_(limits) {
-    std::lock_guard<std::mutex> guard{state_->mutex};
-    start_step();
-  }
+    : state_(std::move(state)), zero_(std::move(zero)), limits_(limits) {}
   zeroed_wal(const zeroed_wal&) = delete;
   zeroed_wal& operator=(const zeroed_wal&) = delete;
   ~zeroed_wal() override { finish(); }
@@ -187,6 +212,8 @@ public:
       // Only the step's range is out of bounds, and only while it runs.
       state_->changed.wait(
         lock, [&] { return !state_->zeroing || state_->end + data.size() <= state_->zero_from; });
+      if (state_->failed_errno != 0)
+        return io_error("writing WAL", state_->path, state_->failed_errno);
       at = state_->end;
     }
     if (!write_at(state_->fd, data.data(), data.size(), at))
@@ -194,7 +221,7 @@ public:
     std::lock_guard<std::mutex> guard{state_->mutex};
     auto& s = *state_;
     s.end = at + data.size();
-    if (!s.zeroing && !s.stopped && s.ahead < s.end + limits_.low_water_bytes
+    if (s.started && !s.zeroing && !s.stopped && s.ahead < s.end + limits_.low_water_bytes
         && s.end >= s.next_check) {
       auto bytes = s.end - s.window_start;
       auto small = s.syncs > 0 && bytes / s.syncs <= limits_.max_bytes_per_sync;
@@ -230,15 +257,13 @@ public:
   rocksdb::IOStatus Sync(const rocksdb::IOOptions&, rocksdb::IODebugContext*) override {
     if (::fdatasync(state_->fd) != 0)
       return io_error("syncing WAL", state_->path, errno);
-    std::lock_guard<std::mutex> guard{state_->mutex};
-    ++state_->syncs;
-    return rocksdb::IOStatus::OK();
+    return synced();
   }
 
   rocksdb::IOStatus Fsync(const rocksdb::IOOptions&, rocksdb::IODebugContext*) override {
     if (::fsync(state_->fd) != 0)
       return io_error("syncing WAL", state_->path, errno);
-    return rocksdb::IOStatus::OK();
+    return synced();
   }
 
   bool IsSyncThreadSafe() const override { return true; }
@@ -249,6 +274,23 @@ public:
   }
 
 private:
+  /// After a sync: a step's failed sync fails it too; the first one starts
+  /// the zeroes ahead. Until then the WAL grows by appending, and its new
+  /// size is committed after its data, so a power cut cannot keep a later
+  /// page of it without an earlier one (the gap filter needs a batch before
+  /// a gap to see it).
+  rocksdb::IOStatus synced() {
+    std::lock_guard<std::mutex> guard{state_->mutex};
+    if (state_->failed_errno != 0)
+      return io_error("syncing WAL", state_->path, state_->failed_errno);
+    ++state_->syncs;
+    if (!state_->started) {
+      state_->started = true;
+      start_step();
+    }
+    return rocksdb::IOStatus::OK();
+  }
+
   /// Marks and queues the next step; the caller holds the state's mutex. A
   /// step right after the zeroes already there, or one gap past the end.
   void start_step() {
@@ -298,7 +340,13 @@ public:
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
       return io_error("creating WAL", path, errno);
-    result->reset(new zeroed_wal(std::make_shared<wal_state>(fd, path), zero_, limits_));
+    int zero_fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (zero_fd < 0) {
+      auto err = errno;
+      ::close(fd);
+      return io_error("opening WAL", path, err);
+    }
+    result->reset(new zeroed_wal(std::make_shared<wal_state>(fd, zero_fd, path), zero_, limits_));
     return rocksdb::IOStatus::OK();
   }
 
@@ -323,25 +371,30 @@ std::uint64_t little_endian(const char* p, std::size_t bytes) {
 rocksdb::WalFilter::WalProcessingOption
 wal_gap_filter::LogRecordFound(unsigned long long log_number, const std::string& log_file_name,
                                const rocksdb::WriteBatch& batch, rocksdb::WriteBatch*, bool*) {
-  if (log_number != log_number_) {
-    log_number_ = log_number;
-    have_next_ = false;
-    dropping_ = false;
-  }
+  const bool first_of_wal = log_number != log_number_;
+  log_number_ = log_number;
   const auto& rep = batch.Data();
   if (rep.size() < batch_header_bytes) // RocksDB reports such a batch itself
     return WalProcessingOption::kContinueProcessing;
   auto sequence = little_endian(rep.data(), 8);
   auto count = little_endian(rep.data() + 8, 4);
-  if (!dropping_ && have_next_ && sequence != next_sequence_) {
+  if (dropping_) {
+    // Later WALs too, unless one starts exactly where the replay stopped (as
+    // RocksDB's point-in-time recovery goes on after a torn record): one
+    // written after an earlier recovery that stopped here.
+    if (!first_of_wal || sequence != next_sequence_) {
+      ++dropped_;
+      return WalProcessingOption::kIgnoreCurrentRecord;
+    }
+    dropping_ = false;
+    spdlog::info("recovery: WAL {} goes on at sequence {}", log_file_name, sequence);
+  } else if (have_next_ && !first_of_wal && sequence != next_sequence_) {
     dropping_ = true;
+    ++dropped_;
     spdlog::warn("recovery: WAL {} has a gap before sequence {} (the batch before ended at {}): "
                  "the batches from there on were written after the last sync before a power "
                  "cut and are dropped",
                  log_file_name, sequence, next_sequence_);
-  }
-  if (dropping_) {
-    ++dropped_;
     return WalProcessingOption::kIgnoreCurrentRecord;
   }
   have_next_ = true;

@@ -19,8 +19,8 @@ namespace nerve::persistence {
 struct zeroed_wal_limits {
   std::uint64_t chunk_bytes = 8ULL << 20;     ///< zeroed (and synced) per step
   std::uint64_t low_water_bytes = 6ULL << 20; ///< a step starts when less is left
-  /// A step that starts at the WAL's end (a new WAL, or after steps were
-  /// skipped) starts this far past it: the writes in between append as
+  /// A step that starts at the WAL's end (a WAL's first, at its first sync,
+  /// or one after steps were skipped) starts this far past it: the writes in between append as
   /// before while the step runs, and never wait for it.
   std::uint64_t gap_bytes = 1ULL << 20;
   /// Zeroes are written ahead only while syncs are this small on average
@@ -53,9 +53,13 @@ zeroed_wal_file_system(std::shared_ptr<rocksdb::FileSystem> base, zeroed_wal_lim
 /// later batches without the lost ones between. This filter drops every batch
 /// of a WAL from the first one whose sequence number does not follow its
 /// predecessor's: recovery ends at the last batch whose predecessors are all
-/// there, as RocksDB's point-in-time recovery does at a torn record. Every
-/// batch it drops was written after the last sync (an acknowledged one was
-/// synced with all before it), so nothing acknowledged is dropped.
+/// there, as RocksDB's point-in-time recovery does at a torn record, and
+/// the batches of later WALs too unless a WAL starts exactly where the replay
+/// stopped (one written after an earlier recovery). Every batch it drops was
+/// written after the last sync (an acknowledged one was synced with all
+/// before it), so nothing acknowledged is dropped. Zeroes are written ahead
+/// of a WAL only after its first sync, so a gap always has a batch before it
+/// in its WAL.
 class wal_gap_filter final : public rocksdb::WalFilter {
 public:
   WalProcessingOption LogRecordFound(unsigned long long log_number,
@@ -70,8 +74,8 @@ public:
 private:
   unsigned long long log_number_ = ~0ULL; ///< the WAL being replayed
   bool have_next_ = false;
-  std::uint64_t next_sequence_ = 0; ///< what the WAL's next batch must start at
-  bool dropping_ = false;           ///< a gap was met in this WAL
+  std::uint64_t next_sequence_ = 0; ///< where the next batch must start
+  bool dropping_ = false;           ///< a gap was met
   std::uint64_t dropped_ = 0;
 };
 

@@ -4,6 +4,7 @@
 // filter ends a replay where a power cut lost a page.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -107,10 +108,14 @@ TEST_CASE("a WAL is written over zeroes synced ahead of it and cut to its size w
   auto path = dir.sub("000007.log");
   wal_file wal{fs, path};
 
-  // A new WAL's first step starts one gap past its start.
-  REQUIRE(disk_size_reaches(path, limits.gap_bytes + limits.chunk_bytes));
-  std::string written;
-  for (int i = 0; i < 40; ++i) { // 40 syncs of 2 KiB: small ones, steps go on
+  // No zeroes before the WAL's first sync; then a step one gap past its end.
+  std::string written(2 * kib, '0');
+  wal.append(written);
+  std::this_thread::sleep_for(std::chrono::milliseconds{50});
+  CHECK(fs::file_size(path) == written.size());
+  wal.sync();
+  REQUIRE(disk_size_reaches(path, written.size() + limits.gap_bytes + limits.chunk_bytes));
+  for (int i = 1; i < 40; ++i) { // 40 syncs of 2 KiB: small ones, steps go on
     std::string record(2 * kib, static_cast<char>('a' + i % 26));
     wal.append(record);
     wal.sync();
@@ -118,7 +123,7 @@ TEST_CASE("a WAL is written over zeroes synced ahead of it and cut to its size w
   }
   CHECK(wal.size() == written.size());
   // 80 KiB written: past the first step's low water, so a second step runs.
-  REQUIRE(disk_size_reaches(path, limits.gap_bytes + 2 * limits.chunk_bytes));
+  REQUIRE(disk_size_reaches(path, 2 * kib + limits.gap_bytes + 2 * limits.chunk_bytes));
   auto on_disk = read_all(path);
   CHECK(on_disk.compare(0, written.size(), written) == 0);
   CHECK(on_disk.find_first_not_of('\0', written.size()) == std::string::npos);
@@ -130,6 +135,10 @@ TEST_CASE("a WAL is written over zeroes synced ahead of it and cut to its size w
     auto sst = dir.sub("000008.sst");
     wal_file other{fs, sst};
     other.append("abc");
+    REQUIRE(other.file->Flush(rocksdb::IOOptions{}, nullptr).ok());
+    other.sync();
+    std::this_thread::sleep_for(std::chrono::milliseconds{100});
+    CHECK(fs::file_size(sst) == 3); // no zeroes ahead of it
     REQUIRE(other.file->Close(rocksdb::IOOptions{}, nullptr).ok());
     CHECK(read_all(sst) == "abc");
   }
@@ -142,10 +151,11 @@ TEST_CASE("a WAL whose syncs are big grows as it is written, without zeroes ahea
   auto fs = zeroed_wal_file_system(rocksdb::FileSystem::Default(), limits);
   auto path = dir.sub("000009.log");
   wal_file wal{fs, path};
-  REQUIRE(disk_size_reaches(path, limits.gap_bytes + limits.chunk_bytes));
-
   std::string record(32 * kib, 'x'); // one sync per 32 KiB: over max_bytes_per_sync
-  for (int i = 0; i < 12; ++i) {
+  wal.append(record);
+  wal.sync();
+  REQUIRE(disk_size_reaches(path, record.size() + limits.gap_bytes + limits.chunk_bytes));
+  for (int i = 1; i < 12; ++i) {
     wal.append(record);
     wal.sync();
   }
@@ -242,4 +252,82 @@ TEST_CASE("the gap filter ends a WAL's replay at a page a power cut left as zero
   db.reset(raw);
   CHECK(present(*db) == "+++++-----------");
   CHECK(filter.dropped() == 8);
+}
+
+TEST_CASE("after a gap, the gap filter drops the later WALs' batches too", "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  rocksdb::DBOptions opts;
+  opts.create_if_missing = true;
+  opts.create_missing_column_families = true;
+  opts.avoid_flush_during_recovery = true;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families{{rocksdb::kDefaultColumnFamilyName, {}},
+                                                        {"x", {}}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  auto open = [&](const rocksdb::DBOptions& o, const std::string& path) {
+    handles.clear();
+    rocksdb::DB* raw = nullptr;
+    REQUIRE(rocksdb::DB::Open(o, path, families, &handles, &raw).ok());
+    return std::unique_ptr<rocksdb::DB>{raw};
+  };
+  auto close = [&](std::unique_ptr<rocksdb::DB>& db) {
+    for (auto* h : handles)
+      REQUIRE(db->DestroyColumnFamilyHandle(h).ok());
+    db.reset();
+  };
+  rocksdb::WriteOptions synced;
+  synced.sync = true;
+  {
+    auto db = open(opts, dir.sub("db"));
+    // WAL A: 16 batches of one 8 KiB record in x, then one in the default
+    // family, whose flush starts WAL B (x keeps A alive); 8 more in B.
+    for (int i = 0; i < 16; ++i)
+      REQUIRE(db->Put(synced, handles[1], key(i), std::string(8164, 'v')).ok());
+    REQUIRE(db->Put(synced, handles[0], "d", "1").ok());
+    REQUIRE(db->Flush(rocksdb::FlushOptions{}, handles[0]).ok());
+    for (int i = 16; i < 24; ++i)
+      REQUIRE(db->Put(synced, handles[1], key(i), std::string(8164, 'v')).ok());
+    fs::copy(dir.sub("db"), dir.sub("cut"));
+    close(db);
+  }
+  std::vector<std::string> wals;
+  for (const auto& entry : fs::directory_iterator{dir.sub("cut")})
+    if (entry.path().extension() == ".log")
+      wals.push_back(entry.path().string());
+  std::sort(wals.begin(), wals.end());
+  REQUIRE(wals.size() == 2);
+  { // the page of A's sixth batch lost
+    std::fstream f{wals[0], std::ios::in | std::ios::out | std::ios::binary};
+    f.seekp(32768 + 8192);
+    std::string zeroes(4096, '\0');
+    f.write(zeroes.data(), static_cast<std::streamsize>(zeroes.size()));
+  }
+  auto present = [&](rocksdb::DB& d, int from, int to) {
+    std::string seen;
+    for (int i = from; i < to; ++i) {
+      std::string v;
+      seen += d.Get(rocksdb::ReadOptions{}, handles[1], key(i), &v).ok() ? '+' : '-';
+    }
+    return seen;
+  };
+  wal_gap_filter filter;
+  auto filtered = opts;
+  filtered.wal_filter = &filter;
+  auto db = open(filtered, dir.sub("cut"));
+  CHECK(present(*db, 0, 24) == "+++++-------------------");
+  CHECK(filter.dropped() > 0);
+  // What event_log::open does after a drop: everything recovered is flushed,
+  // so the WALs with the gap are not replayed again; what is written after
+  // is kept at the next start, and the dropped batches stay dropped.
+  rocksdb::FlushOptions wait;
+  wait.wait = true;
+  REQUIRE(db->Flush(wait, handles).ok());
+  for (int i = 30; i < 34; ++i)
+    REQUIRE(db->Put(synced, handles[1], key(i), "after").ok());
+  close(db);
+  wal_gap_filter again;
+  filtered.wal_filter = &again;
+  db = open(filtered, dir.sub("cut"));
+  CHECK(present(*db, 0, 24) == "+++++-------------------");
+  CHECK(present(*db, 30, 34) == "++++");
+  close(db);
 }
