@@ -222,16 +222,8 @@ public:
     auto& s = *state_;
     s.end = at + data.size();
     if (s.started && !s.zeroing && !s.stopped && s.ahead < s.end + limits_.low_water_bytes
-        && s.end >= s.next_check) {
-      auto bytes = s.end - s.window_start;
-      auto small = s.syncs > 0 && bytes / s.syncs <= limits_.max_bytes_per_sync;
-      s.window_start = s.end;
-      s.syncs = 0;
-      if (small)
-        start_step();
-      else // big syncs: the file grows as it is written for a while
-        s.next_check = s.end + limits_.chunk_bytes / 4;
-    }
+        && s.end >= s.next_check)
+      decide();
     return rocksdb::IOStatus::OK();
   }
 
@@ -286,9 +278,24 @@ private:
     ++state_->syncs;
     if (!state_->started) {
       state_->started = true;
-      start_step();
+      decide();
     }
     return rocksdb::IOStatus::OK();
+  }
+
+  /// Starts a step when the syncs since the last decision were small on
+  /// average; else the file grows as it is written, and the next decision
+  /// comes a quarter of a step later. The caller holds the state's mutex.
+  void decide() {
+    auto& s = *state_;
+    auto bytes = s.end - s.window_start;
+    auto small = s.syncs > 0 && bytes / s.syncs <= limits_.max_bytes_per_sync;
+    s.window_start = s.end;
+    s.syncs = 0;
+    if (small)
+      start_step();
+    else
+      s.next_check = s.end + limits_.chunk_bytes / 4;
   }
 
   /// Marks and queues the next step; the caller holds the state's mutex. A

@@ -144,26 +144,31 @@ TEST_CASE("a WAL is written over zeroes synced ahead of it and cut to its size w
   }
 }
 
-TEST_CASE("a WAL whose syncs are big grows as it is written, without zeroes ahead",
-          "[unit][persistence]") {
+TEST_CASE("a WAL gets zeroes ahead only while its syncs are small", "[unit][persistence]") {
   nerve::test::temp_dir dir;
   auto limits = small_limits();
   auto fs = zeroed_wal_file_system(rocksdb::FileSystem::Default(), limits);
   auto path = dir.sub("000009.log");
   wal_file wal{fs, path};
-  std::string record(32 * kib, 'x'); // one sync per 32 KiB: over max_bytes_per_sync
-  wal.append(record);
-  wal.sync();
-  REQUIRE(disk_size_reaches(path, record.size() + limits.gap_bytes + limits.chunk_bytes));
-  for (int i = 1; i < 12; ++i) {
-    wal.append(record);
-    wal.sync();
-  }
-  // 384 KiB written, far past the first step: nothing more was zeroed.
+  std::uint64_t written = 0;
+  auto write_synced = [&](std::size_t bytes, int times) {
+    std::string record(bytes, 'x');
+    for (int i = 0; i < times; ++i) {
+      wal.append(record);
+      wal.sync();
+      written += bytes;
+    }
+  };
+  write_synced(32 * kib, 12); // over max_bytes_per_sync each: no zeroes
   std::this_thread::sleep_for(std::chrono::milliseconds{100});
-  CHECK(fs::file_size(path) == 12 * record.size());
+  CHECK(fs::file_size(path) == written);
+
+  write_synced(kib, 100); // small syncs: zeroes again past the end
+  REQUIRE(disk_size_reaches(path, written + 1));
+  auto on_disk = read_all(path);
+  CHECK(on_disk.find_first_not_of('\0', written) == std::string::npos);
   REQUIRE(wal.file->Close(rocksdb::IOOptions{}, nullptr).ok());
-  CHECK(fs::file_size(path) == 12 * record.size());
+  CHECK(fs::file_size(path) == written);
 }
 
 TEST_CASE("no zeroes are written ahead where they would leave the file system short",
