@@ -500,7 +500,7 @@ tl::expected<std::unique_ptr<event_log>, error> event_log::open(const options& o
   // Batches dropped at a gap stay in their WAL, which recovery keeps alive
   // (avoid_flush_during_recovery) and would filter again at every start:
   // flushing everything recovered makes it obsolete.
-  if (static_cast<wal_gap_filter&>(*log->wal_filter_).dropped() > 0) {
+  if (log->wal_filter_->dropped() > 0) {
     rocksdb::FlushOptions wait;
     wait.wait = true;
     if (auto f = log->db_->Flush(wait, log->handles_); !f.ok())

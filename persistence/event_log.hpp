@@ -31,10 +31,11 @@ class DB;
 class ColumnFamilyHandle;
 class Env;
 class FileSystem;
-class WalFilter;
 } // namespace rocksdb
 
 namespace nerve::persistence {
+
+class wal_gap_filter;
 
 /// What went wrong in the storage layer; only codes a caller can react to.
 enum class errc {
@@ -486,7 +487,7 @@ private:
   options opts_;
   std::unique_ptr<rocksdb::Env> env_; ///< over options::file_system; outlives db_
   /// Replays WALs up to a gap (wal_files.hpp); outlives db_.
-  std::unique_ptr<rocksdb::WalFilter> wal_filter_;
+  std::unique_ptr<wal_gap_filter> wal_filter_;
   std::unique_ptr<rocksdb::CompactionFilter> results_filter_; ///< outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;

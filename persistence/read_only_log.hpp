@@ -20,10 +20,11 @@ namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
 class Logger;
-class WalFilter;
 } // namespace rocksdb
 
 namespace nerve::persistence {
+
+class wal_gap_filter;
 
 /// Sees one stored event: its topic, partition, offset, append time and the
 /// event JSON as stored (valid only during the call).
@@ -63,8 +64,8 @@ private:
   /// The first stored event key outside every known topic's partitions.
   [[nodiscard]] tl::expected<std::optional<std::string>, error> find_stray() const;
 
-  std::shared_ptr<rocksdb::Logger> logger_;        ///< outlives db_
-  std::unique_ptr<rocksdb::WalFilter> wal_filter_; ///< outlives db_
+  std::shared_ptr<rocksdb::Logger> logger_;    ///< outlives db_
+  std::unique_ptr<wal_gap_filter> wal_filter_; ///< outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   rocksdb::ColumnFamilyHandle* events_ = nullptr; ///< shared (formats 1, 2)

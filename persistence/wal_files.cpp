@@ -39,7 +39,7 @@ bool is_wal(const std::string& path) {
 
 /// As RocksDB's own files answer: a full disk is NoSpace and retryable, the
 /// error RocksDB resumes from by itself once there is room again.
-rocksdb::IOStatus io_error(const std::string& what, const std::string& path, int err) {
+rocksdb::IOStatus io_status(const std::string& what, const std::string& path, int err) {
   if (err == ENOSPC) {
     auto s = rocksdb::IOStatus::NoSpace(what + " " + path, std::strerror(err));
     s.SetRetryable(true);
@@ -213,11 +213,11 @@ public:
       state_->changed.wait(
         lock, [&] { return !state_->zeroing || state_->end + data.size() <= state_->zero_from; });
       if (state_->failed_errno != 0)
-        return io_error("writing WAL", state_->path, state_->failed_errno);
+        return io_status("writing WAL", state_->path, state_->failed_errno);
       at = state_->end;
     }
     if (!write_at(state_->fd, data.data(), data.size(), at))
-      return io_error("writing WAL", state_->path, errno);
+      return io_status("writing WAL", state_->path, errno);
     std::lock_guard<std::mutex> guard{state_->mutex};
     auto& s = *state_;
     s.end = at + data.size();
@@ -232,7 +232,7 @@ public:
     std::unique_lock<std::mutex> lock{state_->mutex};
     state_->changed.wait(lock, [&] { return !state_->zeroing; });
     if (::ftruncate(state_->fd, static_cast<off_t>(size)) != 0)
-      return io_error("truncating WAL", state_->path, errno);
+      return io_status("truncating WAL", state_->path, errno);
     state_->end = size;
     state_->ahead = size;
     return rocksdb::IOStatus::OK();
@@ -248,13 +248,13 @@ public:
 
   rocksdb::IOStatus Sync(const rocksdb::IOOptions&, rocksdb::IODebugContext*) override {
     if (::fdatasync(state_->fd) != 0)
-      return io_error("syncing WAL", state_->path, errno);
+      return io_status("syncing WAL", state_->path, errno);
     return synced();
   }
 
   rocksdb::IOStatus Fsync(const rocksdb::IOOptions&, rocksdb::IODebugContext*) override {
     if (::fsync(state_->fd) != 0)
-      return io_error("syncing WAL", state_->path, errno);
+      return io_status("syncing WAL", state_->path, errno);
     return synced();
   }
 
@@ -274,7 +274,7 @@ private:
   rocksdb::IOStatus synced() {
     std::lock_guard<std::mutex> guard{state_->mutex};
     if (state_->failed_errno != 0)
-      return io_error("syncing WAL", state_->path, state_->failed_errno);
+      return io_status("syncing WAL", state_->path, state_->failed_errno);
     ++state_->syncs;
     if (!state_->started) {
       state_->started = true;
@@ -320,7 +320,7 @@ private:
     state_->stopped = true;
     state_->changed.wait(lock, [&] { return !state_->zeroing; });
     if (::ftruncate(state_->fd, static_cast<off_t>(state_->end)) != 0)
-      return io_error("truncating WAL", state_->path, errno);
+      return io_status("truncating WAL", state_->path, errno);
     return rocksdb::IOStatus::OK();
   }
 
@@ -346,12 +346,12 @@ public:
       return FileSystemWrapper::NewWritableFile(path, opts, result, dbg);
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
-      return io_error("creating WAL", path, errno);
+      return io_status("creating WAL", path, errno);
     int zero_fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
     if (zero_fd < 0) {
       auto err = errno;
       ::close(fd);
-      return io_error("opening WAL", path, err);
+      return io_status("opening WAL", path, err);
     }
     result->reset(new zeroed_wal(std::make_shared<wal_state>(fd, zero_fd, path), zero_, limits_));
     return rocksdb::IOStatus::OK();

@@ -20,8 +20,8 @@ struct zeroed_wal_limits {
   std::uint64_t chunk_bytes = 8ULL << 20;     ///< zeroed (and synced) per step
   std::uint64_t low_water_bytes = 6ULL << 20; ///< a step starts when less is left
   /// A step that starts at the WAL's end (a WAL's first, at its first sync,
-  /// or one after steps were skipped) starts this far past it: the writes in between append as
-  /// before while the step runs, and never wait for it.
+  /// or one after steps were skipped) starts this far past it: the writes in
+  /// between append as before while the step runs, and never wait for it.
   std::uint64_t gap_bytes = 1ULL << 20;
   /// Zeroes are written ahead only while syncs are this small on average
   /// (since the last step): a sync's journal commit is worth saving when it
