@@ -24,6 +24,7 @@
 #include <rapidjson/reader.h>
 
 #include "config/config.hpp"
+#include "persistence/ids.hpp"
 
 namespace nerve::actors {
 
@@ -539,11 +540,13 @@ private:
     in_event_ = false;
     if (!event_error_.empty())
       return;
-    const auto prefix = event_prefix(elements_ == 0 ? 0 : elements_ - 1);
+    // The prefix only for a refusal: built for every event, it was a string
+    // (and an allocation) per event for nothing.
+    const auto index = elements_ == 0 ? 0 : elements_ - 1;
     if (!field_errors_.empty())
-      return note_event_error(prefix + field_errors_.begin()->second);
+      return note_event_error(event_prefix(index) + field_errors_.begin()->second);
     if (!members_[data_slot].seen)
-      return note_event_error(prefix + kind_of_data_missing);
+      return note_event_error(event_prefix(index) + kind_of_data_missing);
     auto& fragment = item_.fragment;
     // Sized once: the members' bytes, their names and the separators
     // (grown by appends, a 256-byte event's fragment was reallocated 3 times).
@@ -554,11 +557,15 @@ private:
     fragment.reserve(size);
     for (std::size_t i = 0; i <= trace_slot; ++i)
       if (members_[i].seen)
-        append_member_text(fragment, fragment_members[i], string_text(members_[i]));
-    if (!members_[trace_slot].seen)
-      append_member_text(fragment, "trace_id",
-                         "\"" + (trace_id_.empty() ? new_trace_id() : std::string{trace_id_})
-                           + "\"");
+        append_string_member(fragment, fragment_members[i], members_[i]);
+    if (!members_[trace_slot].seen) {
+      append_member_text(fragment, "trace_id", "\"");
+      if (trace_id_.empty())
+        persistence::append_new_trace_id(fragment);
+      else
+        fragment += trace_id_;
+      fragment += '"';
+    }
     if (members_[headers_slot].seen)
       append_member_text(fragment, "headers", headers_text_);
     const auto& d = members_[data_slot];
@@ -571,13 +578,13 @@ private:
     items_.push_back(std::move(item_));
   }
 
-  /// A valid string member as stored: its bytes when they hold no escape
-  /// (then they are what nlohmann would write), else re-escaped.
-  [[nodiscard]] std::string string_text(const member& m) const {
+  /// Appends a valid string member as stored: its bytes when they hold no
+  /// escape (then they are what nlohmann would write), else re-escaped.
+  void append_string_member(std::string& out, std::string_view name, const member& m) const {
     auto raw = text_.substr(m.begin, m.end - m.begin);
     if (raw.find('\\') == std::string_view::npos)
-      return std::string{raw};
-    return json::parse(raw, nullptr, false).dump();
+      return append_member_text(out, name, raw);
+    append_member_text(out, name, json::parse(raw, nullptr, false).dump());
   }
 
   std::string_view text_;

@@ -303,10 +303,64 @@ private:
     read_body();
   }
 
+  /// Reads the rest of the body with reads of the socket itself, parsing
+  /// what each brings, within http.read_timeout. Beast's composed read over
+  /// the timed stream copied its type-erased executor several times per read
+  /// and armed the stream's timer for each; a batch of 100 events takes a
+  /// few reads.
   void read_body() {
-    stream_.expires_after(state_->opts.read_timeout);
-    bhttp::async_read(stream_, buffer_, *parser_,
-                      beast::bind_front_handler(&session::on_read, shared_from_this()));
+    stream_.expires_never(); // the header's timer, if its read armed one
+    body_timed_out_ = false;
+    body_timer_armed_ = false;
+    on_body_bytes({}); // what the header's read brought first (all of it, or no body)
+  }
+
+  void arm_body_timer() {
+    body_timer_armed_ = true;
+    body_timer_.expires_after(state_->opts.read_timeout);
+    body_timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self)
+        return;
+      self->body_timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored); // the read ends with operation_aborted
+    });
+  }
+
+  void read_more_body() {
+    auto space = buffer_.prepare(beast::read_size_or_throw(buffer_, 65536));
+    stream_.socket().async_read_some(
+      space, [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+        self->buffer_.commit(n);
+        self->on_body_bytes(ec);
+      });
+  }
+
+  void on_body_bytes(beast::error_code ec) {
+    if (body_timed_out_)
+      ec = beast::error::timeout;
+    else if (ec == net::error::eof) {
+      parser_->put_eof(ec); // a body cut short: partial_message, as Beast's read says
+      if (!ec && !parser_->is_done())
+        ec = bhttp::error::partial_message;
+    }
+    while (!ec && !parser_->is_done() && buffer_.size() > 0) {
+      auto n = parser_->put(buffer_.data(), ec);
+      buffer_.consume(n);
+      if (ec == bhttp::error::need_more || (!ec && n == 0)) {
+        ec = {};
+        break;
+      }
+    }
+    if (!ec && !parser_->is_done()) {
+      if (!body_timer_armed_)
+        arm_body_timer();
+      return read_more_body();
+    }
+    if (body_timer_armed_)
+      body_timer_.cancel();
+    on_read(ec, 0);
   }
 
   void on_error(beast::error_code ec) {
@@ -690,6 +744,9 @@ private:
 
   beast::tcp_stream stream_;
   net::steady_timer idle_{stream_.get_executor()};
+  net::steady_timer body_timer_{stream_.get_executor()}; ///< a body's http.read_timeout
+  bool body_timer_armed_ = false;
+  bool body_timed_out_ = false;
   /// The current request is answered by answer_direct (set on the loop
   /// before the handler runs; read by the answering thread after).
   bool direct_ = false;

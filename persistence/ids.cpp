@@ -119,7 +119,7 @@ std::optional<id_location> locate_id(std::string_view id) {
   return at;
 }
 
-std::string new_trace_id() {
+void append_new_trace_id(std::string& out) {
   std::uint64_t hi = 0;
   std::uint64_t lo = 0;
   while (hi == 0 && lo == 0) {
@@ -128,7 +128,13 @@ std::string new_trace_id() {
   }
   std::array<char, 32> s{};
   put_hex(put_hex(s.data(), hi, 16), lo, 16);
-  return {s.data(), s.size()};
+  out.append(s.data(), s.size());
+}
+
+std::string new_trace_id() {
+  std::string id;
+  append_new_trace_id(id);
+  return id;
 }
 
 std::string new_node_id() {

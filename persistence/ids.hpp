@@ -43,6 +43,10 @@ struct id_location {
 /// 32 lowercase hex digits, not all zero (W3C trace-context trace-id).
 [[nodiscard]] std::string new_trace_id();
 
+/// Appends a new trace id (as new_trace_id()) to `out`, without a string of
+/// its own: the one-pass publish parse makes one per event.
+void append_new_trace_id(std::string& out);
+
 /// "node-" and 12 hex digits.
 [[nodiscard]] std::string new_node_id();
 

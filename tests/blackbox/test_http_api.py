@@ -896,6 +896,65 @@ class LimitsTest(ServerTestCase):
         ev = self.srv.read_partition(topic, r.json()["events"][0]["partition"])
         self.assertEqual([e["data"] for e in ev], ["chunked"])
 
+    def send_in_pieces(self, pieces, pause):
+        """Sends `pieces` with `pause` seconds between them and reads the
+        answer; returns (bytes, how the connection ended)."""
+        s = self.srv.connect()
+        try:
+            for i, piece in enumerate(pieces):
+                if i:
+                    time.sleep(pause)
+                try:
+                    s.sendall(piece)
+                except OSError:
+                    break  # the server answered and closed
+            return read_until_closed(s, 6)
+        finally:
+            s.close()
+
+    def test_body_in_pieces_within_the_read_timeout(self):
+        """The body's reads parse what each brings; pieces that come within
+        read_timeout (1 s) in all make one request."""
+        topic = new_topic()
+        body = b'[{"data":"' + b"p" * 3000 + b'"},{"data":2}]'
+        head = (f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        got, how = self.send_in_pieces([head + body[:10], body[10:1500], body[1500:]], 0.2)
+        r = parse_raw_response(got)
+        self.assertIsNotNone(r, f"no answer ({how})")
+        self.assertEqual(r.status, 201, got[:300])
+        self.assertEqual(self.srv.topics()[topic]["events"], 2)
+
+    def test_body_read_timeout_counts_the_whole_body(self):
+        """read_timeout bounds the whole body, not each read: a body trickling
+        in over 2 s gets 408 (or a close) and stores nothing."""
+        topic = new_topic()
+        body = b'{"data":"' + b"t" * 40 + b'"}'
+        head = (f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        start = time.monotonic()
+        pieces = [head] + [body[i:i + 5] for i in range(0, len(body), 5)]
+        got, how = self.send_in_pieces(pieces, 0.25)
+        self.assertGreater(time.monotonic() - start, 0.8)
+        if got:
+            self.assertProblem(parse_raw_response(got), 408)
+        self.assertIn(how, ("eof", "reset"))
+        self.assertNotIn(topic, self.srv.topics())
+
+    def test_body_cut_short_by_the_client(self):
+        """A client that half-closes inside its body hears 400 and stores nothing."""
+        topic = new_topic()
+        s = self.srv.connect()
+        try:
+            s.sendall((f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\n"
+                       "Content-Length: 100\r\n\r\n{\"data\":").encode())
+            s.shutdown(socket.SHUT_WR)
+            got, how = read_until_closed(s, 5)
+        finally:
+            s.close()
+        self.assertProblem(parse_raw_response(got), 400, "partial")
+        self.assertNotIn(topic, self.srv.topics())
+
     def test_headers_over_the_configured_limit(self):
         r = self.srv.get("/health", headers={"X-Big": "h" * self.HEADERS})
         self.assertProblem(r, 431, str(self.HEADERS))
