@@ -181,6 +181,10 @@ public:
   session(tcp::socket socket, std::shared_ptr<shared_state> state)
     : stream_(std::move(socket)), state_(std::move(state)) {
     state_->connections.fetch_add(1);
+    // Each answer is one send: no reason to hold its last segment back
+    // for an acknowledgement (Nagle), as with a batch's longer answer.
+    beast::error_code ec;
+    stream_.socket().set_option(tcp::no_delay(true), ec);
   }
 
   ~session() { state_->connections.fetch_sub(1); }
