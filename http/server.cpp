@@ -322,14 +322,18 @@ private:
   void arm_body_timer() {
     body_timer_armed_ = true;
     body_timer_.expires_after(state_->opts.read_timeout);
-    body_timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
-      auto self = weak.lock();
-      if (ec || !self)
-        return;
-      self->body_timed_out_ = true;
-      beast::error_code ignored;
-      self->stream_.socket().cancel(ignored); // the read ends with operation_aborted
-    });
+    body_timer_.async_wait(
+      [weak = weak_from_this(), gen = ++body_timer_gen_](beast::error_code ec) {
+        auto self = weak.lock();
+        // Disarmed or re-armed: the body came just as the timer expired, and
+        // this completion was already queued when cancel() came; the socket
+        // may be reading the next request now, which it must not cancel.
+        if (ec || !self || !self->body_timer_armed_ || self->body_timer_gen_ != gen)
+          return;
+        self->body_timed_out_ = true;
+        beast::error_code ignored;
+        self->stream_.socket().cancel(ignored); // the read ends with operation_aborted
+      });
   }
 
   void read_more_body() {
@@ -362,8 +366,10 @@ private:
         arm_body_timer();
       return read_more_body();
     }
-    if (body_timer_armed_)
+    if (body_timer_armed_) {
+      body_timer_armed_ = false;
       body_timer_.cancel();
+    }
     on_read(ec, 0);
   }
 
@@ -750,6 +756,7 @@ private:
   net::steady_timer idle_{stream_.get_executor()};
   net::steady_timer body_timer_{stream_.get_executor()}; ///< a body's http.read_timeout
   bool body_timer_armed_ = false;
+  std::uint64_t body_timer_gen_ = 0; ///< which arming a timer completion belongs to
   bool body_timed_out_ = false;
   /// The current request is answered by answer_direct (set on the loop
   /// before the handler runs; read by the answering thread after).
