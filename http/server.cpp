@@ -267,28 +267,14 @@ private:
       on_header({}, 0); // refused, or 100 Continue first: as a read header is
       return true;
     }
-    // The body, element by element (a chunked one has several), as far as
-    // the buffer goes.
-    while (!parser_->is_done() && buffer_.size() > 0) {
-      auto n = parser_->put(buffer_.data(), ec);
-      buffer_.consume(n);
-      if (ec == bhttp::error::need_more || (!ec && n == 0))
-        break;
-      if (ec) {
-        on_error(ec);
-        return true;
-      }
-    }
-    if (parser_->is_done())
-      on_read({}, 0);
-    else
-      read_body();
+    read_body(); // the body as far as the buffer goes, then from the socket
     return true;
   }
 
   void on_header(beast::error_code ec, std::size_t) {
     if (ec)
       return on_error(ec);
+    stream_.expires_never(); // the header read's timer: the body has its own
     auto& req = parser_->get();
     // Refuse early what would be refused after the upload anyway.
     if (refuse_before_continue(*parser_, state_->opts))
@@ -307,13 +293,13 @@ private:
     read_body();
   }
 
-  /// Reads the rest of the body with reads of the socket itself, parsing
-  /// what each brings, within http.read_timeout. Beast's composed read over
+  /// Parses the body bytes already buffered, element by element (a chunked
+  /// body has several), then reads the rest with reads of the socket itself,
+  /// parsing what each brings, within http.read_timeout. Beast's composed read over
   /// the timed stream copied its type-erased executor several times per read
   /// and armed the stream's timer for each; a batch of 100 events takes a
   /// few reads.
   void read_body() {
-    stream_.expires_never(); // the header's timer, if its read armed one
     body_timed_out_ = false;
     body_timer_armed_ = false;
     on_body_bytes({}); // what the header's read brought first (all of it, or no body)
