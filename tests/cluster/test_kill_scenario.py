@@ -56,6 +56,7 @@ class KillScenarioTest(scenario.ScenarioTestCase):
         # of each partition through each node, all 201; then the busiest owner.
         hist_path, hist, sender, prober, owners, victim = self.probe_and_pick_victim(
             nodes, topic, TOPIC_PARTITIONS)
+        topic = sender.topic
         dead_parts = sorted(p for p, o in owners.items() if o == victim)
         live_parts = sorted(p for p, o in owners.items() if o != victim)
         alive = [n for n in nodes.ids() if n != victim]

@@ -236,6 +236,7 @@ class PartitionScenarioTest(scenario.ScenarioTestCase):
         # of each partition through each node, all 201; then the busiest owner.
         hist_path, hist, sender, prober, owners, victim = self.probe_and_pick_victim(
             nodes, topic, TOPIC_PARTITIONS)
+        topic = sender.topic
         victim_index = int(victim[1:])
         cut_parts = sorted(p for p, o in owners.items() if o == victim)
         other_parts = sorted(p for p, o in owners.items() if o != victim)
