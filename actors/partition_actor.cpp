@@ -479,10 +479,18 @@ void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
   }
 }
 
+/// A single-node partition's durable end as the sync thread left it in the
+/// slot: it tells the actor (durable_atom) only when groups wait for it.
+void catch_up_durable(partition_state& st) {
+  if (!st.role)
+    st.durable_end = std::max(st.durable_end, st.slot->durable_end.load());
+}
+
 void pump(partition_actor_t self) {
   auto& st = self->state;
   if (!st.groups_ready)
     return;
+  catch_up_durable(st);
   auto end = std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
     auto& g = st.groups[gi];
@@ -670,6 +678,7 @@ void on_emitted(partition_actor_t self, std::uint64_t gi, std::uint64_t offset,
 /// from its `start` whatever an earlier group of its name left.
 void recover_group(partition_actor_t self, std::size_t gi, bool fresh = false) {
   auto& st = self->state;
+  catch_up_durable(st);
   auto& g = st.groups[gi];
   auto& name = g.agent->cfg.name;
   auto tid = st.route->info.id;
@@ -1621,15 +1630,20 @@ bool append_local(partition_actor_t self) {
        topic = st.route->info.name](std::optional<persistence::error> failure) {
         // Counted before the publishers hear of it, so metrics and each
         // group's lag never lag a 201.
+        bool groups = false;
         if (!failure) {
           raise_to(slot->durable_end, end);
           std::lock_guard<std::mutex> guard{slot->groups_mutex};
+          groups = !slot->groups.empty();
           for (auto& g : slot->groups)
             raise_to(g->end, end);
         }
         // The actor hears of it before any publisher does: a fetch that
         // follows a 201 or +OK (barrier_atom) finds the events handed out.
-        if (!failure)
+        // Without groups nothing waits for it (the actor catches up from
+        // the slot when it needs it, catch_up_durable): no wake-up of a CAF
+        // thread per partition per sync.
+        if (!failure && groups)
           caf::anon_send(me, durable_atom::value, end);
         if (failure)
           for (auto& job : *jobs)
@@ -1767,6 +1781,7 @@ void join_group(partition_actor_t self, const std::string& agent, bool earliest)
 /// its name starts it afresh.
 void leave_group(partition_actor_t self, const std::string& agent) {
   auto& st = self->state;
+  catch_up_durable(st);
   for (auto& g : st.groups)
     if (g.agent->cfg.name == agent && !g.retired) {
       g.retired = true;
