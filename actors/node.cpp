@@ -946,6 +946,10 @@ std::string format_time(std::int64_t time_us) {
   return persistence::format_time_us(time_us);
 }
 
+void append_time(std::string& out, std::int64_t time_us) {
+  persistence::append_time_us(out, time_us);
+}
+
 std::string new_uuid() {
   return persistence::new_uuid_v7(persistence::system_clock_us());
 }

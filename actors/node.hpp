@@ -649,6 +649,8 @@ public:
 
 /// RFC 3339 in UTC with microseconds, as events show their time.
 [[nodiscard]] std::string format_time(std::int64_t time_us);
+/// format_time(), appended to `out`.
+void append_time(std::string& out, std::int64_t time_us);
 
 /// Arguments put in front of every process agent's command, e.g. the nerve
 /// binary's own "__exec-agent" entry, which ties the child's life to nerve's

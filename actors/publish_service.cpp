@@ -74,9 +74,10 @@ struct publish_join : join_base<std::vector<published>> {
                                        + "; ids are unique across topics"});
           continue;
         }
+        // The outcome is this call's own: its strings move.
         out[index[k]] = published{
-          a.id,           a.topic,         a.where.partition,
-          a.where.offset, a.where.time_us, a.status == persistence::append_status::duplicate,
+          std::move(a.id), std::move(a.topic), a.where.partition,
+          a.where.offset,  a.where.time_us,    a.status == persistence::append_status::duplicate,
           partitions};
       }
     }
@@ -158,11 +159,11 @@ partitioned split_by_partition(topic_route& route, std::vector<publish_item>& it
 }
 
 /// Admission: every partition involved must have room, or nothing is
-/// queued. Answers the partitions admitted, or the error.
-result<std::vector<std::uint32_t>> admit(const std::string& topic, topic_route& route,
-                                         const std::vector<job_ptr>& jobs,
-                                         std::uint64_t max_queued) {
-  std::vector<std::uint32_t> admitted;
+/// queued. Answers how many partitions were admitted (those with a job),
+/// or the error.
+result<std::size_t> admit(const std::string& topic, topic_route& route,
+                          const std::vector<job_ptr>& jobs, std::uint64_t max_queued) {
+  std::size_t admitted = 0;
   for (std::uint32_t p = 0; p < jobs.size(); ++p) {
     if (!jobs[p])
       continue;
@@ -170,14 +171,15 @@ result<std::vector<std::uint32_t>> admit(const std::string& topic, topic_route& 
     auto& q = route.slots[p]->queued;
     if (q.fetch_add(n, std::memory_order_relaxed) + n > max_queued) {
       q.fetch_sub(n, std::memory_order_relaxed);
-      for (auto a : admitted)
-        route.slots[a]->queued.fetch_sub(jobs[a]->events.size(), std::memory_order_relaxed);
+      for (std::uint32_t a = 0; a < p; ++a)
+        if (jobs[a])
+          route.slots[a]->queued.fetch_sub(jobs[a]->events.size(), std::memory_order_relaxed);
       return tl::make_unexpected(
         error{errc::overloaded, "partition " + topic + "/" + std::to_string(p) + " has "
                                   + std::to_string(max_queued)
                                   + " events waiting to be written; retry shortly"});
     }
-    admitted.push_back(p);
+    ++admitted;
   }
   return admitted;
 }
@@ -352,10 +354,12 @@ void publish_service::route_items(const std::string& topic, std::vector<publish_
   auto join = std::make_shared<publish_join>();
   join->out.resize(items.size());
   join->partitions = route->info.partitions;
-  join->remaining = admitted->size() + remote.size();
+  join->remaining = *admitted + remote.size();
   join->done = std::move(done);
-  for (auto p : *admitted) {
+  for (std::uint32_t p = 0; p < parts.jobs.size(); ++p) {
     auto& job = parts.jobs[p];
+    if (!job)
+      continue;
     job->queued = &route->slots[p]->queued;
     job->done = [join, idx = std::move(parts.index[p])](append_outcome r) {
       join->answer(idx, std::move(r));

@@ -24,6 +24,8 @@ void partition_job::finish(append_outcome r) {
 }
 
 partition_job::~partition_job() {
+  if (!done)
+    return; // answered (the usual case): no error to build
   finish(tl::make_unexpected(persistence::error{persistence::errc::io_error,
                                                 "the partition stopped before the append; retry"}));
 }

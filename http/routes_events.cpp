@@ -96,7 +96,7 @@ void publish(const api_env& env, request& req, const std::string& topic, respond
                        body += ",\"offset\":";
                        body += std::to_string(p.offset);
                        body += ",\"time\":\"";
-                       body += actors::format_time(p.time_us);
+                       actors::append_time(body, p.time_us);
                        body += "\",\"duplicate\":";
                        body += p.duplicate ? "true}" : "false}";
                      }

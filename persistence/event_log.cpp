@@ -98,6 +98,13 @@ void quiet_perf_counters() {
 }
 
 std::string format_time_us(std::int64_t time_us) {
+  std::string out;
+  out.reserve(32);
+  append_time_us(out, time_us);
+  return out;
+}
+
+void append_time_us(std::string& out, std::int64_t time_us) {
   // The date and time of day change once a second; formatting them is the
   // costly part, so each thread keeps the last second's text.
   thread_local std::int64_t cached_secs = -1;
@@ -112,16 +119,15 @@ std::string format_time_us(std::int64_t time_us) {
     cached_secs = secs;
   }
   auto micros = static_cast<std::uint32_t>(time_us % 1000000);
-  std::string out{cached};
-  out += '.';
-  char digits[6];
-  for (int i = 5; i >= 0; --i) {
-    digits[i] = static_cast<char>('0' + micros % 10);
+  char tail[8];
+  tail[0] = '.';
+  for (int i = 6; i >= 1; --i) {
+    tail[i] = static_cast<char>('0' + micros % 10);
     micros /= 10;
   }
-  out.append(digits, 6);
-  out += 'Z';
-  return out;
+  tail[7] = 'Z';
+  out += cached;
+  out.append(tail, sizeof tail);
 }
 
 // -- partition_writer ---------------------------------------------------------
@@ -309,7 +315,9 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
   // What every event of the batch shares, formatted once.
   const std::string shared = ",\"topic\":\"" + topic_.name
                              + "\",\"partition\":" + std::to_string(partition_) + ",\"offset\":";
-  const std::string time_text = ",\"time\":\"" + format_time_us(now) + '"';
+  std::string time_text = ",\"time\":\"";
+  append_time_us(time_text, now);
+  time_text += '"';
   std::size_t indexed = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto& r = results[i];

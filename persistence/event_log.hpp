@@ -74,6 +74,8 @@ using io_observer = std::function<void(io_op, std::chrono::nanoseconds)>;
 
 /// RFC 3339 in UTC with microseconds: 2026-11-22T23:59:59.123456Z.
 std::string format_time_us(std::int64_t time_us);
+/// format_time_us(), appended to `out` (no string of its own).
+void append_time_us(std::string& out, std::int64_t time_us);
 
 struct options {
   std::string path;
