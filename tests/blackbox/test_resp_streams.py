@@ -302,6 +302,25 @@ class RedisGroupTest(RespTestCase):
         theirs = group_lifecycle(redis.Redis(port=real.port, decode_responses=True), s, "g:made")
         self.assertEqual(ours, theirs)
 
+    def test_a_group_made_at_the_end_reads_only_what_comes_after(self):
+        # A partition no group reads is not told of each sync: a group made
+        # with "$" must still start after everything appended before it, on
+        # every partition, by XADD and by HTTP alike.
+        srv, port = self.resp_server()
+        s = topic("late")
+        r = redis.Redis(port=port, decode_responses=True)
+        for i in range(12):
+            r.xadd(s, {"n": f"early{i}"})
+        ans = srv.publish(s, [{"type": "t", "key": f"k{i}", "data": {"n": f"http{i}"}}
+                              for i in range(12)])
+        self.assertEqual(ans.status, 201, ans)
+        self.assertEqual(len({e["partition"] for e in ans.json()["events"]}), 4)
+        self.assertTrue(r.xgroup_create(s, "tail", id="$"))
+        late = r.xadd(s, {"n": "late"})
+        got = r.xreadgroup("tail", "c", {s: ">"}, count=100, block=2000)
+        self.assertEqual([(e[0], e[1]) for e in got[0][1]], [(late, {"n": "late"})])
+        self.assertEqual(r.xreadgroup("tail", "c", {s: ">"}, count=100, block=300), [])
+
     def test_a_made_group_keeps_pending_entries_and_survives_a_restart(self):
         srv, port = self.resp_server()
         s1, s2 = topic("jobs"), topic("mail")
