@@ -350,12 +350,19 @@ private:
         return self->fail("the peer closed the connection during the TLS handshake (does it run "
                           "with cluster.tls, with the same CA?)");
       }
-      self->fail("TLS handshake failed: " + ec.message());
+      auto why = "TLS handshake failed: " + ec.message();
+      if (ec.category() == net::error::get_ssl_category()
+          && ERR_GET_REASON(static_cast<unsigned long>(ec.value())) == SSL_R_WRONG_VERSION_NUMBER)
+        why += " (the peer answers without TLS: does it run without cluster.tls?)";
+      self->fail(why);
     });
   }
 
   /// The peer is let through: CAF gets its end of a socketpair. On an
-  /// accepted link CAF speaks first (a BASP server handshake).
+  /// accepted link CAF speaks first (a BASP server handshake), but its
+  /// words reach the peer only once the peer's hello came: a caller that
+  /// is no nerve node (a TLS dialer at a plaintext node, a port scan) is
+  /// refused on its first bytes without ever reading ours.
   void open() {
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
@@ -378,9 +385,9 @@ private:
       shared_->link(peer_, this->shared_from_this());
     }
     read_remote();
-    read_local();
     if (side_ == side::accepted)
       return shared_->accepted(fds[1]);
+    read_local();
     auto done = std::move(done_);
     done_ = nullptr;
     done(fds[1]);
@@ -485,6 +492,7 @@ private:
       peer_ = frame_.substr(hello_magic.size());
       frame_.clear();
       shared_->link(peer_, this->shared_from_this());
+      read_local();
       return true;
     }
     if (kind_ == kind_data) {

@@ -272,12 +272,16 @@ TEST_CASE("the frame check of a dialed link wants the server handshake first", "
 
 TEST_CASE("the gate pumps an accepted connection to CAF's end and back", "[unit]") {
   one_link link;
-  // CAF speaks first, then the peer's frames pass unchanged.
+  // CAF speaks first, but the peer hears it only after its hello.
   auto hello = frame(server_handshake, 100);
   send_all(link.mine, hello);
+  CHECK(receive(link.peer, 1, 200ms).first.empty());
+  std::string name = "nerve-link/3 n9";
+  send_all(link.peer, link_frame(kind_hello, bytes(name.begin(), name.end())));
   CHECK(unframe(receive(link.peer, hello.size() + 5).first) == hello);
+  // Then the peer's frames pass unchanged.
   auto frames = concat({frame(client_handshake, 30), frame(direct_message, 200000)});
-  send_all(link.peer, as_peer(frames));
+  send_all(link.peer, as_peer(frames, false));
   CHECK(receive(link.mine, frames.size()).first == frames);
   // The peer leaves: CAF's end closes.
   ::shutdown(link.peer, SHUT_RDWR);

@@ -6,6 +6,8 @@ publishes; a node whose certificate another CA signed never joins and the others
 working; TLS and plaintext nodes never link; unusable TLS files stop a node at start-up.
 """
 
+import socket
+import threading
 import time
 import unittest
 
@@ -147,7 +149,8 @@ class TlsRefusalTest(TlsTestCase):
         cluster = self.tls_cluster(
             lambda node_id: None if node_id == "n2" else self.pki.tls_config(node_id))
         self.wait_up(cluster, [("n1", "n3"), ("n3", "n1")])
-        # n1 dials n2 with a TLS handshake, which n2's gate refuses as no BASP.
+        # n1 dials n2 with a TLS handshake, which n2's gate refuses on its first byte
+        # without a word of its own: n1 reads the close, never a plaintext answer.
         self.wait_for(lambda: "looks like a TLS handshake" in cluster["n2"].stderr_text()
                       and "during the TLS handshake" in cluster["n1"].stderr_text(),
                       what="n2 refusing n1's TLS handshake\n" + cluster.stderr_text())
@@ -156,6 +159,33 @@ class TlsRefusalTest(TlsTestCase):
                          r"handshake")
         self.hold(cluster, 5.0, up=[("n1", "n3"), ("n3", "n1")],
                   down=[("n1", "n2"), ("n3", "n2"), ("n2", "n1"), ("n2", "n3")])
+
+    def test_a_member_answering_in_plaintext_is_named_as_without_tls(self):
+        # n2's address is a plain TCP server that speaks first (no nerve, no TLS): n1's
+        # handshake reads plaintext and its log says what that likely means.
+        cluster = self.new_cluster(2, start=False)
+        cluster["n1"].write_config(self.pki.tls_config("n1"))
+        plain = socket.create_server(("127.0.0.1", cluster.ports[1]))
+        self.addCleanup(plain.close)
+        talker = threading.Thread(target=self.speak_plaintext, args=(plain,), daemon=True)
+        talker.start()
+        cluster["n1"].start()
+        self.wait_for(lambda: "answers without TLS" in cluster["n1"].stderr_text(),
+                      what="n1 naming n2 as without TLS\n" + cluster.stderr_text())
+        self.assertRegex(cluster["n1"].stderr_text(),
+                         r"cannot link to node n2 \(127\.0\.0\.1:\d+\): TLS handshake failed: "
+                         r"wrong version number \(the peer answers without TLS: does it run "
+                         r"without cluster\.tls\?\)")
+
+    @staticmethod
+    def speak_plaintext(server):
+        try:
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        except OSError:
+            return
 
 
 class TlsStartupTest(TlsTestCase):
