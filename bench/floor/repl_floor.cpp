@@ -23,11 +23,20 @@
 // answered once its group's fdatasync returned. bench/publish runs it beside
 // nerve and Redis.
 //
+// With --rocksdb DIR (single node) the log is a RocksDB database instead of
+// the file: each pass's events are one WriteBatch (a Put per event, key
+// partition and offset) written without sync, and the sync thread calls
+// SyncWAL() where it called fdatasync: the least a server must do for the
+// guarantee with the storage engine nerve is built on, so the distance
+// between the two floors is what RocksDB itself costs here.
+//
 //   repl_floor --id I --http PORT --cluster P0,P1,P2 --data FILE [--prezero MIB]
 //              [--partitions P]
 //   repl_floor --nodes 1 --http PORT [--resp PORT] --data FILE [--prezero MIB]
+//              [--rocksdb DIR]
 //
-// On SIGTERM it prints "events N" (the events in its file) and exits.
+// On SIGTERM it prints "events N" (the events in its file or database) and
+// exits.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -39,6 +48,8 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
 
 #include <algorithm>
 #include <array>
@@ -49,6 +60,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -107,6 +119,7 @@ int listen_on(int port) {
 struct syncer {
   using ends = std::vector<std::uint64_t>;
   int file = -1;
+  rocksdb::DB* db = nullptr; ///< --rocksdb: SyncWAL() instead of fdatasync(file)
   int wake = -1;
   std::mutex m;
   std::condition_variable cv;
@@ -126,8 +139,12 @@ struct syncer {
         auto target = want; // everything written before the ask
         auto seq = want_seq;
         g.unlock();
-        if (::fdatasync(file) != 0)
+        if (db != nullptr) {
+          if (!db->SyncWAL().ok())
+            die("SyncWAL");
+        } else if (::fdatasync(file) != 0) {
           die("fdatasync");
+        }
         g.lock();
         done = std::move(target);
         done_seq = seq;
@@ -161,11 +178,26 @@ struct conn {
 class floor_node {
 public:
   floor_node(int nodes, int id, std::uint32_t partitions, int http_port, int resp_port,
-             std::vector<int> cluster, const std::string& data, std::size_t prezero_mib)
+             std::vector<int> cluster, const std::string& data, std::size_t prezero_mib,
+             const std::string& rocksdb_dir)
     : nodes_(nodes), id_(id), partitions_(partitions), cluster_(std::move(cluster)),
       events_(partitions), waiting_(partitions) {
     for (auto& s : synced_)
       s.assign(partitions, 0);
+    if (!rocksdb_dir.empty()) { // nerve's write options: pipelined writes, a large memtable
+      rocksdb::Options o;
+      o.create_if_missing = true;
+      o.enable_pipelined_write = true;
+      o.db_write_buffer_size = 256ULL << 20;
+      rocksdb::DB* db = nullptr;
+      auto st = rocksdb::DB::Open(o, rocksdb_dir, &db);
+      if (!st.ok()) {
+        errno = 0;
+        die("open " + rocksdb_dir + ": " + st.ToString());
+      }
+      db_.reset(db);
+      sync_.db = db;
+    }
     file_ = ::open(data.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (file_ < 0)
       die("open " + data);
@@ -215,6 +247,12 @@ public:
       end_of_pass();
     }
     std::uint64_t all = 0;
+    if (db_) { // what the database holds, not what was counted on the way in
+      std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(rocksdb::ReadOptions{})};
+      for (it->SeekToFirst(); it->Valid(); it->Next())
+        ++all;
+      return all;
+    }
     for (auto n : events_)
       all += n;
     return all;
@@ -399,6 +437,16 @@ private:
   // and answered once below p's least synced end (end_of_pass).
   void append(std::uint32_t p, std::string event, int origin, std::uint64_t token) {
     auto offset = events_[p]++;
+    if (db_) {
+      char key[12];
+      for (int i = 0; i < 4; ++i)
+        key[i] = static_cast<char>(p >> (24 - 8 * i));
+      for (int i = 0; i < 8; ++i)
+        key[4 + i] = static_cast<char>(offset >> (56 - 8 * i));
+      batch_.Put(rocksdb::Slice{key, sizeof key}, event);
+      waiting_[p].push_back({offset, origin, token});
+      return;
+    }
     auto at = wbuf_.size();
     put32(wbuf_, p);
     put32(wbuf_, static_cast<std::uint32_t>(event.size()));
@@ -441,6 +489,12 @@ private:
   /// What this pass of the loop wrote goes to the file (and, on the leader,
   /// to the followers) in one write each; then the answers it allows.
   void end_of_pass() {
+    if (batch_.Count() > 0) {
+      if (!db_->Write(rocksdb::WriteOptions{}, &batch_).ok())
+        die("rocksdb write");
+      batch_.Clear();
+      sync_.ask(events_);
+    }
     if (!wbuf_.empty()) {
       if (::pwrite(file_, wbuf_.data(), wbuf_.size(), static_cast<off_t>(pos_))
           != static_cast<ssize_t>(wbuf_.size()))
@@ -544,6 +598,8 @@ private:
   std::vector<std::deque<waiting>> waiting_;                 ///< per partition led here
   std::string wbuf_, ship_, topic_; ///< this pass's file bytes; its own records
   std::uint64_t pos_ = 0, gen_ = 0, next_ = 0;
+  std::unique_ptr<rocksdb::DB> db_; ///< --rocksdb: the log
+  rocksdb::WriteBatch batch_;       ///< this pass's events
 };
 
 } // namespace
@@ -553,7 +609,7 @@ int main(int argc, char** argv) {
   std::uint32_t partitions = 1;
   std::size_t prezero = 0;
   std::vector<int> cluster;
-  std::string data;
+  std::string data, rocksdb_dir;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--id")
@@ -568,6 +624,8 @@ int main(int argc, char** argv) {
       data = v;
     else if (k == "--partitions")
       partitions = static_cast<std::uint32_t>(std::stoul(v));
+    else if (k == "--rocksdb")
+      rocksdb_dir = v;
     else if (k == "--prezero")
       prezero = std::stoul(v);
     else if (k == "--cluster")
@@ -581,17 +639,18 @@ int main(int argc, char** argv) {
     id = 0;
   bool ok = (nodes == 1 || (nodes == max_nodes && cluster.size() == max_nodes && resp == 0))
             && id >= 0 && id < nodes && http > 0 && !data.empty() && partitions >= 1
-            && partitions <= max_partitions && (nodes > 1 || partitions == 1);
+            && partitions <= max_partitions && (nodes > 1 || partitions == 1)
+            && (rocksdb_dir.empty() || nodes == 1);
   if (!ok) {
     std::fprintf(stderr, "usage: repl_floor --id 0|1|2 --http PORT --cluster P0,P1,P2 --data FILE "
                          "[--prezero MIB] [--partitions P]\n"
                          "       repl_floor --nodes 1 --http PORT [--resp PORT] --data FILE "
-                         "[--prezero MIB]\n");
+                         "[--prezero MIB] [--rocksdb DIR]\n");
     return 2;
   }
   std::signal(SIGTERM, [](int) { stopping = true; });
   std::signal(SIGINT, [](int) { stopping = true; });
-  floor_node node{nodes, id, partitions, http, resp, cluster, data, prezero};
+  floor_node node{nodes, id, partitions, http, resp, cluster, data, prezero, rocksdb_dir};
   std::fprintf(stderr, "repl_floor: node %d ready on http %d\n", id, http);
   auto n = node.run();
   std::printf("events %llu\n", static_cast<unsigned long long>(n));
