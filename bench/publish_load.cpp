@@ -487,6 +487,11 @@ int main(int argc, char** argv) {
   double p50 = percentile_ms(lat, 0.50);
   double p99 = percentile_ms(lat, 0.99);
   double p999 = percentile_ms(lat, 0.999);
+  double p90 = percentile_ms(lat, 0.90);
+  double mean = 0;
+  for (auto us : lat)
+    mean += static_cast<double>(us);
+  mean = lat.empty() ? 0 : mean / static_cast<double>(lat.size()) / 1000.0;
   double eps = static_cast<double>(st.ok_window) / o.duration_s;
   double cpu = cpu_use.share(o.duration_s);
   bool verified = st.errors == 0 && st.io_errors == 0 && stuck == 0 && st.sample_failures == 0
@@ -503,13 +508,14 @@ int main(int argc, char** argv) {
     "{\"target\":\"%s\",\"clients\":%u,\"batch\":%u,\"rate\":%.1f,\"duration_s\":%.3f,"
     "\"warmup_s\":%.3f,\"payload_bytes\":%zu,\"events_per_s\":%.1f,\"ok_in_window\":%" PRIu64
     ",\"ok_total\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64
-    ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"client_cpu\":%.3f,\"sampled_answers\":"
+    ",\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"mean_ms\":%.3f,"
+    "\"client_cpu\":%.3f,\"sampled_answers\":"
     "%" PRIu64 ",\"read_back\":%" PRIu64 ",\"read_back_failed\":%" PRIu64
     ",\"stored\":%s,\"verified\":%s,\"note\":\"%s\"}\n",
     o.target.c_str(), o.clients, o.batch, o.rate, o.duration_s, o.warmup_s, o.payload_bytes, eps,
-    st.ok_window, st.ok_total, st.errors, st.io_errors, p50, p99, p999, cpu, st.sampled, v.checked,
-    v.failed, v.stored ? std::to_string(*v.stored).c_str() : "null", verified ? "true" : "false",
-    escaped.c_str());
+    st.ok_window, st.ok_total, st.errors, st.io_errors, p50, p90, p99, p999, mean, cpu, st.sampled,
+    v.checked, v.failed, v.stored ? std::to_string(*v.stored).c_str() : "null",
+    verified ? "true" : "false", escaped.c_str());
   std::fprintf(stderr,
                "publish_load %s clients=%u: %.0f events/s, p50 %.2f ms, p99 %.2f ms, client cpu "
                "%.0f%%, %s%s%s\n",
