@@ -321,12 +321,8 @@ using inflight_pos = std::unordered_map<std::string, in_flight>::iterator;
 /// The traceparent a delivery attempt carries to its agent, when tracing is
 /// on: the event's trace, the attempt's span as parent.
 std::string traceparent_of(const instance_actor_state& st, const delivery& d) {
-  if (!st.ctx->tracing)
-    return {};
-  auto trace = find_trace_id(d.event);
-  if (trace.empty())
-    return {};
-  return traceparent(trace, delivery_span_id(d.delivery_id), st.ctx->tracing->sampled(trace));
+  return st.ctx->tracing ? attempt_traceparent(*st.ctx->tracing, d.event, d.delivery_id)
+                         : std::string{};
 }
 
 void answer_at(instance_actor_t self, inflight_pos it, bool ok, std::string result,

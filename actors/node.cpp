@@ -34,6 +34,7 @@
 #include "actors/replay_service.hpp"
 #include "actors/runner.hpp"
 #include "actors/runtime.hpp"
+#include "actors/tracing.hpp"
 #include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
 #include "persistence/ids.hpp"
@@ -235,13 +236,18 @@ public:
     // (at once, when the wait ends, or as it stops), and each fetch through
     // a one-shot actor with a timeout cost more than the fetch itself.
     using list = std::vector<delivery>;
-    fetch_answer reply{[done](result<list> r) {
+    fetch_answer reply{[done, tracing = ctx_.tracing](result<list> r) {
                          if (!r)
                            return done(tl::make_unexpected(r.error()));
                          std::vector<pulled_delivery> out;
                          out.reserve(r->size());
-                         for (auto& d : *r)
-                           out.push_back({std::move(d.delivery_id), d.attempt, std::move(d.event)});
+                         for (auto& d : *r) {
+                           auto parent = tracing
+                                           ? attempt_traceparent(*tracing, d.event, d.delivery_id)
+                                           : std::string{};
+                           out.push_back({std::move(d.delivery_id), d.attempt, std::move(d.event),
+                                          std::move(parent)});
+                         }
                          done(std::move(out));
                        },
                        "agent " + name};

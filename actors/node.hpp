@@ -125,6 +125,9 @@ struct pulled_delivery {
   std::string delivery; ///< the id to ack or nack
   std::uint32_t attempt = 1;
   std::string event; ///< the stored event JSON
+  /// With tracing on: `00-<trace>-<span>-<flags>`, the attempt's span as the
+  /// worker's parent (as a process agent's line has it); empty otherwise.
+  std::string traceparent;
 };
 
 /// A worker's ack (ok) or nack of one delivery it fetched.

@@ -133,6 +133,13 @@ struct attempt_trace {
 /// a child of the event's publish span.
 void record_attempt(tracer& t, const attempt_trace& a);
 
+/// The traceparent a delivery attempt carries to its agent (a process
+/// agent's line, an http agent's header, a pull worker's fetch answer): the
+/// event's trace, the attempt's span as parent; empty when the event has no
+/// trace id.
+[[nodiscard]] std::string attempt_traceparent(const tracer& t, std::string_view event_json,
+                                              std::string_view delivery_id);
+
 /// What the spans of one publish need from its items, taken before the
 /// items are handed over (their ids are known only once appended).
 struct publish_trace {

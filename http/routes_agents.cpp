@@ -220,7 +220,10 @@ void pull_fetch(const api_env& env, request& req, const std::string& agent, resp
                           out += first ? "{" : ",{";
                           first = false;
                           out += R"("delivery":)" + json(d.delivery).dump() + R"(,"attempt":)"
-                                 + std::to_string(d.attempt) + R"(,"event":)" + d.event + "}";
+                                 + std::to_string(d.attempt);
+                          if (!d.traceparent.empty())
+                            out += R"(,"traceparent":")" + d.traceparent + "\"";
+                          out += R"(,"event":)" + d.event + "}";
                         }
                         out += "]}";
                         respond(json_response(200, std::move(out)));

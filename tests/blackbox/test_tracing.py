@@ -343,6 +343,26 @@ class TracingTest(ServerTestCase):
                                     "messaging.operation": "publish"})
         self.assertEqual(pub2["traceId"], "ab" * 16)  # the event's own trace id wins
 
+    def test_a_pull_workers_fetch_carries_its_attempts_traceparent(self):
+        c = self.collector()
+        t = topic("pulled")
+        srv = self.traced_server(c, [{"name": "w", "topics": [t], "kind": "pull"}])
+        r = srv.publish(t, {"data": {"n": 1}}, headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+        self.assertEqual(r.status, 201, r)
+        event_id = r.json()["events"][0]["id"]
+        f = srv.post("/v1/agents/w/fetch", {"consumer": "c1", "wait_ms": 5000})
+        self.assertEqual(f.status, 200, f)
+        [d] = f.json()["deliveries"]
+        self.assertEqual(d["event"]["id"], event_id)
+        self.assertEqual(list(d), ["delivery", "attempt", "traceparent", "event"])
+        self.assertEqual(srv.post("/v1/agents/w/ack", {"deliveries": [d["delivery"]]}).status, 200)
+        # The parent is the attempt's span, which nerve exports when the worker answers.
+        [span] = self.wait_spans(c, "the pull attempt's span",
+                                 **{"nerve.agent": "w", "messaging.message.id": event_id})
+        self.assertEqual(span["traceId"], TRACE)
+        self.assertEqual(attributes(span)["nerve.outcome"], "acked")
+        self.assertEqual(d["traceparent"], f"00-{TRACE}-{span['spanId']}-01")
+
     def test_a_replay_is_a_span(self):
         c = self.collector()
         t = topic("replayed")
