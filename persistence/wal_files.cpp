@@ -100,13 +100,11 @@ struct wal_state {
   std::uint64_t next_check = 0;   ///< after a skip, decide again at this end
 };
 
-/// How much of a step the zeroer writes before it syncs.
-constexpr std::uint64_t zero_slice_bytes = 1ULL << 20;
-
 /// The thread that writes and syncs the zeroes, one step at a time.
 class zeroer {
 public:
-  explicit zeroer(std::uint64_t min_free_bytes) : min_free_bytes_(min_free_bytes) {
+  zeroer(std::uint64_t min_free_bytes, std::uint64_t slice_bytes)
+    : min_free_bytes_(min_free_bytes), slice_bytes_(std::max<std::uint64_t>(slice_bytes, 1)) {
     thread_ = std::thread{[this] { run(); }};
   }
   zeroer(const zeroer&) = delete;
@@ -157,15 +155,14 @@ private:
       bool written = room;
       int sync_errno = 0;
       int write_errno = 0;
-      // Synced a slice at a time: a WAL sync that comes while zeroes are
-      // being written back waits for the device to take what is queued
-      // before it, so a whole step's write-back at once (8 MiB) held one
-      // WAL sync for 6-7 ms under load; a slice holds it for well under one.
+      // Synced a slice at a time (zeroed_wal_limits::slice_bytes).
       for (auto at = from; room && at < to && sync_errno == 0;) {
-        auto slice_end = std::min<std::uint64_t>(to, at + zero_slice_bytes);
-        for (; written && at < slice_end; at += zeroes.size())
-          written = write_at(w->zero_fd, zeroes.data(),
-                             std::min<std::uint64_t>(zeroes.size(), slice_end - at), at);
+        auto slice_end = std::min<std::uint64_t>(to, at + slice_bytes_);
+        while (written && at < slice_end) {
+          auto n = std::min<std::uint64_t>(zeroes.size(), slice_end - at);
+          written = write_at(w->zero_fd, zeroes.data(), n, at);
+          at += n;
+        }
         if (!written && write_errno == 0)
           write_errno = errno;
         if (::fdatasync(w->zero_fd) != 0) // also after a failed write: what it wrote
@@ -203,6 +200,7 @@ private:
   std::deque<std::shared_ptr<wal_state>> jobs_;
   bool stopping_ = false;
   const std::uint64_t min_free_bytes_;
+  const std::uint64_t slice_bytes_;
   std::thread thread_;
 };
 
@@ -347,8 +345,8 @@ private:
 class zeroed_wal_fs final : public rocksdb::FileSystemWrapper {
 public:
   zeroed_wal_fs(const std::shared_ptr<rocksdb::FileSystem>& base, zeroed_wal_limits limits)
-    : FileSystemWrapper(base), zero_(std::make_shared<zeroer>(limits.min_free_bytes)),
-      limits_(limits) {}
+    : FileSystemWrapper(base),
+      zero_(std::make_shared<zeroer>(limits.min_free_bytes, limits.slice_bytes)), limits_(limits) {}
 
   static const char* kClassName() { return "NerveZeroedWalFileSystem"; }
   const char* Name() const override { return kClassName(); }

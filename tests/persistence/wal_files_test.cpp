@@ -32,6 +32,7 @@ constexpr std::uint64_t kib = 1024;
 zeroed_wal_limits small_limits() {
   zeroed_wal_limits l;
   l.chunk_bytes = 64 * kib;
+  l.slice_bytes = 12 * kib; // a step in six slices, the last one short
   l.low_water_bytes = 32 * kib;
   l.gap_bytes = 16 * kib;
   l.max_bytes_per_sync = 8 * kib;
