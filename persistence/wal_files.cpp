@@ -156,19 +156,17 @@ private:
       int sync_errno = 0;
       int write_errno = 0;
       // Synced a slice at a time (zeroed_wal_limits::slice_bytes).
-      for (auto at = from; room && at < to && sync_errno == 0;) {
+      for (auto at = from; written && sync_errno == 0 && at < to;) {
         auto slice_end = std::min<std::uint64_t>(to, at + slice_bytes_);
         while (written && at < slice_end) {
           auto n = std::min<std::uint64_t>(zeroes.size(), slice_end - at);
           written = write_at(w->zero_fd, zeroes.data(), n, at);
           at += n;
         }
-        if (!written && write_errno == 0)
+        if (!written)
           write_errno = errno;
         if (::fdatasync(w->zero_fd) != 0) // also after a failed write: what it wrote
           sync_errno = errno;
-        if (!written)
-          break;
       }
       auto ok = written && sync_errno == 0;
       {
