@@ -46,29 +46,59 @@ route_table::route_table() {
   add(id::replay_get, "GET", "/v1/replays/{id}");
   add(id::replay_cancel, "DELETE", "/v1/replays/{id}");
   add(id::replay_history, "GET", "/v1/replays/{id}/history");
+  reserve_literals();
 }
 
 void route_table::add(route_id id, std::string method, const std::string& path) {
-  routes_.push_back({id, std::move(method), path, split_path(path)});
+  routes_.push_back({id, std::move(method), path, split_path(path), {}});
+}
+
+/// A parameter does not match a segment that another route spells out at
+/// that place: /v1/dlq/retry-all is never the DLQ entry "retry-all", so GET
+/// on it is a 405 (POST only), not a 404 for a missing entry. (A segment
+/// spelled like a parameter, "{id}", matches none either, as before.)
+void route_table::reserve_literals() {
+  for (auto& r : routes_) {
+    r.reserved.resize(r.pattern.size());
+    for (std::size_t i = 0; i < r.pattern.size(); ++i) {
+      if (r.pattern[i].front() != '{')
+        continue;
+      for (auto& other : routes_)
+        if (other.pattern.size() == r.pattern.size()
+            && std::equal(r.pattern.begin(), r.pattern.begin() + static_cast<std::ptrdiff_t>(i),
+                          other.pattern.begin())
+            && std::find(r.reserved[i].begin(), r.reserved[i].end(), other.pattern[i])
+                 == r.reserved[i].end())
+          r.reserved[i].push_back(other.pattern[i]);
+    }
+  }
 }
 
 route_match route_table::match(const std::string& method, std::string_view path) const {
   route_match m;
-  auto segments = split_path(path);
+  // The segments as views of the path; a segment with an escape is decoded
+  // into `decoded` (reserved, so that the views stay put).
+  std::vector<std::string_view> segments;
   std::vector<std::string> decoded;
-  decoded.reserve(segments.size());
-  for (auto& s : segments) {
-    decoded.push_back(percent_decode(s, m.path_ok));
+  for_each_segment(path, [&](std::string_view seg) { segments.push_back(seg); });
+  for (auto& seg : segments) {
+    if (seg.find('%') == std::string_view::npos)
+      continue; // nothing to decode: every request's path segments
+    if (decoded.capacity() == 0)
+      decoded.reserve(segments.size());
+    decoded.push_back(percent_decode(std::string{seg}, m.path_ok));
     if (!m.path_ok)
       return m;
+    seg = decoded.back();
   }
   for (auto& r : routes_) {
-    params found;
-    if (!match(r, decoded, found))
+    if (!match(r, segments))
       continue;
     if (r.method == method) {
       m.hit = &r;
-      m.p = std::move(found);
+      for (std::size_t i = 0; i < r.pattern.size(); ++i)
+        if (r.pattern[i].front() == '{')
+          m.p.emplace_back(segments[i]);
       return m;
     }
     m.same_path = m.same_path ? m.same_path : &r;
@@ -77,11 +107,7 @@ route_match route_table::match(const std::string& method, std::string_view path)
   return m;
 }
 
-/// A parameter does not match a segment that another route spells out at
-/// that place: /v1/dlq/retry-all is never the DLQ entry "retry-all", so GET
-/// on it is a 405 (POST only), not a 404 for a missing entry.
-bool route_table::match(const route_spec& r, const std::vector<std::string>& segs,
-                        params& out) const {
+bool route_table::match(const route_spec& r, const std::vector<std::string_view>& segs) {
   auto& pattern = r.pattern;
   if (pattern.size() != segs.size())
     return false;
@@ -91,29 +117,16 @@ bool route_table::match(const route_spec& r, const std::vector<std::string>& seg
         return false;
       continue;
     }
-    for (auto& other : routes_)
-      if (other.pattern.size() == pattern.size() && other.pattern[i] == segs[i]
-          && std::equal(pattern.begin(), pattern.begin() + static_cast<std::ptrdiff_t>(i),
-                        other.pattern.begin()))
-        return false;
-    out.push_back(segs[i]);
+    auto& reserved = r.reserved[i];
+    if (std::find(reserved.begin(), reserved.end(), segs[i]) != reserved.end())
+      return false;
   }
   return true;
 }
 
 std::vector<std::string> split_path(std::string_view path) {
   std::vector<std::string> out;
-  std::size_t at = 0;
-  while (at <= path.size()) {
-    auto slash = path.find('/', at);
-    auto seg
-      = path.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
-    if (!seg.empty())
-      out.emplace_back(seg);
-    if (slash == std::string_view::npos)
-      break;
-    at = slash + 1;
-  }
+  for_each_segment(path, [&](std::string_view seg) { out.emplace_back(seg); });
   return out;
 }
 

@@ -64,6 +64,10 @@ struct route_spec {
   std::string method;
   std::string label;                ///< the pattern as written, the metrics' route label
   std::vector<std::string> pattern; ///< the label's segments
+  /// Per segment: for a parameter, the literals other routes spell at that
+  /// place after the same segments (a parameter never matches one of them);
+  /// empty for a literal segment. Filled once the table is complete.
+  std::vector<std::vector<std::string>> reserved;
 };
 
 /// What a request's method and path matched.
@@ -86,11 +90,29 @@ public:
 
 private:
   void add(route_id id, std::string method, const std::string& path);
-  [[nodiscard]] bool match(const route_spec& r, const std::vector<std::string>& segs,
-                           params& out) const;
+  /// Fills every route's `reserved` literals (the constructor, once).
+  void reserve_literals();
+  /// Whether the (decoded) segments match route `r`'s pattern.
+  [[nodiscard]] static bool match(const route_spec& r, const std::vector<std::string_view>& segs);
 
   std::vector<route_spec> routes_;
 };
+
+/// Calls `f` with each segment of a path split on '/', empty ones left out.
+template <class F>
+void for_each_segment(std::string_view path, F&& f) {
+  std::size_t at = 0;
+  while (at <= path.size()) {
+    auto slash = path.find('/', at);
+    auto seg
+      = path.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
+    if (!seg.empty())
+      f(seg);
+    if (slash == std::string_view::npos)
+      break;
+    at = slash + 1;
+  }
+}
 
 /// Splits a path on '/', leaving out empty segments.
 [[nodiscard]] std::vector<std::string> split_path(std::string_view path);
