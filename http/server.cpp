@@ -413,6 +413,8 @@ private:
     // that has the answer (answer_direct); this thread learns of the next
     // request when its bytes arrive.
     direct_ = keep_alive_ && !req.websocket;
+    if (!direct_ && idle_armed_)
+      idle_.cancel(); // answered and read on by the loop, with their own timeouts
     if (direct_) {
       std::lock_guard<std::mutex> guard{out_mutex_};
       answering_ = true;
@@ -444,7 +446,8 @@ private:
   void await_next() {
     if (buffer_.size() > 0) // the next request came with this one: nothing to wait for
       return on_readable({});
-    arm_idle(state_->opts.read_timeout);
+    if (!idle_armed_)
+      arm_idle(state_->opts.read_timeout);
     auto space = buffer_.prepare(beast::read_size_or_throw(buffer_, 65536));
     stream_.socket().async_read_some(
       space, [self = shared_from_this()](beast::error_code ec, std::size_t n) {
@@ -453,16 +456,22 @@ private:
       });
   }
 
+  /// The idle timer is armed once and stays armed across keep-alive
+  /// requests (it checks the time since the last answer when it fires):
+  /// cancelling and arming it for every request cost a cancelled
+  /// completion through the loop and two timer-queue updates per publish.
   void arm_idle(std::chrono::steady_clock::duration after) {
+    idle_armed_ = true;
     idle_.expires_after(after);
     idle_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      self->idle_armed_ = false;
       if (ec)
         return;
       std::unique_lock<std::mutex> guard{self->out_mutex_};
-      if (self->readable_ || !self->open_)
-        return; // the next request is read (with its own timeout), or closed
+      if (!self->open_ || !self->direct_)
+        return; // closed, or a request the loop reads and answers with its own timeouts
       auto limit = self->state_->opts.read_timeout;
-      if (self->answering_) { // still handled: not idle
+      if (self->answering_ || self->readable_) { // handled, or the next one is read: not idle
         guard.unlock();
         return self->arm_idle(limit);
       }
@@ -493,7 +502,6 @@ private:
 
   /// Reads the next request (on the loop), once the answer is out and bytes came.
   void next_request() {
-    idle_.cancel();
     head_ = false;
     if (auto ec = std::exchange(read_error_, {}))
       return on_error(ec);
@@ -740,6 +748,7 @@ private:
 
   beast::tcp_stream stream_;
   net::steady_timer idle_{stream_.get_executor()};
+  bool idle_armed_ = false; ///< idle_ has a wait pending (the loop's thread only)
   net::steady_timer body_timer_{stream_.get_executor()}; ///< a body's http.read_timeout
   bool body_timer_armed_ = false;
   std::uint64_t body_timer_gen_ = 0; ///< which arming a timer completion belongs to

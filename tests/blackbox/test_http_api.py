@@ -1121,6 +1121,29 @@ class LimitsTest(ServerTestCase):
         self.assertEqual((got, how), (b"", "eof"), f"after {elapsed:.1f} s")
         self.assertGreater(elapsed, 0.8, "closed before the read timeout")
 
+    def test_idle_time_counts_from_the_last_answer(self):
+        """Requests 0.7 s apart (each gap under read_timeout, 1 s, their sum well
+        over it) keep one connection; it is closed once silent for read_timeout
+        after its last answer, not sooner."""
+        s = self.srv.connect()
+        topic = new_topic()
+        try:
+            body = b'{"data":1}'
+            for i in range(4):
+                if i:
+                    time.sleep(0.7)
+                s.sendall((f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+                self.assertEqual(self.read_answers(s, 1)[0].status, 201, f"request {i}")
+            start = time.monotonic()
+            got, how = read_until_closed(s, 6)
+        finally:
+            s.close()
+        elapsed = time.monotonic() - start
+        self.assertEqual((got, how), (b"", "eof"), f"after {elapsed:.1f} s")
+        self.assertGreater(elapsed, 0.8, "closed before the read timeout")
+        self.assertEqual(self.srv.topics()[topic]["events"], 4)
+
     def test_many_publishes_on_one_keep_alive_connection(self):
         topic = new_topic()
         conn = http.client.HTTPConnection(self.srv.host, self.srv.port, timeout=5)
