@@ -72,7 +72,7 @@ void publish(const api_env& env, request& req, const std::string& topic, respond
   auto trace = actors::trace_publish(env.node.tracing(), *items, topic,
                                      caller ? caller->parent_id : 0, "http", req.received_ns);
   env.node.publish(topic, std::move(*items),
-                   [respond, trace,
+                   [respond = std::move(respond), trace,
                     tracer = env.node.tracing()](actors::result<std::vector<actors::published>> r) {
                      if (!r)
                        return respond(error_response(r.error()));
