@@ -153,7 +153,7 @@ void append_member_text(std::string& out, std::string_view name, std::string_vie
   out += text;
 }
 
-void append_member(std::string& out, const char* name, const json& value) {
+void append_member(std::string& out, std::string_view name, const json& value) {
   append_member_text(out, name, value.dump());
 }
 
@@ -168,7 +168,7 @@ std::string too_many(std::size_t n, std::size_t max_events) {
 }
 
 /// The members of an event's fragment, in the order events show them.
-constexpr const char* fragment_members[]
+constexpr std::string_view fragment_members[]
   = {"type", "source", "correlation_id", "causation_id", "trace_id", "headers", "data"};
 constexpr std::size_t trace_slot = 4; ///< the members before it are strings shown as given
 constexpr std::size_t headers_slot = 5;
