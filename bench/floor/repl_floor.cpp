@@ -414,13 +414,17 @@ private:
       rapidjson::StringStream body{msg.body().c_str()};
       rapidjson::BaseReaderHandler<> ignore;
       auto target = msg.target();
-      if (msg.method() != boost::beast::http::verb::post
-          || !reader.Parse<rapidjson::kParseStopWhenDoneFlag>(body, ignore)) {
+      auto path_at = target.find("/v1/topics/");
+      if (msg.method() != boost::beast::http::verb::post || path_at != 0) { // publishes only
+        c.out += "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        flush(c);
+        continue;
+      }
+      if (!reader.Parse(body, ignore)) { // one JSON value, nothing after it
         c.out += "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
         flush(c);
         continue;
       }
-      auto path_at = target.find("/v1/topics/");
       auto slash = target.find('/', path_at + 11);
       topic_ = std::string{target.substr(path_at + 11, slash - path_at - 11)};
       append(0, std::move(msg.body()), -1, (c.gen << 20) | static_cast<std::uint64_t>(c.fd));
@@ -668,7 +672,7 @@ int main(int argc, char** argv) {
   std::uint32_t partitions = 1;
   std::size_t prezero = 0;
   std::vector<int> cluster;
-  std::string data, rocksdb_dir;
+  std::string data, rocksdb_dir, parse;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--id")
@@ -688,7 +692,7 @@ int main(int argc, char** argv) {
     else if (k == "--prezero")
       prezero = std::stoul(v);
     else if (k == "--parse")
-      beast_parse = v == "beast";
+      parse = v;
     else if (k == "--cluster")
       for (std::size_t at = 0; at < v.size();) {
         auto comma = v.find(',', at);
@@ -698,10 +702,12 @@ int main(int argc, char** argv) {
   }
   if (nodes == 1 && id < 0)
     id = 0;
+  beast_parse = parse == "beast";
   bool ok = (nodes == 1 || (nodes == max_nodes && cluster.size() == max_nodes && resp == 0))
             && id >= 0 && id < nodes && http > 0 && !data.empty() && partitions >= 1
             && partitions <= max_partitions && (nodes > 1 || partitions == 1)
-            && (rocksdb_dir.empty() || nodes == 1) && (!beast_parse || nodes == 1);
+            && (rocksdb_dir.empty() || nodes == 1)
+            && (parse.empty() || (beast_parse && nodes == 1));
   if (!ok) {
     std::fprintf(stderr, "usage: repl_floor --id 0|1|2 --http PORT --cluster P0,P1,P2 --data FILE "
                          "[--prezero MIB] [--partitions P]\n"
