@@ -318,13 +318,6 @@ using inflight_pos = std::unordered_map<std::string, in_flight>::iterator;
 
 /// Answers the delivery at `it` to its sender and forgets it; `indexed`:
 /// it is still in `at` (the caller took it out otherwise).
-/// The traceparent a delivery attempt carries to its agent, when tracing is
-/// on: the event's trace, the attempt's span as parent.
-std::string traceparent_of(const instance_actor_state& st, const delivery& d) {
-  return st.ctx->tracing ? attempt_traceparent(*st.ctx->tracing, d.event, d.delivery_id)
-                         : std::string{};
-}
-
 void answer_at(instance_actor_t self, inflight_pos it, bool ok, std::string result,
                std::string emit, std::string error, bool timed_out, bool indexed) {
   auto& st = self->state;
@@ -463,11 +456,11 @@ void send_to_child(instance_actor_t self, const delivery& d) {
   auto& st = self->state;
   if (!st.writer)
     return; // sent when the child is back
-  std::string line = R"({"type":"event","delivery":)" + json(d.delivery_id).dump()
-                     + R"(,"attempt":)" + std::to_string(d.attempt);
-  if (auto parent = traceparent_of(st, d); !parent.empty())
-    line += R"(,"traceparent":")" + parent + "\"";
-  line += R"(,"event":)" + d.event + "}\n";
+  std::string line = R"({"type":"event",)";
+  append_delivery_members(line, d.delivery_id, d.attempt,
+                          attempt_traceparent(st.ctx->tracing.get(), d.event, d.delivery_id),
+                          d.event);
+  line += "}\n";
   st.writer->push(std::move(line));
 }
 
@@ -968,7 +961,8 @@ void take_delivery(instance_actor_t self, delivery&& msg) {
   if (st.poster) {
     auto me = caf::actor_cast<caf::actor>(self);
     std::vector<std::pair<std::string, std::string>> headers;
-    if (auto parent = traceparent_of(st, d); !parent.empty())
+    if (auto parent = attempt_traceparent(st.ctx->tracing.get(), d.event, d.delivery_id);
+        !parent.empty())
       headers.emplace_back("traceparent", std::move(parent));
     st.poster->post(
       d.event, st.agent->cfg.timeout,

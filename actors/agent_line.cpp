@@ -4,6 +4,22 @@
 
 namespace nerve::actors {
 
+void append_delivery_members(std::string& out, const std::string& delivery_id,
+                             std::uint32_t attempt, std::string_view traceparent,
+                             std::string_view event) {
+  out += R"("delivery":)";
+  out += nlohmann::json(delivery_id).dump();
+  out += R"(,"attempt":)";
+  out += std::to_string(attempt);
+  if (!traceparent.empty()) {
+    out += R"(,"traceparent":")";
+    out += traceparent;
+    out += '"';
+  }
+  out += R"(,"event":)";
+  out += event;
+}
+
 agent_reply parse_agent_line(const std::string& line) {
   agent_reply r;
   auto msg = nlohmann::json::parse(line, nullptr, false);

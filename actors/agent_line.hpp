@@ -4,7 +4,9 @@
 // be fuzzed (tests/fuzz/agent_line.cpp).
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace nerve::actors {
 
@@ -22,5 +24,13 @@ struct agent_reply {
 /// is not JSON, has no string `delivery` or a `type` that is no string is
 /// not_a_reply.
 [[nodiscard]] agent_reply parse_agent_line(const std::string& line);
+
+/// Appends the members a delivery shows its worker, `"delivery":<id>,
+/// "attempt":<n>[,"traceparent":"<tp>"],"event":<stored event>`: a process
+/// agent's event line (after its `"type":"event"`) and each entry of a pull
+/// worker's fetch answer. `traceparent` empty: left out.
+void append_delivery_members(std::string& out, const std::string& delivery_id,
+                             std::uint32_t attempt, std::string_view traceparent,
+                             std::string_view event);
 
 } // namespace nerve::actors

@@ -242,9 +242,7 @@ public:
                          std::vector<pulled_delivery> out;
                          out.reserve(r->size());
                          for (auto& d : *r) {
-                           auto parent = tracing
-                                           ? attempt_traceparent(*tracing, d.event, d.delivery_id)
-                                           : std::string{};
+                           auto parent = attempt_traceparent(tracing.get(), d.event, d.delivery_id);
                            out.push_back({std::move(d.delivery_id), d.attempt, std::move(d.event),
                                           std::move(parent)});
                          }

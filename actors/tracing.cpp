@@ -304,12 +304,14 @@ void record_publish(tracer& t, const publish_trace& trace, const std::vector<pub
   }
 }
 
-std::string attempt_traceparent(const tracer& t, std::string_view event_json,
+std::string attempt_traceparent(const tracer* t, std::string_view event_json,
                                 std::string_view delivery_id) {
+  if (t == nullptr)
+    return {};
   auto trace = find_trace_id(event_json);
   if (trace.empty())
     return {};
-  return traceparent(trace, delivery_span_id(delivery_id), t.sampled(trace));
+  return traceparent(trace, delivery_span_id(delivery_id), t->sampled(trace));
 }
 
 void record_attempt(tracer& t, const attempt_trace& a) {

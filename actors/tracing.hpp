@@ -135,9 +135,9 @@ void record_attempt(tracer& t, const attempt_trace& a);
 
 /// The traceparent a delivery attempt carries to its agent (a process
 /// agent's line, an http agent's header, a pull worker's fetch answer): the
-/// event's trace, the attempt's span as parent; empty when the event has no
-/// trace id.
-[[nodiscard]] std::string attempt_traceparent(const tracer& t, std::string_view event_json,
+/// event's trace, the attempt's span as parent; empty when tracing is off
+/// (`t` null) or the event has no trace id.
+[[nodiscard]] std::string attempt_traceparent(const tracer* t, std::string_view event_json,
                                               std::string_view delivery_id);
 
 /// What the spans of one publish need from its items, taken before the

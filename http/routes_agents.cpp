@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/agent_line.hpp"
 #include "actors/event_input.hpp"
 #include "http/problem.hpp"
 #include "http/routes_private.hpp"
@@ -210,24 +211,21 @@ void pull_fetch(const api_env& env, request& req, const std::string& agent, resp
   }
   actors::pull_request pr{
     consumer, {}, static_cast<std::uint32_t>(max), static_cast<std::uint32_t>(wait_ms), false};
-  env.node.pull_fetch(agent, std::move(pr),
-                      [respond](actors::result<std::vector<actors::pulled_delivery>> r) {
-                        if (!r)
-                          return respond(error_response(r.error()));
-                        std::string out = R"({"deliveries":[)";
-                        bool first = true;
-                        for (auto& d : *r) {
-                          out += first ? "{" : ",{";
-                          first = false;
-                          out += R"("delivery":)" + json(d.delivery).dump() + R"(,"attempt":)"
-                                 + std::to_string(d.attempt);
-                          if (!d.traceparent.empty())
-                            out += R"(,"traceparent":")" + d.traceparent + "\"";
-                          out += R"(,"event":)" + d.event + "}";
-                        }
-                        out += "]}";
-                        respond(json_response(200, std::move(out)));
-                      });
+  env.node.pull_fetch(
+    agent, std::move(pr), [respond](actors::result<std::vector<actors::pulled_delivery>> r) {
+      if (!r)
+        return respond(error_response(r.error()));
+      std::string out = R"({"deliveries":[)";
+      bool first = true;
+      for (auto& d : *r) {
+        out += first ? "{" : ",{";
+        first = false;
+        actors::append_delivery_members(out, d.delivery, d.attempt, d.traceparent, d.event);
+        out += "}";
+      }
+      out += "]}";
+      respond(json_response(200, std::move(out)));
+    });
 }
 
 void pull_ack(const api_env& env, request& req, const std::string& agent, responder& respond) {
