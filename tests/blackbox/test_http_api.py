@@ -1106,32 +1106,16 @@ class LimitsTest(ServerTestCase):
         stored = [e["data"] for p in range(4) for e in self.srv.read_partition(topic, p)]
         self.assertEqual(sorted(stored), list(range(12)))
 
-    def test_connection_idle_after_an_answer_is_closed(self):
+    def publish_then_idle(self, topic, requests, gap):
+        """Publishes `requests` events on one keep-alive connection, `gap` s apart,
+        then asserts the server closes it, silent, no sooner than read_timeout
+        (1 s) after the last answer."""
         s = self.srv.connect()
         try:
             body = b'{"data":1}'
-            s.sendall((f"POST /v1/topics/{new_topic()}/events HTTP/1.1\r\nHost: x\r\n"
-                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-            self.assertEqual(self.read_answers(s, 1)[0].status, 201)
-            start = time.monotonic()
-            got, how = read_until_closed(s, 6)
-        finally:
-            s.close()
-        elapsed = time.monotonic() - start
-        self.assertEqual((got, how), (b"", "eof"), f"after {elapsed:.1f} s")
-        self.assertGreater(elapsed, 0.8, "closed before the read timeout")
-
-    def test_idle_time_counts_from_the_last_answer(self):
-        """Requests 0.7 s apart (each gap under read_timeout, 1 s, their sum well
-        over it) keep one connection; it is closed once silent for read_timeout
-        after its last answer, not sooner."""
-        s = self.srv.connect()
-        topic = new_topic()
-        try:
-            body = b'{"data":1}'
-            for i in range(4):
+            for i in range(requests):
                 if i:
-                    time.sleep(0.7)
+                    time.sleep(gap)
                 s.sendall((f"POST /v1/topics/{topic}/events HTTP/1.1\r\nHost: x\r\n"
                            f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
                 self.assertEqual(self.read_answers(s, 1)[0].status, 201, f"request {i}")
@@ -1142,6 +1126,16 @@ class LimitsTest(ServerTestCase):
         elapsed = time.monotonic() - start
         self.assertEqual((got, how), (b"", "eof"), f"after {elapsed:.1f} s")
         self.assertGreater(elapsed, 0.8, "closed before the read timeout")
+
+    def test_connection_idle_after_an_answer_is_closed(self):
+        self.publish_then_idle(new_topic(), 1, 0)
+
+    def test_idle_time_counts_from_the_last_answer(self):
+        """Requests 0.7 s apart (each gap under read_timeout, 1 s, their sum well
+        over it) keep one connection; it is closed once silent for read_timeout
+        after its last answer, not sooner."""
+        topic = new_topic()
+        self.publish_then_idle(topic, 4, 0.7)
         self.assertEqual(self.srv.topics()[topic]["events"], 4)
 
     def test_many_publishes_on_one_keep_alive_connection(self):
