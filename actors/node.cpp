@@ -142,7 +142,7 @@ public:
             std::shared_ptr<const io_latency> io, node_hooks hooks)
     : cfg_(cfg), hooks_(std::move(hooks)), io_(std::move(io)), log_(std::move(log)), store_(*log_),
       system_(configure(sys_cfg_, cfg_)), sender_(ctx_, system_),
-      publish_(cfg_.storage, *log_, ctx_.routes, flags_.draining, pool_, sender_),
+      publish_(cfg_.storage, *log_, ctx_.routes, flags_.draining, pool_, sender_, ctx_.tails),
       queries_(ctx_, pool_, sender_),
       dlq_(dlq_client{system_, [this] { return ctx_.dlq_actor(); }}),
       replays_(ctx_, pool_, sender_), health_(ctx_, *io_, flags_, queries_, pool_) {

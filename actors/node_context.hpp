@@ -52,6 +52,14 @@ struct partition_job {
 
 using job_ptr = std::shared_ptr<partition_job>;
 
+/// Answers each job with its share of `results`, in batch order (spends them).
+void answer_jobs(const std::vector<job_ptr>& jobs,
+                 std::vector<persistence::append_result>& results);
+
+/// Raises `a` to `v` unless it is higher already: an earlier incarnation of
+/// the partition actor may still report a lower offset.
+void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v);
+
 /// A topic creation request, answered on the runner.
 struct create_request {
   std::string topic;
@@ -230,6 +238,14 @@ struct follower_view {
 /// the runner restarts the partition; the group stats outlive restarts.
 struct partition_slot {
   caf::actor actor; ///< guarded by routing::mutex
+  /// The publish lane (publish_lane.hpp): while the partition's actor lends
+  /// its writer here (it is idle, has no consumer groups and no replication
+  /// role), publishing threads append with it themselves, holding
+  /// lane_mutex, and the actor takes it back (under the same lock) before
+  /// anything else touches the writer.
+  std::mutex lane_mutex;
+  persistence::partition_writer* lane = nullptr; ///< guarded by lane_mutex
+  std::atomic<bool> lane_open{false};            ///< lane != nullptr, read without the lock
   std::atomic<std::uint64_t> queued{0};
   std::atomic<std::uint64_t> durable_end{0}; ///< offsets below are appended and durable
   std::atomic<bool> alive{false};

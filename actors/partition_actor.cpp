@@ -55,6 +55,15 @@ struct partition_state {
   partition_slot* slot = nullptr;
   std::uint32_t partition = 0;
   std::unique_ptr<persistence::partition_writer> writer;
+  /// `writer` is lent to the publish lane (partition_slot::lane).
+  bool lent = false;
+  bool quitting = false; ///< restarting or stopping: lends nothing
+
+  partition_state() = default;
+  partition_state(const partition_state&) = delete;
+  partition_state& operator=(const partition_state&) = delete;
+  /// Takes the writer back from the lane before it goes.
+  ~partition_state();
   std::vector<job_ptr> batch;
   std::size_t batch_events = 0;
   bool flush_scheduled = false;
@@ -127,6 +136,13 @@ struct partition_state {
 };
 
 using partition_actor_t = partition_actor::stateful_pointer<partition_state>;
+
+void reclaim_lane(partition_state& st);
+
+partition_state::~partition_state() {
+  if (slot != nullptr && writer)
+    reclaim_lane(*this);
+}
 
 std::int64_t now_us(const partition_state& st) {
   return st.ctx->log->opts().clock();
@@ -254,6 +270,8 @@ void restart_for_state(partition_actor_t self, const persistence::error& e) {
   spdlog::error("topic={} partition={}: {}; restarting", st.route->info.name, st.partition,
                 e.message);
   st.dlq_notes.clear();
+  st.quitting = true;
+  reclaim_lane(st);
   self->quit(caf::sec::runtime_error);
 }
 
@@ -471,12 +489,33 @@ void load_events(partition_actor_t self, group& g) {
   }
 }
 
-/// Raises `a` to `v` unless it is higher already: an earlier incarnation of
-/// the partition actor may still report a lower offset.
-void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
-  auto cur = a.load();
-  while (cur < v && !a.compare_exchange_weak(cur, v)) {
+/// Takes the writer back from the publish lane: once this returns no lane
+/// thread uses it, and everything they appended is in it.
+void reclaim_lane(partition_state& st) {
+  if (!st.lent)
+    return;
+  std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+  if (st.slot->lane == st.writer.get()) {
+    st.slot->lane = nullptr;
+    st.slot->lane_open.store(false, std::memory_order_release);
   }
+  st.lent = false;
+}
+
+/// Lends the writer to the publish lane while nothing but publishes would
+/// touch it: no consumer groups (their deliveries feed on the actor's own
+/// appends), no replication role, no batch of its own and no test hook
+/// before appends. Anything else takes it back first (reclaim_lane).
+void lend_lane(partition_state& st) {
+  if (st.quitting || st.role || !st.groups.empty() || !st.batch.empty()
+      || st.ctx->hooks->before_append)
+    return reclaim_lane(st);
+  if (st.lent)
+    return;
+  std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+  st.slot->lane = st.writer.get();
+  st.slot->lane_open.store(true, std::memory_order_release);
+  st.lent = true;
 }
 
 /// A single-node partition's durable end as the sync thread left it in the
@@ -802,21 +841,6 @@ cache_appended(partition_state& st, std::vector<persistence::append_result>& app
     at += n;
   }
   return followed;
-}
-
-/// Answers each job with its share of `results`, in batch order (spends them).
-void answer_jobs(const std::vector<job_ptr>& jobs,
-                 std::vector<persistence::append_result>& results) {
-  if (jobs.size() == 1 && jobs[0]->events.size() == results.size())
-    return jobs[0]->finish(std::move(results)); // all of them: no copy
-  std::size_t at = 0;
-  for (auto& job : jobs) {
-    auto n = job->events.size();
-    job->finish(std::vector<persistence::append_result>(
-      std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(at)),
-      std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(at + n))));
-    at += n;
-  }
 }
 
 // -- replication (cluster step 2, docs/architecture.md "Clustering") -----------------
@@ -1665,7 +1689,8 @@ bool append_local(partition_actor_t self) {
   return true;
 }
 
-void flush(partition_actor_t self) {
+/// flush() with the writer its own.
+void flush_now(partition_actor_t self) {
   auto& st = self->state;
   st.flush_scheduled = false;
   if (leads(st))
@@ -1725,6 +1750,12 @@ void flush(partition_actor_t self) {
     return;
   }
   commit_state(self); // what no append carried
+}
+
+void flush(partition_actor_t self) {
+  reclaim_lane(self->state);
+  flush_now(self);
+  lend_lane(self->state);
 }
 
 /// A consumer group engine for group `g` of this partition.
@@ -1802,6 +1833,13 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
   st.route = route;
   st.slot = route->slots[p].get();
   st.partition = p;
+  {
+    // An earlier actor of this partition may have lent its writer: closed
+    // before this one's is made, so it recovers every append the lane made.
+    std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+    st.slot->lane = nullptr;
+    st.slot->lane_open.store(false, std::memory_order_release);
+  }
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
   st.durable_end = st.writer->next_offset();
   if (ctx->replication) {
@@ -1823,7 +1861,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     for (std::size_t gi = 0; gi < st.groups.size(); ++gi)
       recover_group(self, gi);
   st.slot->recovered = true; // the node is ready once every partition is
-  schedule_flush(self);      // deliver the backlog
+  schedule_flush(self);      // deliver the backlog (and lend the writer to the lane)
   if (st.role) {
     show_followers(st);
     self->send(self, tick_atom::value);
@@ -1847,9 +1885,13 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       return true;
     },
     [=](join_group_atom, const std::string& agent, bool earliest) {
+      reclaim_lane(self->state);
       join_group(self, agent, earliest);
     },
-    [=](leave_group_atom, const std::string& agent) { leave_group(self, agent); },
+    [=](leave_group_atom, const std::string& agent) {
+      reclaim_lane(self->state);
+      leave_group(self, agent);
+    },
     [=](commit_atom) { // the held-back delivery state is due
       auto& st = self->state;
       st.state_timer = false;
@@ -1913,6 +1955,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       // A DLQ retry: the pending record and the entry's delete are one batch,
       // so a crash keeps either the entry or the redelivery, never neither.
       auto& st = self->state;
+      reclaim_lane(st);
       if (!writes_state(st))
         return not_led(st).message;
       if (!st.groups_ready) // a new leader's groups recover once the watermark is known
@@ -1935,6 +1978,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](dlq_put_atom, const dead_letter& d) -> std::string {
       auto& st = self->state;
+      reclaim_lane(st);
       if (!writes_state(st))
         return not_led(st).message;
       stage_dlq_put(st, entry_of(d));
@@ -1944,6 +1988,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](dlq_delete_atom, const std::string& id) -> std::string {
       auto& st = self->state;
+      reclaim_lane(st);
       if (!writes_state(st))
         return not_led(st).message;
       stage_dlq_delete(st, id);
@@ -1952,11 +1997,13 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       return {};
     },
     [=](fetch_atom, const fetch_request& req, std::uint64_t token, std::uint64_t round) {
+      reclaim_lane(self->state);
       on_fetch(self, req, token, round);
     },
     [=](unpark_atom, const std::string& node, std::uint64_t round) {
       // Its fetch session round has records of other partitions to send.
       auto& st = self->state;
+      reclaim_lane(st);
       auto it = st.followers.find(node);
       if (leads(st) && it != st.followers.end() && it->second.parked
           && it->second.parked_round == round)
@@ -1964,12 +2011,14 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](fetched_atom, std::uint64_t token, fetch_response& r) {
       // An answer to a fetch of an earlier role or log, or one given up, is dropped.
+      reclaim_lane(self->state);
       if (self->state.fetching && token == self->state.fetch_token)
         on_fetched(self, r);
     },
     [=](synced_atom, std::uint64_t gen, std::uint64_t end) {
       // This follower's own sync: its leader hears of it.
       auto& st = self->state;
+      reclaim_lane(st);
       if (gen != st.fetch_generation || !st.role || st.role->role != role_kind::follower)
         return;
       st.synced_end = std::max(st.synced_end, std::min(end, st.writer->next_offset()));
@@ -1977,10 +2026,17 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
         return send_fetch(self); // its position says it
       st.ctx->replication->send(st.role->leader, link_synced(position_of(st)));
     },
-    [=](synced_atom, const fetch_request& req) { on_follower_synced(self, req); },
-    [=](role_atom) { on_role(self); },
+    [=](synced_atom, const fetch_request& req) {
+      reclaim_lane(self->state);
+      on_follower_synced(self, req);
+    },
+    [=](role_atom) {
+      reclaim_lane(self->state);
+      on_role(self);
+    },
     [=](tick_atom) {
       auto& st = self->state;
+      reclaim_lane(st);
       if (!st.batch.empty())
         flush(self); // publishes held for a leader
       if (leads(st)) {
@@ -2001,6 +2057,8 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     },
     [=](stop_atom) {
       auto& st = self->state;
+      st.quitting = true; // flush() lends nothing now
+      reclaim_lane(st);
       if (st.role && !st.acks.empty())
         return step_down(self, "the node is shutting down");
       write_counters(st, true);

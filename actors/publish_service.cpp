@@ -11,6 +11,9 @@
 #include <unordered_map>
 #include <utility>
 
+#include <rocksdb/write_batch.h>
+
+#include "actors/publish_lane.hpp"
 #include "persistence/ids.hpp"
 
 namespace nerve::actors::detail {
@@ -188,9 +191,9 @@ result<std::size_t> admit(const std::string& topic, topic_route& route,
 
 publish_service::publish_service(const config::storage_config& storage, persistence::event_log& log,
                                  routing& routes, const std::atomic<bool>& draining,
-                                 query_pool& pool, actor_sender& sender)
+                                 query_pool& pool, actor_sender& sender, tail_hub& tails)
   : storage_(storage), log_(log), routes_(routes), draining_(draining), pool_(pool),
-    sender_(sender) {
+    sender_(sender), tails_(tails) {
 }
 
 void publish_service::create_then(const std::string& topic, std::uint32_t partitions,
@@ -364,7 +367,7 @@ void publish_service::route_items(const std::string& topic, std::vector<publish_
     job->done = [join, idx = std::move(parts.index[p])](append_outcome r) {
       join->answer(idx, std::move(r));
     };
-    sender_.publish(*route, p, std::move(job));
+    submit(route, p, std::move(job));
   }
   for (auto& [owner, work] : remote) {
     auto index = std::make_shared<std::vector<std::vector<std::size_t>>>(std::move(work.second));
@@ -440,4 +443,168 @@ void publish_service::append_local(const std::string& topic, std::uint32_t parti
   }
 }
 
+// -- the publish lane (publish_lane.hpp) --------------------------------------
+
+namespace {
+
+/// A lane thread's publishes of the current pass of its loop.
+struct lane_pass {
+  publish_service* service = nullptr;
+  std::vector<publish_service::lane_item> items;
+};
+
+thread_local pass_poster lane_poster;
+thread_local std::shared_ptr<lane_pass> open_pass;
+
+} // namespace
+
+void publish_service::submit(const std::shared_ptr<topic_route>& route, std::uint32_t p,
+                             job_ptr job) {
+  if (!lane_poster || !route->slots[p]->lane_open.load(std::memory_order_acquire)
+      || (open_pass && open_pass->service != this))
+    return sender_.publish(*route, p, std::move(job));
+  if (!open_pass) {
+    open_pass = std::make_shared<lane_pass>();
+    open_pass->service = this;
+    lane_poster([pass = open_pass] {
+      if (open_pass == pass)
+        open_pass.reset(); // what comes next is the next pass's
+      pass->service->flush_lane(pass->items);
+    });
+  }
+  open_pass->items.push_back({route, p, std::move(job)});
+}
+
+void publish_service::flush_lane(std::vector<lane_item>& items) {
+  auto slot_of = [](const lane_item& i) { return i.route->slots[i.p].get(); };
+  // Two threads lock the lanes they share in one order: the slots' addresses.
+  std::stable_sort(items.begin(), items.end(), [&](const lane_item& a, const lane_item& b) {
+    return std::less<const partition_slot*>{}(slot_of(a), slot_of(b));
+  });
+  struct part {
+    std::size_t first = 0, last = 0; ///< its items
+    std::vector<persistence::new_event> events;
+    std::optional<persistence::partition_writer::staged> staged;
+    std::optional<persistence::error> failed;
+    std::vector<persistence::append_result> results;
+    std::uint64_t end = 0;
+    bool closed = false; ///< the actor took its writer back: the jobs go to it
+  };
+  std::vector<part> parts;
+  std::size_t bytes = 64;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (parts.empty() || slot_of(items[parts.back().first]) != slot_of(items[i]))
+      parts.push_back(part{i, i, {}, {}, {}, {}, 0, false});
+    parts.back().last = i + 1;
+    for (const auto& e : items[i].job->events)
+      bytes += e.fragment.size() + e.id.size() + e.key.size() + 256;
+  }
+  rocksdb::WriteBatch batch{bytes};
+  std::vector<std::unique_lock<std::mutex>> locks;
+  locks.reserve(parts.size());
+  for (auto& pt : parts) {
+    auto* slot = slot_of(items[pt.first]);
+    locks.emplace_back(slot->lane_mutex);
+    if (slot->lane == nullptr) {
+      pt.closed = true;
+      continue;
+    }
+    // The events' texts and ids move into the write; a job keeps its count.
+    for (auto i = pt.first; i < pt.last; ++i)
+      for (auto& e : items[i].job->events)
+        pt.events.push_back({std::move(e.id), std::move(e.key), std::move(e.fragment),
+                             std::move(e.type), std::move(e.source), e.generated});
+    auto staged = slot->lane->stage_append(pt.events, batch);
+    if (staged)
+      pt.staged = std::move(*staged);
+    else
+      pt.failed = staged.error();
+  }
+  std::optional<persistence::error> write_failed;
+  if (batch.Count() > 0)
+    write_failed = log_.write_batch(batch);
+  for (auto& pt : parts) {
+    if (!pt.staged)
+      continue;
+    auto* writer = slot_of(items[pt.first])->lane;
+    pt.results = writer->settle(*pt.staged, !write_failed);
+    pt.end = writer->next_offset();
+    if (write_failed)
+      pt.failed = write_failed;
+  }
+  locks.clear();
+
+  struct written {
+    partition_slot* slot;
+    std::shared_ptr<topic_route> route;
+    std::vector<job_ptr> jobs;
+    std::vector<persistence::append_result> results;
+    std::uint64_t end;
+  };
+  auto durable = std::make_shared<std::vector<written>>();
+  for (auto& pt : parts) {
+    if (pt.closed) {
+      for (auto i = pt.first; i < pt.last; ++i)
+        sender_.publish(*items[i].route, items[i].p, std::move(items[i].job));
+      continue;
+    }
+    if (pt.failed) {
+      for (auto i = pt.first; i < pt.last; ++i)
+        items[i].job->finish(tl::make_unexpected(*pt.failed));
+      continue;
+    }
+    written w{slot_of(items[pt.first]), items[pt.first].route, {}, std::move(pt.results), pt.end};
+    for (auto i = pt.first; i < pt.last; ++i)
+      w.jobs.push_back(std::move(items[i].job));
+    durable->push_back(std::move(w));
+  }
+  items.clear();
+  if (durable->empty())
+    return;
+  log_.after_durable([this, durable](std::optional<persistence::error> failure) {
+    for (auto& w : *durable) {
+      if (failure) {
+        for (auto& job : w.jobs)
+          job->finish(tl::make_unexpected(*failure));
+        continue;
+      }
+      // Counted before the publishers hear of it, as on the actor's path.
+      raise_to(w.slot->durable_end, w.end);
+      bool groups = false;
+      {
+        std::lock_guard<std::mutex> guard{w.slot->groups_mutex};
+        groups = !w.slot->groups.empty();
+        for (auto& g : w.slot->groups)
+          raise_to(g->end, w.end);
+      }
+      if (groups) { // joined since: its actor delivers what is durable now
+        std::shared_lock<std::shared_mutex> guard{routes_.mutex};
+        sender_.wake(*w.slot);
+      }
+      std::vector<std::string> followed;
+      if (tails_.active.load(std::memory_order_relaxed) > 0)
+        for (auto& r : w.results)
+          if (r.status == persistence::append_status::appended)
+            followed.push_back(r.json);
+      answer_jobs(w.jobs, w.results);
+      if (!followed.empty())
+        tails_.deliver(w.route->info.name, followed);
+    }
+  });
+}
+
 } // namespace nerve::actors::detail
+
+namespace nerve::actors {
+
+void set_pass_poster(pass_poster post) {
+  detail::lane_poster = std::move(post);
+}
+
+void end_lane_thread() {
+  detail::lane_poster = nullptr;
+  // A pass whose flush never ran: its jobs answer that the partition stopped.
+  detail::open_pass.reset();
+}
+
+} // namespace nerve::actors

@@ -21,7 +21,7 @@ public:
   /// `draining` turns true when the node shuts down: publishes are refused.
   publish_service(const config::storage_config& storage, persistence::event_log& log,
                   routing& routes, const std::atomic<bool>& draining, query_pool& pool,
-                  actor_sender& sender);
+                  actor_sender& sender, tail_hub& tails);
 
   /// node::publish: refuses more items than a partition queues, and an id
   /// used on another topic, before anything is appended.
@@ -57,13 +57,31 @@ private:
   /// `queued`: it waited behind the topic's creation and goes now.
   void route_items(const std::string& topic, std::vector<publish_item> items,
                    callback<std::vector<published>> done, bool may_create, bool queued = false);
+  /// Hands `job` to partition `p`: to the calling thread's lane pass when
+  /// the thread has one and the partition's actor lends its writer, else to
+  /// the actor.
+  void submit(const std::shared_ptr<topic_route>& route, std::uint32_t p, job_ptr job);
 
+public:
+  /// The publishes a lane thread took in during one pass of its loop.
+  struct lane_item {
+    std::shared_ptr<topic_route> route;
+    std::uint32_t p = 0;
+    job_ptr job;
+  };
+  /// Appends a pass's publishes: one write for all their partitions (whose
+  /// lanes are locked in one order), one sync waiter that answers them;
+  /// a partition whose actor took its writer back gets its jobs by message.
+  void flush_lane(std::vector<lane_item>& items);
+
+private:
   const config::storage_config& storage_;
   persistence::event_log& log_;
   routing& routes_;
   const std::atomic<bool>& draining_;
   query_pool& pool_;
   actor_sender& sender_;
+  tail_hub& tails_;
   cluster_client* cluster_ = nullptr;
   control_plane* control_ = nullptr;
   /// Publishes to topics being created wait here, in arrival order, so that

@@ -23,6 +23,26 @@ void partition_job::finish(append_outcome r) {
   fn(std::move(r));
 }
 
+void answer_jobs(const std::vector<job_ptr>& jobs,
+                 std::vector<persistence::append_result>& results) {
+  if (jobs.size() == 1 && jobs[0]->events.size() == results.size())
+    return jobs[0]->finish(std::move(results)); // all of them: no copy
+  std::size_t at = 0;
+  for (const auto& job : jobs) {
+    auto n = job->events.size();
+    job->finish(std::vector<persistence::append_result>(
+      std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(at)),
+      std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(at + n))));
+    at += n;
+  }
+}
+
+void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
+  auto cur = a.load();
+  while (cur < v && !a.compare_exchange_weak(cur, v)) {
+  }
+}
+
 partition_job::~partition_job() {
   if (!done)
     return; // answered (the usual case): no error to build

@@ -25,6 +25,7 @@
 #include <boost/asio.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/publish_lane.hpp"
 #include "http/resp_reader.hpp"
 
 namespace nerve::http::resp {
@@ -683,7 +684,11 @@ tl::expected<void, std::string> server::start() {
   for (auto& loop : impl_->loops)
     impl_->threads.emplace_back([l = loop.get()] {
       ::pthread_setname_np(::pthread_self(), "nerve.resp");
+      // Publishes read in one pass of this loop are appended together at
+      // its end (actors/publish_lane.hpp).
+      actors::set_pass_poster([l](std::function<void()> fn) { net::post(*l, std::move(fn)); });
       l->run();
+      actors::end_lane_thread();
     });
   return {};
 }

@@ -19,6 +19,7 @@
 #include <boost/beast/websocket.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/publish_lane.hpp"
 #include "http/problem.hpp"
 #include "http/server_request.hpp"
 
@@ -847,7 +848,11 @@ tl::expected<void, std::string> server::start() {
   for (auto& loop : impl_->loops)
     impl_->threads.emplace_back([l = loop.get()] {
       ::pthread_setname_np(::pthread_self(), "nerve.http");
+      // Publishes read in one pass of this loop are appended together at
+      // its end (actors/publish_lane.hpp).
+      actors::set_pass_poster([l](std::function<void()> fn) { net::post(*l, std::move(fn)); });
       l->run();
+      actors::end_lane_thread();
     });
   return {};
 }

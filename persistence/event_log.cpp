@@ -179,14 +179,7 @@ std::optional<error> partition_writer::fault_before_append() const {
 }
 
 rocksdb::Status partition_writer::write(rocksdb::WriteBatch& batch, bool sync) const {
-  quiet_perf_counters();
-  rocksdb::WriteOptions wo;
-  wo.sync = sync && !log_.wal_broken_.load(); // see event_log::wal_broken_
-  auto started = std::chrono::steady_clock::now();
-  auto s = log_.db_->Write(wo, &batch);
-  if (log_.opts_.observe_io)
-    log_.opts_.observe_io(io_op::write, std::chrono::steady_clock::now() - started);
-  return s;
+  return log_.write_timed(batch, sync);
 }
 
 void partition_writer::stage_head(std::uint64_t next, rocksdb::WriteBatch& batch) const {
@@ -366,67 +359,105 @@ partition_writer::append(const std::vector<new_event>& events) {
 tl::expected<std::vector<append_result>, error>
 partition_writer::append(const std::vector<new_event>& events,
                          const std::function<void(rocksdb::WriteBatch&)>& also) {
-  if (auto fault = fault_before_append())
-    return tl::make_unexpected(*fault);
-  std::vector<append_result> results(events.size());
-  std::vector<std::string> reserved;
-  reserved.reserve(events.size());
-  auto now = std::max(log_.opts_.clock(), last_time_us_);
-  const std::uint64_t first_offset = next_offset_;
-  const auto run = open_run(now); // before offsets are assigned
-
-  if (auto failed = resolve(events, now, results, reserved)) {
-    next_offset_ = first_offset; // offsets stay dense: none of them was written
-    return tl::make_unexpected(*failed);
-  }
   // Sized up front: grown by appends, the batch was reallocated and copied
   // several times per group commit.
   std::size_t bytes = 64;
   for (const auto& e : events)
     bytes += e.fragment.size() + e.id.size() + e.key.size() + 256;
   rocksdb::WriteBatch batch{bytes};
-  const auto indexed = stage(events, now, results, batch);
-
-  rocksdb::Status s;
-  const auto records = batch.Count();
-  if (records > 0)
-    // The batch's events share one append time: one by_time run says where
-    // they are. No head record: the last event says where the log ends
-    // (retention and truncation write the head, recover_next_offset).
-    batch.Put(log_.by_time_, keys::time_key(now, topic_.id, partition_, run.first),
-              layout::time_run_value(next_offset_ - 1, run.indexed || indexed > 0));
+  auto staged = stage_append(events, batch);
+  if (!staged)
+    return tl::make_unexpected(staged.error());
   if (also)
     also(batch);
+  rocksdb::Status s;
   if (batch.Count() > 0)
     // Not synced here: under fsync always the caller waits for
     // after_durable(), which shares one fsync among every partition's writes.
     s = write(batch, false);
-  {
-    std::lock_guard<std::mutex> guard{log_.ids_mutex_};
-    for (auto& id : reserved)
-      log_.reserved_ids_.erase(id);
-  }
   if (!s.ok()) {
-    next_offset_ = first_offset;
+    settle(*staged, false);
     log_.note_write_error("append: " + s.ToString(), s);
     return tl::make_unexpected(
       io_error("appending to " + topic_.name + "/" + std::to_string(partition_), s));
   }
+  log_.failed_.store(false, std::memory_order_relaxed);
+  return settle(*staged, true);
+}
+
+tl::expected<partition_writer::staged, error>
+partition_writer::stage_append(const std::vector<new_event>& events, rocksdb::WriteBatch& batch) {
+  if (auto fault = fault_before_append())
+    return tl::make_unexpected(*fault);
+  staged out;
+  out.results.resize(events.size());
+  out.reserved.reserve(events.size());
+  out.time_us = std::max(log_.opts_.clock(), last_time_us_);
+  out.first_offset = next_offset_;
+  const auto run = open_run(out.time_us); // before offsets are assigned
+  if (auto failed = resolve(events, out.time_us, out.results, out.reserved)) {
+    next_offset_ = out.first_offset; // offsets stay dense: none of them was written
+    return tl::make_unexpected(*failed);
+  }
+  const auto before = batch.Count();
+  const auto indexed = stage(events, out.time_us, out.results, batch);
+  const auto records = batch.Count() - before;
+  out.run_first = run.first;
+  out.run_indexed = run.indexed || indexed > 0;
+  if (records > 0)
+    // The batch's events share one append time: one by_time run says where
+    // they are. No head record: the last event says where the log ends
+    // (retention and truncation write the head, recover_next_offset).
+    batch.Put(log_.by_time_, keys::time_key(out.time_us, topic_.id, partition_, run.first),
+              layout::time_run_value(next_offset_ - 1, out.run_indexed));
   // Offsets stay dense: every appended event took exactly the next one and
   // wrote one record (two when its id needs by_id); the batch also carries
   // the run.
-  const auto appended = next_offset_ - first_offset;
-  NERVE_ASSERT(records == appended + indexed,
+  NERVE_ASSERT(records == next_offset_ - out.first_offset + indexed,
                "each appended event takes the next offset and writes one record");
-  if (appended > 0) {
-    last_time_us_ = now;
-    last_run_ = run_start{run.first, run.indexed || indexed > 0};
+  return out;
+}
+
+std::vector<append_result> partition_writer::settle(staged& s, bool written) {
+  {
+    std::lock_guard<std::mutex> guard{log_.ids_mutex_};
+    for (auto& id : s.reserved)
+      log_.reserved_ids_.erase(id);
   }
-  log_.failed_.store(false, std::memory_order_relaxed);
-  return results;
+  s.reserved.clear();
+  if (!written) {
+    next_offset_ = s.first_offset;
+    return std::move(s.results);
+  }
+  if (next_offset_ > s.first_offset) {
+    last_time_us_ = s.time_us;
+    last_run_ = run_start{s.run_first, s.run_indexed};
+  }
+  return std::move(s.results);
 }
 
 // -- event_log ----------------------------------------------------------------
+
+rocksdb::Status event_log::write_timed(rocksdb::WriteBatch& batch, bool sync) {
+  quiet_perf_counters();
+  rocksdb::WriteOptions wo;
+  wo.sync = sync && !wal_broken_.load(); // see wal_broken_
+  auto started = std::chrono::steady_clock::now();
+  auto s = db_->Write(wo, &batch);
+  if (opts_.observe_io)
+    opts_.observe_io(io_op::write, std::chrono::steady_clock::now() - started);
+  return s;
+}
+
+std::optional<error> event_log::write_batch(rocksdb::WriteBatch& batch) {
+  auto s = write_timed(batch, false);
+  if (!s.ok()) {
+    note_write_error("append: " + s.ToString(), s);
+    return io_error("appending", s);
+  }
+  failed_.store(false, std::memory_order_relaxed);
+  return std::nullopt;
+}
 
 event_log::event_log(options opts) : opts_(std::move(opts)) {
 }

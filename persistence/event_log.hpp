@@ -175,7 +175,9 @@ struct append_result {
 class event_log;
 
 /// Appends to one partition. Owned by exactly one partition actor, so offsets
-/// are assigned without locks; the group commit is one WriteBatch, one sync.
+/// are assigned without locks (while the actor lends it to the publish lane,
+/// the lane's lock stands in for the actor); the group commit is one
+/// WriteBatch, one sync.
 /// A replicated partition's writer also keeps its leader-epoch checkpoint
 /// (event_log_replica.cpp): the leader appends, a follower apply()s what the
 /// leader stored, and a returning replica truncate_to()s the end of its last
@@ -195,6 +197,26 @@ public:
   [[nodiscard]] tl::expected<std::vector<append_result>, error>
   append(const std::vector<new_event>& events,
          const std::function<void(rocksdb::WriteBatch&)>& also);
+
+  /// An append staged into a batch that may hold other partitions' appends
+  /// (the publish lane, docs/architecture.md): its offsets are taken and its
+  /// records are in the batch, nothing is written yet.
+  struct staged {
+    std::vector<append_result> results;
+    std::vector<std::string> reserved; ///< ids held for this append until settled
+    std::uint64_t first_offset = 0;
+    std::int64_t time_us = 0;
+    std::uint64_t run_first = 0; ///< the by_time run the events joined
+    bool run_indexed = false;
+  };
+  /// Stages `events` into `batch` as append() would write them. The caller
+  /// writes the batch (event_log::write_batch) and then settle()s, before
+  /// any other call on this writer.
+  [[nodiscard]] tl::expected<staged, error> stage_append(const std::vector<new_event>& events,
+                                                         rocksdb::WriteBatch& batch);
+  /// Keeps a staged append whose batch was written, or takes it back
+  /// (`written` false: its offsets are given again); answers its results.
+  std::vector<append_result> settle(staged& s, bool written);
 
   [[nodiscard]] std::uint64_t next_offset() const { return next_offset_; }
 
@@ -388,6 +410,12 @@ public:
   [[nodiscard]] tl::expected<std::size_t, error> sweep_before(std::int64_t cutoff_us,
                                                               std::size_t max_events);
 
+  /// Writes a batch of appends staged for several partitions
+  /// (partition_writer::stage_append), unsynced: after_durable() says when
+  /// it is durable. On failure the caller settles each staged append as not
+  /// written.
+  [[nodiscard]] std::optional<error> write_batch(rocksdb::WriteBatch& batch);
+
   /// Runs `done` once a WAL sync that began after this call has finished:
   /// every write completed before the call is then on disk. Concurrent
   /// callers share one fsync (the group commit across partitions).
@@ -471,6 +499,8 @@ private:
   void note_error(const std::string& what);
   /// note_error() for a failed write; an I/O error also marks the WAL broken.
   void note_write_error(const std::string& what, const rocksdb::Status& s);
+  /// Writes `batch`, timed for options::observe_io.
+  [[nodiscard]] rocksdb::Status write_timed(rocksdb::WriteBatch& batch, bool sync);
   /// SyncWAL, timed for `observe_io`.
   [[nodiscard]] rocksdb::Status sync_wal();
   void fsync_loop();

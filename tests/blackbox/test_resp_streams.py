@@ -4,6 +4,8 @@ as a Redis consumer group by redis-py: XGROUP, XREADGROUP (new and pending), XAC
 XPENDING, XCLAIM, XAUTOCLAIM, XINFO; a worker that never acks ends in the DLQ. The same
 worker code runs against a real redis-server where the behaviour is shared."""
 
+import http.client
+import json
 import threading
 import time
 import unittest
@@ -320,6 +322,83 @@ class RedisGroupTest(RespTestCase):
         got = r.xreadgroup("tail", "c", {s: ">"}, count=100, block=2000)
         self.assertEqual([(e[0], e[1]) for e in got[0][1]], [(late, {"n": "late"})])
         self.assertEqual(r.xreadgroup("tail", "c", {s: ">"}, count=100, block=300), [])
+
+    def test_a_group_made_during_a_publish_load_reads_an_unbroken_tail(self):
+        # Partitions no group reads take publishes on the HTTP threads
+        # themselves (the publish lane, docs/architecture.md); a group made
+        # while they do hands each partition back to its actor. Nothing may be
+        # lost, doubled or skipped on the way: offsets stay dense, the group
+        # reads an unbroken tail of every partition, and every event published
+        # after XGROUP CREATE answered is in it.
+        srv, port = self.resp_server()
+        s = topic("handover")
+        self.assertEqual(srv.publish(s, [{"data": {"n": "first"}}]).status, 201)
+        acked = []  # (partition, offset, id, published after the group was made)
+        made = threading.Event()
+        stop = threading.Event()
+        errors = []
+
+        def publisher(w):
+            conn = http.client.HTTPConnection(srv.host, srv.port, timeout=15)
+            n = 0
+            try:
+                while not stop.is_set():
+                    after = made.is_set()
+                    body = json.dumps({"data": {"w": w, "n": n}})
+                    conn.request("POST", f"/v1/topics/{s}/events", body,
+                                 {"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    got = json.loads(r.read())
+                    if r.status != 201:
+                        errors.append((r.status, got))
+                        return
+                    e = got["events"][0]
+                    acked.append((e["partition"], e["offset"], e["id"], after))
+                    n += 1
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=publisher, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        r = redis.Redis(port=port, decode_responses=True)
+        self.assertTrue(r.xgroup_create(s, "tail", id="$"))
+        made.set()
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        self.assertEqual(errors, [])
+        self.assertGreater(sum(1 for a in acked if a[3]), 0, "no publish after the group")
+
+        stored = {}
+        for p in range(4):
+            events = srv.read_partition(s, p)
+            self.assertEqual([e["offset"] for e in events], list(range(len(events))),
+                             f"partition {p}: offsets not dense")
+            stored[p] = {e["offset"]: e["id"] for e in events}
+        for p, offset, eid, _ in acked:
+            self.assertEqual(stored[p].get(offset), eid, f"acknowledged {p}/{offset} not stored")
+        self.assertEqual(sum(len(v) for v in stored.values()), len(acked) + 1)
+
+        read = {p: [] for p in range(4)}
+        while True:
+            got = r.xreadgroup("tail", "c", {s: ">"}, count=1000, block=500)
+            if not got:
+                break
+            ids = [entry_id for entry_id, _ in got[0][1]]
+            for entry_id in ids:
+                _, p, offset = decode_id(entry_id, 4)
+                read[p].append(offset)
+            self.assertEqual(r.xack(s, "tail", *ids), len(ids))  # room for more
+        for p in range(4):
+            end = len(stored[p])
+            self.assertEqual(read[p], list(range(end - len(read[p]), end)),
+                             f"partition {p}: the group's tail is broken")
+        for p, offset, _, after in acked:
+            if after:
+                self.assertIn(offset, read[p], f"{p}/{offset}, published after the group")
 
     def test_a_made_group_keeps_pending_entries_and_survives_a_restart(self):
         srv, port = self.resp_server()
