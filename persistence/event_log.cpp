@@ -190,7 +190,11 @@ std::optional<error> partition_writer::resolve(const std::vector<new_event>& eve
                                                std::int64_t now,
                                                std::vector<append_result>& results,
                                                std::vector<std::string>& reserved) {
-  std::lock_guard<std::mutex> guard{log_.ids_mutex_};
+  // Ids nerve makes are unique by their place: only publishers' ids need the
+  // node-wide lock (and the reservations it guards).
+  std::unique_lock<std::mutex> guard{log_.ids_mutex_, std::defer_lock};
+  if (std::any_of(events.begin(), events.end(), [](const new_event& e) { return !e.generated; }))
+    guard.lock();
   std::vector<rocksdb::Slice> lookup;
   std::vector<std::size_t> lookup_index;
   // A publisher's id found where it says it is stored (an id nerve made,
@@ -419,12 +423,12 @@ partition_writer::stage_append(const std::vector<new_event>& events, rocksdb::Wr
 }
 
 std::vector<append_result> partition_writer::settle(staged& s, bool written) {
-  {
+  if (!s.reserved.empty()) {
     std::lock_guard<std::mutex> guard{log_.ids_mutex_};
     for (auto& id : s.reserved)
       log_.reserved_ids_.erase(id);
+    s.reserved.clear();
   }
-  s.reserved.clear();
   if (!written) {
     next_offset_ = s.first_offset;
     return std::move(s.results);
