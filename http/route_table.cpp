@@ -78,7 +78,7 @@ route_match route_table::match(const std::string& method, std::string_view path)
   route_match m;
   // The segments as views of the path; a segment with an escape is decoded
   // into `decoded` (reserved, so that the views stay put).
-  std::vector<std::string_view> segments;
+  segment_list segments;
   std::vector<std::string> decoded;
   for_each_segment(path, [&](std::string_view seg) { segments.push_back(seg); });
   for (auto& seg : segments) {
@@ -107,7 +107,7 @@ route_match route_table::match(const std::string& method, std::string_view path)
   return m;
 }
 
-bool route_table::match(const route_spec& r, const std::vector<std::string_view>& segs) {
+bool route_table::match(const route_spec& r, const segment_list& segs) {
   auto& pattern = r.pattern;
   if (pattern.size() != segs.size())
     return false;

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/container/small_vector.hpp>
+
 #include "http/server.hpp"
 
 namespace nerve::http {
@@ -92,8 +94,10 @@ private:
   void add(route_id id, std::string method, const std::string& path);
   /// Fills every route's `reserved` literals (the constructor, once).
   void reserve_literals();
+  /// A request path's segments; no route has more than 8 (no allocation).
+  using segment_list = boost::container::small_vector<std::string_view, 8>;
   /// Whether the (decoded) segments match route `r`'s pattern.
-  [[nodiscard]] static bool match(const route_spec& r, const std::vector<std::string_view>& segs);
+  [[nodiscard]] static bool match(const route_spec& r, const segment_list& segs);
 
   std::vector<route_spec> routes_;
 };
