@@ -45,8 +45,13 @@ struct partition_job {
   std::vector<persistence::new_event> events;
   std::function<void(append_outcome)> done;
   std::atomic<std::uint64_t>* queued = nullptr; ///< the slot's counter
+  /// On its way to the partition actor: the slot's partition_slot::to_actor,
+  /// given back when the actor takes the job (or the job is dropped).
+  std::atomic<std::int64_t>* ticket = nullptr;
 
   void finish(append_outcome r);
+  /// Gives the ticket back, if the job holds one.
+  void release_ticket();
   ~partition_job();
 };
 
@@ -246,6 +251,10 @@ struct partition_slot {
   std::mutex lane_mutex;
   persistence::partition_writer* lane = nullptr; ///< guarded by lane_mutex
   std::atomic<bool> lane_open{false};            ///< lane != nullptr, read without the lock
+  /// Publish jobs on their way to the actor (partition_job::ticket): the
+  /// lane opens only when there are none, so a connection's pipelined
+  /// publishes never overtake each other between the two paths.
+  std::atomic<std::int64_t> to_actor{0};
   std::atomic<std::uint64_t> queued{0};
   std::atomic<std::uint64_t> durable_end{0}; ///< offsets below are appended and durable
   std::atomic<bool> alive{false};

@@ -497,7 +497,7 @@ void reclaim_lane(partition_state& st) {
   std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
   if (st.slot->lane == st.writer.get()) {
     st.slot->lane = nullptr;
-    st.slot->lane_open.store(false, std::memory_order_release);
+    st.slot->lane_open.store(false);
   }
   st.lent = false;
 }
@@ -513,8 +513,15 @@ void lend_lane(partition_state& st) {
   if (st.lent)
     return;
   std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+  // Opened first, then the jobs on their way looked at: a publisher takes
+  // its ticket before it looks at the lane (publish_service::submit), so
+  // one of the two sees the other and no job of the actor's is overtaken.
+  st.slot->lane_open.store(true);
+  if (st.slot->to_actor.load() > 0) {
+    st.slot->lane_open.store(false);
+    return;
+  }
   st.slot->lane = st.writer.get();
-  st.slot->lane_open.store(true, std::memory_order_release);
   st.lent = true;
 }
 
@@ -1869,6 +1876,11 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
   return {
     [=](publish_atom, publish_job& job) {
       auto& st = self->state;
+      // The lane shut first, then the ticket given back: from here on the
+      // job waits in the batch, and what the partition is sent next queues
+      // behind it (lend_lane() opens the lane once the batch is written).
+      reclaim_lane(st);
+      job->release_ticket();
       st.batch_events += job->events.size();
       st.batch.push_back(std::move(job));
       if (st.batch_events >= st.ctx->cfg->storage.max_batch_events)

@@ -451,18 +451,45 @@ namespace {
 struct lane_pass {
   publish_service* service = nullptr;
   std::vector<publish_service::lane_item> items;
+  std::vector<const partition_slot*> slots; ///< those the items go to
 };
 
 thread_local pass_poster lane_poster;
 thread_local std::shared_ptr<lane_pass> open_pass;
 
+/// Tickets for the jobs of items [first, last), which go to the actor of
+/// `slot`; taken under its lane lock, so the lane cannot open before the
+/// actor has them (partition_actor's lend_lane).
+void to_actor(partition_slot& slot, std::vector<publish_service::lane_item>& items,
+              std::size_t first, std::size_t last) {
+  for (auto i = first; i < last; ++i) {
+    slot.to_actor.fetch_add(1);
+    items[i].job->ticket = &slot.to_actor;
+  }
+}
+
 } // namespace
 
 void publish_service::submit(const std::shared_ptr<topic_route>& route, std::uint32_t p,
                              job_ptr job) {
-  if (!lane_poster || !route->slots[p]->lane_open.load(std::memory_order_acquire)
-      || (open_pass && open_pass->service != this))
+  auto& slot = *route->slots[p];
+  // The ticket first, then the lane looked at (partition_actor's lend_lane).
+  // While another job is on its way to the actor this one follows it there:
+  // a publish of the same connection may be among them (one that waited for
+  // its topic's creation goes on from the runner's thread).
+  // A partition that has jobs in this pass already gets this one there too:
+  // the pass keeps them in order, whichever way it sends them at its end.
+  const bool others = slot.to_actor.fetch_add(1) > 0;
+  const bool in_pass = open_pass && open_pass->service == this
+                       && std::find(open_pass->slots.begin(), open_pass->slots.end(), &slot)
+                            != open_pass->slots.end();
+  if (!in_pass
+      && (!lane_poster || (open_pass && open_pass->service != this) || others
+          || !slot.lane_open.load())) {
+    job->ticket = &slot.to_actor;
     return sender_.publish(*route, p, std::move(job));
+  }
+  slot.to_actor.fetch_sub(1);
   if (!open_pass) {
     open_pass = std::make_shared<lane_pass>();
     open_pass->service = this;
@@ -472,6 +499,8 @@ void publish_service::submit(const std::shared_ptr<topic_route>& route, std::uin
       pass->service->flush_lane(pass->items);
     });
   }
+  if (!in_pass)
+    open_pass->slots.push_back(&slot);
   open_pass->items.push_back({route, p, std::move(job)});
 }
 
@@ -506,6 +535,7 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
     auto* slot = slot_of(items[pt.first]);
     locks.emplace_back(slot->lane_mutex);
     if (slot->lane == nullptr) {
+      to_actor(*slot, items, pt.first, pt.last);
       pt.closed = true;
       continue;
     }
@@ -521,16 +551,37 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
       pt.failed = staged.error();
   }
   std::optional<persistence::error> write_failed;
-  if (batch.Count() > 0)
-    write_failed = log_.write_batch(batch);
+  bool stalled = false;
+  if (batch.Count() > 0) {
+    auto written = log_.write_batch(batch);
+    if (!written)
+      write_failed = written.error();
+    else
+      stalled = !*written;
+  }
   for (auto& pt : parts) {
     if (!pt.staged)
       continue;
     auto* writer = slot_of(items[pt.first])->lane;
-    pt.results = writer->settle(*pt.staged, !write_failed);
+    pt.results = writer->settle(*pt.staged, !write_failed && !stalled);
     pt.end = writer->next_offset();
     if (write_failed)
       pt.failed = write_failed;
+    if (!stalled)
+      continue;
+    // RocksDB holds writes back for now: the events go back to their jobs
+    // and the jobs to the actors, which wait it out on their own thread
+    // while this one goes on serving its connections; the lane stays shut
+    // until the actor has appended them.
+    std::size_t k = 0;
+    for (auto i = pt.first; i < pt.last; ++i)
+      for (auto& e : items[i].job->events)
+        e = std::move(pt.events[k++]);
+    auto* slot = slot_of(items[pt.first]);
+    slot->lane = nullptr;
+    slot->lane_open.store(false);
+    to_actor(*slot, items, pt.first, pt.last);
+    pt.closed = true;
   }
   locks.clear();
 

@@ -43,7 +43,15 @@ void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
   }
 }
 
+void partition_job::release_ticket() {
+  if (ticket == nullptr)
+    return;
+  ticket->fetch_sub(1);
+  ticket = nullptr;
+}
+
 partition_job::~partition_job() {
+  release_ticket(); // dropped on its way (the actor died): the lane may open
   if (!done)
     return; // answered (the usual case): no error to build
   finish(tl::make_unexpected(persistence::error{persistence::errc::io_error,

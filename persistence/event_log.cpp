@@ -442,10 +442,11 @@ std::vector<append_result> partition_writer::settle(staged& s, bool written) {
 
 // -- event_log ----------------------------------------------------------------
 
-rocksdb::Status event_log::write_timed(rocksdb::WriteBatch& batch, bool sync) {
+rocksdb::Status event_log::write_timed(rocksdb::WriteBatch& batch, bool sync, bool no_slowdown) {
   quiet_perf_counters();
   rocksdb::WriteOptions wo;
   wo.sync = sync && !wal_broken_.load(); // see wal_broken_
+  wo.no_slowdown = no_slowdown;
   auto started = std::chrono::steady_clock::now();
   auto s = db_->Write(wo, &batch);
   if (opts_.observe_io)
@@ -453,14 +454,16 @@ rocksdb::Status event_log::write_timed(rocksdb::WriteBatch& batch, bool sync) {
   return s;
 }
 
-std::optional<error> event_log::write_batch(rocksdb::WriteBatch& batch) {
-  auto s = write_timed(batch, false);
+tl::expected<bool, error> event_log::write_batch(rocksdb::WriteBatch& batch) {
+  auto s = write_timed(batch, false, true);
+  if (s.IsIncomplete())
+    return false; // a write stall: nothing written
   if (!s.ok()) {
     note_write_error("append: " + s.ToString(), s);
-    return io_error("appending", s);
+    return tl::make_unexpected(io_error("appending", s));
   }
   failed_.store(false, std::memory_order_relaxed);
-  return std::nullopt;
+  return true;
 }
 
 event_log::event_log(options opts) : opts_(std::move(opts)) {

@@ -412,9 +412,11 @@ public:
 
   /// Writes a batch of appends staged for several partitions
   /// (partition_writer::stage_append), unsynced: after_durable() says when
-  /// it is durable. On failure the caller settles each staged append as not
-  /// written.
-  [[nodiscard]] std::optional<error> write_batch(rocksdb::WriteBatch& batch);
+  /// it is durable. A write RocksDB would hold back (a write stall: too many
+  /// memtables or level-0 files waiting) is not made and answers false: the
+  /// caller, an HTTP thread, must not sleep in it. On false or an error the
+  /// caller settles each staged append as not written.
+  [[nodiscard]] tl::expected<bool, error> write_batch(rocksdb::WriteBatch& batch);
 
   /// Runs `done` once a WAL sync that began after this call has finished:
   /// every write completed before the call is then on disk. Concurrent
@@ -499,8 +501,10 @@ private:
   void note_error(const std::string& what);
   /// note_error() for a failed write; an I/O error also marks the WAL broken.
   void note_write_error(const std::string& what, const rocksdb::Status& s);
-  /// Writes `batch`, timed for options::observe_io.
-  [[nodiscard]] rocksdb::Status write_timed(rocksdb::WriteBatch& batch, bool sync);
+  /// Writes `batch`, timed for options::observe_io; `no_slowdown`: fails
+  /// with Status::Incomplete rather than wait out a write stall.
+  [[nodiscard]] rocksdb::Status write_timed(rocksdb::WriteBatch& batch, bool sync,
+                                            bool no_slowdown = false);
   /// SyncWAL, timed for `observe_io`.
   [[nodiscard]] rocksdb::Status sync_wal();
   void fsync_loop();

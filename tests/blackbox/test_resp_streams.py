@@ -6,6 +6,8 @@ worker code runs against a real redis-server where the behaviour is shared."""
 
 import http.client
 import json
+import os
+import sys
 import threading
 import time
 import unittest
@@ -16,6 +18,8 @@ from harness import topic
 from test_resp import RespTestCase, decode_id, redis_or_skip, resp_port
 
 GROUP = "group:orders:workers"
+ECHO_AGENT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                          "docs", "examples", "echo_agent.py"))
 
 
 def pull(name, topics, **kw):
@@ -41,6 +45,21 @@ def worker_round(r, stream, group, consumer, n):
 
 
 class StreamReadTest(RespTestCase):
+
+    def assertPipelineInOrder(self, r, stream, n, trial):
+        """n XADDs pipelined on one connection land on each partition in command order."""
+        p = r.pipeline(transaction=False)
+        for i in range(n):
+            p.xadd(stream, {"i": str(i)})
+        ids = p.execute()
+        self.assertEqual(len(ids), n)
+        by_partition = {}
+        for i, entry_id in enumerate(ids):
+            _, part, offset = decode_id(entry_id, 4)
+            by_partition.setdefault(part, []).append((offset, i))
+        for part, rows in by_partition.items():
+            self.assertEqual(sorted(rows), sorted(rows, key=lambda x: x[1]),
+                             f"trial {trial}: partition {part} out of command order")
 
     def test_xlen_xrange_xrevrange_on_one_and_four_partitions(self):
         one, four = topic("one"), topic("four")
@@ -73,19 +92,39 @@ class StreamReadTest(RespTestCase):
         srv, port = self.resp_server()
         r = redis.Redis(port=port, decode_responses=True)
         for trial in range(5):
-            t = topic(f"fresh{trial}")
-            p = r.pipeline(transaction=False)
-            for i in range(200):
-                p.xadd(t, {"i": str(i)})
-            ids = p.execute()
-            self.assertEqual(len(ids), 200)
-            by_partition = {}
-            for i, entry_id in enumerate(ids):
-                _, part, offset = decode_id(entry_id, 4)
-                by_partition.setdefault(part, []).append((offset, i))
-            for part, rows in by_partition.items():
-                self.assertEqual(sorted(rows), sorted(rows, key=lambda x: x[1]),
-                                 f"trial {trial}: partition {part} out of command order")
+            self.assertPipelineInOrder(r, topic(f"fresh{trial}"), 200, trial)
+
+    def test_pipelined_xadds_keep_their_order_while_follow_ups_share_the_stream(self):
+        # An agent's follow-up events reach a stream's partitions through their
+        # actors, while a client's XADDs go through the publish lane
+        # (docs/architecture.md); each follow-up hands the partition to its
+        # actor and back. A connection's pipelined XADDs still land in command
+        # order on every partition.
+        src, t = topic("cause"), topic("effect")
+        srv, port = self.resp_server(config={"agents": [
+            {"name": "py", "topics": [src], "kind": "process",
+             "command": [sys.executable, ECHO_AGENT]}]})
+        stop = threading.Event()
+        published = []
+
+        def causes():
+            while not stop.is_set():
+                ans = srv.publish(src, [{"data": {"emit_to": t}} for _ in range(20)])
+                published.append(ans.status)
+
+        feeder = threading.Thread(target=causes)
+        feeder.start()
+        try:
+            r = redis.Redis(port=port, decode_responses=True)
+            for trial in range(20):
+                self.assertPipelineInOrder(r, t, 100, trial)
+        finally:
+            stop.set()
+            feeder.join(timeout=30)
+        self.assertTrue(published and set(published) == {201}, published[:5])
+        emitted = sum(1 for p in range(4) for e in srv.read_partition(t, p)
+                      if "causation_id" in e)
+        self.assertGreater(emitted, 0, "no follow-up reached the stream")
 
     def test_xread_returns_entries_after_an_id_and_blocks_for_new_ones(self):
         t = topic("read")
