@@ -65,6 +65,13 @@ void answer_jobs(const std::vector<job_ptr>& jobs,
 /// the partition actor may still report a lower offset.
 void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v);
 
+struct partition_slot;
+/// A single-node partition's appends below `end` are durable: raises the
+/// slot's durable end and each of its groups' ends, before any publisher
+/// hears of it (so metrics and each group's lag never lag a 201). Answers
+/// whether groups read the partition (then its actor must hear of it).
+bool raise_durable(partition_slot& slot, std::uint64_t end);
+
 /// A topic creation request, answered on the runner.
 struct create_request {
   std::string topic;

@@ -1661,22 +1661,13 @@ bool append_local(partition_actor_t self) {
       [jobs, results, me = caf::actor_cast<caf::actor>(self), slot = st.slot,
        end = st.writer->next_offset(), followed, ctx = st.ctx,
        topic = st.route->info.name](std::optional<persistence::error> failure) {
-        // Counted before the publishers hear of it, so metrics and each
-        // group's lag never lag a 201.
-        bool groups = false;
-        if (!failure) {
-          raise_to(slot->durable_end, end);
-          std::lock_guard<std::mutex> guard{slot->groups_mutex};
-          groups = !slot->groups.empty();
-          for (auto& g : slot->groups)
-            raise_to(g->end, end);
-        }
+        const bool groups = !failure && raise_durable(*slot, end);
         // The actor hears of it before any publisher does: a fetch that
         // follows a 201 or +OK (barrier_atom) finds the events handed out.
         // Without groups nothing waits for it (the actor catches up from
         // the slot when it needs it, catch_up_durable): no wake-up of a CAF
         // thread per partition per sync.
-        if (!failure && groups)
+        if (groups)
           caf::anon_send(me, durable_atom::value, end);
         if (failure)
           for (auto& job : *jobs)

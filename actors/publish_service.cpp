@@ -520,13 +520,12 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
     bool closed = false; ///< the actor took its writer back: the jobs go to it
   };
   std::vector<part> parts;
-  std::size_t bytes = 64;
+  std::size_t bytes = 0;
   for (std::size_t i = 0; i < items.size(); ++i) {
     if (parts.empty() || slot_of(items[parts.back().first]) != slot_of(items[i]))
       parts.push_back(part{i, i, {}, {}, {}, {}, 0, false});
     parts.back().last = i + 1;
-    for (const auto& e : items[i].job->events)
-      bytes += e.fragment.size() + e.id.size() + e.key.size() + 256;
+    bytes += persistence::batch_bytes(items[i].job->events);
   }
   rocksdb::WriteBatch batch{bytes};
   std::vector<std::unique_lock<std::mutex>> locks;
@@ -619,16 +618,7 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
           job->finish(tl::make_unexpected(*failure));
         continue;
       }
-      // Counted before the publishers hear of it, as on the actor's path.
-      raise_to(w.slot->durable_end, w.end);
-      bool groups = false;
-      {
-        std::lock_guard<std::mutex> guard{w.slot->groups_mutex};
-        groups = !w.slot->groups.empty();
-        for (auto& g : w.slot->groups)
-          raise_to(g->end, w.end);
-      }
-      if (groups) { // joined since: its actor delivers what is durable now
+      if (raise_durable(*w.slot, w.end)) { // joined since: its actor delivers what is durable now
         std::shared_lock<std::shared_mutex> guard{routes_.mutex};
         sender_.wake(*w.slot);
       }

@@ -43,6 +43,14 @@ void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
   }
 }
 
+bool raise_durable(partition_slot& slot, std::uint64_t end) {
+  raise_to(slot.durable_end, end);
+  std::lock_guard<std::mutex> guard{slot.groups_mutex};
+  for (auto& g : slot.groups)
+    raise_to(g->end, end);
+  return !slot.groups.empty();
+}
+
 void partition_job::release_ticket() {
   if (ticket == nullptr)
     return;

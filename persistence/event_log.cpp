@@ -355,6 +355,13 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
   return indexed;
 }
 
+std::size_t batch_bytes(const std::vector<new_event>& events) {
+  std::size_t bytes = 64;
+  for (const auto& e : events)
+    bytes += e.fragment.size() + e.id.size() + e.key.size() + 256;
+  return bytes;
+}
+
 tl::expected<std::vector<append_result>, error>
 partition_writer::append(const std::vector<new_event>& events) {
   return append(events, {});
@@ -363,12 +370,7 @@ partition_writer::append(const std::vector<new_event>& events) {
 tl::expected<std::vector<append_result>, error>
 partition_writer::append(const std::vector<new_event>& events,
                          const std::function<void(rocksdb::WriteBatch&)>& also) {
-  // Sized up front: grown by appends, the batch was reallocated and copied
-  // several times per group commit.
-  std::size_t bytes = 64;
-  for (const auto& e : events)
-    bytes += e.fragment.size() + e.id.size() + e.key.size() + 256;
-  rocksdb::WriteBatch batch{bytes};
+  rocksdb::WriteBatch batch{batch_bytes(events)};
   auto staged = stage_append(events, batch);
   if (!staged)
     return tl::make_unexpected(staged.error());

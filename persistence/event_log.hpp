@@ -174,6 +174,11 @@ struct append_result {
 
 class event_log;
 
+/// About the bytes a WriteBatch takes for appending `events` (their records,
+/// by_id entries and run): sized up front, a batch grown by appends was
+/// reallocated and copied several times per group commit.
+[[nodiscard]] std::size_t batch_bytes(const std::vector<new_event>& events);
+
 /// Appends to one partition. Owned by exactly one partition actor, so offsets
 /// are assigned without locks (while the actor lends it to the publish lane,
 /// the lane's lock stands in for the actor); the group commit is one
