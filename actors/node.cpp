@@ -253,22 +253,35 @@ public:
       // A fetch that does not wait must see every entry acknowledged before
       // it (Redis does), but the partitions hand a durable entry to the
       // queue a moment after its publisher heard. When the queue answers
-      // nothing, the partitions are asked to hand out what is durable
-      // (barrier_atom) and the queue is asked again.
-      // The partitions are looked up only then: a fetch that finds deliveries
-      // (a busy worker's) pays nothing for it.
-      fetch_answer first{[this, name, queue = *queue, req, reply](result<list> r) mutable {
-                           if (!r)
-                             return; // the queue stopped: `reply`, dropped, says so
-                           auto parts = r->empty() ? fetch_partitions(name, req.topics)
-                                                   : std::vector<caf::actor>{};
-                           if (parts.empty())
-                             return reply(std::move(*r));
-                           after_barrier(system_, std::move(parts), [queue, req, reply] {
-                             caf::anon_send(queue, pull_atom::value, req, reply);
-                           });
-                         },
-                         "agent " + name};
+      // fewer than asked for (nothing, or the older entries without the one
+      // just added), the partitions are asked to hand out what is durable
+      // (barrier_atom) and the queue is asked for the rest.
+      // The partitions are looked up only then: a fetch that gets all it
+      // asked for (a busy worker's) pays nothing for it.
+      fetch_answer first{
+        [this, name, queue = *queue, req, reply](result<list> r) mutable {
+          if (!r)
+            return; // the queue stopped: `reply`, dropped, says so
+          auto parts
+            = r->size() < req.max ? fetch_partitions(name, req.topics) : std::vector<caf::actor>{};
+          if (parts.empty())
+            return reply(std::move(*r));
+          auto rest = req;
+          rest.max = req.max - static_cast<std::uint32_t>(r->size());
+          fetch_answer joined{[got = std::move(*r), reply](result<list> more) mutable {
+                                // the first part is handed out already: it is
+                                // answered even if the queue stopped since
+                                if (more)
+                                  got.insert(got.end(), std::make_move_iterator(more->begin()),
+                                             std::make_move_iterator(more->end()));
+                                reply(std::move(got));
+                              },
+                              "agent " + name};
+          after_barrier(system_, std::move(parts), [queue, rest, joined] {
+            caf::anon_send(queue, pull_atom::value, rest, joined);
+          });
+        },
+        "agent " + name};
       caf::anon_send(*queue, pull_atom::value, std::move(req), std::move(first));
       return;
     }
