@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include <boost/container/small_vector.hpp>
 #include <rocksdb/write_batch.h>
 
 #include "actors/publish_lane.hpp"
@@ -104,8 +105,9 @@ struct forward_join : join_base<forward_answer> {
 /// A request's items split by partition: the jobs (null where a partition
 /// gets none) and, per partition, the items' places in the request.
 struct partitioned {
-  std::vector<job_ptr> jobs;
-  std::vector<std::vector<std::size_t>> index;
+  // Inline up to 8 partitions: a one-event publish made two allocations for them.
+  boost::container::small_vector<job_ptr, 8> jobs;
+  boost::container::small_vector<std::vector<std::size_t>, 8> index;
 };
 
 /// The partition keyless events of one request go to: the next in turn,
@@ -129,8 +131,9 @@ partitioned split_by_partition(topic_route& route, std::vector<publish_item>& it
   const auto partitions = route.info.partitions;
   // Keyless events of one request stay together, on the next partition in turn.
   const auto keyless = keyless_partition(route, cluster);
-  partitioned out{std::vector<job_ptr>(partitions),
-                  std::vector<std::vector<std::size_t>>(partitions)};
+  partitioned out;
+  out.jobs.resize(partitions);
+  out.index.resize(partitions);
   // A repeated id goes where its first occurrence goes, so the first wins.
   std::unordered_map<std::string, std::uint32_t> first_partition;
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -164,8 +167,9 @@ partitioned split_by_partition(topic_route& route, std::vector<publish_item>& it
 /// Admission: every partition involved must have room, or nothing is
 /// queued. Answers how many partitions were admitted (those with a job),
 /// or the error.
-result<std::size_t> admit(const std::string& topic, topic_route& route,
-                          const std::vector<job_ptr>& jobs, std::uint64_t max_queued) {
+template <class Jobs>
+result<std::size_t> admit(const std::string& topic, topic_route& route, const Jobs& jobs,
+                          std::uint64_t max_queued) {
   std::size_t admitted = 0;
   for (std::uint32_t p = 0; p < jobs.size(); ++p) {
     if (!jobs[p])
@@ -447,15 +451,39 @@ void publish_service::append_local(const std::string& topic, std::uint32_t parti
 
 namespace {
 
-/// A lane thread's publishes of the current pass of its loop.
+/// A lane thread's publishes of the current pass of its loop. One per
+/// thread, its vectors kept from pass to pass (a pass of one publish made
+/// four allocations for them).
 struct lane_pass {
+  bool open = false;
   publish_service* service = nullptr;
   std::vector<publish_service::lane_item> items;
   std::vector<const partition_slot*> slots; ///< those the items go to
 };
 
 thread_local pass_poster lane_poster;
-thread_local std::shared_ptr<lane_pass> open_pass;
+thread_local lane_pass open_pass;
+/// The items of the pass being flushed (swapped out of open_pass).
+thread_local std::vector<publish_service::lane_item> flushing;
+/// The write of a pass: its buffer is kept for the next pass when it is at
+/// most keep_batch_bytes (reserved: the bytes it was made for).
+thread_local rocksdb::WriteBatch lane_batch;
+thread_local std::size_t lane_batch_reserved = 0;
+constexpr std::size_t keep_batch_bytes = 1U << 20;
+
+/// Ends the open pass: its publishes are appended (posted to the loop at
+/// the pass's first publish).
+void run_pass() {
+  if (!open_pass.open)
+    return;
+  open_pass.open = false;
+  auto* service = open_pass.service;
+  open_pass.service = nullptr;
+  open_pass.slots.clear();
+  flushing.swap(open_pass.items); // a publish from here on opens the next pass
+  service->flush_lane(flushing);
+  flushing.clear();
+}
 
 /// Tickets for the jobs of items [first, last), which go to the actor of
 /// `slot`; taken under its lane lock, so the lane cannot open before the
@@ -480,36 +508,34 @@ void publish_service::submit(const std::shared_ptr<topic_route>& route, std::uin
   // A partition that has jobs in this pass already gets this one there too:
   // the pass keeps them in order, whichever way it sends them at its end.
   const bool others = slot.to_actor.fetch_add(1) > 0;
-  const bool in_pass = open_pass && open_pass->service == this
-                       && std::find(open_pass->slots.begin(), open_pass->slots.end(), &slot)
-                            != open_pass->slots.end();
+  const bool in_pass
+    = open_pass.open && open_pass.service == this
+      && std::find(open_pass.slots.begin(), open_pass.slots.end(), &slot) != open_pass.slots.end();
   if (!in_pass
-      && (!lane_poster || (open_pass && open_pass->service != this) || others
+      && (!lane_poster || (open_pass.open && open_pass.service != this) || others
           || !slot.lane_open.load())) {
     job->ticket = &slot.to_actor;
     return sender_.publish(*route, p, std::move(job));
   }
   slot.to_actor.fetch_sub(1);
-  if (!open_pass) {
-    open_pass = std::make_shared<lane_pass>();
-    open_pass->service = this;
-    lane_poster([pass = open_pass] {
-      if (open_pass == pass)
-        open_pass.reset(); // what comes next is the next pass's
-      pass->service->flush_lane(pass->items);
-    });
+  if (!open_pass.open) {
+    open_pass.open = true;
+    open_pass.service = this;
+    lane_poster([] { run_pass(); });
   }
   if (!in_pass)
-    open_pass->slots.push_back(&slot);
-  open_pass->items.push_back({route, p, std::move(job)});
+    open_pass.slots.push_back(&slot);
+  open_pass.items.push_back({route, p, std::move(job)});
 }
 
 void publish_service::flush_lane(std::vector<lane_item>& items) {
   auto slot_of = [](const lane_item& i) { return i.route->slots[i.p].get(); };
   // Two threads lock the lanes they share in one order: the slots' addresses.
-  std::stable_sort(items.begin(), items.end(), [&](const lane_item& a, const lane_item& b) {
+  auto by_slot = [&](const lane_item& a, const lane_item& b) {
     return std::less<const partition_slot*>{}(slot_of(a), slot_of(b));
-  });
+  };
+  if (!std::is_sorted(items.begin(), items.end(), by_slot)) // (stable_sort allocates)
+    std::stable_sort(items.begin(), items.end(), by_slot);
   struct part {
     std::size_t first = 0, last = 0; ///< its items
     std::vector<persistence::new_event> events;
@@ -519,7 +545,7 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
     std::uint64_t end = 0;
     bool closed = false; ///< the actor took its writer back: the jobs go to it
   };
-  std::vector<part> parts;
+  boost::container::small_vector<part, 4> parts;
   std::size_t bytes = 0;
   for (std::size_t i = 0; i < items.size(); ++i) {
     if (parts.empty() || slot_of(items[parts.back().first]) != slot_of(items[i]))
@@ -527,9 +553,16 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
     parts.back().last = i + 1;
     bytes += persistence::batch_bytes(items[i].job->events);
   }
-  rocksdb::WriteBatch batch{bytes};
-  std::vector<std::unique_lock<std::mutex>> locks;
-  locks.reserve(parts.size());
+  // Sized up front (a batch grown by appends is copied at each growth),
+  // and kept while it is small.
+  if (bytes > lane_batch_reserved || lane_batch_reserved > keep_batch_bytes) {
+    lane_batch = rocksdb::WriteBatch{bytes};
+    lane_batch_reserved = bytes;
+  } else {
+    lane_batch.Clear();
+  }
+  auto& batch = lane_batch;
+  boost::container::small_vector<std::unique_lock<std::mutex>, 4> locks;
   for (auto& pt : parts) {
     auto* slot = slot_of(items[pt.first]);
     locks.emplace_back(slot->lane_mutex);
@@ -591,7 +624,7 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
     std::vector<persistence::append_result> results;
     std::uint64_t end;
   };
-  auto durable = std::make_shared<std::vector<written>>();
+  auto durable = std::make_shared<boost::container::small_vector<written, 2>>();
   for (auto& pt : parts) {
     if (pt.closed) {
       for (auto i = pt.first; i < pt.last; ++i)
@@ -645,7 +678,13 @@ void set_pass_poster(pass_poster post) {
 void end_lane_thread() {
   detail::lane_poster = nullptr;
   // A pass whose flush never ran: its jobs answer that the partition stopped.
-  detail::open_pass.reset();
+  detail::open_pass.open = false;
+  detail::open_pass.service = nullptr;
+  detail::open_pass.slots.clear();
+  detail::open_pass.items.clear();
+  detail::flushing.clear();
+  detail::lane_batch = rocksdb::WriteBatch{};
+  detail::lane_batch_reserved = 0;
 }
 
 } // namespace nerve::actors

@@ -397,7 +397,6 @@ partition_writer::stage_append(const std::vector<new_event>& events, rocksdb::Wr
     return tl::make_unexpected(*fault);
   staged out;
   out.results.resize(events.size());
-  out.reserved.reserve(events.size());
   out.time_us = std::max(log_.opts_.clock(), last_time_us_);
   out.first_offset = next_offset_;
   const auto run = open_run(out.time_us); // before offsets are assigned
