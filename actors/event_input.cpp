@@ -736,7 +736,12 @@ events_from_text(const std::string& text, const std::string& topic, std::size_t 
     // a body it refuses is parsed again below, for nlohmann's error text.
     const char* seen = text.data();
     publish_sax sax{text, &seen, topic, max_depth, trace_id};
-    rapidjson::Reader reader;
+    // The reader's stack (strings on their way to the handler) grows with
+    // the body: a thread keeps one reader for bodies up to 64 KiB, so a
+    // small publish does not allocate it again each time.
+    thread_local rapidjson::Reader kept;
+    std::optional<rapidjson::Reader> own;
+    auto& reader = text.size() <= (64U << 10) ? kept : own.emplace();
     rapidjson::ParseResult result;
     if (fast_scannable(text)) {
       // No UTF-8 to validate (as costly as the rest): strings are scanned

@@ -309,19 +309,26 @@ void append_json_string(std::string& out, const std::string& s) {
 std::size_t partition_writer::stage(const std::vector<new_event>& events, std::int64_t now,
                                     std::vector<append_result>& results,
                                     rocksdb::WriteBatch& batch) const {
-  // What every event of the batch shares, formatted once.
-  const std::string shared = ",\"topic\":\"" + topic_.name
-                             + "\",\"partition\":" + std::to_string(partition_) + ",\"offset\":";
-  std::string time_text = ",\"time\":\"";
+  // What every event of the batch shares, formatted once, in buffers this
+  // thread keeps (three allocations per append went to them and the key).
+  thread_local std::string shared, time_text, key;
+  shared.assign(",\"topic\":\"");
+  shared += topic_.name;
+  shared += "\",\"partition\":";
+  shared += std::to_string(partition_);
+  shared += ",\"offset\":";
+  time_text.assign(",\"time\":\"");
   append_time_us(time_text, now);
   time_text += '"';
+  const auto prefix = keys::partition_prefix(topic_.id, partition_);
   std::size_t indexed = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto& r = results[i];
     if (r.status != append_status::appended)
       continue;
     auto& e = events[i];
-    auto key = keys::event_key(topic_.id, partition_, r.where.offset);
+    key.assign(prefix); // keys::event_key, without a string of its own
+    keys::put_u64(key, r.where.offset);
     // The event's text is built once, where the caller keeps it (r.json).
     auto& json = r.json;
     json.clear();
