@@ -11,6 +11,8 @@ namespace nerve::actors {
 
 /// Runs a function once the calling thread's event loop has run the
 /// handlers that are ready now (the HTTP threads post it to their loop).
+/// It must run it on the calling thread: the pass it ends lives in that
+/// thread's storage (each HTTP and RESP thread runs a loop of its own).
 using pass_poster = std::function<void(std::function<void()>)>;
 
 /// Makes the calling thread a lane thread: its publishes to partitions that
