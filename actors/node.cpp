@@ -15,6 +15,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
+#include <unordered_set>
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
@@ -269,11 +270,19 @@ public:
           auto rest = req;
           rest.max = req.max - static_cast<std::uint32_t>(r->size());
           fetch_answer joined{[got = std::move(*r), reply](result<list> more) mutable {
-                                // the first part is handed out already: it is
-                                // answered even if the queue stopped since
-                                if (more)
-                                  got.insert(got.end(), std::make_move_iterator(more->begin()),
-                                             std::make_move_iterator(more->end()));
+                                // The first part is handed out already: it is
+                                // answered even if the queue stopped since. A
+                                // delivery of it the queue took back meanwhile
+                                // (its consumer deleted) and handed out again is
+                                // in the answer once.
+                                if (more) {
+                                  std::unordered_set<std::string> seen;
+                                  for (auto& g : got)
+                                    seen.insert(g.delivery_id);
+                                  for (auto& d : *more)
+                                    if (seen.count(d.delivery_id) == 0)
+                                      got.push_back(std::move(d));
+                                }
                                 reply(std::move(got));
                               },
                               "agent " + name};
