@@ -258,6 +258,11 @@ struct partition_slot {
   std::mutex lane_mutex;
   persistence::partition_writer* lane = nullptr; ///< guarded by lane_mutex
   std::atomic<bool> lane_open{false};            ///< lane != nullptr, read without the lock
+  /// Shuts the lane (the caller holds lane_mutex): publishes go to the actor.
+  void close_lane() {
+    lane = nullptr;
+    lane_open.store(false);
+  }
   /// Publish jobs on their way to the actor (partition_job::ticket): the
   /// lane opens only when there are none, so a connection's pipelined
   /// publishes never overtake each other between the two paths.

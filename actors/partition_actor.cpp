@@ -495,10 +495,8 @@ void reclaim_lane(partition_state& st) {
   if (!st.lent)
     return;
   std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
-  if (st.slot->lane == st.writer.get()) {
-    st.slot->lane = nullptr;
-    st.slot->lane_open.store(false);
-  }
+  if (st.slot->lane == st.writer.get())
+    st.slot->close_lane();
   st.lent = false;
 }
 
@@ -517,10 +515,8 @@ void lend_lane(partition_state& st) {
   // its ticket before it looks at the lane (publish_service::submit), so
   // one of the two sees the other and no job of the actor's is overtaken.
   st.slot->lane_open.store(true);
-  if (st.slot->to_actor.load() > 0) {
-    st.slot->lane_open.store(false);
-    return;
-  }
+  if (st.slot->to_actor.load() > 0)
+    return st.slot->close_lane();
   st.slot->lane = st.writer.get();
   st.lent = true;
 }
@@ -1835,8 +1831,7 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     // An earlier actor of this partition may have lent its writer: closed
     // before this one's is made, so it recovers every append the lane made.
     std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
-    st.slot->lane = nullptr;
-    st.slot->lane_open.store(false, std::memory_order_release);
+    st.slot->close_lane();
   }
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
   st.durable_end = st.writer->next_offset();

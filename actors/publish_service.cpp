@@ -458,7 +458,13 @@ struct lane_pass {
   bool open = false;
   publish_service* service = nullptr;
   std::vector<publish_service::lane_item> items;
-  std::vector<const partition_slot*> slots; ///< those the items go to
+
+  /// Whether the pass has publishes to `slot` already.
+  [[nodiscard]] bool has(const partition_slot& slot) const {
+    return std::any_of(items.begin(), items.end(), [&](const publish_service::lane_item& i) {
+      return i.route->slots[i.p].get() == &slot;
+    });
+  }
 };
 
 thread_local pass_poster lane_poster;
@@ -479,7 +485,6 @@ void run_pass() {
   open_pass.open = false;
   auto* service = open_pass.service;
   open_pass.service = nullptr;
-  open_pass.slots.clear();
   flushing.swap(open_pass.items); // a publish from here on opens the next pass
   service->flush_lane(flushing);
   flushing.clear();
@@ -508,9 +513,7 @@ void publish_service::submit(const std::shared_ptr<topic_route>& route, std::uin
   // A partition that has jobs in this pass already gets this one there too:
   // the pass keeps them in order, whichever way it sends them at its end.
   const bool others = slot.to_actor.fetch_add(1) > 0;
-  const bool in_pass
-    = open_pass.open && open_pass.service == this
-      && std::find(open_pass.slots.begin(), open_pass.slots.end(), &slot) != open_pass.slots.end();
+  const bool in_pass = open_pass.open && open_pass.service == this && open_pass.has(slot);
   if (!in_pass
       && (!lane_poster || (open_pass.open && open_pass.service != this) || others
           || !slot.lane_open.load())) {
@@ -523,8 +526,6 @@ void publish_service::submit(const std::shared_ptr<topic_route>& route, std::uin
     open_pass.service = this;
     lane_poster([] { run_pass(); });
   }
-  if (!in_pass)
-    open_pass.slots.push_back(&slot);
   open_pass.items.push_back({route, p, std::move(job)});
 }
 
@@ -610,8 +611,7 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
       for (auto& e : items[i].job->events)
         e = std::move(pt.events[k++]);
     auto* slot = slot_of(items[pt.first]);
-    slot->lane = nullptr;
-    slot->lane_open.store(false);
+    slot->close_lane();
     to_actor(*slot, items, pt.first, pt.last);
     pt.closed = true;
   }
@@ -678,10 +678,7 @@ void set_pass_poster(pass_poster post) {
 void end_lane_thread() {
   detail::lane_poster = nullptr;
   // A pass whose flush never ran: its jobs answer that the partition stopped.
-  detail::open_pass.open = false;
-  detail::open_pass.service = nullptr;
-  detail::open_pass.slots.clear();
-  detail::open_pass.items.clear();
+  detail::open_pass = {};
   detail::flushing.clear();
   detail::lane_batch = rocksdb::WriteBatch{};
   detail::lane_batch_reserved = 0;

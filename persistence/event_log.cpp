@@ -134,7 +134,10 @@ void append_time_us(std::string& out, std::int64_t time_us) {
 
 partition_writer::partition_writer(event_log& log, topic_info topic, std::uint32_t partition)
   : log_(log), topic_(std::move(topic)), partition_(partition),
-    events_(log_.events_of(topic_.id, partition)) {
+    events_(log_.events_of(topic_.id, partition)),
+    shared_text_(",\"topic\":\"" + topic_.name + "\",\"partition\":" + std::to_string(partition_)
+                 + ",\"offset\":"),
+    key_prefix_(keys::partition_prefix(topic_.id, partition_)) {
   next_offset_ = log_.recover_next_offset(topic_.id, partition_);
   last_time_us_ = recover_last_time();
   load_epochs();
@@ -309,25 +312,20 @@ void append_json_string(std::string& out, const std::string& s) {
 std::size_t partition_writer::stage(const std::vector<new_event>& events, std::int64_t now,
                                     std::vector<append_result>& results,
                                     rocksdb::WriteBatch& batch) const {
-  // What every event of the batch shares, formatted once, in buffers this
-  // thread keeps (three allocations per append went to them and the key).
-  thread_local std::string shared, time_text, key;
-  shared.assign(",\"topic\":\"");
-  shared += topic_.name;
-  shared += "\",\"partition\":";
-  shared += std::to_string(partition_);
-  shared += ",\"offset\":";
+  // The batch's time, formatted once, and the keys, in buffers this thread
+  // keeps (two allocations per append went to them).
+  thread_local std::string time_text, key;
   time_text.assign(",\"time\":\"");
   append_time_us(time_text, now);
   time_text += '"';
-  const auto prefix = keys::partition_prefix(topic_.id, partition_);
+  const auto& shared = shared_text_;
   std::size_t indexed = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto& r = results[i];
     if (r.status != append_status::appended)
       continue;
     auto& e = events[i];
-    key.assign(prefix); // keys::event_key, without a string of its own
+    key.assign(key_prefix_); // keys::event_key, without a string of its own
     keys::put_u64(key, r.where.offset);
     // The event's text is built once, where the caller keeps it (r.json).
     auto& json = r.json;

@@ -325,6 +325,9 @@ private:
   topic_info topic_;
   std::uint32_t partition_;
   rocksdb::ColumnFamilyHandle* events_; ///< this partition's events family
+  /// What every stored event of the partition says after its id, up to its
+  /// offset (`,"topic":"t","partition":p,"offset":`), and its keys' prefix.
+  std::string shared_text_, key_prefix_;
   std::uint64_t next_offset_;
   std::int64_t last_time_us_ = 0;
   /// The by_time run holding the event before next_offset_, when known.
