@@ -147,18 +147,8 @@ class FetchAckTest(PullTestCase):
         # The partitions hand an event to the queue a moment after its 201; a fetch
         # with wait_ms 0 that finds the queue empty has them hand out what is durable
         # first (docs/api.md). 200 rounds over 4 partitions.
-        t = topic("next")
-        srv = self.new_server(config={"topics": {t: {"partitions": 4}},
-                                      "agents": [pull(AGENT, [t])]})
-        wrong = []
-        for i in range(200):
-            [ev] = self.publish_ok(srv, t, [{"data": i}])
-            got = self.fetch(srv, max=10, wait_ms=0)
-            if [d["event"]["id"] for d in got] != [ev["id"]]:
-                wrong.append((i, ev["id"], [d["event"]["id"] for d in got]))
-            if got:
-                self.assertEqual(self.ack(srv, [d["delivery"] for d in got]).status, 200)
-        self.assertEqual(wrong, [])
+        self.assertEqual(self.fetch_right_after_publishes(
+            "next", 200, lambda i: [[{"data": i}]]), [])
 
     def test_a_fetch_that_does_not_wait_sees_every_event_published_before(self):
         # The queue may hold the older event while the newer one is still on its way
@@ -166,20 +156,26 @@ class FetchAckTest(PullTestCase):
         # (docs/api.md: every event whose publish was answered before the fetch).
         # HTTP's round trips seldom show the race (the RESP twin in
         # test_resp_streams failed at once before the fix); this holds the contract.
-        t = topic("two")
+        # One request then another, with two events (two partitions).
+        self.assertEqual(self.fetch_right_after_publishes(
+            "two", 100, lambda i: [[{"data": [i, 0]}], [{"data": [i, 1]}, {"data": [i, 2]}]]), [])
+
+    def fetch_right_after_publishes(self, name, rounds, requests_of):
+        """Each round publishes requests_of(round) (a list of request bodies) on a topic of 4
+        partitions, then fetches with wait_ms 0 and max 10 and acks: answers the rounds whose
+        fetch did not give exactly the events just published."""
+        t = topic(name)
         srv = self.new_server(config={"topics": {t: {"partitions": 4}},
                                       "agents": [pull(AGENT, [t])]})
         wrong = []
-        for i in range(100):
-            # One request then another, and one with two events (two partitions)
-            ids = [self.publish_ok(srv, t, [{"data": [i, 0]}])[0]["id"]]
-            ids += [e["id"] for e in self.publish_ok(srv, t, [{"data": [i, 1]}, {"data": [i, 2]}])]
+        for i in range(rounds):
+            ids = [e["id"] for body in requests_of(i) for e in self.publish_ok(srv, t, body)]
             got = self.fetch(srv, max=10, wait_ms=0)
             if sorted(d["event"]["id"] for d in got) != sorted(ids):
                 wrong.append((i, ids, [d["event"]["id"] for d in got]))
             if got:
                 self.assertEqual(self.ack(srv, [d["delivery"] for d in got]).status, 200)
-        self.assertEqual(wrong, [])
+        return wrong
 
     def test_ack_result_and_emit_publish_a_follow_up(self):
         t, out = topic("in"), topic("out")
