@@ -17,15 +17,25 @@ void progress_waiters::add(std::function<bool()> moved, clock::time_point deadli
     std::lock_guard<std::mutex> guard{mutex_};
     if (!stopped_) {
       waiters_.push_back({std::move(moved), deadline, std::move(fire)});
-      waiting_.store(waiters_.size());
-      dirty_.store(true); // it may have moved already
-      if (!thread_.joinable())
-        thread_ = std::thread{[this] {
-          ::pthread_setname_np(::pthread_self(), "nerve.waiters");
-          run();
-        }};
-      wake_.notify_one();
-      return;
+      // Published before the check below (both seq_cst): a notify() that
+      // comes after the check sees a waiter and wakes the thread, and one
+      // that came before it left a move the check sees.
+      waiting_.store(waiters_.size(), std::memory_order_seq_cst);
+      if (waiters_.back().moved()) {
+        auto now = std::move(waiters_.back().fire);
+        waiters_.pop_back();
+        waiting_.store(waiters_.size());
+        fire = std::move(now);
+      } else {
+        if (!thread_.joinable())
+          thread_ = std::thread{[this] {
+            ::pthread_setname_np(::pthread_self(), "nerve.waiters");
+            run();
+          }};
+        else if (deadline < sleeps_until_)
+          wake_.notify_one(); // it sleeps past this deadline: it must sleep less
+        return;
+      }
     }
   }
   fire();
@@ -73,12 +83,14 @@ void progress_waiters::run() {
     if (dirty_.load())
       continue;
     if (waiters_.empty()) {
+      sleeps_until_ = clock::time_point::max();
       wake_.wait(lock, [this] { return dirty_.load() || stopped_; });
     } else {
-      auto next = std::min_element(waiters_.begin(), waiters_.end(), [](auto& a, auto& b) {
-                    return a.deadline < b.deadline;
-                  })->deadline;
-      wake_.wait_until(lock, next, [this] { return dirty_.load() || stopped_; });
+      sleeps_until_ = std::min_element(waiters_.begin(), waiters_.end(), [](auto& a, auto& b) {
+                        return a.deadline < b.deadline;
+                      })->deadline;
+      // Woken early by add() for a nearer deadline: the loop looks again.
+      wake_.wait_until(lock, sleeps_until_);
     }
   }
 }

@@ -25,9 +25,13 @@ public:
   progress_waiters& operator=(const progress_waiters&) = delete;
   ~progress_waiters();
 
-  /// Calls `fire` once, on the waiters' thread: when `moved()` holds (checked
-  /// now, and after each notify()) or at `deadline`, whichever comes first;
-  /// at once when the waiters are stopped.
+  /// Calls `fire` once: on the calling thread, before add() returns, when
+  /// `moved()` holds already or the waiters are stopped; else on the
+  /// waiters' thread, when `moved()` holds after a notify() or at
+  /// `deadline`, whichever comes first. A waiter that must wait wakes the
+  /// thread only when its deadline is earlier than the one the thread
+  /// sleeps towards (a long poll that finds its cursor moved, the common
+  /// case under load, costs no thread hand-off at all).
   void add(std::function<bool()> moved, clock::time_point deadline, std::function<void()> fire);
 
   /// Something moved: the waiters check again. One atomic load when nobody
@@ -63,6 +67,8 @@ private:
   std::vector<waiter> waiters_;
   std::atomic<bool> dirty_{false}; ///< set by notify(), cleared by the thread under mutex_
   bool stopped_ = false;
+  /// When the thread wakes of itself next (max: only when notified); under mutex_.
+  clock::time_point sleeps_until_ = clock::time_point::max();
   std::atomic<std::size_t> waiting_{0};
   std::thread thread_;
 };
