@@ -471,10 +471,11 @@ thread_local pass_poster lane_poster;
 thread_local lane_pass open_pass;
 /// The items of the pass being flushed (swapped out of open_pass).
 thread_local std::vector<publish_service::lane_item> flushing;
-/// The write of a pass: its buffer is kept for the next pass when it is at
-/// most keep_batch_bytes (reserved: the bytes it was made for).
+/// The write of a pass: its buffer is kept for the next pass when its
+/// capacity is at most keep_batch_bytes (a pass whose events outgrew the
+/// estimate it was sized by grew it; the capacity says so, the estimate
+/// did not).
 thread_local rocksdb::WriteBatch lane_batch;
-thread_local std::size_t lane_batch_reserved = 0;
 constexpr std::size_t keep_batch_bytes = 1U << 20;
 
 /// Ends the open pass: its publishes are appended (posted to the loop at
@@ -556,9 +557,8 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
   }
   // Sized up front (a batch grown by appends is copied at each growth),
   // and kept while it is small.
-  if (bytes > lane_batch_reserved || lane_batch_reserved > keep_batch_bytes) {
+  if (auto kept = lane_batch.Data().capacity(); bytes > kept || kept > keep_batch_bytes) {
     lane_batch = rocksdb::WriteBatch{bytes};
-    lane_batch_reserved = bytes;
   } else {
     lane_batch.Clear();
   }
@@ -681,7 +681,6 @@ void end_lane_thread() {
   detail::open_pass = {};
   detail::flushing.clear();
   detail::lane_batch = rocksdb::WriteBatch{};
-  detail::lane_batch_reserved = 0;
 }
 
 } // namespace nerve::actors
