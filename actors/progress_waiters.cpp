@@ -82,14 +82,17 @@ void progress_waiters::run() {
       return;
     if (dirty_.load())
       continue;
+    // Without a predicate: add() wakes the thread for a new deadline
+    // without setting dirty_, and the loop looks again at whatever woke it
+    // (a notify() that came after the check above waits for this lock, so
+    // its wake-up comes once the thread sleeps).
     if (waiters_.empty()) {
       sleeps_until_ = clock::time_point::max();
-      wake_.wait(lock, [this] { return dirty_.load() || stopped_; });
+      wake_.wait(lock);
     } else {
       sleeps_until_ = std::min_element(waiters_.begin(), waiters_.end(), [](auto& a, auto& b) {
                         return a.deadline < b.deadline;
                       })->deadline;
-      // Woken early by add() for a nearer deadline: the loop looks again.
       wake_.wait_until(lock, sleeps_until_);
     }
   }

@@ -1,6 +1,7 @@
 // progress_waiters: a waiter whose move already happened is answered on the
 // calling thread; others on the waiters' thread after a notify() or at their
-// deadline, including a deadline nearer than the one the thread sleeps towards;
+// deadline, including a deadline nearer than the one the thread sleeps towards
+// and one that comes when the thread had nobody left to wait for;
 // stop() answers everyone; many threads adding and notifying lose no waiter.
 #include <catch2/catch.hpp>
 
@@ -72,6 +73,20 @@ TEST_CASE("a nearer deadline is kept while the thread sleeps towards a later one
   CHECK(l.wait_for(10ms) == std::future_status::timeout);
   w.stop(); // answers the minute-long one now
   CHECK(l.wait_for(10s) == std::future_status::ready);
+}
+
+TEST_CASE("a deadline is kept when the thread had nobody left to wait for", "[unit][waiters]") {
+  progress_waiters w;
+  std::promise<void> first, second;
+  w.add([] { return false; }, progress_waiters::clock::now() + 20ms, [&] { first.set_value(); });
+  REQUIRE(first.get_future().wait_for(20s) == std::future_status::ready);
+  // The thread answered its only waiter and sleeps until something comes.
+  std::this_thread::sleep_for(20ms);
+  auto start = progress_waiters::clock::now();
+  w.add([] { return false; }, start + 50ms, [&] { second.set_value(); });
+  auto f = second.get_future();
+  REQUIRE(f.wait_for(20s) == std::future_status::ready);
+  CHECK(progress_waiters::clock::now() - start >= 50ms);
 }
 
 TEST_CASE("after stop() a waiter is answered at once, on the caller", "[unit][waiters]") {

@@ -1101,6 +1101,18 @@ class GroupLongPollTest(AgentTestCase):
         self.assertGreater(body["index"], index)
         self.assertTrue(0.25 <= waited < 10.0, waited)
         self.assertEqual(sum(p["cursor"] for p in body["groups"][0]["partitions"]), 2, body)
+        # The waiters' thread has nobody left to wait for: a new wait on which
+        # nothing moves still ends after its wait_ms (a moment apart, the index
+        # is settled).
+        def settled():
+            a = srv.get(f"/v1/topics/{t}/groups").json()["index"]
+            time.sleep(0.2)
+            b = srv.get(f"/v1/topics/{t}/groups").json()["index"]
+            return b if a == b else None
+        now = self.wait_for(settled, 10.0, "a settled index")
+        body, waited = wait(now, 400)
+        self.assertEqual(body["index"], now)
+        self.assertTrue(0.35 <= waited < 5.0, waited)
 
     def test_bad_waits_are_refused(self):
         t = topic("longpoll")
