@@ -560,8 +560,10 @@ public:
   [[nodiscard]] virtual std::optional<std::uint32_t>
   partition_count(const std::string& topic) const = 0;
 
-  /// Calls `then` (on a thread of the node's) once group_progress(topic) is
-  /// no longer `index`, or after `wait`, or at shutdown.
+  /// Calls `then` once group_progress(topic) is no longer `index`, or after
+  /// `wait`, or at shutdown: on the calling thread, before this returns, when
+  /// the index moved already (or the topic does not exist), else on a thread
+  /// of the node's.
   virtual void when_groups_move(const std::string& topic, std::uint64_t index,
                                 std::chrono::milliseconds wait, std::function<void()> then)
     = 0;

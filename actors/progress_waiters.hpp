@@ -1,8 +1,9 @@
 // progress_waiters: requests that wait for something to move (a consumer
-// group's cursor: GET /v1/topics/{t}/groups?index=&wait_ms=), answered on a
-// thread of their own once it moved or their wait is over. Partitions call
-// notify() whenever a cursor moves; with nobody waiting that is one atomic
-// load. The thread starts with the first waiter.
+// group's cursor: GET /v1/topics/{t}/groups?index=&wait_ms=), answered by
+// the caller when it moved already, else on a thread of their own once it
+// moved or their wait is over. Partitions call notify() whenever a cursor
+// moves; with nobody waiting that is one atomic load. The thread starts with
+// the first waiter that has to wait.
 #pragma once
 
 #include <atomic>

@@ -78,7 +78,7 @@ void append_quoted(std::string& out, const std::string& s) {
     out += s;
     out += '"';
   } else {
-    out += json(s).dump();
+    out += json(s).dump(-1, ' ', false, json::error_handler_t::replace);
   }
 }
 

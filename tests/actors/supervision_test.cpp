@@ -325,12 +325,15 @@ TEST_CASE("an agent's topic patterns: '*' one token, '>' one or more at the end"
     auto cfg = builtin_agent("p", "noop");
     cfg.topics = r.patterns;
     detail::agent_runtime agent{cfg, 0};
+    std::string names;
+    for (const auto& p : r.patterns)
+      names += (names.empty() ? "" : ", ") + p;
     for (const auto& t : r.match) {
-      INFO(r.patterns.front() << " matches " << t);
+      INFO(names << " matches " << t);
       CHECK(agent.subscribes(t));
     }
     for (const auto& t : r.miss) {
-      INFO(r.patterns.front() << " does not match " << t);
+      INFO(names << " does not match " << t);
       CHECK_FALSE(agent.subscribes(t));
     }
   }
