@@ -22,10 +22,9 @@ void progress_waiters::add(std::function<bool()> moved, clock::time_point deadli
       // that came before it left a move the check sees.
       waiting_.store(waiters_.size(), std::memory_order_seq_cst);
       if (waiters_.back().moved()) {
-        auto now = std::move(waiters_.back().fire);
+        fire = std::move(waiters_.back().fire); // answered below, outside the lock
         waiters_.pop_back();
         waiting_.store(waiters_.size());
-        fire = std::move(now);
       } else {
         if (!thread_.joinable())
           thread_ = std::thread{[this] {

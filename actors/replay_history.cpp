@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/replay_plan.hpp"
+#include "actors/stored_event.hpp"
 
 namespace nerve::actors::detail {
 
@@ -67,20 +68,6 @@ delivery_view state_of(const std::string& agent, const persistence::dlq_entry* d
   return d;
 }
 
-/// Appends `v` to `out` as a JSON string.
-void append_quoted(std::string& out, std::string_view v) {
-  // Outcomes are plain words: copied as they are, without a DOM.
-  bool plain = std::all_of(v.begin(), v.end(),
-                           [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; });
-  if (plain) {
-    out += '"';
-    out += v;
-    out += '"';
-    return;
-  }
-  out += json(std::string{v}).dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
 /// Appends one history entry: the stored event's own bytes (already JSON),
 /// what became of it live and, under a redelivering replay, in the replay.
 void append_entry(history_page& page, std::string_view event, const delivery_view& v,
@@ -91,21 +78,21 @@ void append_entry(history_page& page, std::string_view event, const delivery_vie
   out += "{\"event\":";
   out += event;
   out += ",\"outcome\":";
-  append_quoted(out, v.state);
+  stored::append_quoted(out, v.state);
   out += ",\"attempts\":";
   out += std::to_string(v.attempts);
   if (!v.error.empty()) {
     out += ",\"error\":";
-    append_quoted(out, v.error);
+    stored::append_quoted(out, v.error);
   }
   if (replay_outcome.is_object() && !replay_outcome.value("outcome", "").empty()) {
     out += ",\"replay\":{\"outcome\":";
-    append_quoted(out, replay_outcome.value("outcome", ""));
+    stored::append_quoted(out, replay_outcome.value("outcome", ""));
     out += ",\"attempts\":";
     out += std::to_string(replay_outcome.value("attempts", 0U));
     if (auto e = replay_outcome.value("error", ""); !e.empty()) {
       out += ",\"error\":";
-      append_quoted(out, e);
+      stored::append_quoted(out, e);
     }
     out += '}';
   }

@@ -1,6 +1,7 @@
 // Scans of stored events' JSON text (stored_event.hpp).
 #include "actors/stored_event.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -83,6 +84,20 @@ std::optional<std::string> string_value(std::string_view raw) {
   if (!j.is_string())
     return std::nullopt;
   return j.get<std::string>();
+}
+
+void append_quoted(std::string& out, std::string_view v) {
+  bool plain = std::all_of(v.begin(), v.end(), [](unsigned char c) {
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+  });
+  if (!plain) {
+    out += nlohmann::json(std::string{v})
+             .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return;
+  }
+  out += '"';
+  out += v;
+  out += '"';
 }
 
 std::optional<std::uint64_t> unsigned_value(std::string_view raw) {

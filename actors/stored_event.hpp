@@ -29,6 +29,11 @@ template <class F>
 /// holds no escape, else as nlohmann decodes it; nullopt when not a string.
 [[nodiscard]] std::optional<std::string> string_value(std::string_view raw);
 
+/// Appends `v` as a JSON string: its bytes between quotes when none needs an
+/// escape (names, ids and outcome words), else as nlohmann writes it, with
+/// invalid UTF-8 replaced.
+void append_quoted(std::string& out, std::string_view v);
+
 /// The JSON number `raw` when it is a non-negative integer that fits.
 [[nodiscard]] std::optional<std::uint64_t> unsigned_value(std::string_view raw);
 

@@ -1,6 +1,5 @@
 // Routes of agents: list, get, pause and resume, their consumer groups and
 // their delivery counters.
-#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -13,6 +12,7 @@
 
 #include "actors/agent_line.hpp"
 #include "actors/event_input.hpp"
+#include "actors/stored_event.hpp"
 #include "http/problem.hpp"
 #include "http/routes_private.hpp"
 
@@ -67,21 +67,6 @@ namespace {
 /// Longest wait a GET groups may ask for.
 constexpr std::uint64_t max_group_wait_ms = 60000;
 
-/// `s` as a JSON string: as it is when it needs no escape (agent and topic
-/// names are tokens), else through nlohmann's writer.
-void append_quoted(std::string& out, const std::string& s) {
-  bool plain = std::all_of(s.begin(), s.end(), [](unsigned char c) {
-    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
-  });
-  if (plain) {
-    out += '"';
-    out += s;
-    out += '"';
-  } else {
-    out += json(s).dump(-1, ' ', false, json::error_handler_t::replace);
-  }
-}
-
 /// `,"name":v` (no comma first when `first`).
 void append_field(std::string& out, const char* name, std::uint64_t v, bool first = false) {
   out += first ? "\"" : ",\"";
@@ -110,12 +95,12 @@ std::string groups_body(const std::string& topic, const std::vector<actors::grou
   std::string body;
   body.reserve(96 + groups.size() * 1000);
   body += "{\"topic\":";
-  append_quoted(body, topic);
+  actors::stored::append_quoted(body, topic);
   body += ",\"groups\":[";
   for (std::size_t i = 0; i < groups.size(); ++i) {
     const auto& g = groups[i];
     body += i ? ",{\"agent\":" : "{\"agent\":";
-    append_quoted(body, g.agent);
+    actors::stored::append_quoted(body, g.agent);
     append_field(body, "instances", g.instances);
     append_field(body, "pending", g.pending);
     append_field(body, "lag", g.lag);

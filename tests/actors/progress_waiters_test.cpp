@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -20,6 +21,18 @@ namespace {
 
 auto far() {
   return progress_waiters::clock::now() + 60s;
+}
+
+/// Adds a waiter on which nothing moves, due `after` from now, and checks it
+/// is answered at its deadline: not before, and not only at some later
+/// wake-up. (The promise is shared: a failed wait leaves the waiter behind.)
+void check_answered_at_deadline(progress_waiters& w, std::chrono::milliseconds after) {
+  auto fired = std::make_shared<std::promise<void>>();
+  auto start = progress_waiters::clock::now();
+  w.add([] { return false; }, start + after, [fired] { fired->set_value(); });
+  REQUIRE(fired->get_future().wait_for(20s) == std::future_status::ready);
+  CHECK(progress_waiters::clock::now() - start >= after);
+  CHECK(progress_waiters::clock::now() - start < 20s);
 }
 
 } // namespace
@@ -58,17 +71,12 @@ TEST_CASE("a waiter is answered on the waiters' thread once it moved and notify(
 
 TEST_CASE("a nearer deadline is kept while the thread sleeps towards a later one",
           "[unit][waiters]") {
-  std::promise<void> late, near;
+  std::promise<void> late;
   progress_waiters w;
   w.add([] { return false; }, far(), [&] { late.set_value(); });
   // The thread sleeps towards the minute-long deadline now.
   std::this_thread::sleep_for(20ms);
-  auto start = progress_waiters::clock::now();
-  w.add([] { return false; }, start + 100ms, [&] { near.set_value(); });
-  auto f = near.get_future();
-  REQUIRE(f.wait_for(20s) == std::future_status::ready);
-  CHECK(progress_waiters::clock::now() - start >= 100ms);
-  CHECK(progress_waiters::clock::now() - start < 20s);
+  check_answered_at_deadline(w, 100ms);
   auto l = late.get_future();
   CHECK(l.wait_for(10ms) == std::future_status::timeout);
   w.stop(); // answers the minute-long one now
@@ -76,17 +84,11 @@ TEST_CASE("a nearer deadline is kept while the thread sleeps towards a later one
 }
 
 TEST_CASE("a deadline is kept when the thread had nobody left to wait for", "[unit][waiters]") {
-  std::promise<void> first, second;
   progress_waiters w;
-  w.add([] { return false; }, progress_waiters::clock::now() + 20ms, [&] { first.set_value(); });
-  REQUIRE(first.get_future().wait_for(20s) == std::future_status::ready);
+  check_answered_at_deadline(w, 20ms);
   // The thread answered its only waiter and sleeps until something comes.
   std::this_thread::sleep_for(20ms);
-  auto start = progress_waiters::clock::now();
-  w.add([] { return false; }, start + 50ms, [&] { second.set_value(); });
-  auto f = second.get_future();
-  REQUIRE(f.wait_for(20s) == std::future_status::ready);
-  CHECK(progress_waiters::clock::now() - start >= 50ms);
+  check_answered_at_deadline(w, 50ms);
 }
 
 TEST_CASE("after stop() a waiter is answered at once, on the caller", "[unit][waiters]") {

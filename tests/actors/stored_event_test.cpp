@@ -108,3 +108,24 @@ TEST_CASE("a scan refuses what is not one object", "[unit][actors]") {
   CHECK_FALSE(stored::unsigned_value("18446744073709551616"));
   CHECK_FALSE(stored::string_value("12"));
 }
+
+TEST_CASE("append_quoted writes any bytes as a JSON string", "[unit][actors]") {
+  for (std::string v :
+       {std::string{"acked"}, std::string{""}, std::string{"a\"b"}, std::string{"back\\slash"},
+        std::string{"line\nbreak\t"}, std::string{"gr\xc3\xbcn"}, std::string{"\x01\x1f"}}) {
+    std::string out = "[";
+    stored::append_quoted(out, v);
+    out += ']';
+    INFO(out);
+    auto parsed = json::parse(out);
+    CHECK(parsed[0].get<std::string>() == v);
+  }
+  // Not UTF-8: still valid JSON, the bad byte replaced.
+  std::string out;
+  stored::append_quoted(out, std::string{"bad\xff"});
+  CHECK(json::parse(out).get<std::string>() == "bad\xef\xbf\xbd");
+  // Plain text is copied as it is.
+  out.clear();
+  stored::append_quoted(out, "group:orders:w");
+  CHECK(out == "\"group:orders:w\"");
+}
