@@ -16,18 +16,11 @@
 #include <variant>
 #include <vector>
 
+#include "actors/group_event.hpp"
 #include "config/config.hpp"
 #include "persistence/delivery_store.hpp"
 
 namespace nerve::actors {
-
-/// An event as a consumer group sees it.
-struct group_event {
-  std::uint64_t offset = 0;
-  std::int64_t appended_us = 0; ///< append time; 0 when read back from the log
-  std::shared_ptr<const std::string> json;
-  std::string id, key, type, source;
-};
 
 /// Whether an event with these fields passes `f`.
 [[nodiscard]] bool filter_matches(const config::agent_filter& f, const std::string& type,

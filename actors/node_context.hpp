@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/credit_pool.hpp"
+#include "actors/group_event.hpp"
 #include "actors/node.hpp"
 #include "actors/progress_waiters.hpp"
 #include "actors/tracing.hpp"
@@ -251,13 +253,19 @@ struct follower_view {
 struct partition_slot {
   caf::actor actor; ///< guarded by routing::mutex
   /// The publish lane (publish_lane.hpp): while the partition's actor lends
-  /// its writer here (it is idle, has no consumer groups and no replication
-  /// role), publishing threads append with it themselves, holding
-  /// lane_mutex, and the actor takes it back (under the same lock) before
-  /// anything else touches the writer.
+  /// its writer here (it has nothing of its own to append and no
+  /// replication role), publishing threads append with it themselves,
+  /// holding lane_mutex, and the actor takes it back (under the same lock)
+  /// before anything else touches the writer.
   std::mutex lane_mutex;
   persistence::partition_writer* lane = nullptr; ///< guarded by lane_mutex
   std::atomic<bool> lane_open{false};            ///< lane != nullptr, read without the lock
+  /// Consumer groups read the partition: the lane keeps what it appends in
+  /// `lane_appended` (offset order, at most lane_appended_max, the oldest
+  /// dropped) for the actor's tail cache, which takes them under the lock.
+  bool lane_feeds = false;               ///< guarded by lane_mutex
+  std::deque<group_event> lane_appended; ///< guarded by lane_mutex
+  static constexpr std::size_t lane_appended_max = 4096;
   /// Shuts the lane (the caller holds lane_mutex): publishes go to the actor.
   void close_lane() {
     lane = nullptr;

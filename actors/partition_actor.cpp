@@ -489,6 +489,26 @@ void load_events(partition_actor_t self, group& g) {
   }
 }
 
+/// Keeps an appended event in the tail cache, which holds consecutive
+/// offsets only (fill() indexes it by offset): one that does not follow the
+/// last starts it afresh.
+void keep_in_tail(partition_state& st, group_event&& e) {
+  if (!st.tail.empty() && e.offset != st.tail.back().offset + 1)
+    st.tail.clear();
+  st.tail.push_back(std::move(e));
+  if (st.tail.size() > tail_cache_events)
+    st.tail.pop_front();
+}
+
+/// Moves what the lane appended for the groups into the tail cache; the
+/// caller holds the lane lock.
+void take_lane_appended(partition_state& st) {
+  auto& appended = st.slot->lane_appended;
+  for (auto& e : appended)
+    keep_in_tail(st, std::move(e));
+  appended.clear();
+}
+
 /// Takes the writer back from the publish lane: once this returns no lane
 /// thread uses it, and everything they appended is in it.
 void reclaim_lane(partition_state& st) {
@@ -497,20 +517,24 @@ void reclaim_lane(partition_state& st) {
   std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
   if (st.slot->lane == st.writer.get())
     st.slot->close_lane();
+  take_lane_appended(st);
+  st.slot->lane_feeds = false;
   st.lent = false;
 }
 
-/// Lends the writer to the publish lane while nothing but publishes would
-/// touch it: no consumer groups (their deliveries feed on the actor's own
-/// appends), no replication role, no batch of its own and no test hook
-/// before appends. Anything else takes it back first (reclaim_lane).
+/// Lends the writer to the publish lane while only publishes append to it:
+/// no replication role, no batch of its own and no test hook before
+/// appends. Anything else takes it back first (reclaim_lane). Consumer
+/// groups keep delivering meanwhile: the lane hands them what it appends
+/// (take_lane_appended), and the sync thread wakes the actor when it is
+/// durable.
 void lend_lane(partition_state& st) {
-  if (st.quitting || st.role || !st.groups.empty() || !st.batch.empty()
-      || st.ctx->hooks->before_append)
+  if (st.quitting || st.role || !st.batch.empty() || st.ctx->hooks->before_append)
     return reclaim_lane(st);
   if (st.lent)
     return;
   std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+  st.slot->lane_feeds = !st.groups.empty();
   // Opened first, then the jobs on their way looked at: a publisher takes
   // its ticket before it looks at the lane (publish_service::submit), so
   // one of the two sees the other and no job of the actor's is overtaken.
@@ -533,7 +557,13 @@ void pump(partition_actor_t self) {
   if (!st.groups_ready)
     return;
   catch_up_durable(st);
-  auto end = std::min(st.writer->next_offset(), st.durable_end);
+  if (st.lent) {
+    // The lane appends meanwhile: the writer is not this thread's to read,
+    // and what is durable was appended (the slot's end rises after the write).
+    std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+    take_lane_appended(st);
+  }
+  auto end = st.lent ? st.durable_end : std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
     auto& g = st.groups[gi];
     if (g.retired)
@@ -834,12 +864,9 @@ cache_appended(partition_state& st, std::vector<persistence::append_result>& app
       if (st.groups.empty())
         continue;
       auto& e = job->events[k];
-      st.tail.push_back(
-        {r.where.offset, r.where.time_us,
-         std::make_shared<const std::string>(keep_json ? r.json : std::move(r.json)), r.id, e.key,
-         e.type, e.source});
-      if (st.tail.size() > tail_cache_events)
-        st.tail.pop_front();
+      keep_in_tail(st, {r.where.offset, r.where.time_us,
+                        std::make_shared<const std::string>(keep_json ? r.json : std::move(r.json)),
+                        r.id, e.key, e.type, e.source});
     }
     at += n;
   }
@@ -1747,7 +1774,10 @@ void flush_now(partition_actor_t self) {
 }
 
 void flush(partition_actor_t self) {
-  reclaim_lane(self->state);
+  // Deliveries and their acks leave the writer with the lane; a batch of
+  // the actor's own takes it back.
+  if (!self->state.batch.empty())
+    reclaim_lane(self->state);
   flush_now(self);
   lend_lane(self->state);
 }
@@ -1829,9 +1859,12 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
   st.partition = p;
   {
     // An earlier actor of this partition may have lent its writer: closed
-    // before this one's is made, so it recovers every append the lane made.
+    // before this one's is made, so it recovers every append the lane made
+    // (and reads them from the log, not from what the lane kept for it).
     std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
     st.slot->close_lane();
+    st.slot->lane_appended.clear();
+    st.slot->lane_feeds = false;
   }
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
   st.durable_end = st.writer->next_offset();

@@ -491,6 +491,27 @@ void run_pass() {
   flushing.clear();
 }
 
+/// Keeps a settled append of a partition that consumer groups read for its
+/// actor's tail cache (partition_slot::lane_appended); the caller holds the
+/// lane lock. The events' key, type and source move; texts are copied (the
+/// answers and the live tails read them afterwards).
+void hand_to_groups(partition_slot& slot, std::vector<persistence::new_event>& events,
+                    const std::vector<persistence::append_result>& results) {
+  if (!slot.lane_feeds)
+    return;
+  for (std::size_t k = 0; k < results.size(); ++k) {
+    const auto& r = results[k];
+    if (r.status != persistence::append_status::appended)
+      continue;
+    auto& e = events[k];
+    slot.lane_appended.push_back({r.where.offset, r.where.time_us,
+                                  std::make_shared<const std::string>(r.json), r.id,
+                                  std::move(e.key), std::move(e.type), std::move(e.source)});
+    if (slot.lane_appended.size() > partition_slot::lane_appended_max)
+      slot.lane_appended.pop_front();
+  }
+}
+
 /// Tickets for the jobs of items [first, last), which go to the actor of
 /// `slot`; taken under its lane lock, so the lane cannot open before the
 /// actor has them (partition_actor's lend_lane).
@@ -600,6 +621,8 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
     pt.end = writer->next_offset();
     if (write_failed)
       pt.failed = write_failed;
+    else if (!stalled)
+      hand_to_groups(*slot_of(items[pt.first]), pt.events, pt.results);
     if (!stalled)
       continue;
     // RocksDB holds writes back for now: the events go back to their jobs
@@ -651,7 +674,7 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
           job->finish(tl::make_unexpected(*failure));
         continue;
       }
-      if (raise_durable(*w.slot, w.end)) { // joined since: its actor delivers what is durable now
+      if (raise_durable(*w.slot, w.end)) { // groups read it: its actor delivers what is durable now
         std::shared_lock<std::shared_mutex> guard{routes_.mutex};
         sender_.wake(*w.slot);
       }

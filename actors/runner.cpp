@@ -460,8 +460,17 @@ caf::result<bool> create_group(runner_actor_t self, const std::string& name,
         slot.groups.push_back(std::move(gs));
       }
     }
-    if (auto actor = ctx.routes.actor_of(*route, p))
+    if (auto actor = ctx.routes.actor_of(*route, p)) {
+      {
+        // The lane shut first: publishes from here on queue behind the join
+        // in the actor's mailbox instead of passing it, so a group made at
+        // the end reads every event published after this answer (the actor
+        // lends the lane again once it has joined).
+        std::lock_guard<std::mutex> guard{route->slots[p]->lane_mutex};
+        route->slots[p]->close_lane();
+      }
       caf::anon_send(actor, join_group_atom::value, name, earliest);
+    }
   }
   spdlog::info("group={} topic={}: made by XGROUP CREATE, from the stream's {}", name, topic,
                earliest ? "start" : "end");

@@ -1063,6 +1063,36 @@ class PauseTest(AgentTestCase):
 
 # 7 -----------------------------------------------------------------------------
 
+class LaneFeedTest(AgentTestCase):
+    """Publishes to a partition that groups read are appended by the HTTP threads (the
+    publish lane), which hand the appended events to the partition's actor for
+    delivery (docs/architecture.md, "The publish lane")."""
+
+    def test_a_request_larger_than_the_hand_off_is_delivered_whole(self):
+        # The hand-off keeps the last 4,096 events of what the actor has not taken;
+        # a request of 9,000 overflows it, and the group must read what fell out of
+        # it from the log: every event processed once, none skipped.
+        t = topic("bigfeed")
+        srv = self.new_server(config={"agents": [builtin("n", [t], "noop")],
+                                      "topics": {"defaults": {"partitions": 1}},
+                                      "http": {"max_events_per_request": 10000}})
+        self.publish_ok(srv, t, [{"data": i} for i in range(10)])
+
+        def processed():
+            r = srv.get(f"/v1/metrics?agent=n&topic={t}")
+            self.assertEqual(r.status, 200, r)
+            rows = r.json()["metrics"]
+            return rows[0]["processed"] if rows else 0
+        self.wait_for(lambda: processed() == 10, what="the first 10 processed")
+        for _ in range(2):
+            self.publish_ok(srv, t, [{"data": i} for i in range(9000)])
+        self.wait_for(lambda: self.group(srv, t, "n")["partitions"][0]["cursor"] == 18010,
+                      what="the cursor at the end")
+        self.assertEqual(processed(), 18010)
+        g = self.group(srv, t, "n")
+        self.assertEqual((g["pending"], g["lag"]), (0, 0), g)
+
+
 class GroupLongPollTest(AgentTestCase):
     """GET /v1/topics/{t}/groups?index=&wait_ms=: answered once a cursor moves past the
     index of an earlier answer, or after wait_ms (docs/api.md)."""
