@@ -500,13 +500,12 @@ void keep_in_tail(partition_state& st, group_event&& e) {
     st.tail.pop_front();
 }
 
-/// Moves what the lane appended for the groups into the tail cache; the
-/// caller holds the lane lock.
-void take_lane_appended(partition_state& st) {
-  auto& appended = st.slot->lane_appended;
-  for (auto& e : appended)
+/// Keeps what the lane appended for the groups (taken from the slot under
+/// the lane lock, moved into the tail cache without it).
+void keep_lane_appended(partition_state& st, std::deque<group_event>& taken) {
+  for (auto& e : taken)
     keep_in_tail(st, std::move(e));
-  appended.clear();
+  taken.clear();
 }
 
 /// Takes the writer back from the publish lane: once this returns no lane
@@ -514,33 +513,41 @@ void take_lane_appended(partition_state& st) {
 void reclaim_lane(partition_state& st) {
   if (!st.lent)
     return;
-  std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
-  if (st.slot->lane == st.writer.get())
-    st.slot->close_lane();
-  take_lane_appended(st);
-  st.slot->lane_feeds = false;
+  std::deque<group_event> taken;
+  {
+    std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+    if (st.slot->lane == st.writer.get())
+      st.slot->close_lane();
+    taken.swap(st.slot->lane_appended);
+    st.slot->lane_feeds = false;
+  }
   st.lent = false;
+  keep_lane_appended(st, taken);
 }
 
 /// Lends the writer to the publish lane while only publishes append to it:
 /// no replication role, no batch of its own and no test hook before
 /// appends. Anything else takes it back first (reclaim_lane). Consumer
 /// groups keep delivering meanwhile: the lane hands them what it appends
-/// (take_lane_appended), and the sync thread wakes the actor when it is
-/// durable.
+/// (keep_lane_appended), and the sync thread wakes the actor when it is
+/// durable. While an XGROUP CREATE's join is on its way the lane stays shut
+/// (partition_slot::joins_pending).
 void lend_lane(partition_state& st) {
   if (st.quitting || st.role || !st.batch.empty() || st.ctx->hooks->before_append)
     return reclaim_lane(st);
   if (st.lent)
     return;
   std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
-  st.slot->lane_feeds = !st.groups.empty();
+  if (st.slot->joins_pending > 0)
+    return;
   // Opened first, then the jobs on their way looked at: a publisher takes
   // its ticket before it looks at the lane (publish_service::submit), so
   // one of the two sees the other and no job of the actor's is overtaken.
   st.slot->lane_open.store(true);
   if (st.slot->to_actor.load() > 0)
     return st.slot->close_lane();
+  st.slot->lane_feeds
+    = std::any_of(st.groups.begin(), st.groups.end(), [](const group& g) { return !g.retired; });
   st.slot->lane = st.writer.get();
   st.lent = true;
 }
@@ -560,8 +567,12 @@ void pump(partition_actor_t self) {
   if (st.lent) {
     // The lane appends meanwhile: the writer is not this thread's to read,
     // and what is durable was appended (the slot's end rises after the write).
-    std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
-    take_lane_appended(st);
+    std::deque<group_event> taken;
+    {
+      std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+      taken.swap(st.slot->lane_appended);
+    }
+    keep_lane_appended(st, taken);
   }
   auto end = st.lent ? st.durable_end : std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
@@ -1865,6 +1876,10 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
     st.slot->close_lane();
     st.slot->lane_appended.clear();
     st.slot->lane_feeds = false;
+    // It finds every group in the slot: joins sent to the actor before it
+    // are done (one sent to that one after this keeps the lane shut and
+    // publishes on the actor's path until the partition's next actor).
+    st.slot->joins_pending = 0;
   }
   st.writer = std::make_unique<persistence::partition_writer>(*ctx->log, route->info, p);
   st.durable_end = st.writer->next_offset();
@@ -1916,8 +1931,12 @@ partition_actor::behavior_type partition_behavior(partition_actor_t self, node_c
       return true;
     },
     [=](join_group_atom, const std::string& agent, bool earliest) {
-      reclaim_lane(self->state);
+      auto& st = self->state;
+      reclaim_lane(st);
       join_group(self, agent, earliest);
+      std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+      if (st.slot->joins_pending > 0) // (a new actor of the partition zeroed it)
+        --st.slot->joins_pending;
     },
     [=](leave_group_atom, const std::string& agent) {
       reclaim_lane(self->state);

@@ -462,12 +462,14 @@ caf::result<bool> create_group(runner_actor_t self, const std::string& name,
     }
     if (auto actor = ctx.routes.actor_of(*route, p)) {
       {
-        // The lane shut first: publishes from here on queue behind the join
-        // in the actor's mailbox instead of passing it, so a group made at
-        // the end reads every event published after this answer (the actor
-        // lends the lane again once it has joined).
-        std::lock_guard<std::mutex> guard{route->slots[p]->lane_mutex};
-        route->slots[p]->close_lane();
+        // The lane shut until the actor has joined (partition_slot::
+        // joins_pending): publishes from here on queue behind the join in
+        // the actor's mailbox instead of passing it, so a group made at the
+        // end reads every event published after this answer.
+        auto& slot = *route->slots[p];
+        std::lock_guard<std::mutex> guard{slot.lane_mutex};
+        slot.close_lane();
+        ++slot.joins_pending;
       }
       caf::anon_send(actor, join_group_atom::value, name, earliest);
     }

@@ -376,15 +376,25 @@ class RedisGroupTest(RespTestCase):
         self.assertEqual(r.xreadgroup("tail", "c", {s: ">"}, count=100, block=300), [])
 
     def test_a_group_made_during_a_publish_load_reads_an_unbroken_tail(self):
-        # Partitions no group reads take publishes on the HTTP threads
-        # themselves (the publish lane, docs/architecture.md); a group made
-        # while they do hands each partition back to its actor. Nothing may be
-        # lost, doubled or skipped on the way: offsets stay dense, the group
+        # Partitions take publishes on the HTTP threads themselves (the
+        # publish lane, docs/architecture.md); a group made while they do
+        # shuts each partition's lane until its actor has joined. Nothing may
+        # be lost, doubled or skipped on the way: offsets stay dense, the group
         # reads an unbroken tail of every partition, and every event published
         # after XGROUP CREATE answered is in it.
+        self.group_made_during_a_publish_load(early_group=False)
+
+    def test_a_group_made_during_a_publish_load_beside_another_reads_an_unbroken_tail(self):
+        # The same while another group reads the stream: its partitions lend
+        # the lane too, and hand what it appends to their actors.
+        self.group_made_during_a_publish_load(early_group=True)
+
+    def group_made_during_a_publish_load(self, early_group):
         srv, port = self.resp_server()
         s = topic("handover")
         self.assertEqual(srv.publish(s, [{"data": {"n": "first"}}]).status, 201)
+        if early_group:
+            self.assertTrue(redis.Redis(port=port).xgroup_create(s, "early", id="0"))
         acked = []  # (partition, offset, id, published after the group was made)
         made = threading.Event()
         stop = threading.Event()
