@@ -263,13 +263,13 @@ struct partition_slot {
   /// Consumer groups read the partition: the lane keeps what it appends in
   /// `lane_appended` (offset order, at most lane_appended_max, the oldest
   /// dropped) for the actor's tail cache, which takes them under the lock.
-  bool lane_feeds = false; ///< guarded by lane_mutex
+  bool lane_feeds = false;               ///< guarded by lane_mutex
+  std::deque<group_event> lane_appended; ///< guarded by lane_mutex
+  static constexpr std::size_t lane_appended_max = 4096;
   /// XGROUP CREATE joins sent to the actor and not yet handled: the lane
   /// stays shut meanwhile, so a publish made after XGROUP CREATE's answer
   /// queues behind the join instead of passing it. Guarded by lane_mutex.
   std::uint32_t joins_pending = 0;
-  std::deque<group_event> lane_appended; ///< guarded by lane_mutex
-  static constexpr std::size_t lane_appended_max = 4096;
   /// Shuts the lane (the caller holds lane_mutex): publishes go to the actor.
   void close_lane() {
     lane = nullptr;

@@ -500,12 +500,22 @@ void keep_in_tail(partition_state& st, group_event&& e) {
     st.tail.pop_front();
 }
 
-/// Keeps what the lane appended for the groups (taken from the slot under
-/// the lane lock, moved into the tail cache without it).
-void keep_lane_appended(partition_state& st, std::deque<group_event>& taken) {
+/// Moves what the lane appended for the groups into the tail cache: taken
+/// out of the slot under the lane lock, kept without it. With `close`, the
+/// lane is shut under the same lock (reclaim_lane).
+void take_lane_appended(partition_state& st, bool close) {
+  std::deque<group_event> taken;
+  {
+    std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
+    if (close) {
+      if (st.slot->lane == st.writer.get())
+        st.slot->close_lane();
+      st.slot->lane_feeds = false;
+    }
+    taken.swap(st.slot->lane_appended);
+  }
   for (auto& e : taken)
     keep_in_tail(st, std::move(e));
-  taken.clear();
 }
 
 /// Takes the writer back from the publish lane: once this returns no lane
@@ -513,23 +523,15 @@ void keep_lane_appended(partition_state& st, std::deque<group_event>& taken) {
 void reclaim_lane(partition_state& st) {
   if (!st.lent)
     return;
-  std::deque<group_event> taken;
-  {
-    std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
-    if (st.slot->lane == st.writer.get())
-      st.slot->close_lane();
-    taken.swap(st.slot->lane_appended);
-    st.slot->lane_feeds = false;
-  }
+  take_lane_appended(st, true);
   st.lent = false;
-  keep_lane_appended(st, taken);
 }
 
 /// Lends the writer to the publish lane while only publishes append to it:
 /// no replication role, no batch of its own and no test hook before
 /// appends. Anything else takes it back first (reclaim_lane). Consumer
 /// groups keep delivering meanwhile: the lane hands them what it appends
-/// (keep_lane_appended), and the sync thread wakes the actor when it is
+/// (take_lane_appended), and the sync thread wakes the actor when it is
 /// durable. While an XGROUP CREATE's join is on its way the lane stays shut
 /// (partition_slot::joins_pending).
 void lend_lane(partition_state& st) {
@@ -564,16 +566,10 @@ void pump(partition_actor_t self) {
   if (!st.groups_ready)
     return;
   catch_up_durable(st);
-  if (st.lent) {
-    // The lane appends meanwhile: the writer is not this thread's to read,
-    // and what is durable was appended (the slot's end rises after the write).
-    std::deque<group_event> taken;
-    {
-      std::lock_guard<std::mutex> guard{st.slot->lane_mutex};
-      taken.swap(st.slot->lane_appended);
-    }
-    keep_lane_appended(st, taken);
-  }
+  // While lent the lane appends: the writer is not this thread's to read,
+  // and what is durable was appended (the slot's end rises after the write).
+  if (st.lent)
+    take_lane_appended(st, false);
   auto end = st.lent ? st.durable_end : std::min(st.writer->next_offset(), st.durable_end);
   for (std::size_t gi = 0; gi < st.groups.size(); ++gi) {
     auto& g = st.groups[gi];
