@@ -567,6 +567,13 @@ private:
       names[t.id] = name;
     std::map<std::string, std::vector<std::string>> leaders_view;
     std::vector<replicated_partition> view;
+    struct grant {
+      detail::partition_slot* slot;
+      control::partition_state state;
+      std::string holder;
+      std::int64_t lease;
+    };
+    std::vector<grant> grants;
     for (auto& [name, t] : topics_) {
       leaders_view[name].assign(t.partitions, std::string{});
       auto route = deps_.ctx->routes.find(name);
@@ -621,12 +628,21 @@ private:
           leaders_view[name][p] = holder;
         view.push_back({name, t.id, p, s, holder});
         if (route && p < route->slots.size())
-          give_role(*route->slots[p], s, holder, lit == leaders_.end() ? 0 : lit->second.lease);
+          grants.push_back(
+            {route->slots[p].get(), s, holder, lit == leaders_.end() ? 0 : lit->second.lease});
       }
     }
+    // etcd's records are shown before the roles act on them: a leader that
+    // acknowledges with a smaller in-sync set (its role has it) is never
+    // seen with the set it had before.
+    {
+      std::unique_lock<std::shared_mutex> guard{view_mutex_};
+      partitions_view_ = std::move(view);
+    }
+    for (auto& g : grants)
+      give_role(*g.slot, g.state, g.holder, g.lease);
     std::unique_lock<std::shared_mutex> guard{view_mutex_};
     leaders_view_ = std::move(leaders_view);
-    partitions_view_ = std::move(view);
   }
 
   /// Leaders drift away from placement as nodes fail (the survivors take
