@@ -568,6 +568,7 @@ private:
     std::map<std::string, std::vector<std::string>> leaders_view;
     std::vector<replicated_partition> view;
     struct grant {
+      std::shared_ptr<detail::topic_route> route; ///< keeps the slot
       detail::partition_slot* slot;
       control::partition_state state;
       std::string holder;
@@ -628,8 +629,8 @@ private:
           leaders_view[name][p] = holder;
         view.push_back({name, t.id, p, s, holder});
         if (route && p < route->slots.size())
-          grants.push_back(
-            {route->slots[p].get(), s, holder, lit == leaders_.end() ? 0 : lit->second.lease});
+          grants.push_back({route, route->slots[p].get(), s, holder,
+                            lit == leaders_.end() ? 0 : lit->second.lease});
       }
     }
     // etcd's records are shown before the roles act on them: a leader that
