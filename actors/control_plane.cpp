@@ -568,8 +568,8 @@ private:
     std::map<std::string, std::vector<std::string>> leaders_view;
     std::vector<replicated_partition> view;
     struct grant {
-      std::shared_ptr<detail::topic_route> route; ///< keeps the slot
-      detail::partition_slot* slot;
+      std::shared_ptr<detail::topic_route> route; ///< keeps the partition's slot
+      std::uint32_t partition;
       control::partition_state state;
       std::string holder;
       std::int64_t lease;
@@ -629,8 +629,7 @@ private:
           leaders_view[name][p] = holder;
         view.push_back({name, t.id, p, s, holder});
         if (route && p < route->slots.size())
-          grants.push_back({route, route->slots[p].get(), s, holder,
-                            lit == leaders_.end() ? 0 : lit->second.lease});
+          grants.push_back({route, p, s, holder, lit == leaders_.end() ? 0 : lit->second.lease});
       }
     }
     // etcd's records are shown before the roles act on them: a leader that
@@ -641,7 +640,7 @@ private:
       partitions_view_ = std::move(view);
     }
     for (auto& g : grants)
-      give_role(*g.slot, g.state, g.holder, g.lease);
+      give_role(*g.route->slots[g.partition], g.state, g.holder, g.lease);
     std::unique_lock<std::shared_mutex> guard{view_mutex_};
     leaders_view_ = std::move(leaders_view);
   }
