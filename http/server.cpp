@@ -11,6 +11,7 @@
 #include <optional>
 #include <pthread.h>
 #include <thread>
+#include <unistd.h>
 #include <utility>
 
 #include <boost/asio.hpp>
@@ -47,6 +48,31 @@ struct ws_gate {
   }
 };
 
+/// Connections an event loop takes before the next loop takes any.
+constexpr std::size_t fill_first_connections = 32;
+
+/// The connections one event loop serves (HTTP and WebSocket).
+using loop_load = std::shared_ptr<std::atomic<std::size_t>>;
+
+/// Counts a connection on its loop while it lives.
+class loop_share {
+public:
+  explicit loop_share(loop_load load) : load_(std::move(load)) {
+    if (load_)
+      load_->fetch_add(1);
+  }
+  loop_share(const loop_share&) = delete;
+  loop_share& operator=(const loop_share&) = delete;
+  ~loop_share() {
+    if (load_)
+      load_->fetch_sub(1);
+  }
+  [[nodiscard]] const loop_load& load() const { return load_; }
+
+private:
+  loop_load load_;
+};
+
 struct shared_state {
   std::mutex gates_mutex;
   std::vector<std::weak_ptr<ws_gate>> gates;
@@ -74,9 +100,10 @@ public:
   /// Frames queued for a follower that does not read: past this, it is closed.
   static constexpr std::size_t max_queued = 10000;
 
-  ws_session(beast::tcp_stream stream, std::shared_ptr<shared_state> state,
+  ws_session(beast::tcp_stream stream, std::shared_ptr<shared_state> state, loop_load load,
              std::function<std::shared_ptr<void>(text_sender)> start)
-    : ws_(std::move(stream)), state_(std::move(state)), start_(std::move(start)) {
+    : ws_(std::move(stream)), state_(std::move(state)), share_(std::move(load)),
+      start_(std::move(start)) {
     state_->connections.fetch_add(1);
     std::lock_guard<std::mutex> guard{state_->gates_mutex};
     auto& gates = state_->gates;
@@ -168,6 +195,7 @@ private:
 
   ws::stream<beast::tcp_stream> ws_;
   std::shared_ptr<shared_state> state_;
+  loop_share share_;
   std::function<std::shared_ptr<void>(text_sender)> start_;
   std::shared_ptr<ws_gate> gate_ = std::make_shared<ws_gate>();
   std::shared_ptr<void> source_;
@@ -179,8 +207,8 @@ private:
 
 class session : public std::enable_shared_from_this<session> {
 public:
-  session(tcp::socket socket, std::shared_ptr<shared_state> state)
-    : stream_(std::move(socket)), state_(std::move(state)) {
+  session(tcp::socket socket, std::shared_ptr<shared_state> state, loop_load load)
+    : stream_(std::move(socket)), state_(std::move(state)), share_(std::move(load)) {
     state_->connections.fetch_add(1);
     // Each answer is one send: no reason to hold its last segment back
     // for an acknowledgement (Nagle), as with a batch's longer answer.
@@ -678,7 +706,8 @@ private:
       upgrade_.reset();
       if (counted)
         state_->request_done();
-      std::make_shared<ws_session>(std::move(stream_), state_, std::move(r.websocket))
+      std::make_shared<ws_session>(std::move(stream_), state_, share_.load(),
+                                   std::move(r.websocket))
         ->run(std::move(req));
       return;
     }
@@ -769,6 +798,7 @@ private:
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::optional<bhttp::request<bhttp::string_body>> upgrade_; ///< a WebSocket handshake
   std::shared_ptr<shared_state> state_;
+  loop_share share_;
   bool keep_alive_ = true;
   bool head_ = false;
 };
@@ -780,22 +810,58 @@ struct server::impl {
   /// One event loop per I/O thread, each connection on one of them: two
   /// threads sharing one loop wake each other for every ready socket.
   std::vector<std::unique_ptr<net::io_context>> loops;
+  std::vector<loop_load> loads; ///< connections on each loop
   /// Keep the I/O threads running while requests wait for the actors and
   /// nothing else is queued (after the listener closed, say).
   std::vector<net::executor_work_guard<net::io_context::executor_type>> work;
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
-  std::size_t next_loop = 0;
   std::uint16_t port = 0;
   std::atomic<bool> accepting{false};
 
+  /// The loop of the next connection: the first with fewer than
+  /// fill_first_connections, else the one with the fewest. Up to that many
+  /// publishers are served by one thread as fast as by two, with less CPU
+  /// and fewer syncs per event (each wake-up reads more requests, each pass
+  /// appends more of them); more take the second thread's core
+  /// (docs/architecture.md, "Threads").
+  std::size_t pick_loop() const {
+    std::size_t least = 0;
+    for (std::size_t i = 0; i < loads.size(); ++i) {
+      auto n = loads[i]->load();
+      if (n < fill_first_connections)
+        return i;
+      if (n < loads[least]->load())
+        least = i;
+    }
+    return least;
+  }
+
+  /// `s` on `loop`'s reactor instead of its own (closed on failure).
+  static tcp::socket move_to(tcp::socket s, net::io_context& loop, beast::error_code& ec) {
+    tcp::socket moved{loop};
+    auto protocol = s.local_endpoint(ec).protocol();
+    if (ec)
+      return moved;
+    auto fd = s.release(ec);
+    if (ec)
+      return moved;
+    if (moved.assign(protocol, fd, ec); ec)
+      ::close(fd);
+    return moved;
+  }
+
   void accept() {
-    auto& loop = *loops[next_loop++ % loops.size()];
-    acceptor->async_accept(loop.get_executor(), [this](beast::error_code ec, tcp::socket s) {
+    // Accepted on the first loop, then placed: the placement sees every
+    // connection accepted and closed so far.
+    acceptor->async_accept([this](beast::error_code ec, tcp::socket s) {
       if (!accepting.load())
         return;
+      std::size_t i = 0;
+      if (!ec && loops.size() > 1 && (i = pick_loop()) != 0)
+        s = move_to(std::move(s), *loops[i], ec);
       if (!ec) {
-        auto sess = std::make_shared<session>(std::move(s), state);
+        auto sess = std::make_shared<session>(std::move(s), state, loads[i]);
         auto n = state->connections.load();
         if (n <= state->opts.max_connections)
           sess->run();
@@ -829,8 +895,10 @@ tl::expected<void, std::string> server::start() {
   if (ec)
     return tl::make_unexpected("http.listen: \"" + opts.host + "\" is not an IP address");
   tcp::endpoint ep{addr, opts.port};
-  for (std::size_t i = 0; i < std::max<std::size_t>(1, opts.threads); ++i)
+  for (std::size_t i = 0; i < std::max<std::size_t>(1, opts.threads); ++i) {
     impl_->loops.push_back(std::make_unique<net::io_context>(1));
+    impl_->loads.push_back(std::make_shared<std::atomic<std::size_t>>(0));
+  }
   auto& acc = impl_->acceptor.emplace(*impl_->loops[0]);
   auto where = opts.host + ":" + std::to_string(opts.port);
   if (acc.open(ep.protocol(), ec); ec)

@@ -3,66 +3,21 @@
 // makes late answers harmless, a forgotten command is still answered.
 #include <catch2/catch.hpp>
 
-#include <arpa/inet.h>
 #include <atomic>
 #include <chrono>
 #include <future>
 #include <mutex>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <thread>
-#include <unistd.h>
 
 #include "http/resp_server.hpp"
+#include "tests/support/loopback_client.hpp"
 
 using namespace nerve::http::resp;
 using namespace std::chrono_literals;
 
 namespace {
 
-/// A blocking TCP client of the listener.
-class client {
-public:
-  explicit client(std::uint16_t port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    timeval tv{5, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  }
-  ~client() { close(); }
-  client(const client&) = delete;
-  client& operator=(const client&) = delete;
-
-  void send(const std::string& bytes) {
-    REQUIRE(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL)
-            == static_cast<ssize_t>(bytes.size()));
-  }
-
-  /// Reads until `n` bytes came (or the timeout, or EOF).
-  std::string read(std::size_t n) {
-    std::string out;
-    char buf[4096];
-    while (out.size() < n) {
-      auto got = ::recv(fd_, buf, sizeof buf, 0);
-      if (got <= 0)
-        break;
-      out.append(buf, static_cast<std::size_t>(got));
-    }
-    return out;
-  }
-
-  void close() {
-    if (fd_ >= 0)
-      ::close(fd_);
-    fd_ = -1;
-  }
-
-private:
-  int fd_;
-};
+using client = nerve::test::loopback_client;
 
 /// Commands answered the ways a blocking command would.
 struct fixture {
