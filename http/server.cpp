@@ -57,16 +57,10 @@ using loop_load = std::shared_ptr<std::atomic<std::size_t>>;
 /// Counts a connection on its loop while it lives.
 class loop_share {
 public:
-  explicit loop_share(loop_load load) : load_(std::move(load)) {
-    if (load_)
-      load_->fetch_add(1);
-  }
+  explicit loop_share(loop_load load) : load_(std::move(load)) { load_->fetch_add(1); }
   loop_share(const loop_share&) = delete;
   loop_share& operator=(const loop_share&) = delete;
-  ~loop_share() {
-    if (load_)
-      load_->fetch_sub(1);
-  }
+  ~loop_share() { load_->fetch_sub(1); }
   [[nodiscard]] const loop_load& load() const { return load_; }
 
 private:
@@ -857,8 +851,8 @@ struct server::impl {
     acceptor->async_accept([this](beast::error_code ec, tcp::socket s) {
       if (!accepting.load())
         return;
-      std::size_t i = 0;
-      if (!ec && loops.size() > 1 && (i = pick_loop()) != 0)
+      auto i = ec ? 0 : pick_loop();
+      if (i != 0)
         s = move_to(std::move(s), *loops[i], ec);
       if (!ec) {
         auto sess = std::make_shared<session>(std::move(s), state, loads[i]);
