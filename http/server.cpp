@@ -54,17 +54,26 @@ constexpr std::size_t fill_first_connections = 32;
 /// The connections one event loop serves (HTTP and WebSocket).
 using loop_load = std::shared_ptr<std::atomic<std::size_t>>;
 
-/// Counts a connection on its loop while it lives.
-class loop_share {
+/// Counts a connection on the server (its cap) and on its loop while it
+/// lives; `server` must outlive it.
+class connection_count {
 public:
-  explicit loop_share(loop_load load) : load_(std::move(load)) { load_->fetch_add(1); }
-  loop_share(const loop_share&) = delete;
-  loop_share& operator=(const loop_share&) = delete;
-  ~loop_share() { load_->fetch_sub(1); }
-  [[nodiscard]] const loop_load& load() const { return load_; }
+  connection_count(std::atomic<std::size_t>& server, loop_load loop)
+    : server_(server), loop_(std::move(loop)) {
+    server_.fetch_add(1);
+    loop_->fetch_add(1);
+  }
+  connection_count(const connection_count&) = delete;
+  connection_count& operator=(const connection_count&) = delete;
+  ~connection_count() {
+    loop_->fetch_sub(1);
+    server_.fetch_sub(1);
+  }
+  [[nodiscard]] const loop_load& loop() const { return loop_; }
 
 private:
-  loop_load load_;
+  std::atomic<std::size_t>& server_;
+  loop_load loop_;
 };
 
 struct shared_state {
@@ -96,9 +105,8 @@ public:
 
   ws_session(beast::tcp_stream stream, std::shared_ptr<shared_state> state, loop_load load,
              std::function<std::shared_ptr<void>(text_sender)> start)
-    : ws_(std::move(stream)), state_(std::move(state)), share_(std::move(load)),
-      start_(std::move(start)) {
-    state_->connections.fetch_add(1);
+    : ws_(std::move(stream)), state_(std::move(state)),
+      counted_(state_->connections, std::move(load)), start_(std::move(start)) {
     std::lock_guard<std::mutex> guard{state_->gates_mutex};
     auto& gates = state_->gates;
     gates.erase(std::remove_if(gates.begin(), gates.end(),
@@ -107,10 +115,7 @@ public:
     gates.push_back(gate_);
   }
 
-  ~ws_session() {
-    gate_->close();
-    state_->connections.fetch_sub(1);
-  }
+  ~ws_session() { gate_->close(); }
 
   void run(bhttp::request<bhttp::string_body> req) {
     beast::get_lowest_layer(ws_).expires_never();
@@ -189,7 +194,7 @@ private:
 
   ws::stream<beast::tcp_stream> ws_;
   std::shared_ptr<shared_state> state_;
-  loop_share share_;
+  connection_count counted_; ///< after state_, which holds the server's count
   std::function<std::shared_ptr<void>(text_sender)> start_;
   std::shared_ptr<ws_gate> gate_ = std::make_shared<ws_gate>();
   std::shared_ptr<void> source_;
@@ -202,15 +207,13 @@ private:
 class session : public std::enable_shared_from_this<session> {
 public:
   session(tcp::socket socket, std::shared_ptr<shared_state> state, loop_load load)
-    : stream_(std::move(socket)), state_(std::move(state)), share_(std::move(load)) {
-    state_->connections.fetch_add(1);
+    : stream_(std::move(socket)), state_(std::move(state)),
+      counted_(state_->connections, std::move(load)) {
     // Each answer is one send: no reason to hold its last segment back
     // for an acknowledgement (Nagle), as with a batch's longer answer.
     beast::error_code ec;
     stream_.socket().set_option(tcp::no_delay(true), ec);
   }
-
-  ~session() { state_->connections.fetch_sub(1); }
 
   void run() {
     net::dispatch(stream_.get_executor(),
@@ -700,7 +703,7 @@ private:
       upgrade_.reset();
       if (counted)
         state_->request_done();
-      std::make_shared<ws_session>(std::move(stream_), state_, share_.load(),
+      std::make_shared<ws_session>(std::move(stream_), state_, counted_.loop(),
                                    std::move(r.websocket))
         ->run(std::move(req));
       return;
@@ -792,7 +795,7 @@ private:
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::optional<bhttp::request<bhttp::string_body>> upgrade_; ///< a WebSocket handshake
   std::shared_ptr<shared_state> state_;
-  loop_share share_;
+  connection_count counted_; ///< after state_, which holds the server's count
   bool keep_alive_ = true;
   bool head_ = false;
 };
@@ -811,6 +814,7 @@ struct server::impl {
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
   std::uint16_t port = 0;
+  tcp protocol = tcp::v4(); ///< of the listening address
   std::atomic<bool> accepting{false};
 
   /// The loop of the next connection: the first with fewer than
@@ -832,11 +836,8 @@ struct server::impl {
   }
 
   /// `s` on `loop`'s reactor instead of its own (closed on failure).
-  static tcp::socket move_to(tcp::socket s, net::io_context& loop, beast::error_code& ec) {
+  tcp::socket move_to(tcp::socket s, net::io_context& loop, beast::error_code& ec) const {
     tcp::socket moved{loop};
-    auto protocol = s.local_endpoint(ec).protocol();
-    if (ec)
-      return moved;
     auto fd = s.release(ec);
     if (ec)
       return moved;
@@ -903,6 +904,7 @@ tl::expected<void, std::string> server::start() {
   if (acc.listen(net::socket_base::max_listen_connections, ec); ec)
     return tl::make_unexpected("cannot listen on " + where + ": " + ec.message());
   impl_->port = acc.local_endpoint().port();
+  impl_->protocol = ep.protocol();
   impl_->accepting = true;
   for (auto& loop : impl_->loops)
     impl_->work.push_back(net::make_work_guard(*loop));
