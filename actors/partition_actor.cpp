@@ -1190,8 +1190,12 @@ void advance_high_watermark(partition_actor_t self) {
     for (std::size_t gi = 0; gi < st.groups.size(); ++gi)
       recover_group(self, gi);
   }
+  // The followers hear of it in their next answer (records, state, or a
+  // parked fetch's 500 ms): answering a parked fetch for the high
+  // watermark alone would end its fetch session round for that partition
+  // while the others stay parked, and the follower would get nothing new
+  // for any of them until they expire.
   finish_acks(self);
-  answer_parked(st, false);
   if (!st.groups.empty())
     schedule_flush(self);
 }

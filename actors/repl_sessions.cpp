@@ -111,11 +111,13 @@ void repl_sessions::answer(std::uint64_t id, fetch_answer_item item) {
     auto& r = it->second;
     partition_key key{item.topic, item.partition};
     r.parked.erase(std::remove(r.parked.begin(), r.parked.end(), key), r.parked.end());
-    auto& a = item.response;
-    bool data = a.status != fetch_status::ok || !a.chunks.empty() || !a.state.empty();
     r.answers.push_back(std::move(item));
-    if (data && !r.has_data) {
-      r.has_data = true;
+    // The first answer, whatever it carries (records, state, news, or a
+    // park that expired), ends the round: its frame goes out as soon as
+    // the rest answer, and the answered partition hears nothing new until
+    // the follower's next round, so the parked ones answer now.
+    if (!r.closing) {
+      r.closing = true;
       unpark = r.parked;
     }
     node = r.node;
@@ -135,7 +137,7 @@ bool repl_sessions::may_park(std::uint64_t id, const partition_key& p) {
   auto it = rounds_.find(id);
   if (it == rounds_.end())
     return true;
-  if (it->second.has_data)
+  if (it->second.closing)
     return false;
   it->second.parked.push_back(p);
   return true;

@@ -24,10 +24,10 @@ using partition_key = std::pair<std::string, std::uint32_t>;
 /// frame once every partition of its last round has applied and synced
 /// that round's answer (so the next round has all of them again); the
 /// leader answers every fetch of a frame in one frame, as soon as one of
-/// them has records (the others, parked for lack of records, answer empty
-/// then). A round costs two frames, one apply pass and about one sync per
-/// pair of nodes whatever the number of partitions, as Kafka's fetch
-/// sessions do. Thread-safe: partition actors and the gate's thread call it.
+/// them answers (it has records, or its park expired; the others, parked
+/// for lack of records, answer empty then). A round costs two frames, one apply pass and about one
+/// sync per pair of nodes whatever the number of partitions, as Kafka's fetch sessions do.
+/// Thread-safe: partition actors and the gate's thread call it.
 class repl_sessions {
 public:
   /// Sends a link frame to a member; false without a link to it.
@@ -64,7 +64,7 @@ public:
   void answer(std::uint64_t round, fetch_answer_item item);
 
   /// Whether partition `p`, with nothing to send, may park its fetch of
-  /// `round` until it has records: not once the round has some to send.
+  /// `round` until it has records: not once another partition answered.
   bool may_park(std::uint64_t round, const partition_key& p);
 
 private:
@@ -83,7 +83,7 @@ private:
     std::size_t expected = 0;
     std::vector<fetch_answer_item> answers;
     std::vector<partition_key> parked;
-    bool has_data = false; ///< an answer carries records, state or news
+    bool closing = false; ///< a partition answered: the rest answer now
     clock::time_point begun{};
   };
 

@@ -64,10 +64,11 @@ checks get stricter:
 - no_ok_below_min_insync (needs --history and --faults; instead of no_ok_while_owner_out,
   whose one-owner rule does not hold once leaders fail over): no attempt sent and
   answered while fewer than `--min-insync` of a partition's replicas were reachable was
-  acknowledged. A killed replica is out from its kill to its restart; an isolated one is
-  out for requests through the other nodes, and through the isolated node itself every
-  other replica is out (it can reach none of them, so with --min-insync 2 or more it
-  must acknowledge nothing).
+  acknowledged. An answer that says `duplicate` counts as sent when the first attempt of
+  its id was (that attempt stored the event). A killed replica is out from its kill to its
+  restart; an isolated one is out for requests through the other nodes, and through the
+  isolated node itself every other replica is out (it can reach none of them, so with
+  --min-insync 2 or more it must acknowledge nothing).
 
 `info` ids may be stored or not; the report counts both. Exit status: 0 when every check
 holds, 1 when one does not (a readable report, or a summary with --json), 2 when an input
@@ -117,6 +118,7 @@ class Attempt:
     batch: Optional[str] = None
     line: int = 0
     node: Optional[str] = None  # the node the request was sent to
+    duplicate: bool = False  # ok, and the server said an earlier attempt stored it
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,11 @@ def parse_history(lines, source="<history>"):
         offset = _optional_uint(r, "offset", where)
         if r["outcome"] == "ok" and (partition is None or offset is None):
             raise InputError(f"{where}: an ok attempt needs the partition and offset it got")
+        duplicate = r.get("duplicate", False)
+        if not isinstance(duplicate, bool):
+            raise InputError(f"{where}: 'duplicate' must be true or false")
         out.append(Attempt(r["id"], key, r["topic"], t0, t1, r["outcome"], partition, offset,
-                           None if batch is None else str(batch), n, node))
+                           None if batch is None else str(batch), n, node, duplicate))
     return out
 
 
@@ -687,13 +692,19 @@ def check_no_ok_below_min_insync(logs, history, faults, placement, min_insync):
     for a in history.attempts:
         if a.outcome != "ok":
             continue
+        # A duplicate's acknowledgement is of the store an earlier attempt made: it is
+        # judged from the first attempt of its id on (stored before the fault and synced
+        # by enough copies then, it may be acknowledged during it).
+        sent = a.t0
+        if a.duplicate:
+            sent = min(b.t0 for b in history.by_id.get(a.id, [a]) if b.topic == a.topic)
         place = placement.get((a.topic, a.partition))
         replicas = set(place.replicas) if place is not None else \
             set(logs.by_partition.get((a.topic, a.partition), {}))
         out = set()
         why = []
         for f in faults:
-            if a.t0 < f.t0 or a.t1 > f.t1:
+            if sent < f.t0 or a.t1 > f.t1:
                 continue  # not wholly inside the fault
             if f.kind == "kill":
                 gone = {f.node} & replicas

@@ -6,7 +6,7 @@ comes back. One line is written per event per attempt, flushed at once, from any
 of threads:
 
     {"id", "key", "topic", "t0", "t1", "outcome", "partition"?, "offset"?, "batch"?,
-     "node"?}
+     "node"?, "duplicate"?}
 
 `outcome` is "ok" (acknowledged, with the partition and offset the server answered),
 "fail" (a definite refusal: nothing was written) or "info" (indeterminate: it may or may
@@ -14,7 +14,8 @@ not have been written; retry it with the same id). `t0`/`t1` come from one monot
 clock, so the checker may compare any two. `batch` names the request an event was sent
 in; the events of one request are written in the order they were sent. `node` names the
 node the request was sent to (the checker judges acknowledgements during an isolation by
-it).
+it). `duplicate` is true on an ok attempt the server answered with `"duplicate": true`:
+the event was stored by an earlier attempt of the same id.
 
 `write_faults()` writes the faults a test injected (kills, isolations) on the same clock,
 for the checker's --faults.
@@ -72,7 +73,7 @@ class History:
         return self.now(), f"b{next(self._batches)}"
 
     def record(self, event_id, topic, key, t0, outcome, partition=None, offset=None,
-               batch=None, t1=None, node=None):
+               batch=None, t1=None, node=None, duplicate=False):
         """One event's attempt; `t1` defaults to now."""
         if outcome not in self.counts:
             raise ValueError(f"outcome must be ok, fail or info, not {outcome!r}")
@@ -88,6 +89,8 @@ class History:
             r["batch"] = batch
         if node is not None:
             r["node"] = node
+        if duplicate:
+            r["duplicate"] = True
         line = json.dumps(r, separators=(",", ":")) + "\n"
         with self._lock:
             self._file.write(line)
@@ -111,7 +114,7 @@ class History:
         for e, a in zip(events, answers):
             self.record(e["id"], topic, e.get("key"), t0, outcome,
                         a["partition"] if a else None, a["offset"] if a else None, batch, t1,
-                        node)
+                        node, bool(a and a.get("duplicate")))
         return outcome
 
     def publish_failed(self, topic, events, t0, batch, node=None):

@@ -54,11 +54,11 @@ class Scenario:
         return offset
 
     def attempt(self, event_id, topic, key, outcome, partition=None, offset=None, batch=None,
-                t0=None, t1=None, node=None):
+                t0=None, t1=None, node=None, duplicate=False):
         t0 = self.tick() if t0 is None else t0
         t1 = self.tick() if t1 is None else t1
         self.attempts.append(Attempt(event_id, key, topic, t0, t1, outcome, partition, offset,
-                                     batch, len(self.attempts) + 1, node))
+                                     batch, len(self.attempts) + 1, node, duplicate))
 
     def ok(self, event_id, topic, partition, key=None, batch=None, node=None):
         self.attempt(event_id, topic, key, "ok", partition,
@@ -474,6 +474,31 @@ class ReplicatedCheckerTest(Asserts):
         # The second kill ended before the request was sent: a quorum again.
         faults[1] = Fault("kill", "n2", 120.0, 140.0)
         self.assertTrue(self.quorum(faults).valid)
+
+    def duplicate_in_kill(self, first_sent):
+        """t/3's replicas n1 and n2 killed from 100 to 200; an event first sent through n1
+        at `first_sent` (no answer: the kill), stored on all three, then retried through
+        n3 at 150 and answered 201 "duplicate". The report with min_insync 2."""
+        s, placement = replicated()
+        s.attempt("retried", "t", "c", "info", t0=first_sent, t1=100.0, node="n1")
+        offset = s.store("retried", "t", 3)
+        for node in ("n1", "n2"):
+            s.store("retried", "t", 3, node=node, offset=offset)
+        s.attempt("retried", "t", "c", "ok", 3, offset, t0=150.0, t1=150.5, node="n3",
+                  duplicate=True)
+        end = s.next_offset[("t", 3)]
+        placement = with_placement(placement, "t", 3, high_watermark=end, log_end=end)
+        kills = [Fault("kill", "n1", 100.0, 200.0), Fault("kill", "n2", 100.0, 200.0)]
+        return s.report(placement=placement, faults=kills, min_insync=2)
+
+    def test_a_duplicate_is_judged_from_its_first_attempt(self):
+        # Stored before the kills (synced by n2 and n3 then): its 201 during them is true.
+        report = self.duplicate_in_kill(first_sent=90.0)
+        self.assertTrue(report.valid, report.text())
+        # First sent during the kills: it was never on two copies, so no 201 may say so.
+        report = self.duplicate_in_kill(first_sent=120.0)
+        self.assertFailsOnly(report, "no_ok_below_min_insync")
+        self.assertIn("id retried acknowledged at t/3", report.text())
 
     def test_nothing_acknowledged_through_an_isolated_replica(self):
         isolate = [Fault("isolate", "n3", 100.0, 200.0)]

@@ -60,7 +60,8 @@ class HistoryTest(unittest.TestCase):
             t0, batch = h.begin()
             self.assertEqual(h.publish_answered(
                 "t", events, t0, batch, 201,
-                {"events": [{"partition": 1, "offset": n} for n in range(3)]}), "ok")
+                {"events": [{"partition": 1, "offset": n, "duplicate": n == 1}
+                            for n in range(3)]}), "ok")
             t0, batch2 = h.begin()
             self.assertEqual(h.publish_answered("t", events[:1], t0, batch2, 400), "fail")
             t0, batch3 = h.begin()
@@ -74,6 +75,7 @@ class HistoryTest(unittest.TestCase):
                          [("a", "ok", 0), ("b", "ok", 1), ("c", "ok", 2), ("a", "fail", None),
                           ("b", "info", None), ("c", "info", None)])
         self.assertEqual([a.key for a in attempts[:3]], ["k", None, "k"])
+        self.assertEqual([a.duplicate for a in attempts[:3]], [False, True, False])
         self.assertEqual({a.batch for a in attempts[:3]}, {batch})
 
     def test_the_node_and_refused_connections_are_recorded(self):
