@@ -1,4 +1,5 @@
-// nats_load: the closed-loop JetStream publisher of bench/replication.
+// nats_load: the JetStream publisher of bench/replication (closed loop, or
+// open loop with --rate).
 //
 // publish_load's model spoken in the NATS client protocol (no NATS client
 // library is packaged in Debian, and a Python client cannot drive the load on
@@ -15,6 +16,11 @@
 // PubAcks that arrive inside the measured window count; latency is from the
 // PUB's write to its PubAck. The stream's contents are checked by
 // bench/replication through each server's monitoring endpoint.
+//
+// Open loop (--rate R > 0), as publish_load's: slot k of connection i is due
+// at start + (i + k * N) / R; a slot that came due while its connection still
+// waits for an ack is sent when the ack arrives, and latency is measured from
+// the slot's SCHEDULED time, so a stalled server cannot hide its stalls.
 //
 // Prints one JSON object on stdout (events_per_s, p50_ms, p99_ms, ...), and a
 // human summary on stderr.
@@ -43,6 +49,7 @@ struct options {
   std::string stream; ///< the stream every ack must name
   std::size_t payload_bytes = 256;
   std::string inbox_prefix = "_INBOX.bench";
+  double rate = 0; ///< messages/s over all clients; 0 = closed loop
 };
 
 [[noreturn]] void usage(const std::string& why) {
@@ -52,7 +59,7 @@ struct options {
 
 options parse(int argc, char** argv) {
   options o;
-  CLI::App app{"nats_load: the closed-loop JetStream publisher of bench/replication"};
+  CLI::App app{"nats_load: the JetStream publisher of bench/replication"};
   app.add_option("--host", o.host, "nats-server address");
   app.add_option("--port", o.port, "nats-server client port")->required();
   app.add_option("--clients", o.clients, "concurrent connections");
@@ -62,6 +69,9 @@ options parse(int argc, char** argv) {
   app.add_option("--stream", o.stream, "stream name every PubAck must carry")->required();
   app.add_option("--payload-bytes", o.payload_bytes, "payload size");
   app.add_option("--inbox-prefix", o.inbox_prefix, "reply subjects start with this");
+  app.add_option("--rate", o.rate,
+                 "open loop: messages/s over all clients, latency from the scheduled send "
+                 "time; 0 = closed loop");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -70,8 +80,9 @@ options parse(int argc, char** argv) {
     usage(e.what());
   }
   if (o.port == 0 || o.port > 65535 || o.clients == 0 || o.duration_s <= 0 || o.warmup_s < 0
-      || o.payload_bytes == 0)
-    usage("need --port, --clients >= 1, --duration > 0, --warmup >= 0, --payload-bytes >= 1");
+      || o.payload_bytes == 0 || o.rate < 0)
+    usage("need --port, --clients >= 1, --duration > 0, --warmup >= 0, --payload-bytes >= 1, "
+          "--rate >= 0");
   for (auto& s : {o.subject, o.inbox_prefix, o.stream})
     for (char c : s)
       if (c <= ' ' || c == '*' || c == '>')
@@ -83,6 +94,7 @@ struct run_state : answer_counts {
   options opt;
   unsigned ready_clients = 0;
   unsigned open_clients = 0;
+  clock_type::time_point start; ///< open loop: slot 0 of connection 0
   std::function<void()> all_ready;
   std::function<void()> all_done;
 };
@@ -91,7 +103,7 @@ struct run_state : answer_counts {
 class client : public std::enable_shared_from_this<client> {
 public:
   client(net::io_context& ioc, run_state& st, unsigned index)
-    : socket_(ioc), st_(st), index_(index) {
+    : socket_(ioc), timer_(ioc), st_(st), index_(index) {
     auto& o = st_.opt;
     inbox_ = o.inbox_prefix + "." + std::to_string(index_);
     pub_head_ = "PUB " + o.subject + " " + inbox_ + ".";
@@ -115,7 +127,7 @@ public:
     read();
   }
 
-  /// Starts the closed loop (after every client is ready).
+  /// Starts the loop (after every client is ready).
   void start() { send_request(); }
 
 private:
@@ -213,12 +225,12 @@ private:
       st_.note_error(headers.empty() ? "PubAck: " + std::string{body.substr(0, 300)}
                                      : "no ack: " + std::string{headers.substr(0, 120)});
     answered(good);
-    if (clock_type::now() >= st_.window_end) {
+    if (st_.opt.rate <= 0 && clock_type::now() >= st_.window_end) {
       finish();
       return false;
     }
     send_request();
-    return true;
+    return !done_;
   }
 
   /// Full check of one PubAck: {"stream":<ours>,"seq":<n >= 1>}.
@@ -233,8 +245,28 @@ private:
     return ok;
   }
 
+  /// Closed loop: sends now. Open loop: sends the next slot if it is due, else
+  /// waits for it; finishes at the first slot past the window.
   void send_request() {
-    sent_at_ = clock_type::now();
+    if (st_.opt.rate <= 0) {
+      sent_at_ = clock_type::now();
+      return write(pub_head_ + std::to_string(seq_++) + pub_tail_);
+    }
+    auto due = st_.start
+               + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(
+                 slot_seconds(index_, slot_, st_.opt.clients, st_.opt.rate)));
+    if (due >= st_.window_end)
+      return finish();
+    if (due > clock_type::now()) {
+      timer_.expires_at(due);
+      timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        if (!ec)
+          self->send_request();
+      });
+      return;
+    }
+    ++slot_;
+    sent_at_ = due;
     write(pub_head_ + std::to_string(seq_++) + pub_tail_);
   }
 
@@ -250,6 +282,7 @@ private:
     if (done_)
       return;
     done_ = true;
+    timer_.cancel();
     if (--st_.open_clients == 0 && st_.all_done)
       st_.all_done();
     boost::system::error_code ec;
@@ -258,6 +291,7 @@ private:
   }
 
   tcp::socket socket_;
+  net::steady_timer timer_; ///< waits for the next slot (open loop)
   run_state& st_;
   unsigned index_;
   std::string inbox_, pub_head_, pub_tail_;
@@ -266,6 +300,7 @@ private:
   std::string inbox_buf_;
   clock_type::time_point sent_at_;
   std::uint64_t seq_ = 0;
+  std::uint64_t slot_ = 0; ///< the next slot to send (open loop)
   std::uint64_t answers_ = 0;
   bool ready_ = false;
   bool done_ = false;
@@ -301,8 +336,8 @@ int main(int argc, char** argv) {
   });
   st.all_ready = [&] {
     handshake_deadline.cancel();
-    auto start = clock_type::now();
-    st.window_begin = start + to_dur(o.warmup_s);
+    st.start = clock_type::now();
+    st.window_begin = st.start + to_dur(o.warmup_s);
     st.window_end = st.window_begin + to_dur(o.duration_s);
     begin_timer.expires_at(st.window_begin);
     on_expiry(begin_timer, [&] { cpu_use.begin(); });
@@ -337,14 +372,15 @@ int main(int argc, char** argv) {
   std::string note = st.first_error;
   if (note.empty() && stuck != 0)
     note = std::to_string(stuck) + " connections did not finish";
-  std::printf("{\"target\":\"jetstream\",\"clients\":%u,\"duration_s\":%.3f,\"warmup_s\":%.3f,"
+  std::printf("{\"target\":\"jetstream\",\"clients\":%u,\"rate\":%.1f,\"duration_s\":%.3f,"
+              "\"warmup_s\":%.3f,"
               "\"payload_bytes\":%zu,\"events_per_s\":%.1f,\"ok_in_window\":%" PRIu64
               ",\"ok_total\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"io_errors\":%" PRIu64
               ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"client_cpu\":%.3f,\"sampled_answers\":%" PRIu64
               ",\"verified\":%s,\"note\":\"%s\"}\n",
-              o.clients, o.duration_s, o.warmup_s, o.payload_bytes, eps, st.ok_window, st.ok_total,
-              st.errors, st.io_errors, p50, p99, cpu, st.sampled, verified ? "true" : "false",
-              json_escape(note).c_str());
+              o.clients, o.rate, o.duration_s, o.warmup_s, o.payload_bytes, eps, st.ok_window,
+              st.ok_total, st.errors, st.io_errors, p50, p99, cpu, st.sampled,
+              verified ? "true" : "false", json_escape(note).c_str());
   std::fprintf(stderr,
                "nats_load clients=%u: %.0f acks/s, p50 %.2f ms, p99 %.2f ms, client cpu %.0f%%, "
                "%s%s%s\n",
