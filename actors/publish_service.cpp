@@ -598,7 +598,10 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
       for (auto& e : items[i].job->events)
         pt.events.push_back({std::move(e.id), std::move(e.key), std::move(e.fragment),
                              std::move(e.type), std::move(e.source), e.generated});
-    auto staged = slot->lane->stage_append(pt.events, batch);
+    // The texts are kept only for readers of them after the write: the
+    // groups' tail cache and live tails.
+    const bool texts = slot->lane_feeds || tails_.active.load(std::memory_order_relaxed) > 0;
+    auto staged = slot->lane->stage_append(pt.events, batch, texts);
     if (staged)
       pt.staged = std::move(*staged);
     else
@@ -679,9 +682,11 @@ void publish_service::flush_lane(std::vector<lane_item>& items) {
         sender_.wake(*w.slot);
       }
       std::vector<std::string> followed;
+      // (A tail that started after the write was staged may find no text:
+      // it follows what is published from its start.)
       if (tails_.active.load(std::memory_order_relaxed) > 0)
         for (auto& r : w.results)
-          if (r.status == persistence::append_status::appended)
+          if (r.status == persistence::append_status::appended && !r.json.empty())
             followed.push_back(r.json);
       answer_jobs(w.jobs, w.results);
       if (!followed.empty())

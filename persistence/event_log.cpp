@@ -316,15 +316,17 @@ void append_json_string(std::string& out, const std::string& s) {
 } // namespace
 
 std::size_t partition_writer::stage(const std::vector<new_event>& events, std::int64_t now,
-                                    std::vector<append_result>& results,
-                                    rocksdb::WriteBatch& batch) const {
+                                    std::vector<append_result>& results, rocksdb::WriteBatch& batch,
+                                    bool keep_texts) const {
   // The batch's time, formatted once, and the keys, in buffers this thread
   // keeps (two allocations per append went to them).
-  thread_local std::string time_text, key;
+  thread_local std::string time_text, key, head;
   time_text.assign(",\"time\":\"");
   append_time_us(time_text, now);
   time_text += '"';
   const auto& shared = shared_text_;
+  std::string header; // the stored value's time
+  keys::put_u64(header, static_cast<std::uint64_t>(now));
   std::size_t indexed = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto& r = results[i];
@@ -333,26 +335,36 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
     auto& e = events[i];
     key.assign(key_prefix_); // keys::event_key, without a string of its own
     keys::put_u64(key, r.where.offset);
-    // The event's text is built once, where the caller keeps it (r.json).
-    auto& json = r.json;
-    json.clear();
-    json.reserve(e.fragment.size() + e.key.size() + r.id.size() + shared.size() + time_text.size()
-                 + 48);
-    json += "{\"id\":";
-    append_json_string(json, r.id);
-    json += shared;
-    json += std::to_string(r.where.offset);
-    json += time_text;
+    // The event's text: everything before its data, then the data as the
+    // publisher sent it, then the closing brace.
+    head.assign("{\"id\":");
+    append_json_string(head, r.id);
+    head += shared;
+    head += std::to_string(r.where.offset);
+    head += time_text;
     if (!e.key.empty()) {
-      json += ",\"key\":";
-      append_json_string(json, e.key);
+      head += ",\"key\":";
+      append_json_string(head, e.key);
     }
-    if (!e.fragment.empty()) {
-      json += ',';
+    if (!e.fragment.empty())
+      head += ',';
+    if (keep_texts) {
+      // Built once, where the caller keeps it (r.json).
+      auto& json = r.json;
+      json.clear();
+      json.reserve(head.size() + e.fragment.size() + 1);
+      json += head;
       json += e.fragment;
+      json += '}';
+      detail::put_event(batch, events_, key, now, json);
+    } else {
+      // Nobody reads the text after the write: its parts go into the batch
+      // as they are (one copy of the data instead of two, no allocation).
+      const rocksdb::Slice key_part{key};
+      const rocksdb::Slice value_parts[] = {rocksdb::Slice{header}, rocksdb::Slice{head},
+                                            rocksdb::Slice{e.fragment}, rocksdb::Slice{"}", 1}};
+      batch.Put(events_, rocksdb::SliceParts{&key_part, 1}, rocksdb::SliceParts{value_parts, 4});
     }
-    json += '}';
-    detail::put_event(batch, events_, key, now, json);
     // An id resolve() made says where it is exactly when the place fits one
     // (no need to decode the text); a publisher's may say so too.
     const bool by_place = e.generated
@@ -403,7 +415,8 @@ partition_writer::append(const std::vector<new_event>& events,
 }
 
 tl::expected<partition_writer::staged, error>
-partition_writer::stage_append(const std::vector<new_event>& events, rocksdb::WriteBatch& batch) {
+partition_writer::stage_append(const std::vector<new_event>& events, rocksdb::WriteBatch& batch,
+                               bool keep_texts) {
   if (auto fault = fault_before_append())
     return tl::make_unexpected(*fault);
   staged out;
@@ -416,7 +429,7 @@ partition_writer::stage_append(const std::vector<new_event>& events, rocksdb::Wr
     return tl::make_unexpected(*failed);
   }
   const auto before = batch.Count();
-  const auto indexed = stage(events, out.time_us, out.results, batch);
+  const auto indexed = stage(events, out.time_us, out.results, batch, keep_texts);
   const auto records = batch.Count() - before;
   out.run_first = run.first;
   out.run_indexed = run.indexed || indexed > 0;

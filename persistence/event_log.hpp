@@ -169,7 +169,8 @@ struct append_result {
   std::string id;
   coords where;
   std::string topic; ///< the topic the id lives on (differs on conflict)
-  std::string json;  ///< appended: the stored event text, as readers get it
+  std::string json;  ///< appended: the stored event text, as readers get it (empty when
+                     ///< the lane staged it without: partition_writer::stage_append)
 };
 
 class event_log;
@@ -216,9 +217,12 @@ public:
   };
   /// Stages `events` into `batch` as append() would write them. The caller
   /// writes the batch (event_log::write_batch) and then settle()s, before
-  /// any other call on this writer.
+  /// any other call on this writer. `keep_texts` false: the results' `json`
+  /// stay empty (nothing reads the stored texts after the write; the data
+  /// is then copied once, into the batch).
   [[nodiscard]] tl::expected<staged, error> stage_append(const std::vector<new_event>& events,
-                                                         rocksdb::WriteBatch& batch);
+                                                         rocksdb::WriteBatch& batch,
+                                                         bool keep_texts = true);
   /// Keeps a staged append whose batch was written, or takes it back
   /// (`written` false: its offsets are given again); answers its results.
   std::vector<append_result> settle(staged& s, bool written);
@@ -286,10 +290,11 @@ private:
                                              std::vector<append_result>& results,
                                              std::vector<std::string>& reserved);
   /// Puts each appended event into `batch` (and into by_id when its id does
-  /// not say where it is) and its stored text into its result; answers how
-  /// many went into by_id.
+  /// not say where it is) and, with `keep_texts`, its stored text into its
+  /// result; answers how many went into by_id.
   std::size_t stage(const std::vector<new_event>& events, std::int64_t now,
-                    std::vector<append_result>& results, rocksdb::WriteBatch& batch) const;
+                    std::vector<append_result>& results, rocksdb::WriteBatch& batch,
+                    bool keep_texts) const;
   /// The error of an injected fault at before_append, if the hook fails it.
   [[nodiscard]] std::optional<error> fault_before_append() const;
   /// Writes `batch`, timed for options::observe_io.

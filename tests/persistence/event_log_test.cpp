@@ -8,6 +8,7 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
+#include <rocksdb/write_batch.h>
 
 #include "persistence/delivery_store.hpp"
 #include "persistence/event_log.hpp"
@@ -87,6 +88,53 @@ TEST_CASE("appends get dense offsets and read back as stored", "[unit][persisten
   REQUIRE(*by_id);
   CHECK(json::parse(**by_id)["offset"] == 3);
   CHECK_FALSE(*(*log)->get_by_id("nope"));
+}
+
+TEST_CASE("a staged append stores the same text whether its results keep it or not",
+          "[unit][persistence]") {
+  nerve::test::temp_dir dir;
+  auto log = event_log::open(opts_for(dir));
+  REQUIRE(log);
+  auto topic = (*log)->create_topic("lane", 2);
+  REQUIRE(topic);
+  partition_writer kept{**log, *topic, 0}, bare{**log, *topic, 1};
+  // A key that needs escapes, one without data, one with a plain key.
+  const std::vector<new_event> events{ev("e1", "k\"1", "{\"n\":[1,2]}"),
+                                      new_event{"e2", "", "", {}, {}}, ev("e3", "k3", "\"x\"")};
+  std::vector<append_result> results[2];
+  int side = 0;
+  for (auto* w : {&kept, &bare}) {
+    auto mine = events;
+    for (auto& e : mine)
+      e.id += w == &kept ? "-kept" : "-bare";
+    rocksdb::WriteBatch batch;
+    auto staged = w->stage_append(mine, batch, w == &kept);
+    REQUIRE(staged);
+    REQUIRE((*log)->write_batch(batch));
+    results[side++] = w->settle(*staged, true);
+  }
+  for (auto& r : results[1])
+    CHECK(r.json.empty()); // not kept
+  auto a = (*log)->read(*topic, 0, 0, 10), b = (*log)->read(*topic, 1, 0, 10);
+  REQUIRE(a);
+  REQUIRE(b);
+  REQUIRE(a->size() == 3);
+  REQUIRE(b->size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK((*a)[i] == results[0][i].json); // kept: as stored
+    auto x = json::parse((*a)[i]), y = json::parse((*b)[i]);
+    CHECK(x["id"] == events[i].id + "-kept");
+    CHECK(y["id"] == events[i].id + "-bare");
+    CHECK(y["partition"] == 1);
+    x.erase("id");
+    y.erase("id");
+    x.erase("partition");
+    y.erase("partition");
+    CHECK(x == y);
+  }
+  CHECK(json::parse((*b)[0])["key"] == "k\"1");
+  CHECK(json::parse((*b)[1]).count("data") == 0);
+  CHECK((*log)->get_by_id("e3-bare"));
 }
 
 TEST_CASE("an id appends once: duplicates return the first coordinates", "[unit][persistence]") {
