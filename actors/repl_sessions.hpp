@@ -25,9 +25,10 @@ using partition_key = std::pair<std::string, std::uint32_t>;
 /// that round's answer (so the next round has all of them again); the
 /// leader answers every fetch of a frame in one frame, as soon as one of
 /// them answers (it has records, or its park expired; the others, parked
-/// for lack of records, answer empty then). A round costs two frames, one apply pass and about one
-/// sync per pair of nodes whatever the number of partitions, as Kafka's fetch sessions do.
-/// Thread-safe: partition actors and the gate's thread call it.
+/// for lack of records, answer empty then). A round costs two frames, one
+/// apply pass and about one sync per pair of nodes whatever the number of
+/// partitions, as Kafka's fetch sessions do. Thread-safe: partition actors
+/// and the gate's thread call it.
 class repl_sessions {
 public:
   /// Sends a link frame to a member; false without a link to it.
