@@ -77,7 +77,9 @@ class MetricsTest(OperationsTestCase):
         self.assertEqual(problems, "", text)
 
     def settled(self, n):
-        """Waits until every agent has handled `n` events; returns the samples."""
+        """Waits until every agent has handled `n` events and the DLQ holds the 2n entries
+        of "bad" and "silent" (its gauge follows the deliveries counter by a moment: the DLQ
+        actor counts an entry once it is stored); returns the samples."""
         def check():
             s = parse_samples(self.scrape(self.srv))
             done = (self.value(s, "nerve_deliveries_total", agent="ok", topic=self.t,
@@ -85,7 +87,8 @@ class MetricsTest(OperationsTestCase):
                     and self.value(s, "nerve_deliveries_total", agent="bad", topic=self.t,
                                    outcome="dead_lettered") == n
                     and self.value(s, "nerve_deliveries_total", agent="silent", topic=self.t,
-                                   outcome="dead_lettered") == n)
+                                   outcome="dead_lettered") == n
+                    and self.value(s, "nerve_dlq_entries") == 2 * n)
             return s if done else None
         return self.wait_for(check, what=f"{n} events handled by every agent")
 
