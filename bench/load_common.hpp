@@ -127,6 +127,15 @@ inline double slot_seconds(unsigned index, std::uint64_t k, unsigned connections
   return (static_cast<double>(index) + static_cast<double>(k) * connections) / rate;
 }
 
+/// Open loop: when slot k of connection `index` is due, the run starting at
+/// `start` (publish_load, nats_load).
+inline clock_type::time_point slot_due(clock_type::time_point start, unsigned index,
+                                       std::uint64_t k, unsigned connections, double rate) {
+  return start
+         + std::chrono::duration_cast<clock_type::duration>(
+           std::chrono::duration<double>(slot_seconds(index, k, connections, rate)));
+}
+
 // -- HTTP ---------------------------------------------------------------------
 
 /// One HTTP/1.1 response split off the front of a byte buffer.

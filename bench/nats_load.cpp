@@ -252,9 +252,7 @@ private:
       sent_at_ = clock_type::now();
       return write(pub_head_ + std::to_string(seq_++) + pub_tail_);
     }
-    auto due = st_.start
-               + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(
-                 slot_seconds(index_, slot_, st_.opt.clients, st_.opt.rate)));
+    auto due = slot_due(st_.start, index_, slot_, st_.opt.clients, st_.opt.rate);
     if (due >= st_.window_end)
       return finish();
     if (due > clock_type::now()) {

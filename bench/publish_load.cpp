@@ -174,9 +174,7 @@ private:
 
   /// The scheduled time of slot k of this connection (open loop).
   [[nodiscard]] clock_type::time_point slot_time(std::uint64_t k) const {
-    double s = slot_seconds(index_, k, st_.opt.clients, st_.opt.rate);
-    return st_.start
-           + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(s));
+    return slot_due(st_.start, index_, k, st_.opt.clients, st_.opt.rate);
   }
 
   void on_http(const http_answer& a) {

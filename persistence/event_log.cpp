@@ -325,8 +325,7 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
   append_time_us(time_text, now);
   time_text += '"';
   const auto& shared = shared_text_;
-  std::string header; // the stored value's time (detail::put_event's layout)
-  keys::put_u64(header, static_cast<std::uint64_t>(now));
+  const detail::value_header header{now};
   std::size_t indexed = 0;
   for (std::size_t i = 0; i < events.size(); ++i) {
     auto& r = results[i];
@@ -349,10 +348,7 @@ std::size_t partition_writer::stage(const std::vector<new_event>& events, std::i
     if (!e.fragment.empty())
       head += ',';
     // Its parts go into the batch as they are (the data copied once).
-    const rocksdb::Slice key_part{key};
-    const rocksdb::Slice value_parts[] = {rocksdb::Slice{header}, rocksdb::Slice{head},
-                                          rocksdb::Slice{e.fragment}, rocksdb::Slice{"}", 1}};
-    batch.Put(events_, rocksdb::SliceParts{&key_part, 1}, rocksdb::SliceParts{value_parts, 4});
+    detail::put_event(batch, events_, key, header, {head, e.fragment, rocksdb::Slice{"}", 1}});
     if (keep_texts) { // for a reader after the write (r.json)
       r.json.clear();
       r.json.reserve(head.size() + e.fragment.size() + 1);

@@ -4,7 +4,9 @@
 // they share is layout.hpp.)
 #pragma once
 
+#include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <string>
 
@@ -13,6 +15,7 @@
 #include <rocksdb/status.h>
 #include <rocksdb/write_batch.h>
 
+#include "config/assert.hpp"
 #include "persistence/event_log.hpp"
 #include "persistence/keys.hpp"
 #include "persistence/layout.hpp"
@@ -50,16 +53,31 @@ template <class Fn>
   return it->status();
 }
 
-/// Stages an event's stored value under `key`: its append time
-/// (layout::value_header_bytes) and then its text, joined by the batch, so
-/// the text is not copied into a value string first.
+/// The head of an event's stored value: its append time
+/// (layout::value_header_bytes), made once for the events that share it.
+class value_header {
+public:
+  explicit value_header(std::int64_t time_us) {
+    keys::put_u64(bytes_, static_cast<std::uint64_t>(time_us));
+  }
+  [[nodiscard]] rocksdb::Slice slice() const { return rocksdb::Slice{bytes_}; }
+
+private:
+  std::string bytes_;
+};
+
+/// Stages an event's stored value under `key`: `header`, then its text,
+/// given in up to three parts, joined by the batch, so the text is not
+/// copied into a value string first.
 inline void put_event(rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* events,
-                      const std::string& key, std::int64_t time_us, const std::string& json) {
-  std::string header;
-  keys::put_u64(header, static_cast<std::uint64_t>(time_us));
+                      const std::string& key, const value_header& header,
+                      std::initializer_list<rocksdb::Slice> text) {
+  NERVE_ASSERT(text.size() < 4, "an event's text in at most three parts");
   const rocksdb::Slice key_part{key};
-  const rocksdb::Slice value_parts[] = {rocksdb::Slice{header}, rocksdb::Slice{json}};
-  batch.Put(events, rocksdb::SliceParts{&key_part, 1}, rocksdb::SliceParts{value_parts, 2});
+  rocksdb::Slice value_parts[4] = {header.slice()};
+  std::copy(text.begin(), text.end(), value_parts + 1);
+  batch.Put(events, rocksdb::SliceParts{&key_part, 1},
+            rocksdb::SliceParts{value_parts, static_cast<int>(text.size() + 1)});
 }
 
 } // namespace nerve::persistence::detail

@@ -168,8 +168,8 @@ tl::expected<void, error> partition_writer::apply(std::uint32_t epoch,
   auto run = open_run(records.front().time_us);
   for (std::size_t i = 0; i < records.size(); ++i) {
     const auto& r = records[i];
-    detail::put_event(batch, events_, keys::event_key(topic_.id, partition_, r.offset), r.time_us,
-                      r.json);
+    detail::put_event(batch, events_, keys::event_key(topic_.id, partition_, r.offset),
+                      detail::value_header{r.time_us}, {r.json});
     if (!layout::located_at(r.id, topic_.id, partition_, r.offset)) {
       batch.Put(log_.by_id_, r.id, keys::id_value(topic_.id, partition_, r.offset, r.time_us));
       ++indexed;
